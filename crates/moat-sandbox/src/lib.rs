@@ -1,0 +1,1 @@
+//! The hardened namespace sandbox backend. See docs/sandbox.md.

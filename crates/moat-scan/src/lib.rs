@@ -1,0 +1,1 @@
+//! Vulnerability scanning: package inventories, OSV advisories, matching, SBOMs. See docs/scanning.md.
