@@ -4,4 +4,4 @@
 
 pub mod plan;
 
-pub use plan::Plan;
+pub use plan::{Plan, ProcessSpec};

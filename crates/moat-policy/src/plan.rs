@@ -176,3 +176,23 @@ pub struct VmShape {
     /// Size of the guest's writable scratch space, MiB.
     pub disk_mib: u64,
 }
+
+/// What runs in the container (as opposed to what it may do, which is the
+/// [`Plan`]). Built by the CLI from the image config and the command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// argv; `args[0]` is resolved inside the container's root.
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    /// Absolute working directory inside the container.
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    /// Allocate a pseudo-terminal (`-t`).
+    pub tty: bool,
+    /// Keep stdin open (`-i`).
+    pub interactive: bool,
+    pub hostname: String,
+}

@@ -26,12 +26,48 @@ enum Command {
     /// Import, list, inspect, export and remove images.
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
+    /// Check, explain, compile, export and diff security policies.
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCommand),
+    /// Scan an image, a rootfs or an SBOM for known vulnerabilities.
+    Scan(cmd::scan::ScanArgs),
+    /// Import OSV advisories and show the advisory database status.
+    #[command(subcommand)]
+    Vulndb(cmd::vulndb::VulndbCommand),
+    /// Run a command in a new container from an image.
+    Run(cmd::run::RunArgs),
+    /// List running containers.
+    Ps(cmd::ps::PsArgs),
+    /// Send a signal to a running container.
+    Kill(cmd::kill::KillArgs),
+    /// Build and inspect the minimal guest kernel of the vm backend.
+    #[command(subcommand)]
+    Kernel(cmd::kernel::KernelCommand),
+    /// Generate least-privilege policies from an image (record, static, merge).
+    #[command(subcommand)]
+    Profile(cmd::profile::ProfileCommand),
+    /// Measure the attack surface a policy or image leaves open.
+    Surface(cmd::surface::SurfaceArgs),
+    /// Developer helpers (test images).
+    #[command(hide = true)]
+    #[command(subcommand)]
+    Dev(cmd::dev::DevCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Image(c) => cmd::image::run(&cli.global, c),
+        Command::Policy(c) => cmd::policy::run(&cli.global, c),
+        Command::Scan(c) => cmd::scan::run(&cli.global, c),
+        Command::Vulndb(c) => cmd::vulndb::run(&cli.global, c),
+        Command::Run(c) => cmd::run::run(&cli.global, c),
+        Command::Ps(c) => cmd::ps::run(&cli.global, c),
+        Command::Kill(c) => cmd::kill::run(&cli.global, c),
+        Command::Kernel(c) => cmd::kernel::run(&cli.global, c),
+        Command::Profile(c) => cmd::profile::run(&cli.global, c),
+        Command::Surface(c) => cmd::surface::run(&cli.global, c),
+        Command::Dev(c) => cmd::dev::run(&cli.global, c),
     };
     match result {
         Ok(code) => code,

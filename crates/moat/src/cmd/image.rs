@@ -1,19 +1,15 @@
-//! `moat image ...`
+//! `moat image`: import, list, inspect, export and remove images.
 
 use std::process::ExitCode;
 
-use clap::Subcommand;
-
 use crate::global::GlobalArgs;
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, clap::Subcommand)]
 pub enum ImageCommand {
-    /// List images in the store.
-    Ls,
+    /// Not built yet.
+    Todo,
 }
 
-pub fn run(_global: &GlobalArgs, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
-    match cmd {
-        ImageCommand::Ls => Ok(ExitCode::SUCCESS),
-    }
+pub fn run(_global: &GlobalArgs, _cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`moat image` is not built yet")
 }

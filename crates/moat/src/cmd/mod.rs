@@ -1,3 +1,13 @@
 //! One module per subcommand.
 
+pub mod dev;
 pub mod image;
+pub mod kernel;
+pub mod kill;
+pub mod policy;
+pub mod profile;
+pub mod ps;
+pub mod run;
+pub mod scan;
+pub mod surface;
+pub mod vulndb;
