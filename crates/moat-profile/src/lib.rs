@@ -1,0 +1,8 @@
+//! Least-privilege profiles for moat: static ELF analysis of an image's
+//! entrypoint and libraries, recording of a workload's real needs, and the
+//! attack-surface numbers of a policy.
+
+pub mod disasm;
+pub mod elf;
+pub mod libcmap;
+pub mod syscalls;
