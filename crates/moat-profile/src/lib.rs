@@ -5,4 +5,7 @@
 pub mod disasm;
 pub mod elf;
 pub mod libcmap;
+pub mod profile;
+pub mod rootfs;
+pub mod static_analysis;
 pub mod syscalls;
