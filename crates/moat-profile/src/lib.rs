@@ -2,10 +2,14 @@
 //! entrypoint and libraries, recording of a workload's real needs, and the
 //! attack-surface numbers of a policy.
 
+pub mod bpf;
 pub mod disasm;
 pub mod elf;
 pub mod libcmap;
+pub mod measure;
 pub mod profile;
 pub mod rootfs;
 pub mod static_analysis;
+pub mod surface;
 pub mod syscalls;
+pub mod trace;
