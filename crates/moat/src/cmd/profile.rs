@@ -111,6 +111,49 @@ pub fn resolve_target(_global: &GlobalArgs, source: &Source) -> anyhow::Result<T
     )
 }
 
+/// The command line of `moat run` for `backend` on `source`, re-using this
+/// binary and the global options (for recording and measuring).
+pub fn moat_run_argv(
+    global: &GlobalArgs,
+    source: &Source,
+    backend: &str,
+    policy: Option<&Path>,
+    command: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let exe = std::env::current_exe().context("cannot locate the moat binary")?;
+    let mut v = vec![
+        exe.display().to_string(),
+        "--root".to_string(),
+        global.root.display().to_string(),
+    ];
+    if let Some(rr) = &global.run_root {
+        v.push("--run-root".into());
+        v.push(rr.display().to_string());
+    }
+    v.extend(["run".to_string(), "--isolation".into(), backend.into()]);
+    if let Some(p) = policy {
+        v.push("--policy".into());
+        v.push(p.display().to_string());
+    }
+    match (&source.rootfs, &source.image) {
+        (Some(dir), _) => {
+            v.push("--rootfs".into());
+            v.push(dir.display().to_string());
+        }
+        (None, Some(image)) => v.push(image.clone()),
+        (None, None) => anyhow::bail!("name an image or pass --rootfs DIR"),
+    }
+    v.push("--".into());
+    v.extend(command.iter().cloned());
+    Ok(v)
+}
+
+/// Compiles a policy file, a built-in policy name or an image's static
+/// profile into the [`moat_policy::Plan`] a backend would get.
+pub fn compile_target(target: &str) -> anyhow::Result<moat_policy::Plan> {
+    anyhow::bail!("{target}: this build of moat has no policy compiler yet")
+}
+
 /// Writes `data` to `path` through a temporary file in the same directory
 /// and a rename, so that a failure never leaves a half-written file.
 pub fn write_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
