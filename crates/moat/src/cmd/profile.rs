@@ -90,7 +90,7 @@ pub struct Target {
     pub label: String,
 }
 
-pub fn resolve_target(_global: &GlobalArgs, source: &Source) -> anyhow::Result<Target> {
+pub fn resolve_target(global: &GlobalArgs, source: &Source) -> anyhow::Result<Target> {
     if let Some(dir) = &source.rootfs {
         if !dir.is_dir() {
             anyhow::bail!(
@@ -105,10 +105,19 @@ pub fn resolve_target(_global: &GlobalArgs, source: &Source) -> anyhow::Result<T
             label: dir.display().to_string(),
         });
     }
-    let image = source.image.as_deref().unwrap_or_default();
-    anyhow::bail!(
-        "image {image:?}: this build of moat has no image store yet; pass --rootfs DIR with the unpacked image"
-    )
+    let reference = source.image.as_deref().unwrap_or_default();
+    let store = moat_image::Store::open(&global.root)
+        .with_context(|| format!("cannot open the image store {}", global.root.display()))?;
+    let image = store.resolve(reference)?;
+    let rootfs = store.rootfs(&image)?;
+    let mut argv = image.config.entrypoint.clone();
+    argv.extend(image.config.cmd.iter().cloned());
+    Ok(Target {
+        rootfs,
+        argv,
+        env: image.config.env.clone(),
+        label: format!("image {reference} ({})", image.short_id()),
+    })
 }
 
 /// The command line of `moat run` for `backend` on `source`, re-using this
