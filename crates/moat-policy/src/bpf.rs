@@ -289,8 +289,35 @@ pub fn to_bytes(prog: &[SockFilter]) -> Vec<u8> {
 
 /// A readable listing, one instruction per line, with syscall names.
 pub fn disassemble(prog: &[SockFilter]) -> String {
+    // What the accumulator holds on entry to each instruction (jumps only go
+    // forward, so one pass suffices): Some(offset) of the last load.
+    let mut acc: Vec<Option<Option<u32>>> = vec![None; prog.len() + 1];
+    if !prog.is_empty() {
+        acc[0] = Some(None);
+    }
+    let merge = |acc: &mut Vec<Option<Option<u32>>>, at: usize, v: Option<u32>| {
+        if at < acc.len() {
+            acc[at] = match acc[at] {
+                None => Some(v),
+                Some(old) if old == v => Some(v),
+                Some(_) => Some(None),
+            };
+        }
+    };
+    for (i, ins) in prog.iter().enumerate() {
+        let cur = acc[i].flatten();
+        match ins.code {
+            BPF_LD_W_ABS => merge(&mut acc, i + 1, Some(ins.k)),
+            BPF_RET_K => {}
+            _ => {
+                merge(&mut acc, i + 1 + usize::from(ins.jt), cur);
+                merge(&mut acc, i + 1 + usize::from(ins.jf), cur);
+            }
+        }
+    }
     let mut out = String::new();
     for (i, ins) in prog.iter().enumerate() {
+        let acc_is_nr = acc[i].flatten() == Some(OFF_NR);
         let tgt = |off: u8| i + 1 + usize::from(off);
         let line = match ins.code {
             BPF_LD_W_ABS => {
@@ -309,7 +336,15 @@ pub fn disassemble(prog: &[SockFilter]) -> String {
                     BPF_JMP_JGE_K => "jge ",
                     _ => "jset",
                 };
-                format!("{op} {:#x}, {}, {}", ins.k, tgt(ins.jt), tgt(ins.jf))
+                let note = match syscalls::name(ins.k) {
+                    Some(n)
+                        if acc_is_nr && ins.code != BPF_JMP_JSET_K && ins.k < X32_SYSCALL_BIT =>
+                    {
+                        format!("  ; {n}")
+                    }
+                    _ => String::new(),
+                };
+                format!("{op} {:#x}, {}, {}{note}", ins.k, tgt(ins.jt), tgt(ins.jf))
             }
             BPF_RET_K => format!("ret {}", ret_name(ins.k)),
             other => format!("??? code={other:#x} k={:#x}", ins.k),
