@@ -159,8 +159,23 @@ pub fn moat_run_argv(
 
 /// Compiles a policy file, a built-in policy name or an image's static
 /// profile into the [`moat_policy::Plan`] a backend would get.
-pub fn compile_target(target: &str) -> anyhow::Result<moat_policy::Plan> {
-    anyhow::bail!("{target}: this build of moat has no policy compiler yet")
+pub fn compile_target(global: &GlobalArgs, target: &str) -> anyhow::Result<moat_policy::Plan> {
+    let is_policy = Path::new(target).is_file() || moat_policy::builtin::text(target).is_some();
+    let policy = if is_policy {
+        moat_policy::Policy::resolve(target)?
+    } else {
+        let source = Source {
+            image: Some(target.to_string()),
+            rootfs: None,
+        };
+        let t = resolve_target(global, &source).with_context(|| {
+            format!("{target}: neither a policy file, a built-in policy nor an image")
+        })?;
+        let (profile, _) = static_profile(&t, None, None)?;
+        let text = profile.to_policy_yaml(&[]);
+        moat_policy::Policy::parse(&text, &format!("static profile of {}", t.label))?
+    };
+    Ok(moat_policy::compile(&policy)?)
 }
 
 /// Writes `data` to `path` through a temporary file in the same directory
@@ -208,10 +223,14 @@ fn sanitize_name(s: &str) -> String {
     }
 }
 
-fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode> {
-    let target = resolve_target(global, &args.source)?;
-    let argv0 = match (&args.entrypoint, target.argv.first()) {
-        (Some(e), _) => e.clone(),
+/// Runs the static analysis of `target` (its entrypoint, or `entrypoint`).
+pub fn static_profile(
+    target: &Target,
+    entrypoint: Option<&str>,
+    name: Option<&str>,
+) -> anyhow::Result<(Profile, static_analysis::StaticReport)> {
+    let argv0 = match (entrypoint, target.argv.first()) {
+        (Some(e), _) => e.to_string(),
         (None, Some(a)) => a.clone(),
         (None, None) => anyhow::bail!(
             "{}: no entrypoint or command to analyse; pass --entrypoint PATH",
@@ -223,9 +242,8 @@ fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode>
         .with_context(|| format!("static analysis of {}", target.label))?;
     let mut profile = report.profile.clone();
     let base = report.entrypoint.rsplit('/').next().unwrap_or("app");
-    profile.name = args
-        .name
-        .clone()
+    profile.name = name
+        .map(String::from)
         .unwrap_or_else(|| format!("{}-static", sanitize_name(base)));
     profile.header = vec![
         format!(
@@ -244,6 +262,13 @@ fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode>
                 .join(", ")
         ),
     ];
+    Ok((profile, report))
+}
+
+fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode> {
+    let target = resolve_target(global, &args.source)?;
+    let (profile, report) =
+        static_profile(&target, args.entrypoint.as_deref(), args.name.as_deref())?;
     if args.format == "json" {
         let objects: Vec<serde_json::Value> = report
             .objects
@@ -271,7 +296,12 @@ fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode>
             &(serde_json::to_string_pretty(&doc)? + "\n"),
         )?;
     } else {
-        emit(args.output.as_deref(), &profile.to_policy_yaml(&[]))?;
+        let text = profile.to_policy_yaml(&[]);
+        // What we write must be a policy moat itself accepts.
+        moat_policy::Policy::parse(&text, "generated profile")
+            .and_then(|p| moat_policy::compile(&p))
+            .context("the generated profile does not compile (a bug in moat profile)")?;
+        emit(args.output.as_deref(), &text)?;
     }
     if let Some(out) = &args.output {
         eprintln!(
