@@ -350,13 +350,20 @@ fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode>
             .context("the generated profile does not compile (a bug in moat profile)")?;
         if args.verify {
             let command = command_of(&target, &args.command)?;
-            let (code, out, _) = run_under(
+            let (code, out, err) = run_under(
                 global,
                 &args.source,
                 record::RECORDING_POLICY,
                 &command,
                 None,
             )?;
+            let err = String::from_utf8_lossy(&err);
+            if let Some(line) = err
+                .lines()
+                .find(|l| l.starts_with("moat: error:") || l.starts_with("error:"))
+            {
+                anyhow::bail!("the reference run of the workload did not start: {line}");
+            }
             verify(global, &args.source, &text, &command, (code, &out), None)?;
         }
         emit(args.output.as_deref(), &text)?;
