@@ -1,3 +1,10 @@
 //! Vulnerability scanning: package inventories, OSV advisories, matching, SBOMs. See docs/scanning.md.
 
+pub mod cvss;
+pub mod db;
+pub mod ecosystem;
+pub mod inventory;
+pub mod matcher;
+pub mod osv;
+pub mod util;
 pub mod version;
