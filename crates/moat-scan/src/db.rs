@@ -307,6 +307,8 @@ impl VulnDb {
         if let Some(n) = newest.filter(|n| prev_newest.as_ref().is_none_or(|p| n > p)) {
             set("newest_modified", n)?;
         }
+        let total: i64 = tx.query_row("SELECT COUNT(*) FROM advisories", [], |r| r.get(0))?;
+        set("advisory_count", total.to_string())?;
         tx.commit()?;
         progress(rep.records);
         Ok(rep)
@@ -354,12 +356,20 @@ impl VulnDb {
         })
     }
 
-    /// Number of advisories loaded.
+    /// Number of advisories loaded (as of the last import).
     pub fn count(&self) -> Result<u64, DbError> {
-        let n: i64 = self
-            .conn
-            .query_row("SELECT COUNT(*) FROM advisories", [], |r| r.get(0))?;
-        Ok(n as u64)
+        Ok(self
+            .meta("advisory_count")?
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// When advisories were last imported (RFC 3339).
+    pub fn last_import(&self) -> Result<Option<String>, DbError> {
+        Ok(self
+            .meta("last_import_unix")?
+            .and_then(|s| s.parse().ok())
+            .map(util::rfc3339))
     }
 
     /// Every advisory entry for `name` under the ecosystem key `ecosystem`.
