@@ -3,6 +3,8 @@
 pub mod cvss;
 pub mod db;
 pub mod ecosystem;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fixtures;
 pub mod inventory;
 pub mod matcher;
 pub mod osv;
