@@ -25,6 +25,35 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Import a directory as a single-layer image; returns the image ID.
+fn import_rootfs(root: &Path, dir: &Path, name: &str) -> String {
+    let tarball = dir.with_extension("tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .expect("run tar");
+    assert!(st.success());
+    let o = moat(
+        root,
+        &[
+            "image",
+            "import",
+            tarball.to_str().unwrap(),
+            "--name",
+            name,
+            "--format",
+            "json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    img["config_digest"].as_str().unwrap().to_string()
+}
+
 struct Env {
     _t: tempfile::TempDir,
     root: std::path::PathBuf,
@@ -243,9 +272,16 @@ fn import_alerts_on_stored_images_and_their_containers() {
     let e = env();
     let alpine = e.root.join("alpine");
     fixtures::write_alpine_rootfs(&alpine).unwrap();
-    let id = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    // The inventory is stored at import, before any advisory exists.
+    let id = &import_rootfs(&e.root, &alpine, "alpine:3.18");
+    assert!(e
+        .root
+        .join(format!("scan/inventories/{}.json", &id[7..]))
+        .exists());
+    // An inventory of an image removed since is dropped, not alerted on.
+    let gone = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     let inv = moat_scan::inventory::from_rootfs(&alpine).unwrap();
-    moat_scan::store::save(&e.root, id, &["alpine:3.18".to_string()], inv).unwrap();
+    moat_scan::store::save(&e.root, gone, &["old:1".to_string()], inv).unwrap();
     let state = e.root.join("run/containers/c0ffee");
     fs::create_dir_all(&state).unwrap();
     fs::write(
@@ -268,6 +304,10 @@ fn import_alerts_on_stored_images_and_their_containers() {
     let log = fs::read_to_string(e.root.join("scan/alerts.log")).unwrap();
     let alert: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
     assert_eq!(alert["containers"][0]["id"], "c0ffee");
+    assert!(!e
+        .root
+        .join(format!("scan/inventories/{}.json", &gone[7..]))
+        .exists());
     // Same data again: no new alert.
     let o = moat(&e.root, &["vulndb", "import", e.osv.to_str().unwrap()]);
     assert!(
@@ -282,9 +322,7 @@ fn watch_reimports_on_change_until_stopped() {
     let e = env();
     let alpine = e.root.join("alpine");
     fixtures::write_alpine_rootfs(&alpine).unwrap();
-    let id = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-    let inv = moat_scan::inventory::from_rootfs(&alpine).unwrap();
-    moat_scan::store::save(&e.root, id, &["alpine:3.18".to_string()], inv).unwrap();
+    import_rootfs(&e.root, &alpine, "alpine:3.18");
     let watched = e.root.join("watched");
     fs::create_dir_all(&watched).unwrap();
     fs::copy(
@@ -357,4 +395,61 @@ fn watch_reimports_on_change_until_stopped() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[test]
+fn scan_image_from_the_store() {
+    let e = env();
+    moat(&e.root, &["vulndb", "import", e.osv.to_str().unwrap()]);
+    let id = import_rootfs(&e.root, &e.rootfs, "debian-app:1");
+    let o = moat(&e.root, &["scan", "debian-app:1", "--format", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["target"], format!("debian-app:1 ({})", &id[7..19]));
+    let f = j["findings"].as_array().unwrap();
+    assert_eq!(f.len(), 10);
+    let bsd = f.iter().find(|f| f["package"] == "bsdutils").unwrap();
+    assert_eq!(bsd["matched_name"], "util-linux");
+    assert!(
+        bsd["layer"].as_str().unwrap().starts_with("sha256:"),
+        "{bsd}"
+    );
+    let o = moat(&e.root, &["scan", "debian-app:1"]);
+    let table = stdout(&o);
+    assert!(table.contains("bsdutils"), "{table}");
+    assert!(
+        table.contains(&format!(
+            "debian-app:1 ({}) (Debian GNU/Linux 12 (bookworm))",
+            &id[7..19]
+        )),
+        "{table}"
+    );
+
+    // busybox: no package database, said plainly.
+    let img = e.root.join("busybox.tar");
+    let o = moat(&e.root, &["dev", "test-image", "-o", img.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = moat(
+        &e.root,
+        &[
+            "image",
+            "import",
+            img.to_str().unwrap(),
+            "--name",
+            "busybox:test",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = moat(&e.root, &["scan", "busybox:test"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("Nothing could be checked: this is not a clean result."),
+        "{out}"
+    );
+    assert!(out.contains("note: no OS package database found"), "{out}");
+    let o = moat(&e.root, &["scan", "nosuch:1"]);
+    assert_eq!(
+        stderr(&o),
+        "moat: error: no image matches \"nosuch:1\" (see `moat image ls`)\n"
+    );
 }

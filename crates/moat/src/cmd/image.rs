@@ -176,6 +176,7 @@ fn import(store: &Store, a: ImportArgs) -> anyhow::Result<ExitCode> {
         b.0.finish_and_clear();
     }
     let image = result.context("import failed")?;
+    crate::cmd::scan::record_inventory(store, &image);
     match a.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&image)?),
         Format::Table => println!(

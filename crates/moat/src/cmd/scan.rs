@@ -74,8 +74,7 @@ pub fn run(global: &GlobalArgs, cmd: ScanArgs) -> anyhow::Result<ExitCode> {
     } else if let Some(file) = &cmd.sbom {
         (file.display().to_string(), moat_scan::sbom::read(file)?)
     } else {
-        let reference = cmd.image.as_deref().unwrap_or_default();
-        (reference.to_string(), image_inventory(global, reference)?)
+        image_inventory(global, cmd.image.as_deref().unwrap_or_default())?
     };
     let db = VulnDb::open(&vulndb::db_dir(global))?;
     let report = Report::build(&target, inv, &db, cmd.ignore_unfixed, &[])?;
@@ -91,9 +90,54 @@ pub fn run(global: &GlobalArgs, cmd: ScanArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The inventory of a stored image.
-fn image_inventory(_global: &GlobalArgs, reference: &str) -> anyhow::Result<Inventory> {
-    anyhow::bail!("cannot scan image {reference}: the image store is not available in this build; use --rootfs DIR or --sbom FILE")
+/// The inventory of a stored image: the one stored at import, or read from
+/// its layers (and stored) for an image imported before scanning existed.
+fn image_inventory(global: &GlobalArgs, reference: &str) -> anyhow::Result<(String, Inventory)> {
+    let store = moat_image::Store::open(&global.root)?;
+    let image = store.resolve(reference)?;
+    let shown = match image.names.first() {
+        Some(n) => format!("{n} ({})", image.short_id()),
+        None => image.config_digest.clone(),
+    };
+    if let Some(s) = moat_scan::store::load(&global.root, &image.config_digest)? {
+        return Ok((shown, s.inventory));
+    }
+    let stored = inventory_from_store(&store, &image)?;
+    Ok((shown, stored.inventory))
+}
+
+/// Read an image's layers, bottom first, into an inventory and store it
+/// under `<root>/scan/inventories/`.
+pub fn inventory_from_store(
+    store: &moat_image::Store,
+    image: &moat_image::Image,
+) -> anyhow::Result<moat_scan::store::StoredInventory> {
+    let mut c = inventory::Collector::new();
+    for layer in &image.layers {
+        let r = store.open_layer(&layer.digest).with_context(|| {
+            format!("opening layer {} of {}", layer.digest, image.config_digest)
+        })?;
+        c.add_layer(&layer.digest, r)?;
+    }
+    let inv = c.finish()?;
+    Ok(moat_scan::store::save(
+        store.root(),
+        &image.config_digest,
+        &image.names,
+        inv,
+    )?)
+}
+
+/// Called by `moat image import`: store the new image's inventory so that
+/// advisory imports can re-match it without reading layers again. A failure
+/// here does not undo the import; it is reported as a warning.
+pub fn record_inventory(store: &moat_image::Store, image: &moat_image::Image) {
+    if let Err(err) = inventory_from_store(store, image) {
+        eprintln!(
+            "moat: warning: image {} imported, but its package inventory was not stored ({err:#}); `moat scan` will read its layers",
+            image.config_digest
+        );
+    }
 }
 
 fn watch(

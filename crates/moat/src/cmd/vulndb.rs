@@ -125,6 +125,17 @@ pub fn import_and_rematch(global: &GlobalArgs, path: &Path) -> anyhow::Result<Im
     if tty {
         eprintln!();
     }
+    // Inventories of images removed since: drop them, they cannot alert.
+    if let Ok(images) = moat_image::Store::open(&global.root) {
+        for s in store::list(&global.root)? {
+            if matches!(
+                images.resolve(&s.image_id),
+                Err(moat_image::StoreError::NotFound { .. })
+            ) {
+                store::remove(&global.root, &s.image_id)?;
+            }
+        }
+    }
     let images = store::list(&global.root)?.len();
     let alerts = store::rematch_all(&global.root, &global.run_root(), &db)
         .context("re-matching stored image inventories")?;
