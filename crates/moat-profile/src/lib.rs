@@ -8,6 +8,7 @@ pub mod elf;
 pub mod libcmap;
 pub mod measure;
 pub mod profile;
+pub mod record;
 pub mod rootfs;
 pub mod static_analysis;
 pub mod surface;

@@ -38,10 +38,12 @@ pub enum MeasureError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "the traced workload of {program} never started (no execve seen); its exit code was {code}"
-    )]
-    NoWorkload { program: String, code: i32 },
+    #[error("the traced workload of {program} never started (no execve seen); it exited with {code}: {stderr}")]
+    NoWorkload {
+        program: String,
+        code: i32,
+        stderr: String,
+    },
 }
 
 /// What one traced run showed.
@@ -68,34 +70,73 @@ fn stopped(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// Runs `argv` on the host with its tree traced from the first exec after
-/// the exec of the launcher `after` (see [`TreeFilter`]); returns the exit
-/// code and the record.
-/// With `functions`, traces kernel functions instead of syscalls and
-/// returns the refusal when the kernel does not allow it.
-pub fn trace_command(
-    argv: &[String],
-    after: Option<&str>,
-    program: Option<&str>,
-    functions: bool,
-) -> Result<(i32, Recorded, Option<String>), MeasureError> {
-    let launcher = argv.first().cloned().unwrap_or_default();
-    let inst = Instance::create(if functions { "hap" } else { "measure" })?;
+/// One traced run of a host command.
+#[derive(Debug, Clone, Default)]
+pub struct TraceRun<'a> {
+    pub argv: &'a [String],
+    /// Only execs after the exec of this launcher count (see [`TreeFilter`]).
+    pub after: Option<&'a str>,
+    /// Only an exec of this program starts the workload.
+    pub program: Option<&'a str>,
+    /// Trace kernel functions (HAP) instead of syscalls.
+    pub functions: bool,
+    /// Keep the command's stdout and stderr.
+    pub capture: bool,
+    /// Send SIGTERM to the command after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// What a traced run produced.
+#[derive(Debug, Clone, Default)]
+pub struct TraceOutcome {
+    pub code: i32,
+    pub recorded: Recorded,
+    /// Why the function tracer could not be used (with `functions`).
+    pub refused: Option<String>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(p, sig);
+    }
+}
+
+/// Runs a host command with its process tree traced.
+pub fn trace(run: &TraceRun<'_>) -> Result<TraceOutcome, MeasureError> {
+    let launcher = run.argv.first().cloned().unwrap_or_default();
+    let inst = Instance::create(if run.functions { "hap" } else { "trace" })?;
+    let spawn_err = |source: std::io::Error| MeasureError::Spawn {
+        program: launcher.clone(),
+        source,
+    };
+    let (out_file, err_file) = if run.capture {
+        (
+            Some(tempfile::tempfile().map_err(spawn_err)?),
+            Some(tempfile::tempfile().map_err(spawn_err)?),
+        )
+    } else {
+        (None, None)
+    };
+    let to_stdio = |f: &Option<std::fs::File>| -> Result<Stdio, MeasureError> {
+        Ok(match f {
+            Some(f) => Stdio::from(f.try_clone().map_err(spawn_err)?),
+            None => Stdio::null(),
+        })
+    };
     // The child stops itself before exec'ing the launcher, so that tracing
     // starts before anything of interest happens.
     let mut child = Command::new("/bin/sh")
         .arg("-c")
         .arg("kill -STOP $$; exec \"$@\"")
         .arg("sh")
-        .args(argv)
+        .args(run.argv)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(to_stdio(&out_file)?)
+        .stderr(to_stdio(&err_file)?)
         .spawn()
-        .map_err(|source| MeasureError::Spawn {
-            program: launcher.clone(),
-            source,
-        })?;
+        .map_err(spawn_err)?;
     let pid = child.id();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !stopped(pid) {
@@ -107,46 +148,154 @@ pub fn trace_command(
         std::thread::sleep(Duration::from_millis(2));
     }
     let mut refused = None;
-    if functions {
+    if run.functions {
         if let Err(why) = inst.start_functions(pid) {
             refused = Some(why);
         }
     } else if let Err(e) = inst.start_syscalls(pid) {
         let _ = child.kill();
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_raw(pid as i32).expect("child pid is positive"),
-            rustix::process::Signal::CONT,
-        );
+        signal(pid, rustix::process::Signal::CONT);
         let _ = child.wait();
         return Err(e.into());
     }
-    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
-        let _ = rustix::process::kill_process(p, rustix::process::Signal::CONT);
-    }
-    let status = child.wait().map_err(|source| MeasureError::Wait {
-        program: launcher.clone(),
-        source,
-    })?;
+    signal(pid, rustix::process::Signal::CONT);
+    let stop_at = run.timeout.map(|t| Instant::now() + t);
+    let mut terminated = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(source) => {
+                return Err(MeasureError::Wait {
+                    program: launcher,
+                    source,
+                })
+            }
+        }
+        if let Some(at) = stop_at {
+            if !terminated && Instant::now() >= at {
+                signal(pid, rustix::process::Signal::TERM);
+                terminated = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let code = status.code().unwrap_or_else(|| {
         use std::os::unix::process::ExitStatusExt;
         128 + status.signal().unwrap_or(0)
     });
+    let read_back = |f: Option<std::fs::File>| -> Vec<u8> {
+        use std::io::{Read, Seek};
+        let mut buf = Vec::new();
+        if let Some(mut f) = f {
+            let _ = f.rewind();
+            let _ = f.read_to_end(&mut buf);
+        }
+        buf
+    };
+    let stdout = read_back(out_file);
+    let stderr = read_back(err_file);
     if refused.is_some() {
-        return Ok((code, Recorded::default(), refused));
+        return Ok(TraceOutcome {
+            code,
+            refused,
+            stdout,
+            stderr,
+            ..TraceOutcome::default()
+        });
     }
     let text = inst.stop()?;
     let filter = TreeFilter::FromFirstExec {
-        after: after.map(String::from),
-        program: program.map(String::from),
+        after: run.after.map(String::from),
+        program: run.program.map(String::from),
     };
-    let rec = trace::fold(&trace::parse(&text), &filter);
-    if rec.execs.is_empty() {
+    let recorded = trace::fold(&trace::parse(&text), &filter);
+    if recorded.execs.is_empty() {
         return Err(MeasureError::NoWorkload {
             program: launcher,
             code,
+            stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
         });
     }
-    Ok((code, rec, None))
+    Ok(TraceOutcome {
+        code,
+        recorded,
+        refused: None,
+        stdout,
+        stderr,
+    })
+}
+
+/// Runs `argv` without tracing, keeping its output; SIGTERM after
+/// `timeout`. Returns (exit code, stdout, stderr).
+pub fn run_plain(
+    argv: &[String],
+    timeout: Option<Duration>,
+) -> Result<(i32, Vec<u8>, Vec<u8>), MeasureError> {
+    use std::io::{Read, Seek};
+    let launcher = argv.first().cloned().unwrap_or_default();
+    let spawn_err = |source: std::io::Error| MeasureError::Spawn {
+        program: launcher.clone(),
+        source,
+    };
+    let mut out = tempfile::tempfile().map_err(spawn_err)?;
+    let mut err = tempfile::tempfile().map_err(spawn_err)?;
+    let mut child = Command::new(&launcher)
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().map_err(spawn_err)?)
+        .stderr(err.try_clone().map_err(spawn_err)?)
+        .spawn()
+        .map_err(spawn_err)?;
+    let stop_at = timeout.map(|t| Instant::now() + t);
+    let mut terminated = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) => {}
+            Err(source) => {
+                return Err(MeasureError::Wait {
+                    program: launcher,
+                    source,
+                })
+            }
+        }
+        if let Some(at) = stop_at {
+            if !terminated && Instant::now() >= at {
+                signal(child.id(), rustix::process::Signal::TERM);
+                terminated = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let code = status.code().unwrap_or_else(|| {
+        use std::os::unix::process::ExitStatusExt;
+        128 + status.signal().unwrap_or(0)
+    });
+    let (mut o, mut e) = (Vec::new(), Vec::new());
+    let _ = out.rewind();
+    let _ = out.read_to_end(&mut o);
+    let _ = err.rewind();
+    let _ = err.read_to_end(&mut e);
+    Ok((code, o, e))
+}
+
+/// Runs `argv` traced (see [`trace`]); returns the exit code, the record
+/// and, with `functions`, why the function tracer was refused.
+pub fn trace_command(
+    argv: &[String],
+    after: Option<&str>,
+    program: Option<&str>,
+    functions: bool,
+) -> Result<(i32, Recorded, Option<String>), MeasureError> {
+    let o = trace(&TraceRun {
+        argv,
+        after,
+        program,
+        functions,
+        ..TraceRun::default()
+    })?;
+    Ok((o.code, o.recorded, o.refused))
 }
 
 /// Turns a recording into a [`Measurement`].

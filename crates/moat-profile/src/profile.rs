@@ -20,6 +20,23 @@ pub struct Profile {
     pub failed_privileged: BTreeSet<String>,
     /// Caveats (unresolved syscall sites, dlopen, ...), shown as comments.
     pub warnings: Vec<String>,
+    /// `conditions.socket.families` to emit (replacing `restricted`'s
+    /// AF_UNIX-only condition); `None` keeps the base policy's.
+    pub socket_condition: Option<BTreeSet<String>>,
+    /// `conditions.ioctl` to emit.
+    pub ioctl_condition: IoctlGrant,
+}
+
+/// The `ioctl` condition of a profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum IoctlGrant {
+    /// Keep the base policy's condition.
+    #[default]
+    Inherit,
+    /// Any request (`deny: []`): what static analysis must assume.
+    Any,
+    /// Only these requests (names or 0x numbers).
+    Allow(BTreeSet<String>),
 }
 
 /// Largest number of reasons shown beside one syscall.
@@ -53,6 +70,20 @@ impl Profile {
                 out.warnings.push(w.clone());
             }
         }
+        out.socket_condition = match (&self.socket_condition, &other.socket_condition) {
+            (Some(a), Some(b)) => Some(a.union(b).cloned().collect()),
+            (Some(x), None) | (None, Some(x)) => Some(x.clone()),
+            (None, None) => None,
+        };
+        out.ioctl_condition = match (&self.ioctl_condition, &other.ioctl_condition) {
+            (IoctlGrant::Any, _) | (_, IoctlGrant::Any) => IoctlGrant::Any,
+            (IoctlGrant::Allow(a), IoctlGrant::Allow(b)) => {
+                IoctlGrant::Allow(a.union(b).cloned().collect())
+            }
+            (IoctlGrant::Allow(x), IoctlGrant::Inherit)
+            | (IoctlGrant::Inherit, IoctlGrant::Allow(x)) => IoctlGrant::Allow(x.clone()),
+            (IoctlGrant::Inherit, IoctlGrant::Inherit) => IoctlGrant::Inherit,
+        };
         out
     }
 
@@ -97,6 +128,29 @@ impl Profile {
             y.push_str("    deny:\n");
             for name in deny {
                 y.push_str(&format!("      - {name}\n"));
+            }
+        }
+        let has_conditions =
+            self.socket_condition.is_some() || self.ioctl_condition != IoctlGrant::Inherit;
+        if has_conditions {
+            y.push_str("    conditions:\n");
+        }
+        if let Some(fams) = &self.socket_condition {
+            let list: Vec<&str> = fams.iter().map(String::as_str).collect();
+            y.push_str(&format!(
+                "      socket:\n        families: [{}]\n",
+                list.join(", ")
+            ));
+        }
+        match &self.ioctl_condition {
+            IoctlGrant::Inherit => {}
+            IoctlGrant::Any => y.push_str("      ioctl:\n        deny: []\n"),
+            IoctlGrant::Allow(reqs) => {
+                let list: Vec<&str> = reqs.iter().map(String::as_str).collect();
+                y.push_str(&format!(
+                    "      ioctl:\n        allow: [{}]\n",
+                    list.join(", ")
+                ));
             }
         }
         if !self.socket_families.is_empty() {
@@ -197,6 +251,18 @@ impl Profile {
                 (2, "syscalls:") | (2, "filesystem:") => section = "",
                 (4, "allow:") => section = "allow",
                 (4, "deny:") => section = "deny",
+                (4, "conditions:") => section = "conditions",
+                (6, "socket:") if section == "conditions" => section = "socket",
+                (6, "ioctl:") if section == "socket" || section == "conditions" => {
+                    section = "ioctl"
+                }
+                (8, _) if section == "socket" && t.starts_with("families: [") => {
+                    p.socket_condition = Some(flow_list(&t["families: ".len()..]));
+                }
+                (8, "deny: []") if section == "ioctl" => p.ioctl_condition = IoctlGrant::Any,
+                (8, _) if section == "ioctl" && t.starts_with("allow: [") => {
+                    p.ioctl_condition = IoctlGrant::Allow(flow_list(&t["allow: ".len()..]));
+                }
                 (4, "writable:") => section = "writable",
                 (6, _) if t.starts_with("- ") => {
                     let item = t[2..].trim();
@@ -227,6 +293,17 @@ impl Profile {
         }
         Ok(p)
     }
+}
+
+/// `[A, B]` -> {A, B}.
+fn flow_list(s: &str) -> BTreeSet<String> {
+    s.trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(',')
+        .map(|x| x.trim().to_string())
+        .filter(|x| !x.is_empty())
+        .collect()
 }
 
 fn unquote(s: &str) -> String {
@@ -298,9 +375,33 @@ mod tests {
         p.writable.insert("/tmp".into());
         p.socket_families.insert("AF_UNIX".into());
         p.failed_privileged.insert("mount: EPERM".into());
+        p.socket_condition = Some(["AF_INET".to_string(), "AF_UNIX".to_string()].into());
+        p.ioctl_condition = IoctlGrant::Allow(["TCGETS".to_string(), "0x1234".to_string()].into());
         let y = p.to_policy_yaml(&["mkdir".into()]);
         let back = Profile::from_policy_yaml("p.yaml", &y).unwrap();
         assert_eq!(back, p);
+    }
+
+    #[test]
+    fn any_ioctl_round_trips_and_dominates_merge() {
+        let p = Profile {
+            ioctl_condition: IoctlGrant::Any,
+            ..Profile::default()
+        };
+        let y = p.to_policy_yaml(&[]);
+        assert!(
+            y.contains("    conditions:\n      ioctl:\n        deny: []\n"),
+            "{y}"
+        );
+        assert_eq!(
+            Profile::from_policy_yaml("p", &y).unwrap().ioctl_condition,
+            IoctlGrant::Any
+        );
+        let q = Profile {
+            ioctl_condition: IoctlGrant::Allow(["TCGETS".to_string()].into()),
+            ..Profile::default()
+        };
+        assert_eq!(q.merge(&p).ioctl_condition, IoctlGrant::Any);
     }
 
     #[test]

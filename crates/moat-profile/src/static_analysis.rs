@@ -330,6 +330,19 @@ pub fn analyze(root: &Root, argv0: &str, env: &[String]) -> Result<StaticReport,
             );
         }
     }
+    // Arguments are not analysed: lift the base policy's argument
+    // conditions, so that the profile over-approximates.
+    if a.profile.syscalls.contains_key("socket") {
+        a.profile.socket_condition = Some(
+            moat_policy::args::SOCKET_FAMILIES
+                .iter()
+                .map(|(name, _)| name.to_string())
+                .collect(),
+        );
+    }
+    if a.profile.syscalls.contains_key("ioctl") {
+        a.profile.ioctl_condition = crate::profile::IoctlGrant::Any;
+    }
     Ok(StaticReport {
         entrypoint: entry,
         objects: a.objects,

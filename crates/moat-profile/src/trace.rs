@@ -115,6 +115,9 @@ impl Instance {
         write(&d.join("options/overwrite"), "0")?;
         write(&d.join("options/event-fork"), "1")?;
         write(&d.join("set_event_pid"), &pid.to_string())?;
+        // Only failures matter on exit (EPERM/EACCES/EROFS); this halves
+        // the volume of the trace.
+        write(&d.join("events/raw_syscalls/sys_exit/filter"), "ret < 0")?;
         for ev in [
             "raw_syscalls/sys_enter",
             "raw_syscalls/sys_exit",

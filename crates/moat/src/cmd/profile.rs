@@ -3,11 +3,13 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use moat_profile::profile::Profile;
 use moat_profile::rootfs::Root;
 use moat_profile::static_analysis;
+use moat_profile::{measure, record};
 
 use crate::global::GlobalArgs;
 
@@ -24,6 +26,20 @@ pub enum ProfileCommand {
         moat profile static busybox --entrypoint /bin/busybox -o busybox.yaml\n  \
         moat profile static --rootfs ./rootfs --entrypoint /usr/bin/jq --format json")]
     Static(StaticArgs),
+    /// Record what a workload really does and emit a policy allowing exactly that.
+    ///
+    /// Runs the workload in the sandbox (under `baseline` with every other
+    /// syscall allowed and logged) while the kernel's syscall tracepoints
+    /// record its process tree from its first execve: syscalls, socket
+    /// families, ioctl requests, failed privileged operations. Nothing of
+    /// moat's own setup is recorded. The policy extends `restricted`, denies
+    /// what `restricted` allows but the workload did not use, and is then
+    /// verified: the workload runs again, enforcing, and must exit and print
+    /// the same. Needs root.
+    #[command(after_help = "Examples:\n  \
+        moat profile record busybox -o sh.yaml -- /bin/sh -c 'echo hi; ls /; cat /etc/passwd'\n  \
+        moat profile record myserver --duration 30 -o server.yaml")]
+    Record(RecordArgs),
     /// Combine two generated profiles into one that allows what either allows.
     #[command(after_help = "Example:\n  moat profile merge static.yaml recorded.yaml -o app.yaml")]
     Merge(MergeArgs),
@@ -57,6 +73,36 @@ pub struct StaticArgs {
     /// `metadata.name` of the generated policy.
     #[arg(long)]
     pub name: Option<String>,
+    /// Run the image's command (or the one after `--`) in the sandbox
+    /// under the generated profile and under `baseline`, and fail unless
+    /// both exit and print the same.
+    #[arg(long)]
+    pub verify: bool,
+    /// Command for --verify (default: the image's entrypoint and command).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub source: Source,
+    /// Stop the workload (SIGTERM) after S seconds; for servers. With it,
+    /// --verify compares exit codes only.
+    #[arg(long, value_name = "S")]
+    pub duration: Option<f64>,
+    /// Write the policy to FILE (atomically) instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Skip the enforcing re-run (verification is on by default).
+    #[arg(long)]
+    pub no_verify: bool,
+    /// `metadata.name` of the generated policy.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Command to record (default: the image's entrypoint and command).
+    #[arg(last = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,6 +122,7 @@ pub struct MergeArgs {
 pub fn run(global: &GlobalArgs, cmd: ProfileCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ProfileCommand::Static(args) => run_static(global, args),
+        ProfileCommand::Record(args) => run_record(global, args),
         ProfileCommand::Merge(args) => run_merge(args),
     }
 }
@@ -159,8 +206,23 @@ pub fn moat_run_argv(
 
 /// Compiles a policy file, a built-in policy name or an image's static
 /// profile into the [`moat_policy::Plan`] a backend would get.
-pub fn compile_target(target: &str) -> anyhow::Result<moat_policy::Plan> {
-    anyhow::bail!("{target}: this build of moat has no policy compiler yet")
+pub fn compile_target(global: &GlobalArgs, target: &str) -> anyhow::Result<moat_policy::Plan> {
+    let is_policy = Path::new(target).is_file() || moat_policy::builtin::text(target).is_some();
+    let policy = if is_policy {
+        moat_policy::Policy::resolve(target)?
+    } else {
+        let source = Source {
+            image: Some(target.to_string()),
+            rootfs: None,
+        };
+        let t = resolve_target(global, &source).with_context(|| {
+            format!("{target}: neither a policy file, a built-in policy nor an image")
+        })?;
+        let (profile, _) = static_profile(&t, None, None)?;
+        let text = profile.to_policy_yaml(&[]);
+        moat_policy::Policy::parse(&text, &format!("static profile of {}", t.label))?
+    };
+    Ok(moat_policy::compile(&policy)?)
 }
 
 /// Writes `data` to `path` through a temporary file in the same directory
@@ -208,10 +270,14 @@ fn sanitize_name(s: &str) -> String {
     }
 }
 
-fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode> {
-    let target = resolve_target(global, &args.source)?;
-    let argv0 = match (&args.entrypoint, target.argv.first()) {
-        (Some(e), _) => e.clone(),
+/// Runs the static analysis of `target` (its entrypoint, or `entrypoint`).
+pub fn static_profile(
+    target: &Target,
+    entrypoint: Option<&str>,
+    name: Option<&str>,
+) -> anyhow::Result<(Profile, static_analysis::StaticReport)> {
+    let argv0 = match (entrypoint, target.argv.first()) {
+        (Some(e), _) => e.to_string(),
         (None, Some(a)) => a.clone(),
         (None, None) => anyhow::bail!(
             "{}: no entrypoint or command to analyse; pass --entrypoint PATH",
@@ -223,9 +289,8 @@ fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode>
         .with_context(|| format!("static analysis of {}", target.label))?;
     let mut profile = report.profile.clone();
     let base = report.entrypoint.rsplit('/').next().unwrap_or("app");
-    profile.name = args
-        .name
-        .clone()
+    profile.name = name
+        .map(String::from)
         .unwrap_or_else(|| format!("{}-static", sanitize_name(base)));
     profile.header = vec![
         format!(
@@ -244,6 +309,13 @@ fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode>
                 .join(", ")
         ),
     ];
+    Ok((profile, report))
+}
+
+fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode> {
+    let target = resolve_target(global, &args.source)?;
+    let (profile, report) =
+        static_profile(&target, args.entrypoint.as_deref(), args.name.as_deref())?;
     if args.format == "json" {
         let objects: Vec<serde_json::Value> = report
             .objects
@@ -271,7 +343,30 @@ fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode>
             &(serde_json::to_string_pretty(&doc)? + "\n"),
         )?;
     } else {
-        emit(args.output.as_deref(), &profile.to_policy_yaml(&[]))?;
+        let text = profile.to_policy_yaml(&[]);
+        // What we write must be a policy moat itself accepts.
+        moat_policy::Policy::parse(&text, "generated profile")
+            .and_then(|p| moat_policy::compile(&p))
+            .context("the generated profile does not compile (a bug in moat profile)")?;
+        if args.verify {
+            let command = command_of(&target, &args.command)?;
+            let (code, out, err) = run_under(
+                global,
+                &args.source,
+                record::RECORDING_POLICY,
+                &command,
+                None,
+            )?;
+            let err = String::from_utf8_lossy(&err);
+            if let Some(line) = err
+                .lines()
+                .find(|l| l.starts_with("moat: error:") || l.starts_with("error:"))
+            {
+                anyhow::bail!("the reference run of the workload did not start: {line}");
+            }
+            verify(global, &args.source, &text, &command, (code, &out), None)?;
+        }
+        emit(args.output.as_deref(), &text)?;
     }
     if let Some(out) = &args.output {
         eprintln!(
@@ -279,6 +374,152 @@ fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode>
             out.display(),
             profile.syscalls.len(),
             report.objects.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `command` in the sandbox under `policy_text`, keeping its output.
+fn run_under(
+    global: &GlobalArgs,
+    source: &Source,
+    policy_text: &str,
+    command: &[String],
+    timeout: Option<Duration>,
+) -> anyhow::Result<(i32, Vec<u8>, Vec<u8>)> {
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, policy_text).context("cannot write a temporary policy")?;
+    let argv = moat_run_argv(global, source, "sandbox", Some(&path), command)?;
+    Ok(measure::run_plain(&argv, timeout)?)
+}
+
+/// Runs the workload under `generated` and compares it with a reference
+/// run (exit code, and stdout unless `exit_only`).
+fn verify(
+    global: &GlobalArgs,
+    source: &Source,
+    generated: &str,
+    command: &[String],
+    reference: (i32, &[u8]),
+    timeout: Option<Duration>,
+) -> anyhow::Result<()> {
+    let (code, out, err) = run_under(global, source, generated, command, timeout)?;
+    let exit_only = timeout.is_some();
+    if code != reference.0 || (!exit_only && out != reference.1) {
+        let what = if code != reference.0 {
+            format!("exit code {code} instead of {}", reference.0)
+        } else {
+            "different output".to_string()
+        };
+        let err = String::from_utf8_lossy(&err);
+        let tail: Vec<&str> = err.lines().rev().take(5).collect();
+        anyhow::bail!(
+            "verification failed: under the generated policy the workload gave {what}; nothing written{}",
+            if tail.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "\nits stderr ended with:\n  {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
+                )
+            }
+        );
+    }
+    eprintln!(
+        "moat: verified: the workload exits {code}{} under the generated policy",
+        if exit_only {
+            ""
+        } else {
+            " with the same output"
+        }
+    );
+    Ok(())
+}
+
+fn command_of(target: &Target, command: &[String]) -> anyhow::Result<Vec<String>> {
+    let c = if command.is_empty() {
+        target.argv.clone()
+    } else {
+        command.to_vec()
+    };
+    if c.is_empty() {
+        anyhow::bail!("{}: no command to run; pass one after `--`", target.label);
+    }
+    Ok(c)
+}
+
+fn run_record(global: &GlobalArgs, args: RecordArgs) -> anyhow::Result<ExitCode> {
+    let target = resolve_target(global, &args.source)?;
+    let command = command_of(&target, &args.command)?;
+    let timeout = match args.duration {
+        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+        Some(s) => anyhow::bail!("--duration {s}: expected a positive number of seconds"),
+        None => None,
+    };
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let rec_policy = dir.path().join("record.yaml");
+    std::fs::write(&rec_policy, record::RECORDING_POLICY)
+        .context("cannot write the recording policy")?;
+    let argv = moat_run_argv(global, &args.source, "sandbox", Some(&rec_policy), &command)?;
+    let program = command[0].rsplit('/').next().map(String::from);
+    let outcome = measure::trace(&measure::TraceRun {
+        argv: &argv,
+        after: Some("moat"),
+        program: program.as_deref(),
+        capture: true,
+        timeout,
+        ..measure::TraceRun::default()
+    })
+    .context("recording failed")?;
+    let base = moat_policy::Policy::builtin("restricted")?;
+    let (mut profile, deny) = record::to_profile(&outcome.recorded, &base);
+    profile.name = args.name.clone().unwrap_or_else(|| {
+        format!(
+            "{}-recorded",
+            sanitize_name(command[0].rsplit('/').next().unwrap_or("app"))
+        )
+    });
+    profile.header = vec![
+        format!(
+            "Recorded by `moat profile record` from {}: {}",
+            target.label,
+            command.join(" ")
+        ),
+        format!(
+            "The workload ({} task(s), exit {}) made {} distinct syscalls; this policy allows exactly those.",
+            outcome.recorded.tasks,
+            outcome.code,
+            outcome.recorded.syscalls.len()
+        ),
+        "Paths opened for writing are not recorded (the tracepoints carry no strings); see docs/profiles.md.".into(),
+    ];
+    let text = profile.to_policy_yaml(&deny);
+    moat_policy::Policy::parse(&text, "recorded profile")
+        .and_then(|p| moat_policy::compile(&p))
+        .context("the recorded profile does not compile (a bug in moat profile)")?;
+    eprintln!(
+        "moat: recorded {} distinct syscalls from {} task(s); the workload exited {}",
+        outcome.recorded.syscalls.len(),
+        outcome.recorded.tasks,
+        outcome.code
+    );
+    if !args.no_verify {
+        verify(
+            global,
+            &args.source,
+            &text,
+            &command,
+            (outcome.code, &outcome.stdout),
+            timeout,
+        )?;
+    }
+    emit(args.output.as_deref(), &text)?;
+    if let Some(out) = &args.output {
+        eprintln!(
+            "moat: wrote {} ({} syscalls)",
+            out.display(),
+            profile.syscalls.len()
         );
     }
     Ok(ExitCode::SUCCESS)

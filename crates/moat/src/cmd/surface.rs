@@ -76,8 +76,8 @@ pub fn run(global: &GlobalArgs, args: SurfaceArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn surface_of(_global: &GlobalArgs, target: &str) -> anyhow::Result<Surface> {
-    let plan = super::profile::compile_target(target)?;
+fn surface_of(global: &GlobalArgs, target: &str) -> anyhow::Result<Surface> {
+    let plan = super::profile::compile_target(global, target)?;
     Ok(surface::of_plan(&plan)?)
 }
 
