@@ -219,17 +219,17 @@ const SPEC_KEYS: &[&str] = &[
     "audit",
 ];
 
-fn get<'n>(m: &[(&'n str, &'n Node)], key: &str) -> Option<&'n Node> {
+pub(crate) fn get<'n>(m: &[(&'n str, &'n Node)], key: &str) -> Option<&'n Node> {
     m.iter().find(|(k, _)| *k == key).map(|(_, n)| *n)
 }
 
 /// Parsing context: the file name for error locations.
-struct Cx<'a> {
-    file: &'a str,
+pub(crate) struct Cx<'a> {
+    pub(crate) file: &'a str,
 }
 
 impl Cx<'_> {
-    fn err(&self, pos: Pos, message: impl Into<String>) -> PolicyError {
+    pub(crate) fn err(&self, pos: Pos, message: impl Into<String>) -> PolicyError {
         PolicyError::Parse {
             file: self.file.to_string(),
             line: pos.line,
@@ -246,7 +246,7 @@ impl Cx<'_> {
     }
 
     /// A mapping whose keys are all in `keys`.
-    fn map<'n>(
+    pub(crate) fn map<'n>(
         &self,
         node: &'n Node,
         path: &str,
@@ -291,7 +291,7 @@ impl Cx<'_> {
         Ok(out)
     }
 
-    fn require<'n>(
+    pub(crate) fn require<'n>(
         &self,
         parent: &Node,
         m: &[(&'n str, &'n Node)],
@@ -308,14 +308,14 @@ impl Cx<'_> {
         })
     }
 
-    fn string(&self, node: &Node, path: &str) -> Result<String, PolicyError> {
+    pub(crate) fn string(&self, node: &Node, path: &str) -> Result<String, PolicyError> {
         match &node.value {
             Value::Scalar { text, .. } => Ok(text.clone()),
             _ => Err(self.type_err(node, path, "a string")),
         }
     }
 
-    fn bool(&self, node: &Node, path: &str) -> Result<bool, PolicyError> {
+    pub(crate) fn bool(&self, node: &Node, path: &str) -> Result<bool, PolicyError> {
         match &node.value {
             Value::Scalar {
                 text,
@@ -341,12 +341,12 @@ impl Cx<'_> {
         }
     }
 
-    fn u32(&self, node: &Node, path: &str) -> Result<u32, PolicyError> {
+    pub(crate) fn u32(&self, node: &Node, path: &str) -> Result<u32, PolicyError> {
         let v = self.u64(node, path)?;
         u32::try_from(v).map_err(|_| self.err(node.pos, format!("`{path}` {v} is too large")))
     }
 
-    fn list<'n>(&self, node: &'n Node, path: &str) -> Result<&'n [Node], PolicyError> {
+    pub(crate) fn list<'n>(&self, node: &'n Node, path: &str) -> Result<&'n [Node], PolicyError> {
         match &node.value {
             Value::Seq(items) => Ok(items),
             _ => Err(self.type_err(node, path, "a list")),
@@ -663,7 +663,7 @@ impl Cx<'_> {
     }
 
     /// An absolute, normalised path without `..`.
-    fn abs_path(&self, node: &Node, path: &str) -> Result<String, PolicyError> {
+    pub(crate) fn abs_path(&self, node: &Node, path: &str) -> Result<String, PolicyError> {
         let s = self.string(node, path)?;
         if !s.starts_with('/') {
             return Err(self.err(

@@ -154,7 +154,7 @@ pub const GROUPS: &[Group] = &[
         description: "mapping, protecting and advising memory",
         members: &[
             "brk", "mmap", "munmap", "mprotect", "mremap", "msync", "mincore", "madvise",
-            "process_madvise", "mlock", "mlock2", "munlock", "mlockall", "munlockall",
+            "mlock", "mlock2", "munlock", "mlockall", "munlockall",
             "memfd_create", "memfd_secret", "pkey_mprotect", "pkey_alloc", "pkey_free",
             "remap_file_pages", "map_shadow_stack", "mseal",
         ],
@@ -219,7 +219,7 @@ pub const GROUPS: &[Group] = &[
         description: "tracing and inspecting other processes, performance counters (part of @privileged)",
         members: &[
             "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
-            "perf_event_open", "uretprobe",
+            "perf_event_open", "uretprobe", "process_madvise",
         ],
     },
     Group {
