@@ -19,7 +19,8 @@ pub const API_VERSION: &str = "moat.dev/v1";
 
 /// Loads policies, following `extends`, detecting cycles.
 pub(crate) struct Loader {
-    chain: Vec<String>,
+    /// (identity, label) of the files being loaded, outermost first.
+    chain: Vec<(String, String)>,
 }
 
 impl Loader {
@@ -33,7 +34,10 @@ impl Loader {
             source,
         })?;
         let label = path.display().to_string();
-        self.load_text(&text, &label, path.parent())
+        let id = std::fs::canonicalize(path)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| label.clone());
+        self.load_with_id(&text, &label, &id, path.parent())
     }
 
     pub(crate) fn load_builtin(&mut self, name: &str) -> Result<Policy, PolicyError> {
@@ -41,7 +45,8 @@ impl Loader {
             name: name.to_string(),
             hint: hint(suggest::closest(name, builtin::NAMES.iter().copied())),
         })?;
-        self.load_text(text, &format!("builtin:{name}"), None)
+        let label = format!("builtin:{name}");
+        self.load_with_id(text, &label, &label, None)
     }
 
     pub(crate) fn load_text(
@@ -50,14 +55,24 @@ impl Loader {
         file: &str,
         dir: Option<&Path>,
     ) -> Result<Policy, PolicyError> {
-        if self.chain.iter().any(|c| c == file) {
-            let mut chain = self.chain.clone();
-            chain.push(file.to_string());
+        self.load_with_id(text, file, file, dir)
+    }
+
+    fn load_with_id(
+        &mut self,
+        text: &str,
+        file: &str,
+        id: &str,
+        dir: Option<&Path>,
+    ) -> Result<Policy, PolicyError> {
+        if self.chain.iter().any(|(c, _)| c == id) {
+            let mut chain: Vec<&str> = self.chain.iter().map(|(_, l)| l.as_str()).collect();
+            chain.push(file);
             return Err(PolicyError::ExtendsCycle {
                 chain: chain.join(" -> "),
             });
         }
-        self.chain.push(file.to_string());
+        self.chain.push((id.to_string(), file.to_string()));
         let result = self.load_inner(text, file, dir);
         self.chain.pop();
         result

@@ -101,9 +101,6 @@ pub fn seccomp_json(policy: &Policy) -> Value {
     if let Some(e) = errno {
         profile["defaultErrnoRet"] = json!(e);
     }
-    if policy.spec.audit.denied_syscalls {
-        profile["flags"] = json!(["SECCOMP_FILTER_FLAG_LOG"]);
-    }
     profile
 }
 
@@ -190,6 +187,11 @@ pub fn oci(policy: &Policy, plan: &Plan) -> Value {
     if let Some(c) = plan.cgroup.cpu_millis {
         resources["cpu"] = json!({ "quota": c * 100, "period": 100_000 });
     }
+    let mut seccomp = seccomp_json(policy);
+    // Log denied calls (runc 1.1 refuses flags; crun and newer runc accept them).
+    if policy.spec.audit.denied_syscalls {
+        seccomp["flags"] = json!(["SECCOMP_FILTER_FLAG_LOG"]);
+    }
     json!({
         "ociVersion": "1.0.2",
         "annotations": {
@@ -203,7 +205,7 @@ pub fn oci(policy: &Policy, plan: &Plan) -> Value {
             "namespaces": namespaces,
             "uidMappings": [],
             "gidMappings": [],
-            "seccomp": seccomp_json(policy),
+            "seccomp": seccomp,
             "resources": resources,
             "devices": devices,
             "maskedPaths": [
