@@ -442,9 +442,19 @@ pub fn k8s(policy: &Policy, plan: &Plan, runtime_class: &str) -> Vec<Value> {
 
 /// Bytes as a Kubernetes quantity (`16Mi`), exact.
 pub fn k8s_quantity(bytes: u64) -> String {
-    for (suffix, shift) in [("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
-        if bytes >= (1 << shift) && bytes.is_multiple_of(1u64 << shift) {
-            return format!("{}{suffix}", bytes >> shift);
+    let units: [(&str, u64); 8] = [
+        ("Ti", 1 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("T", 1_000_000_000_000),
+        ("G", 1_000_000_000),
+        ("M", 1_000_000),
+        ("Ki", 1 << 10),
+        ("k", 1000),
+    ];
+    for (suffix, unit) in units {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
+            return format!("{}{suffix}", bytes / unit);
         }
     }
     bytes.to_string()
@@ -557,6 +567,8 @@ mod tests {
     fn quantities() {
         assert_eq!(k8s_quantity(16 << 20), "16Mi");
         assert_eq!(k8s_quantity(1 << 30), "1Gi");
-        assert_eq!(k8s_quantity(1000), "1000");
+        assert_eq!(k8s_quantity(1000), "1k");
+        assert_eq!(k8s_quantity(2_000_000_000), "2G");
+        assert_eq!(k8s_quantity(999), "999");
     }
 }

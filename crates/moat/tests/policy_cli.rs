@@ -519,3 +519,50 @@ fn podman_image() -> Option<PodmanImage> {
     }
     Some(img)
 }
+
+/// docs/policy.schema.json accepts what moat accepts and rejects unknown keys.
+#[test]
+fn json_schema_agrees_with_the_parser() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let probe = Command::new("python3")
+        .args(["-c", "import yaml, jsonschema"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        println!("SKIP: python3-yaml and python3-jsonschema are needed for the schema check");
+        return;
+    }
+    let e = Env::new();
+    std::fs::write(
+        e.path("bad.yaml"),
+        WEB.replace("capabilities:", "capabilites:"),
+    )
+    .unwrap();
+    let files = [
+        repo.join("crates/moat-policy/policies/baseline.yaml"),
+        repo.join("crates/moat-policy/policies/restricted.yaml"),
+        repo.join("fuzz/corpus/policy_parse/full.yaml"),
+        e.path("web.yaml"),
+    ];
+    for f in &files {
+        // moat accepts it ...
+        let o = e.moat(&["policy", "explain", f.to_str().unwrap()]);
+        assert!(o.status.success(), "{}: {}", f.display(), stderr(&o));
+    }
+    // ... and so does the schema.
+    let o = Command::new(repo.join("scripts/check-policy-schema"))
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stdout(&o));
+    let o = Command::new(repo.join("scripts/check-policy-schema"))
+        .arg(e.path("bad.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o)
+            .contains("spec: Additional properties are not allowed ('capabilites' was unexpected)"),
+        "{}",
+        stdout(&o)
+    );
+}

@@ -273,6 +273,36 @@ pub fn group_names() -> Vec<&'static str> {
     v
 }
 
+/// The groups and their members as a Markdown table (docs/policy.md
+/// embeds this text; a test keeps the two equal).
+pub fn groups_markdown() -> String {
+    let mut o = String::from("| group | what | members |\n|---|---|---|\n");
+    for g in GROUPS {
+        let members: Vec<String> = g.members.iter().map(|m| format!("`{m}`")).collect();
+        o.push_str(&format!(
+            "| `{}` | {} ({}) | {} |\n",
+            g.name,
+            g.description,
+            g.members.len(),
+            members.join(" ")
+        ));
+    }
+    let privileged = expand_group("@privileged").unwrap_or_default().len();
+    o.push_str(&format!(
+        "| `@privileged` | the union of {} ({privileged}) | see those groups |\n",
+        PRIVILEGED_SUBGROUPS
+            .iter()
+            .map(|g| format!("`{g}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    o.push_str(&format!(
+        "| `@all` | every x86_64 system call in the table ({}) | |\n",
+        super::X86_64.len()
+    ));
+    o
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
