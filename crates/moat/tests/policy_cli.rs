@@ -540,7 +540,7 @@ fn json_schema_agrees_with_the_parser() {
     let files = [
         repo.join("crates/moat-policy/policies/baseline.yaml"),
         repo.join("crates/moat-policy/policies/restricted.yaml"),
-        repo.join("fuzz/corpus/policy_parse/full.yaml"),
+        repo.join("crates/moat-policy/tests/data/full.yaml"),
         e.path("web.yaml"),
     ];
     for f in &files {
