@@ -55,7 +55,9 @@ fn discover() -> Result<Vec<(&'static str, Version, PathBuf)>, CgroupError> {
     let mut v2: Option<PathBuf> = None;
     let mut v1: Vec<(PathBuf, Vec<String>)> = Vec::new();
     for line in info.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
         let mountpoint = pre.split(' ').nth(4).unwrap_or_default();
         let mut post = post.split(' ');
         let fstype = post.next().unwrap_or_default();
@@ -75,7 +77,10 @@ fn discover() -> Result<Vec<(&'static str, Version, PathBuf)>, CgroupError> {
         .unwrap_or_default();
     let mut out = Vec::new();
     for c in CONTROLLERS {
-        if let Some(p) = v2.as_ref().filter(|_| v2_controllers.iter().any(|x| x == c)) {
+        if let Some(p) = v2
+            .as_ref()
+            .filter(|_| v2_controllers.iter().any(|x| x == c))
+        {
             out.push((c, Version::V2, p.clone()));
         } else if let Some((p, _)) = v1.iter().find(|(_, o)| o.iter().any(|x| x == c)) {
             out.push((c, Version::V1, p.clone()));
@@ -118,7 +123,7 @@ impl Cgroups {
                 })?;
                 cg.dirs.push((*version, dir.clone()));
             }
-            let r = cg.limit(*controller, *version, &dir, limits);
+            let r = cg.limit(controller, *version, &dir, limits);
             if r.is_err() {
                 cg.remove();
                 return r.map(|_| cg);

@@ -11,12 +11,14 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 
 use moat_policy::plan::{MountPlan, NetworkPlan};
 
-use crate::{capability_mask, check_rlimits, cstring, mounts, sys, ChildError, SandboxConfig, SandboxError};
+use crate::{
+    capability_mask, check_rlimits, cstring, mounts, sys, ChildError, SandboxConfig, SandboxError,
+};
 
 /// Everything the child needs, computed before `clone` so that the child
 /// does as little as possible.
@@ -30,7 +32,6 @@ pub(crate) struct ChildSetup {
     pub gid: u32,
     pub groups: Vec<u32>,
     pub caps: u64,
-    pub cwd: CString,
     pub cwd_str: String,
     pub argv: Vec<CString>,
     pub envp: Vec<CString>,
@@ -72,7 +73,6 @@ impl ChildSetup {
             gid: p.gid,
             groups,
             caps: capability_mask(&cfg.plan.capabilities)?,
-            cwd: cstring("working directory", &p.cwd)?,
             cwd_str: p.cwd.clone(),
             argv,
             envp,
@@ -103,8 +103,9 @@ pub(crate) struct ChildFds {
     pub go: OwnedFd,
     /// Write end of the error pipe (close-on-exec: EOF means exec worked).
     pub err: OwnedFd,
-    /// pty peer for `-t`.
+    /// pty peer for `-t`, and its host path `/dev/pts/N`.
     pub pty: Option<OwnedFd>,
+    pub pty_path: Option<String>,
 }
 
 /// Entry point of the child; never returns.
@@ -129,7 +130,11 @@ fn run(s: &ChildSetup, fds: &ChildFds) -> Result<Never, ChildError> {
     sys::set_dumpable(false).map_err(|e| ChildError::io("PR_SET_DUMPABLE", e))?;
 
     let mut byte = [0u8; 1];
-    let mut go = File::from(fds.go.try_clone().map_err(|e| ChildError::io("go pipe", e))?);
+    let mut go = File::from(
+        fds.go
+            .try_clone()
+            .map_err(|e| ChildError::io("go pipe", e))?,
+    );
     match go.read(&mut byte) {
         Ok(1) => {}
         _ => sys::exit_now(125), // supervisor gone before we were released
@@ -140,14 +145,15 @@ fn run(s: &ChildSetup, fds: &ChildFds) -> Result<Never, ChildError> {
     sys::set_ids(0, 0, &[]).map_err(|e| ChildError::io("becoming container root", e))?;
     // Now that the supervisor put us into our cgroups: a cgroup namespace
     // rooted there.
-    sys::unshare(libc::CLONE_NEWCGROUP).map_err(|e| ChildError::io("unshare(CLONE_NEWCGROUP)", e))?;
+    sys::unshare(libc::CLONE_NEWCGROUP)
+        .map_err(|e| ChildError::io("unshare(CLONE_NEWCGROUP)", e))?;
 
     let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40);
 
-    let root = mounts::build(&s.rootfs, &s.mounts, fds.pty.as_ref().map(|f| f.as_fd()))?;
+    let root = mounts::build(&s.rootfs, &s.mounts, fds.pty_path.as_deref())?;
     sys::pivot_into(root.as_fd()).map_err(|e| ChildError::io("pivot_root", e))?;
     drop(root);
 
@@ -156,7 +162,8 @@ fn run(s: &ChildSetup, fds: &ChildFds) -> Result<Never, ChildError> {
         sys::loopback_up().map_err(|e| ChildError::io("bringing up loopback", e))?;
     }
     for &(res, soft, hard) in &s.rlimits {
-        sys::setrlimit(res, soft, hard).map_err(|e| ChildError::io(format!("setrlimit({res})"), e))?;
+        sys::setrlimit(res, soft, hard)
+            .map_err(|e| ChildError::io(format!("setrlimit({res})"), e))?;
     }
 
     // stdio
@@ -177,7 +184,10 @@ fn run(s: &ChildSetup, fds: &ChildFds) -> Result<Never, ChildError> {
     if let Err(e) = std::env::set_current_dir(&s.cwd_str) {
         return Err(ChildError::msg(
             "working directory",
-            format!("{} does not exist in the container or is not a directory ({e})", s.cwd_str),
+            format!(
+                "{} does not exist in the container or is not a directory ({e})",
+                s.cwd_str
+            ),
         ));
     }
     match std::env::current_dir() {
@@ -185,29 +195,38 @@ fn run(s: &ChildSetup, fds: &ChildFds) -> Result<Never, ChildError> {
         other => {
             return Err(ChildError::msg(
                 "working directory",
-                format!("{} resolves outside the container root ({other:?})", s.cwd_str),
+                format!(
+                    "{} resolves outside the container root ({other:?})",
+                    s.cwd_str
+                ),
             ))
         }
     }
-    let _ = &s.cwd;
 
     let exe = resolve_command(&s.command, &s.path_var)?;
 
     // Privileges: bounding set, ids, then exactly the plan's capabilities.
     for cap in 0..=last_cap {
         if s.caps & (1 << cap) == 0 {
-            sys::capbset_drop(cap).map_err(|e| ChildError::io(format!("dropping capability {cap} from the bounding set"), e))?;
+            sys::capbset_drop(cap).map_err(|e| {
+                ChildError::io(
+                    format!("dropping capability {cap} from the bounding set"),
+                    e,
+                )
+            })?;
         }
     }
     if s.caps != 0 {
         sys::set_keepcaps(true).map_err(|e| ChildError::io("PR_SET_KEEPCAPS", e))?;
     }
-    sys::set_ids(s.uid, s.gid, &s.groups).map_err(|e| ChildError::io(format!("switching to uid {} gid {}", s.uid, s.gid), e))?;
+    sys::set_ids(s.uid, s.gid, &s.groups)
+        .map_err(|e| ChildError::io(format!("switching to uid {} gid {}", s.uid, s.gid), e))?;
     sys::capset(s.caps).map_err(|e| ChildError::io("capset", e))?;
     sys::ambient_clear_all().map_err(|e| ChildError::io("clearing ambient capabilities", e))?;
     for cap in 0..=last_cap {
         if s.caps & (1 << cap) != 0 {
-            sys::ambient_raise(cap).map_err(|e| ChildError::io(format!("raising ambient capability {cap}"), e))?;
+            sys::ambient_raise(cap)
+                .map_err(|e| ChildError::io(format!("raising ambient capability {cap}"), e))?;
         }
     }
     sys::set_keepcaps(false).map_err(|e| ChildError::io("PR_SET_KEEPCAPS", e))?;
@@ -223,21 +242,26 @@ fn run(s: &ChildSetup, fds: &ChildFds) -> Result<Never, ChildError> {
     }
 
     sys::reset_signal_dispositions();
-    sys::set_signal_mask(&sys::SigSet::of(&[])).map_err(|e| ChildError::io("unblocking signals", e))?;
+    sys::set_signal_mask(&sys::SigSet::of(&[]))
+        .map_err(|e| ChildError::io("unblocking signals", e))?;
     // Rule 3: nothing but 0, 1, 2 survives the execve (the error pipe is
     // close-on-exec too, which is how the supervisor learns exec worked).
     sys::close_range_cloexec(3).map_err(|e| ChildError::io("close_range", e))?;
-    let _ = fds.err.as_raw_fd();
 
     // Last: the seccomp filter, immediately before execve.
     if !s.seccomp.is_empty() {
-        sys::seccomp_install(&s.seccomp).map_err(|e| ChildError::io("installing the seccomp filter", e))?;
+        sys::seccomp_install(&s.seccomp)
+            .map_err(|e| ChildError::io("installing the seccomp filter", e))?;
     }
     let err = sys::execve(&exe, &s.argv, &s.envp);
     Err(ChildError {
         step: "execve".into(),
         detail: format!("{}: {err}", s.command),
-        kind: if err.raw_os_error() == Some(libc::ENOENT) { 127 } else { 126 },
+        kind: if err.raw_os_error() == Some(libc::ENOENT) {
+            127
+        } else {
+            126
+        },
     })
 }
 

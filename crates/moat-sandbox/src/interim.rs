@@ -94,7 +94,12 @@ const NS_FLAGS: u32 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWNET) as u32;
 
 fn stmt(code: u16, k: u32) -> SockFilter {
-    SockFilter { code, jt: 0, jf: 0, k }
+    SockFilter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
 }
 fn jump(code: u16, k: u32, jt: u8, jf: u8) -> SockFilter {
     SockFilter { code, jt, jf, k }
@@ -207,7 +212,10 @@ mod tests {
         assert!(p.len() < 4096);
         for (i, ins) in p.iter().enumerate() {
             if ins.code & 0x07 == 0x05 {
-                assert!(i + 1 + (ins.jt.max(ins.jf) as usize) < p.len(), "jump at {i}");
+                assert!(
+                    i + 1 + (ins.jt.max(ins.jf) as usize) < p.len(),
+                    "jump at {i}"
+                );
             }
         }
         assert_eq!(p.last().unwrap().k, libc::SECCOMP_RET_ALLOW);
@@ -218,7 +226,14 @@ mod tests {
         let plan = baseline_plan();
         assert!(plan.capabilities.is_empty());
         assert!(plan.process.no_new_privs);
-        for name in ["keyctl", "add_key", "request_key", "bpf", "io_uring_setup", "unshare"] {
+        for name in [
+            "keyctl",
+            "add_key",
+            "request_key",
+            "bpf",
+            "io_uring_setup",
+            "unshare",
+        ] {
             assert!(DENIED_SYSCALLS.iter().any(|(n, _)| *n == name), "{name}");
         }
     }

@@ -281,7 +281,8 @@ pub fn run(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
 }
 
 fn cstring(what: &str, s: &str) -> Result<CString, SandboxError> {
-    CString::new(s).map_err(|_| SandboxError::InvalidProcess(format!("{what} {s:?} contains a NUL byte")))
+    CString::new(s)
+        .map_err(|_| SandboxError::InvalidProcess(format!("{what} {s:?} contains a NUL byte")))
 }
 
 /// Signals that the supervisor forwards to the workload (and for which it
@@ -336,8 +337,10 @@ pub fn signal_container(st: &ContainerState, sig: i32) -> Result<(), SandboxErro
     if state::process_start_time(pid) != Some(start) {
         return Err(gone());
     }
-    sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&fd), sig).map_err(|source| SandboxError::Prepare {
-        what: format!("signalling container {}", st.name),
-        source,
+    sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&fd), sig).map_err(|source| {
+        SandboxError::Prepare {
+            what: format!("signalling container {}", st.name),
+            source,
+        }
     })
 }

@@ -24,7 +24,8 @@ use crate::sys::{self, FsContext};
 use crate::ChildError;
 
 const IN_ROOT: u64 = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-const BENEATH: u64 = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+const BENEATH: u64 =
+    libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
 
 /// Device nodes bind-mounted from the host (a user namespace cannot mknod).
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
@@ -53,8 +54,23 @@ fn tmpfs(size: u64, mode: &str, attrs: u64) -> std::io::Result<OwnedFd> {
 /// Opens a directory inside the image root, following symlinks only
 /// within the root.
 fn dir_in_root(root: BorrowedFd<'_>, path: &str) -> Result<OwnedFd, ChildError> {
-    sys::openat2(root, path, libc::O_PATH | libc::O_DIRECTORY, IN_ROOT).map_err(|e| {
-        if e.raw_os_error() == Some(libc::ENOENT) {
+    open_in_root(root, path, IN_ROOT)
+}
+
+/// Like [`dir_in_root`] but refuses symlinks anywhere in the path: used for
+/// /dev, /proc and /sys, which no legitimate image makes symlinks.
+fn real_dir_in_root(root: BorrowedFd<'_>, path: &str) -> Result<OwnedFd, ChildError> {
+    open_in_root(root, path, IN_ROOT | libc::RESOLVE_NO_SYMLINKS)
+}
+
+fn open_in_root(root: BorrowedFd<'_>, path: &str, resolve: u64) -> Result<OwnedFd, ChildError> {
+    sys::openat2(root, path, libc::O_PATH | libc::O_DIRECTORY, resolve).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            ChildError::msg(
+                format!("mount target {path}"),
+                format!("{path} is a symlink in the image; moat refuses to mount over it"),
+            )
+        } else if e.raw_os_error() == Some(libc::ENOENT) {
             ChildError::msg(
                 format!("mount target {path}"),
                 format!("the image has no directory {path}; moat mounts there but never writes to the image"),
@@ -71,17 +87,19 @@ fn attach(mnt: &OwnedFd, target: &OwnedFd, what: &str) -> Result<(), ChildError>
 }
 
 /// Builds the whole tree and returns a descriptor of the new root, ready
-/// for `pivot_root`. `console` is the pty peer for `-t`.
+/// for `pivot_root`. `console` is the host path of the pty peer for `-t`.
 pub(crate) fn build(
     rootfs: &Path,
     mounts: &[MountPlan],
-    console: Option<BorrowedFd<'_>>,
+    console: Option<&str>,
 ) -> Result<OwnedFd, ChildError> {
     sys::make_rprivate().map_err(|e| ChildError::io("making / private", e))?;
 
     // The image root: a detached clone of the store's rootfs, read-only,
     // nosuid, nodev, attached over the rootfs directory in this namespace.
-    let root_path = rootfs.to_str().ok_or_else(|| ChildError::msg("rootfs", "path is not UTF-8"))?;
+    let root_path = rootfs
+        .to_str()
+        .ok_or_else(|| ChildError::msg("rootfs", "path is not UTF-8"))?;
     let root_mnt = sys::open_tree(sys::cwd(), root_path, sys::OPEN_TREE_CLONE)
         .map_err(|e| ChildError::io(format!("cloning rootfs {root_path}"), e))?;
     sys::mount_setattr(
@@ -108,8 +126,12 @@ pub(crate) fn build(
                 size_bytes,
             } => {
                 let mode = if destination == "/tmp" { "1777" } else { "755" };
-                let mnt = tmpfs(*size_bytes, mode, sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV)
-                    .map_err(|e| ChildError::io(format!("creating tmpfs for {destination}"), e))?;
+                let mnt = tmpfs(
+                    *size_bytes,
+                    mode,
+                    sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+                )
+                .map_err(|e| ChildError::io(format!("creating tmpfs for {destination}"), e))?;
                 let t = dir_in_root(root.as_fd(), destination)?;
                 attach(&mnt, &t, destination)?;
             }
@@ -118,8 +140,11 @@ pub(crate) fn build(
                 destination,
                 read_only,
             } => {
-                let mnt = sys::open_tree(sys::cwd(), source, sys::OPEN_TREE_CLONE | sys::AT_RECURSIVE)
-                    .map_err(|e| ChildError::io(format!("opening volume source {source}"), e))?;
+                let mnt =
+                    sys::open_tree(sys::cwd(), source, sys::OPEN_TREE_CLONE | sys::AT_RECURSIVE)
+                        .map_err(|e| {
+                            ChildError::io(format!("opening volume source {source}"), e)
+                        })?;
                 let mut set = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
                 if *read_only {
                     set |= sys::MOUNT_ATTR_RDONLY;
@@ -146,7 +171,7 @@ pub(crate) fn build(
             )
         })
         .map_err(|e| ChildError::io("mounting sysfs", e))?;
-    let t = dir_in_root(root.as_fd(), "/sys")?;
+    let t = real_dir_in_root(root.as_fd(), "/sys")?;
     attach(&sysfs, &t, "/sys")?;
 
     Ok(root)
@@ -155,14 +180,14 @@ pub(crate) fn build(
 /// A minimal /dev: a small tmpfs with the standard devices bound from the
 /// host, its own devpts instance, /dev/shm, the usual symlinks and, for
 /// `-t`, the console. Made read-only once populated (except /dev/shm).
-fn build_dev(root: BorrowedFd<'_>, console: Option<BorrowedFd<'_>>) -> Result<(), ChildError> {
+fn build_dev(root: BorrowedFd<'_>, console: Option<&str>) -> Result<(), ChildError> {
     let dev = tmpfs(
         256 * 1024,
         "755",
         sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC,
     )
     .map_err(|e| ChildError::io("creating /dev", e))?;
-    let t = dir_in_root(root, "/dev")?;
+    let t = real_dir_in_root(root, "/dev")?;
     attach(&dev, &t, "/dev")?;
     let d = dev.as_fd();
     let step = |what: &str| format!("populating /dev ({what})");
@@ -178,7 +203,9 @@ fn build_dev(root: BorrowedFd<'_>, console: Option<BorrowedFd<'_>>) -> Result<()
     }
     if let Some(console) = console {
         sys::create_file(d, "console", 0o620).map_err(|e| ChildError::io(step("console"), e))?;
-        let src = sys::open_tree(console, "", sys::OPEN_TREE_CLONE)
+        // By path: a clone must come from this mount namespace's copy of
+        // the host's devpts, not from the descriptor's original mount.
+        let src = sys::open_tree(sys::cwd(), console, sys::OPEN_TREE_CLONE)
             .map_err(|e| ChildError::io(step("console"), e))?;
         let tgt = sys::openat2(d, "console", libc::O_PATH | libc::O_NOFOLLOW, BENEATH)
             .map_err(|e| ChildError::io(step("console"), e))?;
@@ -230,7 +257,7 @@ fn build_proc(root: BorrowedFd<'_>) -> Result<(), ChildError> {
             fs.mount(sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC)
         })
         .map_err(|e| ChildError::io("mounting /proc", e))?;
-    let t = dir_in_root(root, "/proc")?;
+    let t = real_dir_in_root(root, "/proc")?;
     attach(&proc_mnt, &t, "/proc")?;
     let p = proc_mnt.as_fd();
     let missing = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOENT);
@@ -245,7 +272,10 @@ fn build_proc(root: BorrowedFd<'_>) -> Result<(), ChildError> {
             .map_err(|e| ChildError::io(format!("cloning /proc/{name}"), e))?;
         sys::mount_setattr(
             mnt.as_fd(),
-            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC,
+            sys::MOUNT_ATTR_RDONLY
+                | sys::MOUNT_ATTR_NOSUID
+                | sys::MOUNT_ATTR_NODEV
+                | sys::MOUNT_ATTR_NOEXEC,
             0,
             false,
         )
@@ -271,7 +301,10 @@ fn build_proc(root: BorrowedFd<'_>) -> Result<(), ChildError> {
         let empty = tmpfs(
             4096,
             "555",
-            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC,
+            sys::MOUNT_ATTR_RDONLY
+                | sys::MOUNT_ATTR_NOSUID
+                | sys::MOUNT_ATTR_NODEV
+                | sys::MOUNT_ATTR_NOEXEC,
         )
         .map_err(|e| ChildError::io(format!("masking /proc/{name}"), e))?;
         attach(&empty, &tgt, &format!("mask over /proc/{name}"))?;

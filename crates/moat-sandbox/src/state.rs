@@ -86,7 +86,9 @@ pub fn new_id() -> String {
     let ok = File::open("/dev/urandom").and_then(|mut f| io::Read::read_exact(&mut f, &mut bytes));
     if ok.is_err() {
         // Fall back to time and pid: unique enough on one host.
-        let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let seed = t.as_nanos() ^ ((std::process::id() as u128) << 64);
         bytes[..16].copy_from_slice(&seed.to_le_bytes());
     }
@@ -97,8 +99,13 @@ pub fn new_id() -> String {
 pub fn validate_name(name: &str) -> Result<(), StateError> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if ok {
         Ok(())
     } else {
@@ -125,7 +132,8 @@ pub fn lock(run_root: &Path) -> Result<Lock, StateError> {
             path: path.clone(),
             source,
         })?;
-    f.lock().map_err(|source| StateError::Lock { path, source })?;
+    f.lock()
+        .map_err(|source| StateError::Lock { path, source })?;
     Ok(Lock(f))
 }
 
@@ -185,7 +193,8 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
 /// Whether the supervisor recorded in `state` is still alive (same pid,
 /// same start time).
 pub fn is_alive(state: &ContainerState) -> bool {
-    state.supervisor_pid > 0 && process_start_time(state.supervisor_pid) == Some(state.supervisor_start_time)
+    state.supervisor_pid > 0
+        && process_start_time(state.supervisor_pid) == Some(state.supervisor_start_time)
 }
 
 /// Removes what containers of dead supervisors left behind: their
@@ -218,7 +227,9 @@ pub fn find<'a>(states: &'a [ContainerState], key: &str) -> Option<&'a Container
     if let Some(s) = states.iter().find(|s| s.name == key || s.id == key) {
         return Some(s);
     }
-    let mut m = states.iter().filter(|s| key.len() >= 4 && s.id.starts_with(key));
+    let mut m = states
+        .iter()
+        .filter(|s| key.len() >= 4 && s.id.starts_with(key));
     match (m.next(), m.next()) {
         (Some(s), None) => Some(s),
         _ => None,
@@ -319,8 +330,15 @@ mod tests {
         s.supervisor_pid = std::process::id() as i32;
         s.supervisor_start_time = process_start_time(s.supervisor_pid).unwrap();
         write(dir.path(), &s).unwrap();
-        assert_eq!(cleanup_stale(dir.path()).unwrap(), vec!["deadbeef".to_string()]);
-        let left: Vec<String> = read_all(dir.path()).unwrap().into_iter().map(|s| s.id).collect();
+        assert_eq!(
+            cleanup_stale(dir.path()).unwrap(),
+            vec!["deadbeef".to_string()]
+        );
+        let left: Vec<String> = read_all(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
         assert_eq!(left, vec!["alive".to_string()]);
     }
 }

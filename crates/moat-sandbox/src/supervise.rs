@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
 use crate::cgroup::Cgroups;
@@ -90,6 +90,13 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
     } else {
         None
     };
+    let pty_path = match &pty {
+        Some((m, _)) => Some(format!(
+            "/dev/pts/{}",
+            sys::pty_number(m.as_fd()).map_err(prep("the pseudo-terminal number"))?
+        )),
+        None => None,
+    };
 
     // Block the forwarded signals (and SIGCHLD) before the clone: the child
     // unblocks them right before execve, the supervisor reads them from a
@@ -116,6 +123,7 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
                 go: go_r,
                 err: err_w,
                 pty: pty.map(|(_, peer)| peer),
+                pty_path,
             };
             child::main(&setup, fds);
         }
@@ -170,7 +178,6 @@ fn release(
     st.pid = pid;
     st.pid_start_time = state::process_start_time(pid).unwrap_or(0);
     state::write(&cfg.run_root, st)?;
-    let _ = pidfd;
 
     sys::write_fd(go_w.as_fd(), b"g").map_err(prep("releasing the container process"))?;
     let mut buf = Vec::new();
@@ -255,7 +262,10 @@ fn supervise(
             None
         };
         let timeout = match kill_at {
-            Some(t) => t.saturating_duration_since(Instant::now()).as_millis().min(60_000) as i32,
+            Some(t) => t
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(60_000) as i32,
             None => -1,
         };
         let ready = sys::poll_readable(&fds, timeout).map_err(serr)?;
@@ -333,7 +343,6 @@ fn copy_out(master: &OwnedFd, buf: &mut [u8], out: &mut std::io::Stdout) -> bool
         Ok(n) => {
             let _ = out.write_all(&buf[..n]);
             let _ = out.flush();
-            let _ = master.as_raw_fd();
             true
         }
     }

@@ -222,7 +222,12 @@ impl FsContext {
         })?;
         // SAFETY: the context fd is owned and configured.
         fd_from(unsafe {
-            libc::syscall(libc::SYS_fsmount, self.0.as_raw_fd(), FSMOUNT_CLOEXEC, attrs)
+            libc::syscall(
+                libc::SYS_fsmount,
+                self.0.as_raw_fd(),
+                FSMOUNT_CLOEXEC,
+                attrs,
+            )
         })
     }
 }
@@ -564,8 +569,7 @@ pub fn set_ids(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
 
 pub fn sethostname(name: &str) -> io::Result<()> {
     // SAFETY: the pointer and length describe `name`'s bytes.
-    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } as libc::c_long)
-        .map(drop)
+    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } as libc::c_long).map(drop)
 }
 
 pub fn unshare(flags: i32) -> io::Result<()> {
@@ -581,9 +585,11 @@ pub fn setsid() -> io::Result<()> {
 /// Brings the loopback interface of the current network namespace up.
 pub fn loopback_up() -> io::Result<()> {
     // SAFETY: plain socket creation.
-    let sock = fd_from(unsafe {
-        libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
-    } as libc::c_long)?;
+    let sock =
+        fd_from(
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }
+                as libc::c_long,
+        )?;
     // SAFETY: ifreq is plain data.
     let mut req: libc::ifreq = unsafe { zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
@@ -619,6 +625,14 @@ pub fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
         )
     } as libc::c_long)?;
     Ok((master, peer))
+}
+
+/// The number N of a pty master's peer `/dev/pts/N` (`TIOCGPTN`).
+pub fn pty_number(master: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut n: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes one unsigned int.
+    check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) } as libc::c_long)?;
+    Ok(n)
 }
 
 /// Makes `fd` (a terminal) the controlling terminal of this session.

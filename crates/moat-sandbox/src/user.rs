@@ -46,7 +46,10 @@ fn read_in_root(rootfs: &Path, path: &str) -> Result<String, UserError> {
     let mut text = String::new();
     if let Ok(fd) = sys::openat2(root.as_fd(), path, libc::O_RDONLY | libc::O_NOCTTY, resolve) {
         let mut f = File::from(fd);
-        let meta_ok = f.metadata().map(|m| m.is_file() && m.len() < 16 << 20).unwrap_or(false);
+        let meta_ok = f
+            .metadata()
+            .map(|m| m.is_file() && m.len() < 16 << 20)
+            .unwrap_or(false);
         if meta_ok {
             let _ = f.read_to_string(&mut text);
         }
@@ -71,7 +74,13 @@ pub fn resolve(rootfs: &Path, spec: &str) -> Result<Identity, UserError> {
             Ok(n) => f[2].parse::<u32>().ok() == Some(n),
             Err(_) => f[0] == user,
         };
-        matches.then(|| (f[0].to_string(), f[2].parse::<u32>().ok(), f[3].parse::<u32>().ok()))
+        matches.then(|| {
+            (
+                f[0].to_string(),
+                f[2].parse::<u32>().ok(),
+                f[3].parse::<u32>().ok(),
+            )
+        })
     });
     let (name, uid, primary_gid) = match (user.parse::<u32>(), entry) {
         (Ok(n), Some((name, _, g))) => (Some(name), n, g.unwrap_or(0)),
@@ -88,7 +97,10 @@ pub fn resolve(rootfs: &Path, spec: &str) -> Result<Identity, UserError> {
                 (
                     f[0].to_string(),
                     f[2].parse().unwrap_or(u32::MAX),
-                    f[3].split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+                    f[3].split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect(),
                 )
             })
         })
@@ -107,7 +119,9 @@ pub fn resolve(rootfs: &Path, spec: &str) -> Result<Identity, UserError> {
     let additional_gids = match (&name, group) {
         (Some(name), None) => groups
             .iter()
-            .filter(|(_, id, members)| *id != gid && *id != u32::MAX && members.iter().any(|m| m == name))
+            .filter(|(_, id, members)| {
+                *id != gid && *id != u32::MAX && members.iter().any(|m| m == name)
+            })
             .map(|(_, id, _)| *id)
             .collect(),
         _ => Vec::new(),
@@ -132,11 +146,36 @@ mod tests {
             "root:x:0:0::/root:/bin/sh\nwww:x:33:34::/var/www:/bin/sh\n",
         )
         .unwrap();
-        std::fs::write(d.path().join("etc/group"), "root:x:0:\nwww:x:34:\nadm:x:4:www\n").unwrap();
+        std::fs::write(
+            d.path().join("etc/group"),
+            "root:x:0:\nwww:x:34:\nadm:x:4:www\n",
+        )
+        .unwrap();
         let id = |s| resolve(d.path(), s).unwrap();
-        assert_eq!(id(""), Identity { uid: 0, gid: 0, additional_gids: vec![] });
-        assert_eq!(id("www"), Identity { uid: 33, gid: 34, additional_gids: vec![4] });
-        assert_eq!(id("1000:1000"), Identity { uid: 1000, gid: 1000, additional_gids: vec![] });
+        assert_eq!(
+            id(""),
+            Identity {
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![]
+            }
+        );
+        assert_eq!(
+            id("www"),
+            Identity {
+                uid: 33,
+                gid: 34,
+                additional_gids: vec![4]
+            }
+        );
+        assert_eq!(
+            id("1000:1000"),
+            Identity {
+                uid: 1000,
+                gid: 1000,
+                additional_gids: vec![]
+            }
+        );
         assert_eq!(id("33:adm").gid, 4);
         assert_eq!(
             resolve(d.path(), "nobody").unwrap_err().to_string(),

@@ -35,10 +35,7 @@ pub fn run(global: &GlobalArgs, cmd: KillArgs) -> anyhow::Result<ExitCode> {
     state::cleanup_stale(&run_root).context("cleaning up after dead containers")?;
     let states = state::read_all(&run_root)?;
     let Some(st) = state::find(&states, &cmd.name) else {
-        bail!(
-            "no running container named {:?} (see `moat ps`)",
-            cmd.name
-        );
+        bail!("no running container named {:?} (see `moat ps`)", cmd.name);
     };
     moat_sandbox::signal_container(st, sig)?;
     Ok(ExitCode::SUCCESS)

@@ -326,9 +326,17 @@ mod tests {
             err.to_string(),
             "image \"img\" has no Entrypoint or Cmd; give a command: moat run img CMD [ARG...]"
         );
-        let err = merge_process(&none, &parse(&["-w", "rel", "img", "x"]), "h", d.path()).unwrap_err();
-        assert_eq!(err.to_string(), "working directory \"rel\" (-w) must be an absolute path");
-        let err = merge_process(&none, &parse(&["-e", "=v", "img", "x"]), "h", d.path()).unwrap_err();
-        assert_eq!(err.to_string(), "invalid -e \"=v\": expected KEY=VALUE with a non-empty KEY");
+        let err =
+            merge_process(&none, &parse(&["-w", "rel", "img", "x"]), "h", d.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "working directory \"rel\" (-w) must be an absolute path"
+        );
+        let err =
+            merge_process(&none, &parse(&["-e", "=v", "img", "x"]), "h", d.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid -e \"=v\": expected KEY=VALUE with a non-empty KEY"
+        );
     }
 }
