@@ -65,7 +65,12 @@ fn real_dir_in_root(root: BorrowedFd<'_>, path: &str) -> Result<OwnedFd, ChildEr
 
 fn open_in_root(root: BorrowedFd<'_>, path: &str, resolve: u64) -> Result<OwnedFd, ChildError> {
     sys::openat2(root, path, libc::O_PATH | libc::O_DIRECTORY, resolve).map_err(|e| {
-        if e.raw_os_error() == Some(libc::ELOOP) {
+        if e.raw_os_error() == Some(libc::ELOOP) && resolve & libc::RESOLVE_NO_SYMLINKS == 0 {
+            ChildError::msg(
+                format!("mount target {path}"),
+                format!("{path} is a symlink loop in the image"),
+            )
+        } else if e.raw_os_error() == Some(libc::ELOOP) {
             ChildError::msg(
                 format!("mount target {path}"),
                 format!("{path} is a symlink in the image; moat refuses to mount over it"),
