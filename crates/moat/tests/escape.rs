@@ -314,8 +314,10 @@ fn e11_fork_bomb() {
     let o = stdout(&out);
     let r = result(&o, "forkbomb");
     assert!(r.ends_with(" then EAGAIN"), "{o}{}", stderr(&out));
-    let n: u32 = r.split_whitespace().nth(3).unwrap().parse().unwrap();
-    assert!(n < 256, "pid 1 forked {n} processes past the pids limit");
+    assert!(r.starts_with("pid 1 forked "), "{o}");
+    let procs: u32 = result(&o, "processes").parse().unwrap();
+    // The baseline pids limit is 256 for the whole container.
+    assert!((2..=256).contains(&procs), "{procs} processes despite the pids limit");
 }
 
 /// 12. Opening files until failure is bounded by RLIMIT_NOFILE.
@@ -336,8 +338,8 @@ fn e12_open_files_limit() {
     );
 }
 
-/// 13. Symlinked `/tmp`, `/proc`, `/dev/null` in the image do not redirect
-/// moat's mounts (CVE-2021-30465, CVE-2025-31133 class).
+/// 13. Symlinked `/tmp`, `/proc`, `/dev/null` in the image do not
+/// redirect moat's mounts (CVE-2021-30465, CVE-2025-31133 class).
 #[test]
 fn e13_symlinked_mount_targets() {
     if !can_sandbox("e13_symlinked_mount_targets") {

@@ -174,6 +174,11 @@ fn main() {
             }
             unsafe { sleep(1) };
             println!("forkbomb: pid 1 forked {made} then {err}");
+            let procs = std::fs::read_dir("/proc")
+                .unwrap()
+                .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok())))
+                .count();
+            println!("processes: {procs}");
             // Exiting PID 1 kills the whole PID namespace.
         }
         // Attempt 10: what a setuid binary gives.
