@@ -27,7 +27,7 @@ fn assert_host_mounts_untouched(env: &Env) {
     }
 }
 
-/// 1. `mkdir /host; mount --bind / /host; chroot /host`.
+/// Attempt 1: `mkdir /host; mount --bind / /host; chroot /host`.
 #[test]
 fn e01_bind_mount_root_and_chroot() {
     if !can_sandbox("e01_bind_mount_root_and_chroot") {
@@ -54,7 +54,7 @@ fn e01_bind_mount_root_and_chroot() {
     assert_host_mounts_untouched(&env);
 }
 
-/// 2. `/proc/sysrq-trigger` and `/proc/sys/kernel/core_pattern`.
+/// Attempt 2: `/proc/sysrq-trigger` and `/proc/sys/kernel/core_pattern`.
 #[test]
 fn e02_sysrq_and_core_pattern() {
     if !can_sandbox("e02_sysrq_and_core_pattern") {
@@ -88,7 +88,7 @@ fn e02_sysrq_and_core_pattern() {
     );
 }
 
-/// 3. Host files through `/proc/1/root` or any `/proc/PID/root`.
+/// Attempt 3: Host files through `/proc/1/root` or any `/proc/PID/root`.
 #[test]
 fn e03_proc_pid_root() {
     if !can_sandbox("e03_proc_pid_root") {
@@ -117,7 +117,7 @@ fn e03_proc_pid_root() {
     );
 }
 
-/// 4. Leaked host fds and a cwd outside the root (CVE-2024-21626).
+/// Attempt 4: Leaked host fds and a cwd outside the root (CVE-2024-21626).
 #[test]
 fn e04_leaked_fds_and_cwd() {
     if !can_sandbox("e04_leaked_fds_and_cwd") {
@@ -145,7 +145,7 @@ fn e04_leaked_fds_and_cwd() {
     assert_eq!(result(&o, "cwd"), "/tmp");
 }
 
-/// 5. Overwrite the runtime through `/proc/self/exe` or `/proc/PID/exe` (CVE-2019-5736).
+/// Attempt 5: Overwrite the runtime through `/proc/self/exe` or `/proc/PID/exe` (CVE-2019-5736).
 #[test]
 fn e05_overwrite_runtime_via_proc_exe() {
     if !can_sandbox("e05_overwrite_runtime_via_proc_exe") {
@@ -180,7 +180,7 @@ fn e05_overwrite_runtime_via_proc_exe() {
     );
 }
 
-/// 6. `mknod` the host's disk and read it.
+/// Attempt 6: `mknod` the host's disk and read it.
 #[test]
 fn e06_mknod_host_disk() {
     if !can_sandbox("e06_mknod_host_disk") {
@@ -209,7 +209,7 @@ fn e06_mknod_host_disk() {
     );
 }
 
-/// 7 and 8. Kernel modules, kexec, bpf, perf, userfaultfd, io_uring; keyrings.
+/// Attempts 7 and 8: Kernel modules, kexec, bpf, perf, userfaultfd, io_uring; keyrings.
 #[test]
 fn e07_e08_dangerous_syscalls_and_keyrings() {
     if !can_sandbox("e07_e08_dangerous_syscalls_and_keyrings") {
@@ -241,7 +241,7 @@ fn e07_e08_dangerous_syscalls_and_keyrings() {
     );
 }
 
-/// 9. `ptrace` a process outside the container.
+/// Attempt 9: `ptrace` a process outside the container.
 #[test]
 fn e09_ptrace_outside() {
     if !can_sandbox("e09_ptrace_outside") {
@@ -261,7 +261,7 @@ fn e09_ptrace_outside() {
     victim.wait().unwrap();
 }
 
-/// 10. A setuid-root binary inside the image gains nothing.
+/// Attempt 10: A setuid-root binary inside the image gains nothing.
 #[test]
 fn e10_setuid_binary() {
     if !can_sandbox("e10_setuid_binary") {
@@ -280,7 +280,7 @@ fn e10_setuid_binary() {
     );
 }
 
-/// 11. A fork bomb is stopped by the pids limit; the host stays responsive.
+/// Attempt 11: A fork bomb is stopped by the pids limit; the host stays responsive.
 #[test]
 fn e11_fork_bomb() {
     if !can_sandbox("e11_fork_bomb") {
@@ -317,10 +317,13 @@ fn e11_fork_bomb() {
     assert!(r.starts_with("pid 1 forked "), "{o}");
     let procs: u32 = result(&o, "processes").parse().unwrap();
     // The baseline pids limit is 256 for the whole container.
-    assert!((2..=256).contains(&procs), "{procs} processes despite the pids limit");
+    assert!(
+        (2..=256).contains(&procs),
+        "{procs} processes despite the pids limit"
+    );
 }
 
-/// 12. Opening files until failure is bounded by RLIMIT_NOFILE.
+/// Attempt 12: Opening files until failure is bounded by RLIMIT_NOFILE.
 #[test]
 fn e12_open_files_limit() {
     if !can_sandbox("e12_open_files_limit") {
@@ -338,7 +341,7 @@ fn e12_open_files_limit() {
     );
 }
 
-/// 13. Symlinked `/tmp`, `/proc`, `/dev/null` in the image do not
+/// Attempt 13: Symlinked `/tmp`, `/proc`, `/dev/null` in the image do not
 /// redirect moat's mounts (CVE-2021-30465, CVE-2025-31133 class).
 #[test]
 fn e13_symlinked_mount_targets() {
@@ -395,7 +398,7 @@ fn e13_symlinked_mount_targets() {
     assert_host_mounts_untouched(&env);
 }
 
-/// 14. `unshare(CLONE_NEWUSER)` then a mount (CVE-2022-0185 class).
+/// Attempt 14: `unshare(CLONE_NEWUSER)` then a mount (CVE-2022-0185 class).
 #[test]
 fn e14_nested_user_namespace_mount() {
     if !can_sandbox("e14_nested_user_namespace_mount") {
@@ -412,7 +415,7 @@ fn e14_nested_user_namespace_mount() {
     assert_host_mounts_untouched(&env);
 }
 
-/// 15. The cgroup v1 `release_agent` (CVE-2022-0492).
+/// Attempt 15: The cgroup v1 `release_agent` (CVE-2022-0492).
 #[test]
 fn e15_cgroup_release_agent() {
     if !can_sandbox("e15_cgroup_release_agent") {
