@@ -141,6 +141,8 @@ fn run(s: &ChildSetup, fds: &ChildFds) -> Result<Never, ChildError> {
     }
     drop(go);
 
+    // Clone the rootfs while we still have the supervisor's filesystem ids.
+    let prepared = mounts::prepare_root(&s.rootfs)?;
     // Become container root (host uid = first id of the map).
     sys::set_ids(0, 0, &[]).map_err(|e| ChildError::io("becoming container root", e))?;
     // Now that the supervisor put us into our cgroups: a cgroup namespace
@@ -153,7 +155,7 @@ fn run(s: &ChildSetup, fds: &ChildFds) -> Result<Never, ChildError> {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40);
 
-    let root = mounts::build(&s.rootfs, &s.mounts, fds.pty_path.as_deref())?;
+    let root = mounts::build(prepared, &s.mounts, fds.pty_path.as_deref())?;
     sys::pivot_into(root.as_fd()).map_err(|e| ChildError::io("pivot_root", e))?;
     drop(root);
 

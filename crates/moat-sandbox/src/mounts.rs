@@ -91,35 +91,55 @@ fn attach(mnt: &OwnedFd, target: &OwnedFd, what: &str) -> Result<(), ChildError>
         .map_err(|e| ChildError::io(format!("attaching {what}"), e))
 }
 
+/// The image root, cloned while the container process still has the
+/// supervisor's filesystem identity: the rootfs may sit below directories
+/// only host root can traverse (0700), which container root (an
+/// unprivileged host uid) cannot.
+pub(crate) struct PreparedRoot {
+    mnt: OwnedFd,
+    target: OwnedFd,
+    path: String,
+}
+
+/// Makes every mount private and takes a detached clone of the rootfs.
+pub(crate) fn prepare_root(rootfs: &Path) -> Result<PreparedRoot, ChildError> {
+    sys::make_rprivate().map_err(|e| ChildError::io("making / private", e))?;
+    let path = rootfs
+        .to_str()
+        .ok_or_else(|| ChildError::msg("rootfs", "path is not UTF-8"))?
+        .to_string();
+    let mnt = sys::open_tree(sys::cwd(), &path, sys::OPEN_TREE_CLONE)
+        .map_err(|e| ChildError::io(format!("cloning rootfs {path}"), e))?;
+    let target: OwnedFd = File::options()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(rootfs)
+        .map_err(|e| ChildError::io(format!("opening rootfs {path}"), e))?
+        .into();
+    Ok(PreparedRoot { mnt, target, path })
+}
+
 /// Builds the whole tree and returns a descriptor of the new root, ready
 /// for `pivot_root`. `console` is the host path of the pty peer for `-t`.
 pub(crate) fn build(
-    rootfs: &Path,
+    prepared: PreparedRoot,
     mounts: &[MountPlan],
     console: Option<&str>,
 ) -> Result<OwnedFd, ChildError> {
-    sys::make_rprivate().map_err(|e| ChildError::io("making / private", e))?;
-
     // The image root: a detached clone of the store's rootfs, read-only,
     // nosuid, nodev, attached over the rootfs directory in this namespace.
-    let root_path = rootfs
-        .to_str()
-        .ok_or_else(|| ChildError::msg("rootfs", "path is not UTF-8"))?;
-    let root_mnt = sys::open_tree(sys::cwd(), root_path, sys::OPEN_TREE_CLONE)
-        .map_err(|e| ChildError::io(format!("cloning rootfs {root_path}"), e))?;
+    let PreparedRoot {
+        mnt: root_mnt,
+        target,
+        path: root_path,
+    } = prepared;
     sys::mount_setattr(
         root_mnt.as_fd(),
         sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
         0,
         false,
     )
-    .map_err(|e| ChildError::io("making the rootfs read-only", e))?;
-    let target: OwnedFd = File::options()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
-        .open(rootfs)
-        .map_err(|e| ChildError::io(format!("opening rootfs {root_path}"), e))?
-        .into();
+    .map_err(|e| ChildError::io(format!("making the rootfs {root_path} read-only"), e))?;
     attach(&root_mnt, &target, "the rootfs")?;
     let root = root_mnt;
 
