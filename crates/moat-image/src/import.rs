@@ -178,7 +178,10 @@ impl Store {
     /// archive, rootfs tarball), materialises its rootfs, and names it.
     pub fn import(&self, path: &Path, opts: &ImportOptions<'_>) -> Result<Image, ImportError> {
         let sp = path.to_path_buf();
-        let store_err = |source| ImportError::Store { source_path: sp.clone(), source: Box::new(source) };
+        let store_err = |source| ImportError::Store {
+            source_path: sp.clone(),
+            source: Box::new(source),
+        };
         if let Some(n) = &opts.name {
             normalize_name(n).map_err(store_err)?;
         }
@@ -384,7 +387,10 @@ impl Store {
         }
         let in_store = self
             .blob_path(&d.digest)
-            .map_err(|source| ImportError::Store { source_path: sp.clone(), source: Box::new(source) })?;
+            .map_err(|source| ImportError::Store {
+                source_path: sp.clone(),
+                source: Box::new(source),
+            })?;
         if let Ok(m) = fs::metadata(&in_store) {
             if m.len() == d.size {
                 return Ok(in_store);
@@ -680,7 +686,10 @@ impl Store {
                 staged
             } else {
                 self.blob_path(&layer.digest)
-                    .map_err(|source| ImportError::Store { source_path: sp.to_path_buf(), source: Box::new(source) })?
+                    .map_err(|source| ImportError::Store {
+                        source_path: sp.to_path_buf(),
+                        source: Box::new(source),
+                    })?
             };
             let blob = File::open(&p).map_err(|source| ImportError::Read {
                 source_path: sp.to_path_buf(),
@@ -765,7 +774,10 @@ impl Store {
         };
         let existing_rootfs = self
             .rootfs_path(&record.manifest_digest)
-            .map_err(|source| ImportError::Store { source_path: sp.clone(), source: Box::new(source) })?;
+            .map_err(|source| ImportError::Store {
+                source_path: sp.clone(),
+                source: Box::new(source),
+            })?;
         let rootfs = staging.join("rootfs");
         let mut record = record;
         if !existing_rootfs.is_dir() {
@@ -788,7 +800,10 @@ impl Store {
         name: &str,
         sp: &Path,
     ) -> Result<Image, ImportError> {
-        let store_err = |source| ImportError::Store { source_path: sp.to_path_buf(), source: Box::new(source) };
+        let store_err = |source| ImportError::Store {
+            source_path: sp.to_path_buf(),
+            source: Box::new(source),
+        };
         let name = normalize_name(name).map_err(store_err)?;
         let _meta = self.lock_meta().map_err(store_err)?;
         let wanted: Vec<&String> = std::iter::once(&record.manifest_digest)

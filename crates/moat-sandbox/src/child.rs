@@ -106,11 +106,14 @@ pub(crate) struct ChildFds {
     /// pty peer for `-t`, and its host path `/dev/pts/N`.
     pub pty: Option<OwnedFd>,
     pub pty_path: Option<String>,
+    /// The idmapped rootfs clone made by the supervisor, if the filesystem
+    /// supports idmapped mounts.
+    pub rootfs_mnt: Option<OwnedFd>,
 }
 
 /// Entry point of the child; never returns.
-pub(crate) fn main(setup: &ChildSetup, fds: ChildFds) -> ! {
-    let err = match run(setup, &fds) {
+pub(crate) fn main(setup: &ChildSetup, mut fds: ChildFds) -> ! {
+    let err = match run(setup, &mut fds) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -123,7 +126,7 @@ pub(crate) fn main(setup: &ChildSetup, fds: ChildFds) -> ! {
 
 enum Never {}
 
-fn run(s: &ChildSetup, fds: &ChildFds) -> Result<Never, ChildError> {
+fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
     // Die with the supervisor from the very start; nothing in the container
     // may ptrace or open /proc/<pid>/exe of this (moat) image.
     sys::set_pdeathsig(libc::SIGKILL).map_err(|e| ChildError::io("PR_SET_PDEATHSIG", e))?;
@@ -142,7 +145,7 @@ fn run(s: &ChildSetup, fds: &ChildFds) -> Result<Never, ChildError> {
     drop(go);
 
     // Clone the rootfs while we still have the supervisor's filesystem ids.
-    let prepared = mounts::prepare_root(&s.rootfs)?;
+    let prepared = mounts::prepare_root(&s.rootfs, fds.rootfs_mnt.take())?;
     // Become container root (host uid = first id of the map).
     sys::set_ids(0, 0, &[]).map_err(|e| ChildError::io("becoming container root", e))?;
     // Now that the supervisor put us into our cgroups: a cgroup namespace

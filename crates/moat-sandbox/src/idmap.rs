@@ -87,3 +87,46 @@ mod tests {
         assert_eq!(m.uid_map(), format!("0 {} {}\n", m.host_uid, m.count));
     }
 }
+
+/// A read-only, nosuid, nodev clone of `rootfs` whose file ownership is
+/// shown through `map` (an idmapped mount): files owned by host root in the
+/// image appear owned by container root, as the image author meant, while
+/// the kernel still sees the unprivileged host range. The mapping comes
+/// from a short-lived process in a new user namespace with the same maps.
+/// Fails (and the caller falls back to a plain read-only bind) where the
+/// filesystem does not support idmapped mounts.
+pub(crate) fn idmapped_rootfs(rootfs: &Path, map: &IdMap) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+
+    use crate::sys;
+
+    let path = rootfs
+        .to_str()
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mnt = sys::open_tree(sys::cwd(), path, sys::OPEN_TREE_CLONE)?;
+    let (r, w) = std::io::pipe()?;
+    let (pid, pidfd) = match sys::clone_child(libc::CLONE_NEWUSER)? {
+        sys::Forked::Child => {
+            drop(w);
+            let mut r = r;
+            let _ = r.read(&mut [0u8; 1]);
+            sys::exit_now(0);
+        }
+        sys::Forked::Parent { pid, pidfd } => (pid, pidfd),
+    };
+    drop(r);
+    let result = (|| {
+        std::fs::write(format!("/proc/{pid}/uid_map"), map.uid_map())?;
+        std::fs::write(format!("/proc/{pid}/gid_map"), map.gid_map())?;
+        let userns = std::fs::File::open(format!("/proc/{pid}/ns/user"))?;
+        sys::mount_setattr_idmap(
+            mnt.as_fd(),
+            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+            userns.as_fd(),
+        )
+    })();
+    drop(w);
+    let _ = sys::wait_pidfd(pidfd.as_fd(), false);
+    result.map(|()| mnt)
+}

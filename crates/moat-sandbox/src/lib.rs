@@ -11,7 +11,6 @@
 pub mod cgroup;
 mod child;
 pub mod idmap;
-pub mod interim;
 mod mounts;
 pub mod state;
 mod supervise;

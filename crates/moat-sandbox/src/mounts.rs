@@ -99,24 +99,38 @@ pub(crate) struct PreparedRoot {
     mnt: OwnedFd,
     target: OwnedFd,
     path: String,
+    idmapped: bool,
 }
 
-/// Makes every mount private and takes a detached clone of the rootfs.
-pub(crate) fn prepare_root(rootfs: &Path) -> Result<PreparedRoot, ChildError> {
+/// Makes every mount private and takes a detached clone of the rootfs,
+/// unless the supervisor already made an idmapped one (`idmapped`).
+pub(crate) fn prepare_root(
+    rootfs: &Path,
+    idmapped: Option<OwnedFd>,
+) -> Result<PreparedRoot, ChildError> {
     sys::make_rprivate().map_err(|e| ChildError::io("making / private", e))?;
     let path = rootfs
         .to_str()
         .ok_or_else(|| ChildError::msg("rootfs", "path is not UTF-8"))?
         .to_string();
-    let mnt = sys::open_tree(sys::cwd(), &path, sys::OPEN_TREE_CLONE)
-        .map_err(|e| ChildError::io(format!("cloning rootfs {path}"), e))?;
+    let is_idmapped = idmapped.is_some();
+    let mnt = match idmapped {
+        Some(m) => m,
+        None => sys::open_tree(sys::cwd(), &path, sys::OPEN_TREE_CLONE)
+            .map_err(|e| ChildError::io(format!("cloning rootfs {path}"), e))?,
+    };
     let target: OwnedFd = File::options()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
         .open(rootfs)
         .map_err(|e| ChildError::io(format!("opening rootfs {path}"), e))?
         .into();
-    Ok(PreparedRoot { mnt, target, path })
+    Ok(PreparedRoot {
+        mnt,
+        target,
+        path,
+        idmapped: is_idmapped,
+    })
 }
 
 /// Builds the whole tree and returns a descriptor of the new root, ready
@@ -128,18 +142,22 @@ pub(crate) fn build(
 ) -> Result<OwnedFd, ChildError> {
     // The image root: a detached clone of the store's rootfs, read-only,
     // nosuid, nodev, attached over the rootfs directory in this namespace.
+    // (An idmapped clone from the supervisor already carries these flags.)
     let PreparedRoot {
         mnt: root_mnt,
         target,
         path: root_path,
+        idmapped,
     } = prepared;
-    sys::mount_setattr(
-        root_mnt.as_fd(),
-        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
-        0,
-        false,
-    )
-    .map_err(|e| ChildError::io(format!("making the rootfs {root_path} read-only"), e))?;
+    if !idmapped {
+        sys::mount_setattr(
+            root_mnt.as_fd(),
+            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+            0,
+            false,
+        )
+        .map_err(|e| ChildError::io(format!("making the rootfs {root_path} read-only"), e))?;
+    }
     attach(&root_mnt, &target, "the rootfs")?;
     let root = root_mnt;
 

@@ -98,6 +98,9 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
         None => None,
     };
 
+    // Image files owned by host root should look owned by container root.
+    let rootfs_mnt = crate::idmap::idmapped_rootfs(&cfg.rootfs, &cfg.id_map).ok();
+
     // Block the forwarded signals (and SIGCHLD) before the clone: the child
     // unblocks them right before execve, the supervisor reads them from a
     // signalfd.
@@ -124,6 +127,7 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
                 err: err_w,
                 pty: pty.map(|(_, peer)| peer),
                 pty_path,
+                rootfs_mnt,
             };
             child::main(&setup, fds);
         }
@@ -135,6 +139,7 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
     };
     drop(go_r);
     drop(err_w);
+    drop(rootfs_mnt);
     let (master, peer) = match pty {
         Some((m, p)) => (Some(m), Some(p)),
         None => (None, None),

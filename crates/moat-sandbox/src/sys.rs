@@ -23,6 +23,7 @@ pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
 pub const MOUNT_ATTR_NODEV: u64 = 0x4;
 pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+pub const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
 #[repr(C)]
 struct MountAttr {
@@ -154,11 +155,33 @@ pub fn move_mount_fd(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> io::Result<()>
 
 /// `mount_setattr(2)` on the mount referred to by `fd` (optionally recursive).
 pub fn mount_setattr(fd: BorrowedFd<'_>, set: u64, clear: u64, recursive: bool) -> io::Result<()> {
+    mount_setattr_raw(fd, set, clear, recursive, 0)
+}
+
+/// `mount_setattr(2)` with `MOUNT_ATTR_IDMAP`: ids on the (detached) mount
+/// `fd` are shown through the mapping of the user namespace `userns`.
+pub fn mount_setattr_idmap(fd: BorrowedFd<'_>, set: u64, userns: BorrowedFd<'_>) -> io::Result<()> {
+    mount_setattr_raw(
+        fd,
+        set | MOUNT_ATTR_IDMAP,
+        0,
+        false,
+        userns.as_raw_fd() as u64,
+    )
+}
+
+fn mount_setattr_raw(
+    fd: BorrowedFd<'_>,
+    set: u64,
+    clear: u64,
+    recursive: bool,
+    userns_fd: u64,
+) -> io::Result<()> {
     let attr = MountAttr {
         attr_set: set,
         attr_clr: clear,
         propagation: 0,
-        userns_fd: 0,
+        userns_fd,
     };
     let mut flags = libc::AT_EMPTY_PATH as u32;
     if recursive {

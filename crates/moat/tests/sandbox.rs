@@ -369,3 +369,126 @@ fn duplicate_names_are_refused() {
     env.moat(&["kill", "dup"]).status().unwrap();
     wait_timeout(&mut first, 60);
 }
+
+/// Imports the bundled test image into the env's store.
+fn import_test_image(env: &Env) {
+    let tar = env.dir.path().join("busybox.oci.tar");
+    let out = env
+        .moat(&["dev", "test-image", "-o", tar.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env
+        .moat(&["image", "import", tar.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn runs_the_test_image_from_the_store() {
+    if !can_sandbox("runs_the_test_image_from_the_store") {
+        return;
+    }
+    let env = Env::new();
+    import_test_image(&env);
+    let out = env
+        .moat(&[
+            "run",
+            "--isolation",
+            "sandbox",
+            "busybox",
+            "sh",
+            "-c",
+            "echo hello from $(hostname); cat /proc/self/uid_map | wc -l",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("hello from "), "{text}");
+    // The image's Cmd (`sh`) runs when no command is given; stdin is /dev/null.
+    let out = env
+        .moat(&["run", "--isolation", "sandbox", "busybox"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // `auto` picks the sandbox where no vm accelerator is available, and
+    // the image cannot be removed while a container uses it.
+    let mut child = env
+        .moat(&["run", "--name", "user", "busybox", "sleep", "1000"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let c = wait_running(&env, "user");
+    assert!(c["image_id"].as_str().unwrap().starts_with("sha256:"));
+    let rm = env.moat(&["image", "rm", "busybox"]).output().unwrap();
+    assert!(
+        !rm.status.success(),
+        "image rm must refuse while a container runs"
+    );
+    env.moat(&["kill", "user"]).status().unwrap();
+    assert_eq!(wait_timeout(&mut child, 60).code(), Some(137));
+
+    let out = env
+        .moat(&["run", "--isolation", "sandbox", "no-such-image", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("moat: error: "),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn policies_are_loaded_compiled_and_checked() {
+    if !can_sandbox("policies_are_loaded_compiled_and_checked") {
+        return;
+    }
+    let env = Env::new();
+    // A built-in by name.
+    let out = env.run(&["--policy", "restricted", "--", "/bin/echo", "restricted"]);
+    assert_eq!(stdout(&out), "restricted\n", "{}", stderr(&out));
+    // A file: its limits reach the container.
+    let file = env.dir.path().join("small.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: moat.dev/v1\nkind: Policy\nmetadata:\n  name: small\nspec:\n  extends: baseline\n  resources:\n    open_files: 100\n    pids: 50\n",
+    )
+    .unwrap();
+    let out = env.run(&[
+        "--policy",
+        file.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "ulimit -n; ulimit -u",
+    ]);
+    assert_eq!(stdout(&out), "100\n50\n", "{}", stderr(&out));
+    // Above the hard limit: a clear error, nothing started.
+    std::fs::write(
+        &file,
+        "apiVersion: moat.dev/v1\nkind: Policy\nmetadata:\n  name: greedy\nspec:\n  extends: baseline\n  resources:\n    open_files: 1000000000\n",
+    )
+    .unwrap();
+    let out = env.run(&["--policy", file.to_str().unwrap(), "--", "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    let e = stderr(&out);
+    assert!(e.starts_with("moat: error: the policy asks for RLIMIT_NOFILE 1000000000, above this host's hard limit of "), "{e}");
+    assert!(
+        e.ends_with(
+            "; lower it in the policy (moat cannot raise limits without CAP_SYS_RESOURCE)\n"
+        ),
+        "{e}"
+    );
+    let out = env.run(&["--policy", "/nonexistent/p.yaml", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("moat: error: cannot read policy file /nonexistent/p.yaml"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -49,7 +49,8 @@ pub struct RunArgs {
     /// Isolation backend.
     #[arg(long, value_enum, default_value = "auto")]
     pub isolation: Isolation,
-    /// Policy file to run under (default: the built-in `baseline` policy).
+    /// Policy file (or built-in name: baseline, restricted) to run under
+    /// (default: the built-in `baseline` policy).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// Keep stdin open and connected to the container.
@@ -189,18 +190,35 @@ fn vm_accelerator_works(_state_root: &Path) -> bool {
     false
 }
 
-fn resolve_image(_global: &GlobalArgs, reference: &str) -> anyhow::Result<ResolvedImage> {
-    bail!("cannot resolve image {reference:?}: the image store is not available in this build; run a root filesystem directory with --rootfs DIR")
+fn resolve_image(global: &GlobalArgs, reference: &str) -> anyhow::Result<ResolvedImage> {
+    let store = moat_image::Store::open(&global.root)
+        .with_context(|| format!("opening the image store {}", global.root.display()))?;
+    let image = store.resolve(reference)?;
+    let rootfs = store
+        .rootfs(&image)
+        .with_context(|| format!("materialising the rootfs of image {reference:?}"))?;
+    let c = &image.config;
+    Ok(ResolvedImage {
+        image_id: image.config_digest.clone(),
+        rootfs,
+        defaults: ImageDefaults {
+            entrypoint: c.entrypoint.clone(),
+            cmd: c.cmd.clone(),
+            env: c.env.clone(),
+            working_dir: c.working_dir.clone(),
+            user: c.user.clone(),
+        },
+    })
 }
 
+/// The plan to run under: `--policy` (a file or a built-in name), else the
+/// built-in `baseline` policy, compiled by moat-policy.
 fn load_plan(policy: Option<&Path>) -> anyhow::Result<Plan> {
-    if let Some(p) = policy {
-        bail!(
-            "cannot load policy {}: the policy compiler is not available in this build; run without --policy",
-            p.display()
-        );
-    }
-    Ok(moat_sandbox::interim::baseline_plan())
+    let policy = match policy {
+        Some(p) => moat_policy::Policy::resolve(&p.to_string_lossy())?,
+        None => moat_policy::Policy::builtin("baseline")?,
+    };
+    Ok(moat_policy::compile(&policy)?)
 }
 
 /// Merges the image config with the command line, as podman and Docker do:
