@@ -68,26 +68,6 @@ pub fn parse_subordinate(text: &str, user: &str) -> Option<(u32, u32)> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_subordinate_ranges() {
-        let text = "alice:200000:65536\nroot:300000:70000\n";
-        assert_eq!(parse_subordinate(text, "root"), Some((300000, 70000)));
-        assert_eq!(parse_subordinate("root:0:65536\n", "root"), None);
-        assert_eq!(parse_subordinate("bob:1:2\n", "root"), None);
-    }
-
-    #[test]
-    fn maps_never_contain_host_root() {
-        let m = IdMap::for_root();
-        assert!(m.host_uid > 0 && m.host_gid > 0);
-        assert_eq!(m.uid_map(), format!("0 {} {}\n", m.host_uid, m.count));
-    }
-}
-
 /// A read-only, nosuid, nodev clone of `rootfs` whose file ownership is
 /// shown through `map` (an idmapped mount): files owned by host root in the
 /// image appear owned by container root, as the image author meant, while
@@ -129,4 +109,24 @@ pub(crate) fn idmapped_rootfs(rootfs: &Path, map: &IdMap) -> std::io::Result<std
     drop(w);
     let _ = sys::wait_pidfd(pidfd.as_fd(), false);
     result.map(|()| mnt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_subordinate_ranges() {
+        let text = "alice:200000:65536\nroot:300000:70000\n";
+        assert_eq!(parse_subordinate(text, "root"), Some((300000, 70000)));
+        assert_eq!(parse_subordinate("root:0:65536\n", "root"), None);
+        assert_eq!(parse_subordinate("bob:1:2\n", "root"), None);
+    }
+
+    #[test]
+    fn maps_never_contain_host_root() {
+        let m = IdMap::for_root();
+        assert!(m.host_uid > 0 && m.host_gid > 0);
+        assert_eq!(m.uid_map(), format!("0 {} {}\n", m.host_uid, m.count));
+    }
 }
