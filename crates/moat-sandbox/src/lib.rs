@@ -343,3 +343,57 @@ pub fn signal_container(st: &ContainerState, sig: i32) -> Result<(), SandboxErro
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rlimits_above_the_hard_limit_are_refused() {
+        let (_, hard) = sys::getrlimit(libc::RLIMIT_NOFILE).unwrap();
+        let ok = [Rlimit {
+            resource: RlimitResource::Nofile,
+            soft: 16,
+            hard: 16,
+        }];
+        assert_eq!(
+            check_rlimits(&ok).unwrap(),
+            vec![(libc::RLIMIT_NOFILE, 16, 16)]
+        );
+        if hard == libc::RLIM_INFINITY {
+            return;
+        }
+        let too_many = [Rlimit {
+            resource: RlimitResource::Nofile,
+            soft: hard + 1,
+            hard: hard + 1,
+        }];
+        assert_eq!(
+            check_rlimits(&too_many).unwrap_err().to_string(),
+            format!(
+                "the policy asks for RLIMIT_NOFILE {}, above this host's hard limit of {hard}; lower it in the policy (moat cannot raise limits without CAP_SYS_RESOURCE)",
+                hard + 1
+            )
+        );
+    }
+
+    #[test]
+    fn capability_names_map_to_kernel_bits() {
+        assert_eq!(capability_mask(&[]).unwrap(), 0);
+        let m = capability_mask(&["NET_BIND_SERVICE".into(), "CAP_CHOWN".into()]).unwrap();
+        assert_eq!(m, (1 << 10) | 1);
+        assert_eq!(
+            capability_mask(&["FLY".into()]).unwrap_err().to_string(),
+            "unknown capability \"FLY\" in the plan"
+        );
+    }
+
+    #[test]
+    fn signals_parse_by_name_and_number() {
+        assert_eq!(parse_signal("TERM"), Some(libc::SIGTERM));
+        assert_eq!(parse_signal("sigkill"), Some(libc::SIGKILL));
+        assert_eq!(parse_signal("10"), Some(10));
+        assert_eq!(parse_signal("0"), None);
+        assert_eq!(parse_signal("BOGUS"), None);
+    }
+}
