@@ -1,0 +1,207 @@
+//! The vm backend end to end: real QEMU, the real guest kernel and agent, a
+//! busybox rootfs. Serialised by a file lock; each boot takes about a
+//! second under TCG.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn echo_reaches_stdout() {
+    require_vm!();
+    let _l = vm_lock();
+    let r = run(
+        options(fixture(), process(&["echo", "hello from the guest"])),
+        None,
+    );
+    assert_eq!(r.code, Ok(0), "stderr: {}", r.stderr);
+    assert_eq!(r.stdout, "hello from the guest\n");
+}
+
+#[test]
+fn exit_codes_and_missing_commands() {
+    require_vm!();
+    let _l = vm_lock();
+    let r = run(
+        options(
+            fixture(),
+            process(&["sh", "-c", "echo out; echo err >&2; exit 42"]),
+        ),
+        None,
+    );
+    assert_eq!(r.code, Ok(42));
+    assert_eq!(r.stdout, "out\n");
+    assert_eq!(r.stderr, "err\n");
+    let r = run(options(fixture(), process(&["no-such-command"])), None);
+    assert_eq!(r.code, Ok(127));
+    assert_eq!(
+        r.stderr,
+        "moat: no-such-command: executable file not found in $PATH\n"
+    );
+    let r = run(
+        options(fixture(), process(&["sh", "-c", "kill -9 $$"])),
+        None,
+    );
+    assert_eq!(r.code, Ok(137));
+}
+
+#[test]
+fn stdin_is_relayed() {
+    require_vm!();
+    let _l = vm_lock();
+    let mut p = process(&["cat"]);
+    p.interactive = true;
+    let r = run(options(fixture(), p), Some(b"abc\n"));
+    assert_eq!(r.code, Ok(0), "stderr: {}", r.stderr);
+    assert_eq!(r.stdout, "abc\n");
+    // Without -i the workload's stdin is at end of file at once.
+    let r = run(options(fixture(), process(&["cat"])), None);
+    assert_eq!((r.code, r.stdout.as_str()), (Ok(0), ""));
+}
+
+#[test]
+fn env_workdir_user_and_own_kernel() {
+    require_vm!();
+    let _l = vm_lock();
+    let mut p = process(&["sh", "-c", "echo $FOO; pwd; id -u; id -g; id -G; hostname; uname -r; touch /tmp/ok && echo tmp-writable; touch /etc/x 2>/dev/null || echo root-readonly"]);
+    p.env.push("FOO=bar baz".into());
+    p.cwd = "/home/app".into();
+    p.uid = 1000;
+    p.gid = 1000;
+    p.additional_gids = vec![1000, 10];
+    let r = run(options(fixture(), p), None);
+    assert_eq!(r.code, Ok(0), "stderr: {}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines[..6],
+        [
+            "bar baz",
+            "/home/app",
+            "1000",
+            "1000",
+            "1000 10",
+            "moat-test"
+        ],
+        "{}",
+        r.stdout
+    );
+    let host = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(lines[6], host.trim(), "the guest runs its own kernel");
+    assert!(lines[6].starts_with("6.1"), "{}", lines[6]);
+    assert_eq!(lines[7..], ["tmp-writable", "root-readonly"]);
+}
+
+#[test]
+fn plan_is_applied_inside_the_guest() {
+    require_vm!();
+    let _l = vm_lock();
+    // Capabilities all dropped, no_new_privs set, rlimit applied.
+    let p = process(&[
+        "sh",
+        "-c",
+        "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; ulimit -n",
+    ]);
+    let r = run(options(fixture(), p), None);
+    assert_eq!(r.code, Ok(0), "stderr: {}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "CapEff:\t0000000000000000\nCapBnd:\t0000000000000000\nNoNewPrivs:\t1\n1024\n"
+    );
+}
+
+#[test]
+fn terminal_mode_allocates_a_pty() {
+    require_vm!();
+    let _l = vm_lock();
+    let mut p = process(&["sh", "-c", "tty; [ -t 0 ] && [ -t 1 ] && echo both-ttys"]);
+    p.tty = true;
+    let r = run(options(fixture(), p), None);
+    assert_eq!(r.code, Ok(0), "stderr: {}", r.stderr);
+    assert_eq!(r.stdout, "/dev/pts/0\r\nboth-ttys\r\n");
+}
+
+#[test]
+fn a_tampered_root_image_is_refused() {
+    require_vm!();
+    let _l = vm_lock();
+    let f = new_fixture();
+    let r = run(options(&f, process(&["true"])), None);
+    assert_eq!(r.code, Ok(0), "stderr: {}", r.stderr);
+    let img = moat_vm::rootfs::cache_dir(&f.state, &f.image_id)
+        .unwrap()
+        .join("root.img");
+    let mut bytes = fs::read(&img).unwrap();
+    // Inside the EROFS superblock (offset 1024): the first block the guest reads.
+    bytes[1024 + 16] ^= 0x5a;
+    fs::write(&img, &bytes).unwrap();
+    let r = run(options(&f, process(&["true"])), None);
+    let err = r.code.unwrap_err();
+    assert!(
+        err.starts_with("in the guest: mounting the root filesystem /dev/dm-0: Input/output error (os error 5): the root filesystem failed dm-verity verification (device-mapper: verity: "),
+        "{err}"
+    );
+    assert!(err.contains("data block 0 is corrupted"), "{err}");
+    assert!(err.ends_with("the cached image was modified after it was built: remove it with `moat image rm` and import it again"), "{err}");
+}
+
+#[test]
+fn five_vms_at_once() {
+    require_vm!();
+    let _l = vm_lock();
+    let f = fixture();
+    // Warm the root image cache first so the five do not race to build it.
+    assert_eq!(run(options(f, process(&["true"])), None).code, Ok(0));
+    let handles: Vec<_> = (0..5)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let r = run(
+                    options(
+                        fixture(),
+                        process(&["sh", "-c", &format!("echo vm{i}; exit {i}")]),
+                    ),
+                    None,
+                );
+                (i, r.code, r.stdout, r.stderr)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (i, code, out, err) = h.join().unwrap();
+        assert_eq!(code, Ok(i), "vm {i}: {err}");
+        assert_eq!(out, format!("vm{i}\n"));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(jailed_processes(), Vec::<String>::new());
+}
+
+#[test]
+fn normal_exit_leaves_nothing_behind() {
+    require_vm!();
+    let _l = vm_lock();
+    let f = fixture();
+    let r = run(options(f, process(&["true"])), None);
+    assert_eq!(r.code, Ok(0), "stderr: {}", r.stderr);
+    assert_eq!(jailed_processes(), Vec::<String>::new());
+    assert_eq!(vm_cgroups(), Vec::<String>::new());
+    let containers = f.state.join("run/containers");
+    assert_eq!(fs::read_dir(&containers).unwrap().count(), 0);
+}
+
+#[test]
+fn bad_accelerator_names_are_refused() {
+    let f = new_fixture();
+    let mut o = options(&f, process(&["true"]));
+    o.accel = Some("hvf".into());
+    if !std::path::Path::new("/usr/bin/qemu-system-x86_64").is_file() {
+        println!("SKIP: qemu-system-x86_64 is not installed");
+        return;
+    }
+    let r = run(o, None);
+    assert_eq!(
+        r.code.unwrap_err(),
+        "--accel \"hvf\" is not an accelerator: use kvm, tcg or auto"
+    );
+}
