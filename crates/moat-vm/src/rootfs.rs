@@ -16,7 +16,7 @@ const MOUNT_POINTS: [&str; 4] = ["proc", "sys", "dev", "tmp"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
-    #[error("image ID {image_id:?} is not of the form sha256:<64 hex digits>")]
+    #[error("image ID {image_id:?} is not of the form sha256:<64 hex digits> (or rootfs:<dir>)")]
     BadImageId { image_id: String },
     #[error("rootfs {path} is not a directory: import the image again")]
     NotADirectory { path: PathBuf },
@@ -86,12 +86,23 @@ impl Verity {
 }
 
 /// A cached, verified root image.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RootImage {
     pub path: PathBuf,
     pub verity: Verity,
     /// True when this call built it (the cold path).
     pub built: bool,
+    /// Set for a root directory that is not an image (`--rootfs DIR`): it
+    /// may change between runs, so its disk is built per run and removed.
+    ephemeral: Option<PathBuf>,
+}
+
+impl Drop for RootImage {
+    fn drop(&mut self) {
+        if let Some(d) = &self.ephemeral {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
 }
 
 /// Cache directory for an image ID.
@@ -107,6 +118,9 @@ pub fn cache_dir(root: &Path, image_id: &str) -> Result<PathBuf, RootfsError> {
 
 /// Returns the cached EROFS+verity image of `rootfs`, building it on first use.
 pub fn ensure(root: &Path, image_id: &str, rootfs: &Path) -> Result<RootImage, RootfsError> {
+    if image_id.starts_with("rootfs:") {
+        return ephemeral(root, rootfs);
+    }
     let dir = cache_dir(root, image_id)?;
     if let Some(img) = load(&dir)? {
         return Ok(img);
@@ -143,7 +157,37 @@ pub fn ensure(root: &Path, image_id: &str, rootfs: &Path) -> Result<RootImage, R
         path: dir.join("root.img"),
         verity,
         built: true,
+        ephemeral: None,
     })
+}
+
+fn ephemeral(root: &Path, rootfs: &Path) -> Result<RootImage, RootfsError> {
+    if !rootfs.is_dir() {
+        return Err(RootfsError::NotADirectory {
+            path: rootfs.to_path_buf(),
+        });
+    }
+    let parent = root.join("vm").join("rootfs");
+    fs::create_dir_all(&parent).map_err(io("create", &parent))?;
+    let dir = parent.join(format!(
+        ".run-{}-{:x}",
+        std::process::id(),
+        crate::sys::getrandom_u64()
+    ));
+    fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+    let mut img = RootImage {
+        path: dir.join("root.img"),
+        verity: Verity {
+            data_size: 0,
+            root_hash: String::new(),
+            salt: String::new(),
+            image_size: 0,
+        },
+        built: true,
+        ephemeral: Some(dir.clone()),
+    };
+    img.verity = build(&dir, rootfs)?;
+    Ok(img)
 }
 
 fn load(dir: &Path) -> Result<Option<RootImage>, RootfsError> {
@@ -169,6 +213,7 @@ fn load(dir: &Path) -> Result<Option<RootImage>, RootfsError> {
         path,
         verity,
         built: false,
+        ephemeral: None,
     }))
 }
 
@@ -326,7 +371,7 @@ mod tests {
             cache_dir(Path::new("/r"), "latest")
                 .unwrap_err()
                 .to_string(),
-            "image ID \"latest\" is not of the form sha256:<64 hex digits>"
+            "image ID \"latest\" is not of the form sha256:<64 hex digits> (or rootfs:<dir>)"
         );
         let id = format!("sha256:{}", "a".repeat(64));
         assert_eq!(

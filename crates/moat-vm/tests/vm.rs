@@ -205,3 +205,169 @@ fn bad_accelerator_names_are_refused() {
         "--accel \"hvf\" is not an accelerator: use kvm, tcg or auto"
     );
 }
+
+// ---- Tests that signal or kill moat itself: the VM runs in a re-executed
+// copy of this test binary (the `runner` test below), like `moat run` would.
+
+/// Not a test: the body of a re-executed runner process.
+#[test]
+#[ignore = "helper: runs a VM for the signal tests when MOAT_VM_RUNNER is set"]
+fn runner() {
+    let Ok(spec) = std::env::var("MOAT_VM_RUNNER") else {
+        return;
+    };
+    let v: serde_json::Value = serde_json::from_str(&spec).unwrap();
+    let f = Fixture {
+        _dir: tempfile::tempdir().unwrap(),
+        state: v["state"].as_str().unwrap().into(),
+        rootfs: v["rootfs"].as_str().unwrap().into(),
+        image_id: v["image_id"].as_str().unwrap().into(),
+    };
+    let args: Vec<String> = serde_json::from_value(v["args"].clone()).unwrap();
+    let p = process(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let code = match moat_vm::run_container(options(&f, p)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("moat: error: {e}");
+            125
+        }
+    };
+    std::process::exit(code);
+}
+
+struct Runner {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+fn spawn_runner(f: &Fixture, args: &[&str]) -> Runner {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let spec = serde_json::json!({
+        "state": f.state, "rootfs": f.rootfs, "image_id": f.image_id, "args": args,
+    });
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "runner",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MOAT_VM_RUNNER", spec.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    Runner { child, lines: rx }
+}
+
+impl Runner {
+    fn wait_line(&self, want: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        while std::time::Instant::now() < deadline {
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_secs(1)) {
+                if l == want {
+                    return;
+                }
+            }
+        }
+        panic!("the workload never printed {want:?}");
+    }
+
+    fn rest(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            v.push(l);
+        }
+        v
+    }
+}
+
+/// Waits until no jailed process, VM cgroup or container state is left.
+fn assert_nothing_left(f: &Fixture) {
+    let containers = f.state.join("run/containers");
+    let left = || {
+        let mut l = jailed_processes();
+        l.extend(vm_cgroups());
+        if let Ok(rd) = fs::read_dir(&containers) {
+            l.extend(rd.flatten().map(|e| e.path().display().to_string()));
+        }
+        l
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline && !left().is_empty() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(left(), Vec::<String>::new());
+}
+
+#[test]
+fn sigterm_is_forwarded_to_the_workload() {
+    require_vm!();
+    let _l = vm_lock();
+    let f = fixture();
+    let mut r = spawn_runner(
+        f,
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.2; done",
+        ],
+    );
+    r.wait_line("ready");
+    unsafe_free_kill(r.child.id() as i32, libc::SIGTERM);
+    let status = r.child.wait().unwrap();
+    assert!(r.rest().contains(&"got-term".to_string()));
+    assert_eq!(status.code(), Some(3));
+    assert_nothing_left(f);
+}
+
+#[test]
+fn ctrl_c_ends_the_workload_and_leaves_nothing() {
+    require_vm!();
+    let _l = vm_lock();
+    let f = fixture();
+    let mut r = spawn_runner(f, &["sh", "-c", "echo ready; exec sleep 1000"]);
+    r.wait_line("ready");
+    // Ctrl-C on a terminal: SIGINT to the whole foreground process group.
+    unsafe_free_kill(-(r.child.id() as i32), libc::SIGINT);
+    let status = r.child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_nothing_left(f);
+}
+
+#[test]
+fn kill_9_of_moat_leaves_nothing() {
+    require_vm!();
+    let _l = vm_lock();
+    let f = fixture();
+    let mut r = spawn_runner(f, &["sh", "-c", "echo ready; exec sleep 1000"]);
+    r.wait_line("ready");
+    assert!(
+        !jailed_processes().is_empty(),
+        "the VMM runs as a jailed uid"
+    );
+    unsafe_free_kill(r.child.id() as i32, libc::SIGKILL);
+    let _ = r.child.wait();
+    assert_nothing_left(f);
+}
+
+/// `kill(2)` through the `kill` command (tests stay free of `unsafe`).
+fn unsafe_free_kill(pid: i32, sig: i32) {
+    let st = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg("--")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
