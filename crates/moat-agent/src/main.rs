@@ -359,53 +359,54 @@ impl Agent {
                     }
                 }
             }
-            if stdin_eof && pending_stdin.is_empty() && !tty {
-                stdin = None;
-            }
             if fds[0].revents & libc::POLLIN != 0 {
                 let n = self
                     .port
                     .read(&mut buf)
                     .map_err(|e| Failure::setup(format!("reading {PORT}: {e}")))?;
                 self.decoder.push(&buf[..n]);
-                while let Some(m) = self
-                    .decoder
-                    .next_message()
-                    .map_err(|e| Failure::setup(format!("from host: {e}")))?
-                {
-                    match m {
-                        Message::Stdin(d) => {
-                            if stdin.is_some() {
-                                pending_stdin.extend_from_slice(&d);
-                            }
-                        }
-                        Message::StdinEof => {
-                            stdin_eof = true;
-                            if tty {
-                                // Ctrl-D on the terminal line discipline.
-                                pending_stdin.push(4);
-                            }
-                        }
-                        Message::Resize { rows, cols } => {
-                            if let (true, Some(s)) = (tty, &stdin) {
-                                let _ = sys::set_winsize(s.as_fd(), rows, cols);
-                            }
-                        }
-                        Message::Signal(sig) => {
-                            let _ = sys::kill(pid, sig);
-                        }
-                        other => {
-                            return Err(Failure::setup(format!(
-                                "unexpected {:?} frame from the host while the workload runs",
-                                other.kind()
-                            )))
-                        }
-                    }
-                }
             } else if fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
                 // The host went away: nobody to report to, stop the workload.
                 let _ = sys::kill(pid, libc::SIGKILL);
                 std::thread::sleep(Duration::from_millis(10));
+            }
+            // Frames may already be buffered (they can arrive with Start).
+            while let Some(m) = self
+                .decoder
+                .next_message()
+                .map_err(|e| Failure::setup(format!("from host: {e}")))?
+            {
+                match m {
+                    Message::Stdin(d) => {
+                        if stdin.is_some() {
+                            pending_stdin.extend_from_slice(&d);
+                        }
+                    }
+                    Message::StdinEof => {
+                        stdin_eof = true;
+                        if tty {
+                            // Ctrl-D on the terminal line discipline.
+                            pending_stdin.push(4);
+                        }
+                    }
+                    Message::Resize { rows, cols } => {
+                        if let (true, Some(s)) = (tty, &stdin) {
+                            let _ = sys::set_winsize(s.as_fd(), rows, cols);
+                        }
+                    }
+                    Message::Signal(sig) => {
+                        let _ = sys::kill(pid, sig);
+                    }
+                    other => {
+                        return Err(Failure::setup(format!(
+                            "unexpected {:?} frame from the host while the workload runs",
+                            other.kind()
+                        )))
+                    }
+                }
+            }
+            if stdin_eof && pending_stdin.is_empty() && !tty {
+                stdin = None;
             }
         }
     }

@@ -69,6 +69,7 @@ pub fn boot(hv: &dyn Hypervisor, req: BootRequest<'_>) -> Result<Booted, VmError
             uid: jail::UID_BASE + n,
             guest_memory_mib: req.memory_mib,
             cleanup: req.cleanup,
+            hide: vec![req.state_root.to_path_buf()],
         },
     )?;
     Ok(Booted { vmm, control: host })

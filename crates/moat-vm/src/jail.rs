@@ -185,6 +185,8 @@ pub struct JailSpec {
     pub guest_memory_mib: u64,
     /// Extra paths the cleanup watcher removes if moat dies abruptly.
     pub cleanup: Vec<PathBuf>,
+    /// Extra host directories to hide from the VMM (moat's state root).
+    pub hide: Vec<PathBuf>,
 }
 
 /// Starts `cmd` in the jail.
@@ -212,8 +214,16 @@ pub fn spawn(cmd: VmmCommand, spec: &JailSpec) -> Result<RunningVmm, JailError> 
     })?;
     let hide: Vec<CString> = HIDDEN
         .iter()
-        .filter(|d| Path::new(d).is_dir())
-        .filter_map(|d| CString::new(*d).ok())
+        .map(PathBuf::from)
+        // Never hide a top-level directory the VMM itself needs (--root /usr...).
+        .chain(
+            spec.hide
+                .iter()
+                .filter(|p| p.components().count() >= 3)
+                .cloned(),
+        )
+        .filter(|d| d.is_dir())
+        .filter_map(|d| CString::new(d.into_os_string().into_encoded_bytes()).ok())
         .collect();
     let pre = sys::PreExec {
         fds: cmd.fds.iter().map(|(fd, n)| (fd.as_raw_fd(), *n)).collect(),
@@ -274,6 +284,8 @@ rm -rf -- "$@""#;
     let mut child = sys::spawn_detached(&mut cmd)?;
     // Reap it in the background so it never lingers as a zombie of a long-lived moat.
     std::thread::spawn(move || {
+        // Signals meant for moat must reach the session's signalfd, not kill us here.
+        sys::block_all_signals();
         let _ = child.wait();
     });
     Ok(w)

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::lock::FileLock;
 
 pub const BLOCK: u64 = 4096;
-/// Directories the agent mounts on; added when an image lacks them.
-const MOUNT_POINTS: [&str; 4] = ["proc", "sys", "dev", "tmp"];
+/// Directories the agent mounts on; added when an image lacks them. A
+/// change here must bump the cache directory name (`rootfs-v1`).
+const MOUNT_POINTS: [&str; 5] = ["proc", "sys", "dev", "tmp", "run"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
@@ -113,7 +114,7 @@ pub fn cache_dir(root: &Path, image_id: &str) -> Result<PathBuf, RootfsError> {
         .ok_or_else(|| RootfsError::BadImageId {
             image_id: image_id.to_string(),
         })?;
-    Ok(root.join("vm").join("rootfs").join(hex))
+    Ok(root.join("vm").join("rootfs-v1").join(hex))
 }
 
 /// Returns the cached EROFS+verity image of `rootfs`, building it on first use.
@@ -167,7 +168,7 @@ fn ephemeral(root: &Path, rootfs: &Path) -> Result<RootImage, RootfsError> {
             path: rootfs.to_path_buf(),
         });
     }
-    let parent = root.join("vm").join("rootfs");
+    let parent = root.join("vm").join("rootfs-v1");
     fs::create_dir_all(&parent).map_err(io("create", &parent))?;
     let dir = parent.join(format!(
         ".run-{}-{:x}",
@@ -376,7 +377,7 @@ mod tests {
         let id = format!("sha256:{}", "a".repeat(64));
         assert_eq!(
             cache_dir(Path::new("/r"), &id).unwrap(),
-            Path::new("/r/vm/rootfs").join("a".repeat(64))
+            Path::new("/r/vm/rootfs-v1").join("a".repeat(64))
         );
     }
 

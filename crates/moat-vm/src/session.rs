@@ -75,12 +75,21 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
     let mut started = false;
     let mut stop_deadline: Option<(Instant, i32)> = None;
     let mut buf = vec![0u8; 64 * 1024];
+    // What the VMM prints (kernel warnings, QEMU errors), last 16 KiB, for error messages.
+    let mut console: Vec<u8> = Vec::new();
+    sys::set_nonblocking(booted.vmm.console.as_fd(), true).map_err(VmError::Channel)?;
+    let console_text = |console: &[u8], more: String| {
+        let mut t = String::from_utf8_lossy(console).into_owned();
+        t.push_str(&more);
+        let lines: Vec<&str> = t.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    };
     loop {
         if !started && started_at.elapsed() > HELLO_DEADLINE {
             let tail = console_tail(&mut booted.vmm.console, 20);
             return Err(VmError::NoHello {
                 seconds: HELLO_DEADLINE.as_secs(),
-                console: tail,
+                console: console_text(&console, tail),
             });
         }
         if let Some((at, sig)) = stop_deadline {
@@ -103,7 +112,7 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
             let tail = console_tail(&mut booted.vmm.console, 20);
             return Err(VmError::VmExited {
                 status: status.to_string(),
-                console: tail,
+                console: console_text(&console, tail),
             });
         }
         let mut fds = [
@@ -125,8 +134,21 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: booted.vmm.console.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         sys::poll(&mut fds, 100).map_err(VmError::Channel)?;
+        if fds[3].revents != 0 {
+            if let Ok(n) = booted.vmm.console.read(&mut buf) {
+                console.extend_from_slice(&buf[..n]);
+                if console.len() > 16 * 1024 {
+                    console.drain(..console.len() - 16 * 1024);
+                }
+            }
+        }
         if fds[1].revents != 0 {
             for sig in signals.read() {
                 match sig {

@@ -371,3 +371,43 @@ fn unsafe_free_kill(pid: i32, sig: i32) {
         .unwrap();
     assert!(st.success());
 }
+
+#[test]
+fn escape_attempts_fail_inside_the_vm() {
+    require_vm!();
+    let _l = vm_lock();
+    let marker = std::env::temp_dir().join(format!("moat-host-marker-{}", std::process::id()));
+    fs::write(&marker, "host secret").unwrap();
+    let script = format!(
+        "mount -t tmpfs none /mnt 2>/dev/null && echo mounted || echo mount-denied; \
+         mknod /tmp/sda b 8 0 2>/dev/null && echo mknod-ok || echo mknod-denied; \
+         echo x > /bin/busybox 2>/dev/null && echo wrote-binary || echo binary-readonly; \
+         cat {m} 2>/dev/null || echo no-host-files; \
+         ls /sys/class/net; ls /sys/block; \
+         cat /proc/1/comm; ps | grep -c '[q]emu'; true",
+        m = marker.display()
+    );
+    let r = run(options(fixture(), process(&["sh", "-c", &script])), None);
+    let _ = fs::remove_file(&marker);
+    assert_eq!(r.code, Ok(0), "stderr: {}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "mount-denied",
+            "mknod-denied",
+            "binary-readonly",
+            "no-host-files"
+        ],
+        "{}",
+        r.stdout
+    );
+    // Only loopback, only the verified root disk, PID 1 is the agent and
+    // nothing of the host (no QEMU) is visible.
+    assert_eq!(
+        lines[4..],
+        ["lo", "dm-0", "vda", "init", "0"],
+        "{}",
+        r.stdout
+    );
+}
