@@ -19,7 +19,8 @@ pub const API_VERSION: &str = "moat.dev/v1";
 
 /// Loads policies, following `extends`, detecting cycles.
 pub(crate) struct Loader {
-    chain: Vec<String>,
+    /// (identity, label) of the files being loaded, outermost first.
+    chain: Vec<(String, String)>,
 }
 
 impl Loader {
@@ -33,7 +34,10 @@ impl Loader {
             source,
         })?;
         let label = path.display().to_string();
-        self.load_text(&text, &label, path.parent())
+        let id = std::fs::canonicalize(path)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| label.clone());
+        self.load_with_id(&text, &label, &id, path.parent())
     }
 
     pub(crate) fn load_builtin(&mut self, name: &str) -> Result<Policy, PolicyError> {
@@ -41,7 +45,8 @@ impl Loader {
             name: name.to_string(),
             hint: hint(suggest::closest(name, builtin::NAMES.iter().copied())),
         })?;
-        self.load_text(text, &format!("builtin:{name}"), None)
+        let label = format!("builtin:{name}");
+        self.load_with_id(text, &label, &label, None)
     }
 
     pub(crate) fn load_text(
@@ -50,14 +55,24 @@ impl Loader {
         file: &str,
         dir: Option<&Path>,
     ) -> Result<Policy, PolicyError> {
-        if self.chain.iter().any(|c| c == file) {
-            let mut chain = self.chain.clone();
-            chain.push(file.to_string());
+        self.load_with_id(text, file, file, dir)
+    }
+
+    fn load_with_id(
+        &mut self,
+        text: &str,
+        file: &str,
+        id: &str,
+        dir: Option<&Path>,
+    ) -> Result<Policy, PolicyError> {
+        if self.chain.iter().any(|(c, _)| c == id) {
+            let mut chain: Vec<&str> = self.chain.iter().map(|(_, l)| l.as_str()).collect();
+            chain.push(file);
             return Err(PolicyError::ExtendsCycle {
                 chain: chain.join(" -> "),
             });
         }
-        self.chain.push(file.to_string());
+        self.chain.push((id.to_string(), file.to_string()));
         let result = self.load_inner(text, file, dir);
         self.chain.pop();
         result
@@ -219,17 +234,17 @@ const SPEC_KEYS: &[&str] = &[
     "audit",
 ];
 
-fn get<'n>(m: &[(&'n str, &'n Node)], key: &str) -> Option<&'n Node> {
+pub(crate) fn get<'n>(m: &[(&'n str, &'n Node)], key: &str) -> Option<&'n Node> {
     m.iter().find(|(k, _)| *k == key).map(|(_, n)| *n)
 }
 
 /// Parsing context: the file name for error locations.
-struct Cx<'a> {
-    file: &'a str,
+pub(crate) struct Cx<'a> {
+    pub(crate) file: &'a str,
 }
 
 impl Cx<'_> {
-    fn err(&self, pos: Pos, message: impl Into<String>) -> PolicyError {
+    pub(crate) fn err(&self, pos: Pos, message: impl Into<String>) -> PolicyError {
         PolicyError::Parse {
             file: self.file.to_string(),
             line: pos.line,
@@ -246,7 +261,7 @@ impl Cx<'_> {
     }
 
     /// A mapping whose keys are all in `keys`.
-    fn map<'n>(
+    pub(crate) fn map<'n>(
         &self,
         node: &'n Node,
         path: &str,
@@ -291,7 +306,7 @@ impl Cx<'_> {
         Ok(out)
     }
 
-    fn require<'n>(
+    pub(crate) fn require<'n>(
         &self,
         parent: &Node,
         m: &[(&'n str, &'n Node)],
@@ -308,14 +323,14 @@ impl Cx<'_> {
         })
     }
 
-    fn string(&self, node: &Node, path: &str) -> Result<String, PolicyError> {
+    pub(crate) fn string(&self, node: &Node, path: &str) -> Result<String, PolicyError> {
         match &node.value {
             Value::Scalar { text, .. } => Ok(text.clone()),
             _ => Err(self.type_err(node, path, "a string")),
         }
     }
 
-    fn bool(&self, node: &Node, path: &str) -> Result<bool, PolicyError> {
+    pub(crate) fn bool(&self, node: &Node, path: &str) -> Result<bool, PolicyError> {
         match &node.value {
             Value::Scalar {
                 text,
@@ -341,12 +356,12 @@ impl Cx<'_> {
         }
     }
 
-    fn u32(&self, node: &Node, path: &str) -> Result<u32, PolicyError> {
+    pub(crate) fn u32(&self, node: &Node, path: &str) -> Result<u32, PolicyError> {
         let v = self.u64(node, path)?;
         u32::try_from(v).map_err(|_| self.err(node.pos, format!("`{path}` {v} is too large")))
     }
 
-    fn list<'n>(&self, node: &'n Node, path: &str) -> Result<&'n [Node], PolicyError> {
+    pub(crate) fn list<'n>(&self, node: &'n Node, path: &str) -> Result<&'n [Node], PolicyError> {
         match &node.value {
             Value::Seq(items) => Ok(items),
             _ => Err(self.type_err(node, path, "a list")),
@@ -663,7 +678,7 @@ impl Cx<'_> {
     }
 
     /// An absolute, normalised path without `..`.
-    fn abs_path(&self, node: &Node, path: &str) -> Result<String, PolicyError> {
+    pub(crate) fn abs_path(&self, node: &Node, path: &str) -> Result<String, PolicyError> {
         let s = self.string(node, path)?;
         if !s.starts_with('/') {
             return Err(self.err(

@@ -7,28 +7,49 @@ where
 {
     let input_l = input.to_ascii_lowercase();
     let limit = (input.chars().count() / 3).max(2);
-    candidates
-        .into_iter()
-        .map(|c| (distance(&input_l, &c.to_ascii_lowercase()), c))
+    let candidates: Vec<&str> = candidates.into_iter().collect();
+    let near = candidates
+        .iter()
+        .map(|c| (distance(&input_l, &c.to_ascii_lowercase()), *c))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, c)| (*d, c.len()))
-        .map(|(_, c)| c.to_string())
+        .map(|(_, c)| c.to_string());
+    // A truncated name (`@network` for `@network-io`, `strict` for
+    // `restricted`) is a likely slip too.
+    near.or_else(|| {
+        candidates
+            .iter()
+            .filter(|c| input_l.len() >= 3 && c.to_ascii_lowercase().contains(&input_l))
+            .min_by_key(|c| c.len())
+            .map(|c| c.to_string())
+    })
 }
 
-/// Levenshtein distance over chars.
+/// Edit distance over chars where swapping two neighbours counts as one
+/// edit (optimal string alignment), the commonest typo.
 pub fn distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    let mut cur = vec![0; b.len() + 1];
-    for (i, ca) in a.chars().enumerate() {
-        cur[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j + 1] + 1).min(cur[j] + 1).min(prev[j] + cost);
-        }
-        std::mem::swap(&mut prev, &mut cur);
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 #[cfg(test)]
@@ -37,7 +58,8 @@ mod tests {
 
     #[test]
     fn suggests_near_names_only() {
-        assert_eq!(distance("mkdri", "mkdir"), 2);
+        assert_eq!(distance("mkdri", "mkdir"), 1);
+        assert_eq!(distance("kitten", "sitting"), 3);
         assert_eq!(
             closest("mkdirt", ["mkdir", "mkdirat", "rmdir"]).as_deref(),
             Some("mkdir")

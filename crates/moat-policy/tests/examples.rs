@@ -90,14 +90,14 @@ fn builtins_have_their_documented_numbers() {
     assert!(b.spec.capabilities.is_empty());
     assert_eq!(
         b.spec.syscalls.allow.len(),
-        302,
+        301,
         "docs/policy.md states this count"
     );
     let r = Policy::builtin("restricted").unwrap();
     assert!(r.spec.capabilities.is_empty());
     assert_eq!(
         r.spec.syscalls.allow.len(),
-        118,
+        122,
         "docs/policy.md states this count"
     );
     for p in [&b, &r] {
@@ -107,4 +107,29 @@ fn builtins_have_their_documented_numbers() {
         assert!(!p.spec.syscalls.allow.contains("io_uring_setup"));
         assert!(compile(p).unwrap().seccomp.instructions.len() < 300);
     }
+}
+
+/// tests/data/full.yaml uses every key of the format once.
+#[test]
+fn every_key_at_once() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/full.yaml");
+    let p = Policy::load(&path).unwrap();
+    let s = &p.spec;
+    assert_eq!(s.isolation, IsolationRequirement::Vm);
+    assert_eq!(s.process.user, Some(1000));
+    assert_eq!(s.syscalls.default_action, DefaultAction::Kill);
+    assert_eq!(s.network.mode, NetworkMode::Egress);
+    assert_eq!(s.network.egress[0].ports, Some((8000, 9000)));
+    assert_eq!(s.network.egress[1].protocol, "any");
+    assert_eq!(s.network.publish[0].host_port, 8080);
+    assert_eq!(s.devices[0].access, "rwm");
+    assert_eq!(s.resources.cpu_millis, Some(1500));
+    assert_eq!(s.resources.disk_bytes, Some(2_000_000_000));
+    assert!(s.image.require_digest);
+    assert_eq!(s.vulnerabilities.ignore[0].expires, "2027-01-31");
+    assert!(s.exec && s.audit.denied_syscalls);
+    let plan = compile(&p).unwrap();
+    assert_eq!(plan.vm.vcpus, 2);
+    assert!(plan.exec_allowed && plan.audit_denied);
+    assert!(matches!(plan.network, NetworkPlan::Egress { .. }));
 }

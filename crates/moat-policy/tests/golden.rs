@@ -61,3 +61,34 @@ fn program_starts_with_arch_and_x32_checks() {
     // The raw form is 8 bytes per instruction.
     assert_eq!(bpf::to_bytes(&prog).len(), prog.len() * 8);
 }
+
+/// docs/policy.md shows the groups exactly as the code defines them.
+#[test]
+fn docs_list_the_groups_as_defined() {
+    let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/policy.md");
+    let text = std::fs::read_to_string(&docs).unwrap();
+    let table = moat_policy::syscalls::groups_markdown();
+    assert!(
+        text.contains(&table),
+        "docs/policy.md is out of date; replace its group table with:\n{table}"
+    );
+}
+
+/// docs/policy.md states the instruction counts of the built-ins.
+#[test]
+fn docs_state_the_filter_lengths() {
+    let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/policy.md");
+    let text = std::fs::read_to_string(&docs).unwrap().replace('\n', " ");
+    for name in ["baseline", "restricted"] {
+        let n = compile(&Policy::builtin(name).unwrap())
+            .unwrap()
+            .seccomp
+            .instructions
+            .len();
+        let want = format!("The compiled filter is {n} BPF instructions.");
+        assert!(
+            text.contains(&want),
+            "docs/policy.md should say `{want}` for {name}"
+        );
+    }
+}

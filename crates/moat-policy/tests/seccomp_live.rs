@@ -151,6 +151,15 @@ mod sys {
         unsafe { libc::syscall(0x4000_0000 | libc::SYS_getpid) }
     }
 
+    pub fn exec_sh(argv: &[*const libc::c_char]) -> i32 {
+        // SAFETY: argv is a NULL-terminated array of static C strings.
+        unsafe {
+            let envp: [*const libc::c_char; 2] = [c"PATH=/usr/bin:/bin".as_ptr(), std::ptr::null()];
+            libc::execve(c"/bin/sh".as_ptr(), argv.as_ptr(), envp.as_ptr());
+        }
+        127
+    }
+
     pub fn exec_busybox(argv: &[*const libc::c_char]) -> i32 {
         // SAFETY: argv is a NULL-terminated array of static C strings.
         unsafe {
@@ -296,6 +305,53 @@ fn builtins_run_a_real_program() {
             sys::exec_busybox(&argv)
         });
         assert_eq!(out, Outcome::Exited(7), "busybox sh under `{name}`");
+    }
+}
+
+#[test]
+fn builtins_run_dynamically_linked_glibc_programs() {
+    // The host's /bin/sh (dash) and /bin/ls are dynamically linked against glibc.
+    for name in ["baseline", "restricted"] {
+        let prog = compile(&Policy::builtin(name).unwrap())
+            .unwrap()
+            .seccomp
+            .instructions;
+        let out = sys::run_filtered(&prog, || {
+            let argv = [
+                c"sh".as_ptr(),
+                c"-c".as_ptr(),
+                c"ls -la / >/dev/null && cat /proc/self/status >/dev/null && exit 7".as_ptr(),
+                std::ptr::null(),
+            ];
+            sys::exec_sh(&argv)
+        });
+        assert_eq!(out, Outcome::Exited(7), "/bin/sh + ls under `{name}`");
+    }
+}
+
+#[test]
+fn glibc_programs_make_no_call_outside_the_builtins() {
+    // With `default: kill`, any call the built-in does not allow would kill
+    // the shell with SIGSYS instead of failing quietly with EPERM.
+    for name in ["baseline", "restricted"] {
+        let yaml = format!(
+            "apiVersion: moat.dev/v1\nkind: Policy\nmetadata: {{name: strict}}\nspec:\n  extends: {name}\n  syscalls:\n    default: kill\n"
+        );
+        let prog = program(&yaml);
+        let out = sys::run_filtered(&prog, || {
+            let argv = [
+                c"sh".as_ptr(),
+                c"-c".as_ptr(),
+                c"ls -la / >/dev/null && cat /proc/self/status >/dev/null && exit 7".as_ptr(),
+                std::ptr::null(),
+            ];
+            sys::exec_sh(&argv)
+        });
+        assert_eq!(
+            out,
+            Outcome::Exited(7),
+            "/bin/sh + ls under `{name}` with kill"
+        );
     }
 }
 

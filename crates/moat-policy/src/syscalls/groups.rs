@@ -154,7 +154,7 @@ pub const GROUPS: &[Group] = &[
         description: "mapping, protecting and advising memory",
         members: &[
             "brk", "mmap", "munmap", "mprotect", "mremap", "msync", "mincore", "madvise",
-            "process_madvise", "mlock", "mlock2", "munlock", "mlockall", "munlockall",
+            "mlock", "mlock2", "munlock", "mlockall", "munlockall",
             "memfd_create", "memfd_secret", "pkey_mprotect", "pkey_alloc", "pkey_free",
             "remap_file_pages", "map_shadow_stack", "mseal",
         ],
@@ -219,7 +219,7 @@ pub const GROUPS: &[Group] = &[
         description: "tracing and inspecting other processes, performance counters (part of @privileged)",
         members: &[
             "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
-            "perf_event_open", "uretprobe",
+            "perf_event_open", "uretprobe", "process_madvise",
         ],
     },
     Group {
@@ -271,6 +271,36 @@ pub fn group_names() -> Vec<&'static str> {
     v.push("@privileged");
     v.push("@all");
     v
+}
+
+/// The groups and their members as a Markdown table (docs/policy.md
+/// embeds this text; a test keeps the two equal).
+pub fn groups_markdown() -> String {
+    let mut o = String::from("| group | what | members |\n|---|---|---|\n");
+    for g in GROUPS {
+        let members: Vec<String> = g.members.iter().map(|m| format!("`{m}`")).collect();
+        o.push_str(&format!(
+            "| `{}` | {} ({}) | {} |\n",
+            g.name,
+            g.description,
+            g.members.len(),
+            members.join(" ")
+        ));
+    }
+    let privileged = expand_group("@privileged").unwrap_or_default().len();
+    o.push_str(&format!(
+        "| `@privileged` | the union of {} ({privileged}) | see those groups |\n",
+        PRIVILEGED_SUBGROUPS
+            .iter()
+            .map(|g| format!("`{g}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    o.push_str(&format!(
+        "| `@all` | every x86_64 system call in the table ({}) | |\n",
+        super::X86_64.len()
+    ));
+    o
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 mod groups;
 mod table;
 
-pub use groups::{expand_group, group_names, Group, GROUPS, PRIVILEGED_SUBGROUPS};
+pub use groups::{expand_group, group_names, groups_markdown, Group, GROUPS, PRIVILEGED_SUBGROUPS};
 pub use table::{X32_ONLY, X86_64};
 
 /// `AUDIT_ARCH_X86_64`: `EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE`.
