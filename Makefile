@@ -22,3 +22,14 @@ clippy: bootstrap
 
 test: bootstrap fmt-check clippy
 	@scripts/test
+
+# vm backend: the static guest agent and the guest kernel (built once, ~5 min
+# on 2 cores, cached under $(MOAT_KERNEL_ROOT)/kernels; VM tests find it there).
+MOAT_KERNEL_ROOT ?= /var/lib/moat
+.PHONY: agent kernel
+agent:
+	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --release -p moat-agent --target x86_64-unknown-linux-gnu
+kernel: bootstrap
+	$(CARGO) run -q -p moat -- --root $(MOAT_KERNEL_ROOT) kernel build
+test: agent kernel
+demo: agent kernel

@@ -1,6 +1,436 @@
 //! `moat-agent`: PID 1 inside a moat micro-VM. See `docs/vm.md`.
+//!
+//! It mounts the guest's pseudo filesystems, says hello over the
+//! virtio-serial port, receives the workload and its plan, mounts the
+//! dm-verity-checked EROFS root read-only, starts the workload under the
+//! plan, relays stdio, window size and signals, reports the exit status and
+//! powers the VM off. It never exits (PID 1 must not).
+
+mod sys;
+mod workload;
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use moat_agent::proto::{AgentFailure, Decoder, Exit, Hello, Message, Start, MAX_DATA};
+
+const PORT: &str = "/dev/vport0p1";
+const ROOT_DEVICE: &str = "/dev/dm-0";
+pub const NEW_ROOT: &str = "/mnt/root";
+
+/// A failure the host should see: exit code and message.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn setup(message: impl Into<String>) -> Failure {
+        Failure {
+            code: 125,
+            message: message.into(),
+        }
+    }
+}
 
 fn main() {
-    eprintln!("moat-agent: must run as /init inside a moat micro-VM");
-    std::process::exit(2);
+    if sys::getpid() != 1 {
+        eprintln!("moat-agent: must run as /init (PID 1) inside a moat micro-VM");
+        std::process::exit(2);
+    }
+    if let Err(e) = mount_basics() {
+        console(&format!("mounting pseudo filesystems: {e}"));
+        sys::power_off();
+    }
+    let port = match open_port() {
+        Ok(p) => p,
+        Err(e) => {
+            console(&format!("opening {PORT}: {e}"));
+            sys::power_off();
+        }
+    };
+    let mut agent = Agent {
+        port,
+        decoder: Decoder::new(),
+    };
+    if let Err(e) = agent.serve() {
+        console(&e.message);
+        let _ = agent.send(&Message::Error(AgentFailure {
+            code: e.code,
+            message: e.message,
+        }));
+    }
+    agent.linger();
+    sys::power_off();
+}
+
+fn console(msg: &str) {
+    if let Ok(mut c) = File::options().write(true).open("/dev/console") {
+        let _ = writeln!(c, "moat-agent: {msg}");
+    }
+}
+
+fn mount_basics() -> io::Result<()> {
+    let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    for d in ["/proc", "/sys", "/dev", NEW_ROOT] {
+        std::fs::create_dir_all(d)?;
+    }
+    sys::mount("proc", "/proc", "proc", nodev, "")?;
+    sys::mount("sysfs", "/sys", "sysfs", nodev, "")?;
+    sys::mount(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "",
+    )?;
+    std::fs::create_dir_all("/dev/pts")?;
+    sys::mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "ptmxmode=0666,mode=620",
+    )?;
+    Ok(())
+}
+
+fn wait_for(path: &str, deadline: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if Path::new(path).exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
+}
+
+fn open_port() -> io::Result<File> {
+    if !wait_for(PORT, Duration::from_secs(10)) {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the virtio-serial port never appeared",
+        ));
+    }
+    File::options().read(true).write(true).open(PORT)
+}
+
+/// Kernel log lines about dm-verity, device-mapper or EROFS, to explain an I/O error.
+fn kernel_complaints() -> Vec<String> {
+    let Ok(mut f) = File::options()
+        .read(true)
+        .custom_flags_nonblock()
+        .open("/dev/kmsg")
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    while let Ok(n) = f.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let rec = String::from_utf8_lossy(&buf[..n]);
+        let msg = rec
+            .split_once(';')
+            .map(|(_, m)| m)
+            .unwrap_or(&rec)
+            .trim_end()
+            .to_string();
+        if ["verity", "device-mapper", "erofs", "EROFS"]
+            .iter()
+            .any(|k| msg.contains(k))
+        {
+            out.push(msg);
+        }
+    }
+    out
+}
+
+trait NonblockOpen {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+impl NonblockOpen for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NONBLOCK)
+    }
+}
+
+/// Turns an I/O failure on the root filesystem into a message that says
+/// whether dm-verity caught a modified block.
+pub fn explain_io(context: String, err: &io::Error) -> Failure {
+    let complaints = kernel_complaints();
+    let verity: Vec<&String> = complaints.iter().filter(|l| l.contains("verity")).collect();
+    if !verity.is_empty() {
+        return Failure::setup(format!(
+            "{context}: {err}: the root filesystem failed dm-verity verification ({}); the cached image was modified after it was built: remove it with `moat image rm` and import it again",
+            verity[0]
+        ));
+    }
+    if complaints.is_empty() {
+        Failure::setup(format!("{context}: {err}"))
+    } else {
+        Failure::setup(format!(
+            "{context}: {err} (kernel: {})",
+            complaints.join("; ")
+        ))
+    }
+}
+
+struct Agent {
+    port: File,
+    decoder: Decoder,
+}
+
+impl Agent {
+    fn send(&mut self, m: &Message) -> Result<(), Failure> {
+        let bytes = m.encode().map_err(|e| Failure::setup(e.to_string()))?;
+        self.port
+            .write_all(&bytes)
+            .map_err(|e| Failure::setup(format!("writing to {PORT}: {e}")))
+    }
+
+    /// Blocks until one message arrives.
+    fn recv(&mut self) -> Result<Message, Failure> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(m) = self
+                .decoder
+                .next_message()
+                .map_err(|e| Failure::setup(format!("from host: {e}")))?
+            {
+                return Ok(m);
+            }
+            let n = self
+                .port
+                .read(&mut buf)
+                .map_err(|e| Failure::setup(format!("reading {PORT}: {e}")))?;
+            if n == 0 {
+                // No host connected yet (or it went away): virtio-serial reads 0.
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            self.decoder.push(&buf[..n]);
+        }
+    }
+
+    fn serve(&mut self) -> Result<(), Failure> {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        self.send(&Message::Hello(Hello {
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel_release: release.trim().to_string(),
+        }))?;
+        let start = match self.recv()? {
+            Message::Start(s) => s,
+            other => {
+                return Err(Failure::setup(format!(
+                    "expected a Start frame first, got {:?}",
+                    other.kind()
+                )))
+            }
+        };
+        mount_root()?;
+        let child = workload::spawn(&start)?;
+        let code = self.relay(child, &start)?;
+        self.send(&Message::Exit(Exit { code }))
+    }
+
+    /// Relays stdio between the port and the workload until it exits.
+    fn relay(&mut self, child: workload::Child, start: &Start) -> Result<i32, Failure> {
+        let workload::Child {
+            pid,
+            stdin,
+            stdout,
+            stderr,
+        } = child;
+        let mut sigfd =
+            File::from(sys::sigchld_fd().map_err(|e| Failure::setup(format!("signalfd: {e}")))?);
+        let mut stdin = Some(File::from(stdin));
+        if let Some(s) = &stdin {
+            sys::set_nonblocking(s.as_fd()).map_err(|e| Failure::setup(format!("stdin: {e}")))?;
+        }
+        let mut outs: Vec<(Option<File>, bool)> = vec![(Some(File::from(stdout)), false)];
+        if let Some(e) = stderr {
+            outs.push((Some(File::from(e)), true));
+        }
+        let mut pending_stdin: Vec<u8> = Vec::new();
+        let mut stdin_eof = false;
+        let mut exit_code: Option<i32> = None;
+        let mut exited_at: Option<Instant> = None;
+        let mut buf = vec![0u8; MAX_DATA];
+        let tty = start.process.tty;
+        loop {
+            // Reap the workload (and orphans, as PID 1).
+            while let Some((p, status)) = sys::reap() {
+                if p == pid {
+                    exit_code = Some(if libc::WIFEXITED(status) {
+                        libc::WEXITSTATUS(status)
+                    } else {
+                        128 + libc::WTERMSIG(status)
+                    });
+                    exited_at = Some(Instant::now());
+                }
+            }
+            let outputs_open = outs.iter().any(|(f, _)| f.is_some());
+            if let Some(code) = exit_code {
+                // Output still held open by a background process: give it a moment, then stop.
+                let grace = exited_at.is_some_and(|t| t.elapsed() > Duration::from_millis(200));
+                if !outputs_open || grace {
+                    return Ok(code);
+                }
+            }
+            let mut fds = vec![
+                libc::pollfd {
+                    fd: self.port.as_raw_fd(),
+                    events: if pending_stdin.len() < (1 << 20) {
+                        libc::POLLIN
+                    } else {
+                        0
+                    },
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: sigfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: stdin.as_ref().map_or(-1, |s| s.as_raw_fd()),
+                    events: if pending_stdin.is_empty() {
+                        0
+                    } else {
+                        libc::POLLOUT
+                    },
+                    revents: 0,
+                },
+            ];
+            for (f, _) in &outs {
+                fds.push(libc::pollfd {
+                    fd: f.as_ref().map_or(-1, |f| f.as_raw_fd()),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            let timeout = if exit_code.is_some() { 20 } else { 1000 };
+            sys::poll(&mut fds, timeout).map_err(|e| Failure::setup(format!("poll: {e}")))?;
+            if fds[1].revents != 0 {
+                let mut junk = [0u8; 128];
+                let _ = sigfd.read(&mut junk);
+            }
+            for (i, (slot, is_err)) in outs.iter_mut().enumerate() {
+                if fds[3 + i].revents == 0 {
+                    continue;
+                }
+                let Some(f) = slot else { continue };
+                match f.read(&mut buf) {
+                    Ok(0) | Err(_) => *slot = None, // EIO on a pty master means the slave closed.
+                    Ok(n) => {
+                        let data = buf[..n].to_vec();
+                        let m = if *is_err {
+                            Message::Stderr(data)
+                        } else {
+                            Message::Stdout(data)
+                        };
+                        let bytes = m.encode().map_err(|e| Failure::setup(e.to_string()))?;
+                        self.port
+                            .write_all(&bytes)
+                            .map_err(|e| Failure::setup(format!("writing to {PORT}: {e}")))?;
+                    }
+                }
+            }
+            if fds[2].revents != 0 {
+                if let Some(s) = &mut stdin {
+                    match s.write(&pending_stdin) {
+                        Ok(n) => {
+                            pending_stdin.drain(..n);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => {
+                            // The workload closed its stdin: drop what it will never read.
+                            pending_stdin.clear();
+                            stdin = None;
+                        }
+                    }
+                }
+            }
+            if fds[0].revents & libc::POLLIN != 0 {
+                let n = self
+                    .port
+                    .read(&mut buf)
+                    .map_err(|e| Failure::setup(format!("reading {PORT}: {e}")))?;
+                self.decoder.push(&buf[..n]);
+            } else if fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                // The host went away: nobody to report to, stop the workload.
+                let _ = sys::kill(pid, libc::SIGKILL);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // Frames may already be buffered (they can arrive with Start).
+            while let Some(m) = self
+                .decoder
+                .next_message()
+                .map_err(|e| Failure::setup(format!("from host: {e}")))?
+            {
+                match m {
+                    Message::Stdin(d) => {
+                        if stdin.is_some() {
+                            pending_stdin.extend_from_slice(&d);
+                        }
+                    }
+                    Message::StdinEof => {
+                        stdin_eof = true;
+                        if tty {
+                            // Ctrl-D on the terminal line discipline.
+                            pending_stdin.push(4);
+                        }
+                    }
+                    Message::Resize { rows, cols } => {
+                        if let (true, Some(s)) = (tty, &stdin) {
+                            let _ = sys::set_winsize(s.as_fd(), rows, cols);
+                        }
+                    }
+                    Message::Signal(sig) => {
+                        let _ = sys::kill(pid, sig);
+                    }
+                    other => {
+                        return Err(Failure::setup(format!(
+                            "unexpected {:?} frame from the host while the workload runs",
+                            other.kind()
+                        )))
+                    }
+                }
+            }
+            if stdin_eof && pending_stdin.is_empty() && !tty {
+                stdin = None;
+            }
+        }
+    }
+
+    /// After the last frame: give the host a moment to read it before power-off
+    /// (the host normally ends the VM itself as soon as it has the status).
+    fn linger(&mut self) {
+        let _ = self.port.flush();
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+fn mount_root() -> Result<(), Failure> {
+    if !wait_for(ROOT_DEVICE, Duration::from_secs(10)) {
+        let k = kernel_complaints();
+        return Err(Failure::setup(format!(
+            "the verified root device {ROOT_DEVICE} did not appear{}",
+            if k.is_empty() {
+                String::new()
+            } else {
+                format!(" (kernel: {})", k.join("; "))
+            }
+        )));
+    }
+    sys::mount(ROOT_DEVICE, NEW_ROOT, "erofs", libc::MS_RDONLY, "")
+        .map_err(|e| explain_io(format!("mounting the root filesystem {ROOT_DEVICE}"), &e))
 }

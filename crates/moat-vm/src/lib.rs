@@ -1,1 +1,161 @@
-//! The micro-VM backend: hypervisor trait, QEMU driver, guest kernel and initramfs. See docs/vm.md.
+//! The micro-VM backend: each container runs in its own QEMU `microvm` with
+//! moat's minimal guest kernel, the static agent as PID 1, and the image as
+//! a dm-verity-checked, read-only EROFS disk. See `docs/vm.md`.
+//!
+//! Layers: [`kernel`] (build and cache the guest kernel), [`initramfs`]
+//! (the agent as `/init`), [`rootfs`] (EROFS + verity), [`hypervisor`] (the
+//! driver trait) with [`qemu`], [`jail`] (the VMM's uid, namespaces and
+//! cgroup), [`accel`] (KVM probe), [`boot`] and [`session`] (the relay).
+
+pub mod accel;
+pub mod boot;
+pub mod hypervisor;
+pub mod initramfs;
+pub mod jail;
+pub mod kernel;
+mod lock;
+pub mod qemu;
+pub mod rootfs;
+pub mod session;
+mod state;
+mod sys;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use moat_policy::{Plan, ProcessSpec};
+
+pub use crate::hypervisor::{Accel, Hypervisor};
+use crate::qemu::Qemu;
+
+/// Default VM shape when the plan leaves it at zero.
+pub const DEFAULT_VCPUS: u32 = 1;
+pub const DEFAULT_MEMORY_MIB: u64 = 256;
+
+/// Everything `moat run --isolation vm` hands to the backend.
+#[derive(Debug, Clone)]
+pub struct VmRunOptions {
+    pub state_root: PathBuf,
+    pub run_root: PathBuf,
+    /// The image's materialised rootfs (never modified).
+    pub rootfs: PathBuf,
+    /// Image ID (`sha256:<hex>` config digest): the cache key of the root disk.
+    pub image_id: String,
+    pub process: ProcessSpec,
+    pub plan: Plan,
+    /// `kvm`, `tcg`, `auto` or `None` (= auto).
+    pub accel: Option<String>,
+    pub name: String,
+    pub stop_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    #[error(transparent)]
+    Initramfs(#[from] initramfs::InitramfsError),
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::RootfsError),
+    #[error(transparent)]
+    Hypervisor(#[from] hypervisor::HypervisorError),
+    #[error(transparent)]
+    Jail(#[from] jail::JailError),
+    #[error("--accel {value:?} is not an accelerator: use kvm, tcg or auto")]
+    BadAccel { value: String },
+    #[error("opening {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control channel to the guest")]
+    Channel(#[source] std::io::Error),
+    #[error("control channel to the guest")]
+    Protocol(#[source] moat_agent::proto::ProtoError),
+    #[error("unexpected {kind} frame from the guest agent")]
+    Unexpected { kind: &'static str },
+    #[error(
+        "guest agent version {agent} does not match moat {host}: rebuild the agent (`make agent`)"
+    )]
+    AgentVersion { agent: String, host: String },
+    #[error("the guest did not answer within {seconds} s; console:\n{console}")]
+    NoHello { seconds: u64, console: String },
+    #[error(
+        "the VM ended ({status}) before the workload reported an exit status; console:\n{console}"
+    )]
+    VmExited { status: String, console: String },
+    #[error("in the guest: {message}")]
+    Guest { message: String },
+    #[error("writing container state {path}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs one container in a micro-VM; returns the workload's exit code (or 128+signal).
+pub fn run_container(opts: VmRunOptions) -> Result<i32, VmError> {
+    run_container_with(opts, session::Stdio::inherit(), &mut |n| eprintln!("{n}"))
+}
+
+/// [`run_container`] with the workload's stdio and moat's notices routed
+/// explicitly (tests, embedding).
+pub fn run_container_with(
+    opts: VmRunOptions,
+    stdio: session::Stdio,
+    notice: &mut dyn FnMut(&str),
+) -> Result<i32, VmError> {
+    let hv = Qemu::default();
+    if !hv.available() {
+        return Err(hypervisor::HypervisorError::NotInstalled {
+            program: hv.program,
+        }
+        .into());
+    }
+    let accel = accel::select(&opts.state_root, opts.accel.as_deref(), &hv, notice)?;
+    let root = rootfs::ensure(&opts.state_root, &opts.image_id, &opts.rootfs)?;
+    let id = format!("{:016x}", sys::getrandom_u64());
+    let state = state::ContainerState::write(&opts.run_root, &id, &opts.name, &opts.image_id)?;
+    let vcpus = if opts.plan.vm.vcpus == 0 {
+        DEFAULT_VCPUS
+    } else {
+        opts.plan.vm.vcpus
+    };
+    let memory_mib = if opts.plan.vm.memory_mib == 0 {
+        DEFAULT_MEMORY_MIB
+    } else {
+        opts.plan.vm.memory_mib
+    };
+    let booted = boot::boot(
+        &hv,
+        boot::BootRequest {
+            state_root: &opts.state_root,
+            root: Some(&root),
+            vcpus,
+            memory_mib,
+            accel,
+            id: &id,
+            cleanup: vec![state.dir.clone()],
+        },
+    )?;
+    let r = session::run(
+        booted,
+        session::SessionOptions {
+            process: &opts.process,
+            plan: &opts.plan,
+            stop_timeout: opts.stop_timeout,
+            stdio,
+        },
+    );
+    drop(state);
+    r
+}
+
+/// Whether a hardware accelerator really works here (cached probe). `auto`
+/// isolation picks the vm backend only when this is true.
+pub fn accelerator_works(state_root: &Path) -> bool {
+    let hv = Qemu::default();
+    hv.available() && accel::probe(state_root, &hv).is_ok_and(|(r, _)| r.kvm)
+}

@@ -363,7 +363,13 @@ fn rm(global: &GlobalArgs, store: &Store, a: RmArgs) -> anyhow::Result<ExitCode>
 }
 
 fn export(store: &Store, a: ExportArgs) -> anyhow::Result<ExitCode> {
-    let image = store.resolve(&a.image)?;
+    let mut image = store.resolve(&a.image)?;
+    // The name the user gave goes into the archive, when it is one.
+    let given = moat_image::store::normalize_name(&a.image).ok();
+    if let Some(pos) = image.names.iter().position(|n| Some(n) == given.as_ref()) {
+        let n = image.names.remove(pos);
+        image.names.insert(0, n);
+    }
     store.export(&image, &a.output)?;
     println!(
         "exported {} to {}",

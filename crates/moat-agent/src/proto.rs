@@ -1,0 +1,453 @@
+//! The framed, versioned protocol spoken over the virtio-serial port.
+//!
+//! Every frame is an 8-byte header followed by a payload:
+//!
+//! ```text
+//! byte 0   magic 0x4d ('M')
+//! byte 1   protocol version (1)
+//! byte 2   kind (see [`Kind`])
+//! byte 3   reserved, must be 0
+//! byte 4-7 payload length, little-endian u32
+//! ```
+//!
+//! Control payloads (`Hello`, `Start`, `Exit`, `Error`) are JSON; stdio
+//! payloads are raw bytes; `Resize` and `Signal` are fixed-size binary.
+//! Each kind has its own size limit, and anything malformed or oversized is
+//! rejected with a [`ProtoError`] as soon as its header is seen: a reader
+//! never waits for (or allocates) a payload it will not accept.
+
+use moat_policy::{Plan, ProcessSpec};
+use serde::{Deserialize, Serialize};
+
+pub const MAGIC: u8 = 0x4d;
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 8;
+/// Largest stdio chunk in one frame.
+pub const MAX_DATA: usize = 32 * 1024;
+/// Largest JSON control payload (a `Start` carries the whole plan).
+pub const MAX_CONTROL: usize = 1024 * 1024;
+/// Largest amount of undecoded input a [`Decoder`] buffers.
+const MAX_BUFFERED: usize = HEADER_LEN + MAX_CONTROL;
+
+/// Frame kinds on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Hello = 1,
+    Start = 2,
+    Stdin = 3,
+    StdinEof = 4,
+    Stdout = 5,
+    Stderr = 6,
+    Resize = 7,
+    Signal = 8,
+    Exit = 9,
+    Error = 10,
+}
+
+impl Kind {
+    fn from_byte(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Hello,
+            2 => Kind::Start,
+            3 => Kind::Stdin,
+            4 => Kind::StdinEof,
+            5 => Kind::Stdout,
+            6 => Kind::Stderr,
+            7 => Kind::Resize,
+            8 => Kind::Signal,
+            9 => Kind::Exit,
+            10 => Kind::Error,
+            _ => return None,
+        })
+    }
+
+    /// Largest payload accepted for this kind.
+    fn max_len(self) -> usize {
+        match self {
+            Kind::Hello | Kind::Start | Kind::Exit | Kind::Error => MAX_CONTROL,
+            Kind::Stdin | Kind::Stdout | Kind::Stderr => MAX_DATA,
+            Kind::StdinEof => 0,
+            Kind::Resize | Kind::Signal => 4,
+        }
+    }
+}
+
+/// Sent by the agent as soon as the channel is open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Version of the agent binary (the crate version).
+    pub agent_version: String,
+    /// The guest kernel release (`uname -r`).
+    pub kernel_release: String,
+}
+
+/// Sent by the host: what to run and under which plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Start {
+    pub process: ProcessSpec,
+    pub plan: Plan,
+}
+
+/// Sent by the agent when the workload has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exit {
+    /// Exit code, or 128 + signal number when the workload was killed.
+    pub code: i32,
+}
+
+/// Sent by the agent when it could not start or supervise the workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentFailure {
+    /// Docker-style exit code: 125 setup failed, 126 not executable, 127 not found.
+    pub code: i32,
+    pub message: String,
+}
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Hello(Hello),
+    Start(Box<Start>),
+    Stdin(Vec<u8>),
+    StdinEof,
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Resize { rows: u16, cols: u16 },
+    Signal(i32),
+    Exit(Exit),
+    Error(AgentFailure),
+}
+
+/// A frame that cannot be accepted.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ProtoError {
+    #[error("bad frame magic 0x{found:02x} (expected 0x4d): the peer is not a moat agent or the stream is out of sync")]
+    BadMagic { found: u8 },
+    #[error("unsupported protocol version {found} (this side speaks {VERSION}): use a moat-agent built from the same moat release")]
+    UnsupportedVersion { found: u8 },
+    #[error("unknown frame kind {kind}")]
+    UnknownKind { kind: u8 },
+    #[error("reserved header byte is {found}, must be 0")]
+    Reserved { found: u8 },
+    #[error("{kind:?} frame of {len} bytes exceeds the limit of {max} bytes")]
+    Oversized { kind: Kind, len: usize, max: usize },
+    #[error("malformed {kind:?} frame: {reason}")]
+    Malformed { kind: Kind, reason: String },
+    #[error(
+        "{kind:?} payload of {len} bytes exceeds the limit of {max} bytes, refusing to send it"
+    )]
+    EncodeTooLarge { kind: Kind, len: usize, max: usize },
+}
+
+impl Message {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Message::Hello(_) => Kind::Hello,
+            Message::Start(_) => Kind::Start,
+            Message::Stdin(_) => Kind::Stdin,
+            Message::StdinEof => Kind::StdinEof,
+            Message::Stdout(_) => Kind::Stdout,
+            Message::Stderr(_) => Kind::Stderr,
+            Message::Resize { .. } => Kind::Resize,
+            Message::Signal(_) => Kind::Signal,
+            Message::Exit(_) => Kind::Exit,
+            Message::Error(_) => Kind::Error,
+        }
+    }
+
+    /// Encodes one frame (header and payload).
+    pub fn encode(&self) -> Result<Vec<u8>, ProtoError> {
+        let json = |v: Result<Vec<u8>, serde_json::Error>| {
+            v.map_err(|e| ProtoError::Malformed {
+                kind: self.kind(),
+                reason: e.to_string(),
+            })
+        };
+        let payload: Vec<u8> = match self {
+            Message::Hello(h) => json(serde_json::to_vec(h))?,
+            Message::Start(s) => json(serde_json::to_vec(s))?,
+            Message::Exit(e) => json(serde_json::to_vec(e))?,
+            Message::Error(e) => json(serde_json::to_vec(e))?,
+            Message::Stdin(d) | Message::Stdout(d) | Message::Stderr(d) => d.clone(),
+            Message::StdinEof => Vec::new(),
+            Message::Resize { rows, cols } => {
+                let mut v = rows.to_le_bytes().to_vec();
+                v.extend_from_slice(&cols.to_le_bytes());
+                v
+            }
+            Message::Signal(s) => s.to_le_bytes().to_vec(),
+        };
+        let kind = self.kind();
+        if payload.len() > kind.max_len() {
+            return Err(ProtoError::EncodeTooLarge {
+                kind,
+                len: payload.len(),
+                max: kind.max_len(),
+            });
+        }
+        let mut frame = Vec::with_capacity(HEADER_LEN + payload.len());
+        frame.extend_from_slice(&[MAGIC, VERSION, kind as u8, 0]);
+        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&payload);
+        Ok(frame)
+    }
+
+    fn decode(kind: Kind, payload: &[u8]) -> Result<Message, ProtoError> {
+        fn json<T: serde::de::DeserializeOwned>(kind: Kind, p: &[u8]) -> Result<T, ProtoError> {
+            serde_json::from_slice(p).map_err(|e| ProtoError::Malformed {
+                kind,
+                reason: e.to_string(),
+            })
+        }
+        let fixed = |n: usize| {
+            if payload.len() == n {
+                Ok(())
+            } else {
+                Err(ProtoError::Malformed {
+                    kind,
+                    reason: format!("payload is {} bytes, expected {n}", payload.len()),
+                })
+            }
+        };
+        Ok(match kind {
+            Kind::Hello => Message::Hello(json(kind, payload)?),
+            Kind::Start => Message::Start(Box::new(json(kind, payload)?)),
+            Kind::Exit => Message::Exit(json(kind, payload)?),
+            Kind::Error => Message::Error(json(kind, payload)?),
+            Kind::Stdin => Message::Stdin(payload.to_vec()),
+            Kind::Stdout => Message::Stdout(payload.to_vec()),
+            Kind::Stderr => Message::Stderr(payload.to_vec()),
+            Kind::StdinEof => {
+                fixed(0)?;
+                Message::StdinEof
+            }
+            Kind::Resize => {
+                fixed(4)?;
+                Message::Resize {
+                    rows: u16::from_le_bytes([payload[0], payload[1]]),
+                    cols: u16::from_le_bytes([payload[2], payload[3]]),
+                }
+            }
+            Kind::Signal => {
+                fixed(4)?;
+                let sig = i32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                if !(1..=64).contains(&sig) {
+                    return Err(ProtoError::Malformed {
+                        kind,
+                        reason: format!("signal {sig} is out of range 1..=64"),
+                    });
+                }
+                Message::Signal(sig)
+            }
+        })
+    }
+}
+
+/// Incremental decoder: feed it bytes as they arrive, take whole messages out.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+    /// Once a frame was rejected the stream is out of sync for good.
+    failed: Option<ProtoError>,
+}
+
+impl Decoder {
+    pub fn new() -> Decoder {
+        Decoder::default()
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Whether undecoded bytes remain (a truncated frame at end of stream).
+    pub fn has_partial(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Returns the next complete message, `None` when more bytes are needed,
+    /// or the error that makes the stream unusable.
+    pub fn next_message(&mut self) -> Result<Option<Message>, ProtoError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let r = self.try_next();
+        if let Err(e) = &r {
+            self.failed = Some(e.clone());
+            self.buf.clear();
+        }
+        r
+    }
+
+    fn try_next(&mut self) -> Result<Option<Message>, ProtoError> {
+        // Validate the header bytes as soon as they arrive.
+        if let Some(&m) = self.buf.first() {
+            if m != MAGIC {
+                return Err(ProtoError::BadMagic { found: m });
+            }
+        }
+        if let Some(&v) = self.buf.get(1) {
+            if v != VERSION {
+                return Err(ProtoError::UnsupportedVersion { found: v });
+            }
+        }
+        if self.buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let kind =
+            Kind::from_byte(self.buf[2]).ok_or(ProtoError::UnknownKind { kind: self.buf[2] })?;
+        if self.buf[3] != 0 {
+            return Err(ProtoError::Reserved { found: self.buf[3] });
+        }
+        let len = u32::from_le_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]) as usize;
+        if len > kind.max_len() {
+            return Err(ProtoError::Oversized {
+                kind,
+                len,
+                max: kind.max_len(),
+            });
+        }
+        debug_assert!(HEADER_LEN + len <= MAX_BUFFERED);
+        if self.buf.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        let msg = Message::decode(kind, &self.buf[HEADER_LEN..HEADER_LEN + len])?;
+        self.buf.drain(..HEADER_LEN + len);
+        Ok(Some(msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(m: Message) {
+        let bytes = m.encode().unwrap();
+        let mut d = Decoder::new();
+        // Byte by byte: partial frames must wait, not fail.
+        for (i, b) in bytes.iter().enumerate() {
+            d.push(&[*b]);
+            let got = d.next_message().unwrap();
+            if i + 1 < bytes.len() {
+                assert_eq!(got, None);
+            } else {
+                assert_eq!(got, Some(m.clone()));
+            }
+        }
+        assert!(!d.has_partial());
+    }
+
+    #[test]
+    fn every_kind_roundtrips() {
+        roundtrip(Message::Hello(Hello {
+            agent_version: "0.1.0".into(),
+            kernel_release: "6.1.0-moat".into(),
+        }));
+        roundtrip(Message::Stdin(b"abc\n".to_vec()));
+        roundtrip(Message::StdinEof);
+        roundtrip(Message::Stdout(vec![0, 255, 10]));
+        roundtrip(Message::Stderr(Vec::new()));
+        roundtrip(Message::Resize { rows: 24, cols: 80 });
+        roundtrip(Message::Signal(15));
+        roundtrip(Message::Exit(Exit { code: 137 }));
+        roundtrip(Message::Error(AgentFailure {
+            code: 127,
+            message: "no such file".into(),
+        }));
+    }
+
+    #[test]
+    fn several_frames_in_one_read() {
+        let mut bytes = Message::Stdout(b"a".to_vec()).encode().unwrap();
+        bytes.extend(Message::Exit(Exit { code: 3 }).encode().unwrap());
+        let mut d = Decoder::new();
+        d.push(&bytes);
+        assert_eq!(
+            d.next_message().unwrap(),
+            Some(Message::Stdout(b"a".to_vec()))
+        );
+        assert_eq!(
+            d.next_message().unwrap(),
+            Some(Message::Exit(Exit { code: 3 }))
+        );
+        assert_eq!(d.next_message().unwrap(), None);
+    }
+
+    fn decode_err(bytes: &[u8]) -> String {
+        let mut d = Decoder::new();
+        d.push(bytes);
+        let e = d.next_message().unwrap_err().to_string();
+        // The stream stays failed.
+        assert_eq!(d.next_message().unwrap_err().to_string(), e);
+        e
+    }
+
+    #[test]
+    fn rejects_bad_magic_at_first_byte() {
+        assert_eq!(
+            decode_err(b"G"),
+            "bad frame magic 0x47 (expected 0x4d): the peer is not a moat agent or the stream is out of sync"
+        );
+    }
+
+    #[test]
+    fn rejects_other_versions() {
+        assert_eq!(
+            decode_err(&[MAGIC, 2]),
+            "unsupported protocol version 2 (this side speaks 1): use a moat-agent built from the same moat release"
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_kind_and_reserved_bits() {
+        assert_eq!(
+            decode_err(&[MAGIC, 1, 99, 0, 0, 0, 0, 0]),
+            "unknown frame kind 99"
+        );
+        assert_eq!(
+            decode_err(&[MAGIC, 1, 3, 7, 0, 0, 0, 0]),
+            "reserved header byte is 7, must be 0"
+        );
+    }
+
+    #[test]
+    fn rejects_oversized_frames_from_the_header_alone() {
+        // 4 GiB announced: rejected without waiting for the payload.
+        assert_eq!(
+            decode_err(&[MAGIC, 1, Kind::Stdout as u8, 0, 0xff, 0xff, 0xff, 0xff]),
+            "Stdout frame of 4294967295 bytes exceeds the limit of 32768 bytes"
+        );
+        let mut h = vec![MAGIC, 1, Kind::Start as u8, 0];
+        h.extend_from_slice(&((MAX_CONTROL + 1) as u32).to_le_bytes());
+        assert_eq!(
+            decode_err(&h),
+            "Start frame of 1048577 bytes exceeds the limit of 1048576 bytes"
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_payloads() {
+        let mut f = vec![MAGIC, 1, Kind::Exit as u8, 0, 3, 0, 0, 0];
+        f.extend_from_slice(b"{x}");
+        assert!(decode_err(&f).starts_with("malformed Exit frame: key must be a string"));
+        assert_eq!(
+            decode_err(&[MAGIC, 1, Kind::Resize as u8, 0, 2, 0, 0, 0, 1, 2]),
+            "malformed Resize frame: payload is 2 bytes, expected 4"
+        );
+        assert_eq!(
+            decode_err(&[MAGIC, 1, Kind::Signal as u8, 0, 4, 0, 0, 0, 0, 1, 0, 0]),
+            "malformed Signal frame: signal 256 is out of range 1..=64"
+        );
+    }
+
+    #[test]
+    fn refuses_to_encode_oversized_chunks() {
+        let e = Message::Stdout(vec![0; MAX_DATA + 1]).encode().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Stdout payload of 32769 bytes exceeds the limit of 32768 bytes, refusing to send it"
+        );
+    }
+}

@@ -1,0 +1,344 @@
+//! The agent's system calls. All `unsafe` of the agent lives here; every
+//! wrapper returns `io::Result` and takes owned or borrowed values only.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+fn check(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn cstr(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in string"))
+}
+
+pub fn mount(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
+    let (src, target, fstype, data) = (cstr(src)?, cstr(target)?, cstr(fstype)?, cstr(data)?);
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
+    check(unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    })
+    .map(drop)
+}
+
+pub fn mknod(path: &str, mode: libc::mode_t, major: u32, minor: u32) -> io::Result<()> {
+    let path = cstr(path)?;
+    // SAFETY: valid C string; makedev is a pure computation.
+    check(unsafe { libc::mknod(path.as_ptr(), mode, libc::makedev(major, minor)) }).map(drop)
+}
+
+pub enum Fork {
+    Child,
+    Parent(libc::pid_t),
+}
+
+/// Forks the (single-threaded) agent.
+pub fn fork() -> io::Result<Fork> {
+    // SAFETY: the agent is single-threaded, so the child may keep using the
+    // allocator and every library function.
+    let pid = check(unsafe { libc::fork() })?;
+    Ok(if pid == 0 {
+        Fork::Child
+    } else {
+        Fork::Parent(pid)
+    })
+}
+
+/// Replaces the process image; returns only on failure.
+pub fn execve(path: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
+    let mut a: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+    a.push(std::ptr::null());
+    let mut e: Vec<*const libc::c_char> = envp.iter().map(|s| s.as_ptr()).collect();
+    e.push(std::ptr::null());
+    // SAFETY: argv and envp are NULL-terminated arrays of valid C strings
+    // that live until execve returns (it only returns on failure).
+    unsafe { libc::execve(path.as_ptr(), a.as_ptr(), e.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// Reaps one exited child without blocking: `(pid, wait status)`.
+pub fn reap() -> Option<(libc::pid_t, libc::c_int)> {
+    let mut status = 0;
+    // SAFETY: status points to a valid int.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    (pid > 0).then_some((pid, status))
+}
+
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is an array of two ints as pipe2 requires.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 returned two fresh descriptors that we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A pseudo-terminal pair `(master, slave)`.
+pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (mut m, mut s) = (0, 0);
+    // SAFETY: m and s are valid out-pointers; name, termios and winsize may be NULL.
+    check(unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    })?;
+    // SAFETY: openpty returned two fresh descriptors that we now own.
+    let (m, s) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
+    set_cloexec(m.as_fd_raw())?;
+    Ok((m, s))
+}
+
+trait RawOf {
+    fn as_fd_raw(&self) -> RawFd;
+}
+impl RawOf for OwnedFd {
+    fn as_fd_raw(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+}
+
+pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd number has no memory-safety requirements.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) }).map(drop)
+}
+
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl on a borrowed, open fd.
+    let fl = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) }).map(drop)
+}
+
+pub fn set_winsize(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the valid pointer.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) }).map(drop)
+}
+
+/// New session; with `tty`, make it the controlling terminal.
+pub fn setsid_ctty(tty: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    // SAFETY: setsid has no arguments.
+    check(unsafe { libc::setsid() })?;
+    if let Some(t) = tty {
+        // SAFETY: TIOCSCTTY takes an int argument.
+        check(unsafe { libc::ioctl(t.as_raw_fd(), libc::TIOCSCTTY, 0) })?;
+    }
+    Ok(())
+}
+
+pub fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 on fd numbers; the caller owns both.
+    check(unsafe { libc::dup2(from, to) }).map(drop)
+}
+
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: fds is a valid mutable slice of pollfd of the given length.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(r as usize)
+}
+
+pub fn kill(pid: libc::pid_t, sig: i32) -> io::Result<()> {
+    // SAFETY: kill has no memory-safety requirements.
+    check(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// Blocks SIGCHLD and returns a signalfd that reports it.
+pub fn sigchld_fd() -> io::Result<OwnedFd> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a valid sigset_t.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+    }
+    // SAFETY: set is initialised; the old mask is not needed.
+    check(unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) })?;
+    // SAFETY: -1 asks for a new fd; set is valid.
+    let fd = check(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
+    // SAFETY: signalfd returned a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Unblocks every signal and restores default dispositions (in the child).
+pub fn reset_signals() -> io::Result<()> {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is valid.
+    unsafe { libc::sigemptyset(&mut set) };
+    // SAFETY: set is initialised.
+    check(unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) })?;
+    for sig in 1..32 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: SIG_DFL is always a valid disposition.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
+    }
+    Ok(())
+}
+
+pub fn sethostname(name: &str) -> io::Result<()> {
+    // SAFETY: the pointer and length describe the bytes of `name`.
+    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }).map(drop)
+}
+
+pub fn setrlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: lim is a valid rlimit.
+    check(unsafe { libc::setrlimit(resource, &lim) }).map(drop)
+}
+
+pub fn set_ids(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
+    // SAFETY: PR_SET_KEEPCAPS takes an int flag.
+    check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) })?;
+    // SAFETY: groups is a valid slice of gid_t of the given length.
+    check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
+    // SAFETY: plain ids.
+    check(unsafe { libc::setresgid(gid, gid, gid) })?;
+    // SAFETY: plain ids.
+    check(unsafe { libc::setresuid(uid, uid, uid) })?;
+    Ok(())
+}
+
+pub fn capbset_drop(cap: u32) -> io::Result<()> {
+    // SAFETY: PR_CAPBSET_DROP takes a capability number.
+    check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) }).map(drop)
+}
+
+/// Sets effective, permitted and inheritable sets to `mask` (64-bit capability mask).
+pub fn capset(mask: u64) -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let header = Header {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let lo = mask as u32;
+    let hi = (mask >> 32) as u32;
+    let data = [
+        Data {
+            effective: lo,
+            permitted: lo,
+            inheritable: lo,
+        },
+        Data {
+            effective: hi,
+            permitted: hi,
+            inheritable: hi,
+        },
+    ];
+    // SAFETY: header and a two-element data array as capset(2) v3 requires.
+    check(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as libc::c_int })
+        .map(drop)
+}
+
+pub fn ambient_raise(cap: u32) -> io::Result<()> {
+    // SAFETY: PR_CAP_AMBIENT with integer arguments.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+            cap as libc::c_ulong,
+            0,
+            0,
+        )
+    })
+    .map(drop)
+}
+
+pub fn no_new_privs() -> io::Result<()> {
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes an int flag.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map(drop)
+}
+
+/// Marks every fd from 3 up close-on-exec.
+pub fn cloexec_from_3() -> io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes fd flags.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) as libc::c_int
+    })
+    .map(drop)
+}
+
+/// Installs a classic-BPF seccomp filter on the calling thread.
+pub fn seccomp_filter(prog: &[libc::sock_filter]) -> io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: fprog points to `len` valid instructions that outlive the call;
+    // the kernel copies the program.
+    check(unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &fprog) }).map(drop)
+}
+
+pub fn power_off() -> ! {
+    // SAFETY: sync and reboot have no memory-safety requirements.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+    // reboot only returns on failure; PID 1 must not exit.
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+pub fn getpid() -> libc::pid_t {
+    // SAFETY: getpid cannot fail.
+    unsafe { libc::getpid() }
+}
+
+/// `_exit` without running destructors (forked child).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and is always safe to call.
+    unsafe { libc::_exit(code) }
+}

@@ -1,0 +1,198 @@
+//! The QEMU `microvm` driver: PVH boot of the uncompressed vmlinux, only a
+//! serial console, one read-only virtio-blk disk and one virtio-serial port,
+//! `-nodefaults -no-user-config` and QEMU's own seccomp sandbox.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use crate::hypervisor::{Accel, Hypervisor, HypervisorError, VmSpec, VmmCommand};
+
+/// Descriptor numbers inside the VMM process.
+const FD_KERNEL: i32 = 3;
+const FD_INITRD: i32 = 4;
+const FD_CONTROL: i32 = 5;
+const FD_DISK: i32 = 6;
+
+/// Translation cache size under TCG, MiB. QEMU's default (1 GiB) lets RSS
+/// grow to ~200 MB; 32 MiB keeps a container's VMM small and costs little
+/// for short-lived workloads.
+pub const TCG_TB_SIZE_MIB: u64 = 32;
+
+pub struct Qemu {
+    pub program: PathBuf,
+}
+
+impl Default for Qemu {
+    fn default() -> Qemu {
+        Qemu {
+            program: std::env::var_os("MOAT_QEMU")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/usr/bin/qemu-system-x86_64")),
+        }
+    }
+}
+
+/// The host's TSC frequency in kHz (from `/proc/cpuinfo`), for `tsc_early_khz`.
+pub fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu MHz").and_then(|r| r.split(':').nth(1)))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((mhz * 1000.0).round() as u64)
+}
+
+impl Qemu {
+    /// The argument vector for `spec` (pure, for tests).
+    pub fn args(spec: &VmSpec) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |s: &str| a.push(s.to_string());
+        push("-M");
+        push("microvm,x-option-roms=off,rtc=off,pit=off,pic=off,isa-serial=on,acpi=on");
+        push("-accel");
+        match spec.accel {
+            Accel::Kvm => push("kvm"),
+            Accel::Tcg => push(&format!("tcg,tb-size={TCG_TB_SIZE_MIB}")),
+        }
+        push("-smp");
+        push(&spec.vcpus.max(1).to_string());
+        push("-m");
+        push(&format!("{}M", spec.memory_mib));
+        for s in [
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ] {
+            push(s);
+        }
+        push("-serial");
+        push("stdio");
+        push("-sandbox");
+        push("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+        push("-kernel");
+        push(&format!("/proc/self/fd/{FD_KERNEL}"));
+        push("-initrd");
+        push(&format!("/proc/self/fd/{FD_INITRD}"));
+        push("-append");
+        push(&spec.cmdline);
+        if spec.root_disk.is_some() {
+            push("-add-fd");
+            push(&format!("fd={FD_DISK},set=1,opaque=moat-root"));
+            push("-drive");
+            push("id=root,file=/dev/fdset/1,format=raw,if=none,readonly=on,cache=none,aio=threads");
+            push("-device");
+            push("virtio-blk-device,drive=root");
+        }
+        push("-device");
+        push("virtio-serial-device,max_ports=2");
+        push("-chardev");
+        push(&format!("socket,id=moat,fd={FD_CONTROL}"));
+        push("-device");
+        push("virtserialport,chardev=moat,name=moat.0");
+        a
+    }
+}
+
+impl Hypervisor for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu-microvm"
+    }
+
+    fn available(&self) -> bool {
+        self.program.is_file()
+    }
+
+    fn guest_cmdline(&self, accel: Accel) -> String {
+        let mut c = String::from("console=ttyS0 quiet panic=-1 reboot=t");
+        if accel == Accel::Tcg {
+            // Without a known TSC frequency, calibration under emulation can
+            // hang the boot; the crypto self-tests cost ~190 ms under TCG.
+            if let Some(khz) = host_tsc_khz() {
+                c.push_str(&format!(" tsc_early_khz={khz}"));
+            }
+            c.push_str(" cryptomgr.notests");
+        }
+        c
+    }
+
+    fn command(&self, spec: VmSpec) -> Result<VmmCommand, HypervisorError> {
+        if !self.available() {
+            return Err(HypervisorError::NotInstalled {
+                program: self.program.clone(),
+            });
+        }
+        let args = Qemu::args(&spec);
+        let mut fds: Vec<(OwnedFd, i32)> = vec![
+            (OwnedFd::from(spec.kernel), FD_KERNEL),
+            (OwnedFd::from(spec.initramfs), FD_INITRD),
+            (spec.control, FD_CONTROL),
+        ];
+        if let Some(d) = spec.root_disk {
+            fds.push((OwnedFd::from(d), FD_DISK));
+        }
+        let overhead_mib = match spec.accel {
+            Accel::Tcg => TCG_TB_SIZE_MIB * 2 + 128,
+            Accel::Kvm => 128,
+        };
+        Ok(VmmCommand {
+            program: self.program.clone(),
+            args,
+            fds,
+            overhead_mib,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(disk: bool, accel: Accel) -> VmSpec {
+        let f = || std::fs::File::open("/dev/null").unwrap();
+        let (a, _b) = crate::sys::socketpair().unwrap();
+        VmSpec {
+            kernel: f(),
+            initramfs: f(),
+            cmdline: "quiet".into(),
+            root_disk: disk.then(f),
+            control: a,
+            vcpus: 1,
+            memory_mib: 128,
+            accel,
+        }
+    }
+
+    #[test]
+    fn only_the_needed_devices() {
+        let a = Qemu::args(&spec(true, Accel::Tcg)).join(" ");
+        assert!(a.contains("-nodefaults -no-user-config"), "{a}");
+        assert!(
+            a.contains(
+                "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+            ),
+            "{a}"
+        );
+        assert!(a.contains("-accel tcg,tb-size=32"), "{a}");
+        assert!(a.contains("readonly=on"), "{a}");
+        assert_eq!(a.matches("-device ").count(), 3, "{a}");
+        assert!(
+            !a.contains("netdev") && !a.contains("9p") && !a.contains("virtiofs"),
+            "{a}"
+        );
+        let k = Qemu::args(&spec(false, Accel::Kvm)).join(" ");
+        assert!(k.contains("-accel kvm") && !k.contains("-drive"), "{k}");
+    }
+
+    #[test]
+    fn tcg_cmdline_carries_tsc_and_notests() {
+        let q = Qemu::default();
+        let c = q.guest_cmdline(Accel::Tcg);
+        assert!(c.contains("cryptomgr.notests"));
+        assert!(c.contains("tsc_early_khz="), "{c}");
+        assert!(!q.guest_cmdline(Accel::Kvm).contains("tsc_early_khz"));
+    }
+}

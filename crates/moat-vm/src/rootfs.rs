@@ -1,0 +1,440 @@
+//! The guest root: the image's rootfs as a read-only EROFS image with a
+//! dm-verity hash tree appended, cached by image ID. The root hash goes on
+//! the guest kernel command line, so a changed block fails to read.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use crate::lock::FileLock;
+
+pub const BLOCK: u64 = 4096;
+/// Directories the agent mounts on; added when an image lacks them. A
+/// change here must bump the cache directory name (`rootfs-v1`).
+const MOUNT_POINTS: [&str; 5] = ["proc", "sys", "dev", "tmp", "run"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("image ID {image_id:?} is not of the form sha256:<64 hex digits> (or rootfs:<dir>)")]
+    BadImageId { image_id: String },
+    #[error("rootfs {path} is not a directory: import the image again")]
+    NotADirectory { path: PathBuf },
+    #[error("`{tool}` is not installed: install {package} (scripts/bootstrap does)")]
+    ToolMissing {
+        tool: &'static str,
+        package: &'static str,
+    },
+    #[error("{tool} failed for {path}: {detail}")]
+    Tool {
+        tool: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+    #[error("cached root image {path} has {actual} bytes but {expected} were recorded: it was modified; remove {dir} to rebuild it", dir = .path.parent().map(|p| p.display().to_string()).unwrap_or_default())]
+    SizeChanged {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("cached verity metadata {path} is unreadable: remove its directory to rebuild it")]
+    BadMetadata {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RootfsError + 'a {
+    move |source| RootfsError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What the guest needs to set up the verity device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verity {
+    /// Bytes of EROFS data (a multiple of 4096); the hash tree follows.
+    pub data_size: u64,
+    pub root_hash: String,
+    pub salt: String,
+    /// Size of the whole file (data and hash tree).
+    pub image_size: u64,
+}
+
+impl Verity {
+    /// The `dm-mod.create=` table: one read-only verity target on the
+    /// first virtio disk, hash tree on the same disk after the data.
+    pub fn dm_create(&self, device: &str) -> String {
+        let blocks = self.data_size / BLOCK;
+        format!(
+            "moatroot,,,ro,0 {} verity 1 {device} {device} {BLOCK} {BLOCK} {blocks} {blocks} sha256 {} {}",
+            self.data_size / 512,
+            self.root_hash,
+            self.salt
+        )
+    }
+}
+
+/// A cached, verified root image.
+#[derive(Debug)]
+pub struct RootImage {
+    pub path: PathBuf,
+    pub verity: Verity,
+    /// True when this call built it (the cold path).
+    pub built: bool,
+    /// Set for a root directory that is not an image (`--rootfs DIR`): it
+    /// may change between runs, so its disk is built per run and removed.
+    ephemeral: Option<PathBuf>,
+}
+
+impl Drop for RootImage {
+    fn drop(&mut self) {
+        if let Some(d) = &self.ephemeral {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Cache directory for an image ID.
+pub fn cache_dir(root: &Path, image_id: &str) -> Result<PathBuf, RootfsError> {
+    let hex = image_id
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| RootfsError::BadImageId {
+            image_id: image_id.to_string(),
+        })?;
+    Ok(root.join("vm").join("rootfs-v1").join(hex))
+}
+
+/// Returns the cached EROFS+verity image of `rootfs`, building it on first use.
+pub fn ensure(root: &Path, image_id: &str, rootfs: &Path) -> Result<RootImage, RootfsError> {
+    if image_id.starts_with("rootfs:") {
+        return ephemeral(root, rootfs);
+    }
+    let dir = cache_dir(root, image_id)?;
+    if let Some(img) = load(&dir)? {
+        return Ok(img);
+    }
+    if !rootfs.is_dir() {
+        return Err(RootfsError::NotADirectory {
+            path: rootfs.to_path_buf(),
+        });
+    }
+    let parent = dir.parent().unwrap_or(root).to_path_buf();
+    fs::create_dir_all(&parent).map_err(io("create", &parent))?;
+    let _lock = FileLock::exclusive(&parent.join(".lock")).map_err(io("lock", &parent))?;
+    if let Some(img) = load(&dir)? {
+        return Ok(img);
+    }
+    let stage = parent.join(format!(
+        ".stage-{}-{}",
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = fs::remove_dir_all(&stage);
+    fs::create_dir_all(&stage).map_err(io("create", &stage))?;
+    let result = build(&stage, rootfs).and_then(|v| {
+        fs::rename(&stage, &dir).map_err(io("rename", &dir))?;
+        Ok(v)
+    });
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&stage);
+    }
+    let verity = result?;
+    Ok(RootImage {
+        path: dir.join("root.img"),
+        verity,
+        built: true,
+        ephemeral: None,
+    })
+}
+
+fn ephemeral(root: &Path, rootfs: &Path) -> Result<RootImage, RootfsError> {
+    if !rootfs.is_dir() {
+        return Err(RootfsError::NotADirectory {
+            path: rootfs.to_path_buf(),
+        });
+    }
+    let parent = root.join("vm").join("rootfs-v1");
+    fs::create_dir_all(&parent).map_err(io("create", &parent))?;
+    let dir = parent.join(format!(
+        ".run-{}-{:x}",
+        std::process::id(),
+        crate::sys::getrandom_u64()
+    ));
+    fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+    let mut img = RootImage {
+        path: dir.join("root.img"),
+        verity: Verity {
+            data_size: 0,
+            root_hash: String::new(),
+            salt: String::new(),
+            image_size: 0,
+        },
+        built: true,
+        ephemeral: Some(dir.clone()),
+    };
+    img.verity = build(&dir, rootfs)?;
+    Ok(img)
+}
+
+fn load(dir: &Path) -> Result<Option<RootImage>, RootfsError> {
+    let meta = dir.join("verity.json");
+    let Ok(text) = fs::read(&meta) else {
+        return Ok(None);
+    };
+    let verity: Verity =
+        serde_json::from_slice(&text).map_err(|source| RootfsError::BadMetadata {
+            path: meta.clone(),
+            source,
+        })?;
+    let path = dir.join("root.img");
+    let actual = fs::metadata(&path).map_err(io("stat", &path))?.len();
+    if actual != verity.image_size {
+        return Err(RootfsError::SizeChanged {
+            path,
+            expected: verity.image_size,
+            actual,
+        });
+    }
+    Ok(Some(RootImage {
+        path,
+        verity,
+        built: false,
+        ephemeral: None,
+    }))
+}
+
+fn tool(
+    name: &'static str,
+    package: &'static str,
+    cmd: &mut Command,
+    path: &Path,
+) -> Result<String, RootfsError> {
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            RootfsError::ToolMissing {
+                tool: name,
+                package,
+            }
+        } else {
+            RootfsError::Tool {
+                tool: name,
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            }
+        }
+    })?;
+    if !out.status.success() {
+        return Err(RootfsError::Tool {
+            tool: name,
+            path: path.to_path_buf(),
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn build(stage: &Path, rootfs: &Path) -> Result<Verity, RootfsError> {
+    // The image is never modified: when it lacks a mount point, build from a copy.
+    let missing: Vec<&str> = MOUNT_POINTS
+        .iter()
+        .copied()
+        .filter(|d| !rootfs.join(d).symlink_metadata().is_ok_and(|m| m.is_dir()))
+        .collect();
+    let tree = if missing.is_empty() {
+        rootfs.to_path_buf()
+    } else {
+        let tree = stage.join("tree");
+        tool(
+            "cp",
+            "coreutils",
+            Command::new("cp")
+                .arg("-a")
+                .arg("--reflink=auto")
+                .arg(rootfs)
+                .arg(&tree),
+            rootfs,
+        )?;
+        for d in missing {
+            let p = tree.join(d);
+            if p.symlink_metadata().is_ok() {
+                // A file or symlink where a mount point must be: replace it in the copy.
+                fs::remove_file(&p).map_err(io("remove", &p))?;
+            }
+            fs::create_dir(&p).map_err(io("create", &p))?;
+        }
+        tree
+    };
+    let img = stage.join("root.img");
+    tool(
+        "mkfs.erofs",
+        "erofs-utils",
+        Command::new("mkfs.erofs")
+            .arg("--quiet")
+            .arg("-T0")
+            .arg("-x-1")
+            .arg(&img)
+            .arg(&tree),
+        rootfs,
+    )?;
+    if tree != rootfs {
+        fs::remove_dir_all(&tree).map_err(io("remove", &tree))?;
+    }
+    let len = fs::metadata(&img).map_err(io("stat", &img))?.len();
+    let data_size = len.div_ceil(BLOCK) * BLOCK;
+    let f = fs::File::options()
+        .write(true)
+        .open(&img)
+        .map_err(io("open", &img))?;
+    f.set_len(data_size).map_err(io("extend", &img))?;
+    drop(f);
+    let out = tool(
+        "veritysetup",
+        "cryptsetup-bin",
+        Command::new("veritysetup")
+            .arg("format")
+            .arg("--no-superblock")
+            .arg(format!("--hash-offset={data_size}"))
+            .arg(format!("--data-blocks={}", data_size / BLOCK))
+            .arg(&img)
+            .arg(&img),
+        &img,
+    )?;
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            .ok_or_else(|| RootfsError::Tool {
+                tool: "veritysetup",
+                path: img.clone(),
+                detail: format!("no {name:?} in its output: {out}"),
+            })
+    };
+    let root_hash = field("Root hash:")?;
+    let salt = field("Salt:")?;
+    let image_size = fs::metadata(&img).map_err(io("stat", &img))?.len();
+    let verity = Verity {
+        data_size,
+        root_hash,
+        salt,
+        image_size,
+    };
+    let meta = stage.join("verity.json");
+    fs::write(
+        &meta,
+        serde_json::to_vec_pretty(&verity).unwrap_or_default(),
+    )
+    .map_err(io("write", &meta))?;
+    // Readable by root only: the VMM gets it as an inherited fd.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&img, fs::Permissions::from_mode(0o600)).map_err(io("chmod", &img))?;
+    Ok(verity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dm_table() {
+        let v = Verity {
+            data_size: 8192,
+            root_hash: "ab".into(),
+            salt: "cd".into(),
+            image_size: 12288,
+        };
+        assert_eq!(
+            v.dm_create("/dev/vda"),
+            "moatroot,,,ro,0 16 verity 1 /dev/vda /dev/vda 4096 4096 2 2 sha256 ab cd"
+        );
+    }
+
+    #[test]
+    fn image_ids_are_checked() {
+        assert_eq!(
+            cache_dir(Path::new("/r"), "latest")
+                .unwrap_err()
+                .to_string(),
+            "image ID \"latest\" is not of the form sha256:<64 hex digits> (or rootfs:<dir>)"
+        );
+        let id = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(
+            cache_dir(Path::new("/r"), &id).unwrap(),
+            Path::new("/r/vm/rootfs-v1").join("a".repeat(64))
+        );
+    }
+
+    #[test]
+    fn builds_a_verity_image_and_notices_truncation() {
+        if Command::new("mkfs.erofs").arg("--help").output().is_err()
+            || Command::new("veritysetup")
+                .arg("--version")
+                .output()
+                .is_err()
+        {
+            println!("SKIP: mkfs.erofs or veritysetup not installed");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let rootfs = d.path().join("rootfs");
+        fs::create_dir_all(rootfs.join("bin")).unwrap();
+        fs::write(rootfs.join("bin/hello"), vec![7u8; 300_000]).unwrap();
+        let id = format!("sha256:{}", "b".repeat(64));
+        let state = d.path().join("state");
+        let first = ensure(&state, &id, &rootfs).unwrap();
+        assert!(first.built);
+        assert_eq!(first.verity.root_hash.len(), 64);
+        assert_eq!(first.verity.data_size % BLOCK, 0);
+        // The source tree is untouched (mount points were added to a copy).
+        assert!(!rootfs.join("proc").exists());
+        let again = ensure(&state, &id, &rootfs).unwrap();
+        assert!(!again.built);
+        assert_eq!(again.verity, first.verity);
+        // The hash verifies with the real tool.
+        let ok = Command::new("veritysetup")
+            .args(["verify", "--no-superblock"])
+            .arg(format!("--hash-offset={}", first.verity.data_size))
+            .arg(format!("--data-blocks={}", first.verity.data_size / BLOCK))
+            .arg(format!("--salt={}", first.verity.salt))
+            .arg(&first.path)
+            .arg(&first.path)
+            .arg(&first.verity.root_hash)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let f = fs::File::options().write(true).open(&first.path).unwrap();
+        assert!(first.verity.image_size > first.verity.data_size);
+        f.set_len(first.verity.image_size - 1).unwrap();
+        let err = ensure(&state, &id, &rootfs).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "has {} bytes but {} were recorded",
+                first.verity.image_size - 1,
+                first.verity.image_size
+            )),
+            "{err}"
+        );
+        let want = format!(
+            "it was modified; remove {} to rebuild it",
+            cache_dir(&state, &id).unwrap().display()
+        );
+        assert!(err.ends_with(&want), "{err}");
+    }
+}

@@ -1,0 +1,308 @@
+//! The host side of a running container: relays stdio, window size and
+//! signals over the control channel and returns the workload's exit status.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use moat_agent::proto::{Decoder, Message, Start, MAX_DATA};
+use moat_policy::{Plan, ProcessSpec};
+
+use crate::boot::{console_tail, Booted};
+use crate::{sys, VmError};
+
+/// How long a guest may take to say hello (TCG on a busy 2-core machine is slow).
+pub const HELLO_DEADLINE: Duration = Duration::from_secs(90);
+
+pub struct SessionOptions<'a> {
+    pub process: &'a ProcessSpec,
+    pub plan: &'a Plan,
+    pub stop_timeout: Duration,
+    pub stdio: Stdio,
+}
+
+/// Where the workload's stdio goes on the host.
+pub struct Stdio {
+    /// Read for `-i`; `None` is moat's own stdin.
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Box<dyn Write + Send>,
+    pub stderr: Box<dyn Write + Send>,
+}
+
+impl Stdio {
+    /// moat's own stdin, stdout and stderr.
+    pub fn inherit() -> Stdio {
+        Stdio {
+            stdin: None,
+            stdout: Box::new(std::io::stdout()),
+            stderr: Box::new(std::io::stderr()),
+        }
+    }
+}
+
+/// Runs the session to completion: `Ok(exit code)`.
+pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError> {
+    let mut sock = File::from(booted.control.try_clone().map_err(VmError::Channel)?);
+    sys::set_nonblocking(sock.as_fd(), true).map_err(VmError::Channel)?;
+    let mut signals = sys::SignalFd::new().map_err(VmError::Channel)?;
+    let tty = opts.process.tty;
+    let Stdio {
+        stdin: stdin_fd,
+        stdout: mut host_out,
+        stderr: mut host_err,
+    } = opts.stdio;
+    let stdin_fd = match stdin_fd {
+        Some(fd) => fd,
+        None => std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(VmError::Channel)?,
+    };
+    let _raw = if tty && sys::isatty(0) {
+        sys::RawMode::enable(0).ok()
+    } else {
+        None
+    };
+    let mut stdin: Option<File> = None;
+    let mut decoder = Decoder::new();
+    let mut out: Vec<u8> = Vec::new();
+    let queue = |out: &mut Vec<u8>, m: Message| -> Result<(), VmError> {
+        out.extend(m.encode().map_err(VmError::Protocol)?);
+        Ok(())
+    };
+    let started_at = Instant::now();
+    let mut started = false;
+    let mut stop_deadline: Option<(Instant, i32)> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    // What the VMM prints (kernel warnings, QEMU errors), last 16 KiB, for error messages.
+    let mut console: Vec<u8> = Vec::new();
+    sys::set_nonblocking(booted.vmm.console.as_fd(), true).map_err(VmError::Channel)?;
+    let console_text = |console: &[u8], more: String| {
+        let mut t = String::from_utf8_lossy(console).into_owned();
+        t.push_str(&more);
+        let lines: Vec<&str> = t.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    };
+    loop {
+        if !started && started_at.elapsed() > HELLO_DEADLINE {
+            let tail = console_tail(&mut booted.vmm.console, 20);
+            return Err(VmError::NoHello {
+                seconds: HELLO_DEADLINE.as_secs(),
+                console: console_text(&console, tail),
+            });
+        }
+        if let Some((at, sig)) = stop_deadline {
+            if Instant::now() > at {
+                // The workload ignored the signal for stop_timeout: end the VM.
+                return Ok(128 + sig);
+            }
+        }
+        if let Some(status) = booted.vmm.try_wait() {
+            // Drain what the agent managed to send before the VMM ended.
+            if let Some(code) = drain(
+                &mut sock,
+                &mut decoder,
+                &mut buf,
+                &mut host_out,
+                &mut host_err,
+            )? {
+                return Ok(code);
+            }
+            let tail = console_tail(&mut booted.vmm.console, 20);
+            return Err(VmError::VmExited {
+                status: status.to_string(),
+                console: console_text(&console, tail),
+            });
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: sock.as_raw_fd(),
+                events: libc::POLLIN | if out.is_empty() { 0 } else { libc::POLLOUT },
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: signals.file.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: match &stdin {
+                    Some(s) if out.len() < (1 << 20) => s.as_raw_fd(),
+                    _ => -1,
+                },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: booted.vmm.console.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        sys::poll(&mut fds, 100).map_err(VmError::Channel)?;
+        if fds[3].revents != 0 {
+            if let Ok(n) = booted.vmm.console.read(&mut buf) {
+                console.extend_from_slice(&buf[..n]);
+                if console.len() > 16 * 1024 {
+                    console.drain(..console.len() - 16 * 1024);
+                }
+            }
+        }
+        if fds[1].revents != 0 {
+            for sig in signals.read() {
+                match sig {
+                    libc::SIGCHLD => {}
+                    libc::SIGWINCH => {
+                        if let (true, Some((rows, cols))) = (tty && started, sys::winsize(0)) {
+                            queue(&mut out, Message::Resize { rows, cols })?;
+                        }
+                    }
+                    sig => {
+                        if !started {
+                            return Ok(128 + sig);
+                        }
+                        queue(&mut out, Message::Signal(sig))?;
+                        if stop_deadline.is_none() {
+                            stop_deadline = Some((Instant::now() + opts.stop_timeout, sig));
+                        }
+                    }
+                }
+            }
+        }
+        if fds[2].revents != 0 {
+            if let Some(s) = &mut stdin {
+                let n = s.read(&mut buf[..MAX_DATA]).unwrap_or(0);
+                if n == 0 {
+                    stdin = None;
+                    queue(&mut out, Message::StdinEof)?;
+                } else {
+                    queue(&mut out, Message::Stdin(buf[..n].to_vec()))?;
+                }
+            }
+        }
+        if fds[0].revents & libc::POLLOUT != 0 && !out.is_empty() {
+            match sock.write(&out) {
+                Ok(n) => {
+                    out.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(VmError::Channel(e)),
+            }
+        }
+        if fds[0].revents & (libc::POLLIN | libc::POLLHUP) != 0 {
+            let n = match sock.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(VmError::Channel(e)),
+            };
+            if n == 0 {
+                // Wait for the VMM's exit to report it with its console.
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            decoder.push(&buf[..n]);
+            while let Some(m) = decoder.next_message().map_err(VmError::Protocol)? {
+                match m {
+                    Message::Hello(h) => {
+                        if started {
+                            return Err(VmError::Unexpected { kind: "Hello" });
+                        }
+                        if h.agent_version != env!("CARGO_PKG_VERSION") {
+                            return Err(VmError::AgentVersion {
+                                agent: h.agent_version,
+                                host: env!("CARGO_PKG_VERSION").to_string(),
+                            });
+                        }
+                        started = true;
+                        queue(
+                            &mut out,
+                            Message::Start(Box::new(Start {
+                                process: opts.process.clone(),
+                                plan: opts.plan.clone(),
+                            })),
+                        )?;
+                        if tty {
+                            if let Some((rows, cols)) = sys::winsize(0) {
+                                queue(&mut out, Message::Resize { rows, cols })?;
+                            }
+                        }
+                        if opts.process.interactive {
+                            stdin =
+                                Some(File::from(stdin_fd.try_clone().map_err(VmError::Channel)?));
+                        } else {
+                            queue(&mut out, Message::StdinEof)?;
+                        }
+                    }
+                    Message::Stdout(d) => {
+                        let _ = host_out.write_all(&d);
+                        let _ = host_out.flush();
+                    }
+                    Message::Stderr(d) => {
+                        let _ = host_err.write_all(&d);
+                        let _ = host_err.flush();
+                    }
+                    Message::Exit(e) => return Ok(e.code),
+                    Message::Error(f) => return guest_failure(f, &mut host_err),
+                    other => {
+                        return Err(VmError::Unexpected {
+                            kind: kind_name(&other),
+                        })
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn kind_name(m: &Message) -> &'static str {
+    match m {
+        Message::Start(_) => "Start",
+        Message::Stdin(_) => "Stdin",
+        Message::StdinEof => "StdinEof",
+        Message::Resize { .. } => "Resize",
+        Message::Signal(_) => "Signal",
+        _ => "control",
+    }
+}
+
+fn guest_failure(f: moat_agent::proto::AgentFailure, err: &mut dyn Write) -> Result<i32, VmError> {
+    if f.code == 126 || f.code == 127 {
+        // Like docker: the command could not run; say why, exit 126/127.
+        let _ = writeln!(err, "moat: {}", f.message);
+        return Ok(f.code);
+    }
+    Err(VmError::Guest { message: f.message })
+}
+
+/// After the VMM ended: decode whatever is left for an Exit or Error.
+fn drain(
+    sock: &mut File,
+    decoder: &mut Decoder,
+    buf: &mut [u8],
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Option<i32>, VmError> {
+    loop {
+        let n = sock.read(buf).unwrap_or(0);
+        if n > 0 {
+            decoder.push(&buf[..n]);
+        }
+        while let Ok(Some(m)) = decoder.next_message() {
+            match m {
+                Message::Exit(e) => return Ok(Some(e.code)),
+                Message::Error(f) => return guest_failure(f, err).map(Some),
+                Message::Stdout(d) => {
+                    let _ = out.write_all(&d);
+                }
+                Message::Stderr(d) => {
+                    let _ = err.write_all(&d);
+                }
+                _ => {}
+            }
+        }
+        if n == 0 {
+            return Ok(None);
+        }
+    }
+}

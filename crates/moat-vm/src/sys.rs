@@ -1,0 +1,309 @@
+//! The host-side system calls of the vm backend. All `unsafe` of moat-vm
+//! lives here.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+fn check(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+pub fn flock_exclusive(f: &File) -> io::Result<()> {
+    loop {
+        // SAFETY: flock on an open fd.
+        match check(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r.map(drop),
+        }
+    }
+}
+
+/// A connected pair of stream sockets, both close-on-exec.
+pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors socketpair writes.
+    check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: two fresh descriptors now owned by us.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for two descriptors.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: two fresh descriptors now owned by us.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    // SAFETY: fcntl on a borrowed open fd.
+    let fl = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    let fl = if on {
+        fl | libc::O_NONBLOCK
+    } else {
+        fl & !libc::O_NONBLOCK
+    };
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl) }).map(drop)
+}
+
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: fds is a valid slice of pollfd.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(0)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(r as usize)
+}
+
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: kill has no memory-safety requirements.
+    check(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// Signals the session handles: blocked and delivered through a signalfd.
+pub struct SignalFd {
+    pub file: File,
+    old: libc::sigset_t,
+}
+
+pub const HANDLED_SIGNALS: [i32; 6] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGWINCH,
+    libc::SIGCHLD,
+];
+
+impl SignalFd {
+    pub fn new() -> io::Result<SignalFd> {
+        // SAFETY: sigset_t is plain data initialised by sigemptyset.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: set is valid.
+        unsafe { libc::sigemptyset(&mut set) };
+        for s in HANDLED_SIGNALS {
+            // SAFETY: set is initialised; s is a valid signal.
+            unsafe { libc::sigaddset(&mut set, s) };
+        }
+        // SAFETY: both sets are valid. pthread_sigmask: only this thread.
+        let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+        // SAFETY: set is valid; -1 requests a new fd.
+        let fd =
+            check(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
+        Ok(SignalFd {
+            // SAFETY: fresh descriptor now owned.
+            file: unsafe { File::from_raw_fd(fd) },
+            old,
+        })
+    }
+
+    /// Pending signal numbers.
+    pub fn read(&mut self) -> Vec<i32> {
+        use std::io::Read;
+        let mut out = Vec::new();
+        let mut buf = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+        while let Ok(n) = self.file.read(&mut buf) {
+            if n < buf.len() {
+                break;
+            }
+            out.push(u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as i32);
+        }
+        out
+    }
+}
+
+impl Drop for SignalFd {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in new().
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
+}
+
+pub fn isatty(fd: RawFd) -> bool {
+    // SAFETY: isatty on an fd number.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+pub fn winsize(fd: RawFd) -> Option<(u16, u16)> {
+    // SAFETY: winsize is plain data.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
+    (r == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+/// Puts a terminal in raw mode; restores it on drop.
+pub struct RawMode {
+    fd: RawFd,
+    saved: libc::termios,
+}
+
+impl RawMode {
+    pub fn enable(fd: RawFd) -> io::Result<RawMode> {
+        // SAFETY: termios is plain data.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: tcgetattr writes one termios.
+        check(unsafe { libc::tcgetattr(fd, &mut t) })?;
+        let saved = t;
+        // SAFETY: cfmakeraw edits the struct in place.
+        unsafe { libc::cfmakeraw(&mut t) };
+        // SAFETY: t is a valid termios.
+        check(unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) })?;
+        Ok(RawMode { fd, saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        // SAFETY: restores the saved, valid termios.
+        unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
+    }
+}
+
+/// Everything the jailed child does between fork and exec, prepared before
+/// the fork so that the child only makes system calls (no allocation).
+pub struct PreExec {
+    /// `(source fd, target fd)`: duplicated onto the target, inheritable.
+    pub fds: Vec<(RawFd, RawFd)>,
+    /// Open `cgroup.procs` to join, if any.
+    pub cgroup_procs: Option<RawFd>,
+    /// Host directories hidden behind an empty read-only tmpfs.
+    pub hide: Vec<CString>,
+}
+
+impl PreExec {
+    /// Runs in the forked child.
+    ///
+    /// # Safety
+    /// Must only be called between fork and exec; it makes async-signal-safe
+    /// system calls only and touches no allocator.
+    pub unsafe fn apply(&self) -> io::Result<()> {
+        // New session: Ctrl-C on moat's terminal does not reach the VMM.
+        // SAFETY: plain system calls without pointers.
+        check(unsafe { libc::setsid() })?;
+        // SAFETY: as above; dies with its supervisor thread.
+        check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
+        // The supervisor may already be gone (it was killed while we forked).
+        // SAFETY: getppid cannot fail.
+        if unsafe { libc::getppid() } == 1 {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        if let Some(fd) = self.cgroup_procs {
+            // SAFETY: writes 1 byte from a static buffer to an open fd.
+            if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // SAFETY: unshare takes flags only.
+        check(unsafe {
+            libc::unshare(
+                libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET | libc::CLONE_NEWUTS,
+            )
+        })?;
+        // SAFETY: static C strings and NULL data; makes our mounts private.
+        check(unsafe {
+            libc::mount(
+                c"none".as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+        })?;
+        for dir in &self.hide {
+            // SAFETY: valid C strings prepared before fork. Missing dirs are skipped.
+            unsafe {
+                libc::mount(
+                    c"tmpfs".as_ptr(),
+                    dir.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    c"size=4k,mode=755".as_ptr().cast(),
+                )
+            };
+        }
+        for &(from, to) in &self.fds {
+            if from == to {
+                // SAFETY: clear FD_CLOEXEC on an fd we own.
+                check(unsafe { libc::fcntl(to, libc::F_SETFD, 0) })?;
+            } else {
+                // SAFETY: dup2 onto a target number; the new fd is inheritable.
+                check(unsafe { libc::dup2(from, to) })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn getrandom_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: fills the 8-byte buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) };
+    if n != 8 {
+        // Fall back to something unique enough for a name.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        return t ^ u64::from(std::process::id());
+    }
+    u64::from_ne_bytes(b)
+}
+
+/// Spawns `cmd`, running `pre` in the child between fork and exec.
+pub fn spawn_with(
+    cmd: &mut std::process::Command,
+    pre: PreExec,
+) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: PreExec::apply only makes async-signal-safe system calls on
+    // data prepared before the fork (see its # Safety section).
+    unsafe {
+        cmd.pre_exec(move || pre.apply());
+    }
+    cmd.spawn()
+}
+
+/// Spawns `cmd` in a new session (not killed by Ctrl-C on moat's terminal).
+pub fn spawn_detached(cmd: &mut std::process::Command) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| check(libc::setsid()).map(drop));
+    }
+    cmd.spawn()
+}
+
+/// Blocks every signal in the calling thread (helper threads).
+pub fn block_all_signals() {
+    // SAFETY: sigset_t is plain data filled by sigfillset; the old mask is not needed.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}

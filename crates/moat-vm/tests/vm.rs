@@ -1,0 +1,413 @@
+//! The vm backend end to end: real QEMU, the real guest kernel and agent, a
+//! busybox rootfs. Serialised by a file lock; each boot takes about a
+//! second under TCG.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn echo_reaches_stdout() {
+    require_vm!();
+    let _l = vm_lock();
+    let r = run(
+        options(fixture(), process(&["echo", "hello from the guest"])),
+        None,
+    );
+    assert_eq!(r.code, Ok(0), "stderr: {}", r.stderr);
+    assert_eq!(r.stdout, "hello from the guest\n");
+}
+
+#[test]
+fn exit_codes_and_missing_commands() {
+    require_vm!();
+    let _l = vm_lock();
+    let r = run(
+        options(
+            fixture(),
+            process(&["sh", "-c", "echo out; echo err >&2; exit 42"]),
+        ),
+        None,
+    );
+    assert_eq!(r.code, Ok(42));
+    assert_eq!(r.stdout, "out\n");
+    assert_eq!(r.stderr, "err\n");
+    let r = run(options(fixture(), process(&["no-such-command"])), None);
+    assert_eq!(r.code, Ok(127));
+    assert_eq!(
+        r.stderr,
+        "moat: no-such-command: executable file not found in $PATH\n"
+    );
+    let r = run(
+        options(fixture(), process(&["sh", "-c", "kill -9 $$"])),
+        None,
+    );
+    assert_eq!(r.code, Ok(137));
+}
+
+#[test]
+fn stdin_is_relayed() {
+    require_vm!();
+    let _l = vm_lock();
+    let mut p = process(&["cat"]);
+    p.interactive = true;
+    let r = run(options(fixture(), p), Some(b"abc\n"));
+    assert_eq!(r.code, Ok(0), "stderr: {}", r.stderr);
+    assert_eq!(r.stdout, "abc\n");
+    // Without -i the workload's stdin is at end of file at once.
+    let r = run(options(fixture(), process(&["cat"])), None);
+    assert_eq!((r.code, r.stdout.as_str()), (Ok(0), ""));
+}
+
+#[test]
+fn env_workdir_user_and_own_kernel() {
+    require_vm!();
+    let _l = vm_lock();
+    let mut p = process(&["sh", "-c", "echo $FOO; pwd; id -u; id -g; id -G; hostname; uname -r; touch /tmp/ok && echo tmp-writable; touch /etc/x 2>/dev/null || echo root-readonly"]);
+    p.env.push("FOO=bar baz".into());
+    p.cwd = "/home/app".into();
+    p.uid = 1000;
+    p.gid = 1000;
+    p.additional_gids = vec![1000, 10];
+    let r = run(options(fixture(), p), None);
+    assert_eq!(r.code, Ok(0), "stderr: {}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines[..6],
+        [
+            "bar baz",
+            "/home/app",
+            "1000",
+            "1000",
+            "1000 10",
+            "moat-test"
+        ],
+        "{}",
+        r.stdout
+    );
+    let host = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(lines[6], host.trim(), "the guest runs its own kernel");
+    assert!(lines[6].starts_with("6.1"), "{}", lines[6]);
+    assert_eq!(lines[7..], ["tmp-writable", "root-readonly"]);
+}
+
+#[test]
+fn plan_is_applied_inside_the_guest() {
+    require_vm!();
+    let _l = vm_lock();
+    // Capabilities all dropped, no_new_privs set, rlimit applied.
+    let p = process(&[
+        "sh",
+        "-c",
+        "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; ulimit -n",
+    ]);
+    let r = run(options(fixture(), p), None);
+    assert_eq!(r.code, Ok(0), "stderr: {}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "CapEff:\t0000000000000000\nCapBnd:\t0000000000000000\nNoNewPrivs:\t1\n1024\n"
+    );
+}
+
+#[test]
+fn terminal_mode_allocates_a_pty() {
+    require_vm!();
+    let _l = vm_lock();
+    let mut p = process(&["sh", "-c", "tty; [ -t 0 ] && [ -t 1 ] && echo both-ttys"]);
+    p.tty = true;
+    let r = run(options(fixture(), p), None);
+    assert_eq!(r.code, Ok(0), "stderr: {}", r.stderr);
+    assert_eq!(r.stdout, "/dev/pts/0\r\nboth-ttys\r\n");
+}
+
+#[test]
+fn a_tampered_root_image_is_refused() {
+    require_vm!();
+    let _l = vm_lock();
+    let f = new_fixture();
+    let r = run(options(&f, process(&["true"])), None);
+    assert_eq!(r.code, Ok(0), "stderr: {}", r.stderr);
+    let img = moat_vm::rootfs::cache_dir(&f.state, &f.image_id)
+        .unwrap()
+        .join("root.img");
+    let mut bytes = fs::read(&img).unwrap();
+    // Inside the EROFS superblock (offset 1024): the first block the guest reads.
+    bytes[1024 + 16] ^= 0x5a;
+    fs::write(&img, &bytes).unwrap();
+    let r = run(options(&f, process(&["true"])), None);
+    let err = r.code.unwrap_err();
+    assert!(
+        err.starts_with("in the guest: mounting the root filesystem /dev/dm-0: Input/output error (os error 5): the root filesystem failed dm-verity verification (device-mapper: verity: "),
+        "{err}"
+    );
+    assert!(err.contains("data block 0 is corrupted"), "{err}");
+    assert!(err.ends_with("the cached image was modified after it was built: remove it with `moat image rm` and import it again"), "{err}");
+}
+
+#[test]
+fn five_vms_at_once() {
+    require_vm!();
+    let _l = vm_lock();
+    let f = fixture();
+    // Warm the root image cache first so the five do not race to build it.
+    assert_eq!(run(options(f, process(&["true"])), None).code, Ok(0));
+    let handles: Vec<_> = (0..5)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let r = run(
+                    options(
+                        fixture(),
+                        process(&["sh", "-c", &format!("echo vm{i}; exit {i}")]),
+                    ),
+                    None,
+                );
+                (i, r.code, r.stdout, r.stderr)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (i, code, out, err) = h.join().unwrap();
+        assert_eq!(code, Ok(i), "vm {i}: {err}");
+        assert_eq!(out, format!("vm{i}\n"));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(jailed_processes(), Vec::<String>::new());
+}
+
+#[test]
+fn normal_exit_leaves_nothing_behind() {
+    require_vm!();
+    let _l = vm_lock();
+    let f = fixture();
+    let r = run(options(f, process(&["true"])), None);
+    assert_eq!(r.code, Ok(0), "stderr: {}", r.stderr);
+    assert_eq!(jailed_processes(), Vec::<String>::new());
+    assert_eq!(vm_cgroups(), Vec::<String>::new());
+    let containers = f.state.join("run/containers");
+    assert_eq!(fs::read_dir(&containers).unwrap().count(), 0);
+}
+
+#[test]
+fn bad_accelerator_names_are_refused() {
+    let f = new_fixture();
+    let mut o = options(&f, process(&["true"]));
+    o.accel = Some("hvf".into());
+    if !std::path::Path::new("/usr/bin/qemu-system-x86_64").is_file() {
+        println!("SKIP: qemu-system-x86_64 is not installed");
+        return;
+    }
+    let r = run(o, None);
+    assert_eq!(
+        r.code.unwrap_err(),
+        "--accel \"hvf\" is not an accelerator: use kvm, tcg or auto"
+    );
+}
+
+// ---- Tests that signal or kill moat itself: the VM runs in a re-executed
+// copy of this test binary (the `runner` test below), like `moat run` would.
+
+/// Not a test: the body of a re-executed runner process.
+#[test]
+#[ignore = "helper: runs a VM for the signal tests when MOAT_VM_RUNNER is set"]
+fn runner() {
+    let Ok(spec) = std::env::var("MOAT_VM_RUNNER") else {
+        return;
+    };
+    let v: serde_json::Value = serde_json::from_str(&spec).unwrap();
+    let f = Fixture {
+        _dir: tempfile::tempdir().unwrap(),
+        state: v["state"].as_str().unwrap().into(),
+        rootfs: v["rootfs"].as_str().unwrap().into(),
+        image_id: v["image_id"].as_str().unwrap().into(),
+    };
+    let args: Vec<String> = serde_json::from_value(v["args"].clone()).unwrap();
+    let p = process(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let code = match moat_vm::run_container(options(&f, p)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("moat: error: {e}");
+            125
+        }
+    };
+    std::process::exit(code);
+}
+
+struct Runner {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+fn spawn_runner(f: &Fixture, args: &[&str]) -> Runner {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let spec = serde_json::json!({
+        "state": f.state, "rootfs": f.rootfs, "image_id": f.image_id, "args": args,
+    });
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "runner",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MOAT_VM_RUNNER", spec.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    Runner { child, lines: rx }
+}
+
+impl Runner {
+    fn wait_line(&self, want: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        while std::time::Instant::now() < deadline {
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_secs(1)) {
+                if l == want {
+                    return;
+                }
+            }
+        }
+        panic!("the workload never printed {want:?}");
+    }
+
+    fn rest(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            v.push(l);
+        }
+        v
+    }
+}
+
+/// Waits until no jailed process, VM cgroup or container state is left.
+fn assert_nothing_left(f: &Fixture) {
+    let containers = f.state.join("run/containers");
+    let left = || {
+        let mut l = jailed_processes();
+        l.extend(vm_cgroups());
+        if let Ok(rd) = fs::read_dir(&containers) {
+            l.extend(rd.flatten().map(|e| e.path().display().to_string()));
+        }
+        l
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline && !left().is_empty() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(left(), Vec::<String>::new());
+}
+
+#[test]
+fn sigterm_is_forwarded_to_the_workload() {
+    require_vm!();
+    let _l = vm_lock();
+    let f = fixture();
+    let mut r = spawn_runner(
+        f,
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.2; done",
+        ],
+    );
+    r.wait_line("ready");
+    unsafe_free_kill(r.child.id() as i32, libc::SIGTERM);
+    let status = r.child.wait().unwrap();
+    assert!(r.rest().contains(&"got-term".to_string()));
+    assert_eq!(status.code(), Some(3));
+    assert_nothing_left(f);
+}
+
+#[test]
+fn ctrl_c_ends_the_workload_and_leaves_nothing() {
+    require_vm!();
+    let _l = vm_lock();
+    let f = fixture();
+    let mut r = spawn_runner(f, &["sh", "-c", "echo ready; exec sleep 1000"]);
+    r.wait_line("ready");
+    // Ctrl-C on a terminal: SIGINT to the whole foreground process group.
+    unsafe_free_kill(-(r.child.id() as i32), libc::SIGINT);
+    let status = r.child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_nothing_left(f);
+}
+
+#[test]
+fn kill_9_of_moat_leaves_nothing() {
+    require_vm!();
+    let _l = vm_lock();
+    let f = fixture();
+    let mut r = spawn_runner(f, &["sh", "-c", "echo ready; exec sleep 1000"]);
+    r.wait_line("ready");
+    assert!(
+        !jailed_processes().is_empty(),
+        "the VMM runs as a jailed uid"
+    );
+    unsafe_free_kill(r.child.id() as i32, libc::SIGKILL);
+    let _ = r.child.wait();
+    assert_nothing_left(f);
+}
+
+/// `kill(2)` through the `kill` command (tests stay free of `unsafe`).
+fn unsafe_free_kill(pid: i32, sig: i32) {
+    let st = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg("--")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn escape_attempts_fail_inside_the_vm() {
+    require_vm!();
+    let _l = vm_lock();
+    let marker = std::env::temp_dir().join(format!("moat-host-marker-{}", std::process::id()));
+    fs::write(&marker, "host secret").unwrap();
+    let script = format!(
+        "mount -t tmpfs none /mnt 2>/dev/null && echo mounted || echo mount-denied; \
+         mknod /tmp/sda b 8 0 2>/dev/null && echo mknod-ok || echo mknod-denied; \
+         echo x > /bin/busybox 2>/dev/null && echo wrote-binary || echo binary-readonly; \
+         cat {m} 2>/dev/null || echo no-host-files; \
+         ls /sys/class/net; ls /sys/block; \
+         cat /proc/1/comm; ps | grep -c '[q]emu'; true",
+        m = marker.display()
+    );
+    let r = run(options(fixture(), process(&["sh", "-c", &script])), None);
+    let _ = fs::remove_file(&marker);
+    assert_eq!(r.code, Ok(0), "stderr: {}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "mount-denied",
+            "mknod-denied",
+            "binary-readonly",
+            "no-host-files"
+        ],
+        "{}",
+        r.stdout
+    );
+    // Only loopback, only the verified root disk, PID 1 is the agent and
+    // nothing of the host (no QEMU) is visible.
+    assert_eq!(
+        lines[4..],
+        ["lo", "dm-0", "vda", "init", "0"],
+        "{}",
+        r.stdout
+    );
+}
