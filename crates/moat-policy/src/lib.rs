@@ -1,7 +1,64 @@
 //! The declarative permission model of moat: policy files, RBAC, and the
 //! compiler that turns a policy into one [`Plan`] consumed by every isolation
 //! backend. Pure logic: nothing here calls into Linux beyond reading files.
+//!
+//! ```
+//! let policy = moat_policy::Policy::builtin("baseline").unwrap();
+//! let plan = moat_policy::compile(&policy).unwrap();
+//! assert!(plan.capabilities.is_empty());
+//! assert!(!plan.seccomp.instructions.is_empty());
+//! ```
 
+pub mod args;
+pub mod bpf;
+pub mod builtin;
+pub mod caps;
+mod compile;
+pub mod docker;
+mod error;
+pub mod explain;
+pub mod model;
+mod parse;
 pub mod plan;
+pub mod rbac;
+pub mod render;
+mod suggest;
+pub mod syscalls;
+pub mod yaml;
 
+use std::path::Path;
+
+pub use compile::{compile, DEFAULT_OPEN_FILES, DEFAULT_PIDS};
+pub use error::PolicyError;
+pub use model::Policy;
+pub use parse::{parse_cpus, parse_size, API_VERSION};
 pub use plan::{Plan, ProcessSpec};
+pub use suggest::closest as suggest_closest;
+
+impl Policy {
+    /// A built-in policy by name (`baseline`, `restricted`).
+    pub fn builtin(name: &str) -> Result<Policy, PolicyError> {
+        parse::Loader::new().load_builtin(name)
+    }
+
+    /// Load a policy file, resolving `extends` (relative paths are relative
+    /// to the file's directory).
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        parse::Loader::new().load_file(path)
+    }
+
+    /// Parse policy text; `file` names it in error messages. Relative
+    /// `extends` paths are resolved against the current directory.
+    pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
+        parse::Loader::new().load_text(text, file, None)
+    }
+
+    /// A built-in name or a file path: what every command accepts as FILE.
+    pub fn resolve(name_or_path: &str) -> Result<Policy, PolicyError> {
+        if builtin::text(name_or_path).is_some() && !Path::new(name_or_path).exists() {
+            Policy::builtin(name_or_path)
+        } else {
+            Policy::load(Path::new(name_or_path))
+        }
+    }
+}

@@ -25,7 +25,6 @@ pub struct GlobalArgs {
 
 impl GlobalArgs {
     /// Where running containers keep their state.
-    #[allow(dead_code)] // used once `run`/`ps` land
     pub fn run_root(&self) -> PathBuf {
         match &self.run_root {
             Some(p) => p.clone(),

@@ -2,11 +2,41 @@
 
 use std::process::ExitCode;
 
+use anyhow::{bail, Context};
+use moat_sandbox::state;
+
 use crate::global::GlobalArgs;
 
 #[derive(Debug, clap::Args)]
-pub struct KillArgs {}
+#[command(after_help = "Examples:
+  moat kill web            # SIGKILL
+  moat kill web TERM       # graceful: killed anyway after the container's --stop-timeout
+  moat kill 3f2a9c 15
 
-pub fn run(_global: &GlobalArgs, _cmd: KillArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`moat kill` is not built yet")
+SIGINT, SIGTERM, SIGHUP and SIGQUIT go through the container's supervisor,
+which forwards them and enforces the stop timeout; other signals go to the
+container's first process directly.")]
+pub struct KillArgs {
+    /// Container name, ID or unique ID prefix (see `moat ps`).
+    pub name: String,
+    /// Signal name (TERM, SIGTERM) or number.
+    #[arg(default_value = "KILL")]
+    pub signal: String,
+}
+
+pub fn run(global: &GlobalArgs, cmd: KillArgs) -> anyhow::Result<ExitCode> {
+    let Some(sig) = moat_sandbox::parse_signal(&cmd.signal) else {
+        bail!(
+            "unknown signal {:?}: use a name like TERM, KILL, HUP, INT, USR1 or a number 1-64",
+            cmd.signal
+        );
+    };
+    let run_root = global.run_root();
+    state::cleanup_stale(&run_root).context("cleaning up after dead containers")?;
+    let states = state::read_all(&run_root)?;
+    let Some(st) = state::find(&states, &cmd.name) else {
+        bail!("no running container named {:?} (see `moat ps`)", cmd.name);
+    };
+    moat_sandbox::signal_container(st, sig)?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,15 +1,341 @@
 //! `moat policy`: check, explain, compile, export and diff security policies.
 
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use moat_policy::rbac::{self, AuditRecord, Decision, Principal, Rbac};
+use moat_policy::{bpf, explain, render, Policy};
 
 use crate::global::GlobalArgs;
 
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Not built yet.
-    Todo,
+    /// Validate a policy and authorise it for a user against RBAC.
+    ///
+    /// Exits 0 when the policy is valid and allowed, 1 with the reasons
+    /// otherwise. Every decision is appended to ROOT/audit/policy.log.
+    #[command(
+        after_help = "Examples:\n  moat policy check web.yaml\n  moat policy check web.yaml --as alice --rbac /etc/moat/rbac.yaml\n  moat policy check baseline --format json"
+    )]
+    Check(CheckArgs),
+    /// Explain what a policy grants, with numbers compared with Docker's defaults.
+    #[command(
+        after_help = "Examples:\n  moat policy explain baseline\n  moat policy explain web.yaml --format json"
+    )]
+    Explain(ExplainArgs),
+    /// Compile a policy for another tool: OCI spec fragment, seccomp JSON,
+    /// raw BPF, AppArmor profile, or moat's own plan.
+    #[command(
+        after_help = "Examples:\n  moat policy compile baseline --format seccomp-json -o baseline.json\n  podman run --security-opt seccomp=baseline.json IMAGE\n  moat policy compile web.yaml --format apparmor | apparmor_parser -Q\n  moat policy compile restricted --format bpf -o restricted.bpf\n  moat policy compile restricted --format bpf-asm"
+    )]
+    Compile(CompileArgs),
+    /// Export a policy as Kubernetes objects (Pod securityContext, Localhost
+    /// seccomp profile, RuntimeClass, NetworkPolicy).
+    #[command(
+        after_help = "Examples:\n  moat policy export web.yaml --k8s > web-k8s.yaml\n  kubectl apply --dry-run=client -f web-k8s.yaml"
+    )]
+    Export(ExportArgs),
+    /// Show which grants policy B adds to or removes from policy A.
+    #[command(
+        after_help = "Examples:\n  moat policy diff baseline web.yaml\n  moat policy diff baseline restricted --format json"
+    )]
+    Diff(DiffArgs),
 }
 
-pub fn run(_global: &GlobalArgs, _cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`moat policy` is not built yet")
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TextOrJson {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Policy file, or a built-in name (baseline, restricted).
+    pub policy: String,
+    /// Check for this user (name or uid) instead of the invoking user.
+    #[arg(long = "as", value_name = "USER")]
+    pub as_user: Option<String>,
+    /// RBAC file [default: /etc/moat/rbac.yaml].
+    #[arg(long, value_name = "FILE")]
+    pub rbac: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: TextOrJson,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Policy file, or a built-in name (baseline, restricted).
+    pub policy: String,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: TextOrJson,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompileFormat {
+    /// OCI runtime-spec fragment (process, root, mounts, linux).
+    Oci,
+    /// Seccomp profile as Docker and podman read it (--security-opt seccomp=FILE).
+    SeccompJson,
+    /// The raw BPF program (struct sock_filter[], 8 bytes per instruction).
+    Bpf,
+    /// The BPF program as a readable listing.
+    BpfAsm,
+    /// An AppArmor profile.
+    Apparmor,
+    /// moat's execution plan as JSON (what the backends consume).
+    Plan,
+}
+
+#[derive(Debug, Args)]
+pub struct CompileArgs {
+    /// Policy file, or a built-in name (baseline, restricted).
+    pub policy: String,
+    #[arg(long, value_enum)]
+    pub format: CompileFormat,
+    /// Write to FILE (atomically) instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Policy file, or a built-in name (baseline, restricted).
+    pub policy: String,
+    /// Export as Kubernetes objects (the only target so far).
+    #[arg(long, required = true)]
+    pub k8s: bool,
+    /// RuntimeClass name (and handler) the Pod uses.
+    #[arg(long, default_value = "moat")]
+    pub runtime_class: String,
+    /// Write to FILE (atomically) instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The old policy (file or built-in name).
+    pub a: String,
+    /// The new policy (file or built-in name).
+    pub b: String,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: TextOrJson,
+}
+
+pub fn run(global: &GlobalArgs, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PolicyCommand::Check(a) => check(global, a),
+        PolicyCommand::Explain(a) => {
+            let p = load(&a.policy)?;
+            let e = explain::explain(&p);
+            match a.format {
+                TextOrJson::Text => print!("{}", e.to_text()),
+                TextOrJson::Json => println!("{}", serde_json::to_string_pretty(&e)?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Compile(a) => compile(a),
+        PolicyCommand::Export(a) => {
+            let p = load(&a.policy)?;
+            let plan = moat_policy::compile(&p)?;
+            let docs = render::k8s(&p, &plan, &a.runtime_class);
+            emit(
+                a.output.as_deref(),
+                render::to_yaml_stream(&docs).as_bytes(),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Diff(a) => {
+            let pa = load(&a.a)?;
+            let pb = load(&a.b)?;
+            let changes = explain::diff(&pa, &pb);
+            match a.format {
+                TextOrJson::Json => println!("{}", serde_json::to_string_pretty(&changes)?),
+                TextOrJson::Text => {
+                    if changes.is_empty() {
+                        println!("no differences in grants");
+                    }
+                    for c in &changes {
+                        println!("{} {} {}", c.sign, c.what, c.detail);
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A policy file or built-in name.
+pub fn load(name_or_path: &str) -> anyhow::Result<Policy> {
+    Ok(Policy::resolve(name_or_path)?)
+}
+
+fn compile(a: CompileArgs) -> anyhow::Result<ExitCode> {
+    let p = load(&a.policy)?;
+    let plan = moat_policy::compile(&p)?;
+    let bytes: Vec<u8> = match a.format {
+        CompileFormat::Oci => pretty(&render::oci(&p, &plan))?,
+        CompileFormat::SeccompJson => pretty(&render::seccomp_json(&p))?,
+        CompileFormat::Plan => pretty(&serde_json::to_value(&plan)?)?,
+        CompileFormat::Apparmor => render::apparmor(&p).into_bytes(),
+        CompileFormat::BpfAsm => bpf::disassemble(&plan.seccomp.instructions).into_bytes(),
+        CompileFormat::Bpf => {
+            if a.output.is_none() && std::io::stdout().is_terminal() {
+                bail!("refusing to write binary BPF to a terminal; use -o FILE, a pipe, or --format bpf-asm");
+            }
+            bpf::to_bytes(&plan.seccomp.instructions)
+        }
+    };
+    emit(a.output.as_deref(), &bytes)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pretty(v: &serde_json::Value) -> anyhow::Result<Vec<u8>> {
+    let mut s = serde_json::to_string_pretty(v)?;
+    s.push('\n');
+    Ok(s.into_bytes())
+}
+
+/// Write to a file atomically (stage, then rename) or to standard output.
+fn emit(output: Option<&Path>, bytes: &[u8]) -> anyhow::Result<()> {
+    match output {
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes)?;
+            out.flush()?;
+        }
+        Some(path) => {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let name = path
+                .file_name()
+                .with_context(|| format!("{} is not a file path", path.display()))?;
+            let tmp = dir.join(format!(
+                ".{}.tmp-{}",
+                name.to_string_lossy(),
+                std::process::id()
+            ));
+            std::fs::write(&tmp, bytes)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            if let Err(e) = std::fs::rename(&tmp, path) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e).with_context(|| format!("cannot write {}", path.display()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The invoking user: the real uid, or SUDO_UID under sudo.
+pub fn invoking_principal() -> Principal {
+    let real = rustix::process::getuid().as_raw();
+    let sudo = std::env::var("SUDO_UID").ok();
+    Principal::from_uid(rbac::invoking_uid(real, sudo.as_deref()))
+}
+
+/// Authorise `policy` for `who` (RBAC from `rbac_file` or the default
+/// path), print the one-time warning, and append the decision to the audit
+/// log. Used by `moat policy check` and by `moat run`.
+pub fn authorize(
+    global: &GlobalArgs,
+    action: &str,
+    policy: &Policy,
+    who: &Principal,
+    rbac_file: Option<&Path>,
+) -> anyhow::Result<Decision> {
+    let path = rbac_file
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(rbac::DEFAULT_RBAC_PATH));
+    let rbac = if rbac_file.is_some() || path.exists() {
+        Some(Rbac::load(&path)?)
+    } else {
+        None
+    };
+    let decision = rbac::authorize(rbac.as_ref(), &path, who, policy);
+    if let Some(w) = &decision.warning {
+        // Once per state root: a marker next to the audit log.
+        let marker = global.root.join("audit").join(".no-rbac-warned");
+        if !marker.exists() {
+            eprintln!("moat: warning: {w}");
+            if let Some(dir) = marker.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = std::fs::write(&marker, b"");
+        }
+    }
+    let rec = AuditRecord::new(action, who, policy, &decision);
+    if let Err(e) = rbac::append_audit(&global.root, &rec) {
+        let msg = format!("{:#}", anyhow::Error::from(e));
+        if action == "check" {
+            eprintln!("moat: warning: {msg}");
+        } else {
+            bail!(msg);
+        }
+    }
+    Ok(decision)
+}
+
+fn check(global: &GlobalArgs, a: CheckArgs) -> anyhow::Result<ExitCode> {
+    let policy = match load(&a.policy) {
+        Ok(p) => p,
+        Err(e) => {
+            if a.format == TextOrJson::Json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "policy": a.policy, "valid": false, "allowed": false, "reasons": [format!("{e:#}")] })
+                );
+            } else {
+                eprintln!("moat: error: {e:#}");
+            }
+            return Ok(ExitCode::from(crate::global::EXIT_FAILURE));
+        }
+    };
+    let who = match &a.as_user {
+        Some(u) => Principal::lookup(u)?,
+        None => invoking_principal(),
+    };
+    let d = authorize(global, "check", &policy, &who, a.rbac.as_deref())?;
+    match a.format {
+        TextOrJson::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "policy": policy.name,
+                "digest": format!("sha256:{}", policy.digest()),
+                "valid": true,
+                "principal": who.name,
+                "uid": who.uid,
+                "roles": d.roles,
+                "allowed": d.allowed,
+                "reasons": d.reasons,
+            }))?
+        ),
+        TextOrJson::Text => {
+            if d.allowed {
+                let via = if d.roles.is_empty() {
+                    "no RBAC file".to_string()
+                } else {
+                    format!("roles: {}", d.roles.join(", "))
+                };
+                println!(
+                    "policy {}: valid, allowed for {} ({via})",
+                    policy.name, who.name
+                );
+            } else {
+                println!("policy {}: refused for {}:", policy.name, who.name);
+                for r in &d.reasons {
+                    println!("  - {r}");
+                }
+            }
+        }
+    }
+    Ok(if d.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::global::EXIT_FAILURE)
+    })
 }

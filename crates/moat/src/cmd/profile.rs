@@ -1,15 +1,553 @@
 //! `moat profile`: generate least-privilege policies from an image (record, static, merge).
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use moat_profile::profile::Profile;
+use moat_profile::rootfs::Root;
+use moat_profile::static_analysis;
+use moat_profile::{measure, record};
 
 use crate::global::GlobalArgs;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ProfileCommand {
-    /// Not built yet.
-    Todo,
+    /// Derive a policy from the image's ELF files, without running anything.
+    ///
+    /// Analyses the entrypoint and every shared library it loads (resolved
+    /// inside the image, never on the host), maps imported libc functions to
+    /// the syscalls they can make and, for static binaries, finds the
+    /// `syscall` instructions with constant numbers. The result
+    /// over-approximates what the program can do.
+    #[command(after_help = "Examples:\n  \
+        moat profile static busybox --entrypoint /bin/busybox -o busybox.yaml\n  \
+        moat profile static --rootfs ./rootfs --entrypoint /usr/bin/jq --format json")]
+    Static(StaticArgs),
+    /// Record what a workload really does and emit a policy allowing exactly that.
+    ///
+    /// Runs the workload in the sandbox (under `baseline` with every other
+    /// syscall allowed and logged) while the kernel's syscall tracepoints
+    /// record its process tree from its first execve: syscalls, socket
+    /// families, ioctl requests, failed privileged operations. Nothing of
+    /// moat's own setup is recorded. The policy extends `restricted`, denies
+    /// what `restricted` allows but the workload did not use, and is then
+    /// verified: the workload runs again, enforcing, and must exit and print
+    /// the same. Needs root.
+    #[command(after_help = "Examples:\n  \
+        moat profile record busybox -o sh.yaml -- /bin/sh -c 'echo hi; ls /; cat /etc/passwd'\n  \
+        moat profile record myserver --duration 30 -o server.yaml")]
+    Record(RecordArgs),
+    /// Combine two generated profiles into one that allows what either allows.
+    #[command(after_help = "Example:\n  moat profile merge static.yaml recorded.yaml -o app.yaml")]
+    Merge(MergeArgs),
 }
 
-pub fn run(_global: &GlobalArgs, _cmd: ProfileCommand) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`moat profile` is not built yet")
+/// Where the files to analyse come from.
+#[derive(Debug, clap::Args)]
+pub struct Source {
+    /// Image reference (name[:tag], ID or unique prefix) in the store.
+    #[arg(required_unless_present = "rootfs")]
+    pub image: Option<String>,
+    /// Analyse an unpacked root filesystem directory instead of an image.
+    #[arg(long, value_name = "DIR", conflicts_with = "image")]
+    pub rootfs: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StaticArgs {
+    #[command(flatten)]
+    pub source: Source,
+    /// Program to analyse (absolute, or searched in the image's PATH).
+    /// Default: the image's entrypoint, or its command.
+    #[arg(long, value_name = "PATH")]
+    pub entrypoint: Option<String>,
+    /// Write the policy to FILE (atomically) instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// `yaml`: the policy; `json`: the analysis (objects, syscalls, reasons).
+    #[arg(long, default_value = "yaml", value_parser = ["yaml", "json"])]
+    pub format: String,
+    /// `metadata.name` of the generated policy.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Run the image's command (or the one after `--`) in the sandbox
+    /// under the generated profile and under `baseline`, and fail unless
+    /// both exit and print the same.
+    #[arg(long)]
+    pub verify: bool,
+    /// Command for --verify (default: the image's entrypoint and command).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub source: Source,
+    /// Stop the workload (SIGTERM) after S seconds; for servers. With it,
+    /// --verify compares exit codes only.
+    #[arg(long, value_name = "S")]
+    pub duration: Option<f64>,
+    /// Write the policy to FILE (atomically) instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Skip the enforcing re-run (verification is on by default).
+    #[arg(long)]
+    pub no_verify: bool,
+    /// `metadata.name` of the generated policy.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Command to record (default: the image's entrypoint and command).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MergeArgs {
+    /// First profile (written by `moat profile static` or `record`).
+    pub a: PathBuf,
+    /// Second profile.
+    pub b: PathBuf,
+    /// Write the merged policy to FILE (atomically) instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// `metadata.name` of the merged policy (default: the first one's).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+pub fn run(global: &GlobalArgs, cmd: ProfileCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ProfileCommand::Static(args) => run_static(global, args),
+        ProfileCommand::Record(args) => run_record(global, args),
+        ProfileCommand::Merge(args) => run_merge(args),
+    }
+}
+
+/// An image's root filesystem and the process the image would run.
+pub struct Target {
+    pub rootfs: PathBuf,
+    /// Entrypoint + command of the image (empty for a bare rootfs).
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    /// How to name the target in messages.
+    pub label: String,
+}
+
+pub fn resolve_target(global: &GlobalArgs, source: &Source) -> anyhow::Result<Target> {
+    if let Some(dir) = &source.rootfs {
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "--rootfs {}: not a directory; pass an unpacked root filesystem",
+                dir.display()
+            );
+        }
+        return Ok(Target {
+            rootfs: dir.clone(),
+            argv: Vec::new(),
+            env: Vec::new(),
+            label: dir.display().to_string(),
+        });
+    }
+    let reference = source.image.as_deref().unwrap_or_default();
+    let store = moat_image::Store::open(&global.root)
+        .with_context(|| format!("cannot open the image store {}", global.root.display()))?;
+    let image = store.resolve(reference)?;
+    let rootfs = store.rootfs(&image)?;
+    let mut argv = image.config.entrypoint.clone();
+    argv.extend(image.config.cmd.iter().cloned());
+    Ok(Target {
+        rootfs,
+        argv,
+        env: image.config.env.clone(),
+        label: format!("image {reference} ({})", image.short_id()),
+    })
+}
+
+/// The command line of `moat run` for `backend` on `source`, re-using this
+/// binary and the global options (for recording and measuring).
+pub fn moat_run_argv(
+    global: &GlobalArgs,
+    source: &Source,
+    backend: &str,
+    policy: Option<&Path>,
+    command: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let exe = std::env::current_exe().context("cannot locate the moat binary")?;
+    let mut v = vec![
+        exe.display().to_string(),
+        "--root".to_string(),
+        global.root.display().to_string(),
+    ];
+    if let Some(rr) = &global.run_root {
+        v.push("--run-root".into());
+        v.push(rr.display().to_string());
+    }
+    v.extend(["run".to_string(), "--isolation".into(), backend.into()]);
+    if let Some(p) = policy {
+        v.push("--policy".into());
+        v.push(p.display().to_string());
+    }
+    match (&source.rootfs, &source.image) {
+        (Some(dir), _) => {
+            v.push("--rootfs".into());
+            v.push(dir.display().to_string());
+        }
+        (None, Some(image)) => v.push(image.clone()),
+        (None, None) => anyhow::bail!("name an image or pass --rootfs DIR"),
+    }
+    v.push("--".into());
+    v.extend(command.iter().cloned());
+    Ok(v)
+}
+
+/// Compiles a policy file, a built-in policy name or an image's static
+/// profile into the [`moat_policy::Plan`] a backend would get.
+pub fn compile_target(global: &GlobalArgs, target: &str) -> anyhow::Result<moat_policy::Plan> {
+    let is_policy = Path::new(target).is_file() || moat_policy::builtin::text(target).is_some();
+    let policy = if is_policy {
+        moat_policy::Policy::resolve(target)?
+    } else {
+        let source = Source {
+            image: Some(target.to_string()),
+            rootfs: None,
+        };
+        let t = resolve_target(global, &source).with_context(|| {
+            format!("{target}: neither a policy file, a built-in policy nor an image")
+        })?;
+        let (profile, _) = static_profile(&t, None, None)?;
+        let text = profile.to_policy_yaml(&[]);
+        moat_policy::Policy::parse(&text, &format!("static profile of {}", t.label))?
+    };
+    Ok(moat_policy::compile(&policy)?)
+}
+
+/// Writes `data` to `path` through a temporary file in the same directory
+/// and a rename, so that a failure never leaves a half-written file.
+pub fn write_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    tmp.write_all(data)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot rename into {}", path.display()))?;
+    Ok(())
+}
+
+fn emit(output: Option<&Path>, text: &str) -> anyhow::Result<()> {
+    match output {
+        Some(p) => write_atomically(p, text.as_bytes()),
+        None => {
+            std::io::stdout().write_all(text.as_bytes())?;
+            Ok(())
+        }
+    }
+}
+
+fn sanitize_name(s: &str) -> String {
+    let n: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let n = n.trim_matches('-').to_string();
+    if n.is_empty() {
+        "profile".to_string()
+    } else {
+        n
+    }
+}
+
+/// Runs the static analysis of `target` (its entrypoint, or `entrypoint`).
+pub fn static_profile(
+    target: &Target,
+    entrypoint: Option<&str>,
+    name: Option<&str>,
+) -> anyhow::Result<(Profile, static_analysis::StaticReport)> {
+    let argv0 = match (entrypoint, target.argv.first()) {
+        (Some(e), _) => e.to_string(),
+        (None, Some(a)) => a.clone(),
+        (None, None) => anyhow::bail!(
+            "{}: no entrypoint or command to analyse; pass --entrypoint PATH",
+            target.label
+        ),
+    };
+    let root = Root::open(&target.rootfs)?;
+    let report = static_analysis::analyze(&root, &argv0, &target.env)
+        .with_context(|| format!("static analysis of {}", target.label))?;
+    let mut profile = report.profile.clone();
+    let base = report.entrypoint.rsplit('/').next().unwrap_or("app");
+    profile.name = name
+        .map(String::from)
+        .unwrap_or_else(|| format!("{}-static", sanitize_name(base)));
+    profile.header = vec![
+        format!(
+            "Generated by `moat profile static` from {} (entrypoint {}).",
+            target.label, report.entrypoint
+        ),
+        "Static analysis over-approximates: it allows every syscall the program's code can reach."
+            .into(),
+        format!(
+            "Objects analysed: {}.",
+            report
+                .objects
+                .iter()
+                .map(|o| format!("{} ({})", o.path, o.role))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ];
+    Ok((profile, report))
+}
+
+fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode> {
+    let target = resolve_target(global, &args.source)?;
+    let (profile, report) =
+        static_profile(&target, args.entrypoint.as_deref(), args.name.as_deref())?;
+    if args.format == "json" {
+        let objects: Vec<serde_json::Value> = report
+            .objects
+            .iter()
+            .map(|o| {
+                serde_json::json!({
+                    "path": o.path, "role": o.role,
+                    "syscall_sites": o.sites, "unresolved_sites": o.unresolved,
+                })
+            })
+            .collect();
+        let syscalls: serde_json::Map<String, serde_json::Value> = profile
+            .syscalls
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+            .collect();
+        let doc = serde_json::json!({
+            "entrypoint": report.entrypoint,
+            "objects": objects,
+            "syscalls": { "allowed_count": syscalls.len(), "allowed": syscalls },
+            "warnings": profile.warnings,
+        });
+        emit(
+            args.output.as_deref(),
+            &(serde_json::to_string_pretty(&doc)? + "\n"),
+        )?;
+    } else {
+        let text = profile.to_policy_yaml(&[]);
+        // What we write must be a policy moat itself accepts.
+        moat_policy::Policy::parse(&text, "generated profile")
+            .and_then(|p| moat_policy::compile(&p))
+            .context("the generated profile does not compile (a bug in moat profile)")?;
+        if args.verify {
+            let command = command_of(&target, &args.command)?;
+            let (code, out, err) = run_under(
+                global,
+                &args.source,
+                record::RECORDING_POLICY,
+                &command,
+                None,
+            )?;
+            let err = String::from_utf8_lossy(&err);
+            if let Some(line) = err
+                .lines()
+                .find(|l| l.starts_with("moat: error:") || l.starts_with("error:"))
+            {
+                anyhow::bail!("the reference run of the workload did not start: {line}");
+            }
+            verify(global, &args.source, &text, &command, (code, &out), None)?;
+        }
+        emit(args.output.as_deref(), &text)?;
+    }
+    if let Some(out) = &args.output {
+        eprintln!(
+            "moat: wrote {} ({} syscalls, {} objects analysed)",
+            out.display(),
+            profile.syscalls.len(),
+            report.objects.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `command` in the sandbox under `policy_text`, keeping its output.
+fn run_under(
+    global: &GlobalArgs,
+    source: &Source,
+    policy_text: &str,
+    command: &[String],
+    timeout: Option<Duration>,
+) -> anyhow::Result<(i32, Vec<u8>, Vec<u8>)> {
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, policy_text).context("cannot write a temporary policy")?;
+    let argv = moat_run_argv(global, source, "sandbox", Some(&path), command)?;
+    Ok(measure::run_plain(&argv, timeout)?)
+}
+
+/// Runs the workload under `generated` and compares it with a reference
+/// run (exit code, and stdout unless `exit_only`).
+fn verify(
+    global: &GlobalArgs,
+    source: &Source,
+    generated: &str,
+    command: &[String],
+    reference: (i32, &[u8]),
+    timeout: Option<Duration>,
+) -> anyhow::Result<()> {
+    let (code, out, err) = run_under(global, source, generated, command, timeout)?;
+    let exit_only = timeout.is_some();
+    if code != reference.0 || (!exit_only && out != reference.1) {
+        let what = if code != reference.0 {
+            format!("exit code {code} instead of {}", reference.0)
+        } else {
+            "different output".to_string()
+        };
+        let err = String::from_utf8_lossy(&err);
+        let tail: Vec<&str> = err.lines().rev().take(5).collect();
+        anyhow::bail!(
+            "verification failed: under the generated policy the workload gave {what}; nothing written{}",
+            if tail.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "\nits stderr ended with:\n  {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
+                )
+            }
+        );
+    }
+    eprintln!(
+        "moat: verified: the workload exits {code}{} under the generated policy",
+        if exit_only {
+            ""
+        } else {
+            " with the same output"
+        }
+    );
+    Ok(())
+}
+
+fn command_of(target: &Target, command: &[String]) -> anyhow::Result<Vec<String>> {
+    let c = if command.is_empty() {
+        target.argv.clone()
+    } else {
+        command.to_vec()
+    };
+    if c.is_empty() {
+        anyhow::bail!("{}: no command to run; pass one after `--`", target.label);
+    }
+    Ok(c)
+}
+
+fn run_record(global: &GlobalArgs, args: RecordArgs) -> anyhow::Result<ExitCode> {
+    let target = resolve_target(global, &args.source)?;
+    let command = command_of(&target, &args.command)?;
+    let timeout = match args.duration {
+        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+        Some(s) => anyhow::bail!("--duration {s}: expected a positive number of seconds"),
+        None => None,
+    };
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let rec_policy = dir.path().join("record.yaml");
+    std::fs::write(&rec_policy, record::RECORDING_POLICY)
+        .context("cannot write the recording policy")?;
+    let argv = moat_run_argv(global, &args.source, "sandbox", Some(&rec_policy), &command)?;
+    let program = command[0].rsplit('/').next().map(String::from);
+    let outcome = measure::trace(&measure::TraceRun {
+        argv: &argv,
+        after: Some("moat"),
+        program: program.as_deref(),
+        capture: true,
+        timeout,
+        ..measure::TraceRun::default()
+    })
+    .context("recording failed")?;
+    let base = moat_policy::Policy::builtin("restricted")?;
+    let (mut profile, deny) = record::to_profile(&outcome.recorded, &base);
+    profile.name = args.name.clone().unwrap_or_else(|| {
+        format!(
+            "{}-recorded",
+            sanitize_name(command[0].rsplit('/').next().unwrap_or("app"))
+        )
+    });
+    profile.header = vec![
+        format!(
+            "Recorded by `moat profile record` from {}: {}",
+            target.label,
+            command.join(" ")
+        ),
+        format!(
+            "The workload ({} task(s), exit {}) made {} distinct syscalls; this policy allows exactly those.",
+            outcome.recorded.tasks,
+            outcome.code,
+            outcome.recorded.syscalls.len()
+        ),
+        "Paths opened for writing are not recorded (the tracepoints carry no strings); see docs/profiles.md.".into(),
+    ];
+    let text = profile.to_policy_yaml(&deny);
+    moat_policy::Policy::parse(&text, "recorded profile")
+        .and_then(|p| moat_policy::compile(&p))
+        .context("the recorded profile does not compile (a bug in moat profile)")?;
+    eprintln!(
+        "moat: recorded {} distinct syscalls from {} task(s); the workload exited {}",
+        outcome.recorded.syscalls.len(),
+        outcome.recorded.tasks,
+        outcome.code
+    );
+    if !args.no_verify {
+        verify(
+            global,
+            &args.source,
+            &text,
+            &command,
+            (outcome.code, &outcome.stdout),
+            timeout,
+        )?;
+    }
+    emit(args.output.as_deref(), &text)?;
+    if let Some(out) = &args.output {
+        eprintln!(
+            "moat: wrote {} ({} syscalls)",
+            out.display(),
+            profile.syscalls.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_profile(path: &Path) -> anyhow::Result<Profile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read profile {}", path.display()))?;
+    Ok(Profile::from_policy_yaml(
+        &path.display().to_string(),
+        &text,
+    )?)
+}
+
+fn run_merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
+    let a = read_profile(&args.a)?;
+    let b = read_profile(&args.b)?;
+    let mut merged = a.merge(&b);
+    if let Some(n) = args.name {
+        merged.name = n;
+    }
+    merged.header = vec![format!(
+        "Merged by `moat profile merge` from {} ({} syscalls) and {} ({} syscalls).",
+        args.a.display(),
+        a.syscalls.len(),
+        args.b.display(),
+        b.syscalls.len()
+    )];
+    emit(args.output.as_deref(), &merged.to_policy_yaml(&[]))?;
+    Ok(ExitCode::SUCCESS)
 }

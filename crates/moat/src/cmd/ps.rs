@@ -2,11 +2,58 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
+use moat_sandbox::state;
+
 use crate::global::GlobalArgs;
 
-#[derive(Debug, clap::Args)]
-pub struct PsArgs {}
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
 
-pub fn run(_global: &GlobalArgs, _cmd: PsArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`moat ps` is not built yet")
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  moat ps
+  moat ps --format json | jq -r '.[].name'
+
+Containers whose supervising moat process died are cleaned up first.")]
+pub struct PsArgs {
+    /// Output format: a table, or a JSON array of state objects (id, name,
+    /// image_id, pid, isolation, created, command, ...).
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+pub fn run(global: &GlobalArgs, cmd: PsArgs) -> anyhow::Result<ExitCode> {
+    let run_root = global.run_root();
+    state::cleanup_stale(&run_root).context("cleaning up after dead containers")?;
+    let states: Vec<_> = state::read_all(&run_root)?
+        .into_iter()
+        .filter(|s| s.isolation != "sandbox" || state::is_alive(s))
+        .collect();
+    match cmd.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&states)?),
+        Format::Table => {
+            println!(
+                "{:<12}  {:<20}  {:<19}  {:<9}  {:>8}  {:<20}  COMMAND",
+                "CONTAINER ID", "NAME", "IMAGE", "ISOLATION", "PID", "CREATED"
+            );
+            for s in &states {
+                let image = s.image_id.strip_prefix("sha256:").unwrap_or(&s.image_id);
+                println!(
+                    "{:<12}  {:<20}  {:<19}  {:<9}  {:>8}  {:<20}  {}",
+                    &s.id[..s.id.len().min(12)],
+                    s.name,
+                    &image[..image.len().min(19)],
+                    s.isolation,
+                    s.pid,
+                    s.created,
+                    s.command.join(" ")
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,12 +1,360 @@
 //! `moat run`: run a command in a new container from an image.
+//!
+//! Wiring only: resolve the image, merge its config with the command line
+//! into a `ProcessSpec` (as podman and Docker do), load and compile the
+//! policy, choose the backend and hand over. The work happens in
+//! `moat-sandbox` and `moat-vm`.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use moat_policy::plan::IsolationRequirement;
+use moat_policy::{Plan, ProcessSpec};
+use moat_sandbox::{state, IdMap, SandboxConfig};
 
 use crate::global::GlobalArgs;
 
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {}
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-pub fn run(_global: &GlobalArgs, _cmd: RunArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`moat run` is not built yet")
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Isolation {
+    /// Hardened namespace sandbox on this host's kernel.
+    Sandbox,
+    /// Own micro-VM with its own minimal kernel.
+    Vm,
+    /// `vm` where a working accelerator exists (or the policy demands it), else `sandbox`.
+    Auto,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  moat run busybox echo hello                 # runs under the baseline policy, removed on exit
+  moat run -it busybox sh                     # interactive shell on a pseudo-terminal
+  moat run --isolation sandbox -e A=1 -w /tmp --user 1000:1000 busybox env
+  moat run --policy web.toml --name web busybox httpd -f
+  moat run --rootfs ./rootfs /bin/sh -c 'id; hostname'   # a root filesystem directory instead of an image
+
+Exit status: the workload's, or 128+N when signal N killed it; 125 when the
+container could not be started, 126 when the command cannot be executed,
+127 when it is not found in the container.")]
+pub struct RunArgs {
+    /// Isolation backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub isolation: Isolation,
+    /// Policy file (or built-in name: baseline, restricted) to run under
+    /// (default: the built-in `baseline` policy).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Keep stdin open and connected to the container.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-terminal (window-size changes are forwarded).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Set an environment variable (KEY=VALUE, or KEY to copy it from this environment).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory inside the container (absolute; must exist in the image).
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User to run as: UID[:GID] or NAME[:GROUP] from the image's /etc/passwd.
+    #[arg(short = 'u', long, value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// Container name for `moat ps` and `moat kill` (default: the first 12 digits of its ID).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Hostname inside the container (default: the container name).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Seconds a workload may take to exit after SIGTERM/SIGINT/SIGHUP before it is killed.
+    #[arg(long, value_name = "S", default_value_t = 10)]
+    pub stop_timeout: u64,
+    /// Accelerator for the vm backend (default: KVM when a probe shows it works, else TCG).
+    #[arg(long, value_enum)]
+    pub accel: Option<Accel>,
+    /// Treat IMAGE as a root filesystem directory instead of an image reference.
+    #[arg(long)]
+    pub rootfs: bool,
+    /// Image reference (name[:tag], ID or unique ID prefix), or a directory with --rootfs.
+    pub image: String,
+    /// Command and arguments (default: the image's Entrypoint and Cmd).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// The parts of an image config `moat run` merges with the command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageDefaults {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+}
+
+/// A resolved image: where its root is and what its config says.
+struct ResolvedImage {
+    image_id: String,
+    rootfs: PathBuf,
+    defaults: ImageDefaults,
+}
+
+pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let run_root = global.run_root();
+    state::cleanup_stale(&run_root).context("cleaning up after dead containers")?;
+
+    let image = if args.rootfs {
+        let rootfs = std::fs::canonicalize(&args.image)
+            .with_context(|| format!("rootfs directory {:?} (--rootfs): not found", args.image))?;
+        if !rootfs.is_dir() {
+            bail!("rootfs {:?} (--rootfs) is not a directory", args.image);
+        }
+        ResolvedImage {
+            image_id: format!("rootfs:{}", rootfs.display()),
+            rootfs,
+            defaults: ImageDefaults::default(),
+        }
+    } else {
+        resolve_image(global, &args.image)?
+    };
+
+    let plan = load_plan(args.policy.as_deref())?;
+    let id = state::new_id();
+    let name = args.name.clone().unwrap_or_else(|| id[..12].to_string());
+    state::validate_name(&name)?;
+    let hostname = args.hostname.clone().unwrap_or_else(|| name.clone());
+    let process = merge_process(&image.defaults, &args, &hostname, &image.rootfs)?;
+
+    let backend = match (args.isolation, plan.isolation) {
+        (Isolation::Sandbox, IsolationRequirement::Vm) => bail!(
+            "policy {:?} requires vm isolation; drop --isolation sandbox",
+            plan.policy_name
+        ),
+        (Isolation::Vm, IsolationRequirement::Sandbox) => bail!(
+            "policy {:?} requires sandbox isolation; drop --isolation vm",
+            plan.policy_name
+        ),
+        (Isolation::Auto, IsolationRequirement::Vm) | (Isolation::Vm, _) => Isolation::Vm,
+        (Isolation::Auto, _) if vm_accelerator_works(&global.root) => Isolation::Vm,
+        _ => Isolation::Sandbox,
+    };
+    let stop_timeout = Duration::from_secs(args.stop_timeout);
+    if backend == Isolation::Vm {
+        return run_vm(global, &args, image, process, plan, name, stop_timeout);
+    }
+
+    let cfg = SandboxConfig {
+        id,
+        name,
+        image_id: image.image_id,
+        rootfs: image.rootfs,
+        run_root,
+        process,
+        plan,
+        stop_timeout,
+        id_map: IdMap::for_root(),
+    };
+    match moat_sandbox::run(&cfg) {
+        Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+        Err(e) => {
+            let code = e.exit_code();
+            eprintln!("moat: error: {:#}", anyhow::Error::from(e));
+            Ok(ExitCode::from(code))
+        }
+    }
+}
+
+/// The vm backend (moat-vm). Kept to one call so the merge is one line.
+fn run_vm(
+    _global: &GlobalArgs,
+    _args: &RunArgs,
+    _image: ResolvedImage,
+    _process: ProcessSpec,
+    _plan: Plan,
+    _name: String,
+    _stop_timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    bail!("the vm backend is not available in this build (moat-vm has no run_container yet); use --isolation sandbox")
+}
+
+/// Whether `auto` should pick the vm backend.
+fn vm_accelerator_works(_state_root: &Path) -> bool {
+    false
+}
+
+fn resolve_image(global: &GlobalArgs, reference: &str) -> anyhow::Result<ResolvedImage> {
+    let store = moat_image::Store::open(&global.root)
+        .with_context(|| format!("opening the image store {}", global.root.display()))?;
+    let image = store.resolve(reference)?;
+    let rootfs = store
+        .rootfs(&image)
+        .with_context(|| format!("materialising the rootfs of image {reference:?}"))?;
+    let c = &image.config;
+    Ok(ResolvedImage {
+        image_id: image.config_digest.clone(),
+        rootfs,
+        defaults: ImageDefaults {
+            entrypoint: c.entrypoint.clone(),
+            cmd: c.cmd.clone(),
+            env: c.env.clone(),
+            working_dir: c.working_dir.clone(),
+            user: c.user.clone(),
+        },
+    })
+}
+
+/// The plan to run under: `--policy` (a file or a built-in name), else the
+/// built-in `baseline` policy, compiled by moat-policy.
+fn load_plan(policy: Option<&Path>) -> anyhow::Result<Plan> {
+    let policy = match policy {
+        Some(p) => moat_policy::Policy::resolve(&p.to_string_lossy())?,
+        None => moat_policy::Policy::builtin("baseline")?,
+    };
+    Ok(moat_policy::compile(&policy)?)
+}
+
+/// Merges the image config with the command line, as podman and Docker do:
+/// CMD replaces the image's Cmd (the Entrypoint stays), `-e` overrides
+/// image Env by key, `-w` and `--user` replace WorkingDir and User.
+pub fn merge_process(
+    image: &ImageDefaults,
+    args: &RunArgs,
+    hostname: &str,
+    rootfs: &Path,
+) -> anyhow::Result<ProcessSpec> {
+    let mut argv = image.entrypoint.clone();
+    if args.command.is_empty() {
+        argv.extend(image.cmd.iter().cloned());
+    } else {
+        argv.extend(args.command.iter().cloned());
+    }
+    if argv.is_empty() {
+        bail!(
+            "image {:?} has no Entrypoint or Cmd; give a command: moat run {} CMD [ARG...]",
+            args.image,
+            args.image
+        );
+    }
+
+    let mut env: Vec<String> = Vec::new();
+    let mut set = |entry: String| {
+        let key = entry.split('=').next().unwrap_or_default().to_string();
+        env.retain(|e| e.split('=').next() != Some(key.as_str()));
+        env.push(entry);
+    };
+    set(DEFAULT_PATH.to_string());
+    set(format!("HOSTNAME={hostname}"));
+    if args.tty {
+        set("TERM=xterm".to_string());
+    }
+    for e in &image.env {
+        set(e.clone());
+    }
+    for e in &args.env {
+        match e.split_once('=') {
+            Some((k, _)) if !k.is_empty() => set(e.clone()),
+            Some(_) => bail!("invalid -e {e:?}: expected KEY=VALUE with a non-empty KEY"),
+            None if e.is_empty() => bail!("invalid -e \"\": expected KEY=VALUE"),
+            None => {
+                if let Ok(v) = std::env::var(e) {
+                    set(format!("{e}={v}"));
+                }
+            }
+        }
+    }
+
+    let cwd = match args.workdir.as_deref() {
+        Some(w) => w.to_string(),
+        None if !image.working_dir.is_empty() => image.working_dir.clone(),
+        None => "/".to_string(),
+    };
+    if !cwd.starts_with('/') {
+        bail!("working directory {cwd:?} (-w) must be an absolute path");
+    }
+    let user = args.user.as_deref().unwrap_or(&image.user);
+    let id = moat_sandbox::user::resolve(rootfs, user)?;
+    Ok(ProcessSpec {
+        args: argv,
+        env,
+        cwd,
+        uid: id.uid,
+        gid: id.gid,
+        additional_gids: id.additional_gids,
+        tty: args.tty,
+        interactive: args.interactive,
+        hostname: hostname.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(argv: &[&str]) -> RunArgs {
+        T::parse_from(std::iter::once("run").chain(argv.iter().copied())).run
+    }
+
+    #[test]
+    fn merges_image_config_like_docker() {
+        let d = tempfile::tempdir().unwrap();
+        let image = ImageDefaults {
+            entrypoint: vec!["/bin/ep".into()],
+            cmd: vec!["default".into()],
+            env: vec!["A=1".into(), "PATH=/img/bin".into()],
+            working_dir: "/srv".into(),
+            user: "7:8".into(),
+        };
+        let p = merge_process(&image, &parse(&["img"]), "h", d.path()).unwrap();
+        assert_eq!(p.args, ["/bin/ep", "default"]);
+        assert_eq!(p.cwd, "/srv");
+        assert_eq!((p.uid, p.gid), (7, 8));
+        assert!(p.env.contains(&"PATH=/img/bin".to_string()));
+        assert!(p.env.contains(&"HOSTNAME=h".to_string()));
+
+        let a = parse(&["-e", "A=2", "-w", "/tmp", "--user", "0", "img", "ls", "-l"]);
+        let p = merge_process(&image, &a, "h", d.path()).unwrap();
+        assert_eq!(p.args, ["/bin/ep", "ls", "-l"]);
+        assert_eq!(p.cwd, "/tmp");
+        assert_eq!((p.uid, p.gid), (0, 0));
+        assert!(p.env.contains(&"A=2".to_string()) && !p.env.contains(&"A=1".to_string()));
+    }
+
+    #[test]
+    fn rejects_bad_input_with_clear_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let none = ImageDefaults::default();
+        let err = merge_process(&none, &parse(&["img"]), "h", d.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "image \"img\" has no Entrypoint or Cmd; give a command: moat run img CMD [ARG...]"
+        );
+        let err =
+            merge_process(&none, &parse(&["-w", "rel", "img", "x"]), "h", d.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "working directory \"rel\" (-w) must be an absolute path"
+        );
+        let err =
+            merge_process(&none, &parse(&["-e", "=v", "img", "x"]), "h", d.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid -e \"=v\": expected KEY=VALUE with a non-empty KEY"
+        );
+    }
 }

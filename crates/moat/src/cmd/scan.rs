@@ -1,12 +1,169 @@
 //! `moat scan`: scan an image, a rootfs or an SBOM for known vulnerabilities.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Context;
+use moat_scan::cvss::Severity;
+use moat_scan::db::VulnDb;
+use moat_scan::inventory::{self, Inventory};
+use moat_scan::report::Report;
+
+use crate::cmd::vulndb;
 use crate::global::GlobalArgs;
 
 #[derive(Debug, clap::Args)]
-pub struct ScanArgs {}
+#[command(after_help = "Examples:\n  \
+    moat scan busybox:latest\n  \
+    moat scan --rootfs /srv/rootfs --fail-on high\n  \
+    moat scan --sbom app.cdx.json --format sarif > results.sarif\n  \
+    moat scan alpine --format cyclonedx > sbom.cdx.json\n  \
+    moat scan --watch ~/osv            # re-import and re-match on change, until stopped\n\n\
+    Advisories come from `moat vulndb import`. An image without a package database,\n\
+    or with an OS no advisory source covers, is reported as such, never as clean.\n\
+    Exit status: 0 done, 1 findings at or above --fail-on, or an error.")]
+pub struct ScanArgs {
+    /// Image to scan (name[:tag], image ID, or a unique prefix).
+    #[arg(conflicts_with_all = ["rootfs", "sbom", "watch"], required_unless_present_any = ["rootfs", "sbom", "watch"])]
+    pub image: Option<String>,
+    /// Scan an unpacked root filesystem directory instead of an image.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["sbom", "watch"])]
+    pub rootfs: Option<PathBuf>,
+    /// Scan the components of a CycloneDX JSON SBOM.
+    #[arg(long, value_name = "FILE", conflicts_with = "watch")]
+    pub sbom: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Exit with status 1 if a finding has this severity or worse
+    /// (low, medium, high, critical).
+    #[arg(long, value_name = "SEVERITY")]
+    pub fail_on: Option<Severity>,
+    /// Leave out findings for which no fixed version exists yet.
+    #[arg(long)]
+    pub ignore_unfixed: bool,
+    /// Watch an advisory directory: re-import when it changes and re-match
+    /// every stored image inventory, until stopped.
+    #[arg(long, value_name = "DIR")]
+    pub watch: Option<PathBuf>,
+    /// Seconds between checks of the watched directory.
+    #[arg(long, default_value_t = 10, value_name = "SECS", requires = "watch")]
+    pub interval: u64,
+    /// Stop after this many checks (for tests and cron-like use).
+    #[arg(long, hide = true, requires = "watch")]
+    pub rounds: Option<u64>,
+}
 
-pub fn run(_global: &GlobalArgs, _cmd: ScanArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`moat scan` is not built yet")
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Sarif,
+    Cyclonedx,
+}
+
+pub fn run(global: &GlobalArgs, cmd: ScanArgs) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = &cmd.watch {
+        return watch(global, dir, cmd.interval, cmd.rounds);
+    }
+    let (target, inv) = if let Some(dir) = &cmd.rootfs {
+        let inv =
+            inventory::from_rootfs(dir).with_context(|| format!("scanning {}", dir.display()))?;
+        (dir.display().to_string(), inv)
+    } else if let Some(file) = &cmd.sbom {
+        (file.display().to_string(), moat_scan::sbom::read(file)?)
+    } else {
+        image_inventory(global, cmd.image.as_deref().unwrap_or_default())?
+    };
+    let db = VulnDb::open(&vulndb::db_dir(global))?;
+    let report = Report::build(&target, inv, &db, cmd.ignore_unfixed, &[])?;
+    match cmd.format {
+        Format::Table => print!("{}", report.table()),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report.json())?),
+        Format::Sarif => println!("{}", serde_json::to_string_pretty(&report.sarif())?),
+        Format::Cyclonedx => println!("{}", serde_json::to_string_pretty(&report.cyclonedx())?),
+    }
+    if cmd.fail_on.is_some_and(|s| report.has_at_least(s)) {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The inventory of a stored image: the one stored at import, or read from
+/// its layers (and stored) for an image imported before scanning existed.
+fn image_inventory(global: &GlobalArgs, reference: &str) -> anyhow::Result<(String, Inventory)> {
+    let store = moat_image::Store::open(&global.root)?;
+    let image = store.resolve(reference)?;
+    let shown = match image.names.first() {
+        Some(n) => format!("{n} ({})", image.short_id()),
+        None => image.config_digest.clone(),
+    };
+    if let Some(s) = moat_scan::store::load(&global.root, &image.config_digest)? {
+        return Ok((shown, s.inventory));
+    }
+    let stored = inventory_from_store(&store, &image)?;
+    Ok((shown, stored.inventory))
+}
+
+/// Read an image's layers, bottom first, into an inventory and store it
+/// under `<root>/scan/inventories/`.
+pub fn inventory_from_store(
+    store: &moat_image::Store,
+    image: &moat_image::Image,
+) -> anyhow::Result<moat_scan::store::StoredInventory> {
+    let mut c = inventory::Collector::new();
+    for layer in &image.layers {
+        let r = store.open_layer(&layer.digest).with_context(|| {
+            format!("opening layer {} of {}", layer.digest, image.config_digest)
+        })?;
+        c.add_layer(&layer.digest, r)?;
+    }
+    let inv = c.finish()?;
+    Ok(moat_scan::store::save(
+        store.root(),
+        &image.config_digest,
+        &image.names,
+        inv,
+    )?)
+}
+
+/// Called by `moat image import`: store the new image's inventory so that
+/// advisory imports can re-match it without reading layers again. A failure
+/// here does not undo the import; it is reported as a warning.
+pub fn record_inventory(store: &moat_image::Store, image: &moat_image::Image) {
+    if let Err(err) = inventory_from_store(store, image) {
+        eprintln!(
+            "moat: warning: image {} imported, but its package inventory was not stored ({err:#}); `moat scan` will read its layers",
+            image.config_digest
+        );
+    }
+}
+
+fn watch(
+    global: &GlobalArgs,
+    dir: &std::path::Path,
+    interval: u64,
+    rounds: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let mut last: Option<Vec<u8>> = None;
+    let mut round = 0u64;
+    loop {
+        round += 1;
+        let fp = moat_scan::db::input_fingerprint(dir).with_context(|| {
+            format!(
+                "cannot read the watched advisory directory {}",
+                dir.display()
+            )
+        })?;
+        if last.as_ref() != Some(&fp) {
+            let out = vulndb::import_and_rematch(global, dir)?;
+            vulndb::print_import(&out);
+            last = Some(fp);
+        }
+        if rounds.is_some_and(|n| round >= n) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_secs(interval.max(1)));
+    }
 }

@@ -2,11 +2,239 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
+use moat_profile::measure::{self, Measurement};
+use moat_profile::surface::{self, Surface};
+
 use crate::global::GlobalArgs;
 
 #[derive(Debug, clap::Args)]
-pub struct SurfaceArgs {}
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  \
+        moat surface restricted\n  \
+        moat surface ./web.yaml --format json | jq .syscalls.allowed_count\n  \
+        moat surface measure --rootfs ./rootfs --isolation crun -- /bin/sh -c 'echo hi'\n\n\
+        The score runs from 0 (nothing reachable) to 100; weights in docs/surface.md."
+)]
+pub struct SurfaceArgs {
+    #[command(subcommand)]
+    pub command: Option<SurfaceCommand>,
+    /// A policy file, a built-in policy name (`baseline`, `restricted`), or
+    /// an image (its static profile is measured).
+    pub target: Option<String>,
+    /// `table` for people, `json` for scripts (`syscalls.allowed_count`,
+    /// `syscalls.allowed`).
+    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+    pub format: String,
+}
 
-pub fn run(_global: &GlobalArgs, _cmd: SurfaceArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`moat surface` is not built yet")
+#[derive(Debug, clap::Subcommand)]
+pub enum SurfaceCommand {
+    /// Measure the host kernel a running workload reaches, per backend.
+    ///
+    /// (a) distinct host syscalls (and ioctl requests) of the tenant's
+    /// host-side processes, from the kernel's syscall tracepoints: the
+    /// workload's processes for the sandbox and crun, the QEMU process for
+    /// the vm backend. (b) where the kernel lets the function tracer run,
+    /// the distinct kernel functions reached (Bottomley's Horizontal Attack
+    /// Profile); otherwise it says why not. Needs root.
+    #[command(after_help = "Example:\n  \
+        moat surface measure busybox --isolation all -- /bin/sh -c 'echo hi; ls /'")]
+    Measure(MeasureArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MeasureArgs {
+    #[command(flatten)]
+    pub source: super::profile::Source,
+    /// Backend(s) to measure.
+    #[arg(long, default_value = "all", value_parser = ["sandbox", "vm", "crun", "all"])]
+    pub isolation: String,
+    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+    pub format: String,
+    /// Command to run (default: the image's entrypoint and command).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+pub fn run(global: &GlobalArgs, args: SurfaceArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Some(SurfaceCommand::Measure(m)) => run_measure(global, m),
+        None => {
+            let target = args.target.as_deref().context(
+                "name a policy file, a built-in policy or an image: moat surface POLICY|IMAGE",
+            )?;
+            let s = surface_of(global, target)?;
+            if args.format == "json" {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{}", render(&s));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn surface_of(global: &GlobalArgs, target: &str) -> anyhow::Result<Surface> {
+    let plan = super::profile::compile_target(global, target)?;
+    Ok(surface::of_plan(&plan)?)
+}
+
+/// The human-readable report.
+pub fn render(s: &Surface) -> String {
+    let mut o = String::new();
+    let sc = &s.syscalls;
+    o.push_str(&format!("policy       {}\n", s.policy));
+    o.push_str(&format!("isolation    {} ({})\n", s.isolation, s.kernel));
+    o.push_str(&format!(
+        "syscalls     {} of {} allowed ({} conditionally); Docker's default allows ~{} of ~{}; Confine disables >= {} of {}\n",
+        sc.allowed_count,
+        sc.total,
+        sc.conditional.len(),
+        sc.docker_default_allowed,
+        sc.docker_default_total,
+        sc.confine_disabled_at_least,
+        sc.confine_total
+    ));
+    o.push_str(&format!(
+        "capabilities {} (Docker's default: {}){}\n",
+        s.capabilities.count,
+        s.capabilities.docker_default_count,
+        if s.capabilities.names.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", s.capabilities.names.join(", "))
+        }
+    ));
+    o.push_str(&format!(
+        "devices      {} beyond the standard {}{}\n",
+        s.devices.len(),
+        surface::STANDARD_DEVICES.len(),
+        if s.devices.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", s.devices.join(", "))
+        }
+    ));
+    o.push_str(&format!(
+        "writable     {}\n",
+        if s.writable_paths.is_empty() {
+            "nothing (read-only root)".to_string()
+        } else {
+            format!("{} (root read-only)", s.writable_paths.join(", "))
+        }
+    ));
+    o.push_str(&format!(
+        "network      {}{}\n",
+        s.network,
+        if s.network == "egress" {
+            format!(
+                " ({} rules, {} published ports)",
+                s.egress_rules, s.published_ports
+            )
+        } else {
+            String::new()
+        }
+    ));
+    o.push_str(&format!("host reach   {}\n", s.host_reach.join("; ")));
+    o.push_str(&format!(
+        "score        {:.1} / 100 (lower is smaller; Docker's defaults: {:.1})\n",
+        s.score, s.docker_default_score
+    ));
+    o.push_str(&format!("allowed      {}\n", sc.allowed.join(" ")));
+    o
+}
+
+fn run_measure(global: &GlobalArgs, args: MeasureArgs) -> anyhow::Result<ExitCode> {
+    let target = super::profile::resolve_target(global, &args.source)?;
+    let command = if args.command.is_empty() {
+        target.argv.clone()
+    } else {
+        args.command.clone()
+    };
+    if command.is_empty() {
+        anyhow::bail!("{}: no command to run; pass one after `--`", target.label);
+    }
+    let backends: Vec<&str> = match args.isolation.as_str() {
+        "all" => vec!["sandbox", "vm", "crun"],
+        one => vec![one],
+    };
+    let mut results: Vec<Result<Measurement, String>> = Vec::new();
+    for backend in &backends {
+        let r = match *backend {
+            "crun" => measure::measure_crun(&target.rootfs, &command).map_err(|e| format!("{e:#}")),
+            other => measure_moat(global, &args.source, other, &command),
+        };
+        results.push(r.map_err(|e| format!("{backend}: {e}")));
+    }
+    if args.format == "json" {
+        let doc: Vec<serde_json::Value> = results
+            .iter()
+            .zip(&backends)
+            .map(|(r, b)| match r {
+                Ok(m) => serde_json::to_value(m).unwrap_or_default(),
+                Err(e) => serde_json::json!({ "backend": b, "error": e }),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        for r in &results {
+            match r {
+                Ok(m) => {
+                    println!(
+                        "{:<8} {:>3} distinct host syscalls, {} ioctl requests, {} tasks, exit {} ({})",
+                        m.backend,
+                        m.syscalls_count,
+                        m.ioctl_requests.len(),
+                        m.tasks,
+                        m.exit_code,
+                        m.footprint
+                    );
+                    match (&m.hap_functions, &m.hap_unavailable) {
+                        (Some(n), _) => println!("         HAP: {n} distinct kernel functions"),
+                        (None, Some(why)) => println!("         HAP: not measured: {why}"),
+                        _ => {}
+                    }
+                    println!("         {}", m.syscalls.join(" "));
+                }
+                Err(e) => println!("{e}"),
+            }
+        }
+    }
+    Ok(if results.iter().all(|r| r.is_ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::global::EXIT_FAILURE)
+    })
+}
+
+/// Measures `moat run --isolation BACKEND` itself: for the sandbox the
+/// workload's processes, for the vm the QEMU process.
+fn measure_moat(
+    global: &GlobalArgs,
+    source: &super::profile::Source,
+    backend: &str,
+    command: &[String],
+) -> Result<Measurement, String> {
+    let argv = super::profile::moat_run_argv(global, source, backend, None, command)
+        .map_err(|e| format!("{e:#}"))?;
+    let (program, footprint) = if backend == "vm" {
+        (
+            Some("qemu-system-x86_64"),
+            "the QEMU process (the tenant's host-side footprint)",
+        )
+    } else {
+        (None, "the workload's processes on the host kernel")
+    };
+    let after = Some("moat");
+    let (code, rec, _) =
+        measure::trace_command(&argv, after, program, false).map_err(|e| format!("{e:#}"))?;
+    let mut m = measure::measurement(backend, footprint, code, &rec);
+    match measure::hap(&argv, after, program) {
+        Ok(Ok(n)) => m.hap_functions = Some(n),
+        Ok(Err(why)) => m.hap_unavailable = Some(why),
+        Err(e) => m.hap_unavailable = Some(format!("{e:#}")),
+    }
+    Ok(m)
 }

@@ -1,0 +1,115 @@
+//! Advisory file locks (flock) and staging directories.
+//!
+//! Imports and rootfs materialisation hold the store lock shared for their
+//! whole run; `rm` and `prune` hold it exclusively, so a blob an import has
+//! decided to reuse cannot disappear under it. Metadata updates (records,
+//! names) take the short exclusive metadata lock. Each staging directory
+//! holds its own lock for as long as its creator lives, so any later command
+//! can tell an abandoned staging directory (creator killed) from a live one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::FlockOperation;
+
+/// A held flock; released on drop (when the file is closed).
+#[derive(Debug)]
+pub struct LockGuard {
+    _file: File,
+}
+
+fn open_lock_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+}
+
+pub fn lock_shared(path: &Path) -> io::Result<LockGuard> {
+    let file = open_lock_file(path)?;
+    rustix::fs::flock(&file, FlockOperation::LockShared)?;
+    Ok(LockGuard { _file: file })
+}
+
+pub fn lock_exclusive(path: &Path) -> io::Result<LockGuard> {
+    let file = open_lock_file(path)?;
+    rustix::fs::flock(&file, FlockOperation::LockExclusive)?;
+    Ok(LockGuard { _file: file })
+}
+
+/// A directory under `<root>/tmp` owned by this process; removed on drop
+/// unless it was emptied by renames.
+#[derive(Debug)]
+pub struct Staging {
+    path: PathBuf,
+    _lock: LockGuard,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Staging {
+    pub fn new(tmp: &Path, kind: &str) -> io::Result<Self> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = tmp.join(format!("{kind}-{}-{nanos}-{n}", std::process::id()));
+        fs::create_dir(&path)?;
+        let file = open_lock_file(&path.join(".lock"))?;
+        rustix::fs::flock(&file, FlockOperation::LockExclusive)?;
+        Ok(Self {
+            path,
+            _lock: LockGuard { _file: file },
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Removes staging directories whose creator is gone (its lock can be
+/// taken). A directory without a lock file is removed once it is a minute
+/// old (its creator died between mkdir and lock).
+pub fn clean_stale(tmp: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    let entries = match fs::read_dir(tmp) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for ent in entries {
+        let ent = ent?;
+        let path = ent.path();
+        if !ent.file_type()?.is_dir() {
+            continue;
+        }
+        let stale = match File::open(path.join(".lock")) {
+            Ok(f) => rustix::fs::flock(&f, FlockOperation::NonBlockingLockExclusive).is_ok(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => ent
+                .metadata()?
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(60)),
+            Err(e) => return Err(e),
+        };
+        if stale {
+            fs::remove_dir_all(&path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,835 @@
+//! Applies layer tar streams onto a rootfs directory. Tar streams are hostile
+//! (DESIGN rule 8): every path is checked, nothing is written through a
+//! symlink, links cannot leave the root, device nodes need an explicit
+//! allowance, and totals are bounded. All writes are relative to directory
+//! fds opened without following symlinks (see `fsat`).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::HashingReader;
+use crate::fsat::{self, os, WalkError};
+
+/// Bounds on what one image may unpack to (a decompression bomb stops here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Total bytes of file content and tar headers over all layers,
+    /// counting the full logical size of sparse files.
+    pub max_bytes: u64,
+    /// Total tar entries over all layers.
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 << 30,
+            max_entries: 2_000_000,
+        }
+    }
+}
+
+/// What an unpack may do beyond the safe default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnpackOptions {
+    pub limits: Limits,
+    /// Create character/block devices and FIFOs found in layers (refused
+    /// otherwise).
+    #[serde(default)]
+    pub allow_devices: bool,
+}
+
+/// A tar entry path for messages: lossy UTF-8 in quotes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryName(pub Vec<u8>);
+
+impl fmt::Display for EntryName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(&self.0))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("entry {entry}: path contains a \"..\" component")]
+    DotDot { entry: EntryName },
+    #[error("entry {entry}: path is absolute")]
+    Absolute { entry: EntryName },
+    #[error("entry {entry}: goes through symlink {symlink}; writing through a symlink is refused")]
+    ThroughSymlink {
+        entry: EntryName,
+        symlink: EntryName,
+    },
+    #[error("entry {entry}: parent {parent} is not a directory")]
+    ParentNotDir { entry: EntryName, parent: EntryName },
+    #[error("entry {entry}: hardlink target {target} {reason}")]
+    HardlinkTarget {
+        entry: EntryName,
+        target: EntryName,
+        reason: &'static str,
+    },
+    #[error(
+        "entry {entry}: {kind} refused (pass --allow-devices to create device nodes and FIFOs)"
+    )]
+    Device {
+        entry: EntryName,
+        kind: &'static str,
+    },
+    #[error("entry {entry}: appears twice in the same layer")]
+    Duplicate { entry: EntryName },
+    #[error("entry {entry}: unsupported tar entry type {kind}")]
+    EntryType { entry: EntryName, kind: u8 },
+    #[error("entry {entry}: more than {limit} entries; raise the limit with --max-entries if the image is genuine")]
+    TooManyEntries { entry: EntryName, limit: u64 },
+    #[error("entry {entry}: more than {limit} bytes unpacked; raise the limit with --max-bytes if the image is genuine")]
+    TooLarge { entry: EntryName, limit: u64 },
+    #[error("entry {entry}: bad whiteout name")]
+    Whiteout { entry: EntryName },
+    #[error("reading the tar stream after entry {after}")]
+    ReadArchive {
+        after: EntryName,
+        #[source]
+        source: io::Error,
+    },
+    #[error("entry {entry}: reading its data")]
+    ReadEntry {
+        entry: EntryName,
+        #[source]
+        source: io::Error,
+    },
+    #[error("entry {entry}: writing {what}")]
+    Write {
+        entry: EntryName,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("layer stream has more than {limit} bytes after the end of the tar archive")]
+    TrailingData { limit: u64 },
+    #[error("layer blob is {actual}, expected {expected}")]
+    Digest { expected: String, actual: String },
+    #[error("layer's uncompressed digest is {actual}, the image config says {expected}")]
+    DiffId { expected: String, actual: String },
+    #[error("opening the rootfs")]
+    OpenRoot(#[source] io::Error),
+}
+
+/// Running totals over the layers of one image.
+#[derive(Debug, Default)]
+pub struct Budget {
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+/// Compression of a layer stream, by its magic bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn sniff(head: &[u8]) -> Self {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+}
+
+/// Wraps a (possibly compressed) reader into a decompressing reader.
+pub fn decompress<'a, R: BufRead + 'a>(mut r: R) -> io::Result<(Box<dyn Read + 'a>, Compression)> {
+    let c = Compression::sniff(r.fill_buf()?);
+    let out: Box<dyn Read + 'a> = match c {
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r)?),
+        Compression::None => Box::new(r),
+    };
+    Ok((out, c))
+}
+
+/// Bytes tolerated after the tar end-of-archive blocks (padding).
+const MAX_TRAILING: u64 = 1 << 20;
+const HEADER_COST: u64 = 512;
+
+/// Applies one layer blob (compressed or not) onto `root`, checking the
+/// blob digest and, when known, the diff ID. Returns the diff ID.
+pub fn apply_layer_blob(
+    root: BorrowedFd<'_>,
+    blob: File,
+    expected_digest: Option<&str>,
+    expected_diff_id: Option<&str>,
+    opts: &UnpackOptions,
+    budget: &mut Budget,
+    progress: &mut dyn FnMut(u64),
+) -> Result<String, UnpackError> {
+    let mut compressed = HashingReader::new(ProgressReader {
+        inner: BufReader::with_capacity(256 << 10, blob),
+        progress,
+    });
+    let diff_id = {
+        let mut buffered = BufReader::with_capacity(256 << 10, &mut compressed);
+        let (stream, _) = decompress(&mut buffered).map_err(|source| UnpackError::ReadArchive {
+            after: EntryName(b"(start)".to_vec()),
+            source,
+        })?;
+        apply_layer(root, stream, opts, budget)?
+    };
+    let (digest, _) = compressed
+        .finish()
+        .map_err(|source| UnpackError::ReadArchive {
+            after: EntryName(b"(end)".to_vec()),
+            source,
+        })?;
+    if let Some(expected) = expected_digest {
+        if digest != expected {
+            return Err(UnpackError::Digest {
+                expected: expected.to_string(),
+                actual: digest,
+            });
+        }
+    }
+    if let Some(expected) = expected_diff_id {
+        if diff_id != expected {
+            return Err(UnpackError::DiffId {
+                expected: expected.to_string(),
+                actual: diff_id,
+            });
+        }
+    }
+    Ok(diff_id)
+}
+
+struct ProgressReader<'p, R> {
+    inner: R,
+    progress: &'p mut dyn FnMut(u64),
+}
+
+impl<R: Read> Read for ProgressReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.progress)(n as u64);
+        Ok(n)
+    }
+}
+
+/// Applies one uncompressed tar stream onto `root` and returns its sha256
+/// (the diff ID), covering any padding after the archive's end.
+pub fn apply_layer(
+    root: BorrowedFd<'_>,
+    stream: impl Read,
+    opts: &UnpackOptions,
+    budget: &mut Budget,
+) -> Result<String, UnpackError> {
+    let mut hashed = HashingReader::new(stream);
+    let mut layer = Layer {
+        root,
+        opts,
+        budget,
+        seen: HashSet::new(),
+        dirs: Vec::new(),
+        is_root: rustix::process::geteuid().is_root(),
+    };
+    let mut last = EntryName(b"(start)".to_vec());
+    {
+        let mut archive = tar::Archive::new(&mut hashed);
+        let entries = archive
+            .entries()
+            .map_err(|source| UnpackError::ReadArchive {
+                after: last.clone(),
+                source,
+            })?;
+        for entry in entries {
+            let mut entry = entry.map_err(|source| UnpackError::ReadArchive {
+                after: last.clone(),
+                source,
+            })?;
+            let name = EntryName(entry.path_bytes().into_owned());
+            layer.entry(&mut entry, &name)?;
+            last = name;
+        }
+    }
+    layer.finish_dirs()?;
+    let before = hashed.count();
+    let mut rest = (&mut hashed).take(MAX_TRAILING + 1);
+    io::copy(&mut rest, &mut io::sink()).map_err(|source| UnpackError::ReadArchive {
+        after: last.clone(),
+        source,
+    })?;
+    if hashed.count() - before > MAX_TRAILING {
+        return Err(UnpackError::TrailingData {
+            limit: MAX_TRAILING,
+        });
+    }
+    let (diff_id, _) = hashed.finish().map_err(|source| UnpackError::ReadArchive {
+        after: last,
+        source,
+    })?;
+    Ok(diff_id)
+}
+
+/// Splits an entry path into its components: `.` and empty components are
+/// dropped, `..` and absolute paths refused.
+pub fn components<'a>(raw: &'a [u8], entry: &EntryName) -> Result<Vec<&'a [u8]>, UnpackError> {
+    if raw.first() == Some(&b'/') {
+        return Err(UnpackError::Absolute {
+            entry: entry.clone(),
+        });
+    }
+    let mut out = Vec::new();
+    for c in raw.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                return Err(UnpackError::DotDot {
+                    entry: entry.clone(),
+                })
+            }
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+struct DirMeta {
+    path: Vec<u8>,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: u64,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+struct Layer<'a> {
+    root: BorrowedFd<'a>,
+    opts: &'a UnpackOptions,
+    budget: &'a mut Budget,
+    /// Paths written by this layer (duplicates and opaque whiteouts).
+    seen: HashSet<Vec<u8>>,
+    /// Directory metadata, applied once the layer's entries are in.
+    dirs: Vec<DirMeta>,
+    is_root: bool,
+}
+
+fn write_err<'e>(
+    entry: &'e EntryName,
+    what: &'static str,
+) -> impl FnOnce(rustix::io::Errno) -> UnpackError + 'e {
+    move |e| UnpackError::Write {
+        entry: entry.clone(),
+        what,
+        source: e.into(),
+    }
+}
+
+fn xattrs_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    if let Ok(Some(exts)) = entry.pax_extensions() {
+        for ext in exts.flatten() {
+            if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                out.push((name.to_vec(), ext.value_bytes().to_vec()));
+            }
+        }
+    }
+    out
+}
+
+fn set_xattrs(
+    fd: BorrowedFd<'_>,
+    xattrs: &[(Vec<u8>, Vec<u8>)],
+    entry: &EntryName,
+) -> Result<(), UnpackError> {
+    for (name, value) in xattrs {
+        match rustix::fs::fsetxattr(fd, os(name), value, XattrFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::PERM) => {}
+            Err(e) => {
+                return Err(UnpackError::Write {
+                    entry: entry.clone(),
+                    what: "an extended attribute",
+                    source: e.into(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+fn times(mtime: u64) -> Timestamps {
+    let t = Timespec {
+        tv_sec: mtime.min(i64::MAX as u64) as i64,
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+impl Layer<'_> {
+    fn entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        name: &EntryName,
+    ) -> Result<(), UnpackError> {
+        let kind = entry.header().entry_type();
+        if kind.is_pax_global_extensions() {
+            return Ok(());
+        }
+        self.budget.entries += 1;
+        if self.budget.entries > self.opts.limits.max_entries {
+            return Err(UnpackError::TooManyEntries {
+                entry: name.clone(),
+                limit: self.opts.limits.max_entries,
+            });
+        }
+        self.charge(HEADER_COST, name)?;
+        let raw = name.0.clone();
+        let comps = components(&raw, name)?;
+        let Some((&file, parent)) = comps.split_last() else {
+            return Ok(()); // the root directory itself ("./")
+        };
+        let path = comps.join(&b'/');
+
+        if let Some(target) = file.strip_prefix(b".wh.") {
+            return self.whiteout(parent, target, name);
+        }
+        if !self.seen.insert(path.clone()) {
+            return Err(UnpackError::Duplicate {
+                entry: name.clone(),
+            });
+        }
+        let dir = self.open_parent(parent, name, true)?;
+        let dir = dir.as_fd();
+        let header = entry.header();
+        let mode = header.mode().map_err(|source| UnpackError::ReadEntry {
+            entry: name.clone(),
+            source,
+        })? & 0o7777;
+        let uid = header.uid().unwrap_or(0);
+        let gid = header.gid().unwrap_or(0);
+        let mtime = header.mtime().unwrap_or(0);
+
+        use tar::EntryType as T;
+        match kind {
+            T::Directory => {
+                match fsat::file_type(dir, file).map_err(|e| UnpackError::Write {
+                    entry: name.clone(),
+                    what: "the directory",
+                    source: e,
+                })? {
+                    Some(FileType::Directory) => {}
+                    other => {
+                        if other.is_some() {
+                            self.remove(dir, file, name)?;
+                        }
+                        rustix::fs::mkdirat(dir, os(file), Mode::from_raw_mode(0o700))
+                            .map_err(write_err(name, "the directory"))?;
+                    }
+                }
+                let xattrs = xattrs_of(entry);
+                self.dirs.push(DirMeta {
+                    path,
+                    mode,
+                    uid,
+                    gid,
+                    mtime,
+                    xattrs,
+                });
+            }
+            T::Regular | T::Continuous | T::GNUSparse => {
+                let size = entry.size();
+                self.charge(0, name)?;
+                if self.budget.bytes.saturating_add(size) > self.opts.limits.max_bytes {
+                    return Err(UnpackError::TooLarge {
+                        entry: name.clone(),
+                        limit: self.opts.limits.max_bytes,
+                    });
+                }
+                let xattrs = xattrs_of(entry);
+                self.remove(dir, file, name)?;
+                let fd = rustix::fs::openat(
+                    dir,
+                    os(file),
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(write_err(name, "the file"))?;
+                let mut f = File::from(fd);
+                self.copy_sparse(entry, &mut f, name)?;
+                self.finish_node(f.as_fd(), mode, uid, gid, mtime, &xattrs, name)?;
+            }
+            T::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| UnpackError::ReadEntry {
+                        entry: name.clone(),
+                        source: io::Error::other("symlink without target"),
+                    })?
+                    .into_owned();
+                self.remove(dir, file, name)?;
+                rustix::fs::symlinkat(os(&target), dir, os(file))
+                    .map_err(write_err(name, "the symlink"))?;
+                if self.is_root {
+                    rustix::fs::chownat(
+                        dir,
+                        os(file),
+                        Some(uid_of(uid)),
+                        Some(gid_of(gid)),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(write_err(name, "the symlink owner"))?;
+                }
+                rustix::fs::utimensat(dir, os(file), &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(write_err(name, "the symlink times"))?;
+            }
+            T::Link => {
+                let target_raw = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| UnpackError::ReadEntry {
+                        entry: name.clone(),
+                        source: io::Error::other("hardlink without target"),
+                    })?
+                    .into_owned();
+                let target = EntryName(target_raw.clone());
+                let bad = |reason| UnpackError::HardlinkTarget {
+                    entry: name.clone(),
+                    target: target.clone(),
+                    reason,
+                };
+                if target_raw.first() == Some(&b'/') {
+                    return Err(bad("is absolute (outside the image)"));
+                }
+                let tcomps =
+                    components(&target_raw, name).map_err(|_| bad("leaves the image root"))?;
+                let Some((&tfile, tparent)) = tcomps.split_last() else {
+                    return Err(bad("is the root directory"));
+                };
+                if tcomps == comps {
+                    return Err(bad("is the entry itself"));
+                }
+                let tdir = match fsat::open_dir(self.root, tparent, false) {
+                    Ok(fd) => fd,
+                    Err(WalkError::Symlink(_)) => return Err(bad("goes through a symlink")),
+                    Err(_) => return Err(bad("does not exist in the image")),
+                };
+                match fsat::file_type(tdir.as_fd(), tfile) {
+                    Ok(Some(FileType::Directory)) => return Err(bad("is a directory")),
+                    Ok(Some(_)) => {}
+                    _ => return Err(bad("does not exist in the image")),
+                }
+                self.remove(dir, file, name)?;
+                rustix::fs::linkat(tdir.as_fd(), os(tfile), dir, os(file), AtFlags::empty())
+                    .map_err(write_err(name, "the hardlink"))?;
+            }
+            T::Char | T::Block | T::Fifo => {
+                let kind_name = match kind {
+                    T::Char => "character device",
+                    T::Block => "block device",
+                    _ => "FIFO",
+                };
+                if !self.opts.allow_devices {
+                    return Err(UnpackError::Device {
+                        entry: name.clone(),
+                        kind: kind_name,
+                    });
+                }
+                let ft = match kind {
+                    T::Char => FileType::CharacterDevice,
+                    T::Block => FileType::BlockDevice,
+                    _ => FileType::Fifo,
+                };
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                self.remove(dir, file, name)?;
+                rustix::fs::mknodat(
+                    dir,
+                    os(file),
+                    ft,
+                    Mode::from_raw_mode(mode & 0o777),
+                    rustix::fs::makedev(major, minor),
+                )
+                .map_err(write_err(name, "the device node"))?;
+                if self.is_root {
+                    rustix::fs::chownat(
+                        dir,
+                        os(file),
+                        Some(uid_of(uid)),
+                        Some(gid_of(gid)),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(write_err(name, "the device owner"))?;
+                }
+                rustix::fs::chmodat(dir, os(file), Mode::from_raw_mode(mode), AtFlags::empty())
+                    .map_err(write_err(name, "the device mode"))?;
+            }
+            other => {
+                return Err(UnpackError::EntryType {
+                    entry: name.clone(),
+                    kind: other.as_byte(),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    fn charge(&mut self, bytes: u64, name: &EntryName) -> Result<(), UnpackError> {
+        self.budget.bytes = self.budget.bytes.saturating_add(bytes);
+        if self.budget.bytes > self.opts.limits.max_bytes {
+            return Err(UnpackError::TooLarge {
+                entry: name.clone(),
+                limit: self.opts.limits.max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn open_parent(
+        &self,
+        parent: &[&[u8]],
+        name: &EntryName,
+        create: bool,
+    ) -> Result<OwnedFd, UnpackError> {
+        fsat::open_dir(self.root, parent, create).map_err(|e| match e {
+            WalkError::Symlink(p) => UnpackError::ThroughSymlink {
+                entry: name.clone(),
+                symlink: EntryName(p),
+            },
+            WalkError::NotDir(p) | WalkError::Missing(p) => UnpackError::ParentNotDir {
+                entry: name.clone(),
+                parent: EntryName(p),
+            },
+            WalkError::Io(source) => UnpackError::Write {
+                entry: name.clone(),
+                what: "the parent directory",
+                source,
+            },
+        })
+    }
+
+    fn remove(
+        &self,
+        dir: BorrowedFd<'_>,
+        file: &[u8],
+        name: &EntryName,
+    ) -> Result<(), UnpackError> {
+        fsat::remove_all_at(dir, file).map_err(|source| UnpackError::Write {
+            entry: name.clone(),
+            what: "over the existing path",
+            source,
+        })
+    }
+
+    fn whiteout(
+        &mut self,
+        parent: &[&[u8]],
+        target: &[u8],
+        name: &EntryName,
+    ) -> Result<(), UnpackError> {
+        let dir = match fsat::open_dir(self.root, parent, false) {
+            Ok(d) => d,
+            Err(WalkError::Missing(_)) => return Ok(()),
+            Err(WalkError::Symlink(p)) => {
+                return Err(UnpackError::ThroughSymlink {
+                    entry: name.clone(),
+                    symlink: EntryName(p),
+                })
+            }
+            Err(WalkError::NotDir(p)) => {
+                return Err(UnpackError::ParentNotDir {
+                    entry: name.clone(),
+                    parent: EntryName(p),
+                })
+            }
+            Err(WalkError::Io(source)) => {
+                return Err(UnpackError::Write {
+                    entry: name.clone(),
+                    what: "the whiteout",
+                    source,
+                })
+            }
+        };
+        let prefix = parent.join(&b'/');
+        let child = |n: &[u8]| {
+            let mut p = prefix.clone();
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(n);
+            p
+        };
+        if target == b".wh..opq" {
+            let seen = &self.seen;
+            fsat::clear_dir(dir.as_fd(), &|n| seen.contains(&child(n))).map_err(|source| {
+                UnpackError::Write {
+                    entry: name.clone(),
+                    what: "the opaque whiteout",
+                    source,
+                }
+            })?;
+            return Ok(());
+        }
+        if target.is_empty() || target == b"." || target == b".." || target.starts_with(b".wh.") {
+            return Err(UnpackError::Whiteout {
+                entry: name.clone(),
+            });
+        }
+        if self.seen.contains(&child(target)) {
+            return Ok(()); // whiteouts hide lower layers only
+        }
+        self.remove(dir.as_fd(), target, name)
+    }
+
+    /// Copies file data, leaving holes for runs of zeros so that sparse
+    /// files stay sparse on disk.
+    fn copy_sparse<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        f: &mut File,
+        name: &EntryName,
+    ) -> Result<(), UnpackError> {
+        const CHUNK: usize = 128 << 10;
+        let mut buf = vec![0u8; CHUNK];
+        let mut total: u64 = 0;
+        let mut hole = false;
+        loop {
+            let mut filled = 0;
+            while filled < CHUNK {
+                let n =
+                    entry
+                        .read(&mut buf[filled..])
+                        .map_err(|source| UnpackError::ReadEntry {
+                            entry: name.clone(),
+                            source,
+                        })?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                break;
+            }
+            self.charge(filled as u64, name)?;
+            total += filled as u64;
+            let chunk = &buf[..filled];
+            if filled == CHUNK && chunk.iter().all(|&b| b == 0) {
+                f.seek(SeekFrom::Current(filled as i64))
+                    .map_err(|source| UnpackError::Write {
+                        entry: name.clone(),
+                        what: "the file",
+                        source,
+                    })?;
+                hole = true;
+            } else {
+                f.write_all(chunk).map_err(|source| UnpackError::Write {
+                    entry: name.clone(),
+                    what: "the file",
+                    source,
+                })?;
+                hole = false;
+            }
+            if filled < CHUNK {
+                break;
+            }
+        }
+        if hole {
+            f.set_len(total).map_err(|source| UnpackError::Write {
+                entry: name.clone(),
+                what: "the file",
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_node(
+        &self,
+        fd: BorrowedFd<'_>,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        mtime: u64,
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+        name: &EntryName,
+    ) -> Result<(), UnpackError> {
+        if self.is_root {
+            rustix::fs::fchown(fd, Some(uid_of(uid)), Some(gid_of(gid)))
+                .map_err(write_err(name, "the owner"))?;
+        }
+        // After chown, which clears setuid/setgid: the image's bits are kept.
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(write_err(name, "the mode"))?;
+        set_xattrs(fd, xattrs, name)?;
+        rustix::fs::futimens(fd, &times(mtime)).map_err(write_err(name, "the times"))?;
+        Ok(())
+    }
+
+    fn finish_dirs(&mut self) -> Result<(), UnpackError> {
+        let dirs = std::mem::take(&mut self.dirs);
+        for d in dirs.iter().rev() {
+            let name = EntryName(d.path.clone());
+            let comps: Vec<&[u8]> = d.path.split(|&b| b == b'/').collect();
+            // A later entry of this layer may have replaced the directory.
+            let Ok(fd) = fsat::open_dir(self.root, &comps, false) else {
+                continue;
+            };
+            self.finish_node(fd.as_fd(), d.mode, d.uid, d.gid, d.mtime, &d.xattrs, &name)?;
+        }
+        Ok(())
+    }
+}
+
+fn uid_of(id: u64) -> rustix::fs::Uid {
+    rustix::fs::Uid::from_raw(id.min(u32::MAX as u64 - 1) as u32)
+}
+
+fn gid_of(id: u64) -> rustix::fs::Gid {
+    rustix::fs::Gid::from_raw(id.min(u32::MAX as u64 - 1) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_refuse_dotdot_and_absolute() {
+        let e = EntryName(b"x".to_vec());
+        assert_eq!(
+            components(b"./a//b/./c/", &e).unwrap(),
+            vec![&b"a"[..], b"b", b"c"]
+        );
+        assert!(matches!(
+            components(b"a/../b", &e),
+            Err(UnpackError::DotDot { .. })
+        ));
+        assert!(matches!(
+            components(b"/etc/passwd", &e),
+            Err(UnpackError::Absolute { .. })
+        ));
+        assert!(components(b"./", &e).unwrap().is_empty());
+    }
+
+    #[test]
+    fn sniffs_compression() {
+        assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8]), Compression::Gzip);
+        assert_eq!(
+            Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Compression::Zstd
+        );
+        assert_eq!(Compression::sniff(b"usr/"), Compression::None);
+    }
+}

@@ -1,0 +1,423 @@
+//! What a policy grants, in words a reviewer reads and in numbers, compared
+//! with Docker's defaults; and the difference between two policies.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::model::{IoctlRule, NetworkMode, Policy};
+use crate::plan::IsolationRequirement;
+use crate::{args, docker, syscalls};
+
+/// The numbers and facts `moat policy explain` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub name: String,
+    pub digest: String,
+    pub extends: Vec<String>,
+    pub isolation: String,
+    pub capabilities: Vec<String>,
+    pub capabilities_count: usize,
+    pub docker_capabilities_count: usize,
+    pub syscalls_allowed: usize,
+    pub syscalls_total: usize,
+    pub docker_syscalls_allowed: usize,
+    /// Allowed by Docker's default profile but not by this policy.
+    pub syscalls_denied_that_docker_allows: Vec<String>,
+    /// Allowed by this policy but not unconditionally by Docker's default.
+    pub syscalls_allowed_that_docker_denies: Vec<String>,
+    /// Families (`@group`) entirely denied.
+    pub groups_denied: Vec<String>,
+    pub default_action: String,
+    pub conditions: Vec<String>,
+    pub writable_paths: Vec<String>,
+    pub volumes: Vec<String>,
+    pub network: String,
+    pub devices: Vec<String>,
+    pub resources: Vec<String>,
+    pub exec: bool,
+    pub audit_denied_syscalls: bool,
+}
+
+fn human_bytes(b: u64) -> String {
+    crate::render::k8s_quantity(b)
+}
+
+/// Explain a policy.
+pub fn explain(policy: &Policy) -> Explanation {
+    let s = &policy.spec;
+    let allow = &s.syscalls.allow;
+    let docker: BTreeSet<&str> = docker::SYSCALLS.iter().copied().collect();
+    let ordered = |set: Vec<&str>| -> Vec<String> { set.into_iter().map(str::to_string).collect() };
+    let denied_docker = ordered(
+        syscalls::names()
+            .filter(|n| docker.contains(n) && !allow.contains(*n))
+            .collect(),
+    );
+    let extra = ordered(
+        syscalls::names()
+            .filter(|n| !docker.contains(n) && allow.contains(*n))
+            .collect(),
+    );
+    let groups_denied: Vec<String> = syscalls::GROUPS
+        .iter()
+        .filter(|g| g.members.iter().all(|m| !allow.contains(*m)))
+        .map(|g| g.name.to_string())
+        .collect();
+
+    let c = &s.syscalls.conditions;
+    let mut conditions = Vec::new();
+    if allow.contains("socket") {
+        if let Some(f) = &c.socket_families {
+            let names: Vec<String> = f
+                .iter()
+                .map(|v| args::name_of(args::SOCKET_FAMILIES, *v))
+                .collect();
+            conditions.push(format!("socket: only {}", names.join(", ")));
+        }
+    }
+    if c.clone_deny_flags != 0 && allow.contains("clone") {
+        let names: Vec<&str> = args::CLONE_FLAGS
+            .iter()
+            .filter(|(_, v)| c.clone_deny_flags & v != 0)
+            .map(|(n, _)| *n)
+            .collect();
+        conditions.push(format!(
+            "clone: refused with {}; clone3 answers ENOSYS so the C library falls back to clone",
+            names.join(", ")
+        ));
+    }
+    if allow.contains("ioctl") {
+        match &c.ioctl {
+            IoctlRule::Any => {}
+            IoctlRule::Allow(r) => conditions.push(format!(
+                "ioctl: only {}",
+                r.iter()
+                    .map(|v| args::name_of(args::IOCTL_REQUESTS, *v))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            IoctlRule::Deny(r) => conditions.push(format!(
+                "ioctl: all but {}",
+                r.iter()
+                    .map(|v| args::name_of(args::IOCTL_REQUESTS, *v))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    let network = match s.network.mode {
+        NetworkMode::None => "none: an empty network namespace, no interface up".to_string(),
+        NetworkMode::Loopback => "loopback only".to_string(),
+        NetworkMode::Egress => {
+            let mut parts: Vec<String> = s
+                .network
+                .egress
+                .iter()
+                .map(|r| {
+                    let ports = match r.ports {
+                        None => "all ports".to_string(),
+                        Some((a, b)) if a == b => format!("port {a}"),
+                        Some((a, b)) => format!("ports {a}-{b}"),
+                    };
+                    format!("to {} {} {}", r.cidr, r.protocol, ports)
+                })
+                .collect();
+            if parts.is_empty() {
+                parts.push("no outbound destinations".to_string());
+            }
+            for p in &s.network.publish {
+                parts.push(format!(
+                    "publish host {} -> container {}/{}",
+                    p.host_port, p.container_port, p.protocol
+                ));
+            }
+            format!("egress: {}", parts.join("; "))
+        }
+    };
+    let mut resources = Vec::new();
+    let r = &s.resources;
+    if let Some(m) = r.memory_bytes {
+        resources.push(format!("memory {}", human_bytes(m)));
+    }
+    if let Some(c) = r.cpu_millis {
+        resources.push(format!("cpus {}", c as f64 / 1000.0));
+    }
+    resources.push(format!("pids {}", r.pids.unwrap_or(crate::DEFAULT_PIDS)));
+    resources.push(format!(
+        "open files {}",
+        r.open_files.unwrap_or(crate::DEFAULT_OPEN_FILES)
+    ));
+    if let Some(d) = r.disk_bytes {
+        resources.push(format!("vm disk {}", human_bytes(d)));
+    }
+
+    Explanation {
+        name: policy.name.clone(),
+        digest: policy.digest(),
+        extends: policy.extends.clone(),
+        isolation: match s.isolation {
+            IsolationRequirement::Vm => "vm: only in a micro-VM with its own kernel",
+            IsolationRequirement::Sandbox => "sandbox: the namespace sandbox",
+            IsolationRequirement::Any => {
+                "any: a micro-VM where an accelerator works, else the sandbox"
+            }
+        }
+        .to_string(),
+        capabilities: s.capabilities.iter().cloned().collect(),
+        capabilities_count: s.capabilities.len(),
+        docker_capabilities_count: docker::CAPABILITIES.len(),
+        syscalls_allowed: allow.len(),
+        syscalls_total: syscalls::X86_64.len(),
+        docker_syscalls_allowed: docker::SYSCALLS.len(),
+        syscalls_denied_that_docker_allows: denied_docker,
+        syscalls_allowed_that_docker_denies: extra,
+        groups_denied,
+        default_action: s.syscalls.default_action.as_str().to_string(),
+        conditions,
+        writable_paths: s
+            .filesystem
+            .writable
+            .iter()
+            .map(|t| format!("{} (tmpfs, {})", t.path, human_bytes(t.size_bytes)))
+            .collect(),
+        volumes: s
+            .filesystem
+            .volumes
+            .iter()
+            .map(|v| {
+                format!(
+                    "{} -> {} ({})",
+                    v.source,
+                    v.path,
+                    if v.read_only { "ro" } else { "rw" }
+                )
+            })
+            .collect(),
+        network,
+        devices: s
+            .devices
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} ({} {}:{}, {})",
+                    d.path, d.kind, d.major, d.minor, d.access
+                )
+            })
+            .collect(),
+        resources,
+        exec: s.exec,
+        audit_denied_syscalls: s.audit.denied_syscalls,
+    }
+}
+
+impl Explanation {
+    /// The text form.
+    pub fn to_text(&self) -> String {
+        let mut o = String::new();
+        let ext = if self.extends.is_empty() {
+            String::new()
+        } else {
+            format!(" (extends {})", self.extends.join(" <- "))
+        };
+        o.push_str(&format!("policy {}{ext}\n", self.name));
+        o.push_str(&format!("  digest        sha256:{}\n", self.digest));
+        o.push_str(&format!("  isolation     {}\n", self.isolation));
+        o.push_str("  process       root file system read-only, no_new_privs, all namespaces (user, mount, pid, ipc, uts, net, cgroup)\n");
+        let caps = if self.capabilities.is_empty() {
+            "none".to_string()
+        } else {
+            self.capabilities.join(", ")
+        };
+        o.push_str(&format!(
+            "  capabilities  {} of 41 ({caps}); Docker's default grants {}\n",
+            self.capabilities_count, self.docker_capabilities_count
+        ));
+        o.push_str(&format!(
+            "  syscalls      {} of {} allowed; Docker's default allows {} unconditionally\n",
+            self.syscalls_allowed, self.syscalls_total, self.docker_syscalls_allowed
+        ));
+        o.push_str(&format!(
+            "                {} that Docker allows are denied here; {} allowed here that Docker does not allow unconditionally\n",
+            self.syscalls_denied_that_docker_allows.len(),
+            self.syscalls_allowed_that_docker_denies.len()
+        ));
+        if !self.groups_denied.is_empty() {
+            o.push_str(&format!(
+                "                families denied: {}\n",
+                self.groups_denied.join(" ")
+            ));
+        }
+        o.push_str(&format!(
+            "                anything else: {}\n",
+            match self.default_action.as_str() {
+                "errno" => "fails with EPERM",
+                "kill" => "kills the process (SIGSYS)",
+                _ => "allowed and logged (log mode, for building a policy)",
+            }
+        ));
+        for c in &self.conditions {
+            o.push_str(&format!("                {c}\n"));
+        }
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        o.push_str(&format!("  writable      {}\n", list(&self.writable_paths)));
+        o.push_str(&format!("  volumes       {}\n", list(&self.volumes)));
+        o.push_str(&format!("  network       {}\n", self.network));
+        o.push_str(&format!(
+            "  devices       {} (plus the standard /dev/null, zero, full, random, urandom, tty, pts)\n",
+            list(&self.devices)
+        ));
+        o.push_str(&format!("  resources     {}\n", self.resources.join(", ")));
+        o.push_str(&format!(
+            "  exec          {}\n",
+            if self.exec {
+                "allowed: processes may be started in a running container"
+            } else {
+                "denied: running containers are immutable"
+            }
+        ));
+        o.push_str(&format!(
+            "  audit         {}\n",
+            if self.audit_denied_syscalls {
+                "denied system calls are logged"
+            } else {
+                "denied system calls are not logged"
+            }
+        ));
+        o
+    }
+}
+
+/// One changed grant between two policies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// `+` added, `-` removed, `~` changed.
+    pub sign: char,
+    pub what: String,
+    pub detail: String,
+}
+
+/// Which grants `b` adds to or removes from `a`.
+pub fn diff(a: &Policy, b: &Policy) -> Vec<Change> {
+    let mut out = Vec::new();
+    let (sa, sb) = (&a.spec, &b.spec);
+    fn sets<T: Ord + Clone + ToString>(
+        out: &mut Vec<Change>,
+        what: &str,
+        a: &BTreeSet<T>,
+        b: &BTreeSet<T>,
+    ) {
+        for x in b.difference(a) {
+            out.push(Change {
+                sign: '+',
+                what: what.into(),
+                detail: x.to_string(),
+            });
+        }
+        for x in a.difference(b) {
+            out.push(Change {
+                sign: '-',
+                what: what.into(),
+                detail: x.to_string(),
+            });
+        }
+    }
+    let mut changed = |what: &str, x: String, y: String| {
+        if x != y {
+            out.push(Change {
+                sign: '~',
+                what: what.into(),
+                detail: format!("{x} -> {y}"),
+            });
+        }
+    };
+    changed(
+        "isolation",
+        format!("{:?}", sa.isolation).to_lowercase(),
+        format!("{:?}", sb.isolation).to_lowercase(),
+    );
+    changed(
+        "syscalls.default",
+        sa.syscalls.default_action.as_str().into(),
+        sb.syscalls.default_action.as_str().into(),
+    );
+    changed(
+        "syscalls.conditions",
+        format!("{:?}", sa.syscalls.conditions),
+        format!("{:?}", sb.syscalls.conditions),
+    );
+    changed(
+        "network",
+        format!("{:?}", sa.network),
+        format!("{:?}", sb.network),
+    );
+    changed(
+        "resources",
+        format!("{:?}", sa.resources),
+        format!("{:?}", sb.resources),
+    );
+    changed(
+        "process",
+        format!("{:?}", sa.process),
+        format!("{:?}", sb.process),
+    );
+    changed(
+        "image",
+        format!("{:?}", sa.image),
+        format!("{:?}", sb.image),
+    );
+    changed(
+        "vulnerabilities",
+        format!("{:?}", sa.vulnerabilities),
+        format!("{:?}", sb.vulnerabilities),
+    );
+    changed("exec", sa.exec.to_string(), sb.exec.to_string());
+    changed(
+        "audit.denied_syscalls",
+        sa.audit.denied_syscalls.to_string(),
+        sb.audit.denied_syscalls.to_string(),
+    );
+    sets(&mut out, "capability", &sa.capabilities, &sb.capabilities);
+    sets(&mut out, "syscall", &sa.syscalls.allow, &sb.syscalls.allow);
+    let w = |p: &Policy| -> BTreeSet<String> {
+        p.spec
+            .filesystem
+            .writable
+            .iter()
+            .map(|t| format!("{} ({})", t.path, human_bytes(t.size_bytes)))
+            .collect()
+    };
+    sets(&mut out, "writable", &w(a), &w(b));
+    let v = |p: &Policy| -> BTreeSet<String> {
+        p.spec
+            .filesystem
+            .volumes
+            .iter()
+            .map(|v| {
+                format!(
+                    "{} -> {} ({})",
+                    v.source,
+                    v.path,
+                    if v.read_only { "ro" } else { "rw" }
+                )
+            })
+            .collect()
+    };
+    sets(&mut out, "volume", &v(a), &v(b));
+    let d = |p: &Policy| -> BTreeSet<String> {
+        p.spec
+            .devices
+            .iter()
+            .map(|d| format!("{} {} {}:{} {}", d.path, d.kind, d.major, d.minor, d.access))
+            .collect()
+    };
+    sets(&mut out, "device", &d(a), &d(b));
+    out
+}

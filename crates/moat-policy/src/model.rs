@@ -1,0 +1,255 @@
+//! The effective policy: what a file says after `extends` has been resolved
+//! and every name has been checked. This is what RBAC checks and what the
+//! compiler turns into a [`crate::Plan`].
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub use crate::plan::IsolationRequirement;
+
+/// A loaded, validated policy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Policy {
+    /// `metadata.name`.
+    pub name: String,
+    /// Where it came from: `builtin:baseline` or a file path.
+    pub source: String,
+    /// What it extends, nearest first (`["baseline"]`, `["base.yaml", "baseline"]`).
+    pub extends: Vec<String>,
+    pub spec: Spec,
+}
+
+impl Policy {
+    /// sha256 (hex) of the canonical JSON form of the effective policy
+    /// (name and spec; where it was read from does not matter).
+    pub fn digest(&self) -> String {
+        let canonical = serde_json::json!({ "name": self.name, "spec": self.spec });
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    }
+}
+
+/// Everything a policy grants. Defaults (see [`Spec::empty`]) grant nothing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Spec {
+    pub isolation: IsolationRequirement,
+    pub process: Process,
+    /// Canonical capability names without `CAP_`.
+    pub capabilities: BTreeSet<String>,
+    pub syscalls: Syscalls,
+    pub filesystem: Filesystem,
+    pub network: Network,
+    pub devices: Vec<Device>,
+    pub resources: Resources,
+    pub image: ImageRules,
+    pub vulnerabilities: Vulnerabilities,
+    /// Whether `moat exec` may start a process in a running container.
+    pub exec: bool,
+    pub audit: Audit,
+}
+
+impl Spec {
+    /// The starting point of a policy that extends nothing: no capabilities,
+    /// no system calls, no network, no writable paths.
+    pub fn empty() -> Spec {
+        Spec {
+            isolation: IsolationRequirement::Any,
+            process: Process::default(),
+            capabilities: BTreeSet::new(),
+            syscalls: Syscalls {
+                allow: BTreeSet::new(),
+                denied: BTreeSet::new(),
+                default_action: DefaultAction::Errno,
+                conditions: Conditions::default(),
+            },
+            filesystem: Filesystem::default(),
+            network: Network {
+                mode: NetworkMode::None,
+                egress: Vec::new(),
+                publish: Vec::new(),
+            },
+            devices: Vec::new(),
+            resources: Resources::default(),
+            image: ImageRules::default(),
+            vulnerabilities: Vulnerabilities::default(),
+            exec: false,
+            audit: Audit::default(),
+        }
+    }
+}
+
+/// Identity of the workload. `no_new_privs` is always on and not modelled.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Process {
+    /// Container uid; `None`: what the image says.
+    pub user: Option<u32>,
+    /// Container gid; `None`: what the image says.
+    pub group: Option<u32>,
+    /// Supplementary gids.
+    pub groups: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Syscalls {
+    /// Allowed system calls (names from [`crate::syscalls::X86_64`]).
+    pub allow: BTreeSet<String>,
+    /// Calls some layer denied explicitly (kept for `explain` and `diff`).
+    pub denied: BTreeSet<String>,
+    pub default_action: DefaultAction,
+    pub conditions: Conditions,
+}
+
+/// What happens to a system call the policy does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultAction {
+    /// Fail with `EPERM`.
+    Errno,
+    /// Kill the whole process (`SECCOMP_RET_KILL_PROCESS`).
+    Kill,
+    /// Allow but log (`SECCOMP_RET_LOG`): for building a policy, not for production.
+    Log,
+}
+
+impl DefaultAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DefaultAction::Errno => "errno",
+            DefaultAction::Kill => "kill",
+            DefaultAction::Log => "log",
+        }
+    }
+}
+
+/// Argument conditions on allowed system calls.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Conditions {
+    /// `socket(2)` only for these address families; `None`: any family.
+    pub socket_families: Option<BTreeSet<u32>>,
+    /// `clone(2)` fails when any of these flags is set (0: no condition).
+    /// `clone3(2)` cannot be inspected, so it then fails with `ENOSYS` and
+    /// the C library falls back to `clone(2)`.
+    pub clone_deny_flags: u32,
+    pub ioctl: IoctlRule,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode", content = "requests", rename_all = "lowercase")]
+pub enum IoctlRule {
+    /// Any request.
+    #[default]
+    Any,
+    /// Only these requests.
+    Allow(BTreeSet<u32>),
+    /// Any request but these.
+    Deny(BTreeSet<u32>),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Filesystem {
+    /// Writable tmpfs mounts, by path.
+    pub writable: Vec<Tmpfs>,
+    pub volumes: Vec<Volume>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tmpfs {
+    pub path: String,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Volume {
+    /// Host path.
+    pub source: String,
+    /// Container path.
+    pub path: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Network {
+    pub mode: NetworkMode,
+    pub egress: Vec<crate::plan::EgressRule>,
+    pub publish: Vec<crate::plan::PortPublish>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    None,
+    Loopback,
+    Egress,
+}
+
+impl NetworkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::None => "none",
+            NetworkMode::Loopback => "loopback",
+            NetworkMode::Egress => "egress",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Device {
+    pub path: String,
+    /// `c` or `b`.
+    pub kind: char,
+    pub major: u32,
+    pub minor: u32,
+    /// Any of `r`, `w`, `m`.
+    pub access: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Resources {
+    pub memory_bytes: Option<u64>,
+    /// Millicpus (1000 = one CPU).
+    pub cpu_millis: Option<u64>,
+    pub pids: Option<u64>,
+    pub open_files: Option<u64>,
+    /// Writable layer of the VM (the guest's scratch disk).
+    pub disk_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImageRules {
+    /// Allowed image names; `*` at the end matches any suffix. Empty: any.
+    pub allowed: Vec<String>,
+    /// Only these config or manifest digests (`sha256:<hex>`). Empty: any.
+    pub digests: Vec<String>,
+    /// Refuse references that are not pinned by digest.
+    pub require_digest: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Vulnerabilities {
+    pub fail_on: Option<Severity>,
+    pub ignore: Vec<IgnoredVulnerability>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IgnoredVulnerability {
+    pub id: String,
+    pub reason: String,
+    /// `YYYY-MM-DD`; the entry stops applying after this day.
+    pub expires: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Audit {
+    /// Log denied system calls to the kernel audit log.
+    pub denied_syscalls: bool,
+}

@@ -1,0 +1,649 @@
+//! RBAC: who may grant what. A policy that asks for more than the invoking
+//! user's roles grant is refused, naming each offending grant and a role that
+//! would allow it. Every decision goes to a JSON-lines audit log.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::PolicyError;
+use crate::model::Policy;
+use crate::parse::{get, Cx, API_VERSION};
+use crate::plan::IsolationRequirement;
+use crate::yaml::{self, Node};
+use crate::{caps, suggest};
+
+/// The default RBAC file.
+pub const DEFAULT_RBAC_PATH: &str = "/etc/moat/rbac.yaml";
+
+/// Why an RBAC file could not be loaded or the audit log written.
+#[derive(Debug, thiserror::Error)]
+pub enum RbacError {
+    #[error("cannot read RBAC file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bad input at a known place, with the fix.
+    #[error("{file}:{line}:{col}: {message}")]
+    Parse {
+        file: String,
+        line: usize,
+        col: usize,
+        message: String,
+    },
+    #[error("cannot append to the audit log {}", path.display())]
+    AppendAudit {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unknown user `{name}`: not in /etc/passwd and not a number")]
+    LookupUser { name: String },
+}
+
+impl From<PolicyError> for RbacError {
+    fn from(e: PolicyError) -> Self {
+        match e {
+            PolicyError::Parse {
+                file,
+                line,
+                col,
+                message,
+            } => RbacError::Parse {
+                file,
+                line,
+                col,
+                message,
+            },
+            other => RbacError::Parse {
+                file: String::new(),
+                line: 0,
+                col: 0,
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// What one role may grant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Grants {
+    /// Canonical capability names; `ALL` grants every capability.
+    pub capabilities: BTreeSet<String>,
+    /// `none`, `loopback`, `egress`, `publish`.
+    pub network: BTreeSet<String>,
+    /// `vm`, `sandbox`.
+    pub isolation: BTreeSet<String>,
+    /// Host path prefixes that may be mounted as volumes.
+    pub volumes: Vec<String>,
+    pub exec: bool,
+    pub devices: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Role {
+    pub name: String,
+    pub grants: Grants,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Binding {
+    pub role: String,
+    pub users: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+/// A loaded RBAC file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rbac {
+    /// Where it was read from, for messages.
+    pub source: String,
+    pub roles: Vec<Role>,
+    pub bindings: Vec<Binding>,
+}
+
+const NETWORK_GRANTS: &[&str] = &["none", "loopback", "egress", "publish"];
+const ISOLATION_GRANTS: &[&str] = &["vm", "sandbox"];
+
+impl Rbac {
+    pub fn load(path: &Path) -> Result<Rbac, RbacError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RbacError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Rbac::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Rbac, RbacError> {
+        let cx = Cx { file };
+        let root = yaml::parse(text).map_err(|e| cx.err(e.pos, e.message))?;
+        let top = cx.map(
+            &root,
+            "",
+            &["apiVersion", "kind", "metadata", "roles", "bindings"],
+        )?;
+        let api = cx.require(&root, &top, "apiVersion", "")?;
+        let api_s = cx.string(api, "apiVersion")?;
+        if api_s != API_VERSION {
+            return Err(cx
+                .err(
+                    api.pos,
+                    format!("unsupported apiVersion `{api_s}`; expected `{API_VERSION}`"),
+                )
+                .into());
+        }
+        let kind = cx.require(&root, &top, "kind", "")?;
+        let kind_s = cx.string(kind, "kind")?;
+        if kind_s != "RBAC" {
+            return Err(cx
+                .err(
+                    kind.pos,
+                    format!("`kind` must be `RBAC` in an RBAC file, found `{kind_s}`"),
+                )
+                .into());
+        }
+        let mut roles: Vec<Role> = Vec::new();
+        if let Some(list) = get(&top, "roles") {
+            for item in cx.list(list, "roles")? {
+                let m = cx.map(item, "roles", &["name", "grants"])?;
+                let name = cx.string(cx.require(item, &m, "name", "roles")?, "roles.name")?;
+                if roles.iter().any(|r| r.name == name) {
+                    return Err(cx
+                        .err(item.pos, format!("role `{name}` is defined twice"))
+                        .into());
+                }
+                let grants = match get(&m, "grants") {
+                    Some(g) => parse_grants(&cx, g)?,
+                    None => Grants::default(),
+                };
+                roles.push(Role { name, grants });
+            }
+        }
+        let mut bindings = Vec::new();
+        if let Some(list) = get(&top, "bindings") {
+            for item in cx.list(list, "bindings")? {
+                let m = cx.map(item, "bindings", &["role", "users", "groups"])?;
+                let role_n = cx.require(item, &m, "role", "bindings")?;
+                let role = cx.string(role_n, "bindings.role")?;
+                if !roles.iter().any(|r| r.name == role) {
+                    let hint = crate::error::hint(suggest::closest(
+                        &role,
+                        roles.iter().map(|r| r.name.as_str()),
+                    ));
+                    return Err(cx
+                        .err(
+                            role_n.pos,
+                            format!("binding to unknown role `{role}`{hint}"),
+                        )
+                        .into());
+                }
+                let strings = |key: &str| -> Result<Vec<String>, PolicyError> {
+                    match get(&m, key) {
+                        None => Ok(Vec::new()),
+                        Some(n) => cx
+                            .list(n, &format!("bindings.{key}"))?
+                            .iter()
+                            .map(|x| cx.string(x, &format!("bindings.{key}")))
+                            .collect(),
+                    }
+                };
+                bindings.push(Binding {
+                    role,
+                    users: strings("users")?,
+                    groups: strings("groups")?,
+                });
+            }
+        }
+        Ok(Rbac {
+            source: file.to_string(),
+            roles,
+            bindings,
+        })
+    }
+
+    /// The roles bound to a principal, by user name, uid or group.
+    pub fn roles_of(&self, who: &Principal) -> Vec<&Role> {
+        let uid = who.uid.to_string();
+        let mut names: Vec<&str> = Vec::new();
+        for b in &self.bindings {
+            let by_user = b.users.iter().any(|u| *u == who.name || *u == uid);
+            let by_group = b.groups.iter().any(|g| who.groups.contains(g));
+            if (by_user || by_group) && !names.contains(&b.role.as_str()) {
+                names.push(&b.role);
+            }
+        }
+        self.roles
+            .iter()
+            .filter(|r| names.contains(&r.name.as_str()))
+            .collect()
+    }
+}
+
+fn parse_grants(cx: &Cx<'_>, node: &Node) -> Result<Grants, PolicyError> {
+    let base = "roles.grants";
+    let m = cx.map(
+        node,
+        base,
+        &[
+            "capabilities",
+            "network",
+            "isolation",
+            "volumes",
+            "exec",
+            "devices",
+        ],
+    )?;
+    let mut g = Grants::default();
+    for (k, n) in m {
+        let path = format!("{base}.{k}");
+        match k {
+            "capabilities" => {
+                for item in cx.list(n, &path)? {
+                    let raw = cx.string(item, &path)?;
+                    if raw.eq_ignore_ascii_case("ALL") {
+                        g.capabilities.insert("ALL".into());
+                        continue;
+                    }
+                    let c = caps::canonical(&raw).ok_or_else(|| {
+                        let bare = raw.to_ascii_uppercase();
+                        let bare = bare.strip_prefix("CAP_").unwrap_or(&bare).to_string();
+                        cx.err(
+                            item.pos,
+                            format!(
+                                "unknown capability `{raw}`{}",
+                                crate::error::hint(suggest::closest(
+                                    &bare,
+                                    caps::CAPABILITIES.iter().copied()
+                                ))
+                            ),
+                        )
+                    })?;
+                    g.capabilities.insert(c.to_string());
+                }
+            }
+            "network" | "isolation" => {
+                let allowed = if k == "network" {
+                    NETWORK_GRANTS
+                } else {
+                    ISOLATION_GRANTS
+                };
+                for item in cx.list(n, &path)? {
+                    let v = cx.string(item, &path)?;
+                    if !allowed.contains(&v.as_str()) {
+                        return Err(cx.err(
+                            item.pos,
+                            format!(
+                                "`{path}` entries must be one of {}, found `{v}`{}",
+                                allowed.join(", "),
+                                crate::error::hint(suggest::closest(&v, allowed.iter().copied()))
+                            ),
+                        ));
+                    }
+                    if k == "network" {
+                        g.network.insert(v);
+                    } else {
+                        g.isolation.insert(v);
+                    }
+                }
+            }
+            "volumes" => {
+                for item in cx.list(n, &path)? {
+                    g.volumes.push(cx.abs_path(item, &path)?);
+                }
+            }
+            "exec" => g.exec = cx.bool(n, &path)?,
+            "devices" => g.devices = cx.bool(n, &path)?,
+            _ => unreachable!(),
+        }
+    }
+    Ok(g)
+}
+
+/// The user a decision is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Principal {
+    pub uid: u32,
+    pub name: String,
+    /// Group names: the primary group and every group listing the user.
+    pub groups: Vec<String>,
+}
+
+/// The effective invoking uid: the real uid, or `SUDO_UID` when root runs
+/// on behalf of someone through sudo.
+pub fn invoking_uid(real_uid: u32, sudo_uid: Option<&str>) -> u32 {
+    match (real_uid, sudo_uid.and_then(|s| s.parse::<u32>().ok())) {
+        (0, Some(u)) => u,
+        _ => real_uid,
+    }
+}
+
+impl Principal {
+    /// Resolve a uid with the system's `/etc/passwd` and `/etc/group`.
+    pub fn from_uid(uid: u32) -> Principal {
+        Principal::from_uid_in(uid, Path::new("/etc/passwd"), Path::new("/etc/group"))
+    }
+
+    /// A user name or a numeric uid (`--as USER`).
+    pub fn lookup(user: &str) -> Result<Principal, RbacError> {
+        Principal::lookup_in(user, Path::new("/etc/passwd"), Path::new("/etc/group"))
+    }
+
+    pub fn lookup_in(user: &str, passwd: &Path, group: &Path) -> Result<Principal, RbacError> {
+        if let Ok(uid) = user.parse::<u32>() {
+            return Ok(Principal::from_uid_in(uid, passwd, group));
+        }
+        let pw = std::fs::read_to_string(passwd).unwrap_or_default();
+        let uid = pw
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[0] == user)
+            .and_then(|f| f[2].parse::<u32>().ok());
+        match uid {
+            Some(uid) => Ok(Principal::from_uid_in(uid, passwd, group)),
+            None => Err(RbacError::LookupUser {
+                name: user.to_string(),
+            }),
+        }
+    }
+
+    pub fn from_uid_in(uid: u32, passwd: &Path, group: &Path) -> Principal {
+        let pw = std::fs::read_to_string(passwd).unwrap_or_default();
+        let entry = pw
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[2].parse::<u32>().ok() == Some(uid));
+        let (name, gid) = match entry {
+            Some(f) => (f[0].to_string(), f[3].parse::<u32>().ok()),
+            None => (uid.to_string(), None),
+        };
+        let gr = std::fs::read_to_string(group).unwrap_or_default();
+        let mut groups = Vec::new();
+        for f in gr.lines().map(|l| l.split(':').collect::<Vec<_>>()) {
+            if f.len() < 4 {
+                continue;
+            }
+            let primary = gid.is_some() && f[2].parse::<u32>().ok() == gid;
+            let member = f[3].split(',').any(|m| m == name);
+            if (primary || member) && !groups.contains(&f[0].to_string()) {
+                groups.push(f[0].to_string());
+            }
+        }
+        Principal { uid, name, groups }
+    }
+}
+
+/// The outcome of an authorisation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub allowed: bool,
+    /// The roles that were considered.
+    pub roles: Vec<String>,
+    /// One line per offending grant (empty when allowed).
+    pub reasons: Vec<String>,
+    /// A warning to print once (root without an RBAC file).
+    pub warning: Option<String>,
+}
+
+/// One thing a policy asks for, in RBAC terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Request {
+    Capability(String),
+    Network(String),
+    Isolation(String),
+    Volume(String),
+    Exec,
+    Devices,
+}
+
+impl Request {
+    fn describe(&self) -> String {
+        match self {
+            Request::Capability(c) => format!("capability {c}"),
+            Request::Network(n) => format!("network {n}"),
+            Request::Isolation(i) => format!("isolation {i}"),
+            Request::Volume(v) => format!("volume {v}"),
+            Request::Exec => "exec".to_string(),
+            Request::Devices => "devices".to_string(),
+        }
+    }
+
+    fn granted_by(&self, g: &Grants) -> bool {
+        match self {
+            Request::Capability(c) => g.capabilities.contains("ALL") || g.capabilities.contains(c),
+            Request::Network(n) => g.network.contains(n),
+            Request::Isolation(i) => g.isolation.contains(i),
+            Request::Volume(v) => g.volumes.iter().any(|prefix| path_under(v, prefix)),
+            Request::Exec => g.exec,
+            Request::Devices => g.devices,
+        }
+    }
+}
+
+fn path_under(path: &str, prefix: &str) -> bool {
+    prefix == "/"
+        || path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+fn requests(policy: &Policy) -> Vec<Request> {
+    let s = &policy.spec;
+    let mut r: Vec<Request> = s
+        .capabilities
+        .iter()
+        .map(|c| Request::Capability(c.clone()))
+        .collect();
+    r.push(Request::Network(s.network.mode.as_str().to_string()));
+    if !s.network.publish.is_empty() {
+        r.push(Request::Network("publish".to_string()));
+    }
+    match s.isolation {
+        IsolationRequirement::Vm => r.push(Request::Isolation("vm".into())),
+        IsolationRequirement::Sandbox => r.push(Request::Isolation("sandbox".into())),
+        // `any` may end up in either backend.
+        IsolationRequirement::Any => {
+            r.push(Request::Isolation("vm".into()));
+            r.push(Request::Isolation("sandbox".into()));
+        }
+    }
+    for v in &s.filesystem.volumes {
+        r.push(Request::Volume(v.source.clone()));
+    }
+    if s.exec {
+        r.push(Request::Exec);
+    }
+    if !s.devices.is_empty() {
+        r.push(Request::Devices);
+    }
+    r
+}
+
+/// Decide whether `who` may run `policy` under `rbac` (`None`: no RBAC file
+/// at `rbac_path`).
+pub fn authorize(
+    rbac: Option<&Rbac>,
+    rbac_path: &Path,
+    who: &Principal,
+    policy: &Policy,
+) -> Decision {
+    let Some(rbac) = rbac else {
+        return if who.uid == 0 {
+            Decision {
+                allowed: true,
+                roles: Vec::new(),
+                reasons: Vec::new(),
+                warning: Some(format!(
+                    "no RBAC file at {}: root may grant anything; create one to control who may grant what (see docs/policy.md)",
+                    rbac_path.display()
+                )),
+            }
+        } else {
+            Decision {
+                allowed: false,
+                roles: Vec::new(),
+                reasons: vec![format!(
+                    "no RBAC file at {}: only root may run without one; ask an administrator to create it or pass --rbac FILE",
+                    rbac_path.display()
+                )],
+                warning: None,
+            }
+        };
+    };
+    let mine = rbac.roles_of(who);
+    let role_names: Vec<String> = mine.iter().map(|r| r.name.clone()).collect();
+    let mut reasons = Vec::new();
+    for req in requests(policy) {
+        if mine.iter().any(|r| req.granted_by(&r.grants)) {
+            continue;
+        }
+        let held = if role_names.is_empty() {
+            format!("{} has no role in {}", who.name, rbac.source)
+        } else {
+            format!(
+                "not granted to {} (roles: {})",
+                who.name,
+                role_names.join(", ")
+            )
+        };
+        let fix = match rbac.roles.iter().find(|r| req.granted_by(&r.grants)) {
+            Some(r) => format!("role `{}` allows it", r.name),
+            None => format!("no role in {} allows it", rbac.source),
+        };
+        reasons.push(format!("{}: {held}; {fix}", req.describe()));
+    }
+    Decision {
+        allowed: reasons.is_empty(),
+        roles: role_names,
+        reasons,
+        warning: None,
+    }
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRecord {
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// What was decided for: `check`, `run`, ...
+    pub action: String,
+    pub principal: String,
+    pub uid: u32,
+    pub policy: String,
+    /// `sha256:<hex>` of the effective policy.
+    pub policy_digest: String,
+    /// `allow` or `deny`.
+    pub decision: String,
+    pub reasons: Vec<String>,
+}
+
+impl AuditRecord {
+    pub fn new(action: &str, who: &Principal, policy: &Policy, d: &Decision) -> AuditRecord {
+        AuditRecord {
+            time: rfc3339_now(),
+            action: action.to_string(),
+            principal: who.name.clone(),
+            uid: who.uid,
+            policy: policy.name.clone(),
+            policy_digest: format!("sha256:{}", policy.digest()),
+            decision: if d.allowed { "allow" } else { "deny" }.to_string(),
+            reasons: d.reasons.clone(),
+        }
+    }
+}
+
+/// The audit log under a state root.
+pub fn audit_log_path(state_root: &Path) -> PathBuf {
+    state_root.join("audit").join("policy.log")
+}
+
+/// Append one JSON line to `<state_root>/audit/policy.log` (created 0600 in
+/// a 0700 directory). One `write` of a whole line in append mode, so that
+/// concurrent writers do not interleave.
+pub fn append_audit(state_root: &Path, rec: &AuditRecord) -> Result<PathBuf, RbacError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let path = audit_log_path(state_root);
+    let err = |source| RbacError::AppendAudit {
+        path: path.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
+    }
+    let mut line = serde_json::to_string(rec).unwrap_or_default();
+    line.push('\n');
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(err)?;
+    f.write_all(line.as_bytes()).map_err(err)?;
+    Ok(path)
+}
+
+/// The current time as RFC 3339 UTC (`2026-11-25T14:06:08Z`).
+pub fn rfc3339_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    rfc3339(secs)
+}
+
+/// Seconds since the epoch as RFC 3339 UTC.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_format() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_615_568), "2026-11-25T14:06:08Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn sudo_uid_is_the_principal_under_sudo_only() {
+        assert_eq!(invoking_uid(0, Some("1000")), 1000);
+        assert_eq!(invoking_uid(0, None), 0);
+        assert_eq!(invoking_uid(1000, Some("0")), 1000);
+        assert_eq!(invoking_uid(0, Some("x")), 0);
+    }
+
+    #[test]
+    fn volume_prefixes_match_whole_components() {
+        assert!(path_under("/srv/data", "/srv/data"));
+        assert!(path_under("/srv/data/x", "/srv/data"));
+        assert!(!path_under("/srv/database", "/srv/data"));
+        assert!(path_under("/etc", "/"));
+    }
+}

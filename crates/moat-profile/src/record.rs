@@ -1,0 +1,174 @@
+//! Turning a recording ([`crate::trace::Recorded`]) into a profile that
+//! extends `restricted` and allows exactly what the workload did.
+
+use std::collections::BTreeSet;
+
+use moat_policy::model::IoctlRule;
+use moat_policy::Policy;
+
+use crate::profile::{IoctlGrant, Profile};
+use crate::syscalls;
+use crate::trace::{family_name, Recorded};
+
+/// The permissive policy the recording run uses: `baseline`, with every
+/// other syscall allowed and logged instead of denied, so that the
+/// workload takes the paths it would take unconfined.
+pub const RECORDING_POLICY: &str = "\
+apiVersion: moat.dev/v1
+kind: Policy
+metadata:
+  name: moat-profile-record
+spec:
+  extends: baseline
+  isolation: sandbox
+  syscalls:
+    default: log
+";
+
+fn errno_name(e: i64) -> &'static str {
+    match e {
+        1 => "EPERM",
+        13 => "EACCES",
+        _ => "error",
+    }
+}
+
+/// Builds the profile of a recording. `base` is the policy the profile
+/// extends (`restricted`); returns the profile and the syscalls of `base`
+/// to deny because the workload did not use them.
+pub fn to_profile(rec: &Recorded, base: &Policy) -> (Profile, Vec<String>) {
+    let table = syscalls::table();
+    let mut p = Profile {
+        name: "recorded".into(),
+        ..Profile::default()
+    };
+    for (nr, count) in &rec.syscalls {
+        let name = table
+            .name(*nr)
+            .map(String::from)
+            .unwrap_or_else(|| nr.to_string());
+        let reason = if *count == 1 {
+            "recorded 1 call".to_string()
+        } else {
+            format!("recorded {count} calls")
+        };
+        p.allow(&name, reason);
+    }
+    p.socket_families = rec
+        .socket_families
+        .iter()
+        .map(|f| family_name(*f))
+        .collect();
+    let base_c = &base.spec.syscalls.conditions;
+    if let Some(base_fams) = &base_c.socket_families {
+        if rec
+            .socket_families
+            .iter()
+            .any(|f| !base_fams.contains(&(*f as u32)))
+        {
+            let mut fams: BTreeSet<String> = base_fams
+                .iter()
+                .map(|f| moat_policy::args::name_of(moat_policy::args::SOCKET_FAMILIES, *f))
+                .collect();
+            for f in &rec.socket_families {
+                fams.insert(moat_policy::args::name_of(
+                    moat_policy::args::SOCKET_FAMILIES,
+                    *f as u32,
+                ));
+            }
+            p.socket_condition = Some(fams);
+        }
+    }
+    if let IoctlRule::Allow(allowed) = &base_c.ioctl {
+        let extra: Vec<u32> = rec
+            .ioctls
+            .iter()
+            .map(|r| *r as u32)
+            .filter(|r| !allowed.contains(r))
+            .collect();
+        if !extra.is_empty() {
+            let names = allowed
+                .iter()
+                .chain(&extra)
+                .map(|r| moat_policy::args::name_of(moat_policy::args::IOCTL_REQUESTS, *r))
+                .collect();
+            p.ioctl_condition = IoctlGrant::Allow(names);
+        }
+    }
+    for (nr, errno) in &rec.denied {
+        let name = table.name(*nr).unwrap_or("?");
+        p.failed_privileged
+            .insert(format!("{name}: {}", errno_name(*errno)));
+    }
+    if rec.read_only_writes > 0 {
+        p.warnings.push(format!(
+            "{} open(s) for writing failed on the read-only root; add writable paths if the workload needs them",
+            rec.read_only_writes
+        ));
+    }
+    let deny: Vec<String> = base
+        .spec
+        .syscalls
+        .allow
+        .iter()
+        .filter(|n| !p.syscalls.contains_key(*n))
+        .cloned()
+        .collect();
+    (p, deny)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_allowlist_with_denies_and_widened_conditions() {
+        let mut rec = Recorded::default();
+        rec.syscalls.insert(0, 3); // read
+        rec.syscalls.insert(1, 1); // write
+        rec.syscalls.insert(41, 1); // socket
+        rec.syscalls.insert(16, 2); // ioctl
+        rec.socket_families.insert(2);
+        rec.ioctls.insert(0x5401);
+        rec.ioctls.insert(0x8912); // SIOCGIFCONF
+        rec.denied.insert((165, 1));
+        let base = Policy::builtin("restricted").unwrap();
+        let (p, deny) = to_profile(&rec, &base);
+        assert_eq!(p.syscall_names(), vec!["ioctl", "read", "socket", "write"]);
+        assert_eq!(
+            p.syscalls["read"].iter().next().map(String::as_str),
+            Some("recorded 3 calls")
+        );
+        assert!(deny.contains(&"openat".to_string()));
+        assert!(!deny.contains(&"read".to_string()));
+        assert_eq!(
+            p.socket_condition,
+            Some(["AF_INET".to_string(), "AF_UNIX".to_string()].into())
+        );
+        match &p.ioctl_condition {
+            IoctlGrant::Allow(set) => {
+                assert!(set.contains("TCGETS") && set.contains("0x8912"), "{set:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(p.failed_privileged.contains("mount: EPERM"));
+        // The result is a policy moat accepts, and it allows exactly that.
+        let yaml = p.to_policy_yaml(&deny);
+        let policy = Policy::parse(&yaml, "recorded").unwrap();
+        let allowed: Vec<&str> = policy
+            .spec
+            .syscalls
+            .allow
+            .iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(allowed, vec!["ioctl", "read", "socket", "write"]);
+        moat_policy::compile(&policy).unwrap();
+    }
+
+    #[test]
+    fn recording_policy_compiles() {
+        let policy = Policy::parse(RECORDING_POLICY, "record").unwrap();
+        moat_policy::compile(&policy).unwrap();
+    }
+}

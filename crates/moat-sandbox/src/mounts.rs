@@ -1,0 +1,356 @@
+//! The container's filesystem view, assembled in the container's own mount
+//! namespace before `pivot_root`. Defensive rule 1 in practice:
+//!
+//! - every mount is created detached (`fsopen`/`fsmount`, `open_tree`) and
+//!   attached with `move_mount` onto a *file descriptor*, never onto a joined
+//!   path string;
+//! - every target inside the image root is opened with
+//!   `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`, so a symlink in the
+//!   image (`/tmp -> /etc`, `/proc -> /`) resolves inside the root and can
+//!   never redirect a mount to the host (CVE-2021-30465, CVE-2025-31133);
+//! - targets inside filesystems moat just created (`/dev`, `/proc`) are
+//!   opened with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`;
+//! - the image root itself is a read-only, nosuid, nodev bind of the
+//!   store's rootfs: nothing is copied and nothing is written.
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use moat_policy::plan::MountPlan;
+
+use crate::sys::{self, FsContext};
+use crate::ChildError;
+
+const IN_ROOT: u64 = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+const BENEATH: u64 =
+    libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+
+/// Device nodes bind-mounted from the host (a user namespace cannot mknod).
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// Files under /proc hidden behind /dev/null.
+const PROC_MASKED_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "timer_list",
+    "sched_debug",
+    "sysrq-trigger",
+    "latency_stats",
+    "kallsyms",
+];
+/// Directories under /proc hidden behind an empty read-only tmpfs.
+const PROC_MASKED_DIRS: &[&str] = &["acpi", "scsi"];
+/// Directories under /proc made read-only.
+const PROC_READONLY: &[&str] = &["sys", "irq", "bus", "fs"];
+
+fn tmpfs(size: u64, mode: &str, attrs: u64) -> std::io::Result<OwnedFd> {
+    let fs = FsContext::open("tmpfs")?;
+    fs.set_string("size", &size.to_string())?;
+    fs.set_string("mode", mode)?;
+    fs.mount(attrs)
+}
+
+/// Opens a directory inside the image root, following symlinks only
+/// within the root.
+fn dir_in_root(root: BorrowedFd<'_>, path: &str) -> Result<OwnedFd, ChildError> {
+    open_in_root(root, path, IN_ROOT)
+}
+
+/// Like [`dir_in_root`] but refuses symlinks anywhere in the path: used for
+/// /dev, /proc and /sys, which no legitimate image makes symlinks.
+fn real_dir_in_root(root: BorrowedFd<'_>, path: &str) -> Result<OwnedFd, ChildError> {
+    open_in_root(root, path, IN_ROOT | libc::RESOLVE_NO_SYMLINKS)
+}
+
+fn open_in_root(root: BorrowedFd<'_>, path: &str, resolve: u64) -> Result<OwnedFd, ChildError> {
+    sys::openat2(root, path, libc::O_PATH | libc::O_DIRECTORY, resolve).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) && resolve & libc::RESOLVE_NO_SYMLINKS == 0 {
+            ChildError::msg(
+                format!("mount target {path}"),
+                format!("{path} is a symlink loop in the image"),
+            )
+        } else if e.raw_os_error() == Some(libc::ELOOP) {
+            ChildError::msg(
+                format!("mount target {path}"),
+                format!("{path} is a symlink in the image; moat refuses to mount over it"),
+            )
+        } else if e.raw_os_error() == Some(libc::ENOENT) {
+            ChildError::msg(
+                format!("mount target {path}"),
+                format!("the image has no directory {path}; moat mounts there but never writes to the image"),
+            )
+        } else {
+            ChildError::io(format!("opening mount target {path} inside the root"), e)
+        }
+    })
+}
+
+fn attach(mnt: &OwnedFd, target: &OwnedFd, what: &str) -> Result<(), ChildError> {
+    sys::move_mount_fd(mnt.as_fd(), target.as_fd())
+        .map_err(|e| ChildError::io(format!("attaching {what}"), e))
+}
+
+/// The image root, cloned while the container process still has the
+/// supervisor's filesystem identity: the rootfs may sit below directories
+/// only host root can traverse (0700), which container root (an
+/// unprivileged host uid) cannot.
+pub(crate) struct PreparedRoot {
+    mnt: OwnedFd,
+    target: OwnedFd,
+    path: String,
+    idmapped: bool,
+}
+
+/// Makes every mount private and takes a detached clone of the rootfs,
+/// unless the supervisor already made an idmapped one (`idmapped`).
+pub(crate) fn prepare_root(
+    rootfs: &Path,
+    idmapped: Option<OwnedFd>,
+) -> Result<PreparedRoot, ChildError> {
+    sys::make_rprivate().map_err(|e| ChildError::io("making / private", e))?;
+    let path = rootfs
+        .to_str()
+        .ok_or_else(|| ChildError::msg("rootfs", "path is not UTF-8"))?
+        .to_string();
+    let is_idmapped = idmapped.is_some();
+    let mnt = match idmapped {
+        Some(m) => m,
+        None => sys::open_tree(sys::cwd(), &path, sys::OPEN_TREE_CLONE)
+            .map_err(|e| ChildError::io(format!("cloning rootfs {path}"), e))?,
+    };
+    let target: OwnedFd = File::options()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(rootfs)
+        .map_err(|e| ChildError::io(format!("opening rootfs {path}"), e))?
+        .into();
+    Ok(PreparedRoot {
+        mnt,
+        target,
+        path,
+        idmapped: is_idmapped,
+    })
+}
+
+/// Builds the whole tree and returns a descriptor of the new root, ready
+/// for `pivot_root`. `console` is the host path of the pty peer for `-t`.
+pub(crate) fn build(
+    prepared: PreparedRoot,
+    mounts: &[MountPlan],
+    console: Option<&str>,
+) -> Result<OwnedFd, ChildError> {
+    // The image root: a detached clone of the store's rootfs, read-only,
+    // nosuid, nodev, attached over the rootfs directory in this namespace.
+    // (An idmapped clone from the supervisor already carries these flags.)
+    let PreparedRoot {
+        mnt: root_mnt,
+        target,
+        path: root_path,
+        idmapped,
+    } = prepared;
+    if !idmapped {
+        sys::mount_setattr(
+            root_mnt.as_fd(),
+            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+            0,
+            false,
+        )
+        .map_err(|e| ChildError::io(format!("making the rootfs {root_path} read-only"), e))?;
+    }
+    attach(&root_mnt, &target, "the rootfs")?;
+    let root = root_mnt;
+
+    // Policy mounts (tmpfs by default at /tmp and /run, volumes).
+    for m in mounts {
+        match m {
+            MountPlan::Tmpfs {
+                destination,
+                size_bytes,
+            } => {
+                let mode = if destination == "/tmp" { "1777" } else { "755" };
+                let mnt = tmpfs(
+                    *size_bytes,
+                    mode,
+                    sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+                )
+                .map_err(|e| ChildError::io(format!("creating tmpfs for {destination}"), e))?;
+                let t = dir_in_root(root.as_fd(), destination)?;
+                attach(&mnt, &t, destination)?;
+            }
+            MountPlan::Volume {
+                source,
+                destination,
+                read_only,
+            } => {
+                let mnt =
+                    sys::open_tree(sys::cwd(), source, sys::OPEN_TREE_CLONE | sys::AT_RECURSIVE)
+                        .map_err(|e| {
+                            ChildError::io(format!("opening volume source {source}"), e)
+                        })?;
+                let mut set = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+                if *read_only {
+                    set |= sys::MOUNT_ATTR_RDONLY;
+                }
+                sys::mount_setattr(mnt.as_fd(), set, 0, true)
+                    .map_err(|e| ChildError::io(format!("restricting volume {source}"), e))?;
+                let t = dir_in_root(root.as_fd(), destination)?;
+                attach(&mnt, &t, destination)?;
+            }
+        }
+    }
+
+    build_dev(root.as_fd(), console)?;
+    build_proc(root.as_fd())?;
+
+    // /sys: a fresh sysfs of this network namespace, read-only.
+    let sysfs = FsContext::open("sysfs")
+        .and_then(|fs| {
+            fs.mount(
+                sys::MOUNT_ATTR_RDONLY
+                    | sys::MOUNT_ATTR_NOSUID
+                    | sys::MOUNT_ATTR_NODEV
+                    | sys::MOUNT_ATTR_NOEXEC,
+            )
+        })
+        .map_err(|e| ChildError::io("mounting sysfs", e))?;
+    let t = real_dir_in_root(root.as_fd(), "/sys")?;
+    attach(&sysfs, &t, "/sys")?;
+
+    Ok(root)
+}
+
+/// A minimal /dev: a small tmpfs with the standard devices bound from the
+/// host, its own devpts instance, /dev/shm, the usual symlinks and, for
+/// `-t`, the console. Made read-only once populated (except /dev/shm).
+fn build_dev(root: BorrowedFd<'_>, console: Option<&str>) -> Result<(), ChildError> {
+    let dev = tmpfs(
+        256 * 1024,
+        "755",
+        sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC,
+    )
+    .map_err(|e| ChildError::io("creating /dev", e))?;
+    let t = real_dir_in_root(root, "/dev")?;
+    attach(&dev, &t, "/dev")?;
+    let d = dev.as_fd();
+    let step = |what: &str| format!("populating /dev ({what})");
+
+    for name in DEVICES {
+        sys::create_file(d, name, 0o666).map_err(|e| ChildError::io(step(name), e))?;
+        let host = format!("/dev/{name}");
+        let src = sys::open_tree(sys::cwd(), &host, sys::OPEN_TREE_CLONE)
+            .map_err(|e| ChildError::io(step(&host), e))?;
+        let tgt = sys::openat2(d, name, libc::O_PATH | libc::O_NOFOLLOW, BENEATH)
+            .map_err(|e| ChildError::io(step(name), e))?;
+        attach(&src, &tgt, &host)?;
+    }
+    if let Some(console) = console {
+        sys::create_file(d, "console", 0o620).map_err(|e| ChildError::io(step("console"), e))?;
+        // By path: a clone must come from this mount namespace's copy of
+        // the host's devpts, not from the descriptor's original mount.
+        let src = sys::open_tree(sys::cwd(), console, sys::OPEN_TREE_CLONE)
+            .map_err(|e| ChildError::io(step("console"), e))?;
+        let tgt = sys::openat2(d, "console", libc::O_PATH | libc::O_NOFOLLOW, BENEATH)
+            .map_err(|e| ChildError::io(step("console"), e))?;
+        attach(&src, &tgt, "/dev/console")?;
+    }
+
+    sys::mkdirat(d, "pts", 0o755).map_err(|e| ChildError::io(step("pts"), e))?;
+    let pts = FsContext::open("devpts")
+        .and_then(|fs| {
+            fs.set_string("ptmxmode", "0666")?;
+            fs.set_string("mode", "0620")?;
+            fs.mount(sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC)
+        })
+        .map_err(|e| ChildError::io("mounting /dev/pts", e))?;
+    let tgt = sys::openat2(d, "pts", libc::O_PATH | libc::O_DIRECTORY, BENEATH)
+        .map_err(|e| ChildError::io(step("pts"), e))?;
+    attach(&pts, &tgt, "/dev/pts")?;
+
+    sys::mkdirat(d, "shm", 0o1777).map_err(|e| ChildError::io(step("shm"), e))?;
+    let shm = tmpfs(
+        64 << 20,
+        "1777",
+        sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC,
+    )
+    .map_err(|e| ChildError::io("creating /dev/shm", e))?;
+    let tgt = sys::openat2(d, "shm", libc::O_PATH | libc::O_DIRECTORY, BENEATH)
+        .map_err(|e| ChildError::io(step("shm"), e))?;
+    attach(&shm, &tgt, "/dev/shm")?;
+
+    for (name, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        sys::symlinkat(target, d, name).map_err(|e| ChildError::io(step(name), e))?;
+    }
+    sys::mount_setattr(d, sys::MOUNT_ATTR_RDONLY, 0, false)
+        .map_err(|e| ChildError::io("making /dev read-only", e))?;
+    Ok(())
+}
+
+/// /proc of the container's PID namespace, with the host-global files
+/// masked and the tunables read-only.
+fn build_proc(root: BorrowedFd<'_>) -> Result<(), ChildError> {
+    let proc_mnt = FsContext::open("proc")
+        .and_then(|fs| {
+            fs.mount(sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC)
+        })
+        .map_err(|e| ChildError::io("mounting /proc", e))?;
+    let t = real_dir_in_root(root, "/proc")?;
+    attach(&proc_mnt, &t, "/proc")?;
+    let p = proc_mnt.as_fd();
+    let missing = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOENT);
+
+    for name in PROC_READONLY {
+        let tgt = match sys::openat2(p, name, libc::O_PATH | libc::O_DIRECTORY, BENEATH) {
+            Ok(t) => t,
+            Err(e) if missing(&e) => continue,
+            Err(e) => return Err(ChildError::io(format!("opening /proc/{name}"), e)),
+        };
+        let mnt = sys::open_tree(p, name, sys::OPEN_TREE_CLONE)
+            .map_err(|e| ChildError::io(format!("cloning /proc/{name}"), e))?;
+        sys::mount_setattr(
+            mnt.as_fd(),
+            sys::MOUNT_ATTR_RDONLY
+                | sys::MOUNT_ATTR_NOSUID
+                | sys::MOUNT_ATTR_NODEV
+                | sys::MOUNT_ATTR_NOEXEC,
+            0,
+            false,
+        )
+        .map_err(|e| ChildError::io(format!("making /proc/{name} read-only"), e))?;
+        attach(&mnt, &tgt, &format!("/proc/{name}"))?;
+    }
+    for name in PROC_MASKED_FILES {
+        let tgt = match sys::openat2(p, name, libc::O_PATH | libc::O_NOFOLLOW, BENEATH) {
+            Ok(t) => t,
+            Err(e) if missing(&e) => continue,
+            Err(e) => return Err(ChildError::io(format!("opening /proc/{name}"), e)),
+        };
+        let null = sys::open_tree(sys::cwd(), "/dev/null", sys::OPEN_TREE_CLONE)
+            .map_err(|e| ChildError::io("cloning /dev/null", e))?;
+        attach(&null, &tgt, &format!("mask over /proc/{name}"))?;
+    }
+    for name in PROC_MASKED_DIRS {
+        let tgt = match sys::openat2(p, name, libc::O_PATH | libc::O_DIRECTORY, BENEATH) {
+            Ok(t) => t,
+            Err(e) if missing(&e) => continue,
+            Err(e) => return Err(ChildError::io(format!("opening /proc/{name}"), e)),
+        };
+        let empty = tmpfs(
+            4096,
+            "555",
+            sys::MOUNT_ATTR_RDONLY
+                | sys::MOUNT_ATTR_NOSUID
+                | sys::MOUNT_ATTR_NODEV
+                | sys::MOUNT_ATTR_NOEXEC,
+        )
+        .map_err(|e| ChildError::io(format!("masking /proc/{name}"), e))?;
+        attach(&empty, &tgt, &format!("mask over /proc/{name}"))?;
+    }
+    Ok(())
+}

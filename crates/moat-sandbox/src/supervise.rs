@@ -1,0 +1,354 @@
+//! The supervisor side: create the cgroups and the state file, clone the
+//! container process into its namespaces, map its ids, release it, then
+//! relay stdio (for `-t`), forward signals, enforce the stop timeout and
+//! collect the exit status through a pidfd (rule 5: no pid-reuse races).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
+
+use crate::cgroup::Cgroups;
+use crate::child::{self, ChildFds, ChildSetup};
+use crate::state::{self, ContainerState};
+use crate::sys::{self, Exit, Forked, SigSet};
+use crate::{ChildError, SandboxConfig, SandboxError};
+
+const FORWARDED: [i32; 5] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGWINCH,
+];
+
+fn prep(what: &str) -> impl FnOnce(std::io::Error) -> SandboxError + '_ {
+    move |source| SandboxError::Prepare {
+        what: what.to_string(),
+        source,
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
+    let (r, w) = std::io::pipe().map_err(prep("a pipe"))?;
+    Ok((r.into(), w.into()))
+}
+
+/// Everything that must be undone when the container ends.
+struct Cleanup<'a> {
+    cfg: &'a SandboxConfig,
+    cgroups: Cgroups,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        self.cgroups.remove();
+        state::remove(&self.cfg.run_root, &self.cfg.id);
+    }
+}
+
+pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i32, SandboxError> {
+    // Name check, state directory and cgroups under the lock.
+    let cleanup = {
+        let _lock = state::lock(&cfg.run_root)?;
+        state::validate_name(&cfg.name)?;
+        if let Some(other) = state::read_all(&cfg.run_root)?
+            .into_iter()
+            .find(|s| s.name == cfg.name && state::is_alive(s))
+        {
+            return Err(state::StateError::NameInUse {
+                name: cfg.name.clone(),
+                id: other.id,
+            }
+            .into());
+        }
+        let cgroups = Cgroups::create(&cfg.id, &cfg.plan.cgroup)?;
+        let me = std::process::id() as i32;
+        let st = ContainerState {
+            id: cfg.id.clone(),
+            name: cfg.name.clone(),
+            image_id: cfg.image_id.clone(),
+            pid: 0,
+            isolation: "sandbox".into(),
+            created: state::now_rfc3339(),
+            command: cfg.process.args.clone(),
+            pid_start_time: 0,
+            supervisor_pid: me,
+            supervisor_start_time: state::process_start_time(me).unwrap_or(0),
+            cgroups: cgroups.paths(),
+        };
+        let cleanup = Cleanup { cfg, cgroups };
+        state::write(&cfg.run_root, &st)?;
+        (cleanup, st)
+    };
+    let (cleanup, mut st) = cleanup;
+
+    let (go_r, go_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let pty = if setup.tty {
+        Some(sys::open_pty().map_err(prep("a pseudo-terminal"))?)
+    } else {
+        None
+    };
+    let pty_path = match &pty {
+        Some((m, _)) => Some(format!(
+            "/dev/pts/{}",
+            sys::pty_number(m.as_fd()).map_err(prep("the pseudo-terminal number"))?
+        )),
+        None => None,
+    };
+
+    // Image files owned by host root should look owned by container root.
+    let rootfs_mnt = crate::idmap::idmapped_rootfs(&cfg.rootfs, &cfg.id_map).ok();
+
+    // Block the forwarded signals (and SIGCHLD) before the clone: the child
+    // unblocks them right before execve, the supervisor reads them from a
+    // signalfd.
+    let mut blocked: Vec<i32> = FORWARDED.to_vec();
+    blocked.push(libc::SIGCHLD);
+    let blocked = SigSet::of(&blocked);
+    let old_mask = sys::block_signals(&blocked).map_err(prep("blocking signals"))?;
+    let sigfd = sys::signalfd(&blocked).map_err(prep("a signalfd"))?;
+
+    let ns = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWNET;
+    let forked = sys::clone_child(ns).map_err(SandboxError::Clone);
+    let (pid, pidfd) = match forked {
+        Ok(Forked::Child) => {
+            drop(go_w);
+            drop(err_r);
+            drop(sigfd);
+            let fds = ChildFds {
+                go: go_r,
+                err: err_w,
+                pty: pty.map(|(_, peer)| peer),
+                pty_path,
+                rootfs_mnt,
+            };
+            child::main(&setup, fds);
+        }
+        Ok(Forked::Parent { pid, pidfd }) => (pid, pidfd),
+        Err(e) => {
+            let _ = sys::set_signal_mask(&old_mask);
+            return Err(e);
+        }
+    };
+    drop(go_r);
+    drop(err_w);
+    drop(rootfs_mnt);
+    let (master, peer) = match pty {
+        Some((m, p)) => (Some(m), Some(p)),
+        None => (None, None),
+    };
+    drop(peer);
+
+    let result = release(cfg, &cleanup, &mut st, pid, &pidfd, &go_w, err_r);
+    let result = match result {
+        Ok(()) => supervise(cfg, &pidfd, &sigfd, master.as_ref()),
+        Err(e) => {
+            let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+            let _ = sys::wait_pidfd(pidfd.as_fd(), false);
+            Err(e)
+        }
+    };
+    drop(go_w);
+    let _ = sys::set_signal_mask(&old_mask);
+    drop(cleanup);
+    result
+}
+
+/// Maps ids, joins cgroups, records the pid, lets the child go and waits
+/// for its verdict: EOF on the error pipe means `execve` succeeded.
+fn release(
+    cfg: &SandboxConfig,
+    cleanup: &Cleanup<'_>,
+    st: &mut ContainerState,
+    pid: i32,
+    pidfd: &OwnedFd,
+    go_w: &OwnedFd,
+    err_r: OwnedFd,
+) -> Result<(), SandboxError> {
+    for (which, file, map) in [
+        ("uid", "uid_map", cfg.id_map.uid_map()),
+        ("gid", "gid_map", cfg.id_map.gid_map()),
+    ] {
+        std::fs::write(format!("/proc/{pid}/{file}"), map)
+            .map_err(|source| SandboxError::WriteIdMap { which, pid, source })?;
+    }
+    cleanup.cgroups.add(pid)?;
+    st.pid = pid;
+    st.pid_start_time = state::process_start_time(pid).unwrap_or(0);
+    state::write(&cfg.run_root, st)?;
+
+    sys::write_fd(go_w.as_fd(), b"g").map_err(prep("releasing the container process"))?;
+    let mut buf = Vec::new();
+    File::from(err_r)
+        .read_to_end(&mut buf)
+        .map_err(prep("reading the container's start result"))?;
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let err: ChildError = serde_json::from_slice(&buf).unwrap_or_else(|_| ChildError {
+        step: "container setup".into(),
+        detail: String::from_utf8_lossy(&buf).into_owned(),
+        kind: 125,
+    });
+    let _ = sys::wait_pidfd(pidfd.as_fd(), false);
+    Err(match err.kind {
+        127 => SandboxError::CommandNotFound {
+            command: cfg.process.args[0].clone(),
+            path: cfg
+                .process
+                .env
+                .iter()
+                .find_map(|e| e.strip_prefix("PATH="))
+                .unwrap_or("(default)")
+                .to_string(),
+        },
+        126 => SandboxError::CommandNotExecutable {
+            command: cfg.process.args[0].clone(),
+            detail: err.detail,
+        },
+        _ => SandboxError::Setup {
+            step: err.step,
+            detail: err.detail,
+        },
+    })
+}
+
+/// The supervision loop. Returns the exit code (128 + signal when killed).
+fn supervise(
+    cfg: &SandboxConfig,
+    pidfd: &OwnedFd,
+    sigfd: &OwnedFd,
+    master: Option<&OwnedFd>,
+) -> Result<i32, SandboxError> {
+    let serr = |source| SandboxError::Supervise {
+        id: cfg.id.clone(),
+        source,
+    };
+    let stdin_tty = sys::is_tty(0);
+    let raw = match master {
+        Some(m) => {
+            if let Some(ws) = sys::get_winsize(0).or_else(|| sys::get_winsize(1)) {
+                sys::set_winsize(m.as_fd(), &ws);
+            }
+            if stdin_tty {
+                sys::make_raw(0).ok()
+            } else {
+                None
+            }
+        }
+        None => None,
+    };
+    let mut stdin_open = master.is_some() && cfg.process.interactive;
+    let mut kill_at: Option<Instant> = None;
+    let mut buf = vec![0u8; 16 * 1024];
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    let mut master_open = master.is_some();
+    let exit = loop {
+        let mut fds = vec![pidfd.as_fd(), sigfd.as_fd()];
+        let master_idx = match master {
+            Some(m) if master_open => {
+                fds.push(m.as_fd());
+                Some(fds.len() - 1)
+            }
+            _ => None,
+        };
+        let stdin_idx = if stdin_open {
+            fds.push(stdin.as_fd());
+            Some(fds.len() - 1)
+        } else {
+            None
+        };
+        let timeout = match kill_at {
+            Some(t) => t
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(60_000) as i32,
+            None => -1,
+        };
+        let ready = sys::poll_readable(&fds, timeout).map_err(serr)?;
+        if let Some(t) = kill_at {
+            if Instant::now() >= t {
+                let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+                kill_at = None;
+            }
+        }
+        if ready[1] {
+            while let Some(sig) = sys::read_signal(sigfd.as_fd()).map_err(serr)? {
+                match sig {
+                    libc::SIGCHLD => {}
+                    libc::SIGWINCH if master.is_some() => {
+                        if let (Some(m), Some(ws)) = (master, sys::get_winsize(0)) {
+                            sys::set_winsize(m.as_fd(), &ws);
+                        }
+                    }
+                    sig => {
+                        let _ = sys::pidfd_send_signal(pidfd.as_fd(), sig);
+                        if sig != libc::SIGWINCH && kill_at.is_none() {
+                            kill_at = Some(Instant::now() + cfg.stop_timeout);
+                        }
+                    }
+                }
+            }
+        }
+        if let (Some(m), Some(i)) = (master, master_idx) {
+            if ready[i] && !copy_out(m, &mut buf, &mut stdout) {
+                master_open = false;
+            }
+        }
+        if let (Some(m), Some(i)) = (master, stdin_idx) {
+            if ready[i] {
+                let n = (&stdin).read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    stdin_open = false;
+                } else {
+                    let _ = sys::write_fd(m.as_fd(), &buf[..n]);
+                }
+            }
+        }
+        if ready[0] {
+            if let Some(exit) = sys::wait_pidfd(pidfd.as_fd(), true).map_err(serr)? {
+                break exit;
+            }
+        }
+    };
+    if let Some(m) = master.filter(|_| master_open) {
+        // Drain what the workload wrote just before it exited.
+        while let Ok(r) = sys::poll_readable(&[m.as_fd()], 0) {
+            if !r[0] || !copy_out(m, &mut buf, &mut stdout) {
+                break;
+            }
+        }
+    }
+    if let Some(saved) = raw {
+        sys::restore_termios(0, &saved);
+    }
+    let _ = stdout.flush();
+    Ok(match exit {
+        Exit::Code(c) => c,
+        Exit::Signal(s) => 128 + s,
+    })
+}
+
+/// Copies one read from the pty master to stdout; false on EOF/EIO.
+fn copy_out(master: &OwnedFd, buf: &mut [u8], out: &mut std::io::Stdout) -> bool {
+    let mut f = match master.try_clone() {
+        Ok(f) => File::from(f),
+        Err(_) => return false,
+    };
+    match f.read(buf) {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            let _ = out.write_all(&buf[..n]);
+            let _ = out.flush();
+            true
+        }
+    }
+}

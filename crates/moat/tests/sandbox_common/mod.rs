@@ -1,0 +1,182 @@
+//! Shared helpers of the sandbox and escape integration tests: a busybox
+//! root filesystem built from Debian's busybox-static, the static escape
+//! helper, and a `moat` command bound to a temporary state root.
+#![allow(dead_code)]
+
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// Whether the privileged sandbox tests can run here; prints `SKIP:` if not.
+pub fn can_sandbox(test: &str) -> bool {
+    // SAFETY-free: geteuid via /proc.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid_root = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        == Some("0");
+    if !euid_root {
+        println!("SKIP: {test}: needs root (user namespaces with a mapped id range, cgroups)");
+        return false;
+    }
+    if !Path::new("/bin/busybox").exists() {
+        println!("SKIP: {test}: /bin/busybox (busybox-static) is not installed");
+        return false;
+    }
+    true
+}
+
+/// A test environment: a temp dir with a state root and a busybox rootfs.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub rootfs: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("moat-sbx-")
+            .tempdir()
+            .unwrap();
+        let rootfs = dir.path().join("rootfs");
+        busybox_rootfs(&rootfs);
+        Env { dir, rootfs }
+    }
+
+    pub fn state_root(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// `moat --root <tmp>/state ARGS...`
+    pub fn moat(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_moat"));
+        c.arg("--root").arg(self.state_root()).args(args);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// `moat run --isolation sandbox --rootfs <rootfs> ARGS...`, waited for.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut full = vec!["run", "--isolation", "sandbox", "--rootfs"];
+        let root = self.rootfs.to_str().unwrap().to_string();
+        let (opts, rest): (Vec<&str>, Vec<&str>) = split_opts(args);
+        full.extend(opts);
+        full.push(&root);
+        full.extend(rest);
+        self.moat(&full).output().unwrap()
+    }
+
+    /// Installs the static escape helper as `/bin/escape-helper`.
+    pub fn with_helper(&self) -> &Self {
+        let dst = self.rootfs.join("bin/escape-helper");
+        std::fs::copy(escape_helper(), &dst).unwrap();
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+        self
+    }
+}
+
+/// Splits leading `--opt value`/`-x` run options from IMAGE-relative args:
+/// everything up to a literal `--` is options.
+fn split_opts<'a>(args: &[&'a str]) -> (Vec<&'a str>, Vec<&'a str>) {
+    match args.iter().position(|a| *a == "--") {
+        Some(i) => (args[..i].to_vec(), args[i + 1..].to_vec()),
+        None => (Vec::new(), args.to_vec()),
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A minimal root filesystem: busybox and its applets, /etc/passwd and
+/// group, and the empty mount points moat needs.
+pub fn busybox_rootfs(root: &Path) {
+    for d in [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "run",
+        "etc",
+        "root",
+        "home/user",
+        "var",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.is_empty() {
+            symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+}
+
+/// Path of the static escape helper, compiled once per test binary (and
+/// cached across binaries by source content) with
+/// `rustc -C target-feature=+crt-static`.
+pub fn escape_helper() -> PathBuf {
+    static HELPER: OnceLock<PathBuf> = OnceLock::new();
+    HELPER
+        .get_or_init(|| {
+            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helper/escape_helper.rs");
+            let text = std::fs::read(&src).unwrap();
+            let hash = text.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ *b as u64).wrapping_mul(0x100_0000_01b3)
+            });
+            let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+            let out = out_dir.join(format!("escape-helper-{hash:016x}"));
+            if !out.exists() {
+                let tmp = out_dir.join(format!("escape-helper-{hash:016x}.{}", std::process::id()));
+                let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+                let st = Command::new(rustc)
+                    .current_dir(env!("CARGO_MANIFEST_DIR"))
+                    .args([
+                        "--edition",
+                        "2021",
+                        "-O",
+                        "-C",
+                        "target-feature=+crt-static",
+                        "-o",
+                    ])
+                    .arg(&tmp)
+                    .arg(&src)
+                    .status()
+                    .expect("running rustc for the escape helper");
+                assert!(st.success(), "building the escape helper failed");
+                std::fs::rename(&tmp, &out).unwrap();
+            }
+            out
+        })
+        .clone()
+}
+
+/// Lines of `text` that start with `prefix`.
+pub fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{text}"))
+}
+
+/// The mount table of this (host) process, for "host unchanged" checks.
+pub fn host_mounts() -> String {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap()
+}
