@@ -167,9 +167,10 @@ fn kernel_complaints() -> Vec<String> {
             .unwrap_or(&rec)
             .trim_end()
             .to_string();
-        if ["verity", "device-mapper", "erofs", "EROFS"]
-            .iter()
-            .any(|k| msg.contains(k))
+        if !msg.starts_with("Command line")
+            && ["verity", "device-mapper", "erofs", "EROFS"]
+                .iter()
+                .any(|k| msg.contains(k))
         {
             out.push(msg);
         }
@@ -191,7 +192,10 @@ impl NonblockOpen for std::fs::OpenOptions {
 /// whether dm-verity caught a modified block.
 pub fn explain_io(context: String, err: &io::Error) -> Failure {
     let complaints = kernel_complaints();
-    let verity: Vec<&String> = complaints.iter().filter(|l| l.contains("verity")).collect();
+    let verity: Vec<&String> = complaints
+        .iter()
+        .filter(|l| l.contains("device-mapper: verity"))
+        .collect();
     if !verity.is_empty() {
         return Failure::setup(format!(
             "{context}: {err}: the root filesystem failed dm-verity verification ({}); the cached image was modified after it was built: remove it with `moat image rm` and import it again",
