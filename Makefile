@@ -28,7 +28,7 @@ test: bootstrap fmt-check clippy
 MOAT_KERNEL_ROOT ?= /var/lib/moat
 .PHONY: agent kernel
 agent:
-	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --release -p moat-agent --target x86_64-unknown-linux-gnu
+	RUSTFLAGS='-C target-feature=+crt-static -C strip=symbols' $(CARGO) build --release -p moat-agent --target x86_64-unknown-linux-gnu
 kernel: bootstrap
 	$(CARGO) run -q -p moat -- --root $(MOAT_KERNEL_ROOT) kernel build
 test: agent kernel

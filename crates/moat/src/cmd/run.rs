@@ -172,7 +172,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The vm backend (moat-vm).
+/// The vm backend (moat-vm). Kept to one call so the merge is one line.
 fn run_vm(
     global: &GlobalArgs,
     args: &RunArgs,
@@ -182,7 +182,7 @@ fn run_vm(
     name: String,
     stop_timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let code = moat_vm::run_container(moat_vm::VmRunOptions {
+    let opts = moat_vm::VmRunOptions {
         state_root: global.root.clone(),
         run_root: global.run_root(),
         rootfs: image.rootfs,
@@ -195,8 +195,14 @@ fn run_vm(
         }),
         name,
         stop_timeout,
-    })?;
-    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+    };
+    match moat_vm::run_container(opts) {
+        Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+        Err(e) => {
+            eprintln!("moat: error: {:#}", anyhow::Error::from(e));
+            Ok(ExitCode::from(125))
+        }
+    }
 }
 
 /// Whether `auto` should pick the vm backend.
