@@ -228,9 +228,15 @@ fn measure_moat(
         (None, "the workload's processes on the host kernel")
     };
     let after = Some("moat");
-    let (code, rec, _) =
-        measure::trace_command(&argv, after, program, false).map_err(|e| format!("{e:#}"))?;
-    let mut m = measure::measurement(backend, footprint, code, &rec);
+    let outcome = measure::trace(&measure::TraceRun {
+        argv: &argv,
+        after,
+        program,
+        capture: true,
+        ..measure::TraceRun::default()
+    })
+    .map_err(|e| format!("{e:#}"))?;
+    let mut m = measure::measurement(backend, footprint, outcome.code, &outcome.recorded);
     match measure::hap(&argv, after, program) {
         Ok(Ok(n)) => m.hap_functions = Some(n),
         Ok(Err(why)) => m.hap_unavailable = Some(why),
