@@ -67,7 +67,8 @@ fn issue_example_is_accepted_and_means_what_it_says() {
     assert_eq!(plan.vm.memory_mib, 256);
     assert!(plan.mounts.contains(&MountPlan::Tmpfs {
         destination: "/tmp".into(),
-        size_bytes: 16 << 20
+        size_bytes: 16 << 20,
+        optional: false,
     }));
     let core = plan
         .rlimits
