@@ -116,6 +116,24 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let run_root = global.run_root();
     state::cleanup_stale(&run_root).context("cleaning up after dead containers")?;
 
+    let policy = load_policy(args.policy.as_deref())?;
+    // Authorise before anything else (no image is even materialised for a
+    // refused policy); every decision is audited.
+    let who = crate::cmd::policy::invoking_principal();
+    let decision =
+        crate::cmd::policy::authorize(global, "run", &policy, &who, args.rbac.as_deref())?;
+    if !decision.allowed {
+        eprintln!(
+            "moat: error: policy {} refused for {}:",
+            policy.name, who.name
+        );
+        for r in &decision.reasons {
+            eprintln!("  - {r}");
+        }
+        return Ok(ExitCode::from(crate::global::EXIT_FAILURE));
+    }
+    let plan = moat_policy::compile(&policy)?;
+
     let image = if args.rootfs {
         let rootfs = std::fs::canonicalize(&args.image)
             .with_context(|| format!("rootfs directory {:?} (--rootfs): not found", args.image))?;
@@ -131,22 +149,6 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         resolve_image(global, &args.image)?
     };
 
-    let policy = load_policy(args.policy.as_deref())?;
-    // Authorise before anything starts; every decision is audited.
-    let who = crate::cmd::policy::invoking_principal();
-    let decision =
-        crate::cmd::policy::authorize(global, "run", &policy, &who, args.rbac.as_deref())?;
-    if !decision.allowed {
-        eprintln!(
-            "moat: error: policy {} refused for {}:",
-            policy.name, who.name
-        );
-        for r in &decision.reasons {
-            eprintln!("  - {r}");
-        }
-        return Ok(ExitCode::from(crate::global::EXIT_FAILURE));
-    }
-    let plan = moat_policy::compile(&policy)?;
     let id = state::new_id();
     let name = args.name.clone().unwrap_or_else(|| id[..12].to_string());
     state::validate_name(&name)?;
