@@ -261,7 +261,13 @@ fn mount_container_fs(plan: &moat_policy::Plan, pts: &File) -> Result<(), Failur
             MountPlan::Tmpfs {
                 destination,
                 size_bytes,
+                optional,
             } => {
+                if *optional && !Path::new(destination).exists() {
+                    // A built-in default (baseline's /run) the image lacks.
+                    eprintln!("moat: notice: the image has no {destination}; skipping its tmpfs");
+                    continue;
+                }
                 if !Path::new(destination).is_dir() {
                     return Err(Failure::setup(format!(
                         "tmpfs destination {destination} is not a directory in the image: create it in the image or change the policy's tmpfs path"

@@ -32,6 +32,7 @@ pub fn compile(policy: &Policy) -> Result<Plan, PolicyError> {
         .map(|t| MountPlan::Tmpfs {
             destination: t.path.clone(),
             size_bytes: t.size_bytes,
+            optional: t.optional,
         })
         .collect();
     mounts.extend(s.filesystem.volumes.iter().map(|v| MountPlan::Volume {

@@ -157,6 +157,11 @@ pub struct Filesystem {
 pub struct Tmpfs {
     pub path: String,
     pub size_bytes: u64,
+    /// A built-in policy's default (e.g. baseline's `/run`): skipped with a
+    /// notice when the image lacks the directory. Paths a policy file lists
+    /// itself are never optional.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

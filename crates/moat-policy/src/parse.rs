@@ -636,6 +636,7 @@ impl Cx<'_> {
                         fs.writable.push(Tmpfs {
                             path: dest,
                             size_bytes: size,
+                            optional: self.file.starts_with("builtin:"),
                         });
                     }
                 }

@@ -74,6 +74,11 @@ pub enum MountPlan {
     Tmpfs {
         destination: String,
         size_bytes: u64,
+        /// A built-in default rather than a path the policy file asks for:
+        /// backends skip it (with a notice) when the image has no such
+        /// directory, instead of refusing to start.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        optional: bool,
     },
     /// A host path bind-mounted (sandbox) or attached as a block device (vm).
     Volume {

@@ -135,6 +135,7 @@ pub fn oci(policy: &Policy, plan: &Plan) -> Value {
             MountPlan::Tmpfs {
                 destination,
                 size_bytes,
+                ..
             } => json!({
                 "destination": destination, "type": "tmpfs", "source": "tmpfs",
                 "options": ["nosuid", "nodev", "mode=1777", format!("size={size_bytes}")],

@@ -67,7 +67,8 @@ fn issue_example_is_accepted_and_means_what_it_says() {
     assert_eq!(plan.vm.memory_mib, 256);
     assert!(plan.mounts.contains(&MountPlan::Tmpfs {
         destination: "/tmp".into(),
-        size_bytes: 16 << 20
+        size_bytes: 16 << 20,
+        optional: false,
     }));
     let core = plan
         .rlimits
@@ -132,4 +133,58 @@ fn every_key_at_once() {
     assert_eq!(plan.vm.vcpus, 2);
     assert!(plan.exec_allowed && plan.audit_denied);
     assert!(matches!(plan.network, NetworkPlan::Egress { .. }));
+}
+
+#[test]
+fn builtin_tmpfs_defaults_are_optional_and_file_paths_are_not() {
+    let tmpfs = |plan: &moat_policy::Plan| -> Vec<(String, bool)> {
+        plan.mounts
+            .iter()
+            .filter_map(|m| match m {
+                MountPlan::Tmpfs {
+                    destination,
+                    optional,
+                    ..
+                } => Some((destination.clone(), *optional)),
+                MountPlan::Volume { .. } => None,
+            })
+            .collect()
+    };
+    let baseline = compile(&Policy::builtin("baseline").unwrap()).unwrap();
+    assert_eq!(
+        tmpfs(&baseline),
+        [("/tmp".to_string(), true), ("/run".to_string(), true)]
+    );
+    // `web` lists /tmp itself: required; /run stays the baseline's default.
+    let web = compile(&Policy::parse(WEB, "web.yaml").unwrap()).unwrap();
+    let mut got = tmpfs(&web);
+    got.sort();
+    assert_eq!(
+        got,
+        [("/run".to_string(), true), ("/tmp".to_string(), false)]
+    );
+    // The wire format: `optional` only when true, absent reads as false.
+    let json = serde_json::to_value(&web.mounts).unwrap();
+    let tmp = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["destination"] == "/tmp")
+        .unwrap();
+    assert!(tmp.get("optional").is_none(), "{tmp}");
+    let back: MountPlan = serde_json::from_value(tmp.clone()).unwrap();
+    assert!(matches!(
+        back,
+        MountPlan::Tmpfs {
+            optional: false,
+            ..
+        }
+    ));
+    let run = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["destination"] == "/run")
+        .unwrap();
+    assert_eq!(run["optional"], true);
 }

@@ -299,6 +299,7 @@ mod tests {
             mounts: vec![MountPlan::Tmpfs {
                 destination: "/tmp".into(),
                 size_bytes: 1 << 20,
+                optional: false,
             }],
             rlimits: vec![],
             cgroup: CgroupLimits::default(),

@@ -65,7 +65,7 @@ impl ChildSetup {
         groups.extend(&cfg.plan.process.additional_gids);
         Ok(Self {
             rootfs: cfg.rootfs.clone(),
-            mounts: cfg.plan.mounts.clone(),
+            mounts: mounts::without_absent_defaults(&cfg.rootfs, &cfg.plan.mounts),
             hostname: p.hostname.clone(),
             loopback: !matches!(cfg.plan.network, NetworkPlan::None),
             rlimits: check_rlimits(&cfg.plan.rlimits)?,

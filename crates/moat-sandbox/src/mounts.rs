@@ -27,6 +27,44 @@ const IN_ROOT: u64 = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
 const BENEATH: u64 =
     libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
 
+/// The plan's mounts minus the built-in default tmpfs mounts (`optional`,
+/// e.g. baseline's `/run`) whose target directory the image lacks: each
+/// skipped one gets one notice line on stderr. Runs in the parent before
+/// anything starts, resolving inside the root exactly as the child does. A
+/// mount the policy file asks for is always kept, so that the child refuses
+/// with a clear error when its target is missing.
+pub(crate) fn without_absent_defaults(rootfs: &Path, mounts: &[MountPlan]) -> Vec<MountPlan> {
+    let Ok(root) = File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(rootfs)
+    else {
+        // The child reports an unusable rootfs with its own clear error.
+        return mounts.to_vec();
+    };
+    mounts
+        .iter()
+        .filter(|m| match m {
+            MountPlan::Tmpfs {
+                destination,
+                optional: true,
+                ..
+            } => {
+                let absent = matches!(
+                    sys::openat2(root.as_fd(), destination, libc::O_PATH | libc::O_DIRECTORY, IN_ROOT),
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT)
+                );
+                if absent {
+                    eprintln!("moat: notice: the image has no {destination}; skipping its tmpfs");
+                }
+                !absent
+            }
+            _ => true,
+        })
+        .cloned()
+        .collect()
+}
+
 /// Device nodes bind-mounted from the host (a user namespace cannot mknod).
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 /// Files under /proc hidden behind /dev/null.
@@ -167,6 +205,7 @@ pub(crate) fn build(
             MountPlan::Tmpfs {
                 destination,
                 size_bytes,
+                ..
             } => {
                 let mode = if destination == "/tmp" { "1777" } else { "755" };
                 let mnt = tmpfs(

@@ -491,3 +491,130 @@ fn policies_are_loaded_compiled_and_checked() {
         stderr(&out)
     );
 }
+
+const RBAC_DEVELOPER_ROOT: &str = r#"apiVersion: moat.dev/v1
+kind: RBAC
+roles:
+  - name: developer
+    grants:
+      capabilities: []
+      network: [none, loopback]
+      isolation: [vm, sandbox]
+  - name: platform-admin
+    grants:
+      capabilities: [ALL]
+      network: [none, loopback, egress, publish]
+      isolation: [vm, sandbox]
+bindings:
+  - role: developer
+    users: [root]
+"#;
+
+/// The audit log's records, parsed.
+fn audit_records(env: &Env) -> Vec<serde_json::Value> {
+    let log = env.state_root().join("audit/policy.log");
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn run_is_authorised_by_rbac() {
+    if !can_sandbox("run_is_authorised_by_rbac") {
+        return;
+    }
+    let env = Env::new();
+    let rbac = env.dir.path().join("rbac.yaml");
+    std::fs::write(&rbac, RBAC_DEVELOPER_ROOT).unwrap();
+    let rbac_s = rbac.to_str().unwrap();
+    let policy = env.dir.path().join("bind.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: moat.dev/v1\nkind: Policy\nmetadata:\n  name: bind\nspec:\n  extends: baseline\n  capabilities: [NET_BIND_SERVICE]\n",
+    )
+    .unwrap();
+    let marker = env.dir.path().join("started");
+    let touch = format!("touch {}", marker.display());
+
+    // root holds only `developer`, which grants no capability: refused,
+    // naming the grant and the role that would allow it; nothing starts.
+    let out = env.run(&[
+        "--rbac",
+        rbac_s,
+        "--policy",
+        policy.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &touch,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "moat: error: policy bind refused for root:\n  - capability NET_BIND_SERVICE: not granted to root (roles: developer); role `platform-admin` allows it\n"
+    );
+    assert_eq!(stdout(&out), "");
+    assert!(!marker.exists(), "the workload ran despite the refusal");
+    let recs = audit_records(&env);
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0]["action"], "run");
+    assert_eq!(recs[0]["principal"], "root");
+    assert_eq!(recs[0]["policy"], "bind");
+    assert_eq!(recs[0]["decision"], "deny");
+    assert_eq!(recs[0]["reasons"].as_array().unwrap().len(), 1);
+
+    // The baseline asks for no capability: the same role allows it.
+    let out = env.run(&["--rbac", rbac_s, "--", "sh", "-c", "echo ran"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "ran\n");
+    let recs = audit_records(&env);
+    assert_eq!(recs.len(), 2, "{recs:?}");
+    assert_eq!(recs[1]["action"], "run");
+    assert_eq!(recs[1]["policy"], "baseline");
+    assert_eq!(recs[1]["decision"], "allow");
+
+    // A broken RBAC file: a clear error, nothing starts.
+    let out = env.run(&["--rbac", "/nonexistent/rbac.yaml", "--", "sh", "-c", &touch]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "moat: error: cannot read RBAC file /nonexistent/rbac.yaml: No such file or directory (os error 2)\n"
+    );
+    assert!(!marker.exists());
+}
+
+#[test]
+fn default_tmpfs_targets_missing_in_the_image_are_skipped() {
+    if !can_sandbox("default_tmpfs_targets_missing_in_the_image_are_skipped") {
+        return;
+    }
+    let env = Env::new();
+    std::fs::remove_dir(env.rootfs.join("run")).unwrap();
+    // The baseline's /run is a built-in default: skipped with one notice,
+    // /tmp (present) is still a writable tmpfs, the image is untouched.
+    let out = env.run(&["--", "sh", "-c", "echo x > /tmp/f && cat /tmp/f"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "x\n");
+    assert_eq!(
+        stderr(&out),
+        "moat: notice: the image has no /run; skipping its tmpfs\n"
+    );
+    assert!(!env.rootfs.join("run").exists());
+
+    // A path the policy file asks for itself must exist.
+    let policy = env.dir.path().join("data.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: moat.dev/v1\nkind: Policy\nmetadata:\n  name: data\nspec:\n  extends: baseline\n  filesystem:\n    writable:\n      - path: /data\n        size: 1Mi\n",
+    )
+    .unwrap();
+    let out = env.run(&["--policy", policy.to_str().unwrap(), "--", "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "moat: notice: the image has no /run; skipping its tmpfs\nmoat: error: container setup failed: mount target /data: the image has no directory /data; moat mounts there but never writes to the image\n"
+    );
+    assert!(!env.rootfs.join("data").exists());
+}

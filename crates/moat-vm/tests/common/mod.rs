@@ -159,6 +159,7 @@ pub fn plan() -> Plan {
         mounts: vec![MountPlan::Tmpfs {
             destination: "/tmp".into(),
             size_bytes: 16 << 20,
+            optional: false,
         }],
         rlimits: vec![Rlimit {
             resource: RlimitResource::Nofile,

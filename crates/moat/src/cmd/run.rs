@@ -39,7 +39,8 @@ pub enum Accel {
   moat run busybox echo hello                 # runs under the baseline policy, removed on exit
   moat run -it busybox sh                     # interactive shell on a pseudo-terminal
   moat run --isolation sandbox -e A=1 -w /tmp --user 1000:1000 busybox env
-  moat run --policy web.toml --name web busybox httpd -f
+  moat run --policy web.yaml --name web busybox httpd -f
+  moat run --policy web.yaml --rbac ./rbac.yaml busybox id   # refused unless your roles grant web.yaml
   moat run --rootfs ./rootfs /bin/sh -c 'id; hostname'   # a root filesystem directory instead of an image
 
 Exit status: the workload's, or 128+N when signal N killed it; 125 when the
@@ -53,6 +54,10 @@ pub struct RunArgs {
     /// (default: the built-in `baseline` policy).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// RBAC file the policy is authorised against for the invoking user
+    /// [default: /etc/moat/rbac.yaml; without it only root may run, with a warning].
+    #[arg(long, value_name = "FILE")]
+    pub rbac: Option<PathBuf>,
     /// Keep stdin open and connected to the container.
     #[arg(short = 'i', long)]
     pub interactive: bool,
@@ -111,6 +116,24 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let run_root = global.run_root();
     state::cleanup_stale(&run_root).context("cleaning up after dead containers")?;
 
+    let policy = load_policy(args.policy.as_deref())?;
+    // Authorise before anything else (no image is even materialised for a
+    // refused policy); every decision is audited.
+    let who = crate::cmd::policy::invoking_principal();
+    let decision =
+        crate::cmd::policy::authorize(global, "run", &policy, &who, args.rbac.as_deref())?;
+    if !decision.allowed {
+        eprintln!(
+            "moat: error: policy {} refused for {}:",
+            policy.name, who.name
+        );
+        for r in &decision.reasons {
+            eprintln!("  - {r}");
+        }
+        return Ok(ExitCode::from(crate::global::EXIT_FAILURE));
+    }
+    let plan = moat_policy::compile(&policy)?;
+
     let image = if args.rootfs {
         let rootfs = std::fs::canonicalize(&args.image)
             .with_context(|| format!("rootfs directory {:?} (--rootfs): not found", args.image))?;
@@ -126,7 +149,6 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         resolve_image(global, &args.image)?
     };
 
-    let plan = load_plan(args.policy.as_deref())?;
     let id = state::new_id();
     let name = args.name.clone().unwrap_or_else(|| id[..12].to_string());
     state::validate_name(&name)?;
@@ -231,14 +253,13 @@ fn resolve_image(global: &GlobalArgs, reference: &str) -> anyhow::Result<Resolve
     })
 }
 
-/// The plan to run under: `--policy` (a file or a built-in name), else the
-/// built-in `baseline` policy, compiled by moat-policy.
-fn load_plan(policy: Option<&Path>) -> anyhow::Result<Plan> {
-    let policy = match policy {
+/// The policy to run under: `--policy` (a file or a built-in name), else the
+/// built-in `baseline` policy.
+fn load_policy(policy: Option<&Path>) -> anyhow::Result<moat_policy::Policy> {
+    Ok(match policy {
         Some(p) => moat_policy::Policy::resolve(&p.to_string_lossy())?,
         None => moat_policy::Policy::builtin("baseline")?,
-    };
-    Ok(moat_policy::compile(&policy)?)
+    })
 }
 
 /// Merges the image config with the command line, as podman and Docker do:

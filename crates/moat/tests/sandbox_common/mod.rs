@@ -42,6 +42,12 @@ impl Env {
             .unwrap();
         let rootfs = dir.path().join("rootfs");
         busybox_rootfs(&rootfs);
+        // The one-time "no RBAC file" warning (tested in policy_cli.rs and
+        // by `run_is_authorised_by_rbac`) would otherwise be the first line
+        // of stderr in whichever test runs first; mark it as already shown.
+        let marker = dir.path().join("state/audit/.no-rbac-warned");
+        std::fs::create_dir_all(marker.parent().unwrap()).unwrap();
+        std::fs::write(&marker, b"").unwrap();
         Env { dir, rootfs }
     }
 
