@@ -415,7 +415,10 @@ fn apply_tar(
 /// Splits an entry path into its components: `.` and empty components are
 /// dropped, `..` and absolute paths refused.
 pub fn components<'a>(raw: &'a [u8], entry: &EntryName) -> Result<Vec<&'a [u8]>, UnpackError> {
-    if raw.first() == Some(&b'/') {
+    // `/` alone is the root directory itself (umoci writes it); any other
+    // absolute path is refused.
+    let only_root = raw.split(|&b| b == b'/').all(|c| c.is_empty() || c == b".");
+    if raw.first() == Some(&b'/') && !only_root {
         return Err(UnpackError::Absolute {
             entry: entry.clone(),
         });
@@ -955,6 +958,11 @@ mod tests {
             Err(UnpackError::Absolute { .. })
         ));
         assert!(components(b"./", &e).unwrap().is_empty());
+        assert!(components(b"/", &e).unwrap().is_empty());
+        assert!(matches!(
+            components(b"/./x", &e),
+            Err(UnpackError::Absolute { .. })
+        ));
     }
 
     #[test]

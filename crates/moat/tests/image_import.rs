@@ -25,7 +25,13 @@ fn test_image_archive_imports_and_shows() {
         )),
         "{out}"
     );
-    let out = ok(&root, &["image", "import", s(&ar)]);
+    let o = moat(&root, &["image", "import", s(&ar)]);
+    assert!(o.status.success());
+    assert!(
+        o.stderr.is_empty(),
+        "no progress bar when stderr is not a terminal"
+    );
+    let out = String::from_utf8(o.stdout).unwrap();
     assert!(
         out.starts_with("imported busybox:latest (image ID sha256:"),
         "{out}"
