@@ -387,10 +387,19 @@ fn apply_tar(
                 source,
             })?;
         for entry in entries {
-            let mut entry = entry.map_err(|source| UnpackError::ReadArchive {
-                after: last.clone(),
-                source,
-            })?;
+            let mut entry = match entry {
+                Ok(e) => e,
+                // Some writers (umoci 0.4) end the archive right after the
+                // last file's data: no padding, no end-of-archive blocks.
+                // With that file read completely, this is the end.
+                Err(e) if is_eof(&e) && last.0 != b"(start)" => break,
+                Err(source) => {
+                    return Err(UnpackError::ReadArchive {
+                        after: last.clone(),
+                        source,
+                    })
+                }
+            };
             let name = EntryName(entry.path_bytes().into_owned());
             layer.entry(&mut entry, &name)?;
             last = name;
@@ -410,6 +419,12 @@ fn apply_tar(
         });
     }
     Ok(())
+}
+
+/// The tar crate reports a stream that ends inside padding as an
+/// `Other` error with this text.
+fn is_eof(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::UnexpectedEof || e.to_string() == "unexpected EOF during skip"
 }
 
 /// Splits an entry path into its components: `.` and empty components are
@@ -882,6 +897,15 @@ impl Layer<'_> {
             if filled < CHUNK {
                 break;
             }
+        }
+        if total != entry.size() {
+            return Err(UnpackError::ReadEntry {
+                entry: name.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("archive ends after {total} of {} bytes", entry.size()),
+                ),
+            });
         }
         if hole {
             f.set_len(total).map_err(|source| UnpackError::Write {
