@@ -59,10 +59,15 @@ impl Staging {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = tmp.join(format!("{kind}-{}-{nanos}-{n}", std::process::id()));
-        fs::create_dir(&path)?;
-        let file = open_lock_file(&path.join(".lock"))?;
+        let name = format!("{kind}-{}-{nanos}-{n}", std::process::id());
+        // Made under a `.init-` name and renamed once locked, so that a
+        // concurrent clean_stale never sees it unlocked.
+        let init = tmp.join(format!(".init-{name}"));
+        fs::create_dir(&init)?;
+        let file = open_lock_file(&init.join(".lock"))?;
         rustix::fs::flock(&file, FlockOperation::LockExclusive)?;
+        let path = tmp.join(name);
+        fs::rename(&init, &path)?;
         Ok(Self {
             path,
             _lock: LockGuard { _file: file },

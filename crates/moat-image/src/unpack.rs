@@ -387,10 +387,19 @@ fn apply_tar(
                 source,
             })?;
         for entry in entries {
-            let mut entry = entry.map_err(|source| UnpackError::ReadArchive {
-                after: last.clone(),
-                source,
-            })?;
+            let mut entry = match entry {
+                Ok(e) => e,
+                // Some writers (umoci 0.4) end the archive right after the
+                // last file's data: no padding, no end-of-archive blocks.
+                // With that file read completely, this is the end.
+                Err(e) if is_eof(&e) && last.0 != b"(start)" => break,
+                Err(source) => {
+                    return Err(UnpackError::ReadArchive {
+                        after: last.clone(),
+                        source,
+                    })
+                }
+            };
             let name = EntryName(entry.path_bytes().into_owned());
             layer.entry(&mut entry, &name)?;
             last = name;
@@ -412,10 +421,19 @@ fn apply_tar(
     Ok(())
 }
 
+/// The tar crate reports a stream that ends inside padding as an
+/// `Other` error with this text.
+fn is_eof(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::UnexpectedEof || e.to_string() == "unexpected EOF during skip"
+}
+
 /// Splits an entry path into its components: `.` and empty components are
 /// dropped, `..` and absolute paths refused.
 pub fn components<'a>(raw: &'a [u8], entry: &EntryName) -> Result<Vec<&'a [u8]>, UnpackError> {
-    if raw.first() == Some(&b'/') {
+    // `/` alone is the root directory itself (umoci writes it); any other
+    // absolute path is refused.
+    let only_root = raw.split(|&b| b == b'/').all(|c| c.is_empty() || c == b".");
+    if raw.first() == Some(&b'/') && !only_root {
         return Err(UnpackError::Absolute {
             entry: entry.clone(),
         });
@@ -880,6 +898,15 @@ impl Layer<'_> {
                 break;
             }
         }
+        if total != entry.size() {
+            return Err(UnpackError::ReadEntry {
+                entry: name.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("archive ends after {total} of {} bytes", entry.size()),
+                ),
+            });
+        }
         if hole {
             f.set_len(total).map_err(|source| UnpackError::Write {
                 entry: name.clone(),
@@ -955,6 +982,11 @@ mod tests {
             Err(UnpackError::Absolute { .. })
         ));
         assert!(components(b"./", &e).unwrap().is_empty());
+        assert!(components(b"/", &e).unwrap().is_empty());
+        assert!(matches!(
+            components(b"/./x", &e),
+            Err(UnpackError::Absolute { .. })
+        ));
     }
 
     #[test]

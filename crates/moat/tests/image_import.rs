@@ -25,7 +25,13 @@ fn test_image_archive_imports_and_shows() {
         )),
         "{out}"
     );
-    let out = ok(&root, &["image", "import", s(&ar)]);
+    let o = moat(&root, &["image", "import", s(&ar)]);
+    assert!(o.status.success());
+    assert!(
+        o.stderr.is_empty(),
+        "no progress bar when stderr is not a terminal"
+    );
+    let out = String::from_utf8(o.stdout).unwrap();
     assert!(
         out.starts_with("imported busybox:latest (image ID sha256:"),
         "{out}"
@@ -364,4 +370,31 @@ fn non_utf8_names_and_sparse_files_are_legal() {
         .read_exact_at(&mut tail, (1 << 30) - 3)
         .unwrap();
     assert_eq!(&tail, b"end");
+}
+
+#[test]
+fn tar_without_end_blocks_as_umoci_writes_and_cut_data_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    let raw = tar(&[file("a", &[b'x'; 69])]);
+    // umoci 0.4 ends layers right after the last file's data.
+    let p = t.path().join("umoci.tar");
+    std::fs::write(&p, &raw[..512 + 69]).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&root, &["image", "import", s(&p), "--format", "json"])).unwrap();
+    let rootfs = rootfs_of(&root, json["manifest_digest"].as_str().unwrap());
+    assert_eq!(std::fs::read(rootfs.join("a")).unwrap(), [b'x'; 69]);
+    // Cut inside the data: refused, naming the entry.
+    let cut = &raw[..512 + 30];
+    let p = t.path().join("cut.tar");
+    std::fs::write(&p, cut).unwrap();
+    let err = fails(&root, &["image", "import", s(&p)]);
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "moat: error: import failed: {}: layer {}: entry \"a\": reading its data: archive ends after 30 of 69 bytes",
+            p.display(),
+            sha256(cut)
+        )
+    );
 }

@@ -317,7 +317,10 @@ fn kill_9_mid_import_leaves_nothing_visible_and_next_command_cleans() {
         let locked = std::fs::read_dir(root.join("tmp"))
             .unwrap()
             .flatten()
-            .any(|e| e.path().join(".lock").exists());
+            .any(|e| {
+                !e.file_name().to_string_lossy().starts_with(".init-")
+                    && e.path().join(".lock").exists()
+            });
         if locked {
             break true;
         }
