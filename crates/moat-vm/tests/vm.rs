@@ -275,7 +275,7 @@ impl Runner {
         let deadline = std::time::Instant::now() + Duration::from_secs(180);
         while std::time::Instant::now() < deadline {
             if let Ok(l) = self.lines.recv_timeout(Duration::from_secs(1)) {
-                if l == want {
+                if l.ends_with(want) {
                     return;
                 }
             }
