@@ -194,7 +194,7 @@ pub fn explain_io(context: String, err: &io::Error) -> Failure {
     let complaints = kernel_complaints();
     let verity: Vec<&String> = complaints
         .iter()
-        .filter(|l| l.contains("device-mapper: verity"))
+        .filter(|l| l.contains("device-mapper: verity") && l.contains("corrupted"))
         .collect();
     if !verity.is_empty() {
         return Failure::setup(format!(
