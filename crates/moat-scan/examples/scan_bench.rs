@@ -71,10 +71,21 @@ fn record(r: &mut Rng, eco: &str, n: u64, names: u64) -> String {
         "crates.io" => format!("RUSTSEC-2099-{n}"),
         _ => format!("GHSA-bench-{n:08x}"),
     };
-    let ty = if eco == "Debian:12" { "ECOSYSTEM" } else { "SEMVER" };
-    let mut events = format!(r#"{{"introduced": "0"}}, {{"fixed": "{}"}}"#, version(eco, a, b));
+    let ty = if eco == "Debian:12" {
+        "ECOSYSTEM"
+    } else {
+        "SEMVER"
+    };
+    let mut events = format!(
+        r#"{{"introduced": "0"}}, {{"fixed": "{}"}}"#,
+        version(eco, a, b)
+    );
     if r.below(4) == 0 {
-        events.push_str(&format!(r#", {{"introduced": "{}"}}, {{"fixed": "{}"}}"#, version(eco, a + 1, 0), version(eco, a + 1, b + 1)));
+        events.push_str(&format!(
+            r#", {{"introduced": "{}"}}, {{"fixed": "{}"}}"#,
+            version(eco, a + 1, 0),
+            version(eco, a + 1, b + 1)
+        ));
     }
     let git = if r.below(8) == 0 {
         r#", {"type": "GIT", "repo": "https://example.invalid/repo.git", "events": [{"introduced": "0"}, {"fixed": "0123456789abcdef0123456789abcdef01234567"}]}"#
@@ -106,7 +117,9 @@ fn gen(out: &Path, total: u64) {
         let names = (count / 5).max(1000);
         let d = osv.join(dir);
         fs::create_dir_all(&d).unwrap();
-        let mut zw = zip::ZipWriter::new(std::io::BufWriter::new(fs::File::create(d.join("all.zip")).unwrap()));
+        let mut zw = zip::ZipWriter::new(std::io::BufWriter::new(
+            fs::File::create(d.join("all.zip")).unwrap(),
+        ));
         let opts = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Deflated)
             .compression_level(Some(1));
@@ -123,7 +136,11 @@ fn gen(out: &Path, total: u64) {
     fs::create_dir_all(root.join("etc")).unwrap();
     fs::create_dir_all(root.join("var/lib/dpkg")).unwrap();
     fs::create_dir_all(root.join("app")).unwrap();
-    fs::write(root.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n").unwrap();
+    fs::write(
+        root.join("etc/os-release"),
+        "ID=debian\nVERSION_ID=\"12\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n",
+    )
+    .unwrap();
     let mut status = String::new();
     for i in 0..ECOS[0].2 {
         let src = i / 2;
@@ -136,15 +153,24 @@ fn gen(out: &Path, total: u64) {
         ));
     }
     fs::write(root.join("var/lib/dpkg/status"), status).unwrap();
-    let mut lock = String::from(r#"{"name": "app", "lockfileVersion": 3, "packages": {"": {"name": "app"}"#);
+    let mut lock =
+        String::from(r#"{"name": "app", "lockfileVersion": 3, "packages": {"": {"name": "app"}"#);
     for i in 0..ECOS[1].2 {
-        lock.push_str(&format!(r#", "node_modules/{}": {{"version": "{}"}}"#, name("npm", i), version("npm", r.below(10), r.below(10))));
+        lock.push_str(&format!(
+            r#", "node_modules/{}": {{"version": "{}"}}"#,
+            name("npm", i),
+            version("npm", r.below(10), r.below(10))
+        ));
     }
     lock.push_str("}}");
     fs::write(root.join("app/package-lock.json"), lock).unwrap();
     let mut req = String::new();
     for i in 0..ECOS[2].2 {
-        req.push_str(&format!("{}=={}\n", name("PyPI", i), version("PyPI", r.below(10), r.below(10))));
+        req.push_str(&format!(
+            "{}=={}\n",
+            name("PyPI", i),
+            version("PyPI", r.below(10), r.below(10))
+        ));
     }
     fs::write(root.join("app/requirements.txt"), req).unwrap();
     let mut cargo = String::from("version = 3\n");
@@ -159,7 +185,11 @@ fn gen(out: &Path, total: u64) {
     // Go modules through a Go binary's build info.
     let mut modinfo = String::from("path\texample.com/app\nmod\texample.com/app\t(devel)\t\n");
     for i in 0..ECOS[4].2 - 1 {
-        modinfo.push_str(&format!("dep\t{}\t{}\th1:x=\n", name("Go", i), version("Go", r.below(10), r.below(10))));
+        modinfo.push_str(&format!(
+            "dep\t{}\t{}\th1:x=\n",
+            name("Go", i),
+            version("Go", r.below(10), r.below(10))
+        ));
     }
     let blob = go_buildinfo(&modinfo);
     let elf = moat_scan::inventory::binary::build_elf_with_section(".go.buildinfo", &blob);
@@ -173,16 +203,30 @@ fn go_buildinfo(modinfo: &str) -> Vec<u8> {
     moat_scan::fixtures::go_buildinfo_blob("go1.21.3", modinfo)
 }
 
+/// On-CPU time of this thread in ns (`/proc/thread-self/schedstat`): on a
+/// busy shared machine, wall time mostly measures the other tenants.
+fn cpu_ns() -> u64 {
+    fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn bench_match(state: &Path, rootfs: &Path) {
     let inv = inventory::from_rootfs(rootfs).unwrap();
     let db = VulnDb::open(&state.join("vulndb")).unwrap();
     let mut times = Vec::new();
+    let mut cpu = Vec::new();
     let mut findings = 0;
     for _ in 0..5 {
         let t = Instant::now();
+        let c = cpu_ns();
         findings = match_inventory(&db, &inv).unwrap().len();
+        cpu.push((cpu_ns() - c) as f64 / 1e6);
         times.push(t.elapsed().as_secs_f64() * 1000.0);
     }
+    let mut wcpu = cpu[1..].to_vec();
+    wcpu.sort_by(|a, b| a.total_cmp(b));
     let cold = times[0];
     let mut warm = times[1..].to_vec();
     warm.sort_by(|a, b| a.total_cmp(b));
@@ -191,12 +235,16 @@ fn bench_match(state: &Path, rootfs: &Path) {
     println!("findings {findings}");
     println!("match_cold_ms {cold:.1}");
     println!("match_warm_ms {:.1}", warm[warm.len() / 2]);
+    println!("match_warm_cpu_ms {:.1}", wcpu[wcpu.len() / 2]);
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("gen") if args.len() == 4 => gen(Path::new(&args[2]), args[3].parse().expect("advisory count")),
+        Some("gen") if args.len() == 4 => gen(
+            Path::new(&args[2]),
+            args[3].parse().expect("advisory count"),
+        ),
         Some("match") if args.len() == 4 => bench_match(Path::new(&args[2]), Path::new(&args[3])),
         _ => {
             eprintln!("usage: scan_bench gen OUT ADVISORIES | scan_bench match STATE_ROOT ROOTFS");
