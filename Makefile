@@ -28,8 +28,16 @@ test: bootstrap fmt-check clippy
 MOAT_KERNEL_ROOT ?= /var/lib/moat
 .PHONY: agent kernel
 agent:
-	RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build --release -p moat-agent --target x86_64-unknown-linux-gnu
+	RUSTFLAGS='-C target-feature=+crt-static -C strip=symbols' $(CARGO) build --release -p moat-agent --target x86_64-unknown-linux-gnu
 kernel: bootstrap
 	$(CARGO) run -q -p moat -- --root $(MOAT_KERNEL_ROOT) kernel build
 test: agent kernel
 demo: agent kernel
+
+# Fuzz the policy parser, compiler and renderers (needs the nightly
+# toolchain and `cargo install cargo-fuzz`). FUZZ_SECONDS=600 by default.
+.PHONY: fuzz-policy
+FUZZ_SECONDS ?= 600
+fuzz-policy:
+	mkdir -p fuzz/corpus/policy_parse
+	cd fuzz && cargo +nightly fuzz run policy_parse corpus/policy_parse seeds/policy_parse -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096

@@ -17,7 +17,11 @@ use std::time::{Duration, Instant};
 
 use moat_agent::proto::{AgentFailure, Decoder, Exit, Hello, Message, Start, MAX_DATA};
 
-const PORT: &str = "/dev/vport0p1";
+/// Name of the control port (`virtserialport,name=moat.0` on the host).
+const PORT_NAME: &str = "moat.0";
+/// For messages; the device node is found by name (`/dev/vportNpM`, N
+/// depends on how many virtio devices precede the serial device).
+const PORT: &str = "the moat.0 virtio-serial port";
 const ROOT_DEVICE: &str = "/dev/dm-0";
 pub const NEW_ROOT: &str = "/mnt/root";
 
@@ -110,14 +114,35 @@ fn wait_for(path: &str, deadline: Duration) -> bool {
     false
 }
 
-fn open_port() -> io::Result<File> {
-    if !wait_for(PORT, Duration::from_secs(10)) {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "the virtio-serial port never appeared",
-        ));
+/// The device node of the port named [`PORT_NAME`].
+fn find_port() -> Option<String> {
+    let entries = std::fs::read_dir("/sys/class/virtio-ports").ok()?;
+    for e in entries.flatten() {
+        let name = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
+        if name.trim() == PORT_NAME {
+            let dev = format!("/dev/{}", e.file_name().to_string_lossy());
+            if Path::new(&dev).exists() {
+                return Some(dev);
+            }
+        }
     }
-    File::options().read(true).write(true).open(PORT)
+    None
+}
+
+fn open_port() -> io::Result<File> {
+    let start = Instant::now();
+    loop {
+        if let Some(dev) = find_port() {
+            return File::options().read(true).write(true).open(dev);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no virtio-serial port named moat.0 appeared within 30 s",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Kernel log lines about dm-verity, device-mapper or EROFS, to explain an I/O error.
@@ -142,9 +167,10 @@ fn kernel_complaints() -> Vec<String> {
             .unwrap_or(&rec)
             .trim_end()
             .to_string();
-        if ["verity", "device-mapper", "erofs", "EROFS"]
-            .iter()
-            .any(|k| msg.contains(k))
+        if !msg.starts_with("Command line")
+            && ["verity", "device-mapper", "erofs", "EROFS"]
+                .iter()
+                .any(|k| msg.contains(k))
         {
             out.push(msg);
         }
@@ -166,7 +192,10 @@ impl NonblockOpen for std::fs::OpenOptions {
 /// whether dm-verity caught a modified block.
 pub fn explain_io(context: String, err: &io::Error) -> Failure {
     let complaints = kernel_complaints();
-    let verity: Vec<&String> = complaints.iter().filter(|l| l.contains("verity")).collect();
+    let verity: Vec<&String> = complaints
+        .iter()
+        .filter(|l| l.contains("device-mapper: verity"))
+        .collect();
     if !verity.is_empty() {
         return Failure::setup(format!(
             "{context}: {err}: the root filesystem failed dm-verity verification ({}); the cached image was modified after it was built: remove it with `moat image rm` and import it again",

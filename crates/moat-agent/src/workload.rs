@@ -89,9 +89,12 @@ fn child(start: &Start, fds: &[OwnedFd; 3], last_cap: u32) -> Result<Infallible,
     for (i, fd) in fds.iter().enumerate() {
         sys::dup2(fd.as_raw_fd(), i as i32).map_err(|e| err("dup2", e))?;
     }
+    // The pty lives in the agent's devpts instance: keep a handle to bind it in.
+    let pts = File::open("/dev/pts").map_err(|e| err("opening /dev/pts", e))?;
     std::os::unix::fs::chroot(NEW_ROOT).map_err(|e| err("chroot into the root filesystem", e))?;
     std::env::set_current_dir("/").map_err(|e| err("chdir /", e))?;
-    mount_container_fs(plan)?;
+    mount_container_fs(plan, &pts)?;
+    drop(pts);
     if !p.hostname.is_empty() {
         sys::sethostname(&p.hostname).map_err(|e| err("sethostname", e))?;
     }
@@ -203,7 +206,7 @@ fn resolve(arg0: &str, path_var: &str) -> Option<String> {
 
 /// /proc, a minimal /dev, read-only /sys and the plan's tmpfs mounts, all
 /// resolved inside the root we already chrooted into.
-fn mount_container_fs(plan: &moat_policy::Plan) -> Result<(), Failure> {
+fn mount_container_fs(plan: &moat_policy::Plan, pts: &File) -> Result<(), Failure> {
     let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
     let hard = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     sys::mount("proc", "/proc", "proc", hard, "").map_err(|e| err("mounting /proc", e))?;
@@ -232,12 +235,14 @@ fn mount_container_fs(plan: &moat_policy::Plan) -> Result<(), Failure> {
     for d in ["/dev/pts", "/dev/shm"] {
         std::fs::create_dir(d).map_err(|e| err(&format!("mkdir {d}"), e))?;
     }
+    // The agent's devpts instance (it holds only this container's terminal),
+    // so that the workload's terminal is visible as /dev/pts/N.
     sys::mount(
-        "devpts",
+        &format!("/proc/self/fd/{}", pts.as_raw_fd()),
         "/dev/pts",
-        "devpts",
-        libc::MS_NOSUID | libc::MS_NOEXEC,
-        "newinstance,ptmxmode=0666,mode=620",
+        "",
+        libc::MS_BIND,
+        "",
     )
     .map_err(|e| err("mounting /dev/pts", e))?;
     sys::mount("shm", "/dev/shm", "tmpfs", hard, "mode=1777,size=65536k")

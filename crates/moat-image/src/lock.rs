@@ -81,8 +81,8 @@ impl Drop for Staging {
 }
 
 /// Removes staging directories whose creator is gone (its lock can be
-/// taken). A directory without a lock file is removed once it is a minute
-/// old (its creator died between mkdir and lock).
+/// taken). A directory still being set up (`.init-*`) or without a lock
+/// file is removed once it is a minute old.
 pub fn clean_stale(tmp: &Path) -> io::Result<usize> {
     let mut removed = 0;
     let entries = match fs::read_dir(tmp) {
@@ -96,20 +96,42 @@ pub fn clean_stale(tmp: &Path) -> io::Result<usize> {
         if !ent.file_type()?.is_dir() {
             continue;
         }
+        let young = || {
+            ent.metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|m| m.elapsed().ok())
+                .is_none_or(|age| age < Duration::from_secs(60))
+        };
+        if ent.file_name().to_string_lossy().starts_with(".init-") {
+            // Being set up (or its creator died during set-up).
+            if !young() && remove_racy(&path) {
+                removed += 1;
+            }
+            continue;
+        }
         let stale = match File::open(path.join(".lock")) {
             Ok(f) => rustix::fs::flock(&f, FlockOperation::NonBlockingLockExclusive).is_ok(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => ent
-                .metadata()?
-                .modified()
-                .ok()
-                .and_then(|m| m.elapsed().ok())
-                .is_some_and(|age| age > Duration::from_secs(60)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => !young(),
             Err(e) => return Err(e),
         };
-        if stale {
-            fs::remove_dir_all(&path)?;
+        if stale && remove_racy(&path) {
             removed += 1;
         }
     }
     Ok(removed)
+}
+
+/// Removes a stale directory; another command may be removing it at the
+/// same time, so vanishing entries are not an error. Returns whether it is
+/// gone.
+fn remove_racy(path: &Path) -> bool {
+    for _ in 0..3 {
+        match fs::remove_dir_all(path) {
+            Ok(()) => return true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return !path.exists(),
+            Err(_) => {}
+        }
+    }
+    !path.exists()
 }

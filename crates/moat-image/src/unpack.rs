@@ -9,6 +9,8 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
 use serde::{Deserialize, Serialize};
@@ -164,6 +166,10 @@ const HEADER_COST: u64 = 512;
 
 /// Applies one layer blob (compressed or not) onto `root`, checking the
 /// blob digest and, when known, the diff ID. Returns the diff ID.
+///
+/// Reading, hashing and decompressing run on a second thread that hands
+/// 1 MiB chunks to this one, which parses the tar and writes files: the two
+/// halves of the work overlap on a multi-core machine.
 pub fn apply_layer_blob(
     root: BorrowedFd<'_>,
     blob: File,
@@ -173,24 +179,40 @@ pub fn apply_layer_blob(
     budget: &mut Budget,
     progress: &mut dyn FnMut(u64),
 ) -> Result<String, UnpackError> {
-    let mut compressed = HashingReader::new(ProgressReader {
-        inner: BufReader::with_capacity(256 << 10, blob),
-        progress,
-    });
-    let diff_id = {
-        let mut buffered = BufReader::with_capacity(256 << 10, &mut compressed);
-        let (stream, _) = decompress(&mut buffered).map_err(|source| UnpackError::ReadArchive {
-            after: EntryName(b"(start)".to_vec()),
-            source,
-        })?;
-        apply_layer(root, stream, opts, budget)?
-    };
-    let (digest, _) = compressed
-        .finish()
-        .map_err(|source| UnpackError::ReadArchive {
+    let read_bytes = AtomicU64::new(0);
+    let (digest, diff_id) = std::thread::scope(|s| {
+        let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
+        let counter = &read_bytes;
+        let producer = s.spawn(move || produce(blob, counter, tx));
+        let reader = ChannelReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+        };
+        let mut reported = 0;
+        let mut report = |_: ()| {
+            let now = counter.load(Ordering::Relaxed);
+            progress(now - reported);
+            reported = now;
+        };
+        let result = apply_tar(
+            root,
+            ProgressReader {
+                inner: reader,
+                tick: &mut report,
+            },
+            opts,
+            budget,
+        );
+        // On error the reader is dropped, so the producer stops at its
+        // next send.
+        let produced = producer.join().expect("layer reader thread panicked");
+        result?;
+        produced.map_err(|source| UnpackError::ReadArchive {
             after: EntryName(b"(end)".to_vec()),
             source,
-        })?;
+        })
+    })?;
     if let Some(expected) = expected_digest {
         if digest != expected {
             return Err(UnpackError::Digest {
@@ -210,15 +232,114 @@ pub fn apply_layer_blob(
     Ok(diff_id)
 }
 
+const CHUNK: usize = 1 << 20;
+
+/// Reads, hashes and decompresses a blob into chunks; returns (blob digest,
+/// diff ID). Read errors are passed on through the channel too, so that the
+/// tar side reports them with the entry being read.
+fn produce(
+    blob: File,
+    counter: &AtomicU64,
+    tx: mpsc::SyncSender<io::Result<Vec<u8>>>,
+) -> io::Result<(String, String)> {
+    let mut compressed = HashingReader::new(CountingReader {
+        inner: blob,
+        counter,
+    });
+    let diff_id = {
+        let buffered = BufReader::with_capacity(256 << 10, &mut compressed);
+        let (stream, _) = match decompress(buffered) {
+            Ok(s) => s,
+            Err(e) => {
+                let kind = e.kind();
+                let _ = tx.send(Err(e));
+                return Err(kind.into());
+            }
+        };
+        let mut stream = HashingReader::new(stream);
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            let mut filled = 0;
+            while filled < CHUNK {
+                match stream.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let kind = e.kind();
+                        let msg = e.to_string();
+                        // Hand over what was read first, so the error is
+                        // reported at the entry it cuts short.
+                        buf.truncate(filled);
+                        if filled > 0 {
+                            let _ = tx.send(Ok(buf));
+                        }
+                        let _ = tx.send(Err(e));
+                        return Err(io::Error::new(kind, msg));
+                    }
+                }
+            }
+            if filled == 0 {
+                break;
+            }
+            buf.truncate(filled);
+            if tx.send(Ok(buf)).is_err() {
+                return Err(io::ErrorKind::BrokenPipe.into()); // consumer gave up
+            }
+        }
+        stream.finish()?.0
+    };
+    let (digest, _) = compressed.finish()?;
+    Ok((digest, diff_id))
+}
+
+struct CountingReader<'c, R> {
+    inner: R,
+    counter: &'c AtomicU64,
+}
+
+impl<R: Read> Read for CountingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+struct ChannelReader {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(c)) => {
+                    self.chunk = c;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0), // producer done
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 struct ProgressReader<'p, R> {
     inner: R,
-    progress: &'p mut dyn FnMut(u64),
+    tick: &'p mut dyn FnMut(()),
 }
 
 impl<R: Read> Read for ProgressReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        (self.progress)(n as u64);
+        (self.tick)(());
         Ok(n)
     }
 }
@@ -232,6 +353,22 @@ pub fn apply_layer(
     budget: &mut Budget,
 ) -> Result<String, UnpackError> {
     let mut hashed = HashingReader::new(stream);
+    apply_tar(root, &mut hashed, opts, budget)?;
+    let (diff_id, _) = hashed.finish().map_err(|source| UnpackError::ReadArchive {
+        after: EntryName(b"(end)".to_vec()),
+        source,
+    })?;
+    Ok(diff_id)
+}
+
+/// Applies a tar stream and reads it to its end (at most `MAX_TRAILING`
+/// bytes after the end-of-archive blocks).
+fn apply_tar(
+    root: BorrowedFd<'_>,
+    mut stream: impl Read,
+    opts: &UnpackOptions,
+    budget: &mut Budget,
+) -> Result<(), UnpackError> {
     let mut layer = Layer {
         root,
         opts,
@@ -242,7 +379,7 @@ pub fn apply_layer(
     };
     let mut last = EntryName(b"(start)".to_vec());
     {
-        let mut archive = tar::Archive::new(&mut hashed);
+        let mut archive = tar::Archive::new(&mut stream);
         let entries = archive
             .entries()
             .map_err(|source| UnpackError::ReadArchive {
@@ -260,22 +397,19 @@ pub fn apply_layer(
         }
     }
     layer.finish_dirs()?;
-    let before = hashed.count();
-    let mut rest = (&mut hashed).take(MAX_TRAILING + 1);
-    io::copy(&mut rest, &mut io::sink()).map_err(|source| UnpackError::ReadArchive {
-        after: last.clone(),
-        source,
-    })?;
-    if hashed.count() - before > MAX_TRAILING {
+    let trailing =
+        io::copy(&mut (&mut stream).take(MAX_TRAILING + 1), &mut io::sink()).map_err(|source| {
+            UnpackError::ReadArchive {
+                after: last.clone(),
+                source,
+            }
+        })?;
+    if trailing > MAX_TRAILING {
         return Err(UnpackError::TrailingData {
             limit: MAX_TRAILING,
         });
     }
-    let (diff_id, _) = hashed.finish().map_err(|source| UnpackError::ReadArchive {
-        after: last,
-        source,
-    })?;
-    Ok(diff_id)
+    Ok(())
 }
 
 /// Splits an entry path into its components: `.` and empty components are

@@ -9,7 +9,8 @@
 //! 4. one block per system call with argument conditions (`socket` families,
 //!    `clone` flags, `ioctl` requests; `clone3` fails with `ENOSYS` when
 //!    `clone` is conditioned, because its flags live in memory a filter
-//!    cannot read);
+//!    cannot read, or when `clone` is allowed and `clone3` is not, so that
+//!    the C library falls back to `clone`);
 //! 5. the remaining calls as number ranges, either the allowed ranges
 //!    falling through to the default action or the denied ranges falling
 //!    through to allow, whichever program is shorter. Numbers the table does
@@ -96,6 +97,15 @@ fn nr(name: &str) -> u32 {
     syscalls::number(name).unwrap_or_else(|| panic!("`{name}` missing from the syscall table"))
 }
 
+/// Whether `clone3` answers `ENOSYS` whatever the default action: when
+/// `clone` is allowed and either `clone` is conditioned (a filter cannot
+/// read `clone3`'s flags, which live in memory) or `clone3` is not allowed.
+/// The C library then falls back to `clone`, so threads and `fork` work
+/// instead of failing with `EPERM` or dying.
+pub fn clone3_enosys(s: &Syscalls) -> bool {
+    s.allow.contains("clone") && (s.conditions.clone_deny_flags != 0 || !s.allow.contains("clone3"))
+}
+
 /// Compile the syscall section of a policy into a BPF program.
 pub fn compile(s: &Syscalls) -> Result<Vec<SockFilter>, BpfError> {
     let deny = default_ret(s.default_action);
@@ -130,13 +140,13 @@ pub fn compile(s: &Syscalls) -> Result<Vec<SockFilter>, BpfError> {
             stmt(BPF_RET_K, SECCOMP_RET_ALLOW),
         ]);
         handled.insert(nr("clone"));
-        if allowed.contains(&nr("clone3")) {
-            p.extend([
-                jump(BPF_JMP_JEQ_K, nr("clone3"), 0, 1),
-                stmt(BPF_RET_K, SECCOMP_RET_ERRNO | ENOSYS),
-            ]);
-            handled.insert(nr("clone3"));
-        }
+    }
+    if clone3_enosys(s) {
+        p.extend([
+            jump(BPF_JMP_JEQ_K, nr("clone3"), 0, 1),
+            stmt(BPF_RET_K, SECCOMP_RET_ERRNO | ENOSYS),
+        ]);
+        handled.insert(nr("clone3"));
     }
     if allowed.contains(&nr("ioctl")) {
         match &c.ioctl {

@@ -24,7 +24,8 @@ pub fn seccomp_json(policy: &Policy) -> Value {
     let (default, errno) = scmp_default(s.default_action);
     let conditioned = |name: &str| match name {
         "socket" => c.socket_families.is_some(),
-        "clone" | "clone3" => c.clone_deny_flags != 0,
+        "clone" => c.clone_deny_flags != 0,
+        "clone3" => bpf::clone3_enosys(s),
         "ioctl" => !matches!(c.ioctl, IoctlRule::Any),
         _ => false,
     };
@@ -56,19 +57,17 @@ pub fn seccomp_json(policy: &Policy) -> Value {
             }
         }
     }
-    if c.clone_deny_flags != 0 {
-        if s.allow.contains("clone") {
-            rules.push(json!({
-                "names": ["clone"],
-                "action": "SCMP_ACT_ALLOW",
-                "args": [{ "index": 0, "value": c.clone_deny_flags, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ" }],
-            }));
-        }
-        if s.allow.contains("clone3") {
-            rules.push(
-                json!({ "names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": bpf::ENOSYS }),
-            );
-        }
+    if c.clone_deny_flags != 0 && s.allow.contains("clone") {
+        rules.push(json!({
+            "names": ["clone"],
+            "action": "SCMP_ACT_ALLOW",
+            "args": [{ "index": 0, "value": c.clone_deny_flags, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ" }],
+        }));
+    }
+    if bpf::clone3_enosys(s) {
+        rules.push(
+            json!({ "names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": bpf::ENOSYS }),
+        );
     }
     if s.allow.contains("ioctl") {
         match &c.ioctl {

@@ -367,3 +367,14 @@ fn restricted_denies_what_baseline_allows() {
         assert_eq!(out, Outcome::Exited(want), "chmod under `{name}`");
     }
 }
+
+#[test]
+fn denied_clone3_answers_enosys_so_libc_falls_back() {
+    // Even with `default: kill`, a denied clone3 next to an allowed clone
+    // answers ENOSYS instead of killing the process.
+    let prog = program(
+        "apiVersion: moat.dev/v1\nkind: Policy\nmetadata: {name: t}\nspec:\n  extends: baseline\n  syscalls:\n    default: kill\n    deny: [clone3]\n    conditions:\n      clone: {deny_flags: []}\n",
+    );
+    let out = sys::run_filtered(&prog, || sys::errno_of(sys::clone3_null()));
+    assert_eq!(out, Outcome::Exited(libc::ENOSYS));
+}

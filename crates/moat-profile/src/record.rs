@@ -10,20 +10,36 @@ use crate::profile::{IoctlGrant, Profile};
 use crate::syscalls;
 use crate::trace::{family_name, Recorded};
 
-/// The permissive policy the recording run uses: `baseline`, with every
-/// other syscall allowed and logged instead of denied, so that the
-/// workload takes the paths it would take unconfined.
-pub const RECORDING_POLICY: &str = "\
-apiVersion: moat.dev/v1
+/// The permissive policy the recording run uses: `restricted`'s
+/// filesystem and network, but every syscall allowed (what `restricted`
+/// does not list is allowed and logged) and no argument conditions, so that
+/// the workload takes the paths it would take unconfined.
+pub fn recording_policy() -> String {
+    let families: Vec<&str> = moat_policy::args::SOCKET_FAMILIES
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    format!(
+        "apiVersion: moat.dev/v1
 kind: Policy
 metadata:
   name: moat-profile-record
 spec:
-  extends: baseline
+  extends: restricted
   isolation: sandbox
   syscalls:
     default: log
-";
+    conditions:
+      socket:
+        families: [{}]
+      clone:
+        deny_flags: []
+      ioctl:
+        deny: []
+",
+        families.join(", ")
+    )
+}
 
 fn errno_name(e: i64) -> &'static str {
     match e {
@@ -168,7 +184,14 @@ mod tests {
 
     #[test]
     fn recording_policy_compiles() {
-        let policy = Policy::parse(RECORDING_POLICY, "record").unwrap();
-        moat_policy::compile(&policy).unwrap();
+        let policy = Policy::parse(&recording_policy(), "record").unwrap();
+        let plan = moat_policy::compile(&policy).unwrap();
+        let s = crate::surface::of_plan(&plan).unwrap();
+        assert_eq!(s.syscalls.allowed_count, crate::syscalls::table().len());
+        assert!(
+            s.syscalls.conditional.is_empty(),
+            "{:?}",
+            s.syscalls.conditional
+        );
     }
 }

@@ -48,6 +48,83 @@ pub enum TraceError {
 /// Where tracefs lives.
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
+/// Syscalls whose failures are recorded: privileged operations, and the
+/// calls that fail with EROFS when a workload writes to the read-only root.
+pub const WATCHED_EXITS: &[&str] = &[
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "setuid",
+    "setgid",
+    "setreuid",
+    "setregid",
+    "setresuid",
+    "setresgid",
+    "setgroups",
+    "capset",
+    "mknod",
+    "mknodat",
+    "sethostname",
+    "setdomainname",
+    "reboot",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "kexec_load",
+    "swapon",
+    "swapoff",
+    "ptrace",
+    "bpf",
+    "perf_event_open",
+    "unshare",
+    "setns",
+    "iopl",
+    "ioperm",
+    "settimeofday",
+    "clock_settime",
+    "adjtimex",
+    "acct",
+    "quotactl",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "chown",
+    "fchown",
+    "fchownat",
+    "lchown",
+    "syslog",
+    "socket",
+    "bind",
+    "setpriority",
+    "sched_setscheduler",
+    "mlock",
+    "mlockall",
+    "setrlimit",
+    "prlimit64",
+    "kill",
+    "open",
+    "openat",
+    "openat2",
+    "creat",
+    "mkdir",
+    "mkdirat",
+    "unlink",
+    "unlinkat",
+    "rename",
+    "renameat",
+    "renameat2",
+    "link",
+    "linkat",
+    "symlink",
+    "symlinkat",
+    "chmod",
+    "fchmod",
+    "fchmodat",
+    "truncate",
+    "utimensat",
+];
+
 /// Per-CPU trace buffer, KiB.
 const BUFFER_KB: u32 = 131_072;
 
@@ -115,12 +192,18 @@ impl Instance {
         write(&d.join("options/overwrite"), "0")?;
         write(&d.join("options/event-fork"), "1")?;
         write(&d.join("set_event_pid"), &pid.to_string())?;
-        // Only failures matter on exit (EPERM/EACCES/EROFS); this halves
-        // the volume of the trace.
-        write(&d.join("events/raw_syscalls/sys_exit/filter"), "ret < 0")?;
+        // Exits matter only when a privileged operation or a write fails
+        // (EPERM/EACCES/EROFS): per-syscall exit events for those calls,
+        // filtered in the kernel, cost far less than every exit.
+        for name in WATCHED_EXITS {
+            let ev = d.join("events/syscalls").join(format!("sys_exit_{name}"));
+            if ev.is_dir() {
+                write(&ev.join("filter"), "ret < 0")?;
+                write(&ev.join("enable"), "1")?;
+            }
+        }
         for ev in [
             "raw_syscalls/sys_enter",
-            "raw_syscalls/sys_exit",
             "sched/sched_process_fork",
             "sched/sched_process_exec",
         ] {
@@ -268,6 +351,18 @@ pub fn parse(text: &str) -> Vec<Event> {
             };
             if let (Ok(nr), Ok(ret)) = (nr.trim().parse::<u32>(), ret.trim().parse::<i64>()) {
                 out.push(Event::Exit { pid, nr, ret });
+            }
+        } else if let Some((name, ret)) =
+            ev.strip_prefix("sys_").and_then(|r| r.split_once(" -> 0x"))
+        {
+            // A per-syscall exit event: `sys_openat -> 0xfffffffffffffffe`.
+            let table = syscalls::table();
+            if let (Some(nr), Ok(ret)) = (table.number(name), u64::from_str_radix(ret.trim(), 16)) {
+                out.push(Event::Exit {
+                    pid,
+                    nr,
+                    ret: ret as i64,
+                });
             }
         } else if let Some(rest) = ev.strip_prefix("sched_process_fork: ") {
             if let (Some(p), Some(c)) = (field(rest, " pid="), field(rest, "child_pid=")) {
@@ -444,7 +539,7 @@ mod tests {
               sh-101     [001] .....   10.000005: sched_process_exec: filename=/bin/my prog pid=101 old_pid=101
               sh-101     [001] .....   10.000006: sys_exit: NR 59 = 0
               sh-101     [001] .....   10.000007: sys_enter: NR 41 (2, 1, 0, 0, 0, 0)
-              sh-101     [001] .....   10.000008: sys_exit: NR 41 = -1
+              sh-101     [001] .....   10.000008: sys_socket -> 0xffffffffffffffff
               sh-101     [001] .....   10.000009: sched_process_fork: comm=sh pid=101 child_comm=sh child_pid=102
          ls-x-102     [000] .....   10.000010: sys_enter: NR 16 (1, 5401, 0, 0, 0, 0)
             moat-100     [000] .....   10.000011: sys_enter: NR 61 (ffffffffffffffff, 0, 0, 0, 0, 0)

@@ -124,11 +124,18 @@ impl Cgroup {
     }
 }
 
-/// Removes empty per-VM groups left by supervisors that were killed.
+/// Removes empty per-VM groups left by supervisors that were killed. Only
+/// groups older than a minute: a younger one may belong to a VM whose VMM
+/// has not joined it yet.
 fn sweep_stale(parent: &Path) {
+    let old = |p: &Path| {
+        fs::metadata(p)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > Duration::from_secs(60)))
+    };
     if let Ok(entries) = fs::read_dir(parent) {
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with("vm-") {
+            if e.file_name().to_string_lossy().starts_with("vm-") && old(&e.path()) {
                 // Fails with EBUSY while processes are inside: then it is not stale.
                 let _ = fs::remove_dir(e.path());
             }

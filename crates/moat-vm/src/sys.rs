@@ -246,14 +246,19 @@ impl PreExec {
                 )
             };
         }
-        for &(from, to) in &self.fds {
-            if from == to {
-                // SAFETY: clear FD_CLOEXEC on an fd we own.
-                check(unsafe { libc::fcntl(to, libc::F_SETFD, 0) })?;
-            } else {
-                // SAFETY: dup2 onto a target number; the new fd is inheritable.
-                check(unsafe { libc::dup2(from, to) })?;
-            }
+        // Two phases, so that a source that happens to sit on another
+        // source's target number is not overwritten before it is used.
+        let mut high: [RawFd; 8] = [-1; 8];
+        if self.fds.len() > high.len() {
+            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        }
+        for (i, &(from, _)) in self.fds.iter().enumerate() {
+            // SAFETY: duplicates an fd we own onto a number >= 64, close-on-exec.
+            high[i] = check(unsafe { libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 64) })?;
+        }
+        for (i, &(_, to)) in self.fds.iter().enumerate() {
+            // SAFETY: dup2 onto the target number; the new fd is inheritable.
+            check(unsafe { libc::dup2(high[i], to) })?;
         }
         Ok(())
     }

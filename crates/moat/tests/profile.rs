@@ -37,7 +37,7 @@ impl Env {
     /// A rootfs with Debian's static busybox and its applet links.
     fn busybox_rootfs(&self) -> PathBuf {
         let root = self.path("busybox");
-        for d in ["bin", "etc", "proc", "dev", "sys", "tmp"] {
+        for d in ["bin", "etc", "proc", "dev", "sys", "tmp", "run"] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
@@ -392,7 +392,8 @@ fn static_profile_of_a_glibc_program_passes_verify() {
     );
     let text = std::fs::read_to_string(&policy).unwrap();
     assert!(text.contains("(libc (glibc))"), "{text}");
-    assert!(text.contains("libc:opendir"), "{text}");
+    assert!(text.contains("      - getdents64  "), "{text}");
+    assert!(text.contains("# libc:"), "{text}");
 }
 
 #[test]
@@ -457,4 +458,48 @@ fn measure_crun_through_the_cli() {
     assert_eq!(v[0]["exit_code"], 0);
     let n = v[0]["syscalls_count"].as_u64().unwrap();
     assert!(n > 10 && n < 60, "{n}");
+}
+
+#[test]
+fn measure_sandbox_counts_the_workload_only() {
+    if !can_record("measure_sandbox_counts_the_workload_only") {
+        return;
+    }
+    let env = Env::new();
+    let rootfs = env.busybox_rootfs();
+    let out = env.moat(&[
+        "surface",
+        "measure",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--isolation",
+        "sandbox",
+        "--format",
+        "json",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo hi; ls /",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["backend"], "sandbox");
+    assert_eq!(v[0]["exit_code"], 0);
+    let names: Vec<&str> = v[0]["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"getdents64"), "{names:?}");
+    // moat's own setup (mounts, pivot_root, seccomp) is not the tenant's.
+    for setup in ["mount", "pivot_root", "seccomp", "unshare"] {
+        assert!(!names.contains(&setup), "{setup} in {names:?}");
+    }
+    // Level (b): measured, or refused with the reason.
+    let hap_ok = v[0]["hap_functions"].as_u64().is_some_and(|n| n > 0);
+    let refused = v[0]["hap_unavailable"]
+        .as_str()
+        .is_some_and(|w| w.contains("function tracer cannot be enabled"));
+    assert!(hap_ok || refused, "{}", v[0]);
 }

@@ -56,7 +56,10 @@ pub fn ensure_agent() {
                 "--target",
                 "x86_64-unknown-linux-gnu",
             ])
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .env(
+                "RUSTFLAGS",
+                "-C target-feature=+crt-static -C strip=symbols",
+            )
             .status()
             .expect("cargo build of the agent");
         assert!(st.success(), "building the static agent failed");

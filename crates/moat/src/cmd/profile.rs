@@ -353,7 +353,7 @@ fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode>
             let (code, out, err) = run_under(
                 global,
                 &args.source,
-                record::RECORDING_POLICY,
+                &record::recording_policy(),
                 &command,
                 None,
             )?;
@@ -459,7 +459,7 @@ fn run_record(global: &GlobalArgs, args: RecordArgs) -> anyhow::Result<ExitCode>
     };
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let rec_policy = dir.path().join("record.yaml");
-    std::fs::write(&rec_policy, record::RECORDING_POLICY)
+    std::fs::write(&rec_policy, record::recording_policy())
         .context("cannot write the recording policy")?;
     let argv = moat_run_argv(global, &args.source, "sandbox", Some(&rec_policy), &command)?;
     let program = command[0].rsplit('/').next().map(String::from);

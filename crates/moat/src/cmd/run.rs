@@ -180,20 +180,40 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// The vm backend (moat-vm). Kept to one call so the merge is one line.
 fn run_vm(
-    _global: &GlobalArgs,
-    _args: &RunArgs,
-    _image: ResolvedImage,
-    _process: ProcessSpec,
-    _plan: Plan,
-    _name: String,
-    _stop_timeout: Duration,
+    global: &GlobalArgs,
+    args: &RunArgs,
+    image: ResolvedImage,
+    process: ProcessSpec,
+    plan: Plan,
+    name: String,
+    stop_timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
-    bail!("the vm backend is not available in this build (moat-vm has no run_container yet); use --isolation sandbox")
+    let opts = moat_vm::VmRunOptions {
+        state_root: global.root.clone(),
+        run_root: global.run_root(),
+        rootfs: image.rootfs,
+        image_id: image.image_id,
+        process,
+        plan,
+        accel: args.accel.map(|a| match a {
+            Accel::Kvm => "kvm".to_string(),
+            Accel::Tcg => "tcg".to_string(),
+        }),
+        name,
+        stop_timeout,
+    };
+    match moat_vm::run_container(opts) {
+        Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+        Err(e) => {
+            eprintln!("moat: error: {:#}", anyhow::Error::from(e));
+            Ok(ExitCode::from(125))
+        }
+    }
 }
 
 /// Whether `auto` should pick the vm backend.
-fn vm_accelerator_works(_state_root: &Path) -> bool {
-    false
+fn vm_accelerator_works(state_root: &Path) -> bool {
+    moat_vm::accelerator_works(state_root)
 }
 
 fn resolve_image(global: &GlobalArgs, reference: &str) -> anyhow::Result<ResolvedImage> {
