@@ -373,8 +373,19 @@ pub fn gate(
     let stored = load(root, image_id)?.ok_or_else(|| StoreError::NoInventory {
         image_id: image_id.to_string(),
     })?;
+    gate_inventory(root, &stored.inventory, fail_on, ignores, today)
+}
+
+/// [`gate`] for an inventory at hand (`moat run --rootfs DIR`).
+pub fn gate_inventory(
+    root: &Path,
+    inventory: &Inventory,
+    fail_on: Severity,
+    ignores: &[IgnoreRule],
+    today: i64,
+) -> Result<GateDecision, StoreError> {
     let db = VulnDb::open(&root.join("vulndb"))?;
-    let mut findings = match_inventory(&db, &stored.inventory)?;
+    let mut findings = match_inventory(&db, inventory)?;
     findings.retain(|f| f.severity >= fail_on);
     let expired = ignores
         .iter()

@@ -453,3 +453,58 @@ fn scan_image_from_the_store() {
         "moat: error: no image matches \"nosuch:1\" (see `moat image ls`)\n"
     );
 }
+
+#[test]
+fn run_refuses_an_image_the_policy_fails_on() {
+    let e = env();
+    moat(&e.root, &["vulndb", "import", e.osv.to_str().unwrap()]);
+    let alpine = e.root.join("alpine");
+    fixtures::write_alpine_rootfs(&alpine).unwrap();
+    import_rootfs(&e.root, &alpine, "alpine:3.18");
+    let policy = |extra: &str| {
+        let p = e.root.join("policy.yaml");
+        fs::write(
+            &p,
+            format!(
+                "apiVersion: moat.dev/v1\nkind: Policy\nmetadata:\n  name: gated\nspec:\n  extends: baseline\n  vulnerabilities:\n    fail_on: high\n{extra}"
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let run = |p: &Path| {
+        moat(
+            &e.root,
+            &[
+                "run",
+                "--isolation",
+                "sandbox",
+                "--policy",
+                p.to_str().unwrap(),
+                "alpine:3.18",
+                "/bin/true",
+            ],
+        )
+    };
+    let o = run(&policy(""));
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("has 1 vulnerabilities at or above the policy's fail_on=high: ALPINE-CVE-2025-26519 (high) in musl 1.2.4-r2: fixed in 1.2.4_git20230717-r5; fix the image or add time-limited ignore entries to the policy"),
+        "{err}"
+    );
+    // An expired ignore entry no longer applies, and the refusal says so.
+    let o = run(&policy("    ignore:\n      - id: CVE-2025-26519\n        reason: not reachable\n        expires: 2020-01-01\n"));
+    let err = stderr(&o);
+    assert!(
+        err.contains("(expired ignore entries no longer apply: CVE-2025-26519)"),
+        "{err}"
+    );
+    // An active one lifts the refusal (whatever happens next is the run's business).
+    let o = run(&policy("    ignore:\n      - id: ALPINE-CVE-2025-26519\n        reason: not reachable\n        expires: 2999-01-01\n"));
+    assert!(
+        !stderr(&o).contains("vulnerabilities at or above"),
+        "{}",
+        stderr(&o)
+    );
+}

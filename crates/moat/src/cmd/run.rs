@@ -149,6 +149,12 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         resolve_image(global, &args.image)?
     };
 
+    crate::cmd::scan::vulnerability_gate(
+        global,
+        args.policy.as_deref(),
+        &image.image_id,
+        &image.rootfs,
+    )?;
     let id = state::new_id();
     let name = args.name.clone().unwrap_or_else(|| id[..12].to_string());
     state::validate_name(&name)?;

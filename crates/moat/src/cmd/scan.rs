@@ -167,3 +167,66 @@ fn watch(
         std::thread::sleep(Duration::from_secs(interval.max(1)));
     }
 }
+
+/// The vulnerability check of `moat run`: when the policy (`--policy`, else
+/// the built-in `baseline`) sets `vulnerabilities.fail_on`, refuse an image
+/// with findings at or above it that no unexpired ignore entry covers,
+/// naming the advisories and fixed versions. `image_id` is the config digest
+/// of a stored image, or anything else for a `--rootfs` directory (then the
+/// directory is inventoried). Without an advisory database the check
+/// refuses: a policy that asks for it is not silently skipped.
+pub fn vulnerability_gate(
+    global: &GlobalArgs,
+    policy: Option<&std::path::Path>,
+    image_id: &str,
+    rootfs: &std::path::Path,
+) -> anyhow::Result<()> {
+    let policy = match policy {
+        Some(p) => moat_policy::Policy::resolve(&p.to_string_lossy())?,
+        None => moat_policy::Policy::builtin("baseline")?,
+    };
+    let v = &policy.spec.vulnerabilities;
+    let Some(fail_on) = v.fail_on else {
+        return Ok(());
+    };
+    use moat_policy::model::Severity as P;
+    let fail_on = match fail_on {
+        P::Low => Severity::Low,
+        P::Medium => Severity::Medium,
+        P::High => Severity::High,
+        P::Critical => Severity::Critical,
+    };
+    let ignores: Vec<moat_scan::store::IgnoreRule> = v
+        .ignore
+        .iter()
+        .map(|i| moat_scan::store::IgnoreRule {
+            id: i.id.clone(),
+            expires: Some(i.expires.clone()).filter(|e| !e.is_empty()),
+            reason: Some(i.reason.clone()),
+        })
+        .collect();
+    let today = moat_scan::util::today();
+    let root = &global.root;
+    let context = || {
+        format!(
+            "policy {:?} sets vulnerabilities.fail_on={fail_on}, so the image must be checked",
+            policy.name
+        )
+    };
+    let decision = if image_id.starts_with("sha256:") {
+        if moat_scan::store::load(root, image_id)?.is_none() {
+            let store = moat_image::Store::open(root)?;
+            let image = store.resolve(image_id)?;
+            inventory_from_store(&store, &image)?;
+        }
+        moat_scan::store::gate(root, image_id, fail_on, &ignores, today).with_context(context)?
+    } else {
+        let inv = inventory::from_rootfs(rootfs)?;
+        moat_scan::store::gate_inventory(root, &inv, fail_on, &ignores, today)
+            .with_context(context)?
+    };
+    if let Some(msg) = decision.refusal(image_id, fail_on) {
+        anyhow::bail!("{msg}; fix the image or add time-limited ignore entries to the policy");
+    }
+    Ok(())
+}
