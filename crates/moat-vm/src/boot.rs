@@ -70,6 +70,10 @@ pub fn boot(hv: &dyn Hypervisor, req: BootRequest<'_>) -> Result<Booted, VmError
             guest_memory_mib: req.memory_mib,
             cleanup: req.cleanup,
             hide: vec![req.state_root.to_path_buf()],
+            device_group: match req.accel {
+                Accel::Kvm => jail::kvm_group(),
+                Accel::Tcg => None,
+            },
         },
     )?;
     Ok(Booted { vmm, control: host })

@@ -194,6 +194,10 @@ pub struct JailSpec {
     pub cleanup: Vec<PathBuf>,
     /// Extra host directories to hide from the VMM (moat's state root).
     pub hide: Vec<PathBuf>,
+    /// The one supplementary group the VMM keeps: the group that owns
+    /// `/dev/kvm` when KVM is used (Debian: `kvm`, mode 0660). `None` clears
+    /// all groups.
+    pub device_group: Option<u32>,
 }
 
 /// Starts `cmd` in the jail.
@@ -238,7 +242,11 @@ pub fn spawn(cmd: VmmCommand, spec: &JailSpec) -> Result<RunningVmm, JailError> 
         hide,
     };
     let uid = spec.uid.to_string();
-    let script = r#"u=$1; shift; setpriv --reuid="$u" --regid="$u" --clear-groups --bounding-set=-all --inh-caps=-all --no-new-privs -- "$@" & wait $!"#;
+    let groups = match spec.device_group {
+        Some(g) => format!("--groups={g}"),
+        None => "--clear-groups".to_string(),
+    };
+    let script = r#"u=$1; g=$2; shift 2; setpriv --reuid="$u" --regid="$u" "$g" --bounding-set=-all --inh-caps=-all --no-new-privs -- "$@" & wait $!"#;
     let mut command = Command::new("unshare");
     command
         .args([
@@ -252,6 +260,7 @@ pub fn spawn(cmd: VmmCommand, spec: &JailSpec) -> Result<RunningVmm, JailError> 
             "moat-jail",
         ])
         .arg(&uid)
+        .arg(&groups)
         .arg(&cmd.program)
         .args(&cmd.args)
         .stdin(Stdio::null())
@@ -278,9 +287,14 @@ pub fn spawn(cmd: VmmCommand, spec: &JailSpec) -> Result<RunningVmm, JailError> 
 /// moat's end of its stdin closes, however moat ended (even `kill -9`).
 fn spawn_reaper(cgroup: &Path, paths: &[PathBuf]) -> std::io::Result<OwnedFd> {
     let (r, w) = sys::pipe()?;
-    let script = r#"cat >/dev/null; cg=$1; shift; i=0
+    // The outer shell backgrounds the watcher and exits at once, so the
+    // watcher is re-parented to init and moat needs no reaping thread (a
+    // thread would make the process unfit to start a sandbox afterwards,
+    // e.g. after the accelerator probe of `--isolation auto`). An
+    // asynchronous list gets /dev/null as stdin, hence the pipe on fd 3.
+    let script = r#"exec 3<&0; (cat <&3 >/dev/null; exec 3<&-; cg=$1; shift; i=0
 while [ -d "$cg" ] && ! rmdir "$cg" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
-rm -rf -- "$@""#;
+rm -rf -- "$@") >/dev/null 2>&1 &"#;
     let mut cmd = Command::new("/bin/sh");
     cmd.args(["-c", script, "moat-reaper"])
         .arg(cgroup)
@@ -289,11 +303,15 @@ rm -rf -- "$@""#;
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut child = sys::spawn_detached(&mut cmd)?;
-    // Reap it in the background so it never lingers as a zombie of a long-lived moat.
-    std::thread::spawn(move || {
-        // Signals meant for moat must reach the session's signalfd, not kill us here.
-        sys::block_all_signals();
-        let _ = child.wait();
-    });
+    // The outer shell exits as soon as the watcher is in the background.
+    child.wait()?;
     Ok(w)
+}
+
+/// The group of `/dev/kvm` when that group may read and write it (the
+/// jailed VMM keeps it so KVM works without any other privilege).
+pub fn kvm_group() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata("/dev/kvm").ok()?;
+    (m.mode() & 0o060 == 0o060 && m.gid() != 0).then_some(m.gid())
 }

@@ -302,13 +302,3 @@ pub fn spawn_detached(cmd: &mut std::process::Command) -> io::Result<std::proces
     }
     cmd.spawn()
 }
-
-/// Blocks every signal in the calling thread (helper threads).
-pub fn block_all_signals() {
-    // SAFETY: sigset_t is plain data filled by sigfillset; the old mask is not needed.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut set);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-}
