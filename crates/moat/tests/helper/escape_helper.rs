@@ -77,7 +77,7 @@ fn main() {
                 ("request_key", 249, [c("user").into_raw() as i64, c("moat-escape").into_raw() as i64, 0, 0]),
             ];
             for (name, nr, a) in calls {
-                // SAFETY-free test code: arguments are valid pointers or numbers.
+                // SAFETY: the arguments are numbers or valid pointers; the kernel checks them.
                 let r = unsafe { syscall(nr, a[0], a[1], a[2], a[3], 0i64, 0i64) };
                 println!("{name}: {}", res(r));
             }
@@ -85,18 +85,23 @@ fn main() {
         // Attempt 9: ptrace a process outside the container.
         "ptrace" => {
             let pid: i64 = arg(2).parse().unwrap_or(1);
+            // SAFETY: PTRACE_ATTACH takes plain integers; the kernel validates them.
             let r = unsafe { syscall(101, 16 /* PTRACE_ATTACH */, pid, 0i64, 0i64) };
             println!("ptrace: {}", res(r));
         }
         // Attempt 14: a new user namespace, then a mount inside it.
         "unshare-mount" => {
+            // SAFETY: unshare takes a flag word and touches no memory of ours.
             let r = unsafe { unshare(0x1000_0000 /* CLONE_NEWUSER */) };
             println!("unshare: {}", res(r as i64));
+            // SAFETY: unshare takes a flag word and touches no memory of ours.
             let r = unsafe { unshare(0x0002_0000 /* CLONE_NEWNS */) };
             println!("unshare-mountns: {}", res(r as i64));
+            // SAFETY: every pointer is a live NUL-terminated CString or null.
             let r = unsafe { mount(c("none").as_ptr(), c("/tmp").as_ptr(), c("tmpfs").as_ptr(), 0, std::ptr::null()) };
             println!("mount: {}", res(r as i64));
             // clone(CLONE_NEWUSER) directly, bypassing unshare.
+            // SAFETY: raw clone without a new stack: the child only calls exit.
             let r = unsafe { syscall(56, 0x1000_0000i64 | 17, 0i64, 0i64, 0i64, 0i64) };
             if r == 0 {
                 std::process::exit(0);
@@ -107,14 +112,17 @@ fn main() {
         "mknod" => {
             let (major, minor): (u64, u64) = (arg(2).parse().unwrap_or(8), arg(3).parse().unwrap_or(0));
             let dev = (major << 8) | minor;
+            // SAFETY: the path is a live NUL-terminated CString.
             let r = unsafe { mknod(c("/tmp/disk").as_ptr(), 0o60600, dev) };
             println!("mknod: {}", res(r as i64));
+            // SAFETY: the path is a live NUL-terminated CString.
             let r = unsafe { open(c("/tmp/disk").as_ptr(), 0) };
             println!("open-disk: {}", res(r as i64));
         }
         // Attempt 4: leaked descriptors and the working directory.
         "fds" => {
             let open: Vec<String> = (0..4096)
+                // SAFETY: F_GETFD on any integer only reads the fd table.
                 .filter(|&fd| unsafe { fcntl(fd, 1 /* F_GETFD */) } >= 0)
                 .map(|fd| fd.to_string())
                 .collect();
@@ -131,9 +139,11 @@ fn main() {
             for pid in pids {
                 let link = format!("/proc/{pid}/exe");
                 let target = std::fs::read_link(&link).map(|p| p.display().to_string()).unwrap_or_else(|e| errno_name(&e));
+                // SAFETY: the path is a live NUL-terminated CString; the fd is leaked on purpose.
                 let w = unsafe { open(c(&link).as_ptr(), 1 /* O_WRONLY */) };
                 println!("exe {pid} {target}: {}", res(w as i64));
             }
+            // SAFETY: the path is a live NUL-terminated CString.
             let w = unsafe { open(c("/proc/self/exe").as_ptr(), 1) };
             println!("self-exe: {}", res(w as i64));
         }
@@ -141,6 +151,7 @@ fn main() {
         "nofile" => {
             let mut n = 0;
             let err = loop {
+                // SAFETY: the path is a live NUL-terminated CString; fds are leaked on purpose.
                 let fd = unsafe { open(c("/dev/null").as_ptr(), 0) };
                 if fd < 0 {
                     break Error::last_os_error();
@@ -157,10 +168,12 @@ fn main() {
             let mut made = 0u32;
             let mut err = String::new();
             for _ in 0..100_000 {
+                // SAFETY: this helper is single-threaded, so the child may run any code.
                 let pid = unsafe { fork() };
                 if pid == 0 {
                     // Children keep forking too, then wait forever.
                     loop {
+                        // SAFETY: single-threaded; fork and pause take no pointers.
                         if unsafe { fork() } < 0 {
                             unsafe { pause() };
                         }
@@ -172,6 +185,7 @@ fn main() {
                 }
                 made += 1;
             }
+            // SAFETY: sleep takes an integer.
             unsafe { sleep(1) };
             println!("forkbomb: pid 1 forked {made} then {err}");
             let procs = std::fs::read_dir("/proc")
@@ -183,6 +197,7 @@ fn main() {
         }
         // Attempt 10: what a setuid binary gives.
         "ids" => {
+            // SAFETY: getuid and geteuid cannot fail and take no arguments.
             println!("ids: uid={} euid={}", unsafe { getuid() }, unsafe { geteuid() });
         }
         _ => {
