@@ -18,6 +18,7 @@ pub mod qemu;
 pub mod rootfs;
 pub mod session;
 mod state;
+pub mod supervisor;
 mod sys;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +48,9 @@ pub struct VmRunOptions {
     pub accel: Option<String>,
     pub name: String,
     pub stop_timeout: Duration,
+    /// Which threads the supervisor's own seccomp filter binds once QEMU
+    /// runs: the whole process for the CLI, the calling thread when embedded.
+    pub supervisor_seccomp: supervisor::Scope,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +65,8 @@ pub enum VmError {
     Hypervisor(#[from] hypervisor::HypervisorError),
     #[error(transparent)]
     Jail(#[from] jail::JailError),
+    #[error(transparent)]
+    Supervisor(#[from] supervisor::SupervisorError),
     #[error("--accel {value:?} is not an accelerator: use kvm, tcg or auto")]
     BadAccel { value: String },
     #[error("opening {path}")]
@@ -147,6 +153,7 @@ pub fn run_container_with(
             plan: &opts.plan,
             stop_timeout: opts.stop_timeout,
             stdio,
+            confine: opts.supervisor_seccomp,
         },
     );
     drop(state);

@@ -20,6 +20,8 @@ pub struct SessionOptions<'a> {
     pub plan: &'a Plan,
     pub stop_timeout: Duration,
     pub stdio: Stdio,
+    /// Where the supervisor's seccomp filter goes (see [`crate::supervisor`]).
+    pub confine: crate::supervisor::Scope,
 }
 
 /// Where the workload's stdio goes on the host.
@@ -78,6 +80,9 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
     // What the VMM prints (kernel warnings, QEMU errors), last 16 KiB, for error messages.
     let mut console: Vec<u8> = Vec::new();
     sys::set_nonblocking(booted.vmm.console.as_fd(), true).map_err(VmError::Channel)?;
+    // Everything the relay and the teardown need is open: from here on the
+    // supervisor runs under its own filter.
+    crate::supervisor::confine(opts.confine)?;
     let console_text = |console: &[u8], more: String| {
         let mut t = String::from_utf8_lossy(console).into_owned();
         t.push_str(&more);

@@ -302,3 +302,109 @@ pub fn spawn_detached(cmd: &mut std::process::Command) -> io::Result<std::proces
     }
     cmd.spawn()
 }
+
+/// `prog` as the kernel's `struct sock_filter` array.
+fn to_kernel(prog: &[moat_policy::plan::SockFilter]) -> Vec<libc::sock_filter> {
+    prog.iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect()
+}
+
+/// Sets `no_new_privs` and installs `prog` as a seccomp filter, on every
+/// thread of the process when `tsync` (`SECCOMP_FILTER_FLAG_TSYNC`), else on
+/// the calling thread only.
+pub fn install_seccomp(prog: &[moat_policy::plan::SockFilter], tsync: bool) -> io::Result<()> {
+    let mut insns = to_kernel(prog);
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(insns.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
+        filter: insns.as_mut_ptr(),
+    };
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+    let flags: libc::c_ulong = if tsync {
+        libc::SECCOMP_FILTER_FLAG_TSYNC
+    } else {
+        0
+    };
+    // SAFETY: fprog points at `insns`, which outlives the call; the kernel
+    // copies the program.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    match r {
+        0 => Ok(()),
+        r if r < 0 => Err(io::Error::last_os_error()),
+        // TSYNC: the id of a thread that could not be synchronised.
+        _ => Err(io::Error::from_raw_os_error(libc::ESRCH)),
+    }
+}
+
+/// How a [`probe_filter`] child ended.
+#[cfg(test)]
+#[derive(Debug, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// Forks a child that installs `prog` on itself and makes system call `nr`
+/// with arguments `(-1, FIONREAD, 0)`, then exits 0. Test helper.
+#[cfg(test)]
+pub fn probe_filter(prog: &[moat_policy::plan::SockFilter], nr: i64) -> io::Result<ProbeOutcome> {
+    let mut insns = to_kernel(prog);
+    let fprog = libc::sock_fprog {
+        len: insns.len() as u16,
+        filter: insns.as_mut_ptr(),
+    };
+    // SAFETY: the child only makes raw system calls on data prepared before
+    // the fork (no allocation, no locks) and ends with _exit.
+    let pid = check(unsafe { libc::fork() })?;
+    if pid == 0 {
+        // SAFETY: raw system calls in the forked child; see above. No core
+        // dump for the SIGSYS (not dumpable).
+        unsafe {
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                libc::_exit(101);
+            }
+            let f: libc::c_ulong = 0;
+            if libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                f,
+                &fprog as *const libc::sock_fprog,
+            ) != 0
+            {
+                libc::_exit(102);
+            }
+            libc::syscall(nr, -1i64, libc::FIONREAD as i64, 0i64);
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child; status is a valid int.
+        match check(unsafe { libc::waitpid(pid, &mut status, 0) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => {
+                r?;
+                break;
+            }
+        }
+    }
+    Ok(if libc::WIFSIGNALED(status) {
+        ProbeOutcome::Signaled(libc::WTERMSIG(status))
+    } else {
+        ProbeOutcome::Exited(libc::WEXITSTATUS(status))
+    })
+}

@@ -1,12 +1,17 @@
 //! `moat run --isolation vm` end to end through the CLI: an imported image
-//! in a micro-VM, stdin, exit codes and the guest's own kernel. Skips with
-//! `SKIP:` when QEMU or the guest kernel is absent (`make kernel` builds it).
+//! in a micro-VM, stdin, exit codes, the guest's own kernel, signals sent to
+//! the real `moat` process (SIGTERM, Ctrl-C, `kill -9`) and what is left
+//! afterwards. Skips with `SKIP:` when QEMU or the guest kernel is absent
+//! (`make kernel` builds it).
 
 #[path = "sandbox_common/mod.rs"]
 mod common;
 
-use std::io::Write;
-use std::process::Stdio;
+use std::io::{BufRead, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
 
 use common::{can_sandbox, stderr, stdout, Env};
 
@@ -143,4 +148,267 @@ fn bad_accelerator_is_a_clear_error() {
         "{}",
         stderr(&o)
     );
+}
+
+/// Imports the test image as `busybox` into `env`'s state root.
+fn import_test_image(env: &Env) {
+    let archive = env.dir.path().join("busybox.oci.tar");
+    let o = env
+        .moat(&["dev", "test-image", "-o", archive.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = env
+        .moat(&["image", "import", archive.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// A `moat run --isolation vm` in its own process group (as a shell runs a
+/// foreground job), with its stdout read line by line.
+struct Running {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+fn spawn_vm(env: &Env, script: &str) -> Running {
+    use std::os::unix::process::CommandExt;
+    let mut child = env
+        .moat(&[
+            "run",
+            "--isolation",
+            "vm",
+            "--accel",
+            "tcg",
+            "--stop-timeout",
+            "60",
+            "busybox",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    Running { child, lines: rx }
+}
+
+impl Running {
+    /// Waits (up to 3 minutes: TCG on two busy cores) for the workload to print `want`.
+    fn wait_line(&mut self, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while Instant::now() < deadline {
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_secs(1)) {
+                if l == want {
+                    return;
+                }
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("moat ended ({st}) before the workload printed {want:?}");
+            }
+        }
+        let _ = self.child.kill();
+        panic!("the workload never printed {want:?}");
+    }
+
+    /// Waits (bounded) for moat to end.
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("moat did not end within 120 s");
+    }
+
+    /// The rest of the workload's output.
+    fn rest(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            v.push(l);
+        }
+        v
+    }
+}
+
+impl Drop for Running {
+    /// A failed assertion must not leave moat (and its VM) running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `kill(2)` through the `kill` command (tests stay free of `unsafe`).
+fn send(pid: i32, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg("--")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -{sig} {pid}");
+}
+
+/// Processes running under a jailed VMM uid (QEMU and its jail).
+fn jailed_processes() -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let uid: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if (moat_vm::jail::UID_BASE..moat_vm::jail::UID_BASE + 0x10000).contains(&uid) {
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            out.push(format!("{name} {}", comm.trim()));
+        }
+    }
+    out
+}
+
+/// What a VM may leave behind: jailed processes, its cgroup, its container
+/// state directory (with the control socket's owner gone) under the run root.
+fn leftovers(env: &Env) -> Vec<String> {
+    let mut l = jailed_processes();
+    for parent in ["/sys/fs/cgroup/memory/moat", "/sys/fs/cgroup/moat"] {
+        if let Ok(rd) = std::fs::read_dir(parent) {
+            l.extend(
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("vm-"))
+                    .map(|n| format!("{parent}/{n}")),
+            );
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(env.state_root().join("run/containers")) {
+        l.extend(
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.file_name().is_some_and(|n| n != ".lock"))
+                .map(|p| p.display().to_string()),
+        );
+    }
+    l
+}
+
+/// Waits (up to 20 s: the cleanup watcher of a killed moat is asynchronous)
+/// until nothing of the VM is left.
+fn assert_nothing_left(env: &Env) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && !leftovers(env).is_empty() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(leftovers(env), Vec::<String>::new());
+}
+
+fn status_field(pid: u32, field: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn sigterm_to_moat_reaches_the_workload() {
+    let env = Env::new();
+    if !vm_ready(&env, "sigterm_to_moat_reaches_the_workload") {
+        return;
+    }
+    let _l = vm_lock();
+    import_test_image(&env);
+    let mut r = spawn_vm(
+        &env,
+        "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.2; done",
+    );
+    r.wait_line("ready");
+    assert!(
+        !jailed_processes().is_empty(),
+        "the VMM runs as a jailed uid"
+    );
+    // The supervisor relays under its own seccomp filter (DESIGN rule 9).
+    let pid = r.child.id();
+    assert_eq!(status_field(pid, "Seccomp:"), "2");
+    assert_eq!(status_field(pid, "NoNewPrivs:"), "1");
+    send(pid as i32, "TERM");
+    let status = r.wait();
+    assert!(r.rest().contains(&"got-term".to_string()));
+    assert_eq!(status.code(), Some(7), "{status}");
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn ctrl_c_ends_the_workload_and_leaves_nothing() {
+    let env = Env::new();
+    if !vm_ready(&env, "ctrl_c_ends_the_workload_and_leaves_nothing") {
+        return;
+    }
+    let _l = vm_lock();
+    import_test_image(&env);
+    let mut r = spawn_vm(&env, "echo ready; exec sleep 1000");
+    r.wait_line("ready");
+    // Ctrl-C on a terminal: SIGINT to the whole foreground process group.
+    send(-(r.child.id() as i32), "INT");
+    let status = r.wait();
+    assert_eq!(status.code(), Some(130), "{status}");
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn kill_9_of_moat_leaves_nothing() {
+    let env = Env::new();
+    if !vm_ready(&env, "kill_9_of_moat_leaves_nothing") {
+        return;
+    }
+    let _l = vm_lock();
+    import_test_image(&env);
+    let mut r = spawn_vm(&env, "echo ready; exec sleep 1000");
+    r.wait_line("ready");
+    assert!(
+        !jailed_processes().is_empty(),
+        "the VMM runs as a jailed uid"
+    );
+    send(r.child.id() as i32, "KILL");
+    let status = r.wait();
+    assert_eq!(status.signal(), Some(9), "{status}");
+    assert_nothing_left(&env);
+}
+
+#[test]
+fn normal_exit_leaves_nothing() {
+    let env = Env::new();
+    if !vm_ready(&env, "normal_exit_leaves_nothing") {
+        return;
+    }
+    let _l = vm_lock();
+    import_test_image(&env);
+    let mut r = spawn_vm(&env, "echo ready; exit 3");
+    r.wait_line("ready");
+    assert_eq!(r.wait().code(), Some(3));
+    // Nothing to wait for here: moat removed everything before it exited.
+    assert_eq!(leftovers(&env), Vec::<String>::new());
 }

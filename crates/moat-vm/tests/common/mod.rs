@@ -1,6 +1,6 @@
 //! Shared helpers of the VM integration tests: a busybox rootfs, a plan
 //! built by hand, the agent build, a cross-process lock that serialises VM
-//! boots, and a re-executed runner for tests that signal or kill moat.
+//! boots.
 
 #![allow(dead_code)]
 
@@ -191,6 +191,7 @@ pub fn options(f: &Fixture, process: ProcessSpec) -> moat_vm::VmRunOptions {
         accel: Some(std::env::var("MOAT_TEST_ACCEL").unwrap_or_else(|_| "tcg".into())),
         name: "test".into(),
         stop_timeout: std::time::Duration::from_secs(10),
+        supervisor_seccomp: moat_vm::supervisor::Scope::Thread,
     }
 }
 
@@ -220,8 +221,18 @@ impl Buf {
     }
 }
 
-/// Runs a container in-process, capturing its output.
+/// Runs a container in-process, capturing its output. The supervisor runs
+/// in a thread of its own, which its seccomp filter (scope `Thread`) binds
+/// from the moment QEMU runs: the filter allows no second VM, no new thread
+/// and no exec on that thread, so the test's own thread stays unfiltered.
 pub fn run(opts: moat_vm::VmRunOptions, stdin: Option<&[u8]>) -> Outcome {
+    let stdin = stdin.map(<[u8]>::to_vec);
+    std::thread::spawn(move || run_here(opts, stdin.as_deref()))
+        .join()
+        .unwrap()
+}
+
+fn run_here(opts: moat_vm::VmRunOptions, stdin: Option<&[u8]>) -> Outcome {
     let (out, err) = (Buf::default(), Buf::default());
     let stdin_fd = stdin.map(|data| {
         let path = tempfile::NamedTempFile::new().unwrap();

@@ -223,6 +223,7 @@ fn run_vm(
         }),
         name,
         stop_timeout,
+        supervisor_seccomp: moat_vm::supervisor::Scope::Process,
     };
     match moat_vm::run_container(opts) {
         Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),

@@ -1,0 +1,209 @@
+//! The VMM supervisor's own seccomp filter (DESIGN rule 9). Once QEMU runs,
+//! the `moat run --isolation vm` process only relays stdio, window size and
+//! signals and tears the VM down; `seccomp/supervisor.json` lists the system
+//! calls that takes, each with its reason. The list is compiled to classic
+//! BPF by moat-policy's compiler (the one that compiles workload policies)
+//! and installed after `no_new_privs`. Anything not listed kills the process:
+//! a supervisor subverted by a hostile guest (a parser bug in the relay)
+//! gets no second try, and killing it leaves nothing behind because QEMU
+//! dies with it (the jail's parent-death chain) and the cleanup watcher, a
+//! separate process, removes the cgroup and the state. See `docs/vm.md`.
+
+use std::collections::BTreeSet;
+
+use moat_policy::model::{Conditions, DefaultAction, IoctlRule, Syscalls};
+use moat_policy::plan::SockFilter;
+use serde::Deserialize;
+
+use crate::sys;
+
+/// The allowlist, as data.
+pub const ALLOWLIST: &str = include_str!("../seccomp/supervisor.json");
+
+/// Which threads the filter binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every thread of the process (`SECCOMP_FILTER_FLAG_TSYNC`): the `moat`
+    /// CLI, where the supervisor is the whole process.
+    Process,
+    /// Only the calling thread: a multi-threaded host embedding the backend
+    /// (the in-process integration tests), whose other threads do other work.
+    Thread,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("seccomp/supervisor.json is not a valid allowlist")]
+    Parse(#[source] serde_json::Error),
+    #[error("seccomp/supervisor.json: unknown system call {name:?}")]
+    UnknownSyscall { name: String },
+    #[error("seccomp/supervisor.json: {name:?} is listed twice")]
+    Duplicate { name: String },
+    #[error("seccomp/supervisor.json: default_action {value:?} is not kill or errno")]
+    BadDefault { value: String },
+    #[error("compiling the supervisor's seccomp filter")]
+    Compile(#[source] moat_policy::bpf::BpfError),
+    #[error("installing the supervisor's seccomp filter")]
+    Install(#[source] std::io::Error),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Allowlist {
+    #[allow(dead_code)]
+    about: String,
+    default_action: String,
+    allow: Vec<Entry>,
+    ioctl: Vec<IoctlEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    syscall: String,
+    #[allow(dead_code)]
+    why: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IoctlEntry {
+    request: u32,
+    #[allow(dead_code)]
+    name: String,
+    #[allow(dead_code)]
+    why: String,
+}
+
+/// The allowlist in `text` as the policy compiler's syscall section.
+pub fn parse(text: &str) -> Result<Syscalls, SupervisorError> {
+    let list: Allowlist = serde_json::from_str(text).map_err(SupervisorError::Parse)?;
+    let default_action = match list.default_action.as_str() {
+        "kill" => DefaultAction::Kill,
+        "errno" => DefaultAction::Errno,
+        other => {
+            return Err(SupervisorError::BadDefault {
+                value: other.to_string(),
+            })
+        }
+    };
+    let mut allow = BTreeSet::new();
+    for e in list.allow {
+        if moat_policy::syscalls::number(&e.syscall).is_none() {
+            return Err(SupervisorError::UnknownSyscall { name: e.syscall });
+        }
+        if !allow.insert(e.syscall.clone()) {
+            return Err(SupervisorError::Duplicate { name: e.syscall });
+        }
+    }
+    let ioctl = IoctlRule::Allow(list.ioctl.iter().map(|i| i.request).collect());
+    Ok(Syscalls {
+        allow,
+        denied: BTreeSet::new(),
+        default_action,
+        conditions: Conditions {
+            socket_families: None,
+            clone_deny_flags: 0,
+            ioctl,
+        },
+    })
+}
+
+/// The compiled filter of [`ALLOWLIST`].
+pub fn filter() -> Result<Vec<SockFilter>, SupervisorError> {
+    moat_policy::bpf::compile(&parse(ALLOWLIST)?).map_err(SupervisorError::Compile)
+}
+
+/// Sets `no_new_privs` and installs the supervisor's filter on `scope`.
+pub fn confine(scope: Scope) -> Result<(), SupervisorError> {
+    let prog = filter()?;
+    sys::install_seccomp(&prog, scope == Scope::Process).map_err(SupervisorError::Install)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOLDEN: &str = "tests/golden/supervisor.bpf.txt";
+
+    /// The compiled program, instruction by instruction: a change of the
+    /// list (or of the compiler) shows up in review. `MOAT_UPDATE_GOLDEN=1`
+    /// rewrites the file.
+    #[test]
+    fn compiled_filter_matches_the_golden_listing() {
+        let listing = moat_policy::bpf::disassemble(&filter().unwrap());
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(GOLDEN);
+        if std::env::var_os("MOAT_UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &listing).unwrap();
+        }
+        let golden = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            listing, golden,
+            "the supervisor's filter changed: review it and rerun with MOAT_UPDATE_GOLDEN=1"
+        );
+    }
+
+    #[test]
+    fn the_list_is_small_and_has_no_dangerous_calls() {
+        let s = parse(ALLOWLIST).unwrap();
+        assert!(s.allow.len() <= 40, "{}", s.allow.len());
+        for bad in [
+            "execve",
+            "execveat",
+            "clone",
+            "clone3",
+            "fork",
+            "vfork",
+            "ptrace",
+            "mount",
+            "socket",
+            "connect",
+            "bpf",
+            "setuid",
+            "unshare",
+            "setns",
+            "open_by_handle_at",
+            "process_vm_writev",
+        ] {
+            assert!(!s.allow.contains(bad), "{bad} is allowed");
+        }
+        assert_eq!(s.default_action, DefaultAction::Kill);
+    }
+
+    #[test]
+    fn bad_lists_are_refused_with_the_name() {
+        let bad = ALLOWLIST.replacen("\"syscall\": \"read\"", "\"syscall\": \"reed\"", 1);
+        assert_eq!(
+            parse(&bad).unwrap_err().to_string(),
+            "seccomp/supervisor.json: unknown system call \"reed\""
+        );
+        let dup = ALLOWLIST.replacen("\"syscall\": \"write\"", "\"syscall\": \"read\"", 1);
+        assert_eq!(
+            parse(&dup).unwrap_err().to_string(),
+            "seccomp/supervisor.json: \"read\" is listed twice"
+        );
+    }
+
+    /// Forks a child that installs the filter and makes one system call:
+    /// allowed calls go through, the others kill it with SIGSYS.
+    #[test]
+    fn the_installed_filter_refuses_calls_outside_the_list() {
+        let prog = filter().unwrap();
+        let nr = |n: &str| i64::from(moat_policy::syscalls::number(n).unwrap());
+        // getppid is not listed; execve, ptrace and mount must never be.
+        for call in ["execve", "ptrace", "mount", "getppid", "socket"] {
+            let st = sys::probe_filter(&prog, nr(call)).unwrap();
+            assert_eq!(st, sys::ProbeOutcome::Signaled(libc::SIGSYS), "{call}");
+        }
+        // A listed call (close of an invalid fd) returns, and exit_group works.
+        let st = sys::probe_filter(&prog, nr("close")).unwrap();
+        assert_eq!(st, sys::ProbeOutcome::Exited(0));
+        // Only the listed terminal requests pass ioctl.
+        let st = sys::probe_filter(&prog, nr("ioctl")).unwrap();
+        assert_eq!(
+            st,
+            sys::ProbeOutcome::Signaled(libc::SIGSYS),
+            "ioctl FIONREAD"
+        );
+    }
+}
