@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use moat_agent::proto::{AgentFailure, Decoder, Exit, Hello, Message, Start, MAX_DATA};
@@ -50,6 +51,12 @@ fn main() {
         console(&format!("mounting pseudo filesystems: {e}"));
         sys::power_off();
     }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    TRACE.store(
+        cmdline.split_whitespace().any(|w| w == "moat.trace"),
+        Ordering::Relaxed,
+    );
+    trace("init started, pseudo filesystems mounted");
     let port = match open_port() {
         Ok(p) => p,
         Err(e) => {
@@ -61,6 +68,7 @@ fn main() {
         port,
         decoder: Decoder::new(),
     };
+    trace("control port open");
     if let Err(e) = agent.serve() {
         console(&e.message);
         let _ = agent.send(&Message::Error(AgentFailure {
@@ -70,6 +78,17 @@ fn main() {
     }
     agent.linger();
     sys::power_off();
+}
+
+/// Whether the host asked for phase times (`moat.trace` on the command line).
+static TRACE: AtomicBool = AtomicBool::new(false);
+
+/// With `moat.trace`: `moat-agent: trace <seconds since boot> <phase>` on
+/// the console, which the host prints with its own phase times.
+fn trace(phase: &str) {
+    if TRACE.load(Ordering::Relaxed) {
+        console(&format!("trace {:.3} {phase}", sys::boottime_secs()));
+    }
 }
 
 fn console(msg: &str) {
@@ -255,6 +274,13 @@ impl Agent {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             kernel_release: release.trim().to_string(),
         }))?;
+        trace("hello sent");
+        // Mount the verified root while the host answers: the device and
+        // its root hash come from the kernel command line, not from Start.
+        // A failure is reported once Start has arrived (the host waits for
+        // a frame either way).
+        let mounted = mount_root();
+        trace("verified root mounted");
         let start = match self.recv()? {
             Message::Start(s) => s,
             other => {
@@ -264,9 +290,12 @@ impl Agent {
                 )))
             }
         };
-        mount_root()?;
+        trace("start received");
+        mounted?;
         let child = workload::spawn(&start)?;
+        trace("workload started");
         let code = self.relay(child, &start)?;
+        trace("workload exited");
         self.send(&Message::Exit(Exit { code }))
     }
 

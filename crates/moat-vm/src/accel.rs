@@ -89,6 +89,7 @@ fn probe_boot(state_root: &Path, hv: &dyn Hypervisor) -> Result<(), String> {
             accel: Accel::Kvm,
             id: &id,
             cleanup: Vec::new(),
+            trace: false,
         },
     )
     .map_err(|e| format!("the KVM test guest could not start: {e}"))?;

@@ -27,6 +27,8 @@ pub struct BootRequest<'a> {
     /// Unique VM id (hex).
     pub id: &'a str,
     pub cleanup: Vec<std::path::PathBuf>,
+    /// Ask the agent for its phase times (`moat.trace`).
+    pub trace: bool,
 }
 
 pub fn boot(hv: &dyn Hypervisor, req: BootRequest<'_>) -> Result<Booted, VmError> {
@@ -40,6 +42,9 @@ pub fn boot(hv: &dyn Hypervisor, req: BootRequest<'_>) -> Result<Booted, VmError
     };
     let (host, guest) = sys::socketpair().map_err(VmError::Channel)?;
     let mut cmdline = hv.guest_cmdline(req.accel);
+    if req.trace {
+        cmdline.push_str(" moat.trace");
+    }
     if let Some(root) = req.root {
         cmdline.push_str(&format!(
             " dm-mod.create=\"{}\"",

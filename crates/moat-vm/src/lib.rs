@@ -20,6 +20,7 @@ pub mod session;
 mod state;
 pub mod supervisor;
 mod sys;
+pub mod trace;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -67,6 +68,8 @@ pub enum VmError {
     Jail(#[from] jail::JailError),
     #[error(transparent)]
     Supervisor(#[from] supervisor::SupervisorError),
+    #[error("policy {policy:?} grants network egress, but the vm backend gives a guest no network device yet (loopback only): run it with --isolation sandbox, or use a policy with `network: none` or `network: loopback`")]
+    NetworkUnsupported { policy: String },
     #[error("--accel {value:?} is not an accelerator: use kvm, tcg or auto")]
     BadAccel { value: String },
     #[error("opening {path}")]
@@ -113,6 +116,12 @@ pub fn run_container_with(
     stdio: session::Stdio,
     notice: &mut dyn FnMut(&str),
 ) -> Result<i32, VmError> {
+    let mut trace = trace::Trace::from_env();
+    if let moat_policy::plan::NetworkPlan::Egress { .. } = opts.plan.network {
+        return Err(VmError::NetworkUnsupported {
+            policy: opts.plan.policy_name.clone(),
+        });
+    }
     let hv = Qemu::default();
     if !hv.available() {
         return Err(hypervisor::HypervisorError::NotInstalled {
@@ -121,9 +130,12 @@ pub fn run_container_with(
         .into());
     }
     let accel = accel::select(&opts.state_root, opts.accel.as_deref(), &hv, notice)?;
+    trace.mark("accelerator selected");
     let root = rootfs::ensure(&opts.state_root, &opts.image_id, &opts.rootfs)?;
+    trace.mark("root image (EROFS + verity) ready");
     let id = format!("{:016x}", sys::getrandom_u64());
     let state = state::ContainerState::write(&opts.run_root, &id, &opts.name, &opts.image_id)?;
+    trace.mark("container state written");
     let vcpus = if opts.plan.vm.vcpus == 0 {
         DEFAULT_VCPUS
     } else {
@@ -144,8 +156,10 @@ pub fn run_container_with(
             accel,
             id: &id,
             cleanup: vec![state.dir.clone()],
+            trace: trace.on(),
         },
     )?;
+    trace.mark("jail set up, VMM spawned");
     let r = session::run(
         booted,
         session::SessionOptions {
@@ -154,9 +168,12 @@ pub fn run_container_with(
             stop_timeout: opts.stop_timeout,
             stdio,
             confine: opts.supervisor_seccomp,
+            trace: &mut trace,
         },
     );
+    trace.mark("VMM stopped, cgroup removed");
     drop(state);
+    trace.mark("container state removed");
     r
 }
 

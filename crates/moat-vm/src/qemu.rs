@@ -83,7 +83,7 @@ impl Qemu {
             push("-add-fd");
             push(&format!("fd={FD_DISK},set=1,opaque=moat-root"));
             push("-drive");
-            push("id=root,file=/dev/fdset/1,format=raw,if=none,readonly=on,cache=none,aio=threads");
+            push("id=root,file=/dev/fdset/1,format=raw,if=none,readonly=on,aio=threads");
             push("-device");
             push("virtio-blk-device,drive=root");
         }

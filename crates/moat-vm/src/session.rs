@@ -22,6 +22,7 @@ pub struct SessionOptions<'a> {
     pub stdio: Stdio,
     /// Where the supervisor's seccomp filter goes (see [`crate::supervisor`]).
     pub confine: crate::supervisor::Scope,
+    pub trace: &'a mut crate::trace::Trace,
 }
 
 /// Where the workload's stdio goes on the host.
@@ -83,6 +84,7 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
     // Everything the relay and the teardown need is open: from here on the
     // supervisor runs under its own filter.
     crate::supervisor::confine(opts.confine)?;
+    opts.trace.mark("supervisor seccomp filter installed");
     let console_text = |console: &[u8], more: String| {
         let mut t = String::from_utf8_lossy(console).into_owned();
         t.push_str(&more);
@@ -220,6 +222,7 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                             });
                         }
                         started = true;
+                        opts.trace.mark("agent said hello");
                         queue(
                             &mut out,
                             Message::Start(Box::new(Start {
@@ -247,7 +250,17 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                         let _ = host_err.write_all(&d);
                         let _ = host_err.flush();
                     }
-                    Message::Exit(e) => return Ok(e.code),
+                    Message::Exit(e) => {
+                        opts.trace.mark("workload exit status received");
+                        if opts.trace.on() {
+                            let _ = sys::set_nonblocking(booted.vmm.console.as_fd(), true);
+                            let mut rest = Vec::new();
+                            let _ = booted.vmm.console.read_to_end(&mut rest);
+                            console.extend_from_slice(&rest);
+                            opts.trace.guest_lines(&String::from_utf8_lossy(&console));
+                        }
+                        return Ok(e.code);
+                    }
                     Message::Error(f) => return guest_failure(f, &mut host_err),
                     other => {
                         return Err(VmError::Unexpected {

@@ -86,6 +86,46 @@ fn an_imported_image_runs_in_a_micro_vm() {
     let o = vm(&["busybox", "sh", "-c", "exit 7"]);
     assert_eq!(o.status.code(), Some(7));
 
+    // MOAT_VM_TRACE=1: the host's and the agent's phase times on stderr.
+    let o = env
+        .moat(&[
+            "run",
+            "--isolation",
+            "vm",
+            "--accel",
+            "tcg",
+            "busybox",
+            "true",
+        ])
+        .env("MOAT_VM_TRACE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    let phases: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("moat-vm trace: "))
+        .map(|l| l.rsplit_once(") ").map_or(l, |(_, p)| p))
+        .map(|l| {
+            l.strip_prefix("guest ")
+                .map_or(l, |g| g.split_once(' ').map_or(g, |(_, p)| p))
+        })
+        .collect();
+    for want in [
+        "jail set up, VMM spawned",
+        "supervisor seccomp filter installed",
+        "agent said hello",
+        "hello sent",
+        "verified root mounted",
+        "start received",
+        "workload started",
+        "workload exited",
+        "workload exit status received",
+        "VMM stopped, cgroup removed",
+    ] {
+        assert!(phases.contains(&want), "{want:?} missing from {err}");
+    }
+
     // The test image's Entrypoint is /bin/busybox: an unknown command is an
     // unknown applet, exit 127 as in the sandbox.
     let o = vm(&["busybox", "no-such-command"]);
