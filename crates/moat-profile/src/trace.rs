@@ -410,6 +410,12 @@ pub struct Recorded {
     pub tasks: usize,
     /// Kernel functions reached (function tracer only).
     pub functions: BTreeSet<String>,
+    /// Paths opened for writing (`O_WRONLY`, `O_RDWR`, `O_CREAT` or
+    /// `O_TRUNC`), as the workload passed them (eBPF recorder only: the
+    /// tracepoints carry only the pointer).
+    pub write_paths: BTreeSet<String>,
+    /// Write-opened paths whose name could not be read (eBPF recorder).
+    pub path_faults: u64,
 }
 
 /// Which processes of the trace count as the workload.
