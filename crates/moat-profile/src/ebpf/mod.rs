@@ -776,8 +776,40 @@ impl Recorder {
     /// Detaches the programs and reads what the workload did. Fails when
     /// events were dropped.
     pub fn stop(mut self) -> Result<Recorded, EbpfError> {
-        self._events.clear();
+        // The workload is over; read the maps first, then detach.
+        let recorded = self.read();
+        self.detach();
+        recorded
+    }
+
+    /// Detaches the programs. Each detach waits for an RCU-tasks-trace
+    /// grace period (0.07-0.25 s on this busy host), so short-lived
+    /// children holding the last references pay for it off the caller's
+    /// path; where no child can be started, the events are closed in
+    /// parallel threads so that the waits overlap.
+    fn detach(&mut self) {
+        // One child per event, so that their grace periods overlap.
+        let mut in_process = Vec::new();
+        for ev in self._events.drain(..) {
+            match sys::release_in_child(&[ev.as_raw_fd()]) {
+                Ok(mut child) => {
+                    drop(ev);
+                    // EOF: the child exits and releases the event.
+                    drop(child.stdin.take());
+                    std::thread::spawn(move || child.wait());
+                }
+                Err(_) => in_process.push(ev),
+            }
+        }
+        std::thread::scope(|s| {
+            for ev in in_process {
+                s.spawn(move || drop(ev));
+            }
+        });
         self._progs.clear();
+    }
+
+    fn read(&self) -> Result<Recorded, EbpfError> {
         let m = &self.maps;
         let lost = m.stat(ST_DROPPED)? + m.stat(ST_OUT_OF_RANGE)?;
         if lost > 0 {

@@ -281,6 +281,33 @@ pub fn perf_attach(event: RawFd, prog: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Hands `fds` to a child (`/bin/cat` reading a pipe) that holds them
+/// until its standard input is closed: when the caller has dropped its own
+/// copies and closes the child's stdin, the child's exit releases the last
+/// references, off the caller's path. Returns the child (stdin piped).
+pub fn release_in_child(fds: &[RawFd]) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let keep: Vec<RawFd> = fds.to_vec();
+    let mut cmd = std::process::Command::new("/bin/cat");
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls fcntl(2), which is async-signal-safe; it allocates nothing
+    // (`keep` was allocated before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &keep {
+                if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
