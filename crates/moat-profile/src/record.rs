@@ -169,6 +169,13 @@ pub fn to_profile(rec: &Recorded, base: &Policy) -> (Profile, Vec<String>) {
             rec.path_faults
         ));
     }
+    if rec.out_of_range > 0 {
+        p.warnings.push(format!(
+            "{} call(s) with a syscall number outside 0..{} (x32 or invalid) were seen and are not in this policy",
+            rec.out_of_range,
+            crate::ebpf::NR_MAX
+        ));
+    }
     if rec.read_only_writes > 0 {
         p.warnings.push(format!(
             "{} open(s) for writing failed on the read-only root; add writable paths if the workload needs them",

@@ -416,6 +416,9 @@ pub struct Recorded {
     pub write_paths: BTreeSet<String>,
     /// Write-opened paths whose name could not be read (eBPF recorder).
     pub path_faults: u64,
+    /// Calls with a syscall number outside the recorder's table (x32 or
+    /// invalid numbers; eBPF recorder).
+    pub out_of_range: u64,
 }
 
 /// Which processes of the trace count as the workload.

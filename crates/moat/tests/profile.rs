@@ -329,6 +329,8 @@ fn record_busybox_shell_within_60_syscalls_and_runs_under_it() {
         "{}",
         stderr(&out)
     );
+    // `auto` records with eBPF on this kernel.
+    assert!(stderr(&out).contains(" with ebpf; "), "{}", stderr(&out));
     let text = std::fs::read_to_string(&policy).unwrap();
     assert!(!text.contains("      - mount"), "{text}");
     let n = allowed_count(&env, &policy);

@@ -73,7 +73,7 @@ pub enum EbpfError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the eBPF recorder dropped {lost} events (a map was full or a syscall number out of range); the recording would be incomplete (shorten the workload or --duration)")]
+    #[error("the eBPF recorder dropped {lost} events (a map was full); the recording would be incomplete (shorten the workload or --duration)")]
     Lost { lost: u64 },
 }
 
@@ -81,7 +81,8 @@ pub enum EbpfError {
 /// `bpf_probe_read_user_str` and friends require.
 const LICENSE: &CStr = c"Dual MIT/GPL";
 
-/// Syscall numbers counted per number (x86_64 has about 460).
+/// Syscall numbers counted per number (x86_64 has about 460); calls with
+/// other numbers (x32, invalid) are counted together and reported.
 pub const NR_MAX: u32 = 1024;
 /// Longest path name kept (bytes, with the NUL).
 pub const PATH_MAX: u32 = 256;
@@ -717,8 +718,8 @@ pub struct Recorder {
     maps: Maps,
     filter: Filter,
     // Perf events hold the programs; both close on drop.
-    _events: Vec<OwnedFd>,
-    _progs: Vec<OwnedFd>,
+    events: Vec<OwnedFd>,
+    progs: Vec<OwnedFd>,
 }
 
 impl Recorder {
@@ -768,8 +769,8 @@ impl Recorder {
         Ok(Recorder {
             maps,
             filter,
-            _events: events,
-            _progs: progs,
+            events,
+            progs,
         })
     }
 
@@ -790,7 +791,7 @@ impl Recorder {
     fn detach(&mut self) {
         // One child per event, so that their grace periods overlap.
         let mut in_process = Vec::new();
-        for ev in self._events.drain(..) {
+        for ev in self.events.drain(..) {
             match sys::release_in_child(&[ev.as_raw_fd()]) {
                 Ok(mut child) => {
                     drop(ev);
@@ -806,12 +807,12 @@ impl Recorder {
                 s.spawn(move || drop(ev));
             }
         });
-        self._progs.clear();
+        self.progs.clear();
     }
 
     fn read(&self) -> Result<Recorded, EbpfError> {
         let m = &self.maps;
-        let lost = m.stat(ST_DROPPED)? + m.stat(ST_OUT_OF_RANGE)?;
+        let lost = m.stat(ST_DROPPED)?;
         if lost > 0 {
             return Err(EbpfError::Lost { lost });
         }
@@ -864,6 +865,7 @@ impl Recorder {
         }
         r.tasks = m.stat(ST_TASKS)? as usize;
         r.path_faults = m.stat(ST_PATH_FAULTS)?;
+        r.out_of_range = m.stat(ST_OUT_OF_RANGE)?;
         if !started {
             r.execs.clear();
         }
