@@ -440,6 +440,54 @@ fn record_names_paths_opened_for_writing_and_tracefs_still_works() {
     );
 }
 
+/// Without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN, bpf(2) is refused:
+/// `auto` falls back to tracefs, says why once, and still records.
+#[test]
+fn record_falls_back_to_tracefs_without_bpf_privileges() {
+    let test = "record_falls_back_to_tracefs_without_bpf_privileges";
+    if !can_record(test) {
+        return;
+    }
+    if !Path::new("/usr/bin/setpriv").exists() {
+        println!("SKIP: {test}: setpriv (util-linux) is not installed");
+        return;
+    }
+    let env = Env::new();
+    let rootfs = env.busybox_rootfs();
+    let policy = env.path("fb.yaml");
+    let drop = "-sys_admin,-bpf,-perfmon";
+    let out = Command::new("/usr/bin/setpriv")
+        .args(["--bounding-set", drop, "--inh-caps", drop, "--"])
+        .arg(env!("CARGO_BIN_EXE_moat"))
+        .arg("--root")
+        .arg(env.path("state"))
+        .args(["profile", "record", "--rootfs"])
+        .arg(&rootfs)
+        .arg("-o")
+        .arg(&policy)
+        .args(["--", "/bin/sh", "-c", "echo hi; cat /etc/passwd"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("moat: notice: the eBPF recorder is unavailable (cannot create the eBPF map moat_tracked: Operation not permitted (os error 1)); recording with tracefs instead (slower, no names of paths opened for writing)\n").count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains(" with tracefs; the workload exited 0\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains("moat: verified: the workload exits 0 with the same output"),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(&policy).unwrap();
+    assert!(text.contains("      - execve "), "{text}");
+}
+
 #[test]
 fn static_profile_of_a_glibc_program_passes_verify() {
     if !can_record("static_profile_of_a_glibc_program_passes_verify") {
