@@ -324,8 +324,9 @@ mod tests {
 
     #[test]
     fn golden_encodings() {
-        // Checked against the kernel's BPF_* macros (include/linux/filter.h)
-        // and `llvm-objdump -d` output of the same instructions.
+        // Worked out by hand from the kernel's encoding (BPF_* in
+        // include/uapi/linux/bpf.h and the macros of include/linux/filter.h);
+        // the verifier test loads programs built from the same encoder.
         let mut a = Asm::new();
         a.mov_imm(R0, 0); // b7 00 00 00 00 00 00 00
         a.mov(R6, R1); // bf 16 00 00 00 00 00 00
