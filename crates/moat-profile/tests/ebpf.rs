@@ -26,18 +26,20 @@ fn the_verifier_accepts_every_program() {
     }
     let tracefs = trace::ensure_tracefs().unwrap();
     let progs = ebpf::check_programs(&tracefs).unwrap();
-    let names: Vec<&str> = progs.iter().map(|(n, _)| n.as_str()).collect();
+    let names: Vec<(&str, &str)> = progs.iter().map(|(n, k, _)| (n.as_str(), *k)).collect();
     assert_eq!(
         names,
         vec![
-            "sched/sched_process_fork",
-            "sched/sched_process_exec",
-            "sched/sched_process_exit",
-            "raw_syscalls/sys_exit",
-            "raw_syscalls/sys_enter"
+            ("sched/sched_process_fork", "perf"),
+            ("sched/sched_process_exec", "perf"),
+            ("sched/sched_process_exit", "perf"),
+            ("raw_syscalls/sys_exit", "raw"),
+            ("raw_syscalls/sys_enter", "raw"),
+            ("raw_syscalls/sys_exit", "perf"),
+            ("raw_syscalls/sys_enter", "perf"),
         ]
     );
-    assert!(progs.iter().all(|(_, n)| *n > 5), "{progs:?}");
+    assert!(progs.iter().all(|(_, _, n)| *n > 5), "{progs:?}");
 }
 
 fn names(rec: &trace::Recorded) -> Vec<String> {
@@ -142,4 +144,78 @@ fn tracefs_fallback_records_the_same_syscalls() {
     // Only the eBPF recorder can read path names.
     assert!(t.recorded.write_paths.is_empty());
     assert!(!e.recorded.write_paths.is_empty());
+}
+
+/// The perf-tracepoint variant of the syscall programs (the fallback when
+/// raw tracepoints cannot be attached) records the same workload the same
+/// way.
+#[test]
+fn perf_tracepoint_variant_records_the_same() {
+    if !bpf_ready("perf_tracepoint_variant_records_the_same") {
+        return;
+    }
+    let tracefs = trace::ensure_tracefs().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "echo x > {d}/w; ip link show lo >/dev/null; stty -F /dev/null 2>/dev/null; exit 0",
+        d = dir.path().display()
+    );
+    let mut results = Vec::new();
+    for raw in [false, true] {
+        let mut child = std::process::Command::new("/bin/sh")
+            .args([
+                "-c",
+                "kill -STOP $$; exec \"$@\"",
+                "sh",
+                "/bin/busybox",
+                "sh",
+                "-c",
+            ])
+            .arg(&script)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let stat = format!("/proc/{pid}/stat");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !std::fs::read_to_string(&stat)
+            .unwrap_or_default()
+            .rsplit_once(") ")
+            .is_some_and(|(_, r)| r.starts_with('T'))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child never stopped"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let filter = trace::TreeFilter::FromFirstExec {
+            after: None,
+            program: None,
+        };
+        let rec = ebpf::Recorder::start_with(&tracefs, pid, &filter, Some(raw)).unwrap();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            rustix::process::Signal::CONT,
+        )
+        .unwrap();
+        assert!(child.wait().unwrap().success());
+        let r = rec.stop().unwrap();
+        let n = names(&r);
+        for needed in ["execve", "openat", "socket", "ioctl", "exit_group"] {
+            assert!(
+                n.iter().any(|s| s == needed),
+                "raw={raw}: {needed} missing: {n:?}"
+            );
+        }
+        assert!(
+            r.socket_families.contains(&16),
+            "raw={raw}: {:?}",
+            r.socket_families
+        );
+        assert!(r.ioctls.contains(&0x5401), "raw={raw}: {:?}", r.ioctls);
+        let w = format!("{}/w", dir.path().display());
+        assert!(r.write_paths.contains(&w), "raw={raw}: {:?}", r.write_paths);
+        results.push((n, r.socket_families, r.ioctls, r.write_paths));
+    }
+    assert_eq!(results[0], results[1]);
 }

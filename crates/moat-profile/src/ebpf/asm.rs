@@ -87,6 +87,7 @@ pub enum Helper {
     GetCurrentPidTgid = 14,
     GetCurrentComm = 16,
     ProbeReadUser = 112,
+    ProbeReadKernel = 113,
     ProbeReadKernelStr = 115,
     ProbeReadUserStr = 114,
 }

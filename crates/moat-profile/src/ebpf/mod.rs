@@ -4,7 +4,8 @@
 //! No clang, libbpf or kernel headers: the programs are assembled here
 //! ([`asm`]), loaded with `bpf(2)` as `BPF_PROG_TYPE_TRACEPOINT` programs
 //! and attached through one `perf_event_open` tracepoint event each
-//! (the program runs for the tracepoint on every CPU) ([`sys`]). The
+//! (the program runs for the tracepoint on every CPU), or, for the hot
+//! `raw_syscalls` pair, as raw-tracepoint programs ([`sys`]). The
 //! record's field offsets come from tracefs at run time ([`format`]).
 //!
 //! State lives in kernel maps: `tracked` (tid -> 1 in the tree before the
@@ -354,21 +355,92 @@ impl Prog {
     }
 }
 
+/// Where a syscall program finds the syscall's number and arguments.
+#[derive(Debug, Clone, Copy)]
+enum Syscall {
+    /// A perf tracepoint's record: offsets from its tracefs `format`.
+    Record { id: i16, args: i16, ret: i16 },
+    /// A raw tracepoint's arguments: `(struct pt_regs *regs, long id_or_ret)`;
+    /// the arguments are read from `regs` (x86_64 `user_regs_struct`
+    /// layout, which is the kernel's `pt_regs`).
+    Raw,
+}
+
+/// Offsets in `pt_regs` of the syscall arguments (rdi, rsi, rdx, r10, r8,
+/// r9) and of the syscall number (`orig_rax`).
+const REG_ARGS: [usize; 6] = [
+    std::mem::offset_of!(libc::user_regs_struct, rdi),
+    std::mem::offset_of!(libc::user_regs_struct, rsi),
+    std::mem::offset_of!(libc::user_regs_struct, rdx),
+    std::mem::offset_of!(libc::user_regs_struct, r10),
+    std::mem::offset_of!(libc::user_regs_struct, r8),
+    std::mem::offset_of!(libc::user_regs_struct, r9),
+];
+const REG_NR: usize = std::mem::offset_of!(libc::user_regs_struct, orig_rax);
+
+impl Prog {
+    /// `dst = *(u64 *)(regs + off)` through `bpf_probe_read_kernel`
+    /// (scratch slot fp-24); jumps to `out` when the read fails. Clobbers
+    /// r0-r5.
+    fn read_regs(&mut self, off: usize, dst: asm::Reg) {
+        self.a
+            .mov(R1, FP)
+            .alu_imm(Alu::Add, R1, -24)
+            .mov_imm(R2, 8)
+            .ldx(Size::DW, R3, R6, 0)
+            .alu_imm(Alu::Add, R3, off as i32)
+            .call(Helper::ProbeReadKernel)
+            .jmp_imm(Cond::Ne, R0, 0, "out")
+            .ldx(Size::DW, dst, FP, -24);
+    }
+
+    /// `dst = syscall argument i` (ctx in r6). Clobbers r0-r5.
+    fn arg(&mut self, sc: Syscall, i: usize, dst: asm::Reg) {
+        match sc {
+            Syscall::Record { args, .. } => {
+                self.a.ldx(Size::DW, dst, R6, args + 8 * i as i16);
+            }
+            Syscall::Raw => self.read_regs(REG_ARGS[i], dst),
+        }
+    }
+
+    /// `dst = syscall number` (ctx in r6); at sys_enter of a raw
+    /// tracepoint it is the second argument. Clobbers r0-r5 for `Raw` at
+    /// sys_exit.
+    fn nr(&mut self, sc: Syscall, enter: bool, dst: asm::Reg) {
+        match (sc, enter) {
+            (Syscall::Record { id, .. }, _) => {
+                self.a.ldx(Size::DW, dst, R6, id);
+            }
+            (Syscall::Raw, true) => {
+                self.a.ldx(Size::DW, dst, R6, 8);
+            }
+            (Syscall::Raw, false) => self.read_regs(REG_NR, dst),
+        }
+    }
+
+    /// `dst = return value` at sys_exit (ctx in r6).
+    fn ret(&mut self, sc: Syscall, dst: asm::Reg) {
+        let off = match sc {
+            Syscall::Record { ret, .. } => ret,
+            Syscall::Raw => 8,
+        };
+        self.a.ldx(Size::DW, dst, R6, off);
+    }
+}
+
 fn off(tp: &Tracepoint, field: &str) -> Result<i16, EbpfError> {
     Ok(tp.field(field)?.offset as i16)
 }
 
 /// `raw_syscalls/sys_enter`: counts, socket families, ioctl requests and
 /// write-opened paths of the workload.
-fn prog_sys_enter(maps: &Maps, tp: &Tracepoint) -> Result<Vec<Insn>, EbpfError> {
-    let id = off(tp, "id")?;
-    let args = off(tp, "args")?;
-    let arg = |i: i16| args + 8 * i;
+fn prog_sys_enter(maps: &Maps, sc: Syscall) -> Result<Vec<Insn>, EbpfError> {
     let mut p = Prog::new();
     p.a.mov(R6, R1);
     p.require_workload(maps, "out");
-    p.a.ldx(Size::DW, R7, R6, id)
-        .jmp_imm(Cond::Gt, R7, NR_MAX as i32 - 1, "out_of_range")
+    p.nr(sc, true, R7);
+    p.a.jmp_imm(Cond::Gt, R7, NR_MAX as i32 - 1, "out_of_range")
         .stx(Size::W, FP, -8, R7)
         .ld_map_fd(R1, maps.counts.raw())
         .mov(R2, FP)
@@ -389,42 +461,37 @@ fn prog_sys_enter(maps: &Maps, tp: &Tracepoint) -> Result<Vec<Insn>, EbpfError> 
         .jmp_imm(Cond::Eq, R7, NR_OPENAT2, "openat2")
         .ja("out");
     // socket(family, ...)
-    p.a.label("socket")
-        .ldx(Size::DW, R1, R6, arg(0))
-        .alu_imm(Alu::And, R1, 0xffff)
-        .stx(Size::DW, FP, -16, R1);
+    p.a.label("socket");
+    p.arg(sc, 0, R1);
+    p.a.alu_imm(Alu::And, R1, 0xffff).stx(Size::DW, FP, -16, R1);
     p.insert_once(maps, &maps.families, -16);
     p.a.ja("out");
     // ioctl(fd, request, ...): the request is an unsigned int.
-    p.a.label("ioctl")
-        .ldx(Size::DW, R1, R6, arg(1))
-        .mov32(R1, R1)
-        .stx(Size::DW, FP, -16, R1);
+    p.a.label("ioctl");
+    p.arg(sc, 1, R1);
+    p.a.mov32(R1, R1).stx(Size::DW, FP, -16, R1);
     p.insert_once(maps, &maps.ioctls, -16);
     p.a.ja("out");
     // open(path, flags), creat(path), openat(dfd, path, flags),
     // openat2(dfd, path, how): r8 = flags, r9 = path.
-    p.a.label("open")
-        .ldx(Size::DW, R8, R6, arg(1))
-        .ldx(Size::DW, R9, R6, arg(0))
-        .ja("check_flags")
-        .label("creat")
-        .ldx(Size::DW, R9, R6, arg(0))
-        .ja("write_open")
-        .label("openat")
-        .ldx(Size::DW, R8, R6, arg(2))
-        .ldx(Size::DW, R9, R6, arg(1))
-        .ja("check_flags")
-        .label("openat2")
-        // struct open_how { u64 flags; u64 mode; u64 resolve; }
-        .mov(R1, FP)
+    p.a.label("open");
+    p.arg(sc, 1, R8);
+    p.arg(sc, 0, R9);
+    p.a.ja("check_flags").label("creat");
+    p.arg(sc, 0, R9);
+    p.a.ja("write_open").label("openat");
+    p.arg(sc, 2, R8);
+    p.arg(sc, 1, R9);
+    p.a.ja("check_flags").label("openat2");
+    // struct open_how { u64 flags; u64 mode; u64 resolve; }
+    p.arg(sc, 1, R9);
+    p.arg(sc, 2, R3);
+    p.a.mov(R1, FP)
         .alu_imm(Alu::Add, R1, -16)
         .mov_imm(R2, 8)
-        .ldx(Size::DW, R3, R6, arg(2))
         .call(Helper::ProbeReadUser)
         .jmp_imm(Cond::Ne, R0, 0, "out")
         .ldx(Size::DW, R8, FP, -16)
-        .ldx(Size::DW, R9, R6, arg(1))
         .label("check_flags")
         .alu_imm(Alu::And, R8, WRITE_INTENT)
         .jmp_imm(Cond::Eq, R8, 0, "out")
@@ -448,22 +515,20 @@ fn prog_sys_enter(maps: &Maps, tp: &Tracepoint) -> Result<Vec<Insn>, EbpfError> 
 
 /// `raw_syscalls/sys_exit`: (syscall, errno) of the workload's calls that
 /// failed with EPERM, EACCES or EROFS, with counts.
-fn prog_sys_exit(maps: &Maps, tp: &Tracepoint) -> Result<Vec<Insn>, EbpfError> {
-    let id = off(tp, "id")?;
-    let ret = off(tp, "ret")?;
+fn prog_sys_exit(maps: &Maps, sc: Syscall) -> Result<Vec<Insn>, EbpfError> {
     let mut p = Prog::new();
     p.a.mov(R6, R1);
     p.require_workload(maps, "out");
-    p.a.ldx(Size::DW, R7, R6, ret)
-        .jmp_imm(Cond::Sge, R7, 0, "out")
+    p.ret(sc, R7);
+    p.a.jmp_imm(Cond::Sge, R7, 0, "out")
         .alu_imm(Alu::Neg, R7, 0)
         .jmp_imm(Cond::Eq, R7, EPERM, "failed")
         .jmp_imm(Cond::Eq, R7, EACCES, "failed")
         .jmp_imm(Cond::Eq, R7, EROFS, "failed")
         .ja("out")
-        .label("failed")
-        .ldx(Size::DW, R1, R6, id)
-        .alu_imm(Alu::Lsh, R1, 32)
+        .label("failed");
+    p.nr(sc, false, R1);
+    p.a.alu_imm(Alu::Lsh, R1, 32)
         .alu(Alu::Or, R1, R7)
         .stx(Size::DW, FP, -16, R1)
         .ld_map_fd(R1, maps.failures.raw())
@@ -666,39 +731,104 @@ fn parse_cpu_list(text: &str) -> Vec<u32> {
     out
 }
 
-/// The programs, assembled against `maps` (for the verifier test and the
-/// recorder).
+/// Where a program is attached.
+#[derive(Debug, Clone)]
+enum Hook {
+    /// A perf tracepoint event (`perf_event_open` + `PERF_EVENT_IOC_SET_BPF`).
+    Perf(Tracepoint),
+    /// A raw tracepoint (`BPF_RAW_TRACEPOINT_OPEN`): no record is built
+    /// per hit, and detaching does not wait for a grace period.
+    Raw(&'static CStr),
+}
+
+/// One assembled program and where it goes.
+struct Program {
+    /// `category/name` of the tracepoint.
+    name: String,
+    hook: Hook,
+    insns: Vec<Insn>,
+}
+
+/// The programs, assembled against `maps`. The hot syscall programs use
+/// raw tracepoints when `raw`, else the perf tracepoints' records.
 fn programs(
     maps: &Maps,
     tracefs: &Path,
     filter: &Filter,
-) -> Result<Vec<(Tracepoint, Vec<Insn>)>, EbpfError> {
-    let enter = Tracepoint::load(tracefs, "raw_syscalls", "sys_enter")?;
-    let exit = Tracepoint::load(tracefs, "raw_syscalls", "sys_exit")?;
+    raw: bool,
+) -> Result<Vec<Program>, EbpfError> {
     let fork = Tracepoint::load(tracefs, "sched", "sched_process_fork")?;
     let exec = Tracepoint::load(tracefs, "sched", "sched_process_exec")?;
     let gone = Tracepoint::load(tracefs, "sched", "sched_process_exit")?;
-    Ok(vec![
-        (fork.clone(), prog_fork(maps, &fork)?),
-        (exec.clone(), prog_exec(maps, &exec, filter)?),
-        (gone, prog_exit(maps)?),
-        (exit.clone(), prog_sys_exit(maps, &exit)?),
-        (enter.clone(), prog_sys_enter(maps, &enter)?),
-    ])
+    let mut out = vec![
+        Program {
+            name: fork.name.clone(),
+            insns: prog_fork(maps, &fork)?,
+            hook: Hook::Perf(fork),
+        },
+        Program {
+            name: exec.name.clone(),
+            insns: prog_exec(maps, &exec, filter)?,
+            hook: Hook::Perf(exec),
+        },
+        Program {
+            name: gone.name.clone(),
+            insns: prog_exit(maps)?,
+            hook: Hook::Perf(gone),
+        },
+    ];
+    if raw {
+        out.push(Program {
+            name: "raw_syscalls/sys_exit".into(),
+            insns: prog_sys_exit(maps, Syscall::Raw)?,
+            hook: Hook::Raw(c"sys_exit"),
+        });
+        out.push(Program {
+            name: "raw_syscalls/sys_enter".into(),
+            insns: prog_sys_enter(maps, Syscall::Raw)?,
+            hook: Hook::Raw(c"sys_enter"),
+        });
+    } else {
+        let enter = Tracepoint::load(tracefs, "raw_syscalls", "sys_enter")?;
+        let exit = Tracepoint::load(tracefs, "raw_syscalls", "sys_exit")?;
+        let record = |tp: &Tracepoint| -> Result<Syscall, EbpfError> {
+            Ok(Syscall::Record {
+                id: off(tp, "id")?,
+                args: off(tp, "args").unwrap_or(0),
+                ret: off(tp, "ret").unwrap_or(0),
+            })
+        };
+        out.push(Program {
+            name: exit.name.clone(),
+            insns: prog_sys_exit(maps, record(&exit)?)?,
+            hook: Hook::Perf(exit),
+        });
+        out.push(Program {
+            name: enter.name.clone(),
+            insns: prog_sys_enter(maps, record(&enter)?)?,
+            hook: Hook::Perf(enter),
+        });
+    }
+    Ok(out)
 }
 
-fn load(tp: &Tracepoint, insns: &[Insn]) -> Result<OwnedFd, EbpfError> {
-    let name = format!("moat_{}", tp.name.rsplit('/').next().unwrap_or("prog"));
-    sys::prog_load(&name, insns, LICENSE).map_err(|(source, log)| EbpfError::Load {
-        name: tp.name.clone(),
+fn load(p: &Program) -> Result<OwnedFd, EbpfError> {
+    let prog_type = match p.hook {
+        Hook::Perf(_) => sys::PROG_TYPE_TRACEPOINT,
+        Hook::Raw(_) => sys::PROG_TYPE_RAW_TRACEPOINT,
+    };
+    let name = format!("moat_{}", p.name.rsplit('/').next().unwrap_or("prog"));
+    sys::prog_load(prog_type, &name, &p.insns, LICENSE).map_err(|(source, log)| EbpfError::Load {
+        name: p.name.clone(),
         source,
         log,
     })
 }
 
-/// Loads every program (and drops it again): whether this kernel's
-/// verifier accepts them. Returns the instruction counts.
-pub fn check_programs(tracefs: &Path) -> Result<Vec<(String, usize)>, EbpfError> {
+/// Loads every program, in both variants of the syscall programs (raw and
+/// perf tracepoints), and drops them again: whether this kernel's verifier
+/// accepts them. Returns (tracepoint, hook kind, instruction count).
+pub fn check_programs(tracefs: &Path) -> Result<Vec<(String, &'static str, usize)>, EbpfError> {
     let maps = Maps::create()?;
     let filter = Filter {
         all: false,
@@ -706,9 +836,18 @@ pub fn check_programs(tracefs: &Path) -> Result<Vec<(String, usize)>, EbpfError>
         program: Some("qemu-system-x86_64".into()),
     };
     let mut out = Vec::new();
-    for (tp, insns) in programs(&maps, tracefs, &filter)? {
-        load(&tp, &insns)?;
-        out.push((tp.name.clone(), insns.len()));
+    for raw in [true, false] {
+        for p in programs(&maps, tracefs, &filter, raw)? {
+            if !raw && !p.name.starts_with("raw_syscalls/") {
+                continue;
+            }
+            load(&p)?;
+            let kind = match p.hook {
+                Hook::Perf(_) => "perf",
+                Hook::Raw(_) => "raw",
+            };
+            out.push((p.name.clone(), kind, p.insns.len()));
+        }
     }
     Ok(out)
 }
@@ -717,15 +856,30 @@ pub fn check_programs(tracefs: &Path) -> Result<Vec<(String, usize)>, EbpfError>
 pub struct Recorder {
     maps: Maps,
     filter: Filter,
-    // Perf events hold the programs; both close on drop.
+    // Perf events and raw-tracepoint links hold the programs; all close on
+    // drop.
     events: Vec<OwnedFd>,
+    links: Vec<OwnedFd>,
     progs: Vec<OwnedFd>,
 }
 
 impl Recorder {
     /// Starts recording the tree of `pid` (which must not run yet, e.g.
-    /// stopped) on every online CPU.
+    /// stopped): the syscall programs on raw tracepoints where the kernel
+    /// has them, else on the perf tracepoints.
     pub fn start(tracefs: &Path, pid: u32, tree: &TreeFilter) -> Result<Recorder, EbpfError> {
+        Recorder::start_with(tracefs, pid, tree, None)
+    }
+
+    /// [`Recorder::start`] with the syscall programs' hooks forced:
+    /// `Some(true)` raw tracepoints only, `Some(false)` perf tracepoints
+    /// only, `None` raw with a fallback to perf.
+    pub fn start_with(
+        tracefs: &Path,
+        pid: u32,
+        tree: &TreeFilter,
+        raw: Option<bool>,
+    ) -> Result<Recorder, EbpfError> {
         let filter = Filter::of(tree);
         let maps = Maps::create()?;
         let state = if filter.all {
@@ -747,31 +901,63 @@ impl Recorder {
         // hits on every CPU, and attaching the same program through a
         // second event is refused (EEXIST).
         let cpu = online_cpus()?.first().copied().unwrap_or(0);
-        let mut progs = Vec::new();
-        let mut events = Vec::new();
-        for (tp, insns) in programs(&maps, tracefs, &filter)? {
-            let prog = load(&tp, &insns)?;
-            let ev =
-                sys::perf_open_tracepoint(tp.id, cpu).map_err(|source| EbpfError::PerfOpen {
-                    tracepoint: tp.name.clone(),
-                    cpu,
-                    source,
-                })?;
-            sys::perf_attach(ev.as_raw_fd(), prog.as_raw_fd()).map_err(|source| {
-                EbpfError::Attach {
-                    tracepoint: tp.name.clone(),
-                    source,
-                }
-            })?;
-            events.push(ev);
-            progs.push(prog);
-        }
-        Ok(Recorder {
+        let mut rec = Recorder {
             maps,
             filter,
-            events,
-            progs,
-        })
+            events: Vec::new(),
+            links: Vec::new(),
+            progs: Vec::new(),
+        };
+        // Raw tracepoints for the syscall pair where the kernel has them,
+        // else the perf tracepoints' records.
+        match raw {
+            Some(raw) => rec.attach(tracefs, cpu, raw)?,
+            None => {
+                if let Err(e) = rec.attach(tracefs, cpu, true) {
+                    rec.events.clear();
+                    rec.links.clear();
+                    rec.progs.clear();
+                    rec.attach(tracefs, cpu, false).map_err(|_| e)?;
+                }
+            }
+        }
+        Ok(rec)
+    }
+
+    fn attach(&mut self, tracefs: &Path, cpu: u32, raw: bool) -> Result<(), EbpfError> {
+        for p in programs(&self.maps, tracefs, &self.filter, raw)? {
+            let prog = load(&p)?;
+            match &p.hook {
+                Hook::Perf(tp) => {
+                    let ev = sys::perf_open_tracepoint(tp.id, cpu).map_err(|source| {
+                        EbpfError::PerfOpen {
+                            tracepoint: tp.name.clone(),
+                            cpu,
+                            source,
+                        }
+                    })?;
+                    sys::perf_attach(ev.as_raw_fd(), prog.as_raw_fd()).map_err(|source| {
+                        EbpfError::Attach {
+                            tracepoint: tp.name.clone(),
+                            source,
+                        }
+                    })?;
+                    self.events.push(ev);
+                }
+                Hook::Raw(name) => {
+                    let link =
+                        sys::raw_tracepoint_open(name, prog.as_raw_fd()).map_err(|source| {
+                            EbpfError::Attach {
+                                tracepoint: p.name.clone(),
+                                source,
+                            }
+                        })?;
+                    self.links.push(link);
+                }
+            }
+            self.progs.push(prog);
+        }
+        Ok(())
     }
 
     /// Detaches the programs and reads what the workload did. Fails when
@@ -807,6 +993,7 @@ impl Recorder {
                 s.spawn(move || drop(ev));
             }
         });
+        self.links.clear();
         self.progs.clear();
     }
 

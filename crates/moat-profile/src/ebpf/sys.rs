@@ -13,9 +13,13 @@ const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 
-/// `BPF_PROG_TYPE_TRACEPOINT`.
+/// `BPF_PROG_TYPE_TRACEPOINT`: the context is the tracepoint's record.
 pub const PROG_TYPE_TRACEPOINT: u32 = 5;
+/// `BPF_PROG_TYPE_RAW_TRACEPOINT`: the context is the tracepoint's raw
+/// arguments, one u64 each.
+pub const PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
 /// `BPF_MAP_TYPE_HASH`.
 pub const MAP_TYPE_HASH: u32 = 1;
 /// `BPF_MAP_TYPE_ARRAY`.
@@ -74,6 +78,16 @@ struct ProgLoadAttr {
     prog_name: [u8; 16],
     prog_ifindex: u32,
     expected_attach_type: u32,
+}
+
+/// `union bpf_attr` for `BPF_RAW_TRACEPOINT_OPEN`.
+#[repr(C)]
+#[derive(Default)]
+struct RawTracepointAttr {
+    name: u64,
+    prog_fd: u32,
+    pad: u32,
+    cookie: u64,
 }
 
 /// `struct perf_event_attr`, `PERF_ATTR_SIZE_VER7` (128 bytes).
@@ -199,6 +213,7 @@ pub fn map_next_key(fd: RawFd, key: Option<&[u8]>, next: &mut [u8]) -> io::Resul
 /// Loads a tracepoint program. On a verifier refusal the error carries the
 /// tail of the verifier log.
 pub fn prog_load(
+    prog_type: u32,
     name: &str,
     insns: &[Insn],
     license: &CStr,
@@ -207,7 +222,7 @@ pub fn prog_load(
     let mut log = vec![0u8; 1 << 20];
     let load = |log_level: u32, log: &mut [u8]| {
         let mut attr = ProgLoadAttr {
-            prog_type: PROG_TYPE_TRACEPOINT,
+            prog_type,
             insn_cnt: insns.len() as u32,
             insns: code.as_ptr() as u64,
             license: license.as_ptr() as u64,
@@ -237,6 +252,20 @@ pub fn prog_load(
             Err((first, tail.into_iter().rev().collect::<Vec<_>>().join("\n")))
         }
     }
+}
+
+/// Attaches raw-tracepoint program `prog` to the tracepoint `name`; the
+/// returned fd holds the attachment (closing it detaches).
+pub fn raw_tracepoint_open(name: &CStr, prog: RawFd) -> io::Result<OwnedFd> {
+    let mut attr = RawTracepointAttr {
+        name: name.as_ptr() as u64,
+        prog_fd: prog as u32,
+        ..RawTracepointAttr::default()
+    };
+    // SAFETY: `name` is NUL-terminated and outlives the call; the kernel
+    // only reads it.
+    let fd = unsafe { bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr)? };
+    Ok(owned(fd))
 }
 
 /// Opens tracepoint `id` on `cpu` for every process.
