@@ -41,3 +41,14 @@ FUZZ_SECONDS ?= 600
 fuzz-policy:
 	mkdir -p fuzz/corpus/policy_parse
 	cd fuzz && cargo +nightly fuzz run policy_parse corpus/policy_parse seeds/policy_parse -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096
+
+# Fuzz the scanner's parsers: package metadata, binaries (ELF, Go build
+# info, rpm headers), whole layers, and OSV records with the version orders'
+# total-order properties. FUZZ_SECONDS per target.
+SCAN_FUZZ_TARGETS = scan_metadata scan_binary scan_layer osv_match
+.PHONY: fuzz-scan
+fuzz-scan:
+	cd fuzz && for t in $(SCAN_FUZZ_TARGETS); do \
+		mkdir -p corpus/$$t && \
+		cargo +nightly fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
+	done

@@ -4,6 +4,7 @@
 
 pub mod bpf;
 pub mod disasm;
+pub mod ebpf;
 pub mod elf;
 pub mod libcmap;
 pub mod measure;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::ebpf::{self, EbpfError};
 use crate::syscalls;
 use crate::trace::{self, Instance, Recorded, TraceError, TreeFilter};
 
@@ -17,6 +18,8 @@ use crate::trace::{self, Instance, Recorded, TraceError, TreeFilter};
 pub enum MeasureError {
     #[error(transparent)]
     Trace(#[from] TraceError),
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
     #[error("cannot start {program}")]
     Spawn {
         program: String,
@@ -54,6 +57,8 @@ pub struct Measurement {
     /// What was counted as the tenant's host-side footprint.
     pub footprint: String,
     pub exit_code: i32,
+    /// The recorder used: `ebpf` or `tracefs`.
+    pub recorder: String,
     pub syscalls_count: usize,
     pub syscalls: Vec<String>,
     pub ioctl_requests: Vec<String>,
@@ -70,6 +75,38 @@ fn stopped(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// Which mechanism records the syscalls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RecorderKind {
+    /// eBPF where the kernel allows it, else tracefs (with a notice).
+    #[default]
+    Auto,
+    /// eBPF programs on the tracepoints (fails where unavailable).
+    Ebpf,
+    /// The tracefs text trace (slower; no path names).
+    Tracefs,
+}
+
+impl std::str::FromStr for RecorderKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(RecorderKind::Auto),
+            "ebpf" => Ok(RecorderKind::Ebpf),
+            "tracefs" => Ok(RecorderKind::Tracefs),
+            other => Err(format!(
+                "unknown recorder {other:?}: expected auto, ebpf or tracefs"
+            )),
+        }
+    }
+}
+
+/// The recording in progress.
+enum Active {
+    Ebpf(Box<ebpf::Recorder>),
+    Tracefs(Instance),
+}
+
 /// One traced run of a host command.
 #[derive(Debug, Clone, Default)]
 pub struct TraceRun<'a> {
@@ -84,6 +121,8 @@ pub struct TraceRun<'a> {
     pub capture: bool,
     /// Send SIGTERM to the command after this long.
     pub timeout: Option<Duration>,
+    /// The syscall recorder (the function tracer always uses tracefs).
+    pub recorder: RecorderKind,
 }
 
 /// What a traced run produced.
@@ -95,6 +134,10 @@ pub struct TraceOutcome {
     pub refused: Option<String>,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// Which recorder was used: `ebpf`, `tracefs` or `function tracer`.
+    pub recorder: &'static str,
+    /// Why the eBPF recorder was not used, when `Auto` fell back to tracefs.
+    pub fallback: Option<String>,
 }
 
 fn signal(pid: u32, sig: rustix::process::Signal) {
@@ -106,7 +149,10 @@ fn signal(pid: u32, sig: rustix::process::Signal) {
 /// Runs a host command with its process tree traced.
 pub fn trace(run: &TraceRun<'_>) -> Result<TraceOutcome, MeasureError> {
     let launcher = run.argv.first().cloned().unwrap_or_default();
-    let inst = Instance::create(if run.functions { "hap" } else { "trace" })?;
+    let filter = TreeFilter::FromFirstExec {
+        after: run.after.map(String::from),
+        program: run.program.map(String::from),
+    };
     let spawn_err = |source: std::io::Error| MeasureError::Spawn {
         program: launcher.clone(),
         source,
@@ -148,15 +194,47 @@ pub fn trace(run: &TraceRun<'_>) -> Result<TraceOutcome, MeasureError> {
         std::thread::sleep(Duration::from_millis(2));
     }
     let mut refused = None;
-    if run.functions {
-        if let Err(why) = inst.start_functions(pid) {
-            refused = Some(why);
-        }
-    } else if let Err(e) = inst.start_syscalls(pid) {
+    let mut fallback = None;
+    let abort = |child: &mut std::process::Child| {
         let _ = child.kill();
         signal(pid, rustix::process::Signal::CONT);
         let _ = child.wait();
-        return Err(e.into());
+    };
+    let active = if run.functions {
+        let inst = match Instance::create("hap") {
+            Ok(i) => i,
+            Err(e) => {
+                abort(&mut child);
+                return Err(e.into());
+            }
+        };
+        if let Err(why) = inst.start_functions(pid) {
+            refused = Some(why);
+        }
+        Active::Tracefs(inst)
+    } else {
+        match start_recorder(run.recorder, pid, &filter) {
+            Ok((a, why)) => {
+                fallback = why;
+                a
+            }
+            Err(e) => {
+                abort(&mut child);
+                return Err(e);
+            }
+        }
+    };
+    if let (Some(why), Active::Tracefs(_)) = (&refused, &active) {
+        // Nothing to measure: do not run the workload at all.
+        let _ = child.kill();
+        signal(pid, rustix::process::Signal::CONT);
+        let _ = child.wait();
+        return Ok(TraceOutcome {
+            code: -1,
+            refused: Some(why.clone()),
+            recorder: "function tracer",
+            ..TraceOutcome::default()
+        });
     }
     signal(pid, rustix::process::Signal::CONT);
     let stop_at = run.timeout.map(|t| Instant::now() + t);
@@ -195,21 +273,25 @@ pub fn trace(run: &TraceRun<'_>) -> Result<TraceOutcome, MeasureError> {
     };
     let stdout = read_back(out_file);
     let stderr = read_back(err_file);
+    let recorder = match (&active, run.functions) {
+        (_, true) => "function tracer",
+        (Active::Ebpf(_), _) => "ebpf",
+        (Active::Tracefs(_), _) => "tracefs",
+    };
     if refused.is_some() {
         return Ok(TraceOutcome {
             code,
             refused,
             stdout,
             stderr,
+            recorder,
             ..TraceOutcome::default()
         });
     }
-    let text = inst.stop()?;
-    let filter = TreeFilter::FromFirstExec {
-        after: run.after.map(String::from),
-        program: run.program.map(String::from),
+    let recorded = match active {
+        Active::Ebpf(rec) => rec.stop()?,
+        Active::Tracefs(inst) => trace::fold(&trace::parse(&inst.stop()?), &filter),
     };
-    let recorded = trace::fold(&trace::parse(&text), &filter);
     if recorded.execs.is_empty() {
         return Err(MeasureError::NoWorkload {
             program: launcher,
@@ -223,7 +305,53 @@ pub fn trace(run: &TraceRun<'_>) -> Result<TraceOutcome, MeasureError> {
         refused: None,
         stdout,
         stderr,
+        recorder,
+        fallback,
     })
+}
+
+/// Starts the syscall recorder for the (stopped) tree of `pid`; with
+/// `Auto`, falls back to tracefs and says why.
+fn start_recorder(
+    kind: RecorderKind,
+    pid: u32,
+    filter: &TreeFilter,
+) -> Result<(Active, Option<String>), MeasureError> {
+    let tracefs = trace::ensure_tracefs()?;
+    let tracefs_instance = || -> Result<Active, MeasureError> {
+        let inst = Instance::create("trace")?;
+        inst.start_syscalls(pid)?;
+        Ok(Active::Tracefs(inst))
+    };
+    match kind {
+        RecorderKind::Tracefs => Ok((tracefs_instance()?, None)),
+        RecorderKind::Ebpf => Ok((
+            Active::Ebpf(Box::new(ebpf::Recorder::start(&tracefs, pid, filter)?)),
+            None,
+        )),
+        RecorderKind::Auto => match ebpf::Recorder::start(&tracefs, pid, filter) {
+            Ok(r) => Ok((Active::Ebpf(Box::new(r)), None)),
+            Err(e) => {
+                let why = format!(
+                    "the eBPF recorder is unavailable ({}); recording with tracefs instead (slower, no names of paths opened for writing)",
+                    chain(&e)
+                );
+                Ok((tracefs_instance()?, Some(why)))
+            }
+        },
+    }
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string().lines().next().unwrap_or_default().to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Runs `argv` without tracing, keeping its output; SIGTERM after
@@ -315,6 +443,7 @@ pub fn measurement(backend: &str, footprint: &str, code: i32, rec: &Recorded) ->
         backend: backend.to_string(),
         footprint: footprint.to_string(),
         exit_code: code,
+        recorder: String::new(),
         syscalls_count: syscalls.len(),
         syscalls,
         ioctl_requests: rec.ioctls.iter().map(|r| format!("{r:#x}")).collect(),
@@ -421,13 +550,19 @@ pub fn measure_crun(rootfs: &Path, args: &[String]) -> Result<Measurement, Measu
         ])
         .collect();
     let program = args.first().map(String::as_str);
-    let (code, rec, _) = trace_command(&argv, Some("crun"), program, false)?;
+    let o = trace(&TraceRun {
+        argv: &argv,
+        after: Some("crun"),
+        program,
+        ..TraceRun::default()
+    })?;
     let mut m = measurement(
         "crun",
         "the container's processes on the host kernel",
-        code,
-        &rec,
+        o.code,
+        &o.recorded,
     );
+    m.recorder = o.recorder.to_string();
     match hap(&argv, Some("crun"), program)? {
         Ok(n) => m.hap_functions = Some(n),
         Err(why) => m.hap_unavailable = Some(why),

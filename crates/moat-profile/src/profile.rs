@@ -16,6 +16,10 @@ pub struct Profile {
     pub socket_families: BTreeSet<String>,
     /// Paths the workload wrote to, which need a writable mount.
     pub writable: BTreeSet<String>,
+    /// Paths the workload opened for writing, each with where that write
+    /// lands under the policy (shown as comments; the policy model grants
+    /// writable directories, not files).
+    pub written: BTreeSet<String>,
     /// Privileged operations that failed (shown as comments; not granted).
     pub failed_privileged: BTreeSet<String>,
     /// Caveats (unresolved syscall sites, dlopen, ...), shown as comments.
@@ -63,6 +67,7 @@ impl Profile {
         out.socket_families
             .extend(other.socket_families.iter().cloned());
         out.writable.extend(other.writable.iter().cloned());
+        out.written.extend(other.written.iter().cloned());
         out.failed_privileged
             .extend(other.failed_privileged.iter().cloned());
         for w in &other.warnings {
@@ -172,6 +177,9 @@ impl Profile {
                 y.push_str(&format!("      - path: {}\n", yaml_scalar(p)));
             }
         }
+        for w in &self.written {
+            y.push_str(&format!("  # opened for writing: {w}\n"));
+        }
         for op in &self.failed_privileged {
             y.push_str(&format!(
                 "  # failed privileged operation (not granted): {op}\n"
@@ -234,6 +242,9 @@ impl Profile {
                     .and_then(|c| c.strip_prefix("failed privileged operation (not granted): "))
                 {
                     p.failed_privileged.insert(c.to_string());
+                }
+                if let Some(c) = comment.and_then(|c| c.strip_prefix("opened for writing: ")) {
+                    p.written.insert(c.to_string());
                 }
                 if let Some(c) = comment.and_then(|c| c.strip_prefix("socket families used: ")) {
                     p.socket_families.extend(c.split(", ").map(String::from));

@@ -49,6 +49,38 @@ fn errno_name(e: i64) -> &'static str {
     }
 }
 
+/// Whether `p` is `dir` or below it (whole path components).
+fn under(p: &str, dir: &str) -> bool {
+    let dir = dir.trim_end_matches('/');
+    p == dir || (p.starts_with(dir) && p[dir.len()..].starts_with('/')) || dir.is_empty()
+}
+
+/// Where a write to `path` lands under `base`, and whether it is allowed
+/// there at all.
+fn where_writes_land(path: &str, base: &Policy) -> (String, bool) {
+    if !path.starts_with('/') {
+        return (
+            "relative to the working directory or a directory fd".into(),
+            true,
+        );
+    }
+    let fs = &base.spec.filesystem;
+    if let Some(t) = fs.writable.iter().find(|t| under(path, &t.path)) {
+        return (format!("writable tmpfs {}", t.path), true);
+    }
+    if let Some(v) = fs.volumes.iter().find(|v| under(path, &v.path)) {
+        return if v.read_only {
+            (format!("read-only volume {}", v.path), false)
+        } else {
+            (format!("volume {}", v.path), true)
+        };
+    }
+    if under(path, "/dev") || under(path, "/proc") {
+        return ("device or kernel file".into(), true);
+    }
+    ("read-only root file system".into(), false)
+}
+
 /// Builds the profile of a recording. `base` is the policy the profile
 /// extends (`restricted`); returns the profile and the syscalls of `base`
 /// to deny because the workload did not use them.
@@ -116,6 +148,34 @@ pub fn to_profile(rec: &Recorded, base: &Policy) -> (Profile, Vec<String>) {
         p.failed_privileged
             .insert(format!("{name}: {}", errno_name(*errno)));
     }
+    let mut outside = Vec::new();
+    for path in &rec.write_paths {
+        let (note, covered) = where_writes_land(path, base);
+        if !covered {
+            outside.push(path.clone());
+        }
+        p.written.insert(format!("{path} ({note})"));
+    }
+    if !outside.is_empty() {
+        p.warnings.push(format!(
+            "opened for writing outside the writable paths of `{}`: {}; add `filesystem.writable` entries for their directories if the workload needs them",
+            base.name,
+            outside.join(", ")
+        ));
+    }
+    if rec.path_faults > 0 {
+        p.warnings.push(format!(
+            "the names of {} path(s) opened for writing could not be read (not paged in at the call); the list below may be incomplete",
+            rec.path_faults
+        ));
+    }
+    if rec.out_of_range > 0 {
+        p.warnings.push(format!(
+            "{} call(s) with a syscall number outside 0..{} (x32 or invalid) were seen and are not in this policy",
+            rec.out_of_range,
+            crate::ebpf::NR_MAX
+        ));
+    }
     if rec.read_only_writes > 0 {
         p.warnings.push(format!(
             "{} open(s) for writing failed on the read-only root; add writable paths if the workload needs them",
@@ -180,6 +240,32 @@ mod tests {
             .collect();
         assert_eq!(allowed, vec!["ioctl", "read", "socket", "write"]);
         moat_policy::compile(&policy).unwrap();
+    }
+
+    #[test]
+    fn write_paths_become_comments_with_where_they_land() {
+        let mut rec = Recorded::default();
+        rec.syscalls.insert(257, 2);
+        for p in ["/tmp/f", "/dev/null", "/etc/app.conf", "out.log", "/tmpfoo"] {
+            rec.write_paths.insert(p.to_string());
+        }
+        let base = Policy::builtin("restricted").unwrap();
+        let (p, deny) = to_profile(&rec, &base);
+        let yaml = p.to_policy_yaml(&deny);
+        for line in [
+            "  # opened for writing: /tmp/f (writable tmpfs /tmp)\n",
+            "  # opened for writing: /dev/null (device or kernel file)\n",
+            "  # opened for writing: /etc/app.conf (read-only root file system)\n",
+            "  # opened for writing: /tmpfoo (read-only root file system)\n",
+            "  # opened for writing: out.log (relative to the working directory or a directory fd)\n",
+            "# warning: opened for writing outside the writable paths of `restricted`: /etc/app.conf, /tmpfoo; add `filesystem.writable` entries for their directories if the workload needs them\n",
+        ] {
+            assert!(yaml.contains(line), "{line} missing in:\n{yaml}");
+        }
+        // Still a policy moat accepts, and the comments survive a merge.
+        moat_policy::compile(&Policy::parse(&yaml, "recorded").unwrap()).unwrap();
+        let back = Profile::from_policy_yaml("p.yaml", &yaml).unwrap();
+        assert_eq!(back.written, p.written);
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! Recording a process tree's system calls with the kernel's syscall
 //! tracepoints (`raw_syscalls:sys_enter`/`sys_exit`) in a private tracefs
-//! instance.
+//! instance: the fallback of the eBPF recorder ([`crate::ebpf`]) where
+//! `bpf(2)` or `CONFIG_BPF_EVENTS` is unavailable, and the function tracer
+//! for the HAP measurement.
 //!
-//! The instance follows forks (`options/event-fork`) from one pid, so the
-//! overhead is that of a tracepoint per syscall (about 1.1x), nothing runs
-//! in the traced process, and no kernel headers or BPF are needed. The trace
-//! holds every process of the tree; [`TreeFilter`] keeps what happens from
-//! the first `execve` onwards (the workload) and drops the launcher's own
-//! setup.
+//! The instance follows forks (`options/event-fork`) from one pid; nothing
+//! runs in the traced process and no kernel headers or BPF are needed, but
+//! the text trace costs about 8 us per event to format and parse, and it
+//! carries no path names. [`TreeFilter`] keeps what happens from the first
+//! `execve` onwards (the workload) and drops the launcher's own setup; the
+//! eBPF recorder implements the same semantics in the kernel.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -410,6 +412,15 @@ pub struct Recorded {
     pub tasks: usize,
     /// Kernel functions reached (function tracer only).
     pub functions: BTreeSet<String>,
+    /// Paths opened for writing (`O_WRONLY`, `O_RDWR`, `O_CREAT` or
+    /// `O_TRUNC`), as the workload passed them (eBPF recorder only: the
+    /// tracepoints carry only the pointer).
+    pub write_paths: BTreeSet<String>,
+    /// Write-opened paths whose name could not be read (eBPF recorder).
+    pub path_faults: u64,
+    /// Calls with a syscall number outside the recorder's table (x32 or
+    /// invalid numbers; eBPF recorder).
+    pub out_of_range: u64,
 }
 
 /// Which processes of the trace count as the workload.

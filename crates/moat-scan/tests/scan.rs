@@ -297,6 +297,31 @@ fn layers_in_order_with_whiteouts() {
 }
 
 #[test]
+fn layers_without_padding_or_end_blocks_are_read() {
+    // umoci 0.4 ends a layer right after the last file's data: no padding
+    // to 512 bytes and no end-of-archive blocks. The unpacker accepts such
+    // layers; the scanner must read them too.
+    let status = fixtures::DPKG_STATUS.as_bytes();
+    assert_ne!(status.len() % 512, 0, "the fixture must need padding");
+    let full = tar_layer(&[
+        ("bin/tool", Some(&[0u8; 100][..])),
+        ("var/lib/dpkg/status", Some(status)),
+    ]);
+    let end = 512 + 512 + 512 + status.len();
+    let cut = &full[..end];
+    let inv = inventory::from_layers([(s("sha256:cccc"), cut)]).unwrap();
+    assert!(
+        inv.packages.iter().any(|p| p.name == "libssl3"),
+        "{:?}",
+        inv.packages
+    );
+
+    // A stream that ends before any entry is still an error.
+    let err = inventory::from_layers([(s("sha256:dddd"), &full[..300])]).unwrap_err();
+    assert!(err.to_string().contains("sha256:dddd"), "{err}");
+}
+
+#[test]
 fn layer_attribution_keeps_lower_layer_files() {
     let base = tar_layer(&[("srv/Cargo.lock", Some(fixtures::CARGO_LOCK.as_bytes()))]);
     let upper = tar_layer(&[("srv/poetry.lock", Some(fixtures::POETRY_LOCK.as_bytes()))]);

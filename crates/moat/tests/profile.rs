@@ -329,6 +329,8 @@ fn record_busybox_shell_within_60_syscalls_and_runs_under_it() {
         "{}",
         stderr(&out)
     );
+    // `auto` records with eBPF on this kernel.
+    assert!(stderr(&out).contains(" with ebpf; "), "{}", stderr(&out));
     let text = std::fs::read_to_string(&policy).unwrap();
     assert!(!text.contains("      - mount"), "{text}");
     let n = allowed_count(&env, &policy);
@@ -359,6 +361,131 @@ fn record_busybox_shell_within_60_syscalls_and_runs_under_it() {
     // Something it did not record is denied.
     let out = run("mkdir /tmp/x");
     assert!(!out.status.success(), "mkdir ran under the recorded policy");
+}
+
+/// The write paths and both recorders through the CLI: eBPF names the
+/// path opened for writing under the writable /tmp; tracefs, forced,
+/// records the same syscalls without path names.
+#[test]
+fn record_names_paths_opened_for_writing_and_tracefs_still_works() {
+    if !can_record("record_names_paths_opened_for_writing_and_tracefs_still_works") {
+        return;
+    }
+    let env = Env::new();
+    let rootfs = env.busybox_rootfs();
+    let root_s = rootfs.to_str().unwrap();
+    let script = "echo x > /tmp/f; cat /tmp/f";
+    let record = |recorder: &str, out: &Path| {
+        env.moat(&[
+            "profile",
+            "record",
+            "--recorder",
+            recorder,
+            "--rootfs",
+            root_s,
+            "-o",
+            out.to_str().unwrap(),
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+        ])
+    };
+    let ebpf = env.path("ebpf.yaml");
+    let out = record("ebpf", &ebpf);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(" with ebpf; the workload exited 0\n"),
+        "{}",
+        stderr(&out)
+    );
+    let e = std::fs::read_to_string(&ebpf).unwrap();
+    assert!(
+        e.contains("\n  # opened for writing: /tmp/f (writable tmpfs /tmp)\n"),
+        "{e}"
+    );
+    let tracefs = env.path("tracefs.yaml");
+    let out = record("tracefs", &tracefs);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(" with tracefs; the workload exited 0\n"),
+        "{}",
+        stderr(&out)
+    );
+    let t = std::fs::read_to_string(&tracefs).unwrap();
+    assert!(!t.contains("opened for writing:"), "{t}");
+    assert!(t.contains("# Recorded with tracefs: paths opened for writing are not recorded"));
+    // Same allow list either way.
+    let allow = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("      - ") && l.contains('#'))
+            .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(allow(&e), allow(&t));
+    assert!(allow(&e).contains(&"openat".to_string()));
+    let out = env.moat(&[
+        "profile",
+        "record",
+        "--recorder",
+        "strace",
+        "--rootfs",
+        root_s,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid value 'strace' for '--recorder <RECORDER>'"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN, bpf(2) is refused:
+/// `auto` falls back to tracefs, says why once, and still records.
+#[test]
+fn record_falls_back_to_tracefs_without_bpf_privileges() {
+    let test = "record_falls_back_to_tracefs_without_bpf_privileges";
+    if !can_record(test) {
+        return;
+    }
+    if !Path::new("/usr/bin/setpriv").exists() {
+        println!("SKIP: {test}: setpriv (util-linux) is not installed");
+        return;
+    }
+    let env = Env::new();
+    let rootfs = env.busybox_rootfs();
+    let policy = env.path("fb.yaml");
+    let drop = "-sys_admin,-bpf,-perfmon";
+    let out = Command::new("/usr/bin/setpriv")
+        .args(["--bounding-set", drop, "--inh-caps", drop, "--"])
+        .arg(env!("CARGO_BIN_EXE_moat"))
+        .arg("--root")
+        .arg(env.path("state"))
+        .args(["profile", "record", "--rootfs"])
+        .arg(&rootfs)
+        .arg("-o")
+        .arg(&policy)
+        .args(["--", "/bin/sh", "-c", "echo hi; cat /etc/passwd"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("moat: notice: the eBPF recorder is unavailable (cannot create the eBPF map moat_tracked: Operation not permitted (os error 1)); recording with tracefs instead (slower, no names of paths opened for writing)\n").count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains(" with tracefs; the workload exited 0\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains("moat: verified: the workload exits 0 with the same output"),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(&policy).unwrap();
+    assert!(text.contains("      - execve "), "{text}");
 }
 
 #[test]
@@ -485,6 +612,7 @@ fn measure_sandbox_counts_the_workload_only() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["backend"], "sandbox");
     assert_eq!(v[0]["exit_code"], 0);
+    assert_eq!(v[0]["recorder"], "ebpf");
     let names: Vec<&str> = v[0]["syscalls"]
         .as_array()
         .unwrap()
@@ -502,4 +630,94 @@ fn measure_sandbox_counts_the_workload_only() {
         .as_str()
         .is_some_and(|w| w.contains("function tracer cannot be enabled"));
     assert!(hap_ok || refused, "{}", v[0]);
+}
+
+/// Serialises VM boots across test binaries (the lock moat-vm's and
+/// vm_cli's tests take).
+fn vm_lock() -> std::fs::File {
+    let f = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("moat-vm-tests.lock"))
+        .unwrap();
+    f.lock().unwrap();
+    f
+}
+
+#[test]
+fn measure_vm_counts_the_qemu_process() {
+    let test = "measure_vm_counts_the_qemu_process";
+    if !can_record(test) {
+        return;
+    }
+    if !Path::new("/usr/bin/qemu-system-x86_64").is_file() {
+        println!("SKIP: {test}: qemu-system-x86_64 is not installed");
+        return;
+    }
+    let env = Env::new();
+    let k = env.moat(&["kernel", "path"]);
+    if !k.status.success() {
+        println!(
+            "SKIP: {test}: guest kernel not built: {}",
+            stderr(&k).trim()
+        );
+        return;
+    }
+    let archive = env.path("busybox.oci.tar");
+    let o = env.moat(&["dev", "test-image", "-o", archive.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = env.moat(&["image", "import", archive.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _l = vm_lock();
+    let out = env.moat(&[
+        "surface",
+        "measure",
+        "busybox",
+        "--isolation",
+        "vm",
+        "--accel",
+        "tcg",
+        "--format",
+        "json",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo hi; ls /",
+    ]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = &v[0];
+    assert_eq!(m["backend"], "vm", "{m}");
+    assert_eq!(m["exit_code"], 0, "{m}");
+    assert_eq!(m["recorder"], "ebpf", "{m}");
+    assert!(
+        m["footprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("the QEMU process"),
+        "{m}"
+    );
+    let names: Vec<&str> = m["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    // QEMU's own work: its event loop and the guest's I/O.
+    for needed in ["ppoll", "read", "write", "mmap", "futex"] {
+        assert!(names.contains(&needed), "{needed} missing: {names:?}");
+    }
+    // moat's jail setup before QEMU's exec is not QEMU's footprint.
+    for setup in ["pivot_root", "unshare", "mount"] {
+        assert!(!names.contains(&setup), "{setup} in {names:?}");
+    }
+    let n = m["syscalls_count"].as_u64().unwrap();
+    assert!(n > 20 && n < 150, "{n}");
+    assert!(m["tasks"].as_u64().unwrap() >= 2, "{m}");
+    let hap_ok = m["hap_functions"].as_u64().is_some_and(|n| n > 0);
+    let refused = m["hap_unavailable"]
+        .as_str()
+        .is_some_and(|w| w.contains("function tracer cannot be enabled"));
+    assert!(hap_ok || refused, "{m}");
 }

@@ -142,8 +142,11 @@ pub fn parse_yarn_lock(text: &str, path: &str) -> Vec<Package> {
                 continue;
             }
             // name@range; a scoped name starts with '@'.
-            if let Some(at) = first[1.min(first.len())..].find('@') {
-                name = Some(first[..at + 1].to_string());
+            // Skip the first character (a scope's '@'), not the first byte:
+            // the header may start with any UTF-8 character.
+            let skip = first.chars().next().map_or(0, char::len_utf8);
+            if let Some(at) = first[skip..].find('@') {
+                name = Some(first[..skip + at].to_string());
             }
             continue;
         }
@@ -202,4 +205,22 @@ pub fn parse_requirements(text: &str, path: &str) -> Vec<Package> {
         out.push(pkg("python", "PyPI", name, version, path));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yarn_headers_may_start_with_any_character() {
+        // Found by the scan_metadata fuzzer: slicing at byte 1 panicked
+        // when the header began with a multi-byte character.
+        let lock = "\u{e9}x@^1:\n  version \"1.0.0\"\n\"@scope/p@^2\":\n  version \"2.1.0\"\n";
+        let pkgs = parse_yarn_lock(lock, "yarn.lock");
+        let got: Vec<(&str, &str)> = pkgs
+            .iter()
+            .map(|p| (p.name.as_str(), p.version.as_str()))
+            .collect();
+        assert_eq!(got, vec![("\u{e9}x", "1.0.0"), ("@scope/p", "2.1.0")]);
+    }
 }

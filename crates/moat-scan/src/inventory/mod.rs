@@ -128,6 +128,12 @@ fn classify(path: &str) -> Option<Interest> {
     })
 }
 
+/// Whether the tar stream ended inside an entry's padding (the tar crate
+/// reports that as an `Other` error with this text).
+fn ends_early(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::UnexpectedEof || e.to_string() == "unexpected EOF during skip"
+}
+
 /// `.../node_modules/name` or `.../node_modules/@scope/name`.
 fn is_node_module_dir(dir: &str) -> bool {
     let mut parts = dir.rsplit('/');
@@ -201,8 +207,17 @@ impl Collector {
         self.layer_index += 1;
         let idx = self.layer_index;
         let mut ar = tar::Archive::new(reader);
+        let mut seen_entry = false;
         for entry in ar.entries().map_err(err)? {
-            let mut entry = entry.map_err(err)?;
+            let mut entry = match entry {
+                Ok(e) => e,
+                // Some writers (umoci 0.4) end the archive right after the
+                // last file's data: no padding, no end-of-archive blocks.
+                // The unpacker accepts such layers, so the scanner must too.
+                Err(e) if seen_entry && ends_early(&e) => break,
+                Err(e) => return Err(err(e)),
+            };
+            seen_entry = true;
             let raw = entry.path_bytes();
             let Some(path) = normalize(&String::from_utf8_lossy(&raw)) else {
                 continue;

@@ -129,11 +129,17 @@ fn parse(v: &str) -> Option<Key> {
     })
 }
 
-/// Compare two PEP 440 versions; unparsable ones fall back to string order.
+/// Compare two PEP 440 versions; unparsable ones sort first, in string
+/// order among themselves.
 pub fn compare(a: &str, b: &str) -> Ordering {
+    // Unparsable (legacy) versions sort before every valid one, as in
+    // `packaging`'s old LegacyVersion; a per-pair string fallback would not
+    // be transitive (found by the `osv_match` fuzzer).
     match (parse(a), parse(b)) {
         (Some(x), Some(y)) => x.cmp(&y),
-        _ => a.cmp(b),
+        (None, None) => a.cmp(b),
+        (None, Some(_)) => Ordering::Less,
+        (Some(_), None) => Ordering::Greater,
     }
 }
 
@@ -173,5 +179,14 @@ mod tests {
         assert_eq!(compare("1.0-1", "1.0.post1"), Equal);
         assert_eq!(compare("1.0RC1", "1.0rc1"), Equal);
         assert_eq!(compare("2.31.0", "2.4.0"), Greater);
+    }
+
+    #[test]
+    fn legacy_versions_keep_the_order_total() {
+        // With a per-pair string fallback: 2.0 < 10.0 < "1z" (as strings)
+        // but 2.0 > "1z".
+        assert_eq!(compare("2.0", "10.0"), Ordering::Less);
+        assert_eq!(compare("10.0", "1z"), Ordering::Greater);
+        assert_eq!(compare("2.0", "1z"), Ordering::Greater);
     }
 }

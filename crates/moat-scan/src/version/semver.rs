@@ -38,11 +38,15 @@ fn cmp_ident(a: &str, b: &str) -> Ordering {
     }
 }
 
-/// Compare two semantic versions. Unparsable versions fall back to a plain
-/// string comparison so that ordering stays total.
+/// Compare two semantic versions. Unparsable versions sort before every
+/// valid one and among themselves as plain strings: mixing the two orders
+/// pairwise would not be transitive (found by the `osv_match` fuzzer).
 pub fn compare(a: &str, b: &str) -> Ordering {
-    let (Some(pa), Some(pb)) = (parse(a), parse(b)) else {
-        return a.cmp(b);
+    let (pa, pb) = match (parse(a), parse(b)) {
+        (Some(pa), Some(pb)) => (pa, pb),
+        (None, None) => return a.cmp(b),
+        (None, Some(_)) => return Ordering::Less,
+        (Some(_), None) => return Ordering::Greater,
     };
     let n = pa.core.len().max(pb.core.len()).max(3);
     for k in 0..n {
@@ -106,5 +110,18 @@ mod tests {
             Less
         );
         assert_eq!(compare("1.21.3", "1.21.10"), Less);
+    }
+
+    #[test]
+    fn unparsable_versions_keep_the_order_total() {
+        // Reduced from the fuzzer's counterexample: with a string fallback
+        // per pair, 2.0.0 < 10.0.0 < "1z" (as strings) but 2.0.0 > "1z".
+        let (a, b, c) = ("2.0.0", "10.0.0", "1z");
+        assert_eq!(compare(a, b), Less);
+        assert_eq!(compare(b, c), Greater);
+        assert_eq!(compare(a, c), Greater);
+        assert_eq!(compare(c, a), Less);
+        assert_eq!(compare("not a version", "0.0.1"), Less);
+        assert_eq!(compare("abc", "abd"), Less);
     }
 }

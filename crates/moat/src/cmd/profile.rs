@@ -28,17 +28,19 @@ pub enum ProfileCommand {
     Static(StaticArgs),
     /// Record what a workload really does and emit a policy allowing exactly that.
     ///
-    /// Runs the workload in the sandbox (under `baseline` with every other
-    /// syscall allowed and logged) while the kernel's syscall tracepoints
-    /// record its process tree from its first execve: syscalls, socket
-    /// families, ioctl requests, failed privileged operations. Nothing of
+    /// Runs the workload in the sandbox (under `restricted` with every other
+    /// syscall allowed and logged) while eBPF programs on the kernel's
+    /// syscall tracepoints record its process tree from its first execve:
+    /// syscalls, socket families, ioctl requests, paths opened for writing,
+    /// failed privileged operations. Nothing of
     /// moat's own setup is recorded. The policy extends `restricted`, denies
     /// what `restricted` allows but the workload did not use, and is then
     /// verified: the workload runs again, enforcing, and must exit and print
     /// the same. Needs root.
     #[command(after_help = "Examples:\n  \
         moat profile record busybox -o sh.yaml -- /bin/sh -c 'echo hi; ls /; cat /etc/passwd'\n  \
-        moat profile record myserver --duration 30 -o server.yaml")]
+        moat profile record myserver --duration 30 -o server.yaml\n  \
+        moat profile record --recorder tracefs busybox -- /bin/true")]
     Record(RecordArgs),
     /// Combine two generated profiles into one that allows what either allows.
     #[command(after_help = "Example:\n  moat profile merge static.yaml recorded.yaml -o app.yaml")]
@@ -100,6 +102,12 @@ pub struct RecordArgs {
     /// `metadata.name` of the generated policy.
     #[arg(long)]
     pub name: Option<String>,
+    /// How to record: `ebpf` (programs on the syscall tracepoints; about
+    /// 1.1x; records the names of paths opened for writing), `tracefs`
+    /// (the tracepoints' text trace; slower, no path names) or `auto`
+    /// (eBPF where the kernel allows it, else tracefs with a notice).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "ebpf", "tracefs"])]
+    pub recorder: String,
     /// Command to record (default: the image's entrypoint and command).
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -174,6 +182,7 @@ pub fn moat_run_argv(
     source: &Source,
     backend: &str,
     policy: Option<&Path>,
+    accel: Option<&str>,
     command: &[String],
 ) -> anyhow::Result<Vec<String>> {
     let exe = std::env::current_exe().context("cannot locate the moat binary")?;
@@ -187,6 +196,10 @@ pub fn moat_run_argv(
         v.push(rr.display().to_string());
     }
     v.extend(["run".to_string(), "--isolation".into(), backend.into()]);
+    if let Some(a) = accel {
+        v.push("--accel".into());
+        v.push(a.into());
+    }
     if let Some(p) = policy {
         v.push("--policy".into());
         v.push(p.display().to_string());
@@ -390,7 +403,7 @@ fn run_under(
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let path = dir.path().join("policy.yaml");
     std::fs::write(&path, policy_text).context("cannot write a temporary policy")?;
-    let argv = moat_run_argv(global, source, "sandbox", Some(&path), command)?;
+    let argv = moat_run_argv(global, source, "sandbox", Some(&path), None, command)?;
     Ok(measure::run_plain(&argv, timeout)?)
 }
 
@@ -461,7 +474,14 @@ fn run_record(global: &GlobalArgs, args: RecordArgs) -> anyhow::Result<ExitCode>
     let rec_policy = dir.path().join("record.yaml");
     std::fs::write(&rec_policy, record::recording_policy())
         .context("cannot write the recording policy")?;
-    let argv = moat_run_argv(global, &args.source, "sandbox", Some(&rec_policy), &command)?;
+    let argv = moat_run_argv(
+        global,
+        &args.source,
+        "sandbox",
+        Some(&rec_policy),
+        None,
+        &command,
+    )?;
     let program = command[0].rsplit('/').next().map(String::from);
     let outcome = measure::trace(&measure::TraceRun {
         argv: &argv,
@@ -469,9 +489,16 @@ fn run_record(global: &GlobalArgs, args: RecordArgs) -> anyhow::Result<ExitCode>
         program: program.as_deref(),
         capture: true,
         timeout,
+        recorder: args
+            .recorder
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--recorder: {e}"))?,
         ..measure::TraceRun::default()
     })
     .context("recording failed")?;
+    if let Some(why) = &outcome.fallback {
+        eprintln!("moat: notice: {why}");
+    }
     let base = moat_policy::Policy::builtin("restricted")?;
     let (mut profile, deny) = record::to_profile(&outcome.recorded, &base);
     profile.name = args.name.clone().unwrap_or_else(|| {
@@ -492,16 +519,24 @@ fn run_record(global: &GlobalArgs, args: RecordArgs) -> anyhow::Result<ExitCode>
             outcome.code,
             outcome.recorded.syscalls.len()
         ),
-        "Paths opened for writing are not recorded (the tracepoints carry no strings); see docs/profiles.md.".into(),
+        if outcome.recorder == "ebpf" {
+            format!(
+                "Recorded with eBPF on the syscall tracepoints; {} distinct path(s) opened for writing are listed below.",
+                outcome.recorded.write_paths.len()
+            )
+        } else {
+            "Recorded with tracefs: paths opened for writing are not recorded (the tracepoints carry only the pointer); see docs/profiles.md.".into()
+        },
     ];
     let text = profile.to_policy_yaml(&deny);
     moat_policy::Policy::parse(&text, "recorded profile")
         .and_then(|p| moat_policy::compile(&p))
         .context("the recorded profile does not compile (a bug in moat profile)")?;
     eprintln!(
-        "moat: recorded {} distinct syscalls from {} task(s); the workload exited {}",
+        "moat: recorded {} distinct syscalls from {} task(s) with {}; the workload exited {}",
         outcome.recorded.syscalls.len(),
         outcome.recorded.tasks,
+        outcome.recorder,
         outcome.code
     );
     if !args.no_verify {

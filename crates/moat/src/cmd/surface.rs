@@ -53,6 +53,11 @@ pub struct MeasureArgs {
     pub isolation: String,
     #[arg(long, default_value = "table", value_parser = ["table", "json"])]
     pub format: String,
+    /// Accelerator for the vm backend (`kvm` or `tcg`; default: KVM when
+    /// the cached probe shows a guest boots, else TCG). The probe runs
+    /// before measuring, so its test guest is never counted.
+    #[arg(long, value_parser = ["kvm", "tcg"])]
+    pub accel: Option<String>,
     /// Command to run (default: the image's entrypoint and command).
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -164,7 +169,7 @@ fn run_measure(global: &GlobalArgs, args: MeasureArgs) -> anyhow::Result<ExitCod
     for backend in &backends {
         let r = match *backend {
             "crun" => measure::measure_crun(&target.rootfs, &command).map_err(|e| format!("{e:#}")),
-            other => measure_moat(global, &args.source, other, &command),
+            other => measure_moat(global, &args.source, other, args.accel.as_deref(), &command),
         };
         results.push(r.map_err(|e| format!("{backend}: {e}")));
     }
@@ -183,13 +188,14 @@ fn run_measure(global: &GlobalArgs, args: MeasureArgs) -> anyhow::Result<ExitCod
             match r {
                 Ok(m) => {
                     println!(
-                        "{:<8} {:>3} distinct host syscalls, {} ioctl requests, {} tasks, exit {} ({})",
+                        "{:<8} {:>3} distinct host syscalls, {} ioctl requests, {} tasks, exit {} ({}; recorded with {})",
                         m.backend,
                         m.syscalls_count,
                         m.ioctl_requests.len(),
                         m.tasks,
                         m.exit_code,
-                        m.footprint
+                        m.footprint,
+                        m.recorder
                     );
                     match (&m.hap_functions, &m.hap_unavailable) {
                         (Some(n), _) => println!("         HAP: {n} distinct kernel functions"),
@@ -215,10 +221,23 @@ fn measure_moat(
     global: &GlobalArgs,
     source: &super::profile::Source,
     backend: &str,
+    accel: Option<&str>,
     command: &[String],
 ) -> Result<Measurement, String> {
-    let argv = super::profile::moat_run_argv(global, source, backend, None, command)
-        .map_err(|e| format!("{e:#}"))?;
+    // Settle the accelerator first: `auto` would otherwise boot the KVM
+    // probe guest inside the traced run and measure that QEMU instead.
+    let accel = match (backend, accel) {
+        ("vm", Some(a)) => Some(a.to_string()),
+        ("vm", None) => Some(if moat_vm::accelerator_works(&global.root) {
+            "kvm".to_string()
+        } else {
+            "tcg".to_string()
+        }),
+        _ => None,
+    };
+    let argv =
+        super::profile::moat_run_argv(global, source, backend, None, accel.as_deref(), command)
+            .map_err(|e| format!("{e:#}"))?;
     let (program, footprint) = if backend == "vm" {
         (
             Some("qemu-system-x86_64"),
@@ -236,7 +255,16 @@ fn measure_moat(
         ..measure::TraceRun::default()
     })
     .map_err(|e| format!("{e:#}"))?;
+    if let Some(why) = &outcome.fallback {
+        eprintln!("moat: notice: {why}");
+    }
     let mut m = measure::measurement(backend, footprint, outcome.code, &outcome.recorded);
+    m.recorder = outcome.recorder.to_string();
+    if backend == "vm" {
+        if let Some(a) = &accel {
+            m.footprint = format!("{footprint}, {a}");
+        }
+    }
     match measure::hap(&argv, after, program) {
         Ok(Ok(n)) => m.hap_functions = Some(n),
         Ok(Err(why)) => m.hap_unavailable = Some(why),
