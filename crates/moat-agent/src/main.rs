@@ -275,10 +275,10 @@ impl Agent {
             kernel_release: release.trim().to_string(),
         }))?;
         trace("hello sent");
-        // Mount the verified root while the host answers: the device and
-        // its root hash come from the kernel command line, not from Start.
-        // A failure is reported once Start has arrived (the host waits for
-        // a frame either way).
+        // Mount the verified root before reading Start (the device and its
+        // root hash come from the kernel command line, not from Start). A
+        // failure is reported once Start has arrived (the host waits for a
+        // frame either way).
         let mounted = mount_root();
         trace("verified root mounted");
         let start = match self.recv()? {
@@ -291,6 +291,13 @@ impl Agent {
             }
         };
         trace("start received");
+        if start.host_version != env!("CARGO_PKG_VERSION") {
+            return Err(Failure::setup(format!(
+                "host moat {:?} does not match guest agent {}: rebuild the agent (`make agent`)",
+                start.host_version,
+                env!("CARGO_PKG_VERSION")
+            )));
+        }
         mounted?;
         let child = workload::spawn(&start)?;
         trace("workload started");

@@ -87,6 +87,11 @@ pub struct Hello {
 pub struct Start {
     pub process: ProcessSpec,
     pub plan: Plan,
+    /// The host's moat version. The host sends `Start` without waiting for
+    /// the agent's `Hello` (it waits in the socket until the guest opens the
+    /// port), so the agent checks the versions match before it runs anything.
+    #[serde(default)]
+    pub host_version: String,
 }
 
 /// Sent by the agent when the workload has ended.

@@ -91,6 +91,26 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
         let lines: Vec<&str> = t.lines().filter(|l| !l.trim().is_empty()).collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     };
+    // Start goes out at once, not after Hello: QEMU holds it in the socket
+    // until the agent opens its port, and the agent finds it waiting (one
+    // round trip less). The agent refuses a Start from another moat version;
+    // the host still refuses an agent of another version when Hello comes.
+    queue(
+        &mut out,
+        Message::Start(Box::new(Start {
+            process: opts.process.clone(),
+            plan: opts.plan.clone(),
+            host_version: env!("CARGO_PKG_VERSION").to_string(),
+        })),
+    )?;
+    if tty {
+        if let Some((rows, cols)) = sys::winsize(0) {
+            queue(&mut out, Message::Resize { rows, cols })?;
+        }
+    }
+    if !opts.process.interactive {
+        queue(&mut out, Message::StdinEof)?;
+    }
     loop {
         if !started && started_at.elapsed() > HELLO_DEADLINE {
             let tail = console_tail(&mut booted.vmm.console, 20);
@@ -223,23 +243,9 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                         }
                         started = true;
                         opts.trace.mark("agent said hello");
-                        queue(
-                            &mut out,
-                            Message::Start(Box::new(Start {
-                                process: opts.process.clone(),
-                                plan: opts.plan.clone(),
-                            })),
-                        )?;
-                        if tty {
-                            if let Some((rows, cols)) = sys::winsize(0) {
-                                queue(&mut out, Message::Resize { rows, cols })?;
-                            }
-                        }
                         if opts.process.interactive {
                             stdin =
                                 Some(File::from(stdin_fd.try_clone().map_err(VmError::Channel)?));
-                        } else {
-                            queue(&mut out, Message::StdinEof)?;
                         }
                     }
                     Message::Stdout(d) => {
