@@ -6,6 +6,10 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+#[path = "../../moat-vm/tests/common/host.rs"]
+mod vm_host;
+use vm_host::vm_lock;
+
 struct Env {
     dir: tempfile::TempDir,
 }
@@ -630,19 +634,6 @@ fn measure_sandbox_counts_the_workload_only() {
         .as_str()
         .is_some_and(|w| w.contains("function tracer cannot be enabled"));
     assert!(hap_ok || refused, "{}", v[0]);
-}
-
-/// Serialises VM boots across test binaries (the lock moat-vm's and
-/// vm_cli's tests take).
-fn vm_lock() -> std::fs::File {
-    let f = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(std::env::temp_dir().join("moat-vm-tests.lock"))
-        .unwrap();
-    f.lock().unwrap();
-    f
 }
 
 #[test]

@@ -6,6 +6,8 @@
 
 #[path = "sandbox_common/mod.rs"]
 mod common;
+#[path = "../../moat-vm/tests/common/host.rs"]
+mod vm_host;
 
 use std::io::{BufRead, Write};
 use std::os::unix::process::ExitStatusExt;
@@ -14,18 +16,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use common::{can_sandbox, stderr, stdout, Env};
-
-/// Serialises VM boots across test binaries (same lock as moat-vm's tests).
-fn vm_lock() -> std::fs::File {
-    let f = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(std::env::temp_dir().join("moat-vm-tests.lock"))
-        .unwrap();
-    f.lock().unwrap();
-    f
-}
+use vm_host::{jailed_processes, vm_cgroups, vm_lock, VmLock};
 
 fn vm_ready(env: &Env, test: &str) -> bool {
     if !can_sandbox(test) {
@@ -294,6 +285,32 @@ impl Drop for Running {
     }
 }
 
+/// A VM started through the CLI for `test` with `script`, once the script
+/// has printed `ready`; `None` (after a `SKIP:` line) when VMs cannot run
+/// here. Fields drop in order: moat (killed if still running), the lock,
+/// then the temporary root.
+struct Started {
+    r: Running,
+    _lock: VmLock,
+    env: Env,
+}
+
+fn start_ready(test: &str, script: &str) -> Option<Started> {
+    let env = Env::new();
+    if !vm_ready(&env, test) {
+        return None;
+    }
+    let lock = vm_lock();
+    import_test_image(&env);
+    let mut r = spawn_vm(&env, script);
+    r.wait_line("ready");
+    Some(Started {
+        r,
+        _lock: lock,
+        env,
+    })
+}
+
 /// `kill(2)` through the `kill` command (tests stay free of `unsafe`).
 fn send(pid: i32, sig: &str) {
     let st = std::process::Command::new("kill")
@@ -305,45 +322,11 @@ fn send(pid: i32, sig: &str) {
     assert!(st.success(), "kill -{sig} {pid}");
 }
 
-/// Processes running under a jailed VMM uid (QEMU and its jail).
-fn jailed_processes() -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
-            continue;
-        };
-        let uid: u32 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if (moat_vm::jail::UID_BASE..moat_vm::jail::UID_BASE + 0x10000).contains(&uid) {
-            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-            out.push(format!("{name} {}", comm.trim()));
-        }
-    }
-    out
-}
-
 /// What a VM may leave behind: jailed processes, its cgroup, its container
 /// state directory (with the control socket's owner gone) under the run root.
 fn leftovers(env: &Env) -> Vec<String> {
     let mut l = jailed_processes();
-    for parent in ["/sys/fs/cgroup/memory/moat", "/sys/fs/cgroup/moat"] {
-        if let Ok(rd) = std::fs::read_dir(parent) {
-            l.extend(
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with("vm-"))
-                    .map(|n| format!("{parent}/{n}")),
-            );
-        }
-    }
+    l.extend(vm_cgroups());
     if let Ok(rd) = std::fs::read_dir(env.state_root().join("run/containers")) {
         l.extend(
             rd.flatten()
@@ -375,80 +358,66 @@ fn status_field(pid: u32, field: &str) -> String {
 
 #[test]
 fn sigterm_to_moat_reaches_the_workload() {
-    let env = Env::new();
-    if !vm_ready(&env, "sigterm_to_moat_reaches_the_workload") {
-        return;
-    }
-    let _l = vm_lock();
-    import_test_image(&env);
-    let mut r = spawn_vm(
-        &env,
+    let Some(mut vm) = start_ready(
+        "sigterm_to_moat_reaches_the_workload",
         "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.2; done",
-    );
-    r.wait_line("ready");
+    ) else {
+        return;
+    };
     assert!(
         !jailed_processes().is_empty(),
         "the VMM runs as a jailed uid"
     );
     // The supervisor relays under its own seccomp filter (DESIGN rule 9).
-    let pid = r.child.id();
+    let pid = vm.r.child.id();
     assert_eq!(status_field(pid, "Seccomp:"), "2");
     assert_eq!(status_field(pid, "NoNewPrivs:"), "1");
     send(pid as i32, "TERM");
-    let status = r.wait();
-    assert!(r.rest().contains(&"got-term".to_string()));
+    let status = vm.r.wait();
+    assert!(vm.r.rest().contains(&"got-term".to_string()));
     assert_eq!(status.code(), Some(7), "{status}");
-    assert_nothing_left(&env);
+    assert_nothing_left(&vm.env);
 }
 
 #[test]
 fn ctrl_c_ends_the_workload_and_leaves_nothing() {
-    let env = Env::new();
-    if !vm_ready(&env, "ctrl_c_ends_the_workload_and_leaves_nothing") {
+    let Some(mut vm) = start_ready(
+        "ctrl_c_ends_the_workload_and_leaves_nothing",
+        "echo ready; exec sleep 1000",
+    ) else {
         return;
-    }
-    let _l = vm_lock();
-    import_test_image(&env);
-    let mut r = spawn_vm(&env, "echo ready; exec sleep 1000");
-    r.wait_line("ready");
+    };
     // Ctrl-C on a terminal: SIGINT to the whole foreground process group.
-    send(-(r.child.id() as i32), "INT");
-    let status = r.wait();
+    send(-(vm.r.child.id() as i32), "INT");
+    let status = vm.r.wait();
     assert_eq!(status.code(), Some(130), "{status}");
-    assert_nothing_left(&env);
+    assert_nothing_left(&vm.env);
 }
 
 #[test]
 fn kill_9_of_moat_leaves_nothing() {
-    let env = Env::new();
-    if !vm_ready(&env, "kill_9_of_moat_leaves_nothing") {
+    let Some(mut vm) = start_ready(
+        "kill_9_of_moat_leaves_nothing",
+        "echo ready; exec sleep 1000",
+    ) else {
         return;
-    }
-    let _l = vm_lock();
-    import_test_image(&env);
-    let mut r = spawn_vm(&env, "echo ready; exec sleep 1000");
-    r.wait_line("ready");
+    };
     assert!(
         !jailed_processes().is_empty(),
         "the VMM runs as a jailed uid"
     );
-    send(r.child.id() as i32, "KILL");
-    let status = r.wait();
+    send(vm.r.child.id() as i32, "KILL");
+    let status = vm.r.wait();
     assert_eq!(status.signal(), Some(9), "{status}");
-    assert_nothing_left(&env);
+    assert_nothing_left(&vm.env);
 }
 
 #[test]
 fn normal_exit_leaves_nothing() {
-    let env = Env::new();
-    if !vm_ready(&env, "normal_exit_leaves_nothing") {
+    let Some(mut vm) = start_ready("normal_exit_leaves_nothing", "echo ready; exit 3") else {
         return;
-    }
-    let _l = vm_lock();
-    import_test_image(&env);
-    let mut r = spawn_vm(&env, "echo ready; exit 3");
-    r.wait_line("ready");
-    assert_eq!(r.wait().code(), Some(3));
+    };
+    assert_eq!(vm.r.wait().code(), Some(3));
     // Nothing to wait for here: moat removed everything before it exited.
-    assert_eq!(leftovers(&env), Vec::<String>::new());
+    assert_eq!(leftovers(&vm.env), Vec::<String>::new());
 }

@@ -32,3 +32,21 @@ impl Scheme {
         }
     }
 }
+
+/// Orders `a` and `b` by `cmp` on their parses; unparsable versions sort
+/// before every valid one and in string order among themselves. Falling
+/// back to strings per pair instead is not transitive (found by the
+/// `osv_match` fuzzer).
+fn unparsable_first<'a, T>(
+    a: &'a str,
+    b: &'a str,
+    parse: impl Fn(&'a str) -> Option<T>,
+    cmp: impl FnOnce(&T, &T) -> Ordering,
+) -> Ordering {
+    match (parse(a), parse(b)) {
+        (Some(x), Some(y)) => cmp(&x, &y),
+        (None, None) => a.cmp(b),
+        (None, Some(_)) => Ordering::Less,
+        (Some(_), None) => Ordering::Greater,
+    }
+}

@@ -132,15 +132,8 @@ fn parse(v: &str) -> Option<Key> {
 /// Compare two PEP 440 versions; unparsable ones sort first, in string
 /// order among themselves.
 pub fn compare(a: &str, b: &str) -> Ordering {
-    // Unparsable (legacy) versions sort before every valid one, as in
-    // `packaging`'s old LegacyVersion; a per-pair string fallback would not
-    // be transitive (found by the `osv_match` fuzzer).
-    match (parse(a), parse(b)) {
-        (Some(x), Some(y)) => x.cmp(&y),
-        (None, None) => a.cmp(b),
-        (None, Some(_)) => Ordering::Less,
-        (Some(_), None) => Ordering::Greater,
-    }
+    // Legacy versions first, as in `packaging`'s old LegacyVersion.
+    super::unparsable_first(a, b, parse, Key::cmp)
 }
 
 #[cfg(test)]

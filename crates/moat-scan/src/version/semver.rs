@@ -39,15 +39,12 @@ fn cmp_ident(a: &str, b: &str) -> Ordering {
 }
 
 /// Compare two semantic versions. Unparsable versions sort before every
-/// valid one and among themselves as plain strings: mixing the two orders
-/// pairwise would not be transitive (found by the `osv_match` fuzzer).
+/// valid one and among themselves as plain strings.
 pub fn compare(a: &str, b: &str) -> Ordering {
-    let (pa, pb) = match (parse(a), parse(b)) {
-        (Some(pa), Some(pb)) => (pa, pb),
-        (None, None) => return a.cmp(b),
-        (None, Some(_)) => return Ordering::Less,
-        (Some(_), None) => return Ordering::Greater,
-    };
+    super::unparsable_first(a, b, parse, precedence)
+}
+
+fn precedence(pa: &SemVer<'_>, pb: &SemVer<'_>) -> Ordering {
     let n = pa.core.len().max(pb.core.len()).max(3);
     for k in 0..n {
         let x = pa.core.get(k).copied().unwrap_or(0);

@@ -12,6 +12,9 @@ use std::sync::OnceLock;
 use moat_policy::plan::*;
 use moat_policy::{Plan, ProcessSpec};
 
+mod host;
+pub use host::{jailed_processes, vm_cgroups, vm_lock};
+
 /// Why the VM tests cannot run here, if they cannot.
 pub fn missing_prerequisite() -> Option<String> {
     if !Path::new("/usr/bin/qemu-system-x86_64").is_file() {
@@ -64,20 +67,6 @@ pub fn ensure_agent() {
             .expect("cargo build of the agent");
         assert!(st.success(), "building the static agent failed");
     });
-}
-
-/// Holds the cross-process lock that serialises VM tests.
-pub struct VmLock(#[allow(dead_code)] File);
-
-pub fn vm_lock() -> VmLock {
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(std::env::temp_dir().join("moat-vm-tests.lock"))
-        .unwrap();
-    f.lock().unwrap();
-    VmLock(f)
 }
 
 /// A busybox rootfs with a passwd file, as an image store would materialise it.
@@ -259,45 +248,4 @@ fn run_here(opts: moat_vm::VmRunOptions, stdin: Option<&[u8]>) -> Outcome {
         stdout: out.text(),
         stderr: err.text(),
     }
-}
-
-/// PIDs of processes running under a jailed VMM uid.
-pub fn jailed_processes() -> Vec<String> {
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(status) = fs::read_to_string(e.path().join("status")) else {
-            continue;
-        };
-        let uid: u32 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if (moat_vm::jail::UID_BASE..moat_vm::jail::UID_BASE + 0x10000).contains(&uid) {
-            let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-            out.push(format!("{name} {}", comm.trim()));
-        }
-    }
-    out
-}
-
-/// Per-VM cgroups that still exist.
-pub fn vm_cgroups() -> Vec<String> {
-    let mut out = Vec::new();
-    for parent in ["/sys/fs/cgroup/memory/moat", "/sys/fs/cgroup/moat"] {
-        if let Ok(rd) = fs::read_dir(parent) {
-            for e in rd.flatten() {
-                let n = e.file_name().to_string_lossy().into_owned();
-                if n.starts_with("vm-") {
-                    out.push(format!("{parent}/{n}"));
-                }
-            }
-        }
-    }
-    out
 }

@@ -1,0 +1,62 @@
+//! What VM tests check on the host, shared by moat-vm's tests and the
+//! `moat` CLI tests (which include this file by path): the cross-process
+//! lock that serialises VM boots, and what a VM may leave behind.
+
+#![allow(dead_code)]
+
+use std::fs::{self, File};
+
+/// Holds the cross-process lock that serialises VM tests.
+pub struct VmLock(#[allow(dead_code)] File);
+
+pub fn vm_lock() -> VmLock {
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("moat-vm-tests.lock"))
+        .unwrap();
+    f.lock().unwrap();
+    VmLock(f)
+}
+
+/// PIDs of processes running under a jailed VMM uid.
+pub fn jailed_processes() -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(status) = fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let uid: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if (moat_vm::jail::UID_BASE..moat_vm::jail::UID_BASE + 0x10000).contains(&uid) {
+            let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            out.push(format!("{name} {}", comm.trim()));
+        }
+    }
+    out
+}
+
+/// Per-VM cgroups that still exist.
+pub fn vm_cgroups() -> Vec<String> {
+    let mut out = Vec::new();
+    for parent in ["/sys/fs/cgroup/memory/moat", "/sys/fs/cgroup/moat"] {
+        if let Ok(rd) = fs::read_dir(parent) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with("vm-") {
+                    out.push(format!("{parent}/{n}"));
+                }
+            }
+        }
+    }
+    out
+}
