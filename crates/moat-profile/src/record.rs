@@ -10,14 +10,48 @@ use crate::profile::{IoctlGrant, Profile};
 use crate::syscalls;
 use crate::trace::{family_name, Recorded};
 
-/// The permissive policy the recording run uses: `restricted`'s
-/// filesystem and network, but every syscall allowed (what `restricted`
-/// does not list is allowed and logged) and no argument conditions, so that
-/// the workload takes the paths it would take unconfined.
+/// Kernel surface that `restricted` denies and that the recording run
+/// denies too (with `EPERM`), whatever the workload does: keyrings,
+/// io_uring, perf, bpf, new namespaces (a nested user namespace above all)
+/// and the mount family. A recorded attempt is reported, never granted.
+pub const RECORDING_FLOOR: &[&str] = &[
+    "add_key",
+    "keyctl",
+    "request_key",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "perf_event_open",
+    "bpf",
+    "unshare",
+    "setns",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "open_tree",
+    "mount_setattr",
+];
+
+/// The policy the recording run uses: `restricted`'s filesystem and
+/// network, every syscall allowed but [`RECORDING_FLOOR`], `clone` without
+/// new namespaces, any socket family and any ioctl but `TIOCSTI` and
+/// `TIOCLINUX`, so that the workload takes the paths it would take
+/// unconfined except into the kernel surface no recorded policy grants.
 pub fn recording_policy() -> String {
     let families: Vec<&str> = moat_policy::args::SOCKET_FAMILIES
         .iter()
         .map(|(n, _)| *n)
+        .collect();
+    let allow: Vec<&str> = moat_policy::syscalls::X86_64
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !RECORDING_FLOOR.contains(n))
         .collect();
     format!(
         "apiVersion: moat.dev/v1
@@ -28,17 +62,34 @@ spec:
   extends: restricted
   isolation: sandbox
   syscalls:
-    default: log
+    default: errno
+    allow: [{}]
     conditions:
       socket:
         families: [{}]
       clone:
-        deny_flags: []
+        deny_flags: [namespaces]
       ioctl:
-        deny: []
+        deny: [{}]
 ",
-        families.join(", ")
+        allow.join(", "),
+        families.join(", "),
+        crate::profile::NEVER_IOCTLS.join(", ")
     )
+}
+
+/// The calls of [`RECORDING_FLOOR`] the workload attempted: denied while
+/// recording and left out of the profile. Seccomp refuses them before the
+/// syscall-entry tracepoint, so they are seen at exit, as failures.
+pub fn floor_attempts(rec: &Recorded) -> BTreeSet<String> {
+    let table = syscalls::table();
+    rec.syscalls
+        .keys()
+        .chain(rec.denied.iter().map(|(nr, _)| nr))
+        .filter_map(|nr| table.name(*nr))
+        .filter(|name| RECORDING_FLOOR.contains(name))
+        .map(String::from)
+        .collect()
 }
 
 fn errno_name(e: i64) -> &'static str {
@@ -95,6 +146,9 @@ pub fn to_profile(rec: &Recorded, base: &Policy) -> (Profile, Vec<String>) {
             .name(*nr)
             .map(String::from)
             .unwrap_or_else(|| nr.to_string());
+        if RECORDING_FLOOR.contains(&name.as_str()) {
+            continue;
+        }
         let reason = if *count == 1 {
             "recorded 1 call".to_string()
         } else {
@@ -133,6 +187,10 @@ pub fn to_profile(rec: &Recorded, base: &Policy) -> (Profile, Vec<String>) {
             .iter()
             .map(|r| *r as u32)
             .filter(|r| !allowed.contains(r))
+            .filter(|r| {
+                let name = moat_policy::args::name_of(moat_policy::args::IOCTL_REQUESTS, *r);
+                !crate::profile::is_never_ioctl(&name)
+            })
             .collect();
         if !extra.is_empty() {
             let names = allowed
@@ -143,18 +201,27 @@ pub fn to_profile(rec: &Recorded, base: &Policy) -> (Profile, Vec<String>) {
             p.ioctl_condition = IoctlGrant::Allow(names);
         }
     }
+    for name in floor_attempts(rec) {
+        p.failed_privileged.insert(format!(
+            "{name}: attempted, denied while recording (outside `restricted`)"
+        ));
+    }
     for (nr, errno) in &rec.denied {
         let name = table.name(*nr).unwrap_or("?");
+        if RECORDING_FLOOR.contains(&name) {
+            continue;
+        }
         p.failed_privileged
             .insert(format!("{name}: {}", errno_name(*errno)));
     }
     let mut outside = Vec::new();
     for path in &rec.write_paths {
         let (note, covered) = where_writes_land(path, base);
+        let shown = crate::profile::quote(path);
         if !covered {
-            outside.push(path.clone());
+            outside.push(shown.clone());
         }
-        p.written.insert(format!("{path} ({note})"));
+        p.written.insert(format!("{shown} ({note})"));
     }
     if !outside.is_empty() {
         p.warnings.push(format!(
@@ -227,7 +294,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(p.failed_privileged.contains("mount: EPERM"));
+        assert!(p
+            .failed_privileged
+            .contains("mount: attempted, denied while recording (outside `restricted`)"));
         // The result is a policy moat accepts, and it allows exactly that.
         let yaml = p.to_policy_yaml(&deny);
         let policy = Policy::parse(&yaml, "recorded").unwrap();
@@ -273,11 +342,38 @@ mod tests {
         let policy = Policy::parse(&recording_policy(), "record").unwrap();
         let plan = moat_policy::compile(&policy).unwrap();
         let s = crate::surface::of_plan(&plan).unwrap();
-        assert_eq!(s.syscalls.allowed_count, crate::syscalls::table().len());
-        assert!(
-            s.syscalls.conditional.is_empty(),
-            "{:?}",
-            s.syscalls.conditional
+        let floor = RECORDING_FLOOR
+            .iter()
+            .filter(|n| crate::syscalls::table().number(n).is_some())
+            .count();
+        assert_eq!(
+            floor,
+            RECORDING_FLOOR.len(),
+            "a floor name is not a syscall"
         );
+        // Seccomp refuses them before the entry tracepoint: their failures
+        // must be watched for the attempts to be reported.
+        for name in RECORDING_FLOOR {
+            assert!(crate::trace::WATCHED_EXITS.contains(name), "{name}");
+        }
+        // clone3 answers ENOSYS (its flags cannot be checked; the C
+        // library falls back to clone, whose flags are).
+        assert_eq!(
+            s.syscalls.allowed_count,
+            crate::syscalls::table().len() - floor - 1
+        );
+        for name in RECORDING_FLOOR {
+            assert!(
+                !s.syscalls.allowed.iter().any(|a| a == name),
+                "{name} allowed while recording"
+            );
+        }
+        // clone without new namespaces, ioctl without TIOCSTI/TIOCLINUX.
+        let cond = &s.syscalls.conditional;
+        assert!(cond.iter().any(|c| c == "clone"), "{cond:?}");
+        match &policy.spec.syscalls.conditions.ioctl {
+            IoctlRule::Deny(set) => assert!(set.contains(&0x5412) && set.contains(&0x541C)),
+            other => panic!("{other:?}"),
+        }
     }
 }

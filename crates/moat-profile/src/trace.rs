@@ -53,6 +53,17 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 /// Syscalls whose failures are recorded: privileged operations, and the
 /// calls that fail with EROFS when a workload writes to the read-only root.
 pub const WATCHED_EXITS: &[&str] = &[
+    // The recording floor (`record::RECORDING_FLOOR`) beyond the names below.
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "open_tree",
+    "mount_setattr",
     "mount",
     "umount2",
     "pivot_root",

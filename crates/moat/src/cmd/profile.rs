@@ -232,7 +232,7 @@ pub fn compile_target(global: &GlobalArgs, target: &str) -> anyhow::Result<moat_
             format!("{target}: neither a policy file, a built-in policy nor an image")
         })?;
         let (profile, _) = static_profile(&t, None, None)?;
-        let text = profile.to_policy_yaml(&[]);
+        let text = profile.to_checked_policy_yaml(&[])?;
         moat_policy::Policy::parse(&text, &format!("static profile of {}", t.label))?
     };
     Ok(moat_policy::compile(&policy)?)
@@ -356,8 +356,9 @@ fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode>
             &(serde_json::to_string_pretty(&doc)? + "\n"),
         )?;
     } else {
-        let text = profile.to_policy_yaml(&[]);
-        // What we write must be a policy moat itself accepts.
+        // What we write must be a policy moat itself accepts, granting
+        // exactly what the analysis found.
+        let text = profile.to_checked_policy_yaml(&[])?;
         moat_policy::Policy::parse(&text, "generated profile")
             .and_then(|p| moat_policy::compile(&p))
             .context("the generated profile does not compile (a bug in moat profile)")?;
@@ -528,7 +529,7 @@ fn run_record(global: &GlobalArgs, args: RecordArgs) -> anyhow::Result<ExitCode>
             "Recorded with tracefs: paths opened for writing are not recorded (the tracepoints carry only the pointer); see docs/profiles.md.".into()
         },
     ];
-    let text = profile.to_policy_yaml(&deny);
+    let text = profile.to_checked_policy_yaml(&deny)?;
     moat_policy::Policy::parse(&text, "recorded profile")
         .and_then(|p| moat_policy::compile(&p))
         .context("the recorded profile does not compile (a bug in moat profile)")?;
@@ -539,6 +540,14 @@ fn run_record(global: &GlobalArgs, args: RecordArgs) -> anyhow::Result<ExitCode>
         outcome.recorder,
         outcome.code
     );
+    let attempts = record::floor_attempts(&outcome.recorded);
+    if !attempts.is_empty() {
+        let list: Vec<&str> = attempts.iter().map(String::as_str).collect();
+        eprintln!(
+            "moat: the workload attempted calls that recording denies and the policy does not grant: {}",
+            list.join(", ")
+        );
+    }
     if !args.no_verify {
         verify(
             global,
@@ -583,6 +592,6 @@ fn run_merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
         args.b.display(),
         b.syscalls.len()
     )];
-    emit(args.output.as_deref(), &merged.to_policy_yaml(&[]))?;
+    emit(args.output.as_deref(), &merged.to_checked_policy_yaml(&[])?)?;
     Ok(ExitCode::SUCCESS)
 }
