@@ -2,6 +2,7 @@
 //! indexed by (ecosystem, package). Re-import compares a hash of each
 //! record and touches only records that changed.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -157,6 +158,65 @@ impl VulnDb {
         })
     }
 
+    /// Import `input` into the database in `dir`, creating it if there is
+    /// none. A new database is built in a staging file beside it and
+    /// renamed into place only after a successful import, so a failure
+    /// never leaves an empty database behind; an existing one is changed in
+    /// one transaction ([`VulnDb::import`]), so a failure leaves it exactly
+    /// as it was.
+    pub fn import_into(
+        dir: &Path,
+        input: &Path,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(VulnDb, ImportReport), DbError> {
+        let path = db_file(dir);
+        if path.exists() {
+            let mut db = Self::open_file(&path, true)?;
+            let rep = db.import(input, progress)?;
+            return Ok((db, rep));
+        }
+        // Nothing to import: fail before creating anything.
+        let mut files = Vec::new();
+        collect_inputs(input, &mut files)?;
+        if files.is_empty() {
+            return Err(DbError::NoRecords {
+                path: input.to_path_buf(),
+            });
+        }
+        fs::create_dir_all(dir).map_err(|source| DbError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let stage = tempfile::Builder::new()
+            .prefix(".advisories.stage-")
+            .suffix(".sqlite")
+            .tempfile_in(dir)
+            .map_err(|source| DbError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?
+            .into_temp_path();
+        let rep = {
+            // A rollback journal while staging: one file to rename.
+            let conn = Connection::open(&stage)
+                .and_then(|c| c.execute_batch(SCHEMA).map(|_| c))
+                .map_err(|source| DbError::Open {
+                    path: stage.to_path_buf(),
+                    source,
+                })?;
+            let mut db = VulnDb {
+                conn,
+                path: stage.to_path_buf(),
+            };
+            db.import(input, progress)?
+        };
+        stage.persist(&path).map_err(|e| DbError::CreateDir {
+            path: path.clone(),
+            source: e.error,
+        })?;
+        Ok((Self::open_file(&path, false)?, rep))
+    }
+
     /// Import every OSV record under `input` (a `.json` file, a `.zip`
     /// archive, or a directory holding either, searched recursively), in one
     /// transaction: an error leaves the database as it was.
@@ -307,8 +367,19 @@ impl VulnDb {
         if let Some(n) = newest.filter(|n| prev_newest.as_ref().is_none_or(|p| n > p)) {
             set("newest_modified", n)?;
         }
+        if rep.records == 0 {
+            // Dropping the transaction rolls it back.
+            return Err(DbError::NoRecords {
+                path: input.to_path_buf(),
+            });
+        }
         let total: i64 = tx.query_row("SELECT COUNT(*) FROM advisories", [], |r| r.get(0))?;
         set("advisory_count", total.to_string())?;
+        let counts = count_by_ecosystem(&tx)?;
+        set(
+            "ecosystem_counts",
+            serde_json::to_string(&counts).unwrap_or_default(),
+        )?;
         tx.commit()?;
         progress(rep.records);
         Ok(rep)
@@ -364,6 +435,17 @@ impl VulnDb {
             .unwrap_or(0))
     }
 
+    /// Advisories per ecosystem key (as of the last import).
+    pub fn ecosystem_counts(&self) -> Result<BTreeMap<String, u64>, DbError> {
+        if let Some(c) = self
+            .meta("ecosystem_counts")?
+            .and_then(|s| serde_json::from_str(&s).ok())
+        {
+            return Ok(c);
+        }
+        count_by_ecosystem(&self.conn)
+    }
+
     /// When advisories were last imported (RFC 3339).
     pub fn last_import(&self) -> Result<Option<String>, DbError> {
         Ok(self
@@ -397,6 +479,16 @@ impl VulnDb {
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
+}
+
+fn count_by_ecosystem(conn: &Connection) -> Result<BTreeMap<String, u64>, DbError> {
+    let mut st = conn.prepare(
+        "SELECT ecosystem, COUNT(DISTINCT advisory_id) FROM affected GROUP BY ecosystem",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 fn collect_inputs(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), DbError> {

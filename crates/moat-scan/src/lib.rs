@@ -1,5 +1,6 @@
 //! Vulnerability scanning: package inventories, OSV advisories, matching, SBOMs. See docs/scanning.md.
 
+pub mod coverage;
 pub mod cvss;
 pub mod db;
 pub mod ecosystem;

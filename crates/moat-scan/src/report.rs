@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::coverage::{self, EcosystemCoverage};
 use crate::cvss::Severity;
 use crate::inventory::{Inventory, OsRelease};
 use crate::matcher::Finding;
@@ -20,9 +21,14 @@ pub struct Report {
     pub target: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub os: Option<OsRelease>,
-    /// Packages found / packages that could be checked against advisories.
+    /// Packages found / packages checked against at least one advisory of
+    /// their ecosystem / packages not checked (no advisory data for their
+    /// ecosystem, or an ecosystem moat cannot order): never clean.
     pub packages: usize,
     pub checked: usize,
+    pub not_checked: usize,
+    /// Per ecosystem: how many advisories its packages were checked against.
+    pub coverage: Vec<EcosystemCoverage>,
     pub findings: Vec<Finding>,
     /// Findings left out by `--ignore-unfixed` or ignore rules.
     pub suppressed: usize,
@@ -41,6 +47,11 @@ impl Report {
         self.findings.iter().any(|f| f.severity >= sev)
     }
 
+    /// The ecosystems whose packages were not checked.
+    pub fn unchecked(&self) -> Vec<&EcosystemCoverage> {
+        self.coverage.iter().filter(|c| !c.checked).collect()
+    }
+
     /// Human table grouped by severity, worst first.
     pub fn table(&self) -> String {
         let mut s = String::new();
@@ -57,9 +68,38 @@ impl Report {
             .unwrap_or_else(|| "unknown OS".into());
         let _ = writeln!(
             s,
-            "{} ({os}): {} packages, {} checked against {} advisories",
-            self.target, self.packages, self.checked, self.advisories
+            "{} ({os}): {} packages, {} checked, {} not checked",
+            self.target, self.packages, self.checked, self.not_checked
         );
+        let width = self
+            .coverage
+            .iter()
+            .map(|c| c.label().len())
+            .max()
+            .unwrap_or(0);
+        for c in &self.coverage {
+            let what = match &c.reason {
+                None => {
+                    let keys: Vec<String> = c
+                        .advisories
+                        .iter()
+                        .map(|k| format!("{} {}", k.key, k.advisories))
+                        .collect();
+                    format!(
+                        "checked against {} advisories ({})",
+                        c.total(),
+                        keys.join(", ")
+                    )
+                }
+                Some(why) => format!("NOT CHECKED: {why}"),
+            };
+            let _ = writeln!(
+                s,
+                "  {:<width$}  {:>5} packages  {what}",
+                c.label(),
+                c.packages
+            );
+        }
         let mut groups: BTreeMap<std::cmp::Reverse<Severity>, Vec<&Finding>> = BTreeMap::new();
         for f in &self.findings {
             groups
@@ -116,6 +156,12 @@ impl Report {
         if self.findings.is_empty() {
             if self.checked == 0 {
                 let _ = writeln!(s, "Nothing could be checked: this is not a clean result.");
+            } else if self.not_checked > 0 {
+                let _ = writeln!(
+                    s,
+                    "No known vulnerabilities in the {} checked packages; {} packages were NOT checked: this is not a clean result for them.",
+                    self.checked, self.not_checked
+                );
             } else {
                 let _ = writeln!(
                     s,
@@ -287,15 +333,33 @@ fn short_digest(d: &str) -> String {
 }
 
 impl Report {
-    /// Match `inventory` against `db` and build the report.
+    /// Match `inventory` against `db` and build the report. Without a
+    /// database (`None`, for an SBOM alone) nothing is checked.
     pub fn build(
         target: &str,
         inventory: Inventory,
-        db: &crate::db::VulnDb,
+        db: Option<&crate::db::VulnDb>,
         ignore_unfixed: bool,
         ignores: &[crate::store::IgnoreRule],
     ) -> Result<Report, crate::db::DbError> {
-        let mut findings = crate::matcher::match_inventory(db, &inventory)?;
+        let counts = db.map(|d| d.ecosystem_counts()).transpose()?;
+        let coverage = coverage::of(&inventory, counts.as_ref());
+        let checked: usize = coverage
+            .iter()
+            .filter(|c| c.checked)
+            .map(|c| c.packages)
+            .sum();
+        let mut findings = match db {
+            Some(db) => crate::matcher::match_inventory(db, &inventory)?,
+            None => Vec::new(),
+        };
+        let mut notes = inventory.notes.clone();
+        if db.is_none() {
+            notes.push(
+                "no advisory database: packages are listed, nothing was checked for vulnerabilities"
+                    .to_string(),
+            );
+        }
         let before = findings.len();
         if ignore_unfixed {
             findings.retain(|f| f.fixed.is_some());
@@ -305,12 +369,14 @@ impl Report {
             target: target.to_string(),
             os: inventory.os.clone(),
             packages: inventory.packages.len(),
-            checked: inventory.checkable(),
+            checked,
+            not_checked: inventory.packages.len() - checked,
+            coverage,
             suppressed: before - findings.len(),
             findings,
-            notes: inventory.notes.clone(),
-            advisories: db.count()?,
-            advisories_imported: db.last_import()?,
+            notes,
+            advisories: db.map(|d| d.count()).transpose()?.unwrap_or(0),
+            advisories_imported: db.map(|d| d.last_import()).transpose()?.flatten(),
             inventory,
         })
     }

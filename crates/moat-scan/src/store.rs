@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::coverage::EcosystemCoverage;
 use crate::cvss::Severity;
 use crate::db::{DbError, VulnDb};
 use crate::inventory::Inventory;
@@ -315,17 +316,40 @@ pub struct GateDecision {
     pub blocking: Vec<Finding>,
     /// Rules whose expiry date has passed (they no longer apply).
     pub expired: Vec<IgnoreRule>,
+    /// Ecosystems whose packages could not be checked (no advisory data,
+    /// or versions moat cannot order); they block unless `allow_unchecked`.
+    pub unchecked: Vec<EcosystemCoverage>,
+    pub allow_unchecked: bool,
 }
 
 impl GateDecision {
     pub fn allowed(&self) -> bool {
-        self.blocking.is_empty()
+        self.blocking.is_empty() && (self.unchecked.is_empty() || self.allow_unchecked)
     }
 
-    /// A refusal message naming the advisories and fixed versions.
+    /// A refusal message naming the advisories and fixed versions, or the
+    /// ecosystems that could not be checked.
     pub fn refusal(&self, image: &str, fail_on: Severity) -> Option<String> {
-        if self.blocking.is_empty() {
+        if self.allowed() {
             return None;
+        }
+        if self.blocking.is_empty() {
+            let items: Vec<String> = self
+                .unchecked
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} ({} packages): {}",
+                        c.label(),
+                        c.packages,
+                        c.reason.as_deref().unwrap_or("not checked")
+                    )
+                })
+                .collect();
+            return Some(format!(
+                "image {image} could not be checked against the policy's fail_on={fail_on}: {}; import advisories for them, or pass --allow-unchecked to run it anyway",
+                items.join("; ")
+            ));
         }
         let items: Vec<String> = self
             .blocking
@@ -369,11 +393,19 @@ pub fn gate(
     fail_on: Severity,
     ignores: &[IgnoreRule],
     today: i64,
+    allow_unchecked: bool,
 ) -> Result<GateDecision, StoreError> {
     let stored = load(root, image_id)?.ok_or_else(|| StoreError::NoInventory {
         image_id: image_id.to_string(),
     })?;
-    gate_inventory(root, &stored.inventory, fail_on, ignores, today)
+    gate_inventory(
+        root,
+        &stored.inventory,
+        fail_on,
+        ignores,
+        today,
+        allow_unchecked,
+    )
 }
 
 /// [`gate`] for an inventory at hand (`moat run --rootfs DIR`).
@@ -383,8 +415,14 @@ pub fn gate_inventory(
     fail_on: Severity,
     ignores: &[IgnoreRule],
     today: i64,
+    allow_unchecked: bool,
 ) -> Result<GateDecision, StoreError> {
     let db = VulnDb::open(&root.join("vulndb"))?;
+    let counts = db.ecosystem_counts()?;
+    let unchecked = crate::coverage::of(inventory, Some(&counts))
+        .into_iter()
+        .filter(|c| !c.checked)
+        .collect();
     let mut findings = match_inventory(&db, inventory)?;
     findings.retain(|f| f.severity >= fail_on);
     let expired = ignores
@@ -396,5 +434,7 @@ pub fn gate_inventory(
     Ok(GateDecision {
         blocking: findings,
         expired,
+        unchecked,
+        allow_unchecked,
     })
 }

@@ -145,7 +145,7 @@ fn debian_rootfs_findings_are_exact() {
     ];
     assert_eq!(got, want);
 
-    let rep = Report::build("fixture", inv.clone(), &db, true, &[]).unwrap();
+    let rep = Report::build("fixture", inv.clone(), Some(&db), true, &[]).unwrap();
     assert_eq!(rep.suppressed, 1);
     assert!(!rep.findings.iter().any(|f| f.id == "DEBIAN-CVE-2024-12243"));
     assert!(rep.has_at_least(Severity::Critical));
@@ -157,7 +157,7 @@ fn debian_rootfs_findings_are_exact() {
         expires: Some(s("2999-01-01")),
         reason: None,
     }];
-    let rep = Report::build("fixture", inv, &db, false, &rules).unwrap();
+    let rep = Report::build("fixture", inv, Some(&db), false, &rules).unwrap();
     assert!(
         !rep.findings.iter().any(|f| f.id == "DSA-5900-1"),
         "ignored by alias"
@@ -201,7 +201,7 @@ fn no_package_database_is_said_plainly() {
     fs::write(root.join("bin/sh"), b"#!/bin/true\n").unwrap();
     let db = db_with_fixtures(t.path());
     let inv = inventory::from_rootfs(&root).unwrap();
-    let rep = Report::build("empty", inv, &db, false, &[]).unwrap();
+    let rep = Report::build("empty", inv, Some(&db), false, &[]).unwrap();
     assert_eq!(rep.checked, 0);
     let table = rep.table();
     assert!(
@@ -618,7 +618,7 @@ fn rematch_alerts_and_gate() {
     // The run gate: high blocks; an unexpired ignore entry lifts it, an
     // expired one does not.
     let today = moat_scan::util::parse_date("2025-06-01").unwrap();
-    let d = store::gate(&root, id, Severity::High, &[], today).unwrap();
+    let d = store::gate(&root, id, Severity::High, &[], today, false).unwrap();
     assert_eq!(
         d.refusal("alpine:3.18", Severity::High).unwrap(),
         "image alpine:3.18 has 1 vulnerabilities at or above the policy's fail_on=high: ALPINE-CVE-2025-26519 (high) in musl 1.2.4-r2: fixed in 1.2.4_git20230717-r5"
@@ -628,7 +628,7 @@ fn rematch_alerts_and_gate() {
         expires: Some(s("2025-06-01")),
         reason: None,
     }];
-    assert!(store::gate(&root, id, Severity::High, &ok, today)
+    assert!(store::gate(&root, id, Severity::High, &ok, today, false)
         .unwrap()
         .allowed());
     let expired = [IgnoreRule {
@@ -636,16 +636,18 @@ fn rematch_alerts_and_gate() {
         expires: Some(s("2025-05-31")),
         reason: None,
     }];
-    let d = store::gate(&root, id, Severity::High, &expired, today).unwrap();
+    let d = store::gate(&root, id, Severity::High, &expired, today, false).unwrap();
     assert!(!d.allowed());
     assert!(d
         .refusal("alpine", Severity::High)
         .unwrap()
         .ends_with("(expired ignore entries no longer apply: CVE-2025-26519)"));
-    assert!(store::gate(&root, id, Severity::Critical, &[], today)
-        .unwrap()
-        .allowed());
-    let err = store::gate(&root, "sha256:ffff", Severity::High, &[], today).unwrap_err();
+    assert!(
+        store::gate(&root, id, Severity::Critical, &[], today, false)
+            .unwrap()
+            .allowed()
+    );
+    let err = store::gate(&root, "sha256:ffff", Severity::High, &[], today, false).unwrap_err();
     assert_eq!(err.to_string(), "no stored inventory for image sha256:ffff: it was imported before scanning existed; re-import it with `moat image import`");
 }
 
@@ -656,7 +658,7 @@ fn cyclonedx_output_round_trips_as_sbom_input() {
     fixtures::write_debian_rootfs(&root).unwrap();
     let db = db_with_fixtures(t.path());
     let inv = inventory::from_rootfs(&root).unwrap();
-    let rep = Report::build("fixture", inv.clone(), &db, false, &[]).unwrap();
+    let rep = Report::build("fixture", inv.clone(), Some(&db), false, &[]).unwrap();
     let bom = rep.cyclonedx();
     assert_eq!(bom["specVersion"], "1.5");
     assert_eq!(

@@ -58,6 +58,10 @@ pub struct RunArgs {
     /// [default: /etc/moat/rbac.yaml; without it only root may run, with a warning].
     #[arg(long, value_name = "FILE")]
     pub rbac: Option<PathBuf>,
+    /// Run even when the policy's `vulnerabilities.fail_on` gate could not
+    /// check some packages (no advisory data for their ecosystem).
+    #[arg(long)]
+    pub allow_unchecked: bool,
     /// Keep stdin open and connected to the container.
     #[arg(short = 'i', long)]
     pub interactive: bool,
@@ -154,6 +158,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         args.policy.as_deref(),
         &image.image_id,
         &image.rootfs,
+        args.allow_unchecked,
     )?;
     let id = state::new_id();
     let name = args.name.clone().unwrap_or_else(|| id[..12].to_string());

@@ -20,9 +20,12 @@ use crate::global::GlobalArgs;
     moat scan --sbom app.cdx.json --format sarif > results.sarif\n  \
     moat scan alpine --format cyclonedx > sbom.cdx.json\n  \
     moat scan --watch ~/osv            # re-import and re-match on change, until stopped\n\n\
-    Advisories come from `moat vulndb import`. An image without a package database,\n\
-    or with an OS no advisory source covers, is reported as such, never as clean.\n\
-    Exit status: 0 done, 1 findings at or above --fail-on, or an error.")]
+    Advisories come from `moat vulndb import`. The report says, per ecosystem and\n\
+    release, how many advisories its packages were checked against; packages with\n\
+    no advisory data (or in an image without a package database) are reported as\n\
+    not checked, never as clean. `--format cyclonedx` works without a database.\n\
+    Exit status: 0 done, 1 findings at or above --fail-on (or, with --fail-on,\n\
+    packages not checked, unless --allow-unchecked), or an error.")]
 pub struct ScanArgs {
     /// Image to scan (name[:tag], image ID, or a unique prefix).
     #[arg(conflicts_with_all = ["rootfs", "sbom", "watch"], required_unless_present_any = ["rootfs", "sbom", "watch"])]
@@ -40,6 +43,10 @@ pub struct ScanArgs {
     /// (low, medium, high, critical).
     #[arg(long, value_name = "SEVERITY")]
     pub fail_on: Option<Severity>,
+    /// With --fail-on: do not fail because some packages could not be
+    /// checked (no advisory data for their ecosystem).
+    #[arg(long, requires = "fail_on")]
+    pub allow_unchecked: bool,
     /// Leave out findings for which no fixed version exists yet.
     #[arg(long)]
     pub ignore_unfixed: bool,
@@ -76,16 +83,36 @@ pub fn run(global: &GlobalArgs, cmd: ScanArgs) -> anyhow::Result<ExitCode> {
     } else {
         image_inventory(global, cmd.image.as_deref().unwrap_or_default())?
     };
-    let db = VulnDb::open(&vulndb::db_dir(global))?;
-    let report = Report::build(&target, inv, &db, cmd.ignore_unfixed, &[])?;
+    let db = match VulnDb::open(&vulndb::db_dir(global)) {
+        Ok(db) => Some(db),
+        // An SBOM needs no advisories.
+        Err(moat_scan::db::DbError::Missing { .. }) if cmd.format == Format::Cyclonedx => None,
+        Err(e) => return Err(e.into()),
+    };
+    let report = Report::build(&target, inv, db.as_ref(), cmd.ignore_unfixed, &[])?;
     match cmd.format {
         Format::Table => print!("{}", report.table()),
         Format::Json => println!("{}", serde_json::to_string_pretty(&report.json())?),
         Format::Sarif => println!("{}", serde_json::to_string_pretty(&report.sarif())?),
         Format::Cyclonedx => println!("{}", serde_json::to_string_pretty(&report.cyclonedx())?),
     }
-    if cmd.fail_on.is_some_and(|s| report.has_at_least(s)) {
-        return Ok(ExitCode::from(1));
+    if let Some(sev) = cmd.fail_on {
+        if report.has_at_least(sev) {
+            return Ok(ExitCode::from(1));
+        }
+        if report.not_checked > 0 && !cmd.allow_unchecked {
+            let items: Vec<String> = report
+                .unchecked()
+                .iter()
+                .map(|c| format!("{} ({})", c.label(), c.packages))
+                .collect();
+            eprintln!(
+                "moat: {} packages were not checked ({}): --fail-on {sev} fails; import advisories for them, or pass --allow-unchecked",
+                report.not_checked,
+                items.join(", ")
+            );
+            return Ok(ExitCode::from(1));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -174,12 +201,15 @@ fn watch(
 /// naming the advisories and fixed versions. `image_id` is the config digest
 /// of a stored image, or anything else for a `--rootfs` directory (then the
 /// directory is inventoried). Without an advisory database the check
-/// refuses: a policy that asks for it is not silently skipped.
+/// refuses: a policy that asks for it is not silently skipped. Packages that
+/// could not be checked (no advisory data for their ecosystem) refuse too,
+/// unless `allow_unchecked` (`moat run --allow-unchecked`).
 pub fn vulnerability_gate(
     global: &GlobalArgs,
     policy: Option<&std::path::Path>,
     image_id: &str,
     rootfs: &std::path::Path,
+    allow_unchecked: bool,
 ) -> anyhow::Result<()> {
     let policy = match policy {
         Some(p) => moat_policy::Policy::resolve(&p.to_string_lossy())?,
@@ -219,14 +249,29 @@ pub fn vulnerability_gate(
             let image = store.resolve(image_id)?;
             inventory_from_store(&store, &image)?;
         }
-        moat_scan::store::gate(root, image_id, fail_on, &ignores, today).with_context(context)?
+        moat_scan::store::gate(root, image_id, fail_on, &ignores, today, allow_unchecked)
+            .with_context(context)?
     } else {
         let inv = inventory::from_rootfs(rootfs)?;
-        moat_scan::store::gate_inventory(root, &inv, fail_on, &ignores, today)
+        moat_scan::store::gate_inventory(root, &inv, fail_on, &ignores, today, allow_unchecked)
             .with_context(context)?
     };
     if let Some(msg) = decision.refusal(image_id, fail_on) {
+        if decision.blocking.is_empty() {
+            anyhow::bail!("{msg}");
+        }
         anyhow::bail!("{msg}; fix the image or add time-limited ignore entries to the policy");
+    }
+    if allow_unchecked && !decision.unchecked.is_empty() {
+        let items: Vec<String> = decision
+            .unchecked
+            .iter()
+            .map(|c| format!("{} ({} packages)", c.label(), c.packages))
+            .collect();
+        eprintln!(
+            "moat: warning: not checked for vulnerabilities (--allow-unchecked): {}",
+            items.join(", ")
+        );
     }
     Ok(())
 }

@@ -114,14 +114,14 @@ pub struct ImportOutcome {
 
 /// Import `path` and re-match every stored inventory.
 pub fn import_and_rematch(global: &GlobalArgs, path: &Path) -> anyhow::Result<ImportOutcome> {
-    let mut db = VulnDb::create(&db_dir(global))?;
     let tty = std::io::stderr().is_terminal();
     let mut progress = |n: u64| {
         if tty {
             eprint!("\rimporting advisories: {n} records");
         }
     };
-    let import = db.import(path, &mut progress)?;
+    // A failed import changes nothing: no empty database is left behind.
+    let (db, import) = VulnDb::import_into(&db_dir(global), path, &mut progress)?;
     if tty {
         eprintln!();
     }
