@@ -314,3 +314,66 @@ fn cyclonedx_works_without_a_database() {
     let o = moat(&e.root, &["scan", "--rootfs", rootfs.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
 }
+
+/// Issue 23 item 3: an image whose rpmdb.sqlite `Packages` is an endlessly
+/// recursive view. Import finishes promptly and says the inventory failed;
+/// the scan and the run gate report it instead of hanging.
+#[test]
+fn crafted_rpm_database_does_not_hang_import() {
+    let e = env();
+    let rootfs = e.path("rocky");
+    fs::create_dir_all(rootfs.join("var/lib/rpm")).unwrap();
+    fs::create_dir_all(rootfs.join("etc")).unwrap();
+    fs::write(
+        rootfs.join("etc/os-release"),
+        "ID=\"rocky\"\nVERSION_ID=\"9.3\"\n",
+    )
+    .unwrap();
+    let conn = rusqlite::Connection::open(rootfs.join("var/lib/rpm/rpmdb.sqlite")).unwrap();
+    conn.execute_batch(
+        "CREATE VIEW Packages AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) \
+         SELECT randomblob(16) AS blob FROM c;",
+    )
+    .unwrap();
+    drop(conn);
+    let start = std::time::Instant::now();
+    import_rootfs(&e.root, &rootfs, "rocky:evil");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(30),
+        "import took {:?}",
+        start.elapsed()
+    );
+    // import_rootfs asserted success; run it again to read the warning.
+    let tarball = rootfs.with_extension("tar");
+    let o = moat(
+        &e.root,
+        &[
+            "image",
+            "import",
+            tarball.to_str().unwrap(),
+            "--name",
+            "rocky:evil2",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("but its package inventory failed (")
+            && stderr(&o).contains("has no `Packages` table (found: view)"),
+        "{}",
+        stderr(&o)
+    );
+    let alpine = e.osv_only("alpine-osv", &["ALPINE-"]);
+    let o = moat(&e.root, &["vulndb", "import", alpine.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let start = std::time::Instant::now();
+    let o = moat(&e.root, &["scan", "rocky:evil", "--fail-on", "low"]);
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(
+            "has no `Packages` table (found: view); refused: its packages were not checked"
+        ),
+        "{}",
+        stderr(&o)
+    );
+}

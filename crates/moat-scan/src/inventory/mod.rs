@@ -38,6 +38,12 @@ pub enum InventoryError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("the rpm database {path} took longer than {secs} s to read and was abandoned (a crafted database?): its packages were not checked")]
+    RpmTimeout { path: String, secs: f64 },
+    #[error("the rpm database {path} has no `Packages` table (found: {found}); refused: its packages were not checked")]
+    RpmNotATable { path: String, found: String },
+    #[error("the rpm database {path} has more than {max} packages; refused: its packages were not checked")]
+    RpmTooManyRows { path: String, max: usize },
     #[error("cannot stage the rpm database {path} in a temporary file")]
     StageRpmDb {
         path: String,

@@ -1,6 +1,9 @@
 //! OS package databases: dpkg, apk, rpm (sqlite), and `/etc/os-release`.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::OptionalExtension;
 
 use super::{InventoryError, Package};
 
@@ -163,21 +166,111 @@ pub fn parse_rpm_header(blob: &[u8]) -> Option<(String, String, Option<String>)>
     Some((name, evr, srpm))
 }
 
+/// Bounds on reading an image's `rpmdb.sqlite`, which is hostile input.
+#[derive(Debug, Clone, Copy)]
+pub struct RpmLimits {
+    /// Wall-clock time for the whole read (checked by a progress handler).
+    pub deadline: Duration,
+    /// Most rows read from `Packages`.
+    pub max_rows: usize,
+    /// Largest string or blob SQLite may build.
+    pub max_length: i32,
+}
+
+impl Default for RpmLimits {
+    fn default() -> Self {
+        RpmLimits {
+            deadline: Duration::from_secs(10),
+            max_rows: 100_000,
+            max_length: 16 << 20,
+        }
+    }
+}
+
 /// The packages in an `rpmdb.sqlite` file.
 pub fn read_rpm_sqlite(file: &Path, path: &str) -> Result<Vec<Package>, InventoryError> {
+    read_rpm_sqlite_with(file, path, RpmLimits::default())
+}
+
+/// [`read_rpm_sqlite`] with explicit limits. The file comes from an image:
+/// it is opened read-only and immutable, with `trusted_schema` off,
+/// defensive mode on, views and triggers disabled, `Packages` required to
+/// be a plain table, a deadline through a progress handler and a row cap.
+pub fn read_rpm_sqlite_with(
+    file: &Path,
+    path: &str,
+    limits: RpmLimits,
+) -> Result<Vec<Package>, InventoryError> {
+    use rusqlite::config::DbConfig;
+    use rusqlite::limits::Limit;
+    use rusqlite::OpenFlags;
+
     let err = |source| InventoryError::RpmDb {
         path: path.to_string(),
         source,
     };
-    let conn =
-        rusqlite::Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(err)?;
-    let mut st = conn.prepare("SELECT blob FROM Packages").map_err(err)?;
-    let blobs = st
-        .query_map([], |r| r.get::<_, Vec<u8>>(0))
-        .map_err(err)?
-        .collect::<Result<Vec<_>, _>>()
+    let uri = format!("file:{}?immutable=1", uri_path(file));
+    let conn = rusqlite::Connection::open_with_flags(
+        uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err)?;
+    let started = Instant::now();
+    let deadline = limits.deadline;
+    conn.progress_handler(1000, Some(move || started.elapsed() > deadline));
+    for (cfg, on) in [
+        (DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true),
+        (DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false),
+        (DbConfig::SQLITE_DBCONFIG_ENABLE_VIEW, false),
+        (DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false),
+    ] {
+        conn.set_db_config(cfg, on).map_err(err)?;
+    }
+    conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, limits.max_length)
         .map_err(err)?;
+    let timed_out = |e: rusqlite::Error| {
+        if started.elapsed() > deadline {
+            InventoryError::RpmTimeout {
+                path: path.to_string(),
+                secs: deadline.as_secs_f64(),
+            }
+        } else {
+            err(e)
+        }
+    };
+    let kind: Option<String> = conn
+        .query_row(
+            "SELECT type FROM sqlite_schema WHERE name = 'Packages' COLLATE NOCASE",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(timed_out)?;
+    match kind.as_deref() {
+        Some("table") => {}
+        other => {
+            return Err(InventoryError::RpmNotATable {
+                path: path.to_string(),
+                found: other.unwrap_or("missing").to_string(),
+            })
+        }
+    }
+    let mut st = conn
+        .prepare("SELECT blob FROM main.Packages LIMIT ?1")
+        .map_err(timed_out)?;
+    let mut rows = st.query([limits.max_rows as i64 + 1]).map_err(timed_out)?;
+    let mut blobs = Vec::new();
+    while let Some(row) = rows.next().map_err(timed_out)? {
+        if blobs.len() == limits.max_rows {
+            return Err(InventoryError::RpmTooManyRows {
+                path: path.to_string(),
+                max: limits.max_rows,
+            });
+        }
+        blobs.push(row.get::<_, Vec<u8>>(0).map_err(timed_out)?);
+    }
     let mut out = Vec::new();
     for b in blobs {
         let Some((name, evr, srpm)) = parse_rpm_header(&b) else {
@@ -203,6 +296,20 @@ pub fn read_rpm_sqlite(file: &Path, path: &str) -> Result<Vec<Package>, Inventor
         });
     }
     Ok(out)
+}
+
+/// `path` for a `file:` URI: `%`, `?` and `#` (and anything not printable
+/// ASCII) percent-encoded.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for b in path.as_os_str().as_encoded_bytes() {
+        match b {
+            b'%' | b'?' | b'#' => out.push_str(&format!("%{b:02X}")),
+            0x21..=0x7e => out.push(*b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 /// Build an rpm header blob (for tests and fixtures).

@@ -161,7 +161,7 @@ pub fn inventory_from_store(
 pub fn record_inventory(store: &moat_image::Store, image: &moat_image::Image) {
     if let Err(err) = inventory_from_store(store, image) {
         eprintln!(
-            "moat: warning: image {} imported, but its package inventory was not stored ({err:#}); `moat scan` will read its layers",
+            "moat: warning: image {} imported, but its package inventory failed ({err:#}); `moat scan` and the run gate will report it as not checked",
             image.config_digest
         );
     }
