@@ -53,6 +53,12 @@ pub enum DbError {
     },
     #[error("{} contains no OSV records (.json files or OSV all.zip archives)", path.display())]
     NoRecords { path: PathBuf },
+    #[error("{origin} is {size} bytes, more than the {limit}-byte limit for one OSV record; nothing was imported (remove it, then import again)")]
+    RecordTooLarge {
+        origin: String,
+        size: u64,
+        limit: u64,
+    },
 }
 
 /// What one import did.
@@ -320,13 +326,24 @@ impl VulnDb {
                             continue;
                         }
                         let name = entry.name().to_string();
+                        let origin = || format!("{}!{name}", f.display());
+                        // The declared size first: nothing is allocated
+                        // for an entry that claims to be too large.
+                        if entry.size() > MAX_RECORD {
+                            return Err(DbError::RecordTooLarge {
+                                origin: origin(),
+                                size: entry.size(),
+                                limit: MAX_RECORD,
+                            });
+                        }
                         buf.clear();
-                        entry
-                            .read_to_end(&mut buf)
-                            .map_err(|source| DbError::ReadInput {
+                        read_capped(&mut entry, &mut buf, &origin).map_err(|e| match e {
+                            Capped::Io(source) => DbError::ReadInput {
                                 path: f.join(&name),
                                 source,
-                            })?;
+                            },
+                            Capped::TooLarge(e) => e,
+                        })?;
                         handle(&|| format!("{}!{name}", f.display()), &buf)?;
                         seen += 1;
                         if seen.is_multiple_of(10_000) {
@@ -334,9 +351,24 @@ impl VulnDb {
                         }
                     }
                 } else {
-                    let bytes = fs::read(f).map_err(|source| DbError::ReadInput {
+                    let io = |source| DbError::ReadInput {
                         path: f.clone(),
                         source,
+                    };
+                    let origin = || f.display().to_string();
+                    let mut file = fs::File::open(f).map_err(io)?;
+                    let size = file.metadata().map_err(io)?.len();
+                    if size > MAX_RECORD {
+                        return Err(DbError::RecordTooLarge {
+                            origin: origin(),
+                            size,
+                            limit: MAX_RECORD,
+                        });
+                    }
+                    let mut bytes = Vec::with_capacity(size as usize);
+                    read_capped(&mut file, &mut bytes, &origin).map_err(|e| match e {
+                        Capped::Io(source) => io(source),
+                        Capped::TooLarge(e) => e,
                     })?;
                     handle(&|| f.display().to_string(), &bytes)?;
                     seen += 1;
@@ -479,6 +511,35 @@ impl VulnDb {
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
+}
+
+/// Largest OSV record read (declared or actual size): real records are
+/// kilobytes; an archive entry claiming gigabytes is refused unread.
+pub const MAX_RECORD: u64 = 16 << 20;
+
+enum Capped {
+    Io(std::io::Error),
+    TooLarge(DbError),
+}
+
+/// Reads `r` to its end into `buf`, at most [`MAX_RECORD`] bytes: an entry
+/// whose declared size was a lie still cannot grow memory past the cap.
+fn read_capped(
+    r: &mut dyn Read,
+    buf: &mut Vec<u8>,
+    origin: &dyn Fn() -> String,
+) -> Result<(), Capped> {
+    r.take(MAX_RECORD + 1)
+        .read_to_end(buf)
+        .map_err(Capped::Io)?;
+    if buf.len() as u64 > MAX_RECORD {
+        return Err(Capped::TooLarge(DbError::RecordTooLarge {
+            origin: origin(),
+            size: buf.len() as u64,
+            limit: MAX_RECORD,
+        }));
+    }
+    Ok(())
 }
 
 fn count_by_ecosystem(conn: &Connection) -> Result<BTreeMap<String, u64>, DbError> {

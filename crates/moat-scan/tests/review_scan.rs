@@ -91,3 +91,145 @@ fn huge_generated_blob_is_refused() {
     assert!(matches!(err, InventoryError::RpmDb { .. }), "{err:?}");
     let _ = fs::remove_file(&file);
 }
+
+/// Peak resident memory of this process (kB), from /proc/self/status.
+fn vm_hwm_kb() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// Issue 23 item 7: a layer with 30 Cargo.lock files of 60 MB each (1.8 GB
+/// of metadata; the review saw 1.8 GB RSS). The inventory stops at its
+/// metadata budget with a clear error, and the peak RSS of the process that
+/// ran it (a child, so that other tests do not count) stays bounded.
+#[test]
+fn many_large_lockfiles_stay_within_a_memory_bound() {
+    const FILES: usize = 30;
+    const SIZE: u64 = 60 << 20;
+    if std::env::var_os("MOAT_SCAN_LOCKFILE_CHILD").is_some() {
+        let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let gen = std::thread::spawn(move || {
+            let mut b = tar::Builder::new(writer);
+            for i in 0..FILES {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(SIZE);
+                h.set_mode(0o644);
+                h.set_entry_type(tar::EntryType::Regular);
+                let data = std::io::Read::take(std::io::repeat(b'#'), SIZE);
+                if b.append_data(&mut h, format!("app{i}/Cargo.lock"), data)
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let _ = b.finish();
+        });
+        let mut c = moat_scan::inventory::Collector::new();
+        let res = c.add_layer("sha256:big", &reader);
+        drop(reader);
+        let _ = gen.join();
+        match res {
+            Ok(()) => println!("RESULT: ok"),
+            Err(e) => println!("RESULT: {e}"),
+        }
+        println!("HWM: {}", vm_hwm_kb());
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "many_large_lockfiles_stay_within_a_memory_bound",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MOAT_SCAN_LOCKFILE_CHILD", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    // libtest prints `test NAME ... ` on the line the output starts on.
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.split_once(key).map(|(_, v)| v.to_string()))
+            .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
+    };
+    let result = field("RESULT: ");
+    let hwm: u64 = field("HWM: ").parse().unwrap();
+    assert_eq!(
+        result,
+        format!(
+            "the image's package metadata (lockfiles, package databases) goes past {} bytes at /app4/Cargo.lock: the inventory was refused, its packages were not checked",
+            moat_scan::inventory::MAX_METADATA_TOTAL
+        )
+    );
+    // 256 MiB of metadata held, plus the test binary: far below 1.8 GB.
+    assert!(hwm < 450 * 1024, "peak RSS {hwm} kB");
+}
+
+/// Issue 23 item 7: an OSV zip whose entry declares 3 GiB is refused from
+/// its declared size, before anything is read or allocated; the database
+/// is not created, or stays as it was.
+#[test]
+fn zip_entry_with_huge_declared_size_is_refused_unread() {
+    let t = tempfile::tempdir().unwrap();
+    let zip_path = t.path().join("all.zip");
+    {
+        let f = fs::File::create(&zip_path).unwrap();
+        let mut w = zip::ZipWriter::new(f);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        w.start_file("BIG-1.json", opts).unwrap();
+        std::io::Write::write_all(&mut w, b"{}").unwrap();
+        w.finish().unwrap();
+    }
+    // Declare 3 GiB in the local and central headers.
+    let mut bytes = fs::read(&zip_path).unwrap();
+    let declared: u32 = 3 << 30;
+    let find = |b: &[u8], sig: &[u8]| b.windows(4).position(|w| w == sig).unwrap();
+    let local = find(&bytes, b"PK\x03\x04");
+    bytes[local + 22..local + 26].copy_from_slice(&declared.to_le_bytes());
+    let central = find(&bytes, b"PK\x01\x02");
+    bytes[central + 24..central + 28].copy_from_slice(&declared.to_le_bytes());
+    fs::write(&zip_path, &bytes).unwrap();
+
+    let dir = t.path().join("vulndb");
+    let before = vm_hwm_kb();
+    let err = moat_scan::db::VulnDb::import_into(&dir, &zip_path, &mut |_| {})
+        .err()
+        .unwrap();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}!BIG-1.json is 3221225472 bytes, more than the 16777216-byte limit for one OSV record; nothing was imported (remove it, then import again)",
+            zip_path.display()
+        )
+    );
+    // Nothing near 3 GiB was allocated (the peak grew by far less).
+    assert!(vm_hwm_kb() - before < 256 * 1024);
+    assert!(!dir.join("advisories.sqlite").exists());
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+
+    // Over an existing database: refused the same way, nothing changes.
+    let osv = t.path().join("osv");
+    moat_scan::fixtures::write_osv_dir(&osv).unwrap();
+    let (db, _) = moat_scan::db::VulnDb::import_into(&dir, &osv, &mut |_| {}).unwrap();
+    let st = db.status().unwrap();
+    drop(db);
+    let err = moat_scan::db::VulnDb::import_into(&dir, &zip_path, &mut |_| {})
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, moat_scan::db::DbError::RecordTooLarge { .. }),
+        "{err}"
+    );
+    let db = moat_scan::db::VulnDb::open(&dir).unwrap();
+    let after = db.status().unwrap();
+    assert_eq!(
+        (after.advisories, after.affected_packages, after.last_import),
+        (st.advisories, st.affected_packages, st.last_import)
+    );
+}

@@ -44,6 +44,8 @@ pub enum InventoryError {
     RpmNotATable { path: String, found: String },
     #[error("the rpm database {path} has more than {max} packages; refused: its packages were not checked")]
     RpmTooManyRows { path: String, max: usize },
+    #[error("the image's package metadata (lockfiles, package databases) goes past {limit} bytes at {path}: the inventory was refused, its packages were not checked")]
+    MetadataBudget { path: String, limit: u64 },
     #[error("cannot stage the rpm database {path} in a temporary file")]
     StageRpmDb {
         path: String,
@@ -154,6 +156,9 @@ fn is_node_module_dir(dir: &str) -> bool {
 
 /// Largest manifest read into memory; larger files are skipped with a note.
 const MAX_MANIFEST: u64 = 64 << 20;
+/// Most manifest bytes read into memory for one image (or rootfs), over all
+/// its files and layers: past it the inventory fails instead of growing.
+pub const MAX_METADATA_TOTAL: u64 = 256 << 20;
 /// Largest executable inspected for build metadata.
 const MAX_BINARY: u64 = 512 << 20;
 
@@ -176,6 +181,10 @@ pub struct Collector {
     files: BTreeMap<String, Entry>,
     notes: Vec<String>,
     layer_index: usize,
+    /// Manifest bytes read so far, against [`MAX_METADATA_TOTAL`].
+    metadata_read: u64,
+    /// The file that would have gone past the budget.
+    over_budget: Option<String>,
 }
 
 fn normalize(path: &str) -> Option<String> {
@@ -266,8 +275,11 @@ impl Collector {
             } else if ty.is_file() {
                 let size = entry.header().size().unwrap_or(0);
                 let mode = entry.header().mode().unwrap_or(0);
-                self.read_content(&path, size, mode, &mut entry)
-                    .map_err(err)?
+                let c = self
+                    .read_content(&path, size, mode, &mut entry)
+                    .map_err(err)?;
+                self.check_budget()?;
+                c
             } else {
                 None
             };
@@ -299,6 +311,11 @@ impl Collector {
                 ));
                 return Ok(None);
             }
+            if self.metadata_read + size > MAX_METADATA_TOTAL {
+                self.over_budget = Some(path.to_string());
+                return Ok(None);
+            }
+            self.metadata_read += size;
             let mut buf = Vec::with_capacity(size as usize);
             r.take(MAX_MANIFEST).read_to_end(&mut buf)?;
             return Ok(Some(Content::Raw(interest, buf)));
@@ -378,6 +395,7 @@ impl Collector {
                             path: e.path(),
                             source,
                         })?;
+                    self.check_budget()?;
                     if let Some(c) = content {
                         self.insert(relp, None, c);
                     }
@@ -385,6 +403,16 @@ impl Collector {
             }
         }
         Ok(())
+    }
+
+    fn check_budget(&self) -> Result<(), InventoryError> {
+        match &self.over_budget {
+            Some(path) => Err(InventoryError::MetadataBudget {
+                path: format!("/{path}"),
+                limit: MAX_METADATA_TOTAL,
+            }),
+            None => Ok(()),
+        }
     }
 
     fn insert(&mut self, path: String, layer: Option<String>, content: Content) {
