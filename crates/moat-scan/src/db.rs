@@ -2,7 +2,7 @@
 //! indexed by (ecosystem, package). Re-import compares a hash of each
 //! record and touches only records that changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -69,6 +69,9 @@ pub struct ImportReport {
     pub updated: u64,
     pub unchanged: u64,
     pub withdrawn: u64,
+    /// Records skipped because a copy with a newer `modified` time was
+    /// already stored or seen earlier in the import.
+    pub older_skipped: u64,
     pub git_ranges_skipped: u64,
     pub unsupported_ecosystem_entries: u64,
 }
@@ -242,7 +245,10 @@ impl VulnDb {
         let mut rep = ImportReport::default();
         let mut newest: Option<String> = None;
         {
-            let mut get_hash = tx.prepare("SELECT hash FROM advisories WHERE id = ?1")?;
+            let mut get_hash = tx.prepare("SELECT hash, modified FROM advisories WHERE id = ?1")?;
+            // Withdrawals of this import: an older copy of the record later
+            // in the same import must not bring it back.
+            let mut withdrawn_at: HashMap<String, String> = HashMap::new();
             let mut del_aff = tx.prepare("DELETE FROM affected WHERE advisory_id = ?1")?;
             let mut del_adv = tx.prepare("DELETE FROM advisories WHERE id = ?1")?;
             let mut put_adv = tx.prepare(
@@ -260,22 +266,33 @@ impl VulnDb {
                 rep.records += 1;
                 rep.git_ranges_skipped += adv.git_ranges;
                 rep.unsupported_ecosystem_entries += adv.unsupported;
-                if newest.as_deref().is_none_or(|n| adv.modified.as_str() > n) {
+                if newest.as_deref().is_none_or(|n| newer(&adv.modified, n)) {
                     newest = Some(adv.modified.clone());
                 }
                 let hash = Sha256::digest(bytes).to_vec();
-                let old: Option<Vec<u8>> = get_hash
-                    .query_row(params![adv.id], |r| r.get(0))
+                let old: Option<(Vec<u8>, String)> = get_hash
+                    .query_row(params![adv.id], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
+                // Two copies of one advisory (in this import, or stored and
+                // new): the newer `modified` wins, never the file order.
+                let stored_newer = old.as_ref().is_some_and(|(_, m)| newer(m, &adv.modified))
+                    || withdrawn_at
+                        .get(&adv.id)
+                        .is_some_and(|m| newer(m, &adv.modified));
+                if stored_newer {
+                    rep.older_skipped += 1;
+                    return Ok(());
+                }
                 if adv.withdrawn {
                     if old.is_some() {
                         del_aff.execute(params![adv.id])?;
                         del_adv.execute(params![adv.id])?;
                     }
+                    withdrawn_at.insert(adv.id.clone(), adv.modified.clone());
                     rep.withdrawn += 1;
                     return Ok(());
                 }
-                match old {
+                match old.map(|(h, _)| h) {
                     Some(h) if h == hash => {
                         rep.unchanged += 1;
                         return Ok(());
@@ -511,6 +528,13 @@ impl VulnDb {
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
+}
+
+/// Whether OSV time `a` is strictly newer than `b` (RFC 3339, compared as
+/// times; an unparsable time is older than any parsable one, and two
+/// unparsable ones are equal).
+fn newer(a: &str, b: &str) -> bool {
+    util::parse_timestamp(a) > util::parse_timestamp(b)
 }
 
 /// Largest OSV record read (declared or actual size): real records are

@@ -40,6 +40,60 @@ pub fn parse_date(s: &str) -> Option<i64> {
     Some(days_from_civil(y, m, d))
 }
 
+/// An RFC 3339 timestamp (`2024-06-01T12:00:00.5Z`, `...+02:00`) as
+/// (seconds since the epoch, nanoseconds), for ordering OSV `modified`
+/// times; `None` when it does not parse.
+pub fn parse_timestamp(s: &str) -> Option<(i64, u32)> {
+    let s = s.trim();
+    let day = parse_date(s)?;
+    let rest = s.get(10..)?;
+    let rest = rest.strip_prefix(['T', 't', ' '])?;
+    let num = |a: usize, b: usize| -> Option<i64> {
+        let t = rest.get(a..b)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let (h, m, sec) = (num(0, 2)?, num(3, 5)?, num(6, 8)?);
+    if rest.get(2..3)? != ":" || rest.get(5..6)? != ":" || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    let mut tail = rest.get(8..)?;
+    let mut nanos = 0u32;
+    if let Some(frac) = tail.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let mut n: u64 = 0;
+        for (i, c) in frac.bytes().take(digits).enumerate() {
+            if i < 9 {
+                n = n * 10 + u64::from(c - b'0');
+            }
+        }
+        for _ in digits..9 {
+            n *= 10;
+        }
+        nanos = n as u32;
+        tail = &frac[digits..];
+    }
+    let offset = match tail {
+        "Z" | "z" => 0,
+        t if t.len() == 6 && (t.starts_with('+') || t.starts_with('-')) => {
+            let oh: i64 = t.get(1..3)?.parse().ok()?;
+            let om: i64 = t.get(4..6)?.parse().ok()?;
+            let o = oh * 3600 + om * 60;
+            if t.starts_with('-') {
+                -o
+            } else {
+                o
+            }
+        }
+        _ => return None,
+    };
+    Some((day * 86_400 + h * 3600 + m * 60 + sec - offset, nanos))
+}
+
 /// Seconds since the epoch, now.
 pub fn unix_now() -> i64 {
     SystemTime::now()
@@ -68,6 +122,16 @@ pub fn rfc3339(unix: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_order_by_time_not_text() {
+        let t = |s| parse_timestamp(s).unwrap();
+        assert!(t("2024-06-01T00:00:00.5Z") > t("2024-06-01T00:00:00Z"));
+        assert_eq!(t("2024-06-01T02:00:00+02:00"), t("2024-06-01T00:00:00Z"));
+        assert_eq!(t("1970-01-02T00:00:01Z"), (86_401, 0));
+        assert_eq!(parse_timestamp("2024-06-01"), None);
+        assert_eq!(parse_timestamp("yesterday"), None);
+    }
 
     #[test]
     fn dates_round_trip() {

@@ -233,3 +233,90 @@ fn zip_entry_with_huge_declared_size_is_refused_unread() {
         (st.advisories, st.affected_packages, st.last_import)
     );
 }
+
+fn advisory(id: &str, modified: &str, fixed: &str) -> String {
+    format!(
+        r#"{{"id": "{id}", "modified": "{modified}", "summary": "fixed in {fixed}",
+  "affected": [{{"package": {{"ecosystem": "npm", "name": "left-pad"}},
+    "ranges": [{{"type": "SEMVER", "events": [{{"introduced": "0"}}, {{"fixed": "{fixed}"}}]}}]}}]}}"#
+    )
+}
+
+fn summary_of(dir: &Path, id: &str) -> String {
+    let db = moat_scan::db::VulnDb::open(dir).unwrap();
+    let hits = db.lookup("npm", "left-pad").unwrap();
+    assert_eq!(hits.len(), 1, "{}", hits.len());
+    assert_eq!(hits[0].id, id);
+    hits[0].summary.clone()
+}
+
+/// Issue 23 item 12: the same advisory twice in one import resolves by its
+/// `modified` time, not by which file comes last; times compare as times
+/// (a fraction of a second is newer than none), and a later import of an
+/// older copy does not replace the stored newer one.
+#[test]
+fn newer_modified_wins_over_file_order() {
+    let t = tempfile::tempdir().unwrap();
+    let osv = t.path().join("osv");
+    fs::create_dir_all(&osv).unwrap();
+    // Sorted a, b: the older copy comes last.
+    fs::write(
+        osv.join("a.json"),
+        advisory("GHSA-dup", "2024-07-01T00:00:00Z", "2.0.0"),
+    )
+    .unwrap();
+    fs::write(
+        osv.join("b.json"),
+        advisory("GHSA-dup", "2024-01-01T00:00:00Z", "1.0.0"),
+    )
+    .unwrap();
+    let dir = t.path().join("db");
+    let (_, rep) = moat_scan::db::VulnDb::import_into(&dir, &osv, &mut |_| {}).unwrap();
+    assert_eq!((rep.added, rep.older_skipped), (1, 1));
+    assert_eq!(summary_of(&dir, "GHSA-dup"), "fixed in 2.0.0");
+
+    // The newer copy last, with a fraction of a second: it replaces.
+    let osv2 = t.path().join("osv2");
+    fs::create_dir_all(&osv2).unwrap();
+    fs::write(
+        osv2.join("a.json"),
+        advisory("GHSA-dup", "2024-07-01T00:00:00Z", "2.0.0"),
+    )
+    .unwrap();
+    fs::write(
+        osv2.join("b.json"),
+        advisory("GHSA-dup", "2024-07-01T00:00:00.5Z", "2.5.0"),
+    )
+    .unwrap();
+    moat_scan::db::VulnDb::import_into(&dir, &osv2, &mut |_| {}).unwrap();
+    assert_eq!(summary_of(&dir, "GHSA-dup"), "fixed in 2.5.0");
+
+    // An older copy imported later is skipped.
+    let osv3 = t.path().join("osv3");
+    fs::create_dir_all(&osv3).unwrap();
+    fs::write(
+        osv3.join("x.json"),
+        advisory("GHSA-dup", "2023-01-01T00:00:00Z", "0.5.0"),
+    )
+    .unwrap();
+    let (_, rep) = moat_scan::db::VulnDb::import_into(&dir, &osv3, &mut |_| {}).unwrap();
+    assert_eq!(rep.older_skipped, 1);
+    assert_eq!(summary_of(&dir, "GHSA-dup"), "fixed in 2.5.0");
+
+    // A withdrawal is not undone by an older copy later in the same import.
+    let osv4 = t.path().join("osv4");
+    fs::create_dir_all(&osv4).unwrap();
+    fs::write(
+        osv4.join("a.json"),
+        r#"{"id": "GHSA-dup", "modified": "2025-01-01T00:00:00Z", "withdrawn": "2025-01-01T00:00:00Z", "affected": []}"#,
+    )
+    .unwrap();
+    fs::write(
+        osv4.join("b.json"),
+        advisory("GHSA-dup", "2024-07-02T00:00:00Z", "3.0.0"),
+    )
+    .unwrap();
+    moat_scan::db::VulnDb::import_into(&dir, &osv4, &mut |_| {}).unwrap();
+    let db = moat_scan::db::VulnDb::open(&dir).unwrap();
+    assert!(db.lookup("npm", "left-pad").unwrap().is_empty());
+}

@@ -158,6 +158,12 @@ pub fn print_import(o: &ImportOutcome) {
         r.unchanged,
         r.withdrawn
     );
+    if r.older_skipped > 0 {
+        println!(
+            "kept the newer copy of {} advisories given more than once (by their `modified` time)",
+            r.older_skipped
+        );
+    }
     println!(
         "skipped: {} GIT ranges (not comparable with package versions), {} entries in ecosystems moat cannot order",
         r.git_ranges_skipped, r.unsupported_ecosystem_entries
