@@ -40,7 +40,8 @@ pub enum IoctlGrant {
     /// Keep the base policy's condition.
     #[default]
     Inherit,
-    /// Any request (`deny: []`): what static analysis must assume.
+    /// Any request but `TIOCSTI` and `TIOCLINUX` (written as
+    /// `deny: [TIOCSTI, TIOCLINUX]`): what static analysis must assume.
     Any,
     /// Only these requests (names or 0x numbers).
     Allow(BTreeSet<String>),
