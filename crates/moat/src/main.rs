@@ -55,7 +55,21 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let invoker = match global::detect_invoker() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("moat: error: {e}");
+            return ExitCode::from(global::EXIT_FAILURE);
+        }
+    };
+    global::scrub_env(&invoker);
+    let mut cli = Cli::parse();
+    cli.global.invoker = invoker;
+    cli.global.restrict();
+    // Commands that run a container answer 125 for any failure of moat's
+    // own before the workload runs, so that it never reads as the
+    // workload's exit status (podman's convention).
+    let runs_container = matches!(cli.command, Command::Run(_));
     let result = match cli.command {
         Command::Image(c) => cmd::image::run(&cli.global, c),
         Command::Policy(c) => cmd::policy::run(&cli.global, c),
@@ -73,7 +87,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("moat: error: {err:#}");
-            ExitCode::from(global::EXIT_FAILURE)
+            ExitCode::from(if runs_container {
+                global::EXIT_NOT_STARTED
+            } else {
+                global::EXIT_FAILURE
+            })
         }
     }
 }

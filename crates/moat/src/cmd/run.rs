@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use moat_policy::plan::IsolationRequirement;
+use moat_policy::rbac::Request;
 use moat_policy::{Plan, ProcessSpec};
 use moat_sandbox::{state, IdMap, SandboxConfig};
 
@@ -117,11 +118,30 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     state::cleanup_stale(&run_root).context("cleaning up after dead containers")?;
 
     let policy = load_policy(args.policy.as_deref())?;
+    // A `--rootfs` directory is a grant like a volume: checked and
+    // authorised before anything starts.
+    let rootfs_dir = match args.rootfs {
+        true => Some(checked_rootfs(global, &args.image)?),
+        false => None,
+    };
+    let mut extra = Vec::new();
+    if let Some(dir) = &rootfs_dir {
+        extra.push(Request::Rootfs(dir.display().to_string()));
+    }
+    // A volume is authorised both as written and as resolved, so that a
+    // symbolic link under a granted prefix does not lead elsewhere.
+    for v in &policy.spec.filesystem.volumes {
+        if let Ok(real) = std::fs::canonicalize(&v.source) {
+            if real != Path::new(&v.source) {
+                extra.push(Request::Volume(real.display().to_string()));
+            }
+        }
+    }
     // Authorise before anything else (no image is even materialised for a
     // refused policy); every decision is audited.
-    let who = crate::cmd::policy::invoking_principal();
+    let who = crate::cmd::policy::invoking_principal(global);
     let decision =
-        crate::cmd::policy::authorize(global, "run", &policy, &who, args.rbac.as_deref())?;
+        crate::cmd::policy::authorize(global, "run", &policy, &who, args.rbac.as_deref(), &extra)?;
     if !decision.allowed {
         eprintln!(
             "moat: error: policy {} refused for {}:",
@@ -130,23 +150,17 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         for r in &decision.reasons {
             eprintln!("  - {r}");
         }
-        return Ok(ExitCode::from(crate::global::EXIT_FAILURE));
+        return Ok(ExitCode::from(crate::global::EXIT_NOT_STARTED));
     }
     let plan = moat_policy::compile(&policy)?;
 
-    let image = if args.rootfs {
-        let rootfs = std::fs::canonicalize(&args.image)
-            .with_context(|| format!("rootfs directory {:?} (--rootfs): not found", args.image))?;
-        if !rootfs.is_dir() {
-            bail!("rootfs {:?} (--rootfs) is not a directory", args.image);
-        }
-        ResolvedImage {
+    let image = match rootfs_dir {
+        Some(rootfs) => ResolvedImage {
             image_id: format!("rootfs:{}", rootfs.display()),
             rootfs,
             defaults: ImageDefaults::default(),
-        }
-    } else {
-        resolve_image(global, &args.image)?
+        },
+        None => resolve_image(global, &args.image)?,
     };
 
     crate::cmd::scan::vulnerability_gate(
@@ -232,6 +246,33 @@ fn run_vm(
             Ok(ExitCode::from(125))
         }
     }
+}
+
+/// The `--rootfs` directory, resolved: a directory that is neither the
+/// host's root nor a parent of moat's state or run root (either would
+/// hand the host's files, or moat's own state, to the container).
+fn checked_rootfs(global: &GlobalArgs, dir: &str) -> anyhow::Result<PathBuf> {
+    let rootfs = std::fs::canonicalize(dir)
+        .with_context(|| format!("rootfs directory {dir:?} (--rootfs): not found"))?;
+    if !rootfs.is_dir() {
+        bail!("rootfs {dir:?} (--rootfs) is not a directory");
+    }
+    if rootfs == Path::new("/") {
+        bail!("rootfs {dir:?} (--rootfs) is the host's root directory; moat never runs the host's own file system as a container's root: pass an unpacked image root");
+    }
+    for (what, state) in [
+        ("state root", global.root.clone()),
+        ("run root", global.run_root()),
+    ] {
+        let state = std::fs::canonicalize(&state).unwrap_or(state);
+        if state.starts_with(&rootfs) {
+            bail!(
+                "rootfs {dir:?} (--rootfs) contains moat's {what} {}; pass a directory outside it",
+                state.display()
+            );
+        }
+    }
+    Ok(rootfs)
 }
 
 /// Whether `auto` should pick the vm backend.
