@@ -88,7 +88,7 @@ pub fn explain(policy: &Policy) -> Explanation {
         ));
     }
     if allow.contains("ioctl") {
-        match &c.ioctl {
+        match &c.ioctl.enforced() {
             IoctlRule::Any => {}
             IoctlRule::Allow(r) => conditions.push(format!(
                 "ioctl: only {}",
