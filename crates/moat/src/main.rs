@@ -1,6 +1,8 @@
 //! The `moat` command line. Each subcommand lives in its own module under
 //! `cmd/`; this file only parses arguments and dispatches.
 
+#[macro_use]
+mod display;
 mod cmd;
 mod global;
 
@@ -86,7 +88,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("moat: error: {err:#}");
+            errln!("moat: error: {err:#}");
             ExitCode::from(if runs_container {
                 global::EXIT_NOT_STARTED
             } else {

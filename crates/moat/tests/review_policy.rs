@@ -518,3 +518,156 @@ fn audit_log_symlink_is_not_followed() {
     let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+/// An OCI layout of the busybox root with a hostile config: a `Cmd` and a
+/// ref name full of terminal escape sequences. Returns the layout dir,
+/// whose own name holds an escape sequence too (it becomes the source).
+fn hostile_image(dir: &std::path::Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let rootfs = dir.join("rootfs");
+    common::busybox_rootfs(&rootfs);
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    b.append_dir_all(".", &rootfs).unwrap();
+    let layer = b.into_inner().unwrap();
+    let layout = dir.join("evil\x1b]0;pwned\x07layout");
+    let blob = |data: &[u8]| {
+        let d = hex::encode(Sha256::digest(data));
+        std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+        std::fs::write(layout.join("blobs/sha256").join(&d), data).unwrap();
+        format!("sha256:{d}")
+    };
+    let ld = blob(&layer);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {
+            "Cmd": ["/bin/sh", "-c", "sleep 60 # \x1b]0;pwned\x07\x1b[2J\u{9b}31m"],
+            "Env": ["PATH=/bin"],
+            "Labels": {"x": "\x1b[8mhidden"},
+        },
+        "rootfs": {"type": "layers", "diff_ids": [ld]},
+    })
+    .to_string();
+    let cd = blob(config.as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": layer.len()}],
+    })
+    .to_string();
+    let md = blob(manifest.as_bytes());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "evil\x1b[31m:1"},
+        }],
+    });
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    layout
+}
+
+/// No byte a terminal would act on: ESC, BEL, the C1 CSI.
+fn assert_inert(what: &str, text: &str) {
+    assert!(
+        !text.contains(['\x1b', '\x07', '\u{9b}']),
+        "{what} reached the terminal raw: {text:?}"
+    );
+}
+
+#[test]
+fn escape_sequences_from_images_are_not_printed_raw() {
+    if !can_sandbox("escape_sequences_from_images_are_not_printed_raw") {
+        return;
+    }
+    let env = common::Env::new();
+    let work = env.dir.path().join("hostile");
+    std::fs::create_dir(&work).unwrap();
+    let layout = hostile_image(&work);
+    let out = env
+        .moat(&[
+            "image",
+            "import",
+            layout.to_str().unwrap(),
+            "--name",
+            "hostile",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_inert("import", &stdout(&out));
+    for args in [
+        &["image", "ls"][..],
+        &["image", "inspect", "hostile"],
+        &["image", "inspect", "hostile", "--format", "json"],
+        &["image", "ls", "--format", "json"],
+    ] {
+        let out = env.moat(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert_inert(&format!("{args:?}"), &stdout(&out));
+        assert_inert(&format!("{args:?}"), &stderr(&out));
+    }
+    let inspect = stdout(&env.moat(&["image", "inspect", "hostile"]).output().unwrap());
+    assert!(
+        inspect.contains("evil\\x1b]0;pwned\\x07layout"),
+        "{inspect}"
+    );
+    assert!(inspect.contains("x=\\x1b[8mhidden"), "{inspect}");
+
+    // `moat ps` prints the image's Cmd of a running container.
+    let mut child = env
+        .moat(&[
+            "run",
+            "--isolation",
+            "sandbox",
+            "--name",
+            "hostile",
+            "hostile",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ps = String::new();
+    for _ in 0..100 {
+        let out = env.moat(&["ps"]).output().unwrap();
+        ps = stdout(&out);
+        if ps.contains("hostile") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let json = stdout(&env.moat(&["ps", "--format", "json"]).output().unwrap());
+    let _ = env.moat(&["kill", "hostile"]).output();
+    let _ = child.wait();
+    assert!(ps.contains("hostile"), "the container never appeared: {ps}");
+    assert!(
+        ps.contains("sleep 60 # \\x1b]0;pwned\\x07\\x1b[2J\\u{9b}31m"),
+        "{ps}"
+    );
+    assert_inert("moat ps", &ps);
+    assert_inert("moat ps --format json", &json);
+    let states: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(states.to_string().contains("pwned"));
+
+    // Error text quoting the image's command.
+    let out = env
+        .moat(&[
+            "run",
+            "--isolation",
+            "sandbox",
+            "hostile",
+            "/bin/no\x1b]0;pwned\x07such",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127), "{}", stderr(&out));
+    assert_inert("a run error", &stderr(&out));
+    assert!(stderr(&out).contains("pwned"), "{}", stderr(&out));
+}

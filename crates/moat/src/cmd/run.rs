@@ -143,12 +143,13 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let decision =
         crate::cmd::policy::authorize(global, "run", &policy, &who, args.rbac.as_deref(), &extra)?;
     if !decision.allowed {
-        eprintln!(
+        errln!(
             "moat: error: policy {} refused for {}:",
-            policy.name, who.name
+            policy.name,
+            who.name
         );
         for r in &decision.reasons {
-            eprintln!("  - {r}");
+            errln!("  - {r}");
         }
         return Ok(ExitCode::from(crate::global::EXIT_NOT_STARTED));
     }
@@ -208,7 +209,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
         Err(e) => {
             let code = e.exit_code();
-            eprintln!("moat: error: {:#}", anyhow::Error::from(e));
+            errln!("moat: error: {:#}", anyhow::Error::from(e));
             Ok(ExitCode::from(code))
         }
     }
@@ -239,10 +240,13 @@ fn run_vm(
         stop_timeout,
         supervisor_seccomp: moat_vm::supervisor::Scope::Process,
     };
-    match moat_vm::run_container(opts) {
+    // The VM's notices may quote the guest (its console, the agent's
+    // messages): escaped like every other untrusted text.
+    let notice = &mut |n: &str| errln!("{n}");
+    match moat_vm::run_container_with(opts, moat_vm::session::Stdio::inherit(), notice) {
         Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
         Err(e) => {
-            eprintln!("moat: error: {:#}", anyhow::Error::from(e));
+            errln!("moat: error: {:#}", anyhow::Error::from(e));
             Ok(ExitCode::from(125))
         }
     }

@@ -79,10 +79,11 @@ pub fn run(global: &GlobalArgs, cmd: ScanArgs) -> anyhow::Result<ExitCode> {
     let db = VulnDb::open(&vulndb::db_dir(global))?;
     let report = Report::build(&target, inv, &db, cmd.ignore_unfixed, &[])?;
     match cmd.format {
-        Format::Table => print!("{}", report.table()),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report.json())?),
-        Format::Sarif => println!("{}", serde_json::to_string_pretty(&report.sarif())?),
-        Format::Cyclonedx => println!("{}", serde_json::to_string_pretty(&report.cyclonedx())?),
+        // Package names and versions come from the image: escaped.
+        Format::Table => print!("{}", crate::display::text(&report.table())),
+        Format::Json => println!("{}", json(&report.json())?),
+        Format::Sarif => println!("{}", json(&report.sarif())?),
+        Format::Cyclonedx => println!("{}", json(&report.cyclonedx())?),
     }
     if cmd.fail_on.is_some_and(|s| report.has_at_least(s)) {
         return Ok(ExitCode::from(1));
@@ -229,4 +230,9 @@ pub fn vulnerability_gate(
         anyhow::bail!("{msg}; fix the image or add time-limited ignore entries to the policy");
     }
     Ok(())
+}
+
+/// Pretty JSON, with the characters a terminal would act on escaped.
+fn json(v: &serde_json::Value) -> anyhow::Result<String> {
+    Ok(crate::display::json(serde_json::to_string_pretty(v)?))
 }
