@@ -89,3 +89,55 @@ pub fn ignored(invoker: &Invoker, what: &str) {
         invoker.describe()
     );
 }
+
+/// A failure of moat's own before any workload ran, in a command that
+/// runs containers (`profile record`, `surface measure`): `main` exits 125
+/// for it, as for every error of `moat run`, so that it never reads as a
+/// workload's exit status.
+#[derive(Debug)]
+pub struct NotStarted(pub anyhow::Error);
+
+impl std::fmt::Display for NotStarted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::error::Error for NotStarted {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Marks an error as [`NotStarted`].
+pub trait BeforeStart<T> {
+    fn before_start(self) -> anyhow::Result<T>;
+}
+
+impl<T, E: Into<anyhow::Error>> BeforeStart<T> for Result<T, E> {
+    fn before_start(self) -> anyhow::Result<T> {
+        self.map_err(|e| anyhow::Error::new(NotStarted(e.into())))
+    }
+}
+
+/// Whether the command line names a command that runs containers (`run`,
+/// `profile record`, `surface measure`), read from the raw arguments so
+/// that it works when they do not parse.
+pub fn runs_container(args: &[std::ffi::OsString]) -> bool {
+    let mut words = Vec::new();
+    let mut it = args.iter().skip(1).filter_map(|a| a.to_str());
+    while let Some(a) = it.next() {
+        if a == "--root" || a == "--run-root" {
+            it.next();
+        } else if !a.starts_with('-') {
+            words.push(a);
+            if words.len() == 2 {
+                break;
+            }
+        }
+    }
+    matches!(
+        words.as_slice(),
+        ["run", ..] | ["profile", "record"] | ["surface", "measure"]
+    )
+}

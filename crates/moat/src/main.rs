@@ -65,13 +65,24 @@ fn main() -> ExitCode {
         }
     };
     global::scrub_env(&invoker);
-    let mut cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let runs_container = global::runs_container(&argv);
+    let mut cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        // Help and --version exit 0; a usage error of a command that runs
+        // containers exits 125, like any failure before its workload.
+        Err(e) if e.use_stderr() && runs_container => {
+            let _ = e.print();
+            return ExitCode::from(global::EXIT_NOT_STARTED);
+        }
+        Err(e) => e.exit(),
+    };
     cli.global.invoker = invoker;
     cli.global.restrict();
     // Commands that run a container answer 125 for any failure of moat's
     // own before the workload runs, so that it never reads as the
     // workload's exit status (podman's convention).
-    let runs_container = matches!(cli.command, Command::Run(_));
+    let is_run = matches!(cli.command, Command::Run(_));
     let result = match cli.command {
         Command::Image(c) => cmd::image::run(&cli.global, c),
         Command::Policy(c) => cmd::policy::run(&cli.global, c),
@@ -89,7 +100,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             errln!("moat: error: {err:#}");
-            ExitCode::from(if runs_container {
+            let not_started = err.downcast_ref::<global::NotStarted>().is_some();
+            ExitCode::from(if is_run || not_started {
                 global::EXIT_NOT_STARTED
             } else {
                 global::EXIT_FAILURE

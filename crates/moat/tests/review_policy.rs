@@ -671,3 +671,68 @@ fn escape_sequences_from_images_are_not_printed_raw() {
     assert_inert("a run error", &stderr(&out));
     assert!(stderr(&out).contains("pwned"), "{}", stderr(&out));
 }
+
+#[test]
+fn failures_before_the_workload_exit_125() {
+    if !can_sandbox("failures_before_the_workload_exit_125") {
+        return;
+    }
+    let env = common::Env::new();
+    let code = |o: &Output| o.status.code();
+    // The workload's own exit 1 stays 1.
+    let out = env.run(&["--", "sh", "-c", "exit 1"]);
+    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
+
+    let cases: Vec<(Output, &str)> = vec![
+        (
+            env.moat(&["run", "--isolation", "sandbox", "no-such-image", "true"])
+                .output()
+                .unwrap(),
+            "moat: error: ",
+        ),
+        (
+            env.run(&["--user", "nosuchuser", "--", "true"]),
+            "nosuchuser",
+        ),
+        (
+            env.run(&["--policy", "/nonexistent/p.yaml", "--", "true"]),
+            "moat: error: cannot read policy file /nonexistent/p.yaml",
+        ),
+        (
+            env.moat(&["run", "--bogus", "img"]).output().unwrap(),
+            "unexpected argument '--bogus'",
+        ),
+        (
+            env.moat(&["profile", "record", "no-such-image", "--", "true"])
+                .output()
+                .unwrap(),
+            "moat: error: ",
+        ),
+        (
+            env.moat(&["profile", "record", "--bogus"])
+                .output()
+                .unwrap(),
+            "unexpected argument '--bogus'",
+        ),
+        (
+            env.moat(&["surface", "measure", "no-such-image", "--", "true"])
+                .output()
+                .unwrap(),
+            "moat: error: ",
+        ),
+    ];
+    for (i, (out, text)) in cases.iter().enumerate() {
+        assert_eq!(code(out), Some(125), "case {i}: {}", stderr(out));
+        assert!(stderr(out).contains(text), "case {i}: {}", stderr(out));
+    }
+    // Commands that run nothing keep 1 for failure, 2 for usage.
+    let out = env
+        .moat(&["image", "inspect", "no-such-image"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(1), "{}", stderr(&out));
+    let out = env.moat(&["image", "--bogus"]).output().unwrap();
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+    let out = env.moat(&["run", "--help"]).output().unwrap();
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+}

@@ -6,7 +6,7 @@ use anyhow::Context;
 use moat_profile::measure::{self, Measurement};
 use moat_profile::surface::{self, Surface};
 
-use crate::global::GlobalArgs;
+use crate::global::{BeforeStart, GlobalArgs};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -152,14 +152,19 @@ pub fn render(s: &Surface) -> String {
 }
 
 fn run_measure(global: &GlobalArgs, args: MeasureArgs) -> anyhow::Result<ExitCode> {
-    let target = super::profile::resolve_target(global, &args.source)?;
+    // Failures before anything runs exit 125 (`NotStarted`).
+    let target = super::profile::resolve_target(global, &args.source).before_start()?;
     let command = if args.command.is_empty() {
         target.argv.clone()
     } else {
         args.command.clone()
     };
     if command.is_empty() {
-        anyhow::bail!("{}: no command to run; pass one after `--`", target.label);
+        return Err(anyhow::anyhow!(
+            "{}: no command to run; pass one after `--`",
+            target.label
+        ))
+        .before_start();
     }
     let backends: Vec<&str> = match args.isolation.as_str() {
         "all" => vec!["sandbox", "vm", "crun"],
