@@ -158,3 +158,40 @@ fn built_in_policies_deny_them() {
         );
     }
 }
+
+/// `moat policy diff` speaks the policy file's language, never Rust's.
+#[test]
+fn diff_prints_grants_in_the_policys_own_words() {
+    let a = Policy::builtin("baseline").unwrap();
+    let b = Policy::parse(
+        "apiVersion: moat.dev/v1\nkind: Policy\nmetadata: {name: b}\nspec:\n  extends: baseline\n  syscalls:\n    conditions:\n      socket:\n        families: [AF_UNIX]\n      ioctl:\n        allow: [TCGETS]\n  network:\n    mode: egress\n    egress: [{to: 10.0.0.0/8, ports: 443, protocol: tcp}]\n    publish: [{host: 8080, container: 80}]\n  resources:\n    memory: 256Mi\n    cpus: 0.5\n  process: {user: 1000, group: 1000}\n  image:\n    allowed: [registry.example/*]\n    require_digest: true\n  vulnerabilities:\n    fail_on: high\n",
+        "b.yaml",
+    )
+    .unwrap();
+    let lines: Vec<String> = explain::diff(&a, &b)
+        .iter()
+        .map(|c| format!("{} {} {}", c.sign, c.what, c.detail))
+        .filter(|l| !l.starts_with("+ syscall ") && !l.starts_with("- syscall "))
+        .collect();
+    for want in [
+        "~ syscalls.conditions.socket.families [AF_UNIX, AF_INET, AF_INET6, AF_NETLINK] -> [AF_UNIX]",
+        "~ syscalls.conditions.ioctl deny [TIOCSTI, TIOCLINUX] -> allow [TCGETS]",
+        "~ network none -> egress",
+        "+ network.egress {to: 10.0.0.0/8, ports: 443, protocol: tcp}",
+        "+ network.publish {host: 8080, container: 80, protocol: tcp}",
+        "~ resources.memory 512Mi -> 256Mi",
+        "~ resources.cpus 1 -> 0.5",
+        "~ process.user the image's -> 1000",
+        "+ image.allowed registry.example/*",
+        "~ image.require_digest false -> true",
+        "~ vulnerabilities.fail_on none -> high",
+    ] {
+        assert!(lines.iter().any(|l| l == want), "missing {want:?} in {lines:#?}");
+    }
+    for l in &lines {
+        assert!(
+            !l.contains("Some(") && !l.contains(" { ") && !l.contains("None"),
+            "a Rust debug structure: {l}"
+        );
+    }
+}

@@ -5,6 +5,7 @@
 mod display;
 mod cmd;
 mod global;
+mod sys;
 
 use std::process::ExitCode;
 
@@ -83,6 +84,13 @@ fn main() -> ExitCode {
     // own before the workload runs, so that it never reads as the
     // workload's exit status (podman's convention).
     let is_run = matches!(cli.command, Command::Run(_));
+    // A closed output pipe ends every command quietly (SIGPIPE's default)
+    // but `run`, whose supervisor must outlive a reader that went away to
+    // stop and clean up the container; moat itself prints nothing there
+    // while the workload runs, and the workload gets the default back.
+    if !is_run {
+        sys::default_sigpipe();
+    }
     let result = match cli.command {
         Command::Image(c) => cmd::image::run(&cli.global, c),
         Command::Policy(c) => cmd::policy::run(&cli.global, c),

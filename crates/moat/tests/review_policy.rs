@@ -736,3 +736,81 @@ fn failures_before_the_workload_exit_125() {
     let out = env.moat(&["run", "--help"]).output().unwrap();
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
 }
+
+/// `moat ARGS | head -0`: the reader is gone before moat writes.
+fn with_closed_stdout(mut c: Command) -> (std::process::ExitStatus, String) {
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (out.status, stderr(&out))
+}
+
+#[test]
+fn no_command_panics_on_a_closed_pipe() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = common::Env::new();
+    std::fs::write(
+        env.dir.path().join("web.yaml"),
+        "apiVersion: moat.dev/v1\nkind: Policy\nmetadata:\n  name: web\nspec:\n  extends: baseline\n  capabilities: [NET_BIND_SERVICE]\n",
+    )
+    .unwrap();
+    let web = env.dir.path().join("web.yaml");
+    let web = web.to_str().unwrap();
+    let rootfs = env.rootfs.to_str().unwrap().to_string();
+    let mut commands: Vec<Vec<&str>> = vec![
+        vec!["policy", "diff", "baseline", "restricted"],
+        vec!["policy", "diff", "baseline", web, "--format", "json"],
+        vec!["policy", "explain", "baseline"],
+        vec!["policy", "check", "baseline"],
+        vec!["policy", "compile", "baseline", "--format", "bpf-asm"],
+        vec!["policy", "compile", "baseline", "--format", "seccomp-json"],
+        vec!["policy", "export", "baseline", "--k8s"],
+        vec!["surface", "restricted"],
+        vec!["image", "ls"],
+        vec!["ps"],
+        vec!["image", "ls", "--format", "json"],
+        vec![
+            "profile",
+            "static",
+            "--rootfs",
+            &rootfs,
+            "--entrypoint",
+            "/bin/busybox",
+        ],
+        vec!["--help"],
+        vec!["run", "--help"],
+    ];
+    if can_sandbox("no_command_panics_on_a_closed_pipe (run)") {
+        commands.push(vec![
+            "run",
+            "--isolation",
+            "sandbox",
+            "--rootfs",
+            &rootfs,
+            "sh",
+            "-c",
+            "yes",
+        ]);
+    }
+    for args in &commands {
+        let (status, err) = with_closed_stdout(env.moat(args));
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_ne!(status.code(), Some(101), "{args:?}: {err}");
+        // Either it ended quietly on SIGPIPE, or it had nothing left to
+        // write; `run` reports whatever the workload made of the closed
+        // pipe (its exit status, or 128+SIGPIPE).
+        let ok = status.signal() == Some(libc_sigpipe())
+            || status.success()
+            || (args[0] == "run" && status.code().is_some());
+        assert!(ok, "{args:?}: {status:?}: {err}");
+    }
+}
+
+fn libc_sigpipe() -> i32 {
+    13
+}
