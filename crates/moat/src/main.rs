@@ -29,6 +29,8 @@ enum Command {
     /// Import, list, inspect, export and remove images.
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
+    /// List images (podman's spelling of `moat image ls`).
+    Images(cmd::image::LsArgs),
     /// Check, explain, compile, export and diff security policies.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCommand),
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Image(c) => cmd::image::run(&cli.global, c),
+        Command::Images(a) => cmd::image::run(&cli.global, cmd::image::ImageCommand::Ls(a)),
         Command::Policy(c) => cmd::policy::run(&cli.global, c),
         Command::Scan(c) => cmd::scan::run(&cli.global, c),
         Command::Vulndb(c) => cmd::vulndb::run(&cli.global, c),

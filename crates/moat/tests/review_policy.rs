@@ -814,3 +814,31 @@ fn no_command_panics_on_a_closed_pipe() {
 fn libc_sigpipe() -> i32 {
     13
 }
+
+#[test]
+fn podman_spellings_are_accepted() {
+    let env = common::Env::new();
+    // `moat images` is `moat image ls`.
+    let ls = env.moat(&["image", "ls"]).output().unwrap();
+    let images = env.moat(&["images"]).output().unwrap();
+    assert!(images.status.success(), "{}", stderr(&images));
+    assert_eq!(stdout(&images), stdout(&ls));
+    assert!(stdout(&images).starts_with("NAME"), "{}", stdout(&images));
+    let q = env
+        .moat(&["images", "-q", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(q.status.success(), "{}", stderr(&q));
+    let help = stdout(&env.moat(&["run", "--help"]).output().unwrap());
+    assert!(help.contains("--rm"), "{help}");
+    assert!(help.contains("changes nothing"), "{help}");
+    assert!(help.contains("--entrypoint <CMD>"), "{help}");
+    if !can_sandbox("podman_spellings_are_accepted (run)") {
+        return;
+    }
+    let out = env.run(&["--rm", "--entrypoint", "/bin/echo", "--", "hello"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "hello\n");
+    let out = env.run(&["--entrypoint", r#"["/bin/sh","-c"]"#, "--", "echo $((6*7))"]);
+    assert_eq!(stdout(&out), "42\n", "{}", stderr(&out));
+}

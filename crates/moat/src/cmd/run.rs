@@ -43,6 +43,7 @@ pub enum Accel {
   moat run --policy web.yaml --name web busybox httpd -f
   moat run --policy web.yaml --rbac ./rbac.yaml busybox id   # refused unless your roles grant web.yaml
   moat run --rootfs ./rootfs /bin/sh -c 'id; hostname'   # a root filesystem directory instead of an image
+  moat run --rm --entrypoint /bin/sh busybox -c 'echo hi'   # podman's spellings (--rm changes nothing)
 
 Exit status: the workload's, or 128+N when signal N killed it; 125 when the
 container could not be started, 126 when the command cannot be executed,
@@ -59,6 +60,15 @@ pub struct RunArgs {
     /// [default: /etc/moat/rbac.yaml; without it only root may run, with a warning].
     #[arg(long, value_name = "FILE")]
     pub rbac: Option<PathBuf>,
+    /// Accepted for podman's sake and changes nothing: a container never
+    /// outlives `moat run`, it is always removed when its command exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Replace the image's Entrypoint: a command (`/bin/sh`), a JSON array
+    /// (`'["/bin/sh","-c"]'`) or "" for none. As in podman, the image's
+    /// Cmd is then not used: arguments come from after IMAGE only.
+    #[arg(long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
     /// Keep stdin open and connected to the container.
     #[arg(short = 'i', long)]
     pub interactive: bool,
@@ -323,11 +333,14 @@ pub fn merge_process(
     hostname: &str,
     rootfs: &Path,
 ) -> anyhow::Result<ProcessSpec> {
-    let mut argv = image.entrypoint.clone();
-    if args.command.is_empty() {
-        argv.extend(image.cmd.iter().cloned());
-    } else {
+    let mut argv = match &args.entrypoint {
+        Some(e) => parse_entrypoint(e)?,
+        None => image.entrypoint.clone(),
+    };
+    if !args.command.is_empty() {
         argv.extend(args.command.iter().cloned());
+    } else if args.entrypoint.is_none() {
+        argv.extend(image.cmd.iter().cloned());
     }
     if argv.is_empty() {
         bail!(
@@ -387,6 +400,21 @@ pub fn merge_process(
     })
 }
 
+/// `--entrypoint`: a JSON array of strings, "" for none, else one command.
+fn parse_entrypoint(e: &str) -> anyhow::Result<Vec<String>> {
+    if e.is_empty() {
+        return Ok(Vec::new());
+    }
+    if e.trim_start().starts_with('[') {
+        return serde_json::from_str::<Vec<String>>(e).map_err(|err| {
+            anyhow::anyhow!(
+                "--entrypoint {e:?}: not a JSON array of strings ({err}); write a command, or [\"/bin/sh\",\"-c\"]"
+            )
+        });
+    }
+    Ok(vec![e.to_string()])
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -426,6 +454,39 @@ mod tests {
         assert_eq!(p.cwd, "/tmp");
         assert_eq!((p.uid, p.gid), (0, 0));
         assert!(p.env.contains(&"A=2".to_string()) && !p.env.contains(&"A=1".to_string()));
+    }
+
+    #[test]
+    fn entrypoint_replaces_the_image_entrypoint_and_cmd_like_podman() {
+        let d = tempfile::tempdir().unwrap();
+        let image = ImageDefaults {
+            entrypoint: vec!["/bin/ep".into()],
+            cmd: vec!["default".into()],
+            ..ImageDefaults::default()
+        };
+        let argv = |a: &[&str]| merge_process(&image, &parse(a), "h", d.path()).map(|p| p.args);
+        assert_eq!(
+            argv(&["--entrypoint", "/bin/sh", "img"]).unwrap(),
+            ["/bin/sh"]
+        );
+        assert_eq!(
+            argv(&["--entrypoint", "/bin/sh", "img", "-c", "id"]).unwrap(),
+            ["/bin/sh", "-c", "id"]
+        );
+        assert_eq!(
+            argv(&["--entrypoint", r#"["/bin/sh","-c"]"#, "img", "id"]).unwrap(),
+            ["/bin/sh", "-c", "id"]
+        );
+        assert_eq!(argv(&["--entrypoint", "", "img", "ls"]).unwrap(), ["ls"]);
+        assert_eq!(
+            argv(&["--entrypoint", "", "img"]).unwrap_err().to_string(),
+            "image \"img\" has no Entrypoint or Cmd; give a command: moat run img CMD [ARG...]"
+        );
+        assert!(argv(&["--entrypoint", "[1]", "img"])
+            .unwrap_err()
+            .to_string()
+            .starts_with("--entrypoint \"[1]\": not a JSON array of strings"));
+        assert!(parse(&["--rm", "img"]).rm);
     }
 
     #[test]
