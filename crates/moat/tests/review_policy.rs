@@ -204,6 +204,41 @@ fn under_sudo_the_site_rbac_decides_volumes_and_rbac_flag_is_ignored() {
     assert!(err.contains(&refused), "{err}");
     assert!(!stdout(&out).contains("root:"));
 
+    // A link under a granted prefix is authorised as what it resolves to.
+    let data = site.path("data");
+    std::fs::create_dir(&data).unwrap();
+    symlink("/etc", data.join("link")).unwrap();
+    std::fs::write(
+        site.site_file(),
+        site_rbac(&user, &site.dir.path().display().to_string()).replace(
+            "volumes: [\"/srv/data\"]",
+            &format!("volumes: [\"{}\"]", data.display()),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        site.path("link.yaml"),
+        volume_policy(&data.join("link").display().to_string()),
+    )
+    .unwrap();
+    let out = site.moat(
+        Some(&user),
+        &[
+            "run",
+            "--isolation",
+            "sandbox",
+            "--policy",
+            "link.yaml",
+            "--rootfs",
+            &r,
+            "/bin/cat",
+            "/hostvol/shadow",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&refused), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("root:"));
+
     // mine.yaml would allow it: root acting as itself may choose it.
     let state = site.path("state");
     let out = site.moat(
