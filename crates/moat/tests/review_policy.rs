@@ -347,6 +347,61 @@ fn rootfs_of_the_host_root_is_refused_and_rootfs_needs_a_grant() {
         );
         assert!(!stdout(&out).contains("root:"));
     }
+    // Nor through the commands that run `moat run` or crun for you.
+    for args in [
+        &[
+            "profile",
+            "record",
+            "--rootfs",
+            "/",
+            "--",
+            "sh",
+            "-c",
+            "head /etc/shadow",
+        ][..],
+        &[
+            "surface",
+            "measure",
+            "--rootfs",
+            "/",
+            "--isolation",
+            "crun",
+            "--",
+            "head",
+            "/etc/shadow",
+        ],
+    ] {
+        let out = site.moat(Some(&user), args);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("is the host's root directory"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(!stdout(&out).contains("root:"));
+    }
+    // crun runs under no moat policy: not for a sudo user at all.
+    let out = site.moat(
+        Some(&user),
+        &[
+            "surface",
+            "measure",
+            "--rootfs",
+            &r,
+            "--isolation",
+            "crun",
+            "--",
+            "/bin/true",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out)
+            .contains("crun: not measured: crun runs the workload without moat's policy or RBAC"),
+        "{}",
+        stdout(&out)
+    );
+
     // Nor a parent of the state root.
     let out = site.moat(
         None,

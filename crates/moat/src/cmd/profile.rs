@@ -175,6 +175,16 @@ pub fn resolve_target(global: &GlobalArgs, source: &Source) -> anyhow::Result<Ta
     })
 }
 
+/// A `--rootfs` that something will run from: never the host's own root
+/// or a parent of moat's state (as for `moat run`, which checks again).
+/// `profile static` only reads, and may analyse the host's programs.
+pub fn check_runnable(global: &GlobalArgs, source: &Source) -> anyhow::Result<()> {
+    if let Some(dir) = &source.rootfs {
+        crate::cmd::run::checked_rootfs(global, &dir.to_string_lossy())?;
+    }
+    Ok(())
+}
+
 /// The command line of `moat run` for `backend` on `source`, re-using this
 /// binary and the global options (for recording and measuring).
 pub fn moat_run_argv(
@@ -464,6 +474,7 @@ fn command_of(target: &Target, command: &[String]) -> anyhow::Result<Vec<String>
 
 fn run_record(global: &GlobalArgs, args: RecordArgs) -> anyhow::Result<ExitCode> {
     // Everything up to the recorded run fails with 125 (`NotStarted`).
+    check_runnable(global, &args.source).before_start()?;
     let target = resolve_target(global, &args.source).before_start()?;
     let command = command_of(&target, &args.command).before_start()?;
     let timeout = match args.duration {

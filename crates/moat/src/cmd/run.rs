@@ -265,7 +265,7 @@ fn run_vm(
 /// The `--rootfs` directory, resolved: a directory that is neither the
 /// host's root nor a parent of moat's state or run root (either would
 /// hand the host's files, or moat's own state, to the container).
-fn checked_rootfs(global: &GlobalArgs, dir: &str) -> anyhow::Result<PathBuf> {
+pub fn checked_rootfs(global: &GlobalArgs, dir: &str) -> anyhow::Result<PathBuf> {
     let rootfs = std::fs::canonicalize(dir)
         .with_context(|| format!("rootfs directory {dir:?} (--rootfs): not found"))?;
     if !rootfs.is_dir() {

@@ -153,6 +153,7 @@ pub fn render(s: &Surface) -> String {
 
 fn run_measure(global: &GlobalArgs, args: MeasureArgs) -> anyhow::Result<ExitCode> {
     // Failures before anything runs exit 125 (`NotStarted`).
+    super::profile::check_runnable(global, &args.source).before_start()?;
     let target = super::profile::resolve_target(global, &args.source).before_start()?;
     let command = if args.command.is_empty() {
         target.argv.clone()
@@ -173,6 +174,12 @@ fn run_measure(global: &GlobalArgs, args: MeasureArgs) -> anyhow::Result<ExitCod
     let mut results: Vec<Result<Measurement, String>> = Vec::new();
     for backend in &backends {
         let r = match *backend {
+            // crun runs the workload under no moat policy and no RBAC:
+            // only root acting as itself may use it.
+            "crun" if !global.invoker.is_root() => Err(format!(
+                "not measured: crun runs the workload without moat's policy or RBAC, and moat runs for {}; only root acting as itself may measure crun",
+                global.invoker.describe()
+            )),
             "crun" => measure::measure_crun(&target.rootfs, &command).map_err(|e| format!("{e:#}")),
             other => measure_moat(global, &args.source, other, args.accel.as_deref(), &command),
         };
