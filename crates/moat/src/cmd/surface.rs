@@ -194,7 +194,10 @@ fn run_measure(global: &GlobalArgs, args: MeasureArgs) -> anyhow::Result<ExitCod
                 Err(e) => serde_json::json!({ "backend": b, "error": e }),
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        println!(
+            "{}",
+            crate::display::json(serde_json::to_string_pretty(&doc)?)
+        );
     } else {
         for r in &results {
             match r {
@@ -216,7 +219,8 @@ fn run_measure(global: &GlobalArgs, args: MeasureArgs) -> anyhow::Result<ExitCod
                     }
                     println!("         {}", m.syscalls.join(" "));
                 }
-                Err(e) => println!("{e}"),
+                // May quote the workload's or the guest's error text.
+                Err(e) => outln!("{e}"),
             }
         }
     }
