@@ -554,12 +554,17 @@ impl Cx<'_> {
                     let lpath = format!("{path}.{which}");
                     let mut set = BTreeSet::new();
                     for item in self.list(list, &lpath)? {
-                        set.insert(self.named(
-                            item,
-                            &lpath,
-                            args::IOCTL_REQUESTS,
-                            "ioctl request",
-                        )?);
+                        let v = self.named(item, &lpath, args::IOCTL_REQUESTS, "ioctl request")?;
+                        if let Some(n) = never_allowed(v).filter(|_| which == "allow") {
+                            return Err(self.err(
+                                item.pos,
+                                format!(
+                                    "`{lpath}` lists {} ({:#x}), which moat never allows: {}; remove it (it is denied whatever a policy says)",
+                                    n.name, n.request, n.why
+                                ),
+                            ));
+                        }
+                        set.insert(v);
                     }
                     c.ioctl = if which == "allow" {
                         IoctlRule::Allow(set)

@@ -487,7 +487,7 @@ fn run_refuses_an_image_the_policy_fails_on() {
         )
     };
     let o = run(&policy(""));
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(125));
     let err = stderr(&o);
     assert!(
         err.contains("has 1 vulnerabilities at or above the policy's fail_on=high: ALPINE-CVE-2025-26519 (high) in musl 1.2.4-r2: fixed in 1.2.4_git20230717-r5; fix the image or add time-limited ignore entries to the policy"),

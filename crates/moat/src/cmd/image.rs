@@ -178,8 +178,11 @@ fn import(store: &Store, a: ImportArgs) -> anyhow::Result<ExitCode> {
     let image = result.context("import failed")?;
     crate::cmd::scan::record_inventory(store, &image);
     match a.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&image)?),
-        Format::Table => println!(
+        Format::Json => println!(
+            "{}",
+            crate::display::json(serde_json::to_string_pretty(&image)?)
+        ),
+        Format::Table => outln!(
             "imported {} (image ID {}, manifest {})",
             image.names.join(", "),
             image.config_digest,
@@ -208,7 +211,10 @@ pub fn human_size(n: u64) -> String {
 fn ls(store: &Store, a: LsArgs) -> anyhow::Result<ExitCode> {
     let images = store.list()?;
     if a.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&images)?);
+        println!(
+            "{}",
+            crate::display::json(serde_json::to_string_pretty(&images)?)
+        );
         return Ok(ExitCode::SUCCESS);
     }
     if a.quiet {
@@ -262,14 +268,17 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
                 line.push_str(&format!("{c:<w$}  ", w = widths[i]));
             }
         }
-        println!("{}", line.trim_end());
+        println!("{}", crate::display::line(line.trim_end()));
     }
 }
 
 fn inspect(store: &Store, a: InspectArgs) -> anyhow::Result<ExitCode> {
     let image = store.resolve(&a.image)?;
     if a.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&image)?);
+        println!(
+            "{}",
+            crate::display::json(serde_json::to_string_pretty(&image)?)
+        );
         return Ok(ExitCode::SUCCESS);
     }
     print_image(&image);
@@ -285,7 +294,7 @@ fn print_image(i: &Image) {
             serde_json::to_string(v).unwrap_or_default()
         }
     };
-    println!(
+    outln!(
         "Names:        {}",
         if i.names.is_empty() {
             "<none>".into()
@@ -293,9 +302,9 @@ fn print_image(i: &Image) {
             i.names.join(", ")
         }
     );
-    println!("Image ID:     {}", i.config_digest);
-    println!("Manifest:     {}", i.manifest_digest);
-    println!(
+    outln!("Image ID:     {}", i.config_digest);
+    outln!("Manifest:     {}", i.manifest_digest);
+    outln!(
         "Platform:     {}/{}",
         if c.os.is_empty() { "linux" } else { &c.os },
         if c.architecture.is_empty() {
@@ -305,13 +314,13 @@ fn print_image(i: &Image) {
         }
     );
     if let Some(created) = &c.created {
-        println!("Created:      {created}");
+        outln!("Created:      {created}");
     }
-    println!("Imported:     {} from {}", i.imported, i.source);
-    println!("Size:         {} ({} bytes)", human_size(i.size), i.size);
-    println!("Entrypoint:   {}", list(&c.entrypoint));
-    println!("Cmd:          {}", list(&c.cmd));
-    println!(
+    outln!("Imported:     {} from {}", i.imported, i.source);
+    outln!("Size:         {} ({} bytes)", human_size(i.size), i.size);
+    outln!("Entrypoint:   {}", list(&c.entrypoint));
+    outln!("Cmd:          {}", list(&c.cmd));
+    outln!(
         "WorkingDir:   {}",
         if c.working_dir.is_empty() {
             "/"
@@ -319,23 +328,23 @@ fn print_image(i: &Image) {
             &c.working_dir
         }
     );
-    println!(
+    outln!(
         "User:         {}",
         if c.user.is_empty() { "(root)" } else { &c.user }
     );
-    println!("Env:");
+    outln!("Env:");
     for e in &c.env {
-        println!("  {e}");
+        outln!("  {e}");
     }
     if !c.labels.is_empty() {
-        println!("Labels:");
+        outln!("Labels:");
         for (k, v) in &c.labels {
-            println!("  {k}={v}");
+            outln!("  {k}={v}");
         }
     }
-    println!("Layers:");
+    outln!("Layers:");
     for (n, l) in i.layers.iter().enumerate() {
-        println!(
+        outln!(
             "  {:>2}  {}  {:>9}  {}",
             n + 1,
             l.digest,

@@ -231,45 +231,70 @@ fn emit(output: Option<&Path>, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The invoking user: the real uid, or SUDO_UID under sudo.
-pub fn invoking_principal() -> Principal {
-    let real = rustix::process::getuid().as_raw();
-    let sudo = std::env::var("SUDO_UID").ok();
-    Principal::from_uid(rbac::invoking_uid(real, sudo.as_deref()))
+/// The invoking user: the real uid, or the user root acts for through
+/// sudo (see [`moat_policy::rbac::invoker`]).
+pub fn invoking_principal(global: &GlobalArgs) -> Principal {
+    Principal::from_uid(global.invoker.uid)
 }
 
 /// Authorise `policy` for `who` (RBAC from `rbac_file` or the default
 /// path), print the one-time warning, and append the decision to the audit
-/// log. Used by `moat policy check` and by `moat run`.
+/// log. Used by `moat policy check` and by `moat run`. `extra` holds what
+/// the command line asks for beyond the policy (a `--rootfs` directory).
+///
+/// Only root acting as itself may name another RBAC file: for anyone
+/// else `--rbac` is ignored with a notice and the site file decides.
 pub fn authorize(
     global: &GlobalArgs,
     action: &str,
     policy: &Policy,
     who: &Principal,
     rbac_file: Option<&Path>,
+    extra: &[rbac::Request],
 ) -> anyhow::Result<Decision> {
+    let rbac_file = match rbac_file {
+        Some(f) if !global.invoker.is_root() => {
+            crate::global::ignored(
+                &global.invoker,
+                &format!(
+                    "--rbac {} (the site RBAC file {} decides)",
+                    f.display(),
+                    rbac::DEFAULT_RBAC_PATH
+                ),
+            );
+            None
+        }
+        other => other,
+    };
     let path = rbac_file
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(rbac::DEFAULT_RBAC_PATH));
-    let rbac = if rbac_file.is_some() || path.exists() {
+    // `symlink_metadata`: a dangling link at the default path is a broken
+    // RBAC file, not a missing one.
+    let rbac = if rbac_file.is_some() || path.symlink_metadata().is_ok() {
         Some(Rbac::load(&path)?)
     } else {
         None
     };
-    let decision = rbac::authorize(rbac.as_ref(), &path, who, policy);
+    let decision = rbac::authorize_with(rbac.as_ref(), &path, who, policy, extra);
+    let rec = AuditRecord::new(action, who, policy, &decision);
+    let audited = rbac::append_audit(&global.root, &rec);
     if let Some(w) = &decision.warning {
-        // Once per state root: a marker next to the audit log.
+        // Once per state root: a marker next to the audit log, created
+        // only in the directory the audit append has just checked, and
+        // never through a link (`create_new` does not follow one).
         let marker = global.root.join("audit").join(".no-rbac-warned");
-        if !marker.exists() {
+        let first = audited.is_err()
+            || std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&marker)
+                .is_ok();
+        if first {
             eprintln!("moat: warning: {w}");
-            if let Some(dir) = marker.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            let _ = std::fs::write(&marker, b"");
         }
     }
-    let rec = AuditRecord::new(action, who, policy, &decision);
-    if let Err(e) = rbac::append_audit(&global.root, &rec) {
+    if let Err(e) = audited {
         let msg = format!("{:#}", anyhow::Error::from(e));
         if action == "check" {
             eprintln!("moat: warning: {msg}");
@@ -297,9 +322,9 @@ fn check(global: &GlobalArgs, a: CheckArgs) -> anyhow::Result<ExitCode> {
     };
     let who = match &a.as_user {
         Some(u) => Principal::lookup(u)?,
-        None => invoking_principal(),
+        None => invoking_principal(global),
     };
-    let d = authorize(global, "check", &policy, &who, a.rbac.as_deref())?;
+    let d = authorize(global, "check", &policy, &who, a.rbac.as_deref(), &[])?;
     match a.format {
         TextOrJson::Json => println!(
             "{}",

@@ -11,7 +11,7 @@ use moat_profile::rootfs::Root;
 use moat_profile::static_analysis;
 use moat_profile::{measure, record};
 
-use crate::global::GlobalArgs;
+use crate::global::{BeforeStart, GlobalArgs};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ProfileCommand {
@@ -173,6 +173,16 @@ pub fn resolve_target(global: &GlobalArgs, source: &Source) -> anyhow::Result<Ta
         env: image.config.env.clone(),
         label: format!("image {reference} ({})", image.short_id()),
     })
+}
+
+/// A `--rootfs` that something will run from: never the host's own root
+/// or a parent of moat's state (as for `moat run`, which checks again).
+/// `profile static` only reads, and may analyse the host's programs.
+pub fn check_runnable(global: &GlobalArgs, source: &Source) -> anyhow::Result<()> {
+    if let Some(dir) = &source.rootfs {
+        crate::cmd::run::checked_rootfs(global, &dir.to_string_lossy())?;
+    }
+    Ok(())
 }
 
 /// The command line of `moat run` for `backend` on `source`, re-using this
@@ -464,17 +474,27 @@ fn command_of(target: &Target, command: &[String]) -> anyhow::Result<Vec<String>
 }
 
 fn run_record(global: &GlobalArgs, args: RecordArgs) -> anyhow::Result<ExitCode> {
-    let target = resolve_target(global, &args.source)?;
-    let command = command_of(&target, &args.command)?;
+    // Everything up to the recorded run fails with 125 (`NotStarted`).
+    check_runnable(global, &args.source).before_start()?;
+    let target = resolve_target(global, &args.source).before_start()?;
+    let command = command_of(&target, &args.command).before_start()?;
     let timeout = match args.duration {
         Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
-        Some(s) => anyhow::bail!("--duration {s}: expected a positive number of seconds"),
+        Some(s) => {
+            return Err(anyhow::anyhow!(
+                "--duration {s}: expected a positive number of seconds"
+            ))
+            .before_start()
+        }
         None => None,
     };
-    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let dir = tempfile::tempdir()
+        .context("cannot create a temporary directory")
+        .before_start()?;
     let rec_policy = dir.path().join("record.yaml");
     std::fs::write(&rec_policy, record::recording_policy())
-        .context("cannot write the recording policy")?;
+        .context("cannot write the recording policy")
+        .before_start()?;
     let argv = moat_run_argv(
         global,
         &args.source,
@@ -482,7 +502,8 @@ fn run_record(global: &GlobalArgs, args: RecordArgs) -> anyhow::Result<ExitCode>
         Some(&rec_policy),
         None,
         &command,
-    )?;
+    )
+    .before_start()?;
     let program = command[0].rsplit('/').next().map(String::from);
     let outcome = measure::trace(&measure::TraceRun {
         argv: &argv,
@@ -497,6 +518,15 @@ fn run_record(global: &GlobalArgs, args: RecordArgs) -> anyhow::Result<ExitCode>
         ..measure::TraceRun::default()
     })
     .context("recording failed")?;
+    // The recorded `moat run` could not start the workload: say why, as
+    // that run would have.
+    if outcome.code == i32::from(crate::global::EXIT_NOT_STARTED) {
+        let err = String::from_utf8_lossy(&outcome.stderr);
+        if let Some(line) = err.lines().find(|l| l.starts_with("moat: error:")) {
+            let why = line.trim_start_matches("moat: error:").trim();
+            return Err(anyhow::anyhow!("the workload did not start: {why}")).before_start();
+        }
+    }
     if let Some(why) = &outcome.fallback {
         eprintln!("moat: notice: {why}");
     }

@@ -34,7 +34,10 @@ pub fn run(global: &GlobalArgs, cmd: PsArgs) -> anyhow::Result<ExitCode> {
         .filter(|s| s.isolation != "sandbox" || state::is_alive(s))
         .collect();
     match cmd.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&states)?),
+        Format::Json => println!(
+            "{}",
+            crate::display::json(serde_json::to_string_pretty(&states)?)
+        ),
         Format::Table => {
             println!(
                 "{:<12}  {:<20}  {:<19}  {:<9}  {:>8}  {:<20}  COMMAND",
@@ -42,7 +45,15 @@ pub fn run(global: &GlobalArgs, cmd: PsArgs) -> anyhow::Result<ExitCode> {
             );
             for s in &states {
                 let image = s.image_id.strip_prefix("sha256:").unwrap_or(&s.image_id);
-                println!(
+                // Name, image and command come from the image or the
+                // command line: one line each, escaped.
+                let command = s
+                    .command
+                    .iter()
+                    .map(|a| crate::display::line(a).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                outln!(
                     "{:<12}  {:<20}  {:<19}  {:<9}  {:>8}  {:<20}  {}",
                     &s.id[..s.id.len().min(12)],
                     s.name,
@@ -50,7 +61,7 @@ pub fn run(global: &GlobalArgs, cmd: PsArgs) -> anyhow::Result<ExitCode> {
                     s.isolation,
                     s.pid,
                     s.created,
-                    s.command.join(" ")
+                    command
                 );
             }
         }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use moat_policy::plan::IsolationRequirement;
+use moat_policy::rbac::Request;
 use moat_policy::{Plan, ProcessSpec};
 use moat_sandbox::{state, IdMap, SandboxConfig};
 
@@ -42,6 +43,7 @@ pub enum Accel {
   moat run --policy web.yaml --name web busybox httpd -f
   moat run --policy web.yaml --rbac ./rbac.yaml busybox id   # refused unless your roles grant web.yaml
   moat run --rootfs ./rootfs /bin/sh -c 'id; hostname'   # a root filesystem directory instead of an image
+  moat run --rm --entrypoint /bin/sh busybox -c 'echo hi'   # podman's spellings (--rm changes nothing)
 
 Exit status: the workload's, or 128+N when signal N killed it; 125 when the
 container could not be started, 126 when the command cannot be executed,
@@ -62,6 +64,15 @@ pub struct RunArgs {
     /// check some packages (no advisory data for their ecosystem).
     #[arg(long)]
     pub allow_unchecked: bool,
+    /// Accepted for podman's sake and changes nothing: a container never
+    /// outlives `moat run`, it is always removed when its command exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Replace the image's Entrypoint: a command (`/bin/sh`), a JSON array
+    /// (`'["/bin/sh","-c"]'`) or "" for none. As in podman, the image's
+    /// Cmd is then not used: arguments come from after IMAGE only.
+    #[arg(long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
     /// Keep stdin open and connected to the container.
     #[arg(short = 'i', long)]
     pub interactive: bool,
@@ -121,36 +132,50 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     state::cleanup_stale(&run_root).context("cleaning up after dead containers")?;
 
     let policy = load_policy(args.policy.as_deref())?;
+    // A `--rootfs` directory is a grant like a volume: checked and
+    // authorised before anything starts.
+    let rootfs_dir = match args.rootfs {
+        true => Some(checked_rootfs(global, &args.image)?),
+        false => None,
+    };
+    let mut extra = Vec::new();
+    if let Some(dir) = &rootfs_dir {
+        extra.push(Request::Rootfs(dir.display().to_string()));
+    }
+    // A volume is authorised both as written and as resolved, so that a
+    // symbolic link under a granted prefix does not lead elsewhere.
+    for v in &policy.spec.filesystem.volumes {
+        if let Ok(real) = std::fs::canonicalize(&v.source) {
+            if real != Path::new(&v.source) {
+                extra.push(Request::Volume(real.display().to_string()));
+            }
+        }
+    }
     // Authorise before anything else (no image is even materialised for a
     // refused policy); every decision is audited.
-    let who = crate::cmd::policy::invoking_principal();
+    let who = crate::cmd::policy::invoking_principal(global);
     let decision =
-        crate::cmd::policy::authorize(global, "run", &policy, &who, args.rbac.as_deref())?;
+        crate::cmd::policy::authorize(global, "run", &policy, &who, args.rbac.as_deref(), &extra)?;
     if !decision.allowed {
-        eprintln!(
+        errln!(
             "moat: error: policy {} refused for {}:",
-            policy.name, who.name
+            policy.name,
+            who.name
         );
         for r in &decision.reasons {
-            eprintln!("  - {r}");
+            errln!("  - {r}");
         }
-        return Ok(ExitCode::from(crate::global::EXIT_FAILURE));
+        return Ok(ExitCode::from(crate::global::EXIT_NOT_STARTED));
     }
     let plan = moat_policy::compile(&policy)?;
 
-    let image = if args.rootfs {
-        let rootfs = std::fs::canonicalize(&args.image)
-            .with_context(|| format!("rootfs directory {:?} (--rootfs): not found", args.image))?;
-        if !rootfs.is_dir() {
-            bail!("rootfs {:?} (--rootfs) is not a directory", args.image);
-        }
-        ResolvedImage {
+    let image = match rootfs_dir {
+        Some(rootfs) => ResolvedImage {
             image_id: format!("rootfs:{}", rootfs.display()),
             rootfs,
             defaults: ImageDefaults::default(),
-        }
-    } else {
-        resolve_image(global, &args.image)?
+        },
+        None => resolve_image(global, &args.image)?,
     };
 
     crate::cmd::scan::vulnerability_gate(
@@ -199,7 +224,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
         Err(e) => {
             let code = e.exit_code();
-            eprintln!("moat: error: {:#}", anyhow::Error::from(e));
+            errln!("moat: error: {:#}", anyhow::Error::from(e));
             Ok(ExitCode::from(code))
         }
     }
@@ -230,13 +255,43 @@ fn run_vm(
         stop_timeout,
         supervisor_seccomp: moat_vm::supervisor::Scope::Process,
     };
-    match moat_vm::run_container(opts) {
+    // The VM's notices may quote the guest (its console, the agent's
+    // messages): escaped like every other untrusted text.
+    let notice = &mut |n: &str| errln!("{n}");
+    match moat_vm::run_container_with(opts, moat_vm::session::Stdio::inherit(), notice) {
         Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
         Err(e) => {
-            eprintln!("moat: error: {:#}", anyhow::Error::from(e));
+            errln!("moat: error: {:#}", anyhow::Error::from(e));
             Ok(ExitCode::from(125))
         }
     }
+}
+
+/// The `--rootfs` directory, resolved: a directory that is neither the
+/// host's root nor a parent of moat's state or run root (either would
+/// hand the host's files, or moat's own state, to the container).
+pub fn checked_rootfs(global: &GlobalArgs, dir: &str) -> anyhow::Result<PathBuf> {
+    let rootfs = std::fs::canonicalize(dir)
+        .with_context(|| format!("rootfs directory {dir:?} (--rootfs): not found"))?;
+    if !rootfs.is_dir() {
+        bail!("rootfs {dir:?} (--rootfs) is not a directory");
+    }
+    if rootfs == Path::new("/") {
+        bail!("rootfs {dir:?} (--rootfs) is the host's root directory; moat never runs the host's own file system as a container's root: pass an unpacked image root");
+    }
+    for (what, state) in [
+        ("state root", global.root.clone()),
+        ("run root", global.run_root()),
+    ] {
+        let state = std::fs::canonicalize(&state).unwrap_or(state);
+        if state.starts_with(&rootfs) {
+            bail!(
+                "rootfs {dir:?} (--rootfs) contains moat's {what} {}; pass a directory outside it",
+                state.display()
+            );
+        }
+    }
+    Ok(rootfs)
 }
 
 /// Whether `auto` should pick the vm backend.
@@ -283,11 +338,14 @@ pub fn merge_process(
     hostname: &str,
     rootfs: &Path,
 ) -> anyhow::Result<ProcessSpec> {
-    let mut argv = image.entrypoint.clone();
-    if args.command.is_empty() {
-        argv.extend(image.cmd.iter().cloned());
-    } else {
+    let mut argv = match &args.entrypoint {
+        Some(e) => parse_entrypoint(e)?,
+        None => image.entrypoint.clone(),
+    };
+    if !args.command.is_empty() {
         argv.extend(args.command.iter().cloned());
+    } else if args.entrypoint.is_none() {
+        argv.extend(image.cmd.iter().cloned());
     }
     if argv.is_empty() {
         bail!(
@@ -347,6 +405,21 @@ pub fn merge_process(
     })
 }
 
+/// `--entrypoint`: a JSON array of strings, "" for none, else one command.
+fn parse_entrypoint(e: &str) -> anyhow::Result<Vec<String>> {
+    if e.is_empty() {
+        return Ok(Vec::new());
+    }
+    if e.trim_start().starts_with('[') {
+        return serde_json::from_str::<Vec<String>>(e).map_err(|err| {
+            anyhow::anyhow!(
+                "--entrypoint {e:?}: not a JSON array of strings ({err}); write a command, or [\"/bin/sh\",\"-c\"]"
+            )
+        });
+    }
+    Ok(vec![e.to_string()])
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -386,6 +459,39 @@ mod tests {
         assert_eq!(p.cwd, "/tmp");
         assert_eq!((p.uid, p.gid), (0, 0));
         assert!(p.env.contains(&"A=2".to_string()) && !p.env.contains(&"A=1".to_string()));
+    }
+
+    #[test]
+    fn entrypoint_replaces_the_image_entrypoint_and_cmd_like_podman() {
+        let d = tempfile::tempdir().unwrap();
+        let image = ImageDefaults {
+            entrypoint: vec!["/bin/ep".into()],
+            cmd: vec!["default".into()],
+            ..ImageDefaults::default()
+        };
+        let argv = |a: &[&str]| merge_process(&image, &parse(a), "h", d.path()).map(|p| p.args);
+        assert_eq!(
+            argv(&["--entrypoint", "/bin/sh", "img"]).unwrap(),
+            ["/bin/sh"]
+        );
+        assert_eq!(
+            argv(&["--entrypoint", "/bin/sh", "img", "-c", "id"]).unwrap(),
+            ["/bin/sh", "-c", "id"]
+        );
+        assert_eq!(
+            argv(&["--entrypoint", r#"["/bin/sh","-c"]"#, "img", "id"]).unwrap(),
+            ["/bin/sh", "-c", "id"]
+        );
+        assert_eq!(argv(&["--entrypoint", "", "img", "ls"]).unwrap(), ["ls"]);
+        assert_eq!(
+            argv(&["--entrypoint", "", "img"]).unwrap_err().to_string(),
+            "image \"img\" has no Entrypoint or Cmd; give a command: moat run img CMD [ARG...]"
+        );
+        assert!(argv(&["--entrypoint", "[1]", "img"])
+            .unwrap_err()
+            .to_string()
+            .starts_with("--entrypoint \"[1]\": not a JSON array of strings"));
+        assert!(parse(&["--rm", "img"]).rm);
     }
 
     #[test]

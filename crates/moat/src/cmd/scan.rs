@@ -91,10 +91,11 @@ pub fn run(global: &GlobalArgs, cmd: ScanArgs) -> anyhow::Result<ExitCode> {
     };
     let report = Report::build(&target, inv, db.as_ref(), cmd.ignore_unfixed, &[])?;
     match cmd.format {
-        Format::Table => print!("{}", report.table()),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report.json())?),
-        Format::Sarif => println!("{}", serde_json::to_string_pretty(&report.sarif())?),
-        Format::Cyclonedx => println!("{}", serde_json::to_string_pretty(&report.cyclonedx())?),
+        // Package names and versions come from the image: escaped.
+        Format::Table => print!("{}", crate::display::text(&report.table())),
+        Format::Json => println!("{}", json(&report.json())?),
+        Format::Sarif => println!("{}", json(&report.sarif())?),
+        Format::Cyclonedx => println!("{}", json(&report.cyclonedx())?),
     }
     if let Some(sev) = cmd.fail_on {
         if report.has_at_least(sev) {
@@ -274,4 +275,9 @@ pub fn vulnerability_gate(
         );
     }
     Ok(())
+}
+
+/// Pretty JSON, with the characters a terminal would act on escaped.
+fn json(v: &serde_json::Value) -> anyhow::Result<String> {
+    Ok(crate::display::json(serde_json::to_string_pretty(v)?))
 }

@@ -184,7 +184,7 @@ pub fn print_import(o: &ImportOutcome) {
             .iter()
             .map(|f| format!("{} ({} {}, {})", f.id, f.package, f.installed, f.severity))
             .collect();
-        println!("ALERT {name} ({}): {}", a.image_id, ids.join(", "));
+        outln!("ALERT {name} ({}): {}", a.image_id, ids.join(", "));
         if a.containers.is_empty() {
             println!("  no running containers use it");
         } else {
