@@ -105,6 +105,10 @@ pub(crate) struct ChildFds {
     pub err: OwnedFd,
     /// pty peer for `-t`, and its host path `/dev/pts/N`.
     pub pty: Option<OwnedFd>,
+    /// Without `-t`: pipe ends that replace stdin, stdout and stderr where
+    /// those are a host terminal (the supervisor relays them), so that the
+    /// workload never holds a descriptor of a host terminal.
+    pub relayed: [Option<OwnedFd>; 3],
     pub pty_path: Option<String>,
     /// The idmapped rootfs clone made by the supervisor, if the filesystem
     /// supports idmapped mounts.
@@ -131,6 +135,10 @@ fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
     // may ptrace or open /proc/<pid>/exe of this (moat) image.
     sys::set_pdeathsig(libc::SIGKILL).map_err(|e| ChildError::io("PR_SET_PDEATHSIG", e))?;
     sys::set_dumpable(false).map_err(|e| ChildError::io("PR_SET_DUMPABLE", e))?;
+    // Rule 11: a session of its own, so that no host terminal is the
+    // container's controlling terminal (no /dev/tty, no tcsetpgrp, no
+    // TIOCSTI through it, no SIGTTOU/SIGHUP from the host's job control).
+    sys::setsid().map_err(|e| ChildError::io("setsid", e))?;
 
     let mut byte = [0u8; 1];
     let mut go = File::from(
@@ -173,7 +181,6 @@ fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
 
     // stdio
     if let Some(pty) = &fds.pty {
-        sys::setsid().map_err(|e| ChildError::io("setsid", e))?;
         sys::set_controlling_tty(pty.as_fd()).map_err(|e| ChildError::io("TIOCSCTTY", e))?;
         for fd in 0..3 {
             sys::dup2(pty.as_fd(), fd).map_err(|e| ChildError::io("attaching the pty", e))?;
@@ -183,6 +190,14 @@ fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
             .map_err(|e| ChildError::io("opening /dev/null for stdin", e))?
             .into();
         sys::dup2(null.as_fd(), 0).map_err(|e| ChildError::io("stdin", e))?;
+    }
+    if fds.pty.is_none() {
+        for (fd, pipe) in fds.relayed.iter().enumerate() {
+            if let Some(pipe) = pipe {
+                sys::dup2(pipe.as_fd(), fd as i32)
+                    .map_err(|e| ChildError::io("attaching the stdio relay", e))?;
+            }
+        }
     }
 
     // Working directory, then rule 3: it must resolve inside the root.

@@ -66,7 +66,10 @@ pub(crate) fn without_absent_defaults(rootfs: &Path, mounts: &[MountPlan]) -> Ve
 }
 
 /// Device nodes bind-mounted from the host (a user namespace cannot mknod).
-const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// `/dev/tty` (5,0: "my controlling terminal") only with `-t`, where the
+/// controlling terminal is the container's own pty; without `-t` the
+/// container is a session without a terminal and has no `/dev/tty` (rule 11).
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 /// Files under /proc hidden behind /dev/null.
 const PROC_MASKED_FILES: &[&str] = &[
     "kcore",
@@ -274,7 +277,8 @@ fn build_dev(root: BorrowedFd<'_>, console: Option<&str>) -> Result<(), ChildErr
     let d = dev.as_fd();
     let step = |what: &str| format!("populating /dev ({what})");
 
-    for name in DEVICES {
+    let tty: &[&str] = if console.is_some() { &["tty"] } else { &[] };
+    for name in DEVICES.iter().chain(tty) {
         sys::create_file(d, name, 0o666).map_err(|e| ChildError::io(step(name), e))?;
         let host = format!("/dev/{name}");
         let src = sys::open_tree(sys::cwd(), &host, sys::OPEN_TREE_CLONE)
