@@ -165,3 +165,195 @@ fn stdio_on_a_terminal_is_relayed_and_tty_is_the_containers_own() {
         run("-t sh -c 'test -c /dev/tty && echo hi > /dev/tty && test -t 0 && ls /dev/console'");
     assert_eq!(o, "hi\n/dev/console\n");
 }
+
+/// Start time (field 22 of /proc/PID/stat) of a host process.
+fn start_time(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(19).unwrap().parse().unwrap()
+}
+
+fn alive(child: &mut std::process::Child) -> bool {
+    child.try_wait().unwrap().is_none()
+}
+
+/// Issue 23 item 2: planted records make `moat ps` (stale cleanup) delete
+/// an unrelated directory, kill an unrelated process and kill through a
+/// cgroup path outside moat's subtree. After `moat ps` all three survive.
+#[test]
+fn planted_records_cannot_steer_cleanup() {
+    if !can_sandbox("planted_records_cannot_steer_cleanup") {
+        return;
+    }
+    let env = Env::new();
+    // Create the run root as moat does (a first `moat ps`).
+    let out = env.moat(&["ps"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let containers = env.state_root().join("run/containers");
+
+    let victim_dir = env.dir.path().join("victim-dir");
+    std::fs::create_dir_all(&victim_dir).unwrap();
+    std::fs::write(victim_dir.join("precious"), b"keep me").unwrap();
+    let mut victim = Command::new("sleep").arg("600").spawn().unwrap();
+    let mut in_cgroup = Command::new("sleep").arg("600").spawn().unwrap();
+    // A cgroup beside moat's subtree holding a process.
+    let memory = Path::new("/sys/fs/cgroup/memory");
+    let hierarchy = if memory.join("cgroup.procs").exists() {
+        memory.to_path_buf()
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    };
+    std::fs::create_dir_all(hierarchy.join("moat")).unwrap();
+    let victim_cg = hierarchy.join(format!("moat-review-victim-{}", std::process::id()));
+    std::fs::create_dir_all(&victim_cg).unwrap();
+    std::fs::write(victim_cg.join("cgroup.procs"), in_cgroup.id().to_string()).unwrap();
+
+    let dead = i32::MAX - 7;
+    let record = |id: &str, pid: u32, cgroup: &Path| {
+        serde_json::json!({
+            "id": id, "name": format!("planted{}", pid), "image_id": "sha256:00", "pid": pid,
+            "isolation": "sandbox", "created": "2026-01-01T00:00:00Z", "command": ["x"],
+            "pid_start_time": start_time(pid), "supervisor_pid": dead,
+            "supervisor_start_time": 1, "cgroups": [cgroup],
+        })
+    };
+    let sneaky_cg = hierarchy
+        .join("moat/..")
+        .join(victim_cg.file_name().unwrap());
+    let plant = |dir: &str, json: serde_json::Value| {
+        let d = containers.join(dir);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(d.join("state.json"), serde_json::to_vec(&json).unwrap()).unwrap();
+    };
+    // The review's record: `id` is an absolute path.
+    plant(
+        &"1".repeat(64),
+        record(victim_dir.to_str().unwrap(), victim.id(), &sneaky_cg),
+    );
+    // A well-formed record of a dead container naming another process and
+    // a cgroup outside moat's subtree.
+    let id2 = "2".repeat(64);
+    plant(&id2, record(&id2, in_cgroup.id(), &sneaky_cg));
+
+    let out = env.moat(&["ps"]).output().unwrap();
+    let survived = (
+        victim_dir.join("precious").exists(),
+        alive(&mut victim),
+        alive(&mut in_cgroup),
+        victim_cg.exists(),
+    );
+    let _ = victim.kill();
+    let _ = in_cgroup.kill();
+    let _ = victim.wait();
+    let _ = in_cgroup.wait();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::fs::remove_dir(&victim_cg).is_err() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        survived,
+        (true, true, true, true),
+        "(directory, process, process in the cgroup, cgroup) after moat ps"
+    );
+    // The dead container's own record is gone; the one whose id is not
+    // its directory's name is not trusted and left alone.
+    assert!(!containers.join(&id2).exists());
+    assert!(containers.join("1".repeat(64)).exists());
+}
+
+/// Kills a test cgroup's processes however the test ends.
+struct KillGroup(PathBuf);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            moat_sandbox::cgroup::kill_all(std::slice::from_ref(&self.0));
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+}
+
+/// Issue 11 item 12: leftovers are killed as a group, not by pids read
+/// from `cgroup.procs`: `cgroup.kill` (v2), freeze-kill-thaw (v1
+/// freezer), or pidfds re-checked for membership. Each way is tried on a
+/// cgroup holding a shell that keeps forking; afterwards the group is
+/// empty and removable, and a process outside it is untouched.
+#[test]
+fn leftover_processes_are_killed_as_a_group() {
+    if !can_sandbox("leftover_processes_are_killed_as_a_group") {
+        return;
+    }
+    let mut bystander = Command::new("sleep").arg("600").spawn().unwrap();
+    let candidates = [
+        ("cgroup.kill", "/sys/fs/cgroup/unified", "cgroup.kill"),
+        ("cgroup.kill", "/sys/fs/cgroup", "cgroup.kill"),
+        ("freezer", "/sys/fs/cgroup/freezer", "freezer.state"),
+        ("pidfd", "/sys/fs/cgroup/pids", "pids.max"),
+    ];
+    let mut tried = Vec::new();
+    for (way, hierarchy, marker_file) in candidates {
+        let h = Path::new(hierarchy);
+        if !h.join("cgroup.procs").exists() || tried.contains(&way) {
+            continue;
+        }
+        let id = format!(
+            "{:016x}",
+            std::process::id() as u64 * 7919 + tried.len() as u64
+        );
+        let dir = h.join("moat").join(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        if !dir.join(marker_file).exists() {
+            let _ = std::fs::remove_dir(&dir);
+            continue;
+        }
+        tried.push(way);
+        // The shell joins the group before its first fork.
+        let mut bomb = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs || exit 1; while :; do (sleep 600 &); sleep 0.01; done",
+                dir.display()
+            ))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let _guard = KillGroup(dir.clone());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let procs = |d: &Path| {
+            std::fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        assert!(procs(&dir) > 3, "{way}: the bomb did not fork");
+        let real = moat_sandbox::cgroup::confined(&dir).expect("a moat cgroup is confined");
+        // Only that one kind of directory, so that this way is the one used.
+        moat_sandbox::cgroup::kill_all(std::slice::from_ref(&real));
+        let left = procs(&dir);
+        let _ = bomb.wait();
+        let removed = std::fs::remove_dir(&dir).is_ok();
+        assert_eq!(
+            (left, removed),
+            (0, true),
+            "{way}: processes left in {dir:?}"
+        );
+    }
+    assert!(!tried.is_empty(), "no cgroup hierarchy to test on");
+    assert!(
+        alive(&mut bystander),
+        "a process outside the group was killed"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    // Paths outside moat's subtree are never confined.
+    for p in [
+        "/sys/fs/cgroup/memory/moat/../x",
+        "/tmp",
+        "/sys/fs/cgroup/memory/moat",
+    ] {
+        assert_eq!(moat_sandbox::cgroup::confined(Path::new(p)), None, "{p}");
+    }
+    println!("tried: {tried:?}");
+}
