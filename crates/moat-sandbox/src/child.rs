@@ -12,7 +12,6 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
 
 use moat_policy::plan::{MountPlan, NetworkPlan};
 
@@ -23,7 +22,6 @@ use crate::{
 /// Everything the child needs, computed before `clone` so that the child
 /// does as little as possible.
 pub(crate) struct ChildSetup {
-    pub rootfs: PathBuf,
     pub mounts: Vec<MountPlan>,
     pub hostname: String,
     pub loopback: bool,
@@ -64,7 +62,6 @@ impl ChildSetup {
         let mut groups = p.additional_gids.clone();
         groups.extend(&cfg.plan.process.additional_gids);
         Ok(Self {
-            rootfs: cfg.rootfs.clone(),
             mounts: mounts::without_absent_defaults(&cfg.rootfs, &cfg.plan.mounts),
             hostname: p.hostname.clone(),
             loopback: !matches!(cfg.plan.network, NetworkPlan::None),
@@ -110,8 +107,8 @@ pub(crate) struct ChildFds {
     /// workload never holds a descriptor of a host terminal.
     pub relayed: [Option<OwnedFd>; 3],
     pub pty_path: Option<String>,
-    /// The idmapped rootfs clone made by the supervisor, if the filesystem
-    /// supports idmapped mounts.
+    /// The read-only rootfs clone made by the supervisor (idmapped if the
+    /// filesystem supports it).
     pub rootfs_mnt: Option<OwnedFd>,
 }
 
@@ -152,8 +149,11 @@ fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
     }
     drop(go);
 
-    // Clone the rootfs while we still have the supervisor's filesystem ids.
-    let prepared = mounts::prepare_root(&s.rootfs, fds.rootfs_mnt.take())?;
+    let clone = fds
+        .rootfs_mnt
+        .take()
+        .ok_or_else(|| ChildError::msg("rootfs", "no rootfs clone from the supervisor"))?;
+    let prepared = mounts::prepare_root(clone)?;
     // Become container root (host uid = first id of the map).
     sys::set_ids(0, 0, &[]).map_err(|e| ChildError::io("becoming container root", e))?;
     // Now that the supervisor put us into our cgroups: a cgroup namespace

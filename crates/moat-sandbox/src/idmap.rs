@@ -49,6 +49,23 @@ impl IdMap {
     }
 }
 
+/// First uid of the range whose members own containers' user namespaces:
+/// just above systemd's container range (0x00080000-0x6FFFFFFF) and below
+/// its "foreign" range (0x7FFE0000), used by no account.
+pub const OWNER_BASE: u32 = 0x7000_0000;
+/// Running sandbox containers at most (one owner uid each).
+pub const OWNER_COUNT: u32 = 65_536;
+
+/// The owner uid for a new container's user namespace: the first of
+/// `OWNER_BASE..OWNER_BASE+OWNER_COUNT` not in `in_use` (the owners of the
+/// running containers). The kernel charges per-user counters of the
+/// namespace's processes at the host level to this uid: every container
+/// gets the budget of one ordinary user, and none of host root's.
+pub fn userns_owner(in_use: &[u32]) -> Option<u32> {
+    let used: std::collections::HashSet<u32> = in_use.iter().copied().collect();
+    (OWNER_BASE..OWNER_BASE + OWNER_COUNT).find(|u| !used.contains(u))
+}
+
 fn subordinate(path: &Path) -> Option<(u32, u32)> {
     let text = std::fs::read_to_string(path).ok()?;
     parse_subordinate(&text, "root")
@@ -111,6 +128,25 @@ pub(crate) fn idmapped_rootfs(rootfs: &Path, map: &IdMap) -> std::io::Result<std
     result.map(|()| mnt)
 }
 
+/// A plain read-only, nosuid, nodev clone of `rootfs` (when idmapped
+/// mounts are unavailable; image files then appear owned by `nobody`).
+pub(crate) fn plain_rootfs(rootfs: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsFd;
+
+    use crate::sys;
+    let path = rootfs
+        .to_str()
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mnt = sys::open_tree(sys::cwd(), path, sys::OPEN_TREE_CLONE)?;
+    sys::mount_setattr(
+        mnt.as_fd(),
+        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+        0,
+        false,
+    )?;
+    Ok(mnt)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +157,17 @@ mod tests {
         assert_eq!(parse_subordinate(text, "root"), Some((300000, 70000)));
         assert_eq!(parse_subordinate("root:0:65536\n", "root"), None);
         assert_eq!(parse_subordinate("bob:1:2\n", "root"), None);
+    }
+
+    #[test]
+    fn owners_are_unique_per_running_container() {
+        assert_eq!(userns_owner(&[]), Some(OWNER_BASE));
+        assert_eq!(
+            userns_owner(&[OWNER_BASE, OWNER_BASE + 2]),
+            Some(OWNER_BASE + 1)
+        );
+        let all: Vec<u32> = (OWNER_BASE..OWNER_BASE + OWNER_COUNT).collect();
+        assert_eq!(userns_owner(&all), None);
     }
 
     #[test]

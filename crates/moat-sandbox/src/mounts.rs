@@ -132,46 +132,21 @@ fn attach(mnt: &OwnedFd, target: &OwnedFd, what: &str) -> Result<(), ChildError>
         .map_err(|e| ChildError::io(format!("attaching {what}"), e))
 }
 
-/// The image root, cloned while the container process still has the
-/// supervisor's filesystem identity: the rootfs may sit below directories
-/// only host root can traverse (0700), which container root (an
-/// unprivileged host uid) cannot.
+/// The image root: a detached, read-only, nosuid, nodev clone of the
+/// store's rootfs (idmapped where the filesystem allows) made by the
+/// supervisor, which can reach the store (0700, host root's). The container
+/// process runs as an unprivileged host uid from its first instruction, so
+/// it touches no store path: the clone is attached onto its working
+/// directory, which the supervisor set to the rootfs before the clone (the
+/// kernel moves it into the new mount namespace).
 pub(crate) struct PreparedRoot {
     mnt: OwnedFd,
-    target: OwnedFd,
-    path: String,
-    idmapped: bool,
 }
 
-/// Makes every mount private and takes a detached clone of the rootfs,
-/// unless the supervisor already made an idmapped one (`idmapped`).
-pub(crate) fn prepare_root(
-    rootfs: &Path,
-    idmapped: Option<OwnedFd>,
-) -> Result<PreparedRoot, ChildError> {
+/// Makes every mount private; takes the supervisor's clone.
+pub(crate) fn prepare_root(clone: OwnedFd) -> Result<PreparedRoot, ChildError> {
     sys::make_rprivate().map_err(|e| ChildError::io("making / private", e))?;
-    let path = rootfs
-        .to_str()
-        .ok_or_else(|| ChildError::msg("rootfs", "path is not UTF-8"))?
-        .to_string();
-    let is_idmapped = idmapped.is_some();
-    let mnt = match idmapped {
-        Some(m) => m,
-        None => sys::open_tree(sys::cwd(), &path, sys::OPEN_TREE_CLONE)
-            .map_err(|e| ChildError::io(format!("cloning rootfs {path}"), e))?,
-    };
-    let target: OwnedFd = File::options()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
-        .open(rootfs)
-        .map_err(|e| ChildError::io(format!("opening rootfs {path}"), e))?
-        .into();
-    Ok(PreparedRoot {
-        mnt,
-        target,
-        path,
-        idmapped: is_idmapped,
-    })
+    Ok(PreparedRoot { mnt: clone })
 }
 
 /// Builds the whole tree and returns a descriptor of the new root, ready
@@ -181,26 +156,10 @@ pub(crate) fn build(
     mounts: &[MountPlan],
     console: Option<&str>,
 ) -> Result<OwnedFd, ChildError> {
-    // The image root: a detached clone of the store's rootfs, read-only,
-    // nosuid, nodev, attached over the rootfs directory in this namespace.
-    // (An idmapped clone from the supervisor already carries these flags.)
-    let PreparedRoot {
-        mnt: root_mnt,
-        target,
-        path: root_path,
-        idmapped,
-    } = prepared;
-    if !idmapped {
-        sys::mount_setattr(
-            root_mnt.as_fd(),
-            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
-            0,
-            false,
-        )
-        .map_err(|e| ChildError::io(format!("making the rootfs {root_path} read-only"), e))?;
-    }
-    attach(&root_mnt, &target, "the rootfs")?;
-    let root = root_mnt;
+    // The image root (read-only, nosuid, nodev already), attached over the
+    // rootfs directory, which is this process's working directory.
+    let root = prepared.mnt;
+    sys::move_mount_to_cwd(root.as_fd()).map_err(|e| ChildError::io("attaching the rootfs", e))?;
 
     // Policy mounts (tmpfs by default at /tmp and /run, volumes).
     for m in mounts {

@@ -84,9 +84,14 @@ pub struct ContainerState {
     pub supervisor_pid: i32,
     #[serde(default)]
     pub supervisor_start_time: u64,
-    /// Cgroup directories to remove when the container is gone.
+    /// Cgroup directories of the container (informational: cleanup
+    /// derives them from the ID).
     #[serde(default)]
     pub cgroups: Vec<PathBuf>,
+    /// The host uid that owns the container's user namespace (see
+    /// `idmap::userns_owner`); 0 in vm records.
+    #[serde(default)]
+    pub userns_owner: u32,
 }
 
 pub fn containers_dir(run_root: &Path) -> PathBuf {
@@ -438,6 +443,7 @@ mod tests {
             supervisor_pid: 0,
             supervisor_start_time: 0,
             cgroups: vec![],
+            userns_owner: 0,
         };
         let v = vec![mk("abcdef01", "web"), mk("abcd9999", "db")];
         assert_eq!(find(&v, "web").unwrap().id, "abcdef01");
@@ -460,6 +466,7 @@ mod tests {
             supervisor_pid: i32::MAX - 1,
             supervisor_start_time: 1,
             cgroups: vec![],
+            userns_owner: 0,
         };
         write(dir.path(), &s).unwrap();
         s.id = "a11ce".repeat(4);
@@ -495,6 +502,7 @@ mod tests {
             supervisor_pid: 0,
             supervisor_start_time: 0,
             cgroups: vec![],
+            userns_owner: 0,
         };
         let good = "0123456789abcdef";
         write(dir.path(), &mk(good)).unwrap();

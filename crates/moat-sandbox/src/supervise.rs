@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::Instant;
 
 use crate::cgroup::Cgroups;
@@ -62,6 +63,16 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
             }
             .into());
         }
+        let owners: Vec<u32> = state::read_all(&cfg.run_root)?
+            .iter()
+            .filter(|s| state::is_alive(s))
+            .map(|s| s.userns_owner)
+            .collect();
+        let userns_owner =
+            crate::idmap::userns_owner(&owners).ok_or_else(|| SandboxError::Prepare {
+                what: "a user-namespace owner uid (all are in use by running containers)".into(),
+                source: std::io::Error::from_raw_os_error(libc::EAGAIN),
+            })?;
         let cgroups = Cgroups::create(&cfg.id, &cfg.plan.cgroup)?;
         let me = std::process::id() as i32;
         let st = ContainerState {
@@ -76,6 +87,7 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
             supervisor_pid: me,
             supervisor_start_time: state::process_start_time(me).unwrap_or(0),
             cgroups: cgroups.paths(),
+            userns_owner,
         };
         let cleanup = Cleanup { cfg, cgroups };
         state::write(&cfg.run_root, &st)?;
@@ -105,8 +117,27 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
         None => None,
     };
 
-    // Image files owned by host root should look owned by container root.
-    let rootfs_mnt = crate::idmap::idmapped_rootfs(&cfg.rootfs, &cfg.id_map).ok();
+    // Image files owned by host root should look owned by container root
+    // (an idmapped clone); else a plain read-only clone.
+    let rootfs_mnt = match crate::idmap::idmapped_rootfs(&cfg.rootfs, &cfg.id_map) {
+        Ok(m) => m,
+        Err(_) => {
+            crate::idmap::plain_rootfs(&cfg.rootfs).map_err(|source| SandboxError::Prepare {
+                what: format!("a read-only clone of the rootfs {}", cfg.rootfs.display()),
+                source,
+            })?
+        }
+    };
+    let rootfs_mnt = Some(rootfs_mnt);
+    // The container process starts in the rootfs directory (its mount
+    // point) and as the owner uid (see `idmap::userns_owner`).
+    let saved_cwd: OwnedFd = File::options()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(".")
+        .map_err(prep("the working directory"))?
+        .into();
+    std::env::set_current_dir(&cfg.rootfs).map_err(prep("entering the rootfs"))?;
 
     // Block the forwarded signals (and SIGCHLD) before the clone: the child
     // unblocks them right before execve, the supervisor reads them from a
@@ -123,12 +154,30 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWNET;
-    let forked = sys::clone_child(ns).map_err(SandboxError::Clone);
+    // Rule 7: the user namespace is owned by a per-container unprivileged
+    // uid, so that the kernel's per-user counters (inotify instances and
+    // watches, message queue bytes, pending signals, user namespaces) of
+    // everything inside are charged to that uid, never to host root.
+    let forked = match sys::set_euid(st.userns_owner) {
+        Ok(()) => {
+            let r = sys::clone_child(ns).map_err(SandboxError::Clone);
+            if !matches!(r, Ok(Forked::Child)) {
+                sys::set_euid(0).map_err(prep("restoring the effective uid"))?;
+                let _ = sys::fchdir(saved_cwd.as_fd());
+            }
+            r
+        }
+        Err(e) => {
+            let _ = sys::fchdir(saved_cwd.as_fd());
+            Err(SandboxError::Clone(e))
+        }
+    };
     let (pid, pidfd) = match forked {
         Ok(Forked::Child) => {
             drop(go_w);
             drop(err_r);
             drop(sigfd);
+            drop(saved_cwd);
             let fds = ChildFds {
                 go: go_r,
                 err: err_w,

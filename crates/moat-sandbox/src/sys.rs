@@ -153,6 +153,39 @@ pub fn move_mount_fd(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> io::Result<()>
     Ok(())
 }
 
+/// `move_mount(2)` of the mount `from` onto the current working directory
+/// (no path walk: nothing on the way needs to be searchable).
+pub fn move_mount_to_cwd(from: BorrowedFd<'_>) -> io::Result<()> {
+    let empty = c"";
+    // SAFETY: `from` is valid; AT_FDCWD with an empty path and
+    // MOVE_MOUNT_T_EMPTY_PATH names the working directory.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            empty.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    })?;
+    Ok(())
+}
+
+/// Sets only the effective uid (the real and saved uids stay, so the
+/// change can be undone). From 0 to non-zero the kernel clears the
+/// effective capabilities; back to 0 it restores them from the permitted set.
+pub fn set_euid(uid: u32) -> io::Result<()> {
+    // SAFETY: integer arguments; u32::MAX (-1) leaves real and saved alone.
+    check(unsafe { libc::setresuid(u32::MAX, uid, u32::MAX) } as libc::c_long).map(drop)
+}
+
+/// `fchdir(2)`.
+pub fn fchdir(dir: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: `dir` is a valid descriptor.
+    check(unsafe { libc::fchdir(dir.as_raw_fd()) } as libc::c_long).map(drop)
+}
+
 /// `mount_setattr(2)` on the mount referred to by `fd` (optionally recursive).
 pub fn mount_setattr(fd: BorrowedFd<'_>, set: u64, clear: u64, recursive: bool) -> io::Result<()> {
     mount_setattr_raw(fd, set, clear, recursive, 0)

@@ -357,3 +357,90 @@ fn leftover_processes_are_killed_as_a_group() {
     }
     println!("tried: {tried:?}");
 }
+
+/// Runs `/bin/helper <hog> <arg>` in a container named `name` until it
+/// prints `holding`, then the host-side `probe` as host root, then kills
+/// the container. Returns (container's report, host's report).
+fn hog_then_probe(hog: &str, probe: &str, arg: &str) -> (String, String) {
+    use std::io::{BufRead, BufReader};
+    let env = Env::new();
+    with_helper(&env);
+    let name = format!("hog-{}", std::process::id());
+    let mut c = env.moat(&[
+        "run",
+        "--isolation",
+        "sandbox",
+        "--name",
+        &name,
+        "--rootfs",
+        env.rootfs.to_str().unwrap(),
+        "/bin/helper",
+        hog,
+        arg,
+    ]);
+    let mut child = c.stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut report = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line == "holding" {
+            break;
+        }
+        report.push_str(&line);
+    }
+    let host = Command::new(helper()).args([probe, arg]).output().unwrap();
+    let kill = env.moat(&["kill", &name, "KILL"]).output().unwrap();
+    let _ = child.wait();
+    assert!(kill.status.success(), "{}", stderr(&kill));
+    (report, stdout(&host).trim().to_string())
+}
+
+/// The number in "<what>: N (then ...)".
+fn held(report: &str) -> u64 {
+    report
+        .split(": ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {report:?}"))
+}
+
+/// Issue 11 item 5: a container holding every inotify instance it can get
+/// (128 per user by default) does not stop host root's `inotify_init`
+/// (`tail -f`, `inotifywait`): the container's user namespace is owned by
+/// its own unprivileged uid, which the kernel charges instead of root.
+#[test]
+fn inotify_instances_of_a_container_are_not_host_roots() {
+    if !can_sandbox("inotify_instances_of_a_container_are_not_host_roots") {
+        return;
+    }
+    let (inside, host) = hog_then_probe("inotify-hog", "inotify-probe", "");
+    assert!(held(&inside) >= 100, "{inside}");
+    assert!(inside.ends_with("(then EMFILE)"), "{inside}");
+    assert!(host.starts_with("inotify_init1: ok"), "{inside} / {host}");
+}
+
+/// The same for POSIX message queue bytes (RLIMIT_MSGQUEUE, per user).
+#[test]
+fn message_queues_of_a_container_are_not_host_roots() {
+    if !can_sandbox("message_queues_of_a_container_are_not_host_roots") {
+        return;
+    }
+    let q = format!("moat-review-{}", std::process::id());
+    let (inside, host) = hog_then_probe("mqueue-hog", "mqueue-probe", &q);
+    assert!(held(&inside) >= 1, "{inside}");
+    assert!(inside.ends_with("(then EMFILE)"), "{inside}");
+    assert!(host.starts_with("mq_open: ok"), "{inside} / {host}");
+}
+
+/// The same for queued signals (RLIMIT_SIGPENDING, per user).
+#[test]
+fn pending_signals_of_a_container_are_not_host_roots() {
+    if !can_sandbox("pending_signals_of_a_container_are_not_host_roots") {
+        return;
+    }
+    let (inside, host) = hog_then_probe("sigqueue-hog", "sigqueue-probe", "");
+    assert!(held(&inside) >= 1000, "{inside}");
+    assert!(inside.ends_with("(then EAGAIN)"), "{inside}");
+    assert_eq!(host, "pending signals queued: 1 (then limit of the helper)");
+}
