@@ -245,6 +245,23 @@ impl Cgroups {
         Ok(())
     }
 
+    /// How many processes the kernel's OOM killer killed in the container
+    /// because of its memory limit: `oom_kill` of v2 `memory.events`, or
+    /// of v1 `memory.oom_control`.
+    pub fn oom_kills(&self) -> u64 {
+        self.dirs
+            .iter()
+            .filter_map(|(v, d)| {
+                let file = match v {
+                    Version::V2 => "memory.events",
+                    Version::V1 => "memory.oom_control",
+                };
+                fs::read_to_string(d.join(file)).ok()
+            })
+            .map(|text| oom_kill_count(&text))
+            .sum()
+    }
+
     /// The cgroup directories (recorded in the state file for cleanup).
     pub fn paths(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|(_, d)| d.clone()).collect()
@@ -254,6 +271,14 @@ impl Cgroups {
     pub fn remove(&self) {
         remove_paths(&self.paths());
     }
+}
+
+/// The `oom_kill N` line of `memory.events` / `memory.oom_control`.
+fn oom_kill_count(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Enables the controllers in `<mount>/cgroup.subtree_control` and
@@ -398,5 +423,19 @@ fn wait_empty(dir: &Path, members: &dyn Fn(&Path) -> Vec<i32>) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !members(dir).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_oom_kill_counts_of_both_versions() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        let v2 = "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(oom_kill_count(v1), 2);
+        assert_eq!(oom_kill_count(v2), 1);
+        assert_eq!(oom_kill_count("oom 3\n"), 0);
     }
 }

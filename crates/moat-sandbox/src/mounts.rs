@@ -262,6 +262,7 @@ fn build_dev(root: BorrowedFd<'_>, console: Option<&str>) -> Result<(), ChildErr
         .and_then(|fs| {
             fs.set_string("ptmxmode", "0666")?;
             fs.set_string("mode", "0620")?;
+            fs.set_string("gid", "5")?;
             fs.mount(sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC)
         })
         .map_err(|e| ChildError::io("mounting /dev/pts", e))?;
@@ -279,6 +280,18 @@ fn build_dev(root: BorrowedFd<'_>, console: Option<&str>) -> Result<(), ChildErr
     let tgt = sys::openat2(d, "shm", libc::O_PATH | libc::O_DIRECTORY, BENEATH)
         .map_err(|e| ChildError::io(step("shm"), e))?;
     attach(&shm, &tgt, "/dev/shm")?;
+
+    // /dev/mqueue: the IPC namespace's own POSIX message queues, as runc
+    // mounts them.
+    sys::mkdirat(d, "mqueue", 0o1777).map_err(|e| ChildError::io(step("mqueue"), e))?;
+    let mq = FsContext::open("mqueue")
+        .and_then(|fs| {
+            fs.mount(sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC)
+        })
+        .map_err(|e| ChildError::io("mounting /dev/mqueue", e))?;
+    let tgt = sys::openat2(d, "mqueue", libc::O_PATH | libc::O_DIRECTORY, BENEATH)
+        .map_err(|e| ChildError::io(step("mqueue"), e))?;
+    attach(&mq, &tgt, "/dev/mqueue")?;
 
     for (name, target) in [
         ("ptmx", "pts/ptmx"),

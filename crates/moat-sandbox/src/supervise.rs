@@ -98,7 +98,20 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
     let (go_r, go_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let pty = if setup.tty {
-        Some(sys::open_pty().map_err(prep("a pseudo-terminal"))?)
+        let (master, peer) = sys::open_pty().map_err(prep("a pseudo-terminal"))?;
+        // As runc leaves it: the console belongs to the workload's user and
+        // the tty group (5), mode 0620 (crw--w----).
+        std::os::unix::fs::fchown(
+            &peer,
+            Some(cfg.id_map.host_uid + cfg.process.uid),
+            Some(cfg.id_map.host_gid + 5),
+        )
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            File::from(peer.try_clone()?).set_permissions(std::fs::Permissions::from_mode(0o620))
+        })
+        .map_err(prep("the pseudo-terminal's owner"))?;
+        Some((master, peer))
     } else {
         None
     };
@@ -226,8 +239,36 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
     };
     drop(go_w);
     let _ = sys::set_signal_mask(&old_mask);
+    if let Ok(code) = &result {
+        let kills = cleanup.cgroups.oom_kills();
+        if kills > 0 {
+            eprintln!(
+                "{}",
+                oom_message(*code, kills, cfg.plan.cgroup.memory_bytes)
+            );
+        }
+    }
     drop(cleanup);
     result
+}
+
+/// What `moat run` says when the memory limit killed processes of the
+/// container (the exit code alone, 137, does not say why).
+pub(crate) fn oom_message(code: i32, kills: u64, limit: Option<u64>) -> String {
+    let limit = match limit {
+        Some(b) if b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        Some(b) => format!("{b} bytes"),
+        None => "(none set)".into(),
+    };
+    if code == 128 + libc::SIGKILL {
+        format!(
+            "moat: the workload was killed by the container's memory limit of {limit} (exit {code}); raise resources.memory in the policy"
+        )
+    } else {
+        format!(
+            "moat: notice: the container's memory limit of {limit} killed {kills} of its process(es); raise resources.memory in the policy"
+        )
+    }
 }
 
 /// Maps ids, joins cgroups, records the pid, lets the child go and waits

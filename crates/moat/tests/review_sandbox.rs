@@ -444,3 +444,91 @@ fn pending_signals_of_a_container_are_not_host_roots() {
     assert!(inside.ends_with("(then EAGAIN)"), "{inside}");
     assert_eq!(host, "pending signals queued: 1 (then limit of the helper)");
 }
+
+/// Issue 12 item 13: a workload killed by the container's memory limit
+/// exits 137 and moat says why.
+#[test]
+fn memory_limit_kill_is_reported() {
+    if !can_sandbox("memory_limit_kill_is_reported") {
+        return;
+    }
+    let env = Env::new();
+    let pol = policy(&env, "small-memory", "  resources:\n    memory: 32Mi\n");
+    let out = env.run(&[
+        "--policy",
+        pol.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).ends_with(
+            "moat: the workload was killed by the container's memory limit of 32 MiB (exit 137); raise resources.memory in the policy\n"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    // A workload that stays below the limit, or is killed otherwise, gets
+    // no such line.
+    let out = env.run(&[
+        "--policy",
+        pol.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "sh -c 'kill -9 $$'; exit $?",
+    ]);
+    assert_eq!(out.status.code(), Some(137));
+    assert!(!stderr(&out).contains("memory limit"), "{}", stderr(&out));
+}
+
+/// Issue 12 items 2 and 9 (sandbox side): what a non-root workload finds
+/// in /dev, /tmp and /run, checked against what runc creates: the
+/// standard devices usable (mode 0666), /dev/full full, no /dev/tty
+/// without -t, /tmp and /dev/shm 1777, /run 0755, /dev/mqueue 1777, and
+/// with -t the console the workload's own (0620, group tty).
+#[test]
+fn non_root_workload_sees_runc_modes() {
+    if !can_sandbox("non_root_workload_sees_runc_modes") {
+        return;
+    }
+    let env = Env::new();
+    let script = "set -e; echo x > /dev/null; head -c 4 /dev/zero | wc -c; \
+        head -c 4 /dev/urandom | wc -c; \
+        if echo x > /dev/full 2>/dev/null; then echo full-writable; else echo full-refuses; fi; \
+        test -e /dev/tty && echo has-tty || echo no-tty; \
+        echo t > /tmp/t && echo tmp-ok; echo s > /dev/shm/s && echo shm-ok; \
+        stat -c '%n %a' /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/pts/ptmx \
+          /dev /dev/pts /dev/shm /dev/mqueue /tmp /run; id -u";
+    let out = env.run(&["-u", "1000", "--", "sh", "-c", script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "4\n4\nfull-refuses\nno-tty\ntmp-ok\nshm-ok\n\
+         /dev/null 666\n/dev/zero 666\n/dev/full 666\n/dev/random 666\n/dev/urandom 666\n/dev/pts/ptmx 666\n\
+         /dev 755\n/dev/pts 755\n/dev/shm 1777\n/dev/mqueue 1777\n/tmp 1777\n/run 755\n1000\n"
+    );
+    let cmd = format!(
+        "{} --root {} run -t -u 1000 --isolation sandbox --rootfs {} sh -c 'tty; stat -c \"%a %u %g\" /dev/console; echo ok > /dev/tty'",
+        moat_bin(),
+        env.state_root().display(),
+        env.rootfs.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&out).replace('\r', ""),
+        "/dev/console\n620 1000 5\nok\n"
+    );
+}
