@@ -149,11 +149,7 @@ fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
     }
     drop(go);
 
-    let clone = fds
-        .rootfs_mnt
-        .take()
-        .ok_or_else(|| ChildError::msg("rootfs", "no rootfs clone from the supervisor"))?;
-    let prepared = mounts::prepare_root(clone)?;
+    let prepared = mounts::prepare_root(fds.rootfs_mnt.take())?;
     // Become container root (host uid = first id of the map).
     sys::set_ids(0, 0, &[]).map_err(|e| ChildError::io("becoming container root", e))?;
     // Now that the supervisor put us into our cgroups: a cgroup namespace

@@ -128,25 +128,6 @@ pub(crate) fn idmapped_rootfs(rootfs: &Path, map: &IdMap) -> std::io::Result<std
     result.map(|()| mnt)
 }
 
-/// A plain read-only, nosuid, nodev clone of `rootfs` (when idmapped
-/// mounts are unavailable; image files then appear owned by `nobody`).
-pub(crate) fn plain_rootfs(rootfs: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::AsFd;
-
-    use crate::sys;
-    let path = rootfs
-        .to_str()
-        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    let mnt = sys::open_tree(sys::cwd(), path, sys::OPEN_TREE_CLONE)?;
-    sys::mount_setattr(
-        mnt.as_fd(),
-        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
-        0,
-        false,
-    )?;
-    Ok(mnt)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

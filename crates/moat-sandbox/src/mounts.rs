@@ -133,20 +133,37 @@ fn attach(mnt: &OwnedFd, target: &OwnedFd, what: &str) -> Result<(), ChildError>
 }
 
 /// The image root: a detached, read-only, nosuid, nodev clone of the
-/// store's rootfs (idmapped where the filesystem allows) made by the
-/// supervisor, which can reach the store (0700, host root's). The container
-/// process runs as an unprivileged host uid from its first instruction, so
-/// it touches no store path: the clone is attached onto its working
-/// directory, which the supervisor set to the rootfs before the clone (the
-/// kernel moves it into the new mount namespace).
+/// store's rootfs. The container process runs as an unprivileged host uid
+/// from its first instruction and touches no store path (the store is
+/// host root's, 0700): the supervisor started it in the rootfs directory
+/// (the kernel moves the working directory into the new mount namespace),
+/// and the clone, the supervisor's idmapped one or else a clone of the
+/// working directory made here, is attached onto that directory.
 pub(crate) struct PreparedRoot {
     mnt: OwnedFd,
 }
 
-/// Makes every mount private; takes the supervisor's clone.
-pub(crate) fn prepare_root(clone: OwnedFd) -> Result<PreparedRoot, ChildError> {
+/// Makes every mount private and takes the supervisor's idmapped clone,
+/// or clones the working directory (no path walk, so no permission on the
+/// store is needed) and makes it read-only, nosuid, nodev.
+pub(crate) fn prepare_root(idmapped: Option<OwnedFd>) -> Result<PreparedRoot, ChildError> {
     sys::make_rprivate().map_err(|e| ChildError::io("making / private", e))?;
-    Ok(PreparedRoot { mnt: clone })
+    let mnt = match idmapped {
+        Some(m) => m,
+        None => {
+            let m = sys::open_tree(sys::cwd(), "", sys::OPEN_TREE_CLONE)
+                .map_err(|e| ChildError::io("cloning the rootfs", e))?;
+            sys::mount_setattr(
+                m.as_fd(),
+                sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+                0,
+                false,
+            )
+            .map_err(|e| ChildError::io("making the rootfs read-only", e))?;
+            m
+        }
+    };
+    Ok(PreparedRoot { mnt })
 }
 
 /// Builds the whole tree and returns a descriptor of the new root, ready

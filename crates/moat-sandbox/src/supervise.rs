@@ -131,17 +131,9 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
     };
 
     // Image files owned by host root should look owned by container root
-    // (an idmapped clone); else a plain read-only clone.
-    let rootfs_mnt = match crate::idmap::idmapped_rootfs(&cfg.rootfs, &cfg.id_map) {
-        Ok(m) => m,
-        Err(_) => {
-            crate::idmap::plain_rootfs(&cfg.rootfs).map_err(|source| SandboxError::Prepare {
-                what: format!("a read-only clone of the rootfs {}", cfg.rootfs.display()),
-                source,
-            })?
-        }
-    };
-    let rootfs_mnt = Some(rootfs_mnt);
+    // (an idmapped clone); else the container process clones its working
+    // directory (the rootfs) itself.
+    let rootfs_mnt = crate::idmap::idmapped_rootfs(&cfg.rootfs, &cfg.id_map).ok();
     // The container process starts in the rootfs directory (its mount
     // point) and as the owner uid (see `idmap::userns_owner`).
     let saved_cwd: OwnedFd = File::options()
@@ -171,12 +163,20 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
     // uid, so that the kernel's per-user counters (inotify instances and
     // watches, message queue bytes, pending signals, user namespaces) of
     // everything inside are charged to that uid, never to host root.
-    let forked = match sys::set_euid(st.userns_owner) {
-        Ok(()) => {
+    // The id maps are written while this process still is that owner: a
+    // root without CAP_SYS_ADMIN has capabilities over the namespace only
+    // as its owner.
+    let mut maps = Ok(());
+    let forked = match sys::EuidSwitch::to(st.userns_owner) {
+        Ok(switch) => {
             let r = sys::clone_child(ns).map_err(SandboxError::Clone);
+            if let Ok(Forked::Parent { pid, .. }) = &r {
+                maps = write_id_maps(cfg, *pid);
+            }
             if !matches!(r, Ok(Forked::Child)) {
-                sys::set_euid(0).map_err(prep("restoring the effective uid"))?;
+                let restored = switch.restore();
                 let _ = sys::fchdir(saved_cwd.as_fd());
+                restored.map_err(prep("restoring the effective uid"))?;
             }
             r
         }
@@ -218,7 +218,7 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
     let Relays { child, stdin, out } = relays;
     drop(child);
 
-    let result = release(cfg, &cleanup, &mut st, pid, &pidfd, &go_w, err_r);
+    let result = maps.and_then(|()| release(cfg, &cleanup, &mut st, pid, &pidfd, &go_w, err_r));
     let result = match result {
         Ok(()) => {
             let io = match master {
@@ -271,7 +271,19 @@ pub(crate) fn oom_message(code: i32, kills: u64, limit: Option<u64>) -> String {
     }
 }
 
-/// Maps ids, joins cgroups, records the pid, lets the child go and waits
+/// Writes the uid and gid maps of the container process.
+fn write_id_maps(cfg: &SandboxConfig, pid: i32) -> Result<(), SandboxError> {
+    for (which, file, map) in [
+        ("uid", "uid_map", cfg.id_map.uid_map()),
+        ("gid", "gid_map", cfg.id_map.gid_map()),
+    ] {
+        std::fs::write(format!("/proc/{pid}/{file}"), map)
+            .map_err(|source| SandboxError::WriteIdMap { which, pid, source })?;
+    }
+    Ok(())
+}
+
+/// Joins cgroups, records the pid, lets the child go and waits
 /// for its verdict: EOF on the error pipe means `execve` succeeded.
 fn release(
     cfg: &SandboxConfig,
@@ -282,13 +294,6 @@ fn release(
     go_w: &OwnedFd,
     err_r: OwnedFd,
 ) -> Result<(), SandboxError> {
-    for (which, file, map) in [
-        ("uid", "uid_map", cfg.id_map.uid_map()),
-        ("gid", "gid_map", cfg.id_map.gid_map()),
-    ] {
-        std::fs::write(format!("/proc/{pid}/{file}"), map)
-            .map_err(|source| SandboxError::WriteIdMap { which, pid, source })?;
-    }
     cleanup.cgroups.add(pid)?;
     st.pid = pid;
     st.pid_start_time = state::process_start_time(pid).unwrap_or(0);

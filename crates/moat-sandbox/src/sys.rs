@@ -180,6 +180,43 @@ pub fn set_euid(uid: u32) -> io::Result<()> {
     check(unsafe { libc::setresuid(u32::MAX, uid, u32::MAX) } as libc::c_long).map(drop)
 }
 
+/// The effective uid switched away from 0 for a while (to create a user
+/// namespace owned by that uid and write its id maps), keeping the
+/// effective capabilities through `SECBIT_NO_SETUID_FIXUP` where this
+/// process may set it. Not undone on drop: the cloned child must not undo
+/// anything of the parent's.
+pub struct EuidSwitch {
+    old_securebits: Option<libc::c_ulong>,
+}
+
+const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+
+impl EuidSwitch {
+    pub fn to(uid: u32) -> io::Result<Self> {
+        // SAFETY: PR_GET_SECUREBITS takes no pointer arguments.
+        let old = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
+        let old_securebits = (old >= 0)
+            .then_some(old as libc::c_ulong)
+            .filter(|&o| prctl(libc::PR_SET_SECUREBITS, o | SECBIT_NO_SETUID_FIXUP, 0).is_ok());
+        if let Err(e) = set_euid(uid) {
+            if let Some(o) = old_securebits {
+                let _ = prctl(libc::PR_SET_SECUREBITS, o, 0);
+            }
+            return Err(e);
+        }
+        Ok(Self { old_securebits })
+    }
+
+    /// Back to effective uid 0 and the previous securebits.
+    pub fn restore(self) -> io::Result<()> {
+        set_euid(0)?;
+        if let Some(o) = self.old_securebits {
+            prctl(libc::PR_SET_SECUREBITS, o, 0)?;
+        }
+        Ok(())
+    }
+}
+
 /// `fchdir(2)`.
 pub fn fchdir(dir: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: `dir` is a valid descriptor.

@@ -532,3 +532,49 @@ fn non_root_workload_sees_runc_modes() {
         "/dev/console\n620 1000 5\nok\n"
     );
 }
+
+/// Issue 11 item 2 under `moat profile record` (the recording run and the
+/// `--verify` run): the same attack from a recorded workload, under
+/// `script` with stdin from /dev/null, injects nothing into the host shell.
+#[test]
+fn recorded_workload_cannot_reach_the_host_terminal() {
+    if !can_sandbox("recorded_workload_cannot_reach_the_host_terminal") {
+        return;
+    }
+    if moat_profile::trace::ensure_tracefs().is_err() {
+        println!(
+            "SKIP: recorded_workload_cannot_reach_the_host_terminal: tracefs cannot be mounted"
+        );
+        return;
+    }
+    let env = Env::new();
+    with_helper(&env);
+    let marker = env.dir.path().join("injected-command-ran");
+    let out_policy = env.dir.path().join("recorded.yaml");
+    let moat = format!(
+        "{} --root {} profile record --rootfs {} -o {} -- /bin/helper tty-attack 'touch {}'",
+        moat_bin(),
+        env.state_root().display(),
+        env.rootfs.display(),
+        out_policy.display(),
+        marker.display()
+    );
+    let shell = format!(
+        "{moat}; echo moat-exit=$?; for i in 1 2 3; do read -t 1 line && [ -n \"$line\" ] && {{ echo HOST-RAN:$line; sh -c \"$line\"; }}; done; true"
+    );
+    let out = Command::new("script")
+        .args(["-qec"])
+        .arg(format!("bash -c '{}'", shell.replace('\'', "'\\''")))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let o = stdout(&out).replace('\r', "");
+    assert!(o.contains("moat-exit=0"), "{o}");
+    assert!(o.contains("moat: verified: the workload exits 0"), "{o}");
+    assert!(
+        !o.contains("HOST-RAN"),
+        "the host shell ran injected input:\n{o}"
+    );
+    assert!(!marker.exists(), "the injected command ran on the host");
+}
