@@ -539,6 +539,27 @@ mod tests {
                 p = containers.display()
             )
         );
+        // A vm record as moat-vm writes it (directory 0755, file 0644,
+        // fewer fields, a 16-digit ID) is read.
+        fs::set_permissions(&containers, fs::Permissions::from_mode(0o700)).unwrap();
+        let vm = "00112233aabbccdd";
+        let stage = containers.join(format!(".{vm}.tmp"));
+        fs::create_dir(&stage).unwrap();
+        fs::set_permissions(&stage, fs::Permissions::from_mode(0o755)).unwrap();
+        let json = format!(
+            r#"{{"id":"{vm}","name":"v","image_id":"sha256:00","pid":1,"isolation":"vm","created":"x"}}"#
+        );
+        fs::write(stage.join("state.json"), json).unwrap();
+        fs::set_permissions(stage.join("state.json"), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::rename(&stage, containers.join(vm)).unwrap();
+        let mut ids: Vec<String> = read_all(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        ids.sort();
+        assert_eq!(ids, vec![vm.to_string(), good.to_string()]);
+        fs::remove_dir_all(containers.join(vm)).unwrap();
         // Only readable by others (older versions): narrowed to 0700.
         fs::set_permissions(&containers, fs::Permissions::from_mode(0o755)).unwrap();
         assert_eq!(read_all(dir.path()).unwrap().len(), 1);

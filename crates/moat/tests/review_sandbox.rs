@@ -161,6 +161,10 @@ fn stdio_on_a_terminal_is_relayed_and_tty_is_the_containers_own() {
     };
     let o = run("sh -c 'seq 1 20000 | tail -n 1; echo to-stderr >&2; test -t 1 || echo no-tty'");
     assert_eq!(o, "20000\nto-stderr\nno-tty\n");
+    // -i without -t: host stdin (a terminal) is relayed through a pipe,
+    // and its end reaches the workload as EOF.
+    let o = run("-i sh -c 'test -t 0 || echo stdin-not-a-terminal; cat; echo end'");
+    assert_eq!(o, "stdin-not-a-terminal\nend\n");
     let o =
         run("-t sh -c 'test -c /dev/tty && echo hi > /dev/tty && test -t 0 && ls /dev/console'");
     assert_eq!(o, "hi\n/dev/console\n");
