@@ -60,10 +60,22 @@ pub const OWNER_COUNT: u32 = 65_536;
 /// `OWNER_BASE..OWNER_BASE+OWNER_COUNT` not in `in_use` (the owners of the
 /// running containers). The kernel charges per-user counters of the
 /// namespace's processes at the host level to this uid: every container
-/// gets the budget of one ordinary user, and none of host root's.
+/// gets the budget of one ordinary user, and none of host root's. The
+/// caller also passes the uids of host accounts ([`host_accounts`]): a
+/// process running as the owner would hold every capability over the
+/// namespace.
 pub fn userns_owner(in_use: &[u32]) -> Option<u32> {
     let used: std::collections::HashSet<u32> = in_use.iter().copied().collect();
     (OWNER_BASE..OWNER_BASE + OWNER_COUNT).find(|u| !used.contains(u))
+}
+
+/// The uids of the accounts in a passwd file (none if it cannot be read).
+pub fn host_accounts(passwd: &Path) -> Vec<u32> {
+    std::fs::read_to_string(passwd)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+        .collect()
 }
 
 fn subordinate(path: &Path) -> Option<(u32, u32)> {
@@ -149,6 +161,15 @@ mod tests {
         );
         let all: Vec<u32> = (OWNER_BASE..OWNER_BASE + OWNER_COUNT).collect();
         assert_eq!(userns_owner(&all), None);
+        let d = tempfile::tempdir().unwrap();
+        let passwd = d.path().join("passwd");
+        std::fs::write(
+            &passwd,
+            format!("root:x:0:0::/:/bin/sh\nodd:x:{OWNER_BASE}:1::/:/bin/sh\n"),
+        )
+        .unwrap();
+        assert_eq!(host_accounts(&passwd), vec![0, OWNER_BASE]);
+        assert_eq!(userns_owner(&host_accounts(&passwd)), Some(OWNER_BASE + 1));
     }
 
     #[test]

@@ -63,11 +63,16 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
             }
             .into());
         }
-        let owners: Vec<u32> = state::read_all(&cfg.run_root)?
+        let mut owners: Vec<u32> = state::read_all(&cfg.run_root)?
             .iter()
             .filter(|s| state::is_alive(s))
             .map(|s| s.userns_owner)
             .collect();
+        // A host account in the range must never own a container's
+        // namespace: its processes would hold every capability over it.
+        owners.extend(crate::idmap::host_accounts(std::path::Path::new(
+            "/etc/passwd",
+        )));
         let userns_owner =
             crate::idmap::userns_owner(&owners).ok_or_else(|| SandboxError::Prepare {
                 what: "a user-namespace owner uid (all are in use by running containers)".into(),
