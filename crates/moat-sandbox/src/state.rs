@@ -7,9 +7,20 @@
 //! command finds the state file of a dead supervisor and removes what is
 //! left ([`cleanup_stale`]). Every change happens under an exclusive lock on
 //! `<run_root>/containers/.lock`.
+//!
+//! Nothing read from a record decides what is deleted or killed. The run
+//! root and `containers/` are owned by this (root) user and mode 0700,
+//! checked before anything in them is read; a record is read only from a
+//! directory whose own name is a container ID, that is a real directory
+//! owned by this user and not writable by group or others, holding a
+//! regular `state.json` of the same kind, whose `id` equals the directory
+//! name. Cleanup removes `containers/<that name>` and the cgroups derived
+//! from that name ([`crate::cgroup::destroy`]); it never follows a path,
+//! pid or cgroup from the file.
 
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -45,6 +56,8 @@ pub enum StateError {
     NameInUse { name: String, id: String },
     #[error("invalid container name {0:?}: use 1-64 characters from [a-zA-Z0-9_.-], starting with a letter or digit")]
     InvalidName(String),
+    #[error("refusing to trust the runtime directory {path}: {problem}; it must be a directory owned by root with mode 0700 (fix: chown root:root {path} && chmod 0700 {path}, or remove it)")]
+    Untrusted { path: PathBuf, problem: String },
 }
 
 /// The state of one running container.
@@ -71,13 +84,94 @@ pub struct ContainerState {
     pub supervisor_pid: i32,
     #[serde(default)]
     pub supervisor_start_time: u64,
-    /// Cgroup directories to remove when the container is gone.
+    /// Cgroup directories of the container (informational: cleanup
+    /// derives them from the ID).
     #[serde(default)]
     pub cgroups: Vec<PathBuf>,
+    /// The host uid that owns the container's user namespace (see
+    /// `idmap::userns_owner`); 0 in vm records.
+    #[serde(default)]
+    pub userns_owner: u32,
 }
 
 pub fn containers_dir(run_root: &Path) -> PathBuf {
     run_root.join("containers")
+}
+
+/// Whether `s` is a container ID: 16 to 64 lowercase hex digits (64 for
+/// the sandbox, 16 for the vm backend). An ID is always one plain path
+/// component.
+pub fn is_valid_id(s: &str) -> bool {
+    (16..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Creates the run root and `containers/` (mode 0700) where missing, and
+/// checks both before anything in them is trusted: a real directory owned
+/// by this user and not writable by group or others (a directory only
+/// readable by others, as older versions made it, is narrowed to 0700).
+pub fn ensure_dirs(run_root: &Path) -> Result<PathBuf, StateError> {
+    let dir = containers_dir(run_root);
+    for d in [run_root, dir.as_path()] {
+        match fs::DirBuilder::new().mode(0o700).create(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound && d == run_root => {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(d)
+                    .map_err(|source| StateError::CreateDir {
+                        path: d.to_path_buf(),
+                        source,
+                    })?;
+            }
+            Err(source) => {
+                return Err(StateError::CreateDir {
+                    path: d.to_path_buf(),
+                    source,
+                })
+            }
+        }
+        check_trusted_dir(d)?;
+    }
+    Ok(dir)
+}
+
+/// The checks of [`ensure_dirs`] on one directory (repairing group/other
+/// read access, refusing anything else).
+fn check_trusted_dir(d: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let untrusted = |problem: String| StateError::Untrusted {
+        path: d.to_path_buf(),
+        problem,
+    };
+    let m = fs::symlink_metadata(d).map_err(|source| StateError::Read {
+        path: d.to_path_buf(),
+        source,
+    })?;
+    if !m.file_type().is_dir() {
+        return Err(untrusted("it is not a directory (a symlink?)".into()));
+    }
+    if m.uid() != crate::sys::geteuid() {
+        return Err(untrusted(format!("it is owned by uid {}", m.uid())));
+    }
+    let mode = m.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(untrusted(format!(
+            "it has mode {mode:04o}, writable by group or others"
+        )));
+    }
+    if mode & 0o077 != 0 {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o700)).map_err(|source| {
+            StateError::CreateDir {
+                path: d.to_path_buf(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
 }
 
 /// A new random container ID: 64 hex digits.
@@ -117,16 +211,14 @@ pub fn validate_name(name: &str) -> Result<(), StateError> {
 pub struct Lock(#[allow(dead_code)] File);
 
 pub fn lock(run_root: &Path) -> Result<Lock, StateError> {
-    let dir = containers_dir(run_root);
-    fs::create_dir_all(&dir).map_err(|source| StateError::CreateDir {
-        path: dir.clone(),
-        source,
-    })?;
+    let dir = ensure_dirs(run_root)?;
     let path = dir.join(".lock");
     let f = File::options()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|source| StateError::Lock {
             path: path.clone(),
@@ -144,42 +236,93 @@ pub fn write(run_root: &Path, state: &ContainerState) -> Result<(), StateError> 
         let path = path.to_path_buf();
         move |source| StateError::Write { path, source }
     };
-    fs::create_dir_all(&dir).map_err(werr(&dir))?;
+    if !is_valid_id(&state.id) {
+        return Err(StateError::Write {
+            path: dir,
+            source: io::Error::other("not a container ID"),
+        });
+    }
+    ensure_dirs(run_root)?;
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(werr(&dir)(e)),
+    }
     let tmp = dir.join(".state.json.tmp");
     let json = serde_json::to_vec_pretty(state).map_err(|e| StateError::Write {
         path: tmp.clone(),
         source: io::Error::other(e),
     })?;
-    fs::write(&tmp, json).map_err(werr(&tmp))?;
+    let _ = fs::remove_file(&tmp);
+    File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .and_then(|mut f| io::Write::write_all(&mut f, &json))
+        .map_err(werr(&tmp))?;
     let path = dir.join("state.json");
     fs::rename(&tmp, &path).map_err(werr(&path))?;
     Ok(())
 }
 
-/// Removes a container's state directory.
+/// Removes a container's state directory (`id` must be a container ID).
 pub fn remove(run_root: &Path, id: &str) {
-    let _ = fs::remove_dir_all(containers_dir(run_root).join(id));
+    if is_valid_id(id) {
+        let _ = fs::remove_dir_all(containers_dir(run_root).join(id));
+    }
 }
 
 /// Every state file under `run_root`, unfiltered (dead ones included).
 pub fn read_all(run_root: &Path) -> Result<Vec<ContainerState>, StateError> {
     let dir = containers_dir(run_root);
-    let entries = match fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(StateError::Read { path: dir, source }),
-    };
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    ensure_dirs(run_root)?;
+    let entries = fs::read_dir(&dir).map_err(|source| StateError::Read {
+        path: dir.clone(),
+        source,
+    })?;
     let mut out = Vec::new();
     for e in entries.flatten() {
-        let p = e.path().join("state.json");
-        if let Ok(bytes) = fs::read(&p) {
-            if let Ok(s) = serde_json::from_slice::<ContainerState>(&bytes) {
-                out.push(s);
-            }
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if let Some(s) = read_record(&dir, &name) {
+            out.push(s);
         }
     }
     out.sort_by(|a, b| a.created.cmp(&b.created).then(a.name.cmp(&b.name)));
     Ok(out)
+}
+
+/// The record in `containers/<name>`, if it can be trusted (see the
+/// module documentation); `None` for anything else.
+fn read_record(dir: &Path, name: &str) -> Option<ContainerState> {
+    use std::os::unix::fs::MetadataExt;
+    if !is_valid_id(name) {
+        return None;
+    }
+    let me = crate::sys::geteuid();
+    let trusted = |m: &fs::Metadata| m.uid() == me && m.mode() & 0o022 == 0;
+    let rec = dir.join(name);
+    let m = fs::symlink_metadata(&rec).ok()?;
+    if !m.file_type().is_dir() || !trusted(&m) {
+        return None;
+    }
+    let f = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(rec.join("state.json"))
+        .ok()?;
+    let m = f.metadata().ok()?;
+    if !m.file_type().is_file() || !trusted(&m) || m.len() > 1 << 20 {
+        return None;
+    }
+    let s: ContainerState = serde_json::from_reader(io::BufReader::new(f)).ok()?;
+    (s.id == name).then_some(s)
 }
 
 /// Clock ticks since boot at which `pid` started (field 22 of
@@ -210,12 +353,11 @@ pub fn cleanup_stale(run_root: &Path) -> Result<Vec<String>, StateError> {
         if s.isolation != "sandbox" || is_alive(&s) {
             continue;
         }
-        if process_start_time(s.pid) == Some(s.pid_start_time) {
-            if let Ok(fd) = crate::sys::pidfd_open(s.pid) {
-                let _ = crate::sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&fd), libc::SIGKILL);
-            }
-        }
-        crate::cgroup::remove_paths(&s.cgroups);
+        // `s.id` is the directory's own name (checked by `read_record`).
+        // The container's processes died with their supervisor
+        // (PR_SET_PDEATHSIG) or are killed through the cgroups derived
+        // from that name; no pid or path from the file is used.
+        crate::cgroup::destroy(&s.id);
         remove(run_root, &s.id);
         cleaned.push(s.id);
     }
@@ -301,6 +443,7 @@ mod tests {
             supervisor_pid: 0,
             supervisor_start_time: 0,
             cgroups: vec![],
+            userns_owner: 0,
         };
         let v = vec![mk("abcdef01", "web"), mk("abcd9999", "db")];
         assert_eq!(find(&v, "web").unwrap().id, "abcdef01");
@@ -312,7 +455,7 @@ mod tests {
     fn stale_states_are_cleaned() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = ContainerState {
-            id: "deadbeef".into(),
+            id: "deadbeef".repeat(8),
             name: "gone".into(),
             image_id: "sha256:00".into(),
             pid: i32::MAX - 1,
@@ -323,22 +466,103 @@ mod tests {
             supervisor_pid: i32::MAX - 1,
             supervisor_start_time: 1,
             cgroups: vec![],
+            userns_owner: 0,
         };
         write(dir.path(), &s).unwrap();
-        s.id = "alive".into();
+        s.id = "a11ce".repeat(4);
         s.name = "me".into();
         s.supervisor_pid = std::process::id() as i32;
         s.supervisor_start_time = process_start_time(s.supervisor_pid).unwrap();
         write(dir.path(), &s).unwrap();
         assert_eq!(
             cleanup_stale(dir.path()).unwrap(),
-            vec!["deadbeef".to_string()]
+            vec!["deadbeef".repeat(8)]
         );
         let left: Vec<String> = read_all(dir.path())
             .unwrap()
             .into_iter()
             .map(|s| s.id)
             .collect();
-        assert_eq!(left, vec!["alive".to_string()]);
+        assert_eq!(left, vec!["a11ce".repeat(4)]);
+    }
+
+    #[test]
+    fn only_trusted_records_are_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mk = |id: &str| ContainerState {
+            id: id.into(),
+            name: "n".into(),
+            image_id: String::new(),
+            pid: 0,
+            isolation: "sandbox".into(),
+            created: String::new(),
+            command: vec![],
+            pid_start_time: 0,
+            supervisor_pid: 0,
+            supervisor_start_time: 0,
+            cgroups: vec![],
+            userns_owner: 0,
+        };
+        let good = "0123456789abcdef";
+        write(dir.path(), &mk(good)).unwrap();
+        let containers = containers_dir(dir.path());
+        let m = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(m(dir.path()), 0o700);
+        assert_eq!(m(&containers), 0o700);
+        assert_eq!(m(&containers.join(good)), 0o700);
+        assert_eq!(m(&containers.join(good).join("state.json")), 0o600);
+        // A record whose id is not its directory's name, one in a
+        // directory that is not an ID, one writable by others.
+        let plant = |name: &str, st: &ContainerState, mode: u32| {
+            let d = containers.join(name);
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("state.json"), serde_json::to_vec(st).unwrap()).unwrap();
+            fs::set_permissions(&d, fs::Permissions::from_mode(mode)).unwrap();
+        };
+        plant("fedcba9876543210", &mk("/etc"), 0o700);
+        plant("..x", &mk("..x"), 0o700);
+        plant("1111111111111111", &mk("1111111111111111"), 0o777);
+        let ids: Vec<String> = read_all(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(ids, vec![good.to_string()]);
+        // A run root writable by others is refused, naming the fix.
+        fs::set_permissions(&containers, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = read_all(dir.path()).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "refusing to trust the runtime directory {p}: it has mode 0777, writable by group or others; it must be a directory owned by root with mode 0700 (fix: chown root:root {p} && chmod 0700 {p}, or remove it)",
+                p = containers.display()
+            )
+        );
+        // A vm record as moat-vm writes it (directory 0755, file 0644,
+        // fewer fields, a 16-digit ID) is read.
+        fs::set_permissions(&containers, fs::Permissions::from_mode(0o700)).unwrap();
+        let vm = "00112233aabbccdd";
+        let stage = containers.join(format!(".{vm}.tmp"));
+        fs::create_dir(&stage).unwrap();
+        fs::set_permissions(&stage, fs::Permissions::from_mode(0o755)).unwrap();
+        let json = format!(
+            r#"{{"id":"{vm}","name":"v","image_id":"sha256:00","pid":1,"isolation":"vm","created":"x"}}"#
+        );
+        fs::write(stage.join("state.json"), json).unwrap();
+        fs::set_permissions(stage.join("state.json"), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::rename(&stage, containers.join(vm)).unwrap();
+        let mut ids: Vec<String> = read_all(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        ids.sort();
+        assert_eq!(ids, vec![vm.to_string(), good.to_string()]);
+        fs::remove_dir_all(containers.join(vm)).unwrap();
+        // Only readable by others (older versions): narrowed to 0700.
+        fs::set_permissions(&containers, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(read_all(dir.path()).unwrap().len(), 1);
+        assert_eq!(m(&containers), 0o700);
     }
 }
