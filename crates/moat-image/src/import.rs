@@ -609,9 +609,11 @@ impl Store {
             imported: now_rfc3339(),
             source: sp.display().to_string(),
             unpack: opts.unpack,
+            mount_points: Vec::new(),
         };
-        let diff_ids = self.unpack_staged(&record, blobs, &rootfs, &sp, opts)?;
+        let (diff_ids, added) = self.unpack_staged(&record, blobs, &rootfs, &sp, opts)?;
         record.layers[0].diff_id = diff_ids[0].clone();
+        record.mount_points = added;
         let config = oci::ConfigFile {
             created: Some(record.imported.clone()),
             architecture: "amd64".into(),
@@ -663,7 +665,7 @@ impl Store {
         rootfs: &Path,
         sp: &Path,
         opts: &ImportOptions<'_>,
-    ) -> Result<Vec<String>, ImportError> {
+    ) -> Result<(Vec<String>, Vec<String>), ImportError> {
         use std::os::fd::AsFd;
         fs::create_dir(rootfs).map_err(|source| ImportError::Write {
             source_path: sp.to_path_buf(),
@@ -713,7 +715,13 @@ impl Store {
             })?;
             diff_ids.push(d);
         }
-        Ok(diff_ids)
+        let added =
+            crate::mountpoints::add_missing(root.as_fd()).map_err(|source| ImportError::Write {
+                source_path: sp.to_path_buf(),
+                what: "staging".into(),
+                source,
+            })?;
+        Ok((diff_ids, added))
     }
 
     fn finish_import(
@@ -760,6 +768,7 @@ impl Store {
             imported: now_rfc3339(),
             source: sp.display().to_string(),
             unpack: opts.unpack,
+            mount_points: Vec::new(),
         };
         let name = match (&opts.name, ref_name) {
             (Some(n), _) => n.clone(),
@@ -781,10 +790,12 @@ impl Store {
         let rootfs = staging.join("rootfs");
         let mut record = record;
         if !existing_rootfs.is_dir() {
-            let diff_ids = self.unpack_staged(&record, staging_blobs, &rootfs, &sp, opts)?;
+            let (diff_ids, added) =
+                self.unpack_staged(&record, staging_blobs, &rootfs, &sp, opts)?;
             for (l, d) in record.layers.iter_mut().zip(diff_ids) {
                 l.diff_id = d;
             }
+            record.mount_points = added;
         }
         let rootfs_opt = rootfs.is_dir().then_some(rootfs.as_path());
         self.commit(record, staging_blobs, rootfs_opt, &name, &sp)
@@ -846,6 +857,9 @@ impl Store {
             .map_err(store_err)?
         {
             record.imported = old.imported; // re-import: keep the original time
+            if record.mount_points.is_empty() {
+                record.mount_points = old.mount_points; // the rootfs was kept
+            }
         }
         self.write_record(&record).map_err(store_err)?;
         let mut names = self.read_names().map_err(store_err)?;

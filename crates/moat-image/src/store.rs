@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,8 @@ use crate::unpack::{self, Budget, UnpackError, UnpackOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("the state root is not private")]
+    Private(#[source] crate::private::PrivateDirError),
     #[error("cannot use the state root {path}")]
     Open {
         path: PathBuf,
@@ -172,6 +175,10 @@ pub(crate) struct Record {
     pub imported: String,
     pub source: String,
     pub unpack: UnpackOptions,
+    /// Mount points moat added to the materialised rootfs because no layer
+    /// has them (`/dev`, `/proc`, ...): moat's own, in no blob.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mount_points: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -283,16 +290,17 @@ impl Store {
         let store = Store {
             root: root.to_path_buf(),
         };
+        // Rootfs trees keep the image's setuid bits, owners and 1777
+        // directories: only the state root's owner may reach them.
+        crate::private::ensure_state_root(root).map_err(StoreError::Private)?;
         for dir in [
+            store.root.join("blobs"),
             store.blob_dir(),
             store.images_dir(),
             store.rootfs_dir(),
             store.tmp_dir(),
         ] {
-            fs::create_dir_all(&dir).map_err(|source| StoreError::Open {
-                path: dir.clone(),
-                source,
-            })?;
+            crate::private::ensure_private_subdir(&dir).map_err(StoreError::Private)?;
         }
         lock::clean_stale(&store.tmp_dir()).map_err(|source| StoreError::Open {
             path: store.tmp_dir(),
@@ -572,6 +580,7 @@ impl Store {
     pub fn rootfs(&self, image: &Image) -> Result<PathBuf, StoreError> {
         let path = self.rootfs_path(&image.manifest_digest)?;
         if path.is_dir() {
+            self.upgrade_mount_points(image, &path)?;
             return Ok(path);
         }
         let _shared = self.lock_shared()?;
@@ -582,12 +591,49 @@ impl Store {
                 })?;
         let staging = self.staging("rootfs")?;
         let staged = staging.path().join("rootfs");
-        self.materialise(&record, &staged, &mut |_| {})?;
+        let added = self.materialise(&record, &staged, &mut |_| {})?;
         let _meta = self.lock_meta()?;
         if !path.is_dir() {
             fs::rename(&staged, &path).map_err(io_write(&path))?;
+            self.note_mount_points(&image.manifest_digest, added)?;
         }
         Ok(path)
+    }
+
+    /// A rootfs materialised by an older moat may lack mount points: add
+    /// them (empty directories, moat's own) and record them.
+    fn upgrade_mount_points(&self, image: &Image, path: &Path) -> Result<(), StoreError> {
+        let missing = crate::mountpoints::MOUNT_POINTS
+            .iter()
+            .any(|n| path.join(n).symlink_metadata().is_err());
+        if !missing {
+            return Ok(());
+        }
+        let _shared = self.lock_shared()?;
+        let _meta = self.lock_meta()?;
+        let root = File::options()
+            .read(true)
+            .custom_flags(libc_o_directory_nofollow())
+            .open(path)
+            .map_err(io_read(path))?;
+        let added = crate::mountpoints::add_missing(root.as_fd()).map_err(io_write(path))?;
+        self.note_mount_points(&image.manifest_digest, added)
+    }
+
+    /// Adds `added` to the record's `mount_points` (caller holds meta.lock).
+    fn note_mount_points(&self, manifest: &str, added: Vec<String>) -> Result<(), StoreError> {
+        if added.is_empty() {
+            return Ok(());
+        }
+        if let Some(mut r) = self.read_record(manifest)? {
+            for a in added {
+                if !r.mount_points.contains(&a) {
+                    r.mount_points.push(a);
+                }
+            }
+            self.write_record(&r)?;
+        }
+        Ok(())
     }
 
     /// Applies the record's layers in order into the new directory `dest`.
@@ -596,7 +642,7 @@ impl Store {
         record: &Record,
         dest: &Path,
         progress: &mut dyn FnMut(u64),
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
         fs::create_dir(dest).map_err(io_write(dest))?;
         let root = File::open(dest).map_err(io_read(dest))?;
         let mut budget = Budget::default();
@@ -627,7 +673,11 @@ impl Store {
                 source,
             })?;
         }
-        // The root directory itself: not writable by others.
-        Ok(())
+        crate::mountpoints::add_missing(root.as_fd()).map_err(io_write(dest))
     }
+}
+
+fn libc_o_directory_nofollow() -> i32 {
+    (rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC)
+        .bits() as i32
 }

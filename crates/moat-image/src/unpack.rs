@@ -45,6 +45,11 @@ pub struct UnpackOptions {
     /// otherwise).
     #[serde(default)]
     pub allow_devices: bool,
+    /// Apply `security.*` and `trusted.*` extended attributes (file
+    /// capabilities, SELinux labels) found in layers. Off by default: a
+    /// `security.capability` in the store is a privileged binary on the host.
+    #[serde(default)]
+    pub keep_security_xattrs: bool,
 }
 
 /// A tar entry path for messages: lossy UTF-8 in quotes.
@@ -496,12 +501,22 @@ fn xattrs_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Vec<(Vec<u8>, Vec<u8>)> 
     out
 }
 
+/// Extended attributes that give or label privilege on the host
+/// (`security.capability`, `security.selinux`, `trusted.overlay.*`).
+fn is_privileged_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"security.") || name.starts_with(b"trusted.")
+}
+
 fn set_xattrs(
     fd: BorrowedFd<'_>,
     xattrs: &[(Vec<u8>, Vec<u8>)],
+    keep_privileged: bool,
     entry: &EntryName,
 ) -> Result<(), UnpackError> {
     for (name, value) in xattrs {
+        if !keep_privileged && is_privileged_xattr(name) {
+            continue;
+        }
         match rustix::fs::fsetxattr(fd, os(name), value, XattrFlags::empty()) {
             Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::PERM) => {}
             Err(e) => {
@@ -934,7 +949,7 @@ impl Layer<'_> {
         }
         // After chown, which clears setuid/setgid: the image's bits are kept.
         rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(write_err(name, "the mode"))?;
-        set_xattrs(fd, xattrs, name)?;
+        set_xattrs(fd, xattrs, self.opts.keep_security_xattrs, name)?;
         rustix::fs::futimens(fd, &times(mtime)).map_err(write_err(name, "the times"))?;
         Ok(())
     }

@@ -8,6 +8,8 @@ use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
+use moat_image::lock::Staging;
+
 use crate::lock::FileLock;
 
 pub const BLOCK: u64 = 4096;
@@ -44,6 +46,8 @@ pub enum RootfsError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("the state root is not private")]
+    Private(#[source] moat_image::private::PrivateDirError),
     #[error("{op} {path}")]
     Io {
         op: &'static str,
@@ -94,16 +98,70 @@ pub struct RootImage {
     /// True when this call built it (the cold path).
     pub built: bool,
     /// Set for a root directory that is not an image (`--rootfs DIR`): it
-    /// may change between runs, so its disk is built per run and removed.
-    ephemeral: Option<PathBuf>,
+    /// may change between runs, so its disk is built per run in a staging
+    /// directory, removed on drop (or swept once this process is dead).
+    ephemeral: Option<Staging>,
 }
 
-impl Drop for RootImage {
-    fn drop(&mut self) {
-        if let Some(d) = &self.ephemeral {
-            let _ = fs::remove_dir_all(d);
+impl RootImage {
+    /// The per-run directory to remove if moat dies abruptly, if any.
+    pub fn per_run_dir(&self) -> Option<PathBuf> {
+        self.ephemeral.as_ref().map(|s| s.path().to_path_buf())
+    }
+}
+
+/// `<root>/vm/rootfs-v1`, every level mode 0700 (it holds copies of image
+/// trees and their EROFS images: DESIGN rule 10).
+fn private_parent(root: &Path) -> Result<PathBuf, RootfsError> {
+    use moat_image::private::{ensure_private_subdir, ensure_state_root};
+    ensure_state_root(root).map_err(RootfsError::Private)?;
+    let vm = root.join("vm");
+    ensure_private_subdir(&vm).map_err(RootfsError::Private)?;
+    let parent = vm.join("rootfs-v1");
+    ensure_private_subdir(&parent).map_err(RootfsError::Private)?;
+    ensure_private_subdir(&tmp_dir(root)).map_err(RootfsError::Private)?;
+    sweep(root);
+    Ok(parent)
+}
+
+/// `<root>/vm/tmp`: per-run disks and build stages, each in a directory
+/// holding an flock for its creator's lifetime.
+fn tmp_dir(root: &Path) -> PathBuf {
+    root.join("vm").join("tmp")
+}
+
+fn staging(root: &Path, kind: &str) -> Result<Staging, RootfsError> {
+    let tmp = tmp_dir(root);
+    Staging::new(&tmp, kind).map_err(io("create", &tmp))
+}
+
+/// Removes every per-run disk and build stage whose owner is dead: the
+/// staging directories under `vm/tmp` whose lock can be taken, and the
+/// `.run-<pid>-*` / `.stage-*-<pid>` directories older versions made in
+/// `vm/rootfs-v1` whose pid is gone. Returns how many it removed.
+pub fn sweep(root: &Path) -> usize {
+    let mut removed = moat_image::lock::clean_stale(&tmp_dir(root)).unwrap_or(0);
+    let parent = root.join("vm").join("rootfs-v1");
+    let Ok(entries) = fs::read_dir(&parent) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = if let Some(rest) = name.strip_prefix(".run-") {
+            rest.split('-').next()
+        } else if let Some(rest) = name.strip_prefix(".stage-") {
+            rest.rsplit('-').next()
+        } else {
+            continue;
+        };
+        let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() && fs::remove_dir_all(e.path()).is_ok() {
+            removed += 1;
         }
     }
+    removed
 }
 
 /// Cache directory for an image ID.
@@ -119,6 +177,7 @@ pub fn cache_dir(root: &Path, image_id: &str) -> Result<PathBuf, RootfsError> {
 
 /// Returns the cached EROFS+verity image of `rootfs`, building it on first use.
 pub fn ensure(root: &Path, image_id: &str, rootfs: &Path) -> Result<RootImage, RootfsError> {
+    let parent = private_parent(root)?;
     if image_id.starts_with("rootfs:") {
         return ephemeral(root, rootfs);
     }
@@ -131,29 +190,15 @@ pub fn ensure(root: &Path, image_id: &str, rootfs: &Path) -> Result<RootImage, R
             path: rootfs.to_path_buf(),
         });
     }
-    let parent = dir.parent().unwrap_or(root).to_path_buf();
-    fs::create_dir_all(&parent).map_err(io("create", &parent))?;
     let _lock = FileLock::exclusive(&parent.join(".lock")).map_err(io("lock", &parent))?;
     if let Some(img) = load(&dir)? {
         return Ok(img);
     }
-    let stage = parent.join(format!(
-        ".stage-{}-{}",
-        dir.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let _ = fs::remove_dir_all(&stage);
-    fs::create_dir_all(&stage).map_err(io("create", &stage))?;
-    let result = build(&stage, rootfs).and_then(|v| {
-        fs::rename(&stage, &dir).map_err(io("rename", &dir))?;
-        Ok(v)
-    });
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&stage);
-    }
-    let verity = result?;
+    let stage = staging(root, "stage")?;
+    let out = stage.path().join("out");
+    create_private(&out)?;
+    let verity = build(&out, stage.path(), rootfs)?;
+    fs::rename(&out, &dir).map_err(io("rename", &dir))?;
     Ok(RootImage {
         path: dir.join("root.img"),
         verity,
@@ -168,27 +213,23 @@ fn ephemeral(root: &Path, rootfs: &Path) -> Result<RootImage, RootfsError> {
             path: rootfs.to_path_buf(),
         });
     }
-    let parent = root.join("vm").join("rootfs-v1");
-    fs::create_dir_all(&parent).map_err(io("create", &parent))?;
-    let dir = parent.join(format!(
-        ".run-{}-{:x}",
-        std::process::id(),
-        crate::sys::getrandom_u64()
-    ));
-    fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-    let mut img = RootImage {
-        path: dir.join("root.img"),
-        verity: Verity {
-            data_size: 0,
-            root_hash: String::new(),
-            salt: String::new(),
-            image_size: 0,
-        },
+    let stage = staging(root, "run")?;
+    let verity = build(stage.path(), stage.path(), rootfs)?;
+    Ok(RootImage {
+        path: stage.path().join("root.img"),
+        verity,
         built: true,
-        ephemeral: Some(dir.clone()),
-    };
-    img.verity = build(&dir, rootfs)?;
-    Ok(img)
+        ephemeral: Some(stage),
+    })
+}
+
+/// Creates a directory, mode 0700.
+fn create_private(dir: &Path) -> Result<(), RootfsError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("create", dir))
 }
 
 fn load(dir: &Path) -> Result<Option<RootImage>, RootfsError> {
@@ -252,7 +293,9 @@ fn tool(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn build(stage: &Path, rootfs: &Path) -> Result<Verity, RootfsError> {
+/// Builds `out/root.img` (EROFS + verity) and `out/verity.json` from
+/// `rootfs`; a copy of the tree, when one is needed, goes in `work`.
+fn build(out: &Path, work: &Path, rootfs: &Path) -> Result<Verity, RootfsError> {
     // The image is never modified: when it lacks a mount point, build from a copy.
     let missing: Vec<&str> = MOUNT_POINTS
         .iter()
@@ -262,7 +305,7 @@ fn build(stage: &Path, rootfs: &Path) -> Result<Verity, RootfsError> {
     let tree = if missing.is_empty() {
         rootfs.to_path_buf()
     } else {
-        let tree = stage.join("tree");
+        let tree = work.join("tree");
         tool(
             "cp",
             "coreutils",
@@ -283,7 +326,7 @@ fn build(stage: &Path, rootfs: &Path) -> Result<Verity, RootfsError> {
         }
         tree
     };
-    let img = stage.join("root.img");
+    let img = out.join("root.img");
     tool(
         "mkfs.erofs",
         "erofs-utils",
@@ -306,7 +349,7 @@ fn build(stage: &Path, rootfs: &Path) -> Result<Verity, RootfsError> {
         .map_err(io("open", &img))?;
     f.set_len(data_size).map_err(io("extend", &img))?;
     drop(f);
-    let out = tool(
+    let vout = tool(
         "veritysetup",
         "cryptsetup-bin",
         Command::new("veritysetup")
@@ -319,12 +362,12 @@ fn build(stage: &Path, rootfs: &Path) -> Result<Verity, RootfsError> {
         &img,
     )?;
     let field = |name: &str| {
-        out.lines()
+        vout.lines()
             .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
             .ok_or_else(|| RootfsError::Tool {
                 tool: "veritysetup",
                 path: img.clone(),
-                detail: format!("no {name:?} in its output: {out}"),
+                detail: format!("no {name:?} in its output: {vout}"),
             })
     };
     let root_hash = field("Root hash:")?;
@@ -336,7 +379,7 @@ fn build(stage: &Path, rootfs: &Path) -> Result<Verity, RootfsError> {
         salt,
         image_size,
     };
-    let meta = stage.join("verity.json");
+    let meta = out.join("verity.json");
     fs::write(
         &meta,
         serde_json::to_vec_pretty(&verity).unwrap_or_default(),

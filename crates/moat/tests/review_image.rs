@@ -1,0 +1,454 @@
+//! The image store against a hostile image and a second local user
+//! (issue 11 item 1, DESIGN rule 10), and images built `FROM scratch`
+//! (issue 11). Needs root (CI runs as root); skips with `SKIP:` otherwise.
+
+#[path = "sandbox_common/mod.rs"]
+mod common;
+#[path = "common/mod.rs"]
+mod tars;
+#[path = "../../moat-vm/tests/common/host.rs"]
+mod vm_host;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{can_sandbox, stderr, stdout, Env};
+use tars::{dir, file, symlink, tar, E};
+
+/// A local user made for one test (`useradd moat-image-N`), removed on drop.
+struct OtherUser {
+    name: String,
+}
+
+impl OtherUser {
+    fn new(n: u32) -> OtherUser {
+        let name = format!("moat-image-{n}");
+        let _ = Command::new("userdel").arg(&name).output();
+        let st = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/bin/sh"])
+            .arg(&name)
+            .status()
+            .expect("useradd");
+        assert!(st.success(), "useradd {name} failed");
+        OtherUser { name }
+    }
+
+    fn id(&self, flag: &str) -> u32 {
+        let o = Command::new("id")
+            .arg(flag)
+            .arg(&self.name)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+    }
+
+    /// Runs `argv` as this user: setgid/setuid from root before exec, so no
+    /// capability survives (unlike `setpriv`, which keeps them until exec).
+    fn run(&self, argv: &[&str]) -> Output {
+        use std::os::unix::process::CommandExt;
+        Command::new(argv[0])
+            .args(&argv[1..])
+            .gid(self.id("-g"))
+            .uid(self.id("-u"))
+            .output()
+            .unwrap_or_else(|e| Output {
+                status: std::os::unix::process::ExitStatusExt::from_raw(126 << 8),
+                stdout: Vec::new(),
+                stderr: e.to_string().into_bytes(),
+            })
+    }
+}
+
+impl Drop for OtherUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}
+
+fn moat_ok(env: &Env, args: &[&str]) -> String {
+    let o = env.moat(args).output().unwrap();
+    assert!(o.status.success(), "moat {args:?}: {}", stderr(&o));
+    stdout(&o)
+}
+
+/// `cap_setuid=ep` as a version-2 `security.capability` value.
+fn cap_setuid_ep() -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&0x0200_0001u32.to_le_bytes()); // VFS_CAP_REVISION_2 | effective
+    v.extend_from_slice(&(1u32 << 7).to_le_bytes()); // permitted: CAP_SETUID
+    v.extend_from_slice(&0u32.to_le_bytes()); // inheritable
+    v.extend_from_slice(&0u32.to_le_bytes());
+    v.extend_from_slice(&0u32.to_le_bytes());
+    v
+}
+
+/// The hostile image of the review: busybox to run containers with, a
+/// root-owned setuid copy of `id`, a copy of `id` with a file capability,
+/// and a mode-1777 `var/tmp`.
+fn hostile_rootfs_tar(path: &Path, marker: &str) {
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let id = std::fs::read("/usr/bin/id").unwrap();
+    let mut evil = file("bin/evil", &id);
+    evil.mode = 0o4755;
+    let mut evilcap = file("bin/evilcap", &id);
+    evilcap.mode = 0o755;
+    evilcap.xattrs = vec![("security.capability".into(), cap_setuid_ep())];
+    let mut bb = file("bin/busybox", &busybox);
+    bb.mode = 0o755;
+    let mut vartmp = dir("var/tmp");
+    vartmp.mode = 0o1777;
+    let entries: Vec<E> = vec![
+        dir("bin"),
+        bb,
+        symlink("bin/sh", "busybox"),
+        symlink("bin/ls", "busybox"),
+        evil,
+        evilcap,
+        dir("var"),
+        vartmp,
+        file("marker", marker.as_bytes()),
+    ];
+    std::fs::write(path, tar(&entries)).unwrap();
+}
+
+fn only_entry(dir: &Path) -> PathBuf {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    assert_eq!(v.len(), 1, "{v:?}");
+    v.pop().unwrap()
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+}
+
+#[test]
+fn a_second_user_cannot_use_a_hostile_image_in_the_store() {
+    if !can_sandbox("a_second_user_cannot_use_a_hostile_image_in_the_store") {
+        return;
+    }
+    let env = Env::new();
+    let user = OtherUser::new(1);
+    let tarball = env.dir.path().join("hostile.tar");
+    hostile_rootfs_tar(&tarball, "first");
+    // Where the review's user found the store: reachable through the
+    // temporary directory (made 0711 like /var/lib).
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    moat_ok(
+        &env,
+        &[
+            "image",
+            "import",
+            "--name",
+            "hostile",
+            tarball.to_str().unwrap(),
+        ],
+    );
+    let state = env.state_root();
+    let rootfs = only_entry(&state.join("rootfs"));
+
+    // The image's content is kept as the image made it (inside 0700 dirs).
+    assert_eq!(mode(&rootfs.join("bin/evil")), 0o4755);
+    assert_eq!(mode(&rootfs.join("var/tmp")), 0o1777);
+    // No file capability was applied (no --keep-security-xattrs).
+    let caps = Command::new("getcap")
+        .arg(rootfs.join("bin/evilcap"))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&caps), "", "security.capability must not be applied");
+
+    // The state root and every directory holding image content: 0700.
+    assert_eq!(mode(&state), 0o700);
+    for d in ["blobs", "blobs/sha256", "images", "rootfs", "tmp"] {
+        assert_eq!(mode(&state.join(d)), 0o700, "{d}");
+    }
+
+    // The attacks, as the second user.
+    let evil = rootfs.join("bin/evil");
+    let o = user.run(&[evil.to_str().unwrap(), "-u"]);
+    assert!(!o.status.success(), "setuid binary ran: {}", stdout(&o));
+    assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
+    let evilcap = rootfs.join("bin/evilcap");
+    let o = user.run(&[evilcap.to_str().unwrap(), "-u"]);
+    assert!(!o.status.success(), "capability binary ran: {}", stdout(&o));
+    let planted = rootfs.join("var/tmp/planted");
+    let o = user.run(&["touch", planted.to_str().unwrap()]);
+    assert!(!o.status.success(), "the image's var/tmp was writable");
+    assert!(!planted.exists());
+    let o = user.run(&["ls", state.to_str().unwrap()]);
+    assert!(!o.status.success(), "the state root was listable");
+
+    // Nothing reaches the next container.
+    let o = env
+        .moat(&[
+            "run",
+            "--isolation",
+            "sandbox",
+            "hostile",
+            "sh",
+            "-c",
+            "ls -A /var/tmp; echo end",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "end\n", "{}", stderr(&o));
+
+    // Checked and repaired at start: a store whose modes were widened (by
+    // an older moat, or by hand) is private again after any image command.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(state.join("rootfs"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    moat_ok(&env, &["image", "ls"]);
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("rootfs")), 0o700);
+
+    // The flag that asks for them keeps file capabilities.
+    hostile_rootfs_tar(&tarball, "second");
+    moat_ok(
+        &env,
+        &[
+            "image",
+            "import",
+            "--keep-security-xattrs",
+            "--name",
+            "hostile-caps",
+            tarball.to_str().unwrap(),
+        ],
+    );
+    let caps = Command::new("getcap")
+        .arg(
+            std::fs::read_dir(state.join("rootfs"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.path().join("bin/evilcap"))
+                .find(|p| {
+                    Command::new("getcap")
+                        .arg(p)
+                        .output()
+                        .is_ok_and(|o| !o.stdout.is_empty())
+                })
+                .expect("a rootfs with the capability kept"),
+        )
+        .output()
+        .unwrap();
+    assert!(stdout(&caps).contains("cap_setuid"), "{}", stdout(&caps));
+}
+
+#[test]
+fn a_state_root_below_a_directory_another_user_controls_is_refused() {
+    if !can_sandbox("a_state_root_below_a_directory_another_user_controls_is_refused") {
+        return;
+    }
+    let env = Env::new();
+    let user = OtherUser::new(2);
+    let theirs = env.dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    let o = Command::new("chown")
+        .arg(&user.name)
+        .arg(&theirs)
+        .status()
+        .unwrap();
+    assert!(o.success());
+    let root = theirs.join("state");
+    let o = Command::new(env!("CARGO_BIN_EXE_moat"))
+        .arg("--root")
+        .arg(&root)
+        .args(["image", "ls"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let uid = std::fs::metadata(&theirs).unwrap().uid();
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "moat: error: the state root is not private: {} (above the state root {}) is owned by uid {uid}: another user could replace the state root; fix its owner or mode, or choose another --root\n",
+            theirs.display(),
+            root.display()
+        )
+    );
+    assert!(!root.exists());
+}
+
+fn vm_ready(env: &Env, test: &str) -> bool {
+    if !Path::new("/usr/bin/qemu-system-x86_64").is_file() {
+        println!("SKIP: {test} (vm part): qemu-system-x86_64 is not installed");
+        return false;
+    }
+    let k = env.moat(&["kernel", "path"]).output().unwrap();
+    if !k.status.success() {
+        println!(
+            "SKIP: {test} (vm part): guest kernel not built: {}",
+            stderr(&k).trim()
+        );
+        return false;
+    }
+    true
+}
+
+/// An image `FROM scratch`: one static binary, no directory at all.
+fn scratch_image(env: &Env) -> String {
+    let mut bb = file("busybox", &std::fs::read("/bin/busybox").unwrap());
+    bb.mode = 0o755;
+    let tarball = env.dir.path().join("scratch.tar");
+    std::fs::write(&tarball, tar(&[bb])).unwrap();
+    moat_ok(
+        env,
+        &[
+            "image",
+            "import",
+            "--name",
+            "scratch",
+            tarball.to_str().unwrap(),
+        ],
+    );
+    tarball.display().to_string()
+}
+
+#[test]
+fn an_image_of_one_static_binary_runs_in_both_backends() {
+    let test = "an_image_of_one_static_binary_runs_in_both_backends";
+    if !can_sandbox(test) {
+        return;
+    }
+    let env = Env::new();
+    scratch_image(&env);
+    let state = env.state_root();
+    let rootfs = only_entry(&state.join("rootfs"));
+    let blobs_before = tars::snapshot(&state.join("blobs"));
+    // The mount points are moat's own: in the rootfs, named in the record,
+    // in no layer.
+    let mut names: Vec<String> = std::fs::read_dir(&rootfs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["busybox", "dev", "proc", "run", "sys", "tmp"]);
+    let record = only_entry_with(&state.join("images"), ".json", "names.json");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(record).unwrap()).unwrap();
+    assert_eq!(
+        r["mount_points"],
+        serde_json::json!(["/dev", "/proc", "/sys", "/tmp", "/run"])
+    );
+
+    // The sandbox.
+    let o = env
+        .moat(&[
+            "run",
+            "--isolation",
+            "sandbox",
+            "scratch",
+            "/busybox",
+            "sh",
+            "-c",
+            "echo hello from scratch; /busybox ls /",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&o),
+        "hello from scratch\nbusybox\ndev\nproc\nrun\nsys\ntmp\n",
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(o.status.code(), Some(0));
+
+    // `moat profile record` of it, and the policy it wrote runs it.
+    let policy = env.dir.path().join("scratch.yaml");
+    let o = env
+        .moat(&[
+            "profile",
+            "record",
+            "scratch",
+            "-o",
+            policy.to_str().unwrap(),
+            "--",
+            "/busybox",
+            "echo",
+            "recorded",
+        ])
+        .output()
+        .unwrap();
+    if stderr(&o).contains("tracefs") || stderr(&o).contains("eBPF") && !o.status.success() {
+        println!("SKIP: {test} (profile part): {}", stderr(&o));
+    } else {
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = env
+            .moat(&[
+                "run",
+                "--isolation",
+                "sandbox",
+                "--policy",
+                policy.to_str().unwrap(),
+                "scratch",
+                "/busybox",
+                "echo",
+                "recorded",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(stdout(&o), "recorded\n", "{}", stderr(&o));
+    }
+
+    // The micro-VM.
+    if vm_ready(&env, test) {
+        let _l = vm_host::vm_lock();
+        let o = env
+            .moat(&[
+                "run",
+                "--isolation",
+                "vm",
+                "--accel",
+                "tcg",
+                "scratch",
+                "/busybox",
+                "sh",
+                "-c",
+                "echo hello from a scratch VM; /busybox ls /",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            stdout(&o),
+            "hello from a scratch VM\nbusybox\ndev\nproc\nrun\nsys\ntmp\n",
+            "{}",
+            stderr(&o)
+        );
+        assert_eq!(o.status.code(), Some(0));
+        // Built straight from the rootfs (no copy), 0700 all the way down,
+        // nothing staged left.
+        let vm = state.join("vm");
+        assert_eq!(mode(&vm), 0o700);
+        assert_eq!(mode(&vm.join("rootfs-v1")), 0o700);
+        let cached = only_entry(&vm.join("rootfs-v1"));
+        assert_eq!(mode(&cached), 0o700);
+        assert_eq!(mode(&cached.join("root.img")), 0o600);
+        let left: Vec<_> = std::fs::read_dir(vm.join("tmp"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    // The layers were not written to.
+    assert_eq!(tars::snapshot(&state.join("blobs")), blobs_before);
+}
+
+fn only_entry_with(dir: &Path, suffix: &str, except: &str) -> PathBuf {
+    let v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.ends_with(suffix) && n != except
+        })
+        .collect();
+    assert_eq!(v.len(), 1, "{v:?}");
+    v[0].clone()
+}
