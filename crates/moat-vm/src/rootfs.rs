@@ -395,6 +395,35 @@ fn build(out: &Path, work: &Path, rootfs: &Path) -> Result<Verity, RootfsError> 
 mod tests {
     use super::*;
 
+    /// Issue 11 item 8: what a `kill -9` leaves (a per-run disk or a build
+    /// stage whose owner is dead) is swept; a live owner's is kept.
+    #[test]
+    fn sweep_removes_per_run_paths_of_dead_owners_only() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("state");
+        let parent = private_parent(&root).unwrap();
+        // Older layout: pid in the name.
+        let dead = parent.join(".run-999999999-abc");
+        let dead_stage = parent.join(format!(".stage-{}-999999999", "c".repeat(64)));
+        let live = parent.join(format!(".run-{}-abc", std::process::id()));
+        for p in [&dead, &dead_stage, &live] {
+            fs::create_dir(p).unwrap();
+            fs::write(p.join("root.img"), b"x").unwrap();
+        }
+        // Current layout: a staging directory whose lock nobody holds (its
+        // creator was killed), and one this process holds.
+        let held = staging(&root, "run").unwrap();
+        let orphan = tmp_dir(&root).join("run-999999999-1-0");
+        fs::create_dir(&orphan).unwrap();
+        fs::write(orphan.join(".lock"), b"").unwrap();
+        fs::write(orphan.join("root.img"), b"x").unwrap();
+        assert_eq!(sweep(&root), 3);
+        assert!(!dead.exists() && !dead_stage.exists() && !orphan.exists());
+        assert!(live.exists() && held.path().exists());
+        drop(held);
+        assert_eq!(fs::read_dir(tmp_dir(&root)).unwrap().count(), 0);
+    }
+
     #[test]
     fn dm_table() {
         let v = Verity {

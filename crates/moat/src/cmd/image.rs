@@ -390,7 +390,9 @@ fn export(store: &Store, a: ExportArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn prune(global: &GlobalArgs, store: &Store, a: PruneArgs) -> anyhow::Result<ExitCode> {
-    let removed = store.prune(Some(&global.run_root()))?;
+    let mut removed = store.prune(Some(&global.run_root()))?;
+    // VM build stages and per-run disks whose owner died (`kill -9`).
+    removed.staging += moat_vm::rootfs::sweep(&global.root);
     if a.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&removed)?);
     } else {
