@@ -8,6 +8,7 @@ use std::io::{self, BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 
 use crate::digest::{sha256_hex, sha256_of, HashingWriter};
+use crate::fsat::{open_input_file, InputFileError};
 use crate::oci::{self, Descriptor, OciError};
 use crate::store::{normalize_name, now_rfc3339, LayerInfo, Record, Store, StoreError};
 use crate::unpack::{Compression, UnpackError, UnpackOptions};
@@ -47,6 +48,12 @@ pub enum ImportError {
         "{source_path}: a directory, but not an OCI image layout (no oci-layout and index.json)"
     )]
     NotLayout { source_path: PathBuf },
+    #[error("{source_path}: {what} is {kind}; moat reads only regular files from an image layout")]
+    NotRegular {
+        source_path: PathBuf,
+        what: String,
+        kind: &'static str,
+    },
     #[error("{source_path}: entry {entry:?} is not a valid archive member name")]
     BadMember { source_path: PathBuf, entry: String },
     #[error("{source_path}: entry {entry:?}: blob content hashes to {actual}, not the digest its name claims")]
@@ -132,10 +139,9 @@ impl Default for ImportOptions<'_> {
 /// Where the blobs of the source live while importing.
 struct Source<'a> {
     path: &'a Path,
-    /// Directory of blobs named by hex (the layout's `blobs/sha256`, or the
-    /// staging directory archives are extracted into).
-    blob_dir: PathBuf,
-    /// Whether blobs in `blob_dir` were already verified and can be moved.
+    /// Whether the blobs were extracted into staging (archives) and
+    /// verified there; else they are read from the layout's
+    /// `blobs/sha256`.
     extracted: bool,
 }
 
@@ -207,7 +213,6 @@ impl Store {
         let (manifest_desc, ref_name, source) = if meta.is_dir() {
             let src = Source {
                 path,
-                blob_dir: path.join("blobs/sha256"),
                 extracted: false,
             };
             let (d, n) = self.layout_manifest(&src, &blobs)?;
@@ -227,7 +232,6 @@ impl Store {
                     })?;
                     let src = Source {
                         path,
-                        blob_dir: blobs.clone(),
                         extracted: true,
                     };
                     let index = oci::parse_index("index.json", &meta.index).map_err(|source| {
@@ -246,7 +250,6 @@ impl Store {
                         n,
                         Source {
                             path,
-                            blob_dir: blobs.clone(),
                             extracted: true,
                         },
                     )
@@ -273,23 +276,42 @@ impl Store {
         staging_blobs: &Path,
     ) -> Result<(Descriptor, Option<String>), ImportError> {
         let sp = src.path.to_path_buf();
-        let layout = src.path.join("oci-layout");
-        let index_path = src.path.join("index.json");
-        if !layout.is_file() || !index_path.is_file() {
-            return Err(ImportError::NotLayout { source_path: sp });
-        }
-        let bytes = read_limited(&index_path, MAX_META).map_err(|e| match e {
-            Some(source) => ImportError::Read {
+        // O_PATH first, type checked, then reopened: a FIFO never blocks
+        // the import and a symlink (to /etc/shadow, say) is never read.
+        let open = |name: &str| match open_input_file(src.path, name) {
+            Ok(f) => Ok(f),
+            Err(InputFileError::Missing) => Err(ImportError::NotLayout {
+                source_path: sp.clone(),
+            }),
+            Err(InputFileError::NotRegular(kind)) => Err(ImportError::NotRegular {
+                source_path: sp.clone(),
+                what: name.to_string(),
+                kind,
+            }),
+            Err(InputFileError::Io(source)) => Err(ImportError::Read {
+                source_path: sp.clone(),
+                what: name.to_string(),
+                source,
+            }),
+        };
+        open("oci-layout")?;
+        let index_file = open("index.json")?;
+        let mut bytes = Vec::new();
+        index_file
+            .take(MAX_META + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|source| ImportError::Read {
                 source_path: sp.clone(),
                 what: "index.json".into(),
                 source,
-            },
-            None => ImportError::TooBig {
+            })?;
+        if bytes.len() as u64 > MAX_META {
+            return Err(ImportError::TooBig {
                 source_path: sp.clone(),
                 what: "index.json".into(),
                 limit: MAX_META,
-            },
-        })?;
+            });
+        }
         let index = oci::parse_index("index.json", &bytes).map_err(|source| ImportError::Oci {
             source_path: sp.clone(),
             source,
@@ -403,17 +425,23 @@ impl Store {
                 digest: d.digest.clone(),
             });
         }
-        let from = src.blob_dir.join(hex);
-        let input = match File::open(&from) {
+        let input = match open_input_file(src.path, &format!("blobs/sha256/{hex}")) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(InputFileError::Missing) => {
                 return Err(ImportError::MissingBlob {
                     source_path: sp,
                     referrer: referrer.to_string(),
                     digest: d.digest.clone(),
                 })
             }
-            Err(source) => {
+            Err(InputFileError::NotRegular(kind)) => {
+                return Err(ImportError::NotRegular {
+                    source_path: sp,
+                    what: format!("blob {}", d.digest),
+                    kind,
+                })
+            }
+            Err(InputFileError::Io(source)) => {
                 return Err(ImportError::Read {
                     source_path: sp,
                     what: format!("blob {}", d.digest),
@@ -906,17 +934,6 @@ fn write_json_blob<T: serde::Serialize>(
         annotations: BTreeMap::new(),
         platform: None,
     })
-}
-
-/// Reads a file of at most `limit` bytes; `Err(None)` when larger.
-fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, Option<io::Error>> {
-    let f = File::open(path).map_err(Some)?;
-    let mut out = Vec::new();
-    f.take(limit + 1).read_to_end(&mut out).map_err(Some)?;
-    if out.len() as u64 > limit {
-        return Err(None);
-    }
-    Ok(out)
 }
 
 struct OciMeta {

@@ -452,3 +452,194 @@ fn only_entry_with(dir: &Path, suffix: &str, except: &str) -> PathBuf {
     assert_eq!(v.len(), 1, "{v:?}");
     v[0].clone()
 }
+
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != ".lock")
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue 11 item 8: `kill -9` of `moat run --isolation vm` leaves no
+/// per-run disk or build stage behind: the cleanup watcher removes the
+/// per-run disk of a running VM, and a killed build's stage is swept by the
+/// next VM run or `moat image prune` (its flock died with its owner).
+#[test]
+fn kill_9_of_a_vm_run_leaves_no_per_run_copies() {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+    let test = "kill_9_of_a_vm_run_leaves_no_per_run_copies";
+    if !can_sandbox(test) {
+        return;
+    }
+    let env = Env::new();
+    if !vm_ready(&env, test) {
+        return;
+    }
+    let _l = vm_host::vm_lock();
+    // A setuid file, as the review's per-run copies held.
+    std::fs::copy("/usr/bin/id", env.rootfs.join("bin/suid")).unwrap();
+    std::fs::set_permissions(
+        env.rootfs.join("bin/suid"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
+    let vm_tmp = env.state_root().join("vm/tmp");
+    let rootfs_v1 = env.state_root().join("vm/rootfs-v1");
+    let spawn = || {
+        env.moat(&[
+            "run",
+            "--isolation",
+            "vm",
+            "--accel",
+            "tcg",
+            "--rootfs",
+            env.rootfs.to_str().unwrap(),
+            "sh",
+            "-c",
+            "echo ready; exec sleep 1000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+    };
+    let wait_until = |what: &str, secs: u64, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    // Killed while the VM runs.
+    let mut child = spawn();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    assert_eq!(entries(&vm_tmp).len(), 1, "the per-run disk while running");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_until("the watcher to remove the per-run disk", 20, &|| {
+        entries(&vm_tmp).is_empty()
+    });
+    assert_eq!(entries(&rootfs_v1), Vec::<String>::new());
+
+    // Killed while its disk is being built: before any watcher exists.
+    let mut child = spawn();
+    wait_until("the build to start", 60, &|| !entries(&vm_tmp).is_empty());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    moat_ok(&env, &["image", "prune"]);
+    assert_eq!(entries(&vm_tmp), Vec::<String>::new());
+    assert_eq!(entries(&rootfs_v1), Vec::<String>::new());
+}
+
+/// Runs moat with a deadline: a hang is a failure, not a stuck test.
+fn moat_within(env: &Env, args: &[&str], secs: u64) -> Output {
+    use std::time::{Duration, Instant};
+    let mut child = env
+        .moat(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("moat {args:?} hung for {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn mkfifo(p: &Path) {
+    let _ = std::fs::remove_file(p);
+    assert!(Command::new("mkfifo").arg(p).status().unwrap().success());
+}
+
+/// Issue 23 item 10: an OCI layout whose config blob is a FIFO does not
+/// hang the import, and one whose blob is a symlink to /etc/shadow reveals
+/// nothing about it (not even its size).
+#[test]
+fn fifos_and_symlinks_in_an_oci_layout_are_refused() {
+    if !can_sandbox("fifos_and_symlinks_in_an_oci_layout_are_refused") {
+        return;
+    }
+    let env = Env::new();
+    let raw = tar(&[file("a", b"hello")]);
+    let lay = tars::layout(
+        &env.dir.path().join("fifo"),
+        &[(raw.clone(), raw.clone())],
+        None,
+    );
+    let blob = |l: &tars::Layout, d: &str| l.dir.join("blobs/sha256").join(&d[7..]);
+    mkfifo(&blob(&lay, &lay.config_digest));
+    let o = moat_within(&env, &["image", "import", lay.dir.to_str().unwrap()], 30);
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "moat: error: import failed: {}: blob {} is a FIFO; moat reads only regular files from an image layout\n",
+            lay.dir.display(),
+            lay.config_digest
+        )
+    );
+    assert_eq!(o.status.code(), Some(1));
+
+    let lay = tars::layout(&env.dir.path().join("shadow"), &[(raw.clone(), raw)], None);
+    let layer = blob(&lay, &lay.layer_digests[0]);
+    std::fs::remove_file(&layer).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", &layer).unwrap();
+    let o = moat_within(&env, &["image", "import", lay.dir.to_str().unwrap()], 30);
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "moat: error: import failed: {}: blob {} is a symlink (or below one); moat reads only regular files from an image layout\n",
+            lay.dir.display(),
+            lay.layer_digests[0]
+        )
+    );
+    // index.json a FIFO, too.
+    mkfifo(&lay.dir.join("index.json"));
+    let o = moat_within(&env, &["image", "import", lay.dir.to_str().unwrap()], 30);
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "moat: error: import failed: {}: index.json is a FIFO; moat reads only regular files from an image layout\n",
+            lay.dir.display()
+        )
+    );
+    assert_eq!(moat_ok(&env, &["image", "ls", "-q"]).trim(), "");
+}
+
+/// Issue 23 item 10: `moat profile static --rootfs` of a root whose
+/// `/etc/ld.so.conf` is a FIFO finishes (the file is skipped).
+#[test]
+fn profile_static_with_a_fifo_ld_so_conf_does_not_hang() {
+    if !can_sandbox("profile_static_with_a_fifo_ld_so_conf_does_not_hang") {
+        return;
+    }
+    let env = Env::new();
+    mkfifo(&env.rootfs.join("etc/ld.so.conf"));
+    let o = moat_within(
+        &env,
+        &[
+            "profile",
+            "static",
+            "--rootfs",
+            env.rootfs.to_str().unwrap(),
+            "--entrypoint",
+            "/bin/busybox",
+        ],
+        60,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+}
