@@ -46,6 +46,14 @@ pub enum RootfsError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("{entry} in {rootfs} has a {len}-byte name; the VM's root image takes names of at most {max} bytes (mkfs.erofs fails on longer ones): rename it in the image, or run it with --isolation sandbox")]
+    NameTooLong {
+        rootfs: PathBuf,
+        /// The entry's path inside the root, escaped and shortened.
+        entry: String,
+        len: usize,
+        max: usize,
+    },
     #[error("the state root is not private")]
     Private(#[source] moat_image::private::PrivateDirError),
     #[error("{op} {path}")]
@@ -293,9 +301,60 @@ fn tool(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Longest file name mkfs.erofs (erofs-utils 1.5) accepts: 255 bytes,
+/// which the kernel allows, fails with "Could not format the device".
+const MAX_NAME: usize = 254;
+
+/// A path inside the root for a message: control characters and invalid
+/// UTF-8 escaped, long components shortened.
+fn describe(components: &[Vec<u8>]) -> String {
+    let mut out = String::new();
+    for c in components {
+        out.push('/');
+        let text = String::from_utf8_lossy(c);
+        let escaped: String = text.chars().flat_map(char::escape_debug).collect();
+        if escaped.chars().count() > 40 {
+            let head: String = escaped.chars().take(32).collect();
+            out.push_str(&format!("{head}...({} bytes)", c.len()));
+        } else {
+            out.push_str(&escaped);
+        }
+    }
+    format!("\"{out}\"")
+}
+
+/// Refuses a tree with a name mkfs.erofs cannot store, naming the entry
+/// (instead of mkfs.erofs's "Could not format the device").
+fn check_names(rootfs: &Path) -> Result<(), RootfsError> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut stack: Vec<(PathBuf, Vec<Vec<u8>>)> = vec![(rootfs.to_path_buf(), Vec::new())];
+    while let Some((dir, comps)) = stack.pop() {
+        let rd = fs::read_dir(&dir).map_err(io("read", &dir))?;
+        for e in rd {
+            let e = e.map_err(io("read", &dir))?;
+            let name = e.file_name().as_bytes().to_vec();
+            let mut path = comps.clone();
+            path.push(name.clone());
+            if name.len() > MAX_NAME {
+                return Err(RootfsError::NameTooLong {
+                    rootfs: rootfs.to_path_buf(),
+                    entry: describe(&path),
+                    len: name.len(),
+                    max: MAX_NAME,
+                });
+            }
+            if e.file_type().map_err(io("stat", &e.path()))?.is_dir() {
+                stack.push((e.path(), path));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Builds `out/root.img` (EROFS + verity) and `out/verity.json` from
 /// `rootfs`; a copy of the tree, when one is needed, goes in `work`.
 fn build(out: &Path, work: &Path, rootfs: &Path) -> Result<Verity, RootfsError> {
+    check_names(rootfs)?;
     // The image is never modified: when it lacks a mount point, build from a copy.
     let missing: Vec<&str> = MOUNT_POINTS
         .iter()
@@ -422,6 +481,37 @@ mod tests {
         assert!(live.exists() && held.path().exists());
         drop(held);
         assert_eq!(fs::read_dir(tmp_dir(&root)).unwrap().count(), 0);
+    }
+
+    /// Issue 23 item 11: a 255-byte name is refused before mkfs.erofs runs,
+    /// with the entry named; 254 bytes build.
+    #[test]
+    fn a_name_mkfs_erofs_cannot_store_is_named() {
+        if Command::new("mkfs.erofs").arg("--help").output().is_err() {
+            println!("SKIP: mkfs.erofs not installed");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let rootfs = d.path().join("rootfs");
+        fs::create_dir_all(rootfs.join("srv/data")).unwrap();
+        fs::write(rootfs.join("srv/data").join("b".repeat(254)), b"ok").unwrap();
+        let state = d.path().join("state");
+        ensure(&state, &format!("sha256:{}", "d".repeat(64)), &rootfs).unwrap();
+        fs::write(rootfs.join("srv/data").join("a".repeat(255)), b"x").unwrap();
+        let err = ensure(&state, &format!("sha256:{}", "e".repeat(64)), &rootfs)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "\"/srv/data/{}...(255 bytes)\" in {} has a 255-byte name; the VM's root image takes names of at most 254 bytes (mkfs.erofs fails on longer ones): rename it in the image, or run it with --isolation sandbox",
+                "a".repeat(32),
+                rootfs.display()
+            )
+        );
+        // Nothing staged is left.
+        assert_eq!(fs::read_dir(tmp_dir(&state)).unwrap().count(), 0);
+        assert_eq!(describe(&[b"a\x1b[2Jb".to_vec()]), "\"/a\\u{1b}[2Jb\"");
     }
 
     #[test]

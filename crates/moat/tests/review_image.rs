@@ -643,3 +643,45 @@ fn profile_static_with_a_fifo_ld_so_conf_does_not_hang() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// Issue 23 item 11: an image with a 255-byte file name runs in the
+/// sandbox; the VM, whose mkfs.erofs cannot store it, refuses it naming the
+/// entry instead of failing with "Could not format the device".
+#[test]
+fn a_255_byte_name_is_named_before_the_vm_disk_is_built() {
+    let test = "a_255_byte_name_is_named_before_the_vm_disk_is_built";
+    if !can_sandbox(test) {
+        return;
+    }
+    let env = Env::new();
+    let long = "n".repeat(255);
+    std::fs::write(env.rootfs.join("var").join(&long), b"x").unwrap();
+    let o = env.run(&["sh", "-c", "ls /var | wc -c"]);
+    assert_eq!(stdout(&o), "256\n", "{}", stderr(&o));
+    if !Path::new("/usr/bin/qemu-system-x86_64").is_file() {
+        println!("SKIP: {test} (vm part): qemu-system-x86_64 is not installed");
+        return;
+    }
+    let o = env
+        .moat(&[
+            "run",
+            "--isolation",
+            "vm",
+            "--accel",
+            "tcg",
+            "--rootfs",
+            env.rootfs.to_str().unwrap(),
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "moat: error: \"/var/{}...(255 bytes)\" in {} has a 255-byte name; the VM's root image takes names of at most 254 bytes (mkfs.erofs fails on longer ones): rename it in the image, or run it with --isolation sandbox\n",
+            "n".repeat(32),
+            env.rootfs.display()
+        )
+    );
+    assert_eq!(o.status.code(), Some(125));
+}
