@@ -54,9 +54,9 @@ pub enum ImportError {
         what: String,
         kind: &'static str,
     },
-    #[error("{source_path}: entry {entry:?} is not a valid archive member name")]
+    #[error("{source_path}: entry {} is not a valid archive member name", crate::quote::quote(.entry))]
     BadMember { source_path: PathBuf, entry: String },
-    #[error("{source_path}: entry {entry:?}: blob content hashes to {actual}, not the digest its name claims")]
+    #[error("{source_path}: entry {}: blob content hashes to {actual}, not the digest its name claims", crate::quote::quote(.entry))]
     MemberDigest {
         source_path: PathBuf,
         entry: String,
@@ -221,7 +221,7 @@ impl Store {
             let mut f = File::open(path).map_err(|source| ImportError::Read {
                 source_path: sp.clone(),
                 what: "it".into(),
-                source,
+                source: crate::quote::clean_io(source),
             })?;
             match sniff_archive(&mut f, path)? {
                 ArchiveKind::Oci(meta) => {
@@ -291,7 +291,7 @@ impl Store {
             Err(InputFileError::Io(source)) => Err(ImportError::Read {
                 source_path: sp.clone(),
                 what: name.to_string(),
-                source,
+                source: crate::quote::clean_io(source),
             }),
         };
         open("oci-layout")?;
@@ -303,7 +303,7 @@ impl Store {
             .map_err(|source| ImportError::Read {
                 source_path: sp.clone(),
                 what: "index.json".into(),
-                source,
+                source: crate::quote::clean_io(source),
             })?;
         if bytes.len() as u64 > MAX_META {
             return Err(ImportError::TooBig {
@@ -588,7 +588,7 @@ impl Store {
         f.rewind().map_err(|source| ImportError::Read {
             source_path: sp.clone(),
             what: "it".into(),
-            source,
+            source: crate::quote::clean_io(source),
         })?;
         let total = f.metadata().map(|m| m.len()).unwrap_or(0);
         let tmp = blobs.join("layer.partial");
@@ -602,7 +602,7 @@ impl Store {
         copy_progress(&mut f, &mut w, opts.progress).map_err(|source| ImportError::Read {
             source_path: sp.clone(),
             what: "it".into(),
-            source,
+            source: crate::quote::clean_io(source),
         })?;
         let (out, digest, size) = w.finish();
         out.into_inner().map_err(|e| ImportError::Write {
@@ -963,7 +963,7 @@ fn sniff_archive(f: &mut File, path: &Path) -> Result<ArchiveKind, ImportError> 
     let read_err = |source| ImportError::Read {
         source_path: sp.clone(),
         what: "the archive".into(),
-        source,
+        source: crate::quote::clean_io(source),
     };
     let mut head = [0u8; 4];
     let n = f.read(&mut head).map_err(read_err)?;
@@ -1030,7 +1030,7 @@ fn extract_members(
     let read_err = |source| ImportError::Read {
         source_path: sp.clone(),
         what: "the archive".into(),
-        source,
+        source: crate::quote::clean_io(source),
     };
     f.rewind().map_err(read_err)?;
     let mut found = HashMap::new();

@@ -5,6 +5,7 @@ pub mod digest;
 mod fsat;
 pub mod oci;
 pub mod private;
+pub mod quote;
 pub mod unpack;
 
 pub use unpack::{Limits, UnpackOptions};

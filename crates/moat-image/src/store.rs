@@ -37,9 +37,9 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
-    #[error("no image matches {reference:?} (see `moat image ls`)")]
+    #[error("no image matches {} (see `moat image ls`)", crate::quote::quote(.reference))]
     NotFound { reference: String },
-    #[error("{reference:?} matches several images ({candidates}); give more digits or a name")]
+    #[error("{} matches several images ({candidates}); give more digits or a name", crate::quote::quote(.reference))]
     Ambiguous {
         reference: String,
         candidates: String,
@@ -48,7 +48,7 @@ pub enum StoreError {
     MissingBlob { digest: String },
     #[error("blob {digest} is corrupt (its content hashes to {actual}); re-import the image")]
     CorruptBlob { digest: String, actual: String },
-    #[error("{digest:?} is not a sha256 digest")]
+    #[error("{} is not a sha256 digest", crate::quote::quote(.digest))]
     BadDigest { digest: String },
     #[error("reading {path}")]
     Read {
@@ -87,7 +87,7 @@ pub enum StoreError {
         container: String,
         state: PathBuf,
     },
-    #[error("{name:?} is not a valid image name (letters, digits and ._-/:@ only, at most 255 characters)")]
+    #[error("{} is not a valid image name (letters, digits and ._-/:@ only, at most 255 characters)", crate::quote::quote(.name))]
     BadName { name: String },
 }
 

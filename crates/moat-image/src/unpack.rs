@@ -58,7 +58,7 @@ pub struct EntryName(pub Vec<u8>);
 
 impl fmt::Display for EntryName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", String::from_utf8_lossy(&self.0))
+        f.write_str(&crate::quote::quote_bytes(&self.0))
     }
 }
 
@@ -215,7 +215,7 @@ pub fn apply_layer_blob(
         result?;
         produced.map_err(|source| UnpackError::ReadArchive {
             after: EntryName(b"(end)".to_vec()),
-            source,
+            source: crate::quote::clean_io(source),
         })
     })?;
     if let Some(expected) = expected_digest {
@@ -361,7 +361,7 @@ pub fn apply_layer(
     apply_tar(root, &mut hashed, opts, budget)?;
     let (diff_id, _) = hashed.finish().map_err(|source| UnpackError::ReadArchive {
         after: EntryName(b"(end)".to_vec()),
-        source,
+        source: crate::quote::clean_io(source),
     })?;
     Ok(diff_id)
 }
@@ -389,7 +389,7 @@ fn apply_tar(
             .entries()
             .map_err(|source| UnpackError::ReadArchive {
                 after: last.clone(),
-                source,
+                source: crate::quote::clean_io(source),
             })?;
         for entry in entries {
             let mut entry = match entry {
@@ -401,7 +401,7 @@ fn apply_tar(
                 Err(source) => {
                     return Err(UnpackError::ReadArchive {
                         after: last.clone(),
-                        source,
+                        source: crate::quote::clean_io(source),
                     })
                 }
             };
@@ -415,7 +415,7 @@ fn apply_tar(
         io::copy(&mut (&mut stream).take(MAX_TRAILING + 1), &mut io::sink()).map_err(|source| {
             UnpackError::ReadArchive {
                 after: last.clone(),
-                source,
+                source: crate::quote::clean_io(source),
             }
         })?;
     if trailing > MAX_TRAILING {
@@ -580,7 +580,7 @@ impl Layer<'_> {
         let header = entry.header();
         let mode = header.mode().map_err(|source| UnpackError::ReadEntry {
             entry: name.clone(),
-            source,
+            source: crate::quote::clean_io(source),
         })? & 0o7777;
         let uid = header.uid().unwrap_or(0);
         let gid = header.gid().unwrap_or(0);
@@ -880,7 +880,7 @@ impl Layer<'_> {
                         .read(&mut buf[filled..])
                         .map_err(|source| UnpackError::ReadEntry {
                             entry: name.clone(),
-                            source,
+                            source: crate::quote::clean_io(source),
                         })?;
                 if n == 0 {
                     break;

@@ -685,3 +685,64 @@ fn a_255_byte_name_is_named_before_the_vm_disk_is_built() {
     );
     assert_eq!(o.status.code(), Some(125));
 }
+
+/// Issue 12 item 7: importing a garbage tar used to print raw binary bytes
+/// (`numeric field did not have utf-8 text: ���J…`). Every piece of input
+/// in the error is escaped and the whole is cut to a sane length.
+#[test]
+fn a_garbage_tar_gives_an_escaped_short_error() {
+    if !can_sandbox("a_garbage_tar_gives_an_escaped_short_error") {
+        return;
+    }
+    let env = Env::new();
+    // Deterministic garbage with every byte value, ESC sequences included.
+    let mut x: u32 = 0x1234_5678;
+    let garbage: Vec<u8> = (0..8192)
+        .map(|_| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (x >> 24) as u8
+        })
+        .collect();
+    // And a header whose mode field holds an escape sequence.
+    let mut h = vec![0u8; 512];
+    h[..5].copy_from_slice(b"hello");
+    h[100..108].copy_from_slice(b"\xff\xfe\x1b[2J\0\0");
+    h[124..136].copy_from_slice(b"0000000001\0\0");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h.extend_from_slice(&[0u8; 1024]);
+    for (name, data) in [("garbage.tar", garbage), ("esc.tar", h)] {
+        let p = env.dir.path().join(name);
+        std::fs::write(&p, data).unwrap();
+        let o = env
+            .moat(&["image", "import", p.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8(o.stderr.clone()).expect("stderr is UTF-8");
+        assert!(
+            err.starts_with(&format!(
+                "moat: error: import failed: {}: layer sha256:",
+                p.display()
+            )),
+            "{err}"
+        );
+        assert!(err.ends_with('\n') && err.lines().count() == 1, "{err:?}");
+        let bad: Vec<char> = err
+            .trim_end()
+            .chars()
+            .filter(|c| c.is_control() || *c == '\u{fffd}')
+            .collect();
+        assert!(bad.is_empty(), "raw bytes in {err:?}");
+        assert!(err.len() < 700, "{} bytes: {err}", err.len());
+        if name == "esc.tar" {
+            assert!(
+                err.ends_with(
+                    "entry \"hello\": reading its data: numeric field did not have utf-8 text: \\u{fffd}\\u{fffd}\\u{1b}[2J when getting mode for hello\n"
+                ),
+                "{err}"
+            );
+        }
+    }
+}
