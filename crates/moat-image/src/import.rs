@@ -597,13 +597,36 @@ impl Store {
             what: "staging".into(),
             source,
         })?;
-        let mut w = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, out));
-        opts.progress.phase("copying", total);
-        copy_progress(&mut f, &mut w, opts.progress).map_err(|source| ImportError::Read {
+        let w = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, out));
+        // An uncompressed tarball is stored gzip-compressed (fast level,
+        // deterministic header): the blob is the store's long-lived copy of
+        // the image, and uncompressed it doubled the image's footprint.
+        let mut head = [0u8; 4];
+        let n = f.read(&mut head).unwrap_or(0);
+        f.rewind().map_err(|source| ImportError::Read {
             source_path: sp.clone(),
             what: "it".into(),
             source: crate::quote::clean_io(source),
         })?;
+        let read_err = |source| ImportError::Read {
+            source_path: sp.clone(),
+            what: "it".into(),
+            source: crate::quote::clean_io(source),
+        };
+        opts.progress.phase("copying", total);
+        let w = if Compression::sniff(&head[..n]) == Compression::None {
+            let mut gz = flate2::write::GzEncoder::new(w, flate2::Compression::fast());
+            copy_progress(&mut f, &mut gz, opts.progress).map_err(read_err)?;
+            gz.finish().map_err(|source| ImportError::Write {
+                source_path: sp.clone(),
+                what: "staging".into(),
+                source,
+            })?
+        } else {
+            let mut w = w;
+            copy_progress(&mut f, &mut w, opts.progress).map_err(read_err)?;
+            w
+        };
         let (out, digest, size) = w.finish();
         out.into_inner().map_err(|e| ImportError::Write {
             source_path: sp.clone(),

@@ -27,6 +27,10 @@ use crate::lock::{self, LockGuard, Staging};
 use crate::oci;
 use crate::unpack::{self, Budget, UnpackError, UnpackOptions};
 
+/// Where the VM backend caches an image's EROFS + dm-verity root image,
+/// below the state root: `<VM_CACHE_DIR>/<image ID hex>/`.
+pub const VM_CACHE_DIR: &str = "vm/rootfs-v1";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the state root is not private")]
@@ -323,6 +327,11 @@ impl Store {
     }
     pub(crate) fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+    /// The VM backend's root images, one directory per image ID (config
+    /// hex): `moat-vm` builds them, `rm` and `prune` remove them.
+    pub(crate) fn vm_cache_dir(&self) -> PathBuf {
+        self.root.join(VM_CACHE_DIR)
     }
     fn names_path(&self) -> PathBuf {
         self.images_dir().join("names.json")

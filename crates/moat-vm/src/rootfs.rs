@@ -180,7 +180,7 @@ pub fn cache_dir(root: &Path, image_id: &str) -> Result<PathBuf, RootfsError> {
         .ok_or_else(|| RootfsError::BadImageId {
             image_id: image_id.to_string(),
         })?;
-    Ok(root.join("vm").join("rootfs-v1").join(hex))
+    Ok(root.join(moat_image::store::VM_CACHE_DIR).join(hex))
 }
 
 /// Returns the cached EROFS+verity image of `rootfs`, building it on first use.
