@@ -198,6 +198,42 @@ fn a_second_user_cannot_use_a_hostile_image_in_the_store() {
         .unwrap();
     assert_eq!(stdout(&o), "end\n", "{}", stderr(&o));
 
+    // The VM's root image of the hostile image: as private as the rootfs.
+    if vm_ready(
+        &env,
+        "a_second_user_cannot_use_a_hostile_image_in_the_store",
+    ) {
+        let _l = vm_host::vm_lock();
+        let o = env
+            .moat(&[
+                "run",
+                "--isolation",
+                "vm",
+                "--accel",
+                "tcg",
+                "hostile",
+                "sh",
+                "-c",
+                "ls -A /var/tmp; echo end",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(stdout(&o), "end\n", "{}", stderr(&o));
+        let cache = only_entry(&state.join("vm/rootfs-v1"));
+        let img = cache.join("root.img");
+        assert_eq!(mode(&img), 0o600);
+        for d in ["vm", "vm/rootfs-v1", "vm/tmp"] {
+            assert_eq!(mode(&state.join(d)), 0o700, "{d}");
+        }
+        let o = user.run(&["cat", img.to_str().unwrap()]);
+        assert!(
+            !o.status.success() && o.stdout.is_empty(),
+            "root image readable"
+        );
+        let o = user.run(&["ls", state.join("vm/tmp").to_str().unwrap()]);
+        assert!(!o.status.success(), "vm/tmp listable");
+    }
+
     // Checked and repaired at start: a store whose modes were widened (by
     // an older moat, or by hand) is private again after any image command.
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
