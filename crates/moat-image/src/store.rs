@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -620,11 +619,13 @@ impl Store {
         }
         let _shared = self.lock_shared()?;
         let _meta = self.lock_meta()?;
-        let root = File::options()
-            .read(true)
-            .custom_flags(libc_o_directory_nofollow())
-            .open(path)
-            .map_err(io_read(path))?;
+        use rustix::fs::{Mode, OFlags};
+        let root = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_read(path)(e.into()))?;
         let added = crate::mountpoints::add_missing(root.as_fd()).map_err(io_write(path))?;
         self.note_mount_points(&image.manifest_digest, added)
     }
@@ -684,9 +685,4 @@ impl Store {
         }
         crate::mountpoints::add_missing(root.as_fd()).map_err(io_write(dest))
     }
-}
-
-fn libc_o_directory_nofollow() -> i32 {
-    (rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC)
-        .bits() as i32
 }

@@ -393,6 +393,26 @@ fn an_image_of_one_static_binary_runs_in_both_backends() {
     );
     assert_eq!(o.status.code(), Some(0));
 
+    // A rootfs materialised by an older moat (no mount points) gets them
+    // on first use.
+    for d in ["dev", "proc", "sys", "tmp", "run"] {
+        std::fs::remove_dir(rootfs.join(d)).unwrap();
+    }
+    let o = env
+        .moat(&[
+            "run",
+            "--isolation",
+            "sandbox",
+            "scratch",
+            "/busybox",
+            "echo",
+            "upgraded",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "upgraded\n", "{}", stderr(&o));
+    assert!(rootfs.join("proc").is_dir());
+
     // `moat profile record` of it, and the policy it wrote runs it.
     let policy = env.dir.path().join("scratch.yaml");
     let o = env
