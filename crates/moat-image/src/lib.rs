@@ -4,10 +4,13 @@
 pub mod digest;
 mod fsat;
 pub mod oci;
+pub mod private;
+pub mod quote;
 pub mod unpack;
 
 pub use unpack::{Limits, UnpackOptions};
-mod lock;
+pub mod lock;
+pub mod mountpoints;
 mod remove;
 pub mod store;
 

@@ -120,6 +120,20 @@ impl Store {
         if rootfs.exists() {
             fs::remove_dir_all(&rootfs).map_err(io_write(&rootfs))?;
         }
+        // The VM's root image of this image ID, unless another record
+        // (another manifest of the same config) still needs it. A running
+        // VM keeps its open descriptor.
+        let shared = self
+            .records()?
+            .iter()
+            .any(|r| r.config_digest == image.config_digest);
+        if !shared {
+            let hex = sha256_hex(&image.config_digest).expect("stored digests are valid");
+            let vm = self.vm_cache_dir().join(hex);
+            if vm.exists() {
+                fs::remove_dir_all(&vm).map_err(io_write(&vm))?;
+            }
+        }
         removed.images.push(image.config_digest.clone());
         Ok(())
     }
@@ -129,6 +143,7 @@ impl Store {
     fn remove_unreferenced_blobs(&self, removed: &mut Removed) -> Result<(), StoreError> {
         let mut keep = HashSet::new();
         let mut keep_rootfs = HashSet::new();
+        let mut keep_configs = HashSet::new();
         for r in self.records()? {
             for d in [&r.manifest_digest, &r.config_digest]
                 .into_iter()
@@ -141,6 +156,7 @@ impl Store {
                     .unwrap_or_default()
                     .to_string(),
             );
+            keep_configs.insert(sha256_hex(&r.config_digest).unwrap_or_default().to_string());
         }
         let dir = self.blob_dir();
         for ent in fs::read_dir(&dir).map_err(io_read(&dir))? {
@@ -157,6 +173,20 @@ impl Store {
             let ent = ent.map_err(io_read(&dir))?;
             if !keep_rootfs.contains(&*ent.file_name().to_string_lossy()) {
                 fs::remove_dir_all(ent.path()).map_err(io_write(&ent.path()))?;
+            }
+        }
+        // VM root images whose image ID no record has (images removed by
+        // an older moat, which left them behind).
+        let dir = self.vm_cache_dir();
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for ent in rd {
+                let ent = ent.map_err(io_read(&dir))?;
+                let name = ent.file_name().to_string_lossy().into_owned();
+                let is_cache = sha256_hex(&format!("sha256:{name}")).is_some();
+                if is_cache && !keep_configs.contains(&name) {
+                    removed.bytes += dir_size(&ent.path());
+                    fs::remove_dir_all(ent.path()).map_err(io_write(&ent.path()))?;
+                }
             }
         }
         Ok(())
@@ -288,4 +318,18 @@ impl Store {
             .map_err(io_write(tmp))?;
         Ok(())
     }
+}
+
+/// Bytes of the regular files below `dir` (not following symlinks).
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
 }

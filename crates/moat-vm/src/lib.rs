@@ -155,7 +155,11 @@ pub fn run_container_with(
             memory_mib,
             accel,
             id: &id,
-            cleanup: vec![state.dir.clone()],
+            // The per-run disk of `--rootfs DIR` too: a later run's sweep
+            // would find it, but the watcher removes it at once.
+            cleanup: std::iter::once(state.dir.clone())
+                .chain(root.per_run_dir())
+                .collect(),
             trace: trace.on(),
         },
     )?;

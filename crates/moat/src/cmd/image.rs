@@ -64,6 +64,11 @@ pub struct ImportArgs {
     /// Create device nodes and FIFOs found in layers (refused by default).
     #[arg(long)]
     pub allow_devices: bool,
+    /// Apply `security.*` and `trusted.*` extended attributes from layers
+    /// (file capabilities, SELinux labels). Skipped by default: a file
+    /// capability in the store would be a privileged binary on the host.
+    #[arg(long)]
+    pub keep_security_xattrs: bool,
     /// Refuse images that unpack to more than this many bytes (a
     /// decompression bomb stops here).
     #[arg(long, default_value_t = Limits::default().max_bytes)]
@@ -165,6 +170,7 @@ fn import(store: &Store, a: ImportArgs) -> anyhow::Result<ExitCode> {
                 max_entries: a.max_entries,
             },
             allow_devices: a.allow_devices,
+            keep_security_xattrs: a.keep_security_xattrs,
         },
         progress: bar
             .as_ref()
@@ -393,7 +399,9 @@ fn export(store: &Store, a: ExportArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn prune(global: &GlobalArgs, store: &Store, a: PruneArgs) -> anyhow::Result<ExitCode> {
-    let removed = store.prune(Some(&global.run_root()))?;
+    let mut removed = store.prune(Some(&global.run_root()))?;
+    // VM build stages and per-run disks whose owner died (`kill -9`).
+    removed.staging += moat_vm::rootfs::sweep(&global.root);
     if a.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&removed)?);
     } else {
