@@ -87,6 +87,7 @@ fn probe_boot(state_root: &Path, hv: &dyn Hypervisor) -> Result<(), String> {
             vcpus: 1,
             memory_mib: 128,
             accel: Accel::Kvm,
+            cpu_millis: None,
             id: &id,
             cleanup: Vec::new(),
             trace: false,

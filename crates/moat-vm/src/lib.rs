@@ -9,6 +9,7 @@
 
 pub mod accel;
 pub mod boot;
+pub mod cgroup;
 pub mod hypervisor;
 pub mod initramfs;
 pub mod jail;
@@ -134,7 +135,7 @@ pub fn run_container_with(
     let root = rootfs::ensure(&opts.state_root, &opts.image_id, &opts.rootfs)?;
     trace.mark("root image (EROFS + verity) ready");
     let id = format!("{:016x}", sys::getrandom_u64());
-    let state = state::ContainerState::write(&opts.run_root, &id, &opts.name, &opts.image_id)?;
+    let mut state = state::ContainerState::write(&opts.run_root, &id, &opts.name, &opts.image_id)?;
     trace.mark("container state written");
     let vcpus = if opts.plan.vm.vcpus == 0 {
         DEFAULT_VCPUS
@@ -154,11 +155,15 @@ pub fn run_container_with(
             vcpus,
             memory_mib,
             accel,
+            cpu_millis: opts.plan.cgroup.cpu_millis,
             id: &id,
             cleanup: vec![state.dir.clone()],
             trace: trace.on(),
         },
     )?;
+    // The cleanup watcher removes the state from here on (the supervisor
+    // gives up the root that removing it takes).
+    state.hand_over();
     trace.mark("jail set up, VMM spawned");
     let r = session::run(
         booted,

@@ -82,8 +82,9 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
     let mut console: Vec<u8> = Vec::new();
     sys::set_nonblocking(booted.vmm.console.as_fd(), true).map_err(VmError::Channel)?;
     // Everything the relay and the teardown need is open: from here on the
-    // supervisor runs under its own filter.
-    crate::supervisor::confine(opts.confine)?;
+    // supervisor is an unprivileged uid under its own filter.
+    let uid = crate::jail::supervisor_uid(booted.vmm.uid);
+    crate::supervisor::confine(opts.confine, uid)?;
     opts.trace.mark("supervisor seccomp filter installed");
     let console_text = |console: &[u8], more: String| {
         let mut t = String::from_utf8_lossy(console).into_owned();

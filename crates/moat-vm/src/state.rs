@@ -9,6 +9,8 @@ use crate::VmError;
 
 pub struct ContainerState {
     pub dir: PathBuf,
+    /// Whether the jail's cleanup watcher removes `dir` (then drop does not).
+    handed_over: bool,
 }
 
 impl ContainerState {
@@ -39,13 +41,23 @@ impl ContainerState {
         fs::write(&file, serde_json::to_vec_pretty(&state).unwrap_or_default())
             .map_err(err(&file))?;
         fs::rename(&stage, &dir).map_err(err(&dir))?;
-        Ok(ContainerState { dir })
+        Ok(ContainerState {
+            dir,
+            handed_over: false,
+        })
+    }
+
+    /// From now on the jail's cleanup watcher removes the state.
+    pub fn hand_over(&mut self) {
+        self.handed_over = true;
     }
 }
 
 impl Drop for ContainerState {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
+        if !self.handed_over {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

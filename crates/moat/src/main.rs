@@ -3,6 +3,7 @@
 
 mod cmd;
 mod global;
+mod sys;
 
 use std::process::ExitCode;
 
@@ -55,6 +56,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if let Err(e) = sys::cloexec_inherited_fds() {
+        eprintln!("moat: error: marking inherited descriptors close-on-exec: {e}");
+        return ExitCode::from(global::EXIT_FAILURE);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Image(c) => cmd::image::run(&cli.global, c),
