@@ -135,7 +135,13 @@ pub fn run_container_with(
     let root = rootfs::ensure(&opts.state_root, &opts.image_id, &opts.rootfs)?;
     trace.mark("root image (EROFS + verity) ready");
     let id = format!("{:016x}", sys::getrandom_u64());
-    let mut state = state::ContainerState::write(&opts.run_root, &id, &opts.name, &opts.image_id)?;
+    let mut state = state::ContainerState::write(
+        &opts.run_root,
+        &id,
+        &opts.name,
+        &opts.image_id,
+        &opts.process.args,
+    )?;
     trace.mark("container state written");
     let vcpus = if opts.plan.vm.vcpus == 0 {
         DEFAULT_VCPUS

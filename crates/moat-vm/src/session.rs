@@ -12,6 +12,18 @@ use moat_policy::{Plan, ProcessSpec};
 use crate::boot::{console_tail, Booted};
 use crate::{sys, VmError};
 
+/// Signals the supervisor forwards to the workload (`moat kill`, or sent
+/// to `moat run` itself). The first four also start the stop timeout;
+/// SIGKILL ends the supervisor and with it the VM.
+pub const FORWARDED_SIGNALS: [i32; 6] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
 /// How long a guest may take to say hello (TCG on a busy 2-core machine is slow).
 pub const HELLO_DEADLINE: Duration = Duration::from_secs(90);
 
@@ -184,6 +196,12 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                     libc::SIGWINCH => {
                         if let (true, Some((rows, cols))) = (tty && started, sys::winsize(0)) {
                             queue(&mut out, Message::Resize { rows, cols })?;
+                        }
+                    }
+                    sig @ (libc::SIGUSR1 | libc::SIGUSR2) => {
+                        // Not a request to stop: forwarded once the workload runs.
+                        if started {
+                            queue(&mut out, Message::Signal(sig))?;
                         }
                     }
                     sig => {

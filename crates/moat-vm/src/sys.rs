@@ -80,11 +80,13 @@ pub struct SignalFd {
     old: libc::sigset_t,
 }
 
-pub const HANDLED_SIGNALS: [i32; 6] = [
+pub const HANDLED_SIGNALS: [i32; 8] = [
     libc::SIGINT,
     libc::SIGTERM,
     libc::SIGHUP,
     libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
     libc::SIGWINCH,
     libc::SIGCHLD,
 ];

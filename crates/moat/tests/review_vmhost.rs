@@ -1,7 +1,7 @@
 //! The host side of the vm backend under attack, through the `moat` binary
 //! (the outside reviews, issues 11 and 23): what a calling shell's
-//! descriptors, a compromised supervisor or QEMU can reach, and the VMM's
-//! cgroup limits. Skips with `SKIP:` when QEMU or the guest
+//! descriptors, a compromised supervisor or QEMU can reach, the VMM's
+//! cgroup limits, and `moat kill` of a VM container. Skips with `SKIP:` when QEMU or the guest
 //! kernel is absent (`make kernel`).
 
 #[path = "sandbox_common/mod.rs"]
@@ -595,6 +595,49 @@ true",
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "host");
     std::fs::remove_file(&marker).unwrap();
     assert!(!Path::new("/dev/shm/from-qemu").exists());
+}
+
+/// Issue 11 item 9. `moat kill` reaches the workload of a VM container: its
+/// state names the supervisor with its start time, the supervisor forwards
+/// the signal (a trap runs in the guest), a signal it cannot forward is
+/// refused with a clear error, and SIGKILL ends the VM with nothing left.
+#[test]
+fn moat_kill_reaches_the_workload_of_a_vm_container() {
+    let Some(mut vm) = start_ready(
+        "moat_kill_reaches_the_workload_of_a_vm_container",
+        &[
+            "--name",
+            "k1",
+            "busybox",
+            "sh",
+            "-c",
+            "trap 'echo got-usr1' USR1; echo ready; while :; do sleep 0.2; done",
+        ],
+    ) else {
+        return;
+    };
+    let o = vm.env.moat(&["ps"]).output().unwrap();
+    assert!(common::stdout(&o).contains("k1"), "{}", common::stdout(&o));
+    let o = vm.env.moat(&["kill", "k1", "USR1"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    vm.r.wait_line("got-usr1");
+    let o = vm.env.moat(&["kill", "k1", "STOP"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "moat: error: container \"k1\" runs in a micro-VM, whose supervisor forwards only INT, TERM, HUP, QUIT, USR1 and USR2 (KILL ends the VM); signal \"STOP\" cannot reach it\n"
+    );
+    let o = vm.env.moat(&["kill", "k1"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (st, _) = vm.r.wait();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(st.signal(), Some(9), "{st}");
+    assert_nothing_left(&vm.env);
+    let o = vm.env.moat(&["kill", "k1"]).output().unwrap();
+    assert_eq!(
+        stderr(&o),
+        "moat: error: no running container named \"k1\" (see `moat ps`)\n"
+    );
 }
 
 /// Issue 23 item 8, host part. The VMM's host cgroups carry the policy's
