@@ -140,6 +140,11 @@ impl Drop for SignalFd {
     }
 }
 
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail and takes no pointers.
+    unsafe { libc::geteuid() }
+}
+
 pub fn isatty(fd: RawFd) -> bool {
     // SAFETY: isatty on an fd number.
     unsafe { libc::isatty(fd) == 1 }

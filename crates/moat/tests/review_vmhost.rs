@@ -1,7 +1,7 @@
 //! The host side of the vm backend under attack, through the `moat` binary
 //! (the outside reviews, issues 11 and 23): what a calling shell's
-//! descriptors, a compromised supervisor or QEMU can reach, the VMM's
-//! cgroup limits, and `moat kill` of a VM container. Skips with `SKIP:` when QEMU or the guest
+//! descriptors, a compromised supervisor or QEMU, and a planted agent can
+//! reach, the VMM's cgroup limits, and `moat kill` of a VM container. Skips with `SKIP:` when QEMU or the guest
 //! kernel is absent (`make kernel`).
 
 #[path = "sandbox_common/mod.rs"]
@@ -698,4 +698,136 @@ fn the_vmm_cgroups_carry_cpu_pids_and_memory_limits() {
     assert_eq!(st.code(), Some(143), "{err}");
     assert_eq!(leftovers(&env), Vec::<String>::new());
     drop(lock);
+}
+
+/// A host user made for one test (`useradd`), removed on drop.
+struct TestUser {
+    name: String,
+    uid: u32,
+}
+
+impl TestUser {
+    fn new(name: &str) -> TestUser {
+        let _ = Command::new("userdel").arg(name).output();
+        let o = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/bin/false",
+                name,
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "useradd {name}: {}", stderr(&o));
+        let o = Command::new("id").args(["-u", name]).output().unwrap();
+        let uid = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+        TestUser {
+            name: name.to_string(),
+            uid,
+        }
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}
+
+/// Issue 11 item 11. A `moat` binary copied to a directory anyone can write
+/// to (as `/tmp/x/`) no longer boots whatever another user planted where it
+/// looks for the agent: the agent must be root's, in directories only root
+/// can write to, or moat refuses it naming the path and its mode.
+#[test]
+fn a_planted_agent_is_refused() {
+    let env = Env::new();
+    if !vm_ready(&env, "a_planted_agent_is_refused") {
+        return;
+    }
+    let _lock = vm_lock();
+    import_test_image(&env);
+    let user = TestUser::new("moat-vmhost-1");
+    let x = tempfile::Builder::new()
+        .prefix("moat-vmhost-x-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(x.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let bin = x.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let moat = bin.join("moat");
+    std::fs::copy(env!("CARGO_BIN_EXE_moat"), &moat).unwrap();
+    // What the other user plants where a build-tree moat looks.
+    let planted_dir = x.path().join("x86_64-unknown-linux-gnu/release");
+    std::fs::create_dir_all(&planted_dir).unwrap();
+    let planted = planted_dir.join("moat-agent");
+    std::fs::write(&planted, b"#!/bin/sh\necho pwned\n").unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&planted, Some(user.uid), None).unwrap();
+    let run = || {
+        Command::new(&moat)
+            .arg("--root")
+            .arg(env.state_root())
+            .args([
+                "run",
+                "--isolation",
+                "vm",
+                "--accel",
+                "tcg",
+                "busybox",
+                "true",
+            ])
+            .env_remove("MOAT_AGENT")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = run();
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "moat: error: refusing guest agent {p}: the file {p} is owned by uid {u} (mode 0755); moat boots only an agent that root owns in directories only root can write to: install it as root (`install -o root -m 0755`) or point MOAT_AGENT at such a copy\n",
+            p = planted.display(),
+            u = user.uid
+        )
+    );
+    // Root's own file there is no better: anyone may replace it.
+    std::os::unix::fs::chown(&planted, Some(0), None).unwrap();
+    let o = run();
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "moat: error: refusing guest agent {p}: its directory {d} is writable by others (mode 0777); moat boots only an agent that nobody but root can replace: `chmod go-w {d}`, or install the agent elsewhere and point MOAT_AGENT at it\n",
+            p = planted.display(),
+            d = x.path().display()
+        )
+    );
+    // MOAT_AGENT is checked the same way.
+    let o = env
+        .moat(&[
+            "run",
+            "--isolation",
+            "vm",
+            "--accel",
+            "tcg",
+            "busybox",
+            "true",
+        ])
+        .env("MOAT_AGENT", &planted)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with(&format!(
+            "moat: error: refusing guest agent {}: its directory {} is writable by others (mode 0777)",
+            planted.display(),
+            x.path().display()
+        )),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(leftovers(&env), Vec::<String>::new());
+    drop(user);
 }
