@@ -191,6 +191,26 @@ pub fn run_container_with(
 /// Whether a hardware accelerator really works here (cached probe). `auto`
 /// isolation picks the vm backend only when this is true.
 pub fn accelerator_works(state_root: &Path) -> bool {
+    why_no_accelerator(state_root).is_none()
+}
+
+/// Why micro-VMs cannot run on a hardware accelerator here, in the user's
+/// terms (`None`: they can); the reason `auto` isolation gives for
+/// choosing the sandbox.
+pub fn why_no_accelerator(state_root: &Path) -> Option<String> {
     let hv = Qemu::default();
-    hv.available() && accel::probe(state_root, &hv).is_ok_and(|(r, _)| r.kvm)
+    if !hv.available() {
+        return Some(format!(
+            "QEMU is not installed ({}; Debian package qemu-system-x86)",
+            hv.program.display()
+        ));
+    }
+    match accel::probe(state_root, &hv) {
+        Ok((r, _)) if r.kvm => None,
+        Ok((r, _)) => Some(r.reason),
+        Err(VmError::Kernel(kernel::KernelError::NotBuilt { .. })) => {
+            Some("no guest kernel is built yet (`moat kernel build`, about 5 minutes)".into())
+        }
+        Err(e) => Some(format!("the accelerator probe failed: {e}")),
+    }
 }

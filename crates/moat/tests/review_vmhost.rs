@@ -1,7 +1,8 @@
 //! The host side of the vm backend under attack, through the `moat` binary
-//! (the outside reviews, issues 11 and 23): what a calling shell's
-//! descriptors, a compromised supervisor or QEMU, and a planted agent can
-//! reach, the VMM's cgroup limits, and `moat kill` of a VM container. Skips with `SKIP:` when QEMU or the guest
+//! (the first and second outside reviews, issues 11, 12 and 23): what a
+//! calling shell's descriptors, a compromised supervisor or QEMU, and a
+//! planted agent can reach, and what `moat kill`, `--isolation auto` and a
+//! memory limit show the user. Skips with `SKIP:` when QEMU or the guest
 //! kernel is absent (`make kernel`).
 
 #[path = "sandbox_common/mod.rs"]
@@ -830,4 +831,66 @@ fn a_planted_agent_is_refused() {
     );
     assert_eq!(leftovers(&env), Vec::<String>::new());
     drop(user);
+}
+
+/// Issue 12 item 5. Where micro-VMs would have no hardware accelerator,
+/// `--isolation auto` (the default) runs the sandbox and says so once, in
+/// the user's terms (never QEMU's "failed to initialize kvm"), with how to
+/// force the VM; `--quiet` and an explicit `--isolation sandbox` print
+/// nothing.
+#[test]
+fn auto_says_once_why_it_runs_the_sandbox() {
+    let env = Env::new();
+    if !can_sandbox("auto_says_once_why_it_runs_the_sandbox") {
+        return;
+    }
+    if moat_vm::accelerator_works(&env.state_root()) {
+        println!(
+            "SKIP: auto_says_once_why_it_runs_the_sandbox: KVM works here, so auto picks the vm"
+        );
+        return;
+    }
+    import_test_image(&env);
+    let o = env
+        .moat(&["run", "busybox", "echo", "hi"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(common::stdout(&o), "hi\n");
+    let why = moat_vm::why_no_accelerator(&env.state_root()).unwrap();
+    assert_eq!(
+        stderr(&o),
+        format!(
+            "moat: --isolation auto runs this container in the sandbox (namespaces on this host's kernel), not in a micro-VM: {why}. `--isolation vm` runs a micro-VM anyway, under software emulation (slower); `--isolation sandbox` or --quiet hides this notice.\n"
+        )
+    );
+    assert!(!why.contains("failed to initialize"), "{why}");
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata("/dev/kvm") {
+        _ if why.starts_with("no guest kernel is built") => {}
+        Err(_) => assert!(why.contains("there is no /dev/kvm"), "{why}"),
+        Ok(m) if m.mode() & 0o066 == 0 && Path::new("/usr/bin/qemu-system-x86_64").exists() => {
+            assert!(
+                why.contains(&format!(
+                    "/dev/kvm may be opened by root only (mode {:04o})",
+                    m.mode() & 0o7777
+                )),
+                "{why}"
+            )
+        }
+        Ok(_) => {}
+    }
+    for quiet in [
+        &["run", "--quiet", "busybox", "echo", "hi"][..],
+        &["run", "-q", "busybox", "echo", "hi"],
+        &["run", "--isolation", "sandbox", "busybox", "echo", "hi"],
+    ] {
+        let o = env.moat(quiet).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{quiet:?}: {}", stderr(&o));
+        assert_eq!(
+            (common::stdout(&o).as_str(), stderr(&o).as_str()),
+            ("hi\n", ""),
+            "{quiet:?}"
+        );
+    }
 }
