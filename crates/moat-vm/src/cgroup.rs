@@ -65,6 +65,9 @@ pub struct VmCgroups {
     /// The memory cgroup's OOM counters: `memory.events` (v2) or
     /// `memory.oom_control` (v1), read by [`oom_kills`].
     pub oom_events: PathBuf,
+    /// The memory cgroup's limit file: `memory.max` (v2) or
+    /// `memory.limit_in_bytes` (v1).
+    pub memory_limit: PathBuf,
     pub limits: Limits,
 }
 
@@ -171,6 +174,7 @@ impl VmCgroups {
             dirs: Vec::new(),
             kill: Kill::Procs(PathBuf::new()),
             oom_events: PathBuf::new(),
+            memory_limit: PathBuf::new(),
             limits: limits.clone(),
         };
         let r = cg.set_up(name, &mounts, memory, pids, cpu);
@@ -204,6 +208,7 @@ impl VmCgroups {
                 )?;
                 let _ = fs::write(dir.join("memory.swap.max"), "0");
                 self.oom_events = dir.join("memory.events");
+                self.memory_limit = dir.join("memory.max");
             }
             Version::V1 => {
                 write(
@@ -211,6 +216,7 @@ impl VmCgroups {
                     &self.limits.memory_bytes.to_string(),
                 )?;
                 self.oom_events = dir.join("memory.oom_control");
+                self.memory_limit = dir.join("memory.limit_in_bytes");
             }
         }
         let dir = self.make(name, &pids.1, &v2_wanted)?;

@@ -99,8 +99,10 @@ pub struct RunningVmm {
     /// The memory cgroup's OOM counters, opened while still root (read at
     /// the end with [`RunningVmm::oom_kills`]).
     oom_events: Option<File>,
-    /// The memory limit of the VMM's cgroup.
+    /// The memory limit of the VMM's cgroup, as set, and its file (opened
+    /// while still root: someone may have changed it since).
     pub memory_limit_bytes: u64,
+    memory_limit: Option<File>,
     /// Closing it (teardown, or any exit) wakes the cleanup watcher.
     reaper_trigger: Option<OwnedFd>,
     /// At end of file once the cleanup watcher is done.
@@ -121,15 +123,14 @@ impl RunningVmm {
 
     /// OOM kills in the VMM's memory cgroup so far.
     pub fn oom_kills(&mut self) -> u64 {
-        use std::io::{Read, Seek};
-        let Some(f) = self.oom_events.as_mut() else {
-            return 0;
-        };
-        let mut text = String::new();
-        if f.rewind().is_err() || f.read_to_string(&mut text).is_err() {
-            return 0;
-        }
-        cgroup::oom_kills(&text)
+        read_again(self.oom_events.as_mut()).map_or(0, |t| cgroup::oom_kills(&t))
+    }
+
+    /// The memory limit of the VMM's cgroup now, bytes.
+    pub fn memory_limit_now(&mut self) -> u64 {
+        read_again(self.memory_limit.as_mut())
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(self.memory_limit_bytes)
     }
 
     /// Kills the VMM and everything in its cgroups, and waits (bounded)
@@ -156,6 +157,16 @@ impl Drop for RunningVmm {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The text of a small file opened earlier, read again from its start.
+fn read_again(f: Option<&mut File>) -> Option<String> {
+    use std::io::{Read, Seek};
+    let f = f?;
+    let mut text = String::new();
+    f.rewind().ok()?;
+    f.read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 /// Waits until `f` (a pipe) is at end of file, or `deadline`.
@@ -234,6 +245,7 @@ pub fn spawn(cmd: VmmCommand, spec: &JailSpec) -> Result<RunningVmm, JailError> 
         }
     };
     let oom_events = File::open(&cgroups.oom_events).ok();
+    let memory_limit = File::open(&cgroups.memory_limit).ok();
     // From here on the watcher owns the cgroups and the cleanup paths.
     let (reaper_trigger, reaper_done) = match spawn_reaper(&cgroups, &spec.cleanup) {
         Ok(r) => r,
@@ -313,6 +325,7 @@ setpriv --reuid="$u" --regid="$u" "$g" --bounding-set=-all --inh-caps=-all --no-
         uid: spec.uid,
         oom_events,
         memory_limit_bytes: limits.memory_bytes,
+        memory_limit,
         reaper_trigger: Some(reaper_trigger),
         reaper_done: Some(File::from(reaper_done)),
     })

@@ -894,3 +894,94 @@ fn auto_says_once_why_it_runs_the_sandbox() {
         );
     }
 }
+
+/// A 96 MiB policy for the memory tests.
+fn small_policy(env: &Env) -> PathBuf {
+    let policy = env.dir.path().join("small.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: moat.dev/v1\nkind: Policy\nmetadata:\n  name: small\nspec:\n  extends: baseline\n  resources:\n    memory: 96Mi\n",
+    )
+    .unwrap();
+    policy
+}
+
+/// A workload that doubles a string until memory runs out.
+const HOG: &str = "exec awk 'BEGIN { s = \"x\"; while (1) s = s s }'";
+
+/// Issue 12 item 13, VM side. A workload that outgrows the container's
+/// memory limit is killed by the guest's OOM killer, and moat says so in
+/// the sandbox's words instead of a bare exit 137.
+#[test]
+fn a_vm_container_killed_by_its_memory_limit_says_so() {
+    let env = Env::new();
+    if !vm_ready(&env, "a_vm_container_killed_by_its_memory_limit_says_so") {
+        return;
+    }
+    let policy = small_policy(&env);
+    let _lock = vm_lock();
+    import_test_image(&env);
+    let o = vm_command(
+        &env,
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "busybox",
+            "sh",
+            "-c",
+            &format!("echo start; {HOG}"),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(common::stdout(&o), "start\n");
+    assert_eq!(o.status.code(), Some(137), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        "moat: the workload was killed by the container's memory limit of 96 MiB (exit 137); raise resources.memory in the policy\n"
+    );
+    assert_eq!(leftovers(&env), Vec::<String>::new());
+}
+
+/// Issue 12 item 13, host side: when the VMM itself reaches its host
+/// cgroup's memory limit (here lowered under it while the guest runs, as
+/// a leaking VMM would), the kernel kills QEMU, and moat reads the cgroup's
+/// OOM counter and says the memory limit killed the workload.
+#[test]
+fn a_vmm_killed_by_its_host_memory_limit_says_so() {
+    let Some(mut vm) = start_ready(
+        "a_vmm_killed_by_its_host_memory_limit_says_so",
+        &[
+            "busybox",
+            "sh",
+            "-c",
+            &format!("echo ready; sleep 3; {HOG}"),
+        ],
+    ) else {
+        return;
+    };
+    let qemu = qemu_of(vm.r.pid());
+    let mem = cgroup_dir(qemu, "memory");
+    let (usage, limit_file) = if mem.join("memory.max").exists() {
+        ("memory.current", "memory.max")
+    } else {
+        ("memory.usage_in_bytes", "memory.limit_in_bytes")
+    };
+    let used: u64 = std::fs::read_to_string(mem.join(usage))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let lower = used + (8 << 20);
+    std::fs::write(mem.join(limit_file), lower.to_string()).unwrap();
+    let (st, err) = vm.r.wait();
+    assert_eq!(st.code(), Some(137), "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "moat: the workload was killed by the container's memory limit of 512 MiB (exit 137: its micro-VM reached the host limit of {} MiB, guest memory plus the VMM's own); raise resources.memory in the policy\n",
+            lower >> 20
+        )
+    );
+    assert_eq!(leftovers(&vm.env), Vec::<String>::new());
+}
