@@ -21,7 +21,7 @@ use crate::jail::JailError;
 
 /// Tasks (threads count) the VMM may have: QEMU's main loop, RCU and
 /// vCPU threads plus its I/O worker pool (up to 64 for `aio=threads`), and
-/// the jail's three processes. Nothing in it may fork (`-sandbox
+/// the jail's two processes (unshare, sh). Nothing in it may fork (`-sandbox
 /// spawn=deny`), so a higher count is a runaway.
 pub const PIDS_BASE: u64 = 96;
 
