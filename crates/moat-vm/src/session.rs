@@ -12,6 +12,18 @@ use moat_policy::{Plan, ProcessSpec};
 use crate::boot::{console_tail, Booted};
 use crate::{sys, VmError};
 
+/// Signals the supervisor forwards to the workload (`moat kill`, or sent
+/// to `moat run` itself). The first four also start the stop timeout;
+/// SIGKILL ends the supervisor and with it the VM.
+pub const FORWARDED_SIGNALS: [i32; 6] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
 /// How long a guest may take to say hello (TCG on a busy 2-core machine is slow).
 pub const HELLO_DEADLINE: Duration = Duration::from_secs(90);
 
@@ -82,8 +94,9 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
     let mut console: Vec<u8> = Vec::new();
     sys::set_nonblocking(booted.vmm.console.as_fd(), true).map_err(VmError::Channel)?;
     // Everything the relay and the teardown need is open: from here on the
-    // supervisor runs under its own filter.
-    crate::supervisor::confine(opts.confine)?;
+    // supervisor is an unprivileged uid under its own filter.
+    let uid = crate::jail::supervisor_uid(booted.vmm.uid);
+    crate::supervisor::confine(opts.confine, uid)?;
     opts.trace.mark("supervisor seccomp filter installed");
     let console_text = |console: &[u8], more: String| {
         let mut t = String::from_utf8_lossy(console).into_owned();
@@ -136,6 +149,13 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
             )? {
                 return Ok(code);
             }
+            if booted.vmm.oom_kills() > 0 {
+                // The host killed the VMM at its cgroup's memory limit: the
+                // workload is gone with it, as if killed by SIGKILL.
+                let limit = booted.vmm.memory_limit_now();
+                let _ = writeln!(host_err, "{}", memory_limit_notice(limit, opts.plan));
+                return Ok(128 + libc::SIGKILL);
+            }
             let tail = console_tail(&mut booted.vmm.console, 20);
             return Err(VmError::VmExited {
                 status: status.to_string(),
@@ -183,6 +203,12 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                     libc::SIGWINCH => {
                         if let (true, Some((rows, cols))) = (tty && started, sys::winsize(0)) {
                             queue(&mut out, Message::Resize { rows, cols })?;
+                        }
+                    }
+                    sig @ (libc::SIGUSR1 | libc::SIGUSR2) => {
+                        // Not a request to stop: forwarded once the workload runs.
+                        if started {
+                            queue(&mut out, Message::Signal(sig))?;
                         }
                     }
                     sig => {
@@ -258,12 +284,21 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                     }
                     Message::Exit(e) => {
                         opts.trace.mark("workload exit status received");
+                        // What the guest kernel printed so far: its OOM
+                        // killer's lines, and the agent's trace.
+                        let mut rest = Vec::new();
+                        let _ = booted.vmm.console.read_to_end(&mut rest);
+                        console.extend_from_slice(&rest);
                         if opts.trace.on() {
-                            let _ = sys::set_nonblocking(booted.vmm.console.as_fd(), true);
-                            let mut rest = Vec::new();
-                            let _ = booted.vmm.console.read_to_end(&mut rest);
-                            console.extend_from_slice(&rest);
                             opts.trace.guest_lines(&String::from_utf8_lossy(&console));
+                        }
+                        let kills = guest_oom_kills(&console);
+                        if kills > 0 {
+                            let _ = writeln!(
+                                host_err,
+                                "{}",
+                                memory_limit_message(e.code, kills, guest_memory_mib(opts.plan))
+                            );
                         }
                         return Ok(e.code);
                     }
@@ -277,6 +312,48 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
             }
         }
     }
+}
+
+fn guest_memory_mib(plan: &Plan) -> u64 {
+    match plan.vm.memory_mib {
+        0 => crate::DEFAULT_MEMORY_MIB,
+        m => m,
+    }
+}
+
+/// Processes the guest kernel's OOM killer killed, from its lines on the
+/// serial console (`Out of memory: Killed process N (comm) ...`, printed at
+/// KERN_ERR, which `quiet` keeps). A guest root process could print such a
+/// line itself; that changes nothing but this message about its own exit.
+fn guest_oom_kills(console: &[u8]) -> usize {
+    String::from_utf8_lossy(console)
+        .lines()
+        .filter(|l| l.trim_start().starts_with("Out of memory: Killed process "))
+        .count()
+}
+
+/// What moat says when the container's memory limit (the guest's memory)
+/// killed processes of the workload; the sandbox's wording.
+fn memory_limit_message(code: i32, kills: usize, guest_mib: u64) -> String {
+    if code == 128 + libc::SIGKILL {
+        format!(
+            "moat: the workload was killed by the container's memory limit of {guest_mib} MiB (exit {code}); raise resources.memory in the policy"
+        )
+    } else {
+        format!(
+            "moat: notice: the container's memory limit of {guest_mib} MiB killed {kills} of its process(es); raise resources.memory in the policy"
+        )
+    }
+}
+
+/// What moat says when the VMM's host cgroup ran out of memory.
+fn memory_limit_notice(limit_bytes: u64, plan: &Plan) -> String {
+    let guest = guest_memory_mib(plan);
+    let limit = limit_bytes >> 20;
+    format!(
+        "moat: the workload was killed by the container's memory limit of {guest} MiB (exit {}: its micro-VM reached the host limit of {limit} MiB, guest memory plus the VMM's own); raise resources.memory in the policy",
+        128 + libc::SIGKILL
+    )
 }
 
 fn kind_name(m: &Message) -> &'static str {
@@ -328,5 +405,30 @@ fn drain(
         if n == 0 {
             return Ok(None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guest_oom_killer_is_read_from_the_console() {
+        let console = b"Unable to read current time from RTC\n\
+Out of memory: Killed process 34 (busybox) total-vm:87256kB, anon-rss:69976kB, file-rss:8kB\n\
+moat-agent: trace 2.6 hello sent\n";
+        assert_eq!(guest_oom_kills(console), 1);
+        assert_eq!(
+            guest_oom_kills(b"the workload said Out of memory: Killed process\n"),
+            0
+        );
+        assert_eq!(
+            memory_limit_message(137, 1, 96),
+            "moat: the workload was killed by the container's memory limit of 96 MiB (exit 137); raise resources.memory in the policy"
+        );
+        assert_eq!(
+            memory_limit_message(0, 2, 256),
+            "moat: notice: the container's memory limit of 256 MiB killed 2 of its process(es); raise resources.memory in the policy"
+        );
     }
 }

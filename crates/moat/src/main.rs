@@ -60,6 +60,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if let Err(e) = sys::cloexec_inherited_fds() {
+        eprintln!("moat: error: marking inherited descriptors close-on-exec: {e}");
+        return ExitCode::from(global::EXIT_FAILURE);
+    }
     let invoker = match global::detect_invoker() {
         Ok(i) => i,
         Err(e) => {

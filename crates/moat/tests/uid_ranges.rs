@@ -17,10 +17,15 @@ fn userns_owners_jailed_vmms_and_container_ids_are_disjoint() {
     // The VM backend numbers its jails from UID_BASE; 65536 concurrent VMs
     // is far past what one host runs.
     let vmms = jail::UID_BASE..jail::UID_BASE + 0x1_0000;
+    // Each VM's supervisor drops to a uid of its own once QEMU runs.
+    let supervisors = jail::SUPERVISOR_UID_BASE..jail::SUPERVISOR_UID_BASE + 0x1_0000;
     let ids = idmap::DEFAULT_BASE..idmap::DEFAULT_BASE + idmap::DEFAULT_COUNT;
-    assert!(!overlaps(&owners, &vmms), "{owners:x?} vs {vmms:x?}");
-    assert!(!overlaps(&owners, &ids), "{owners:x?} vs {ids:x?}");
-    assert!(!overlaps(&vmms, &ids), "{vmms:x?} vs {ids:x?}");
-    // Below systemd's "foreign" range, which other tools hand out.
-    assert!(owners.end <= 0x7FFE_0000 && vmms.end <= 0x7FFE_0000);
+    let ranges = [&owners, &vmms, &supervisors, &ids];
+    for (i, a) in ranges.iter().enumerate() {
+        for b in &ranges[i + 1..] {
+            assert!(!overlaps(a, b), "{a:x?} overlaps {b:x?}");
+        }
+        // Below systemd's "foreign" range, which other tools hand out.
+        assert!(a.end <= 0x7FFE_0000, "{a:x?}");
+    }
 }

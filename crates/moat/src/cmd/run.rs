@@ -103,6 +103,10 @@ pub struct RunArgs {
     /// Treat IMAGE as a root filesystem directory instead of an image reference.
     #[arg(long)]
     pub rootfs: bool,
+    /// Print no notices: which backend `--isolation auto` chose and why,
+    /// or that micro-VMs run under software emulation.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
     /// Image reference (name[:tag], ID or unique ID prefix), or a directory with --rootfs.
     pub image: String,
     /// Command and arguments (default: the image's Entrypoint and Cmd).
@@ -201,8 +205,18 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             plan.policy_name
         ),
         (Isolation::Auto, IsolationRequirement::Vm) | (Isolation::Vm, _) => Isolation::Vm,
-        (Isolation::Auto, _) if vm_accelerator_works(&global.root) => Isolation::Vm,
-        _ => Isolation::Sandbox,
+        (Isolation::Auto, IsolationRequirement::Sandbox) | (Isolation::Sandbox, _) => {
+            Isolation::Sandbox
+        }
+        (Isolation::Auto, _) => match moat_vm::why_no_accelerator(&global.root) {
+            None => Isolation::Vm,
+            Some(why) => {
+                if !args.quiet {
+                    eprintln!("{}", auto_sandbox_notice(&why));
+                }
+                Isolation::Sandbox
+            }
+        },
     };
     let stop_timeout = Duration::from_secs(args.stop_timeout);
     if backend == Isolation::Vm {
@@ -257,7 +271,12 @@ fn run_vm(
     };
     // The VM's notices may quote the guest (its console, the agent's
     // messages): escaped like every other untrusted text.
-    let notice = &mut |n: &str| errln!("{n}");
+    let quiet = args.quiet;
+    let notice = &mut |n: &str| {
+        if !quiet {
+            errln!("{n}");
+        }
+    };
     match moat_vm::run_container_with(opts, moat_vm::session::Stdio::inherit(), notice) {
         Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
         Err(e) => {
@@ -294,9 +313,12 @@ pub fn checked_rootfs(global: &GlobalArgs, dir: &str) -> anyhow::Result<PathBuf>
     Ok(rootfs)
 }
 
-/// Whether `auto` should pick the vm backend.
-fn vm_accelerator_works(state_root: &Path) -> bool {
-    moat_vm::accelerator_works(state_root)
+/// The one line `--isolation auto` prints when it runs the sandbox because
+/// micro-VMs would have no hardware accelerator (`why`).
+pub fn auto_sandbox_notice(why: &str) -> String {
+    format!(
+        "moat: --isolation auto runs this container in the sandbox (namespaces on this host's kernel), not in a micro-VM: {why}. `--isolation vm` runs a micro-VM anyway, under software emulation (slower); `--isolation sandbox` or --quiet hides this notice."
+    )
 }
 
 fn resolve_image(global: &GlobalArgs, reference: &str) -> anyhow::Result<ResolvedImage> {
