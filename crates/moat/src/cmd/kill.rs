@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use moat_runtime::record;
 use moat_sandbox::state;
 
 use crate::global::GlobalArgs;
@@ -33,8 +34,9 @@ pub fn run(global: &GlobalArgs, cmd: KillArgs) -> anyhow::Result<ExitCode> {
     };
     let run_root = global.run_root();
     state::cleanup_stale(&run_root).context("cleaning up after dead containers")?;
-    let states = state::read_all(&run_root)?;
-    let Some(st) = state::find(&states, &cmd.name) else {
+    // The core's one reader (it keeps the trust rules).
+    let states = record::read_all(&run_root)?;
+    let Some(st) = record::find(&states, &cmd.name) else {
         bail!("no running container named {:?} (see `moat ps`)", cmd.name);
     };
     moat_sandbox::signal_container(st, sig)?;
