@@ -50,12 +50,13 @@ impl std::error::Error for BackendError {
     }
 }
 
-/// Resource figures of a running container.
+/// Resource figures of a running container; `None` where this host does
+/// not offer the figure (e.g. CPU time on a cgroup v1 `cpu` hierarchy).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
-    pub memory_bytes: u64,
-    pub cpu_usec: u64,
-    pub pids: u64,
+    pub memory_bytes: Option<u64>,
+    pub cpu_usec: Option<u64>,
+    pub pids: Option<u64>,
 }
 
 pub trait Backend {

@@ -54,4 +54,8 @@ impl Backend for SandboxBackend {
         crate::state::destroy(run_root, &record.id);
         Ok(())
     }
+
+    fn stats(&self, record: &Record) -> Option<moat_runtime::backend::Stats> {
+        crate::cgroup::stats(&record.id)
+    }
 }
