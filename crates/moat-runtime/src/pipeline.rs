@@ -171,6 +171,8 @@ pub fn pick_isolation(
             plan.policy_name
         ),
         (R::Auto, IsolationRequirement::Vm) | (R::Vm, _) => Isolation::Vm,
+        // A policy that asks for the sandbox gets it under `auto` too.
+        (R::Auto, IsolationRequirement::Sandbox) => Isolation::Sandbox,
         (R::Auto, _) if accelerator_works() => Isolation::Vm,
         _ => Isolation::Sandbox,
     })

@@ -169,9 +169,19 @@ fn isolation_follows_the_policy() {
     );
     plan.isolation = IsolationRequirement::Sandbox;
     assert!(pick_isolation(RequestedIsolation::Vm, &plan, || true).is_err());
+    // `auto` under a policy that requires the sandbox: the sandbox, even
+    // where a VM could boot (the accelerator is not even probed).
+    assert_eq!(
+        pick_isolation(RequestedIsolation::Auto, &plan, || panic!("probed")).unwrap(),
+        Isolation::Sandbox
+    );
     plan.isolation = IsolationRequirement::Any;
     assert_eq!(
         pick_isolation(RequestedIsolation::Auto, &plan, || false).unwrap(),
         Isolation::Sandbox
+    );
+    assert_eq!(
+        pick_isolation(RequestedIsolation::Auto, &plan, || true).unwrap(),
+        Isolation::Vm
     );
 }
