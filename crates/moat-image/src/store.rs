@@ -189,13 +189,26 @@ pub(crate) struct Names {
     pub names: BTreeMap<String, String>,
 }
 
+/// A container and the image it uses, as the front end read it through
+/// the runtime core's one reader (`moat_runtime::record::read_all`, which
+/// keeps the trust rules): the store never parses container state itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerUse {
+    /// The container's name (its ID when it has none).
+    pub container: String,
+    /// The image config digest it runs.
+    pub image_id: String,
+    /// Its `state.json`, for the message.
+    pub state: PathBuf,
+}
+
 /// Options of `Store::remove`.
 #[derive(Debug, Clone, Default)]
 pub struct RemoveOptions {
-    /// Remove even if a container's state references the image.
+    /// Remove even if a container uses the image.
     pub force: bool,
-    /// Runtime root whose `containers/*/state.json` are checked.
-    pub run_root: Option<PathBuf>,
+    /// The containers that exist (`None`: not checked).
+    pub containers: Option<Vec<ContainerUse>>,
 }
 
 /// What `remove` or `prune` did.

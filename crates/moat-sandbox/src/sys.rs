@@ -670,11 +670,6 @@ pub fn unshare(flags: i32) -> io::Result<()> {
     check(unsafe { libc::unshare(flags) } as libc::c_long).map(drop)
 }
 
-pub fn geteuid() -> u32 {
-    // SAFETY: no arguments; cannot fail.
-    unsafe { libc::geteuid() }
-}
-
 pub fn setsid() -> io::Result<()> {
     // SAFETY: no arguments.
     check(unsafe { libc::setsid() } as libc::c_long).map(drop)

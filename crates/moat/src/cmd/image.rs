@@ -363,7 +363,10 @@ fn print_image(i: &Image) {
 fn rm(global: &GlobalArgs, store: &Store, a: RmArgs) -> anyhow::Result<ExitCode> {
     let opts = RemoveOptions {
         force: a.force,
-        run_root: Some(global.run_root()),
+        containers: match a.force {
+            true => None,
+            false => Some(containers(global)?),
+        },
     };
     for reference in &a.images {
         let removed = store.remove(reference, &opts)?;
@@ -375,6 +378,21 @@ fn rm(global: &GlobalArgs, store: &Store, a: RmArgs) -> anyhow::Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The containers and their images, read through the runtime core's one
+/// reader (an untrusted run root is refused there, naming the fix).
+fn containers(global: &GlobalArgs) -> anyhow::Result<Vec<moat_image::ContainerUse>> {
+    let run_root = global.run_root();
+    let dir = moat_runtime::record::containers_dir(&run_root);
+    Ok(moat_runtime::record::read_all(&run_root)?
+        .into_iter()
+        .map(|r| moat_image::ContainerUse {
+            state: dir.join(r.id.as_str()).join("state.json"),
+            container: r.name.to_string(),
+            image_id: r.image_id,
+        })
+        .collect())
 }
 
 fn export(store: &Store, a: ExportArgs) -> anyhow::Result<ExitCode> {
@@ -399,7 +417,7 @@ fn export(store: &Store, a: ExportArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn prune(global: &GlobalArgs, store: &Store, a: PruneArgs) -> anyhow::Result<ExitCode> {
-    let mut removed = store.prune(Some(&global.run_root()))?;
+    let mut removed = store.prune(Some(&containers(global)?))?;
     // VM build stages and per-run disks whose owner died (`kill -9`).
     removed.staging += moat_vm::rootfs::sweep(&global.root);
     if a.format == Format::Json {

@@ -1,23 +1,20 @@
 //! `moat run`: run a command in a new container from an image.
 //!
-//! Wiring only: resolve the image, merge its config with the command line
-//! into a `ProcessSpec` (as podman and Docker do), load and compile the
-//! policy, choose the backend and hand over. The work happens in
-//! `moat-sandbox` and `moat-vm`.
+//! Wiring only: the command line becomes a `moat_runtime` run request;
+//! the core's pipeline authorises, compiles, resolves the image, gates on
+//! vulnerabilities, merges the process settings and picks the backend;
+//! the chosen backend (`moat-sandbox`, `moat-vm`) runs the container.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use moat_policy::plan::IsolationRequirement;
 use moat_policy::rbac::Request;
 use moat_policy::{Plan, ProcessSpec};
-use moat_sandbox::{state, IdMap, SandboxConfig};
+use moat_sandbox::state;
 
 use crate::global::GlobalArgs;
-
-const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Isolation {
@@ -114,133 +111,158 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-/// The parts of an image config `moat run` merges with the command line.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImageDefaults {
-    pub entrypoint: Vec<String>,
-    pub cmd: Vec<String>,
-    pub env: Vec<String>,
-    pub working_dir: String,
-    pub user: String,
-}
-
-/// A resolved image: where its root is and what its config says.
-struct ResolvedImage {
-    image_id: String,
-    rootfs: PathBuf,
-    defaults: ImageDefaults,
-}
+use moat_runtime::pipeline::{self, Prepared, RequestedIsolation, ResolvedImage};
+pub use moat_runtime::process::ImageDefaults;
+use moat_runtime::{Backend, ImageRef};
 
 pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let run_root = global.run_root();
     state::cleanup_stale(&run_root).context("cleaning up after dead containers")?;
 
-    let policy = load_policy(args.policy.as_deref())?;
-    // A `--rootfs` directory is a grant like a volume: checked and
-    // authorised before anything starts.
-    let rootfs_dir = match args.rootfs {
-        true => Some(checked_rootfs(global, &args.image)?),
-        false => None,
+    let policy = pipeline::load_policy(args.policy.as_deref())?;
+    // A `--rootfs` directory is checked before anything starts (and
+    // authorised by the pipeline, like a volume).
+    let image = match args.rootfs {
+        true => ImageRef::Rootfs(checked_rootfs(global, &args.image)?),
+        false => ImageRef::parse(&args.image),
     };
-    let mut extra = Vec::new();
-    if let Some(dir) = &rootfs_dir {
-        extra.push(Request::Rootfs(dir.display().to_string()));
-    }
-    // A volume is authorised both as written and as resolved, so that a
-    // symbolic link under a granted prefix does not lead elsewhere.
-    for v in &policy.spec.filesystem.volumes {
-        if let Ok(real) = std::fs::canonicalize(&v.source) {
-            if real != Path::new(&v.source) {
-                extra.push(Request::Volume(real.display().to_string()));
-            }
-        }
-    }
-    // Authorise before anything else (no image is even materialised for a
-    // refused policy); every decision is audited.
-    let who = crate::cmd::policy::invoking_principal(global);
-    let decision =
-        crate::cmd::policy::authorize(global, "run", &policy, &who, args.rbac.as_deref(), &extra)?;
-    if !decision.allowed {
-        errln!(
-            "moat: error: policy {} refused for {}:",
-            policy.name,
-            who.name
-        );
-        for r in &decision.reasons {
-            errln!("  - {r}");
-        }
-        return Ok(ExitCode::from(crate::global::EXIT_NOT_STARTED));
-    }
-    let plan = moat_policy::compile(&policy)?;
-
-    let image = match rootfs_dir {
-        Some(rootfs) => ResolvedImage {
-            image_id: format!("rootfs:{}", rootfs.display()),
-            rootfs,
-            defaults: ImageDefaults::default(),
-        },
-        None => resolve_image(global, &args.image)?,
-    };
-
-    crate::cmd::scan::vulnerability_gate(
+    let mut steps = CliSteps {
         global,
-        args.policy.as_deref(),
-        &image.image_id,
-        &image.rootfs,
-        args.allow_unchecked,
-    )?;
-    let id = state::new_id();
-    let name = args.name.clone().unwrap_or_else(|| id[..12].to_string());
-    state::validate_name(&name)?;
-    let hostname = args.hostname.clone().unwrap_or_else(|| name.clone());
-    let process = merge_process(&image.defaults, &args, &hostname, &image.rootfs)?;
-
-    let backend = match (args.isolation, plan.isolation) {
-        (Isolation::Sandbox, IsolationRequirement::Vm) => bail!(
-            "policy {:?} requires vm isolation; drop --isolation sandbox",
-            plan.policy_name
-        ),
-        (Isolation::Vm, IsolationRequirement::Sandbox) => bail!(
-            "policy {:?} requires sandbox isolation; drop --isolation vm",
-            plan.policy_name
-        ),
-        (Isolation::Auto, IsolationRequirement::Vm) | (Isolation::Vm, _) => Isolation::Vm,
-        (Isolation::Auto, IsolationRequirement::Sandbox) | (Isolation::Sandbox, _) => {
-            Isolation::Sandbox
-        }
-        (Isolation::Auto, _) => match moat_vm::why_no_accelerator(&global.root) {
-            None => Isolation::Vm,
-            Some(why) => {
-                if !args.quiet {
-                    eprintln!("{}", auto_sandbox_notice(&why));
-                }
-                Isolation::Sandbox
-            }
+        rbac: args.rbac.as_deref(),
+        who: crate::cmd::policy::invoking_principal(global),
+        allow_unchecked: args.allow_unchecked,
+        quiet: args.quiet,
+    };
+    let request = pipeline::RunRequest {
+        policy,
+        image,
+        process: process_args(&args),
+        name: args.name.clone(),
+        hostname: args.hostname.clone(),
+        isolation: match args.isolation {
+            Isolation::Sandbox => RequestedIsolation::Sandbox,
+            Isolation::Vm => RequestedIsolation::Vm,
+            Isolation::Auto => RequestedIsolation::Auto,
         },
+    };
+    let ready = match pipeline::prepare(request, &mut steps)? {
+        Prepared::Refused { policy, decision } => {
+            errln!(
+                "moat: error: policy {} refused for {}:",
+                policy,
+                steps.who.name
+            );
+            for r in &decision.reasons {
+                errln!("  - {r}");
+            }
+            return Ok(ExitCode::from(crate::global::EXIT_NOT_STARTED));
+        }
+        Prepared::Ready(ready) => *ready,
     };
     let stop_timeout = Duration::from_secs(args.stop_timeout);
-    if backend == Isolation::Vm {
-        return run_vm(global, &args, image, process, plan, name, stop_timeout);
+    if ready.isolation == moat_runtime::Isolation::Vm {
+        return run_vm(
+            global,
+            &args,
+            ready.image,
+            ready.process,
+            ready.plan,
+            ready.name.to_string(),
+            stop_timeout,
+        );
     }
 
-    let cfg = SandboxConfig {
-        id,
-        name,
-        image_id: image.image_id,
-        rootfs: image.rootfs,
+    let container = moat_runtime::backend::Container {
+        id: ready.id,
+        name: ready.name,
+        image_id: ready.image.image_id,
+        rootfs: ready.image.rootfs,
         run_root,
-        process,
-        plan,
+        process: ready.process,
+        plan: ready.plan,
         stop_timeout,
-        id_map: IdMap::for_root(),
     };
-    match moat_sandbox::run(&cfg) {
+    match moat_sandbox::SandboxBackend.run_attached(&container) {
         Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
         Err(e) => {
-            let code = e.exit_code();
+            let code = e.exit_code;
             errln!("moat: error: {:#}", anyhow::Error::from(e));
             Ok(ExitCode::from(code))
         }
+    }
+}
+
+/// The pipeline steps that need the command line's context.
+struct CliSteps<'a> {
+    global: &'a GlobalArgs,
+    rbac: Option<&'a Path>,
+    who: moat_policy::rbac::Principal,
+    allow_unchecked: bool,
+    quiet: bool,
+}
+
+impl pipeline::Steps for CliSteps<'_> {
+    fn authorize(
+        &mut self,
+        policy: &moat_policy::Policy,
+        extra: &[Request],
+    ) -> anyhow::Result<moat_policy::rbac::Decision> {
+        crate::cmd::policy::authorize(self.global, "run", policy, &self.who, self.rbac, extra)
+    }
+
+    fn resolve_image(&mut self, image: &ImageRef) -> anyhow::Result<ResolvedImage> {
+        resolve_image(self.global, &image.as_written())
+    }
+
+    fn vulnerability_gate(
+        &mut self,
+        policy: &moat_policy::Policy,
+        image: &ResolvedImage,
+    ) -> anyhow::Result<()> {
+        crate::cmd::scan::vulnerability_gate(
+            self.global,
+            policy,
+            &image.image_id,
+            &image.rootfs,
+            self.allow_unchecked,
+        )
+    }
+
+    fn resolve_user(
+        &mut self,
+        rootfs: &Path,
+        user: &str,
+    ) -> anyhow::Result<moat_runtime::process::Ids> {
+        let id = moat_sandbox::user::resolve(rootfs, user)?;
+        Ok((id.uid, id.gid, id.additional_gids))
+    }
+
+    /// Asked only when `auto` has the choice: says once why it runs the
+    /// sandbox (unless `--quiet`).
+    fn vm_accelerator_works(&mut self) -> bool {
+        match moat_vm::why_no_accelerator(&self.global.root) {
+            None => true,
+            Some(why) => {
+                if !self.quiet {
+                    eprintln!("{}", auto_sandbox_notice(&why));
+                }
+                false
+            }
+        }
+    }
+}
+
+/// The process options of the command line, for the core.
+fn process_args(args: &RunArgs) -> moat_runtime::process::ProcessArgs {
+    moat_runtime::process::ProcessArgs {
+        image: args.image.clone(),
+        entrypoint: args.entrypoint.clone(),
+        command: args.command.clone(),
+        env: args.env.clone(),
+        workdir: args.workdir.clone(),
+        user: args.user.clone(),
+        tty: args.tty,
+        interactive: args.interactive,
     }
 }
 
@@ -342,104 +364,19 @@ fn resolve_image(global: &GlobalArgs, reference: &str) -> anyhow::Result<Resolve
     })
 }
 
-/// The policy to run under: `--policy` (a file or a built-in name), else the
-/// built-in `baseline` policy.
-fn load_policy(policy: Option<&Path>) -> anyhow::Result<moat_policy::Policy> {
-    Ok(match policy {
-        Some(p) => moat_policy::Policy::resolve(&p.to_string_lossy())?,
-        None => moat_policy::Policy::builtin("baseline")?,
-    })
-}
-
-/// Merges the image config with the command line, as podman and Docker do:
-/// CMD replaces the image's Cmd (the Entrypoint stays), `-e` overrides
-/// image Env by key, `-w` and `--user` replace WorkingDir and User.
-pub fn merge_process(
+/// Merges the image config with the command line (see
+/// [`moat_runtime::process::merge_process`]), resolving the user in `rootfs`.
+#[cfg(test)]
+fn merge_process(
     image: &ImageDefaults,
     args: &RunArgs,
     hostname: &str,
     rootfs: &Path,
 ) -> anyhow::Result<ProcessSpec> {
-    let mut argv = match &args.entrypoint {
-        Some(e) => parse_entrypoint(e)?,
-        None => image.entrypoint.clone(),
-    };
-    if !args.command.is_empty() {
-        argv.extend(args.command.iter().cloned());
-    } else if args.entrypoint.is_none() {
-        argv.extend(image.cmd.iter().cloned());
-    }
-    if argv.is_empty() {
-        bail!(
-            "image {:?} has no Entrypoint or Cmd; give a command: moat run {} CMD [ARG...]",
-            args.image,
-            args.image
-        );
-    }
-
-    let mut env: Vec<String> = Vec::new();
-    let mut set = |entry: String| {
-        let key = entry.split('=').next().unwrap_or_default().to_string();
-        env.retain(|e| e.split('=').next() != Some(key.as_str()));
-        env.push(entry);
-    };
-    set(DEFAULT_PATH.to_string());
-    set(format!("HOSTNAME={hostname}"));
-    if args.tty {
-        set("TERM=xterm".to_string());
-    }
-    for e in &image.env {
-        set(e.clone());
-    }
-    for e in &args.env {
-        match e.split_once('=') {
-            Some((k, _)) if !k.is_empty() => set(e.clone()),
-            Some(_) => bail!("invalid -e {e:?}: expected KEY=VALUE with a non-empty KEY"),
-            None if e.is_empty() => bail!("invalid -e \"\": expected KEY=VALUE"),
-            None => {
-                if let Ok(v) = std::env::var(e) {
-                    set(format!("{e}={v}"));
-                }
-            }
-        }
-    }
-
-    let cwd = match args.workdir.as_deref() {
-        Some(w) => w.to_string(),
-        None if !image.working_dir.is_empty() => image.working_dir.clone(),
-        None => "/".to_string(),
-    };
-    if !cwd.starts_with('/') {
-        bail!("working directory {cwd:?} (-w) must be an absolute path");
-    }
-    let user = args.user.as_deref().unwrap_or(&image.user);
-    let id = moat_sandbox::user::resolve(rootfs, user)?;
-    Ok(ProcessSpec {
-        args: argv,
-        env,
-        cwd,
-        uid: id.uid,
-        gid: id.gid,
-        additional_gids: id.additional_gids,
-        tty: args.tty,
-        interactive: args.interactive,
-        hostname: hostname.to_string(),
+    moat_runtime::process::merge_process(image, &process_args(args), hostname, |user| {
+        let id = moat_sandbox::user::resolve(rootfs, user)?;
+        Ok((id.uid, id.gid, id.additional_gids))
     })
-}
-
-/// `--entrypoint`: a JSON array of strings, "" for none, else one command.
-fn parse_entrypoint(e: &str) -> anyhow::Result<Vec<String>> {
-    if e.is_empty() {
-        return Ok(Vec::new());
-    }
-    if e.trim_start().starts_with('[') {
-        return serde_json::from_str::<Vec<String>>(e).map_err(|err| {
-            anyhow::anyhow!(
-                "--entrypoint {e:?}: not a JSON array of strings ({err}); write a command, or [\"/bin/sh\",\"-c\"]"
-            )
-        });
-    }
-    Ok(vec![e.to_string()])
 }
 
 #[cfg(test)]
