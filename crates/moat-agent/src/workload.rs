@@ -324,14 +324,19 @@ fn mount_container_fs(plan: &moat_policy::Plan, console: Option<OwnedFd>) -> Res
         "mode=755,size=65536k",
     )
     .map_err(|e| err("mounting /dev", e))?;
+    // /dev/tty only with a terminal of the container's own (-t), as in the
+    // sandbox: without one there is no terminal for it to name.
+    let tty = console.as_ref().map(|_| ("tty", 5, 0));
     for (name, major, minor) in [
         ("null", 1, 3),
         ("zero", 1, 5),
         ("full", 1, 7),
         ("random", 1, 8),
         ("urandom", 1, 9),
-        ("tty", 5, 0),
-    ] {
+    ]
+    .into_iter()
+    .chain(tty)
+    {
         let path = format!("/dev/{name}");
         sys::mknod(&path, libc::S_IFCHR | 0o666, major, minor)
             .map_err(|e| err(&format!("mknod {path}"), e))?;

@@ -93,6 +93,11 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
     // What the VMM prints (kernel warnings, QEMU errors), last 16 KiB, for error messages.
     let mut console: Vec<u8> = Vec::new();
     sys::set_nonblocking(booted.vmm.console.as_fd(), true).map_err(VmError::Channel)?;
+    // Start goes out in reply to Hello, stamped with the host's wall-clock
+    // time (the guest has no clock of its own under TCG), and carries this
+    // run's session token: only an Exit or Error frame that echoes it ends
+    // the session. Drawn before the filter, which allows no open.
+    let session = session_token().map_err(VmError::Channel)?;
     // Everything the relay and the teardown need is open: from here on the
     // supervisor is an unprivileged uid under its own filter.
     let uid = crate::jail::supervisor_uid(booted.vmm.uid);
@@ -104,11 +109,6 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
         let lines: Vec<&str> = t.lines().filter(|l| !l.trim().is_empty()).collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     };
-    // Start goes out in reply to Hello, stamped with the host's wall-clock
-    // time (the guest has no clock of its own under TCG), and carries this
-    // run's session token: only an Exit or Error frame that echoes it ends
-    // the session.
-    let session = session_token().map_err(VmError::Channel)?;
     loop {
         if !started && started_at.elapsed() > HELLO_DEADLINE {
             let tail = console_tail(&mut booted.vmm.console, 20);

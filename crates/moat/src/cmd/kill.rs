@@ -46,7 +46,7 @@ pub fn run(global: &GlobalArgs, cmd: KillArgs) -> anyhow::Result<ExitCode> {
     {
         bail!(
             "container {:?} runs in a micro-VM, whose supervisor forwards only INT, TERM, HUP, QUIT, USR1 and USR2 (KILL ends the VM); signal {:?} cannot reach it",
-            st.name,
+            st.name.as_str(),
             cmd.signal
         );
     }
