@@ -150,6 +150,36 @@ impl Root {
     }
 }
 
+impl Root {
+    /// Reads a regular file inside the root when it starts with the ELF
+    /// magic; `None` for any other file (read no further than 4 bytes).
+    pub fn read_elf(&self, path: &str) -> Result<Option<RootFile>, RootError> {
+        let fd = self.open_in(path, OFlags::RDONLY | OFlags::NOFOLLOW)?;
+        let err = |source: std::io::Error| RootError::Read {
+            path: path.to_string(),
+            root: self.path.clone(),
+            source,
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|e| err(e.into()))?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
+            || st.st_size < 64
+        {
+            return Ok(None);
+        }
+        let mut file = std::fs::File::from(fd);
+        let mut magic = [0u8; 4];
+        if file.read_exact(&mut magic).is_err() || &magic != b"\x7fELF" {
+            return Ok(None);
+        }
+        let mut data = magic.to_vec();
+        file.take(MAX_FILE).read_to_end(&mut data).map_err(err)?;
+        Ok(Some(RootFile {
+            data,
+            id: (st.st_dev, st.st_ino),
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
