@@ -37,7 +37,7 @@ pub enum Accel {
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
-  moat run busybox echo hello                 # runs under the baseline policy, removed on exit
+  moat run busybox echo hello                 # runs under the auto policy, removed on exit
   moat run -it busybox sh                     # interactive shell on a pseudo-terminal
   moat run --isolation sandbox -e A=1 -w /tmp --user 1000:1000 busybox env
   moat run --policy web.yaml --name web busybox httpd -f
@@ -52,8 +52,9 @@ pub struct RunArgs {
     /// Isolation backend.
     #[arg(long, value_enum, default_value = "auto")]
     pub isolation: Isolation,
-    /// Policy file (or built-in name: baseline, restricted) to run under
-    /// (default: the built-in `baseline` policy).
+    /// Policy file (or built-in name: auto, baseline, restricted) to run
+    /// under (default: `auto`, baseline narrowed to the system calls the
+    /// image's programs can make; `--policy baseline` opts out).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// RBAC file the policy is authorised against for the invoking user
@@ -125,13 +126,22 @@ struct ResolvedImage {
     image_id: String,
     rootfs: PathBuf,
     defaults: ImageDefaults,
+    /// Its stored profile (made now if missing), when `auto` needs it.
+    profile: Option<moat_profile::image_profile::ImageProfile>,
 }
 
 pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let run_root = global.run_root();
     state::cleanup_stale(&run_root).context("cleaning up after dead containers")?;
 
-    let policy = load_policy(args.policy.as_deref())?;
+    // `auto` (the default) is narrowed to the image's profile once the
+    // image is known; until then the widest it can be (baseline's calls)
+    // is what is authorised: narrowing only removes calls.
+    let policy_name = policy_name(args.policy.as_deref());
+    let policy = moat_policy::Policy::resolve_for_image(
+        &policy_name,
+        &moat_policy::auto::ImageSyscalls::widest(&args.image),
+    )?;
     // A `--rootfs` directory is a grant like a volume: checked and
     // authorised before anything starts.
     let rootfs_dir = match args.rootfs {
@@ -167,16 +177,30 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(crate::global::EXIT_NOT_STARTED));
     }
-    let plan = moat_policy::compile(&policy)?;
+    moat_policy::compile(&policy)?;
 
     let image = match rootfs_dir {
         Some(rootfs) => ResolvedImage {
             image_id: format!("rootfs:{}", rootfs.display()),
             rootfs,
             defaults: ImageDefaults::default(),
+            profile: None,
         },
-        None => resolve_image(global, &args.image)?,
+        None => resolve_image(global, &args.image, uses_auto(&policy))?,
     };
+    let policy = if uses_auto(&policy) {
+        let profile = match &image.profile {
+            Some(p) => p.clone(),
+            None => crate::cmd::auto::analyze_dir_cached(&global.root, &image.rootfs)?,
+        };
+        moat_policy::Policy::resolve_for_image(
+            &policy_name,
+            &crate::cmd::auto::image_syscalls(&args.image, &profile),
+        )?
+    } else {
+        policy
+    };
+    let plan = moat_policy::compile(&policy)?;
 
     crate::cmd::scan::vulnerability_gate(
         global,
@@ -209,6 +233,11 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         return run_vm(global, &args, image, process, plan, name, stop_timeout);
     }
 
+    let id_map = IdMap::for_root();
+    let (uid_base, uid_count) = (id_map.host_uid, id_map.count);
+    // Denied calls are logged by the kernel when the policy asks (auto
+    // does): note where the log ends, to name them if the workload fails.
+    let watch = plan.audit_denied.then(crate::cmd::denials::Watch::start);
     let cfg = SandboxConfig {
         id,
         name,
@@ -218,10 +247,18 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         process,
         plan,
         stop_timeout,
-        id_map: IdMap::for_root(),
+        id_map,
     };
     match moat_sandbox::run(&cfg) {
-        Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+        Ok(code) => {
+            if let (true, Some(w)) = (code != 0, watch) {
+                let denials = w.denials(uid_base, uid_count);
+                for line in crate::cmd::denials::report(&policy, code, &denials) {
+                    errln!("{line}");
+                }
+            }
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
         Err(e) => {
             let code = e.exit_code();
             errln!("moat: error: {:#}", anyhow::Error::from(e));
@@ -299,13 +336,21 @@ fn vm_accelerator_works(state_root: &Path) -> bool {
     moat_vm::accelerator_works(state_root)
 }
 
-fn resolve_image(global: &GlobalArgs, reference: &str) -> anyhow::Result<ResolvedImage> {
+fn resolve_image(
+    global: &GlobalArgs,
+    reference: &str,
+    with_profile: bool,
+) -> anyhow::Result<ResolvedImage> {
     let store = moat_image::Store::open(&global.root)
         .with_context(|| format!("opening the image store {}", global.root.display()))?;
     let image = store.resolve(reference)?;
     let rootfs = store
         .rootfs(&image)
         .with_context(|| format!("materialising the rootfs of image {reference:?}"))?;
+    let profile = match with_profile {
+        true => Some(crate::cmd::auto::for_image(&store, &image)?),
+        false => None,
+    };
     let c = &image.config;
     Ok(ResolvedImage {
         image_id: image.config_digest.clone(),
@@ -317,16 +362,22 @@ fn resolve_image(global: &GlobalArgs, reference: &str) -> anyhow::Result<Resolve
             working_dir: c.working_dir.clone(),
             user: c.user.clone(),
         },
+        profile,
     })
 }
 
 /// The policy to run under: `--policy` (a file or a built-in name), else the
-/// built-in `baseline` policy.
-fn load_policy(policy: Option<&Path>) -> anyhow::Result<moat_policy::Policy> {
-    Ok(match policy {
-        Some(p) => moat_policy::Policy::resolve(&p.to_string_lossy())?,
-        None => moat_policy::Policy::builtin("baseline")?,
-    })
+/// built-in `auto` policy.
+pub fn policy_name(policy: Option<&Path>) -> String {
+    match policy {
+        Some(p) => p.to_string_lossy().into_owned(),
+        None => "auto".to_string(),
+    }
+}
+
+/// Whether `policy` is `auto` or extends it (and so depends on the image).
+pub fn uses_auto(policy: &moat_policy::Policy) -> bool {
+    policy.source == "builtin:auto" || policy.extends.iter().any(|e| e == "builtin:auto")
 }
 
 /// Merges the image config with the command line, as podman and Docker do:

@@ -212,10 +212,12 @@ pub fn vulnerability_gate(
     rootfs: &std::path::Path,
     allow_unchecked: bool,
 ) -> anyhow::Result<()> {
-    let policy = match policy {
-        Some(p) => moat_policy::Policy::resolve(&p.to_string_lossy())?,
-        None => moat_policy::Policy::builtin("baseline")?,
-    };
+    // The gate's settings do not depend on the system calls: `auto` (the
+    // default, or extended) is read at its widest.
+    let policy = moat_policy::Policy::resolve_for_image(
+        &crate::cmd::run::policy_name(policy),
+        &moat_policy::auto::ImageSyscalls::widest(image_id),
+    )?;
     let v = &policy.spec.vulnerabilities;
     let Some(fail_on) = v.fail_on else {
         return Ok(());
