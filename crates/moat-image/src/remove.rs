@@ -76,6 +76,17 @@ impl Store {
         let hex = sha256_hex(&image.manifest_digest).expect("stored digests are valid");
         let record = self.images_dir().join(format!("{hex}.json"));
         fs::remove_file(&record).map_err(io_write(&record))?;
+        // Metadata derived from it (`<hex>.<kind>.json`, e.g. its profile).
+        if let Ok(rd) = fs::read_dir(self.images_dir()) {
+            let prefix = format!("{hex}.");
+            for ent in rd.flatten() {
+                let name = ent.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(&prefix) && name.ends_with(".json") {
+                    let _ = fs::remove_file(ent.path());
+                }
+            }
+        }
         names.names.retain(|n, d| {
             if *d == image.manifest_digest {
                 removed.untagged.push(n.clone());

@@ -463,6 +463,38 @@ impl Store {
         Ok(self.images_dir().join(format!("{hex}.json")))
     }
 
+    /// `images/<hex>.<kind>.json`: metadata derived from an image (its
+    /// profile), kept beside its record and removed with it.
+    pub fn derived_path(&self, image: &Image, kind: &str) -> Result<PathBuf, StoreError> {
+        let hex = sha256_hex(&image.manifest_digest).ok_or_else(|| StoreError::BadDigest {
+            digest: image.manifest_digest.clone(),
+        })?;
+        Ok(self.images_dir().join(format!("{hex}.{kind}.json")))
+    }
+
+    /// Reads derived metadata of `image` (`None` when there is none).
+    pub fn read_derived(&self, image: &Image, kind: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.derived_path(image, kind)?;
+        match fs::read(&path) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_read(&path)(e)),
+        }
+    }
+
+    /// Writes derived metadata of `image` atomically, under the store's
+    /// metadata lock, and only while the image is still in the store.
+    pub fn write_derived(&self, image: &Image, kind: &str, data: &[u8]) -> Result<(), StoreError> {
+        let path = self.derived_path(image, kind)?;
+        let _meta = self.lock_meta()?;
+        if self.read_record(&image.manifest_digest)?.is_none() {
+            return Err(StoreError::NotFound {
+                reference: image.manifest_digest.clone(),
+            });
+        }
+        write_atomic(&path, data)
+    }
+
     pub(crate) fn rootfs_path(&self, manifest_digest: &str) -> Result<PathBuf, StoreError> {
         let hex = sha256_hex(manifest_digest).ok_or_else(|| StoreError::BadDigest {
             digest: manifest_digest.to_string(),

@@ -56,8 +56,20 @@ pub trait Steps {
     /// Authorises `policy` (plus `extra`) for the invoking user and
     /// audits the decision.
     fn authorize(&mut self, policy: &Policy, extra: &[Request]) -> anyhow::Result<Decision>;
-    /// Resolves a store image (never called for [`ImageRef::Rootfs`]).
-    fn resolve_image(&mut self, image: &ImageRef) -> anyhow::Result<ResolvedImage>;
+    /// Resolves a store image (never called for [`ImageRef::Rootfs`])
+    /// for a run under `policy`.
+    fn resolve_image(&mut self, image: &ImageRef, policy: &Policy)
+        -> anyhow::Result<ResolvedImage>;
+    /// The policy narrowed to `image`, for policies that depend on the
+    /// image (`auto`); `None` keeps the policy as authorised. Narrowing may
+    /// only remove grants: the authorised policy is the widest.
+    fn narrow(
+        &mut self,
+        _policy: &Policy,
+        _image: &ResolvedImage,
+    ) -> anyhow::Result<Option<Policy>> {
+        Ok(None)
+    }
     /// Refuses an image with vulnerabilities `policy` does not accept.
     fn vulnerability_gate(&mut self, policy: &Policy, image: &ResolvedImage) -> anyhow::Result<()>;
     /// Resolves a user spec (empty for root) inside `rootfs`.
@@ -74,6 +86,9 @@ pub struct Ready {
     pub image: ResolvedImage,
     pub process: ProcessSpec,
     pub plan: Plan,
+    /// The policy the plan was compiled from (narrowed where it depends on
+    /// the image).
+    pub policy: Policy,
     pub isolation: Isolation,
 }
 
@@ -124,7 +139,7 @@ pub fn prepare(req: RunRequest, steps: &mut dyn Steps) -> anyhow::Result<Prepare
             decision,
         });
     }
-    let plan = moat_policy::compile(policy)?;
+    moat_policy::compile(policy)?;
 
     let image = match &req.image {
         ImageRef::Rootfs(rootfs) => ResolvedImage {
@@ -132,8 +147,13 @@ pub fn prepare(req: RunRequest, steps: &mut dyn Steps) -> anyhow::Result<Prepare
             rootfs: rootfs.clone(),
             defaults: ImageDefaults::default(),
         },
-        other => steps.resolve_image(other)?,
+        other => steps.resolve_image(other, policy)?,
     };
+    // The object authorised is the object gated and compiled, unless the
+    // policy depends on the image (`auto`) and was narrowed to it.
+    let narrowed = steps.narrow(policy, &image)?;
+    let policy = narrowed.as_ref().unwrap_or(&req.policy);
+    let plan = moat_policy::compile(policy)?;
     steps.vulnerability_gate(policy, &image)?;
 
     let id = ContainerId::generate();
@@ -150,6 +170,7 @@ pub fn prepare(req: RunRequest, steps: &mut dyn Steps) -> anyhow::Result<Prepare
         image,
         process,
         plan,
+        policy: policy.clone(),
         isolation,
     })))
 }

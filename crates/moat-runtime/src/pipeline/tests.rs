@@ -23,7 +23,11 @@ impl Steps for Fake {
             warning: None,
         })
     }
-    fn resolve_image(&mut self, image: &ImageRef) -> anyhow::Result<ResolvedImage> {
+    fn resolve_image(
+        &mut self,
+        image: &ImageRef,
+        _policy: &Policy,
+    ) -> anyhow::Result<ResolvedImage> {
         self.log.push(format!("resolve {}", image.as_written()));
         Ok(ResolvedImage {
             image_id: "sha256:00".into(),

@@ -183,6 +183,7 @@ fn import(store: &Store, a: ImportArgs) -> anyhow::Result<ExitCode> {
     }
     let image = result.context("import failed")?;
     crate::cmd::scan::record_inventory(store, &image);
+    crate::cmd::auto::record_at_import(store, &image);
     match a.format {
         Format::Json => println!(
             "{}",
@@ -280,14 +281,32 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
 
 fn inspect(store: &Store, a: InspectArgs) -> anyhow::Result<ExitCode> {
     let image = store.resolve(&a.image)?;
+    let profile = crate::cmd::auto::stored(store, &image);
     if a.format == Format::Json {
+        let mut v = serde_json::to_value(&image)?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("profile".into(), serde_json::to_value(&profile)?);
+        }
         println!(
             "{}",
-            crate::display::json(serde_json::to_string_pretty(&image)?)
+            crate::display::json(serde_json::to_string_pretty(&v)?)
         );
         return Ok(ExitCode::SUCCESS);
     }
     print_image(&image);
+    match &profile {
+        Some(p) => {
+            let lines = crate::cmd::auto::describe(p);
+            outln!("Profile:      {}", lines[0]);
+            for l in &lines[1..] {
+                outln!("  {l}");
+            }
+        }
+        None => outln!(
+            "Profile:      (none stored; `moat profile static {} --all` makes it)",
+            a.image
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

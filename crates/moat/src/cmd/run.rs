@@ -34,7 +34,7 @@ pub enum Accel {
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
-  moat run busybox echo hello                 # runs under the baseline policy, removed on exit
+  moat run busybox echo hello                 # runs under the auto policy, removed on exit
   moat run -it busybox sh                     # interactive shell on a pseudo-terminal
   moat run --isolation sandbox -e A=1 -w /tmp --user 1000:1000 busybox env
   moat run --policy web.yaml --name web busybox httpd -f
@@ -49,8 +49,9 @@ pub struct RunArgs {
     /// Isolation backend.
     #[arg(long, value_enum, default_value = "auto")]
     pub isolation: Isolation,
-    /// Policy file (or built-in name: baseline, restricted) to run under
-    /// (default: the built-in `baseline` policy).
+    /// Policy file (or built-in name: auto, baseline, restricted) to run
+    /// under (default: `auto`, baseline narrowed to the system calls the
+    /// image's programs can make; `--policy baseline` opts out).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// RBAC file the policy is authorised against for the invoking user
@@ -113,13 +114,20 @@ pub struct RunArgs {
 
 use moat_runtime::pipeline::{self, Prepared, RequestedIsolation, ResolvedImage};
 pub use moat_runtime::process::ImageDefaults;
+use moat_profile::image_profile::ImageProfile;
 use moat_runtime::{Backend, ImageRef};
 
 pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let run_root = global.run_root();
     state::cleanup_stale(&run_root).context("cleaning up after dead containers")?;
 
-    let policy = pipeline::load_policy(args.policy.as_deref())?;
+    // `auto` (the default) is narrowed to the image's profile once the
+    // image is known (`Steps::narrow`); until then the widest it can be
+    // (baseline's calls) is what is authorised: narrowing only removes calls.
+    let policy = moat_policy::Policy::resolve_for_image(
+        &policy_name(args.policy.as_deref()),
+        &moat_policy::auto::ImageSyscalls::widest(&args.image),
+    )?;
     // A `--rootfs` directory is checked before anything starts (and
     // authorised by the pipeline, like a volume).
     let image = match args.rootfs {
@@ -132,6 +140,9 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         who: crate::cmd::policy::invoking_principal(global),
         allow_unchecked: args.allow_unchecked,
         quiet: args.quiet,
+        image_arg: args.image.clone(),
+        policy_arg: policy_name(args.policy.as_deref()),
+        profile: None,
     };
     let request = pipeline::RunRequest {
         policy,
@@ -172,6 +183,13 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
+    // Denied calls are logged by the kernel when the policy asks (auto
+    // does): note where the log ends, to name them if the workload fails.
+    let id_map = moat_sandbox::idmap::IdMap::for_root();
+    let watch = ready
+        .plan
+        .audit_denied
+        .then(crate::cmd::denials::Watch::start);
     let container = moat_runtime::backend::Container {
         id: ready.id,
         name: ready.name,
@@ -183,7 +201,15 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         stop_timeout,
     };
     match moat_sandbox::SandboxBackend.run_attached(&container) {
-        Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+        Ok(code) => {
+            if let (true, Some(w)) = (code != 0, watch) {
+                let denials = w.denials(id_map.host_uid, id_map.count);
+                for line in crate::cmd::denials::report(&ready.policy, code, &denials) {
+                    errln!("{line}");
+                }
+            }
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
         Err(e) => {
             let code = e.exit_code;
             errln!("moat: error: {:#}", anyhow::Error::from(e));
@@ -199,6 +225,12 @@ struct CliSteps<'a> {
     who: moat_policy::rbac::Principal,
     allow_unchecked: bool,
     quiet: bool,
+    /// The image as the user named it (what `auto` reports).
+    image_arg: String,
+    /// `--policy` as given, or `auto`: what `narrow` resolves again.
+    policy_arg: String,
+    /// The stored image's profile, kept by `resolve_image` for `narrow`.
+    profile: Option<ImageProfile>,
 }
 
 impl pipeline::Steps for CliSteps<'_> {
@@ -210,8 +242,35 @@ impl pipeline::Steps for CliSteps<'_> {
         crate::cmd::policy::authorize(self.global, "run", policy, &self.who, self.rbac, extra)
     }
 
-    fn resolve_image(&mut self, image: &ImageRef) -> anyhow::Result<ResolvedImage> {
-        resolve_image(self.global, &image.as_written())
+    fn resolve_image(
+        &mut self,
+        image: &ImageRef,
+        policy: &moat_policy::Policy,
+    ) -> anyhow::Result<ResolvedImage> {
+        let (image, profile) = resolve_image(self.global, &image.as_written(), uses_auto(policy))?;
+        self.profile = profile;
+        Ok(image)
+    }
+
+    /// `auto` (or a policy extending it) narrowed to the image's profile:
+    /// the stored image's, or one made now for a `--rootfs` directory.
+    fn narrow(
+        &mut self,
+        policy: &moat_policy::Policy,
+        image: &ResolvedImage,
+    ) -> anyhow::Result<Option<moat_policy::Policy>> {
+        if !uses_auto(policy) {
+            return Ok(None);
+        }
+        let profile = match self.profile.take() {
+            Some(p) => p,
+            None => crate::cmd::auto::analyze_dir_cached(&self.global.root, &image.rootfs)?,
+        };
+        let narrowed = moat_policy::Policy::resolve_for_image(
+            &self.policy_arg,
+            &crate::cmd::auto::image_syscalls(&self.image_arg, &profile),
+        )?;
+        Ok(Some(narrowed))
     }
 
     fn vulnerability_gate(
@@ -343,25 +402,50 @@ pub fn auto_sandbox_notice(why: &str) -> String {
     )
 }
 
-fn resolve_image(global: &GlobalArgs, reference: &str) -> anyhow::Result<ResolvedImage> {
+fn resolve_image(
+    global: &GlobalArgs,
+    reference: &str,
+    with_profile: bool,
+) -> anyhow::Result<(ResolvedImage, Option<ImageProfile>)> {
     let store = moat_image::Store::open(&global.root)
         .with_context(|| format!("opening the image store {}", global.root.display()))?;
     let image = store.resolve(reference)?;
     let rootfs = store
         .rootfs(&image)
         .with_context(|| format!("materialising the rootfs of image {reference:?}"))?;
+    let profile = match with_profile {
+        true => Some(crate::cmd::auto::for_image(&store, &image)?),
+        false => None,
+    };
     let c = &image.config;
-    Ok(ResolvedImage {
-        image_id: image.config_digest.clone(),
-        rootfs,
-        defaults: ImageDefaults {
-            entrypoint: c.entrypoint.clone(),
-            cmd: c.cmd.clone(),
-            env: c.env.clone(),
-            working_dir: c.working_dir.clone(),
-            user: c.user.clone(),
+    Ok((
+        ResolvedImage {
+            image_id: image.config_digest.clone(),
+            rootfs,
+            defaults: ImageDefaults {
+                entrypoint: c.entrypoint.clone(),
+                cmd: c.cmd.clone(),
+                env: c.env.clone(),
+                working_dir: c.working_dir.clone(),
+                user: c.user.clone(),
+            },
         },
-    })
+        profile,
+    ))
+}
+
+/// The policy to run under: `--policy` (a file or a built-in name), else the
+/// built-in `auto` policy.
+pub fn policy_name(policy: Option<&Path>) -> String {
+    match policy {
+        Some(p) => p.to_string_lossy().into_owned(),
+        None => "auto".to_string(),
+    }
+}
+
+/// Whether `policy` is `auto` or extends it (and so depends on the image).
+pub fn uses_auto(policy: &moat_policy::Policy) -> bool {
+    policy.source == "builtin:auto" || policy.extends.iter().any(|e| e == "builtin:auto")
 }
 
 /// Merges the image config with the command line (see
