@@ -23,6 +23,8 @@ fn a_sandbox_container_has_the_cores_record() {
             "run",
             "--isolation",
             "sandbox",
+            "--policy",
+            "baseline",
             "--name",
             "core-1",
             "--rootfs",
