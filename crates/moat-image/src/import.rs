@@ -117,6 +117,8 @@ pub struct ImportOptions<'a> {
     pub name: Option<String>,
     pub unpack: UnpackOptions,
     pub progress: &'a dyn Progress,
+    /// What the image record says it came from (default: the path).
+    pub source: Option<String>,
 }
 
 impl Default for ImportOptions<'_> {
@@ -125,6 +127,7 @@ impl Default for ImportOptions<'_> {
             name: None,
             unpack: UnpackOptions::default(),
             progress: &NoProgress,
+            source: None,
         }
     }
 }
@@ -607,7 +610,10 @@ impl Store {
                 media_type: media_type.clone(),
             }],
             imported: now_rfc3339(),
-            source: sp.display().to_string(),
+            source: opts
+                .source
+                .clone()
+                .unwrap_or_else(|| sp.display().to_string()),
             unpack: opts.unpack,
         };
         let diff_ids = self.unpack_staged(&record, blobs, &rootfs, &sp, opts)?;
@@ -758,7 +764,10 @@ impl Store {
                 })
                 .collect(),
             imported: now_rfc3339(),
-            source: sp.display().to_string(),
+            source: opts
+                .source
+                .clone()
+                .unwrap_or_else(|| sp.display().to_string()),
             unpack: opts.unpack,
         };
         let name = match (&opts.name, ref_name) {

@@ -15,4 +15,5 @@ pub use store::{Image, ImageConfig, LayerInfo, RemoveOptions, Removed, Store, St
 pub mod import;
 
 pub use import::{ImportError, ImportOptions, NoProgress, Progress};
+pub mod registry;
 pub mod testimage;

@@ -34,6 +34,12 @@ enum Command {
     /// Import OSV advisories and show the advisory database status.
     #[command(subcommand)]
     Vulndb(cmd::vulndb::VulndbCommand),
+    /// Pull an image from a registry.
+    Pull(cmd::registry::PullArgs),
+    /// Store credentials for a registry.
+    Login(cmd::registry::LoginArgs),
+    /// Remove stored credentials for a registry.
+    Logout(cmd::registry::LogoutArgs),
     /// Run a command in a new container from an image.
     Run(cmd::run::RunArgs),
     /// List running containers.
@@ -61,6 +67,9 @@ fn main() -> ExitCode {
         Command::Policy(c) => cmd::policy::run(&cli.global, c),
         Command::Scan(c) => cmd::scan::run(&cli.global, c),
         Command::Vulndb(c) => cmd::vulndb::run(&cli.global, c),
+        Command::Pull(c) => cmd::registry::pull(&cli.global, c),
+        Command::Login(c) => cmd::registry::login(c),
+        Command::Logout(c) => cmd::registry::logout(c),
         Command::Run(c) => cmd::run::run(&cli.global, c),
         Command::Ps(c) => cmd::ps::run(&cli.global, c),
         Command::Kill(c) => cmd::kill::run(&cli.global, c),

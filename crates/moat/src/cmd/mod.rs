@@ -7,6 +7,7 @@ pub mod kill;
 pub mod policy;
 pub mod profile;
 pub mod ps;
+pub mod registry;
 pub mod run;
 pub mod scan;
 pub mod surface;
