@@ -36,6 +36,8 @@ enum Command {
     Vulndb(cmd::vulndb::VulndbCommand),
     /// Pull an image from a registry.
     Pull(cmd::registry::PullArgs),
+    /// Push an image from the store to a registry.
+    Push(cmd::registry::PushArgs),
     /// Store credentials for a registry.
     Login(cmd::registry::LoginArgs),
     /// Remove stored credentials for a registry.
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Scan(c) => cmd::scan::run(&cli.global, c),
         Command::Vulndb(c) => cmd::vulndb::run(&cli.global, c),
         Command::Pull(c) => cmd::registry::pull(&cli.global, c),
+        Command::Push(c) => cmd::registry::push(&cli.global, c),
         Command::Login(c) => cmd::registry::login(c),
         Command::Logout(c) => cmd::registry::logout(c),
         Command::Run(c) => cmd::run::run(&cli.global, c),

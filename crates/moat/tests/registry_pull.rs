@@ -289,3 +289,140 @@ fn base64_encode(s: &str) -> String {
     }
     o
 }
+
+#[test]
+fn moat_pushed_image_is_pulled_by_skopeo_podman_and_moat() {
+    if !have_tools("moat_pushed_image_is_pulled_by_skopeo_podman_and_moat") {
+        return;
+    }
+    let t = T::new();
+    let host = t.reg.host();
+    let certs = t.reg.certs.to_str().unwrap();
+    let creds = format!("{USER}:{PASSWORD}");
+    let tar = t.env.dir.path().join("busybox.oci.tar");
+    t.ok(&["dev", "test-image", "-o", tar.to_str().unwrap()]);
+    t.ok(&["image", "import", tar.to_str().unwrap()]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&t.ok(&["image", "inspect", "busybox", "--format", "json"])).unwrap();
+    let manifest = inspect["manifest_digest"].as_str().unwrap().to_string();
+
+    let reference = format!("{host}/pushed/busybox:v1");
+    // Without credentials the registry refuses the push.
+    let e = t.fails(&["push", "busybox", &reference, "--cert-dir", certs]);
+    assert!(e.contains("refused access; log in first"), "{e}");
+    let said = t.ok(&[
+        "push",
+        "busybox",
+        &reference,
+        "--cert-dir",
+        certs,
+        "--creds",
+        &creds,
+    ]);
+    let blobs = inspect["layers"].as_array().unwrap().len() + 1;
+    assert_eq!(
+        said,
+        format!("pushed busybox to {reference}@{manifest} ({blobs} blobs uploaded)\n")
+    );
+    // Again: every blob is already there.
+    let said = t.ok(&[
+        "push",
+        "busybox",
+        &reference,
+        "--cert-dir",
+        certs,
+        "--creds",
+        &creds,
+    ]);
+    assert!(said.ends_with("(0 blobs uploaded)\n"), "{said}");
+    // A pinned digest that is not the image's is refused.
+    let other = format!("{host}/pushed/busybox@sha256:{}", "0".repeat(64));
+    let e = t.fails(&[
+        "push",
+        "busybox",
+        &other,
+        "--cert-dir",
+        certs,
+        "--creds",
+        &creds,
+    ]);
+    assert!(
+        e.contains("is not the digest the reference names") || e.contains(", not the digest"),
+        "{e}"
+    );
+
+    // skopeo reads it back, digest for digest, into an OCI layout.
+    assert_eq!(t.reg.skopeo_digest("pushed/busybox:v1"), manifest);
+    let layout = t.env.dir.path().join("skopeo-layout");
+    let o = Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--src-cert-dir",
+            certs,
+            "--src-creds",
+            &creds,
+        ])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:v1", layout.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "skopeo copy: {}", err(&o));
+    // ... which moat imports as the same image.
+    let root2 = t.env.dir.path().join("state2");
+    let o = Command::new(env!("CARGO_BIN_EXE_moat"))
+        .arg("--root")
+        .arg(&root2)
+        .args([
+            "image",
+            "import",
+            layout.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    let again: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(again["manifest_digest"].as_str(), Some(manifest.as_str()));
+
+    // podman pulls it (with the test CA and credentials) and runs it.
+    if Command::new("podman").arg("--version").output().is_ok() {
+        let o = Command::new("podman")
+            .args([
+                "pull",
+                "-q",
+                "--cert-dir",
+                certs,
+                "--creds",
+                &creds,
+                &reference,
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "podman pull: {}", err(&o));
+        let o = Command::new("podman")
+            .args(["image", "inspect", "--format", "{{.Digest}}", &reference])
+            .output()
+            .unwrap();
+        let podman_digest = out(&o).trim().to_string();
+        let _ = Command::new("podman")
+            .args(["rmi", "-f", &reference])
+            .output();
+        assert_eq!(podman_digest, manifest);
+    }
+
+    // And moat pulls it into a fresh store: same manifest.
+    let o = Command::new(env!("CARGO_BIN_EXE_moat"))
+        .arg("--root")
+        .arg(t.env.dir.path().join("state3"))
+        .args(["pull", &reference, "--cert-dir", certs, "--creds", &creds])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        out(&o).contains(&format!("manifest {manifest})")),
+        "{}",
+        out(&o)
+    );
+}

@@ -433,6 +433,12 @@ impl Client {
         }
     }
 
+    /// A `Location` from the registry made absolute (relative ones are on
+    /// the registry's own host).
+    pub fn absolute(&self, location: &str) -> Result<String, RegistryError> {
+        self.resolve(&format!("{}/v2/", self.base), location)
+    }
+
     /// A redirect target: absolute (http(s) only; never from https down to
     /// http) or relative to the current URL's host.
     fn resolve(&self, current: &str, location: &str) -> Result<String, RegistryError> {

@@ -6,6 +6,7 @@
 pub mod auth;
 mod client;
 mod pull;
+mod push;
 pub mod reference;
 
 use std::io;
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 pub use auth::Credentials;
 pub use client::ClientOptions;
 pub use pull::{PullOptions, Pulled};
+pub use push::Pushed;
 pub use reference::{Reference, ReferenceError};
 
 use crate::import::ImportError;

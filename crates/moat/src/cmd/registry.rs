@@ -1,4 +1,4 @@
-//! `moat pull`, `moat login`, `moat logout`: registries.
+//! `moat pull`, `moat push`, `moat login`, `moat logout`: registries.
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -86,6 +86,25 @@ pub struct PullArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Example:
+  moat push busybox 127.0.0.1:5000/team/busybox:1 --cert-dir ./certs
+
+Blobs the registry already has are not uploaded again; every blob is read
+back from the store with its digest checked before it is sent. The manifest
+is sent byte for byte as stored, so REF@DIGEST names the same content.")]
+pub struct PushArgs {
+    /// Image in the store (name, ID or digest).
+    pub image: String,
+    /// Destination: HOST[:PORT]/NAME[:TAG].
+    pub reference: String,
+    /// Credentials USER:PASSWORD (else the credentials files).
+    #[arg(long, value_name = "USER:PASSWORD")]
+    pub creds: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct LoginArgs {
     /// Registry host[:port] (docker.io for Docker Hub).
     pub registry: String,
@@ -170,6 +189,20 @@ pub fn pull(global: &GlobalArgs, a: PullArgs) -> anyhow::Result<ExitCode> {
             pulled.pinned, pulled.image.config_digest, pulled.image.manifest_digest
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn push(global: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
+    let reference = Reference::parse(&a.reference)?;
+    let store = Store::open(&global.root)?;
+    let opts = a.registry.client(a.creds.as_deref())?;
+    let pushed = store
+        .push(&a.image, &reference, &opts)
+        .context("push failed")?;
+    println!(
+        "pushed {} to {} ({} blobs uploaded)",
+        a.image, pushed.pinned, pushed.uploaded
+    );
     Ok(ExitCode::SUCCESS)
 }
 
