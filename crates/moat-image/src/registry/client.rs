@@ -152,6 +152,15 @@ pub(crate) struct Client {
     /// The `Authorization` header value in force.
     authorization: Mutex<Option<String>>,
     tls_verify: bool,
+    timeout: std::time::Duration,
+}
+
+/// Whether an error from reading a body is ureq's timeout.
+pub(crate) fn is_timeout(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::TimedOut
+        || e.get_ref()
+            .and_then(|i| i.downcast_ref::<ureq::Error>())
+            .is_some_and(|u| matches!(u, ureq::Error::Timeout(_)))
 }
 
 pub(crate) struct Reply {
@@ -214,6 +223,7 @@ impl Client {
             credentials,
             authorization: Mutex::new(None),
             tls_verify: opts.tls_verify,
+            timeout: opts.timeout,
         };
         client.ping()?;
         Ok(client)
@@ -226,6 +236,27 @@ impl Client {
         match reply.status.as_u16() {
             200 => Ok(()),
             _ => Err(self.status_error("the registry", reply.status, reply.response)),
+        }
+    }
+
+    /// The error for a connection that sent nothing for the timeout.
+    pub fn stalled(&self, what: &str) -> RegistryError {
+        RegistryError::Stalled {
+            reference: self.reference.clone(),
+            what: what.to_string(),
+            secs: self.timeout.as_secs(),
+        }
+    }
+
+    /// The error for a body read that failed.
+    pub fn read_error(&self, what: &str, source: std::io::Error) -> RegistryError {
+        if is_timeout(&source) {
+            return self.stalled(what);
+        }
+        RegistryError::Read {
+            reference: self.reference.clone(),
+            what: what.to_string(),
+            source,
         }
     }
 
@@ -259,6 +290,9 @@ impl Client {
     }
 
     pub fn transport(&self, url: &str, source: ureq::Error) -> RegistryError {
+        if matches!(source, ureq::Error::Timeout(_)) {
+            return self.stalled(url);
+        }
         RegistryError::Transport {
             reference: self.reference.clone(),
             url: url.to_string(),
@@ -478,11 +512,7 @@ impl Client {
             .into_reader()
             .take(limit + 1)
             .read_to_end(&mut out)
-            .map_err(|source| RegistryError::Read {
-                reference: self.reference.clone(),
-                what: what.to_string(),
-                source,
-            })?;
+            .map_err(|source| self.read_error(what, source))?;
         if out.len() as u64 > limit {
             return Err(self.too_big(what, limit));
         }

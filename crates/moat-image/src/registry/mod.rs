@@ -55,6 +55,12 @@ pub enum RegistryError {
         #[source]
         source: io::Error,
     },
+    #[error("{reference}: reading {what}: no data for {secs} s; the connection stalled (raise --timeout for slow links)")]
+    Stalled {
+        reference: String,
+        what: String,
+        secs: u64,
+    },
     #[error("{reference}: {registry} refused access{}", if *had_credentials { " with the credentials given (check them with moat login)" } else { "; log in first (moat login) or pass --creds USER:PASSWORD" })]
     Unauthorized {
         reference: String,

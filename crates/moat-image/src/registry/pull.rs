@@ -170,6 +170,7 @@ pub(crate) fn fetch_blob(
     let mut out = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
     let mut body = reply.response.into_body().into_reader().take(d.size + 1);
     let mut buf = vec![0u8; 256 << 10];
+    let mut got: u64 = 0;
     let result = loop {
         if cancel.load(Ordering::Relaxed) {
             break Err(RegistryError::Protocol {
@@ -182,16 +183,14 @@ pub(crate) fn fetch_blob(
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(source) => {
-                break Err(RegistryError::Read {
-                    reference: reference.clone(),
-                    what: what.clone(),
-                    source,
-                })
+                let at = format!("{what} after {got} of {} bytes", d.size);
+                break Err(client.read_error(&at, source));
             }
         };
         if let Err(e) = out.write_all(&buf[..n]) {
             break Err(werr(e));
         }
+        got += n as u64;
         progress.advance(n as u64);
     };
     let (w, actual, count) = out.finish();

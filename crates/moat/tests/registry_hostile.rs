@@ -1,0 +1,482 @@
+//! Hostile registries: a tiny HTTP registry on 127.0.0.1 that lies in one
+//! way per test. Each pull must fail with an error naming the reference and
+//! what was wrong, and leave the store without any blob, image or staging
+//! leftover. Also the bearer-token flow against the same server, done right.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{gzip, layout, sha256, tar, Layout};
+
+enum Resp {
+    Ok(&'static str, Vec<u8>),
+    Status(u16, Vec<(String, String)>, Vec<u8>),
+    /// Declares `len` bytes, sends `body`, closes.
+    Short(usize, Vec<u8>),
+    /// Sends headers for `len` bytes, then nothing for a long time.
+    Stall(usize),
+}
+
+type Handler = dyn Fn(&str, &str, &HashMap<String, String>) -> Resp + Send + Sync;
+
+struct Server {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl Server {
+    fn start(handler: Arc<Handler>) -> Server {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        l.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let h = handler.clone();
+                        let st = st.clone();
+                        std::thread::spawn(move || serve(s, &*h, &st));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Server { port, stop }
+    }
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(s: TcpStream, h: &Handler, stop: &AtomicBool) {
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    if r.read_line(&mut line).is_err() || !line.ends_with("HTTP/1.1\r\n") {
+        return; // e.g. a TLS hello while the client probes https
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("").to_string();
+    let mut headers = HashMap::new();
+    loop {
+        let mut l = String::new();
+        if r.read_line(&mut l).is_err() || l == "\r\n" || l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.trim_end().split_once(':') {
+            headers.insert(k.to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let mut w = s;
+    let head = |status: u16, len: usize, extra: &[(String, String)]| {
+        let mut h =
+            format!("HTTP/1.1 {status} X\r\nContent-Length: {len}\r\nConnection: close\r\n");
+        for (k, v) in extra {
+            h.push_str(&format!("{k}: {v}\r\n"));
+        }
+        h.push_str("\r\n");
+        h.into_bytes()
+    };
+    match h(&method, &path, &headers) {
+        Resp::Ok(ct, body) => {
+            let _ = w.write_all(&head(
+                200,
+                body.len(),
+                &[("Content-Type".into(), ct.into())],
+            ));
+            if method != "HEAD" {
+                let _ = w.write_all(&body);
+            }
+        }
+        Resp::Status(code, extra, body) => {
+            let _ = w.write_all(&head(code, body.len(), &extra));
+            let _ = w.write_all(&body);
+        }
+        Resp::Short(len, body) => {
+            let _ = w.write_all(&head(200, len, &[]));
+            let _ = w.write_all(&body);
+        }
+        Resp::Stall(len) => {
+            let _ = w.write_all(&head(200, len, &[]));
+            let _ = w.flush();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(60) && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// An image in a layout whose blobs the server serves by digest.
+struct Img {
+    l: Layout,
+    manifest: Vec<u8>,
+}
+
+fn image(dir: &Path) -> Img {
+    let raw = tar(&[common::file("hello.txt", b"hello\n")]);
+    let l = layout(&dir.join("layout"), &[(gzip(&raw), raw)], None);
+    let manifest = std::fs::read(
+        dir.join("layout/blobs/sha256")
+            .join(&l.manifest_digest[7..]),
+    )
+    .unwrap();
+    Img { l, manifest }
+}
+
+fn blob(img: &Img, digest: &str) -> Option<Vec<u8>> {
+    std::fs::read(img.l.dir.join("blobs/sha256").join(digest.get(7..)?)).ok()
+}
+
+/// The honest part of a registry: `/v2/`, the manifest by tag, blobs.
+fn honest(img: &Img, method: &str, path: &str) -> Resp {
+    let _ = method;
+    if path == "/v2/" {
+        return Resp::Ok("application/json", b"{}".to_vec());
+    }
+    if path == "/v2/t/img/manifests/1"
+        || path == format!("/v2/t/img/manifests/{}", img.l.manifest_digest)
+    {
+        return Resp::Ok(
+            "application/vnd.oci.image.manifest.v1+json",
+            img.manifest.clone(),
+        );
+    }
+    if let Some(d) = path.strip_prefix("/v2/t/img/blobs/") {
+        if let Some(b) = blob(img, d) {
+            return Resp::Ok("application/octet-stream", b);
+        }
+    }
+    Resp::Status(
+        404,
+        vec![],
+        br#"{"errors":[{"code":"NOT_FOUND","message":"no such thing"}]}"#.to_vec(),
+    )
+}
+
+fn moat(root: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_moat"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env_remove("MOAT_ROOT")
+        .env("REGISTRY_AUTH_FILE", root.with_extension("auth.json"))
+        .env("HOME", root.with_extension("home"))
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap()
+}
+
+/// Pulls `t/img:1` (or `what`) from `srv`, expecting failure; checks the
+/// store is empty afterwards and returns the error text.
+fn pull_fails(srv: &Server, what: &str, extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let reference = format!("{}/{what}", srv.host());
+    let mut args = vec!["pull", &reference, "--tls-verify=false"];
+    args.extend(extra);
+    let o = moat(&root, &args);
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "pull should fail: {e}");
+    assert!(
+        e.starts_with(&format!("moat: error: pull failed: {reference}")),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_dir(root.join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        0,
+        "blobs stored: {e}"
+    );
+    assert!(!root.join("images/names.json").exists());
+    assert_eq!(
+        std::fs::read_dir(root.join("tmp")).unwrap().count(),
+        0,
+        "staging left"
+    );
+    assert_eq!(std::fs::read_dir(root.join("rootfs")).unwrap().count(), 0);
+    e
+}
+
+#[test]
+fn blob_whose_digest_does_not_match_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = Arc::new(image(dir.path()));
+    let layer = img.l.layer_digests[0].clone();
+    let i = img.clone();
+    let srv = Server::start(Arc::new(move |m, p, _| {
+        if p.ends_with(&layer) {
+            let mut b = blob(&i, &layer).unwrap();
+            b[20] ^= 0xff;
+            return Resp::Ok("application/octet-stream", b);
+        }
+        honest(&i, m, p)
+    }));
+    let e = pull_fails(&srv, "t/img:1", &[]);
+    let l = &img.l.layer_digests[0];
+    assert!(e.contains(&format!("blob {l} hashes to sha256:")), "{e}");
+    assert!(
+        e.contains(&format!(
+            ", not {l}: the registry sent corrupt or tampered data"
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn oversize_manifest_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = Arc::new(image(dir.path()));
+    let i = img.clone();
+    let srv = Server::start(Arc::new(move |m, p, _| {
+        if p.contains("/manifests/") {
+            let mut big = b"{\"schemaVersion\":2,\"x\":\"".to_vec();
+            big.resize(5 << 20, b'a');
+            return Resp::Ok("application/vnd.oci.image.manifest.v1+json", big);
+        }
+        honest(&i, m, p)
+    }));
+    let e = pull_fails(&srv, "t/img:1", &[]);
+    assert_eq!(
+        e,
+        format!("moat: error: pull failed: {}/t/img:1: the manifest is larger than 4194304 bytes; refused\n", srv.host())
+    );
+}
+
+#[test]
+fn redirect_loop_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = Arc::new(image(dir.path()));
+    let i = img.clone();
+    let srv = Server::start(Arc::new(move |m, p, _| {
+        if p.contains("/manifests/") || p.starts_with("/loop") {
+            let next = if p == "/loop-a" { "/loop-b" } else { "/loop-a" };
+            return Resp::Status(302, vec![("Location".into(), next.into())], vec![]);
+        }
+        honest(&i, m, p)
+    }));
+    let e = pull_fails(&srv, "t/img:1", &[]);
+    assert!(
+        e.contains("redirects more than 5 times (a redirect loop?)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn token_realm_on_another_host_is_refused_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = Arc::new(image(dir.path()));
+    // Something listening where the realm points, to see that moat never calls.
+    let other = TcpListener::bind("127.0.0.2:0").unwrap();
+    other.set_nonblocking(true).unwrap();
+    let realm = format!(
+        "http://127.0.0.2:{}/token",
+        other.local_addr().unwrap().port()
+    );
+    let i = img.clone();
+    let r = realm.clone();
+    let srv = Server::start(Arc::new(move |m, p, _| {
+        if p.starts_with("/v2/") {
+            return Resp::Status(
+                401,
+                vec![(
+                    "WWW-Authenticate".into(),
+                    format!("Bearer realm=\"{r}\",service=\"x\""),
+                )],
+                vec![],
+            );
+        }
+        honest(&i, m, p)
+    }));
+    let e = pull_fails(&srv, "t/img:1", &["--creds", "alice:secret"]);
+    assert_eq!(
+        e,
+        format!("moat: error: pull failed: {}/t/img:1: token realm {realm:?} is on another host than the registry; moat sends no credentials there\n", srv.host())
+    );
+    assert!(
+        other.accept().is_err(),
+        "moat connected to the foreign realm"
+    );
+}
+
+#[test]
+fn truncated_blob_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = Arc::new(image(dir.path()));
+    let layer = img.l.layer_digests[0].clone();
+    let i = img.clone();
+    let srv = Server::start(Arc::new(move |m, p, _| {
+        if p.ends_with(&layer) {
+            let b = blob(&i, &layer).unwrap();
+            return Resp::Short(b.len(), b[..b.len() / 2].to_vec());
+        }
+        honest(&i, m, p)
+    }));
+    let e = pull_fails(&srv, "t/img:1", &[]);
+    let l = &img.l.layer_digests[0];
+    let half = blob(&img, l).unwrap().len() / 2;
+    let full = blob(&img, l).unwrap().len();
+    assert!(
+        e.contains(&format!("reading blob {l} after {half} of {full} bytes: ")),
+        "{e}"
+    );
+}
+
+#[test]
+fn stalled_connection_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = Arc::new(image(dir.path()));
+    let layer = img.l.layer_digests[0].clone();
+    let i = img.clone();
+    let srv = Server::start(Arc::new(move |m, p, _| {
+        if p.ends_with(&layer) {
+            return Resp::Stall(blob(&i, &layer).unwrap().len());
+        }
+        honest(&i, m, p)
+    }));
+    let start = Instant::now();
+    let e = pull_fails(&srv, "t/img:1", &["--timeout", "2"]);
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        start.elapsed()
+    );
+    let l = &img.l.layer_digests[0];
+    assert!(
+        e.ends_with(&format!("reading blob {l} after 0 of {} bytes: no data for 2 s; the connection stalled (raise --timeout for slow links)\n", blob(&img, l).unwrap().len())),
+        "{e}"
+    );
+}
+
+#[test]
+fn index_without_linux_amd64_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = Arc::new(image(dir.path()));
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{},"platform":{{"os":"linux","architecture":"arm64"}}}}]}}"#,
+        img.l.manifest_digest,
+        img.manifest.len()
+    );
+    let i = img.clone();
+    let srv = Server::start(Arc::new(move |m, p, _| {
+        if p == "/v2/t/img/manifests/multi" {
+            return Resp::Ok(
+                "application/vnd.oci.image.index.v1+json",
+                index.clone().into_bytes(),
+            );
+        }
+        honest(&i, m, p)
+    }));
+    let e = pull_fails(&srv, "t/img:multi", &[]);
+    assert!(
+        e.contains("has no linux/amd64 image (it has: linux/arm64)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn manifest_not_matching_the_pinned_digest_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = Arc::new(image(dir.path()));
+    let i = img.clone();
+    let wanted = sha256(b"something else");
+    let w = wanted.clone();
+    let srv = Server::start(Arc::new(move |m, p, _| {
+        if p == format!("/v2/t/img/manifests/{w}") {
+            return Resp::Ok(
+                "application/vnd.oci.image.manifest.v1+json",
+                i.manifest.clone(),
+            );
+        }
+        honest(&i, m, p)
+    }));
+    let e = pull_fails(&srv, &format!("t/img@{wanted}"), &[]);
+    assert!(
+        e.contains(&format!(
+            "the manifest hashes to {}, not {wanted}",
+            img.l.manifest_digest
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn bearer_token_flow_pulls_with_the_token_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = Arc::new(image(dir.path()));
+    let i = img.clone();
+    let port = Arc::new(std::sync::OnceLock::<u16>::new());
+    let pp = port.clone();
+    let srv = Server::start(Arc::new(move |m, p, h| {
+        let port = pp.get().copied().unwrap_or(0);
+        if p.starts_with("/token?") {
+            // alice:secret, base64
+            assert_eq!(
+                h.get("authorization").map(String::as_str),
+                Some("Basic YWxpY2U6c2VjcmV0")
+            );
+            assert!(p.contains("scope=repository:t/img:pull"), "{p}");
+            assert!(p.contains("service=test-registry"), "{p}");
+            return Resp::Ok("application/json", br#"{"token":"tok-123"}"#.to_vec());
+        }
+        if p.starts_with("/v2/")
+            && h.get("authorization").map(String::as_str) != Some("Bearer tok-123")
+        {
+            return Resp::Status(
+                401,
+                vec![("WWW-Authenticate".into(), format!("Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"test-registry\",scope=\"repository:t/img:pull\""))],
+                vec![],
+            );
+        }
+        honest(&i, m, p)
+    }));
+    port.set(srv.port).unwrap();
+    let root = dir.path().join("root");
+    let reference = format!("{}/t/img:1", srv.host());
+    let o = moat(
+        &root,
+        &[
+            "pull",
+            &reference,
+            "--tls-verify=false",
+            "--creds",
+            "alice:secret",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(
+        out,
+        format!(
+            "pulled {reference}@{} (image ID {}, manifest {})\n",
+            img.l.manifest_digest, img.l.config_digest, img.l.manifest_digest
+        )
+    );
+    let o = moat(&root, &["image", "inspect", &reference, "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["manifest_digest"].as_str(),
+        Some(img.l.manifest_digest.as_str())
+    );
+    let o = moat(&root, &["image", "ls", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+}
