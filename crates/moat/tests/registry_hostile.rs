@@ -480,3 +480,125 @@ fn bearer_token_flow_pulls_with_the_token_only() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn interrupted_pull_resumes_with_a_range_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = Arc::new(image(dir.path()));
+    let layer = img.l.layer_digests[0].clone();
+    let full = blob(&img, &layer).unwrap();
+    let half = full.len() / 2;
+    let ranges = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (i, rg, l) = (img.clone(), ranges.clone(), layer.clone());
+    let srv = Server::start(Arc::new(move |m, p, h| {
+        if p.ends_with(&l) {
+            let b = blob(&i, &l).unwrap();
+            let mut seen = rg.lock().unwrap();
+            seen.push(h.get("range").cloned().unwrap_or_default());
+            if seen.len() == 1 {
+                return Resp::Short(b.len(), b[..b.len() / 2].to_vec());
+            }
+            let from = b.len() / 2;
+            return Resp::Status(
+                206,
+                vec![(
+                    "Content-Range".into(),
+                    format!("bytes {from}-{}/{}", b.len() - 1, b.len()),
+                )],
+                b[from..].to_vec(),
+            );
+        }
+        honest(&i, m, p)
+    }));
+    let root = dir.path().join("root");
+    let reference = format!("{}/t/img:1", srv.host());
+    let o = moat(&root, &["pull", &reference, "--tls-verify=false"]);
+    assert_eq!(o.status.code(), Some(1));
+    let partial = root
+        .join("downloads")
+        .join(format!("{}.partial", &layer[7..]));
+    assert_eq!(std::fs::metadata(&partial).unwrap().len() as usize, half);
+    assert!(!root.join("images/names.json").exists());
+
+    let o = moat(&root, &["pull", &reference, "--tls-verify=false"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        *ranges.lock().unwrap(),
+        vec![String::new(), format!("bytes={half}-")]
+    );
+    assert!(!partial.exists());
+    let o = moat(&root, &["image", "inspect", &reference, "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["manifest_digest"].as_str(),
+        Some(img.l.manifest_digest.as_str())
+    );
+}
+
+/// A blob request with `Range: bytes=N-`, answered 206.
+fn ranged(img: &Img, p: &str, h: &HashMap<String, String>) -> Option<Resp> {
+    let d = p.strip_prefix("/v2/t/img/blobs/")?;
+    let from: usize = h
+        .get("range")?
+        .strip_prefix("bytes=")?
+        .strip_suffix('-')?
+        .parse()
+        .ok()?;
+    let b = blob(img, d)?;
+    Some(Resp::Status(
+        206,
+        vec![(
+            "Content-Range".into(),
+            format!("bytes {from}-{}/{}", b.len() - 1, b.len()),
+        )],
+        b[from..].to_vec(),
+    ))
+}
+
+#[test]
+fn resumed_prefix_that_does_not_verify_is_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = Arc::new(image(dir.path()));
+    let l = img.l.layer_digests[0].clone();
+    let i = img.clone();
+    let srv = Server::start(Arc::new(move |m, p, h| {
+        ranged(&i, p, h).unwrap_or_else(|| honest(&i, m, p))
+    }));
+    let root = dir.path().join("root");
+    // A poisoned partial, as a lying server could have left it.
+    std::fs::create_dir_all(root.join("downloads")).unwrap();
+    let partial = root.join("downloads").join(format!("{}.partial", &l[7..]));
+    std::fs::write(&partial, vec![0u8; blob(&img, &l).unwrap().len() / 2]).unwrap();
+    let reference = format!("{}/t/img:1", srv.host());
+    let o = moat(&root, &["pull", &reference, "--tls-verify=false"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(e.contains(&format!("blob {l} hashes to sha256:")), "{e}");
+    assert!(!partial.exists(), "the poisoned partial is discarded");
+    assert_eq!(
+        std::fs::read_dir(root.join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
+    // The next pull starts over and succeeds.
+    let o = moat(&root, &["pull", &reference, "--tls-verify=false"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn server_ignoring_range_restarts_the_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = Arc::new(image(dir.path()));
+    let l = img.l.layer_digests[0].clone();
+    let i = img.clone();
+    let srv = Server::start(Arc::new(move |m, p, _| honest(&i, m, p)));
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("downloads")).unwrap();
+    let partial = root.join("downloads").join(format!("{}.partial", &l[7..]));
+    std::fs::write(&partial, vec![0u8; blob(&img, &l).unwrap().len() / 2]).unwrap();
+    let reference = format!("{}/t/img:1", srv.host());
+    let o = moat(&root, &["pull", &reference, "--tls-verify=false"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!partial.exists());
+}

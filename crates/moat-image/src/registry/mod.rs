@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod client;
+mod download;
 mod pull;
 mod push;
 pub mod reference;

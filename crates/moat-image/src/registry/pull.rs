@@ -2,8 +2,8 @@
 //! config and layers in parallel into a staging OCI layout, each checked
 //! against its digest and size as it streams, then `Store::import` it.
 
-use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::fs;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use super::client::{Client, ClientOptions};
 use super::reference::Reference;
 use super::RegistryError;
-use crate::digest::{sha256_hex, sha256_of, HashingWriter};
+use crate::digest::{sha256_hex, sha256_of};
 use crate::import::{ImportOptions, NoProgress, Progress};
 use crate::oci::{self, Descriptor};
 use crate::store::Store;
@@ -124,103 +124,6 @@ pub(crate) fn fetch_manifest(
 
 pub(crate) fn is_index(media_type: &str) -> bool {
     media_type == oci::MEDIA_OCI_INDEX || media_type == oci::MEDIA_DOCKER_LIST
-}
-
-/// Streams blob `d` into `dest`, refusing more bytes than the descriptor
-/// says and content that does not hash to its digest. Nothing is left at
-/// `dest` unless it verified.
-pub(crate) fn fetch_blob(
-    client: &Client,
-    d: &Descriptor,
-    dest: &Path,
-    progress: &(dyn Progress + Sync),
-    cancel: &AtomicBool,
-) -> Result<(), RegistryError> {
-    let reference = client.reference().to_string();
-    let what = format!("blob {}", d.digest);
-    let url = client.repo_url(&format!("blobs/{}", d.digest));
-    let reply = client.send("GET", &url, &[], None)?;
-    match reply.status.as_u16() {
-        200 => {}
-        404 => {
-            return Err(RegistryError::Protocol {
-                reference,
-                what: format!("{what} is not in the registry (HTTP 404)"),
-            })
-        }
-        _ => return Err(client.status_error(&what, reply.status, reply.response)),
-    }
-    if let Some(len) = reply.response.body().content_length() {
-        if len > d.size {
-            return Err(RegistryError::Size {
-                reference,
-                what,
-                expected: d.size,
-                actual: len,
-            });
-        }
-    }
-    let partial = dest.with_extension("partial");
-    let werr = |source| RegistryError::Write {
-        reference: reference.clone(),
-        path: partial.clone(),
-        source,
-    };
-    let file = File::create(&partial).map_err(werr)?;
-    let mut out = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
-    let mut body = reply.response.into_body().into_reader().take(d.size + 1);
-    let mut buf = vec![0u8; 256 << 10];
-    let mut got: u64 = 0;
-    let result = loop {
-        if cancel.load(Ordering::Relaxed) {
-            break Err(RegistryError::Protocol {
-                reference: reference.clone(),
-                what: format!("{what}: cancelled after another transfer failed"),
-            });
-        }
-        let n = match body.read(&mut buf) {
-            Ok(0) => break Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => {
-                let at = format!("{what} after {got} of {} bytes", d.size);
-                break Err(client.read_error(&at, source));
-            }
-        };
-        if let Err(e) = out.write_all(&buf[..n]) {
-            break Err(werr(e));
-        }
-        got += n as u64;
-        progress.advance(n as u64);
-    };
-    let (w, actual, count) = out.finish();
-    let result = result.and_then(|()| {
-        w.into_inner()
-            .map_err(|e| werr(e.into_error()))?
-            .sync_all()
-            .map_err(werr)?;
-        if count != d.size {
-            return Err(RegistryError::Size {
-                reference: reference.clone(),
-                what: what.clone(),
-                expected: d.size,
-                actual: count,
-            });
-        }
-        if actual != d.digest {
-            return Err(RegistryError::Digest {
-                reference: reference.clone(),
-                what: what.clone(),
-                expected: d.digest.clone(),
-                actual,
-            });
-        }
-        fs::rename(&partial, dest).map_err(werr)
-    });
-    if result.is_err() {
-        let _ = fs::remove_file(&partial);
-    }
-    result
 }
 
 /// Runs `f` over `items` on up to `workers` threads; the first error
@@ -398,11 +301,19 @@ impl Store {
                 oci::MAX_JSON_BYTES,
             ));
         }
+        let downloads = super::download::dir(self, &rstr)?;
         opts.progress
             .phase("downloading", wanted.iter().map(|d| d.size).sum());
         parallel(&wanted, opts.client.parallel, &|d, cancel| {
             let hex = sha256_hex(&d.digest).expect("descriptors are checked when parsed");
-            fetch_blob(&client, d, &blobs.join(hex), opts.progress, cancel)
+            super::download::fetch_blob(
+                &client,
+                d,
+                &downloads,
+                &blobs.join(hex),
+                opts.progress,
+                cancel,
+            )
         })?;
 
         let index = serde_json::json!({
