@@ -602,3 +602,132 @@ fn server_ignoring_range_restarts_the_download() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!partial.exists());
 }
+
+/// A server that counts requests and fails them all.
+fn broken(count: Arc<std::sync::atomic::AtomicUsize>) -> Server {
+    Server::start(Arc::new(move |_, _, _| {
+        count.fetch_add(1, Ordering::Relaxed);
+        Resp::Status(500, vec![], b"down".to_vec())
+    }))
+}
+
+#[test]
+fn registries_conf_mirrors_insecure_and_blocked() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = Arc::new(image(dir.path()));
+    let i = img.clone();
+    let good = Server::start(Arc::new(move |m, p, _| honest(&i, m, p)));
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let bad = broken(hits.clone());
+    let conf = dir.path().join("registries.conf");
+    let root = dir.path().join("root");
+
+    // Plain HTTP without `insecure`: refused (moat speaks TLS unless told).
+    let r = format!("{}/t/img:1", good.host());
+    let o = moat(&root, &["pull", &r, "--registries-conf", "/dev/null"]);
+    assert_eq!(o.status.code(), Some(1));
+
+    // The mirror is tried first; the registry itself is never contacted.
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nlocation = \"{}\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{}\"\ninsecure = true\n",
+            bad.host(),
+            good.host()
+        ),
+    )
+    .unwrap();
+    let r = format!("{}/t/img:1", bad.host());
+    let o = moat(
+        &root,
+        &["pull", &r, "--registries-conf", conf.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with(&format!("pulled {r}@")));
+    assert_eq!(hits.load(Ordering::Relaxed), 0);
+
+    // A failing mirror falls back to the registry (insecure = plain HTTP).
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nprefix = \"{g}/t\"\nlocation = \"{g}/t\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{}/t\"\ninsecure = true\n",
+            bad.host(),
+            g = good.host()
+        ),
+    )
+    .unwrap();
+    let root2 = dir.path().join("root2");
+    let r = format!("{}/t/img:1", good.host());
+    let o = moat(
+        &root2,
+        &["pull", &r, "--registries-conf", conf.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(hits.load(Ordering::Relaxed) > 0);
+
+    // A blocked registry is refused before any request.
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nlocation = \"{}\"\nblocked = true\n",
+            good.host()
+        ),
+    )
+    .unwrap();
+    let o = moat(
+        &root2,
+        &["pull", &r, "--registries-conf", conf.to_str().unwrap()],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        format!(
+            "moat: error: pull failed: {r}: blocked by [[registry]] \"{}\" in {}\n",
+            good.host(),
+            conf.display()
+        )
+    );
+    // A typo is an error naming the file.
+    std::fs::write(&conf, "[[registry]]\nlocation = \"x\"\ninsecur = true\n").unwrap();
+    let o = moat(
+        &root2,
+        &["pull", &r, "--registries-conf", conf.to_str().unwrap()],
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.starts_with(&format!("moat: error: {}: ", conf.display())) && e.contains("insecur"),
+        "{e}"
+    );
+}
+
+#[test]
+fn progress_bar_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = Arc::new(image(dir.path()));
+    let i = img.clone();
+    let srv = Server::start(Arc::new(move |m, p, _| honest(&i, m, p)));
+    let root = dir.path().join("root");
+    let r = format!("{}/t/img:1", srv.host());
+    // Not a terminal: stderr stays empty.
+    let o = moat(&root, &["pull", &r, "--tls-verify=false"]);
+    assert!(o.status.success());
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // On a terminal (script(1) gives it a pty): a bar with the byte counts.
+    let cmd = format!(
+        "{} --root {} pull {r} --tls-verify=false --registries-conf /dev/null",
+        env!("CARGO_BIN_EXE_moat"),
+        dir.path().join("root2").display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("REGISTRY_AUTH_FILE", dir.path().join("auth.json"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("downloading ["), "{text}");
+    assert!(text.contains(&format!("pulled {r}@")), "{text}");
+}

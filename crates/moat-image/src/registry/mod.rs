@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod client;
+pub mod config;
 mod download;
 mod pull;
 mod push;
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 
 pub use auth::Credentials;
 pub use client::ClientOptions;
+pub use config::RegistriesConf;
 pub use pull::{PullOptions, Pulled};
 pub use push::Pushed;
 pub use reference::{Reference, ReferenceError};
@@ -40,6 +42,14 @@ pub enum RegistryError {
         #[source]
         source: io::Error,
     },
+    #[error("{reference}: blocked by [[registry]] {prefix:?} in {}", path.display())]
+    Blocked {
+        reference: String,
+        prefix: String,
+        path: PathBuf,
+    },
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     #[error("--platform {platform}: moat runs linux/amd64 images only")]
     Platform { platform: String },
     #[error("{reference}: {url}")]

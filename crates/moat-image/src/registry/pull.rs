@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use super::client::{Client, ClientOptions};
+use super::config::{Endpoint, RegistriesConf};
 use super::reference::Reference;
 use super::RegistryError;
 use crate::digest::{sha256_hex, sha256_of};
@@ -26,6 +27,8 @@ pub struct PullOptions<'a> {
     pub platform: String,
     pub unpack: UnpackOptions,
     pub progress: &'a (dyn Progress + Sync),
+    /// Mirrors, locations, insecure and blocked registries.
+    pub registries: RegistriesConf,
 }
 
 impl Default for PullOptions<'_> {
@@ -35,6 +38,7 @@ impl Default for PullOptions<'_> {
             platform: "linux/amd64".into(),
             unpack: UnpackOptions::default(),
             progress: &NoProgress,
+            registries: RegistriesConf::default(),
         }
     }
 }
@@ -181,14 +185,28 @@ impl Store {
                 platform: opts.platform.clone(),
             });
         }
+        let mut last = None;
+        for ep in opts.registries.endpoints(reference, false)? {
+            match self.pull_from(reference, &ep, opts) {
+                Ok(p) => return Ok(p),
+                // A failing mirror falls back to the next one, then the registry.
+                Err(e) if ep.mirror => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("endpoints end with the registry itself"))
+    }
+
+    fn pull_from(
+        &self,
+        reference: &Reference,
+        ep: &Endpoint,
+        opts: &PullOptions<'_>,
+    ) -> Result<Pulled, RegistryError> {
         let rstr = reference.to_string();
-        let client = Client::connect(
-            reference.api_host(),
-            &reference.repository,
-            &rstr,
-            "pull",
-            &opts.client,
-        )?;
+        let mut client_opts = opts.client.clone();
+        client_opts.tls_verify &= !ep.insecure;
+        let client = Client::connect(&ep.authority, &ep.repository, &rstr, "pull", &client_opts)?;
         let top = fetch_manifest(
             &client,
             "the manifest",

@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 use ureq::SendBody;
 
 use super::client::{Client, ClientOptions};
+use super::config::RegistriesConf;
 use super::pull::parallel;
 use super::reference::Reference;
 use super::RegistryError;
@@ -32,6 +33,7 @@ impl Store {
         name: &str,
         reference: &Reference,
         opts: &ClientOptions,
+        registries: &RegistriesConf,
     ) -> Result<Pushed, RegistryError> {
         let rstr = reference.to_string();
         let store_err = |source| RegistryError::Store {
@@ -61,12 +63,18 @@ impl Store {
             .map(|s| s.media_type)
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| oci::MEDIA_OCI_MANIFEST.to_string());
+        let ep = registries
+            .endpoints(reference, true)?
+            .pop()
+            .expect("endpoints end with the registry itself");
+        let mut client_opts = opts.clone();
+        client_opts.tls_verify &= !ep.insecure;
         let client = Client::connect(
-            reference.api_host(),
-            &reference.repository,
+            &ep.authority,
+            &ep.repository,
             &rstr,
             "pull,push",
-            opts,
+            &client_opts,
         )?;
         let parsed = oci::parse_manifest(&format!("manifest {}", image.manifest_digest), &manifest)
             .map_err(|source| RegistryError::Oci {

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use moat_image::import::{NoProgress, Progress};
-use moat_image::registry::{self, auth, ClientOptions, Credentials, PullOptions, Reference};
+use moat_image::registry::{
+    self, auth, ClientOptions, Credentials, PullOptions, Reference, RegistriesConf,
+};
 use moat_image::{Limits, Store, UnpackOptions};
 
 use crate::global::GlobalArgs;
@@ -35,9 +37,26 @@ pub struct RegistryArgs {
         env = "MOAT_REGISTRY_TIMEOUT"
     )]
     pub timeout: u64,
+    /// Per-registry settings and mirrors (registries.conf format). Default:
+    /// $CONTAINERS_REGISTRIES_CONF, else /etc/containers/registries.conf.
+    #[arg(long, value_name = "FILE")]
+    pub registries_conf: Option<PathBuf>,
 }
 
 impl RegistryArgs {
+    fn registries(&self) -> anyhow::Result<RegistriesConf> {
+        Ok(
+            match self
+                .registries_conf
+                .clone()
+                .or_else(registry::config::default_path)
+            {
+                Some(p) => RegistriesConf::load(&p)?,
+                None => RegistriesConf::default(),
+            },
+        )
+    }
+
     fn client(&self, creds: Option<&str>) -> anyhow::Result<ClientOptions> {
         let credentials = match creds {
             Some(c) => Some(
@@ -174,6 +193,7 @@ pub fn pull(global: &GlobalArgs, a: PullArgs) -> anyhow::Result<ExitCode> {
             .as_ref()
             .map(|b| b as &(dyn Progress + Sync))
             .unwrap_or(&NoProgress),
+        registries: a.registry.registries()?,
     };
     let result = store.pull(&reference, &opts);
     if let Some(b) = &bar {
@@ -197,7 +217,7 @@ pub fn push(global: &GlobalArgs, a: PushArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&global.root)?;
     let opts = a.registry.client(a.creds.as_deref())?;
     let pushed = store
-        .push(&a.image, &reference, &opts)
+        .push(&a.image, &reference, &opts, &a.registry.registries()?)
         .context("push failed")?;
     println!(
         "pushed {} to {} ({} blobs uploaded)",
