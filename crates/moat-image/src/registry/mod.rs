@@ -7,9 +7,11 @@ pub mod auth;
 mod client;
 pub mod config;
 mod download;
+pub mod keys;
 mod pull;
 mod push;
 pub mod reference;
+pub mod sign;
 
 use std::io;
 use std::path::PathBuf;
@@ -50,6 +52,12 @@ pub enum RegistryError {
     },
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    #[error("{reference}: signature check of {digest} failed: {why}")]
+    Signature {
+        reference: String,
+        digest: String,
+        why: String,
+    },
     #[error("--platform {platform}: moat runs linux/amd64 images only")]
     Platform { platform: String },
     #[error("{reference}: {url}")]

@@ -92,7 +92,16 @@ impl Store {
             &blobs,
             opts.parallel,
             &|(digest, size), _cancel: &AtomicBool| {
-                if upload_blob(self, &client, digest, *size)? {
+                let open = || {
+                    let f =
+                        self.open_verified_blob(digest)
+                            .map_err(|source| RegistryError::Store {
+                                reference: client.reference().to_string(),
+                                source: Box::new(source),
+                            })?;
+                    Ok(SendBody::from_owned_reader(f))
+                };
+                if upload_blob(&client, digest, *size, &open)? {
                     uploaded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 Ok(())
@@ -149,11 +158,11 @@ impl Store {
 }
 
 /// Uploads one blob unless the registry has it. Returns whether it uploaded.
-fn upload_blob(
-    store: &Store,
+pub(crate) fn upload_blob(
     client: &Client,
     digest: &str,
     size: u64,
+    open: &dyn Fn() -> Result<SendBody<'static>, RegistryError>,
 ) -> Result<bool, RegistryError> {
     let what = format!("blob {digest}");
     let head = client.send(
@@ -190,10 +199,6 @@ fn upload_blob(
     let location = client.absolute(location)?;
     let sep = if location.contains('?') { '&' } else { '?' };
     let url = format!("{location}{sep}digest={digest}");
-    let store_err = |source| RegistryError::Store {
-        reference: client.reference().to_string(),
-        source: Box::new(source),
-    };
     let len = size.to_string();
     let reply = client.send(
         "PUT",
@@ -202,10 +207,7 @@ fn upload_blob(
             ("Content-Type", "application/octet-stream"),
             ("Content-Length", &len),
         ],
-        Some(&mut || {
-            let f = store.open_verified_blob(digest).map_err(store_err)?;
-            Ok(SendBody::from_owned_reader(f))
-        }),
+        Some(&mut || open()),
     )?;
     if reply.status.as_u16() != 201 {
         return Err(client.status_error(
@@ -215,4 +217,46 @@ fn upload_blob(
         ));
     }
     Ok(true)
+}
+
+/// Uploads `bytes` as a blob (unless present); returns its digest.
+pub(crate) fn upload_bytes(client: &Client, bytes: &[u8]) -> Result<String, RegistryError> {
+    let digest = sha256_of(bytes);
+    let owned = bytes.to_vec();
+    upload_blob(client, &digest, bytes.len() as u64, &|| {
+        Ok(SendBody::from_owned_reader(std::io::Cursor::new(
+            owned.clone(),
+        )))
+    })?;
+    Ok(digest)
+}
+
+/// `PUT /v2/<repo>/manifests/<tag>`.
+pub(crate) fn put_manifest(
+    client: &Client,
+    tag: &str,
+    media_type: &str,
+    bytes: &[u8],
+) -> Result<(), RegistryError> {
+    let url = client.repo_url(&format!("manifests/{tag}"));
+    let body = bytes.to_vec();
+    let len = bytes.len().to_string();
+    let reply = client.send(
+        "PUT",
+        &url,
+        &[("Content-Type", media_type), ("Content-Length", &len)],
+        Some(&mut || {
+            Ok(SendBody::from_owned_reader(std::io::Cursor::new(
+                body.clone(),
+            )))
+        }),
+    )?;
+    if !reply.status.is_success() {
+        return Err(client.status_error(
+            &format!("uploading manifest {tag}"),
+            reply.status,
+            reply.response,
+        ));
+    }
+    Ok(())
 }

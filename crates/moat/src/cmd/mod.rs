@@ -11,4 +11,5 @@ pub mod registry;
 pub mod run;
 pub mod scan;
 pub mod surface;
+pub mod trust;
 pub mod vulndb;

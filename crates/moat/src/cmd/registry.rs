@@ -57,7 +57,7 @@ impl RegistryArgs {
         )
     }
 
-    fn client(&self, creds: Option<&str>) -> anyhow::Result<ClientOptions> {
+    pub fn client(&self, creds: Option<&str>) -> anyhow::Result<ClientOptions> {
         let credentials = match creds {
             Some(c) => Some(
                 Credentials::parse(c)
