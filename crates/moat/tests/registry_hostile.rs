@@ -731,3 +731,90 @@ fn progress_bar_on_a_terminal_only() {
     assert!(text.contains("downloading ["), "{text}");
     assert!(text.contains(&format!("pulled {r}@")), "{text}");
 }
+
+#[test]
+fn pull_policy_image_rules_refuse_before_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = Arc::new(image(dir.path()));
+    let i = img.clone();
+    let blob_gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let bg = blob_gets.clone();
+    let srv = Server::start(Arc::new(move |m, p, _| {
+        if p.contains("/blobs/") {
+            bg.fetch_add(1, Ordering::Relaxed);
+        }
+        honest(&i, m, p)
+    }));
+    let write = |name: &str, image: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(
+            &p,
+            format!("apiVersion: moat.dev/v1\nkind: Policy\nmetadata: {{name: {name}}}\nspec:\n  extends: baseline\n  image:\n{image}"),
+        )
+        .unwrap();
+        p
+    };
+    let host = srv.host();
+    let r = format!("{host}/t/img:1");
+    let root = dir.path().join("root");
+    let pull = |policy: &Path, reference: &str| {
+        moat(
+            &root,
+            &[
+                "pull",
+                reference,
+                "--tls-verify=false",
+                "--policy",
+                policy.to_str().unwrap(),
+            ],
+        )
+    };
+
+    // A registry the policy does not list.
+    let p = write("only-other.yaml", "    allowed: [\"registry.example/*\"]\n");
+    let o = pull(&p, &r);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        format!("moat: error: pull failed: {r}: refused by the policy {}: spec.image.allowed does not list {r} (allowed: registry.example/*)\n", p.display())
+    );
+    // Digest pinning required: the tag is refused, the digest accepted.
+    let p = write(
+        "pinned.yaml",
+        &format!("    allowed: [\"{host}/t/*\"]\n    require_digest: true\n"),
+    );
+    let o = pull(&p, &r);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains(&format!(
+            "spec.image.require_digest: {r} is not pinned; name it as {host}/t/img@sha256:<digest>"
+        )),
+        "{e}"
+    );
+    assert_eq!(blob_gets.load(Ordering::Relaxed), 0);
+    // Only listed digests: resolved, then refused before any blob.
+    let p = write(
+        "digests.yaml",
+        &format!("    digests: [\"sha256:{}\"]\n", "0".repeat(64)),
+    );
+    let o = pull(&p, &r);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains(&format!(
+            "refused by the policy: spec.image.digests lists none of {}",
+            img.l.manifest_digest
+        )),
+        "{e}"
+    );
+    assert_eq!(blob_gets.load(Ordering::Relaxed), 0, "nothing downloaded");
+    assert!(!root.join("images/names.json").exists());
+    // The pinned reference passes.
+    let p = write(
+        "pinned.yaml",
+        &format!(
+            "    allowed: [\"{host}/t/*\"]\n    require_digest: true\n    digests: [\"{}\"]\n",
+            img.l.manifest_digest
+        ),
+    );
+    let o = pull(&p, &format!("{host}/t/img@{}", img.l.manifest_digest));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

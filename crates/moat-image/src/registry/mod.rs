@@ -58,6 +58,8 @@ pub enum RegistryError {
         digest: String,
         why: String,
     },
+    #[error("{reference}: refused by the policy: {why}")]
+    Refused { reference: String, why: String },
     #[error("--platform {platform}: moat runs linux/amd64 images only")]
     Platform { platform: String },
     #[error("{reference}: {url}")]

@@ -21,6 +21,9 @@ use crate::{Image, UnpackOptions};
 /// What `Accept` lists for manifests.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
+/// A policy check of the digests a reference resolved to.
+pub type DigestCheck<'a> = dyn Fn(&[&str]) -> Result<(), String> + Sync + 'a;
+
 pub struct PullOptions<'a> {
     pub client: ClientOptions,
     /// `os/arch`; moat runs `linux/amd64` only.
@@ -29,6 +32,9 @@ pub struct PullOptions<'a> {
     pub progress: &'a (dyn Progress + Sync),
     /// Mirrors, locations, insecure and blocked registries.
     pub registries: RegistriesConf,
+    /// Called with the resolved digests (the reference's, then the
+    /// manifest's) before any blob is downloaded; an error refuses the pull.
+    pub check: Option<&'a DigestCheck<'a>>,
 }
 
 impl Default for PullOptions<'_> {
@@ -39,6 +45,7 @@ impl Default for PullOptions<'_> {
             unpack: UnpackOptions::default(),
             progress: &NoProgress,
             registries: RegistriesConf::default(),
+            check: None,
         }
     }
 }
@@ -278,6 +285,12 @@ impl Store {
         )
         .map_err(oci_err)?;
 
+        if let Some(check) = opts.check {
+            check(&[&top.digest, &manifest_desc.digest]).map_err(|why| RegistryError::Refused {
+                reference: rstr.clone(),
+                why,
+            })?;
+        }
         let store_err = |source| RegistryError::Store {
             reference: rstr.clone(),
             source: Box::new(source),

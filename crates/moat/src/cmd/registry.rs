@@ -102,6 +102,10 @@ pub struct PullArgs {
     /// Print only the image ID.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Refuse images the policy's `image` rules do not allow (allowed
+    /// names, digests, require_digest), before anything is downloaded.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -180,6 +184,29 @@ pub fn bar() -> Option<Bar> {
 
 pub fn pull(global: &GlobalArgs, a: PullArgs) -> anyhow::Result<ExitCode> {
     let reference = Reference::parse(&a.reference)?;
+    let policy = match &a.policy {
+        Some(p) => Some(moat_policy::Policy::resolve(&p.to_string_lossy())?),
+        None => None,
+    };
+    let name = reference.to_string();
+    if let Some(p) = &policy {
+        if let Err(why) = p.spec.image.check(&name, reference.digest.is_some(), &[]) {
+            bail!(
+                "pull failed: {name}: refused by the policy {}: {why}",
+                p.source
+            );
+        }
+    }
+    let check = |digests: &[&str]| -> Result<(), String> {
+        match &policy {
+            Some(p) => p
+                .spec
+                .image
+                .check(&name, reference.digest.is_some(), digests)
+                .map_err(|why| format!("{} ({})", why, p.source)),
+            None => Ok(()),
+        }
+    };
     let store = Store::open(&global.root)?;
     let bar = if a.quiet { None } else { bar() };
     let opts = PullOptions {
@@ -194,6 +221,7 @@ pub fn pull(global: &GlobalArgs, a: PullArgs) -> anyhow::Result<ExitCode> {
             .map(|b| b as &(dyn Progress + Sync))
             .unwrap_or(&NoProgress),
         registries: a.registry.registries()?,
+        check: Some(&check),
     };
     let result = store.pull(&reference, &opts);
     if let Some(b) = &bar {
