@@ -13,3 +13,4 @@ pub mod scan;
 pub mod surface;
 pub mod trust;
 pub mod vulndb;
+pub mod vulndb_update;
