@@ -1,8 +1,20 @@
 //! Checking an image reference against the policy's `image` rules (pure).
 
-use crate::model::ImageRules;
+use crate::model::{ImageRules, SignerRule};
 
 impl ImageRules {
+    /// The signer rules that apply to the image `name`.
+    pub fn signers_for(&self, name: &str) -> Vec<&SignerRule> {
+        let bare = bare_name(name);
+        self.signers
+            .iter()
+            .filter(|r| match r.repository.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => r.repository == bare || r.repository == name,
+            })
+            .collect()
+    }
+
     /// Checks the image `name` (`host/repo:tag` or `host/repo@digest`):
     /// `pinned` says whether the user named it by digest, `digests` are the
     /// digests it resolved to (empty when not known yet). The error names
@@ -62,6 +74,7 @@ mod tests {
             ],
             digests: vec![],
             require_digest: false,
+            signers: vec![],
         };
         assert!(r.check("127.0.0.1:5000/trusted/app:1", false, &[]).is_ok());
         assert!(r.check("docker.io/library/alpine:3", false, &[]).is_ok());
@@ -74,7 +87,13 @@ mod tests {
             allowed: vec![],
             digests: vec![d.clone()],
             require_digest: true,
+            signers: vec![SignerRule {
+                repository: "h:1/x".into(),
+                key: "k.pub".into(),
+            }],
         };
+        assert_eq!(r.signers_for("h:1/x:1").len(), 1);
+        assert!(r.signers_for("h:1/xy:1").is_empty());
         assert_eq!(
             r.check("h:1/x:1", false, &[]).unwrap_err(),
             "spec.image.require_digest: h:1/x:1 is not pinned; name it as h:1/x@sha256:<digest>"

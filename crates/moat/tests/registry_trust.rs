@@ -354,7 +354,59 @@ fn signatures_interoperate_with_skopeo() {
     );
     assert!(e.contains("not signed by this key"), "{e}");
 
-    // 4. Change the signature: both skopeo and moat refuse.
+    // 4. A policy requiring signer keys: moat pull enforces it.
+    let trust_policy = |name: &str, key: &Path| {
+        let p = dir.join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "apiVersion: moat.dev/v1\nkind: Policy\nmetadata: {{name: trust}}\nspec:\n  extends: baseline\n  image:\n    signers:\n      - repository: \"{host}/trust/*\"\n        key: {}\n",
+                key.display()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let ours = trust_policy("ours.yaml", &public);
+    let theirs = trust_policy("theirs.yaml", &dir.join("other.pub"));
+    let pull = |r: &str, policy: &Path| {
+        moat(
+            dir,
+            &[
+                "pull",
+                r,
+                "--policy",
+                policy.to_str().unwrap(),
+                "--cert-dir",
+                &certs,
+                "--creds",
+                &creds,
+            ],
+        )
+    };
+    let o = pull(&r_moat, &ours);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = pull(&r_unsigned, &ours);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.starts_with(&format!("moat: error: pull failed: {r_unsigned}: refused by the policy: spec.image.signers requires a signature of sha256:"))
+            && e.contains(&format!("{} (policy {}): ", public.display(), ours.display()))
+            && e.contains("no signatures"),
+        "{e}"
+    );
+    let o = pull(&r_moat, &theirs);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("refused by the policy: spec.image.signers")
+            && e.contains("not signed by this key"),
+        "{e}"
+    );
+    // Nothing was stored by the refused pulls (only the accepted image).
+    let ls: serde_json::Value =
+        serde_json::from_str(&ok(dir, &["image", "ls", "--format", "json"])).unwrap();
+    assert_eq!(ls.as_array().unwrap().len(), 1, "{ls}");
+
+    // 5. Change the signature: both skopeo and moat refuse.
     let sig_ref = format!("{host}/trust/by-moat:sha256-{}.sig", &digest[7..]);
     let o = Command::new("skopeo")
         .args([
@@ -423,4 +475,6 @@ fn signatures_interoperate_with_skopeo() {
         ],
     );
     assert!(e.contains("not signed by this key"), "{e}");
+    let o = pull(&r_moat, &ours);
+    assert_eq!(o.status.code(), Some(1), "a changed signature still pulled");
 }

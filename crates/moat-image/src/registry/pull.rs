@@ -35,6 +35,9 @@ pub struct PullOptions<'a> {
     /// Called with the resolved digests (the reference's, then the
     /// manifest's) before any blob is downloaded; an error refuses the pull.
     pub check: Option<&'a DigestCheck<'a>>,
+    /// Public keys (with a label for messages) of which at least one must
+    /// have signed the image; empty: no signature required.
+    pub signers: Vec<(String, p256::ecdsa::VerifyingKey)>,
 }
 
 impl Default for PullOptions<'_> {
@@ -46,6 +49,7 @@ impl Default for PullOptions<'_> {
             progress: &NoProgress,
             registries: RegistriesConf::default(),
             check: None,
+            signers: Vec::new(),
         }
     }
 }
@@ -285,6 +289,32 @@ impl Store {
         )
         .map_err(oci_err)?;
 
+        if !opts.signers.is_empty() {
+            let mut reasons = Vec::new();
+            let mut ok = false;
+            for (label, key) in &opts.signers {
+                match super::sign::verify_digest(&client, reference, &top.digest, key) {
+                    Ok(_) => {
+                        ok = true;
+                        break;
+                    }
+                    Err(RegistryError::Signature { why, .. }) => {
+                        reasons.push(format!("{label}: {why}"))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if !ok {
+                return Err(RegistryError::Refused {
+                    reference: rstr.clone(),
+                    why: format!(
+                        "spec.image.signers requires a signature of {}: {}",
+                        top.digest,
+                        reasons.join("; ")
+                    ),
+                });
+            }
+        }
         if let Some(check) = opts.check {
             check(&[&top.digest, &manifest_desc.digest]).map_err(|why| RegistryError::Refused {
                 reference: rstr.clone(),

@@ -207,6 +207,14 @@ pub fn pull(global: &GlobalArgs, a: PullArgs) -> anyhow::Result<ExitCode> {
             None => Ok(()),
         }
     };
+    let mut signers = Vec::new();
+    if let Some(p) = &policy {
+        for rule in p.spec.image.signers_for(&name) {
+            let key = registry::keys::load_public(std::path::Path::new(&rule.key))
+                .with_context(|| format!("policy {}: spec.image.signers", p.source))?;
+            signers.push((format!("{} (policy {})", rule.key, p.source), key));
+        }
+    }
     let store = Store::open(&global.root)?;
     let bar = if a.quiet { None } else { bar() };
     let opts = PullOptions {
@@ -222,6 +230,7 @@ pub fn pull(global: &GlobalArgs, a: PullArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or(&NoProgress),
         registries: a.registry.registries()?,
         check: Some(&check),
+        signers,
     };
     let result = store.pull(&reference, &opts);
     if let Some(b) = &bar {
