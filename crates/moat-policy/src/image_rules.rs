@@ -105,3 +105,20 @@ mod tests {
             .starts_with("spec.image.digests lists none of sha256:bb"));
     }
 }
+
+#[cfg(test)]
+mod explain_tests {
+    #[test]
+    fn explain_shows_trust_rules() {
+        let p = crate::Policy::parse(
+            "apiVersion: moat.dev/v1\nkind: Policy\nmetadata: {name: t}\nspec:\n  extends: baseline\n  image:\n    allowed: [\"r.example/*\"]\n    require_digest: true\n    signers:\n      - {repository: \"r.example/prod/*\", key: k.pub}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let text = crate::explain::explain(&p).to_text();
+        assert!(
+            text.ends_with("  images        only images named r.example/*\n                images must be named by digest (tags refused)\n                r.example/prod/* must be signed by the key in k.pub\n"),
+            "{text}"
+        );
+    }
+}
