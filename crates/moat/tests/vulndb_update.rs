@@ -185,3 +185,66 @@ fn update_downloads_when_changed_and_keeps_the_database_on_bad_zips() {
         .collect();
     assert!(left.is_empty());
 }
+
+#[test]
+fn update_defaults_to_the_ecosystems_of_stored_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let good = zip_of(&fixtures::osv_records());
+    let mut files = HashMap::new();
+    for e in [
+        "Debian",
+        "PyPI",
+        "npm",
+        "Go",
+        "crates.io",
+        "Alpine",
+        "Maven",
+        "RubyGems",
+    ] {
+        files.insert(
+            format!("/{e}/all.zip"),
+            ("\"d\"".to_string(), good.clone(), good.len()),
+        );
+    }
+    let port = serve(files, log.clone());
+    let base = format!("http://127.0.0.1:{port}");
+    // No images: a clear error, no request.
+    let o = moat(&root, &["vulndb", "update", "--source", &base]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "moat: error: no stored image has packages of a known ecosystem; name the advisories to fetch with --ecosystem (Debian, Alpine, PyPI, npm, Go, ...)\n"
+    );
+    assert!(log.lock().unwrap().is_empty());
+    // A Debian image: Debian's export is fetched.
+    let rootfs = dir.path().join("deb");
+    fixtures::write_debian_rootfs(&rootfs).unwrap();
+    let tarball = dir.path().join("deb.tar");
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let o = moat(
+        &root,
+        &[
+            "image",
+            "import",
+            tarball.to_str().unwrap(),
+            "--name",
+            "deb",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = moat(&root, &["vulndb", "update", "--source", &base]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The fixture image has dpkg packages and Python packages.
+    let paths: Vec<String> = log.lock().unwrap().iter().map(|(p, _)| p.clone()).collect();
+    assert!(paths.contains(&"/Debian/all.zip".to_string()), "{paths:?}");
+    assert!(paths.contains(&"/PyPI/all.zip".to_string()), "{paths:?}");
+}

@@ -25,7 +25,8 @@ pub struct UpdateArgs {
     #[arg(long, default_value = DEFAULT_SOURCE, value_name = "URL")]
     pub source: String,
     /// Ecosystems to fetch (OSV names: Debian, Alpine, PyPI, npm, Go, ...).
-    #[arg(long = "ecosystem", required = true, value_name = "NAME")]
+    /// Default: the ecosystems of the packages of the stored images.
+    #[arg(long = "ecosystem", value_name = "NAME")]
     pub ecosystems: Vec<String>,
     /// Keep updating every INTERVAL (e.g. 30m, 6h, 90s).
     #[arg(long, value_name = "INTERVAL", value_parser = parse_interval)]
@@ -60,9 +61,32 @@ struct Validators {
     last_modified: Option<String>,
 }
 
+/// OSV export names (`Debian` for `Debian:12`) of the stored images' packages.
+fn stored_ecosystems(global: &GlobalArgs) -> anyhow::Result<Vec<String>> {
+    let mut set = std::collections::BTreeSet::new();
+    for s in moat_scan::store::list(&global.root)? {
+        for p in &s.inventory.packages {
+            let base = p.ecosystem.split(':').next().unwrap_or("");
+            if !base.is_empty() {
+                set.insert(base.to_string());
+            }
+        }
+    }
+    Ok(set.into_iter().collect())
+}
+
 pub fn update(global: &GlobalArgs, a: UpdateArgs) -> anyhow::Result<()> {
     loop {
-        for e in &a.ecosystems {
+        let ecosystems = if a.ecosystems.is_empty() {
+            let found = stored_ecosystems(global)?;
+            if found.is_empty() {
+                bail!("no stored image has packages of a known ecosystem; name the advisories to fetch with --ecosystem (Debian, Alpine, PyPI, npm, Go, ...)");
+            }
+            found
+        } else {
+            a.ecosystems.clone()
+        };
+        for e in &ecosystems {
             if e.is_empty() || e.contains(['/', '?', '#']) || e.contains("..") {
                 bail!("--ecosystem {e:?}: not an OSV ecosystem name");
             }
