@@ -142,3 +142,75 @@ pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
     }
     Ok(names)
 }
+
+/// Why a file of an input (an OCI layout directory) was not opened.
+#[derive(Debug)]
+pub enum InputFileError {
+    Missing,
+    /// It exists but is not a regular file: what it is instead.
+    NotRegular(&'static str),
+    Io(io::Error),
+}
+
+/// Opens `rel` below the directory `dir` for reading, only if it is a
+/// regular file reached without any symlink: first `O_PATH | O_NOFOLLOW`
+/// (which never blocks on a FIFO and never follows a symlink to, say,
+/// `/etc/shadow`), then the type is checked, then the same inode is reopened
+/// for reading through `/proc/self/fd`. `dir` itself may be a symlink (the
+/// user named it).
+pub fn open_input_file(dir: &std::path::Path, rel: &str) -> Result<std::fs::File, InputFileError> {
+    let base = rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| InputFileError::Io(e.into()))?;
+    let handle = match rustix::fs::openat2(
+        &base,
+        rel,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Err(InputFileError::Missing),
+        Err(rustix::io::Errno::LOOP) => {
+            return Err(InputFileError::NotRegular("a symlink (or below one)"))
+        }
+        Err(rustix::io::Errno::NOSYS) => {
+            // No openat2: the last component at least is not followed.
+            match rustix::fs::openat(
+                &base,
+                rel,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT) => return Err(InputFileError::Missing),
+                Err(e) => return Err(InputFileError::Io(e.into())),
+            }
+        }
+        Err(e) => return Err(InputFileError::Io(e.into())),
+    };
+    let st = rustix::fs::fstat(&handle).map_err(|e| InputFileError::Io(e.into()))?;
+    let kind = match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => None,
+        FileType::Symlink => Some("a symlink (or below one)"),
+        FileType::Directory => Some("a directory"),
+        FileType::Fifo => Some("a FIFO"),
+        FileType::Socket => Some("a socket"),
+        FileType::CharacterDevice | FileType::BlockDevice => Some("a device"),
+        FileType::Unknown => Some("not a regular file"),
+    };
+    if let Some(k) = kind {
+        return Err(InputFileError::NotRegular(k));
+    }
+    use std::os::fd::AsRawFd;
+    let fd = rustix::fs::open(
+        format!("/proc/self/fd/{}", handle.as_raw_fd()),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| InputFileError::Io(e.into()))?;
+    Ok(std::fs::File::from(fd))
+}

@@ -8,6 +8,7 @@ use std::io::{self, BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 
 use crate::digest::{sha256_hex, sha256_of, HashingWriter};
+use crate::fsat::{open_input_file, InputFileError};
 use crate::oci::{self, Descriptor, OciError};
 use crate::store::{normalize_name, now_rfc3339, LayerInfo, Record, Store, StoreError};
 use crate::unpack::{Compression, UnpackError, UnpackOptions};
@@ -47,9 +48,15 @@ pub enum ImportError {
         "{source_path}: a directory, but not an OCI image layout (no oci-layout and index.json)"
     )]
     NotLayout { source_path: PathBuf },
-    #[error("{source_path}: entry {entry:?} is not a valid archive member name")]
+    #[error("{source_path}: {what} is {kind}; moat reads only regular files from an image layout")]
+    NotRegular {
+        source_path: PathBuf,
+        what: String,
+        kind: &'static str,
+    },
+    #[error("{source_path}: entry {} is not a valid archive member name", crate::quote::quote(.entry))]
     BadMember { source_path: PathBuf, entry: String },
-    #[error("{source_path}: entry {entry:?}: blob content hashes to {actual}, not the digest its name claims")]
+    #[error("{source_path}: entry {}: blob content hashes to {actual}, not the digest its name claims", crate::quote::quote(.entry))]
     MemberDigest {
         source_path: PathBuf,
         entry: String,
@@ -135,10 +142,9 @@ impl Default for ImportOptions<'_> {
 /// Where the blobs of the source live while importing.
 struct Source<'a> {
     path: &'a Path,
-    /// Directory of blobs named by hex (the layout's `blobs/sha256`, or the
-    /// staging directory archives are extracted into).
-    blob_dir: PathBuf,
-    /// Whether blobs in `blob_dir` were already verified and can be moved.
+    /// Whether the blobs were extracted into staging (archives) and
+    /// verified there; else they are read from the layout's
+    /// `blobs/sha256`.
     extracted: bool,
 }
 
@@ -210,7 +216,6 @@ impl Store {
         let (manifest_desc, ref_name, source) = if meta.is_dir() {
             let src = Source {
                 path,
-                blob_dir: path.join("blobs/sha256"),
                 extracted: false,
             };
             let (d, n) = self.layout_manifest(&src, &blobs)?;
@@ -219,7 +224,7 @@ impl Store {
             let mut f = File::open(path).map_err(|source| ImportError::Read {
                 source_path: sp.clone(),
                 what: "it".into(),
-                source,
+                source: crate::quote::clean_io(source),
             })?;
             match sniff_archive(&mut f, path)? {
                 ArchiveKind::Oci(meta) => {
@@ -230,7 +235,6 @@ impl Store {
                     })?;
                     let src = Source {
                         path,
-                        blob_dir: blobs.clone(),
                         extracted: true,
                     };
                     let index = oci::parse_index("index.json", &meta.index).map_err(|source| {
@@ -249,7 +253,6 @@ impl Store {
                         n,
                         Source {
                             path,
-                            blob_dir: blobs.clone(),
                             extracted: true,
                         },
                     )
@@ -276,23 +279,42 @@ impl Store {
         staging_blobs: &Path,
     ) -> Result<(Descriptor, Option<String>), ImportError> {
         let sp = src.path.to_path_buf();
-        let layout = src.path.join("oci-layout");
-        let index_path = src.path.join("index.json");
-        if !layout.is_file() || !index_path.is_file() {
-            return Err(ImportError::NotLayout { source_path: sp });
-        }
-        let bytes = read_limited(&index_path, MAX_META).map_err(|e| match e {
-            Some(source) => ImportError::Read {
+        // O_PATH first, type checked, then reopened: a FIFO never blocks
+        // the import and a symlink (to /etc/shadow, say) is never read.
+        let open = |name: &str| match open_input_file(src.path, name) {
+            Ok(f) => Ok(f),
+            Err(InputFileError::Missing) => Err(ImportError::NotLayout {
+                source_path: sp.clone(),
+            }),
+            Err(InputFileError::NotRegular(kind)) => Err(ImportError::NotRegular {
+                source_path: sp.clone(),
+                what: name.to_string(),
+                kind,
+            }),
+            Err(InputFileError::Io(source)) => Err(ImportError::Read {
+                source_path: sp.clone(),
+                what: name.to_string(),
+                source: crate::quote::clean_io(source),
+            }),
+        };
+        open("oci-layout")?;
+        let index_file = open("index.json")?;
+        let mut bytes = Vec::new();
+        index_file
+            .take(MAX_META + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|source| ImportError::Read {
                 source_path: sp.clone(),
                 what: "index.json".into(),
-                source,
-            },
-            None => ImportError::TooBig {
+                source: crate::quote::clean_io(source),
+            })?;
+        if bytes.len() as u64 > MAX_META {
+            return Err(ImportError::TooBig {
                 source_path: sp.clone(),
                 what: "index.json".into(),
                 limit: MAX_META,
-            },
-        })?;
+            });
+        }
         let index = oci::parse_index("index.json", &bytes).map_err(|source| ImportError::Oci {
             source_path: sp.clone(),
             source,
@@ -406,17 +428,23 @@ impl Store {
                 digest: d.digest.clone(),
             });
         }
-        let from = src.blob_dir.join(hex);
-        let input = match File::open(&from) {
+        let input = match open_input_file(src.path, &format!("blobs/sha256/{hex}")) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(InputFileError::Missing) => {
                 return Err(ImportError::MissingBlob {
                     source_path: sp,
                     referrer: referrer.to_string(),
                     digest: d.digest.clone(),
                 })
             }
-            Err(source) => {
+            Err(InputFileError::NotRegular(kind)) => {
+                return Err(ImportError::NotRegular {
+                    source_path: sp,
+                    what: format!("blob {}", d.digest),
+                    kind,
+                })
+            }
+            Err(InputFileError::Io(source)) => {
                 return Err(ImportError::Read {
                     source_path: sp,
                     what: format!("blob {}", d.digest),
@@ -563,7 +591,7 @@ impl Store {
         f.rewind().map_err(|source| ImportError::Read {
             source_path: sp.clone(),
             what: "it".into(),
-            source,
+            source: crate::quote::clean_io(source),
         })?;
         let total = f.metadata().map(|m| m.len()).unwrap_or(0);
         let tmp = blobs.join("layer.partial");
@@ -572,13 +600,36 @@ impl Store {
             what: "staging".into(),
             source,
         })?;
-        let mut w = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, out));
-        opts.progress.phase("copying", total);
-        copy_progress(&mut f, &mut w, opts.progress).map_err(|source| ImportError::Read {
+        let w = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, out));
+        // An uncompressed tarball is stored gzip-compressed (fast level,
+        // deterministic header): the blob is the store's long-lived copy of
+        // the image, and uncompressed it doubled the image's footprint.
+        let mut head = [0u8; 4];
+        let n = f.read(&mut head).unwrap_or(0);
+        f.rewind().map_err(|source| ImportError::Read {
             source_path: sp.clone(),
             what: "it".into(),
-            source,
+            source: crate::quote::clean_io(source),
         })?;
+        let read_err = |source| ImportError::Read {
+            source_path: sp.clone(),
+            what: "it".into(),
+            source: crate::quote::clean_io(source),
+        };
+        opts.progress.phase("copying", total);
+        let w = if Compression::sniff(&head[..n]) == Compression::None {
+            let mut gz = flate2::write::GzEncoder::new(w, flate2::Compression::fast());
+            copy_progress(&mut f, &mut gz, opts.progress).map_err(read_err)?;
+            gz.finish().map_err(|source| ImportError::Write {
+                source_path: sp.clone(),
+                what: "staging".into(),
+                source,
+            })?
+        } else {
+            let mut w = w;
+            copy_progress(&mut f, &mut w, opts.progress).map_err(read_err)?;
+            w
+        };
         let (out, digest, size) = w.finish();
         out.into_inner().map_err(|e| ImportError::Write {
             source_path: sp.clone(),
@@ -615,9 +666,11 @@ impl Store {
                 .clone()
                 .unwrap_or_else(|| sp.display().to_string()),
             unpack: opts.unpack,
+            mount_points: Vec::new(),
         };
-        let diff_ids = self.unpack_staged(&record, blobs, &rootfs, &sp, opts)?;
+        let (diff_ids, added) = self.unpack_staged(&record, blobs, &rootfs, &sp, opts)?;
         record.layers[0].diff_id = diff_ids[0].clone();
+        record.mount_points = added;
         let config = oci::ConfigFile {
             created: Some(record.imported.clone()),
             architecture: "amd64".into(),
@@ -669,7 +722,7 @@ impl Store {
         rootfs: &Path,
         sp: &Path,
         opts: &ImportOptions<'_>,
-    ) -> Result<Vec<String>, ImportError> {
+    ) -> Result<(Vec<String>, Vec<String>), ImportError> {
         use std::os::fd::AsFd;
         fs::create_dir(rootfs).map_err(|source| ImportError::Write {
             source_path: sp.to_path_buf(),
@@ -719,7 +772,13 @@ impl Store {
             })?;
             diff_ids.push(d);
         }
-        Ok(diff_ids)
+        let added =
+            crate::mountpoints::add_missing(root.as_fd()).map_err(|source| ImportError::Write {
+                source_path: sp.to_path_buf(),
+                what: "staging".into(),
+                source,
+            })?;
+        Ok((diff_ids, added))
     }
 
     fn finish_import(
@@ -769,6 +828,7 @@ impl Store {
                 .clone()
                 .unwrap_or_else(|| sp.display().to_string()),
             unpack: opts.unpack,
+            mount_points: Vec::new(),
         };
         let name = match (&opts.name, ref_name) {
             (Some(n), _) => n.clone(),
@@ -790,10 +850,12 @@ impl Store {
         let rootfs = staging.join("rootfs");
         let mut record = record;
         if !existing_rootfs.is_dir() {
-            let diff_ids = self.unpack_staged(&record, staging_blobs, &rootfs, &sp, opts)?;
+            let (diff_ids, added) =
+                self.unpack_staged(&record, staging_blobs, &rootfs, &sp, opts)?;
             for (l, d) in record.layers.iter_mut().zip(diff_ids) {
                 l.diff_id = d;
             }
+            record.mount_points = added;
         }
         let rootfs_opt = rootfs.is_dir().then_some(rootfs.as_path());
         self.commit(record, staging_blobs, rootfs_opt, &name, &sp)
@@ -855,6 +917,9 @@ impl Store {
             .map_err(store_err)?
         {
             record.imported = old.imported; // re-import: keep the original time
+            if record.mount_points.is_empty() {
+                record.mount_points = old.mount_points; // the rootfs was kept
+            }
         }
         self.write_record(&record).map_err(store_err)?;
         let mut names = self.read_names().map_err(store_err)?;
@@ -903,17 +968,6 @@ fn write_json_blob<T: serde::Serialize>(
     })
 }
 
-/// Reads a file of at most `limit` bytes; `Err(None)` when larger.
-fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, Option<io::Error>> {
-    let f = File::open(path).map_err(Some)?;
-    let mut out = Vec::new();
-    f.take(limit + 1).read_to_end(&mut out).map_err(Some)?;
-    if out.len() as u64 > limit {
-        return Err(None);
-    }
-    Ok(out)
-}
-
 struct OciMeta {
     index: Vec<u8>,
 }
@@ -941,7 +995,7 @@ fn sniff_archive(f: &mut File, path: &Path) -> Result<ArchiveKind, ImportError> 
     let read_err = |source| ImportError::Read {
         source_path: sp.clone(),
         what: "the archive".into(),
-        source,
+        source: crate::quote::clean_io(source),
     };
     let mut head = [0u8; 4];
     let n = f.read(&mut head).map_err(read_err)?;
@@ -1008,7 +1062,7 @@ fn extract_members(
     let read_err = |source| ImportError::Read {
         source_path: sp.clone(),
         what: "the archive".into(),
-        source,
+        source: crate::quote::clean_io(source),
     };
     f.rewind().map_err(read_err)?;
     let mut found = HashMap::new();

@@ -4,14 +4,19 @@
 pub mod digest;
 mod fsat;
 pub mod oci;
+pub mod private;
+pub mod quote;
 pub mod unpack;
 
 pub use unpack::{Limits, UnpackOptions};
-mod lock;
+pub mod lock;
+pub mod mountpoints;
 mod remove;
 pub mod store;
 
-pub use store::{Image, ImageConfig, LayerInfo, RemoveOptions, Removed, Store, StoreError};
+pub use store::{
+    ContainerUse, Image, ImageConfig, LayerInfo, RemoveOptions, Removed, Store, StoreError,
+};
 pub mod import;
 
 pub use import::{ImportError, ImportOptions, NoProgress, Progress};

@@ -26,24 +26,25 @@ pub enum OciError {
     #[error("{what} is not valid JSON of the expected shape")]
     Parse {
         what: String,
+        /// serde_json's message, which can quote the document: cleaned.
         #[source]
-        source: serde_json::Error,
+        source: crate::quote::Cleaned,
     },
-    #[error("{what} names {digest:?}, which is not a sha256 digest (sha256:<64 hex digits>)")]
+    #[error("{what} names {}, which is not a sha256 digest (sha256:<64 hex digits>)", crate::quote::quote(.digest))]
     BadDigest { what: String, digest: String },
     #[error("{what} has schemaVersion {version}, expected 2")]
     SchemaVersion { what: String, version: u32 },
     #[error("{what} lists no image")]
     EmptyIndex { what: String },
-    #[error("{what} has no linux/amd64 image (it has: {available})")]
+    #[error("{what} has no linux/amd64 image (it has: {})", crate::quote::clean(.available))]
     NoPlatform { what: String, available: String },
     #[error("{what} lists {count} images and none is marked linux/amd64; import one of them from a layout that lists only it")]
     Ambiguous { what: String, count: usize },
     #[error("{what}: indexes nest deeper than {MAX_INDEX_DEPTH} levels")]
     TooDeep { what: String },
-    #[error("{what} has media type {media_type:?}, which is neither a manifest nor an index")]
+    #[error("{what} has media type {}, which is neither a manifest nor an index", crate::quote::quote(.media_type))]
     MediaType { what: String, media_type: String },
-    #[error("image config {digest} is for {os}/{architecture}; moat runs linux/amd64 images")]
+    #[error("image config {digest} is for {}; moat runs linux/amd64 images", crate::quote::clean(&format!("{}/{}", .os, .architecture)))]
     ConfigPlatform {
         digest: String,
         os: String,
@@ -187,7 +188,7 @@ pub struct DockerArchiveEntry {
 fn parse<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, OciError> {
     serde_json::from_slice(bytes).map_err(|source| OciError::Parse {
         what: what.to_string(),
-        source,
+        source: crate::quote::Cleaned::of(&source),
     })
 }
 

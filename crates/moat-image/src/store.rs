@@ -26,17 +26,23 @@ use crate::lock::{self, LockGuard, Staging};
 use crate::oci;
 use crate::unpack::{self, Budget, UnpackError, UnpackOptions};
 
+/// Where the VM backend caches an image's EROFS + dm-verity root image,
+/// below the state root: `<VM_CACHE_DIR>/<image ID hex>/`.
+pub const VM_CACHE_DIR: &str = "vm/rootfs-v1";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("the state root is not private")]
+    Private(#[source] crate::private::PrivateDirError),
     #[error("cannot use the state root {path}")]
     Open {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("no image matches {reference:?} (see `moat image ls`)")]
+    #[error("no image matches {} (see `moat image ls`)", crate::quote::quote(.reference))]
     NotFound { reference: String },
-    #[error("{reference:?} matches several images ({candidates}); give more digits or a name")]
+    #[error("{} matches several images ({candidates}); give more digits or a name", crate::quote::quote(.reference))]
     Ambiguous {
         reference: String,
         candidates: String,
@@ -45,7 +51,7 @@ pub enum StoreError {
     MissingBlob { digest: String },
     #[error("blob {digest} is corrupt (its content hashes to {actual}); re-import the image")]
     CorruptBlob { digest: String, actual: String },
-    #[error("{digest:?} is not a sha256 digest")]
+    #[error("{} is not a sha256 digest", crate::quote::quote(.digest))]
     BadDigest { digest: String },
     #[error("reading {path}")]
     Read {
@@ -84,7 +90,7 @@ pub enum StoreError {
         container: String,
         state: PathBuf,
     },
-    #[error("{name:?} is not a valid image name (letters, digits and ._-/:@ only, at most 255 characters)")]
+    #[error("{} is not a valid image name (letters, digits and ._-/:@ only, at most 255 characters)", crate::quote::quote(.name))]
     BadName { name: String },
 }
 
@@ -172,6 +178,10 @@ pub(crate) struct Record {
     pub imported: String,
     pub source: String,
     pub unpack: UnpackOptions,
+    /// Mount points moat added to the materialised rootfs because no layer
+    /// has them (`/dev`, `/proc`, ...): moat's own, in no blob.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mount_points: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -179,13 +189,26 @@ pub(crate) struct Names {
     pub names: BTreeMap<String, String>,
 }
 
+/// A container and the image it uses, as the front end read it through
+/// the runtime core's one reader (`moat_runtime::record::read_all`, which
+/// keeps the trust rules): the store never parses container state itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerUse {
+    /// The container's name (its ID when it has none).
+    pub container: String,
+    /// The image config digest it runs.
+    pub image_id: String,
+    /// Its `state.json`, for the message.
+    pub state: PathBuf,
+}
+
 /// Options of `Store::remove`.
 #[derive(Debug, Clone, Default)]
 pub struct RemoveOptions {
-    /// Remove even if a container's state references the image.
+    /// Remove even if a container uses the image.
     pub force: bool,
-    /// Runtime root whose `containers/*/state.json` are checked.
-    pub run_root: Option<PathBuf>,
+    /// The containers that exist (`None`: not checked).
+    pub containers: Option<Vec<ContainerUse>>,
 }
 
 /// What `remove` or `prune` did.
@@ -283,16 +306,17 @@ impl Store {
         let store = Store {
             root: root.to_path_buf(),
         };
+        // Rootfs trees keep the image's setuid bits, owners and 1777
+        // directories: only the state root's owner may reach them.
+        crate::private::ensure_state_root(root).map_err(StoreError::Private)?;
         for dir in [
+            store.root.join("blobs"),
             store.blob_dir(),
             store.images_dir(),
             store.rootfs_dir(),
             store.tmp_dir(),
         ] {
-            fs::create_dir_all(&dir).map_err(|source| StoreError::Open {
-                path: dir.clone(),
-                source,
-            })?;
+            crate::private::ensure_private_subdir(&dir).map_err(StoreError::Private)?;
         }
         lock::clean_stale(&store.tmp_dir()).map_err(|source| StoreError::Open {
             path: store.tmp_dir(),
@@ -315,6 +339,11 @@ impl Store {
     }
     pub(crate) fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+    /// The VM backend's root images, one directory per image ID (config
+    /// hex): `moat-vm` builds them, `rm` and `prune` remove them.
+    pub(crate) fn vm_cache_dir(&self) -> PathBuf {
+        self.root.join(VM_CACHE_DIR)
     }
     fn names_path(&self) -> PathBuf {
         self.images_dir().join("names.json")
@@ -432,6 +461,38 @@ impl Store {
             digest: manifest_digest.to_string(),
         })?;
         Ok(self.images_dir().join(format!("{hex}.json")))
+    }
+
+    /// `images/<hex>.<kind>.json`: metadata derived from an image (its
+    /// profile), kept beside its record and removed with it.
+    pub fn derived_path(&self, image: &Image, kind: &str) -> Result<PathBuf, StoreError> {
+        let hex = sha256_hex(&image.manifest_digest).ok_or_else(|| StoreError::BadDigest {
+            digest: image.manifest_digest.clone(),
+        })?;
+        Ok(self.images_dir().join(format!("{hex}.{kind}.json")))
+    }
+
+    /// Reads derived metadata of `image` (`None` when there is none).
+    pub fn read_derived(&self, image: &Image, kind: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.derived_path(image, kind)?;
+        match fs::read(&path) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_read(&path)(e)),
+        }
+    }
+
+    /// Writes derived metadata of `image` atomically, under the store's
+    /// metadata lock, and only while the image is still in the store.
+    pub fn write_derived(&self, image: &Image, kind: &str, data: &[u8]) -> Result<(), StoreError> {
+        let path = self.derived_path(image, kind)?;
+        let _meta = self.lock_meta()?;
+        if self.read_record(&image.manifest_digest)?.is_none() {
+            return Err(StoreError::NotFound {
+                reference: image.manifest_digest.clone(),
+            });
+        }
+        write_atomic(&path, data)
     }
 
     pub(crate) fn rootfs_path(&self, manifest_digest: &str) -> Result<PathBuf, StoreError> {
@@ -572,6 +633,7 @@ impl Store {
     pub fn rootfs(&self, image: &Image) -> Result<PathBuf, StoreError> {
         let path = self.rootfs_path(&image.manifest_digest)?;
         if path.is_dir() {
+            self.upgrade_mount_points(image, &path)?;
             return Ok(path);
         }
         let _shared = self.lock_shared()?;
@@ -582,12 +644,51 @@ impl Store {
                 })?;
         let staging = self.staging("rootfs")?;
         let staged = staging.path().join("rootfs");
-        self.materialise(&record, &staged, &mut |_| {})?;
+        let added = self.materialise(&record, &staged, &mut |_| {})?;
         let _meta = self.lock_meta()?;
         if !path.is_dir() {
             fs::rename(&staged, &path).map_err(io_write(&path))?;
+            self.note_mount_points(&image.manifest_digest, added)?;
         }
         Ok(path)
+    }
+
+    /// A rootfs materialised by an older moat may lack mount points: add
+    /// them (empty directories, moat's own) and record them.
+    fn upgrade_mount_points(&self, image: &Image, path: &Path) -> Result<(), StoreError> {
+        let missing = crate::mountpoints::MOUNT_POINTS
+            .iter()
+            .any(|n| path.join(n).symlink_metadata().is_err());
+        if !missing {
+            return Ok(());
+        }
+        let _shared = self.lock_shared()?;
+        let _meta = self.lock_meta()?;
+        use rustix::fs::{Mode, OFlags};
+        let root = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_read(path)(e.into()))?;
+        let added = crate::mountpoints::add_missing(root.as_fd()).map_err(io_write(path))?;
+        self.note_mount_points(&image.manifest_digest, added)
+    }
+
+    /// Adds `added` to the record's `mount_points` (caller holds meta.lock).
+    fn note_mount_points(&self, manifest: &str, added: Vec<String>) -> Result<(), StoreError> {
+        if added.is_empty() {
+            return Ok(());
+        }
+        if let Some(mut r) = self.read_record(manifest)? {
+            for a in added {
+                if !r.mount_points.contains(&a) {
+                    r.mount_points.push(a);
+                }
+            }
+            self.write_record(&r)?;
+        }
+        Ok(())
     }
 
     /// Applies the record's layers in order into the new directory `dest`.
@@ -596,7 +697,7 @@ impl Store {
         record: &Record,
         dest: &Path,
         progress: &mut dyn FnMut(u64),
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
         fs::create_dir(dest).map_err(io_write(dest))?;
         let root = File::open(dest).map_err(io_read(dest))?;
         let mut budget = Budget::default();
@@ -627,7 +728,6 @@ impl Store {
                 source,
             })?;
         }
-        // The root directory itself: not writable by others.
-        Ok(())
+        crate::mountpoints::add_missing(root.as_fd()).map_err(io_write(dest))
     }
 }

@@ -45,6 +45,11 @@ pub struct UnpackOptions {
     /// otherwise).
     #[serde(default)]
     pub allow_devices: bool,
+    /// Apply `security.*` and `trusted.*` extended attributes (file
+    /// capabilities, SELinux labels) found in layers. Off by default: a
+    /// `security.capability` in the store is a privileged binary on the host.
+    #[serde(default)]
+    pub keep_security_xattrs: bool,
 }
 
 /// A tar entry path for messages: lossy UTF-8 in quotes.
@@ -53,7 +58,7 @@ pub struct EntryName(pub Vec<u8>);
 
 impl fmt::Display for EntryName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", String::from_utf8_lossy(&self.0))
+        f.write_str(&crate::quote::quote_bytes(&self.0))
     }
 }
 
@@ -210,7 +215,7 @@ pub fn apply_layer_blob(
         result?;
         produced.map_err(|source| UnpackError::ReadArchive {
             after: EntryName(b"(end)".to_vec()),
-            source,
+            source: crate::quote::clean_io(source),
         })
     })?;
     if let Some(expected) = expected_digest {
@@ -356,7 +361,7 @@ pub fn apply_layer(
     apply_tar(root, &mut hashed, opts, budget)?;
     let (diff_id, _) = hashed.finish().map_err(|source| UnpackError::ReadArchive {
         after: EntryName(b"(end)".to_vec()),
-        source,
+        source: crate::quote::clean_io(source),
     })?;
     Ok(diff_id)
 }
@@ -384,7 +389,7 @@ fn apply_tar(
             .entries()
             .map_err(|source| UnpackError::ReadArchive {
                 after: last.clone(),
-                source,
+                source: crate::quote::clean_io(source),
             })?;
         for entry in entries {
             let mut entry = match entry {
@@ -396,7 +401,7 @@ fn apply_tar(
                 Err(source) => {
                     return Err(UnpackError::ReadArchive {
                         after: last.clone(),
-                        source,
+                        source: crate::quote::clean_io(source),
                     })
                 }
             };
@@ -410,7 +415,7 @@ fn apply_tar(
         io::copy(&mut (&mut stream).take(MAX_TRAILING + 1), &mut io::sink()).map_err(|source| {
             UnpackError::ReadArchive {
                 after: last.clone(),
-                source,
+                source: crate::quote::clean_io(source),
             }
         })?;
     if trailing > MAX_TRAILING {
@@ -496,12 +501,22 @@ fn xattrs_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Vec<(Vec<u8>, Vec<u8>)> 
     out
 }
 
+/// Extended attributes that give or label privilege on the host
+/// (`security.capability`, `security.selinux`, `trusted.overlay.*`).
+fn is_privileged_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"security.") || name.starts_with(b"trusted.")
+}
+
 fn set_xattrs(
     fd: BorrowedFd<'_>,
     xattrs: &[(Vec<u8>, Vec<u8>)],
+    keep_privileged: bool,
     entry: &EntryName,
 ) -> Result<(), UnpackError> {
     for (name, value) in xattrs {
+        if !keep_privileged && is_privileged_xattr(name) {
+            continue;
+        }
         match rustix::fs::fsetxattr(fd, os(name), value, XattrFlags::empty()) {
             Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::PERM) => {}
             Err(e) => {
@@ -565,7 +580,7 @@ impl Layer<'_> {
         let header = entry.header();
         let mode = header.mode().map_err(|source| UnpackError::ReadEntry {
             entry: name.clone(),
-            source,
+            source: crate::quote::clean_io(source),
         })? & 0o7777;
         let uid = header.uid().unwrap_or(0);
         let gid = header.gid().unwrap_or(0);
@@ -865,7 +880,7 @@ impl Layer<'_> {
                         .read(&mut buf[filled..])
                         .map_err(|source| UnpackError::ReadEntry {
                             entry: name.clone(),
-                            source,
+                            source: crate::quote::clean_io(source),
                         })?;
                 if n == 0 {
                     break;
@@ -934,7 +949,7 @@ impl Layer<'_> {
         }
         // After chown, which clears setuid/setgid: the image's bits are kept.
         rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(write_err(name, "the mode"))?;
-        set_xattrs(fd, xattrs, name)?;
+        set_xattrs(fd, xattrs, self.opts.keep_security_xattrs, name)?;
         rustix::fs::futimens(fd, &times(mtime)).map_err(write_err(name, "the times"))?;
         Ok(())
     }

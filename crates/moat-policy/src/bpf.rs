@@ -57,6 +57,13 @@ pub enum BpfError {
     /// A conditional block is longer than a BPF jump can skip.
     #[error("too many values in the `{syscall}` condition ({count}); at most 200 fit in one filter block")]
     BlockTooLong { syscall: &'static str, count: usize },
+    /// An allow list names a request no policy may allow.
+    #[error("ioctl request {name} ({request:#x}) is never allowed: {why}; remove it from `conditions.ioctl.allow`")]
+    NeverAllowedIoctl {
+        name: &'static str,
+        request: u32,
+        why: &'static str,
+    },
     /// The whole program exceeds `BPF_MAXINSNS`.
     #[error(
         "the filter would have {len} instructions, more than the kernel's limit of {MAX_INSNS}"
@@ -148,8 +155,17 @@ pub fn compile(s: &Syscalls) -> Result<Vec<SockFilter>, BpfError> {
         ]);
         handled.insert(nr("clone3"));
     }
+    if let Some(n) = c.ioctl.allows_never_allowed() {
+        return Err(BpfError::NeverAllowedIoctl {
+            name: n.name,
+            request: n.request,
+            why: n.why,
+        });
+    }
     if allowed.contains(&nr("ioctl")) {
-        match &c.ioctl {
+        // Terminal injection (TIOCSTI, TIOCLINUX) is denied whatever the
+        // policy says; the low 32 bits are compared, as the kernel reads them.
+        match &c.ioctl.enforced() {
             IoctlRule::Any => {}
             IoctlRule::Allow(reqs) => {
                 let vals: Vec<u32> = reqs.iter().copied().collect();

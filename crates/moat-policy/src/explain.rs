@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::model::{IoctlRule, NetworkMode, Policy};
+use crate::model::{Conditions, IoctlRule, NetworkMode, Policy, Spec};
 use crate::plan::IsolationRequirement;
 use crate::{args, docker, syscalls};
 
@@ -91,7 +91,7 @@ pub fn explain(policy: &Policy) -> Explanation {
         ));
     }
     if allow.contains("ioctl") {
-        match &c.ioctl {
+        match &c.ioctl.enforced() {
             IoctlRule::Any => {}
             IoctlRule::Allow(r) => conditions.push(format!(
                 "ioctl: only {}",
@@ -337,7 +337,14 @@ pub struct Change {
     pub detail: String,
 }
 
-/// Which grants `b` adds to or removes from `a`.
+/// A list of names as a policy writes it: `[A, B]`.
+fn names<S: AsRef<str>>(it: impl Iterator<Item = S>) -> String {
+    let v: Vec<String> = it.map(|s| s.as_ref().to_string()).collect();
+    format!("[{}]", v.join(", "))
+}
+
+/// Which grants `b` adds to or removes from `a`, each in the words of the
+/// policy file (keys as written there, names instead of numbers).
 pub fn diff(a: &Policy, b: &Policy) -> Vec<Change> {
     let mut out = Vec::new();
     let (sa, sb) = (&a.spec, &b.spec);
@@ -362,7 +369,7 @@ pub fn diff(a: &Policy, b: &Policy) -> Vec<Change> {
             });
         }
     }
-    let mut changed = |what: &str, x: String, y: String| {
+    fn changed(out: &mut Vec<Change>, what: &str, x: String, y: String) {
         if x != y {
             out.push(Change {
                 sign: '~',
@@ -370,49 +377,196 @@ pub fn diff(a: &Policy, b: &Policy) -> Vec<Change> {
                 detail: format!("{x} -> {y}"),
             });
         }
+    }
+    let isolation = |i: IsolationRequirement| match i {
+        IsolationRequirement::Vm => "vm",
+        IsolationRequirement::Sandbox => "sandbox",
+        IsolationRequirement::Any => "any",
     };
     changed(
+        &mut out,
         "isolation",
-        format!("{:?}", sa.isolation).to_lowercase(),
-        format!("{:?}", sb.isolation).to_lowercase(),
+        isolation(sa.isolation).into(),
+        isolation(sb.isolation).into(),
     );
     changed(
+        &mut out,
         "syscalls.default",
         sa.syscalls.default_action.as_str().into(),
         sb.syscalls.default_action.as_str().into(),
     );
+    // Argument conditions, in the policy's own words.
+    let (ca, cb) = (&sa.syscalls.conditions, &sb.syscalls.conditions);
+    let families = |c: &Conditions| match &c.socket_families {
+        None => "any".to_string(),
+        Some(f) => names(f.iter().map(|v| args::name_of(args::SOCKET_FAMILIES, *v))),
+    };
     changed(
-        "syscalls.conditions",
-        format!("{:?}", sa.syscalls.conditions),
-        format!("{:?}", sb.syscalls.conditions),
+        &mut out,
+        "syscalls.conditions.socket.families",
+        families(ca),
+        families(cb),
     );
+    let clone_flags = |c: &Conditions| -> BTreeSet<String> {
+        args::CLONE_FLAGS
+            .iter()
+            .filter(|(_, v)| c.clone_deny_flags & v != 0)
+            .map(|(n, _)| n.to_string())
+            .collect()
+    };
+    sets(
+        &mut out,
+        "syscalls.conditions.clone.deny_flags",
+        &clone_flags(ca),
+        &clone_flags(cb),
+    );
+    let ioctl = |c: &Conditions| match c.ioctl.enforced() {
+        IoctlRule::Any => "any".to_string(),
+        IoctlRule::Allow(r) => format!(
+            "allow {}",
+            names(r.iter().map(|v| args::name_of(args::IOCTL_REQUESTS, *v)))
+        ),
+        IoctlRule::Deny(r) => format!(
+            "deny {}",
+            names(r.iter().map(|v| args::name_of(args::IOCTL_REQUESTS, *v)))
+        ),
+    };
+    changed(&mut out, "syscalls.conditions.ioctl", ioctl(ca), ioctl(cb));
     changed(
+        &mut out,
         "network",
-        format!("{:?}", sa.network),
-        format!("{:?}", sb.network),
+        sa.network.mode.as_str().into(),
+        sb.network.mode.as_str().into(),
+    );
+    let egress = |p: &Spec| -> BTreeSet<String> {
+        p.network
+            .egress
+            .iter()
+            .map(|r| {
+                let ports = match r.ports {
+                    None => String::new(),
+                    Some((x, y)) if x == y => format!(", ports: {x}"),
+                    Some((x, y)) => format!(", ports: {x}-{y}"),
+                };
+                format!("{{to: {}{ports}, protocol: {}}}", r.cidr, r.protocol)
+            })
+            .collect()
+    };
+    sets(&mut out, "network.egress", &egress(sa), &egress(sb));
+    let publish = |p: &Spec| -> BTreeSet<String> {
+        p.network
+            .publish
+            .iter()
+            .map(|x| {
+                format!(
+                    "{{host: {}, container: {}, protocol: {}}}",
+                    x.host_port, x.container_port, x.protocol
+                )
+            })
+            .collect()
+    };
+    sets(&mut out, "network.publish", &publish(sa), &publish(sb));
+    let (ra, rb) = (&sa.resources, &sb.resources);
+    let bytes = |v: Option<u64>, none: &str| v.map_or(none.to_string(), human_bytes);
+    let count = |v: Option<u64>, default: u64| v.unwrap_or(default).to_string();
+    let cpus =
+        |v: Option<u64>| v.map_or("unlimited".to_string(), |m| (m as f64 / 1000.0).to_string());
+    changed(
+        &mut out,
+        "resources.memory",
+        bytes(ra.memory_bytes, "unlimited"),
+        bytes(rb.memory_bytes, "unlimited"),
     );
     changed(
-        "resources",
-        format!("{:?}", sa.resources),
-        format!("{:?}", sb.resources),
+        &mut out,
+        "resources.cpus",
+        cpus(ra.cpu_millis),
+        cpus(rb.cpu_millis),
     );
     changed(
-        "process",
-        format!("{:?}", sa.process),
-        format!("{:?}", sb.process),
+        &mut out,
+        "resources.pids",
+        count(ra.pids, crate::DEFAULT_PIDS),
+        count(rb.pids, crate::DEFAULT_PIDS),
     );
     changed(
-        "image",
-        format!("{:?}", sa.image),
-        format!("{:?}", sb.image),
+        &mut out,
+        "resources.open_files",
+        count(ra.open_files, crate::DEFAULT_OPEN_FILES),
+        count(rb.open_files, crate::DEFAULT_OPEN_FILES),
     );
     changed(
-        "vulnerabilities",
-        format!("{:?}", sa.vulnerabilities),
-        format!("{:?}", sb.vulnerabilities),
+        &mut out,
+        "resources.disk",
+        bytes(ra.disk_bytes, "256Mi"),
+        bytes(rb.disk_bytes, "256Mi"),
     );
-    changed("exec", sa.exec.to_string(), sb.exec.to_string());
+    let id = |v: Option<u32>| v.map_or("the image's".to_string(), |x| x.to_string());
     changed(
+        &mut out,
+        "process.user",
+        id(sa.process.user),
+        id(sb.process.user),
+    );
+    changed(
+        &mut out,
+        "process.group",
+        id(sa.process.group),
+        id(sb.process.group),
+    );
+    let gids = |p: &Spec| -> BTreeSet<u32> { p.process.groups.iter().copied().collect() };
+    sets(&mut out, "process.groups", &gids(sa), &gids(sb));
+    let strings = |v: &[String]| -> BTreeSet<String> { v.iter().cloned().collect() };
+    sets(
+        &mut out,
+        "image.allowed",
+        &strings(&sa.image.allowed),
+        &strings(&sb.image.allowed),
+    );
+    sets(
+        &mut out,
+        "image.digests",
+        &strings(&sa.image.digests),
+        &strings(&sb.image.digests),
+    );
+    changed(
+        &mut out,
+        "image.require_digest",
+        sa.image.require_digest.to_string(),
+        sb.image.require_digest.to_string(),
+    );
+    let fail_on = |p: &Spec| {
+        p.vulnerabilities
+            .fail_on
+            .map_or("none".to_string(), |s| format!("{s:?}").to_lowercase())
+    };
+    changed(
+        &mut out,
+        "vulnerabilities.fail_on",
+        fail_on(sa),
+        fail_on(sb),
+    );
+    let ignores = |p: &Spec| -> BTreeSet<String> {
+        p.vulnerabilities
+            .ignore
+            .iter()
+            .map(|i| {
+                format!(
+                    "{{id: {}, expires: {}, reason: {}}}",
+                    i.id, i.expires, i.reason
+                )
+            })
+            .collect()
+    };
+    sets(
+        &mut out,
+        "vulnerabilities.ignore",
+        &ignores(sa),
+        &ignores(sb),
+    );
+    changed(&mut out, "exec", sa.exec.to_string(), sb.exec.to_string());
+    changed(
+        &mut out,
         "audit.denied_syscalls",
         sa.audit.denied_syscalls.to_string(),
         sb.audit.denied_syscalls.to_string(),

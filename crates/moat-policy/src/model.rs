@@ -134,6 +134,36 @@ pub struct Conditions {
     pub ioctl: IoctlRule,
 }
 
+/// An ioctl request no policy may allow, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeverAllowed {
+    pub name: &'static str,
+    /// The request number (x86_64); the kernel reads it as 32 bits.
+    pub request: u32,
+    pub why: &'static str,
+}
+
+/// Terminal input injection: whatever a policy says, these are denied
+/// wherever `ioctl` is allowed, and a policy that lists them as allowed is
+/// refused (when parsed, and again when compiled).
+pub const NEVER_ALLOWED_IOCTLS: &[NeverAllowed] = &[
+    NeverAllowed {
+        name: "TIOCSTI",
+        request: 0x5412,
+        why: "it pushes characters into a terminal's input as if they were typed, so a workload holding a terminal could type commands into the shell that started it",
+    },
+    NeverAllowed {
+        name: "TIOCLINUX",
+        request: 0x541C,
+        why: "it pastes the console selection into a terminal's input and reads or changes the Linux console's state, the same injection through the console",
+    },
+];
+
+/// The never-allowed entry for `request`, if it is one.
+pub fn never_allowed(request: u32) -> Option<&'static NeverAllowed> {
+    NEVER_ALLOWED_IOCTLS.iter().find(|n| n.request == request)
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(tag = "mode", content = "requests", rename_all = "lowercase")]
 pub enum IoctlRule {
@@ -144,6 +174,32 @@ pub enum IoctlRule {
     Allow(BTreeSet<u32>),
     /// Any request but these.
     Deny(BTreeSet<u32>),
+}
+
+impl IoctlRule {
+    /// The first request of an allow list that no policy may allow.
+    pub fn allows_never_allowed(&self) -> Option<&'static NeverAllowed> {
+        match self {
+            IoctlRule::Allow(set) => set.iter().find_map(|r| never_allowed(*r)),
+            _ => None,
+        }
+    }
+
+    /// The rule as it is enforced: [`NEVER_ALLOWED_IOCTLS`] are denied
+    /// whatever the policy says (`Any` becomes a deny list of them).
+    pub fn enforced(&self) -> IoctlRule {
+        let never = NEVER_ALLOWED_IOCTLS.iter().map(|n| n.request);
+        match self {
+            IoctlRule::Any => IoctlRule::Deny(never.collect()),
+            IoctlRule::Deny(set) => IoctlRule::Deny(set.iter().copied().chain(never).collect()),
+            IoctlRule::Allow(set) => IoctlRule::Allow(
+                set.iter()
+                    .copied()
+                    .filter(|r| never_allowed(*r).is_none())
+                    .collect(),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -21,11 +21,23 @@ pub const API_VERSION: &str = "moat.dev/v1";
 pub(crate) struct Loader {
     /// (identity, label) of the files being loaded, outermost first.
     chain: Vec<(String, String)>,
+    /// The image `auto` is narrowed to; without one `auto` is refused.
+    image: Option<crate::auto::ImageSyscalls>,
 }
 
 impl Loader {
     pub(crate) fn new() -> Loader {
-        Loader { chain: Vec::new() }
+        Loader {
+            chain: Vec::new(),
+            image: None,
+        }
+    }
+
+    pub(crate) fn for_image(image: crate::auto::ImageSyscalls) -> Loader {
+        Loader {
+            chain: Vec::new(),
+            image: Some(image),
+        }
     }
 
     pub(crate) fn load_file(&mut self, path: &Path) -> Result<Policy, PolicyError> {
@@ -46,6 +58,18 @@ impl Loader {
             hint: hint(suggest::closest(name, builtin::NAMES.iter().copied())),
         })?;
         let label = format!("builtin:{name}");
+        if name == "auto" {
+            let Some(image) = self.image.clone() else {
+                let what = match self.chain.first() {
+                    Some((_, file)) => format!("`extends: auto` in {file}"),
+                    None => "this command".to_string(),
+                };
+                return Err(PolicyError::AutoWithoutImage { what });
+            };
+            let mut policy = self.load_with_id(text, &label, &label, None)?;
+            crate::auto::narrow(&mut policy, &image);
+            return Ok(policy);
+        }
         self.load_with_id(text, &label, &label, None)
     }
 
@@ -554,12 +578,17 @@ impl Cx<'_> {
                     let lpath = format!("{path}.{which}");
                     let mut set = BTreeSet::new();
                     for item in self.list(list, &lpath)? {
-                        set.insert(self.named(
-                            item,
-                            &lpath,
-                            args::IOCTL_REQUESTS,
-                            "ioctl request",
-                        )?);
+                        let v = self.named(item, &lpath, args::IOCTL_REQUESTS, "ioctl request")?;
+                        if let Some(n) = never_allowed(v).filter(|_| which == "allow") {
+                            return Err(self.err(
+                                item.pos,
+                                format!(
+                                    "`{lpath}` lists {} ({:#x}), which moat never allows: {}; remove it (it is denied whatever a policy says)",
+                                    n.name, n.request, n.why
+                                ),
+                            ));
+                        }
+                        set.insert(v);
                     }
                     c.ioctl = if which == "allow" {
                         IoctlRule::Allow(set)

@@ -43,6 +43,20 @@ pub enum RbacError {
     },
     #[error("unknown user `{name}`: not in /etc/passwd and not a number")]
     LookupUser { name: String },
+    #[error("{var}={value:?} names no user of this host; moat cannot tell whom it acts for (unset {var} or fix it)")]
+    Invoker { var: &'static str, value: String },
+    /// The RBAC file (or its directory) could be changed by someone other than root.
+    #[error("RBAC file {}: {what} {} is owned by uid {uid} with mode {mode:04o}; it must be owned by root and not writable by group or others (chown root:root {}; chmod go-w {})", path.display(), checked.display(), checked.display(), checked.display())]
+    RbacInsecure {
+        path: PathBuf,
+        what: &'static str,
+        checked: PathBuf,
+        uid: u32,
+        mode: u32,
+    },
+    /// The audit log path is not a plain file of ours in a directory of ours.
+    #[error("refusing to append to the audit log {}: {why}", path.display())]
+    AuditInsecure { path: PathBuf, why: String },
 }
 
 impl From<PolicyError> for RbacError {
@@ -82,6 +96,9 @@ pub struct Grants {
     pub volumes: Vec<String>,
     pub exec: bool,
     pub devices: bool,
+    /// Directories under which `moat run --rootfs DIR` may take a root
+    /// file system (a host directory becomes the container's root).
+    pub rootfs: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -110,11 +127,39 @@ const NETWORK_GRANTS: &[&str] = &["none", "loopback", "egress", "publish"];
 const ISOLATION_GRANTS: &[&str] = &["vm", "sandbox"];
 
 impl Rbac {
+    /// Read and parse an RBAC file. The file decides who may grant what,
+    /// so it must be owned by root and not writable by group or others, and
+    /// so must every directory above it (a sticky directory such as `/tmp`
+    /// is accepted: only root may replace root's file there).
     pub fn load(path: &Path) -> Result<Rbac, RbacError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RbacError::Read {
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        let read_err = |source| RbacError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let mut file = std::fs::File::open(path).map_err(read_err)?;
+        let md = file.metadata().map_err(read_err)?;
+        let insecure = |what, checked: &Path, md: &std::fs::Metadata| RbacError::RbacInsecure {
+            path: path.to_path_buf(),
+            what,
+            checked: checked.to_path_buf(),
+            uid: md.uid(),
+            mode: md.mode() & 0o7777,
+        };
+        if md.uid() != 0 || md.mode() & 0o022 != 0 {
+            return Err(insecure("the file", path, &md));
+        }
+        let real = std::fs::canonicalize(path).map_err(read_err)?;
+        for dir in real.ancestors().skip(1) {
+            let dmd = std::fs::metadata(dir).map_err(read_err)?;
+            let sticky = dmd.mode() & 0o1000 != 0;
+            if dmd.uid() != 0 || (dmd.mode() & 0o022 != 0 && !sticky) {
+                return Err(insecure("its directory", dir, &dmd));
+            }
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(read_err)?;
         Rbac::parse(&text, &path.display().to_string())
     }
 
@@ -235,6 +280,7 @@ fn parse_grants(cx: &Cx<'_>, node: &Node) -> Result<Grants, PolicyError> {
             "volumes",
             "exec",
             "devices",
+            "rootfs",
         ],
     )?;
     let mut g = Grants::default();
@@ -295,6 +341,11 @@ fn parse_grants(cx: &Cx<'_>, node: &Node) -> Result<Grants, PolicyError> {
                     g.volumes.push(cx.abs_path(item, &path)?);
                 }
             }
+            "rootfs" => {
+                for item in cx.list(n, &path)? {
+                    g.rootfs.push(cx.abs_path(item, &path)?);
+                }
+            }
             "exec" => g.exec = cx.bool(n, &path)?,
             "devices" => g.devices = cx.bool(n, &path)?,
             _ => unreachable!(),
@@ -312,13 +363,95 @@ pub struct Principal {
     pub groups: Vec<String>,
 }
 
-/// The effective invoking uid: the real uid, or `SUDO_UID` when root runs
-/// on behalf of someone through sudo.
-pub fn invoking_uid(real_uid: u32, sudo_uid: Option<&str>) -> u32 {
-    match (real_uid, sudo_uid.and_then(|s| s.parse::<u32>().ok())) {
-        (0, Some(u)) => u,
-        _ => real_uid,
+/// Who moat acts for. Only root acting as itself ([`Invoker::is_root`]) may
+/// override moat's settings (`--root`, `--rbac`, `MOAT_*`); anyone else,
+/// including root running on someone's behalf through sudo, gets the
+/// defaults and is authorised by the site RBAC file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Invoker {
+    /// The uid decisions are made for.
+    pub uid: u32,
+    pub via: Via,
+}
+
+/// How the invoking user was learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Via {
+    /// Real uid 0 and no sign of acting for someone else.
+    #[default]
+    Root,
+    /// Root on behalf of a user: `SUDO_UID`/`SUDO_USER`, `PKEXEC_UID`, `DOAS_USER`.
+    Delegated(&'static str),
+    /// A real uid other than 0 (a set-uid or daemon path, or no privilege at all).
+    RealUid,
+}
+
+impl Invoker {
+    pub fn is_root(&self) -> bool {
+        self.via == Via::Root
     }
+
+    /// `uid 1000 through sudo`, for notices.
+    pub fn describe(&self) -> String {
+        match self.via {
+            Via::Root => "root".to_string(),
+            Via::Delegated(var) => format!("uid {} ({var})", self.uid),
+            Via::RealUid => format!("uid {} (real uid)", self.uid),
+        }
+    }
+}
+
+/// Who runs moat: the real uid, or, when that is root, the user root acts
+/// for according to the variables sudo, pkexec and doas set. `var` reads
+/// an environment variable; `passwd` resolves user names. A variable that
+/// names no user is an error (never silently root).
+pub fn invoker(
+    real_uid: u32,
+    var: impl Fn(&str) -> Option<String>,
+    passwd: &Path,
+) -> Result<Invoker, RbacError> {
+    if real_uid != 0 {
+        return Ok(Invoker {
+            uid: real_uid,
+            via: Via::RealUid,
+        });
+    }
+    let delegated = |uid: u32, what: &'static str| Invoker {
+        uid,
+        via: if uid == 0 {
+            Via::Root
+        } else {
+            Via::Delegated(what)
+        },
+    };
+    for what in ["SUDO_UID", "PKEXEC_UID"] {
+        if let Some(v) = var(what).filter(|v| !v.is_empty()) {
+            let uid = v.parse::<u32>().map_err(|_| RbacError::Invoker {
+                var: what,
+                value: v.clone(),
+            })?;
+            return Ok(delegated(uid, what));
+        }
+    }
+    for what in ["SUDO_USER", "DOAS_USER"] {
+        if let Some(v) = var(what).filter(|v| !v.is_empty()) {
+            let uid = match v.parse::<u32>() {
+                Ok(u) => Some(u),
+                Err(_) => Principal::lookup_in(&v, passwd, Path::new("/dev/null"))
+                    .ok()
+                    .map(|p| p.uid),
+            };
+            let uid = uid.ok_or(RbacError::Invoker {
+                var: what,
+                value: v.clone(),
+            })?;
+            return Ok(delegated(uid, what));
+        }
+    }
+    Ok(Invoker {
+        uid: 0,
+        via: Via::Root,
+    })
 }
 
 impl Principal {
@@ -388,13 +521,16 @@ pub struct Decision {
     pub warning: Option<String>,
 }
 
-/// One thing a policy asks for, in RBAC terms.
+/// One thing a run asks for, in RBAC terms: what its policy grants, plus
+/// what the command line adds (a `--rootfs` directory, the resolved form of
+/// a volume whose path goes through a symbolic link).
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Request {
+pub enum Request {
     Capability(String),
     Network(String),
     Isolation(String),
     Volume(String),
+    Rootfs(String),
     Exec,
     Devices,
 }
@@ -406,6 +542,7 @@ impl Request {
             Request::Network(n) => format!("network {n}"),
             Request::Isolation(i) => format!("isolation {i}"),
             Request::Volume(v) => format!("volume {v}"),
+            Request::Rootfs(r) => format!("rootfs {r}"),
             Request::Exec => "exec".to_string(),
             Request::Devices => "devices".to_string(),
         }
@@ -417,6 +554,7 @@ impl Request {
             Request::Network(n) => g.network.contains(n),
             Request::Isolation(i) => g.isolation.contains(i),
             Request::Volume(v) => g.volumes.iter().any(|prefix| path_under(v, prefix)),
+            Request::Rootfs(r) => g.rootfs.iter().any(|prefix| path_under(r, prefix)),
             Request::Exec => g.exec,
             Request::Devices => g.devices,
         }
@@ -471,6 +609,17 @@ pub fn authorize(
     who: &Principal,
     policy: &Policy,
 ) -> Decision {
+    authorize_with(rbac, rbac_path, who, policy, &[])
+}
+
+/// [`authorize`], with requests the command line adds to the policy's.
+pub fn authorize_with(
+    rbac: Option<&Rbac>,
+    rbac_path: &Path,
+    who: &Principal,
+    policy: &Policy,
+    extra: &[Request],
+) -> Decision {
     let Some(rbac) = rbac else {
         return if who.uid == 0 {
             Decision {
@@ -497,7 +646,7 @@ pub fn authorize(
     let mine = rbac.roles_of(who);
     let role_names: Vec<String> = mine.iter().map(|r| r.name.clone()).collect();
     let mut reasons = Vec::new();
-    for req in requests(policy) {
+    for req in requests(policy).into_iter().chain(extra.iter().cloned()) {
         if mine.iter().any(|r| req.granted_by(&r.grants)) {
             continue;
         }
@@ -564,28 +713,84 @@ pub fn audit_log_path(state_root: &Path) -> PathBuf {
 /// Append one JSON line to `<state_root>/audit/policy.log` (created 0600 in
 /// a 0700 directory). One `write` of a whole line in append mode, so that
 /// concurrent writers do not interleave.
+///
+/// Neither the directory nor the file is followed if it is a symbolic
+/// link, and both must belong to this process's user and not be writable
+/// by group or others; the file must be a regular file with one link. A
+/// planted link or file is refused, never appended to.
 pub fn append_audit(state_root: &Path, rec: &AuditRecord) -> Result<PathBuf, RbacError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use rustix::fs::{FileType, Mode, OFlags};
+    use std::os::unix::fs::DirBuilderExt;
     let path = audit_log_path(state_root);
-    let err = |source| RbacError::AppendAudit {
+    let err = |source: std::io::Error| RbacError::AppendAudit {
         path: path.clone(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(err)?;
+    let insecure = |why: String| RbacError::AuditInsecure {
+        path: path.clone(),
+        why,
+    };
+    let dir = path.parent().unwrap_or(state_root);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)?;
+    let me = rustix::process::geteuid().as_raw();
+    let dfd = rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err(e.into()))?;
+    let st = rustix::fs::fstat(&dfd).map_err(|e| err(e.into()))?;
+    let mode = st.st_mode & 0o7777;
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        return Err(insecure(format!(
+            "{} is not a directory (a symbolic link or other file was planted there)",
+            dir.display()
+        )));
+    }
+    if st.st_uid != me || mode & 0o022 != 0 {
+        return Err(insecure(format!(
+            "its directory {} is owned by uid {} with mode {mode:04o}; it must be owned by uid {me} and not writable by group or others",
+            dir.display(),
+            st.st_uid
+        )));
+    }
+    let fd = rustix::fs::openat(
+        &dfd,
+        "policy.log",
+        OFlags::WRONLY
+            | OFlags::APPEND
+            | OFlags::CREATE
+            | OFlags::NOFOLLOW
+            | OFlags::NOCTTY
+            | OFlags::NONBLOCK
+            | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| {
+        if e == rustix::io::Errno::LOOP {
+            insecure("it is a symbolic link".to_string())
+        } else {
+            err(e.into())
+        }
+    })?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| err(e.into()))?;
+    let mode = st.st_mode & 0o7777;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(insecure("it is not a regular file".to_string()));
+    }
+    if st.st_uid != me || mode & 0o022 != 0 || st.st_nlink != 1 {
+        return Err(insecure(format!(
+            "it is owned by uid {} with mode {mode:04o} and {} link(s); it must be owned by uid {me}, not writable by group or others, with one link",
+            st.st_uid, st.st_nlink
+        )));
     }
     let mut line = serde_json::to_string(rec).unwrap_or_default();
     line.push('\n');
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(err)?;
+    let mut f = std::fs::File::from(fd);
     f.write_all(line.as_bytes()).map_err(err)?;
     Ok(path)
 }
@@ -632,11 +837,51 @@ mod tests {
     }
 
     #[test]
-    fn sudo_uid_is_the_principal_under_sudo_only() {
-        assert_eq!(invoking_uid(0, Some("1000")), 1000);
-        assert_eq!(invoking_uid(0, None), 0);
-        assert_eq!(invoking_uid(1000, Some("0")), 1000);
-        assert_eq!(invoking_uid(0, Some("x")), 0);
+    fn root_acts_as_itself_only_without_delegation() {
+        let d = tempfile::tempdir().unwrap();
+        let passwd = d.path().join("passwd");
+        std::fs::write(
+            &passwd,
+            "root:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/:/bin/sh\n",
+        )
+        .unwrap();
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let inv = |real, pairs| invoker(real, env(pairs), &passwd);
+        assert!(inv(0, &[]).unwrap().is_root());
+        assert_eq!(
+            inv(0, &[("SUDO_UID", "1000")]).unwrap(),
+            Invoker {
+                uid: 1000,
+                via: Via::Delegated("SUDO_UID")
+            }
+        );
+        assert!(inv(0, &[("SUDO_UID", "0")]).unwrap().is_root());
+        assert_eq!(
+            inv(0, &[("SUDO_USER", "alice")]).unwrap(),
+            Invoker {
+                uid: 1000,
+                via: Via::Delegated("SUDO_USER")
+            }
+        );
+        assert_eq!(
+            inv(1000, &[("SUDO_UID", "0")]).unwrap(),
+            Invoker {
+                uid: 1000,
+                via: Via::RealUid
+            }
+        );
+        assert_eq!(
+            inv(0, &[("SUDO_UID", "x")]).unwrap_err().to_string(),
+            "SUDO_UID=\"x\" names no user of this host; moat cannot tell whom it acts for (unset SUDO_UID or fix it)"
+        );
+        assert!(inv(0, &[("DOAS_USER", "mallory")]).is_err());
     }
 
     #[test]

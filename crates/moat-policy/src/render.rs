@@ -26,7 +26,8 @@ pub fn seccomp_json(policy: &Policy) -> Value {
         "socket" => c.socket_families.is_some(),
         "clone" => c.clone_deny_flags != 0,
         "clone3" => bpf::clone3_enosys(s),
-        "ioctl" => !matches!(c.ioctl, IoctlRule::Any),
+        // Never `Any` once enforced: TIOCSTI and TIOCLINUX are always denied.
+        "ioctl" => true,
         _ => false,
     };
     // Table order, so the output is stable and reads like the kernel's list.
@@ -34,11 +35,14 @@ pub fn seccomp_json(policy: &Policy) -> Value {
         .filter(|n| s.allow.contains(*n) && !conditioned(n))
         .collect();
     let mut rules = vec![json!({ "names": plain, "action": "SCMP_ACT_ALLOW" })];
+    // The kernel reads an ioctl request as 32 bits: compare the low word
+    // only, or a request with high bits set would pass a deny rule.
     let deny_rule = |name: &str, arg: u32, value: u32| {
         let mut r = json!({
             "names": [name],
             "action": default,
-            "args": [{ "index": arg, "value": value, "op": "SCMP_CMP_EQ" }],
+            "args": [{ "index": arg, "value": u32::MAX, "valueTwo": value, "op": "SCMP_CMP_MASKED_EQ" }],
+            "comment": args::name_of(args::IOCTL_REQUESTS, value),
         });
         if let Some(e) = errno {
             r["errnoRet"] = json!(e);
@@ -70,7 +74,7 @@ pub fn seccomp_json(policy: &Policy) -> Value {
         );
     }
     if s.allow.contains("ioctl") {
-        match &c.ioctl {
+        match &c.ioctl.enforced() {
             IoctlRule::Any => {}
             IoctlRule::Allow(reqs) => {
                 for r in reqs {

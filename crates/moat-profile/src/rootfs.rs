@@ -126,18 +126,21 @@ impl Root {
             })
     }
 
-    /// Reads a regular file inside the root.
+    /// Reads a regular file inside the root. The file is first opened
+    /// `O_PATH` and its type checked, then reopened for reading: opening a
+    /// FIFO (or a device) for reading could block forever.
     pub fn read(&self, path: &str) -> Result<RootFile, RootError> {
-        let fd = self.open_in(path, OFlags::RDONLY)?;
+        let handle = self.open_in(path, OFlags::PATH)?;
         let err = |source: std::io::Error| RootError::Read {
             path: path.to_string(),
             root: self.path.clone(),
             source,
         };
-        let st = rustix::fs::fstat(&fd).map_err(|e| err(e.into()))?;
+        let st = rustix::fs::fstat(&handle).map_err(|e| err(e.into()))?;
         if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
             return Err(err(std::io::Error::other("not a regular file")));
         }
+        let fd = reopen(&handle, OFlags::RDONLY).map_err(err)?;
         let mut data = Vec::new();
         std::fs::File::from(fd)
             .take(MAX_FILE)
@@ -150,9 +153,84 @@ impl Root {
     }
 }
 
+impl Root {
+    /// Names in the directory `path` inside the root (symlinks resolved
+    /// inside the root, never on the host). Empty when it is not there.
+    pub fn list_dir(&self, path: &str) -> Vec<String> {
+        let Ok(handle) = self.open_in(path, OFlags::PATH | OFlags::DIRECTORY) else {
+            return Vec::new();
+        };
+        let Ok(fd) = reopen(&handle, OFlags::RDONLY | OFlags::DIRECTORY) else {
+            return Vec::new();
+        };
+        let Ok(dir) = rustix::fs::Dir::read_from(&fd) else {
+            return Vec::new();
+        };
+        dir.filter_map(Result::ok)
+            .map(|e| String::from_utf8_lossy(e.file_name().to_bytes()).into_owned())
+            .filter(|n| n != "." && n != "..")
+            .take(4096)
+            .collect()
+    }
+
+    /// Reads a regular file inside the root when it starts with the ELF
+    /// magic; `None` for any other file (read no further than 4 bytes).
+    pub fn read_elf(&self, path: &str) -> Result<Option<RootFile>, RootError> {
+        // Type first, through an O_PATH handle: opening a FIFO or a device
+        // of a hostile image for reading could block or touch hardware.
+        let handle = self.open_in(path, OFlags::PATH | OFlags::NOFOLLOW)?;
+        let err = |source: std::io::Error| RootError::Read {
+            path: path.to_string(),
+            root: self.path.clone(),
+            source,
+        };
+        let st = rustix::fs::fstat(&handle).map_err(|e| err(e.into()))?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
+            || st.st_size < 64
+        {
+            return Ok(None);
+        }
+        let mut file = std::fs::File::from(reopen(&handle, OFlags::RDONLY).map_err(err)?);
+        let mut magic = [0u8; 4];
+        if file.read_exact(&mut magic).is_err() || &magic != b"\x7fELF" {
+            return Ok(None);
+        }
+        let mut data = magic.to_vec();
+        file.take(MAX_FILE).read_to_end(&mut data).map_err(err)?;
+        Ok(Some(RootFile {
+            data,
+            id: (st.st_dev, st.st_ino),
+        }))
+    }
+}
+
+/// Opens the file an `O_PATH` descriptor names, with `flags`: the same
+/// inode, whatever happened to the path since.
+fn reopen(handle: &OwnedFd, flags: OFlags) -> std::io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    Ok(rustix::fs::open(
+        format!("/proc/self/fd/{}", handle.as_raw_fd()),
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_elf_skips_a_fifo_without_opening_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = std::process::Command::new("mkfifo")
+            .arg(dir.path().join("fifo"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let root = Root::open(dir.path()).unwrap();
+        // Opening a FIFO for reading would block here forever.
+        assert!(root.read_elf("/fifo").unwrap().is_none());
+    }
 
     #[test]
     fn normalize_refuses_climbing_out() {

@@ -127,16 +127,15 @@ fn ld_so_conf_dirs(root: &Root) -> Vec<String> {
                 // Only the common `dir/*.conf` form is expanded.
                 let pattern = pattern.trim();
                 if let Some(dir) = pattern.strip_suffix("/*.conf") {
-                    let host_dir = root.path().join(dir.trim_start_matches('/'));
-                    if let Ok(rd) = std::fs::read_dir(host_dir) {
-                        let mut names: Vec<String> = rd
-                            .filter_map(|e| e.ok())
-                            .map(|e| e.file_name().to_string_lossy().into_owned())
-                            .filter(|n| n.ends_with(".conf"))
-                            .collect();
-                        names.sort();
-                        files.extend(names.into_iter().map(|n| format!("{dir}/{n}")));
-                    }
+                    // Listed inside the root: a symlinked `dir` resolves
+                    // there, never on the host.
+                    let mut names: Vec<String> = root
+                        .list_dir(dir)
+                        .into_iter()
+                        .filter(|n| n.ends_with(".conf"))
+                        .collect();
+                    names.sort();
+                    files.extend(names.into_iter().map(|n| format!("{dir}/{n}")));
                 }
             } else if line.starts_with('/') {
                 dirs.push(line.to_string());
@@ -356,6 +355,51 @@ mod tests {
 
     fn host_root() -> Root {
         Root::open(std::path::Path::new("/")).unwrap()
+    }
+
+    /// Issue 23 item 10: an `/etc/ld.so.conf` that is a FIFO is skipped at
+    /// once (opening it for reading would block until a writer comes).
+    #[test]
+    fn a_fifo_ld_so_conf_does_not_hang() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("etc")).unwrap();
+        let fifo =
+            std::ffi::CString::new(d.path().join("etc/ld.so.conf").to_str().unwrap().as_bytes())
+                .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            fifo.as_c_str(),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let root = Root::open(d.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(ld_so_conf_dirs(&root)).unwrap());
+        let dirs = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a FIFO ld.so.conf hung");
+        assert!(dirs.is_empty());
+    }
+
+    /// Issue 23 item 10: `include` directories are listed inside the image
+    /// root; a symlink to a host directory resolves inside the root.
+    #[test]
+    fn ld_so_conf_includes_are_listed_inside_the_root() {
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("host.conf"), "/host-only-lib\n").unwrap();
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("etc")).unwrap();
+        std::fs::write(d.path().join("etc/ld.so.conf"), "include /confd/*.conf\n").unwrap();
+        std::os::unix::fs::symlink(host.path(), d.path().join("confd")).unwrap();
+        // Where the symlink's target is inside the root.
+        let inside = d.path().join(host.path().strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside).unwrap();
+        std::fs::write(inside.join("image.conf"), "/image-lib\n").unwrap();
+        std::fs::write(host.path().join("image.conf.not"), "").unwrap();
+        let root = Root::open(d.path()).unwrap();
+        assert_eq!(ld_so_conf_dirs(&root), ["/image-lib"]);
     }
 
     #[test]

@@ -2,7 +2,15 @@
 //! mounted one per hierarchy, as on hybrid hosts) and cgroup v2. Each
 //! container gets `<hierarchy>/moat/<id>` in every hierarchy that carries
 //! one of the three controllers; a controller is taken from v2 when the
-//! unified hierarchy offers it, else from its v1 hierarchy.
+//! unified hierarchy offers it, else from its v1 hierarchy. The container
+//! is also put in the unified hierarchy (even one without controllers, as
+//! on hybrid hosts) and in the v1 freezer where they exist, so that it can
+//! be killed as a whole ([`kill_all`]): `cgroup.kill` on v2, else freeze,
+//! kill and thaw on the v1 freezer, else pidfds.
+//!
+//! Cleanup never trusts a path it is given: [`destroy`] takes a container
+//! ID and derives `<hierarchy>/moat/<id>` itself, and [`remove_paths`]
+//! acts only on paths that canonicalise to exactly that shape.
 
 use std::fs;
 use std::io;
@@ -86,7 +94,63 @@ fn discover() -> Result<Vec<(&'static str, Version, PathBuf)>, CgroupError> {
             out.push((c, Version::V1, p.clone()));
         }
     }
+    // For killing the container as a whole: the unified hierarchy
+    // (cgroup.kill), else the v1 freezer.
+    if let Some(p) = v2 {
+        out.push(("kill", Version::V2, p));
+    } else if let Some((p, _)) = v1.iter().find(|(_, o)| o.iter().any(|x| x == "freezer")) {
+        out.push(("freezer", Version::V1, p.clone()));
+    }
     Ok(out)
+}
+
+/// The directories `<hierarchy>/moat/<id>` of container `id` in every
+/// hierarchy moat uses on this host (whether they exist or not). `None`
+/// for anything that is not a container ID.
+pub fn paths_for(id: &str) -> Option<Vec<PathBuf>> {
+    if !crate::state::is_valid_id(id) {
+        return None;
+    }
+    let mut out: Vec<PathBuf> = Vec::new();
+    for (_, _, mount) in discover().ok()? {
+        let dir = mount.join("moat").join(id);
+        if !out.contains(&dir) {
+            out.push(dir);
+        }
+    }
+    Some(out)
+}
+
+/// `dir` canonicalised, if it is exactly `<a cgroup hierarchy>/moat/<id>`
+/// for a container ID: the only shape moat ever creates or removes.
+pub fn confined(dir: &Path) -> Option<PathBuf> {
+    let real = fs::canonicalize(dir).ok()?;
+    let id = real.file_name()?.to_str()?;
+    if !crate::state::is_valid_id(id) {
+        return None;
+    }
+    let moat = real.parent()?;
+    if moat.file_name()? != "moat" {
+        return None;
+    }
+    let mount = moat.parent()?;
+    cgroup_mounts()
+        .iter()
+        .any(|m| fs::canonicalize(m).ok().as_deref() == Some(mount))
+        .then_some(real)
+}
+
+/// Every cgroup (v1) and cgroup2 mount point of this mount namespace.
+fn cgroup_mounts() -> Vec<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let fstype = post.split(' ').next()?;
+            let mp = pre.split(' ').nth(4)?;
+            matches!(fstype, "cgroup" | "cgroup2").then(|| PathBuf::from(mp.replace("\\040", " ")))
+        })
+        .collect()
 }
 
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
@@ -151,6 +215,7 @@ impl Cgroups {
                     write(&dir.join("memory.swap.max"), "0").ok();
                 }
             }
+            ("freezer", Version::V1) | ("kill", Version::V2) => {}
             ("pids", _) => {
                 if let Some(p) = limits.pids {
                     write(&dir.join("pids.max"), &p.to_string())?;
@@ -180,6 +245,23 @@ impl Cgroups {
         Ok(())
     }
 
+    /// How many processes the kernel's OOM killer killed in the container
+    /// because of its memory limit: `oom_kill` of v2 `memory.events`, or
+    /// of v1 `memory.oom_control`.
+    pub fn oom_kills(&self) -> u64 {
+        self.dirs
+            .iter()
+            .filter_map(|(v, d)| {
+                let file = match v {
+                    Version::V2 => "memory.events",
+                    Version::V1 => "memory.oom_control",
+                };
+                fs::read_to_string(d.join(file)).ok()
+            })
+            .map(|text| oom_kill_count(&text))
+            .sum()
+    }
+
     /// The cgroup directories (recorded in the state file for cleanup).
     pub fn paths(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|(_, d)| d.clone()).collect()
@@ -189,6 +271,39 @@ impl Cgroups {
     pub fn remove(&self) {
         remove_paths(&self.paths());
     }
+}
+
+/// Current figures of container `id`, from the cgroups derived from its
+/// ID: memory in use (v2 `memory.current`, v1 `memory.usage_in_bytes`),
+/// processes (`pids.current`) and CPU time (v2 `cpu.stat` `usage_usec`;
+/// v1's `cpu` hierarchy has none). `None` when it has no cgroup.
+pub fn stats(id: &str) -> Option<moat_runtime::backend::Stats> {
+    let dirs: Vec<PathBuf> = paths_for(id)?.into_iter().filter(|d| d.is_dir()).collect();
+    if dirs.is_empty() {
+        return None;
+    }
+    let read = |file: &str| {
+        dirs.iter()
+            .find_map(|d| fs::read_to_string(d.join(file)).ok())
+    };
+    let num = |file: &str| read(file).and_then(|t| t.trim().parse::<u64>().ok());
+    Some(moat_runtime::backend::Stats {
+        memory_bytes: num("memory.current").or_else(|| num("memory.usage_in_bytes")),
+        pids: num("pids.current"),
+        cpu_usec: read("cpu.stat").and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|n| n.trim().parse().ok())
+        }),
+    })
+}
+
+/// The `oom_kill N` line of `memory.events` / `memory.oom_control`.
+fn oom_kill_count(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Enables the controllers in `<mount>/cgroup.subtree_control` and
@@ -202,38 +317,170 @@ fn enable_v2(mount: &Path, found: &[(&str, Version, PathBuf)]) -> Result<(), Cgr
     })?;
     let enable: String = found
         .iter()
-        .filter(|(_, v, m)| *v == Version::V2 && m == mount)
+        .filter(|(c, v, m)| *v == Version::V2 && m == mount && *c != "kill")
         .map(|(c, _, _)| format!("+{c} "))
         .collect();
+    if enable.is_empty() {
+        return Ok(());
+    }
     for dir in [mount.to_path_buf(), moat] {
         write(&dir.join("cgroup.subtree_control"), enable.trim())?;
     }
     Ok(())
 }
 
-/// Removes cgroup directories, killing whatever is still inside (leftovers
-/// of a container whose supervisor was killed). Waits up to 5 s per cgroup
-/// for the kernel to let go of exiting tasks.
+/// Kills every process of the container and removes its cgroups, by ID
+/// (the paths are derived here, never read from a record).
+pub fn destroy(id: &str) {
+    if let Some(paths) = paths_for(id) {
+        remove_paths(&paths);
+    }
+}
+
+/// Removes cgroup directories of containers, killing whatever is still
+/// inside first ([`kill_all`]). A path that does not canonicalise to
+/// `<hierarchy>/moat/<id>` is left alone. Waits up to 5 s per cgroup for
+/// the kernel to let go of exiting tasks.
 pub fn remove_paths(paths: &[PathBuf]) {
-    for dir in paths {
-        if !dir.starts_with("/sys/fs/cgroup") || !dir.to_string_lossy().contains("/moat/") {
-            continue; // never touch anything moat did not create
-        }
+    let real: Vec<PathBuf> = paths.iter().filter_map(|p| confined(p)).collect();
+    kill_all(&real);
+    for dir in &real {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             match fs::remove_dir(dir) {
                 Ok(()) => break,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => break,
                 Err(_) if Instant::now() < deadline => {
-                    if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
-                        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                            let _ = sys::kill(pid, libc::SIGKILL);
-                        }
-                    }
+                    // A process that raced into the group: kill again.
+                    kill_all(std::slice::from_ref(dir));
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Err(_) => break,
             }
         }
+    }
+}
+
+/// Kills every process in the container cgroups `dirs` (already confined)
+/// without pid-reuse races: `cgroup.kill` where a v2 directory has it (the
+/// kernel kills the whole group, new forks included); else, with a v1
+/// freezer directory, freeze the group, SIGKILL each member (a frozen task
+/// cannot fork or exit, so its pid cannot be reused meanwhile) and thaw;
+/// else through pidfds, re-checking after `pidfd_open` that the pid is
+/// still a member.
+pub fn kill_all(dirs: &[PathBuf]) {
+    let members = |d: &Path| -> Vec<i32> {
+        fs::read_to_string(d.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    if let Some(d) = dirs.iter().find(|d| d.join("cgroup.kill").exists()) {
+        if fs::write(d.join("cgroup.kill"), "1").is_ok() {
+            wait_empty(d, &members);
+            return;
+        }
+    }
+    if let Some(d) = dirs.iter().find(|d| d.join("freezer.state").exists()) {
+        if freeze(d, true) {
+            for pid in members(d) {
+                let _ = sys::kill(pid, libc::SIGKILL);
+            }
+            freeze(d, false);
+            wait_empty(d, &members);
+            return;
+        }
+    }
+    for d in dirs {
+        let Some(rel) = d
+            .parent()
+            .and_then(|m| m.file_name())
+            .zip(d.file_name())
+            .map(|(m, id)| format!("/{}/{}", m.to_string_lossy(), id.to_string_lossy()))
+        else {
+            continue;
+        };
+        // Rounds until the group is empty: members forked meanwhile are
+        // caught by the next round.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let pids = members(d);
+            if pids.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            for pid in pids {
+                let Ok(fd) = sys::pidfd_open(pid) else {
+                    continue;
+                };
+                // The pidfd pins this process, so /proc/<pid> is the same
+                // one: signal it only if it is still in this group (not a
+                // new process that reused the pid).
+                let member = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                    .is_ok_and(|c| c.lines().any(|l| l.ends_with(&rel)));
+                if member {
+                    let _ = sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&fd), libc::SIGKILL);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Writes FROZEN or THAWED to a v1 freezer and waits (up to 2 s) until the
+/// kernel reports that state.
+fn freeze(dir: &Path, frozen: bool) -> bool {
+    let want = if frozen { "FROZEN" } else { "THAWED" };
+    if fs::write(dir.join("freezer.state"), want).is_err() {
+        return false;
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if fs::read_to_string(dir.join("freezer.state")).is_ok_and(|s| s.trim() == want) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+fn wait_empty(dir: &Path, members: &dyn Fn(&Path) -> Vec<i32>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !members(dir).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_come_from_the_cgroups_of_the_id() {
+        let id = moat_runtime::ContainerId::generate();
+        assert_eq!(stats(&id), None);
+        let cg = Cgroups::create(&id, &CgroupLimits::default()).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        cg.add(child.id() as i32).unwrap();
+        let s = stats(&id).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        cg.remove();
+        assert_eq!(s.pids, Some(1), "{s:?}");
+        assert!(s.memory_bytes.is_some(), "{s:?}");
+        assert_eq!(stats(&id), None);
+        assert_eq!(stats("../../x"), None);
+    }
+
+    #[test]
+    fn reads_oom_kill_counts_of_both_versions() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        let v2 = "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(oom_kill_count(v1), 2);
+        assert_eq!(oom_kill_count(v2), 1);
+        assert_eq!(oom_kill_count("oom 3\n"), 0);
     }
 }

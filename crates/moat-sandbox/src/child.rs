@@ -12,7 +12,6 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
 
 use moat_policy::plan::{MountPlan, NetworkPlan};
 
@@ -23,7 +22,6 @@ use crate::{
 /// Everything the child needs, computed before `clone` so that the child
 /// does as little as possible.
 pub(crate) struct ChildSetup {
-    pub rootfs: PathBuf,
     pub mounts: Vec<MountPlan>,
     pub hostname: String,
     pub loopback: bool,
@@ -38,6 +36,8 @@ pub(crate) struct ChildSetup {
     pub command: String,
     pub path_var: String,
     pub seccomp: Vec<libc::sock_filter>,
+    /// Log denied calls (`audit.denied_syscalls`).
+    pub seccomp_log: bool,
     pub tty: bool,
     pub interactive: bool,
 }
@@ -64,7 +64,6 @@ impl ChildSetup {
         let mut groups = p.additional_gids.clone();
         groups.extend(&cfg.plan.process.additional_gids);
         Ok(Self {
-            rootfs: cfg.rootfs.clone(),
             mounts: mounts::without_absent_defaults(&cfg.rootfs, &cfg.plan.mounts),
             hostname: p.hostname.clone(),
             loopback: !matches!(cfg.plan.network, NetworkPlan::None),
@@ -78,6 +77,7 @@ impl ChildSetup {
             envp,
             command: p.args[0].clone(),
             path_var,
+            seccomp_log: cfg.plan.audit_denied,
             seccomp: cfg
                 .plan
                 .seccomp
@@ -105,9 +105,13 @@ pub(crate) struct ChildFds {
     pub err: OwnedFd,
     /// pty peer for `-t`, and its host path `/dev/pts/N`.
     pub pty: Option<OwnedFd>,
+    /// Without `-t`: pipe ends that replace stdin, stdout and stderr where
+    /// those are a host terminal (the supervisor relays them), so that the
+    /// workload never holds a descriptor of a host terminal.
+    pub relayed: [Option<OwnedFd>; 3],
     pub pty_path: Option<String>,
-    /// The idmapped rootfs clone made by the supervisor, if the filesystem
-    /// supports idmapped mounts.
+    /// The read-only rootfs clone made by the supervisor (idmapped if the
+    /// filesystem supports it).
     pub rootfs_mnt: Option<OwnedFd>,
 }
 
@@ -131,6 +135,10 @@ fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
     // may ptrace or open /proc/<pid>/exe of this (moat) image.
     sys::set_pdeathsig(libc::SIGKILL).map_err(|e| ChildError::io("PR_SET_PDEATHSIG", e))?;
     sys::set_dumpable(false).map_err(|e| ChildError::io("PR_SET_DUMPABLE", e))?;
+    // Rule 11: a session of its own, so that no host terminal is the
+    // container's controlling terminal (no /dev/tty, no tcsetpgrp, no
+    // TIOCSTI through it, no SIGTTOU/SIGHUP from the host's job control).
+    sys::setsid().map_err(|e| ChildError::io("setsid", e))?;
 
     let mut byte = [0u8; 1];
     let mut go = File::from(
@@ -144,8 +152,7 @@ fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
     }
     drop(go);
 
-    // Clone the rootfs while we still have the supervisor's filesystem ids.
-    let prepared = mounts::prepare_root(&s.rootfs, fds.rootfs_mnt.take())?;
+    let prepared = mounts::prepare_root(fds.rootfs_mnt.take())?;
     // Become container root (host uid = first id of the map).
     sys::set_ids(0, 0, &[]).map_err(|e| ChildError::io("becoming container root", e))?;
     // Now that the supervisor put us into our cgroups: a cgroup namespace
@@ -173,7 +180,6 @@ fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
 
     // stdio
     if let Some(pty) = &fds.pty {
-        sys::setsid().map_err(|e| ChildError::io("setsid", e))?;
         sys::set_controlling_tty(pty.as_fd()).map_err(|e| ChildError::io("TIOCSCTTY", e))?;
         for fd in 0..3 {
             sys::dup2(pty.as_fd(), fd).map_err(|e| ChildError::io("attaching the pty", e))?;
@@ -183,6 +189,14 @@ fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
             .map_err(|e| ChildError::io("opening /dev/null for stdin", e))?
             .into();
         sys::dup2(null.as_fd(), 0).map_err(|e| ChildError::io("stdin", e))?;
+    }
+    if fds.pty.is_none() {
+        for (fd, pipe) in fds.relayed.iter().enumerate() {
+            if let Some(pipe) = pipe {
+                sys::dup2(pipe.as_fd(), fd as i32)
+                    .map_err(|e| ChildError::io("attaching the stdio relay", e))?;
+            }
+        }
     }
 
     // Working directory, then rule 3: it must resolve inside the root.
@@ -255,7 +269,7 @@ fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
 
     // Last: the seccomp filter, immediately before execve.
     if !s.seccomp.is_empty() {
-        sys::seccomp_install(&s.seccomp)
+        sys::seccomp_install(&s.seccomp, s.seccomp_log)
             .map_err(|e| ChildError::io("installing the seccomp filter", e))?;
     }
     let err = sys::execve(&exe, &s.argv, &s.envp);

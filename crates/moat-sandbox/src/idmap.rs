@@ -49,6 +49,36 @@ impl IdMap {
     }
 }
 
+/// First uid of the range whose members own containers' user namespaces:
+/// above systemd's container range (0x00080000-0x6FFFFFFF) and the jailed
+/// VMMs' uids (0x70000000 + n, moat-vm's `jail::UID_BASE`), below
+/// its "foreign" range (0x7FFE0000), used by no account.
+pub const OWNER_BASE: u32 = 0x7100_0000;
+/// Running sandbox containers at most (one owner uid each).
+pub const OWNER_COUNT: u32 = 65_536;
+
+/// The owner uid for a new container's user namespace: the first of
+/// `OWNER_BASE..OWNER_BASE+OWNER_COUNT` not in `in_use` (the owners of the
+/// running containers). The kernel charges per-user counters of the
+/// namespace's processes at the host level to this uid: every container
+/// gets the budget of one ordinary user, and none of host root's. The
+/// caller also passes the uids of host accounts ([`host_accounts`]): a
+/// process running as the owner would hold every capability over the
+/// namespace.
+pub fn userns_owner(in_use: &[u32]) -> Option<u32> {
+    let used: std::collections::HashSet<u32> = in_use.iter().copied().collect();
+    (OWNER_BASE..OWNER_BASE + OWNER_COUNT).find(|u| !used.contains(u))
+}
+
+/// The uids of the accounts in a passwd file (none if it cannot be read).
+pub fn host_accounts(passwd: &Path) -> Vec<u32> {
+    std::fs::read_to_string(passwd)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+        .collect()
+}
+
 fn subordinate(path: &Path) -> Option<(u32, u32)> {
     let text = std::fs::read_to_string(path).ok()?;
     parse_subordinate(&text, "root")
@@ -121,6 +151,26 @@ mod tests {
         assert_eq!(parse_subordinate(text, "root"), Some((300000, 70000)));
         assert_eq!(parse_subordinate("root:0:65536\n", "root"), None);
         assert_eq!(parse_subordinate("bob:1:2\n", "root"), None);
+    }
+
+    #[test]
+    fn owners_are_unique_per_running_container() {
+        assert_eq!(userns_owner(&[]), Some(OWNER_BASE));
+        assert_eq!(
+            userns_owner(&[OWNER_BASE, OWNER_BASE + 2]),
+            Some(OWNER_BASE + 1)
+        );
+        let all: Vec<u32> = (OWNER_BASE..OWNER_BASE + OWNER_COUNT).collect();
+        assert_eq!(userns_owner(&all), None);
+        let d = tempfile::tempdir().unwrap();
+        let passwd = d.path().join("passwd");
+        std::fs::write(
+            &passwd,
+            format!("root:x:0:0::/:/bin/sh\nodd:x:{OWNER_BASE}:1::/:/bin/sh\n"),
+        )
+        .unwrap();
+        assert_eq!(host_accounts(&passwd), vec![0, OWNER_BASE]);
+        assert_eq!(userns_owner(&host_accounts(&passwd)), Some(OWNER_BASE + 1));
     }
 
     #[test]

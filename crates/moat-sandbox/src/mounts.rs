@@ -66,7 +66,10 @@ pub(crate) fn without_absent_defaults(rootfs: &Path, mounts: &[MountPlan]) -> Ve
 }
 
 /// Device nodes bind-mounted from the host (a user namespace cannot mknod).
-const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// `/dev/tty` (5,0: "my controlling terminal") only with `-t`, where the
+/// controlling terminal is the container's own pty; without `-t` the
+/// container is a session without a terminal and has no `/dev/tty` (rule 11).
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 /// Files under /proc hidden behind /dev/null.
 const PROC_MASKED_FILES: &[&str] = &[
     "kcore",
@@ -129,46 +132,38 @@ fn attach(mnt: &OwnedFd, target: &OwnedFd, what: &str) -> Result<(), ChildError>
         .map_err(|e| ChildError::io(format!("attaching {what}"), e))
 }
 
-/// The image root, cloned while the container process still has the
-/// supervisor's filesystem identity: the rootfs may sit below directories
-/// only host root can traverse (0700), which container root (an
-/// unprivileged host uid) cannot.
+/// The image root: a detached, read-only, nosuid, nodev clone of the
+/// store's rootfs. The container process runs as an unprivileged host uid
+/// from its first instruction and touches no store path (the store is
+/// host root's, 0700): the supervisor started it in the rootfs directory
+/// (the kernel moves the working directory into the new mount namespace),
+/// and the clone, the supervisor's idmapped one or else a clone of the
+/// working directory made here, is attached onto that directory.
 pub(crate) struct PreparedRoot {
     mnt: OwnedFd,
-    target: OwnedFd,
-    path: String,
-    idmapped: bool,
 }
 
-/// Makes every mount private and takes a detached clone of the rootfs,
-/// unless the supervisor already made an idmapped one (`idmapped`).
-pub(crate) fn prepare_root(
-    rootfs: &Path,
-    idmapped: Option<OwnedFd>,
-) -> Result<PreparedRoot, ChildError> {
+/// Makes every mount private and takes the supervisor's idmapped clone,
+/// or clones the working directory (no path walk, so no permission on the
+/// store is needed) and makes it read-only, nosuid, nodev.
+pub(crate) fn prepare_root(idmapped: Option<OwnedFd>) -> Result<PreparedRoot, ChildError> {
     sys::make_rprivate().map_err(|e| ChildError::io("making / private", e))?;
-    let path = rootfs
-        .to_str()
-        .ok_or_else(|| ChildError::msg("rootfs", "path is not UTF-8"))?
-        .to_string();
-    let is_idmapped = idmapped.is_some();
     let mnt = match idmapped {
         Some(m) => m,
-        None => sys::open_tree(sys::cwd(), &path, sys::OPEN_TREE_CLONE)
-            .map_err(|e| ChildError::io(format!("cloning rootfs {path}"), e))?,
+        None => {
+            let m = sys::open_tree(sys::cwd(), "", sys::OPEN_TREE_CLONE)
+                .map_err(|e| ChildError::io("cloning the rootfs", e))?;
+            sys::mount_setattr(
+                m.as_fd(),
+                sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+                0,
+                false,
+            )
+            .map_err(|e| ChildError::io("making the rootfs read-only", e))?;
+            m
+        }
     };
-    let target: OwnedFd = File::options()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
-        .open(rootfs)
-        .map_err(|e| ChildError::io(format!("opening rootfs {path}"), e))?
-        .into();
-    Ok(PreparedRoot {
-        mnt,
-        target,
-        path,
-        idmapped: is_idmapped,
-    })
+    Ok(PreparedRoot { mnt })
 }
 
 /// Builds the whole tree and returns a descriptor of the new root, ready
@@ -178,26 +173,10 @@ pub(crate) fn build(
     mounts: &[MountPlan],
     console: Option<&str>,
 ) -> Result<OwnedFd, ChildError> {
-    // The image root: a detached clone of the store's rootfs, read-only,
-    // nosuid, nodev, attached over the rootfs directory in this namespace.
-    // (An idmapped clone from the supervisor already carries these flags.)
-    let PreparedRoot {
-        mnt: root_mnt,
-        target,
-        path: root_path,
-        idmapped,
-    } = prepared;
-    if !idmapped {
-        sys::mount_setattr(
-            root_mnt.as_fd(),
-            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
-            0,
-            false,
-        )
-        .map_err(|e| ChildError::io(format!("making the rootfs {root_path} read-only"), e))?;
-    }
-    attach(&root_mnt, &target, "the rootfs")?;
-    let root = root_mnt;
+    // The image root (read-only, nosuid, nodev already), attached over the
+    // rootfs directory, which is this process's working directory.
+    let root = prepared.mnt;
+    sys::move_mount_to_cwd(root.as_fd()).map_err(|e| ChildError::io("attaching the rootfs", e))?;
 
     // Policy mounts (tmpfs by default at /tmp and /run, volumes).
     for m in mounts {
@@ -274,7 +253,8 @@ fn build_dev(root: BorrowedFd<'_>, console: Option<&str>) -> Result<(), ChildErr
     let d = dev.as_fd();
     let step = |what: &str| format!("populating /dev ({what})");
 
-    for name in DEVICES {
+    let tty: &[&str] = if console.is_some() { &["tty"] } else { &[] };
+    for name in DEVICES.iter().chain(tty) {
         sys::create_file(d, name, 0o666).map_err(|e| ChildError::io(step(name), e))?;
         let host = format!("/dev/{name}");
         let src = sys::open_tree(sys::cwd(), &host, sys::OPEN_TREE_CLONE)
@@ -299,6 +279,7 @@ fn build_dev(root: BorrowedFd<'_>, console: Option<&str>) -> Result<(), ChildErr
         .and_then(|fs| {
             fs.set_string("ptmxmode", "0666")?;
             fs.set_string("mode", "0620")?;
+            fs.set_string("gid", "5")?;
             fs.mount(sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC)
         })
         .map_err(|e| ChildError::io("mounting /dev/pts", e))?;
@@ -316,6 +297,18 @@ fn build_dev(root: BorrowedFd<'_>, console: Option<&str>) -> Result<(), ChildErr
     let tgt = sys::openat2(d, "shm", libc::O_PATH | libc::O_DIRECTORY, BENEATH)
         .map_err(|e| ChildError::io(step("shm"), e))?;
     attach(&shm, &tgt, "/dev/shm")?;
+
+    // /dev/mqueue: the IPC namespace's own POSIX message queues, as runc
+    // mounts them.
+    sys::mkdirat(d, "mqueue", 0o1777).map_err(|e| ChildError::io(step("mqueue"), e))?;
+    let mq = FsContext::open("mqueue")
+        .and_then(|fs| {
+            fs.mount(sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC)
+        })
+        .map_err(|e| ChildError::io("mounting /dev/mqueue", e))?;
+    let tgt = sys::openat2(d, "mqueue", libc::O_PATH | libc::O_DIRECTORY, BENEATH)
+        .map_err(|e| ChildError::io(step("mqueue"), e))?;
+    attach(&mq, &tgt, "/dev/mqueue")?;
 
     for (name, target) in [
         ("ptmx", "pts/ptmx"),

@@ -1,200 +1,34 @@
-//! Running-container state: `<run_root>/containers/<id>/state.json`, shared
-//! with the vm backend, `moat ps`, `moat kill` and `moat image rm`.
+//! The sandbox's side of container state. The record, its writer and its
+//! one reader (with the trust rules) are the runtime core's
+//! ([`moat_runtime::record`]); what is sandbox-specific stays here:
+//! cleaning up after a dead supervisor, through the cgroups derived from
+//! the container's ID.
 //!
-//! A state file is written (staged, then renamed) once the container
-//! process exists and removed when it ends. If the supervisor is SIGKILLed
-//! the container dies with it (PR_SET_PDEATHSIG), and the next `moat`
-//! command finds the state file of a dead supervisor and removes what is
-//! left ([`cleanup_stale`]). Every change happens under an exclusive lock on
-//! `<run_root>/containers/.lock`.
+//! A record is written once the container process exists and removed when
+//! it ends. If the supervisor is SIGKILLed the container dies with it
+//! (PR_SET_PDEATHSIG), and the next `moat` command finds the record of a
+//! dead supervisor and removes what is left ([`cleanup_stale`]).
 
-use std::fs::{self, File};
-use std::io;
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+pub use moat_runtime::id::is_valid_id;
+pub use moat_runtime::record::{
+    containers_dir, ensure_dirs, find, lock, now_rfc3339, process_start_time, read_all, write,
+    Lock, Record as ContainerState, StateError,
+};
+use moat_runtime::{ContainerId, Isolation};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("cannot create the runtime directory {path}")]
-    CreateDir {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot lock {path}")]
-    Lock {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot write container state {path}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot read container states in {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("container name {name:?} is already in use by container {id}; choose another --name or stop that container first (moat kill {name})")]
-    NameInUse { name: String, id: String },
-    #[error("invalid container name {0:?}: use 1-64 characters from [a-zA-Z0-9_.-], starting with a letter or digit")]
-    InvalidName(String),
-}
-
-/// The state of one running container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerState {
-    pub id: String,
-    pub name: String,
-    /// Image config digest (`sha256:<hex>`).
-    pub image_id: String,
-    /// Host pid of the container's first process (PID 1 inside).
-    pub pid: i32,
-    /// `sandbox` or `vm`.
-    pub isolation: String,
-    /// RFC 3339, UTC.
-    pub created: String,
-    /// The command line of the workload.
-    #[serde(default)]
-    pub command: Vec<String>,
-    /// Start time (clock ticks since boot) of `pid`, to detect pid reuse.
-    #[serde(default)]
-    pub pid_start_time: u64,
-    /// The `moat` process that supervises the container.
-    #[serde(default)]
-    pub supervisor_pid: i32,
-    #[serde(default)]
-    pub supervisor_start_time: u64,
-    /// Cgroup directories to remove when the container is gone.
-    #[serde(default)]
-    pub cgroups: Vec<PathBuf>,
-}
-
-pub fn containers_dir(run_root: &Path) -> PathBuf {
-    run_root.join("containers")
-}
-
-/// A new random container ID: 64 hex digits.
-pub fn new_id() -> String {
-    let mut bytes = [0u8; 32];
-    let ok = File::open("/dev/urandom").and_then(|mut f| io::Read::read_exact(&mut f, &mut bytes));
-    if ok.is_err() {
-        // Fall back to time and pid: unique enough on one host.
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let seed = t.as_nanos() ^ ((std::process::id() as u128) << 64);
-        bytes[..16].copy_from_slice(&seed.to_le_bytes());
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Checks a user-supplied container name.
-pub fn validate_name(name: &str) -> Result<(), StateError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(StateError::InvalidName(name.to_string()))
-    }
-}
-
-/// An exclusive lock on the containers directory (released on drop).
-pub struct Lock(#[allow(dead_code)] File);
-
-pub fn lock(run_root: &Path) -> Result<Lock, StateError> {
-    let dir = containers_dir(run_root);
-    fs::create_dir_all(&dir).map_err(|source| StateError::CreateDir {
-        path: dir.clone(),
-        source,
-    })?;
-    let path = dir.join(".lock");
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| StateError::Lock {
-            path: path.clone(),
-            source,
-        })?;
-    f.lock()
-        .map_err(|source| StateError::Lock { path, source })?;
-    Ok(Lock(f))
-}
-
-/// Writes the state file of `state` atomically (stage, then rename).
-pub fn write(run_root: &Path, state: &ContainerState) -> Result<(), StateError> {
-    let dir = containers_dir(run_root).join(&state.id);
-    let werr = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StateError::Write { path, source }
-    };
-    fs::create_dir_all(&dir).map_err(werr(&dir))?;
-    let tmp = dir.join(".state.json.tmp");
-    let json = serde_json::to_vec_pretty(state).map_err(|e| StateError::Write {
-        path: tmp.clone(),
-        source: io::Error::other(e),
-    })?;
-    fs::write(&tmp, json).map_err(werr(&tmp))?;
-    let path = dir.join("state.json");
-    fs::rename(&tmp, &path).map_err(werr(&path))?;
-    Ok(())
-}
-
-/// Removes a container's state directory.
+/// Removes a container's state directory (`id` must be a container ID).
 pub fn remove(run_root: &Path, id: &str) {
-    let _ = fs::remove_dir_all(containers_dir(run_root).join(id));
-}
-
-/// Every state file under `run_root`, unfiltered (dead ones included).
-pub fn read_all(run_root: &Path) -> Result<Vec<ContainerState>, StateError> {
-    let dir = containers_dir(run_root);
-    let entries = match fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(StateError::Read { path: dir, source }),
-    };
-    let mut out = Vec::new();
-    for e in entries.flatten() {
-        let p = e.path().join("state.json");
-        if let Ok(bytes) = fs::read(&p) {
-            if let Ok(s) = serde_json::from_slice::<ContainerState>(&bytes) {
-                out.push(s);
-            }
-        }
+    if let Ok(id) = ContainerId::parse(id) {
+        moat_runtime::record::remove(run_root, &id);
     }
-    out.sort_by(|a, b| a.created.cmp(&b.created).then(a.name.cmp(&b.name)));
-    Ok(out)
-}
-
-/// Clock ticks since boot at which `pid` started (field 22 of
-/// `/proc/<pid>/stat`), or `None` if there is no such process.
-pub fn process_start_time(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 2..];
-    after_comm.split(' ').nth(19)?.parse().ok()
 }
 
 /// Whether the supervisor recorded in `state` is still alive (same pid,
 /// same start time).
 pub fn is_alive(state: &ContainerState) -> bool {
-    state.supervisor_pid > 0
-        && process_start_time(state.supervisor_pid) == Some(state.supervisor_start_time)
+    state.supervisor_alive()
 }
 
 /// Removes what containers of dead supervisors left behind: their
@@ -207,138 +41,66 @@ pub fn cleanup_stale(run_root: &Path) -> Result<Vec<String>, StateError> {
     let _lock = lock(run_root)?;
     let mut cleaned = Vec::new();
     for s in read_all(run_root)? {
-        if s.isolation != "sandbox" || is_alive(&s) {
+        if s.isolation != Isolation::Sandbox || is_alive(&s) {
             continue;
         }
-        if process_start_time(s.pid) == Some(s.pid_start_time) {
-            if let Ok(fd) = crate::sys::pidfd_open(s.pid) {
-                let _ = crate::sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&fd), libc::SIGKILL);
-            }
-        }
-        crate::cgroup::remove_paths(&s.cgroups);
-        remove(run_root, &s.id);
-        cleaned.push(s.id);
+        destroy(run_root, &s.id);
+        cleaned.push(s.id.to_string());
     }
     Ok(cleaned)
 }
 
-/// Finds a running container by exact name, exact id or unique id prefix.
-pub fn find<'a>(states: &'a [ContainerState], key: &str) -> Option<&'a ContainerState> {
-    if let Some(s) = states.iter().find(|s| s.name == key || s.id == key) {
-        return Some(s);
-    }
-    let mut m = states
-        .iter()
-        .filter(|s| key.len() >= 4 && s.id.starts_with(key));
-    match (m.next(), m.next()) {
-        (Some(s), None) => Some(s),
-        _ => None,
-    }
-}
-
-/// The current time as RFC 3339 (UTC, seconds).
-pub fn now_rfc3339() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as i64;
-    rfc3339(secs)
-}
-
-fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+/// Kills and removes a container's cgroups and removes its record, all
+/// derived from `id` (the record directory's own name, checked by the
+/// core's reader): the container's processes died with their supervisor
+/// (PR_SET_PDEATHSIG) or are killed through those cgroups; no pid or path
+/// from the file is used.
+pub(crate) fn destroy(run_root: &Path, id: &ContainerId) {
+    crate::cgroup::destroy(id);
+    moat_runtime::record::remove(run_root, id);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn formats_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    }
-
-    #[test]
-    fn validates_names() {
-        validate_name("web-1.a_b").unwrap();
-        assert_eq!(
-            validate_name("../x").unwrap_err().to_string(),
-            "invalid container name \"../x\": use 1-64 characters from [a-zA-Z0-9_.-], starting with a letter or digit"
-        );
-    }
-
-    #[test]
-    fn finds_by_name_id_and_prefix() {
-        let mk = |id: &str, name: &str| ContainerState {
-            id: id.into(),
-            name: name.into(),
-            image_id: String::new(),
-            pid: 1,
-            isolation: "sandbox".into(),
-            created: String::new(),
-            command: vec![],
-            pid_start_time: 0,
-            supervisor_pid: 0,
-            supervisor_start_time: 0,
-            cgroups: vec![],
-        };
-        let v = vec![mk("abcdef01", "web"), mk("abcd9999", "db")];
-        assert_eq!(find(&v, "web").unwrap().id, "abcdef01");
-        assert_eq!(find(&v, "abcd9").unwrap().name, "db");
-        assert!(find(&v, "abcd").is_none()); // ambiguous
-    }
+    use moat_runtime::ContainerName;
 
     #[test]
     fn stale_states_are_cleaned() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = ContainerState {
-            id: "deadbeef".into(),
-            name: "gone".into(),
-            image_id: "sha256:00".into(),
-            pid: i32::MAX - 1,
-            isolation: "sandbox".into(),
-            created: now_rfc3339(),
-            command: vec![],
-            pid_start_time: 1,
-            supervisor_pid: i32::MAX - 1,
-            supervisor_start_time: 1,
-            cgroups: vec![],
-        };
+        let mut s = ContainerState::new(
+            ContainerId::parse(&"deadbeef".repeat(8)).unwrap(),
+            ContainerName::parse("gone").unwrap(),
+            Isolation::Sandbox,
+            "sha256:00",
+        );
+        s.supervisor_pid = i32::MAX - 1;
+        s.supervisor_start_time = 1;
         write(dir.path(), &s).unwrap();
-        s.id = "alive".into();
-        s.name = "me".into();
+        s.id = ContainerId::parse(&"a11ce".repeat(4)).unwrap();
+        s.name = ContainerName::parse("me").unwrap();
         s.supervisor_pid = std::process::id() as i32;
         s.supervisor_start_time = process_start_time(s.supervisor_pid).unwrap();
         write(dir.path(), &s).unwrap();
+        // A dead vm record is not the sandbox's to clean.
+        s.id = ContainerId::parse("00112233aabbccdd").unwrap();
+        s.name = ContainerName::parse("v").unwrap();
+        s.isolation = Isolation::Vm;
+        s.supervisor_pid = 0;
+        write(dir.path(), &s).unwrap();
         assert_eq!(
             cleanup_stale(dir.path()).unwrap(),
-            vec!["deadbeef".to_string()]
+            vec!["deadbeef".repeat(8)]
         );
-        let left: Vec<String> = read_all(dir.path())
+        let mut left: Vec<String> = read_all(dir.path())
             .unwrap()
             .into_iter()
-            .map(|s| s.id)
+            .map(|s| s.id.to_string())
             .collect();
-        assert_eq!(left, vec!["alive".to_string()]);
+        left.sort();
+        assert_eq!(
+            left,
+            vec!["00112233aabbccdd".to_string(), "a11ce".repeat(4)]
+        );
     }
 }

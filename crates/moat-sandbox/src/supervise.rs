@@ -6,13 +6,15 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::Instant;
 
 use crate::cgroup::Cgroups;
 use crate::child::{self, ChildFds, ChildSetup};
-use crate::state::{self, ContainerState};
+use crate::state::{self, ContainerState, StateError};
 use crate::sys::{self, Exit, Forked, SigSet};
 use crate::{ChildError, SandboxConfig, SandboxError};
+use moat_runtime::Isolation;
 
 const FORWARDED: [i32; 5] = [
     libc::SIGINT,
@@ -51,32 +53,42 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
     // Name check, state directory and cgroups under the lock.
     let cleanup = {
         let _lock = state::lock(&cfg.run_root)?;
-        state::validate_name(&cfg.name)?;
+        let id = moat_runtime::ContainerId::parse(&cfg.id).map_err(StateError::from)?;
+        let name = moat_runtime::ContainerName::parse(&cfg.name).map_err(StateError::from)?;
         if let Some(other) = state::read_all(&cfg.run_root)?
             .into_iter()
-            .find(|s| s.name == cfg.name && state::is_alive(s))
+            .find(|s| s.name == name && state::is_alive(s))
         {
-            return Err(state::StateError::NameInUse {
+            return Err(StateError::NameInUse {
                 name: cfg.name.clone(),
-                id: other.id,
+                id: other.id.to_string(),
             }
             .into());
         }
+        let mut owners: Vec<u32> = state::read_all(&cfg.run_root)?
+            .iter()
+            .filter(|s| state::is_alive(s))
+            .map(|s| s.userns_owner)
+            .collect();
+        // A host account in the range must never own a container's
+        // namespace: its processes would hold every capability over it.
+        owners.extend(crate::idmap::host_accounts(std::path::Path::new(
+            "/etc/passwd",
+        )));
+        let userns_owner =
+            crate::idmap::userns_owner(&owners).ok_or_else(|| SandboxError::Prepare {
+                what: "a user-namespace owner uid (all are in use by running containers)".into(),
+                source: std::io::Error::from_raw_os_error(libc::EAGAIN),
+            })?;
         let cgroups = Cgroups::create(&cfg.id, &cfg.plan.cgroup)?;
         let me = std::process::id() as i32;
-        let st = ContainerState {
-            id: cfg.id.clone(),
-            name: cfg.name.clone(),
-            image_id: cfg.image_id.clone(),
-            pid: 0,
-            isolation: "sandbox".into(),
-            created: state::now_rfc3339(),
-            command: cfg.process.args.clone(),
-            pid_start_time: 0,
-            supervisor_pid: me,
-            supervisor_start_time: state::process_start_time(me).unwrap_or(0),
-            cgroups: cgroups.paths(),
-        };
+        let mut st = ContainerState::new(id, name, Isolation::Sandbox, &cfg.image_id);
+        st.command = cfg.process.args.clone();
+        st.supervisor_pid = me;
+        st.supervisor_start_time = state::process_start_time(me).unwrap_or(0);
+        st.cgroups = cgroups.paths();
+        st.userns_owner = userns_owner;
+        st.policy_digest = cfg.plan.policy_digest.clone();
         let cleanup = Cleanup { cfg, cgroups };
         state::write(&cfg.run_root, &st)?;
         (cleanup, st)
@@ -86,9 +98,29 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
     let (go_r, go_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let pty = if setup.tty {
-        Some(sys::open_pty().map_err(prep("a pseudo-terminal"))?)
+        let (master, peer) = sys::open_pty().map_err(prep("a pseudo-terminal"))?;
+        // As runc leaves it: the console belongs to the workload's user and
+        // the tty group (5), mode 0620 (crw--w----).
+        std::os::unix::fs::fchown(
+            &peer,
+            Some(cfg.id_map.host_uid + cfg.process.uid),
+            Some(cfg.id_map.host_gid + 5),
+        )
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            File::from(peer.try_clone()?).set_permissions(std::fs::Permissions::from_mode(0o620))
+        })
+        .map_err(prep("the pseudo-terminal's owner"))?;
+        Some((master, peer))
     } else {
         None
+    };
+    // Rule 11 without `-t`: a host terminal on stdin (with -i), stdout or
+    // stderr is replaced by a pipe that the supervisor relays.
+    let relays = if setup.tty {
+        Relays::default()
+    } else {
+        Relays::new(setup.interactive)?
     };
     let pty_path = match &pty {
         Some((m, _)) => Some(format!(
@@ -98,8 +130,19 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
         None => None,
     };
 
-    // Image files owned by host root should look owned by container root.
+    // Image files owned by host root should look owned by container root
+    // (an idmapped clone); else the container process clones its working
+    // directory (the rootfs) itself.
     let rootfs_mnt = crate::idmap::idmapped_rootfs(&cfg.rootfs, &cfg.id_map).ok();
+    // The container process starts in the rootfs directory (its mount
+    // point) and as the owner uid (see `idmap::userns_owner`).
+    let saved_cwd: OwnedFd = File::options()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(".")
+        .map_err(prep("the working directory"))?
+        .into();
+    std::env::set_current_dir(&cfg.rootfs).map_err(prep("entering the rootfs"))?;
 
     // Block the forwarded signals (and SIGCHLD) before the clone: the child
     // unblocks them right before execve, the supervisor reads them from a
@@ -116,16 +159,43 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWNET;
-    let forked = sys::clone_child(ns).map_err(SandboxError::Clone);
+    // Rule 7: the user namespace is owned by a per-container unprivileged
+    // uid, so that the kernel's per-user counters (inotify instances and
+    // watches, message queue bytes, pending signals, user namespaces) of
+    // everything inside are charged to that uid, never to host root.
+    // The id maps are written while this process still is that owner: a
+    // root without CAP_SYS_ADMIN has capabilities over the namespace only
+    // as its owner.
+    let mut maps = Ok(());
+    let forked = match sys::EuidSwitch::to(st.userns_owner) {
+        Ok(switch) => {
+            let r = sys::clone_child(ns).map_err(SandboxError::Clone);
+            if let Ok(Forked::Parent { pid, .. }) = &r {
+                maps = write_id_maps(cfg, *pid);
+            }
+            if !matches!(r, Ok(Forked::Child)) {
+                let restored = switch.restore();
+                let _ = sys::fchdir(saved_cwd.as_fd());
+                restored.map_err(prep("restoring the effective uid"))?;
+            }
+            r
+        }
+        Err(e) => {
+            let _ = sys::fchdir(saved_cwd.as_fd());
+            Err(SandboxError::Clone(e))
+        }
+    };
     let (pid, pidfd) = match forked {
         Ok(Forked::Child) => {
             drop(go_w);
             drop(err_r);
             drop(sigfd);
+            drop(saved_cwd);
             let fds = ChildFds {
                 go: go_r,
                 err: err_w,
                 pty: pty.map(|(_, peer)| peer),
+                relayed: relays.child,
                 pty_path,
                 rootfs_mnt,
             };
@@ -145,10 +215,22 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
         None => (None, None),
     };
     drop(peer);
+    let Relays { child, stdin, out } = relays;
+    drop(child);
 
-    let result = release(cfg, &cleanup, &mut st, pid, &pidfd, &go_w, err_r);
+    let result = maps.and_then(|()| release(cfg, &cleanup, &mut st, pid, &pidfd, &go_w, err_r));
     let result = match result {
-        Ok(()) => supervise(cfg, &pidfd, &sigfd, master.as_ref()),
+        Ok(()) => {
+            let io = match master {
+                Some(m) => Io::pty(m, cfg.process.interactive)?,
+                None => Io {
+                    master: None,
+                    stdin,
+                    out,
+                },
+            };
+            supervise(cfg, &pidfd, &sigfd, io)
+        }
         Err(e) => {
             let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
             let _ = sys::wait_pidfd(pidfd.as_fd(), false);
@@ -157,11 +239,51 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
     };
     drop(go_w);
     let _ = sys::set_signal_mask(&old_mask);
+    if let Ok(code) = &result {
+        let kills = cleanup.cgroups.oom_kills();
+        if kills > 0 {
+            eprintln!(
+                "{}",
+                oom_message(*code, kills, cfg.plan.cgroup.memory_bytes)
+            );
+        }
+    }
     drop(cleanup);
     result
 }
 
-/// Maps ids, joins cgroups, records the pid, lets the child go and waits
+/// What `moat run` says when the memory limit killed processes of the
+/// container (the exit code alone, 137, does not say why).
+pub(crate) fn oom_message(code: i32, kills: u64, limit: Option<u64>) -> String {
+    let limit = match limit {
+        Some(b) if b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        Some(b) => format!("{b} bytes"),
+        None => "(none set)".into(),
+    };
+    if code == 128 + libc::SIGKILL {
+        format!(
+            "moat: the workload was killed by the container's memory limit of {limit} (exit {code}); raise resources.memory in the policy"
+        )
+    } else {
+        format!(
+            "moat: notice: the container's memory limit of {limit} killed {kills} of its process(es); raise resources.memory in the policy"
+        )
+    }
+}
+
+/// Writes the uid and gid maps of the container process.
+fn write_id_maps(cfg: &SandboxConfig, pid: i32) -> Result<(), SandboxError> {
+    for (which, file, map) in [
+        ("uid", "uid_map", cfg.id_map.uid_map()),
+        ("gid", "gid_map", cfg.id_map.gid_map()),
+    ] {
+        std::fs::write(format!("/proc/{pid}/{file}"), map)
+            .map_err(|source| SandboxError::WriteIdMap { which, pid, source })?;
+    }
+    Ok(())
+}
+
+/// Joins cgroups, records the pid, lets the child go and waits
 /// for its verdict: EOF on the error pipe means `execve` succeeded.
 fn release(
     cfg: &SandboxConfig,
@@ -172,16 +294,8 @@ fn release(
     go_w: &OwnedFd,
     err_r: OwnedFd,
 ) -> Result<(), SandboxError> {
-    for (which, file, map) in [
-        ("uid", "uid_map", cfg.id_map.uid_map()),
-        ("gid", "gid_map", cfg.id_map.gid_map()),
-    ] {
-        std::fs::write(format!("/proc/{pid}/{file}"), map)
-            .map_err(|source| SandboxError::WriteIdMap { which, pid, source })?;
-    }
     cleanup.cgroups.add(pid)?;
-    st.pid = pid;
-    st.pid_start_time = state::process_start_time(pid).unwrap_or(0);
+    st.started(pid)?;
     state::write(&cfg.run_root, st)?;
 
     sys::write_fd(go_w.as_fd(), b"g").map_err(prep("releasing the container process"))?;
@@ -220,19 +334,93 @@ fn release(
     })
 }
 
+/// The pipes of the stdio relay (no `-t`): the child's ends, and the
+/// supervisor's.
+#[derive(Default)]
+struct Relays {
+    /// Given to the child as its fd 0, 1, 2 (where set).
+    child: [Option<OwnedFd>; 3],
+    /// Write end of the stdin pipe.
+    stdin: Option<File>,
+    /// Read ends of the stdout and stderr pipes with the host fd they go to.
+    out: Vec<(File, i32)>,
+}
+
+impl Relays {
+    fn new(interactive: bool) -> Result<Self, SandboxError> {
+        let mut r = Relays::default();
+        if interactive && sys::is_tty(0) {
+            let (rd, wr) = pipe()?;
+            r.child[0] = Some(rd);
+            r.stdin = Some(File::from(wr));
+        }
+        let (out_tty, err_tty) = (sys::is_tty(1), sys::is_tty(2));
+        if out_tty && err_tty && same_file(1, 2) {
+            // One terminal for both: one pipe, so that the order of the
+            // workload's stdout and stderr writes is kept.
+            let (rd, wr) = pipe()?;
+            r.child[2] = Some(wr.try_clone().map_err(prep("a pipe"))?);
+            r.child[1] = Some(wr);
+            r.out.push((File::from(rd), 1));
+            return Ok(r);
+        }
+        for (fd, tty) in [(1, out_tty), (2, err_tty)] {
+            if tty {
+                let (rd, wr) = pipe()?;
+                r.child[fd as usize] = Some(wr);
+                r.out.push((File::from(rd), fd));
+            }
+        }
+        Ok(r)
+    }
+}
+
+/// Whether two of this process's descriptors are the same file.
+fn same_file(a: i32, b: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let meta = |fd: i32| std::fs::metadata(format!("/proc/self/fd/{fd}")).ok();
+    match (meta(a), meta(b)) {
+        (Some(x), Some(y)) => (x.dev(), x.ino(), x.rdev()) == (y.dev(), y.ino(), y.rdev()),
+        _ => false,
+    }
+}
+
+/// What the supervision loop copies: the pty master (`-t`), or the relay
+/// pipes.
+struct Io {
+    master: Option<File>,
+    /// Where host stdin goes (the master or the stdin pipe); `None` once
+    /// host stdin reached EOF (the pipe is then closed: EOF for the workload).
+    stdin: Option<File>,
+    /// Sources of output and the host fd each goes to.
+    out: Vec<(File, i32)>,
+}
+
+impl Io {
+    fn pty(master: OwnedFd, interactive: bool) -> Result<Self, SandboxError> {
+        let m = File::from(master);
+        let clone = |f: &File| f.try_clone().map_err(prep("the pseudo-terminal"));
+        Ok(Io {
+            stdin: if interactive { Some(clone(&m)?) } else { None },
+            out: vec![(clone(&m)?, 1)],
+            master: Some(m),
+        })
+    }
+}
+
 /// The supervision loop. Returns the exit code (128 + signal when killed).
 fn supervise(
     cfg: &SandboxConfig,
     pidfd: &OwnedFd,
     sigfd: &OwnedFd,
-    master: Option<&OwnedFd>,
+    mut io: Io,
 ) -> Result<i32, SandboxError> {
     let serr = |source| SandboxError::Supervise {
         id: cfg.id.clone(),
         source,
     };
     let stdin_tty = sys::is_tty(0);
-    let raw = match master {
+    let raw = match &io.master {
         Some(m) => {
             if let Some(ws) = sys::get_winsize(0).or_else(|| sys::get_winsize(1)) {
                 sys::set_winsize(m.as_fd(), &ws);
@@ -245,27 +433,16 @@ fn supervise(
         }
         None => None,
     };
-    let mut stdin_open = master.is_some() && cfg.process.interactive;
     let mut kill_at: Option<Instant> = None;
     let mut buf = vec![0u8; 16 * 1024];
     let stdin = std::io::stdin();
-    let mut stdout = std::io::stdout();
-    let mut master_open = master.is_some();
     let exit = loop {
         let mut fds = vec![pidfd.as_fd(), sigfd.as_fd()];
-        let master_idx = match master {
-            Some(m) if master_open => {
-                fds.push(m.as_fd());
-                Some(fds.len() - 1)
-            }
-            _ => None,
-        };
-        let stdin_idx = if stdin_open {
+        fds.extend(io.out.iter().map(|(f, _)| f.as_fd()));
+        let stdin_idx = io.stdin.as_ref().map(|_| {
             fds.push(stdin.as_fd());
-            Some(fds.len() - 1)
-        } else {
-            None
-        };
+            fds.len() - 1
+        });
         let timeout = match kill_at {
             Some(t) => t
                 .saturating_duration_since(Instant::now())
@@ -284,8 +461,8 @@ fn supervise(
             while let Some(sig) = sys::read_signal(sigfd.as_fd()).map_err(serr)? {
                 match sig {
                     libc::SIGCHLD => {}
-                    libc::SIGWINCH if master.is_some() => {
-                        if let (Some(m), Some(ws)) = (master, sys::get_winsize(0)) {
+                    libc::SIGWINCH if io.master.is_some() => {
+                        if let (Some(m), Some(ws)) = (&io.master, sys::get_winsize(0)) {
                             sys::set_winsize(m.as_fd(), &ws);
                         }
                     }
@@ -298,18 +475,20 @@ fn supervise(
                 }
             }
         }
-        if let (Some(m), Some(i)) = (master, master_idx) {
-            if ready[i] && !copy_out(m, &mut buf, &mut stdout) {
-                master_open = false;
-            }
-        }
-        if let (Some(m), Some(i)) = (master, stdin_idx) {
+        let ready_out: Vec<bool> = ready[2..2 + io.out.len()].to_vec();
+        relay_out(&mut io.out, &ready_out, &mut buf);
+        if let Some(i) = stdin_idx {
             if ready[i] {
                 let n = (&stdin).read(&mut buf).unwrap_or(0);
-                if n == 0 {
-                    stdin_open = false;
-                } else {
-                    let _ = sys::write_fd(m.as_fd(), &buf[..n]);
+                let sent = n > 0
+                    && io
+                        .stdin
+                        .as_ref()
+                        .is_some_and(|w| sys::write_fd(w.as_fd(), &buf[..n]).is_ok());
+                if !sent {
+                    // EOF on host stdin: close the pipe (EOF for the
+                    // workload), or stop reading for the pty.
+                    io.stdin = None;
                 }
             }
         }
@@ -319,36 +498,50 @@ fn supervise(
             }
         }
     };
-    if let Some(m) = master.filter(|_| master_open) {
-        // Drain what the workload wrote just before it exited.
-        while let Ok(r) = sys::poll_readable(&[m.as_fd()], 0) {
-            if !r[0] || !copy_out(m, &mut buf, &mut stdout) {
-                break;
-            }
-        }
+    // Drain what the workload wrote just before it exited. Every process of
+    // the container died with its PID 1, so the write ends close promptly;
+    // the deadline only bounds a stuck host terminal.
+    io.stdin = None;
+    let deadline = Instant::now() + std::time::Duration::from_secs(2);
+    while !io.out.is_empty() && Instant::now() < deadline {
+        let fds: Vec<_> = io.out.iter().map(|(f, _)| f.as_fd()).collect();
+        let Ok(ready) = sys::poll_readable(&fds, 100) else {
+            break;
+        };
+        relay_out(&mut io.out, &ready, &mut buf);
     }
     if let Some(saved) = raw {
         sys::restore_termios(0, &saved);
     }
-    let _ = stdout.flush();
+    let _ = std::io::stdout().flush();
     Ok(match exit {
         Exit::Code(c) => c,
         Exit::Signal(s) => 128 + s,
     })
 }
 
-/// Copies one read from the pty master to stdout; false on EOF/EIO.
-fn copy_out(master: &OwnedFd, buf: &mut [u8], out: &mut std::io::Stdout) -> bool {
-    let mut f = match master.try_clone() {
-        Ok(f) => File::from(f),
-        Err(_) => return false,
-    };
-    match f.read(buf) {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            let _ = out.write_all(&buf[..n]);
-            let _ = out.flush();
-            true
+/// Copies one read from each ready output source to its host fd; drops the
+/// sources at EOF (or EIO: the pty's last peer closed).
+fn relay_out(out: &mut Vec<(File, i32)>, ready: &[bool], buf: &mut [u8]) {
+    let mut i = 0;
+    out.retain_mut(|(src, dst)| {
+        let is_ready = ready.get(i).copied().unwrap_or(false);
+        i += 1;
+        if !is_ready {
+            return true;
         }
-    }
+        match src.read(buf) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                if *dst == 1 {
+                    let mut o = std::io::stdout();
+                    let _ = o.write_all(&buf[..n]);
+                    let _ = o.flush();
+                } else {
+                    let _ = std::io::stderr().write_all(&buf[..n]);
+                }
+                true
+            }
+        }
+    });
 }

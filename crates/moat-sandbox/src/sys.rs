@@ -153,6 +153,76 @@ pub fn move_mount_fd(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> io::Result<()>
     Ok(())
 }
 
+/// `move_mount(2)` of the mount `from` onto the current working directory
+/// (no path walk: nothing on the way needs to be searchable).
+pub fn move_mount_to_cwd(from: BorrowedFd<'_>) -> io::Result<()> {
+    let empty = c"";
+    // SAFETY: `from` is valid; AT_FDCWD with an empty path and
+    // MOVE_MOUNT_T_EMPTY_PATH names the working directory.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            empty.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    })?;
+    Ok(())
+}
+
+/// Sets only the effective uid (the real and saved uids stay, so the
+/// change can be undone). From 0 to non-zero the kernel clears the
+/// effective capabilities; back to 0 it restores them from the permitted set.
+pub fn set_euid(uid: u32) -> io::Result<()> {
+    // SAFETY: integer arguments; u32::MAX (-1) leaves real and saved alone.
+    check(unsafe { libc::setresuid(u32::MAX, uid, u32::MAX) } as libc::c_long).map(drop)
+}
+
+/// The effective uid switched away from 0 for a while (to create a user
+/// namespace owned by that uid and write its id maps), keeping the
+/// effective capabilities through `SECBIT_NO_SETUID_FIXUP` where this
+/// process may set it. Not undone on drop: the cloned child must not undo
+/// anything of the parent's.
+pub struct EuidSwitch {
+    old_securebits: Option<libc::c_ulong>,
+}
+
+const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+
+impl EuidSwitch {
+    pub fn to(uid: u32) -> io::Result<Self> {
+        // SAFETY: PR_GET_SECUREBITS takes no pointer arguments.
+        let old = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
+        let old_securebits = (old >= 0)
+            .then_some(old as libc::c_ulong)
+            .filter(|&o| prctl(libc::PR_SET_SECUREBITS, o | SECBIT_NO_SETUID_FIXUP, 0).is_ok());
+        if let Err(e) = set_euid(uid) {
+            if let Some(o) = old_securebits {
+                let _ = prctl(libc::PR_SET_SECUREBITS, o, 0);
+            }
+            return Err(e);
+        }
+        Ok(Self { old_securebits })
+    }
+
+    /// Back to effective uid 0 and the previous securebits.
+    pub fn restore(self) -> io::Result<()> {
+        set_euid(0)?;
+        if let Some(o) = self.old_securebits {
+            prctl(libc::PR_SET_SECUREBITS, o, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// `fchdir(2)`.
+pub fn fchdir(dir: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: `dir` is a valid descriptor.
+    check(unsafe { libc::fchdir(dir.as_raw_fd()) } as libc::c_long).map(drop)
+}
+
 /// `mount_setattr(2)` on the mount referred to by `fd` (optionally recursive).
 pub fn mount_setattr(fd: BorrowedFd<'_>, set: u64, clear: u64, recursive: bool) -> io::Result<()> {
     mount_setattr_raw(fd, set, clear, recursive, 0)
@@ -468,8 +538,10 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<Vec<
     Ok(pfds.iter().map(|p| p.revents != 0).collect())
 }
 
-/// Installs a seccomp filter (`SECCOMP_SET_MODE_FILTER`) on this thread.
-pub fn seccomp_install(filter: &[libc::sock_filter]) -> io::Result<()> {
+/// Installs a seccomp filter (`SECCOMP_SET_MODE_FILTER`) on this thread;
+/// with `log`, every action but allow is logged by the kernel's audit
+/// (`SECCOMP_FILTER_FLAG_LOG`), which is how moat names a denied call.
+pub fn seccomp_install(filter: &[libc::sock_filter], log: bool) -> io::Result<()> {
     let prog = libc::sock_fprog {
         len: filter.len() as u16,
         filter: filter.as_ptr() as *mut libc::sock_filter,
@@ -480,7 +552,11 @@ pub fn seccomp_install(filter: &[libc::sock_filter]) -> io::Result<()> {
         libc::syscall(
             libc::SYS_seccomp,
             libc::SECCOMP_SET_MODE_FILTER,
-            0,
+            if log {
+                libc::SECCOMP_FILTER_FLAG_LOG
+            } else {
+                0
+            },
             &prog as *const libc::sock_fprog,
         )
     })

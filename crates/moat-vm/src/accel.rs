@@ -24,8 +24,38 @@ pub struct ProbeResult {
     pub guest_kernel: String,
     pub host_kernel: String,
     pub kvm: bool,
-    /// Why KVM is not used (empty when it is).
+    /// Why KVM is not used (empty when it is), in the user's terms.
     pub reason: String,
+    /// The same, as data (`None` when KVM is used; a cache written before
+    /// it existed is probed again).
+    #[serde(default)]
+    pub why: Option<NoKvm>,
+}
+
+/// Why micro-VMs cannot use KVM here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NoKvm {
+    /// There is no `/dev/kvm`.
+    Missing,
+    /// `/dev/kvm` exists but cannot be opened.
+    Unusable { error: String },
+    /// Only root may open `/dev/kvm`, and the jailed VMM is not root.
+    RootOnly { mode: u32 },
+    /// A test guest failed or stayed silent under KVM.
+    GuestFailed { detail: String },
+}
+
+impl NoKvm {
+    /// What it means for the user (never a bare error of QEMU's).
+    pub fn explain(&self) -> String {
+        match self {
+            NoKvm::Missing => "this host offers no hardware virtualisation (there is no /dev/kvm: the CPU has no VT-x/AMD-V, it is switched off, or the kvm module is not loaded)".into(),
+            NoKvm::Unusable { error } => format!("this host's hardware virtualisation is not usable (/dev/kvm cannot be opened: {error})"),
+            NoKvm::RootOnly { mode } => format!("/dev/kvm may be opened by root only (mode {mode:04o}), and moat runs each micro-VM as an unprivileged user; giving /dev/kvm to a kvm group with mode 0660 (Debian's default) lets micro-VMs use it"),
+            NoKvm::GuestFailed { detail } => format!("hardware virtualisation is present but a test micro-VM did not run under it ({detail})"),
+        }
+    }
 }
 
 fn guest_kernel_id(path: &Path) -> String {
@@ -49,23 +79,31 @@ pub fn probe(state_root: &Path, hv: &dyn Hypervisor) -> Result<(ProbeResult, boo
     let cache = state_root.join("vm").join("accel.json");
     if let Ok(text) = fs::read(&cache) {
         if let Ok(r) = serde_json::from_slice::<ProbeResult>(&text) {
-            if r.guest_kernel == key.0 && r.host_kernel == key.1 {
+            if r.guest_kernel == key.0 && r.host_kernel == key.1 && (r.kvm || r.why.is_some()) {
                 return Ok((r, false));
             }
         }
     }
-    let (kvm, reason) = match fs::File::options().read(true).write(true).open("/dev/kvm") {
-        Err(e) => (false, format!("/dev/kvm is not usable ({e})")),
-        Ok(_) => match probe_boot(state_root, hv) {
-            Ok(()) => (true, String::new()),
-            Err(why) => (false, why),
-        },
+    let why = match fs::File::options().read(true).write(true).open("/dev/kvm") {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(NoKvm::Missing),
+        Err(e) => Some(NoKvm::Unusable {
+            error: e.to_string(),
+        }),
+        // The jailed VMM keeps only the group of /dev/kvm; without one that
+        // may read and write it, QEMU would fail with "Permission denied".
+        Ok(f) if crate::jail::kvm_group().is_none() => Some(NoKvm::RootOnly {
+            mode: f.metadata().map_or(0, |m| m.mode() & 0o7777),
+        }),
+        Ok(_) => probe_boot(state_root, hv)
+            .err()
+            .map(|detail| NoKvm::GuestFailed { detail }),
     };
     let r = ProbeResult {
         guest_kernel: key.0,
         host_kernel: key.1,
-        kvm,
-        reason,
+        kvm: why.is_none(),
+        reason: why.as_ref().map(NoKvm::explain).unwrap_or_default(),
+        why,
     };
     let dir = state_root.join("vm");
     let _ = fs::create_dir_all(&dir);
@@ -87,12 +125,13 @@ fn probe_boot(state_root: &Path, hv: &dyn Hypervisor) -> Result<(), String> {
             vcpus: 1,
             memory_mib: 128,
             accel: Accel::Kvm,
+            cpu_millis: None,
             id: &id,
             cleanup: Vec::new(),
             trace: false,
         },
     )
-    .map_err(|e| format!("the KVM test guest could not start: {e}"))?;
+    .map_err(|e| format!("it could not start: {e}"))?;
     let mut sock = fs::File::from(booted.control.try_clone().map_err(|e| e.to_string())?);
     let _ = sys::set_nonblocking(std::os::fd::AsFd::as_fd(&sock), true);
     let mut decoder = Decoder::new();
@@ -116,11 +155,11 @@ fn probe_boot(state_root: &Path, hv: &dyn Hypervisor) -> Result<(), String> {
         if booted.vmm.try_wait().is_some() {
             let tail = console_tail(&mut booted.vmm.console, 3);
             let last = tail.lines().last().unwrap_or("no output").to_string();
-            return Err(format!("a test guest failed under KVM ({last})"));
+            return Err(format!("it stopped with: {last}"));
         }
     }
     Err(format!(
-        "a test guest did not answer within {} s under KVM (on PVM hosts stock guests hang)",
+        "it did not answer within {} s; on PVM hosts stock guests hang",
         PROBE_DEADLINE.as_secs()
     ))
 }
@@ -148,7 +187,7 @@ pub fn select(
     }
     if fresh {
         notice(&format!(
-            "moat: using TCG (software emulation, slower) for micro-VMs: {}; force one with --accel kvm|tcg",
+            "moat: running micro-VMs under TCG (software emulation, slower): {}; force one with --accel kvm|tcg",
             r.reason
         ));
     }

@@ -24,6 +24,8 @@ pub struct BootRequest<'a> {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub accel: Accel,
+    /// CPU bandwidth of the VMM's cgroup, millicpus (the policy's `cpus`).
+    pub cpu_millis: Option<u64>,
     /// Unique VM id (hex).
     pub id: &'a str,
     pub cleanup: Vec<std::path::PathBuf>,
@@ -73,6 +75,8 @@ pub fn boot(hv: &dyn Hypervisor, req: BootRequest<'_>) -> Result<Booted, VmError
             name: format!("vm-{}", req.id),
             uid: jail::UID_BASE + n,
             guest_memory_mib: req.memory_mib,
+            vcpus: req.vcpus,
+            cpu_millis: req.cpu_millis,
             cleanup: req.cleanup,
             hide: vec![req.state_root.to_path_buf()],
             device_group: match req.accel {

@@ -14,6 +14,22 @@ pub enum InitramfsError {
     AgentMissing { searched: String },
     #[error("guest agent {path} is not a static binary (it has an ELF interpreter): build it with RUSTFLAGS='-C target-feature=+crt-static' (`make agent`)")]
     AgentNotStatic { path: PathBuf },
+    #[error("refusing guest agent {path}: {what} {checked} is owned by uid {uid} (mode {mode:04o}); moat boots only an agent that root owns in directories only root can write to: install it as root (`install -o root -m 0755`) or point MOAT_AGENT at such a copy")]
+    AgentNotRoot {
+        path: PathBuf,
+        what: &'static str,
+        checked: PathBuf,
+        uid: u32,
+        mode: u32,
+    },
+    #[error("refusing guest agent {path}: {what} {checked} is writable by {who} (mode {mode:04o}); moat boots only an agent that nobody but root can replace: `chmod go-w {checked}`, or install the agent elsewhere and point MOAT_AGENT at it")]
+    AgentWritable {
+        path: PathBuf,
+        what: &'static str,
+        checked: PathBuf,
+        who: &'static str,
+        mode: u32,
+    },
     #[error("{op} {path}")]
     Io {
         op: &'static str,
@@ -133,32 +149,33 @@ pub fn image(agent: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Finds the static agent: `MOAT_AGENT`, next to the running executable, or
-/// in the cargo target directory it was built into (`make agent`).
+/// Where an installed agent lives (a package or an install puts it there).
+pub const INSTALLED_AGENTS: [&str; 2] =
+    ["/usr/local/lib/moat/moat-agent", "/usr/lib/moat/moat-agent"];
+
+/// Finds the static agent: `MOAT_AGENT`, else the installed locations
+/// ([`INSTALLED_AGENTS`]). Debug builds (the tests, `cargo run`) also look
+/// in the cargo target directory they were built into (`make agent`); a
+/// release build never looks beside its own executable, so a `moat` copied
+/// to a directory such as `/tmp/x/` finds nothing that other users can
+/// plant. Whatever is found must pass [`check_trusted`].
 pub fn locate_agent() -> Result<PathBuf, InitramfsError> {
     let mut candidates = Vec::new();
     if let Some(p) = std::env::var_os("MOAT_AGENT") {
         candidates.push(PathBuf::from(p));
-    } else if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            candidates.push(dir.join("moat-agent.static"));
-            // target/{debug,release}/moat[/deps/test] -> target/x86_64-unknown-linux-gnu/release/moat-agent
-            for up in [dir.parent(), dir.parent().and_then(Path::parent)]
-                .into_iter()
-                .flatten()
-            {
-                for profile in ["release", "debug"] {
-                    candidates.push(
-                        up.join("x86_64-unknown-linux-gnu")
-                            .join(profile)
-                            .join("moat-agent"),
-                    );
-                }
-            }
-        }
+    } else {
+        candidates.extend(INSTALLED_AGENTS.iter().map(PathBuf::from));
+        #[cfg(debug_assertions)]
+        candidates.extend(build_tree_agents());
     }
     for c in &candidates {
         if c.is_file() {
+            let file = fs::File::open(c).map_err(|source| InitramfsError::Io {
+                op: "open",
+                path: c.clone(),
+                source,
+            })?;
+            check_trusted(c, &file)?;
             return Ok(c.clone());
         }
     }
@@ -169,6 +186,85 @@ pub fn locate_agent() -> Result<PathBuf, InitramfsError> {
             .collect::<Vec<_>>()
             .join(", "),
     })
+}
+
+/// The agent a debug build finds in its own cargo target directory.
+#[cfg(debug_assertions)]
+fn build_tree_agents() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            // target/debug/moat[/deps/test] -> target/x86_64-unknown-linux-gnu/release/moat-agent
+            for up in [dir.parent(), dir.parent().and_then(Path::parent)]
+                .into_iter()
+                .flatten()
+            {
+                for profile in ["release", "debug"] {
+                    out.push(
+                        up.join("x86_64-unknown-linux-gnu")
+                            .join(profile)
+                            .join("moat-agent"),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether `file` (opened from `path`) may become a guest's PID 1: owned by
+/// root (or by the user running moat), not writable by group or others,
+/// and every directory above it owned likewise and not writable by group
+/// or others unless sticky (where only a file's owner may replace it).
+pub fn check_trusted(path: &Path, file: &fs::File) -> Result<(), InitramfsError> {
+    let me = crate::sys::geteuid();
+    let check = |what: &'static str, checked: &Path, md: &fs::Metadata, dir: bool| {
+        let mode = md.mode() & 0o7777;
+        if md.uid() != 0 && md.uid() != me {
+            return Err(InitramfsError::AgentNotRoot {
+                path: path.to_path_buf(),
+                what,
+                checked: checked.to_path_buf(),
+                uid: md.uid(),
+                mode,
+            });
+        }
+        let sticky = dir && mode & 0o1000 != 0;
+        if mode & 0o022 != 0 && !sticky {
+            return Err(InitramfsError::AgentWritable {
+                path: path.to_path_buf(),
+                what,
+                checked: checked.to_path_buf(),
+                who: if mode & 0o002 != 0 {
+                    "others"
+                } else {
+                    "its group"
+                },
+                mode,
+            });
+        }
+        Ok(())
+    };
+    let md = file.metadata().map_err(|source| InitramfsError::Io {
+        op: "stat",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    check("the file", path, &md, false)?;
+    let abs = fs::canonicalize(path).map_err(|source| InitramfsError::Io {
+        op: "resolve",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    for dir in abs.ancestors().skip(1) {
+        let md = fs::metadata(dir).map_err(|source| InitramfsError::Io {
+            op: "stat",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        check("its directory", dir, &md, true)?;
+    }
+    Ok(())
 }
 
 fn is_static(elf: &[u8]) -> bool {
@@ -187,12 +283,16 @@ fn is_static(elf: &[u8]) -> bool {
 
 /// The cached initramfs for the current agent, written on first use.
 pub fn ensure(root: &Path) -> Result<PathBuf, InitramfsError> {
+    use std::io::Read;
     let agent = locate_agent()?;
     let io = |op, path: &Path| {
         let path = path.to_path_buf();
         move |source| InitramfsError::Io { op, path, source }
     };
-    let md = fs::metadata(&agent).map_err(io("stat", &agent))?;
+    // Checked and read through one descriptor: what was checked is what boots.
+    let mut file = fs::File::open(&agent).map_err(io("open", &agent))?;
+    check_trusted(&agent, &file)?;
+    let md = file.metadata().map_err(io("stat", &agent))?;
     let mut h = Sha256::new();
     h.update(agent.as_os_str().as_encoded_bytes());
     h.update(format!(":{}:{}:{}", md.len(), md.mtime(), md.mtime_nsec()).as_bytes());
@@ -202,7 +302,8 @@ pub fn ensure(root: &Path) -> Result<PathBuf, InitramfsError> {
     if out.is_file() {
         return Ok(out);
     }
-    let bytes = fs::read(&agent).map_err(io("read", &agent))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io("read", &agent))?;
     if !is_static(&bytes) {
         return Err(InitramfsError::AgentNotStatic { path: agent });
     }
@@ -248,6 +349,56 @@ mod tests {
                 .any(|l| l.starts_with("-rwxr-xr-x") && l.contains(" 7 ")),
             "{listing}"
         );
+    }
+
+    #[test]
+    fn only_an_agent_nobody_else_can_replace_is_trusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("x");
+        fs::create_dir(&dir).unwrap();
+        let agent = dir.join("moat-agent");
+        fs::write(&agent, b"\x7fELF").unwrap();
+        let mode =
+            |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+        let check = || check_trusted(&agent, &fs::File::open(&agent).unwrap());
+        mode(&dir, 0o755);
+        mode(&agent, 0o755);
+        check().unwrap();
+        mode(&agent, 0o775);
+        assert_eq!(
+            check().unwrap_err().to_string(),
+            format!(
+                "refusing guest agent {a}: the file {a} is writable by its group (mode 0775); moat boots only an agent that nobody but root can replace: `chmod go-w {a}`, or install the agent elsewhere and point MOAT_AGENT at it",
+                a = agent.display()
+            )
+        );
+        mode(&agent, 0o755);
+        // A directory where anyone may plant or replace files (as /tmp/x/ of
+        // a copied moat binary would be).
+        mode(&dir, 0o777);
+        assert_eq!(
+            check().unwrap_err().to_string(),
+            format!(
+                "refusing guest agent {a}: its directory {d} is writable by others (mode 0777); moat boots only an agent that nobody but root can replace: `chmod go-w {d}`, or install the agent elsewhere and point MOAT_AGENT at it",
+                a = agent.display(),
+                d = dir.display()
+            )
+        );
+        // Sticky (like /tmp itself): only the owner of a file may replace it.
+        mode(&dir, 0o1777);
+        check().unwrap();
+        mode(&dir, 0o755);
+        if crate::sys::geteuid() == 0 {
+            std::os::unix::fs::chown(&agent, Some(4242), None).unwrap();
+            assert_eq!(
+                check().unwrap_err().to_string(),
+                format!(
+                    "refusing guest agent {a}: the file {a} is owned by uid 4242 (mode 0755); moat boots only an agent that root owns in directories only root can write to: install it as root (`install -o root -m 0755`) or point MOAT_AGENT at such a copy",
+                    a = agent.display()
+                )
+            );
+        }
     }
 
     #[test]

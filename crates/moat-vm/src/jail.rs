@@ -1,27 +1,53 @@
 //! The VMM's jail: an unprivileged uid without capabilities or groups,
-//! `no_new_privs`, its own mount (host state hidden), pid, ipc, uts and net
-//! namespaces, a memory cgroup sized to guest memory plus overhead, and
+//! `no_new_privs`, its own mount (host state hidden, a private `/dev/shm`
+//! and `/dev/mqueue`), pid (with a private procfs), ipc, uts and net
+//! namespaces, cgroups (memory sized to guest memory plus overhead, pids,
+//! CPU bandwidth; see [`crate::cgroup`]), no descriptor but its own, and
 //! death with its supervisor.
 //!
 //! Process tree: moat -> `unshare --pid --fork --kill-child` (parent-death
 //! signal from moat) -> `sh` as PID 1 of the new pid namespace (parent-death
-//! signal from unshare, still root) -> `setpriv` -> the VMM. Whatever way
-//! moat ends, the chain of SIGKILLs reaches the namespace's PID 1, and the
-//! kernel kills everything else in the namespace with it. (The VMM itself
-//! cannot carry a parent-death signal: changing uid clears it.)
+//! signal from unshare, still root; it mounts the namespace's own procfs)
+//! -> `setpriv` -> the VMM. Whatever way moat ends, the chain of SIGKILLs
+//! reaches the namespace's PID 1, and the kernel kills everything else in
+//! the namespace with it. (The VMM itself cannot carry a parent-death
+//! signal: changing uid clears it.)
+//!
+//! Teardown needs root (killing root's `unshare`, removing cgroups and the
+//! container state), and the supervisor gives root up once the VM runs
+//! ([`crate::sys::drop_privileges`]). So a cleanup watcher, started as root
+//! before the VMM, does it: when the supervisor closes its end of a pipe
+//! (teardown, or the supervisor's death, even by `kill -9`), the watcher
+//! kills everything in the VM's cgroups at once ([`crate::cgroup::Kill`]),
+//! removes the cgroups and the state, and closes a second pipe that the
+//! supervisor waits on, so that `moat run` returns only once nothing is
+//! left.
 
 use std::ffi::CString;
-use std::fs::{self, File};
+use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::cgroup::{self, Limits, VmCgroups};
 use crate::hypervisor::VmmCommand;
 use crate::sys;
 
 /// First uid of the range jailed VMMs run as (each VM gets its own).
 pub const UID_BASE: u32 = 0x7000_0000;
+
+/// First uid of the range VM supervisors drop to once the VM runs (each
+/// VM's supervisor its own, never the uid of any VMM).
+pub const SUPERVISOR_UID_BASE: u32 = UID_BASE + 0x1_0000;
+
+/// The uid the supervisor of the VM whose VMM runs as `vmm_uid` drops to.
+pub fn supervisor_uid(vmm_uid: u32) -> u32 {
+    SUPERVISOR_UID_BASE + (vmm_uid.wrapping_sub(UID_BASE) & 0xffff)
+}
+
+/// How long the teardown waits for the cleanup watcher.
+const TEARDOWN_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Host directories a VMM has no business seeing.
 const HIDDEN: [&str; 8] = [
@@ -37,11 +63,22 @@ const HIDDEN: [&str; 8] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
-    #[error("no memory cgroup controller is reachable (looked for cgroup v2 at /sys/fs/cgroup and v1 at /sys/fs/cgroup/memory): mount one, or run moat where cgroups are available")]
+    #[error("no memory cgroup controller is reachable (looked for cgroup v2 and v1 hierarchies in /proc/self/mountinfo): mount one, or run moat where cgroups are available")]
     NoMemoryCgroup,
+    #[error("no cgroup hierarchy (v1 or v2) offers the {controller} controller, which the VMM's jail needs: enable it (mount it on v1, or add it to cgroup.subtree_control on v2)")]
+    ControllerMissing { controller: &'static str },
+    #[error("reading the cgroup mounts from /proc/self/mountinfo")]
+    ReadMounts(#[source] std::io::Error),
     #[error("setting up cgroup {path}")]
     Cgroup {
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {value:?} to {path}")]
+    CgroupWrite {
+        path: PathBuf,
+        value: String,
         #[source]
         source: std::io::Error,
     },
@@ -53,103 +90,23 @@ pub enum JailError {
     },
 }
 
-/// A memory cgroup for one VM (v2 or v1).
-#[derive(Debug)]
-pub struct Cgroup {
-    pub dir: PathBuf,
-}
-
-impl Cgroup {
-    pub fn create(name: &str, limit_bytes: u64) -> Result<Cgroup, JailError> {
-        let v2 = Path::new("/sys/fs/cgroup");
-        let v2_memory = fs::read_to_string(v2.join("cgroup.controllers"))
-            .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"));
-        let (parent, limit_file) = if v2_memory {
-            (v2.join("moat"), "memory.max")
-        } else if Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").is_file() {
-            (
-                PathBuf::from("/sys/fs/cgroup/memory/moat"),
-                "memory.limit_in_bytes",
-            )
-        } else {
-            return Err(JailError::NoMemoryCgroup);
-        };
-        let err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| JailError::Cgroup { path, source }
-        };
-        if !parent.is_dir() {
-            match fs::create_dir(&parent) {
-                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                    return Err(err(&parent)(e))
-                }
-                _ => {}
-            }
-        }
-        if v2_memory {
-            fs::write(v2.join("cgroup.subtree_control"), "+memory").map_err(err(v2))?;
-            fs::write(parent.join("cgroup.subtree_control"), "+memory").map_err(err(&parent))?;
-        }
-        sweep_stale(&parent);
-        let dir = parent.join(name);
-        fs::create_dir(&dir).map_err(err(&dir))?;
-        let cg = Cgroup { dir };
-        fs::write(cg.dir.join(limit_file), limit_bytes.to_string()).map_err(err(&cg.dir))?;
-        Ok(cg)
-    }
-
-    fn procs(&self) -> PathBuf {
-        self.dir.join("cgroup.procs")
-    }
-
-    /// Waits (bounded) until no process is left, then removes the group.
-    pub fn remove(&self) {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            match fs::remove_dir(&self.dir) {
-                Ok(()) => return,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    }
-
-    /// PIDs in the group.
-    pub fn pids(&self) -> Vec<i32> {
-        fs::read_to_string(self.procs())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
-    }
-}
-
-/// Removes empty per-VM groups left by supervisors that were killed. Only
-/// groups older than a minute: a younger one may belong to a VM whose VMM
-/// has not joined it yet.
-fn sweep_stale(parent: &Path) {
-    let old = |p: &Path| {
-        fs::metadata(p)
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > Duration::from_secs(60)))
-    };
-    if let Ok(entries) = fs::read_dir(parent) {
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with("vm-") && old(&e.path()) {
-                // Fails with EBUSY while processes are inside: then it is not stale.
-                let _ = fs::remove_dir(e.path());
-            }
-        }
-    }
-}
-
 /// A running, jailed VMM.
 pub struct RunningVmm {
     child: Option<Child>,
     pub console: File,
-    cgroup: Cgroup,
-    /// Keeps the cleanup watcher waiting; closing it (any exit) wakes it.
-    _reaper: OwnedFd,
+    /// The uid the VMM runs as.
+    pub uid: u32,
+    /// The memory cgroup's OOM counters, opened while still root (read at
+    /// the end with [`RunningVmm::oom_kills`]).
+    oom_events: Option<File>,
+    /// The memory limit of the VMM's cgroup, as set, and its file (opened
+    /// while still root: someone may have changed it since).
+    pub memory_limit_bytes: u64,
+    memory_limit: Option<File>,
+    /// Closing it (teardown, or any exit) wakes the cleanup watcher.
+    reaper_trigger: Option<OwnedFd>,
+    /// At end of file once the cleanup watcher is done.
+    reaper_done: Option<File>,
 }
 
 impl RunningVmm {
@@ -164,17 +121,35 @@ impl RunningVmm {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
-    /// Kills the VMM and everything in its namespace, and waits until the
-    /// cgroup is empty and removed.
+    /// OOM kills in the VMM's memory cgroup so far.
+    pub fn oom_kills(&mut self) -> u64 {
+        read_again(self.oom_events.as_mut()).map_or(0, |t| cgroup::oom_kills(&t))
+    }
+
+    /// The memory limit of the VMM's cgroup now, bytes.
+    pub fn memory_limit_now(&mut self) -> u64 {
+        read_again(self.memory_limit.as_mut())
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(self.memory_limit_bytes)
+    }
+
+    /// Kills the VMM and everything in its cgroups, and waits (bounded)
+    /// until the cleanup watcher has removed the cgroups and the state.
+    /// Needs no privilege: it only closes a pipe and waits.
     pub fn shutdown(&mut self) {
+        drop(self.reaper_trigger.take());
+        let deadline = Instant::now() + TEARDOWN_DEADLINE;
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            while Instant::now() < deadline {
+                match c.try_wait() {
+                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                    _ => break,
+                }
+            }
         }
-        for pid in self.cgroup.pids() {
-            let _ = sys::kill(pid, libc::SIGKILL);
+        if let Some(done) = self.reaper_done.take() {
+            wait_eof(&done, deadline);
         }
-        self.cgroup.remove();
     }
 }
 
@@ -184,13 +159,50 @@ impl Drop for RunningVmm {
     }
 }
 
+/// The text of a small file opened earlier, read again from its start.
+fn read_again(f: Option<&mut File>) -> Option<String> {
+    use std::io::{Read, Seek};
+    let f = f?;
+    let mut text = String::new();
+    f.rewind().ok()?;
+    f.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// Waits until `f` (a pipe) is at end of file, or `deadline`.
+fn wait_eof(f: &File, deadline: Instant) {
+    use std::io::Read;
+    let mut buf = [0u8; 64];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let mut fds = [libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+        if sys::poll(&mut fds, ms).is_err() {
+            return;
+        }
+        if fds[0].revents != 0 && matches!((&*f).read(&mut buf), Ok(0) | Err(_)) {
+            return;
+        }
+    }
+}
+
 /// Options of the jail.
 pub struct JailSpec {
     /// Unique name (`vm-<id>`), used for the cgroup.
     pub name: String,
     pub uid: u32,
     pub guest_memory_mib: u64,
-    /// Extra paths the cleanup watcher removes if moat dies abruptly.
+    pub vcpus: u32,
+    /// CPU bandwidth of the VMM's cgroup, millicpus (the policy's `cpus`).
+    pub cpu_millis: Option<u64>,
+    /// Extra paths the cleanup watcher removes.
     pub cleanup: Vec<PathBuf>,
     /// Extra host directories to hide from the VMM (moat's state root).
     pub hide: Vec<PathBuf>,
@@ -200,29 +212,51 @@ pub struct JailSpec {
     pub device_group: Option<u32>,
 }
 
+fn spawn_err(program: &str) -> impl FnOnce(std::io::Error) -> JailError + '_ {
+    move |source| JailError::Spawn {
+        program: program.to_string(),
+        source,
+    }
+}
+
 /// Starts `cmd` in the jail.
 pub fn spawn(cmd: VmmCommand, spec: &JailSpec) -> Result<RunningVmm, JailError> {
-    let limit = (spec.guest_memory_mib + cmd.overhead_mib) * 1024 * 1024;
-    let cgroup = Cgroup::create(&spec.name, limit)?;
-    let procs = File::options()
-        .write(true)
-        .open(cgroup.procs())
-        .map_err(|source| JailError::Cgroup {
-            path: cgroup.procs(),
-            source,
-        })?;
-    let reaper = spawn_reaper(&cgroup.dir, &spec.cleanup).map_err(|source| JailError::Spawn {
-        program: "cleanup watcher (/bin/sh)".into(),
-        source,
-    })?;
-    let (console_r, console_w) = sys::pipe().map_err(|source| JailError::Spawn {
-        program: "pipe".into(),
-        source,
-    })?;
-    let console_w2 = console_w.try_clone().map_err(|source| JailError::Spawn {
-        program: "pipe".into(),
-        source,
-    })?;
+    let limits = Limits {
+        memory_bytes: (spec.guest_memory_mib + cmd.overhead_mib) * 1024 * 1024,
+        pids: cgroup::PIDS_BASE + 2 * u64::from(spec.vcpus),
+        cpu_millis: spec.cpu_millis,
+    };
+    let cgroups = VmCgroups::create(&spec.name, &limits)?;
+    let opened: Result<Vec<File>, JailError> = cgroups
+        .procs_files()
+        .into_iter()
+        .map(|p| {
+            File::options()
+                .write(true)
+                .open(&p)
+                .map_err(|source| JailError::Cgroup { path: p, source })
+        })
+        .collect();
+    let procs = match opened {
+        Ok(p) => p,
+        Err(e) => {
+            cgroups.remove();
+            return Err(e);
+        }
+    };
+    let oom_events = File::open(&cgroups.oom_events).ok();
+    let memory_limit = File::open(&cgroups.memory_limit).ok();
+    // From here on the watcher owns the cgroups and the cleanup paths.
+    let (reaper_trigger, reaper_done) = match spawn_reaper(&cgroups, &spec.cleanup) {
+        Ok(r) => r,
+        Err(e) => {
+            cgroups.remove();
+            return Err(spawn_err("cleanup watcher (/bin/sh)")(e));
+        }
+    };
+    let (console_r, console_w) = sys::pipe().map_err(spawn_err("pipe"))?;
+    let console_w2 = console_w.try_clone().map_err(spawn_err("pipe"))?;
+    let cstring = |p: &Path| CString::new(p.as_os_str().as_encoded_bytes()).ok();
     let hide: Vec<CString> = HIDDEN
         .iter()
         .map(PathBuf::from)
@@ -234,19 +268,31 @@ pub fn spawn(cmd: VmmCommand, spec: &JailSpec) -> Result<RunningVmm, JailError> 
                 .cloned(),
         )
         .filter(|d| d.is_dir())
-        .filter_map(|d| CString::new(d.into_os_string().into_encoded_bytes()).ok())
+        .filter_map(|d| cstring(&d))
         .collect();
+    let dir = |p: &str| {
+        Path::new(p)
+            .is_dir()
+            .then(|| cstring(Path::new(p)))
+            .flatten()
+    };
     let pre = sys::PreExec {
         fds: cmd.fds.iter().map(|(fd, n)| (fd.as_raw_fd(), *n)).collect(),
-        cgroup_procs: Some(procs.as_raw_fd()),
+        cgroup_procs: procs.iter().map(|f| f.as_raw_fd()).collect(),
         hide,
+        private_shm: dir("/dev/shm"),
+        private_mqueue: dir("/dev/mqueue"),
     };
     let uid = spec.uid.to_string();
     let groups = match spec.device_group {
         Some(g) => format!("--groups={g}"),
         None => "--clear-groups".to_string(),
     };
-    let script = r#"u=$1; g=$2; shift 2; setpriv --reuid="$u" --regid="$u" "$g" --bounding-set=-all --inh-caps=-all --no-new-privs -- "$@" & wait $!"#;
+    // PID 1 of the new pid namespace mounts the namespace's own procfs
+    // (host processes invisible; hidepid: the VMM sees only itself).
+    let script = r#"u=$1; g=$2; shift 2
+mount -t proc -o nosuid,nodev,noexec,hidepid=2 proc /proc || exit 125
+setpriv --reuid="$u" --regid="$u" "$g" --bounding-set=-all --inh-caps=-all --no-new-privs -- "$@" & wait $!"#;
     let mut command = Command::new("unshare");
     command
         .args([
@@ -268,44 +314,69 @@ pub fn spawn(cmd: VmmCommand, spec: &JailSpec) -> Result<RunningVmm, JailError> 
         .stderr(Stdio::from(console_w2))
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    let child = sys::spawn_with(&mut command, pre).map_err(|source| JailError::Spawn {
-        program: cmd.program.display().to_string(),
-        source,
-    })?;
+    let child = sys::spawn_with(&mut command, pre)
+        .map_err(spawn_err(&cmd.program.display().to_string()))?;
     // The child has its own copies now.
     drop(cmd.fds);
     drop(procs);
     Ok(RunningVmm {
         child: Some(child),
         console: File::from(console_r),
-        cgroup,
-        _reaper: reaper,
+        uid: spec.uid,
+        oom_events,
+        memory_limit_bytes: limits.memory_bytes,
+        memory_limit,
+        reaper_trigger: Some(reaper_trigger),
+        reaper_done: Some(File::from(reaper_done)),
     })
 }
 
-/// A watcher in its own session that removes the cgroup and `paths` once
-/// moat's end of its stdin closes, however moat ended (even `kill -9`).
-fn spawn_reaper(cgroup: &Path, paths: &[PathBuf]) -> std::io::Result<OwnedFd> {
-    let (r, w) = sys::pipe()?;
+/// A watcher in its own session that, once the write end of its stdin
+/// closes (teardown, or moat's death however it ended), kills everything
+/// in the VM's cgroups, removes them and `paths`, and then closes its
+/// stdout. Returns `(trigger, done)`: the write end of its stdin and the
+/// read end of its stdout.
+fn spawn_reaper(cgroups: &VmCgroups, paths: &[PathBuf]) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let (trigger_r, trigger_w) = sys::pipe()?;
+    let (done_r, done_w) = sys::pipe()?;
     // The outer shell backgrounds the watcher and exits at once, so the
     // watcher is re-parented to init and moat needs no reaping thread (a
     // thread would make the process unfit to start a sandbox afterwards,
     // e.g. after the accelerator probe of `--isolation auto`). An
-    // asynchronous list gets /dev/null as stdin, hence the pipe on fd 3.
-    let script = r#"exec 3<&0; (cat <&3 >/dev/null; exec 3<&-; cg=$1; shift; i=0
-while [ -d "$cg" ] && ! rmdir "$cg" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
-rm -rf -- "$@") >/dev/null 2>&1 &"#;
+    // asynchronous list gets /dev/null as stdin, hence fds 3 and 4. A frozen
+    // task cannot exit, so no pid read from a frozen group is reused before
+    // its SIGKILL lands.
+    let script = r#"exec 3<&0 4>&1; (cat <&3 >/dev/null; exec 3<&-
+mode=$1; dir=$2; shift 2
+case $mode in
+kill) echo 1 > "$dir/cgroup.kill" ;;
+freeze) echo FROZEN > "$dir/freezer.state"; i=0
+  while [ "$(cat "$dir/freezer.state")" != FROZEN ] && [ $i -lt 200 ]; do sleep 0.01; i=$((i+1)); done
+  for p in $(cat "$dir/cgroup.procs"); do kill -9 "$p"; done
+  echo THAWED > "$dir/freezer.state" ;;
+*) for p in $(cat "$dir/cgroup.procs"); do kill -9 "$p"; done ;;
+esac
+while [ "$1" != -- ]; do cg=$1; shift; i=0
+  while [ -d "$cg" ] && ! rmdir "$cg" && [ $i -lt 200 ]; do sleep 0.02; i=$((i+1)); done
+done
+shift; rm -rf -- "$@") </dev/null >/dev/null 2>&1 &"#;
+    let (mode, dir) = cgroups.kill.script_args();
     let mut cmd = Command::new("/bin/sh");
-    cmd.args(["-c", script, "moat-reaper"])
-        .arg(cgroup)
+    cmd.args(["-c", script, "moat-reaper", mode])
+        .arg(dir)
+        .args(cgroups.dirs.iter().rev())
+        .arg("--")
         .args(paths)
-        .stdin(Stdio::from(r))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdin(Stdio::from(trigger_r))
+        .stdout(Stdio::from(done_w))
+        .stderr(Stdio::null())
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     let mut child = sys::spawn_detached(&mut cmd)?;
+    drop(cmd);
     // The outer shell exits as soon as the watcher is in the background.
     child.wait()?;
-    Ok(w)
+    Ok((trigger_w, done_r))
 }
 
 /// The group of `/dev/kvm` when that group may read and write it (the

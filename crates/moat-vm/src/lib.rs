@@ -9,6 +9,7 @@
 
 pub mod accel;
 pub mod boot;
+pub mod cgroup;
 pub mod hypervisor;
 pub mod initramfs;
 pub mod jail;
@@ -134,7 +135,13 @@ pub fn run_container_with(
     let root = rootfs::ensure(&opts.state_root, &opts.image_id, &opts.rootfs)?;
     trace.mark("root image (EROFS + verity) ready");
     let id = format!("{:016x}", sys::getrandom_u64());
-    let state = state::ContainerState::write(&opts.run_root, &id, &opts.name, &opts.image_id)?;
+    let mut state = state::ContainerState::write(
+        &opts.run_root,
+        &id,
+        &opts.name,
+        &opts.image_id,
+        &opts.process.args,
+    )?;
     trace.mark("container state written");
     let vcpus = if opts.plan.vm.vcpus == 0 {
         DEFAULT_VCPUS
@@ -154,11 +161,19 @@ pub fn run_container_with(
             vcpus,
             memory_mib,
             accel,
+            cpu_millis: opts.plan.cgroup.cpu_millis,
             id: &id,
-            cleanup: vec![state.dir.clone()],
+            // The per-run disk of `--rootfs DIR` too: a later run's sweep
+            // would find it, but the watcher removes it at once.
+            cleanup: std::iter::once(state.dir.clone())
+                .chain(root.per_run_dir())
+                .collect(),
             trace: trace.on(),
         },
     )?;
+    // The cleanup watcher removes the state from here on (the supervisor
+    // gives up the root that removing it takes).
+    state.hand_over();
     trace.mark("jail set up, VMM spawned");
     let r = session::run(
         booted,
@@ -180,6 +195,26 @@ pub fn run_container_with(
 /// Whether a hardware accelerator really works here (cached probe). `auto`
 /// isolation picks the vm backend only when this is true.
 pub fn accelerator_works(state_root: &Path) -> bool {
+    why_no_accelerator(state_root).is_none()
+}
+
+/// Why micro-VMs cannot run on a hardware accelerator here, in the user's
+/// terms (`None`: they can); the reason `auto` isolation gives for
+/// choosing the sandbox.
+pub fn why_no_accelerator(state_root: &Path) -> Option<String> {
     let hv = Qemu::default();
-    hv.available() && accel::probe(state_root, &hv).is_ok_and(|(r, _)| r.kvm)
+    if !hv.available() {
+        return Some(format!(
+            "QEMU is not installed ({}; Debian package qemu-system-x86)",
+            hv.program.display()
+        ));
+    }
+    match accel::probe(state_root, &hv) {
+        Ok((r, _)) if r.kvm => None,
+        Ok((r, _)) => Some(r.reason),
+        Err(VmError::Kernel(kernel::KernelError::NotBuilt { .. })) => {
+            Some("no guest kernel is built yet (`moat kernel build`, about 5 minutes)".into())
+        }
+        Err(e) => Some(format!("the accelerator probe failed: {e}")),
+    }
 }

@@ -8,6 +8,8 @@ use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
+use moat_image::lock::Staging;
+
 use crate::lock::FileLock;
 
 pub const BLOCK: u64 = 4096;
@@ -44,6 +46,16 @@ pub enum RootfsError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("{entry} in {rootfs} has a {len}-byte name; the VM's root image takes names of at most {max} bytes (mkfs.erofs fails on longer ones): rename it in the image, or run it with --isolation sandbox")]
+    NameTooLong {
+        rootfs: PathBuf,
+        /// The entry's path inside the root, escaped and shortened.
+        entry: String,
+        len: usize,
+        max: usize,
+    },
+    #[error("the state root is not private")]
+    Private(#[source] moat_image::private::PrivateDirError),
     #[error("{op} {path}")]
     Io {
         op: &'static str,
@@ -94,16 +106,70 @@ pub struct RootImage {
     /// True when this call built it (the cold path).
     pub built: bool,
     /// Set for a root directory that is not an image (`--rootfs DIR`): it
-    /// may change between runs, so its disk is built per run and removed.
-    ephemeral: Option<PathBuf>,
+    /// may change between runs, so its disk is built per run in a staging
+    /// directory, removed on drop (or swept once this process is dead).
+    ephemeral: Option<Staging>,
 }
 
-impl Drop for RootImage {
-    fn drop(&mut self) {
-        if let Some(d) = &self.ephemeral {
-            let _ = fs::remove_dir_all(d);
+impl RootImage {
+    /// The per-run directory to remove if moat dies abruptly, if any.
+    pub fn per_run_dir(&self) -> Option<PathBuf> {
+        self.ephemeral.as_ref().map(|s| s.path().to_path_buf())
+    }
+}
+
+/// `<root>/vm/rootfs-v1`, every level mode 0700 (it holds copies of image
+/// trees and their EROFS images: DESIGN rule 10).
+fn private_parent(root: &Path) -> Result<PathBuf, RootfsError> {
+    use moat_image::private::{ensure_private_subdir, ensure_state_root};
+    ensure_state_root(root).map_err(RootfsError::Private)?;
+    let vm = root.join("vm");
+    ensure_private_subdir(&vm).map_err(RootfsError::Private)?;
+    let parent = vm.join("rootfs-v1");
+    ensure_private_subdir(&parent).map_err(RootfsError::Private)?;
+    ensure_private_subdir(&tmp_dir(root)).map_err(RootfsError::Private)?;
+    sweep(root);
+    Ok(parent)
+}
+
+/// `<root>/vm/tmp`: per-run disks and build stages, each in a directory
+/// holding an flock for its creator's lifetime.
+fn tmp_dir(root: &Path) -> PathBuf {
+    root.join("vm").join("tmp")
+}
+
+fn staging(root: &Path, kind: &str) -> Result<Staging, RootfsError> {
+    let tmp = tmp_dir(root);
+    Staging::new(&tmp, kind).map_err(io("create", &tmp))
+}
+
+/// Removes every per-run disk and build stage whose owner is dead: the
+/// staging directories under `vm/tmp` whose lock can be taken, and the
+/// `.run-<pid>-*` / `.stage-*-<pid>` directories older versions made in
+/// `vm/rootfs-v1` whose pid is gone. Returns how many it removed.
+pub fn sweep(root: &Path) -> usize {
+    let mut removed = moat_image::lock::clean_stale(&tmp_dir(root)).unwrap_or(0);
+    let parent = root.join("vm").join("rootfs-v1");
+    let Ok(entries) = fs::read_dir(&parent) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = if let Some(rest) = name.strip_prefix(".run-") {
+            rest.split('-').next()
+        } else if let Some(rest) = name.strip_prefix(".stage-") {
+            rest.rsplit('-').next()
+        } else {
+            continue;
+        };
+        let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() && fs::remove_dir_all(e.path()).is_ok() {
+            removed += 1;
         }
     }
+    removed
 }
 
 /// Cache directory for an image ID.
@@ -114,11 +180,12 @@ pub fn cache_dir(root: &Path, image_id: &str) -> Result<PathBuf, RootfsError> {
         .ok_or_else(|| RootfsError::BadImageId {
             image_id: image_id.to_string(),
         })?;
-    Ok(root.join("vm").join("rootfs-v1").join(hex))
+    Ok(root.join(moat_image::store::VM_CACHE_DIR).join(hex))
 }
 
 /// Returns the cached EROFS+verity image of `rootfs`, building it on first use.
 pub fn ensure(root: &Path, image_id: &str, rootfs: &Path) -> Result<RootImage, RootfsError> {
+    let parent = private_parent(root)?;
     if image_id.starts_with("rootfs:") {
         return ephemeral(root, rootfs);
     }
@@ -131,29 +198,15 @@ pub fn ensure(root: &Path, image_id: &str, rootfs: &Path) -> Result<RootImage, R
             path: rootfs.to_path_buf(),
         });
     }
-    let parent = dir.parent().unwrap_or(root).to_path_buf();
-    fs::create_dir_all(&parent).map_err(io("create", &parent))?;
     let _lock = FileLock::exclusive(&parent.join(".lock")).map_err(io("lock", &parent))?;
     if let Some(img) = load(&dir)? {
         return Ok(img);
     }
-    let stage = parent.join(format!(
-        ".stage-{}-{}",
-        dir.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let _ = fs::remove_dir_all(&stage);
-    fs::create_dir_all(&stage).map_err(io("create", &stage))?;
-    let result = build(&stage, rootfs).and_then(|v| {
-        fs::rename(&stage, &dir).map_err(io("rename", &dir))?;
-        Ok(v)
-    });
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&stage);
-    }
-    let verity = result?;
+    let stage = staging(root, "stage")?;
+    let out = stage.path().join("out");
+    create_private(&out)?;
+    let verity = build(&out, stage.path(), rootfs)?;
+    fs::rename(&out, &dir).map_err(io("rename", &dir))?;
     Ok(RootImage {
         path: dir.join("root.img"),
         verity,
@@ -168,27 +221,23 @@ fn ephemeral(root: &Path, rootfs: &Path) -> Result<RootImage, RootfsError> {
             path: rootfs.to_path_buf(),
         });
     }
-    let parent = root.join("vm").join("rootfs-v1");
-    fs::create_dir_all(&parent).map_err(io("create", &parent))?;
-    let dir = parent.join(format!(
-        ".run-{}-{:x}",
-        std::process::id(),
-        crate::sys::getrandom_u64()
-    ));
-    fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-    let mut img = RootImage {
-        path: dir.join("root.img"),
-        verity: Verity {
-            data_size: 0,
-            root_hash: String::new(),
-            salt: String::new(),
-            image_size: 0,
-        },
+    let stage = staging(root, "run")?;
+    let verity = build(stage.path(), stage.path(), rootfs)?;
+    Ok(RootImage {
+        path: stage.path().join("root.img"),
+        verity,
         built: true,
-        ephemeral: Some(dir.clone()),
-    };
-    img.verity = build(&dir, rootfs)?;
-    Ok(img)
+        ephemeral: Some(stage),
+    })
+}
+
+/// Creates a directory, mode 0700.
+fn create_private(dir: &Path) -> Result<(), RootfsError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("create", dir))
 }
 
 fn load(dir: &Path) -> Result<Option<RootImage>, RootfsError> {
@@ -252,7 +301,60 @@ fn tool(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn build(stage: &Path, rootfs: &Path) -> Result<Verity, RootfsError> {
+/// Longest file name mkfs.erofs (erofs-utils 1.5) accepts: 255 bytes,
+/// which the kernel allows, fails with "Could not format the device".
+const MAX_NAME: usize = 254;
+
+/// A path inside the root for a message: control characters and invalid
+/// UTF-8 escaped, long components shortened.
+fn describe(components: &[Vec<u8>]) -> String {
+    let mut out = String::new();
+    for c in components {
+        out.push('/');
+        let text = String::from_utf8_lossy(c);
+        let escaped: String = text.chars().flat_map(char::escape_debug).collect();
+        if escaped.chars().count() > 40 {
+            let head: String = escaped.chars().take(32).collect();
+            out.push_str(&format!("{head}...({} bytes)", c.len()));
+        } else {
+            out.push_str(&escaped);
+        }
+    }
+    format!("\"{out}\"")
+}
+
+/// Refuses a tree with a name mkfs.erofs cannot store, naming the entry
+/// (instead of mkfs.erofs's "Could not format the device").
+fn check_names(rootfs: &Path) -> Result<(), RootfsError> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut stack: Vec<(PathBuf, Vec<Vec<u8>>)> = vec![(rootfs.to_path_buf(), Vec::new())];
+    while let Some((dir, comps)) = stack.pop() {
+        let rd = fs::read_dir(&dir).map_err(io("read", &dir))?;
+        for e in rd {
+            let e = e.map_err(io("read", &dir))?;
+            let name = e.file_name().as_bytes().to_vec();
+            let mut path = comps.clone();
+            path.push(name.clone());
+            if name.len() > MAX_NAME {
+                return Err(RootfsError::NameTooLong {
+                    rootfs: rootfs.to_path_buf(),
+                    entry: describe(&path),
+                    len: name.len(),
+                    max: MAX_NAME,
+                });
+            }
+            if e.file_type().map_err(io("stat", &e.path()))?.is_dir() {
+                stack.push((e.path(), path));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Builds `out/root.img` (EROFS + verity) and `out/verity.json` from
+/// `rootfs`; a copy of the tree, when one is needed, goes in `work`.
+fn build(out: &Path, work: &Path, rootfs: &Path) -> Result<Verity, RootfsError> {
+    check_names(rootfs)?;
     // The image is never modified: when it lacks a mount point, build from a copy.
     let missing: Vec<&str> = MOUNT_POINTS
         .iter()
@@ -262,7 +364,7 @@ fn build(stage: &Path, rootfs: &Path) -> Result<Verity, RootfsError> {
     let tree = if missing.is_empty() {
         rootfs.to_path_buf()
     } else {
-        let tree = stage.join("tree");
+        let tree = work.join("tree");
         tool(
             "cp",
             "coreutils",
@@ -283,7 +385,7 @@ fn build(stage: &Path, rootfs: &Path) -> Result<Verity, RootfsError> {
         }
         tree
     };
-    let img = stage.join("root.img");
+    let img = out.join("root.img");
     tool(
         "mkfs.erofs",
         "erofs-utils",
@@ -306,7 +408,7 @@ fn build(stage: &Path, rootfs: &Path) -> Result<Verity, RootfsError> {
         .map_err(io("open", &img))?;
     f.set_len(data_size).map_err(io("extend", &img))?;
     drop(f);
-    let out = tool(
+    let vout = tool(
         "veritysetup",
         "cryptsetup-bin",
         Command::new("veritysetup")
@@ -319,12 +421,12 @@ fn build(stage: &Path, rootfs: &Path) -> Result<Verity, RootfsError> {
         &img,
     )?;
     let field = |name: &str| {
-        out.lines()
+        vout.lines()
             .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
             .ok_or_else(|| RootfsError::Tool {
                 tool: "veritysetup",
                 path: img.clone(),
-                detail: format!("no {name:?} in its output: {out}"),
+                detail: format!("no {name:?} in its output: {vout}"),
             })
     };
     let root_hash = field("Root hash:")?;
@@ -336,7 +438,7 @@ fn build(stage: &Path, rootfs: &Path) -> Result<Verity, RootfsError> {
         salt,
         image_size,
     };
-    let meta = stage.join("verity.json");
+    let meta = out.join("verity.json");
     fs::write(
         &meta,
         serde_json::to_vec_pretty(&verity).unwrap_or_default(),
@@ -351,6 +453,66 @@ fn build(stage: &Path, rootfs: &Path) -> Result<Verity, RootfsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 11 item 8: what a `kill -9` leaves (a per-run disk or a build
+    /// stage whose owner is dead) is swept; a live owner's is kept.
+    #[test]
+    fn sweep_removes_per_run_paths_of_dead_owners_only() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("state");
+        let parent = private_parent(&root).unwrap();
+        // Older layout: pid in the name.
+        let dead = parent.join(".run-999999999-abc");
+        let dead_stage = parent.join(format!(".stage-{}-999999999", "c".repeat(64)));
+        let live = parent.join(format!(".run-{}-abc", std::process::id()));
+        for p in [&dead, &dead_stage, &live] {
+            fs::create_dir(p).unwrap();
+            fs::write(p.join("root.img"), b"x").unwrap();
+        }
+        // Current layout: a staging directory whose lock nobody holds (its
+        // creator was killed), and one this process holds.
+        let held = staging(&root, "run").unwrap();
+        let orphan = tmp_dir(&root).join("run-999999999-1-0");
+        fs::create_dir(&orphan).unwrap();
+        fs::write(orphan.join(".lock"), b"").unwrap();
+        fs::write(orphan.join("root.img"), b"x").unwrap();
+        assert_eq!(sweep(&root), 3);
+        assert!(!dead.exists() && !dead_stage.exists() && !orphan.exists());
+        assert!(live.exists() && held.path().exists());
+        drop(held);
+        assert_eq!(fs::read_dir(tmp_dir(&root)).unwrap().count(), 0);
+    }
+
+    /// Issue 23 item 11: a 255-byte name is refused before mkfs.erofs runs,
+    /// with the entry named; 254 bytes build.
+    #[test]
+    fn a_name_mkfs_erofs_cannot_store_is_named() {
+        if Command::new("mkfs.erofs").arg("--help").output().is_err() {
+            println!("SKIP: mkfs.erofs not installed");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let rootfs = d.path().join("rootfs");
+        fs::create_dir_all(rootfs.join("srv/data")).unwrap();
+        fs::write(rootfs.join("srv/data").join("b".repeat(254)), b"ok").unwrap();
+        let state = d.path().join("state");
+        ensure(&state, &format!("sha256:{}", "d".repeat(64)), &rootfs).unwrap();
+        fs::write(rootfs.join("srv/data").join("a".repeat(255)), b"x").unwrap();
+        let err = ensure(&state, &format!("sha256:{}", "e".repeat(64)), &rootfs)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "\"/srv/data/{}...(255 bytes)\" in {} has a 255-byte name; the VM's root image takes names of at most 254 bytes (mkfs.erofs fails on longer ones): rename it in the image, or run it with --isolation sandbox",
+                "a".repeat(32),
+                rootfs.display()
+            )
+        );
+        // Nothing staged is left.
+        assert_eq!(fs::read_dir(tmp_dir(&state)).unwrap().count(), 0);
+        assert_eq!(describe(&[b"a\x1b[2Jb".to_vec()]), "\"/a\\u{1b}[2Jb\"");
+    }
 
     #[test]
     fn dm_table() {

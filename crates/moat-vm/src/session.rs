@@ -6,11 +6,23 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use moat_agent::proto::{Decoder, Message, Start, MAX_DATA};
+use moat_agent::proto::{Decoder, Message, Start, WallClock, MAX_DATA};
 use moat_policy::{Plan, ProcessSpec};
 
 use crate::boot::{console_tail, Booted};
 use crate::{sys, VmError};
+
+/// Signals the supervisor forwards to the workload (`moat kill`, or sent
+/// to `moat run` itself). The first four also start the stop timeout;
+/// SIGKILL ends the supervisor and with it the VM.
+pub const FORWARDED_SIGNALS: [i32; 6] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
 
 /// How long a guest may take to say hello (TCG on a busy 2-core machine is slow).
 pub const HELLO_DEADLINE: Duration = Duration::from_secs(90);
@@ -81,9 +93,15 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
     // What the VMM prints (kernel warnings, QEMU errors), last 16 KiB, for error messages.
     let mut console: Vec<u8> = Vec::new();
     sys::set_nonblocking(booted.vmm.console.as_fd(), true).map_err(VmError::Channel)?;
+    // Start goes out in reply to Hello, stamped with the host's wall-clock
+    // time (the guest has no clock of its own under TCG), and carries this
+    // run's session token: only an Exit or Error frame that echoes it ends
+    // the session. Drawn before the filter, which allows no open.
+    let session = session_token().map_err(VmError::Channel)?;
     // Everything the relay and the teardown need is open: from here on the
-    // supervisor runs under its own filter.
-    crate::supervisor::confine(opts.confine)?;
+    // supervisor is an unprivileged uid under its own filter.
+    let uid = crate::jail::supervisor_uid(booted.vmm.uid);
+    crate::supervisor::confine(opts.confine, uid)?;
     opts.trace.mark("supervisor seccomp filter installed");
     let console_text = |console: &[u8], more: String| {
         let mut t = String::from_utf8_lossy(console).into_owned();
@@ -91,26 +109,6 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
         let lines: Vec<&str> = t.lines().filter(|l| !l.trim().is_empty()).collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     };
-    // Start goes out at once, not after Hello: QEMU holds it in the socket
-    // until the agent opens its port, and the agent finds it waiting (one
-    // round trip less). The agent refuses a Start from another moat version;
-    // the host still refuses an agent of another version when Hello comes.
-    queue(
-        &mut out,
-        Message::Start(Box::new(Start {
-            process: opts.process.clone(),
-            plan: opts.plan.clone(),
-            host_version: env!("CARGO_PKG_VERSION").to_string(),
-        })),
-    )?;
-    if tty {
-        if let Some((rows, cols)) = sys::winsize(0) {
-            queue(&mut out, Message::Resize { rows, cols })?;
-        }
-    }
-    if !opts.process.interactive {
-        queue(&mut out, Message::StdinEof)?;
-    }
     loop {
         if !started && started_at.elapsed() > HELLO_DEADLINE {
             let tail = console_tail(&mut booted.vmm.console, 20);
@@ -128,6 +126,8 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
         if let Some(status) = booted.vmm.try_wait() {
             // Drain what the agent managed to send before the VMM ended.
             if let Some(code) = drain(
+                &session,
+                started,
                 &mut sock,
                 &mut decoder,
                 &mut buf,
@@ -135,6 +135,13 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                 &mut host_err,
             )? {
                 return Ok(code);
+            }
+            if booted.vmm.oom_kills() > 0 {
+                // The host killed the VMM at its cgroup's memory limit: the
+                // workload is gone with it, as if killed by SIGKILL.
+                let limit = booted.vmm.memory_limit_now();
+                let _ = writeln!(host_err, "{}", memory_limit_notice(limit, opts.plan));
+                return Ok(128 + libc::SIGKILL);
             }
             let tail = console_tail(&mut booted.vmm.console, 20);
             return Err(VmError::VmExited {
@@ -183,6 +190,12 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                     libc::SIGWINCH => {
                         if let (true, Some((rows, cols))) = (tty && started, sys::winsize(0)) {
                             queue(&mut out, Message::Resize { rows, cols })?;
+                        }
+                    }
+                    sig @ (libc::SIGUSR1 | libc::SIGUSR2) => {
+                        // Not a request to stop: forwarded once the workload runs.
+                        if started {
+                            queue(&mut out, Message::Signal(sig))?;
                         }
                     }
                     sig => {
@@ -243,6 +256,30 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                         }
                         started = true;
                         opts.trace.mark("agent said hello");
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default();
+                        queue(
+                            &mut out,
+                            Message::Start(Box::new(Start {
+                                process: opts.process.clone(),
+                                plan: opts.plan.clone(),
+                                host_version: env!("CARGO_PKG_VERSION").to_string(),
+                                session: session.clone(),
+                                wall_clock: Some(WallClock {
+                                    secs: now.as_secs() as i64,
+                                    nanos: now.subsec_nanos(),
+                                }),
+                            })),
+                        )?;
+                        if tty {
+                            if let Some((rows, cols)) = sys::winsize(0) {
+                                queue(&mut out, Message::Resize { rows, cols })?;
+                            }
+                        }
+                        if !opts.process.interactive {
+                            queue(&mut out, Message::StdinEof)?;
+                        }
                         if opts.process.interactive {
                             stdin =
                                 Some(File::from(stdin_fd.try_clone().map_err(VmError::Channel)?));
@@ -256,14 +293,29 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                         let _ = host_err.write_all(&d);
                         let _ = host_err.flush();
                     }
+                    Message::Exit(e) if e.session != session => {
+                        forged(&mut host_err, "an exit");
+                    }
+                    Message::Error(f) if f.session != session && started => {
+                        forged(&mut host_err, "an error");
+                    }
                     Message::Exit(e) => {
                         opts.trace.mark("workload exit status received");
+                        // What the guest kernel printed so far: its OOM
+                        // killer's lines, and the agent's trace.
+                        let mut rest = Vec::new();
+                        let _ = booted.vmm.console.read_to_end(&mut rest);
+                        console.extend_from_slice(&rest);
                         if opts.trace.on() {
-                            let _ = sys::set_nonblocking(booted.vmm.console.as_fd(), true);
-                            let mut rest = Vec::new();
-                            let _ = booted.vmm.console.read_to_end(&mut rest);
-                            console.extend_from_slice(&rest);
                             opts.trace.guest_lines(&String::from_utf8_lossy(&console));
+                        }
+                        let kills = guest_oom_kills(&console);
+                        if kills > 0 {
+                            let _ = writeln!(
+                                host_err,
+                                "{}",
+                                memory_limit_message(e.code, kills, guest_memory_mib(opts.plan))
+                            );
                         }
                         return Ok(e.code);
                     }
@@ -279,6 +331,64 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
     }
 }
 
+fn guest_memory_mib(plan: &Plan) -> u64 {
+    match plan.vm.memory_mib {
+        0 => crate::DEFAULT_MEMORY_MIB,
+        m => m,
+    }
+}
+
+/// Processes the guest kernel's OOM killer killed, from its lines on the
+/// serial console (`Out of memory: Killed process N (comm) ...`, printed at
+/// KERN_ERR, which `quiet` keeps). A guest root process could print such a
+/// line itself; that changes nothing but this message about its own exit.
+fn guest_oom_kills(console: &[u8]) -> usize {
+    String::from_utf8_lossy(console)
+        .lines()
+        .filter(|l| l.trim_start().starts_with("Out of memory: Killed process "))
+        .count()
+}
+
+/// What moat says when the container's memory limit (the guest's memory)
+/// killed processes of the workload; the sandbox's wording.
+fn memory_limit_message(code: i32, kills: usize, guest_mib: u64) -> String {
+    if code == 128 + libc::SIGKILL {
+        format!(
+            "moat: the workload was killed by the container's memory limit of {guest_mib} MiB (exit {code}); raise resources.memory in the policy"
+        )
+    } else {
+        format!(
+            "moat: notice: the container's memory limit of {guest_mib} MiB killed {kills} of its process(es); raise resources.memory in the policy"
+        )
+    }
+}
+
+/// What moat says when the VMM's host cgroup ran out of memory.
+fn memory_limit_notice(limit_bytes: u64, plan: &Plan) -> String {
+    let guest = guest_memory_mib(plan);
+    let limit = limit_bytes >> 20;
+    format!(
+        "moat: the workload was killed by the container's memory limit of {guest} MiB (exit {}: its micro-VM reached the host limit of {limit} MiB, guest memory plus the VMM's own); raise resources.memory in the policy",
+        128 + libc::SIGKILL
+    )
+}
+
+/// This run's session token: 128 random bits, hex.
+fn session_token() -> std::io::Result<String> {
+    let mut b = [0u8; 16];
+    File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(hex::encode(b))
+}
+
+/// A final frame without this run's token came from something in the guest
+/// other than the agent: say so, and keep waiting for the agent's.
+fn forged(err: &mut dyn Write, what: &str) {
+    let _ = writeln!(
+        err,
+        "moat: warning: ignored {what} frame that did not come from the agent's session (a process in the guest wrote to the control channel)"
+    );
+}
+
 fn kind_name(m: &Message) -> &'static str {
     match m {
         Message::Start(_) => "Start",
@@ -292,15 +402,19 @@ fn kind_name(m: &Message) -> &'static str {
 
 fn guest_failure(f: moat_agent::proto::AgentFailure, err: &mut dyn Write) -> Result<i32, VmError> {
     if f.code == 126 || f.code == 127 {
-        // Like docker: the command could not run; say why, exit 126/127.
-        let _ = writeln!(err, "moat: {}", f.message);
+        // Like docker: the command could not run; say why (worded and
+        // prefixed as the sandbox backend's error), exit 126/127.
+        let _ = writeln!(err, "moat: error: {}", f.message);
         return Ok(f.code);
     }
     Err(VmError::Guest { message: f.message })
 }
 
-/// After the VMM ended: decode whatever is left for an Exit or Error.
+/// After the VMM ended: decode whatever is left for an Exit or Error of
+/// this session (or, before the agent said hello, an Error without one).
 fn drain(
+    session: &str,
+    started: bool,
     sock: &mut File,
     decoder: &mut Decoder,
     buf: &mut [u8],
@@ -314,8 +428,11 @@ fn drain(
         }
         while let Ok(Some(m)) = decoder.next_message() {
             match m {
-                Message::Exit(e) => return Ok(Some(e.code)),
-                Message::Error(f) => return guest_failure(f, err).map(Some),
+                Message::Exit(e) if e.session == session => return Ok(Some(e.code)),
+                Message::Error(f) if f.session == session || (f.session.is_empty() && !started) => {
+                    return guest_failure(f, err).map(Some)
+                }
+                Message::Exit(_) | Message::Error(_) => forged(err, "a final"),
                 Message::Stdout(d) => {
                     let _ = out.write_all(&d);
                 }
@@ -328,5 +445,111 @@ fn drain(
         if n == 0 {
             return Ok(None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use moat_agent::proto::{AgentFailure, Exit};
+
+    use super::*;
+
+    #[test]
+    fn the_guest_oom_killer_is_read_from_the_console() {
+        let console = b"Unable to read current time from RTC\n\
+Out of memory: Killed process 34 (busybox) total-vm:87256kB, anon-rss:69976kB, file-rss:8kB\n\
+moat-agent: trace 2.6 hello sent\n";
+        assert_eq!(guest_oom_kills(console), 1);
+        assert_eq!(
+            guest_oom_kills(b"the workload said Out of memory: Killed process\n"),
+            0
+        );
+        assert_eq!(
+            memory_limit_message(137, 1, 96),
+            "moat: the workload was killed by the container's memory limit of 96 MiB (exit 137); raise resources.memory in the policy"
+        );
+        assert_eq!(
+            memory_limit_message(0, 2, 256),
+            "moat: notice: the container's memory limit of 256 MiB killed 2 of its process(es); raise resources.memory in the policy"
+        );
+    }
+
+    /// Frames as a process in the guest that reached the control port would
+    /// write them (no session token, or a wrong one), then the agent's.
+    fn channel(frames: &[Message]) -> File {
+        let f = tempfile::tempfile().unwrap();
+        let mut w = f.try_clone().unwrap();
+        for m in frames {
+            w.write_all(&m.encode().unwrap()).unwrap();
+        }
+        use std::io::Seek;
+        let mut r = f;
+        r.rewind().unwrap();
+        r
+    }
+
+    fn exit(code: i32, session: &str) -> Message {
+        Message::Exit(Exit {
+            code,
+            session: session.into(),
+        })
+    }
+
+    #[test]
+    fn only_the_agents_session_ends_the_run() {
+        let mut sock = channel(&[
+            exit(42, ""),
+            exit(42, "0123"),
+            Message::Error(AgentFailure {
+                code: 127,
+                message: "forged".into(),
+                session: String::new(),
+            }),
+            Message::Stdout(b"out".to_vec()),
+            exit(0, "s3cr3t"),
+        ]);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut buf = vec![0u8; 4096];
+        let code = drain(
+            "s3cr3t",
+            true,
+            &mut sock,
+            &mut Decoder::new(),
+            &mut buf,
+            &mut out,
+            &mut err,
+        )
+        .unwrap();
+        assert_eq!(code, Some(0));
+        assert_eq!(out, b"out");
+        let err = String::from_utf8(err).unwrap();
+        assert_eq!(err.lines().count(), 3, "{err}");
+        assert!(err.lines().all(|l| l == "moat: warning: ignored a final frame that did not come from the agent's session (a process in the guest wrote to the control channel)"), "{err}");
+    }
+
+    #[test]
+    fn before_hello_an_agent_error_has_no_session_yet() {
+        let mut sock = channel(&[Message::Error(AgentFailure {
+            code: 125,
+            message: "the verified root device /dev/dm-0 did not appear".into(),
+            session: String::new(),
+        })]);
+        let mut buf = vec![0u8; 4096];
+        let r = drain(
+            "s3cr3t",
+            false,
+            &mut sock,
+            &mut Decoder::new(),
+            &mut buf,
+            &mut Vec::new(),
+            &mut Vec::new(),
+        );
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            VmError::Guest {
+                message: "the verified root device /dev/dm-0 did not appear".into()
+            }
+            .to_string()
+        );
     }
 }

@@ -1,13 +1,18 @@
-//! The VMM supervisor's own seccomp filter (DESIGN rule 9). Once QEMU runs,
-//! the `moat run --isolation vm` process only relays stdio, window size and
-//! signals and tears the VM down; `seccomp/supervisor.json` lists the system
-//! calls that takes, each with its reason. The list is compiled to classic
+//! The VMM supervisor's confinement (DESIGN rule 9). Once QEMU runs, the
+//! `moat run --isolation vm` process only relays stdio, window size and
+//! signals over descriptors it already holds, and its teardown only closes
+//! a pipe and waits (the cleanup watcher, a separate root process, kills
+//! the VM and removes its cgroups and state; see [`crate::jail`]). So it
+//! first gives up root for good: an unprivileged uid of its own
+//! ([`crate::jail::supervisor_uid`]), no groups, no capabilities, not
+//! dumpable. Then it installs its own seccomp filter: `seccomp/supervisor.json`
+//! lists the system calls left, each with its reason, compiled to classic
 //! BPF by moat-policy's compiler (the one that compiles workload policies)
-//! and installed after `no_new_privs`. Anything not listed kills the process:
-//! a supervisor subverted by a hostile guest (a parser bug in the relay)
-//! gets no second try, and killing it leaves nothing behind because QEMU
-//! dies with it (the jail's parent-death chain) and the cleanup watcher, a
-//! separate process, removes the cgroup and the state. See `docs/vm.md`.
+//! and installed after `no_new_privs`. Anything not listed kills the
+//! process: a supervisor subverted by a hostile guest (a parser bug in the
+//! relay) gets no second try, and killing it leaves nothing behind because
+//! QEMU dies with it (the jail's parent-death chain) and the cleanup
+//! watcher removes the cgroups and the state. See `docs/vm.md`.
 
 use std::collections::BTreeSet;
 
@@ -45,6 +50,12 @@ pub enum SupervisorError {
     Compile(#[source] moat_policy::bpf::BpfError),
     #[error("installing the supervisor's seccomp filter")]
     Install(#[source] std::io::Error),
+    #[error("dropping the supervisor's privileges to uid {uid}")]
+    DropPrivileges {
+        uid: u32,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,9 +125,12 @@ pub fn filter() -> Result<Vec<SockFilter>, SupervisorError> {
     moat_policy::bpf::compile(&parse(ALLOWLIST)?).map_err(SupervisorError::Compile)
 }
 
-/// Sets `no_new_privs` and installs the supervisor's filter on `scope`.
-pub fn confine(scope: Scope) -> Result<(), SupervisorError> {
+/// Drops `scope` to `uid` without groups or capabilities, then sets
+/// `no_new_privs` and installs the supervisor's filter on it.
+pub fn confine(scope: Scope, uid: u32) -> Result<(), SupervisorError> {
     let prog = filter()?;
+    sys::drop_privileges(uid, scope == Scope::Process)
+        .map_err(|source| SupervisorError::DropPrivileges { uid, source })?;
     sys::install_seccomp(&prog, scope == Scope::Process).map_err(SupervisorError::Install)
 }
 
@@ -146,7 +160,7 @@ mod tests {
     #[test]
     fn the_list_is_small_and_has_no_dangerous_calls() {
         let s = parse(ALLOWLIST).unwrap();
-        assert!(s.allow.len() <= 40, "{}", s.allow.len());
+        assert!(s.allow.len() <= 32, "{}", s.allow.len());
         for bad in [
             "execve",
             "execveat",
@@ -164,6 +178,20 @@ mod tests {
             "setns",
             "open_by_handle_at",
             "process_vm_writev",
+            // Nothing to open, remove or signal after the privilege drop:
+            "open",
+            "openat",
+            "openat2",
+            "unlink",
+            "unlinkat",
+            "rmdir",
+            "rename",
+            "kill",
+            "tgkill",
+            "pidfd_send_signal",
+            "setresuid",
+            "setuid",
+            "capset",
         ] {
             assert!(!s.allow.contains(bad), "{bad} is allowed");
         }

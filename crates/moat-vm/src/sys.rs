@@ -14,6 +14,16 @@ fn check(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// `flock(LOCK_EX | LOCK_NB)`: `Ok(false)` when another holder has it.
+pub fn flock_try_exclusive(f: &File) -> io::Result<bool> {
+    // SAFETY: flock on an open fd.
+    match check(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn flock_exclusive(f: &File) -> io::Result<()> {
     loop {
         // SAFETY: flock on an open fd.
@@ -74,22 +84,19 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
     Ok(r as usize)
 }
 
-pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
-    // SAFETY: kill has no memory-safety requirements.
-    check(unsafe { libc::kill(pid, sig) }).map(drop)
-}
-
 /// Signals the session handles: blocked and delivered through a signalfd.
 pub struct SignalFd {
     pub file: File,
     old: libc::sigset_t,
 }
 
-pub const HANDLED_SIGNALS: [i32; 6] = [
+pub const HANDLED_SIGNALS: [i32; 8] = [
     libc::SIGINT,
     libc::SIGTERM,
     libc::SIGHUP,
     libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
     libc::SIGWINCH,
     libc::SIGCHLD,
 ];
@@ -143,6 +150,11 @@ impl Drop for SignalFd {
     }
 }
 
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail and takes no pointers.
+    unsafe { libc::geteuid() }
+}
+
 pub fn isatty(fd: RawFd) -> bool {
     // SAFETY: isatty on an fd number.
     unsafe { libc::isatty(fd) == 1 }
@@ -189,10 +201,15 @@ impl Drop for RawMode {
 pub struct PreExec {
     /// `(source fd, target fd)`: duplicated onto the target, inheritable.
     pub fds: Vec<(RawFd, RawFd)>,
-    /// Open `cgroup.procs` to join, if any.
-    pub cgroup_procs: Option<RawFd>,
+    /// Open `cgroup.procs` files to join.
+    pub cgroup_procs: Vec<RawFd>,
     /// Host directories hidden behind an empty read-only tmpfs.
     pub hide: Vec<CString>,
+    /// `/dev/shm`, if the host has it: replaced by a small private tmpfs.
+    pub private_shm: Option<CString>,
+    /// `/dev/mqueue`, if the host has it: replaced by the mqueue
+    /// filesystem of the VMM's own IPC namespace.
+    pub private_mqueue: Option<CString>,
 }
 
 impl PreExec {
@@ -212,7 +229,7 @@ impl PreExec {
         if unsafe { libc::getppid() } == 1 {
             return Err(io::Error::from_raw_os_error(libc::ESRCH));
         }
-        if let Some(fd) = self.cgroup_procs {
+        for &fd in &self.cgroup_procs {
             // SAFETY: writes 1 byte from a static buffer to an open fd.
             if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
                 return Err(io::Error::last_os_error());
@@ -246,6 +263,31 @@ impl PreExec {
                 )
             };
         }
+        if let Some(shm) = &self.private_shm {
+            // SAFETY: valid C strings prepared before fork.
+            check(unsafe {
+                libc::mount(
+                    c"tmpfs".as_ptr(),
+                    shm.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    c"size=1m,nr_inodes=64,mode=1777".as_ptr().cast(),
+                )
+            })?;
+        }
+        if let Some(mq) = &self.private_mqueue {
+            // SAFETY: valid C strings prepared before fork. An mqueue
+            // filesystem mounted now belongs to the new IPC namespace.
+            check(unsafe {
+                libc::mount(
+                    c"mqueue".as_ptr(),
+                    mq.as_ptr(),
+                    c"mqueue".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                )
+            })?;
+        }
         // Two phases, so that a source that happens to sit on another
         // source's target number is not overwritten before it is used.
         let mut high: [RawFd; 8] = [-1; 8];
@@ -260,8 +302,55 @@ impl PreExec {
             // SAFETY: dup2 onto the target number; the new fd is inheritable.
             check(unsafe { libc::dup2(high[i], to) })?;
         }
-        Ok(())
+        // Nothing else crosses the exec: whatever moat inherited or opened
+        // (a caller's `exec 7</etc/shadow`, the cgroup files above) becomes
+        // close-on-exec (CVE-2024-21626 class).
+        let mut keep: [RawFd; 8] = [-1; 8];
+        for (i, &(_, to)) in self.fds.iter().enumerate() {
+            keep[i] = to;
+        }
+        cloexec_all_but(&mut keep[..self.fds.len()])
     }
+}
+
+/// Marks every descriptor from 3 up close-on-exec, except those in `keep`
+/// (sorted in place). No allocation: safe between fork and exec.
+pub fn cloexec_all_but(keep: &mut [RawFd]) -> io::Result<()> {
+    keep.sort_unstable();
+    let mut first: RawFd = 3;
+    for &k in keep.iter() {
+        if k > first {
+            cloexec_range(first as u32, (k - 1) as u32)?;
+        }
+        first = first.max(k + 1);
+    }
+    cloexec_range(first as u32, u32::MAX)
+}
+
+/// `close_range(first, last, CLOSE_RANGE_CLOEXEC)`; on kernels without it
+/// (before 5.11), `FD_CLOEXEC` descriptor by descriptor.
+fn cloexec_range(first: u32, last: u32) -> io::Result<()> {
+    // SAFETY: no pointers; changes only descriptor flags of this process.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            last,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EINVAL)) {
+        return Err(e);
+    }
+    for fd in first..=last.min(65_535) {
+        // SAFETY: fcntl on a descriptor number; EBADF for unused ones is ignored.
+        unsafe { libc::fcntl(fd as RawFd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
 }
 
 pub fn getrandom_u64() -> u64 {
@@ -296,9 +385,13 @@ pub fn spawn_with(
 /// Spawns `cmd` in a new session (not killed by Ctrl-C on moat's terminal).
 pub fn spawn_detached(cmd: &mut std::process::Command) -> io::Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
-    // SAFETY: setsid is async-signal-safe and touches no memory.
+    // SAFETY: setsid and cloexec_all_but are async-signal-safe system calls
+    // that allocate nothing.
     unsafe {
-        cmd.pre_exec(|| check(libc::setsid()).map(drop));
+        cmd.pre_exec(|| {
+            check(libc::setsid())?;
+            cloexec_all_but(&mut [])
+        });
     }
     cmd.spawn()
 }
@@ -407,4 +500,117 @@ pub fn probe_filter(prog: &[moat_policy::plan::SockFilter], nr: i64) -> io::Resu
     } else {
         ProbeOutcome::Exited(libc::WEXITSTATUS(status))
     })
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// The calling thread's `(effective, permitted, inheritable)` capability sets.
+fn capget() -> io::Result<(u64, u64, u64)> {
+    let header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: header and two data words (version 3 layout) live for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &header as *const CapHeader,
+            data.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let join = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
+    Ok((
+        join(data[0].effective, data[1].effective),
+        join(data[0].permitted, data[1].permitted),
+        join(data[0].inheritable, data[1].inheritable),
+    ))
+}
+
+/// Gives up root for good: the capability bounding set emptied, no
+/// supplementary groups, real, effective and saved gid and uid all `uid`
+/// (which empties the permitted, effective and ambient sets), the
+/// inheritable set emptied, not dumpable (its `/proc` entries stay root's).
+/// Then checks that this is what the kernel holds.
+///
+/// With `whole_process`, glibc's wrappers change the ids of every thread;
+/// otherwise raw system calls change only the calling thread (a host that
+/// embeds the backend and keeps its other threads). The bounding set is
+/// always the calling thread's (nothing here execs again: its seccomp
+/// filter forbids `execve`).
+pub fn drop_privileges(uid: u32, whole_process: bool) -> io::Result<()> {
+    for cap in 0..64 {
+        // SAFETY: integer arguments only.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                break; // past the kernel's last capability
+            }
+            return Err(e);
+        }
+    }
+    let (u, g) = (uid as libc::uid_t, uid as libc::gid_t);
+    if whole_process {
+        // SAFETY: zero groups with a NULL list; then integer arguments.
+        unsafe {
+            check(libc::setgroups(0, std::ptr::null()))?;
+            check(libc::setresgid(g, g, g))?;
+            check(libc::setresuid(u, u, u))?;
+        }
+    } else {
+        // SAFETY: as above, as raw system calls (this thread only).
+        unsafe {
+            check_long(libc::syscall(
+                libc::SYS_setgroups,
+                0,
+                std::ptr::null::<libc::gid_t>(),
+            ))?;
+            check_long(libc::syscall(libc::SYS_setresgid, g, g, g))?;
+            check_long(libc::syscall(libc::SYS_setresuid, u, u, u))?;
+        }
+    }
+    let header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let data = [CapData::default(); 2];
+    // SAFETY: header and two data words (version 3 layout) live for the call.
+    check_long(unsafe {
+        libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr())
+    })?;
+    // SAFETY: integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })?;
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: three valid out-pointers.
+    check(unsafe { libc::getresuid(&mut r, &mut e, &mut s) })?;
+    let caps = capget()?;
+    if [r, e, s].iter().any(|&x| x != u) || caps != (0, 0, 0) {
+        return Err(io::Error::from_raw_os_error(libc::EPERM));
+    }
+    Ok(())
+}
+
+fn check_long(r: libc::c_long) -> io::Result<libc::c_long> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
 }

@@ -1,8 +1,11 @@
 //! The `moat` command line. Each subcommand lives in its own module under
 //! `cmd/`; this file only parses arguments and dispatches.
 
+#[macro_use]
+mod display;
 mod cmd;
 mod global;
+mod sys;
 
 use std::process::ExitCode;
 
@@ -26,6 +29,8 @@ enum Command {
     /// Import, list, inspect, export and remove images.
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
+    /// List images (podman's spelling of `moat image ls`).
+    Images(cmd::image::LsArgs),
     /// Check, explain, compile, export and diff security policies.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCommand),
@@ -70,9 +75,46 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    if let Err(e) = sys::cloexec_inherited_fds() {
+        eprintln!("moat: error: marking inherited descriptors close-on-exec: {e}");
+        return ExitCode::from(global::EXIT_FAILURE);
+    }
+    let invoker = match global::detect_invoker() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("moat: error: {e}");
+            return ExitCode::from(global::EXIT_FAILURE);
+        }
+    };
+    global::scrub_env(&invoker);
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let runs_container = global::runs_container(&argv);
+    let mut cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        // Help and --version exit 0; a usage error of a command that runs
+        // containers exits 125, like any failure before its workload.
+        Err(e) if e.use_stderr() && runs_container => {
+            let _ = e.print();
+            return ExitCode::from(global::EXIT_NOT_STARTED);
+        }
+        Err(e) => e.exit(),
+    };
+    cli.global.invoker = invoker;
+    cli.global.restrict();
+    // Commands that run a container answer 125 for any failure of moat's
+    // own before the workload runs, so that it never reads as the
+    // workload's exit status (podman's convention).
+    let is_run = matches!(cli.command, Command::Run(_));
+    // A closed output pipe ends every command quietly (SIGPIPE's default)
+    // but `run`, whose supervisor must outlive a reader that went away to
+    // stop and clean up the container; moat itself prints nothing there
+    // while the workload runs, and the workload gets the default back.
+    if !is_run {
+        sys::default_sigpipe();
+    }
     let result = match cli.command {
         Command::Image(c) => cmd::image::run(&cli.global, c),
+        Command::Images(a) => cmd::image::run(&cli.global, cmd::image::ImageCommand::Ls(a)),
         Command::Policy(c) => cmd::policy::run(&cli.global, c),
         Command::Scan(c) => cmd::scan::run(&cli.global, c),
         Command::Vulndb(c) => cmd::vulndb::run(&cli.global, c),
@@ -94,8 +136,13 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("moat: error: {err:#}");
-            ExitCode::from(global::EXIT_FAILURE)
+            errln!("moat: error: {err:#}");
+            let not_started = err.downcast_ref::<global::NotStarted>().is_some();
+            ExitCode::from(if is_run || not_started {
+                global::EXIT_NOT_STARTED
+            } else {
+                global::EXIT_FAILURE
+            })
         }
     }
 }

@@ -206,7 +206,7 @@ fn e06_mknod_host_disk() {
     let ls = env.run(&["--", "ls", "/dev"]);
     assert_eq!(
         stdout(&ls),
-        "fd\nfull\nnull\nptmx\npts\nrandom\nshm\nstderr\nstdin\nstdout\ntty\nurandom\nzero\n"
+        "fd\nfull\nmqueue\nnull\nptmx\npts\nrandom\nshm\nstderr\nstdin\nstdout\nurandom\nzero\n"
     );
 }
 

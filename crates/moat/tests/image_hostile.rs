@@ -64,11 +64,19 @@ impl Case {
         );
     }
 
-    /// Writes a rootfs tarball and returns its path and layer digest.
+    /// Writes a rootfs tarball and returns its path and layer digest (an
+    /// uncompressed tarball is stored gzip-compressed, fast level).
     fn rootfs(&self, name: &str, data: &[u8]) -> (PathBuf, String) {
         let p = self.path(name);
         std::fs::write(&p, data).unwrap();
-        (p, sha256(data))
+        let compressed =
+            data.starts_with(&[0x1f, 0x8b]) || data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+        let stored = if compressed {
+            data.to_vec()
+        } else {
+            gzip(data)
+        };
+        (p, sha256(&stored))
     }
 }
 

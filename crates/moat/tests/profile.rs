@@ -436,7 +436,7 @@ fn record_names_paths_opened_for_writing_and_tracefs_still_works() {
         "--rootfs",
         root_s,
     ]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("invalid value 'strace' for '--recorder <RECORDER>'"),
         "{}",

@@ -203,7 +203,7 @@ fn command_errors_have_docker_exit_codes() {
         .moat(&["run", "--rootfs", "/nonexistent-moat-rootfs", "true"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(125));
     assert!(stderr(&out).starts_with(
         "moat: error: rootfs directory \"/nonexistent-moat-rootfs\" (--rootfs): not found"
     ));
@@ -434,7 +434,7 @@ fn runs_the_test_image_from_the_store() {
         .moat(&["run", "--isolation", "sandbox", "no-such-image", "true"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(125));
     assert!(
         stderr(&out).starts_with("moat: error: "),
         "{}",
@@ -484,7 +484,7 @@ fn policies_are_loaded_compiled_and_checked() {
         "{e}"
     );
     let out = env.run(&["--policy", "/nonexistent/p.yaml", "--", "true"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(125));
     assert!(
         stderr(&out).starts_with("moat: error: cannot read policy file /nonexistent/p.yaml"),
         "{}",
@@ -500,6 +500,7 @@ roles:
       capabilities: []
       network: [none, loopback]
       isolation: [vm, sandbox]
+      rootfs: ["/"]
   - name: platform-admin
     grants:
       capabilities: [ALL]
@@ -550,7 +551,7 @@ fn run_is_authorised_by_rbac() {
         "-c",
         &touch,
     ]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
     assert_eq!(
         stderr(&out),
         "moat: error: policy bind refused for root:\n  - capability NET_BIND_SERVICE: not granted to root (roles: developer); role `platform-admin` allows it\n"
@@ -565,19 +566,20 @@ fn run_is_authorised_by_rbac() {
     assert_eq!(recs[0]["decision"], "deny");
     assert_eq!(recs[0]["reasons"].as_array().unwrap().len(), 1);
 
-    // The baseline asks for no capability: the same role allows it.
+    // The default (`auto`, baseline narrowed to the image) asks for no
+    // capability: the same role allows it.
     let out = env.run(&["--rbac", rbac_s, "--", "sh", "-c", "echo ran"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out), "ran\n");
     let recs = audit_records(&env);
     assert_eq!(recs.len(), 2, "{recs:?}");
     assert_eq!(recs[1]["action"], "run");
-    assert_eq!(recs[1]["policy"], "baseline");
+    assert_eq!(recs[1]["policy"], "auto");
     assert_eq!(recs[1]["decision"], "allow");
 
     // A broken RBAC file: a clear error, nothing starts.
     let out = env.run(&["--rbac", "/nonexistent/rbac.yaml", "--", "sh", "-c", &touch]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
     assert_eq!(
         stderr(&out),
         "moat: error: cannot read RBAC file /nonexistent/rbac.yaml: No such file or directory (os error 2)\n"

@@ -173,7 +173,7 @@ fn bad_accelerator_is_a_clear_error() {
         ])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(125));
     assert!(
         stderr(&o).contains("invalid value 'hvf' for '--accel <ACCEL>'"),
         "{}",

@@ -45,15 +45,20 @@ pub fn jailed_processes() -> Vec<String> {
     out
 }
 
-/// Per-VM cgroups that still exist.
+/// Per-VM cgroups that still exist, in any hierarchy (v2, or each v1
+/// controller's and the unified one of a hybrid host).
 pub fn vm_cgroups() -> Vec<String> {
     let mut out = Vec::new();
-    for parent in ["/sys/fs/cgroup/memory/moat", "/sys/fs/cgroup/moat"] {
-        if let Ok(rd) = fs::read_dir(parent) {
+    let mut parents = vec![std::path::PathBuf::from("/sys/fs/cgroup/moat")];
+    if let Ok(rd) = fs::read_dir("/sys/fs/cgroup") {
+        parents.extend(rd.flatten().map(|e| e.path().join("moat")));
+    }
+    for parent in parents {
+        if let Ok(rd) = fs::read_dir(&parent) {
             for e in rd.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
                 if n.starts_with("vm-") {
-                    out.push(format!("{parent}/{n}"));
+                    out.push(format!("{}/{n}", parent.display()));
                 }
             }
         }

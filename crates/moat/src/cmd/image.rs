@@ -64,6 +64,11 @@ pub struct ImportArgs {
     /// Create device nodes and FIFOs found in layers (refused by default).
     #[arg(long)]
     pub allow_devices: bool,
+    /// Apply `security.*` and `trusted.*` extended attributes from layers
+    /// (file capabilities, SELinux labels). Skipped by default: a file
+    /// capability in the store would be a privileged binary on the host.
+    #[arg(long)]
+    pub keep_security_xattrs: bool,
     /// Refuse images that unpack to more than this many bytes (a
     /// decompression bomb stops here).
     #[arg(long, default_value_t = Limits::default().max_bytes)]
@@ -165,6 +170,7 @@ fn import(store: &Store, a: ImportArgs) -> anyhow::Result<ExitCode> {
                 max_entries: a.max_entries,
             },
             allow_devices: a.allow_devices,
+            keep_security_xattrs: a.keep_security_xattrs,
         },
         progress: bar
             .as_ref()
@@ -178,9 +184,13 @@ fn import(store: &Store, a: ImportArgs) -> anyhow::Result<ExitCode> {
     }
     let image = result.context("import failed")?;
     crate::cmd::scan::record_inventory(store, &image);
+    crate::cmd::auto::record_at_import(store, &image);
     match a.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&image)?),
-        Format::Table => println!(
+        Format::Json => println!(
+            "{}",
+            crate::display::json(serde_json::to_string_pretty(&image)?)
+        ),
+        Format::Table => outln!(
             "imported {} (image ID {}, manifest {})",
             image.names.join(", "),
             image.config_digest,
@@ -209,7 +219,10 @@ pub fn human_size(n: u64) -> String {
 fn ls(store: &Store, a: LsArgs) -> anyhow::Result<ExitCode> {
     let images = store.list()?;
     if a.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&images)?);
+        println!(
+            "{}",
+            crate::display::json(serde_json::to_string_pretty(&images)?)
+        );
         return Ok(ExitCode::SUCCESS);
     }
     if a.quiet {
@@ -263,17 +276,38 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
                 line.push_str(&format!("{c:<w$}  ", w = widths[i]));
             }
         }
-        println!("{}", line.trim_end());
+        println!("{}", crate::display::line(line.trim_end()));
     }
 }
 
 fn inspect(store: &Store, a: InspectArgs) -> anyhow::Result<ExitCode> {
     let image = store.resolve(&a.image)?;
+    let profile = crate::cmd::auto::stored(store, &image);
     if a.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&image)?);
+        let mut v = serde_json::to_value(&image)?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("profile".into(), serde_json::to_value(&profile)?);
+        }
+        println!(
+            "{}",
+            crate::display::json(serde_json::to_string_pretty(&v)?)
+        );
         return Ok(ExitCode::SUCCESS);
     }
     print_image(&image);
+    match &profile {
+        Some(p) => {
+            let lines = crate::cmd::auto::describe(p);
+            outln!("Profile:      {}", lines[0]);
+            for l in &lines[1..] {
+                outln!("  {l}");
+            }
+        }
+        None => outln!(
+            "Profile:      (none stored; `moat profile static {} --all` makes it)",
+            a.image
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -286,7 +320,7 @@ fn print_image(i: &Image) {
             serde_json::to_string(v).unwrap_or_default()
         }
     };
-    println!(
+    outln!(
         "Names:        {}",
         if i.names.is_empty() {
             "<none>".into()
@@ -294,9 +328,9 @@ fn print_image(i: &Image) {
             i.names.join(", ")
         }
     );
-    println!("Image ID:     {}", i.config_digest);
-    println!("Manifest:     {}", i.manifest_digest);
-    println!(
+    outln!("Image ID:     {}", i.config_digest);
+    outln!("Manifest:     {}", i.manifest_digest);
+    outln!(
         "Platform:     {}/{}",
         if c.os.is_empty() { "linux" } else { &c.os },
         if c.architecture.is_empty() {
@@ -306,13 +340,13 @@ fn print_image(i: &Image) {
         }
     );
     if let Some(created) = &c.created {
-        println!("Created:      {created}");
+        outln!("Created:      {created}");
     }
-    println!("Imported:     {} from {}", i.imported, i.source);
-    println!("Size:         {} ({} bytes)", human_size(i.size), i.size);
-    println!("Entrypoint:   {}", list(&c.entrypoint));
-    println!("Cmd:          {}", list(&c.cmd));
-    println!(
+    outln!("Imported:     {} from {}", i.imported, i.source);
+    outln!("Size:         {} ({} bytes)", human_size(i.size), i.size);
+    outln!("Entrypoint:   {}", list(&c.entrypoint));
+    outln!("Cmd:          {}", list(&c.cmd));
+    outln!(
         "WorkingDir:   {}",
         if c.working_dir.is_empty() {
             "/"
@@ -320,23 +354,23 @@ fn print_image(i: &Image) {
             &c.working_dir
         }
     );
-    println!(
+    outln!(
         "User:         {}",
         if c.user.is_empty() { "(root)" } else { &c.user }
     );
-    println!("Env:");
+    outln!("Env:");
     for e in &c.env {
-        println!("  {e}");
+        outln!("  {e}");
     }
     if !c.labels.is_empty() {
-        println!("Labels:");
+        outln!("Labels:");
         for (k, v) in &c.labels {
-            println!("  {k}={v}");
+            outln!("  {k}={v}");
         }
     }
-    println!("Layers:");
+    outln!("Layers:");
     for (n, l) in i.layers.iter().enumerate() {
-        println!(
+        outln!(
             "  {:>2}  {}  {:>9}  {}",
             n + 1,
             l.digest,
@@ -349,7 +383,10 @@ fn print_image(i: &Image) {
 fn rm(global: &GlobalArgs, store: &Store, a: RmArgs) -> anyhow::Result<ExitCode> {
     let opts = RemoveOptions {
         force: a.force,
-        run_root: Some(global.run_root()),
+        containers: match a.force {
+            true => None,
+            false => Some(containers(global)?),
+        },
     };
     for reference in &a.images {
         let removed = store.remove(reference, &opts)?;
@@ -361,6 +398,21 @@ fn rm(global: &GlobalArgs, store: &Store, a: RmArgs) -> anyhow::Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The containers and their images, read through the runtime core's one
+/// reader (an untrusted run root is refused there, naming the fix).
+fn containers(global: &GlobalArgs) -> anyhow::Result<Vec<moat_image::ContainerUse>> {
+    let run_root = global.run_root();
+    let dir = moat_runtime::record::containers_dir(&run_root);
+    Ok(moat_runtime::record::read_all(&run_root)?
+        .into_iter()
+        .map(|r| moat_image::ContainerUse {
+            state: dir.join(r.id.as_str()).join("state.json"),
+            container: r.name.to_string(),
+            image_id: r.image_id,
+        })
+        .collect())
 }
 
 fn export(store: &Store, a: ExportArgs) -> anyhow::Result<ExitCode> {
@@ -385,7 +437,9 @@ fn export(store: &Store, a: ExportArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn prune(global: &GlobalArgs, store: &Store, a: PruneArgs) -> anyhow::Result<ExitCode> {
-    let removed = store.prune(Some(&global.run_root()))?;
+    let mut removed = store.prune(Some(&containers(global)?))?;
+    // VM build stages and per-run disks whose owner died (`kill -9`).
+    removed.staging += moat_vm::rootfs::sweep(&global.root);
     if a.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&removed)?);
     } else {

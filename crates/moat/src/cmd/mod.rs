@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub mod auto;
+pub mod denials;
 pub mod dev;
 pub mod image;
 pub mod kernel;

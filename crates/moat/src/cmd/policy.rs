@@ -23,7 +23,7 @@ pub enum PolicyCommand {
     Check(CheckArgs),
     /// Explain what a policy grants, with numbers compared with Docker's defaults.
     #[command(
-        after_help = "Examples:\n  moat policy explain baseline\n  moat policy explain web.yaml --format json"
+        after_help = "Examples:\n  moat policy explain baseline\n  moat policy explain web.yaml --format json\n  moat policy explain --image busybox        # what auto grants busybox, and what it removed"
     )]
     Explain(ExplainArgs),
     /// Compile a policy for another tool: OCI spec fragment, seccomp JSON,
@@ -67,8 +67,14 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// Policy file, or a built-in name (baseline, restricted).
-    pub policy: String,
+    /// Policy file, or a built-in name (auto, baseline, restricted);
+    /// default with --image: auto.
+    #[arg(required_unless_present = "image")]
+    pub policy: Option<String>,
+    /// Explain the policy as it applies to this image: `auto` narrowed to
+    /// the image's profile, with what it removed from baseline.
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
     pub format: TextOrJson,
 }
@@ -128,15 +134,7 @@ pub struct DiffArgs {
 pub fn run(global: &GlobalArgs, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Check(a) => check(global, a),
-        PolicyCommand::Explain(a) => {
-            let p = load(&a.policy)?;
-            let e = explain::explain(&p);
-            match a.format {
-                TextOrJson::Text => print!("{}", e.to_text()),
-                TextOrJson::Json => println!("{}", serde_json::to_string_pretty(&e)?),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        PolicyCommand::Explain(a) => explain_cmd(global, a),
         PolicyCommand::Compile(a) => compile(a),
         PolicyCommand::Export(a) => {
             let p = load(&a.policy)?;
@@ -166,6 +164,76 @@ pub fn run(global: &GlobalArgs, cmd: PolicyCommand) -> anyhow::Result<ExitCode> 
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn explain_cmd(global: &GlobalArgs, a: ExplainArgs) -> anyhow::Result<ExitCode> {
+    let name = a.policy.clone().unwrap_or_else(|| "auto".to_string());
+    let Some(reference) = &a.image else {
+        let p = load(&name)?;
+        let e = explain::explain(&p);
+        match a.format {
+            TextOrJson::Text => print!("{}", e.to_text()),
+            TextOrJson::Json => println!("{}", serde_json::to_string_pretty(&e)?),
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let store = moat_image::Store::open(&global.root)
+        .with_context(|| format!("cannot open the image store {}", global.root.display()))?;
+    let image = store.resolve(reference)?;
+    let profile = crate::cmd::auto::for_image(&store, &image)?;
+    let p = Policy::resolve_for_image(
+        &name,
+        &crate::cmd::auto::image_syscalls(reference, &profile),
+    )?;
+    let e = explain::explain(&p);
+    let removed = moat_policy::auto::removed_from_baseline(&p)?;
+    let baseline = Policy::builtin("baseline")?.spec.syscalls.allow.len();
+    let total = moat_policy::syscalls::X86_64.len();
+    match a.format {
+        TextOrJson::Json => {
+            let mut v = serde_json::to_value(&e)?;
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert(
+                    "image".into(),
+                    serde_json::json!({
+                        "reference": reference,
+                        "image_id": image.config_digest,
+                        "allowed_count": p.spec.syscalls.allow.len(),
+                        "baseline_count": baseline,
+                        "total": total,
+                        "removed_from_baseline": removed,
+                        "fallbacks": profile.fallback_lines(),
+                        "profile": profile,
+                    }),
+                );
+            }
+            println!(
+                "{}",
+                crate::display::json(serde_json::to_string_pretty(&v)?)
+            );
+        }
+        TextOrJson::Text => {
+            print!("{}", e.to_text());
+            outln!(
+                "image           {reference} ({}): {} of {total} system calls allowed, baseline {baseline}",
+                image.short_id(),
+                p.spec.syscalls.allow.len()
+            );
+            for line in crate::cmd::auto::describe(&profile) {
+                outln!("                {line}");
+            }
+            if removed.is_empty() {
+                outln!("removed         nothing: this image gets baseline's calls");
+            } else {
+                outln!(
+                    "removed         {} of baseline's calls: {}",
+                    removed.len(),
+                    removed.join(" ")
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A policy file or built-in name.
@@ -231,45 +299,70 @@ fn emit(output: Option<&Path>, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The invoking user: the real uid, or SUDO_UID under sudo.
-pub fn invoking_principal() -> Principal {
-    let real = rustix::process::getuid().as_raw();
-    let sudo = std::env::var("SUDO_UID").ok();
-    Principal::from_uid(rbac::invoking_uid(real, sudo.as_deref()))
+/// The invoking user: the real uid, or the user root acts for through
+/// sudo (see [`moat_policy::rbac::invoker`]).
+pub fn invoking_principal(global: &GlobalArgs) -> Principal {
+    Principal::from_uid(global.invoker.uid)
 }
 
 /// Authorise `policy` for `who` (RBAC from `rbac_file` or the default
 /// path), print the one-time warning, and append the decision to the audit
-/// log. Used by `moat policy check` and by `moat run`.
+/// log. Used by `moat policy check` and by `moat run`. `extra` holds what
+/// the command line asks for beyond the policy (a `--rootfs` directory).
+///
+/// Only root acting as itself may name another RBAC file: for anyone
+/// else `--rbac` is ignored with a notice and the site file decides.
 pub fn authorize(
     global: &GlobalArgs,
     action: &str,
     policy: &Policy,
     who: &Principal,
     rbac_file: Option<&Path>,
+    extra: &[rbac::Request],
 ) -> anyhow::Result<Decision> {
+    let rbac_file = match rbac_file {
+        Some(f) if !global.invoker.is_root() => {
+            crate::global::ignored(
+                &global.invoker,
+                &format!(
+                    "--rbac {} (the site RBAC file {} decides)",
+                    f.display(),
+                    rbac::DEFAULT_RBAC_PATH
+                ),
+            );
+            None
+        }
+        other => other,
+    };
     let path = rbac_file
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(rbac::DEFAULT_RBAC_PATH));
-    let rbac = if rbac_file.is_some() || path.exists() {
+    // `symlink_metadata`: a dangling link at the default path is a broken
+    // RBAC file, not a missing one.
+    let rbac = if rbac_file.is_some() || path.symlink_metadata().is_ok() {
         Some(Rbac::load(&path)?)
     } else {
         None
     };
-    let decision = rbac::authorize(rbac.as_ref(), &path, who, policy);
+    let decision = rbac::authorize_with(rbac.as_ref(), &path, who, policy, extra);
+    let rec = AuditRecord::new(action, who, policy, &decision);
+    let audited = rbac::append_audit(&global.root, &rec);
     if let Some(w) = &decision.warning {
-        // Once per state root: a marker next to the audit log.
+        // Once per state root: a marker next to the audit log, created
+        // only in the directory the audit append has just checked, and
+        // never through a link (`create_new` does not follow one).
         let marker = global.root.join("audit").join(".no-rbac-warned");
-        if !marker.exists() {
+        let first = audited.is_err()
+            || std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&marker)
+                .is_ok();
+        if first {
             eprintln!("moat: warning: {w}");
-            if let Some(dir) = marker.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            let _ = std::fs::write(&marker, b"");
         }
     }
-    let rec = AuditRecord::new(action, who, policy, &decision);
-    if let Err(e) = rbac::append_audit(&global.root, &rec) {
+    if let Err(e) = audited {
         let msg = format!("{:#}", anyhow::Error::from(e));
         if action == "check" {
             eprintln!("moat: warning: {msg}");
@@ -281,7 +374,10 @@ pub fn authorize(
 }
 
 fn check(global: &GlobalArgs, a: CheckArgs) -> anyhow::Result<ExitCode> {
-    let policy = match load(&a.policy) {
+    // `auto` is checked at its widest (baseline's calls): what any image
+    // narrows it from.
+    let widest = moat_policy::auto::ImageSyscalls::widest("policy check");
+    let policy = match Policy::resolve_for_image(&a.policy, &widest).map_err(anyhow::Error::from) {
         Ok(p) => p,
         Err(e) => {
             if a.format == TextOrJson::Json {
@@ -297,9 +393,9 @@ fn check(global: &GlobalArgs, a: CheckArgs) -> anyhow::Result<ExitCode> {
     };
     let who = match &a.as_user {
         Some(u) => Principal::lookup(u)?,
-        None => invoking_principal(),
+        None => invoking_principal(global),
     };
-    let d = authorize(global, "check", &policy, &who, a.rbac.as_deref())?;
+    let d = authorize(global, "check", &policy, &who, a.rbac.as_deref(), &[])?;
     match a.format {
         TextOrJson::Json => println!(
             "{}",

@@ -11,7 +11,7 @@ use moat_profile::rootfs::Root;
 use moat_profile::static_analysis;
 use moat_profile::{measure, record};
 
-use crate::global::GlobalArgs;
+use crate::global::{BeforeStart, GlobalArgs};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ProfileCommand {
@@ -22,9 +22,14 @@ pub enum ProfileCommand {
     /// the syscalls they can make and, for static binaries, finds the
     /// `syscall` instructions with constant numbers. The result
     /// over-approximates what the program can do.
+    ///
+    /// With --all, every ELF executable and shared library in the image is
+    /// analysed instead: the image profile `auto` is narrowed to (made
+    /// when an image is imported; --all makes it again and stores it).
     #[command(after_help = "Examples:\n  \
         moat profile static busybox --entrypoint /bin/busybox -o busybox.yaml\n  \
-        moat profile static --rootfs ./rootfs --entrypoint /usr/bin/jq --format json")]
+        moat profile static --rootfs ./rootfs --entrypoint /usr/bin/jq --format json\n  \
+        moat profile static busybox --all")]
     Static(StaticArgs),
     /// Record what a workload really does and emit a policy allowing exactly that.
     ///
@@ -75,6 +80,11 @@ pub struct StaticArgs {
     /// `metadata.name` of the generated policy.
     #[arg(long)]
     pub name: Option<String>,
+    /// Analyse every ELF object of the image (the image profile of the
+    /// `auto` policy) and store it with the image; prints a summary, or
+    /// the profile with --format json.
+    #[arg(long, conflicts_with_all = ["entrypoint", "verify", "name"])]
+    pub all: bool,
     /// Run the image's command (or the one after `--`) in the sandbox
     /// under the generated profile and under `baseline`, and fail unless
     /// both exit and print the same.
@@ -175,6 +185,16 @@ pub fn resolve_target(global: &GlobalArgs, source: &Source) -> anyhow::Result<Ta
     })
 }
 
+/// A `--rootfs` that something will run from: never the host's own root
+/// or a parent of moat's state (as for `moat run`, which checks again).
+/// `profile static` only reads, and may analyse the host's programs.
+pub fn check_runnable(global: &GlobalArgs, source: &Source) -> anyhow::Result<()> {
+    if let Some(dir) = &source.rootfs {
+        crate::cmd::run::checked_rootfs(global, &dir.to_string_lossy())?;
+    }
+    Ok(())
+}
+
 /// The command line of `moat run` for `backend` on `source`, re-using this
 /// binary and the global options (for recording and measuring).
 pub fn moat_run_argv(
@@ -217,25 +237,33 @@ pub fn moat_run_argv(
     Ok(v)
 }
 
-/// Compiles a policy file, a built-in policy name or an image's static
-/// profile into the [`moat_policy::Plan`] a backend would get.
-pub fn compile_target(global: &GlobalArgs, target: &str) -> anyhow::Result<moat_policy::Plan> {
-    let is_policy = Path::new(target).is_file() || moat_policy::builtin::text(target).is_some();
-    let policy = if is_policy {
-        moat_policy::Policy::resolve(target)?
-    } else {
-        let source = Source {
-            image: Some(target.to_string()),
-            rootfs: None,
-        };
-        let t = resolve_target(global, &source).with_context(|| {
-            format!("{target}: neither a policy file, a built-in policy nor an image")
-        })?;
-        let (profile, _) = static_profile(&t, None, None)?;
-        let text = profile.to_checked_policy_yaml(&[])?;
-        moat_policy::Policy::parse(&text, &format!("static profile of {}", t.label))?
-    };
-    Ok(moat_policy::compile(&policy)?)
+/// Compiles a policy file, a built-in policy name or an image (the `auto`
+/// policy for it, from its stored profile) into the [`moat_policy::Plan`]
+/// a backend would get; with the image's profile when it is an image.
+pub fn compile_target(
+    global: &GlobalArgs,
+    target: &str,
+) -> anyhow::Result<(
+    moat_policy::Plan,
+    Option<moat_profile::image_profile::ImageProfile>,
+)> {
+    let is_policy = Path::new(target).is_file()
+        || (moat_policy::builtin::text(target).is_some() && target != "auto");
+    if is_policy {
+        let policy = moat_policy::Policy::resolve(target)?;
+        return Ok((moat_policy::compile(&policy)?, None));
+    }
+    let store = moat_image::Store::open(&global.root)
+        .with_context(|| format!("cannot open the image store {}", global.root.display()))?;
+    let image = store.resolve(target).with_context(|| {
+        format!("{target}: neither a policy file, a built-in policy nor an image")
+    })?;
+    let profile = crate::cmd::auto::for_image(&store, &image)?;
+    let policy = moat_policy::Policy::builtin_for_image(
+        "auto",
+        &crate::cmd::auto::image_syscalls(target, &profile),
+    )?;
+    Ok((moat_policy::compile(&policy)?, Some(profile)))
 }
 
 /// Writes `data` to `path` through a temporary file in the same directory
@@ -326,6 +354,9 @@ pub fn static_profile(
 }
 
 fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode> {
+    if args.all {
+        return run_static_all(global, &args);
+    }
     let target = resolve_target(global, &args.source)?;
     let (profile, report) =
         static_profile(&target, args.entrypoint.as_deref(), args.name.as_deref())?;
@@ -390,6 +421,60 @@ fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode>
             report.objects.len()
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `moat profile static --all`: the image profile, stored for an image.
+fn run_static_all(global: &GlobalArgs, args: &StaticArgs) -> anyhow::Result<ExitCode> {
+    let profile = match (&args.source.rootfs, &args.source.image) {
+        (Some(dir), _) => crate::cmd::auto::analyze_dir(dir)?,
+        (None, Some(reference)) => {
+            let store = moat_image::Store::open(&global.root).with_context(|| {
+                format!("cannot open the image store {}", global.root.display())
+            })?;
+            let image = store.resolve(reference)?;
+            crate::cmd::auto::compute_and_store(&store, &image)?
+        }
+        (None, None) => anyhow::bail!("name an image or pass --rootfs DIR"),
+    };
+    let label = match (&args.source.rootfs, &args.source.image) {
+        (Some(dir), _) => dir.display().to_string(),
+        (None, image) => image.clone().unwrap_or_default(),
+    };
+    let auto = moat_policy::Policy::builtin_for_image(
+        "auto",
+        &crate::cmd::auto::image_syscalls(&label, &profile),
+    )?;
+    let removed = moat_policy::auto::removed_from_baseline(&auto)?;
+    let text = if args.format == "json" {
+        let mut v = serde_json::to_value(&profile)?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert(
+                "auto".into(),
+                serde_json::json!({
+                    "allowed_count": auto.spec.syscalls.allow.len(),
+                    "removed_count": removed.len(),
+                }),
+            );
+        }
+        crate::display::json(serde_json::to_string_pretty(&v)? + "\n")
+    } else {
+        let mut t = String::new();
+        for line in crate::cmd::auto::describe(&profile) {
+            t.push_str(&crate::display::line(&line));
+            t.push('\n');
+        }
+        t.push_str(&format!(
+            "auto allows {} of {} system calls (removes {} of baseline's)\n",
+            auto.spec.syscalls.allow.len(),
+            moat_policy::syscalls::X86_64.len(),
+            removed.len()
+        ));
+        let names: Vec<&str> = profile.syscalls.keys().map(String::as_str).collect();
+        t.push_str(&format!("calls: {}\n", names.join(" ")));
+        t
+    };
+    emit(args.output.as_deref(), &text)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -464,17 +549,27 @@ fn command_of(target: &Target, command: &[String]) -> anyhow::Result<Vec<String>
 }
 
 fn run_record(global: &GlobalArgs, args: RecordArgs) -> anyhow::Result<ExitCode> {
-    let target = resolve_target(global, &args.source)?;
-    let command = command_of(&target, &args.command)?;
+    // Everything up to the recorded run fails with 125 (`NotStarted`).
+    check_runnable(global, &args.source).before_start()?;
+    let target = resolve_target(global, &args.source).before_start()?;
+    let command = command_of(&target, &args.command).before_start()?;
     let timeout = match args.duration {
         Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
-        Some(s) => anyhow::bail!("--duration {s}: expected a positive number of seconds"),
+        Some(s) => {
+            return Err(anyhow::anyhow!(
+                "--duration {s}: expected a positive number of seconds"
+            ))
+            .before_start()
+        }
         None => None,
     };
-    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let dir = tempfile::tempdir()
+        .context("cannot create a temporary directory")
+        .before_start()?;
     let rec_policy = dir.path().join("record.yaml");
     std::fs::write(&rec_policy, record::recording_policy())
-        .context("cannot write the recording policy")?;
+        .context("cannot write the recording policy")
+        .before_start()?;
     let argv = moat_run_argv(
         global,
         &args.source,
@@ -482,7 +577,8 @@ fn run_record(global: &GlobalArgs, args: RecordArgs) -> anyhow::Result<ExitCode>
         Some(&rec_policy),
         None,
         &command,
-    )?;
+    )
+    .before_start()?;
     let program = command[0].rsplit('/').next().map(String::from);
     let outcome = measure::trace(&measure::TraceRun {
         argv: &argv,
@@ -497,6 +593,15 @@ fn run_record(global: &GlobalArgs, args: RecordArgs) -> anyhow::Result<ExitCode>
         ..measure::TraceRun::default()
     })
     .context("recording failed")?;
+    // The recorded `moat run` could not start the workload: say why, as
+    // that run would have.
+    if outcome.code == i32::from(crate::global::EXIT_NOT_STARTED) {
+        let err = String::from_utf8_lossy(&outcome.stderr);
+        if let Some(line) = err.lines().find(|l| l.starts_with("moat: error:")) {
+            let why = line.trim_start_matches("moat: error:").trim();
+            return Err(anyhow::anyhow!("the workload did not start: {why}")).before_start();
+        }
+    }
     if let Some(why) = &outcome.fallback {
         eprintln!("moat: notice: {why}");
     }

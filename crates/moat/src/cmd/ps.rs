@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use moat_runtime::record;
 use moat_sandbox::state;
 
 use crate::global::GlobalArgs;
@@ -29,12 +30,16 @@ pub struct PsArgs {
 pub fn run(global: &GlobalArgs, cmd: PsArgs) -> anyhow::Result<ExitCode> {
     let run_root = global.run_root();
     state::cleanup_stale(&run_root).context("cleaning up after dead containers")?;
-    let states: Vec<_> = state::read_all(&run_root)?
+    // The core's one reader (it keeps the trust rules).
+    let states: Vec<_> = record::read_all(&run_root)?
         .into_iter()
-        .filter(|s| s.isolation != "sandbox" || state::is_alive(s))
+        .filter(|s| s.isolation != moat_runtime::Isolation::Sandbox || s.supervisor_alive())
         .collect();
     match cmd.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&states)?),
+        Format::Json => println!(
+            "{}",
+            crate::display::json(serde_json::to_string_pretty(&states)?)
+        ),
         Format::Table => {
             println!(
                 "{:<12}  {:<20}  {:<19}  {:<9}  {:>8}  {:<20}  COMMAND",
@@ -42,15 +47,23 @@ pub fn run(global: &GlobalArgs, cmd: PsArgs) -> anyhow::Result<ExitCode> {
             );
             for s in &states {
                 let image = s.image_id.strip_prefix("sha256:").unwrap_or(&s.image_id);
-                println!(
+                // Name, image and command come from the image or the
+                // command line: one line each, escaped.
+                let command = s
+                    .command
+                    .iter()
+                    .map(|a| crate::display::line(a).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                outln!(
                     "{:<12}  {:<20}  {:<19}  {:<9}  {:>8}  {:<20}  {}",
-                    &s.id[..s.id.len().min(12)],
+                    s.id.short(),
                     s.name,
                     &image[..image.len().min(19)],
                     s.isolation,
                     s.pid,
                     s.created,
-                    s.command.join(" ")
+                    command
                 );
             }
         }

@@ -223,6 +223,9 @@ pub fn pull(global: &GlobalArgs, a: PullArgs) -> anyhow::Result<ExitCode> {
         unpack: UnpackOptions {
             limits: Limits::default(),
             allow_devices: false,
+            // File capabilities and other security.* / trusted.* xattrs of a
+            // pulled image are dropped, as for `moat image import`.
+            keep_security_xattrs: false,
         },
         progress: bar
             .as_ref()

@@ -91,10 +91,11 @@ pub fn run(global: &GlobalArgs, cmd: ScanArgs) -> anyhow::Result<ExitCode> {
     };
     let report = Report::build(&target, inv, db.as_ref(), cmd.ignore_unfixed, &[])?;
     match cmd.format {
-        Format::Table => print!("{}", report.table()),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report.json())?),
-        Format::Sarif => println!("{}", serde_json::to_string_pretty(&report.sarif())?),
-        Format::Cyclonedx => println!("{}", serde_json::to_string_pretty(&report.cyclonedx())?),
+        // Package names and versions come from the image: escaped.
+        Format::Table => print!("{}", crate::display::text(&report.table())),
+        Format::Json => println!("{}", json(&report.json())?),
+        Format::Sarif => println!("{}", json(&report.sarif())?),
+        Format::Cyclonedx => println!("{}", json(&report.cyclonedx())?),
     }
     if let Some(sev) = cmd.fail_on {
         if report.has_at_least(sev) {
@@ -195,8 +196,8 @@ fn watch(
     }
 }
 
-/// The vulnerability check of `moat run`: when the policy (`--policy`, else
-/// the built-in `baseline`) sets `vulnerabilities.fail_on`, refuse an image
+/// The vulnerability check of `moat run`: when `policy` (the very object
+/// the run was authorised under, never reloaded) sets `vulnerabilities.fail_on`, refuse an image
 /// with findings at or above it that no unexpired ignore entry covers,
 /// naming the advisories and fixed versions. `image_id` is the config digest
 /// of a stored image, or anything else for a `--rootfs` directory (then the
@@ -206,15 +207,11 @@ fn watch(
 /// unless `allow_unchecked` (`moat run --allow-unchecked`).
 pub fn vulnerability_gate(
     global: &GlobalArgs,
-    policy: Option<&std::path::Path>,
+    policy: &moat_policy::Policy,
     image_id: &str,
     rootfs: &std::path::Path,
     allow_unchecked: bool,
 ) -> anyhow::Result<()> {
-    let policy = match policy {
-        Some(p) => moat_policy::Policy::resolve(&p.to_string_lossy())?,
-        None => moat_policy::Policy::builtin("baseline")?,
-    };
     let v = &policy.spec.vulnerabilities;
     let Some(fail_on) = v.fail_on else {
         return Ok(());
@@ -274,4 +271,9 @@ pub fn vulnerability_gate(
         );
     }
     Ok(())
+}
+
+/// Pretty JSON, with the characters a terminal would act on escaped.
+fn json(v: &serde_json::Value) -> anyhow::Result<String> {
+    Ok(crate::display::json(serde_json::to_string_pretty(v)?))
 }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use moat_profile::measure::{self, Measurement};
 use moat_profile::surface::{self, Surface};
 
-use crate::global::GlobalArgs;
+use crate::global::{BeforeStart, GlobalArgs};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -70,20 +70,28 @@ pub fn run(global: &GlobalArgs, args: SurfaceArgs) -> anyhow::Result<ExitCode> {
             let target = args.target.as_deref().context(
                 "name a policy file, a built-in policy or an image: moat surface POLICY|IMAGE",
             )?;
-            let s = surface_of(global, target)?;
+            let (plan, profile) = super::profile::compile_target(global, target)?;
+            let s = surface::of_plan(&plan)?;
             if args.format == "json" {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                let mut v = serde_json::to_value(&s)?;
+                if let (Some(p), Some(obj)) = (&profile, v.as_object_mut()) {
+                    obj.insert("image_profile".into(), serde_json::to_value(p)?);
+                }
+                println!(
+                    "{}",
+                    crate::display::json(serde_json::to_string_pretty(&v)?)
+                );
             } else {
                 print!("{}", render(&s));
+                if let Some(p) = &profile {
+                    for line in crate::cmd::auto::describe(p) {
+                        outln!("image        {line}");
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-fn surface_of(global: &GlobalArgs, target: &str) -> anyhow::Result<Surface> {
-    let plan = super::profile::compile_target(global, target)?;
-    Ok(surface::of_plan(&plan)?)
 }
 
 /// The human-readable report.
@@ -152,14 +160,20 @@ pub fn render(s: &Surface) -> String {
 }
 
 fn run_measure(global: &GlobalArgs, args: MeasureArgs) -> anyhow::Result<ExitCode> {
-    let target = super::profile::resolve_target(global, &args.source)?;
+    // Failures before anything runs exit 125 (`NotStarted`).
+    super::profile::check_runnable(global, &args.source).before_start()?;
+    let target = super::profile::resolve_target(global, &args.source).before_start()?;
     let command = if args.command.is_empty() {
         target.argv.clone()
     } else {
         args.command.clone()
     };
     if command.is_empty() {
-        anyhow::bail!("{}: no command to run; pass one after `--`", target.label);
+        return Err(anyhow::anyhow!(
+            "{}: no command to run; pass one after `--`",
+            target.label
+        ))
+        .before_start();
     }
     let backends: Vec<&str> = match args.isolation.as_str() {
         "all" => vec!["sandbox", "vm", "crun"],
@@ -168,6 +182,12 @@ fn run_measure(global: &GlobalArgs, args: MeasureArgs) -> anyhow::Result<ExitCod
     let mut results: Vec<Result<Measurement, String>> = Vec::new();
     for backend in &backends {
         let r = match *backend {
+            // crun runs the workload under no moat policy and no RBAC:
+            // only root acting as itself may use it.
+            "crun" if !global.invoker.is_root() => Err(format!(
+                "not measured: crun runs the workload without moat's policy or RBAC, and moat runs for {}; only root acting as itself may measure crun",
+                global.invoker.describe()
+            )),
             "crun" => measure::measure_crun(&target.rootfs, &command).map_err(|e| format!("{e:#}")),
             other => measure_moat(global, &args.source, other, args.accel.as_deref(), &command),
         };
@@ -182,7 +202,10 @@ fn run_measure(global: &GlobalArgs, args: MeasureArgs) -> anyhow::Result<ExitCod
                 Err(e) => serde_json::json!({ "backend": b, "error": e }),
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        println!(
+            "{}",
+            crate::display::json(serde_json::to_string_pretty(&doc)?)
+        );
     } else {
         for r in &results {
             match r {
@@ -204,7 +227,8 @@ fn run_measure(global: &GlobalArgs, args: MeasureArgs) -> anyhow::Result<ExitCod
                     }
                     println!("         {}", m.syscalls.join(" "));
                 }
-                Err(e) => println!("{e}"),
+                // May quote the workload's or the guest's error text.
+                Err(e) => outln!("{e}"),
             }
         }
     }

@@ -147,7 +147,24 @@ pub fn import_and_rematch(global: &GlobalArgs, path: &Path) -> anyhow::Result<Im
         }
     }
     let images = store::list(&global.root)?.len();
-    let alerts = store::rematch_all(&global.root, &global.run_root(), &db)
+    // The containers, read through the runtime core's one reader; the
+    // advisories are imported already, so an untrusted run root only
+    // costs the list of running containers (with a warning).
+    let records = moat_runtime::record::read_all(&global.run_root()).unwrap_or_else(|e| {
+        eprintln!("moat: warning: {e}; running containers are not listed in alerts");
+        Vec::new()
+    });
+    let containers: Vec<store::ContainerImage> = records
+        .into_iter()
+        .map(|r| store::ContainerImage {
+            container: store::ContainerRef {
+                id: r.id.to_string(),
+                name: r.name.to_string(),
+            },
+            image_id: r.image_id,
+        })
+        .collect();
+    let alerts = store::rematch_all(&global.root, &containers, &db)
         .context("re-matching stored image inventories")?;
     Ok(ImportOutcome {
         source: path.to_path_buf(),
@@ -194,7 +211,7 @@ pub fn print_import(o: &ImportOutcome) {
             .iter()
             .map(|f| format!("{} ({} {}, {})", f.id, f.package, f.installed, f.severity))
             .collect();
-        println!("ALERT {name} ({}): {}", a.image_id, ids.join(", "));
+        outln!("ALERT {name} ({}): {}", a.image_id, ids.join(", "));
         if a.containers.is_empty() {
             println!("  no running containers use it");
         } else {
