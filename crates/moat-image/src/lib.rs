@@ -20,4 +20,5 @@ pub use store::{
 pub mod import;
 
 pub use import::{ImportError, ImportOptions, NoProgress, Progress};
+pub mod registry;
 pub mod testimage;

@@ -18,6 +18,7 @@ mod compile;
 pub mod docker;
 mod error;
 pub mod explain;
+mod image_rules;
 pub mod model;
 mod parse;
 pub mod plan;

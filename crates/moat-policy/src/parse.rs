@@ -979,7 +979,11 @@ impl Cx<'_> {
 
     fn image(&self, node: &Node, i: &mut ImageRules) -> Result<(), PolicyError> {
         let base = "spec.image";
-        let m = self.map(node, base, &["allowed", "digests", "require_digest"])?;
+        let m = self.map(
+            node,
+            base,
+            &["allowed", "digests", "require_digest", "signers"],
+        )?;
         for (k, n) in m {
             let path = format!("{base}.{k}");
             match k {
@@ -1008,6 +1012,22 @@ impl Cx<'_> {
                     i.digests = v;
                 }
                 "require_digest" => i.require_digest = self.bool(n, &path)?,
+                "signers" => {
+                    let mut v = Vec::new();
+                    for item in self.list(n, &path)? {
+                        let im = self.map(item, &path, &["repository", "key"])?;
+                        let repository = self.string(
+                            self.require(item, &im, "repository", &path)?,
+                            &format!("{path}.repository"),
+                        )?;
+                        let key = self.string(
+                            self.require(item, &im, "key", &path)?,
+                            &format!("{path}.key"),
+                        )?;
+                        v.push(crate::model::SignerRule { repository, key });
+                    }
+                    i.signers = v;
+                }
                 _ => unreachable!(),
             }
         }

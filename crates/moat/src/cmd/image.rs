@@ -176,6 +176,7 @@ fn import(store: &Store, a: ImportArgs) -> anyhow::Result<ExitCode> {
             .as_ref()
             .map(|b| b as &dyn Progress)
             .unwrap_or(&NoProgress),
+        source: None,
     };
     let result = store.import(&a.path, &opts);
     if let Some(b) = &bar {

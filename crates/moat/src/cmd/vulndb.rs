@@ -27,6 +27,12 @@ pub enum VulndbCommand {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Download OSV's per-ecosystem exports when they changed, import them
+    /// and re-match (as `import` does).
+    #[command(
+        after_help = "Example:\n  moat vulndb update --ecosystem Debian --ecosystem PyPI --watch 6h"
+    )]
+    Update(crate::cmd::vulndb_update::UpdateArgs),
     /// Show what advisories are loaded and how old they are.
     Status {
         /// Output format.
@@ -53,6 +59,10 @@ pub fn run(global: &GlobalArgs, cmd: VulndbCommand) -> anyhow::Result<ExitCode> 
                 Format::Json => println!("{}", serde_json::to_string_pretty(&out)?),
                 Format::Table => print_import(&out),
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        VulndbCommand::Update(a) => {
+            crate::cmd::vulndb_update::update(global, a)?;
             Ok(ExitCode::SUCCESS)
         }
         VulndbCommand::Status { format } => {
