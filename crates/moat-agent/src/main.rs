@@ -47,7 +47,7 @@ fn main() {
         eprintln!("moat-agent: must run as /init (PID 1) inside a moat micro-VM");
         std::process::exit(2);
     }
-    if let Err(e) = mount_basics() {
+    if let Err(e) = leave_initramfs().and_then(|()| mount_basics()) {
         console(&format!("mounting pseudo filesystems: {e}"));
         sys::power_off();
     }
@@ -67,13 +67,18 @@ fn main() {
     let mut agent = Agent {
         port,
         decoder: Decoder::new(),
+        session: String::new(),
+        // The accelerator probe boots without a root disk: no waiting for one.
+        has_root: cmdline.contains("dm-mod.create="),
     };
     trace("control port open");
     if let Err(e) = agent.serve() {
         console(&e.message);
+        let session = agent.session.clone();
         let _ = agent.send(&Message::Error(AgentFailure {
             code: e.code,
             message: e.message,
+            session,
         }));
     }
     agent.linger();
@@ -95,6 +100,23 @@ fn console(msg: &str) {
     if let Ok(mut c) = File::options().write(true).open("/dev/console") {
         let _ = writeln!(c, "moat-agent: {msg}");
     }
+}
+
+/// Moves the agent onto a tmpfs root of its own (as `switch_root` does), so
+/// that the workload can later `pivot_root` away from it: the initramfs
+/// itself cannot be pivoted away from. The agent needs no file of the
+/// initramfs once it runs.
+fn leave_initramfs() -> io::Result<()> {
+    std::fs::create_dir_all("/agent")?;
+    sys::mount(
+        "tmpfs",
+        "/agent",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=0755,size=1m",
+    )?;
+    std::env::set_current_dir("/agent")?;
+    sys::move_to_root()
 }
 
 fn mount_basics() -> io::Result<()> {
@@ -120,6 +142,47 @@ fn mount_basics() -> io::Result<()> {
         "ptmxmode=0666,mode=620",
     )?;
     Ok(())
+}
+
+/// Once the control port is open and the root is mounted: the agent's
+/// `/sys` becomes read-only (no unbinding of drivers) and its devtmpfs
+/// (every device node, the control port's among them) is replaced by a
+/// /dev holding only what the agent itself uses.
+fn lock_down() -> io::Result<()> {
+    let hard = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    sys::mount(
+        "",
+        "/sys",
+        "",
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | hard,
+        "",
+    )?;
+    sys::umount_detach("/dev")?;
+    sys::mount(
+        "tmpfs",
+        "/dev",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "mode=0755,size=64k",
+    )?;
+    for (name, mode, major, minor) in [
+        ("console", 0o600, 5, 1),
+        ("kmsg", 0o600, 1, 11),
+        ("null", 0o666, 1, 3),
+    ] {
+        let path = format!("/dev/{name}");
+        sys::mknod(&path, libc::S_IFCHR | mode, major, minor)?;
+        sys::chmod(&path, mode)?;
+    }
+    std::fs::create_dir("/dev/pts")?;
+    sys::mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "ptmxmode=0666,mode=620",
+    )?;
+    std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx")
 }
 
 fn wait_for(path: &str, deadline: Duration) -> bool {
@@ -234,6 +297,10 @@ pub fn explain_io(context: String, err: &io::Error) -> Failure {
 struct Agent {
     port: File,
     decoder: Decoder,
+    /// [`Start::session`], echoed in the final frame.
+    session: String,
+    /// Whether the kernel command line creates a verified root device.
+    has_root: bool,
 }
 
 impl Agent {
@@ -269,18 +336,27 @@ impl Agent {
     }
 
     fn serve(&mut self) -> Result<(), Failure> {
+        // Mount the verified root before saying hello (the device and its
+        // root hash come from the kernel command line, not from Start), so
+        // that Start, which the host sends in reply, is read at once and
+        // its clock reading is fresh. A failure is reported once Start has
+        // arrived (the host waits for a frame either way).
+        let mounted = if self.has_root {
+            mount_root()
+        } else {
+            Err(Failure::setup(
+                "the kernel command line creates no root device (dm-mod.create=)",
+            ))
+        };
+        trace("verified root mounted");
+        lock_down()
+            .map_err(|e| Failure::setup(format!("locking down the agent's /sys and /dev: {e}")))?;
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         self.send(&Message::Hello(Hello {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             kernel_release: release.trim().to_string(),
         }))?;
         trace("hello sent");
-        // Mount the verified root before reading Start (the device and its
-        // root hash come from the kernel command line, not from Start). A
-        // failure is reported once Start has arrived (the host waits for a
-        // frame either way).
-        let mounted = mount_root();
-        trace("verified root mounted");
         let start = match self.recv()? {
             Message::Start(s) => s,
             other => {
@@ -291,6 +367,11 @@ impl Agent {
             }
         };
         trace("start received");
+        self.session = start.session.clone();
+        if let Some(t) = start.wall_clock {
+            sys::set_realtime(t.secs, t.nanos)
+                .map_err(|e| Failure::setup(format!("setting the guest clock: {e}")))?;
+        }
         if start.host_version != env!("CARGO_PKG_VERSION") {
             return Err(Failure::setup(format!(
                 "host moat {:?} does not match guest agent {}: rebuild the agent (`make agent`)",
@@ -303,7 +384,8 @@ impl Agent {
         trace("workload started");
         let code = self.relay(child, &start)?;
         trace("workload exited");
-        self.send(&Message::Exit(Exit { code }))
+        let session = self.session.clone();
+        self.send(&Message::Exit(Exit { code, session }))
     }
 
     /// Relays stdio between the port and the workload until it exits.
@@ -496,6 +578,12 @@ fn mount_root() -> Result<(), Failure> {
             }
         )));
     }
-    sys::mount(ROOT_DEVICE, NEW_ROOT, "erofs", libc::MS_RDONLY, "")
-        .map_err(|e| explain_io(format!("mounting the root filesystem {ROOT_DEVICE}"), &e))
+    sys::mount(
+        ROOT_DEVICE,
+        NEW_ROOT,
+        "erofs",
+        libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOSUID,
+        "",
+    )
+    .map_err(|e| explain_io(format!("mounting the root filesystem {ROOT_DEVICE}"), &e))
 }

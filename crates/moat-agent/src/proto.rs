@@ -92,13 +92,33 @@ pub struct Start {
     /// port), so the agent checks the versions match before it runs anything.
     #[serde(default)]
     pub host_version: String,
+    /// A random token of this run, chosen by the host. The agent puts it in
+    /// its `Exit` and `Error` frames; the host takes a final status only
+    /// with the right token, so a process in the guest that reaches the
+    /// control port cannot forge the result (it never sees `Start`).
+    #[serde(default)]
+    pub session: String,
+    /// The host's wall-clock time when it sent `Start` (in reply to
+    /// `Hello`): the agent sets the guest clock from it.
+    #[serde(default)]
+    pub wall_clock: Option<WallClock>,
+}
+
+/// A `CLOCK_REALTIME` reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WallClock {
+    pub secs: i64,
+    pub nanos: u32,
 }
 
 /// Sent by the agent when the workload has ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exit {
     /// Exit code, or 128 + signal number when the workload was killed.
     pub code: i32,
+    /// [`Start::session`], echoed.
+    #[serde(default)]
+    pub session: String,
 }
 
 /// Sent by the agent when it could not start or supervise the workload.
@@ -107,6 +127,9 @@ pub struct AgentFailure {
     /// Docker-style exit code: 125 setup failed, 126 not executable, 127 not found.
     pub code: i32,
     pub message: String,
+    /// [`Start::session`], echoed (empty when the failure came before `Start`).
+    #[serde(default)]
+    pub session: String,
 }
 
 /// One decoded frame.
@@ -356,17 +379,28 @@ mod tests {
         roundtrip(Message::Stderr(Vec::new()));
         roundtrip(Message::Resize { rows: 24, cols: 80 });
         roundtrip(Message::Signal(15));
-        roundtrip(Message::Exit(Exit { code: 137 }));
+        roundtrip(Message::Exit(Exit {
+            code: 137,
+            session: "0f".into(),
+        }));
         roundtrip(Message::Error(AgentFailure {
             code: 127,
             message: "no such file".into(),
+            session: String::new(),
         }));
     }
 
     #[test]
     fn several_frames_in_one_read() {
         let mut bytes = Message::Stdout(b"a".to_vec()).encode().unwrap();
-        bytes.extend(Message::Exit(Exit { code: 3 }).encode().unwrap());
+        bytes.extend(
+            Message::Exit(Exit {
+                code: 3,
+                session: String::new(),
+            })
+            .encode()
+            .unwrap(),
+        );
         let mut d = Decoder::new();
         d.push(&bytes);
         assert_eq!(
@@ -375,7 +409,10 @@ mod tests {
         );
         assert_eq!(
             d.next_message().unwrap(),
-            Some(Message::Exit(Exit { code: 3 }))
+            Some(Message::Exit(Exit {
+                code: 3,
+                session: String::new(),
+            }))
         );
         assert_eq!(d.next_message().unwrap(), None);
     }

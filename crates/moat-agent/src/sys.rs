@@ -351,3 +351,121 @@ pub fn boottime_secs() -> f64 {
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
+
+pub fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: unshare takes only flags.
+    check(unsafe { libc::unshare(flags) }).map(drop)
+}
+
+pub fn umount_detach(target: &str) -> io::Result<()> {
+    let t = cstr(target)?;
+    // SAFETY: valid C string.
+    check(unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) }).map(drop)
+}
+
+/// Makes the current directory the root of this process: `MS_MOVE` of the
+/// mount at `.` onto `/`, then `chroot(".")` (what switch_root does; the
+/// initramfs itself cannot be pivoted away from).
+pub fn move_to_root() -> io::Result<()> {
+    // SAFETY: constant C strings; a NULL fstype and data are allowed for MS_MOVE.
+    check(unsafe {
+        libc::mount(
+            c".".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_MOVE,
+            std::ptr::null(),
+        )
+    })?;
+    // SAFETY: constant C strings.
+    check(unsafe { libc::chroot(c".".as_ptr()) })?;
+    // SAFETY: constant C string.
+    check(unsafe { libc::chdir(c"/".as_ptr()) }).map(drop)
+}
+
+/// `pivot_root` onto the mount at `new_root` (the old root is stacked under
+/// it and detached), then `chdir("/")`. Needs a private mount namespace.
+pub fn pivot_into(new_root: &str) -> io::Result<()> {
+    let r = cstr(new_root)?;
+    // SAFETY: valid C string.
+    check(unsafe { libc::chdir(r.as_ptr()) })?;
+    // SAFETY: constant C strings.
+    check(unsafe {
+        libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int
+    })?;
+    // SAFETY: constant C string.
+    check(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) })?;
+    // SAFETY: constant C string.
+    check(unsafe { libc::chdir(c"/".as_ptr()) }).map(drop)
+}
+
+/// Sets `CLOCK_REALTIME`.
+pub fn set_realtime(secs: i64, nanos: u32) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: secs,
+        tv_nsec: nanos as libc::c_long,
+    };
+    // SAFETY: ts is a valid timespec.
+    check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) }).map(drop)
+}
+
+/// Brings the loopback interface up (`SIOCSIFFLAGS` with `IFF_UP`).
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: socket takes only integers.
+    let fd =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: socket returned a fresh descriptor that we now own.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS fills the flags of the named interface in req.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
+    // SAFETY: the flags member of the union is the one SIOC[GS]IFFLAGS use.
+    unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads the flags from req.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
+}
+
+pub fn chmod(path: &str, mode: libc::mode_t) -> io::Result<()> {
+    let p = cstr(path)?;
+    // SAFETY: valid C string.
+    check(unsafe { libc::chmod(p.as_ptr(), mode) }).map(drop)
+}
+
+/// A detached copy of the mount at `path` (`open_tree(OPEN_TREE_CLONE)`).
+pub fn open_tree_clone(path: &str) -> io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let p = cstr(path)?;
+    // SAFETY: valid C string; the flags ask for a new, close-on-exec fd.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        ) as libc::c_int
+    })?;
+    // SAFETY: open_tree returned a fresh descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Attaches the detached mount `mnt` at `target`.
+pub fn move_mount_to(mnt: BorrowedFd<'_>, target: &str) -> io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+    let t = cstr(target)?;
+    // SAFETY: mnt is an open mount fd, the paths are valid C strings.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        ) as libc::c_int
+    })
+    .map(drop)
+}

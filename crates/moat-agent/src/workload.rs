@@ -13,7 +13,44 @@ use std::path::Path;
 use moat_agent::proto::Start;
 use moat_policy::plan::{MountPlan, RlimitResource};
 
+use std::os::unix::fs::OpenOptionsExt;
+
+use moat_policy::plan::NetworkPlan;
+
 use crate::{explain_io, sys, Failure, NEW_ROOT};
+
+/// The agent's cgroup2 mount, and the workload's cgroup in it.
+const CGROUP_MOUNT: &str = "/cgroup";
+const CGROUP: &str = "/cgroup/workload";
+
+/// A cgroup with `pids.max` for the workload: unlike `RLIMIT_NPROC`, it
+/// binds guest uid 0 too.
+fn pids_cgroup(plan: &moat_policy::Plan) -> Result<(), Failure> {
+    let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
+    let limit = plan.cgroup.pids.or_else(|| {
+        plan.rlimits
+            .iter()
+            .find(|r| r.resource == RlimitResource::Nproc)
+            .map(|r| r.hard)
+    });
+    std::fs::create_dir_all(CGROUP_MOUNT).map_err(|e| err("mkdir /cgroup", e))?;
+    sys::mount(
+        "cgroup2",
+        CGROUP_MOUNT,
+        "cgroup2",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+    )
+    .map_err(|e| err("mounting cgroup2", e))?;
+    std::fs::write(format!("{CGROUP_MOUNT}/cgroup.subtree_control"), "+pids")
+        .map_err(|e| err("enabling the pids controller", e))?;
+    std::fs::create_dir(CGROUP).map_err(|e| err("creating the workload's cgroup", e))?;
+    if let Some(n) = limit {
+        std::fs::write(format!("{CGROUP}/pids.max"), n.to_string())
+            .map_err(|e| err(&format!("setting pids.max to {n}"), e))?;
+    }
+    Ok(())
+}
 
 /// The running workload and the agent's ends of its stdio.
 pub struct Child {
@@ -48,6 +85,10 @@ pub fn spawn(start: &Start) -> Result<Child, Failure> {
             (in_w, out_r, Some(err_r), [in_r, out_w, err_w])
         };
     let (report_r, report_w) = sys::pipe().map_err(|e| err("pipe", e))?;
+    pids_cgroup(&start.plan)?;
+    // The workload is PID 1 of a PID namespace of its own: the agent is
+    // neither visible nor reachable (no signals, no prlimit, no /proc/1/root).
+    sys::unshare(libc::CLONE_NEWPID).map_err(|e| err("unshare(CLONE_NEWPID)", e))?;
     match sys::fork().map_err(|e| err("fork", e))? {
         sys::Fork::Child => {
             drop(report_r);
@@ -89,12 +130,44 @@ fn child(start: &Start, fds: &[OwnedFd; 3], last_cap: u32) -> Result<Infallible,
     for (i, fd) in fds.iter().enumerate() {
         sys::dup2(fd.as_raw_fd(), i as i32).map_err(|e| err("dup2", e))?;
     }
-    // The pty lives in the agent's devpts instance: keep a handle to bind it in.
-    let pts = File::open("/dev/pts").map_err(|e| err("opening /dev/pts", e))?;
-    std::os::unix::fs::chroot(NEW_ROOT).map_err(|e| err("chroot into the root filesystem", e))?;
-    std::env::set_current_dir("/").map_err(|e| err("chdir /", e))?;
-    mount_container_fs(plan, &pts)?;
-    drop(pts);
+    std::fs::write(format!("{CGROUP}/cgroup.procs"), "0")
+        .map_err(|e| err("joining the workload's pids cgroup", e))?;
+    // The terminal (in the agent's devpts) becomes the container's
+    // /dev/console, as in the sandbox.
+    let console_path = if p.tty {
+        Some(std::fs::read_link("/proc/self/fd/0").map_err(|e| err("finding the terminal", e))?)
+    } else {
+        None
+    };
+    // Own mount namespace, nothing propagates back to the agent's.
+    sys::unshare(libc::CLONE_NEWNS).map_err(|e| err("unshare(CLONE_NEWNS)", e))?;
+    sys::mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE, "")
+        .map_err(|e| err("making the mounts private", e))?;
+    let console = match &console_path {
+        Some(path) => Some(
+            sys::open_tree_clone(&path.to_string_lossy())
+                .map_err(|e| err(&format!("cloning the terminal {}", path.display()), e))?,
+        ),
+        None => None,
+    };
+    // pivot_root, not chroot: the agent's root is gone from this namespace.
+    sys::pivot_into(NEW_ROOT).map_err(|e| err("pivot_root into the root filesystem", e))?;
+    mount_container_fs(plan, console)?;
+    if p.tty {
+        // stdio by the container's own path of the terminal.
+        let c = File::options()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open("/dev/console")
+            .map_err(|e| err("opening /dev/console", e))?;
+        for i in 0..3 {
+            sys::dup2(c.as_raw_fd(), i).map_err(|e| err("dup2", e))?;
+        }
+    }
+    if matches!(plan.network, NetworkPlan::Loopback) {
+        sys::loopback_up().map_err(|e| err("bringing up loopback", e))?;
+    }
     if !p.hostname.is_empty() {
         sys::sethostname(&p.hostname).map_err(|e| err("sethostname", e))?;
     }
@@ -110,12 +183,6 @@ fn child(start: &Start, fds: &[OwnedFd; 3], last_cap: u32) -> Result<Infallible,
         sys::setrlimit(res, r.soft, r.hard)
             .map_err(|e| err(&format!("setrlimit {:?}", r.resource), e))?;
     }
-    let cwd = if p.cwd.is_empty() {
-        "/"
-    } else {
-        p.cwd.as_str()
-    };
-    std::env::set_current_dir(cwd).map_err(|e| err(&format!("working directory {cwd}"), e))?;
     // Capabilities: bounding set first (needs CAP_SETPCAP), then identity, then the sets.
     let mut mask: u64 = 0;
     for name in &plan.capabilities {
@@ -137,6 +204,26 @@ fn child(start: &Start, fds: &[OwnedFd; 3], last_cap: u32) -> Result<Infallible,
         }
     }
     sys::no_new_privs().map_err(|e| err("no_new_privs", e))?;
+    // The working directory, entered with the workload's own identity; it
+    // must resolve inside the root (rule 3).
+    let cwd = if p.cwd.is_empty() {
+        "/"
+    } else {
+        p.cwd.as_str()
+    };
+    if let Err(e) = std::env::set_current_dir(cwd) {
+        return Err(Failure::setup(format!(
+            "working directory: {cwd} does not exist in the container or is not a directory ({e})"
+        )));
+    }
+    match std::env::current_dir() {
+        Ok(d) if d.is_absolute() && !d.to_string_lossy().starts_with("(unreachable)") => {}
+        other => {
+            return Err(Failure::setup(format!(
+                "working directory: {cwd} resolves outside the container root ({other:?})"
+            )))
+        }
+    }
     let env: Vec<CString> = p
         .env
         .iter()
@@ -162,7 +249,7 @@ fn child(start: &Start, fds: &[OwnedFd; 3], last_cap: u32) -> Result<Infallible,
         .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     let exe = resolve(arg0, path_var).ok_or_else(|| Failure {
         code: 127,
-        message: format!("{arg0}: executable file not found in $PATH"),
+        message: format!("executable {arg0:?} not found in the container (PATH={path_var})"),
     })?;
     let exe_c = CString::new(exe.as_str()).map_err(|_| Failure::setup("NUL in path"))?;
     sys::cloexec_from_3().map_err(|e| err("close_range", e))?;
@@ -181,15 +268,18 @@ fn child(start: &Start, fds: &[OwnedFd; 3], last_cap: u32) -> Result<Infallible,
         sys::seccomp_filter(&prog).map_err(|e| err("installing the seccomp filter", e))?;
     }
     let e = sys::execve(&exe_c, &argv, &env);
-    let code = match e.raw_os_error() {
-        Some(libc::ENOENT) => 127,
-        Some(libc::EIO) => return Err(explain_io(format!("exec {exe}"), &e)),
-        _ => 126,
-    };
-    Err(Failure {
-        code,
-        message: format!("exec {exe}: {e}"),
-    })
+    // Worded as the sandbox words them.
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => Err(Failure {
+            code: 127,
+            message: format!("executable {arg0:?} not found in the container (PATH={path_var})"),
+        }),
+        Some(libc::EIO) => Err(explain_io(format!("exec {exe}"), &e)),
+        _ => Err(Failure {
+            code: 126,
+            message: format!("cannot execute {arg0:?} in the container: {arg0}: {e}"),
+        }),
+    }
 }
 
 /// `execvp`-style lookup inside the (already entered) root.
@@ -204,14 +294,28 @@ fn resolve(arg0: &str, path_var: &str) -> Option<String> {
         .find(|c| std::fs::metadata(c).is_ok_and(|m| m.is_file()))
 }
 
+/// Files under /proc hidden behind /dev/null (as in the sandbox).
+const PROC_MASKED_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "timer_list",
+    "sched_debug",
+    "sysrq-trigger",
+    "latency_stats",
+    "kallsyms",
+];
+/// Directories under /proc made read-only (as in the sandbox).
+const PROC_READONLY: &[&str] = &["sys", "irq", "bus", "fs", "acpi", "scsi"];
+
 /// /proc, a minimal /dev, read-only /sys and the plan's tmpfs mounts, all
-/// resolved inside the root we already chrooted into.
-fn mount_container_fs(plan: &moat_policy::Plan, pts: &File) -> Result<(), Failure> {
+/// made after `pivot_root`, so every path resolves inside the root.
+fn mount_container_fs(plan: &moat_policy::Plan, console: Option<OwnedFd>) -> Result<(), Failure> {
     let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
     let hard = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     sys::mount("proc", "/proc", "proc", hard, "").map_err(|e| err("mounting /proc", e))?;
     sys::mount("sysfs", "/sys", "sysfs", hard | libc::MS_RDONLY, "")
         .map_err(|e| err("mounting /sys", e))?;
+    // /dev as runc and the sandbox make it: a 0755 tmpfs, 0666 nodes.
     sys::mount(
         "tmpfs",
         "/dev",
@@ -220,29 +324,46 @@ fn mount_container_fs(plan: &moat_policy::Plan, pts: &File) -> Result<(), Failur
         "mode=755,size=65536k",
     )
     .map_err(|e| err("mounting /dev", e))?;
+    // /dev/tty only with a terminal of the container's own (-t), as in the
+    // sandbox: without one there is no terminal for it to name.
+    let tty = console.as_ref().map(|_| ("tty", 5, 0));
     for (name, major, minor) in [
         ("null", 1, 3),
         ("zero", 1, 5),
         ("full", 1, 7),
         ("random", 1, 8),
         ("urandom", 1, 9),
-        ("tty", 5, 0),
-    ] {
+    ]
+    .into_iter()
+    .chain(tty)
+    {
         let path = format!("/dev/{name}");
         sys::mknod(&path, libc::S_IFCHR | 0o666, major, minor)
             .map_err(|e| err(&format!("mknod {path}"), e))?;
+        // mknod's mode is cut by the umask.
+        sys::chmod(&path, 0o666).map_err(|e| err(&format!("chmod {path}"), e))?;
     }
-    for d in ["/dev/pts", "/dev/shm"] {
+    if let Some(c) = console {
+        File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o620)
+            .open("/dev/console")
+            .map_err(|e| err("creating /dev/console", e))?;
+        sys::move_mount_to(c.as_fd(), "/dev/console")
+            .map_err(|e| err("mounting the terminal on /dev/console", e))?;
+    }
+    for (d, mode) in [("/dev/pts", 0o755), ("/dev/shm", 0o1777)] {
         std::fs::create_dir(d).map_err(|e| err(&format!("mkdir {d}"), e))?;
+        sys::chmod(d, mode).map_err(|e| err(&format!("chmod {d}"), e))?;
     }
-    // The agent's devpts instance (it holds only this container's terminal),
-    // so that the workload's terminal is visible as /dev/pts/N.
+    // A devpts instance of the container's own.
     sys::mount(
-        &format!("/proc/self/fd/{}", pts.as_raw_fd()),
+        "devpts",
         "/dev/pts",
-        "",
-        libc::MS_BIND,
-        "",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "ptmxmode=0666,mode=620",
     )
     .map_err(|e| err("mounting /dev/pts", e))?;
     sys::mount("shm", "/dev/shm", "tmpfs", hard, "mode=1777,size=65536k")
@@ -255,6 +376,38 @@ fn mount_container_fs(plan: &moat_policy::Plan, pts: &File) -> Result<(), Failur
         ("/dev/stderr", "/proc/self/fd/2"),
     ] {
         std::os::unix::fs::symlink(target, link).map_err(|e| err(&format!("symlink {link}"), e))?;
+    }
+    sys::mount(
+        "",
+        "/dev",
+        "",
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC,
+        "",
+    )
+    .map_err(|e| err("making /dev read-only", e))?;
+    for name in PROC_READONLY {
+        let path = format!("/proc/{name}");
+        if !Path::new(&path).exists() {
+            continue;
+        }
+        sys::mount(&path, &path, "", libc::MS_BIND | libc::MS_REC, "")
+            .map_err(|e| err(&format!("binding {path}"), e))?;
+        sys::mount(
+            "",
+            &path,
+            "",
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | hard,
+            "",
+        )
+        .map_err(|e| err(&format!("making {path} read-only"), e))?;
+    }
+    for name in PROC_MASKED_FILES {
+        let path = format!("/proc/{name}");
+        if !Path::new(&path).exists() {
+            continue;
+        }
+        sys::mount("/dev/null", &path, "", libc::MS_BIND, "")
+            .map_err(|e| err(&format!("masking {path}"), e))?;
     }
     for m in &plan.mounts {
         match m {
@@ -273,12 +426,14 @@ fn mount_container_fs(plan: &moat_policy::Plan, pts: &File) -> Result<(), Failur
                         "tmpfs destination {destination} is not a directory in the image: create it in the image or change the policy's tmpfs path"
                     )));
                 }
+                // As in the sandbox: /tmp is 1777, every other tmpfs 0755.
+                let mode = if destination == "/tmp" { "1777" } else { "755" };
                 sys::mount(
                     "tmpfs",
                     destination,
                     "tmpfs",
                     libc::MS_NOSUID | libc::MS_NODEV,
-                    &format!("mode=1777,size={size_bytes}"),
+                    &format!("mode={mode},size={size_bytes}"),
                 )
                 .map_err(|e| err(&format!("mounting tmpfs on {destination}"), e))?;
             }

@@ -124,6 +124,8 @@ pub struct ImportOptions<'a> {
     pub name: Option<String>,
     pub unpack: UnpackOptions,
     pub progress: &'a dyn Progress,
+    /// What the image record says it came from (default: the path).
+    pub source: Option<String>,
 }
 
 impl Default for ImportOptions<'_> {
@@ -132,6 +134,7 @@ impl Default for ImportOptions<'_> {
             name: None,
             unpack: UnpackOptions::default(),
             progress: &NoProgress,
+            source: None,
         }
     }
 }
@@ -658,7 +661,10 @@ impl Store {
                 media_type: media_type.clone(),
             }],
             imported: now_rfc3339(),
-            source: sp.display().to_string(),
+            source: opts
+                .source
+                .clone()
+                .unwrap_or_else(|| sp.display().to_string()),
             unpack: opts.unpack,
             mount_points: Vec::new(),
         };
@@ -817,7 +823,10 @@ impl Store {
                 })
                 .collect(),
             imported: now_rfc3339(),
-            source: sp.display().to_string(),
+            source: opts
+                .source
+                .clone()
+                .unwrap_or_else(|| sp.display().to_string()),
             unpack: opts.unpack,
             mount_points: Vec::new(),
         };

@@ -14,8 +14,11 @@ pub mod mountpoints;
 mod remove;
 pub mod store;
 
-pub use store::{Image, ImageConfig, LayerInfo, RemoveOptions, Removed, Store, StoreError};
+pub use store::{
+    ContainerUse, Image, ImageConfig, LayerInfo, RemoveOptions, Removed, Store, StoreError,
+};
 pub mod import;
 
 pub use import::{ImportError, ImportOptions, NoProgress, Progress};
+pub mod registry;
 pub mod testimage;

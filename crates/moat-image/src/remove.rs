@@ -3,50 +3,15 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::digest::{sha256_hex, HashingReader};
 use crate::oci::{self, Descriptor};
 use crate::store::{
-    io_read, io_write, normalize_name, Image, RemoveOptions, Removed, Store, StoreError,
+    io_read, io_write, normalize_name, ContainerUse, Image, RemoveOptions, Removed, Store,
+    StoreError,
 };
 use crate::testimage::OCI_LAYOUT;
-
-/// A container that references an image, from its state.json.
-struct User {
-    container: String,
-    state: PathBuf,
-}
-
-/// Containers under `<run_root>/containers/*/state.json` whose `image_id`
-/// is `config_digest`.
-fn users_of(run_root: &Path, config_digest: &str) -> Vec<User> {
-    let mut out = Vec::new();
-    let Ok(dir) = fs::read_dir(run_root.join("containers")) else {
-        return out;
-    };
-    for ent in dir.flatten() {
-        let state = ent.path().join("state.json");
-        let Ok(bytes) = fs::read(&state) else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-            continue;
-        };
-        if v.get("image_id").and_then(|i| i.as_str()) == Some(config_digest) {
-            let name = v
-                .get("name")
-                .and_then(|n| n.as_str())
-                .filter(|n| !n.is_empty());
-            let id = v.get("id").and_then(|n| n.as_str()).unwrap_or("?");
-            out.push(User {
-                container: name.unwrap_or(id).to_string(),
-                state,
-            });
-        }
-    }
-    out
-}
 
 impl Store {
     /// Removes an image, or only the name `reference` when the image has
@@ -82,16 +47,19 @@ impl Store {
         if opts.force {
             return Ok(());
         }
-        if let Some(run_root) = &opts.run_root {
-            if let Some(u) = users_of(run_root, &image.config_digest).into_iter().next() {
+        if let Some(containers) = &opts.containers {
+            if let Some(u) = containers
+                .iter()
+                .find(|c| c.image_id == image.config_digest)
+            {
                 return Err(StoreError::InUse {
                     image: image
                         .names
                         .first()
                         .cloned()
                         .unwrap_or_else(|| image.config_digest.clone()),
-                    container: u.container,
-                    state: u.state,
+                    container: u.container.clone(),
+                    state: u.state.clone(),
                 });
             }
         }
@@ -108,6 +76,17 @@ impl Store {
         let hex = sha256_hex(&image.manifest_digest).expect("stored digests are valid");
         let record = self.images_dir().join(format!("{hex}.json"));
         fs::remove_file(&record).map_err(io_write(&record))?;
+        // Metadata derived from it (`<hex>.<kind>.json`, e.g. its profile).
+        if let Ok(rd) = fs::read_dir(self.images_dir()) {
+            let prefix = format!("{hex}.");
+            for ent in rd.flatten() {
+                let name = ent.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(&prefix) && name.ends_with(".json") {
+                    let _ = fs::remove_file(ent.path());
+                }
+            }
+        }
         names.names.retain(|n, d| {
             if *d == image.manifest_digest {
                 removed.untagged.push(n.clone());
@@ -194,7 +173,7 @@ impl Store {
 
     /// Removes images without a name (not in use), unreferenced blobs and
     /// rootfs directories, and abandoned staging directories.
-    pub fn prune(&self, run_root: Option<&Path>) -> Result<Removed, StoreError> {
+    pub fn prune(&self, containers: Option<&[ContainerUse]>) -> Result<Removed, StoreError> {
         let _excl = self.lock_exclusive()?;
         let mut removed = Removed {
             staging: crate::lock::clean_stale(&self.tmp_dir())
@@ -205,7 +184,7 @@ impl Store {
         let mut names = self.read_names()?;
         let opts = RemoveOptions {
             force: false,
-            run_root: run_root.map(Path::to_path_buf),
+            containers: containers.map(<[ContainerUse]>::to_vec),
         };
         for image in self.list()? {
             if image.names.is_empty() && self.check_unused(&image, &opts).is_ok() {

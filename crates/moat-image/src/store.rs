@@ -189,13 +189,26 @@ pub(crate) struct Names {
     pub names: BTreeMap<String, String>,
 }
 
+/// A container and the image it uses, as the front end read it through
+/// the runtime core's one reader (`moat_runtime::record::read_all`, which
+/// keeps the trust rules): the store never parses container state itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerUse {
+    /// The container's name (its ID when it has none).
+    pub container: String,
+    /// The image config digest it runs.
+    pub image_id: String,
+    /// Its `state.json`, for the message.
+    pub state: PathBuf,
+}
+
 /// Options of `Store::remove`.
 #[derive(Debug, Clone, Default)]
 pub struct RemoveOptions {
-    /// Remove even if a container's state references the image.
+    /// Remove even if a container uses the image.
     pub force: bool,
-    /// Runtime root whose `containers/*/state.json` are checked.
-    pub run_root: Option<PathBuf>,
+    /// The containers that exist (`None`: not checked).
+    pub containers: Option<Vec<ContainerUse>>,
 }
 
 /// What `remove` or `prune` did.
@@ -448,6 +461,38 @@ impl Store {
             digest: manifest_digest.to_string(),
         })?;
         Ok(self.images_dir().join(format!("{hex}.json")))
+    }
+
+    /// `images/<hex>.<kind>.json`: metadata derived from an image (its
+    /// profile), kept beside its record and removed with it.
+    pub fn derived_path(&self, image: &Image, kind: &str) -> Result<PathBuf, StoreError> {
+        let hex = sha256_hex(&image.manifest_digest).ok_or_else(|| StoreError::BadDigest {
+            digest: image.manifest_digest.clone(),
+        })?;
+        Ok(self.images_dir().join(format!("{hex}.{kind}.json")))
+    }
+
+    /// Reads derived metadata of `image` (`None` when there is none).
+    pub fn read_derived(&self, image: &Image, kind: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.derived_path(image, kind)?;
+        match fs::read(&path) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_read(&path)(e)),
+        }
+    }
+
+    /// Writes derived metadata of `image` atomically, under the store's
+    /// metadata lock, and only while the image is still in the store.
+    pub fn write_derived(&self, image: &Image, kind: &str, data: &[u8]) -> Result<(), StoreError> {
+        let path = self.derived_path(image, kind)?;
+        let _meta = self.lock_meta()?;
+        if self.read_record(&image.manifest_digest)?.is_none() {
+            return Err(StoreError::NotFound {
+                reference: image.manifest_digest.clone(),
+            });
+        }
+        write_atomic(&path, data)
     }
 
     pub(crate) fn rootfs_path(&self, manifest_digest: &str) -> Result<PathBuf, StoreError> {

@@ -30,6 +30,9 @@ pub enum PolicyError {
     /// A problem with the policy as a whole (no single position).
     #[error("{file}: {message}")]
     Validate { file: String, message: String },
+    /// `auto` was asked for where there is no image to narrow it to.
+    #[error("the `auto` policy is made per image from its profile, and {what} has no image; pass --image IMAGE, or name another policy (baseline)")]
+    AutoWithoutImage { what: String },
     /// The compiler could not produce a plan.
     #[error("cannot compile policy `{name}`: {message}")]
     Compile { name: String, message: String },

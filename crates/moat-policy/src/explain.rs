@@ -37,6 +37,9 @@ pub struct Explanation {
     pub resources: Vec<String>,
     pub exec: bool,
     pub audit_denied_syscalls: bool,
+    /// The `image` trust rules, one line each (empty: any image).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trust: Vec<String>,
 }
 
 fn human_bytes(b: u64) -> String {
@@ -209,7 +212,29 @@ pub fn explain(policy: &Policy) -> Explanation {
         resources,
         exec: s.exec,
         audit_denied_syscalls: s.audit.denied_syscalls,
+        trust: trust_lines(&s.image),
     }
+}
+
+/// `spec.image` as lines for `explain`.
+fn trust_lines(i: &crate::model::ImageRules) -> Vec<String> {
+    let mut v = Vec::new();
+    if !i.allowed.is_empty() {
+        v.push(format!("only images named {}", i.allowed.join(", ")));
+    }
+    if i.require_digest {
+        v.push("images must be named by digest (tags refused)".to_string());
+    }
+    if !i.digests.is_empty() {
+        v.push(format!("only digests {}", i.digests.join(", ")));
+    }
+    for r in &i.signers {
+        v.push(format!(
+            "{} must be signed by the key in {}",
+            r.repository, r.key
+        ));
+    }
+    v
 }
 
 impl Explanation {
@@ -291,6 +316,14 @@ impl Explanation {
                 "denied system calls are not logged"
             }
         ));
+        for (n, t) in self.trust.iter().enumerate() {
+            let head = if n == 0 {
+                "  images        "
+            } else {
+                "                "
+            };
+            o.push_str(&format!("{head}{t}\n"));
+        }
         o
     }
 }

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod args;
+pub mod auto;
 pub mod bpf;
 pub mod builtin;
 pub mod caps;
@@ -17,6 +18,7 @@ mod compile;
 pub mod docker;
 mod error;
 pub mod explain;
+mod image_rules;
 pub mod model;
 mod parse;
 pub mod plan;
@@ -36,9 +38,31 @@ pub use plan::{Plan, ProcessSpec};
 pub use suggest::closest as suggest_closest;
 
 impl Policy {
-    /// A built-in policy by name (`baseline`, `restricted`).
+    /// A built-in policy by name (`baseline`, `restricted`; `auto` needs an
+    /// image: [`Policy::builtin_for_image`]).
     pub fn builtin(name: &str) -> Result<Policy, PolicyError> {
         parse::Loader::new().load_builtin(name)
+    }
+
+    /// A built-in policy by name, `auto` narrowed to `image`.
+    pub fn builtin_for_image(
+        name: &str,
+        image: &auto::ImageSyscalls,
+    ) -> Result<Policy, PolicyError> {
+        parse::Loader::for_image(image.clone()).load_builtin(name)
+    }
+
+    /// [`Policy::resolve`] where `auto` (named, or extended) is narrowed to `image`.
+    pub fn resolve_for_image(
+        name_or_path: &str,
+        image: &auto::ImageSyscalls,
+    ) -> Result<Policy, PolicyError> {
+        let mut loader = parse::Loader::for_image(image.clone());
+        if builtin::text(name_or_path).is_some() && !Path::new(name_or_path).exists() {
+            loader.load_builtin(name_or_path)
+        } else {
+            loader.load_file(Path::new(name_or_path))
+        }
     }
 
     /// Load a policy file, resolving `extends` (relative paths are relative

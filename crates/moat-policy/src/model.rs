@@ -284,6 +284,17 @@ pub struct ImageRules {
     pub digests: Vec<String>,
     /// Refuse references that are not pinned by digest.
     pub require_digest: bool,
+    /// Images whose name matches a rule must carry a signature by its key.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub signers: Vec<SignerRule>,
+}
+
+/// `spec.image.signers[]`: a repository pattern (`*` suffix) and the
+/// public key (PEM file) whose signature it requires.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SignerRule {
+    pub repository: String,
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -21,11 +21,23 @@ pub const API_VERSION: &str = "moat.dev/v1";
 pub(crate) struct Loader {
     /// (identity, label) of the files being loaded, outermost first.
     chain: Vec<(String, String)>,
+    /// The image `auto` is narrowed to; without one `auto` is refused.
+    image: Option<crate::auto::ImageSyscalls>,
 }
 
 impl Loader {
     pub(crate) fn new() -> Loader {
-        Loader { chain: Vec::new() }
+        Loader {
+            chain: Vec::new(),
+            image: None,
+        }
+    }
+
+    pub(crate) fn for_image(image: crate::auto::ImageSyscalls) -> Loader {
+        Loader {
+            chain: Vec::new(),
+            image: Some(image),
+        }
     }
 
     pub(crate) fn load_file(&mut self, path: &Path) -> Result<Policy, PolicyError> {
@@ -46,6 +58,18 @@ impl Loader {
             hint: hint(suggest::closest(name, builtin::NAMES.iter().copied())),
         })?;
         let label = format!("builtin:{name}");
+        if name == "auto" {
+            let Some(image) = self.image.clone() else {
+                let what = match self.chain.first() {
+                    Some((_, file)) => format!("`extends: auto` in {file}"),
+                    None => "this command".to_string(),
+                };
+                return Err(PolicyError::AutoWithoutImage { what });
+            };
+            let mut policy = self.load_with_id(text, &label, &label, None)?;
+            crate::auto::narrow(&mut policy, &image);
+            return Ok(policy);
+        }
         self.load_with_id(text, &label, &label, None)
     }
 
@@ -955,7 +979,11 @@ impl Cx<'_> {
 
     fn image(&self, node: &Node, i: &mut ImageRules) -> Result<(), PolicyError> {
         let base = "spec.image";
-        let m = self.map(node, base, &["allowed", "digests", "require_digest"])?;
+        let m = self.map(
+            node,
+            base,
+            &["allowed", "digests", "require_digest", "signers"],
+        )?;
         for (k, n) in m {
             let path = format!("{base}.{k}");
             match k {
@@ -984,6 +1012,22 @@ impl Cx<'_> {
                     i.digests = v;
                 }
                 "require_digest" => i.require_digest = self.bool(n, &path)?,
+                "signers" => {
+                    let mut v = Vec::new();
+                    for item in self.list(n, &path)? {
+                        let im = self.map(item, &path, &["repository", "key"])?;
+                        let repository = self.string(
+                            self.require(item, &im, "repository", &path)?,
+                            &format!("{path}.repository"),
+                        )?;
+                        let key = self.string(
+                            self.require(item, &im, "key", &path)?,
+                            &format!("{path}.key"),
+                        )?;
+                        v.push(crate::model::SignerRule { repository, key });
+                    }
+                    i.signers = v;
+                }
                 _ => unreachable!(),
             }
         }

@@ -214,7 +214,7 @@ fn header_errors() {
 fn extends_errors() {
     assert_eq!(
         err("apiVersion: moat.dev/v1\nkind: Policy\nmetadata: {name: t}\nspec:\n  extends: baselin\n"),
-        "t.yaml:5:12: `extends: baselin` is neither a built-in policy (baseline, restricted) nor a file path ending in .yaml; did you mean `baseline`?"
+        "t.yaml:5:12: `extends: baselin` is neither a built-in policy (auto, baseline, restricted) nor a file path ending in .yaml; did you mean `baseline`?"
     );
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a.yaml");

@@ -4,7 +4,9 @@
 
 use object::elf::{DT_NEEDED, DT_RPATH, DT_RUNPATH, PF_X, PT_INTERP, PT_LOAD};
 use object::read::elf::{Dyn, ElfFile64, ProgramHeader};
-use object::{Architecture, Object, ObjectSection, ObjectSymbol, SectionKind, SymbolKind};
+use object::{
+    Architecture, Object, ObjectSection, ObjectSymbol, ObjectSymbolTable, SectionKind, SymbolKind,
+};
 
 use crate::disasm::{self, CodeScan};
 
@@ -21,6 +23,8 @@ pub enum ElfError {
 pub struct Export {
     pub name: String,
     pub addr: u64,
+    /// Symbol size in bytes (0 when the symbol table does not say).
+    pub size: u64,
 }
 
 /// The facts about one ELF object.
@@ -42,6 +46,8 @@ pub struct ElfInfo {
     /// Function extents from `.eh_frame` (start, length): these delimit
     /// internal functions even in a stripped library.
     pub functions: Vec<(u64, u64)>,
+    /// GOT slots the dynamic loader fills with libc's `syscall(2)`.
+    pub syscall_slots: Vec<u64>,
 }
 
 impl ElfInfo {
@@ -98,7 +104,22 @@ impl ElfInfo {
                 info.exports.push(Export {
                     name: name.to_string(),
                     addr: sym.address(),
+                    size: sym.size(),
                 });
+            }
+        }
+        if let Some(relocs) = file.dynamic_relocations() {
+            let symbols = file.dynamic_symbol_table();
+            for (offset, reloc) in relocs {
+                let object::RelocationTarget::Symbol(index) = reloc.target() else {
+                    continue;
+                };
+                let Some(sym) = symbols.as_ref().and_then(|t| t.symbol_by_index(index).ok()) else {
+                    continue;
+                };
+                if sym.name() == Ok("syscall") {
+                    info.syscall_slots.push(offset);
+                }
             }
         }
         for sym in file.symbols() {
@@ -107,6 +128,7 @@ impl ElfInfo {
                     info.exports.push(Export {
                         name: name.to_string(),
                         addr: sym.address(),
+                        size: sym.size(),
                     });
                 }
             }
@@ -148,9 +170,34 @@ impl ElfInfo {
             let s = disasm::scan(bytes, *addr);
             all.sites.extend(s.sites);
             all.edges.extend(s.edges);
+            all.calls.extend(s.calls);
+            all.got_jumps.extend(s.got_jumps);
+            all.jump_entered.extend(s.jump_entered);
+            all.global_writes.extend(s.global_writes);
         }
         all
     }
+}
+
+/// The 8 bytes at virtual address `vaddr` of the ELF file `data`, from the
+/// file contents of a loadable segment (what the variable holds before any
+/// code runs).
+pub fn read_u64_at(data: &[u8], vaddr: u64) -> Option<u64> {
+    let file = ElfFile64::<object::Endianness>::parse(data).ok()?;
+    let endian = file.endian();
+    for ph in file.elf_program_headers() {
+        if ph.p_type(endian) != PT_LOAD {
+            continue;
+        }
+        let start = ph.p_vaddr(endian);
+        let filesz = ph.p_filesz(endian);
+        if vaddr >= start && vaddr.checked_add(8)? <= start + filesz {
+            let off = usize::try_from(ph.p_offset(endian) + (vaddr - start)).ok()?;
+            let bytes = data.get(off..off + 8)?;
+            return Some(u64::from_le_bytes(bytes.try_into().ok()?));
+        }
+    }
+    None
 }
 
 /// Function extents described by the FDEs of an `.eh_frame` section.

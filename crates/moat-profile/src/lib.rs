@@ -6,6 +6,7 @@ pub mod bpf;
 pub mod disasm;
 pub mod ebpf;
 pub mod elf;
+pub mod image_profile;
 pub mod libcmap;
 pub mod measure;
 pub mod profile;

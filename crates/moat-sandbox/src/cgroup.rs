@@ -273,6 +273,31 @@ impl Cgroups {
     }
 }
 
+/// Current figures of container `id`, from the cgroups derived from its
+/// ID: memory in use (v2 `memory.current`, v1 `memory.usage_in_bytes`),
+/// processes (`pids.current`) and CPU time (v2 `cpu.stat` `usage_usec`;
+/// v1's `cpu` hierarchy has none). `None` when it has no cgroup.
+pub fn stats(id: &str) -> Option<moat_runtime::backend::Stats> {
+    let dirs: Vec<PathBuf> = paths_for(id)?.into_iter().filter(|d| d.is_dir()).collect();
+    if dirs.is_empty() {
+        return None;
+    }
+    let read = |file: &str| {
+        dirs.iter()
+            .find_map(|d| fs::read_to_string(d.join(file)).ok())
+    };
+    let num = |file: &str| read(file).and_then(|t| t.trim().parse::<u64>().ok());
+    Some(moat_runtime::backend::Stats {
+        memory_bytes: num("memory.current").or_else(|| num("memory.usage_in_bytes")),
+        pids: num("pids.current"),
+        cpu_usec: read("cpu.stat").and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|n| n.trim().parse().ok())
+        }),
+    })
+}
+
 /// The `oom_kill N` line of `memory.events` / `memory.oom_control`.
 fn oom_kill_count(text: &str) -> u64 {
     text.lines()
@@ -429,6 +454,26 @@ fn wait_empty(dir: &Path, members: &dyn Fn(&Path) -> Vec<i32>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_come_from_the_cgroups_of_the_id() {
+        let id = moat_runtime::ContainerId::generate();
+        assert_eq!(stats(&id), None);
+        let cg = Cgroups::create(&id, &CgroupLimits::default()).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        cg.add(child.id() as i32).unwrap();
+        let s = stats(&id).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        cg.remove();
+        assert_eq!(s.pids, Some(1), "{s:?}");
+        assert!(s.memory_bytes.is_some(), "{s:?}");
+        assert_eq!(stats(&id), None);
+        assert_eq!(stats("../../x"), None);
+    }
 
     #[test]
     fn reads_oom_kill_counts_of_both_versions() {

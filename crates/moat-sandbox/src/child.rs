@@ -36,6 +36,8 @@ pub(crate) struct ChildSetup {
     pub command: String,
     pub path_var: String,
     pub seccomp: Vec<libc::sock_filter>,
+    /// Log denied calls (`audit.denied_syscalls`).
+    pub seccomp_log: bool,
     pub tty: bool,
     pub interactive: bool,
 }
@@ -75,6 +77,7 @@ impl ChildSetup {
             envp,
             command: p.args[0].clone(),
             path_var,
+            seccomp_log: cfg.plan.audit_denied,
             seccomp: cfg
                 .plan
                 .seccomp
@@ -266,7 +269,7 @@ fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
 
     // Last: the seccomp filter, immediately before execve.
     if !s.seccomp.is_empty() {
-        sys::seccomp_install(&s.seccomp)
+        sys::seccomp_install(&s.seccomp, s.seccomp_log)
             .map_err(|e| ChildError::io("installing the seccomp filter", e))?;
     }
     let err = sys::execve(&exe, &s.argv, &s.envp);

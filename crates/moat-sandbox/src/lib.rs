@@ -8,6 +8,7 @@
 //! privilege and `execve`s the workload, which becomes PID 1 of the
 //! container's PID namespace. No moat process is visible inside.
 
+mod backend;
 pub mod cgroup;
 mod child;
 pub mod idmap;
@@ -26,6 +27,7 @@ use moat_policy::plan::{NetworkPlan, Rlimit, RlimitResource};
 use moat_policy::{Plan, ProcessSpec};
 use serde::{Deserialize, Serialize};
 
+pub use crate::backend::SandboxBackend;
 pub use crate::cgroup::CgroupError;
 pub use crate::idmap::IdMap;
 pub use crate::state::{ContainerState, StateError};
@@ -33,7 +35,7 @@ pub use crate::state::{ContainerState, StateError};
 /// Everything [`run`] needs to start one container.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
-    /// Container ID (64 hex digits, see [`state::new_id`]).
+    /// Container ID (64 hex digits, see [`moat_runtime::ContainerId::generate`]).
     pub id: String,
     /// Unique human name (`moat ps`, `moat kill`).
     pub name: String,

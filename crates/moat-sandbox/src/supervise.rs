@@ -11,9 +11,10 @@ use std::time::Instant;
 
 use crate::cgroup::Cgroups;
 use crate::child::{self, ChildFds, ChildSetup};
-use crate::state::{self, ContainerState};
+use crate::state::{self, ContainerState, StateError};
 use crate::sys::{self, Exit, Forked, SigSet};
 use crate::{ChildError, SandboxConfig, SandboxError};
+use moat_runtime::Isolation;
 
 const FORWARDED: [i32; 5] = [
     libc::SIGINT,
@@ -52,14 +53,15 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
     // Name check, state directory and cgroups under the lock.
     let cleanup = {
         let _lock = state::lock(&cfg.run_root)?;
-        state::validate_name(&cfg.name)?;
+        let id = moat_runtime::ContainerId::parse(&cfg.id).map_err(StateError::from)?;
+        let name = moat_runtime::ContainerName::parse(&cfg.name).map_err(StateError::from)?;
         if let Some(other) = state::read_all(&cfg.run_root)?
             .into_iter()
-            .find(|s| s.name == cfg.name && state::is_alive(s))
+            .find(|s| s.name == name && state::is_alive(s))
         {
-            return Err(state::StateError::NameInUse {
+            return Err(StateError::NameInUse {
                 name: cfg.name.clone(),
-                id: other.id,
+                id: other.id.to_string(),
             }
             .into());
         }
@@ -80,20 +82,13 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
             })?;
         let cgroups = Cgroups::create(&cfg.id, &cfg.plan.cgroup)?;
         let me = std::process::id() as i32;
-        let st = ContainerState {
-            id: cfg.id.clone(),
-            name: cfg.name.clone(),
-            image_id: cfg.image_id.clone(),
-            pid: 0,
-            isolation: "sandbox".into(),
-            created: state::now_rfc3339(),
-            command: cfg.process.args.clone(),
-            pid_start_time: 0,
-            supervisor_pid: me,
-            supervisor_start_time: state::process_start_time(me).unwrap_or(0),
-            cgroups: cgroups.paths(),
-            userns_owner,
-        };
+        let mut st = ContainerState::new(id, name, Isolation::Sandbox, &cfg.image_id);
+        st.command = cfg.process.args.clone();
+        st.supervisor_pid = me;
+        st.supervisor_start_time = state::process_start_time(me).unwrap_or(0);
+        st.cgroups = cgroups.paths();
+        st.userns_owner = userns_owner;
+        st.policy_digest = cfg.plan.policy_digest.clone();
         let cleanup = Cleanup { cfg, cgroups };
         state::write(&cfg.run_root, &st)?;
         (cleanup, st)
@@ -300,8 +295,7 @@ fn release(
     err_r: OwnedFd,
 ) -> Result<(), SandboxError> {
     cleanup.cgroups.add(pid)?;
-    st.pid = pid;
-    st.pid_start_time = state::process_start_time(pid).unwrap_or(0);
+    st.started(pid)?;
     state::write(&cfg.run_root, st)?;
 
     sys::write_fd(go_w.as_fd(), b"g").map_err(prep("releasing the container process"))?;

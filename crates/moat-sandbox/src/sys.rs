@@ -538,8 +538,10 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<Vec<
     Ok(pfds.iter().map(|p| p.revents != 0).collect())
 }
 
-/// Installs a seccomp filter (`SECCOMP_SET_MODE_FILTER`) on this thread.
-pub fn seccomp_install(filter: &[libc::sock_filter]) -> io::Result<()> {
+/// Installs a seccomp filter (`SECCOMP_SET_MODE_FILTER`) on this thread;
+/// with `log`, every action but allow is logged by the kernel's audit
+/// (`SECCOMP_FILTER_FLAG_LOG`), which is how moat names a denied call.
+pub fn seccomp_install(filter: &[libc::sock_filter], log: bool) -> io::Result<()> {
     let prog = libc::sock_fprog {
         len: filter.len() as u16,
         filter: filter.as_ptr() as *mut libc::sock_filter,
@@ -550,7 +552,11 @@ pub fn seccomp_install(filter: &[libc::sock_filter]) -> io::Result<()> {
         libc::syscall(
             libc::SYS_seccomp,
             libc::SECCOMP_SET_MODE_FILTER,
-            0,
+            if log {
+                libc::SECCOMP_FILTER_FLAG_LOG
+            } else {
+                0
+            },
             &prog as *const libc::sock_fprog,
         )
     })
@@ -668,11 +674,6 @@ pub fn sethostname(name: &str) -> io::Result<()> {
 pub fn unshare(flags: i32) -> io::Result<()> {
     // SAFETY: integer argument only.
     check(unsafe { libc::unshare(flags) } as libc::c_long).map(drop)
-}
-
-pub fn geteuid() -> u32 {
-    // SAFETY: no arguments; cannot fail.
-    unsafe { libc::geteuid() }
 }
 
 pub fn setsid() -> io::Result<()> {

@@ -56,7 +56,7 @@ pub struct StoredInventory {
     pub last_findings: Vec<String>,
 }
 
-/// A running container, from `<run_root>/containers/<id>/state.json`.
+/// A running container (from its record, see [`ContainerImage`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ContainerRef {
     pub id: String,
@@ -192,28 +192,21 @@ pub fn list(root: &Path) -> Result<Vec<StoredInventory>, StoreError> {
     Ok(out)
 }
 
-/// Containers whose `state.json` names `image_id`.
-pub fn containers_of(run_root: &Path, image_id: &str) -> Vec<ContainerRef> {
-    #[derive(Deserialize)]
-    struct State {
-        id: String,
-        #[serde(default)]
-        name: String,
-        #[serde(default)]
-        image_id: String,
-    }
-    let Ok(rd) = fs::read_dir(run_root.join("containers")) else {
-        return Vec::new();
-    };
-    let mut out: Vec<ContainerRef> = rd
-        .flatten()
-        .filter_map(|e| fs::read(e.path().join("state.json")).ok())
-        .filter_map(|b| serde_json::from_slice::<State>(&b).ok())
-        .filter(|s| s.image_id == image_id)
-        .map(|s| ContainerRef {
-            id: s.id,
-            name: s.name,
-        })
+/// A container and the image it runs, as the front end read it through
+/// the runtime core's one reader (`moat_runtime::record::read_all`, which
+/// keeps the trust rules): the scanner never parses container state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerImage {
+    pub container: ContainerRef,
+    pub image_id: String,
+}
+
+/// The containers of `containers` that run `image_id`, by ID.
+fn containers_of(containers: &[ContainerImage], image_id: &str) -> Vec<ContainerRef> {
+    let mut out: Vec<ContainerRef> = containers
+        .iter()
+        .filter(|c| c.image_id == image_id)
+        .map(|c| c.container.clone())
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     out
@@ -221,7 +214,11 @@ pub fn containers_of(run_root: &Path, image_id: &str) -> Vec<ContainerRef> {
 
 /// Re-match every stored inventory against `db`, append an alert for each
 /// image with findings it did not have before, and remember the new state.
-pub fn rematch_all(root: &Path, run_root: &Path, db: &VulnDb) -> Result<Vec<Alert>, StoreError> {
+pub fn rematch_all(
+    root: &Path,
+    containers: &[ContainerImage],
+    db: &VulnDb,
+) -> Result<Vec<Alert>, StoreError> {
     let mut alerts = Vec::new();
     for mut s in list(root)? {
         let findings = match_inventory(db, &s.inventory)?;
@@ -245,7 +242,7 @@ pub fn rematch_all(root: &Path, run_root: &Path, db: &VulnDb) -> Result<Vec<Aler
                         severity: f.severity,
                     })
                     .collect(),
-                containers: containers_of(run_root, &s.image_id),
+                containers: containers_of(containers, &s.image_id),
             });
         }
         let keys: Vec<String> = findings.iter().map(Finding::key).collect();

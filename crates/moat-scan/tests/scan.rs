@@ -576,24 +576,33 @@ fn zip_archives_like_osv_all_zip() {
 fn rematch_alerts_and_gate() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("root");
-    let run_root = root.join("run");
     let rootfs = t.path().join("rootfs");
     fixtures::write_alpine_rootfs(&rootfs).unwrap();
     let inv = inventory::from_rootfs(&rootfs).unwrap();
     let id = "sha256:1234567890abcdef1234567890abcdef1234567890abcdef1234567890abcdef";
     // Stored before any advisory exists.
     store::save(&root, id, &[s("alpine:3.18")], inv).unwrap();
-    fs::create_dir_all(run_root.join("containers/c1")).unwrap();
-    fs::write(
-        run_root.join("containers/c1/state.json"),
-        format!(r#"{{"id": "c1", "name": "web", "image_id": "{id}", "pid": 1, "isolation": "sandbox", "created": "2024-01-01T00:00:00Z"}}"#),
-    )
-    .unwrap();
+    let running = [
+        store::ContainerImage {
+            container: store::ContainerRef {
+                id: s("c1"),
+                name: s("web"),
+            },
+            image_id: id.to_string(),
+        },
+        store::ContainerImage {
+            container: store::ContainerRef {
+                id: s("c2"),
+                name: s("other"),
+            },
+            image_id: s("sha256:00"),
+        },
+    ];
     let osv = t.path().join("osv");
     fixtures::write_osv_dir(&osv).unwrap();
     let mut db = VulnDb::create(&root.join("vulndb")).unwrap();
     db.import(&osv, &mut |_| {}).unwrap();
-    let alerts = store::rematch_all(&root, &run_root, &db).unwrap();
+    let alerts = store::rematch_all(&root, &running, &db).unwrap();
     assert_eq!(alerts.len(), 1);
     let ids: Vec<&str> = alerts[0]
         .new_findings
@@ -609,9 +618,7 @@ fn rematch_alerts_and_gate() {
         }]
     );
     // Nothing new the second time.
-    assert!(store::rematch_all(&root, &run_root, &db)
-        .unwrap()
-        .is_empty());
+    assert!(store::rematch_all(&root, &running, &db).unwrap().is_empty());
     let log = fs::read_to_string(store::alerts_log(&root)).unwrap();
     assert_eq!(log.lines().count(), 1);
 

@@ -115,6 +115,8 @@ pub enum Progress {
     Step { step: u32, total: u32, what: String },
     /// Objects compiled so far.
     Compiled(u64),
+    /// Another build holds the cache lock: this one waits for it.
+    Waiting { lock: PathBuf },
 }
 
 /// Result of [`build`].
@@ -137,7 +139,12 @@ pub fn build(
     let key = cache_key(&source)?;
     let kernels = root.join("kernels");
     fs::create_dir_all(&kernels).map_err(io("create", &kernels))?;
-    let _lock = FileLock::exclusive(&kernels.join(".lock")).map_err(io("lock", &kernels))?;
+    let _lock = FileLock::exclusive_or_wait(&kernels.join(".lock"), || {
+        progress(Progress::Waiting {
+            lock: kernels.join(".lock"),
+        })
+    })
+    .map_err(io("lock", &kernels))?;
     let out_dir = kernels.join(&key);
     let out = out_dir.join("vmlinux");
     if out.is_file() {
@@ -402,6 +409,15 @@ mod tests {
             "CONFIG_SECCOMP_FILTER=y",
             "CONFIG_ACPI=y",
             "CONFIG_PCI=y",
+            "CONFIG_CGROUP_PIDS=y",
+            // Surface a guest root could use, off (second review, item 8).
+            "CONFIG_USER_NS=n",
+            "CONFIG_VT=n",
+            "CONFIG_DEVPORT=n",
+            "CONFIG_ACPI_BATTERY=n",
+            "CONFIG_ACPI_FAN=n",
+            "CONFIG_ACPI_THERMAL=n",
+            "CONFIG_SECURITY_PERF_EVENTS_RESTRICT=y",
         ] {
             assert!(FRAGMENT.lines().any(|l| l == opt), "{opt}");
         }

@@ -14,12 +14,21 @@ pub struct FileLock {
 
 impl FileLock {
     pub fn exclusive(path: &Path) -> io::Result<FileLock> {
+        Self::exclusive_or_wait(path, || {})
+    }
+
+    /// Like [`FileLock::exclusive`], calling `waiting` once first when
+    /// another process holds the lock.
+    pub fn exclusive_or_wait(path: &Path, waiting: impl FnOnce()) -> io::Result<FileLock> {
         let file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(path)?;
-        sys::flock_exclusive(&file)?;
+        if !sys::flock_try_exclusive(&file)? {
+            waiting();
+            sys::flock_exclusive(&file)?;
+        }
         Ok(FileLock { _file: file })
     }
 }

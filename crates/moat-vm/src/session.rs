@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use moat_agent::proto::{Decoder, Message, Start, MAX_DATA};
+use moat_agent::proto::{Decoder, Message, Start, WallClock, MAX_DATA};
 use moat_policy::{Plan, ProcessSpec};
 
 use crate::boot::{console_tail, Booted};
@@ -93,6 +93,11 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
     // What the VMM prints (kernel warnings, QEMU errors), last 16 KiB, for error messages.
     let mut console: Vec<u8> = Vec::new();
     sys::set_nonblocking(booted.vmm.console.as_fd(), true).map_err(VmError::Channel)?;
+    // Start goes out in reply to Hello, stamped with the host's wall-clock
+    // time (the guest has no clock of its own under TCG), and carries this
+    // run's session token: only an Exit or Error frame that echoes it ends
+    // the session. Drawn before the filter, which allows no open.
+    let session = session_token().map_err(VmError::Channel)?;
     // Everything the relay and the teardown need is open: from here on the
     // supervisor is an unprivileged uid under its own filter.
     let uid = crate::jail::supervisor_uid(booted.vmm.uid);
@@ -104,26 +109,6 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
         let lines: Vec<&str> = t.lines().filter(|l| !l.trim().is_empty()).collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     };
-    // Start goes out at once, not after Hello: QEMU holds it in the socket
-    // until the agent opens its port, and the agent finds it waiting (one
-    // round trip less). The agent refuses a Start from another moat version;
-    // the host still refuses an agent of another version when Hello comes.
-    queue(
-        &mut out,
-        Message::Start(Box::new(Start {
-            process: opts.process.clone(),
-            plan: opts.plan.clone(),
-            host_version: env!("CARGO_PKG_VERSION").to_string(),
-        })),
-    )?;
-    if tty {
-        if let Some((rows, cols)) = sys::winsize(0) {
-            queue(&mut out, Message::Resize { rows, cols })?;
-        }
-    }
-    if !opts.process.interactive {
-        queue(&mut out, Message::StdinEof)?;
-    }
     loop {
         if !started && started_at.elapsed() > HELLO_DEADLINE {
             let tail = console_tail(&mut booted.vmm.console, 20);
@@ -141,6 +126,8 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
         if let Some(status) = booted.vmm.try_wait() {
             // Drain what the agent managed to send before the VMM ended.
             if let Some(code) = drain(
+                &session,
+                started,
                 &mut sock,
                 &mut decoder,
                 &mut buf,
@@ -269,6 +256,30 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                         }
                         started = true;
                         opts.trace.mark("agent said hello");
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default();
+                        queue(
+                            &mut out,
+                            Message::Start(Box::new(Start {
+                                process: opts.process.clone(),
+                                plan: opts.plan.clone(),
+                                host_version: env!("CARGO_PKG_VERSION").to_string(),
+                                session: session.clone(),
+                                wall_clock: Some(WallClock {
+                                    secs: now.as_secs() as i64,
+                                    nanos: now.subsec_nanos(),
+                                }),
+                            })),
+                        )?;
+                        if tty {
+                            if let Some((rows, cols)) = sys::winsize(0) {
+                                queue(&mut out, Message::Resize { rows, cols })?;
+                            }
+                        }
+                        if !opts.process.interactive {
+                            queue(&mut out, Message::StdinEof)?;
+                        }
                         if opts.process.interactive {
                             stdin =
                                 Some(File::from(stdin_fd.try_clone().map_err(VmError::Channel)?));
@@ -281,6 +292,12 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                     Message::Stderr(d) => {
                         let _ = host_err.write_all(&d);
                         let _ = host_err.flush();
+                    }
+                    Message::Exit(e) if e.session != session => {
+                        forged(&mut host_err, "an exit");
+                    }
+                    Message::Error(f) if f.session != session && started => {
+                        forged(&mut host_err, "an error");
                     }
                     Message::Exit(e) => {
                         opts.trace.mark("workload exit status received");
@@ -356,6 +373,22 @@ fn memory_limit_notice(limit_bytes: u64, plan: &Plan) -> String {
     )
 }
 
+/// This run's session token: 128 random bits, hex.
+fn session_token() -> std::io::Result<String> {
+    let mut b = [0u8; 16];
+    File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(hex::encode(b))
+}
+
+/// A final frame without this run's token came from something in the guest
+/// other than the agent: say so, and keep waiting for the agent's.
+fn forged(err: &mut dyn Write, what: &str) {
+    let _ = writeln!(
+        err,
+        "moat: warning: ignored {what} frame that did not come from the agent's session (a process in the guest wrote to the control channel)"
+    );
+}
+
 fn kind_name(m: &Message) -> &'static str {
     match m {
         Message::Start(_) => "Start",
@@ -369,15 +402,19 @@ fn kind_name(m: &Message) -> &'static str {
 
 fn guest_failure(f: moat_agent::proto::AgentFailure, err: &mut dyn Write) -> Result<i32, VmError> {
     if f.code == 126 || f.code == 127 {
-        // Like docker: the command could not run; say why, exit 126/127.
-        let _ = writeln!(err, "moat: {}", f.message);
+        // Like docker: the command could not run; say why (worded and
+        // prefixed as the sandbox backend's error), exit 126/127.
+        let _ = writeln!(err, "moat: error: {}", f.message);
         return Ok(f.code);
     }
     Err(VmError::Guest { message: f.message })
 }
 
-/// After the VMM ended: decode whatever is left for an Exit or Error.
+/// After the VMM ended: decode whatever is left for an Exit or Error of
+/// this session (or, before the agent said hello, an Error without one).
 fn drain(
+    session: &str,
+    started: bool,
     sock: &mut File,
     decoder: &mut Decoder,
     buf: &mut [u8],
@@ -391,8 +428,11 @@ fn drain(
         }
         while let Ok(Some(m)) = decoder.next_message() {
             match m {
-                Message::Exit(e) => return Ok(Some(e.code)),
-                Message::Error(f) => return guest_failure(f, err).map(Some),
+                Message::Exit(e) if e.session == session => return Ok(Some(e.code)),
+                Message::Error(f) if f.session == session || (f.session.is_empty() && !started) => {
+                    return guest_failure(f, err).map(Some)
+                }
+                Message::Exit(_) | Message::Error(_) => forged(err, "a final"),
                 Message::Stdout(d) => {
                     let _ = out.write_all(&d);
                 }
@@ -410,6 +450,8 @@ fn drain(
 
 #[cfg(test)]
 mod tests {
+    use moat_agent::proto::{AgentFailure, Exit};
+
     use super::*;
 
     #[test]
@@ -429,6 +471,85 @@ moat-agent: trace 2.6 hello sent\n";
         assert_eq!(
             memory_limit_message(0, 2, 256),
             "moat: notice: the container's memory limit of 256 MiB killed 2 of its process(es); raise resources.memory in the policy"
+        );
+    }
+
+    /// Frames as a process in the guest that reached the control port would
+    /// write them (no session token, or a wrong one), then the agent's.
+    fn channel(frames: &[Message]) -> File {
+        let f = tempfile::tempfile().unwrap();
+        let mut w = f.try_clone().unwrap();
+        for m in frames {
+            w.write_all(&m.encode().unwrap()).unwrap();
+        }
+        use std::io::Seek;
+        let mut r = f;
+        r.rewind().unwrap();
+        r
+    }
+
+    fn exit(code: i32, session: &str) -> Message {
+        Message::Exit(Exit {
+            code,
+            session: session.into(),
+        })
+    }
+
+    #[test]
+    fn only_the_agents_session_ends_the_run() {
+        let mut sock = channel(&[
+            exit(42, ""),
+            exit(42, "0123"),
+            Message::Error(AgentFailure {
+                code: 127,
+                message: "forged".into(),
+                session: String::new(),
+            }),
+            Message::Stdout(b"out".to_vec()),
+            exit(0, "s3cr3t"),
+        ]);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut buf = vec![0u8; 4096];
+        let code = drain(
+            "s3cr3t",
+            true,
+            &mut sock,
+            &mut Decoder::new(),
+            &mut buf,
+            &mut out,
+            &mut err,
+        )
+        .unwrap();
+        assert_eq!(code, Some(0));
+        assert_eq!(out, b"out");
+        let err = String::from_utf8(err).unwrap();
+        assert_eq!(err.lines().count(), 3, "{err}");
+        assert!(err.lines().all(|l| l == "moat: warning: ignored a final frame that did not come from the agent's session (a process in the guest wrote to the control channel)"), "{err}");
+    }
+
+    #[test]
+    fn before_hello_an_agent_error_has_no_session_yet() {
+        let mut sock = channel(&[Message::Error(AgentFailure {
+            code: 125,
+            message: "the verified root device /dev/dm-0 did not appear".into(),
+            session: String::new(),
+        })]);
+        let mut buf = vec![0u8; 4096];
+        let r = drain(
+            "s3cr3t",
+            false,
+            &mut sock,
+            &mut Decoder::new(),
+            &mut buf,
+            &mut Vec::new(),
+            &mut Vec::new(),
+        );
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            VmError::Guest {
+                message: "the verified root device /dev/dm-0 did not appear".into()
+            }
+            .to_string()
         );
     }
 }

@@ -14,6 +14,16 @@ fn check(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// `flock(LOCK_EX | LOCK_NB)`: `Ok(false)` when another holder has it.
+pub fn flock_try_exclusive(f: &File) -> io::Result<bool> {
+    // SAFETY: flock on an open fd.
+    match check(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn flock_exclusive(f: &File) -> io::Result<()> {
     loop {
         // SAFETY: flock on an open fd.

@@ -39,6 +39,21 @@ enum Command {
     /// Import OSV advisories and show the advisory database status.
     #[command(subcommand)]
     Vulndb(cmd::vulndb::VulndbCommand),
+    /// Pull an image from a registry.
+    Pull(cmd::registry::PullArgs),
+    /// Push an image from the store to a registry.
+    Push(cmd::registry::PushArgs),
+    /// Store credentials for a registry.
+    Login(cmd::registry::LoginArgs),
+    /// Remove stored credentials for a registry.
+    Logout(cmd::registry::LogoutArgs),
+    /// Generate signing keys (cosign format).
+    #[command(subcommand)]
+    Key(cmd::trust::KeyCommand),
+    /// Sign an image in a registry (cosign-style signature beside it).
+    Sign(cmd::trust::SignArgs),
+    /// Verify an image's signature in a registry against a public key.
+    Verify(cmd::trust::VerifyArgs),
     /// Run a command in a new container from an image.
     Run(cmd::run::RunArgs),
     /// List running containers.
@@ -103,6 +118,13 @@ fn main() -> ExitCode {
         Command::Policy(c) => cmd::policy::run(&cli.global, c),
         Command::Scan(c) => cmd::scan::run(&cli.global, c),
         Command::Vulndb(c) => cmd::vulndb::run(&cli.global, c),
+        Command::Pull(c) => cmd::registry::pull(&cli.global, c),
+        Command::Push(c) => cmd::registry::push(&cli.global, c),
+        Command::Login(c) => cmd::registry::login(c),
+        Command::Logout(c) => cmd::registry::logout(c),
+        Command::Key(c) => cmd::trust::key(c),
+        Command::Sign(c) => cmd::trust::sign(c),
+        Command::Verify(c) => cmd::trust::verify(c),
         Command::Run(c) => cmd::run::run(&cli.global, c),
         Command::Ps(c) => cmd::ps::run(&cli.global, c),
         Command::Kill(c) => cmd::kill::run(&cli.global, c),

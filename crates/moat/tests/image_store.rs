@@ -35,11 +35,21 @@ fn rm_refuses_while_a_container_uses_the_image() {
         .as_str()
         .unwrap()
         .to_string();
-    let state_dir = root.join("run/containers/c1");
+    // A record the runtime core's reader trusts (its directory is named by
+    // a container ID equal to its `id`) ...
+    let state_dir = root.join("run/containers/c1c1c1c1c1c1c1c1");
     std::fs::create_dir_all(&state_dir).unwrap();
     std::fs::write(
         state_dir.join("state.json"),
-        format!(r#"{{"id":"c1","name":"web","image_id":"{id}","pid":1,"isolation":"sandbox","created":"2026-01-01T00:00:00Z"}}"#),
+        format!(r#"{{"id":"c1c1c1c1c1c1c1c1","name":"web","image_id":"{id}","pid":1,"isolation":"sandbox","created":"2026-01-01T00:00:00Z"}}"#),
+    )
+    .unwrap();
+    // ... and one it does not (not an ID): only the first blocks.
+    let planted = root.join("run/containers/c1");
+    std::fs::create_dir_all(&planted).unwrap();
+    std::fs::write(
+        planted.join("state.json"),
+        format!(r#"{{"id":"c1","name":"evil","image_id":"{id}","pid":1,"isolation":"sandbox","created":"2026-01-01T00:00:00Z"}}"#),
     )
     .unwrap();
     let err = fails(&root, &["image", "rm", "busybox"]);

@@ -503,7 +503,9 @@ fn only_entry_with(dir: &Path, suffix: &str, except: &str) -> PathBuf {
         .map(|e| e.path())
         .filter(|p| {
             let n = p.file_name().unwrap().to_string_lossy();
-            n.ends_with(suffix) && n != except
+            // Derived files (the image profile `<hex>.profile.json`) beside
+            // the record are not the record.
+            n.ends_with(suffix) && n != except && !n.ends_with(".profile.json")
         })
         .collect();
     assert_eq!(v.len(), 1, "{v:?}");

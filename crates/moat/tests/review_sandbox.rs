@@ -374,6 +374,9 @@ fn hog_then_probe(hog: &str, probe: &str, arg: &str) -> (String, String) {
         "run",
         "--isolation",
         "sandbox",
+        // The counters, not `auto`'s narrowing, are under test.
+        "--policy",
+        "baseline",
         "--name",
         &name,
         "--rootfs",

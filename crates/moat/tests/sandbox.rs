@@ -566,14 +566,15 @@ fn run_is_authorised_by_rbac() {
     assert_eq!(recs[0]["decision"], "deny");
     assert_eq!(recs[0]["reasons"].as_array().unwrap().len(), 1);
 
-    // The baseline asks for no capability: the same role allows it.
+    // The default (`auto`, baseline narrowed to the image) asks for no
+    // capability: the same role allows it.
     let out = env.run(&["--rbac", rbac_s, "--", "sh", "-c", "echo ran"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out), "ran\n");
     let recs = audit_records(&env);
     assert_eq!(recs.len(), 2, "{recs:?}");
     assert_eq!(recs[1]["action"], "run");
-    assert_eq!(recs[1]["policy"], "baseline");
+    assert_eq!(recs[1]["policy"], "auto");
     assert_eq!(recs[1]["decision"], "allow");
 
     // A broken RBAC file: a clear error, nothing starts.

@@ -282,11 +282,18 @@ fn import_alerts_on_stored_images_and_their_containers() {
     let gone = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     let inv = moat_scan::inventory::from_rootfs(&alpine).unwrap();
     moat_scan::store::save(&e.root, gone, &["old:1".to_string()], inv).unwrap();
-    let state = e.root.join("run/containers/c0ffee");
+    let planted = e.root.join("run/containers/evil");
+    fs::create_dir_all(&planted).unwrap();
+    fs::write(
+        planted.join("state.json"),
+        format!(r#"{{"id": "evil", "name": "evil", "image_id": "{id}", "pid": 1, "isolation": "sandbox", "created": "2024-01-01T00:00:00Z"}}"#),
+    )
+    .unwrap();
+    let state = e.root.join("run/containers/c0ffee00c0ffee00");
     fs::create_dir_all(&state).unwrap();
     fs::write(
         state.join("state.json"),
-        format!(r#"{{"id": "c0ffee", "name": "edge", "image_id": "{id}", "pid": 4242, "isolation": "sandbox", "created": "2024-01-01T00:00:00Z"}}"#),
+        format!(r#"{{"id": "c0ffee00c0ffee00", "name": "edge", "image_id": "{id}", "pid": 4242, "isolation": "sandbox", "created": "2024-01-01T00:00:00Z"}}"#),
     )
     .unwrap();
     let o = moat(&e.root, &["vulndb", "import", e.osv.to_str().unwrap()]);
@@ -297,13 +304,16 @@ fn import_alerts_on_stored_images_and_their_containers() {
     );
     assert!(
         out.contains(&format!(
-            "ALERT alpine:3.18 ({id}): ALPINE-CVE-2025-26519 (musl 1.2.4-r2, high), ALPINE-CVE-2024-0727 (libcrypto3 3.1.4-r5, medium)\n  running container c0ffee edge\n"
+            "ALERT alpine:3.18 ({id}): ALPINE-CVE-2025-26519 (musl 1.2.4-r2, high), ALPINE-CVE-2024-0727 (libcrypto3 3.1.4-r5, medium)\n  running container c0ffee00c0ffee00 edge\n"
         )),
         "{out}"
     );
     let log = fs::read_to_string(e.root.join("scan/alerts.log")).unwrap();
     let alert: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
-    assert_eq!(alert["containers"][0]["id"], "c0ffee");
+    assert_eq!(alert["containers"][0]["id"], "c0ffee00c0ffee00");
+    // A record the runtime core does not trust (its directory is not an ID)
+    // is not listed.
+    assert_eq!(alert["containers"].as_array().unwrap().len(), 1, "{alert}");
     assert!(!e
         .root
         .join(format!("scan/inventories/{}.json", &gone[7..]))

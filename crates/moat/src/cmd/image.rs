@@ -176,6 +176,7 @@ fn import(store: &Store, a: ImportArgs) -> anyhow::Result<ExitCode> {
             .as_ref()
             .map(|b| b as &dyn Progress)
             .unwrap_or(&NoProgress),
+        source: None,
     };
     let result = store.import(&a.path, &opts);
     if let Some(b) = &bar {
@@ -183,6 +184,7 @@ fn import(store: &Store, a: ImportArgs) -> anyhow::Result<ExitCode> {
     }
     let image = result.context("import failed")?;
     crate::cmd::scan::record_inventory(store, &image);
+    crate::cmd::auto::record_at_import(store, &image);
     match a.format {
         Format::Json => println!(
             "{}",
@@ -280,14 +282,32 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
 
 fn inspect(store: &Store, a: InspectArgs) -> anyhow::Result<ExitCode> {
     let image = store.resolve(&a.image)?;
+    let profile = crate::cmd::auto::stored(store, &image);
     if a.format == Format::Json {
+        let mut v = serde_json::to_value(&image)?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("profile".into(), serde_json::to_value(&profile)?);
+        }
         println!(
             "{}",
-            crate::display::json(serde_json::to_string_pretty(&image)?)
+            crate::display::json(serde_json::to_string_pretty(&v)?)
         );
         return Ok(ExitCode::SUCCESS);
     }
     print_image(&image);
+    match &profile {
+        Some(p) => {
+            let lines = crate::cmd::auto::describe(p);
+            outln!("Profile:      {}", lines[0]);
+            for l in &lines[1..] {
+                outln!("  {l}");
+            }
+        }
+        None => outln!(
+            "Profile:      (none stored; `moat profile static {} --all` makes it)",
+            a.image
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -363,7 +383,10 @@ fn print_image(i: &Image) {
 fn rm(global: &GlobalArgs, store: &Store, a: RmArgs) -> anyhow::Result<ExitCode> {
     let opts = RemoveOptions {
         force: a.force,
-        run_root: Some(global.run_root()),
+        containers: match a.force {
+            true => None,
+            false => Some(containers(global)?),
+        },
     };
     for reference in &a.images {
         let removed = store.remove(reference, &opts)?;
@@ -375,6 +398,21 @@ fn rm(global: &GlobalArgs, store: &Store, a: RmArgs) -> anyhow::Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The containers and their images, read through the runtime core's one
+/// reader (an untrusted run root is refused there, naming the fix).
+fn containers(global: &GlobalArgs) -> anyhow::Result<Vec<moat_image::ContainerUse>> {
+    let run_root = global.run_root();
+    let dir = moat_runtime::record::containers_dir(&run_root);
+    Ok(moat_runtime::record::read_all(&run_root)?
+        .into_iter()
+        .map(|r| moat_image::ContainerUse {
+            state: dir.join(r.id.as_str()).join("state.json"),
+            container: r.name.to_string(),
+            image_id: r.image_id,
+        })
+        .collect())
 }
 
 fn export(store: &Store, a: ExportArgs) -> anyhow::Result<ExitCode> {
@@ -399,7 +437,7 @@ fn export(store: &Store, a: ExportArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn prune(global: &GlobalArgs, store: &Store, a: PruneArgs) -> anyhow::Result<ExitCode> {
-    let mut removed = store.prune(Some(&global.run_root()))?;
+    let mut removed = store.prune(Some(&containers(global)?))?;
     // VM build stages and per-run disks whose owner died (`kill -9`).
     removed.staging += moat_vm::rootfs::sweep(&global.root);
     if a.format == Format::Json {

@@ -64,24 +64,8 @@ fn build(global: &GlobalArgs, jobs: Option<usize>, format: Format) -> anyhow::Re
             .unwrap_or(1)
     });
     let tty = std::io::stderr().is_terminal();
-    let mut last_step = String::new();
-    let mut progress = |p: Progress| match p {
-        Progress::Step { step, total, what } => {
-            last_step = format!("[{step}/{total}] {what}");
-            if tty {
-                eprint!("\r\x1b[2K{last_step}");
-                if step == total {
-                    eprintln!();
-                }
-            }
-        }
-        Progress::Compiled(n) => {
-            if tty && n % 16 == 0 {
-                eprint!("\r\x1b[2K{last_step}: {n} objects");
-                let _ = std::io::stderr().flush();
-            }
-        }
-    };
+    let mut progress = Reporter::new(tty);
+    let mut progress = |p: Progress| progress.report(p);
     let built = kernel::build(&global.root, jobs, &mut progress)?;
     match format {
         Format::Json => println!("{}", serde_json::to_string(&built)?),
@@ -96,4 +80,70 @@ fn build(global: &GlobalArgs, jobs: Option<usize>, format: Format) -> anyhow::Re
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Build progress on stderr: one line rewritten in place on a terminal;
+/// otherwise (a log, `make demo`) one line per phase and one every
+/// [`LOG_EVERY`] compiled objects.
+struct Reporter {
+    tty: bool,
+    last_step: String,
+    started: std::time::Instant,
+}
+
+/// Objects between two progress lines in a log (a build has about 700).
+const LOG_EVERY: u64 = 100;
+
+impl Reporter {
+    fn new(tty: bool) -> Reporter {
+        Reporter {
+            tty,
+            last_step: String::new(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn report(&mut self, p: Progress) {
+        let mut err = std::io::stderr().lock();
+        let line = match p {
+            Progress::Step { step, total, what } => {
+                self.last_step = format!("[{step}/{total}] {what}");
+                let line = format!("moat kernel build: {}", self.last_step);
+                if self.tty {
+                    let _ = write!(err, "\r\x1b[2K{line}");
+                    if step == total {
+                        let _ = writeln!(err);
+                    }
+                    let _ = err.flush();
+                    return;
+                }
+                line
+            }
+            Progress::Compiled(n) => {
+                let elapsed = self.started.elapsed().as_secs();
+                let line = format!(
+                    "moat kernel build: {}: {n} objects compiled ({}m{:02}s)",
+                    self.last_step,
+                    elapsed / 60,
+                    elapsed % 60
+                );
+                if self.tty {
+                    if n % 16 == 0 {
+                        let _ = write!(err, "\r\x1b[2K{line}");
+                        let _ = err.flush();
+                    }
+                    return;
+                }
+                if n % LOG_EVERY != 0 {
+                    return;
+                }
+                line
+            }
+            Progress::Waiting { lock } => format!(
+                "moat kernel build: waiting for another kernel build to finish (it holds {})",
+                lock.display()
+            ),
+        };
+        let _ = writeln!(err, "{line}");
+    }
 }

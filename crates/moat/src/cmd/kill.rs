@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use moat_runtime::record;
 use moat_sandbox::state;
 
 use crate::global::GlobalArgs;
@@ -34,17 +35,18 @@ pub fn run(global: &GlobalArgs, cmd: KillArgs) -> anyhow::Result<ExitCode> {
     };
     let run_root = global.run_root();
     state::cleanup_stale(&run_root).context("cleaning up after dead containers")?;
-    let states = state::read_all(&run_root)?;
-    let Some(st) = state::find(&states, &cmd.name) else {
+    // The core's one reader (it keeps the trust rules).
+    let states = record::read_all(&run_root)?;
+    let Some(st) = record::find(&states, &cmd.name) else {
         bail!("no running container named {:?} (see `moat ps`)", cmd.name);
     };
-    if st.isolation == "vm"
+    if st.isolation == moat_runtime::Isolation::Vm
         && sig != libc::SIGKILL
         && !moat_vm::session::FORWARDED_SIGNALS.contains(&sig)
     {
         bail!(
             "container {:?} runs in a micro-VM, whose supervisor forwards only INT, TERM, HUP, QUIT, USR1 and USR2 (KILL ends the VM); signal {:?} cannot reach it",
-            st.name,
+            st.name.as_str(),
             cmd.signal
         );
     }

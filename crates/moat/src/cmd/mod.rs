@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub mod auto;
+pub mod denials;
 pub mod dev;
 pub mod image;
 pub mod kernel;
@@ -7,7 +9,10 @@ pub mod kill;
 pub mod policy;
 pub mod profile;
 pub mod ps;
+pub mod registry;
 pub mod run;
 pub mod scan;
 pub mod surface;
+pub mod trust;
 pub mod vulndb;
+pub mod vulndb_update;

@@ -23,7 +23,7 @@ pub enum PolicyCommand {
     Check(CheckArgs),
     /// Explain what a policy grants, with numbers compared with Docker's defaults.
     #[command(
-        after_help = "Examples:\n  moat policy explain baseline\n  moat policy explain web.yaml --format json"
+        after_help = "Examples:\n  moat policy explain baseline\n  moat policy explain web.yaml --format json\n  moat policy explain --image busybox        # what auto grants busybox, and what it removed"
     )]
     Explain(ExplainArgs),
     /// Compile a policy for another tool: OCI spec fragment, seccomp JSON,
@@ -67,8 +67,14 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// Policy file, or a built-in name (baseline, restricted).
-    pub policy: String,
+    /// Policy file, or a built-in name (auto, baseline, restricted);
+    /// default with --image: auto.
+    #[arg(required_unless_present = "image")]
+    pub policy: Option<String>,
+    /// Explain the policy as it applies to this image: `auto` narrowed to
+    /// the image's profile, with what it removed from baseline.
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
     pub format: TextOrJson,
 }
@@ -128,15 +134,7 @@ pub struct DiffArgs {
 pub fn run(global: &GlobalArgs, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Check(a) => check(global, a),
-        PolicyCommand::Explain(a) => {
-            let p = load(&a.policy)?;
-            let e = explain::explain(&p);
-            match a.format {
-                TextOrJson::Text => print!("{}", e.to_text()),
-                TextOrJson::Json => println!("{}", serde_json::to_string_pretty(&e)?),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        PolicyCommand::Explain(a) => explain_cmd(global, a),
         PolicyCommand::Compile(a) => compile(a),
         PolicyCommand::Export(a) => {
             let p = load(&a.policy)?;
@@ -166,6 +164,76 @@ pub fn run(global: &GlobalArgs, cmd: PolicyCommand) -> anyhow::Result<ExitCode> 
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn explain_cmd(global: &GlobalArgs, a: ExplainArgs) -> anyhow::Result<ExitCode> {
+    let name = a.policy.clone().unwrap_or_else(|| "auto".to_string());
+    let Some(reference) = &a.image else {
+        let p = load(&name)?;
+        let e = explain::explain(&p);
+        match a.format {
+            TextOrJson::Text => print!("{}", e.to_text()),
+            TextOrJson::Json => println!("{}", serde_json::to_string_pretty(&e)?),
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let store = moat_image::Store::open(&global.root)
+        .with_context(|| format!("cannot open the image store {}", global.root.display()))?;
+    let image = store.resolve(reference)?;
+    let profile = crate::cmd::auto::for_image(&store, &image)?;
+    let p = Policy::resolve_for_image(
+        &name,
+        &crate::cmd::auto::image_syscalls(reference, &profile),
+    )?;
+    let e = explain::explain(&p);
+    let removed = moat_policy::auto::removed_from_baseline(&p)?;
+    let baseline = Policy::builtin("baseline")?.spec.syscalls.allow.len();
+    let total = moat_policy::syscalls::X86_64.len();
+    match a.format {
+        TextOrJson::Json => {
+            let mut v = serde_json::to_value(&e)?;
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert(
+                    "image".into(),
+                    serde_json::json!({
+                        "reference": reference,
+                        "image_id": image.config_digest,
+                        "allowed_count": p.spec.syscalls.allow.len(),
+                        "baseline_count": baseline,
+                        "total": total,
+                        "removed_from_baseline": removed,
+                        "fallbacks": profile.fallback_lines(),
+                        "profile": profile,
+                    }),
+                );
+            }
+            println!(
+                "{}",
+                crate::display::json(serde_json::to_string_pretty(&v)?)
+            );
+        }
+        TextOrJson::Text => {
+            print!("{}", e.to_text());
+            outln!(
+                "image           {reference} ({}): {} of {total} system calls allowed, baseline {baseline}",
+                image.short_id(),
+                p.spec.syscalls.allow.len()
+            );
+            for line in crate::cmd::auto::describe(&profile) {
+                outln!("                {line}");
+            }
+            if removed.is_empty() {
+                outln!("removed         nothing: this image gets baseline's calls");
+            } else {
+                outln!(
+                    "removed         {} of baseline's calls: {}",
+                    removed.len(),
+                    removed.join(" ")
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A policy file or built-in name.
@@ -306,7 +374,10 @@ pub fn authorize(
 }
 
 fn check(global: &GlobalArgs, a: CheckArgs) -> anyhow::Result<ExitCode> {
-    let policy = match load(&a.policy) {
+    // `auto` is checked at its widest (baseline's calls): what any image
+    // narrows it from.
+    let widest = moat_policy::auto::ImageSyscalls::widest("policy check");
+    let policy = match Policy::resolve_for_image(&a.policy, &widest).map_err(anyhow::Error::from) {
         Ok(p) => p,
         Err(e) => {
             if a.format == TextOrJson::Json {

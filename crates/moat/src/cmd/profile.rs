@@ -22,9 +22,14 @@ pub enum ProfileCommand {
     /// the syscalls they can make and, for static binaries, finds the
     /// `syscall` instructions with constant numbers. The result
     /// over-approximates what the program can do.
+    ///
+    /// With --all, every ELF executable and shared library in the image is
+    /// analysed instead: the image profile `auto` is narrowed to (made
+    /// when an image is imported; --all makes it again and stores it).
     #[command(after_help = "Examples:\n  \
         moat profile static busybox --entrypoint /bin/busybox -o busybox.yaml\n  \
-        moat profile static --rootfs ./rootfs --entrypoint /usr/bin/jq --format json")]
+        moat profile static --rootfs ./rootfs --entrypoint /usr/bin/jq --format json\n  \
+        moat profile static busybox --all")]
     Static(StaticArgs),
     /// Record what a workload really does and emit a policy allowing exactly that.
     ///
@@ -75,6 +80,11 @@ pub struct StaticArgs {
     /// `metadata.name` of the generated policy.
     #[arg(long)]
     pub name: Option<String>,
+    /// Analyse every ELF object of the image (the image profile of the
+    /// `auto` policy) and store it with the image; prints a summary, or
+    /// the profile with --format json.
+    #[arg(long, conflicts_with_all = ["entrypoint", "verify", "name"])]
+    pub all: bool,
     /// Run the image's command (or the one after `--`) in the sandbox
     /// under the generated profile and under `baseline`, and fail unless
     /// both exit and print the same.
@@ -227,25 +237,33 @@ pub fn moat_run_argv(
     Ok(v)
 }
 
-/// Compiles a policy file, a built-in policy name or an image's static
-/// profile into the [`moat_policy::Plan`] a backend would get.
-pub fn compile_target(global: &GlobalArgs, target: &str) -> anyhow::Result<moat_policy::Plan> {
-    let is_policy = Path::new(target).is_file() || moat_policy::builtin::text(target).is_some();
-    let policy = if is_policy {
-        moat_policy::Policy::resolve(target)?
-    } else {
-        let source = Source {
-            image: Some(target.to_string()),
-            rootfs: None,
-        };
-        let t = resolve_target(global, &source).with_context(|| {
-            format!("{target}: neither a policy file, a built-in policy nor an image")
-        })?;
-        let (profile, _) = static_profile(&t, None, None)?;
-        let text = profile.to_checked_policy_yaml(&[])?;
-        moat_policy::Policy::parse(&text, &format!("static profile of {}", t.label))?
-    };
-    Ok(moat_policy::compile(&policy)?)
+/// Compiles a policy file, a built-in policy name or an image (the `auto`
+/// policy for it, from its stored profile) into the [`moat_policy::Plan`]
+/// a backend would get; with the image's profile when it is an image.
+pub fn compile_target(
+    global: &GlobalArgs,
+    target: &str,
+) -> anyhow::Result<(
+    moat_policy::Plan,
+    Option<moat_profile::image_profile::ImageProfile>,
+)> {
+    let is_policy = Path::new(target).is_file()
+        || (moat_policy::builtin::text(target).is_some() && target != "auto");
+    if is_policy {
+        let policy = moat_policy::Policy::resolve(target)?;
+        return Ok((moat_policy::compile(&policy)?, None));
+    }
+    let store = moat_image::Store::open(&global.root)
+        .with_context(|| format!("cannot open the image store {}", global.root.display()))?;
+    let image = store.resolve(target).with_context(|| {
+        format!("{target}: neither a policy file, a built-in policy nor an image")
+    })?;
+    let profile = crate::cmd::auto::for_image(&store, &image)?;
+    let policy = moat_policy::Policy::builtin_for_image(
+        "auto",
+        &crate::cmd::auto::image_syscalls(target, &profile),
+    )?;
+    Ok((moat_policy::compile(&policy)?, Some(profile)))
 }
 
 /// Writes `data` to `path` through a temporary file in the same directory
@@ -336,6 +354,9 @@ pub fn static_profile(
 }
 
 fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode> {
+    if args.all {
+        return run_static_all(global, &args);
+    }
     let target = resolve_target(global, &args.source)?;
     let (profile, report) =
         static_profile(&target, args.entrypoint.as_deref(), args.name.as_deref())?;
@@ -400,6 +421,60 @@ fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode>
             report.objects.len()
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `moat profile static --all`: the image profile, stored for an image.
+fn run_static_all(global: &GlobalArgs, args: &StaticArgs) -> anyhow::Result<ExitCode> {
+    let profile = match (&args.source.rootfs, &args.source.image) {
+        (Some(dir), _) => crate::cmd::auto::analyze_dir(dir)?,
+        (None, Some(reference)) => {
+            let store = moat_image::Store::open(&global.root).with_context(|| {
+                format!("cannot open the image store {}", global.root.display())
+            })?;
+            let image = store.resolve(reference)?;
+            crate::cmd::auto::compute_and_store(&store, &image)?
+        }
+        (None, None) => anyhow::bail!("name an image or pass --rootfs DIR"),
+    };
+    let label = match (&args.source.rootfs, &args.source.image) {
+        (Some(dir), _) => dir.display().to_string(),
+        (None, image) => image.clone().unwrap_or_default(),
+    };
+    let auto = moat_policy::Policy::builtin_for_image(
+        "auto",
+        &crate::cmd::auto::image_syscalls(&label, &profile),
+    )?;
+    let removed = moat_policy::auto::removed_from_baseline(&auto)?;
+    let text = if args.format == "json" {
+        let mut v = serde_json::to_value(&profile)?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert(
+                "auto".into(),
+                serde_json::json!({
+                    "allowed_count": auto.spec.syscalls.allow.len(),
+                    "removed_count": removed.len(),
+                }),
+            );
+        }
+        crate::display::json(serde_json::to_string_pretty(&v)? + "\n")
+    } else {
+        let mut t = String::new();
+        for line in crate::cmd::auto::describe(&profile) {
+            t.push_str(&crate::display::line(&line));
+            t.push('\n');
+        }
+        t.push_str(&format!(
+            "auto allows {} of {} system calls (removes {} of baseline's)\n",
+            auto.spec.syscalls.allow.len(),
+            moat_policy::syscalls::X86_64.len(),
+            removed.len()
+        ));
+        let names: Vec<&str> = profile.syscalls.keys().map(String::as_str).collect();
+        t.push_str(&format!("calls: {}\n", names.join(" ")));
+        t
+    };
+    emit(args.output.as_deref(), &text)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use moat_runtime::record;
 use moat_sandbox::state;
 
 use crate::global::GlobalArgs;
@@ -29,9 +30,10 @@ pub struct PsArgs {
 pub fn run(global: &GlobalArgs, cmd: PsArgs) -> anyhow::Result<ExitCode> {
     let run_root = global.run_root();
     state::cleanup_stale(&run_root).context("cleaning up after dead containers")?;
-    let states: Vec<_> = state::read_all(&run_root)?
+    // The core's one reader (it keeps the trust rules).
+    let states: Vec<_> = record::read_all(&run_root)?
         .into_iter()
-        .filter(|s| s.isolation != "sandbox" || state::is_alive(s))
+        .filter(|s| s.isolation != moat_runtime::Isolation::Sandbox || s.supervisor_alive())
         .collect();
     match cmd.format {
         Format::Json => println!(
@@ -55,7 +57,7 @@ pub fn run(global: &GlobalArgs, cmd: PsArgs) -> anyhow::Result<ExitCode> {
                     .join(" ");
                 outln!(
                     "{:<12}  {:<20}  {:<19}  {:<9}  {:>8}  {:<20}  {}",
-                    &s.id[..s.id.len().min(12)],
+                    s.id.short(),
                     s.name,
                     &image[..image.len().min(19)],
                     s.isolation,

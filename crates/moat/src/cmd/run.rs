@@ -1,23 +1,20 @@
 //! `moat run`: run a command in a new container from an image.
 //!
-//! Wiring only: resolve the image, merge its config with the command line
-//! into a `ProcessSpec` (as podman and Docker do), load and compile the
-//! policy, choose the backend and hand over. The work happens in
-//! `moat-sandbox` and `moat-vm`.
+//! Wiring only: the command line becomes a `moat_runtime` run request;
+//! the core's pipeline authorises, compiles, resolves the image, gates on
+//! vulnerabilities, merges the process settings and picks the backend;
+//! the chosen backend (`moat-sandbox`, `moat-vm`) runs the container.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use moat_policy::plan::IsolationRequirement;
 use moat_policy::rbac::Request;
 use moat_policy::{Plan, ProcessSpec};
-use moat_sandbox::{state, IdMap, SandboxConfig};
+use moat_sandbox::state;
 
 use crate::global::GlobalArgs;
-
-const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Isolation {
@@ -37,7 +34,7 @@ pub enum Accel {
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
-  moat run busybox echo hello                 # runs under the baseline policy, removed on exit
+  moat run busybox echo hello                 # runs under the auto policy, removed on exit
   moat run -it busybox sh                     # interactive shell on a pseudo-terminal
   moat run --isolation sandbox -e A=1 -w /tmp --user 1000:1000 busybox env
   moat run --policy web.yaml --name web busybox httpd -f
@@ -52,8 +49,9 @@ pub struct RunArgs {
     /// Isolation backend.
     #[arg(long, value_enum, default_value = "auto")]
     pub isolation: Isolation,
-    /// Policy file (or built-in name: baseline, restricted) to run under
-    /// (default: the built-in `baseline` policy).
+    /// Policy file (or built-in name: auto, baseline, restricted) to run
+    /// under (default: `auto`, baseline narrowed to the system calls the
+    /// image's programs can make; `--policy baseline` opts out).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// RBAC file the policy is authorised against for the invoking user
@@ -114,133 +112,216 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-/// The parts of an image config `moat run` merges with the command line.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImageDefaults {
-    pub entrypoint: Vec<String>,
-    pub cmd: Vec<String>,
-    pub env: Vec<String>,
-    pub working_dir: String,
-    pub user: String,
-}
-
-/// A resolved image: where its root is and what its config says.
-struct ResolvedImage {
-    image_id: String,
-    rootfs: PathBuf,
-    defaults: ImageDefaults,
-}
+use moat_profile::image_profile::ImageProfile;
+use moat_runtime::pipeline::{self, Prepared, RequestedIsolation, ResolvedImage};
+pub use moat_runtime::process::ImageDefaults;
+use moat_runtime::{Backend, ImageRef};
 
 pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let run_root = global.run_root();
     state::cleanup_stale(&run_root).context("cleaning up after dead containers")?;
 
-    let policy = load_policy(args.policy.as_deref())?;
-    // A `--rootfs` directory is a grant like a volume: checked and
-    // authorised before anything starts.
-    let rootfs_dir = match args.rootfs {
-        true => Some(checked_rootfs(global, &args.image)?),
-        false => None,
-    };
-    let mut extra = Vec::new();
-    if let Some(dir) = &rootfs_dir {
-        extra.push(Request::Rootfs(dir.display().to_string()));
-    }
-    // A volume is authorised both as written and as resolved, so that a
-    // symbolic link under a granted prefix does not lead elsewhere.
-    for v in &policy.spec.filesystem.volumes {
-        if let Ok(real) = std::fs::canonicalize(&v.source) {
-            if real != Path::new(&v.source) {
-                extra.push(Request::Volume(real.display().to_string()));
-            }
-        }
-    }
-    // Authorise before anything else (no image is even materialised for a
-    // refused policy); every decision is audited.
-    let who = crate::cmd::policy::invoking_principal(global);
-    let decision =
-        crate::cmd::policy::authorize(global, "run", &policy, &who, args.rbac.as_deref(), &extra)?;
-    if !decision.allowed {
-        errln!(
-            "moat: error: policy {} refused for {}:",
-            policy.name,
-            who.name
-        );
-        for r in &decision.reasons {
-            errln!("  - {r}");
-        }
-        return Ok(ExitCode::from(crate::global::EXIT_NOT_STARTED));
-    }
-    let plan = moat_policy::compile(&policy)?;
-
-    let image = match rootfs_dir {
-        Some(rootfs) => ResolvedImage {
-            image_id: format!("rootfs:{}", rootfs.display()),
-            rootfs,
-            defaults: ImageDefaults::default(),
-        },
-        None => resolve_image(global, &args.image)?,
-    };
-
-    crate::cmd::scan::vulnerability_gate(
-        global,
-        args.policy.as_deref(),
-        &image.image_id,
-        &image.rootfs,
-        args.allow_unchecked,
+    // `auto` (the default) is narrowed to the image's profile once the
+    // image is known (`Steps::narrow`); until then the widest it can be
+    // (baseline's calls) is what is authorised: narrowing only removes calls.
+    let policy = moat_policy::Policy::resolve_for_image(
+        &policy_name(args.policy.as_deref()),
+        &moat_policy::auto::ImageSyscalls::widest(&args.image),
     )?;
-    let id = state::new_id();
-    let name = args.name.clone().unwrap_or_else(|| id[..12].to_string());
-    state::validate_name(&name)?;
-    let hostname = args.hostname.clone().unwrap_or_else(|| name.clone());
-    let process = merge_process(&image.defaults, &args, &hostname, &image.rootfs)?;
-
-    let backend = match (args.isolation, plan.isolation) {
-        (Isolation::Sandbox, IsolationRequirement::Vm) => bail!(
-            "policy {:?} requires vm isolation; drop --isolation sandbox",
-            plan.policy_name
-        ),
-        (Isolation::Vm, IsolationRequirement::Sandbox) => bail!(
-            "policy {:?} requires sandbox isolation; drop --isolation vm",
-            plan.policy_name
-        ),
-        (Isolation::Auto, IsolationRequirement::Vm) | (Isolation::Vm, _) => Isolation::Vm,
-        (Isolation::Auto, IsolationRequirement::Sandbox) | (Isolation::Sandbox, _) => {
-            Isolation::Sandbox
-        }
-        (Isolation::Auto, _) => match moat_vm::why_no_accelerator(&global.root) {
-            None => Isolation::Vm,
-            Some(why) => {
-                if !args.quiet {
-                    eprintln!("{}", auto_sandbox_notice(&why));
-                }
-                Isolation::Sandbox
-            }
+    // A `--rootfs` directory is checked before anything starts (and
+    // authorised by the pipeline, like a volume).
+    let image = match args.rootfs {
+        true => ImageRef::Rootfs(checked_rootfs(global, &args.image)?),
+        false => ImageRef::parse(&args.image),
+    };
+    let mut steps = CliSteps {
+        global,
+        rbac: args.rbac.as_deref(),
+        who: crate::cmd::policy::invoking_principal(global),
+        allow_unchecked: args.allow_unchecked,
+        quiet: args.quiet,
+        image_arg: args.image.clone(),
+        policy_arg: policy_name(args.policy.as_deref()),
+        profile: None,
+    };
+    let request = pipeline::RunRequest {
+        policy,
+        image,
+        process: process_args(&args),
+        name: args.name.clone(),
+        hostname: args.hostname.clone(),
+        isolation: match args.isolation {
+            Isolation::Sandbox => RequestedIsolation::Sandbox,
+            Isolation::Vm => RequestedIsolation::Vm,
+            Isolation::Auto => RequestedIsolation::Auto,
         },
+    };
+    let ready = match pipeline::prepare(request, &mut steps)? {
+        Prepared::Refused { policy, decision } => {
+            errln!(
+                "moat: error: policy {} refused for {}:",
+                policy,
+                steps.who.name
+            );
+            for r in &decision.reasons {
+                errln!("  - {r}");
+            }
+            return Ok(ExitCode::from(crate::global::EXIT_NOT_STARTED));
+        }
+        Prepared::Ready(ready) => *ready,
     };
     let stop_timeout = Duration::from_secs(args.stop_timeout);
-    if backend == Isolation::Vm {
-        return run_vm(global, &args, image, process, plan, name, stop_timeout);
+    if ready.isolation == moat_runtime::Isolation::Vm {
+        return run_vm(
+            global,
+            &args,
+            ready.image,
+            ready.process,
+            ready.plan,
+            ready.name.to_string(),
+            stop_timeout,
+        );
     }
 
-    let cfg = SandboxConfig {
-        id,
-        name,
-        image_id: image.image_id,
-        rootfs: image.rootfs,
+    // Denied calls are logged by the kernel when the policy asks (auto
+    // does): note where the log ends, to name them if the workload fails.
+    let id_map = moat_sandbox::idmap::IdMap::for_root();
+    let watch = ready
+        .plan
+        .audit_denied
+        .then(crate::cmd::denials::Watch::start);
+    let container = moat_runtime::backend::Container {
+        id: ready.id,
+        name: ready.name,
+        image_id: ready.image.image_id,
+        rootfs: ready.image.rootfs,
         run_root,
-        process,
-        plan,
+        process: ready.process,
+        plan: ready.plan,
         stop_timeout,
-        id_map: IdMap::for_root(),
     };
-    match moat_sandbox::run(&cfg) {
-        Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+    match moat_sandbox::SandboxBackend.run_attached(&container) {
+        Ok(code) => {
+            if let (true, Some(w)) = (code != 0, watch) {
+                let denials = w.denials(id_map.host_uid, id_map.count);
+                for line in crate::cmd::denials::report(&ready.policy, code, &denials) {
+                    errln!("{line}");
+                }
+            }
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
         Err(e) => {
-            let code = e.exit_code();
+            let code = e.exit_code;
             errln!("moat: error: {:#}", anyhow::Error::from(e));
             Ok(ExitCode::from(code))
         }
+    }
+}
+
+/// The pipeline steps that need the command line's context.
+struct CliSteps<'a> {
+    global: &'a GlobalArgs,
+    rbac: Option<&'a Path>,
+    who: moat_policy::rbac::Principal,
+    allow_unchecked: bool,
+    quiet: bool,
+    /// The image as the user named it (what `auto` reports).
+    image_arg: String,
+    /// `--policy` as given, or `auto`: what `narrow` resolves again.
+    policy_arg: String,
+    /// The stored image's profile, kept by `resolve_image` for `narrow`.
+    profile: Option<ImageProfile>,
+}
+
+impl pipeline::Steps for CliSteps<'_> {
+    fn authorize(
+        &mut self,
+        policy: &moat_policy::Policy,
+        extra: &[Request],
+    ) -> anyhow::Result<moat_policy::rbac::Decision> {
+        crate::cmd::policy::authorize(self.global, "run", policy, &self.who, self.rbac, extra)
+    }
+
+    fn resolve_image(
+        &mut self,
+        image: &ImageRef,
+        policy: &moat_policy::Policy,
+    ) -> anyhow::Result<ResolvedImage> {
+        let (image, profile) = resolve_image(self.global, &image.as_written(), uses_auto(policy))?;
+        self.profile = profile;
+        Ok(image)
+    }
+
+    /// `auto` (or a policy extending it) narrowed to the image's profile:
+    /// the stored image's, or one made now for a `--rootfs` directory.
+    fn narrow(
+        &mut self,
+        policy: &moat_policy::Policy,
+        image: &ResolvedImage,
+    ) -> anyhow::Result<Option<moat_policy::Policy>> {
+        if !uses_auto(policy) {
+            return Ok(None);
+        }
+        let profile = match self.profile.take() {
+            Some(p) => p,
+            None => crate::cmd::auto::analyze_dir_cached(&self.global.root, &image.rootfs)?,
+        };
+        let narrowed = moat_policy::Policy::resolve_for_image(
+            &self.policy_arg,
+            &crate::cmd::auto::image_syscalls(&self.image_arg, &profile),
+        )?;
+        Ok(Some(narrowed))
+    }
+
+    fn vulnerability_gate(
+        &mut self,
+        policy: &moat_policy::Policy,
+        image: &ResolvedImage,
+    ) -> anyhow::Result<()> {
+        crate::cmd::scan::vulnerability_gate(
+            self.global,
+            policy,
+            &image.image_id,
+            &image.rootfs,
+            self.allow_unchecked,
+        )
+    }
+
+    fn resolve_user(
+        &mut self,
+        rootfs: &Path,
+        user: &str,
+    ) -> anyhow::Result<moat_runtime::process::Ids> {
+        let id = moat_sandbox::user::resolve(rootfs, user)?;
+        Ok((id.uid, id.gid, id.additional_gids))
+    }
+
+    /// Asked only when `auto` has the choice: says once why it runs the
+    /// sandbox (unless `--quiet`).
+    fn vm_accelerator_works(&mut self) -> bool {
+        match moat_vm::why_no_accelerator(&self.global.root) {
+            None => true,
+            Some(why) => {
+                if !self.quiet {
+                    eprintln!("{}", auto_sandbox_notice(&why));
+                }
+                false
+            }
+        }
+    }
+}
+
+/// The process options of the command line, for the core.
+fn process_args(args: &RunArgs) -> moat_runtime::process::ProcessArgs {
+    moat_runtime::process::ProcessArgs {
+        image: args.image.clone(),
+        entrypoint: args.entrypoint.clone(),
+        command: args.command.clone(),
+        env: args.env.clone(),
+        workdir: args.workdir.clone(),
+        user: args.user.clone(),
+        tty: args.tty,
+        interactive: args.interactive,
     }
 }
 
@@ -321,125 +402,65 @@ pub fn auto_sandbox_notice(why: &str) -> String {
     )
 }
 
-fn resolve_image(global: &GlobalArgs, reference: &str) -> anyhow::Result<ResolvedImage> {
+fn resolve_image(
+    global: &GlobalArgs,
+    reference: &str,
+    with_profile: bool,
+) -> anyhow::Result<(ResolvedImage, Option<ImageProfile>)> {
     let store = moat_image::Store::open(&global.root)
         .with_context(|| format!("opening the image store {}", global.root.display()))?;
     let image = store.resolve(reference)?;
     let rootfs = store
         .rootfs(&image)
         .with_context(|| format!("materialising the rootfs of image {reference:?}"))?;
+    let profile = match with_profile {
+        true => Some(crate::cmd::auto::for_image(&store, &image)?),
+        false => None,
+    };
     let c = &image.config;
-    Ok(ResolvedImage {
-        image_id: image.config_digest.clone(),
-        rootfs,
-        defaults: ImageDefaults {
-            entrypoint: c.entrypoint.clone(),
-            cmd: c.cmd.clone(),
-            env: c.env.clone(),
-            working_dir: c.working_dir.clone(),
-            user: c.user.clone(),
+    Ok((
+        ResolvedImage {
+            image_id: image.config_digest.clone(),
+            rootfs,
+            defaults: ImageDefaults {
+                entrypoint: c.entrypoint.clone(),
+                cmd: c.cmd.clone(),
+                env: c.env.clone(),
+                working_dir: c.working_dir.clone(),
+                user: c.user.clone(),
+            },
         },
-    })
+        profile,
+    ))
 }
 
 /// The policy to run under: `--policy` (a file or a built-in name), else the
-/// built-in `baseline` policy.
-fn load_policy(policy: Option<&Path>) -> anyhow::Result<moat_policy::Policy> {
-    Ok(match policy {
-        Some(p) => moat_policy::Policy::resolve(&p.to_string_lossy())?,
-        None => moat_policy::Policy::builtin("baseline")?,
-    })
+/// built-in `auto` policy.
+pub fn policy_name(policy: Option<&Path>) -> String {
+    match policy {
+        Some(p) => p.to_string_lossy().into_owned(),
+        None => "auto".to_string(),
+    }
 }
 
-/// Merges the image config with the command line, as podman and Docker do:
-/// CMD replaces the image's Cmd (the Entrypoint stays), `-e` overrides
-/// image Env by key, `-w` and `--user` replace WorkingDir and User.
-pub fn merge_process(
+/// Whether `policy` is `auto` or extends it (and so depends on the image).
+pub fn uses_auto(policy: &moat_policy::Policy) -> bool {
+    policy.source == "builtin:auto" || policy.extends.iter().any(|e| e == "builtin:auto")
+}
+
+/// Merges the image config with the command line (see
+/// [`moat_runtime::process::merge_process`]), resolving the user in `rootfs`.
+#[cfg(test)]
+fn merge_process(
     image: &ImageDefaults,
     args: &RunArgs,
     hostname: &str,
     rootfs: &Path,
 ) -> anyhow::Result<ProcessSpec> {
-    let mut argv = match &args.entrypoint {
-        Some(e) => parse_entrypoint(e)?,
-        None => image.entrypoint.clone(),
-    };
-    if !args.command.is_empty() {
-        argv.extend(args.command.iter().cloned());
-    } else if args.entrypoint.is_none() {
-        argv.extend(image.cmd.iter().cloned());
-    }
-    if argv.is_empty() {
-        bail!(
-            "image {:?} has no Entrypoint or Cmd; give a command: moat run {} CMD [ARG...]",
-            args.image,
-            args.image
-        );
-    }
-
-    let mut env: Vec<String> = Vec::new();
-    let mut set = |entry: String| {
-        let key = entry.split('=').next().unwrap_or_default().to_string();
-        env.retain(|e| e.split('=').next() != Some(key.as_str()));
-        env.push(entry);
-    };
-    set(DEFAULT_PATH.to_string());
-    set(format!("HOSTNAME={hostname}"));
-    if args.tty {
-        set("TERM=xterm".to_string());
-    }
-    for e in &image.env {
-        set(e.clone());
-    }
-    for e in &args.env {
-        match e.split_once('=') {
-            Some((k, _)) if !k.is_empty() => set(e.clone()),
-            Some(_) => bail!("invalid -e {e:?}: expected KEY=VALUE with a non-empty KEY"),
-            None if e.is_empty() => bail!("invalid -e \"\": expected KEY=VALUE"),
-            None => {
-                if let Ok(v) = std::env::var(e) {
-                    set(format!("{e}={v}"));
-                }
-            }
-        }
-    }
-
-    let cwd = match args.workdir.as_deref() {
-        Some(w) => w.to_string(),
-        None if !image.working_dir.is_empty() => image.working_dir.clone(),
-        None => "/".to_string(),
-    };
-    if !cwd.starts_with('/') {
-        bail!("working directory {cwd:?} (-w) must be an absolute path");
-    }
-    let user = args.user.as_deref().unwrap_or(&image.user);
-    let id = moat_sandbox::user::resolve(rootfs, user)?;
-    Ok(ProcessSpec {
-        args: argv,
-        env,
-        cwd,
-        uid: id.uid,
-        gid: id.gid,
-        additional_gids: id.additional_gids,
-        tty: args.tty,
-        interactive: args.interactive,
-        hostname: hostname.to_string(),
+    moat_runtime::process::merge_process(image, &process_args(args), hostname, |user| {
+        let id = moat_sandbox::user::resolve(rootfs, user)?;
+        Ok((id.uid, id.gid, id.additional_gids))
     })
-}
-
-/// `--entrypoint`: a JSON array of strings, "" for none, else one command.
-fn parse_entrypoint(e: &str) -> anyhow::Result<Vec<String>> {
-    if e.is_empty() {
-        return Ok(Vec::new());
-    }
-    if e.trim_start().starts_with('[') {
-        return serde_json::from_str::<Vec<String>>(e).map_err(|err| {
-            anyhow::anyhow!(
-                "--entrypoint {e:?}: not a JSON array of strings ({err}); write a command, or [\"/bin/sh\",\"-c\"]"
-            )
-        });
-    }
-    Ok(vec![e.to_string()])
 }
 
 #[cfg(test)]

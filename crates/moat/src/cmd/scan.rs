@@ -196,8 +196,8 @@ fn watch(
     }
 }
 
-/// The vulnerability check of `moat run`: when the policy (`--policy`, else
-/// the built-in `baseline`) sets `vulnerabilities.fail_on`, refuse an image
+/// The vulnerability check of `moat run`: when `policy` (the very object
+/// the run was authorised under, never reloaded) sets `vulnerabilities.fail_on`, refuse an image
 /// with findings at or above it that no unexpired ignore entry covers,
 /// naming the advisories and fixed versions. `image_id` is the config digest
 /// of a stored image, or anything else for a `--rootfs` directory (then the
@@ -207,15 +207,11 @@ fn watch(
 /// unless `allow_unchecked` (`moat run --allow-unchecked`).
 pub fn vulnerability_gate(
     global: &GlobalArgs,
-    policy: Option<&std::path::Path>,
+    policy: &moat_policy::Policy,
     image_id: &str,
     rootfs: &std::path::Path,
     allow_unchecked: bool,
 ) -> anyhow::Result<()> {
-    let policy = match policy {
-        Some(p) => moat_policy::Policy::resolve(&p.to_string_lossy())?,
-        None => moat_policy::Policy::builtin("baseline")?,
-    };
     let v = &policy.spec.vulnerabilities;
     let Some(fail_on) = v.fail_on else {
         return Ok(());

@@ -70,20 +70,28 @@ pub fn run(global: &GlobalArgs, args: SurfaceArgs) -> anyhow::Result<ExitCode> {
             let target = args.target.as_deref().context(
                 "name a policy file, a built-in policy or an image: moat surface POLICY|IMAGE",
             )?;
-            let s = surface_of(global, target)?;
+            let (plan, profile) = super::profile::compile_target(global, target)?;
+            let s = surface::of_plan(&plan)?;
             if args.format == "json" {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                let mut v = serde_json::to_value(&s)?;
+                if let (Some(p), Some(obj)) = (&profile, v.as_object_mut()) {
+                    obj.insert("image_profile".into(), serde_json::to_value(p)?);
+                }
+                println!(
+                    "{}",
+                    crate::display::json(serde_json::to_string_pretty(&v)?)
+                );
             } else {
                 print!("{}", render(&s));
+                if let Some(p) = &profile {
+                    for line in crate::cmd::auto::describe(p) {
+                        outln!("image        {line}");
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-fn surface_of(global: &GlobalArgs, target: &str) -> anyhow::Result<Surface> {
-    let plan = super::profile::compile_target(global, target)?;
-    Ok(surface::of_plan(&plan)?)
 }
 
 /// The human-readable report.

@@ -27,6 +27,12 @@ pub enum VulndbCommand {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Download OSV's per-ecosystem exports when they changed, import them
+    /// and re-match (as `import` does).
+    #[command(
+        after_help = "Example:\n  moat vulndb update --ecosystem Debian --ecosystem PyPI --watch 6h"
+    )]
+    Update(crate::cmd::vulndb_update::UpdateArgs),
     /// Show what advisories are loaded and how old they are.
     Status {
         /// Output format.
@@ -53,6 +59,10 @@ pub fn run(global: &GlobalArgs, cmd: VulndbCommand) -> anyhow::Result<ExitCode> 
                 Format::Json => println!("{}", serde_json::to_string_pretty(&out)?),
                 Format::Table => print_import(&out),
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        VulndbCommand::Update(a) => {
+            crate::cmd::vulndb_update::update(global, a)?;
             Ok(ExitCode::SUCCESS)
         }
         VulndbCommand::Status { format } => {
@@ -137,7 +147,24 @@ pub fn import_and_rematch(global: &GlobalArgs, path: &Path) -> anyhow::Result<Im
         }
     }
     let images = store::list(&global.root)?.len();
-    let alerts = store::rematch_all(&global.root, &global.run_root(), &db)
+    // The containers, read through the runtime core's one reader; the
+    // advisories are imported already, so an untrusted run root only
+    // costs the list of running containers (with a warning).
+    let records = moat_runtime::record::read_all(&global.run_root()).unwrap_or_else(|e| {
+        eprintln!("moat: warning: {e}; running containers are not listed in alerts");
+        Vec::new()
+    });
+    let containers: Vec<store::ContainerImage> = records
+        .into_iter()
+        .map(|r| store::ContainerImage {
+            container: store::ContainerRef {
+                id: r.id.to_string(),
+                name: r.name.to_string(),
+            },
+            image_id: r.image_id,
+        })
+        .collect();
+    let alerts = store::rematch_all(&global.root, &containers, &db)
         .context("re-matching stored image inventories")?;
     Ok(ImportOutcome {
         source: path.to_path_buf(),

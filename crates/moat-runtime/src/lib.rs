@@ -1,0 +1,25 @@
+//! The runtime core shared by every front end (`moat run`, `moat ps`,
+//! `moat kill` today; the OCI CLI, daemon and shim later).
+//!
+//! - [`id`]: typed identities (container ID and name, image reference,
+//!   isolation).
+//! - [`record`]: the one versioned state record per container, its
+//!   status machine, its writer and its one reader (with the trust rules).
+//! - [`pipeline`]: the run pipeline: authorise and audit, compile,
+//!   resolve the image, gate on vulnerabilities with the same policy,
+//!   merge the process settings, pick the backend.
+//! - [`backend`]: the trait a backend (sandbox, vm) implements.
+//!
+//! The crate sits below the backends: `moat-sandbox` writes its records
+//! through [`record`] and implements [`backend::Backend`]; a front end
+//! supplies the steps that need its context ([`pipeline::Steps`]).
+
+pub mod backend;
+pub mod id;
+pub mod pipeline;
+pub mod process;
+pub mod record;
+
+pub use backend::Backend;
+pub use id::{ContainerId, ContainerName, ImageRef, Isolation};
+pub use record::{Record, StateError, Status};

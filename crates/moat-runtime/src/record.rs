@@ -1,0 +1,477 @@
+//! The one state record per container:
+//! `<run_root>/containers/<id>/state.json`, written by the backends and
+//! read by `moat ps`, `moat kill`, `moat run` (name in use) and the
+//! sandbox's stale-state cleanup through [`read_all`], the one reader.
+//!
+//! Every change happens under an exclusive lock on
+//! `<run_root>/containers/.lock` ([`lock`]); a record is staged, then
+//! renamed into place ([`write`]).
+//!
+//! Nothing read from a record decides what is deleted or killed. The run
+//! root and `containers/` are owned by this (root) user and mode 0700,
+//! checked before anything in them is read; a record is read only from a
+//! directory whose own name is a container ID, that is a real directory
+//! owned by this user and not writable by group or others, holding a
+//! regular `state.json` of the same kind, whose `id` equals the directory
+//! name. Cleanup removes `containers/<that name>` ([`remove`]) and what a
+//! backend derives from that name; it never follows a path, pid or cgroup
+//! from the file.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::{ContainerId, ContainerName, Isolation};
+
+/// The record format written by this version. Records without a
+/// `version` (0) were written before it (the vm backend still writes
+/// those): every field added since has a default.
+pub const RECORD_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot create the runtime directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot lock {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write container state {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read container states in {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("container name {name:?} is already in use by container {id}; choose another --name or stop that container first (moat kill {name})")]
+    NameInUse { name: String, id: String },
+    #[error(transparent)]
+    Id(#[from] crate::id::IdError),
+    #[error("container {id} is {from}: it cannot become {to}")]
+    Transition {
+        id: String,
+        from: Status,
+        to: Status,
+    },
+    #[error("refusing to trust the runtime directory {path}: {problem}; it must be a directory owned by root with mode 0700 (fix: chown root:root {path} && chmod 0700 {path}, or remove it)")]
+    Untrusted { path: PathBuf, problem: String },
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Set up, its process not yet released.
+    Created,
+    Running,
+    Paused,
+    /// Its process has exited (the exit code and time are recorded).
+    Stopped,
+}
+
+impl Status {
+    /// Whether a container may go from `self` to `to`.
+    pub fn can_become(self, to: Status) -> bool {
+        use Status::*;
+        matches!(
+            (self, to),
+            (Created, Running)
+                | (Created, Stopped)
+                | (Running, Paused)
+                | (Paused, Running)
+                | (Running, Stopped)
+                | (Paused, Stopped)
+        )
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        })
+    }
+}
+
+fn running() -> Status {
+    Status::Running
+}
+
+/// The state of one container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// [`RECORD_VERSION`] when written by this version; 0 before.
+    #[serde(default)]
+    pub version: u32,
+    pub id: ContainerId,
+    pub name: ContainerName,
+    /// Records of version 0 are of running containers.
+    #[serde(default = "running")]
+    pub status: Status,
+    /// Image config digest (`sha256:<hex>`), or `rootfs:<dir>`.
+    pub image_id: String,
+    /// Host pid of the container's first process (PID 1 inside); 0 until
+    /// it exists. For the vm backend, the supervising `moat` process.
+    pub pid: i32,
+    pub isolation: Isolation,
+    /// RFC 3339, UTC.
+    pub created: String,
+    /// The command line of the workload.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Start time (clock ticks since boot) of `pid`, to detect pid reuse.
+    #[serde(default)]
+    pub pid_start_time: u64,
+    /// The process that supervises (monitors) the container.
+    #[serde(default)]
+    pub supervisor_pid: i32,
+    #[serde(default)]
+    pub supervisor_start_time: u64,
+    /// Cgroup directories of the container (informational: cleanup
+    /// derives them from the ID).
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
+    /// The host uid that owns the container's user namespace; 0 in vm
+    /// records.
+    #[serde(default)]
+    pub userns_owner: u32,
+    /// Digest of the policy the container runs under (`Plan::policy_digest`).
+    #[serde(default)]
+    pub policy_digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// RFC 3339, UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_time: Option<String>,
+}
+
+impl Record {
+    /// A new record in status `created`, with no process yet.
+    pub fn new(
+        id: ContainerId,
+        name: ContainerName,
+        isolation: Isolation,
+        image_id: &str,
+    ) -> Record {
+        Record {
+            version: RECORD_VERSION,
+            id,
+            name,
+            status: Status::Created,
+            image_id: image_id.to_string(),
+            pid: 0,
+            isolation,
+            created: now_rfc3339(),
+            command: Vec::new(),
+            pid_start_time: 0,
+            supervisor_pid: 0,
+            supervisor_start_time: 0,
+            cgroups: Vec::new(),
+            userns_owner: 0,
+            policy_digest: String::new(),
+            exit_code: None,
+            exit_time: None,
+        }
+    }
+
+    /// Moves the record to `to`, or says why it cannot.
+    pub fn transition(&mut self, to: Status) -> Result<(), StateError> {
+        if !self.status.can_become(to) {
+            return Err(StateError::Transition {
+                id: self.id.to_string(),
+                from: self.status,
+                to,
+            });
+        }
+        self.status = to;
+        Ok(())
+    }
+
+    /// Records the process that now runs: `created` becomes `running`.
+    pub fn started(&mut self, pid: i32) -> Result<(), StateError> {
+        self.transition(Status::Running)?;
+        self.pid = pid;
+        self.pid_start_time = process_start_time(pid).unwrap_or(0);
+        Ok(())
+    }
+
+    /// Records the exit: the container becomes `stopped`.
+    pub fn stopped(&mut self, code: i32) -> Result<(), StateError> {
+        self.transition(Status::Stopped)?;
+        self.exit_code = Some(code);
+        self.exit_time = Some(now_rfc3339());
+        Ok(())
+    }
+
+    /// Whether the supervisor recorded here is still alive (same pid, same
+    /// start time).
+    pub fn supervisor_alive(&self) -> bool {
+        self.supervisor_pid > 0
+            && process_start_time(self.supervisor_pid) == Some(self.supervisor_start_time)
+    }
+}
+
+pub fn containers_dir(run_root: &Path) -> PathBuf {
+    run_root.join("containers")
+}
+
+fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Creates the run root and `containers/` (mode 0700) where missing, and
+/// checks both before anything in them is trusted: a real directory owned
+/// by this user and not writable by group or others (a directory only
+/// readable by others, as older versions made it, is narrowed to 0700).
+pub fn ensure_dirs(run_root: &Path) -> Result<PathBuf, StateError> {
+    let dir = containers_dir(run_root);
+    for d in [run_root, dir.as_path()] {
+        match fs::DirBuilder::new().mode(0o700).create(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound && d == run_root => {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(d)
+                    .map_err(|source| StateError::CreateDir {
+                        path: d.to_path_buf(),
+                        source,
+                    })?;
+            }
+            Err(source) => {
+                return Err(StateError::CreateDir {
+                    path: d.to_path_buf(),
+                    source,
+                })
+            }
+        }
+        check_trusted_dir(d)?;
+    }
+    Ok(dir)
+}
+
+/// The checks of [`ensure_dirs`] on one directory (repairing group/other
+/// read access, refusing anything else).
+fn check_trusted_dir(d: &Path) -> Result<(), StateError> {
+    let untrusted = |problem: String| StateError::Untrusted {
+        path: d.to_path_buf(),
+        problem,
+    };
+    let m = fs::symlink_metadata(d).map_err(|source| StateError::Read {
+        path: d.to_path_buf(),
+        source,
+    })?;
+    if !m.file_type().is_dir() {
+        return Err(untrusted("it is not a directory (a symlink?)".into()));
+    }
+    if m.uid() != euid() {
+        return Err(untrusted(format!("it is owned by uid {}", m.uid())));
+    }
+    let mode = m.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(untrusted(format!(
+            "it has mode {mode:04o}, writable by group or others"
+        )));
+    }
+    if mode & 0o077 != 0 {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o700)).map_err(|source| {
+            StateError::CreateDir {
+                path: d.to_path_buf(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// An exclusive lock on the containers directory (released on drop).
+pub struct Lock(#[allow(dead_code)] File);
+
+pub fn lock(run_root: &Path) -> Result<Lock, StateError> {
+    let dir = ensure_dirs(run_root)?;
+    let path = dir.join(".lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|source| StateError::Lock {
+            path: path.clone(),
+            source,
+        })?;
+    f.lock()
+        .map_err(|source| StateError::Lock { path, source })?;
+    Ok(Lock(f))
+}
+
+/// Writes `record` atomically (stage, then rename). The caller holds the
+/// [`lock`] for any change that must not race another (names, owners).
+pub fn write(run_root: &Path, record: &Record) -> Result<(), StateError> {
+    let dir = containers_dir(run_root).join(record.id.as_str());
+    let werr = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StateError::Write { path, source }
+    };
+    ensure_dirs(run_root)?;
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(werr(&dir)(e)),
+    }
+    let tmp = dir.join(".state.json.tmp");
+    let json = serde_json::to_vec_pretty(record).map_err(|e| StateError::Write {
+        path: tmp.clone(),
+        source: io::Error::other(e),
+    })?;
+    let _ = fs::remove_file(&tmp);
+    File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .and_then(|mut f| io::Write::write_all(&mut f, &json))
+        .map_err(werr(&tmp))?;
+    let path = dir.join("state.json");
+    fs::rename(&tmp, &path).map_err(werr(&path))?;
+    Ok(())
+}
+
+/// Removes a container's state directory.
+pub fn remove(run_root: &Path, id: &ContainerId) {
+    let _ = fs::remove_dir_all(containers_dir(run_root).join(id.as_str()));
+}
+
+/// The one reader: every trusted record under `run_root` (dead ones
+/// included), oldest first. Refuses an untrusted run root or
+/// `containers/` (see the module documentation); skips any record that
+/// cannot be trusted.
+pub fn read_all(run_root: &Path) -> Result<Vec<Record>, StateError> {
+    let dir = containers_dir(run_root);
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    ensure_dirs(run_root)?;
+    let entries = fs::read_dir(&dir).map_err(|source| StateError::Read {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if let Some(s) = read_record(&dir, &name) {
+            out.push(s);
+        }
+    }
+    out.sort_by(|a, b| a.created.cmp(&b.created).then(a.name.cmp(&b.name)));
+    Ok(out)
+}
+
+/// The record in `containers/<name>`, if it can be trusted (see the
+/// module documentation); `None` for anything else.
+fn read_record(dir: &Path, name: &str) -> Option<Record> {
+    if !crate::id::is_valid_id(name) {
+        return None;
+    }
+    let me = euid();
+    let trusted = |m: &fs::Metadata| m.uid() == me && m.mode() & 0o022 == 0;
+    let rec = dir.join(name);
+    let m = fs::symlink_metadata(&rec).ok()?;
+    if !m.file_type().is_dir() || !trusted(&m) {
+        return None;
+    }
+    let f = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(rec.join("state.json"))
+        .ok()?;
+    let m = f.metadata().ok()?;
+    if !m.file_type().is_file() || !trusted(&m) || m.len() > 1 << 20 {
+        return None;
+    }
+    let s: Record = serde_json::from_reader(io::BufReader::new(f)).ok()?;
+    (s.id.as_str() == name).then_some(s)
+}
+
+/// Finds a container by exact name, exact id or unique id prefix (at
+/// least 4 digits).
+pub fn find<'a>(records: &'a [Record], key: &str) -> Option<&'a Record> {
+    if let Some(s) = records
+        .iter()
+        .find(|s| s.name.as_str() == key || s.id.as_str() == key)
+    {
+        return Some(s);
+    }
+    let mut m = records
+        .iter()
+        .filter(|s| key.len() >= 4 && s.id.starts_with(key));
+    match (m.next(), m.next()) {
+        (Some(s), None) => Some(s),
+        _ => None,
+    }
+}
+
+/// Clock ticks since boot at which `pid` started (field 22 of
+/// `/proc/<pid>/stat`), or `None` if there is no such process.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    after_comm.split(' ').nth(19)?.parse().ok()
+}
+
+/// The current time as RFC 3339 (UTC, seconds).
+pub fn now_rfc3339() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    rfc3339(secs)
+}
+
+fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests;
