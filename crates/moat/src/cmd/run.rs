@@ -112,9 +112,9 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+use moat_profile::image_profile::ImageProfile;
 use moat_runtime::pipeline::{self, Prepared, RequestedIsolation, ResolvedImage};
 pub use moat_runtime::process::ImageDefaults;
-use moat_profile::image_profile::ImageProfile;
 use moat_runtime::{Backend, ImageRef};
 
 pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
