@@ -52,3 +52,17 @@ fuzz-scan:
 		mkdir -p corpus/$$t && \
 		cargo +nightly fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
 	done
+
+# Fuzz the parsers of the profile and runtime: the image profile's ELF
+# analysis (one hostile object in an image, run at every import) and the
+# container record reader (state.json). /bin/busybox joins the seeds when
+# present. FUZZ_SECONDS per target.
+AUTO_FUZZ_TARGETS = image_profile state_record
+.PHONY: fuzz-auto
+fuzz-auto:
+	mkdir -p fuzz/corpus/image_profile
+	if [ -f /bin/busybox ]; then (printf '\000'; cat /bin/busybox) > fuzz/corpus/image_profile/busybox; fi
+	cd fuzz && for t in $(AUTO_FUZZ_TARGETS); do \
+		mkdir -p corpus/$$t && \
+		cargo +nightly fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 || exit 1; \
+	done

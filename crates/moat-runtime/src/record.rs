@@ -18,7 +18,7 @@
 //! from the file.
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -409,10 +409,26 @@ fn read_record(dir: &Path, name: &str) -> Option<Record> {
         .open(rec.join("state.json"))
         .ok()?;
     let m = f.metadata().ok()?;
-    if !m.file_type().is_file() || !trusted(&m) || m.len() > 1 << 20 {
+    if !m.file_type().is_file() || !trusted(&m) || m.len() > MAX_RECORD {
         return None;
     }
-    let s: Record = serde_json::from_reader(io::BufReader::new(f)).ok()?;
+    let mut bytes = Vec::with_capacity(m.len() as usize);
+    f.take(MAX_RECORD + 1).read_to_end(&mut bytes).ok()?;
+    parse_record(&bytes, name)
+}
+
+/// Largest `state.json` the reader accepts.
+const MAX_RECORD: u64 = 1 << 20;
+
+/// Parses the bytes of `containers/<name>/state.json`: `None` unless they
+/// are at most [`MAX_RECORD`] bytes of a valid record whose id is `name`.
+/// The only parser of records read back from disk (fuzzed by
+/// `fuzz/fuzz_targets/state_record.rs`).
+pub fn parse_record(bytes: &[u8], name: &str) -> Option<Record> {
+    if bytes.len() as u64 > MAX_RECORD {
+        return None;
+    }
+    let s: Record = serde_json::from_slice(bytes).ok()?;
     (s.id.as_str() == name).then_some(s)
 }
 

@@ -204,3 +204,16 @@ fn only_trusted_records_are_read() {
         .to_string()
         .contains("it is not a directory (a symlink?)"));
 }
+
+#[test]
+fn parse_record_checks_id_and_size() {
+    let rec = mk("0123456789abcdef");
+    let json = serde_json::to_vec(&rec).unwrap();
+    assert_eq!(parse_record(&json, "0123456789abcdef"), Some(rec));
+    assert_eq!(parse_record(&json, "fedcba9876543210"), None);
+    assert_eq!(parse_record(b"\xff{", "0123456789abcdef"), None);
+    // Past the size limit even when the prefix is a valid record.
+    let mut big = json.clone();
+    big.resize(MAX_RECORD as usize + 1, b' ');
+    assert_eq!(parse_record(&big, "0123456789abcdef"), None);
+}
