@@ -164,7 +164,7 @@ fn built_in_policies_deny_them() {
 fn diff_prints_grants_in_the_policys_own_words() {
     let a = Policy::builtin("baseline").unwrap();
     let b = Policy::parse(
-        "apiVersion: moat.dev/v1\nkind: Policy\nmetadata: {name: b}\nspec:\n  extends: baseline\n  syscalls:\n    conditions:\n      socket:\n        families: [AF_UNIX]\n      ioctl:\n        allow: [TCGETS]\n  network:\n    mode: egress\n    egress: [{to: 10.0.0.0/8, ports: 443, protocol: tcp}]\n    publish: [{host: 8080, container: 80}]\n  resources:\n    memory: 256Mi\n    cpus: 0.5\n  process: {user: 1000, group: 1000}\n  image:\n    allowed: [registry.example/*]\n    require_digest: true\n  vulnerabilities:\n    fail_on: high\n",
+        "apiVersion: moat.dev/v1\nkind: Policy\nmetadata: {name: b}\nspec:\n  extends: baseline\n  syscalls:\n    conditions:\n      socket:\n        families: [AF_UNIX]\n      ioctl:\n        allow: [TCGETS]\n  network:\n    mode: egress\n    egress: [{to: 127.0.0.0/8, ports: 443, protocol: tcp}]\n    publish: [{host: 8080, container: 80}]\n  resources:\n    memory: 256Mi\n    cpus: 0.5\n  process: {user: 1000, group: 1000}\n  image:\n    allowed: [registry.example/*]\n    require_digest: true\n  vulnerabilities:\n    fail_on: high\n",
         "b.yaml",
     )
     .unwrap();
@@ -177,7 +177,7 @@ fn diff_prints_grants_in_the_policys_own_words() {
         "~ syscalls.conditions.socket.families [AF_UNIX, AF_INET, AF_INET6, AF_NETLINK] -> [AF_UNIX]",
         "~ syscalls.conditions.ioctl deny [TIOCSTI, TIOCLINUX] -> allow [TCGETS]",
         "~ network none -> egress",
-        "+ network.egress {to: 10.0.0.0/8, ports: 443, protocol: tcp}",
+        "+ network.egress {to: 127.0.0.0/8, ports: 443, protocol: tcp}",
         "+ network.publish {host: 8080, container: 80, protocol: tcp}",
         "~ resources.memory 512Mi -> 256Mi",
         "~ resources.cpus 1 -> 0.5",
