@@ -1,10 +1,10 @@
 //! The trait a backend implements, so that a front end runs, signals and
 //! cleans up a container without knowing which backend holds it.
 //!
-//! This phase has no monitor process: a container lives as long as the
-//! process that runs it, so create, start and wait are one call
-//! ([`Backend::run_attached`]). The split into `create`/`start`/`wait`
-//! comes with the monitor (issue 13, second phase).
+//! A backend runs a container in the calling process, which supervises
+//! it to its end ([`Backend::run_attached`]): a foreground `moat run`
+//! is that process; a detached container's monitor ([`crate::monitor`])
+//! forks one for it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,6 +28,18 @@ pub struct Container {
     pub plan: Plan,
     /// How long a workload may take to exit after a stop signal.
     pub stop_timeout: Duration,
+    /// Where the backend writes one byte ([`crate::monitor::ready::STARTED`])
+    /// once the workload runs, for a monitor waiting to report the start.
+    pub started_notify: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+}
+
+impl Container {
+    /// Tells a waiting monitor that the workload runs.
+    pub fn notify_started(&self) {
+        if let Some(fd) = &self.started_notify {
+            let _ = rustix::io::write(&**fd, &[crate::monitor::ready::STARTED]);
+        }
+    }
 }
 
 /// A backend's error: its own error (displayed and chained exactly as
@@ -73,6 +85,10 @@ pub trait Backend {
     /// Removes what a container whose supervisor died left behind (its
     /// processes, cgroups and record), deriving everything from its ID.
     fn delete(&self, run_root: &std::path::Path, record: &Record) -> Result<(), BackendError>;
+
+    /// Removes what a stopped container left on the host (cgroups),
+    /// deriving everything from its ID; keeps the record.
+    fn cleanup(&self, _record: &Record) {}
 
     /// Resource figures, where the backend has them.
     fn stats(&self, _record: &Record) -> Option<Stats> {

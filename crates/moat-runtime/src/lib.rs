@@ -9,16 +9,24 @@
 //!   resolve the image, gate on vulnerabilities with the same policy,
 //!   merge the process settings, pick the backend.
 //! - [`backend`]: the trait a backend (sandbox, vm) implements.
+//! - [`spec`]: what a created container is to run, kept beside its record.
+//! - [`monitor`]: the process that owns a detached container, its
+//!   [`control`] socket and its [`logs`].
 //!
 //! The crate sits below the backends: `moat-sandbox` writes its records
 //! through [`record`] and implements [`backend::Backend`]; a front end
 //! supplies the steps that need its context ([`pipeline::Steps`]).
 
 pub mod backend;
+pub mod control;
 pub mod id;
+pub mod logs;
+pub mod monitor;
 pub mod pipeline;
 pub mod process;
 pub mod record;
+pub mod spec;
+mod sys;
 
 pub use backend::Backend;
 pub use id::{ContainerId, ContainerName, ImageRef, Isolation};

@@ -58,7 +58,7 @@ pub enum StateError {
         #[source]
         source: io::Error,
     },
-    #[error("container name {name:?} is already in use by container {id}; choose another --name or stop that container first (moat kill {name})")]
+    #[error("container name {name:?} is already in use by container {id}; choose another --name, or remove that container first (moat rm -f {name})")]
     NameInUse { name: String, id: String },
     #[error(transparent)]
     Id(#[from] crate::id::IdError),
@@ -96,6 +96,8 @@ impl Status {
                 | (Paused, Running)
                 | (Running, Stopped)
                 | (Paused, Stopped)
+                // `moat start` of a stopped container re-arms it.
+                | (Stopped, Created)
         )
     }
 }
@@ -161,6 +163,27 @@ pub struct Record {
     /// RFC 3339, UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_time: Option<String>,
+    /// Why the container stopped when its workload's exit status is not
+    /// known (its monitor died, the host rebooted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_error: Option<String>,
+    /// The monitor that owns a detached container (0 for a container run
+    /// in the foreground: its supervisor is the `moat run` process).
+    #[serde(default)]
+    pub monitor_pid: i32,
+    #[serde(default)]
+    pub monitor_start_time: u64,
+    /// The host's boot ID when the container was started: a record of an
+    /// earlier boot is of a container that no longer runs.
+    #[serde(default)]
+    pub boot_id: String,
+    /// Remove the container when it stops (`--rm`).
+    #[serde(default)]
+    pub auto_remove: bool,
+    /// Set when the container's logs could not be written (a full disk):
+    /// the workload goes on, its further output is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_notice: Option<String>,
 }
 
 impl Record {
@@ -189,6 +212,12 @@ impl Record {
             policy_digest: String::new(),
             exit_code: None,
             exit_time: None,
+            exit_error: None,
+            monitor_pid: 0,
+            monitor_start_time: 0,
+            boot_id: boot_id(),
+            auto_remove: false,
+            log_notice: None,
         }
     }
 
@@ -210,6 +239,7 @@ impl Record {
         self.transition(Status::Running)?;
         self.pid = pid;
         self.pid_start_time = process_start_time(pid).unwrap_or(0);
+        self.boot_id = boot_id();
         Ok(())
     }
 
@@ -218,19 +248,124 @@ impl Record {
         self.transition(Status::Stopped)?;
         self.exit_code = Some(code);
         self.exit_time = Some(now_rfc3339());
+        self.pid = 0;
+        Ok(())
+    }
+
+    /// Records that the container ended without a known exit status
+    /// (`why`: its monitor died, the host rebooted).
+    pub fn lost(&mut self, why: &str) {
+        self.status = Status::Stopped;
+        self.exit_code = None;
+        self.exit_error = Some(why.to_string());
+        self.exit_time.get_or_insert_with(now_rfc3339);
+        self.pid = 0;
+        self.supervisor_pid = 0;
+        self.monitor_pid = 0;
+    }
+
+    /// Re-arms a stopped container for `moat start`: `created` again, the
+    /// last run's exit forgotten.
+    pub fn rearm(&mut self) -> Result<(), StateError> {
+        if self.status == Status::Stopped {
+            self.transition(Status::Created)?;
+        }
+        self.exit_code = None;
+        self.exit_time = None;
+        self.exit_error = None;
+        self.log_notice = None;
         Ok(())
     }
 
     /// Whether the supervisor recorded here is still alive (same pid, same
     /// start time).
     pub fn supervisor_alive(&self) -> bool {
-        self.supervisor_pid > 0
+        self.same_boot()
+            && self.supervisor_pid > 0
             && process_start_time(self.supervisor_pid) == Some(self.supervisor_start_time)
     }
+
+    /// Whether the monitor recorded here is still alive.
+    pub fn monitor_alive(&self) -> bool {
+        self.same_boot()
+            && self.monitor_pid > 0
+            && process_start_time(self.monitor_pid) == Some(self.monitor_start_time)
+    }
+
+    /// Whether the record was written during this boot of the host.
+    pub fn same_boot(&self) -> bool {
+        self.boot_id.is_empty() || self.boot_id == boot_id()
+    }
+
+    /// Whether something still owns this container: a live monitor or
+    /// supervisor. A record that is not stopped and has neither is of a
+    /// container that died with its owner (see [`Record::stale_reason`]).
+    pub fn owned(&self) -> bool {
+        self.monitor_alive() || self.supervisor_alive()
+    }
+
+    /// Why a record that is not `stopped` no longer describes a live
+    /// container, or `None` when it does (or is stopped, or merely
+    /// created and waiting for `moat start`).
+    pub fn stale_reason(&self) -> Option<&'static str> {
+        if self.status == Status::Stopped || self.owned() {
+            return None;
+        }
+        if !self.same_boot() {
+            return Some("the host rebooted while it ran");
+        }
+        if self.status == Status::Created && self.monitor_pid == 0 && self.supervisor_pid == 0 {
+            return None;
+        }
+        Some("its monitor died (killed, or moat was upgraded under it)")
+    }
+}
+
+/// The host's boot ID (`/proc/sys/kernel/random/boot_id`), empty if
+/// unreadable.
+pub fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 pub fn containers_dir(run_root: &Path) -> PathBuf {
     run_root.join("containers")
+}
+
+/// The directory of one container (its record, spec and logs).
+pub fn container_dir(root: &Path, id: &ContainerId) -> PathBuf {
+    containers_dir(root).join(id.as_str())
+}
+
+/// Settles the records of containers that died with their owner (see
+/// [`Record::stale_reason`]): `cleanup` removes what the backend left
+/// (derived from the record's ID), then the record says the container
+/// stopped and why, or goes when it was to be removed on exit. Takes the
+/// lock itself; returns the IDs settled.
+pub fn reap_stale(
+    root: &Path,
+    cleanup: &mut dyn FnMut(&Record),
+) -> Result<Vec<ContainerId>, StateError> {
+    if !containers_dir(root).exists() {
+        return Ok(Vec::new());
+    }
+    let _lock = lock(root)?;
+    let mut settled = Vec::new();
+    for mut r in read_all(root)? {
+        let Some(why) = r.stale_reason() else {
+            continue;
+        };
+        cleanup(&r);
+        if r.auto_remove {
+            remove(root, &r.id);
+        } else {
+            r.lost(why);
+            write(root, &r)?;
+        }
+        settled.push(r.id);
+    }
+    Ok(settled)
 }
 
 fn euid() -> u32 {
@@ -328,34 +463,11 @@ pub fn lock(run_root: &Path) -> Result<Lock, StateError> {
 /// Writes `record` atomically (stage, then rename). The caller holds the
 /// [`lock`] for any change that must not race another (names, owners).
 pub fn write(run_root: &Path, record: &Record) -> Result<(), StateError> {
-    let dir = containers_dir(run_root).join(record.id.as_str());
-    let werr = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StateError::Write { path, source }
-    };
-    ensure_dirs(run_root)?;
-    match fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(werr(&dir)(e)),
-    }
-    let tmp = dir.join(".state.json.tmp");
     let json = serde_json::to_vec_pretty(record).map_err(|e| StateError::Write {
-        path: tmp.clone(),
+        path: container_dir(run_root, &record.id),
         source: io::Error::other(e),
     })?;
-    let _ = fs::remove_file(&tmp);
-    File::options()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .and_then(|mut f| io::Write::write_all(&mut f, &json))
-        .map_err(werr(&tmp))?;
-    let path = dir.join("state.json");
-    fs::rename(&tmp, &path).map_err(werr(&path))?;
-    Ok(())
+    write_file(run_root, &record.id, "state.json", &json)
 }
 
 /// Removes a container's state directory.
@@ -393,6 +505,13 @@ pub fn read_all(run_root: &Path) -> Result<Vec<Record>, StateError> {
 /// The record in `containers/<name>`, if it can be trusted (see the
 /// module documentation); `None` for anything else.
 fn read_record(dir: &Path, name: &str) -> Option<Record> {
+    parse_record(&read_trusted(dir, name, "state.json")?, name)
+}
+
+/// The bytes of `containers/<name>/<file>` if the directory and the file
+/// can be trusted (see the module documentation) and the file is at most
+/// [`MAX_RECORD`] bytes.
+pub(crate) fn read_trusted(dir: &Path, name: &str, file: &str) -> Option<Vec<u8>> {
     if !crate::id::is_valid_id(name) {
         return None;
     }
@@ -406,7 +525,7 @@ fn read_record(dir: &Path, name: &str) -> Option<Record> {
     let f = File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(rec.join("state.json"))
+        .open(rec.join(file))
         .ok()?;
     let m = f.metadata().ok()?;
     if !m.file_type().is_file() || !trusted(&m) || m.len() > MAX_RECORD {
@@ -414,7 +533,41 @@ fn read_record(dir: &Path, name: &str) -> Option<Record> {
     }
     let mut bytes = Vec::with_capacity(m.len() as usize);
     f.take(MAX_RECORD + 1).read_to_end(&mut bytes).ok()?;
-    parse_record(&bytes, name)
+    Some(bytes)
+}
+
+/// Writes `bytes` as `<root>/containers/<id>/<file>` (mode 0600), staged
+/// then renamed into place.
+pub(crate) fn write_file(
+    root: &Path,
+    id: &ContainerId,
+    file: &str,
+    bytes: &[u8],
+) -> Result<(), StateError> {
+    let dir = container_dir(root, id);
+    let werr = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StateError::Write { path, source }
+    };
+    ensure_dirs(root)?;
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(werr(&dir)(e)),
+    }
+    let tmp = dir.join(format!(".{file}.tmp"));
+    let _ = fs::remove_file(&tmp);
+    File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .and_then(|mut f| io::Write::write_all(&mut f, bytes))
+        .map_err(werr(&tmp))?;
+    let path = dir.join(file);
+    fs::rename(&tmp, &path).map_err(werr(&path))?;
+    Ok(())
 }
 
 /// Largest `state.json` the reader accepts.
@@ -452,9 +605,13 @@ pub fn find<'a>(records: &'a [Record], key: &str) -> Option<&'a Record> {
 
 /// Clock ticks since boot at which `pid` started (field 22 of
 /// `/proc/<pid>/stat`), or `None` if there is no such process.
+/// A zombie (exited, not yet reaped) has none: it runs no more.
 pub fn process_start_time(pid: i32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_comm = &stat[stat.rfind(')')? + 2..];
+    if after_comm.starts_with(['Z', 'X']) {
+        return None;
+    }
     after_comm.split(' ').nth(19)?.parse().ok()
 }
 
@@ -467,7 +624,7 @@ pub fn now_rfc3339() -> String {
     rfc3339(secs)
 }
 
-fn rfc3339(secs: i64) -> String {
+pub(crate) fn rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Howard Hinnant's civil_from_days.

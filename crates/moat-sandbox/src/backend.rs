@@ -35,6 +35,7 @@ impl Backend for SandboxBackend {
             plan: c.plan.clone(),
             stop_timeout: c.stop_timeout,
             id_map: IdMap::for_root(),
+            started_notify: c.started_notify.clone(),
         };
         crate::run(&cfg).map_err(backend_error)
     }
@@ -45,7 +46,7 @@ impl Backend for SandboxBackend {
 
     fn delete(&self, run_root: &Path, record: &Record) -> Result<(), BackendError> {
         let _lock = crate::state::lock(run_root).map_err(|e| backend_error(e.into()))?;
-        if record.supervisor_alive() {
+        if record.owned() {
             return Err(backend_error(SandboxError::Prepare {
                 what: format!("removing container {}: it is still running", record.name),
                 source: std::io::Error::from_raw_os_error(libc::EBUSY),
@@ -53,6 +54,10 @@ impl Backend for SandboxBackend {
         }
         crate::state::destroy(run_root, &record.id);
         Ok(())
+    }
+
+    fn cleanup(&self, record: &Record) {
+        crate::cgroup::destroy(&record.id);
     }
 
     fn stats(&self, record: &Record) -> Option<moat_runtime::backend::Stats> {

@@ -52,6 +52,9 @@ pub struct SandboxConfig {
     pub stop_timeout: Duration,
     /// The host uid/gid range container ids are mapped to.
     pub id_map: IdMap,
+    /// Where to report that the workload runs (a detached container's
+    /// monitor waits for it).
+    pub started_notify: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// Errors of the sandbox backend.

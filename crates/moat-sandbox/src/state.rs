@@ -4,10 +4,12 @@
 //! cleaning up after a dead supervisor, through the cgroups derived from
 //! the container's ID.
 //!
-//! A record is written once the container process exists and removed when
-//! it ends. If the supervisor is SIGKILLed the container dies with it
+//! A record is written once the container process exists and says
+//! `stopped` when it ends (it goes with `moat rm`, or at once for `--rm`).
+//! If the supervisor is SIGKILLed the container dies with it
 //! (PR_SET_PDEATHSIG), and the next `moat` command finds the record of a
-//! dead supervisor and removes what is left ([`cleanup_stale`]).
+//! dead owner, removes what is left and records why it stopped
+//! ([`cleanup_stale`]).
 
 use std::path::Path;
 
@@ -31,23 +33,17 @@ pub fn is_alive(state: &ContainerState) -> bool {
     state.supervisor_alive()
 }
 
-/// Removes what containers of dead supervisors left behind: their
-/// processes (through their cgroups), their cgroups and their state
-/// directories. Returns the ids cleaned. Takes the lock itself.
+/// Settles the records of sandbox containers whose owner (monitor or
+/// supervisor) died: their processes are killed and their cgroups removed
+/// (derived from the ID), and the record says they stopped and why (or
+/// goes, for `--rm`). Returns the ids settled. Takes the lock itself.
 pub fn cleanup_stale(run_root: &Path) -> Result<Vec<String>, StateError> {
-    if !containers_dir(run_root).exists() {
-        return Ok(Vec::new());
-    }
-    let _lock = lock(run_root)?;
-    let mut cleaned = Vec::new();
-    for s in read_all(run_root)? {
-        if s.isolation != Isolation::Sandbox || is_alive(&s) {
-            continue;
+    let settled = moat_runtime::record::reap_stale(run_root, &mut |r| {
+        if r.isolation == Isolation::Sandbox {
+            crate::cgroup::destroy(&r.id);
         }
-        destroy(run_root, &s.id);
-        cleaned.push(s.id.to_string());
-    }
-    Ok(cleaned)
+    })?;
+    Ok(settled.into_iter().map(|id| id.to_string()).collect())
 }
 
 /// Kills and removes a container's cgroups and removes its record, all
@@ -88,19 +84,25 @@ mod tests {
         s.isolation = Isolation::Vm;
         s.supervisor_pid = 0;
         write(dir.path(), &s).unwrap();
+        // A vm record of a live supervisor is left alone too.
+        s.supervisor_pid = std::process::id() as i32;
+        s.supervisor_start_time = process_start_time(s.supervisor_pid).unwrap();
+        write(dir.path(), &s).unwrap();
         assert_eq!(
             cleanup_stale(dir.path()).unwrap(),
             vec!["deadbeef".repeat(8)]
         );
-        let mut left: Vec<String> = read_all(dir.path())
-            .unwrap()
-            .into_iter()
-            .map(|s| s.id.to_string())
-            .collect();
-        left.sort();
+        let all = read_all(dir.path()).unwrap();
+        assert_eq!(all.len(), 3);
+        let gone = find(&all, "gone").unwrap();
+        assert_eq!(gone.status, moat_runtime::Status::Stopped);
+        assert_eq!(gone.exit_code, None);
+        assert!(gone.exit_error.as_deref().unwrap().contains("monitor died"));
         assert_eq!(
-            left,
-            vec!["00112233aabbccdd".to_string(), "a11ce".repeat(4)]
+            find(&all, "me").unwrap().status,
+            moat_runtime::Status::Created
         );
+        // Nothing is left to settle.
+        assert!(cleanup_stale(dir.path()).unwrap().is_empty());
     }
 }

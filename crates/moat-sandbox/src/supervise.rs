@@ -36,36 +36,57 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
     Ok((r.into(), w.into()))
 }
 
-/// Everything that must be undone when the container ends.
+/// Everything that must be undone when the container ends: its cgroups
+/// go; its record says it stopped (with the exit code when known).
 struct Cleanup<'a> {
     cfg: &'a SandboxConfig,
     cgroups: Cgroups,
+    exit: Option<i32>,
 }
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         self.cgroups.remove();
-        state::remove(&self.cfg.run_root, &self.cfg.id);
+        let Ok(_lock) = state::lock(&self.cfg.run_root) else {
+            return;
+        };
+        let Some(mut st) = state::read_all(&self.cfg.run_root)
+            .ok()
+            .and_then(|all| all.into_iter().find(|s| s.id.as_str() == self.cfg.id))
+        else {
+            return;
+        };
+        match self.exit {
+            Some(code) => {
+                if st.status == moat_runtime::Status::Paused {
+                    st.status = moat_runtime::Status::Running;
+                }
+                let _ = st.stopped(code);
+            }
+            None => st.lost("it could not be started"),
+        }
+        st.supervisor_pid = 0;
+        let _ = state::write(&self.cfg.run_root, &st);
     }
 }
 
 pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i32, SandboxError> {
-    // Name check, state directory and cgroups under the lock.
+    // Name check (for a container the core has not created), state
+    // directory and cgroups under the lock.
     let cleanup = {
         let _lock = state::lock(&cfg.run_root)?;
         let id = moat_runtime::ContainerId::parse(&cfg.id).map_err(StateError::from)?;
         let name = moat_runtime::ContainerName::parse(&cfg.name).map_err(StateError::from)?;
-        if let Some(other) = state::read_all(&cfg.run_root)?
-            .into_iter()
-            .find(|s| s.name == name && state::is_alive(s))
-        {
+        let all = state::read_all(&cfg.run_root)?;
+        let existing = all.iter().find(|s| s.id == id).cloned();
+        if let Some(other) = all.iter().find(|s| s.name == name && s.id != id) {
             return Err(StateError::NameInUse {
                 name: cfg.name.clone(),
                 id: other.id.to_string(),
             }
             .into());
         }
-        let mut owners: Vec<u32> = state::read_all(&cfg.run_root)?
+        let mut owners: Vec<u32> = all
             .iter()
             .filter(|s| state::is_alive(s))
             .map(|s| s.userns_owner)
@@ -80,20 +101,31 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
                 what: "a user-namespace owner uid (all are in use by running containers)".into(),
                 source: std::io::Error::from_raw_os_error(libc::EAGAIN),
             })?;
+        let mut st = match existing {
+            Some(mut st) => {
+                st.rearm()?;
+                st
+            }
+            None => ContainerState::new(id, name, Isolation::Sandbox, &cfg.image_id),
+        };
         let cgroups = Cgroups::create(&cfg.id, &cfg.plan.cgroup)?;
         let me = std::process::id() as i32;
-        let mut st = ContainerState::new(id, name, Isolation::Sandbox, &cfg.image_id);
         st.command = cfg.process.args.clone();
         st.supervisor_pid = me;
         st.supervisor_start_time = state::process_start_time(me).unwrap_or(0);
         st.cgroups = cgroups.paths();
         st.userns_owner = userns_owner;
         st.policy_digest = cfg.plan.policy_digest.clone();
-        let cleanup = Cleanup { cfg, cgroups };
+        st.boot_id = moat_runtime::record::boot_id();
+        let cleanup = Cleanup {
+            cfg,
+            cgroups,
+            exit: None,
+        };
         state::write(&cfg.run_root, &st)?;
         (cleanup, st)
     };
-    let (cleanup, mut st) = cleanup;
+    let (mut cleanup, mut st) = cleanup;
 
     let (go_r, go_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -221,6 +253,9 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
     let result = maps.and_then(|()| release(cfg, &cleanup, &mut st, pid, &pidfd, &go_w, err_r));
     let result = match result {
         Ok(()) => {
+            if let Some(fd) = &cfg.started_notify {
+                let _ = sys::write_fd(fd.as_fd(), &[moat_runtime::monitor::ready::STARTED]);
+            }
             let io = match master {
                 Some(m) => Io::pty(m, cfg.process.interactive)?,
                 None => Io {
@@ -240,6 +275,7 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
     drop(go_w);
     let _ = sys::set_signal_mask(&old_mask);
     if let Ok(code) = &result {
+        cleanup.exit = Some(*code);
         let kills = cleanup.cgroups.oom_kills();
         if kills > 0 {
             eprintln!(

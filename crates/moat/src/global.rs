@@ -31,7 +31,13 @@ pub struct GlobalArgs {
 }
 
 impl GlobalArgs {
-    /// Where running containers keep their state.
+    /// Where container records, specs and logs live: the state root, so
+    /// that they survive a reboot (`moat ps -a` then shows them stopped).
+    pub fn records_root(&self) -> PathBuf {
+        self.root.clone()
+    }
+
+    /// Where running containers keep what dies with them (control sockets).
     pub fn run_root(&self) -> PathBuf {
         match &self.run_root {
             Some(p) => p.clone(),

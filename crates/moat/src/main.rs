@@ -56,10 +56,31 @@ enum Command {
     Verify(cmd::trust::VerifyArgs),
     /// Run a command in a new container from an image.
     Run(cmd::run::RunArgs),
-    /// List running containers.
+    /// Create a container without starting it (`moat start` runs it).
+    Create(cmd::container::CreateArgs),
+    /// Start created or stopped containers (in the background).
+    Start(cmd::container::StartArgs),
+    /// Stop running containers: SIGTERM, then SIGKILL after a timeout.
+    Stop(cmd::container::StopArgs),
+    /// Stop and start containers again.
+    Restart(cmd::container::StopArgs),
+    /// Remove stopped containers (-f: running ones too).
+    Rm(cmd::container::RmArgs),
+    /// Wait for containers to stop; print their exit statuses.
+    Wait(cmd::container::WaitArgs),
+    /// List containers (running ones; -a: all).
     Ps(cmd::ps::PsArgs),
     /// Send a signal to a running container.
     Kill(cmd::kill::KillArgs),
+    /// Print a container's output (detached containers).
+    Logs(cmd::logs::LogsArgs),
+    /// Show a container's record, process and policy as JSON.
+    Inspect(cmd::inspect::InspectArgs),
+    /// Show containers' memory, CPU and process figures.
+    Stats(cmd::inspect::StatsArgs),
+    /// The monitor of a detached container (started by run -d and start).
+    #[command(hide = true)]
+    ContainerMonitor(cmd::container::MonitorArgs),
     /// Build and inspect the minimal guest kernel of the vm backend.
     #[command(subcommand)]
     Kernel(cmd::kernel::KernelCommand),
@@ -104,7 +125,10 @@ fn main() -> ExitCode {
     // Commands that run a container answer 125 for any failure of moat's
     // own before the workload runs, so that it never reads as the
     // workload's exit status (podman's convention).
-    let is_run = matches!(cli.command, Command::Run(_));
+    let is_run = matches!(
+        cli.command,
+        Command::Run(_) | Command::Create(_) | Command::Start(_) | Command::ContainerMonitor(_)
+    );
     // A closed output pipe ends every command quietly (SIGPIPE's default)
     // but `run`, whose supervisor must outlive a reader that went away to
     // stop and clean up the container; moat itself prints nothing there
@@ -126,6 +150,16 @@ fn main() -> ExitCode {
         Command::Sign(c) => cmd::trust::sign(c),
         Command::Verify(c) => cmd::trust::verify(c),
         Command::Run(c) => cmd::run::run(&cli.global, c),
+        Command::Create(c) => cmd::container::create(&cli.global, c),
+        Command::Start(c) => cmd::container::start(&cli.global, c),
+        Command::Stop(c) => cmd::container::stop(&cli.global, c),
+        Command::Restart(c) => cmd::container::restart(&cli.global, c),
+        Command::Rm(c) => cmd::container::rm(&cli.global, c),
+        Command::Wait(c) => cmd::container::wait(&cli.global, c),
+        Command::Logs(c) => cmd::logs::run(&cli.global, c),
+        Command::Inspect(c) => cmd::inspect::inspect(&cli.global, c),
+        Command::Stats(c) => cmd::inspect::stats(&cli.global, c),
+        Command::ContainerMonitor(c) => cmd::container::monitor(&cli.global, c),
         Command::Ps(c) => cmd::ps::run(&cli.global, c),
         Command::Kill(c) => cmd::kill::run(&cli.global, c),
         Command::Kernel(c) => cmd::kernel::run(&cli.global, c),

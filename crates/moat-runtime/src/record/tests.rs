@@ -29,6 +29,7 @@ fn status_machine_allows_only_its_transitions() {
         (Paused, Running),
         (Running, Stopped),
         (Paused, Stopped),
+        (Stopped, Created),
     ];
     for from in all {
         for to in all {

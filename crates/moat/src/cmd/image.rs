@@ -403,7 +403,7 @@ fn rm(global: &GlobalArgs, store: &Store, a: RmArgs) -> anyhow::Result<ExitCode>
 /// The containers and their images, read through the runtime core's one
 /// reader (an untrusted run root is refused there, naming the fix).
 fn containers(global: &GlobalArgs) -> anyhow::Result<Vec<moat_image::ContainerUse>> {
-    let run_root = global.run_root();
+    let run_root = global.records_root();
     let dir = moat_runtime::record::containers_dir(&run_root);
     Ok(moat_runtime::record::read_all(&run_root)?
         .into_iter()

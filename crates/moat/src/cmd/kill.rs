@@ -2,9 +2,8 @@
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use moat_runtime::record;
-use moat_sandbox::state;
 
 use crate::global::GlobalArgs;
 
@@ -33,11 +32,9 @@ pub fn run(global: &GlobalArgs, cmd: KillArgs) -> anyhow::Result<ExitCode> {
             cmd.signal
         );
     };
-    let run_root = global.run_root();
-    state::cleanup_stale(&run_root).context("cleaning up after dead containers")?;
     // The core's one reader (it keeps the trust rules).
-    let states = record::read_all(&run_root)?;
-    let Some(st) = record::find(&states, &cmd.name) else {
+    let states = crate::cmd::container::records(global)?;
+    let Some(st) = record::find(&states, &cmd.name).filter(|r| r.owned()) else {
         bail!("no running container named {:?} (see `moat ps`)", cmd.name);
     };
     if st.isolation == moat_runtime::Isolation::Vm

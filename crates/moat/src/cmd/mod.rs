@@ -1,11 +1,14 @@
 //! One module per subcommand.
 
 pub mod auto;
+pub mod container;
 pub mod denials;
 pub mod dev;
 pub mod image;
+pub mod inspect;
 pub mod kernel;
 pub mod kill;
+pub mod logs;
 pub mod policy;
 pub mod profile;
 pub mod ps;

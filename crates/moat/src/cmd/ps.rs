@@ -1,10 +1,6 @@
-//! `moat ps`: list running containers.
+//! `moat ps`: list containers (running ones, or all with `-a`).
 
 use std::process::ExitCode;
-
-use anyhow::Context;
-use moat_runtime::record;
-use moat_sandbox::state;
 
 use crate::global::GlobalArgs;
 
@@ -17,10 +13,15 @@ pub enum Format {
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   moat ps
+  moat ps -a                  # stopped and created containers too
   moat ps --format json | jq -r '.[].name'
 
-Containers whose supervising moat process died are cleaned up first.")]
+Containers whose monitor or supervising moat process died are recorded as
+stopped first (`moat ps -a` shows why).")]
 pub struct PsArgs {
+    /// Show every container, not only running ones.
+    #[arg(short = 'a', long)]
+    pub all: bool,
     /// Output format: a table, or a JSON array of state objects (id, name,
     /// image_id, pid, isolation, created, command, ...).
     #[arg(long, value_enum, default_value = "table")]
@@ -28,12 +29,10 @@ pub struct PsArgs {
 }
 
 pub fn run(global: &GlobalArgs, cmd: PsArgs) -> anyhow::Result<ExitCode> {
-    let run_root = global.run_root();
-    state::cleanup_stale(&run_root).context("cleaning up after dead containers")?;
     // The core's one reader (it keeps the trust rules).
-    let states: Vec<_> = record::read_all(&run_root)?
+    let states: Vec<_> = crate::cmd::container::records(global)?
         .into_iter()
-        .filter(|s| s.isolation != moat_runtime::Isolation::Sandbox || s.supervisor_alive())
+        .filter(|s| cmd.all || s.owned())
         .collect();
     match cmd.format {
         Format::Json => println!(
@@ -42,8 +41,8 @@ pub fn run(global: &GlobalArgs, cmd: PsArgs) -> anyhow::Result<ExitCode> {
         ),
         Format::Table => {
             println!(
-                "{:<12}  {:<20}  {:<19}  {:<9}  {:>8}  {:<20}  COMMAND",
-                "CONTAINER ID", "NAME", "IMAGE", "ISOLATION", "PID", "CREATED"
+                "{:<12}  {:<20}  {:<19}  {:<9}  {:>8}  {:<20}  {:<16}  COMMAND",
+                "CONTAINER ID", "NAME", "IMAGE", "ISOLATION", "PID", "CREATED", "STATUS"
             );
             for s in &states {
                 let image = s.image_id.strip_prefix("sha256:").unwrap_or(&s.image_id);
@@ -56,13 +55,14 @@ pub fn run(global: &GlobalArgs, cmd: PsArgs) -> anyhow::Result<ExitCode> {
                     .collect::<Vec<_>>()
                     .join(" ");
                 outln!(
-                    "{:<12}  {:<20}  {:<19}  {:<9}  {:>8}  {:<20}  {}",
+                    "{:<12}  {:<20}  {:<19}  {:<9}  {:>8}  {:<20}  {:<16}  {}",
                     s.id.short(),
                     s.name,
                     &image[..image.len().min(19)],
                     s.isolation,
                     s.pid,
                     s.created,
+                    crate::cmd::container::status_text(s),
                     command
                 );
             }

@@ -12,7 +12,6 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use moat_policy::rbac::Request;
 use moat_policy::{Plan, ProcessSpec};
-use moat_sandbox::state;
 
 use crate::global::GlobalArgs;
 
@@ -40,7 +39,11 @@ pub enum Accel {
   moat run --policy web.yaml --name web busybox httpd -f
   moat run --policy web.yaml --rbac ./rbac.yaml busybox id   # refused unless your roles grant web.yaml
   moat run --rootfs ./rootfs /bin/sh -c 'id; hostname'   # a root filesystem directory instead of an image
-  moat run --rm --entrypoint /bin/sh busybox -c 'echo hi'   # podman's spellings (--rm changes nothing)
+  moat run --rm --entrypoint /bin/sh busybox -c 'echo hi'   # podman's spellings
+  moat run -d --name web busybox httpd -f -p 8080   # detached: see moat ps, logs, stop, rm
+
+A container is kept, stopped, when its command exits (`moat ps -a`), until
+`moat rm`; `--rm` removes it at once.
 
 Exit status: the workload's, or 128+N when signal N killed it; 125 when the
 container could not be started, 126 when the command cannot be executed,
@@ -62,10 +65,14 @@ pub struct RunArgs {
     /// check some packages (no advisory data for their ecosystem).
     #[arg(long)]
     pub allow_unchecked: bool,
-    /// Accepted for podman's sake and changes nothing: a container never
-    /// outlives `moat run`, it is always removed when its command exits.
+    /// Remove the container when it stops (else it is kept, stopped, until
+    /// `moat rm`, and its name stays taken, as in podman).
     #[arg(long)]
     pub rm: bool,
+    /// Run in the background: print the container ID and return once the
+    /// workload runs; its output goes to `moat logs`.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
     /// Replace the image's Entrypoint: a command (`/bin/sh`), a JSON array
     /// (`'["/bin/sh","-c"]'`) or "" for none. As in podman, the image's
     /// Cmd is then not used: arguments come from after IMAGE only.
@@ -118,8 +125,67 @@ pub use moat_runtime::process::ImageDefaults;
 use moat_runtime::{Backend, ImageRef};
 
 pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let run_root = global.run_root();
-    state::cleanup_stale(&run_root).context("cleaning up after dead containers")?;
+    let (ready, steps) = match prepare(global, &args)? {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
+    let stop_timeout = Duration::from_secs(args.stop_timeout);
+    if ready.isolation == moat_runtime::Isolation::Vm && !args.detach {
+        return run_vm(
+            global,
+            &args,
+            ready.image,
+            ready.process,
+            ready.plan,
+            ready.name.to_string(),
+            stop_timeout,
+        );
+    }
+    let root = global.records_root();
+    let spec = container_spec(&args, &steps, ready, stop_timeout);
+    moat_runtime::spec::create(&root, &spec)?;
+    if args.detach {
+        return crate::cmd::container::start_detached(global, &spec.id, &spec.name);
+    }
+
+    // Denied calls are logged by the kernel when the policy asks (auto
+    // does): note where the log ends, to name them if the workload fails.
+    let id_map = moat_sandbox::idmap::IdMap::for_root();
+    let watch = spec
+        .plan
+        .audit_denied
+        .then(crate::cmd::denials::Watch::start);
+    let container = spec.container(&root);
+    let result = moat_sandbox::SandboxBackend.run_attached(&container);
+    if args.rm {
+        let _lock = moat_runtime::record::lock(&root)?;
+        moat_runtime::record::remove(&root, &spec.id);
+    }
+    match result {
+        Ok(code) => {
+            if let (true, Some(w)) = (code != 0, watch) {
+                let denials = w.denials(id_map.host_uid, id_map.count);
+                for line in crate::cmd::denials::report(&steps.resolved_policy, code, &denials) {
+                    errln!("{line}");
+                }
+            }
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        Err(e) => {
+            let code = e.exit_code;
+            errln!("moat: error: {:#}", anyhow::Error::from(e));
+            Ok(ExitCode::from(code))
+        }
+    }
+}
+
+/// Runs the pipeline for the command line: the container ready to be
+/// created, or the exit code of a refusal (already reported).
+pub fn prepare<'a>(
+    global: &'a GlobalArgs,
+    args: &'a RunArgs,
+) -> anyhow::Result<Result<(moat_runtime::pipeline::Ready, CliSteps<'a>), ExitCode>> {
+    crate::cmd::container::reap(global).context("cleaning up after dead containers")?;
 
     // `auto` (the default) is narrowed to the image's profile once the
     // image is known (`Steps::narrow`); until then the widest it can be
@@ -143,11 +209,12 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         image_arg: args.image.clone(),
         policy_arg: policy_name(args.policy.as_deref()),
         profile: None,
+        resolved_policy: policy.clone(),
     };
     let request = pipeline::RunRequest {
         policy,
         image,
-        process: process_args(&args),
+        process: process_args(args),
         name: args.name.clone(),
         hostname: args.hostname.clone(),
         isolation: match args.isolation {
@@ -156,7 +223,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             Isolation::Auto => RequestedIsolation::Auto,
         },
     };
-    let ready = match pipeline::prepare(request, &mut steps)? {
+    match pipeline::prepare(request, &mut steps)? {
         Prepared::Refused { policy, decision } => {
             errln!(
                 "moat: error: policy {} refused for {}:",
@@ -166,60 +233,44 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             for r in &decision.reasons {
                 errln!("  - {r}");
             }
-            return Ok(ExitCode::from(crate::global::EXIT_NOT_STARTED));
+            Ok(Err(ExitCode::from(crate::global::EXIT_NOT_STARTED)))
         }
-        Prepared::Ready(ready) => *ready,
-    };
-    let stop_timeout = Duration::from_secs(args.stop_timeout);
-    if ready.isolation == moat_runtime::Isolation::Vm {
-        return run_vm(
-            global,
-            &args,
-            ready.image,
-            ready.process,
-            ready.plan,
-            ready.name.to_string(),
-            stop_timeout,
-        );
-    }
-
-    // Denied calls are logged by the kernel when the policy asks (auto
-    // does): note where the log ends, to name them if the workload fails.
-    let id_map = moat_sandbox::idmap::IdMap::for_root();
-    let watch = ready
-        .plan
-        .audit_denied
-        .then(crate::cmd::denials::Watch::start);
-    let container = moat_runtime::backend::Container {
-        id: ready.id,
-        name: ready.name,
-        image_id: ready.image.image_id,
-        rootfs: ready.image.rootfs,
-        run_root,
-        process: ready.process,
-        plan: ready.plan,
-        stop_timeout,
-    };
-    match moat_sandbox::SandboxBackend.run_attached(&container) {
-        Ok(code) => {
-            if let (true, Some(w)) = (code != 0, watch) {
-                let denials = w.denials(id_map.host_uid, id_map.count);
-                for line in crate::cmd::denials::report(&ready.policy, code, &denials) {
-                    errln!("{line}");
-                }
-            }
-            Ok(ExitCode::from(code.clamp(0, 255) as u8))
-        }
-        Err(e) => {
-            let code = e.exit_code;
-            errln!("moat: error: {:#}", anyhow::Error::from(e));
-            Ok(ExitCode::from(code))
+        Prepared::Ready(ready) => {
+            steps.resolved_policy = ready.policy.clone();
+            Ok(Ok((*ready, steps)))
         }
     }
 }
 
+/// What the container of `ready` is to run, for the core to keep.
+pub fn container_spec(
+    args: &RunArgs,
+    steps: &CliSteps<'_>,
+    ready: moat_runtime::pipeline::Ready,
+    stop_timeout: Duration,
+) -> moat_runtime::spec::Spec {
+    moat_runtime::spec::Spec {
+        version: moat_runtime::spec::SPEC_VERSION,
+        id: ready.id,
+        name: ready.name,
+        isolation: ready.isolation,
+        image_id: ready.image.image_id,
+        image: args.image.clone(),
+        rootfs: ready.image.rootfs,
+        process: ready.process,
+        plan: ready.plan,
+        policy: steps.policy_arg.clone(),
+        stop_timeout_secs: stop_timeout.as_secs(),
+        accel: args.accel.map(|a| match a {
+            Accel::Kvm => "kvm".to_string(),
+            Accel::Tcg => "tcg".to_string(),
+        }),
+        auto_remove: args.rm,
+    }
+}
+
 /// The pipeline steps that need the command line's context.
-struct CliSteps<'a> {
+pub struct CliSteps<'a> {
     global: &'a GlobalArgs,
     rbac: Option<&'a Path>,
     who: moat_policy::rbac::Principal,
@@ -231,6 +282,8 @@ struct CliSteps<'a> {
     policy_arg: String,
     /// The stored image's profile, kept by `resolve_image` for `narrow`.
     profile: Option<ImageProfile>,
+    /// The policy the container runs under (narrowed, for `auto`).
+    resolved_policy: moat_policy::Policy,
 }
 
 impl pipeline::Steps for CliSteps<'_> {

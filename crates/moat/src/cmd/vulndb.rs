@@ -150,7 +150,7 @@ pub fn import_and_rematch(global: &GlobalArgs, path: &Path) -> anyhow::Result<Im
     // The containers, read through the runtime core's one reader; the
     // advisories are imported already, so an untrusted run root only
     // costs the list of running containers (with a warning).
-    let records = moat_runtime::record::read_all(&global.run_root()).unwrap_or_else(|e| {
+    let records = moat_runtime::record::read_all(&global.records_root()).unwrap_or_else(|e| {
         eprintln!("moat: warning: {e}; running containers are not listed in alerts");
         Vec::new()
     });

@@ -1,0 +1,430 @@
+//! The container lifecycle in podman's words: `create`, `start`, `stop`,
+//! `restart`, `rm`, `wait`, and the hidden `container-monitor` that
+//! `run -d` and `start` launch. The work is the runtime core's
+//! (`moat_runtime::{spec, monitor, control, record}`); this is wiring.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use moat_runtime::control::{self, Request};
+use moat_runtime::record::{self, Record};
+use moat_runtime::{Backend, ContainerId, ContainerName, Isolation, Status};
+
+use crate::global::GlobalArgs;
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  moat create --name web busybox httpd -f -p 8080
+  moat start web
+
+Takes every option of `moat run` (but -d). The policy is authorised and
+compiled, and the image resolved, now; `moat start` runs what was created.")]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub run: crate::cmd::run::RunArgs,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  moat start web
+  moat start -a job        # wait for it, printing its output; exit with its status
+
+A stopped container starts again from its image: nothing it wrote survives.")]
+pub struct StartArgs {
+    /// Attach: print the container's output until it stops, then exit with
+    /// its exit status (one container only; stdin is not attached).
+    #[arg(short = 'a', long)]
+    pub attach: bool,
+    /// Container names or IDs.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  moat stop web
+  moat stop -t 0 web       # SIGKILL at once
+
+SIGTERM goes to the workload (through its supervisor); after the timeout it is
+killed. Stopping a stopped container succeeds.")]
+pub struct StopArgs {
+    /// Seconds to wait after SIGTERM before SIGKILL.
+    #[arg(short = 't', long = "time", value_name = "S", default_value_t = 10)]
+    pub time: u64,
+    /// Container names or IDs.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RmArgs {
+    /// Stop (SIGKILL) a running container first.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Container names or IDs.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Prints each container's exit status, one per line, once it has stopped.")]
+pub struct WaitArgs {
+    /// Container names or IDs.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MonitorArgs {
+    /// The descriptor the start report goes to.
+    #[arg(long)]
+    pub ready_fd: i32,
+    pub id: String,
+}
+
+/// The backend that holds containers of `isolation`.
+pub fn backend_for(isolation: Isolation) -> Box<dyn Backend> {
+    match isolation {
+        Isolation::Sandbox => Box::new(moat_sandbox::SandboxBackend),
+        Isolation::Vm => Box::new(VmPending),
+    }
+}
+
+/// Settles the records of containers whose owner died (see
+/// `moat_runtime::record::reap_stale`).
+pub fn reap(global: &GlobalArgs) -> anyhow::Result<()> {
+    let root = global.records_root();
+    moat_runtime::record::reap_stale(&root, &mut |r| backend_for(r.isolation).cleanup(r))?;
+    Ok(())
+}
+
+/// Every record, after settling dead ones.
+pub fn records(global: &GlobalArgs) -> anyhow::Result<Vec<Record>> {
+    reap(global).context("cleaning up after dead containers")?;
+    Ok(record::read_all(&global.records_root())?)
+}
+
+/// The record named `key` (name, ID or unique ID prefix).
+pub fn find(records: &[Record], key: &str) -> anyhow::Result<Record> {
+    match record::find(records, key) {
+        Some(r) => Ok(r.clone()),
+        None => bail!("no container named {key:?} (see `moat ps -a`)"),
+    }
+}
+
+pub fn create(global: &GlobalArgs, args: CreateArgs) -> anyhow::Result<ExitCode> {
+    if args.run.detach {
+        bail!("moat create takes no -d: it never starts the container (moat start does)");
+    }
+    let (ready, steps) = match crate::cmd::run::prepare(global, &args.run)? {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
+    let stop = Duration::from_secs(args.run.stop_timeout);
+    let spec = crate::cmd::run::container_spec(&args.run, &steps, ready, stop);
+    moat_runtime::spec::create(&global.records_root(), &spec)?;
+    outln!("{}", spec.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Launches the monitor of a created container and waits until its
+/// workload runs; prints the ID (podman's `run -d`).
+pub fn start_detached(
+    global: &GlobalArgs,
+    id: &ContainerId,
+    name: &ContainerName,
+) -> anyhow::Result<ExitCode> {
+    match launch_monitor(global, id)? {
+        Ok(()) => {
+            outln!("{id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err((code, message)) => {
+            errln!("moat: error: container {name}: {message}");
+            Ok(ExitCode::from(code))
+        }
+    }
+}
+
+/// Starts `moat container-monitor ID` and reads its start report.
+fn launch_monitor(
+    global: &GlobalArgs,
+    id: &ContainerId,
+) -> anyhow::Result<Result<(), (u8, String)>> {
+    let (r, w) = std::io::pipe().context("creating a pipe for the monitor")?;
+    let args: Vec<OsString> = vec![
+        "--root".into(),
+        global.root.clone().into(),
+        "--run-root".into(),
+        global.run_root().into(),
+        "container-monitor".into(),
+        "--ready-fd".into(),
+        "3".into(),
+        id.to_string().into(),
+    ];
+    let exe = std::fs::read_link("/proc/self/exe").context("finding the moat binary")?;
+    crate::sys::spawn_monitor(&exe, &args, w.into())
+        .with_context(|| format!("starting the monitor of container {id}"))?;
+    let mut report = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(r, 64 * 1024), &mut report)
+        .context("reading the monitor's start report")?;
+    Ok(moat_runtime::monitor::ready::parse(&report))
+}
+
+/// `moat container-monitor`: the monitor process itself.
+pub fn monitor(global: &GlobalArgs, args: MonitorArgs) -> anyhow::Result<ExitCode> {
+    let id = ContainerId::parse(&args.id)?;
+    if args.ready_fd < 3 {
+        bail!("--ready-fd must be 3 or above");
+    }
+    let ready = crate::sys::adopt_fd(args.ready_fd)?;
+    let rec = records(global)?
+        .into_iter()
+        .find(|r| r.id == id)
+        .with_context(|| format!("no container {id}"))?;
+    let root = global.records_root();
+    let run_root = global.run_root();
+    let cfg = moat_runtime::monitor::MonitorConfig {
+        root: &root,
+        run_root: &run_root,
+        id,
+        log_max_bytes: moat_runtime::logs::DEFAULT_MAX_BYTES,
+    };
+    let backend = backend_for(rec.isolation);
+    let code = moat_runtime::monitor::run(&cfg, backend.as_ref(), Some(ready))?;
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+pub fn start(global: &GlobalArgs, args: StartArgs) -> anyhow::Result<ExitCode> {
+    if args.attach && args.names.len() != 1 {
+        bail!("moat start -a attaches to one container; name exactly one");
+    }
+    let all = records(global)?;
+    let mut code = ExitCode::SUCCESS;
+    for key in &args.names {
+        let r = find(&all, key)?;
+        if r.owned() {
+            bail!(
+                "container {} is already running (moat stop {0} first)",
+                r.name
+            );
+        }
+        match launch_monitor(global, &r.id)? {
+            Ok(()) if args.attach => return attach(global, &r),
+            Ok(()) => outln!("{key}"),
+            Err((c, message)) => {
+                errln!("moat: error: container {}: {message}", r.name);
+                code = ExitCode::from(c);
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// Prints the container's output as it comes until it stops; its exit
+/// status becomes ours.
+fn attach(global: &GlobalArgs, r: &Record) -> anyhow::Result<ExitCode> {
+    let dir = record::container_dir(&global.records_root(), &r.id);
+    let (_, mut follower) = moat_runtime::logs::read(&dir, Default::default())?;
+    let waiter = {
+        let run_root = global.run_root();
+        let id = r.id.clone();
+        std::thread::spawn(move || control::request(&run_root, &id, &Request::Wait))
+    };
+    loop {
+        for line in follower.poll()? {
+            crate::cmd::logs::print_line(&line);
+        }
+        if waiter.is_finished() {
+            for line in follower.poll()? {
+                crate::cmd::logs::print_line(&line);
+            }
+            let code = waiter
+                .join()
+                .map_err(|_| anyhow::anyhow!("waiter panicked"))??;
+            return Ok(ExitCode::from(code.unwrap_or(125).clamp(0, 255) as u8));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn stop(global: &GlobalArgs, args: StopArgs) -> anyhow::Result<ExitCode> {
+    let all = records(global)?;
+    for key in &args.names {
+        let r = find(&all, key)?;
+        stop_one(global, &r, args.time)?;
+        outln!("{key}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Stops one container (nothing to do for one that does not run):
+/// through its monitor, or, for one run in the foreground, by signalling
+/// its supervisor. Returns once it has stopped.
+pub fn stop_one(global: &GlobalArgs, r: &Record, secs: u64) -> anyhow::Result<()> {
+    if r.monitor_alive() {
+        control::request(
+            &global.run_root(),
+            &r.id,
+            &Request::Stop { timeout_secs: secs },
+        )?;
+        return Ok(());
+    }
+    if !r.supervisor_alive() {
+        return Ok(());
+    }
+    let _ = moat_sandbox::signal_container(r, libc::SIGTERM);
+    if !wait_unowned(global, &r.id, Duration::from_secs(secs)) {
+        let _ = moat_sandbox::signal_container(r, libc::SIGKILL);
+        if !wait_unowned(global, &r.id, Duration::from_secs(10)) {
+            bail!("container {} did not stop after SIGKILL", r.name);
+        }
+    }
+    Ok(())
+}
+
+/// Waits until nothing owns container `id` any more; false on timeout.
+fn wait_unowned(global: &GlobalArgs, id: &ContainerId, timeout: Duration) -> bool {
+    let until = Instant::now() + timeout;
+    loop {
+        let owned = record::read_all(&global.records_root())
+            .ok()
+            .and_then(|all| all.into_iter().find(|r| &r.id == id))
+            .is_some_and(|r| r.owned());
+        if !owned {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn restart(global: &GlobalArgs, args: StopArgs) -> anyhow::Result<ExitCode> {
+    let all = records(global)?;
+    for key in &args.names {
+        let r = find(&all, key)?;
+        stop_one(global, &r, args.time)?;
+        reap(global)?;
+        match launch_monitor(global, &r.id)? {
+            Ok(()) => outln!("{key}"),
+            Err((code, message)) => {
+                errln!("moat: error: container {}: {message}", r.name);
+                return Ok(ExitCode::from(code));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn rm(global: &GlobalArgs, args: RmArgs) -> anyhow::Result<ExitCode> {
+    let all = records(global)?;
+    // Check every name before removing any.
+    let mut found = Vec::new();
+    for key in &args.names {
+        let r = find(&all, key)?;
+        if r.owned() && !args.force {
+            bail!(
+                "container {} is running: stop it first (moat stop {0}), or remove it anyway (moat rm -f {0})",
+                r.name
+            );
+        }
+        found.push((key, r));
+    }
+    let root = global.records_root();
+    for (key, r) in found {
+        stop_one(global, &r, 0)?;
+        remove(&root, &global.run_root(), &r)?;
+        outln!("{key}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Removes a stopped container: what its backend left, its record, spec
+/// and logs, its run directory.
+fn remove(root: &Path, run_root: &Path, r: &Record) -> anyhow::Result<()> {
+    let _lock = record::lock(root)?;
+    // Read again under the lock: started again meanwhile?
+    if let Some(now) = record::read_all(root)?.into_iter().find(|x| x.id == r.id) {
+        if now.owned() {
+            bail!("container {} was started again while being removed", r.name);
+        }
+        backend_for(now.isolation).cleanup(&now);
+        record::remove(root, &now.id);
+    }
+    let _ = std::fs::remove_dir_all(control::run_dir(run_root, &r.id));
+    Ok(())
+}
+
+pub fn wait(global: &GlobalArgs, args: WaitArgs) -> anyhow::Result<ExitCode> {
+    let all = records(global)?;
+    let found: Vec<Record> = args
+        .names
+        .iter()
+        .map(|k| find(&all, k))
+        .collect::<anyhow::Result<_>>()?;
+    for r in found {
+        let code = if r.monitor_alive() {
+            control::request(&global.run_root(), &r.id, &Request::Wait)?
+        } else {
+            while !wait_unowned(global, &r.id, Duration::from_secs(3600)) {}
+            record::read_all(&global.records_root())?
+                .into_iter()
+                .find(|x| x.id == r.id)
+                .and_then(|x| x.exit_code)
+        };
+        match code {
+            Some(c) => outln!("{c}"),
+            None => outln!("-1"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `moat ps` shows as a container's status (podman's wording).
+pub fn status_text(r: &Record) -> String {
+    match r.status {
+        Status::Created => "Created".into(),
+        Status::Running => "Up".into(),
+        Status::Paused => "Paused".into(),
+        Status::Stopped => match (r.exit_code, &r.exit_error) {
+            (Some(c), _) => format!("Exited ({c})"),
+            (None, Some(_)) => "Exited (unknown)".into(),
+            (None, None) => "Exited".into(),
+        },
+    }
+}
+
+/// Until the vm backend implements the trait: micro-VM containers run in
+/// the foreground only.
+struct VmPending;
+
+impl Backend for VmPending {
+    fn isolation(&self) -> Isolation {
+        Isolation::Vm
+    }
+    fn run_attached(
+        &self,
+        _c: &moat_runtime::backend::Container,
+    ) -> Result<i32, moat_runtime::backend::BackendError> {
+        Err(moat_runtime::backend::BackendError {
+            exit_code: 125,
+            error: "detached micro-VM containers are not supported yet; run it in the foreground"
+                .into(),
+        })
+    }
+    fn signal(&self, r: &Record, sig: i32) -> Result<(), moat_runtime::backend::BackendError> {
+        moat_sandbox::signal_container(r, sig).map_err(|e| moat_runtime::backend::BackendError {
+            exit_code: 125,
+            error: Box::new(e),
+        })
+    }
+    fn delete(&self, root: &Path, r: &Record) -> Result<(), moat_runtime::backend::BackendError> {
+        record::remove(root, &r.id);
+        Ok(())
+    }
+}
