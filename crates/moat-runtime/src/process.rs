@@ -129,3 +129,47 @@ fn parse_entrypoint(e: &str) -> anyhow::Result<Vec<String>> {
     }
     Ok(vec![e.to_string()])
 }
+
+/// `moat exec`'s process: the container's first process (`first`) with
+/// `args.command` as its command; `-e` adds to its environment by key,
+/// `-w` and `--user` replace its working directory and user (else it
+/// keeps the first process's). Capabilities, limits and the seccomp
+/// filter are the container's plan's, never the request's.
+pub fn exec_process(
+    first: &ProcessSpec,
+    args: &ProcessArgs,
+    resolve_user: impl FnOnce(&str) -> anyhow::Result<Ids>,
+) -> anyhow::Result<ProcessSpec> {
+    if args.command.is_empty() {
+        bail!("no command given: moat exec NAME CMD [ARG...]");
+    }
+    let mut p = first.clone();
+    p.args = args.command.clone();
+    for e in &args.env {
+        let entry = match e.split_once('=') {
+            Some((k, _)) if !k.is_empty() => e.clone(),
+            Some(_) => bail!("invalid -e {e:?}: expected KEY=VALUE with a non-empty KEY"),
+            None if e.is_empty() => bail!("invalid -e \"\": expected KEY=VALUE"),
+            None => match std::env::var(e) {
+                Ok(v) => format!("{e}={v}"),
+                Err(_) => continue,
+            },
+        };
+        let key = entry.split('=').next().unwrap_or_default().to_string();
+        p.env.retain(|x| x.split('=').next() != Some(key.as_str()));
+        p.env.push(entry);
+    }
+    if let Some(w) = &args.workdir {
+        if !w.starts_with('/') {
+            bail!("working directory {w:?} (-w) must be an absolute path");
+        }
+        p.cwd = w.clone();
+    }
+    if let Some(u) = &args.user {
+        let (uid, gid, groups) = resolve_user(u)?;
+        (p.uid, p.gid, p.additional_gids) = (uid, gid, groups);
+    }
+    p.tty = args.tty;
+    p.interactive = args.interactive;
+    Ok(p)
+}

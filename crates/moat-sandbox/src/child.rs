@@ -115,6 +115,49 @@ pub(crate) struct ChildFds {
     pub rootfs_mnt: Option<OwnedFd>,
 }
 
+/// The highest capability number this kernel knows.
+pub(crate) fn last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+/// Entry point of `moat exec`'s process, already in the container's
+/// namespaces (joined with `setns` by its parent, which then exited);
+/// never returns.
+pub(crate) fn exec_main(setup: &ChildSetup, mut fds: ChildFds, last_cap: u32) -> ! {
+    let err = match exec_run(setup, &mut fds, last_cap) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let kind = err.kind;
+    if let Ok(json) = serde_json::to_vec(&err) {
+        let _ = sys::write_fd(fds.err.as_fd(), &json);
+    }
+    sys::exit_now(kind as i32)
+}
+
+fn exec_run(s: &ChildSetup, fds: &mut ChildFds, last_cap: u32) -> Result<Never, ChildError> {
+    sys::set_pdeathsig(libc::SIGKILL).map_err(|e| ChildError::io("PR_SET_PDEATHSIG", e))?;
+    sys::set_dumpable(false).map_err(|e| ChildError::io("PR_SET_DUMPABLE", e))?;
+    sys::setsid().map_err(|e| ChildError::io("setsid", e))?;
+    let mut byte = [0u8; 1];
+    let mut go = File::from(
+        fds.go
+            .try_clone()
+            .map_err(|e| ChildError::io("go pipe", e))?,
+    );
+    match go.read(&mut byte) {
+        Ok(1) => {}
+        _ => sys::exit_now(125),
+    }
+    drop(go);
+    // Joining the mount namespace put us at its root, the container's.
+    std::env::set_current_dir("/").map_err(|e| ChildError::io("entering the root", e))?;
+    enter_workload(s, fds, last_cap)
+}
+
 /// Entry point of the child; never returns.
 pub(crate) fn main(setup: &ChildSetup, mut fds: ChildFds) -> ! {
     let err = match run(setup, &mut fds) {
@@ -128,7 +171,7 @@ pub(crate) fn main(setup: &ChildSetup, mut fds: ChildFds) -> ! {
     sys::exit_now(kind as i32)
 }
 
-enum Never {}
+pub(crate) enum Never {}
 
 fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
     // Die with the supervisor from the very start; nothing in the container
@@ -160,10 +203,7 @@ fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
     sys::unshare(libc::CLONE_NEWCGROUP)
         .map_err(|e| ChildError::io("unshare(CLONE_NEWCGROUP)", e))?;
 
-    let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40);
+    let last_cap = last_cap();
 
     let root = mounts::build(prepared, &s.mounts, fds.pty_path.as_deref())?;
     sys::pivot_into(root.as_fd()).map_err(|e| ChildError::io("pivot_root", e))?;
@@ -173,6 +213,18 @@ fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
     if s.loopback {
         sys::loopback_up().map_err(|e| ChildError::io("bringing up loopback", e))?;
     }
+    enter_workload(s, fds, last_cap)
+}
+
+/// The last steps, once the process is in the container's namespaces and
+/// root (the first process after `pivot_root`, `moat exec`'s after
+/// `setns`): rlimits, stdio, working directory, privileges, seccomp,
+/// `execve`.
+pub(crate) fn enter_workload(
+    s: &ChildSetup,
+    fds: &mut ChildFds,
+    last_cap: u32,
+) -> Result<Never, ChildError> {
     for &(res, soft, hard) in &s.rlimits {
         sys::setrlimit(res, soft, hard)
             .map_err(|e| ChildError::io(format!("setrlimit({res})"), e))?;

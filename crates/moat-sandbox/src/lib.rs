@@ -211,6 +211,42 @@ pub fn check_rlimits(rlimits: &[Rlimit]) -> Result<Vec<(u32, u64, u64)>, Sandbox
 ///
 /// Must be called from a single-threaded process (the `moat` CLI is).
 pub fn run(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
+    validate(cfg)?;
+    let setup = child::ChildSetup::new(cfg)?;
+    supervise::start_and_wait(cfg, setup)
+}
+
+/// Runs `process` in the running container of `target` (`moat exec`),
+/// never weaker than its first process: the same namespaces (user
+/// namespace and mapping included), cgroups, capabilities (`plan`'s),
+/// rlimits, `no_new_privs` and seccomp filter, no descriptor of the caller
+/// but stdio, the working directory checked to be inside its root.
+/// Supervises it like [`run`] (stdio, pty, signals); returns its exit code.
+pub fn exec(
+    target: &ContainerState,
+    plan: &Plan,
+    rootfs: &std::path::Path,
+    process: ProcessSpec,
+) -> Result<i32, SandboxError> {
+    let cfg = SandboxConfig {
+        id: target.id.to_string(),
+        name: target.name.to_string(),
+        image_id: target.image_id.clone(),
+        rootfs: rootfs.to_path_buf(),
+        run_root: PathBuf::new(),
+        process,
+        plan: plan.clone(),
+        stop_timeout: Duration::from_secs(10),
+        id_map: IdMap::for_root(),
+        started_notify: None,
+    };
+    validate(&cfg)?;
+    let setup = child::ChildSetup::new(&cfg)?;
+    supervise::exec_and_wait(&cfg, setup, target)
+}
+
+/// The checks [`run`] and [`exec`] make before anything starts.
+fn validate(cfg: &SandboxConfig) -> Result<(), SandboxError> {
     if !cfg.plan.process.no_new_privs {
         return Err(SandboxError::NoNewPrivsRequired);
     }
@@ -237,8 +273,7 @@ pub fn run(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
             cfg.process.cwd
         )));
     }
-    let setup = child::ChildSetup::new(cfg)?;
-    supervise::start_and_wait(cfg, setup)
+    Ok(())
 }
 
 fn cstring(what: &str, s: &str) -> Result<CString, SandboxError> {

@@ -129,31 +129,7 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
 
     let (go_r, go_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    let pty = if setup.tty {
-        let (master, peer) = sys::open_pty().map_err(prep("a pseudo-terminal"))?;
-        // As runc leaves it: the console belongs to the workload's user and
-        // the tty group (5), mode 0620 (crw--w----).
-        std::os::unix::fs::fchown(
-            &peer,
-            Some(cfg.id_map.host_uid + cfg.process.uid),
-            Some(cfg.id_map.host_gid + 5),
-        )
-        .and_then(|()| {
-            use std::os::unix::fs::PermissionsExt;
-            File::from(peer.try_clone()?).set_permissions(std::fs::Permissions::from_mode(0o620))
-        })
-        .map_err(prep("the pseudo-terminal's owner"))?;
-        Some((master, peer))
-    } else {
-        None
-    };
-    // Rule 11 without `-t`: a host terminal on stdin (with -i), stdout or
-    // stderr is replaced by a pipe that the supervisor relays.
-    let relays = if setup.tty {
-        Relays::default()
-    } else {
-        Relays::new(setup.interactive)?
-    };
+    let (pty, relays) = stdio_for(cfg, &setup)?;
     let pty_path = match &pty {
         Some((m, _)) => Some(format!(
             "/dev/pts/{}",
@@ -288,6 +264,194 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
     result
 }
 
+/// `moat exec`: starts `cfg.process` in the running container of
+/// `target` (its namespaces joined with `setns`, its cgroups, the same
+/// privilege drop and seccomp filter as its first process) and supervises
+/// it like `moat run` does its workload. Returns its exit code.
+pub(crate) fn exec_and_wait(
+    cfg: &SandboxConfig,
+    setup: ChildSetup,
+    target: &ContainerState,
+) -> Result<i32, SandboxError> {
+    let gone = || SandboxError::Prepare {
+        what: format!("entering container {}: it is not running", target.name),
+        source: std::io::Error::from_raw_os_error(libc::ESRCH),
+    };
+    if target.pid <= 0 || state::process_start_time(target.pid) != Some(target.pid_start_time) {
+        return Err(gone());
+    }
+    let target_fd = sys::pidfd_open(target.pid).map_err(|_| gone())?;
+    if state::process_start_time(target.pid) != Some(target.pid_start_time) {
+        return Err(gone());
+    }
+    let (go_r, go_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (pid_r, pid_w) = pipe()?;
+    let (pty, relays) = stdio_for(cfg, &setup)?;
+    let mut blocked: Vec<i32> = FORWARDED.to_vec();
+    blocked.push(libc::SIGCHLD);
+    let blocked = SigSet::of(&blocked);
+    let old_mask = sys::block_signals(&blocked).map_err(prep("blocking signals"))?;
+    let sigfd = sys::signalfd(&blocked).map_err(prep("a signalfd"))?;
+    let last_cap = child::last_cap();
+    let ns = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWCGROUP;
+    let joiner = match sys::clone_child(0) {
+        Ok(Forked::Child) => {
+            drop((go_w, err_r, pid_r, sigfd));
+            // The joiner: into the container's namespaces, then a child of
+            // our parent that is in its PID namespace too; then it exits.
+            let fail = |step: &str, e: std::io::Error| -> ! {
+                let err = ChildError::io(step, e);
+                if let Ok(json) = serde_json::to_vec(&err) {
+                    let _ = sys::write_fd(err_w.as_fd(), &json);
+                }
+                sys::exit_now(125)
+            };
+            if let Err(e) = sys::set_pdeathsig(libc::SIGKILL) {
+                fail("PR_SET_PDEATHSIG", e);
+            }
+            if let Err(e) = sys::set_dumpable(false) {
+                fail("PR_SET_DUMPABLE", e);
+            }
+            if let Err(e) = sys::setns(target_fd.as_fd(), ns) {
+                fail("joining the container's namespaces (setns)", e);
+            }
+            match sys::clone_parent() {
+                Ok(0) => {
+                    drop(pid_w);
+                    let fds = ChildFds {
+                        go: go_r,
+                        err: err_w,
+                        pty: pty.map(|(_, peer)| peer),
+                        relayed: relays.child,
+                        pty_path: None,
+                        rootfs_mnt: None,
+                    };
+                    child::exec_main(&setup, fds, last_cap)
+                }
+                Ok(pid) => {
+                    let _ = sys::write_fd(pid_w.as_fd(), pid.to_string().as_bytes());
+                    sys::exit_now(0)
+                }
+                Err(e) => fail("starting the process in the container", e),
+            }
+        }
+        Ok(Forked::Parent { pidfd, .. }) => pidfd,
+        Err(e) => {
+            let _ = sys::set_signal_mask(&old_mask);
+            return Err(SandboxError::Clone(e));
+        }
+    };
+    drop((go_r, err_w, pid_w, target_fd));
+    let _ = sys::wait_pidfd(joiner.as_fd(), false);
+    let mut pid_text = String::new();
+    let _ = File::from(pid_r).read_to_string(&mut pid_text);
+    let (master, peer) = match pty {
+        Some((m, p)) => (Some(m), Some(p)),
+        None => (None, None),
+    };
+    drop(peer);
+    let Relays { child, stdin, out } = relays;
+    drop(child);
+    let result = match pid_text.trim().parse::<i32>() {
+        Ok(pid) => start_exec(cfg, pid, &go_w, err_r).and_then(|pidfd| {
+            let io = match master {
+                Some(m) => Io::pty(m, cfg.process.interactive)?,
+                None => Io {
+                    master: None,
+                    stdin,
+                    out,
+                },
+            };
+            supervise(cfg, &pidfd, &sigfd, io)
+        }),
+        Err(_) => Err(child_error(cfg, err_r)),
+    };
+    drop(go_w);
+    let _ = sys::set_signal_mask(&old_mask);
+    result
+}
+
+/// Puts the exec'd process `pid` (our child) into the container's
+/// cgroups, releases it and waits for its verdict.
+fn start_exec(
+    cfg: &SandboxConfig,
+    pid: i32,
+    go_w: &OwnedFd,
+    err_r: OwnedFd,
+) -> Result<OwnedFd, SandboxError> {
+    let pidfd = sys::pidfd_open(pid).map_err(prep("a pidfd of the exec'd process"))?;
+    let joined = crate::cgroup::paths_for(&cfg.id)
+        .unwrap_or_default()
+        .iter()
+        .try_for_each(|dir| std::fs::write(dir.join("cgroup.procs"), pid.to_string()));
+    if let Err(e) = joined {
+        let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+        let _ = sys::wait_pidfd(pidfd.as_fd(), false);
+        return Err(prep("joining the container's cgroups")(e));
+    }
+    sys::write_fd(go_w.as_fd(), b"g").map_err(prep("releasing the exec'd process"))?;
+    let mut buf = Vec::new();
+    File::from(err_r)
+        .read_to_end(&mut buf)
+        .map_err(prep("reading the exec'd process's start result"))?;
+    if buf.is_empty() {
+        return Ok(pidfd);
+    }
+    let _ = sys::wait_pidfd(pidfd.as_fd(), false);
+    Err(parse_child_error(cfg, &buf))
+}
+
+/// The error the joiner reported (it could not enter the container).
+fn child_error(cfg: &SandboxConfig, err_r: OwnedFd) -> SandboxError {
+    let mut buf = Vec::new();
+    let _ = File::from(err_r).read_to_end(&mut buf);
+    parse_child_error(cfg, &buf)
+}
+
+/// The container's stdio on the host side: a pty (`-t`), owned by the
+/// workload's user and the tty group; or, without `-t`, relay pipes for
+/// whichever of stdin (with -i), stdout and stderr is a host terminal
+/// (rule 11).
+#[allow(clippy::type_complexity)]
+fn stdio_for(
+    cfg: &SandboxConfig,
+    setup: &ChildSetup,
+) -> Result<(Option<(OwnedFd, OwnedFd)>, Relays), SandboxError> {
+    let pty = if setup.tty {
+        let (master, peer) = sys::open_pty().map_err(prep("a pseudo-terminal"))?;
+        // As runc leaves it: the console belongs to the workload's user and
+        // the tty group (5), mode 0620 (crw--w----).
+        std::os::unix::fs::fchown(
+            &peer,
+            Some(cfg.id_map.host_uid + cfg.process.uid),
+            Some(cfg.id_map.host_gid + 5),
+        )
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            File::from(peer.try_clone()?).set_permissions(std::fs::Permissions::from_mode(0o620))
+        })
+        .map_err(prep("the pseudo-terminal's owner"))?;
+        Some((master, peer))
+    } else {
+        None
+    };
+    // Rule 11 without `-t`: a host terminal on stdin (with -i), stdout or
+    // stderr is replaced by a pipe that the supervisor relays.
+    let relays = if setup.tty {
+        Relays::default()
+    } else {
+        Relays::new(setup.interactive)?
+    };
+    Ok((pty, relays))
+}
+
 /// What `moat run` says when the memory limit killed processes of the
 /// container (the exit code alone, 137, does not say why).
 pub(crate) fn oom_message(code: i32, kills: u64, limit: Option<u64>) -> String {
@@ -342,13 +506,18 @@ fn release(
     if buf.is_empty() {
         return Ok(());
     }
-    let err: ChildError = serde_json::from_slice(&buf).unwrap_or_else(|_| ChildError {
+    let _ = sys::wait_pidfd(pidfd.as_fd(), false);
+    Err(parse_child_error(cfg, &buf))
+}
+
+/// The error a container process reported over its error pipe.
+fn parse_child_error(cfg: &SandboxConfig, buf: &[u8]) -> SandboxError {
+    let err: ChildError = serde_json::from_slice(buf).unwrap_or_else(|_| ChildError {
         step: "container setup".into(),
-        detail: String::from_utf8_lossy(&buf).into_owned(),
+        detail: String::from_utf8_lossy(buf).into_owned(),
         kind: 125,
     });
-    let _ = sys::wait_pidfd(pidfd.as_fd(), false);
-    Err(match err.kind {
+    match err.kind {
         127 => SandboxError::CommandNotFound {
             command: cfg.process.args[0].clone(),
             path: cfg
@@ -367,7 +536,7 @@ fn release(
             step: err.step,
             detail: err.detail,
         },
-    })
+    }
 }
 
 /// The pipes of the stdio relay (no `-t`): the child's ends, and the

@@ -104,6 +104,32 @@ pub fn clone_child(ns_flags: libc::c_int) -> io::Result<Forked> {
     Ok(Forked::Parent { pid, pidfd })
 }
 
+/// `setns(2)` into the namespaces `flags` of the process of `pidfd`, all
+/// at once (the kernel joins the user namespace first).
+pub fn setns(pidfd: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: no pointers; the descriptor is borrowed for the call.
+    check(unsafe { libc::setns(pidfd.as_raw_fd(), flags) } as libc::c_long).map(|_| ())
+}
+
+/// `clone(2)` with `CLONE_PARENT` (fork semantics): the new process is a
+/// child of this process's parent, so that the parent can supervise it
+/// while this process exits. Returns 0 in the new process, its pid here.
+pub fn clone_parent() -> io::Result<i32> {
+    // SAFETY: as in `clone_child`: a NULL stack gives fork semantics, and
+    // the caller is a single-threaded fork.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+            null_mut::<libc::c_void>(),
+            null_mut::<libc::c_int>(),
+            null_mut::<libc::c_void>(),
+            0 as libc::c_ulong,
+        )
+    };
+    check(ret).map(|pid| pid as i32)
+}
+
 /// `openat2(2)` with the given `resolve` flags; always `O_CLOEXEC`.
 pub fn openat2(dir: BorrowedFd<'_>, path: &str, flags: i32, resolve: u64) -> io::Result<OwnedFd> {
     let path = cstr(path)?;

@@ -144,6 +144,6 @@ pub fn runs_container(args: &[std::ffi::OsString]) -> bool {
     }
     matches!(
         words.as_slice(),
-        ["run", ..] | ["profile", "record"] | ["surface", "measure"]
+        ["run" | "create" | "start" | "exec", ..] | ["profile", "record"] | ["surface", "measure"]
     )
 }

@@ -72,6 +72,8 @@ enum Command {
     Ps(cmd::ps::PsArgs),
     /// Send a signal to a running container.
     Kill(cmd::kill::KillArgs),
+    /// Run a command in a running container (where its policy allows exec).
+    Exec(cmd::exec::ExecArgs),
     /// Print a container's output (detached containers).
     Logs(cmd::logs::LogsArgs),
     /// Show a container's record, process and policy as JSON.
@@ -127,7 +129,11 @@ fn main() -> ExitCode {
     // workload's exit status (podman's convention).
     let is_run = matches!(
         cli.command,
-        Command::Run(_) | Command::Create(_) | Command::Start(_) | Command::ContainerMonitor(_)
+        Command::Run(_)
+            | Command::Create(_)
+            | Command::Start(_)
+            | Command::Exec(_)
+            | Command::ContainerMonitor(_)
     );
     // A closed output pipe ends every command quietly (SIGPIPE's default)
     // but `run`, whose supervisor must outlive a reader that went away to
@@ -156,6 +162,7 @@ fn main() -> ExitCode {
         Command::Restart(c) => cmd::container::restart(&cli.global, c),
         Command::Rm(c) => cmd::container::rm(&cli.global, c),
         Command::Wait(c) => cmd::container::wait(&cli.global, c),
+        Command::Exec(c) => cmd::exec::run(&cli.global, c),
         Command::Logs(c) => cmd::logs::run(&cli.global, c),
         Command::Inspect(c) => cmd::inspect::inspect(&cli.global, c),
         Command::Stats(c) => cmd::inspect::stats(&cli.global, c),

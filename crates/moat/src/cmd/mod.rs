@@ -4,6 +4,7 @@ pub mod auto;
 pub mod container;
 pub mod denials;
 pub mod dev;
+pub mod exec;
 pub mod image;
 pub mod inspect;
 pub mod kernel;
