@@ -66,6 +66,14 @@ pub enum ControlError {
     Refused { id: String, message: String },
 }
 
+/// A path to `file` in `dir` short enough for a socket address (108
+/// bytes, which a deep run root with a 64-digit ID can pass): through the
+/// descriptor `dir_fd` of the directory, `/proc/self/fd/N/file`.
+pub fn short_path(dir_fd: &std::fs::File, file: &str) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}/{file}", dir_fd.as_raw_fd()))
+}
+
 /// Sends `req` to the monitor of container `id` and waits for its reply.
 pub fn request(
     run_root: &Path,
@@ -77,11 +85,14 @@ pub fn request(
         id: id.to_string(),
         source,
     };
-    let mut s = UnixStream::connect(&path).map_err(|source| ControlError::Connect {
+    let connect_err = |source| ControlError::Connect {
         id: id.to_string(),
         path: path.clone(),
         source,
-    })?;
+    };
+    let dir = std::fs::File::open(run_dir(run_root, id)).map_err(connect_err)?;
+    let mut s = UnixStream::connect(short_path(&dir, SOCKET)).map_err(connect_err)?;
+    drop(dir);
     s.set_write_timeout(Some(Duration::from_secs(10)))
         .map_err(io)?;
     let mut line = serde_json::to_vec(req).map_err(|e| io(std::io::Error::other(e)))?;

@@ -27,6 +27,11 @@ pub const LOG_FILE_OLD: &str = "ctr.log.1";
 pub const DEFAULT_MAX_BYTES: u64 = 10 << 20;
 /// A line longer than this is written in pieces.
 pub const MAX_LINE: usize = 16 * 1024;
+/// Logging stops when less than this is left on the log's file system,
+/// so that the container's record can still be written.
+pub const RESERVE_BYTES: u64 = 512 * 1024;
+/// How much is written between two checks of the free space.
+const CHECK_EVERY: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -53,6 +58,8 @@ pub struct LogWriter {
     pending: [Vec<u8>; 2],
     failed: Option<String>,
     notice_taken: bool,
+    /// Bytes written since the free space was last checked.
+    unchecked: u64,
 }
 
 impl LogWriter {
@@ -68,6 +75,7 @@ impl LogWriter {
             pending: [Vec::new(), Vec::new()],
             failed: None,
             notice_taken: false,
+            unchecked: CHECK_EVERY,
         })
     }
 
@@ -137,6 +145,21 @@ impl LogWriter {
     }
 
     fn append(&mut self, json: &[u8]) -> io::Result<()> {
+        if self.unchecked >= CHECK_EVERY {
+            self.unchecked = 0;
+            if let Some(f) = &self.file {
+                let st = rustix::fs::fstatvfs(f)?;
+                let free = st.f_bavail.saturating_mul(st.f_frsize);
+                if free < RESERVE_BYTES {
+                    return Err(io::Error::other(format!(
+                        "the file system is nearly full ({} KiB left, {} KiB kept for the container's record)",
+                        free / 1024,
+                        RESERVE_BYTES / 1024
+                    )));
+                }
+            }
+        }
+        self.unchecked += json.len() as u64;
         if self.size > 0 && self.size + json.len() as u64 > self.max_bytes {
             self.file = None;
             fs::rename(self.dir.join(LOG_FILE), self.dir.join(LOG_FILE_OLD))?;

@@ -118,8 +118,11 @@ pub fn run(
 ) -> Result<i32, MonitorError> {
     let mut ready = ready.map(File::from);
     let result = run_inner(cfg, backend, &mut ready);
-    if let (Err(e), Some(r)) = (&result, ready.as_mut()) {
-        let _ = r.write_all(&ready::failed(125, &format!("{e}")));
+    if let Err(e) = &result {
+        if let Some(r) = ready.as_mut() {
+            let _ = r.write_all(&ready::failed(125, &format!("{e}")));
+        }
+        settle_failed_start(cfg, &format!("{e}"));
     }
     result
 }
@@ -174,12 +177,35 @@ fn run_inner(
     };
     let exit = m.serve(cfg, &listener, &pidfd, &mut log, ready)?;
     log.flush();
-    let code = finish(cfg, backend, exit, m.killed_by_monitor, log.notice())?;
+    let finished = finish(cfg, backend, exit, m.killed_by_monitor, log.notice());
+    let code = match &finished {
+        Ok(code) => *code,
+        Err(_) => exit.unwrap_or(125),
+    };
     for mut w in m.waiters {
         reply(&mut w, Some(code), None);
     }
+    finished?;
     let _ = std::fs::remove_dir_all(control::run_dir(cfg.run_root, id));
     Ok(code)
+}
+
+/// After a start that failed before the supervisor ran: the record, if
+/// this monitor had claimed it, says the container stopped and why.
+fn settle_failed_start(cfg: &MonitorConfig<'_>, why: &str) {
+    let Ok(_lock) = record::lock(cfg.root) else {
+        return;
+    };
+    let me = std::process::id() as i32;
+    if let Some(mut r) = record::read_all(cfg.root)
+        .ok()
+        .and_then(|rs| rs.into_iter().find(|r| r.id == cfg.id))
+        .filter(|r| r.monitor_pid == me)
+    {
+        r.lost(why);
+        let _ = record::write(cfg.root, &r);
+    }
+    let _ = std::fs::remove_dir_all(control::run_dir(cfg.run_root, &cfg.id));
 }
 
 /// Takes the record over: re-armed (`created`), owned by this monitor.
@@ -204,6 +230,7 @@ fn claim(cfg: &MonitorConfig<'_>) -> Result<(), MonitorError> {
     r.monitor_start_time = record::process_start_time(me).unwrap_or(0);
     r.supervisor_pid = 0;
     r.supervisor_start_time = 0;
+    r.creator_pid = 0;
     r.pid = 0;
     r.boot_id = record::boot_id();
     record::write(cfg.root, &r)?;
@@ -221,7 +248,9 @@ fn listen(cfg: &MonitorConfig<'_>) -> Result<UnixListener, MonitorError> {
         .create(&dir)
         .map_err(ioerr(id, "creating its run directory"))?;
     let path = dir.join(control::SOCKET);
-    let listener = UnixListener::bind(&path).map_err(ioerr(id, "binding its control socket"))?;
+    let dir_fd = File::open(&dir).map_err(ioerr(id, "opening its run directory"))?;
+    let listener = UnixListener::bind(control::short_path(&dir_fd, control::SOCKET))
+        .map_err(ioerr(id, "binding its control socket"))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(ioerr(id, "restricting its control socket"))?;
     listener

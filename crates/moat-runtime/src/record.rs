@@ -180,6 +180,13 @@ pub struct Record {
     /// Remove the container when it stops (`--rm`).
     #[serde(default)]
     pub auto_remove: bool,
+    /// The front end creating the container, until a monitor or
+    /// supervisor owns it: if it dies first (`kill -9` during `run -d`),
+    /// the container was never made and its record goes.
+    #[serde(default)]
+    pub creator_pid: i32,
+    #[serde(default)]
+    pub creator_start_time: u64,
     /// Set when the container's logs could not be written (a full disk):
     /// the workload goes on, its further output is dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,6 +224,8 @@ impl Record {
             monitor_start_time: 0,
             boot_id: boot_id(),
             auto_remove: false,
+            creator_pid: 0,
+            creator_start_time: 0,
             log_notice: None,
         }
     }
@@ -292,6 +301,17 @@ impl Record {
             && process_start_time(self.monitor_pid) == Some(self.monitor_start_time)
     }
 
+    /// Whether the front end that was creating this container died before
+    /// anything took it over.
+    pub fn half_created(&self) -> bool {
+        self.status == Status::Created
+            && self.monitor_pid == 0
+            && self.supervisor_pid == 0
+            && self.creator_pid > 0
+            && (!self.same_boot()
+                || process_start_time(self.creator_pid) != Some(self.creator_start_time))
+    }
+
     /// Whether the record was written during this boot of the host.
     pub fn same_boot(&self) -> bool {
         self.boot_id.is_empty() || self.boot_id == boot_id()
@@ -315,7 +335,7 @@ impl Record {
             return Some("the host rebooted while it ran");
         }
         if self.status == Status::Created && self.monitor_pid == 0 && self.supervisor_pid == 0 {
-            return None;
+            return self.half_created().then_some("it was never started");
         }
         Some("its monitor died (killed, or moat was upgraded under it)")
     }
@@ -357,7 +377,7 @@ pub fn reap_stale(
             continue;
         };
         cleanup(&r);
-        if r.auto_remove {
+        if r.auto_remove || r.half_created() {
             remove(root, &r.id);
         } else {
             r.lost(why);

@@ -91,7 +91,10 @@ pub fn read(root: &Path, id: &ContainerId) -> Result<Spec, StateError> {
 /// Creates the container of `spec`: under the lock, checks that its name
 /// is free (a stopped container keeps its name until `moat rm`, as in
 /// podman), then writes its spec and its record (status `created`).
-pub fn create(root: &Path, spec: &Spec) -> Result<Record, StateError> {
+/// With `creating`, the record names this process as its creator: should
+/// it die before a monitor or supervisor takes the container over, the
+/// container is removed as never made.
+pub fn create(root: &Path, spec: &Spec, creating: bool) -> Result<Record, StateError> {
     let _lock = record::lock(root)?;
     if let Some(other) = record::read_all(root)?
         .into_iter()
@@ -111,6 +114,11 @@ pub fn create(root: &Path, spec: &Spec) -> Result<Record, StateError> {
     r.command = spec.process.args.clone();
     r.policy_digest = spec.plan.policy_digest.clone();
     r.auto_remove = spec.auto_remove;
+    if creating {
+        let me = std::process::id() as i32;
+        r.creator_pid = me;
+        r.creator_start_time = record::process_start_time(me).unwrap_or(0);
+    }
     write(root, spec)?;
     record::write(root, &r)?;
     Ok(r)

@@ -113,6 +113,7 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
         st.command = cfg.process.args.clone();
         st.supervisor_pid = me;
         st.supervisor_start_time = state::process_start_time(me).unwrap_or(0);
+        st.creator_pid = 0;
         st.cgroups = cgroups.paths();
         st.userns_owner = userns_owner;
         st.policy_digest = cfg.plan.policy_digest.clone();

@@ -213,12 +213,29 @@ pub fn set_euid(uid: u32) -> io::Result<()> {
 /// anything of the parent's.
 pub struct EuidSwitch {
     old_securebits: Option<libc::c_ulong>,
+    /// The parent-death signal, which a credential change clears.
+    pdeathsig: libc::c_int,
+    parent: libc::pid_t,
 }
 
 const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
 
 impl EuidSwitch {
     pub fn to(uid: u32) -> io::Result<Self> {
+        let mut pdeathsig: libc::c_int = 0;
+        // SAFETY: PR_GET_PDEATHSIG writes one int through the pointer,
+        // which points to a live local.
+        unsafe {
+            libc::prctl(
+                libc::PR_GET_PDEATHSIG,
+                &mut pdeathsig as *mut libc::c_int,
+                0,
+                0,
+                0,
+            )
+        };
+        // SAFETY: getppid has no arguments.
+        let parent = unsafe { libc::getppid() };
         // SAFETY: PR_GET_SECUREBITS takes no pointer arguments.
         let old = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
         let old_securebits = (old >= 0)
@@ -230,14 +247,29 @@ impl EuidSwitch {
             }
             return Err(e);
         }
-        Ok(Self { old_securebits })
+        Ok(Self {
+            old_securebits,
+            pdeathsig,
+            parent,
+        })
     }
 
-    /// Back to effective uid 0 and the previous securebits.
+    /// Back to effective uid 0 and the previous securebits, with the
+    /// parent-death signal armed again (a detached container's supervisor
+    /// must die with its monitor); if the parent died in between, the
+    /// signal is raised now.
     pub fn restore(self) -> io::Result<()> {
         set_euid(0)?;
         if let Some(o) = self.old_securebits {
             prctl(libc::PR_SET_SECUREBITS, o, 0)?;
+        }
+        if self.pdeathsig != 0 {
+            set_pdeathsig(self.pdeathsig)?;
+            // SAFETY: getppid has no arguments.
+            if unsafe { libc::getppid() } != self.parent {
+                // SAFETY: kill with this process's own pid and a signal number.
+                unsafe { libc::kill(libc::getpid(), self.pdeathsig) };
+            }
         }
         Ok(())
     }

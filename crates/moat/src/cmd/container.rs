@@ -125,7 +125,7 @@ pub fn create(global: &GlobalArgs, args: CreateArgs) -> anyhow::Result<ExitCode>
     };
     let stop = Duration::from_secs(args.run.stop_timeout);
     let spec = crate::cmd::run::container_spec(&args.run, &steps, ready, stop);
-    moat_runtime::spec::create(&global.records_root(), &spec)?;
+    moat_runtime::spec::create(&global.records_root(), &spec, false)?;
     outln!("{}", spec.id);
     Ok(ExitCode::SUCCESS)
 }
@@ -212,8 +212,11 @@ pub fn start(global: &GlobalArgs, args: StartArgs) -> anyhow::Result<ExitCode> {
                 r.name
             );
         }
+        // Attaching prints what this start writes: from the log's end now.
+        let dir = record::container_dir(&global.records_root(), &r.id);
+        let follower = moat_runtime::logs::read(&dir, Default::default())?.1;
         match launch_monitor(global, &r.id)? {
-            Ok(()) if args.attach => return attach(global, &r),
+            Ok(()) if args.attach => return attach(global, &r, follower),
             Ok(()) => outln!("{key}"),
             Err((c, message)) => {
                 errln!("moat: error: container {}: {message}", r.name);
@@ -226,13 +229,15 @@ pub fn start(global: &GlobalArgs, args: StartArgs) -> anyhow::Result<ExitCode> {
 
 /// Prints the container's output as it comes until it stops; its exit
 /// status becomes ours.
-fn attach(global: &GlobalArgs, r: &Record) -> anyhow::Result<ExitCode> {
-    let dir = record::container_dir(&global.records_root(), &r.id);
-    let (_, mut follower) = moat_runtime::logs::read(&dir, Default::default())?;
+fn attach(
+    global: &GlobalArgs,
+    r: &Record,
+    mut follower: moat_runtime::logs::Follower,
+) -> anyhow::Result<ExitCode> {
     let waiter = {
-        let run_root = global.run_root();
-        let id = r.id.clone();
-        std::thread::spawn(move || control::request(&run_root, &id, &Request::Wait))
+        let (root, run_root) = (global.records_root(), global.run_root());
+        let r = r.clone();
+        std::thread::spawn(move || wait_exit(&root, &run_root, &r))
     };
     loop {
         for line in follower.poll()? {
@@ -244,7 +249,7 @@ fn attach(global: &GlobalArgs, r: &Record) -> anyhow::Result<ExitCode> {
             }
             let code = waiter
                 .join()
-                .map_err(|_| anyhow::anyhow!("waiter panicked"))??;
+                .map_err(|_| anyhow::anyhow!("waiter panicked"))?;
             return Ok(ExitCode::from(code.unwrap_or(125).clamp(0, 255) as u8));
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -286,11 +291,32 @@ pub fn stop_one(global: &GlobalArgs, r: &Record, secs: u64) -> anyhow::Result<()
     Ok(())
 }
 
+/// Waits until container `r` has stopped; its exit status, if known.
+/// Asks its monitor; where there is none (run in the foreground), or it
+/// went away meanwhile, watches the record.
+fn wait_exit(root: &Path, run_root: &Path, r: &Record) -> Option<i32> {
+    if r.monitor_alive() {
+        if let Ok(code) = control::request(run_root, &r.id, &Request::Wait) {
+            return code;
+        }
+    }
+    while !unowned_within(root, &r.id, Duration::from_secs(3600)) {}
+    record::read_all(root)
+        .ok()?
+        .into_iter()
+        .find(|x| x.id == r.id)
+        .and_then(|x| x.exit_code)
+}
+
 /// Waits until nothing owns container `id` any more; false on timeout.
 fn wait_unowned(global: &GlobalArgs, id: &ContainerId, timeout: Duration) -> bool {
+    unowned_within(&global.records_root(), id, timeout)
+}
+
+fn unowned_within(root: &Path, id: &ContainerId, timeout: Duration) -> bool {
     let until = Instant::now() + timeout;
     loop {
-        let owned = record::read_all(&global.records_root())
+        let owned = record::read_all(root)
             .ok()
             .and_then(|all| all.into_iter().find(|r| &r.id == id))
             .is_some_and(|r| r.owned());
@@ -368,16 +394,7 @@ pub fn wait(global: &GlobalArgs, args: WaitArgs) -> anyhow::Result<ExitCode> {
         .map(|k| find(&all, k))
         .collect::<anyhow::Result<_>>()?;
     for r in found {
-        let code = if r.monitor_alive() {
-            control::request(&global.run_root(), &r.id, &Request::Wait)?
-        } else {
-            while !wait_unowned(global, &r.id, Duration::from_secs(3600)) {}
-            record::read_all(&global.records_root())?
-                .into_iter()
-                .find(|x| x.id == r.id)
-                .and_then(|x| x.exit_code)
-        };
-        match code {
+        match wait_exit(&global.records_root(), &global.run_root(), &r) {
             Some(c) => outln!("{c}"),
             None => outln!("-1"),
         }

@@ -143,7 +143,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let root = global.records_root();
     let spec = container_spec(&args, &steps, ready, stop_timeout);
-    moat_runtime::spec::create(&root, &spec)?;
+    moat_runtime::spec::create(&root, &spec, true)?;
     if args.detach {
         return crate::cmd::container::start_detached(global, &spec.id, &spec.name);
     }
