@@ -84,7 +84,7 @@ pub enum StoreError {
         #[source]
         source: UnpackError,
     },
-    #[error("image {image} is used by container {container} (state in {state}); stop it first or pass --force")]
+    #[error("image {image} is used by container {container} (state in {state}); remove it first (moat rm -f {container}) or pass --force")]
     InUse {
         image: String,
         container: String,

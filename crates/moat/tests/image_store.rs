@@ -37,7 +37,7 @@ fn rm_refuses_while_a_container_uses_the_image() {
         .to_string();
     // A record the runtime core's reader trusts (its directory is named by
     // a container ID equal to its `id`) ...
-    let state_dir = root.join("run/containers/c1c1c1c1c1c1c1c1");
+    let state_dir = root.join("containers/c1c1c1c1c1c1c1c1");
     std::fs::create_dir_all(&state_dir).unwrap();
     std::fs::write(
         state_dir.join("state.json"),
@@ -45,7 +45,7 @@ fn rm_refuses_while_a_container_uses_the_image() {
     )
     .unwrap();
     // ... and one it does not (not an ID): only the first blocks.
-    let planted = root.join("run/containers/c1");
+    let planted = root.join("containers/c1");
     std::fs::create_dir_all(&planted).unwrap();
     std::fs::write(
         planted.join("state.json"),
@@ -56,7 +56,7 @@ fn rm_refuses_while_a_container_uses_the_image() {
     assert_eq!(
         err.trim_end(),
         format!(
-            "moat: error: image busybox:latest is used by container web (state in {}); stop it first or pass --force",
+            "moat: error: image busybox:latest is used by container web (state in {}); remove it first (moat rm -f web) or pass --force",
             state_dir.join("state.json").display()
         )
     );

@@ -193,7 +193,7 @@ fn planted_records_cannot_steer_cleanup() {
     // Create the run root as moat does (a first `moat ps`).
     let out = env.moat(&["ps"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let containers = env.state_root().join("run/containers");
+    let containers = env.state_root().join("containers");
 
     let victim_dir = env.dir.path().join("victim-dir");
     std::fs::create_dir_all(&victim_dir).unwrap();
@@ -261,9 +261,13 @@ fn planted_records_cannot_steer_cleanup() {
         (true, true, true, true),
         "(directory, process, process in the cgroup, cgroup) after moat ps"
     );
-    // The dead container's own record is gone; the one whose id is not
-    // its directory's name is not trusted and left alone.
-    assert!(!containers.join(&id2).exists());
+    // The dead container's own record now says it stopped (kept until
+    // `moat rm`); the one whose id is not its directory's name is not
+    // trusted and left alone.
+    let settled: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(containers.join(&id2).join("state.json")).unwrap())
+            .unwrap();
+    assert_eq!(settled["status"], "stopped", "{settled}");
     assert!(containers.join("1".repeat(64)).exists());
 }
 

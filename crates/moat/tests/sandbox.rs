@@ -74,12 +74,21 @@ fn runs_a_command_as_container_root_with_exit_code() {
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert_eq!(stdout(&out), "uid=0(root) gid=0(root)\nbox\n/\n");
     assert_eq!(stderr(&out), "err\n");
-    // Nothing is left behind.
-    let left = std::fs::read_dir(env.state_root().join("run/containers"))
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name() != ".lock")
-        .count();
-    assert_eq!(left, 0);
+    // The container is kept, stopped, with its exit code (podman's
+    // behaviour) and nothing else of it is left: no cgroups, no process.
+    let ps = env
+        .moat(&["ps", "-a", "--format", "json"])
+        .output()
+        .unwrap();
+    let all: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["status"], "stopped");
+    assert_eq!(all[0]["exit_code"], 7);
+    assert_eq!(all[0]["pid"], 0);
+    for p in all[0]["cgroups"].as_array().unwrap() {
+        assert!(!std::path::Path::new(p.as_str().unwrap()).exists(), "{p}");
+    }
 }
 
 #[test]
@@ -322,11 +331,24 @@ fn container_dies_with_moat_and_leftovers_are_cleaned() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let state = env.state_root().join("run/containers").join(&id);
+    let state = env.state_root().join("containers").join(&id);
     assert!(state.exists(), "state stays until the next moat command");
     let ps = env.moat(&["ps", "--format", "json"]).output().unwrap();
     assert_eq!(stdout(&ps).trim(), "[]");
-    assert!(!state.exists());
+    // The record now says it stopped, and why.
+    let ps = env
+        .moat(&["ps", "-a", "--format", "json"])
+        .output()
+        .unwrap();
+    let all: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
+    assert_eq!(all[0]["status"], "stopped", "{all}");
+    assert!(
+        all[0]["exit_error"]
+            .as_str()
+            .unwrap()
+            .contains("monitor died"),
+        "{all}"
+    );
     for p in &cgroups {
         assert!(!std::path::Path::new(p).exists(), "cgroup {p} left behind");
     }

@@ -239,14 +239,14 @@ fn import_alerts_on_stored_images_and_their_containers() {
     let gone = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     let inv = moat_scan::inventory::from_rootfs(&alpine).unwrap();
     moat_scan::store::save(&e.root, gone, &["old:1".to_string()], inv).unwrap();
-    let planted = e.root.join("run/containers/evil");
+    let planted = e.root.join("containers/evil");
     fs::create_dir_all(&planted).unwrap();
     fs::write(
         planted.join("state.json"),
         format!(r#"{{"id": "evil", "name": "evil", "image_id": "{id}", "pid": 1, "isolation": "sandbox", "created": "2024-01-01T00:00:00Z"}}"#),
     )
     .unwrap();
-    let state = e.root.join("run/containers/c0ffee00c0ffee00");
+    let state = e.root.join("containers/c0ffee00c0ffee00");
     fs::create_dir_all(&state).unwrap();
     fs::write(
         state.join("state.json"),
