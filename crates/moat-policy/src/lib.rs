@@ -9,6 +9,7 @@
 //! assert!(!plan.seccomp.instructions.is_empty());
 //! ```
 
+pub mod allowlist;
 pub mod args;
 pub mod auto;
 pub mod bpf;

@@ -62,6 +62,21 @@ pub struct MonitorConfig<'a> {
     pub id: ContainerId,
     /// The cap of one log file.
     pub log_max_bytes: u64,
+    /// Drop every capability and install [`ALLOWLIST`] once the
+    /// supervisor is forked (off only for tests that embed the monitor).
+    pub confine: bool,
+}
+
+/// The monitor's system calls, as data (DESIGN rule 9).
+pub const ALLOWLIST: &str = include_str!("../seccomp/monitor.json");
+
+/// The monitor's confinement: no capabilities (uid 0 still owns the state
+/// files it writes), `no_new_privs`, and its seccomp filter.
+fn confine() -> io::Result<()> {
+    let prog = moat_policy::allowlist::compile("seccomp/monitor.json", ALLOWLIST)
+        .map_err(io::Error::other)?;
+    sys::drop_capabilities()?;
+    sys::install_seccomp(&prog)
 }
 
 /// How the monitor tells the front end that started it how the start
@@ -165,6 +180,9 @@ fn run_inner(
         PidfdFlags::empty(),
     )
     .map_err(|e| ioerr(id, "opening a pidfd of the supervisor")(e.into()))?;
+    if cfg.confine {
+        confine().map_err(ioerr(id, "confining itself"))?;
+    }
 
     let mut m = Loop {
         out: [Some(File::from(out_r)), Some(File::from(err_r))],
@@ -564,4 +582,52 @@ fn finish(
         record::write(cfg.root, &r)?;
     }
     Ok(r.exit_code.unwrap_or(code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_allowlist_compiles_and_leaves_out_what_an_attacker_wants() {
+        let calls = moat_policy::allowlist::parse("monitor.json", ALLOWLIST).unwrap();
+        for never in [
+            "execve",
+            "execveat",
+            "ptrace",
+            "socket",
+            "connect",
+            "bind",
+            "mount",
+            "setns",
+            "unshare",
+            "clone",
+            "clone3",
+            "fork",
+            "setuid",
+            "setresuid",
+            "capset",
+            "bpf",
+            "process_vm_writev",
+            "open_by_handle_at",
+            "init_module",
+            "keyctl",
+        ] {
+            assert!(!calls.allow.contains(never), "{never}");
+        }
+        assert!(!moat_policy::allowlist::compile("monitor.json", ALLOWLIST)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn start_reports_parse() {
+        assert_eq!(ready::parse(b"s"), Ok(()));
+        assert_eq!(
+            ready::parse(&ready::failed(127, "not found")),
+            Err((127, "not found".to_string()))
+        );
+        assert_eq!(ready::parse(b"").unwrap_err().0, 125);
+        assert_eq!(ready::parse(b"e12").unwrap_err().0, 125);
+    }
 }

@@ -125,6 +125,18 @@ fn a_detached_container_lives_logs_stops_starts_and_is_removed() {
     let pid = c["State"]["Pid"].as_i64().unwrap();
     assert!(alive(monitor) && alive(pid));
     assert!(ok(&env, &["ps"]).contains("svc"));
+    // DESIGN rule 9: the monitor runs without capabilities, with
+    // no_new_privs and its own seccomp filter.
+    let st = std::fs::read_to_string(format!("/proc/{monitor}/status")).unwrap();
+    for want in [
+        "CapEff:\t0000000000000000",
+        "CapPrm:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+    ] {
+        assert!(st.contains(want), "{want} in {st}");
+    }
     // Logs: both streams, as JSON lines in the container's directory.
     wait_for("the logs", 20, || {
         let o = moat(&env, &["logs", "svc"]);

@@ -192,6 +192,7 @@ pub fn monitor(global: &GlobalArgs, args: MonitorArgs) -> anyhow::Result<ExitCod
         run_root: &run_root,
         id,
         log_max_bytes: moat_runtime::logs::DEFAULT_MAX_BYTES,
+        confine: true,
     };
     let backend = backend_for(rec.isolation);
     let code = moat_runtime::monitor::run(&cfg, backend.as_ref(), Some(ready))?;

@@ -1,0 +1,110 @@
+//! Allowlists of moat's own long-running processes (DESIGN rule 9: the
+//! VMM supervisor, the container monitor): JSON data naming each system
+//! call with the reason it is needed, compiled to classic BPF by the
+//! compiler that compiles workload policies.
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+
+use crate::model::{Conditions, DefaultAction, IoctlRule, Syscalls};
+use crate::plan::SockFilter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AllowlistError {
+    #[error("{file} is not a valid allowlist")]
+    Parse {
+        file: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{file}: unknown system call {name:?}")]
+    UnknownSyscall { file: &'static str, name: String },
+    #[error("{file}: {name:?} is listed twice")]
+    Duplicate { file: &'static str, name: String },
+    #[error("{file}: default_action {value:?} is not kill or errno")]
+    BadDefault { file: &'static str, value: String },
+    #[error("{file}: compiling the filter")]
+    Compile {
+        file: &'static str,
+        #[source]
+        source: crate::bpf::BpfError,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Allowlist {
+    #[allow(dead_code)]
+    about: String,
+    default_action: String,
+    allow: Vec<Entry>,
+    ioctl: Vec<IoctlEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    syscall: String,
+    #[allow(dead_code)]
+    why: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IoctlEntry {
+    request: u32,
+    #[allow(dead_code)]
+    name: String,
+    #[allow(dead_code)]
+    why: String,
+}
+
+/// The allowlist `text` (from `file`, for errors) as the policy
+/// compiler's syscall section.
+pub fn parse(file: &'static str, text: &str) -> Result<Syscalls, AllowlistError> {
+    let list: Allowlist =
+        serde_json::from_str(text).map_err(|source| AllowlistError::Parse { file, source })?;
+    let default_action = match list.default_action.as_str() {
+        "kill" => DefaultAction::Kill,
+        "errno" => DefaultAction::Errno,
+        other => {
+            return Err(AllowlistError::BadDefault {
+                file,
+                value: other.to_string(),
+            })
+        }
+    };
+    let mut allow = BTreeSet::new();
+    for e in list.allow {
+        if crate::syscalls::number(&e.syscall).is_none() {
+            return Err(AllowlistError::UnknownSyscall {
+                file,
+                name: e.syscall,
+            });
+        }
+        if !allow.insert(e.syscall.clone()) {
+            return Err(AllowlistError::Duplicate {
+                file,
+                name: e.syscall,
+            });
+        }
+    }
+    let ioctl = IoctlRule::Allow(list.ioctl.iter().map(|i| i.request).collect());
+    Ok(Syscalls {
+        allow,
+        denied: BTreeSet::new(),
+        default_action,
+        conditions: Conditions {
+            socket_families: None,
+            clone_deny_flags: 0,
+            ioctl,
+        },
+    })
+}
+
+/// The compiled filter of the allowlist `text`.
+pub fn compile(file: &'static str, text: &str) -> Result<Vec<SockFilter>, AllowlistError> {
+    crate::bpf::compile(&parse(file, text)?)
+        .map_err(|source| AllowlistError::Compile { file, source })
+}
