@@ -67,6 +67,13 @@ pub struct MonitorConfig<'a> {
     pub confine: bool,
 }
 
+/// Drops the resident program text a long-running process used only while
+/// it set up (it faults back in where needed): what a container's monitor
+/// and supervisor keep in memory while idle is the code of their loops.
+pub fn release_setup_pages() {
+    sys::release_text();
+}
+
 /// The monitor's system calls, as data (DESIGN rule 9).
 pub const ALLOWLIST: &str = include_str!("../seccomp/monitor.json");
 
@@ -183,6 +190,7 @@ fn run_inner(
     if cfg.confine {
         confine().map_err(ioerr(id, "confining itself"))?;
     }
+    sys::release_text();
 
     let mut m = Loop {
         out: [Some(File::from(out_r)), Some(File::from(err_r))],

@@ -89,3 +89,37 @@ pub fn install_seccomp(prog: &[moat_policy::plan::SockFilter]) -> io::Result<()>
         Err(io::Error::last_os_error())
     }
 }
+
+/// Drops this process's resident copies of its program text
+/// (`MADV_DONTNEED` on the executable's read-only, executable mappings):
+/// a long-running process keeps only the code it runs from then on (the
+/// pages fault back in from the file as they are needed). Never touches
+/// a writable or anonymous mapping, whose contents would be lost.
+pub fn release_text() {
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+        return;
+    };
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let path = f.nth(3);
+        if perms != "r-xp" || path != exe.to_str() {
+            continue;
+        }
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
+            continue;
+        };
+        // SAFETY: the range is a private, read-only, executable file
+        // mapping of this program (never written): MADV_DONTNEED only drops
+        // resident pages, which refault unchanged from the file.
+        unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_DONTNEED) };
+    }
+}

@@ -232,6 +232,8 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
         Ok(()) => {
             if let Some(fd) = &cfg.started_notify {
                 let _ = sys::write_fd(fd.as_fd(), &[moat_runtime::monitor::ready::STARTED]);
+                // Detached: from here on this process only waits.
+                moat_runtime::monitor::release_setup_pages();
             }
             let io = match master {
                 Some(m) => Io::pty(m, cfg.process.interactive)?,
