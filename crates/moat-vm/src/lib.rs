@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use moat_policy::{Plan, ProcessSpec};
+use moat_runtime::{ContainerId, ContainerName, StateError};
 
 pub use crate::hypervisor::{Accel, Hypervisor};
 use crate::qemu::Qemu;
@@ -44,10 +45,13 @@ pub struct VmRunOptions {
     pub rootfs: PathBuf,
     /// Image ID (`sha256:<hex>` config digest): the cache key of the root disk.
     pub image_id: String,
+    /// The container's ID; `None` draws a new one.
+    pub id: Option<ContainerId>,
     pub process: ProcessSpec,
     pub plan: Plan,
     /// `kvm`, `tcg`, `auto` or `None` (= auto).
     pub accel: Option<String>,
+    /// The container's name; empty: its short ID.
     pub name: String,
     pub stop_timeout: Duration,
     /// Which threads the supervisor's own seccomp filter binds once QEMU
@@ -97,12 +101,8 @@ pub enum VmError {
     VmExited { status: String, console: String },
     #[error("in the guest: {message}")]
     Guest { message: String },
-    #[error("writing container state {path}")]
-    State {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Record(#[from] moat_runtime::StateError),
 }
 
 /// Runs one container in a micro-VM; returns the workload's exit code (or 128+signal).
@@ -134,13 +134,22 @@ pub fn run_container_with(
     trace.mark("accelerator selected");
     let root = rootfs::ensure(&opts.state_root, &opts.image_id, &opts.rootfs)?;
     trace.mark("root image (EROFS + verity) ready");
-    let id = format!("{:016x}", sys::getrandom_u64());
-    let mut state = state::ContainerState::write(
+    let id = opts.id.clone().unwrap_or_else(ContainerId::generate);
+    let name = if opts.name.is_empty() {
+        id.short()
+    } else {
+        opts.name.as_str()
+    };
+    let name = ContainerName::parse(name).map_err(StateError::from)?;
+    let mut state = state::ContainerState::create(
         &opts.run_root,
-        &id,
-        &opts.name,
-        &opts.image_id,
-        &opts.process.args,
+        id.clone(),
+        name,
+        state::Fields {
+            image_id: &opts.image_id,
+            command: &opts.process.args,
+            policy_digest: &opts.plan.policy_digest,
+        },
     )?;
     trace.mark("container state written");
     let vcpus = if opts.plan.vm.vcpus == 0 {
@@ -165,7 +174,7 @@ pub fn run_container_with(
             id: &id,
             // The per-run disk of `--rootfs DIR` too: a later run's sweep
             // would find it, but the watcher removes it at once.
-            cleanup: std::iter::once(state.dir.clone())
+            cleanup: std::iter::once(state.dir())
                 .chain(root.per_run_dir())
                 .collect(),
             trace: trace.on(),
@@ -174,6 +183,7 @@ pub fn run_container_with(
     // The cleanup watcher removes the state from here on (the supervisor
     // gives up the root that removing it takes).
     state.hand_over();
+    state.running()?;
     trace.mark("jail set up, VMM spawned");
     let r = session::run(
         booted,

@@ -175,6 +175,7 @@ pub fn options(f: &Fixture, process: ProcessSpec) -> moat_vm::VmRunOptions {
         run_root: f.state.join("run"),
         rootfs: f.rootfs.clone(),
         image_id: f.image_id.clone(),
+        id: None,
         process,
         plan: plan(),
         accel: Some(std::env::var("MOAT_TEST_ACCEL").unwrap_or_else(|_| "tcg".into())),

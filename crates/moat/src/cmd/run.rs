@@ -340,6 +340,7 @@ fn run_vm(
         run_root: global.run_root(),
         rootfs: image.rootfs,
         image_id: image.image_id,
+        id: None,
         process,
         plan,
         accel: args.accel.map(|a| match a {
