@@ -8,6 +8,7 @@
 //! cgroup), [`accel`] (KVM probe), [`boot`] and [`session`] (the relay).
 
 pub mod accel;
+pub mod backend;
 pub mod boot;
 pub mod cgroup;
 pub mod hypervisor;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use moat_policy::{Plan, ProcessSpec};
 use moat_runtime::{ContainerId, ContainerName, StateError};
 
+pub use crate::backend::VmBackend;
 pub use crate::hypervisor::{Accel, Hypervisor};
 use crate::qemu::Qemu;
 
