@@ -23,6 +23,9 @@ pub struct VmBackend {
     /// Where moat's notices go (accelerator choice, memory limits); they
     /// may quote the guest, so a front end escapes them.
     pub notice: Box<dyn Fn(&str)>,
+    /// The exec control socket for the next [`Backend::run_attached`]
+    /// (taken by it; see [`crate::exec`]).
+    pub control: std::cell::Cell<Option<std::os::fd::OwnedFd>>,
 }
 
 impl VmBackend {
@@ -34,6 +37,7 @@ impl VmBackend {
             accel: None,
             supervisor_seccomp: supervisor::Scope::Process,
             notice: Box::new(|n| eprintln!("{n}")),
+            control: std::cell::Cell::new(None),
         }
     }
 }
@@ -101,6 +105,7 @@ impl Backend for VmBackend {
             name: c.name.to_string(),
             stop_timeout: c.stop_timeout,
             supervisor_seccomp: self.supervisor_seccomp,
+            control: self.control.take(),
         };
         crate::run_container_with(opts, Stdio::inherit(), &mut |n| (self.notice)(n))
             .map_err(vm_error)

@@ -11,6 +11,7 @@ pub mod accel;
 pub mod backend;
 pub mod boot;
 pub mod cgroup;
+pub mod exec;
 pub mod hypervisor;
 pub mod initramfs;
 pub mod jail;
@@ -39,7 +40,7 @@ pub const DEFAULT_VCPUS: u32 = 1;
 pub const DEFAULT_MEMORY_MIB: u64 = 256;
 
 /// Everything `moat run --isolation vm` hands to the backend.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct VmRunOptions {
     pub state_root: PathBuf,
     pub run_root: PathBuf,
@@ -59,6 +60,10 @@ pub struct VmRunOptions {
     /// Which threads the supervisor's own seccomp filter binds once QEMU
     /// runs: the whole process for the CLI, the calling thread when embedded.
     pub supervisor_seccomp: supervisor::Scope,
+    /// One end of a unix `SOCK_SEQPACKET` socketpair on which the
+    /// supervisor accepts exec requests while the workload runs (the
+    /// caller keeps the other end for [`exec::request`]); `None`: no exec.
+    pub control: Option<std::os::fd::OwnedFd>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +110,12 @@ pub enum VmError {
     Guest { message: String },
     #[error(transparent)]
     Record(#[from] moat_runtime::StateError),
+    #[error("exec control socket")]
+    Exec(#[source] std::io::Error),
+    #[error("exec refused by the container's supervisor: {message}")]
+    ExecRefused { message: String },
+    #[error("the container is not running, or stopped before the exec'd process ended")]
+    ExecEnded,
 }
 
 /// Runs one container in a micro-VM; returns the workload's exit code (or 128+signal).
@@ -196,6 +207,7 @@ pub fn run_container_with(
             stdio,
             confine: opts.supervisor_seccomp,
             trace: &mut trace,
+            control: opts.control,
         },
     );
     trace.mark("VMM stopped, cgroup removed");

@@ -182,6 +182,7 @@ pub fn options(f: &Fixture, process: ProcessSpec) -> moat_vm::VmRunOptions {
         name: "test".into(),
         stop_timeout: std::time::Duration::from_secs(10),
         supervisor_seccomp: moat_vm::supervisor::Scope::Thread,
+        control: None,
     }
 }
 
