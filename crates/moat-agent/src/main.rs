@@ -6,6 +6,7 @@
 //! plan, relays stdio, window size and signals, reports the exit status and
 //! powers the VM off. It never exits (PID 1 must not).
 
+mod exec;
 mod sys;
 mod workload;
 
@@ -412,9 +413,14 @@ impl Agent {
         let mut exited_at: Option<Instant> = None;
         let mut buf = vec![0u8; MAX_DATA];
         let tty = start.process.tty;
+        // Processes exec'd into the container, by the host's id.
+        let mut execs = exec::Execs::default();
         loop {
             // Reap the workload (and orphans, as PID 1).
             while let Some((p, status)) = sys::reap() {
+                if execs.reaped(p, status) {
+                    continue;
+                }
                 if p == pid {
                     exit_code = Some(if libc::WIFEXITED(status) {
                         libc::WEXITSTATUS(status)
@@ -423,6 +429,9 @@ impl Agent {
                     });
                     exited_at = Some(Instant::now());
                 }
+            }
+            for m in execs.finished(&self.session) {
+                self.send(&m)?;
             }
             let outputs_open = outs.iter().any(|(f, _)| f.is_some());
             if let Some(code) = exit_code {
@@ -464,8 +473,17 @@ impl Agent {
                     revents: 0,
                 });
             }
-            let timeout = if exit_code.is_some() { 20 } else { 1000 };
+            let exec_base = fds.len();
+            let exec_slots = execs.poll_fds(&mut fds);
+            let timeout = if exit_code.is_some() || execs.draining() {
+                20
+            } else {
+                1000
+            };
             sys::poll(&mut fds, timeout).map_err(|e| Failure::setup(format!("poll: {e}")))?;
+            for m in execs.service(&fds[exec_base..], &exec_slots, &mut buf) {
+                self.send(&m)?;
+            }
             if fds[1].revents != 0 {
                 let mut junk = [0u8; 128];
                 let _ = sigfd.read(&mut junk);
@@ -544,6 +562,14 @@ impl Agent {
                     Message::Signal(sig) => {
                         let _ = sys::kill(pid, sig);
                     }
+                    Message::Exec(e) => {
+                        if let Some(m) = execs.start(start, pid, *e) {
+                            self.send(&m)?;
+                        }
+                    }
+                    m @ (Message::ExecStdin { .. }
+                    | Message::ExecStdinEof(_)
+                    | Message::ExecSignal { .. }) => execs.on_message(m),
                     other => {
                         return Err(Failure::setup(format!(
                             "unexpected {:?} frame from the host while the workload runs",

@@ -10,8 +10,14 @@
 //! byte 4-7 payload length, little-endian u32
 //! ```
 //!
-//! Control payloads (`Hello`, `Start`, `Exit`, `Error`) are JSON; stdio
-//! payloads are raw bytes; `Resize` and `Signal` are fixed-size binary.
+//! Control payloads (`Hello`, `Start`, `Exit`, `Error`, `Exec`,
+//! `ExecExit`) are JSON; stdio payloads are raw bytes; `Resize` and
+//! `Signal` are fixed-size binary.
+//!
+//! The `Exec*` kinds multiplex further processes in the running container
+//! (`moat exec`) over the same channel: each payload starts with the
+//! process's id (little-endian u32, chosen by the host), stdio follows as
+//! raw bytes. Either side ignores frames for an id it does not know.
 //! Each kind has its own size limit, and anything malformed or oversized is
 //! rejected with a [`ProtoError`] as soon as its header is seen: a reader
 //! never waits for (or allocates) a payload it will not accept.
@@ -43,6 +49,15 @@ pub enum Kind {
     Signal = 8,
     Exit = 9,
     Error = 10,
+    /// Host to guest: start a process in the running container.
+    Exec = 11,
+    ExecStdin = 12,
+    ExecStdinEof = 13,
+    ExecStdout = 14,
+    ExecStderr = 15,
+    ExecSignal = 16,
+    /// Guest to host: an exec'd process ended (or could not start).
+    ExecExit = 17,
 }
 
 impl Kind {
@@ -58,6 +73,13 @@ impl Kind {
             8 => Kind::Signal,
             9 => Kind::Exit,
             10 => Kind::Error,
+            11 => Kind::Exec,
+            12 => Kind::ExecStdin,
+            13 => Kind::ExecStdinEof,
+            14 => Kind::ExecStdout,
+            15 => Kind::ExecStderr,
+            16 => Kind::ExecSignal,
+            17 => Kind::ExecExit,
             _ => return None,
         })
     }
@@ -66,9 +88,12 @@ impl Kind {
     fn max_len(self) -> usize {
         match self {
             Kind::Hello | Kind::Start | Kind::Exit | Kind::Error => MAX_CONTROL,
+            Kind::Exec | Kind::ExecExit => MAX_CONTROL,
             Kind::Stdin | Kind::Stdout | Kind::Stderr => MAX_DATA,
+            Kind::ExecStdin | Kind::ExecStdout | Kind::ExecStderr => 4 + MAX_DATA,
             Kind::StdinEof => 0,
-            Kind::Resize | Kind::Signal => 4,
+            Kind::Resize | Kind::Signal | Kind::ExecStdinEof => 4,
+            Kind::ExecSignal => 8,
         }
     }
 }
@@ -132,6 +157,32 @@ pub struct AgentFailure {
     pub session: String,
 }
 
+/// Sent by the host: run `process` in the running container, under the
+/// plan of its `Start` (same cgroup, mounts, capabilities, seccomp
+/// filter, rlimits, no_new_privs). With `process.tty` the process gets a
+/// terminal of its own, of `winsize` (rows, columns).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecStart {
+    pub id: u32,
+    pub process: ProcessSpec,
+    #[serde(default)]
+    pub winsize: Option<(u16, u16)>,
+}
+
+/// Sent by the agent when an exec'd process ended, or could not start
+/// (`message` says why; `code` 125, 126 or 127 as for the workload).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecExit {
+    pub id: u32,
+    /// Exit code, or 128 + signal number.
+    pub code: i32,
+    #[serde(default)]
+    pub message: String,
+    /// [`Start::session`], echoed.
+    #[serde(default)]
+    pub session: String,
+}
+
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -145,6 +196,13 @@ pub enum Message {
     Signal(i32),
     Exit(Exit),
     Error(AgentFailure),
+    Exec(Box<ExecStart>),
+    ExecStdin { id: u32, data: Vec<u8> },
+    ExecStdinEof(u32),
+    ExecStdout { id: u32, data: Vec<u8> },
+    ExecStderr { id: u32, data: Vec<u8> },
+    ExecSignal { id: u32, sig: i32 },
+    ExecExit(ExecExit),
 }
 
 /// A frame that cannot be accepted.
@@ -181,6 +239,13 @@ impl Message {
             Message::Signal(_) => Kind::Signal,
             Message::Exit(_) => Kind::Exit,
             Message::Error(_) => Kind::Error,
+            Message::Exec(_) => Kind::Exec,
+            Message::ExecStdin { .. } => Kind::ExecStdin,
+            Message::ExecStdinEof(_) => Kind::ExecStdinEof,
+            Message::ExecStdout { .. } => Kind::ExecStdout,
+            Message::ExecStderr { .. } => Kind::ExecStderr,
+            Message::ExecSignal { .. } => Kind::ExecSignal,
+            Message::ExecExit(_) => Kind::ExecExit,
         }
     }
 
@@ -205,6 +270,21 @@ impl Message {
                 v
             }
             Message::Signal(s) => s.to_le_bytes().to_vec(),
+            Message::Exec(e) => json(serde_json::to_vec(e))?,
+            Message::ExecExit(e) => json(serde_json::to_vec(e))?,
+            Message::ExecStdin { id, data }
+            | Message::ExecStdout { id, data }
+            | Message::ExecStderr { id, data } => {
+                let mut v = id.to_le_bytes().to_vec();
+                v.extend_from_slice(data);
+                v
+            }
+            Message::ExecStdinEof(id) => id.to_le_bytes().to_vec(),
+            Message::ExecSignal { id, sig } => {
+                let mut v = id.to_le_bytes().to_vec();
+                v.extend_from_slice(&sig.to_le_bytes());
+                v
+            }
         };
         let kind = self.kind();
         if payload.len() > kind.max_len() {
@@ -238,7 +318,56 @@ impl Message {
                 })
             }
         };
+        let signal = |sig: i32| {
+            if (1..=64).contains(&sig) {
+                Ok(sig)
+            } else {
+                Err(ProtoError::Malformed {
+                    kind,
+                    reason: format!("signal {sig} is out of range 1..=64"),
+                })
+            }
+        };
+        // The process id that starts every Exec stdio payload.
+        let id = || {
+            payload
+                .get(..4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .ok_or_else(|| ProtoError::Malformed {
+                    kind,
+                    reason: format!(
+                        "payload is {} bytes, shorter than its process id",
+                        payload.len()
+                    ),
+                })
+        };
         Ok(match kind {
+            Kind::Exec => Message::Exec(Box::new(json(kind, payload)?)),
+            Kind::ExecExit => Message::ExecExit(json(kind, payload)?),
+            Kind::ExecStdin => Message::ExecStdin {
+                id: id()?,
+                data: payload[4..].to_vec(),
+            },
+            Kind::ExecStdout => Message::ExecStdout {
+                id: id()?,
+                data: payload[4..].to_vec(),
+            },
+            Kind::ExecStderr => Message::ExecStderr {
+                id: id()?,
+                data: payload[4..].to_vec(),
+            },
+            Kind::ExecStdinEof => {
+                fixed(4)?;
+                Message::ExecStdinEof(id()?)
+            }
+            Kind::ExecSignal => {
+                fixed(8)?;
+                let sig = i32::from_le_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                Message::ExecSignal {
+                    id: id()?,
+                    sig: signal(sig)?,
+                }
+            }
             Kind::Hello => Message::Hello(json(kind, payload)?),
             Kind::Start => Message::Start(Box::new(json(kind, payload)?)),
             Kind::Exit => Message::Exit(json(kind, payload)?),
@@ -260,13 +389,7 @@ impl Message {
             Kind::Signal => {
                 fixed(4)?;
                 let sig = i32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                if !(1..=64).contains(&sig) {
-                    return Err(ProtoError::Malformed {
-                        kind,
-                        reason: format!("signal {sig} is out of range 1..=64"),
-                    });
-                }
-                Message::Signal(sig)
+                Message::Signal(signal(sig)?)
             }
         })
     }
@@ -388,6 +511,76 @@ mod tests {
             message: "no such file".into(),
             session: String::new(),
         }));
+        roundtrip(Message::Exec(Box::new(ExecStart {
+            id: 7,
+            process: ProcessSpec {
+                args: vec!["id".into()],
+                env: vec!["PATH=/bin".into()],
+                cwd: "/".into(),
+                uid: 1000,
+                gid: 1000,
+                additional_gids: vec![],
+                tty: true,
+                interactive: true,
+                hostname: "h".into(),
+            },
+            winsize: Some((24, 80)),
+        })));
+        roundtrip(Message::ExecStdin {
+            id: 7,
+            data: b"in".to_vec(),
+        });
+        roundtrip(Message::ExecStdinEof(7));
+        roundtrip(Message::ExecStdout {
+            id: u32::MAX,
+            data: vec![0, 255],
+        });
+        roundtrip(Message::ExecStderr {
+            id: 0,
+            data: Vec::new(),
+        });
+        roundtrip(Message::ExecSignal { id: 7, sig: 9 });
+        roundtrip(Message::ExecExit(ExecExit {
+            id: 7,
+            code: 127,
+            message: "executable \"nope\" not found".into(),
+            session: "0f".into(),
+        }));
+    }
+
+    #[test]
+    fn rejects_malformed_exec_frames() {
+        assert_eq!(
+            decode_err(&[MAGIC, 1, Kind::ExecStdout as u8, 0, 3, 0, 0, 0, 1, 2, 3]),
+            "malformed ExecStdout frame: payload is 3 bytes, shorter than its process id"
+        );
+        assert_eq!(
+            decode_err(&[
+                MAGIC,
+                1,
+                Kind::ExecSignal as u8,
+                0,
+                8,
+                0,
+                0,
+                0,
+                1,
+                0,
+                0,
+                0,
+                65,
+                0,
+                0,
+                0
+            ]),
+            "malformed ExecSignal frame: signal 65 is out of range 1..=64"
+        );
+        let mut h = vec![MAGIC, 1, Kind::ExecStdin as u8, 0];
+        h.extend_from_slice(&((MAX_DATA + 5) as u32).to_le_bytes());
+        assert_eq!(
+            decode_err(&h),
+            "ExecStdin frame of 32773 bytes exceeds the limit of 32772 bytes"
+        );
     }
 
     #[test]

@@ -357,6 +357,12 @@ pub fn unshare(flags: libc::c_int) -> io::Result<()> {
     check(unsafe { libc::unshare(flags) }).map(drop)
 }
 
+/// Enters the namespace `fd` refers to (`nstype`: `CLONE_NEW*`).
+pub fn setns(fd: BorrowedFd<'_>, nstype: libc::c_int) -> io::Result<()> {
+    // SAFETY: setns on a borrowed, open namespace fd; no memory is passed.
+    check(unsafe { libc::setns(fd.as_raw_fd(), nstype) }).map(drop)
+}
+
 pub fn umount_detach(target: &str) -> io::Result<()> {
     let t = cstr(target)?;
     // SAFETY: valid C string.

@@ -64,6 +64,21 @@ pub struct Child {
 }
 
 pub fn spawn(start: &Start) -> Result<Child, Failure> {
+    spawn_in(start, None)
+}
+
+/// Starts `start.process` in the container of the running workload
+/// `workload` (exec): the same steps as the workload's, but it joins the
+/// workload's cgroup, PID namespace (the agent's children's, since
+/// [`spawn`]) and mount namespace instead of making new ones.
+pub fn spawn_exec(start: &Start, workload: libc::pid_t) -> Result<Child, Failure> {
+    let path = format!("/proc/{workload}/ns/mnt");
+    let ns = File::open(&path)
+        .map_err(|e| Failure::setup(format!("the container is gone ({path}: {e})")))?;
+    spawn_in(start, Some(ns.as_fd()))
+}
+
+fn spawn_in(start: &Start, join: Option<std::os::fd::BorrowedFd<'_>>) -> Result<Child, Failure> {
     let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
     let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
@@ -85,14 +100,16 @@ pub fn spawn(start: &Start) -> Result<Child, Failure> {
             (in_w, out_r, Some(err_r), [in_r, out_w, err_w])
         };
     let (report_r, report_w) = sys::pipe().map_err(|e| err("pipe", e))?;
-    pids_cgroup(&start.plan)?;
-    // The workload is PID 1 of a PID namespace of its own: the agent is
-    // neither visible nor reachable (no signals, no prlimit, no /proc/1/root).
-    sys::unshare(libc::CLONE_NEWPID).map_err(|e| err("unshare(CLONE_NEWPID)", e))?;
+    if join.is_none() {
+        pids_cgroup(&start.plan)?;
+        // The workload is PID 1 of a PID namespace of its own: the agent is
+        // neither visible nor reachable (no signals, no prlimit, no /proc/1/root).
+        sys::unshare(libc::CLONE_NEWPID).map_err(|e| err("unshare(CLONE_NEWPID)", e))?;
+    }
     match sys::fork().map_err(|e| err("fork", e))? {
         sys::Fork::Child => {
             drop(report_r);
-            let Err(f) = child(start, &child_fds, last_cap);
+            let Err(f) = child(start, &child_fds, last_cap, join);
             let mut w = File::from(report_w);
             let _ = write!(w, "{}\n{}", f.code, f.message);
             sys::exit_now(f.code);
@@ -120,7 +137,12 @@ pub fn spawn(start: &Start) -> Result<Child, Failure> {
     }
 }
 
-fn child(start: &Start, fds: &[OwnedFd; 3], last_cap: u32) -> Result<Infallible, Failure> {
+fn child(
+    start: &Start,
+    fds: &[OwnedFd; 3],
+    last_cap: u32,
+    join: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<Infallible, Failure> {
     let p = &start.process;
     let plan = &start.plan;
     let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
@@ -134,26 +156,31 @@ fn child(start: &Start, fds: &[OwnedFd; 3], last_cap: u32) -> Result<Infallible,
         .map_err(|e| err("joining the workload's pids cgroup", e))?;
     // The terminal (in the agent's devpts) becomes the container's
     // /dev/console, as in the sandbox.
-    let console_path = if p.tty {
+    let console_path = if p.tty && join.is_none() {
         Some(std::fs::read_link("/proc/self/fd/0").map_err(|e| err("finding the terminal", e))?)
     } else {
         None
     };
-    // Own mount namespace, nothing propagates back to the agent's.
-    sys::unshare(libc::CLONE_NEWNS).map_err(|e| err("unshare(CLONE_NEWNS)", e))?;
-    sys::mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE, "")
-        .map_err(|e| err("making the mounts private", e))?;
-    let console = match &console_path {
-        Some(path) => Some(
-            sys::open_tree_clone(&path.to_string_lossy())
-                .map_err(|e| err(&format!("cloning the terminal {}", path.display()), e))?,
-        ),
-        None => None,
-    };
-    // pivot_root, not chroot: the agent's root is gone from this namespace.
-    sys::pivot_into(NEW_ROOT).map_err(|e| err("pivot_root into the root filesystem", e))?;
-    mount_container_fs(plan, console)?;
-    if p.tty {
+    if let Some(ns) = join {
+        // exec: the workload's mounts; setns moves root and cwd to its root.
+        sys::setns(ns, libc::CLONE_NEWNS).map_err(|e| err("entering the container's mounts", e))?;
+    } else {
+        // Own mount namespace, nothing propagates back to the agent's.
+        sys::unshare(libc::CLONE_NEWNS).map_err(|e| err("unshare(CLONE_NEWNS)", e))?;
+        sys::mount("", "/", "", libc::MS_REC | libc::MS_PRIVATE, "")
+            .map_err(|e| err("making the mounts private", e))?;
+        let console = match &console_path {
+            Some(path) => Some(
+                sys::open_tree_clone(&path.to_string_lossy())
+                    .map_err(|e| err(&format!("cloning the terminal {}", path.display()), e))?,
+            ),
+            None => None,
+        };
+        // pivot_root, not chroot: the agent's root is gone from this namespace.
+        sys::pivot_into(NEW_ROOT).map_err(|e| err("pivot_root into the root filesystem", e))?;
+        mount_container_fs(plan, console)?;
+    }
+    if p.tty && join.is_none() {
         // stdio by the container's own path of the terminal.
         let c = File::options()
             .read(true)

@@ -90,6 +90,14 @@ pub trait Backend {
     /// deriving everything from its ID; keeps the record.
     fn cleanup(&self, _record: &Record) {}
 
+    /// Where exec requests reach the next container this backend runs,
+    /// for backends whose exec goes through the supervisor (the vm
+    /// backend: through the guest agent). `None`: exec joins the running
+    /// container directly (the sandbox).
+    fn exec_channel(&self) -> Option<std::os::fd::OwnedFd> {
+        None
+    }
+
     /// Resource figures, where the backend has them.
     fn stats(&self, _record: &Record) -> Option<Stats> {
         None

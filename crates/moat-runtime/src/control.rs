@@ -34,6 +34,9 @@ pub enum Request {
     /// Send SIGTERM (through the supervisor, which forwards it), SIGKILL
     /// after `timeout_secs`; answer once the container has stopped.
     Stop { timeout_secs: u64 },
+    /// Send (SCM_RIGHTS) the exec channel of a container whose backend
+    /// execs through its supervisor (a micro-VM's).
+    ExecChannel,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,3 +128,85 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
 
 /// The longest request line the monitor reads.
 pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// Asks the monitor of container `id` for its exec channel (see
+/// [`Request::ExecChannel`]).
+pub fn exec_channel(
+    run_root: &Path,
+    id: &ContainerId,
+) -> Result<std::os::fd::OwnedFd, ControlError> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let path = socket_path(run_root, id);
+    let io = |source| ControlError::Io {
+        id: id.to_string(),
+        source,
+    };
+    let connect_err = |source| ControlError::Connect {
+        id: id.to_string(),
+        path: path.clone(),
+        source,
+    };
+    let dir = std::fs::File::open(run_dir(run_root, id)).map_err(connect_err)?;
+    let mut s = UnixStream::connect(short_path(&dir, SOCKET)).map_err(connect_err)?;
+    drop(dir);
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(io)?;
+    let mut line =
+        serde_json::to_vec(&Request::ExecChannel).map_err(|e| io(std::io::Error::other(e)))?;
+    line.push(b'\n');
+    s.write_all(&line).map_err(io)?;
+    let mut buf = [0u8; 4096];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = rustix::net::recvmsg(&s, &mut iov, &mut cmsg, RecvFlags::CMSG_CLOEXEC)
+        .map_err(|e| io(e.into()))?;
+    let mut fd = None;
+    for m in cmsg.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = m {
+            for f in fds {
+                fd.get_or_insert(f);
+            }
+        }
+    }
+    let answer = String::from_utf8_lossy(&buf[..msg.bytes]).into_owned();
+    let reply: Reply =
+        serde_json::from_str(answer.trim_end()).map_err(|_| ControlError::BadReply {
+            id: id.to_string(),
+            answer: answer.chars().take(200).collect(),
+        })?;
+    if let Some(message) = reply.error {
+        return Err(ControlError::Refused {
+            id: id.to_string(),
+            message,
+        });
+    }
+    fd.ok_or_else(|| ControlError::BadReply {
+        id: id.to_string(),
+        answer: "a reply without the channel".into(),
+    })
+}
+
+/// Sends `reply` with `fd` attached (SCM_RIGHTS) on `s`.
+pub fn send_with_fd(
+    s: &UnixStream,
+    reply: &Reply,
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let fds = [fd];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut cmsg = SendAncillaryBuffer::new(&mut space);
+    if !cmsg.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(std::io::Error::other("ancillary buffer too small"));
+    }
+    rustix::net::sendmsg(
+        s,
+        &[std::io::IoSlice::new(&line)],
+        &mut cmsg,
+        SendFlags::empty(),
+    )?;
+    Ok(())
+}

@@ -77,12 +77,15 @@ pub fn release_setup_pages() {
 /// The monitor's system calls, as data (DESIGN rule 9).
 pub const ALLOWLIST: &str = include_str!("../seccomp/monitor.json");
 
-/// The monitor's confinement: no capabilities (uid 0 still owns the state
-/// files it writes), `no_new_privs`, and its seccomp filter.
+/// The monitor's confinement: no capability but CAP_KILL (a micro-VM's
+/// supervisor runs as a uid of its own, which the monitor must be able to
+/// stop; uid 0 still owns the state files it writes), `no_new_privs`, and
+/// its seccomp filter.
 fn confine() -> io::Result<()> {
     let prog = moat_policy::allowlist::compile("seccomp/monitor.json", ALLOWLIST)
         .map_err(io::Error::other)?;
-    sys::drop_capabilities()?;
+    const CAP_KILL: u32 = 5;
+    sys::drop_capabilities(&[CAP_KILL])?;
     sys::install_seccomp(&prog)
 }
 
@@ -172,9 +175,10 @@ fn run_inner(
         .map_err(ioerr(id, "opening /dev/null"))?
         .into();
     let me = std::process::id() as i32;
+    let exec_channel = backend.exec_channel();
     let child = match sys::fork().map_err(ioerr(id, "forking the supervisor"))? {
         Forked::Child => {
-            drop((out_r, err_r, note_r, listener));
+            drop((out_r, err_r, note_r, listener, exec_channel));
             let _ = ready.take();
             drop(log);
             supervisor_main(cfg, backend, &spec, me, [devnull, out_w, err_w], note_w)
@@ -200,6 +204,7 @@ fn run_inner(
         waiters: Vec::new(),
         kill_at: None,
         killed_by_monitor: false,
+        exec_channel,
     };
     let exit = m.serve(cfg, &listener, &pidfd, &mut log, ready)?;
     log.flush();
@@ -346,6 +351,9 @@ struct Loop {
     waiters: Vec<UnixStream>,
     kill_at: Option<Instant>,
     killed_by_monitor: bool,
+    /// The caller's end of the supervisor's exec channel, if the backend
+    /// has one.
+    exec_channel: Option<OwnedFd>,
 }
 
 impl Loop {
@@ -468,6 +476,27 @@ impl Loop {
                     None => {}
                     Some(Err(e)) => reply(&mut c, None, Some(e)),
                     Some(Ok(Request::Wait)) => self.waiters.push(c),
+                    Some(Ok(Request::ExecChannel)) => {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_write_timeout(Some(Duration::from_secs(2)));
+                        match (&self.exec_channel, exit.is_some()) {
+                            (Some(ch), false) => {
+                                let ok = Reply {
+                                    exit_code: None,
+                                    error: None,
+                                };
+                                let _ = control::send_with_fd(&c, &ok, ch.as_fd());
+                            }
+                            (Some(_), true) => {
+                                reply(&mut c, None, Some("the container has stopped".into()))
+                            }
+                            (None, _) => reply(
+                                &mut c,
+                                None,
+                                Some("this container's backend has no exec channel".into()),
+                            ),
+                        }
+                    }
                     Some(Ok(Request::Stop { timeout_secs })) => {
                         let _ = rustix::process::pidfd_send_signal(pidfd, Signal::TERM);
                         let at = Instant::now() + Duration::from_secs(timeout_secs);

@@ -28,14 +28,15 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Gives up every capability for good: the bounding set, then the
-/// effective, permitted and inheritable sets (the uid stays).
-pub fn drop_capabilities() -> io::Result<()> {
+/// Gives up every capability but `keep` (capability numbers) for good:
+/// the bounding set, then the effective, permitted and inheritable sets
+/// (the uid stays).
+pub fn drop_capabilities(keep: &[u32]) -> io::Result<()> {
     let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40);
-    for cap in 0..=last {
+    for cap in (0..=last).filter(|c| !keep.contains(c)) {
         // SAFETY: prctl with integer arguments only.
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } < 0 {
             let e = io::Error::last_os_error();
@@ -44,13 +45,17 @@ pub fn drop_capabilities() -> io::Result<()> {
             }
         }
     }
-    let none = rustix::thread::CapabilitySet::empty();
+    let kept = keep
+        .iter()
+        .fold(rustix::thread::CapabilitySet::empty(), |set, &c| {
+            set | rustix::thread::CapabilitySet::from_bits_retain(1 << c)
+        });
     rustix::thread::set_capabilities(
         None,
         rustix::thread::CapabilitySets {
-            effective: none,
-            permitted: none,
-            inheritable: none,
+            effective: kept,
+            permitted: kept,
+            inheritable: rustix::thread::CapabilitySet::empty(),
         },
     )?;
     Ok(())

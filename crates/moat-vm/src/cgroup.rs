@@ -287,6 +287,75 @@ impl VmCgroups {
     }
 }
 
+/// Resource figures of the VM `name` (`vm-<id>`) from its cgroups: the
+/// whole micro-VM's memory (guest RAM it touched plus the VMM's own), CPU
+/// time and tasks of the VMM. `None` when the VM has no memory cgroup
+/// (it is gone).
+pub fn figures(name: &str) -> Option<(u64, Option<u64>, Option<u64>)> {
+    let mounts = Mounts::read().ok()?;
+    let read = |path: PathBuf| fs::read_to_string(path).ok();
+    let num = |path: PathBuf| read(path).and_then(|t| t.trim().parse::<u64>().ok());
+    let dir = |(v, mount): (Version, PathBuf)| (v, mount.join("moat").join(name));
+    let memory = match mounts.find("memory").map(dir)? {
+        (Version::V2, d) => num(d.join("memory.current"))?,
+        (Version::V1, d) => num(d.join("memory.usage_in_bytes"))?,
+    };
+    let cpu_usec = match mounts.find("cpu").map(dir) {
+        Some((Version::V2, d)) => read(d.join("cpu.stat")).and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|n| n.trim().parse().ok())
+        }),
+        // v1: only where the VM has a cpuacct group (a policy with `cpus`
+        // on a host that mounts cpu,cpuacct together).
+        _ => mounts
+            .find("cpuacct")
+            .map(dir)
+            .and_then(|(_, d)| num(d.join("cpuacct.usage")))
+            .map(|ns| ns / 1000),
+    };
+    let pids = mounts
+        .find("pids")
+        .map(dir)
+        .and_then(|(_, d)| num(d.join("pids.current")));
+    Some((memory, cpu_usec, pids))
+}
+
+/// Kills what is left in the cgroups of the VM `name` and removes them:
+/// what [`crate::jail`]'s cleanup watcher does, for when it did not run.
+/// Every group is derived from `name`, never read from a file.
+pub fn destroy(name: &str) {
+    let Ok(mounts) = Mounts::read() else { return };
+    let mut dirs: Vec<PathBuf> = mounts.v1.iter().map(|(m, _)| m.clone()).collect();
+    dirs.extend(mounts.v2.clone());
+    let dirs: Vec<PathBuf> = dirs
+        .into_iter()
+        .map(|m| m.join("moat").join(name))
+        .filter(|d| d.is_dir())
+        .collect();
+    for d in &dirs {
+        if d.join("cgroup.kill").exists() {
+            let _ = fs::write(d.join("cgroup.kill"), "1");
+        } else if let Ok(procs) = fs::read_to_string(d.join("cgroup.procs")) {
+            // v1 without cgroup.kill: by pid (racy; see the module docs).
+            for pid in procs
+                .lines()
+                .filter_map(|p| rustix::process::Pid::from_raw(p.trim().parse().ok()?))
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+    for d in &dirs {
+        for _ in 0..200 {
+            if fs::remove_dir(d).is_ok() || !d.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// The number of OOM kills in a memory cgroup, from the text of its
 /// `memory.events` (v2) or `memory.oom_control` (v1, Linux 4.13+): both
 /// have a line `oom_kill N`.

@@ -8,8 +8,10 @@
 //! cgroup), [`accel`] (KVM probe), [`boot`] and [`session`] (the relay).
 
 pub mod accel;
+pub mod backend;
 pub mod boot;
 pub mod cgroup;
+pub mod exec;
 pub mod hypervisor;
 pub mod initramfs;
 pub mod jail;
@@ -27,7 +29,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use moat_policy::{Plan, ProcessSpec};
+use moat_runtime::{ContainerId, ContainerName, StateError};
 
+pub use crate::backend::VmBackend;
 pub use crate::hypervisor::{Accel, Hypervisor};
 use crate::qemu::Qemu;
 
@@ -36,7 +40,7 @@ pub const DEFAULT_VCPUS: u32 = 1;
 pub const DEFAULT_MEMORY_MIB: u64 = 256;
 
 /// Everything `moat run --isolation vm` hands to the backend.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct VmRunOptions {
     pub state_root: PathBuf,
     pub run_root: PathBuf,
@@ -44,15 +48,28 @@ pub struct VmRunOptions {
     pub rootfs: PathBuf,
     /// Image ID (`sha256:<hex>` config digest): the cache key of the root disk.
     pub image_id: String,
+    /// The container's ID; `None` draws a new one.
+    pub id: Option<ContainerId>,
     pub process: ProcessSpec,
     pub plan: Plan,
     /// `kvm`, `tcg`, `auto` or `None` (= auto).
     pub accel: Option<String>,
+    /// The container's name; empty: its short ID.
     pub name: String,
     pub stop_timeout: Duration,
     /// Which threads the supervisor's own seccomp filter binds once QEMU
     /// runs: the whole process for the CLI, the calling thread when embedded.
     pub supervisor_seccomp: supervisor::Scope,
+    /// One end of a unix `SOCK_SEQPACKET` socketpair on which the
+    /// supervisor accepts exec requests while the workload runs (the
+    /// caller keeps the other end for [`exec::request`]); `None`: no exec.
+    pub control: Option<std::os::fd::OwnedFd>,
+    /// Keep the record when the VM ends (a detached container's monitor
+    /// records the exit); else the cleanup watcher removes it.
+    pub keep_record: bool,
+    /// Where to report that the guest's agent is up and has the workload
+    /// (a detached container's monitor waits for it).
+    pub started_notify: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,12 +114,14 @@ pub enum VmError {
     VmExited { status: String, console: String },
     #[error("in the guest: {message}")]
     Guest { message: String },
-    #[error("writing container state {path}")]
-    State {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Record(#[from] moat_runtime::StateError),
+    #[error("exec control socket")]
+    Exec(#[source] std::io::Error),
+    #[error("exec refused by the container's supervisor: {message}")]
+    ExecRefused { message: String },
+    #[error("the container is not running, or stopped before the exec'd process ended")]
+    ExecEnded,
 }
 
 /// Runs one container in a micro-VM; returns the workload's exit code (or 128+signal).
@@ -134,13 +153,22 @@ pub fn run_container_with(
     trace.mark("accelerator selected");
     let root = rootfs::ensure(&opts.state_root, &opts.image_id, &opts.rootfs)?;
     trace.mark("root image (EROFS + verity) ready");
-    let id = format!("{:016x}", sys::getrandom_u64());
-    let mut state = state::ContainerState::write(
+    let id = opts.id.clone().unwrap_or_else(ContainerId::generate);
+    let name = if opts.name.is_empty() {
+        id.short()
+    } else {
+        opts.name.as_str()
+    };
+    let name = ContainerName::parse(name).map_err(StateError::from)?;
+    let mut state = state::ContainerState::create(
         &opts.run_root,
-        &id,
-        &opts.name,
-        &opts.image_id,
-        &opts.process.args,
+        id.clone(),
+        name,
+        state::Fields {
+            image_id: &opts.image_id,
+            command: &opts.process.args,
+            policy_digest: &opts.plan.policy_digest,
+        },
     )?;
     trace.mark("container state written");
     let vcpus = if opts.plan.vm.vcpus == 0 {
@@ -165,7 +193,9 @@ pub fn run_container_with(
             id: &id,
             // The per-run disk of `--rootfs DIR` too: a later run's sweep
             // would find it, but the watcher removes it at once.
-            cleanup: std::iter::once(state.dir.clone())
+            cleanup: (!opts.keep_record)
+                .then(|| state.dir())
+                .into_iter()
                 .chain(root.per_run_dir())
                 .collect(),
             trace: trace.on(),
@@ -174,6 +204,7 @@ pub fn run_container_with(
     // The cleanup watcher removes the state from here on (the supervisor
     // gives up the root that removing it takes).
     state.hand_over();
+    state.running()?;
     trace.mark("jail set up, VMM spawned");
     let r = session::run(
         booted,
@@ -184,6 +215,8 @@ pub fn run_container_with(
             stdio,
             confine: opts.supervisor_seccomp,
             trace: &mut trace,
+            control: opts.control,
+            started_notify: opts.started_notify,
         },
     );
     trace.mark("VMM stopped, cgroup removed");

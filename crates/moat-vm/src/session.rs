@@ -35,6 +35,10 @@ pub struct SessionOptions<'a> {
     /// Where the supervisor's seccomp filter goes (see [`crate::supervisor`]).
     pub confine: crate::supervisor::Scope,
     pub trace: &'a mut crate::trace::Trace,
+    /// Exec requests (see [`crate::exec`]).
+    pub control: Option<OwnedFd>,
+    /// Told (one byte) once the agent has the workload.
+    pub started_notify: Option<std::sync::Arc<OwnedFd>>,
 }
 
 /// Where the workload's stdio goes on the host.
@@ -98,6 +102,7 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
     // run's session token: only an Exit or Error frame that echoes it ends
     // the session. Drawn before the filter, which allows no open.
     let session = session_token().map_err(VmError::Channel)?;
+    let mut execs = crate::exec::Execs::new(opts.control, &session);
     // Everything the relay and the teardown need is open: from here on the
     // supervisor is an unprivileged uid under its own filter.
     let uid = crate::jail::supervisor_uid(booted.vmm.uid);
@@ -149,7 +154,7 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                 console: console_text(&console, tail),
             });
         }
-        let mut fds = [
+        let mut fds = vec![
             libc::pollfd {
                 fd: sock.as_raw_fd(),
                 events: libc::POLLIN | if out.is_empty() { 0 } else { libc::POLLOUT },
@@ -174,7 +179,10 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                 revents: 0,
             },
         ];
+        let exec_base = fds.len();
+        let exec_slots = execs.poll_fds(&mut fds, started, out.len() < (1 << 20));
         sys::poll(&mut fds, 100).map_err(VmError::Channel)?;
+        execs.service(&fds[exec_base..], &exec_slots, &mut |m| queue(&mut out, m))?;
         if fds[3].revents != 0 {
             if let Ok(n) = booted.vmm.console.read(&mut buf) {
                 console.extend_from_slice(&buf[..n]);
@@ -243,6 +251,9 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
             }
             decoder.push(&buf[..n]);
             while let Some(m) = decoder.next_message().map_err(VmError::Protocol)? {
+                if execs.on_frame(&m) {
+                    continue;
+                }
                 match m {
                     Message::Hello(h) => {
                         if started {
@@ -256,6 +267,10 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                         }
                         started = true;
                         opts.trace.mark("agent said hello");
+                        if let Some(fd) = &opts.started_notify {
+                            let _ =
+                                rustix::io::write(&**fd, &[moat_runtime::monitor::ready::STARTED]);
+                        }
                         let now = std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)
                             .unwrap_or_default();

@@ -1,66 +1,103 @@
-//! `<run_root>/containers/<id>/state.json` for a running VM container, so
-//! `moat ps`, `moat kill` and `moat image rm` see it. Removed by the jail's
-//! cleanup watcher when the VM ends (however moat ended).
+//! The record of a VM container, written through the runtime core
+//! ([`moat_runtime::record`]: one shape, staged then renamed under the
+//! lock), so that `moat ps`, `moat kill` and `moat image rm` read it with
+//! the one reader. Removed by the jail's cleanup watcher when the VM ends
+//! (however moat ended).
 //!
 //! The container's "first process" on the host is its supervisor (the
 //! workload runs in the guest): `pid` and `supervisor_pid` both name it,
 //! with its start time, so that `moat kill` reaches it through a pidfd
 //! and never a reused pid. The supervisor forwards the signals it relays
 //! (see [`crate::session::FORWARDED_SIGNALS`]) to the workload.
+//!
+//! Status: `created` when written (before the boot), `running` once the
+//! VMM runs. The supervisor gives up root right after (see
+//! [`crate::supervisor`]), so it cannot write `stopped`: the record goes
+//! with the VM, removed by the cleanup watcher.
 
-use std::fs;
 use std::path::{Path, PathBuf};
+
+use moat_runtime::record::{self, Record, StateError};
+use moat_runtime::{ContainerId, ContainerName, Isolation};
 
 use crate::VmError;
 
+/// What the record says about the container, besides its identity.
+pub struct Fields<'a> {
+    pub image_id: &'a str,
+    pub command: &'a [String],
+    pub policy_digest: &'a str,
+}
+
 pub struct ContainerState {
-    pub dir: PathBuf,
-    /// Whether the jail's cleanup watcher removes `dir` (then drop does not).
+    run_root: PathBuf,
+    pub record: Record,
+    /// Whether the jail's cleanup watcher removes the record (then drop
+    /// does not).
     handed_over: bool,
 }
 
 impl ContainerState {
-    pub fn write(
+    /// Writes the record (`created`), supervised by this process, unless a
+    /// live container already has `name`.
+    pub fn create(
         run_root: &Path,
-        id: &str,
-        name: &str,
-        image_id: &str,
-        command: &[String],
+        id: ContainerId,
+        name: ContainerName,
+        fields: Fields<'_>,
     ) -> Result<ContainerState, VmError> {
-        let containers = run_root.join("containers");
-        let err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| VmError::State { path, source }
+        let _lock = record::lock(run_root)?;
+        let all = record::read_all(run_root)?;
+        if let Some(other) = all
+            .iter()
+            .find(|r| r.name == name && r.id != id && r.supervisor_alive())
+        {
+            return Err(StateError::NameInUse {
+                name: name.to_string(),
+                id: other.id.to_string(),
+            }
+            .into());
+        }
+        // A container the runtime core created (and a monitor may own)
+        // keeps its record: this run updates it.
+        let existed = all.into_iter().find(|r| r.id == id);
+        let kept = existed.is_some();
+        let mut rec = match existed {
+            Some(mut r) => {
+                r.rearm()?;
+                r.creator_pid = 0;
+                r
+            }
+            None => Record::new(id, name, Isolation::Vm, fields.image_id),
         };
-        fs::create_dir_all(&containers).map_err(err(&containers))?;
-        let dir = containers.join(id);
-        let stage = containers.join(format!(".{id}.tmp"));
-        fs::create_dir(&stage).map_err(err(&stage))?;
-        let pid = std::process::id();
-        let start = process_start_time(pid).unwrap_or(0);
-        let state = serde_json::json!({
-            "id": id,
-            "name": if name.is_empty() { id } else { name },
-            "image_id": image_id,
-            "pid": pid,
-            "pid_start_time": start,
-            "supervisor_pid": pid,
-            "supervisor_start_time": start,
-            "isolation": "vm",
-            "created": rfc3339_now(),
-            "command": command,
-        });
-        let file = stage.join("state.json");
-        fs::write(&file, serde_json::to_vec_pretty(&state).unwrap_or_default())
-            .map_err(err(&file))?;
-        fs::rename(&stage, &dir).map_err(err(&dir))?;
+        let me = std::process::id() as i32;
+        rec.command = fields.command.to_vec();
+        rec.policy_digest = fields.policy_digest.to_string();
+        rec.supervisor_pid = me;
+        rec.supervisor_start_time = record::process_start_time(me).unwrap_or(0);
+        record::write(run_root, &rec)?;
         Ok(ContainerState {
-            dir,
-            handed_over: false,
+            run_root: run_root.to_path_buf(),
+            record: rec,
+            handed_over: kept,
         })
     }
 
-    /// From now on the jail's cleanup watcher removes the state.
+    /// The record's directory (what the cleanup watcher removes).
+    pub fn dir(&self) -> PathBuf {
+        record::containers_dir(&self.run_root).join(self.record.id.as_str())
+    }
+
+    /// The VM runs: `created` becomes `running`, its first process on the
+    /// host being this supervisor.
+    pub fn running(&mut self) -> Result<(), VmError> {
+        let _lock = record::lock(&self.run_root)?;
+        self.record.started(std::process::id() as i32)?;
+        record::write(&self.run_root, &self.record)?;
+        Ok(())
+    }
+
+    /// From now on the jail's cleanup watcher removes the record.
     pub fn hand_over(&mut self) {
         self.handed_over = true;
     }
@@ -69,75 +106,70 @@ impl ContainerState {
 impl Drop for ContainerState {
     fn drop(&mut self) {
         if !self.handed_over {
-            let _ = fs::remove_dir_all(&self.dir);
+            let _lock = record::lock(&self.run_root);
+            record::remove(&self.run_root, &self.record.id);
         }
     }
 }
 
-/// Clock ticks since boot at which `pid` started (field 22 of
-/// `/proc/<pid>/stat`), the value `moat kill` checks before it signals.
-fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 2..];
-    after_comm.split(' ').nth(19)?.parse().ok()
-}
-
-/// Current UTC time as RFC 3339 (seconds precision).
-pub fn rfc3339_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    rfc3339(secs)
-}
-
-fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn records_the_supervisor_with_its_start_time() {
-        let d = tempfile::tempdir().unwrap();
-        let st = super::ContainerState::write(d.path(), "ab12", "web", "sha256:00", &["sh".into()])
-            .unwrap();
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(st.dir.join("state.json")).unwrap()).unwrap();
-        let me = u64::from(std::process::id());
-        let start = super::process_start_time(std::process::id()).unwrap();
-        assert!(start > 0);
-        assert_eq!(v["pid"], me);
-        assert_eq!(v["supervisor_pid"], me);
-        assert_eq!(v["pid_start_time"], start);
-        assert_eq!(v["supervisor_start_time"], start);
-        assert_eq!(v["isolation"], "vm");
-        assert_eq!(v["command"], serde_json::json!(["sh"]));
-        drop(st);
-        assert!(!d.path().join("containers/ab12").exists());
+    use super::*;
+
+    fn create(run: &Path, id: &str, name: &str) -> Result<ContainerState, VmError> {
+        ContainerState::create(
+            run,
+            ContainerId::parse(id).unwrap(),
+            ContainerName::parse(name).unwrap(),
+            Fields {
+                image_id: "sha256:00",
+                command: &["sh".into()],
+                policy_digest: "ab",
+            },
+        )
     }
 
     #[test]
-    fn rfc3339() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(1_764_079_200), "2025-11-25T14:00:00Z");
-        assert_eq!(super::rfc3339(951_825_600), "2000-02-29T12:00:00Z");
+    fn records_the_supervisor_through_the_core() {
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path().join("run");
+        let mut st = create(&run, "ab12ab12ab12ab12", "web").unwrap();
+        let read = || record::read_all(&run).unwrap();
+        let r = &read()[0];
+        let me = std::process::id() as i32;
+        let start = record::process_start_time(me).unwrap();
+        assert!(start > 0);
+        assert_eq!(r.status, moat_runtime::Status::Created);
+        assert_eq!(r.version, record::RECORD_VERSION);
+        assert_eq!(r.supervisor_pid, me);
+        assert_eq!(r.supervisor_start_time, start);
+        assert_eq!(r.isolation, Isolation::Vm);
+        assert_eq!(r.command, vec!["sh".to_string()]);
+        assert_eq!(r.policy_digest, "ab");
+        assert!(r.supervisor_alive());
+        st.running().unwrap();
+        let r = &read()[0];
+        assert_eq!(r.status, moat_runtime::Status::Running);
+        assert_eq!((r.pid, r.pid_start_time), (me, start));
+        assert_eq!(st.dir(), run.join("containers/ab12ab12ab12ab12"));
+
+        // A second container of the same name is refused while this one lives.
+        let e = create(&run, "cd34cd34cd34cd34", "web").err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "container name \"web\" is already in use by container ab12ab12ab12ab12; choose another --name or stop that container first (moat kill web)"
+        );
+        drop(st);
+        assert!(read().is_empty());
+        assert!(!run.join("containers/ab12ab12ab12ab12").exists());
+    }
+
+    #[test]
+    fn a_handed_over_record_stays_for_the_watcher() {
+        let d = tempfile::tempdir().unwrap();
+        let mut st = create(d.path(), "ef56ef56ef56ef56", "db").unwrap();
+        st.hand_over();
+        drop(st);
+        assert_eq!(record::read_all(d.path()).unwrap().len(), 1);
     }
 }

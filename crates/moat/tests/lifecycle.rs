@@ -125,13 +125,13 @@ fn a_detached_container_lives_logs_stops_starts_and_is_removed() {
     let pid = c["State"]["Pid"].as_i64().unwrap();
     assert!(alive(monitor) && alive(pid));
     assert!(ok(&env, &["ps"]).contains("svc"));
-    // DESIGN rule 9: the monitor runs without capabilities, with
+    // DESIGN rule 9: the monitor runs with no capability but CAP_KILL, with
     // no_new_privs and its own seccomp filter.
     let st = std::fs::read_to_string(format!("/proc/{monitor}/status")).unwrap();
     for want in [
-        "CapEff:\t0000000000000000",
-        "CapPrm:\t0000000000000000",
-        "CapBnd:\t0000000000000000",
+        "CapEff:\t0000000000000020",
+        "CapPrm:\t0000000000000020",
+        "CapBnd:\t0000000000000020",
         "NoNewPrivs:\t1",
         "Seccomp:\t2",
     ] {

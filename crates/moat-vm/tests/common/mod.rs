@@ -175,12 +175,16 @@ pub fn options(f: &Fixture, process: ProcessSpec) -> moat_vm::VmRunOptions {
         run_root: f.state.join("run"),
         rootfs: f.rootfs.clone(),
         image_id: f.image_id.clone(),
+        id: None,
         process,
         plan: plan(),
         accel: Some(std::env::var("MOAT_TEST_ACCEL").unwrap_or_else(|_| "tcg".into())),
         name: "test".into(),
         stop_timeout: std::time::Duration::from_secs(10),
         supervisor_seccomp: moat_vm::supervisor::Scope::Thread,
+        control: None,
+        keep_record: false,
+        started_notify: None,
     }
 }
 

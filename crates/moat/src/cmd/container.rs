@@ -86,10 +86,10 @@ pub struct MonitorArgs {
 }
 
 /// The backend that holds containers of `isolation`.
-pub fn backend_for(isolation: Isolation) -> Box<dyn Backend> {
+pub fn backend_for(global: &GlobalArgs, isolation: Isolation) -> Box<dyn Backend> {
     match isolation {
         Isolation::Sandbox => Box::new(moat_sandbox::SandboxBackend),
-        Isolation::Vm => Box::new(VmPending),
+        Isolation::Vm => Box::new(moat_vm::VmBackend::new(global.root.clone())),
     }
 }
 
@@ -97,7 +97,7 @@ pub fn backend_for(isolation: Isolation) -> Box<dyn Backend> {
 /// `moat_runtime::record::reap_stale`).
 pub fn reap(global: &GlobalArgs) -> anyhow::Result<()> {
     let root = global.records_root();
-    moat_runtime::record::reap_stale(&root, &mut |r| backend_for(r.isolation).cleanup(r))?;
+    moat_runtime::record::reap_stale(&root, &mut |r| backend_for(global, r.isolation).cleanup(r))?;
     Ok(())
 }
 
@@ -194,7 +194,18 @@ pub fn monitor(global: &GlobalArgs, args: MonitorArgs) -> anyhow::Result<ExitCod
         log_max_bytes: moat_runtime::logs::DEFAULT_MAX_BYTES,
         confine: true,
     };
-    let backend = backend_for(rec.isolation);
+    let backend: Box<dyn Backend> = match rec.isolation {
+        Isolation::Sandbox => Box::new(moat_sandbox::SandboxBackend),
+        Isolation::Vm => {
+            let spec = moat_runtime::spec::read(&root, &rec.id)?;
+            let mut vm = moat_vm::VmBackend::new(global.root.clone());
+            vm.accel = spec.accel;
+            // The monitor has no terminal; moat's notices are not the
+            // workload's output.
+            vm.notice = Box::new(|_| {});
+            Box::new(vm)
+        }
+    };
     let code = moat_runtime::monitor::run(&cfg, backend.as_ref(), Some(ready))?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
@@ -362,10 +373,9 @@ pub fn rm(global: &GlobalArgs, args: RmArgs) -> anyhow::Result<ExitCode> {
         }
         found.push((key, r));
     }
-    let root = global.records_root();
     for (key, r) in found {
         stop_one(global, &r, 0)?;
-        remove(&root, &global.run_root(), &r)?;
+        remove(global, &r)?;
         outln!("{key}");
     }
     Ok(ExitCode::SUCCESS)
@@ -373,14 +383,15 @@ pub fn rm(global: &GlobalArgs, args: RmArgs) -> anyhow::Result<ExitCode> {
 
 /// Removes a stopped container: what its backend left, its record, spec
 /// and logs, its run directory.
-fn remove(root: &Path, run_root: &Path, r: &Record) -> anyhow::Result<()> {
+fn remove(global: &GlobalArgs, r: &Record) -> anyhow::Result<()> {
+    let (root, run_root) = (&global.records_root(), &global.run_root());
     let _lock = record::lock(root)?;
     // Read again under the lock: started again meanwhile?
     if let Some(now) = record::read_all(root)?.into_iter().find(|x| x.id == r.id) {
         if now.owned() {
             bail!("container {} was started again while being removed", r.name);
         }
-        backend_for(now.isolation).cleanup(&now);
+        backend_for(global, now.isolation).cleanup(&now);
         record::remove(root, &now.id);
     }
     let _ = std::fs::remove_dir_all(control::run_dir(run_root, &r.id));
@@ -414,35 +425,5 @@ pub fn status_text(r: &Record) -> String {
             (None, Some(_)) => "Exited (unknown)".into(),
             (None, None) => "Exited".into(),
         },
-    }
-}
-
-/// Until the vm backend implements the trait: micro-VM containers run in
-/// the foreground only.
-struct VmPending;
-
-impl Backend for VmPending {
-    fn isolation(&self) -> Isolation {
-        Isolation::Vm
-    }
-    fn run_attached(
-        &self,
-        _c: &moat_runtime::backend::Container,
-    ) -> Result<i32, moat_runtime::backend::BackendError> {
-        Err(moat_runtime::backend::BackendError {
-            exit_code: 125,
-            error: "detached micro-VM containers are not supported yet; run it in the foreground"
-                .into(),
-        })
-    }
-    fn signal(&self, r: &Record, sig: i32) -> Result<(), moat_runtime::backend::BackendError> {
-        moat_sandbox::signal_container(r, sig).map_err(|e| moat_runtime::backend::BackendError {
-            exit_code: 125,
-            error: Box::new(e),
-        })
-    }
-    fn delete(&self, root: &Path, r: &Record) -> Result<(), moat_runtime::backend::BackendError> {
-        record::remove(root, &r.id);
-        Ok(())
     }
 }

@@ -194,7 +194,7 @@ fn sample(
     Ok(chosen
         .iter()
         .map(|r| {
-            let s = crate::cmd::container::backend_for(r.isolation)
+            let s = crate::cmd::container::backend_for(global, r.isolation)
                 .stats(r)
                 .unwrap_or_default();
             let before = last

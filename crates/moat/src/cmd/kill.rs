@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::bail;
-use moat_runtime::record;
+use moat_runtime::{record, Backend};
 
 use crate::global::GlobalArgs;
 
@@ -47,6 +47,11 @@ pub fn run(global: &GlobalArgs, cmd: KillArgs) -> anyhow::Result<ExitCode> {
             cmd.signal
         );
     }
-    moat_sandbox::signal_container(st, sig)?;
+    // Through the backend that holds the container.
+    let r = match st.isolation {
+        moat_runtime::Isolation::Vm => moat_vm::VmBackend::new(global.root.clone()).signal(st, sig),
+        _ => moat_sandbox::SandboxBackend.signal(st, sig),
+    };
+    r.map_err(anyhow::Error::from)?;
     Ok(ExitCode::SUCCESS)
 }

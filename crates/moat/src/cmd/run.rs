@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use moat_policy::rbac::Request;
-use moat_policy::{Plan, ProcessSpec};
 
 use crate::global::GlobalArgs;
 
@@ -130,17 +129,6 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let stop_timeout = Duration::from_secs(args.stop_timeout);
-    if ready.isolation == moat_runtime::Isolation::Vm && !args.detach {
-        return run_vm(
-            global,
-            &args,
-            ready.image,
-            ready.process,
-            ready.plan,
-            ready.name.to_string(),
-            stop_timeout,
-        );
-    }
     let root = global.records_root();
     let spec = container_spec(&args, &steps, ready, stop_timeout);
     moat_runtime::spec::create(&root, &spec, true)?;
@@ -156,6 +144,16 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         .audit_denied
         .then(crate::cmd::denials::Watch::start);
     let container = spec.container(&root);
+    if spec.isolation == moat_runtime::Isolation::Vm {
+        // A micro-VM's supervisor gives up root once QEMU runs, and its
+        // cleanup watcher removes the record when the VM ends: a VM run in
+        // the foreground is always removed (as with --rm).
+        let code = run_vm(global, &args, &container);
+        if let Ok(_lock) = moat_runtime::record::lock(&root) {
+            moat_runtime::record::remove(&root, &spec.id);
+        }
+        return code;
+    }
     let result = moat_sandbox::SandboxBackend.run_attached(&container);
     if args.rm {
         let _lock = moat_runtime::record::lock(&root)?;
@@ -378,44 +376,31 @@ fn process_args(args: &RunArgs) -> moat_runtime::process::ProcessArgs {
     }
 }
 
-/// The vm backend (moat-vm). Kept to one call so the merge is one line.
+/// The vm backend (moat-vm) through the backend trait.
 fn run_vm(
     global: &GlobalArgs,
     args: &RunArgs,
-    image: ResolvedImage,
-    process: ProcessSpec,
-    plan: Plan,
-    name: String,
-    stop_timeout: Duration,
+    container: &moat_runtime::backend::Container,
 ) -> anyhow::Result<ExitCode> {
-    let opts = moat_vm::VmRunOptions {
-        state_root: global.root.clone(),
-        run_root: global.run_root(),
-        rootfs: image.rootfs,
-        image_id: image.image_id,
-        process,
-        plan,
-        accel: args.accel.map(|a| match a {
-            Accel::Kvm => "kvm".to_string(),
-            Accel::Tcg => "tcg".to_string(),
-        }),
-        name,
-        stop_timeout,
-        supervisor_seccomp: moat_vm::supervisor::Scope::Process,
-    };
     // The VM's notices may quote the guest (its console, the agent's
     // messages): escaped like every other untrusted text.
     let quiet = args.quiet;
-    let notice = &mut |n: &str| {
+    let mut vm = moat_vm::VmBackend::new(global.root.clone());
+    vm.accel = args.accel.map(|a| match a {
+        Accel::Kvm => "kvm".to_string(),
+        Accel::Tcg => "tcg".to_string(),
+    });
+    vm.notice = Box::new(move |n: &str| {
         if !quiet {
             errln!("{n}");
         }
-    };
-    match moat_vm::run_container_with(opts, moat_vm::session::Stdio::inherit(), notice) {
+    });
+    match vm.run_attached(container) {
         Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
         Err(e) => {
+            let code = e.exit_code;
             errln!("moat: error: {:#}", anyhow::Error::from(e));
-            Ok(ExitCode::from(125))
+            Ok(ExitCode::from(code))
         }
     }
 }
@@ -509,7 +494,7 @@ fn merge_process(
     args: &RunArgs,
     hostname: &str,
     rootfs: &Path,
-) -> anyhow::Result<ProcessSpec> {
+) -> anyhow::Result<moat_policy::ProcessSpec> {
     moat_runtime::process::merge_process(image, &process_args(args), hostname, |user| {
         let id = moat_sandbox::user::resolve(rootfs, user)?;
         Ok((id.uid, id.gid, id.additional_gids))

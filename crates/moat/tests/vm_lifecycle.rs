@@ -1,0 +1,263 @@
+//! Detached micro-VM containers (issue 13): `run -d`, logs, `exec` through
+//! the monitor and the guest agent, stop, `kill -9` of the monitor, and ten
+//! VMs started at once. Skips with `SKIP:` when QEMU or the guest kernel is
+//! absent. Runs on TCG here.
+
+#[path = "sandbox_common/mod.rs"]
+mod common;
+#[path = "../../moat-vm/tests/common/host.rs"]
+mod vm_host;
+
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{can_sandbox, stderr, stdout, Env};
+use vm_host::{jailed_processes, vm_cgroups, vm_lock};
+
+fn vm_ready(env: &Env, test: &str) -> bool {
+    if !can_sandbox(test) {
+        return false;
+    }
+    if !std::path::Path::new("/usr/bin/qemu-system-x86_64").is_file() {
+        println!("SKIP: {test}: qemu-system-x86_64 is not installed");
+        return false;
+    }
+    let k = env.moat(&["kernel", "path"]).output().unwrap();
+    if !k.status.success() {
+        println!(
+            "SKIP: {test}: guest kernel not built: {}",
+            stderr(&k).trim()
+        );
+        return false;
+    }
+    true
+}
+
+fn moat(env: &Env, args: &[&str]) -> Output {
+    env.moat(args).output().unwrap()
+}
+
+fn ok(env: &Env, args: &[&str]) -> String {
+    let o = moat(env, args);
+    assert!(
+        o.status.success(),
+        "moat {args:?}: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+/// Imports the test image; returns a policy that allows exec.
+fn setup(env: &Env) -> String {
+    let archive = env.dir.path().join("busybox.oci.tar");
+    ok(env, &["dev", "test-image", "-o", archive.to_str().unwrap()]);
+    ok(env, &["image", "import", archive.to_str().unwrap()]);
+    let p = env.dir.path().join("exec.yaml");
+    std::fs::write(
+        &p,
+        "apiVersion: moat.dev/v1\nkind: Policy\nmetadata:\n  name: vm-exec\nspec:\n  extends: baseline\n  exec: true\n  resources:\n    memory: 192Mi\n",
+    )
+    .unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// Removes the named containers however the test ends.
+struct Cleanup<'a>(&'a Env, Vec<String>);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let mut args = vec!["rm", "-f"];
+        args.extend(self.1.iter().map(String::as_str));
+        let _ = self.0.moat(&args).output();
+    }
+}
+
+fn inspect(env: &Env, name: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&ok(env, &["inspect", name])).unwrap();
+    v[0].clone()
+}
+
+fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Nothing of any VM is left on the host.
+fn nothing_left() {
+    wait_for("QEMU and its cgroups to go", 60, || {
+        jailed_processes().is_empty() && vm_cgroups().is_empty()
+    });
+}
+
+#[test]
+fn a_detached_micro_vm_logs_execs_stops_and_dies_with_its_monitor() {
+    let env = Env::new();
+    if !vm_ready(
+        &env,
+        "a_detached_micro_vm_logs_execs_stops_and_dies_with_its_monitor",
+    ) {
+        return;
+    }
+    let _l = vm_lock();
+    let policy = setup(&env);
+    let _cleanup = Cleanup(&env, vec!["v".into()]);
+    let vm_run = |name: &str, cmd: &[&str]| {
+        let mut args = vec![
+            "run",
+            "-d",
+            "-q",
+            "--isolation",
+            "vm",
+            "--accel",
+            "tcg",
+            "--policy",
+            &policy,
+            "--name",
+            name,
+            "busybox",
+        ];
+        args.extend(cmd);
+        ok(&env, &args)
+    };
+    let id = vm_run(
+        "v",
+        &[
+            "sh",
+            "-c",
+            "trap 'echo bye; exit 4' TERM; echo up; while true; do sleep 0.2; done",
+        ],
+    );
+    assert_eq!(id.trim().len(), 64);
+    let c = inspect(&env, "v");
+    assert_eq!(c["Isolation"], "vm");
+    assert_eq!(c["State"]["Status"], "running", "{c}");
+    wait_for("the guest's output in the log", 120, || {
+        stdout(&moat(&env, &["logs", "v"])) == "up\n"
+    });
+
+    // exec goes through the agent, under the container's plan.
+    let o = moat(
+        &env,
+        &[
+            "exec",
+            "-u",
+            "1000:1000",
+            "-w",
+            "/tmp",
+            "v",
+            "sh",
+            "-c",
+            "id -u; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; exit 3",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "1000\nNoNewPrivs:\t1\nSeccomp:\t2\n");
+    assert_eq!(
+        moat(&env, &["exec", "v", "nosuch"]).status.code(),
+        Some(127)
+    );
+
+    // stop: SIGTERM reaches the guest's workload; the record keeps its exit.
+    assert_eq!(ok(&env, &["stop", "-t", "30", "v"]).trim(), "v");
+    let c = inspect(&env, "v");
+    assert_eq!(c["State"]["Status"], "stopped", "{c}");
+    assert_eq!(c["State"]["ExitCode"], 4, "{c}");
+    assert!(ok(&env, &["logs", "v"]).contains("bye"));
+    nothing_left();
+    let o = moat(&env, &["exec", "v", "true"]);
+    assert!(stderr(&o).contains("is not running"), "{}", stderr(&o));
+
+    // kill -9 of the monitor ends the VM; the record says so.
+    ok(&env, &["start", "v"]);
+    let c = inspect(&env, "v");
+    let monitor = c["State"]["MonitorPid"].as_i64().unwrap();
+    assert!(alive(monitor));
+    assert!(!jailed_processes().is_empty());
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &monitor.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    nothing_left();
+    let c = inspect(&env, "v");
+    assert_eq!(c["State"]["Status"], "stopped", "{c}");
+    assert!(
+        c["State"]["Error"]
+            .as_str()
+            .unwrap()
+            .contains("monitor died"),
+        "{c}"
+    );
+    ok(&env, &["rm", "v"]);
+    assert_eq!(ok(&env, &["ps", "-a", "--format", "json"]).trim(), "[]");
+}
+
+#[test]
+fn ten_micro_vms_start_at_once_and_are_removed_cleanly() {
+    let env = Env::new();
+    if !vm_ready(&env, "ten_micro_vms_start_at_once_and_are_removed_cleanly") {
+        return;
+    }
+    let _l = vm_lock();
+    let policy = setup(&env);
+    let _cleanup = Cleanup(&env, (0..10).map(|i| format!("v{i}")).collect());
+    let children: Vec<_> = (0..10)
+        .map(|i| {
+            env.moat(&[
+                "run",
+                "-d",
+                "-q",
+                "--isolation",
+                "vm",
+                "--accel",
+                "tcg",
+                "--policy",
+                &policy,
+                "--name",
+                &format!("v{i}"),
+                "busybox",
+                "sleep",
+                "1000",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        ids.insert(stdout(&o).trim().to_string());
+    }
+    assert_eq!(ids.len(), 10);
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&env, &["ps", "--format", "json"])).unwrap();
+    let all = v.as_array().unwrap();
+    assert_eq!(all.len(), 10);
+    assert!(
+        all.iter()
+            .all(|c| c["isolation"] == "vm" && c["status"] == "running"),
+        "{v}"
+    );
+    let names: std::collections::BTreeSet<String> = all
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 10);
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(names.iter().map(String::as_str));
+    ok(&env, &rm);
+    assert_eq!(ok(&env, &["ps", "-a", "--format", "json"]).trim(), "[]");
+    nothing_left();
+}
