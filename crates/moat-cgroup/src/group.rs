@@ -153,9 +153,6 @@ impl Cgroup {
                 v2_wanted.push(c);
             }
         }
-        if let Some(v2) = h.v2() {
-            self.unified = Some(self.make(v2, Version::V2, &v2_wanted)?);
-        }
         if let Some((v, mount)) = h.find("memory") {
             let dir = self.make(mount, v, &v2_wanted)?;
             if let Some(m) = limits.memory_bytes {
@@ -196,10 +193,14 @@ impl Cgroup {
             }
             self.cpu = Some((v, dir));
         }
-        if self.unified.is_none() {
+        if h.v2().is_none() {
             if let Some((Version::V1, mount)) = h.find("cpuacct") {
                 self.cpuacct = Some(self.make(mount, Version::V1, &v2_wanted)?);
             }
+        }
+        // Last, so that the controllers' groups come first in `paths`.
+        if let Some(v2) = h.v2() {
+            self.unified = Some(self.make(v2, Version::V2, &v2_wanted)?);
         }
         let v2_freezes = self
             .unified
@@ -237,13 +238,20 @@ impl Cgroup {
         Ok(dir)
     }
 
-    /// The container's groups that exist in `h` under `name`, `None` if
-    /// there are none.
+    /// The container's groups that exist in `h` under `name` (in the
+    /// order [`Cgroup::create`] makes them, then any other hierarchy's),
+    /// `None` if there are none.
     pub fn open(h: &Hierarchies, name: &Name) -> Option<Cgroup> {
         let mut cg = Cgroup::empty(h, name);
         let at = |mount: &Path| Some(mount.join("moat").join(name.as_str())).filter(|d| d.is_dir());
-        for (v, mount) in h.mounts() {
-            if let Some(d) = at(mount) {
+        let order = ["memory", "pids", "cpu", "cpuacct"]
+            .iter()
+            .filter_map(|c| h.find(c))
+            .chain(h.v2().map(|p| (Version::V2, p)))
+            .chain(h.find("freezer"))
+            .chain(h.mounts());
+        for (v, mount) in order {
+            if let Some(d) = at(mount).filter(|d| !cg.dirs.iter().any(|(_, x)| x == d)) {
                 cg.dirs.push((v, d));
             }
         }

@@ -33,7 +33,9 @@ pub enum CgroupError {
         "invalid container ID {0:?} for a cgroup name: expected 16 to 64 lowercase hex digits"
     )]
     InvalidId(String),
-    #[error("the policy sets a {controller} limit but no cgroup hierarchy (v1 or v2) offers the {controller} controller; enable it (mount it on v1, or add it to cgroup.subtree_control on v2) or remove the limit")]
+    #[error("invalid cgroup name {0:?}: expected a container ID or vm-<container ID>")]
+    InvalidName(String),
+    #[error("no cgroup hierarchy (v1 or v2) offers the {controller} controller, which the {controller} limit needs; enable it (mount it on v1, or add it to cgroup.subtree_control on v2), or remove the limit from the policy")]
     ControllerMissing { controller: &'static str },
     #[error("cannot create cgroup {path}")]
     Create {
@@ -91,6 +93,14 @@ impl Name {
     /// `vm-<id>`: the cgroup of a VM container's VMM.
     pub fn vm(id: &str) -> Result<Name, CgroupError> {
         Name::sandbox(id).map(|n| Name(format!("vm-{}", n.0)))
+    }
+
+    /// A name of either shape, as [`Name::sandbox`] or [`Name::vm`] made it.
+    pub fn parse(s: &str) -> Result<Name, CgroupError> {
+        match Name::is_valid(s) {
+            true => Ok(Name(s.to_string())),
+            false => Err(CgroupError::InvalidName(s.to_string())),
+        }
     }
 
     /// Both names container `id` may have.
@@ -165,6 +175,14 @@ mod tests {
             );
         }
         assert!(Name::is_valid("vm-0123456789abcdef"));
+        assert_eq!(
+            Name::parse("vm-0123456789abcdef").unwrap(),
+            Name::vm(id).unwrap()
+        );
+        assert_eq!(
+            Name::parse("vm-x").unwrap_err().to_string(),
+            "invalid cgroup name \"vm-x\": expected a container ID or vm-<container ID>"
+        );
         assert!(!Name::is_valid("vm-../x"));
         assert!(stats_for("../../x").is_none());
         assert!(cleanup("..").is_err());

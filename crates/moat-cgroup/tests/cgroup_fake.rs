@@ -136,7 +136,7 @@ fn a_limit_without_its_controller_is_refused_with_the_remedy() {
     .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "the policy sets a cpu limit but no cgroup hierarchy (v1 or v2) offers the cpu controller; enable it (mount it on v1, or add it to cgroup.subtree_control on v2) or remove the limit"
+        "no cgroup hierarchy (v1 or v2) offers the cpu controller, which the cpu limit needs; enable it (mount it on v1, or add it to cgroup.subtree_control on v2), or remove the limit from the policy"
     );
     assert!(!root.join("moat").exists(), "nothing created");
 }
@@ -254,8 +254,8 @@ fn hybrid_puts_controllers_on_v1_and_kill_and_freeze_on_whatever_exists() {
     let at = |h: &str| tmp.path().join(h).join("moat").join(format!("vm-{ID}"));
     assert_eq!(
         cg.paths(),
-        vec![at("v2"), at("memory"), at("pids"), at("cpu,cpuacct"), at("freezer")],
-        "the unified group, one per controller, and the v1 freezer (this unified group cannot freeze)"
+        vec![at("memory"), at("pids"), at("cpu,cpuacct"), at("v2"), at("freezer")],
+        "one group per controller, the unified group, and the v1 freezer (this unified group cannot freeze)"
     );
     // The unified hierarchy offers none of them: nothing enabled there.
     assert_eq!(read(root.join("cgroup.subtree_control")), "");
@@ -332,7 +332,7 @@ fn pure_v1_takes_cpu_time_from_cpuacct() {
         Cgroup::create(&h, &Name::sandbox(ID).unwrap(), &limits(None, Some(1), None))
             .unwrap_err()
             .to_string(),
-        "the policy sets a pids limit but no cgroup hierarchy (v1 or v2) offers the pids controller; enable it (mount it on v1, or add it to cgroup.subtree_control on v2) or remove the limit"
+        "no cgroup hierarchy (v1 or v2) offers the pids controller, which the pids limit needs; enable it (mount it on v1, or add it to cgroup.subtree_control on v2), or remove the limit from the policy"
     );
 }
 

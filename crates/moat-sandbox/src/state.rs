@@ -56,7 +56,9 @@ pub fn cleanup_stale(run_root: &Path) -> Result<Vec<String>, StateError> {
 /// (PR_SET_PDEATHSIG) or are killed through those cgroups; no pid or path
 /// from the file is used.
 pub(crate) fn destroy(run_root: &Path, id: &ContainerId) {
-    crate::cgroup::destroy(id);
+    // Best effort: a group that cannot be removed now is retried by the
+    // next cleanup, which derives it from the same ID.
+    let _ = moat_cgroup::cleanup(id.as_str());
     moat_runtime::record::remove(run_root, id);
 }
 
