@@ -9,7 +9,6 @@
 
 pub mod accel;
 pub mod boot;
-pub mod cgroup;
 pub mod hypervisor;
 pub mod initramfs;
 pub mod jail;
