@@ -49,7 +49,7 @@ impl Cgroup {
     /// Kills every process of the container and waits until all are gone
     /// (see the module's notes for how).
     pub fn kill_all(&self) -> Result<(), CgroupError> {
-        if kill_dirs(&self.paths(), self.name.as_str(), self.patience) {
+        if kill_dirs(&self.paths(), self.name.as_str(), self.patience, true) {
             return Ok(());
         }
         let path = self
@@ -105,12 +105,17 @@ pub fn kill_all(dirs: &[PathBuf]) -> bool {
     else {
         return true;
     };
-    kill_dirs(dirs, name, Duration::from_secs(5))
+    kill_dirs(dirs, name, Duration::from_secs(5), true)
 }
 
-fn kill_dirs(dirs: &[PathBuf], name: &str, patience: Duration) -> bool {
+/// `cgroup_kill: false` skips `cgroup.kill` (a test of the freeze path on
+/// a kernel that has it).
+fn kill_dirs(dirs: &[PathBuf], name: &str, patience: Duration, cgroup_kill: bool) -> bool {
     let deadline = Instant::now() + patience;
-    if let Some(d) = dirs.iter().find(|d| d.join("cgroup.kill").exists()) {
+    let kill_file = dirs
+        .iter()
+        .find(|d| cgroup_kill && d.join("cgroup.kill").exists());
+    if let Some(d) = kill_file {
         if write(&d.join("cgroup.kill"), "1").is_ok() {
             return wait_empty(dirs, deadline);
         }
@@ -256,4 +261,58 @@ pub fn confined(dir: &Path) -> Option<PathBuf> {
         .mounts()
         .any(|(_, m)| fs::canonicalize(m).ok().as_deref() == Some(mount));
     inside.then_some(real)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Command, Stdio};
+
+    use moat_policy::plan::CgroupLimits;
+
+    use super::*;
+
+    /// The fallback for kernels without `cgroup.kill` (5.2 to 5.13), run
+    /// for real on this host's unified hierarchy: freeze through
+    /// `cgroup.freeze`, SIGKILL through pidfds, thaw. Needs root and a
+    /// cgroup2 mount; skipped otherwise.
+    #[test]
+    fn without_cgroup_kill_the_v2_freezer_path_empties_a_forking_group() {
+        let host = Hierarchies::host().unwrap();
+        let Some(v2) = host.v2().filter(|_| rustix::process::geteuid().is_root()) else {
+            eprintln!("skipped: needs root and a cgroup2 mount");
+            return;
+        };
+        let h = Hierarchies::new(Some(v2.to_path_buf()), Vec::new());
+        let id = format!("{:016x}", u64::from(std::process::id()) * 7 + 0xc0de);
+        let cg =
+            Cgroup::create(&h, &Name::sandbox(&id).unwrap(), &CgroupLimits::default()).unwrap();
+        let dir = v2.join("moat").join(&id);
+        if !dir.join("cgroup.freeze").exists() {
+            eprintln!("skipped: no cgroup.freeze (Linux < 5.2)");
+            cg.remove().unwrap();
+            return;
+        }
+        let mut bystander = Command::new("sleep").arg("600").spawn().unwrap();
+        let mut bomb = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs || exit 1; while :; do (sleep 600 &); sleep 0.01; done",
+                dir.display()
+            ))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(members(&cg.paths()).len() > 3, "the shell did not fork");
+        let emptied = kill_dirs(&cg.paths(), &id, Duration::from_secs(5), false);
+        let left = members(&cg.paths());
+        let _ = bomb.wait();
+        let bystander_alive = matches!(bystander.try_wait(), Ok(None));
+        let _ = bystander.kill();
+        let _ = bystander.wait();
+        let thawed = !cg.is_frozen();
+        cg.remove().unwrap();
+        assert_eq!((emptied, left, thawed), (true, vec![], true));
+        assert!(bystander_alive, "a process outside the group was killed");
+    }
 }
