@@ -35,7 +35,7 @@ pub enum CgroupError {
     InvalidId(String),
     #[error("invalid cgroup name {0:?}: expected a container ID or vm-<container ID>")]
     InvalidName(String),
-    #[error("no cgroup hierarchy (v1 or v2) offers the {controller} controller, which the {controller} limit needs; enable it (mount it on v1, or add it to cgroup.subtree_control on v2), or remove the limit from the policy")]
+    #[error("no cgroup hierarchy (v1 or v2) offers the {controller} controller, which the {controller} limit needs; enable it (mount it on v1, or add it to cgroup.subtree_control on v2), or remove the limit from the policy if it sets one")]
     ControllerMissing { controller: &'static str },
     #[error("cannot create cgroup {path}")]
     Create {

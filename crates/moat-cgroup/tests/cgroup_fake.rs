@@ -136,7 +136,7 @@ fn a_limit_without_its_controller_is_refused_with_the_remedy() {
     .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "no cgroup hierarchy (v1 or v2) offers the cpu controller, which the cpu limit needs; enable it (mount it on v1, or add it to cgroup.subtree_control on v2), or remove the limit from the policy"
+        "no cgroup hierarchy (v1 or v2) offers the cpu controller, which the cpu limit needs; enable it (mount it on v1, or add it to cgroup.subtree_control on v2), or remove the limit from the policy if it sets one"
     );
     assert!(!root.join("moat").exists(), "nothing created");
 }
@@ -332,7 +332,7 @@ fn pure_v1_takes_cpu_time_from_cpuacct() {
         Cgroup::create(&h, &Name::sandbox(ID).unwrap(), &limits(None, Some(1), None))
             .unwrap_err()
             .to_string(),
-        "no cgroup hierarchy (v1 or v2) offers the pids controller, which the pids limit needs; enable it (mount it on v1, or add it to cgroup.subtree_control on v2), or remove the limit from the policy"
+        "no cgroup hierarchy (v1 or v2) offers the pids controller, which the pids limit needs; enable it (mount it on v1, or add it to cgroup.subtree_control on v2), or remove the limit from the policy if it sets one"
     );
 }
 
