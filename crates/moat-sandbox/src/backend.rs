@@ -56,11 +56,6 @@ impl Backend for SandboxBackend {
     }
 
     fn stats(&self, record: &Record) -> Option<moat_runtime::backend::Stats> {
-        let s = moat_cgroup::stats_for(record.id.as_str())?;
-        Some(moat_runtime::backend::Stats {
-            memory_bytes: s.memory_bytes,
-            cpu_usec: s.cpu_usec,
-            pids: s.pids,
-        })
+        crate::cgroup::stats(&record.id)
     }
 }

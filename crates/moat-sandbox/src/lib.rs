@@ -9,6 +9,7 @@
 //! container's PID namespace. No moat process is visible inside.
 
 mod backend;
+pub mod cgroup;
 mod child;
 pub mod idmap;
 mod mounts;
@@ -27,11 +28,9 @@ use moat_policy::{Plan, ProcessSpec};
 use serde::{Deserialize, Serialize};
 
 pub use crate::backend::SandboxBackend;
+pub use crate::cgroup::CgroupError;
 pub use crate::idmap::IdMap;
 pub use crate::state::{ContainerState, StateError};
-/// The cgroup layer ([`moat_cgroup`]), under its former path here.
-pub use moat_cgroup as cgroup;
-pub use moat_cgroup::CgroupError;
 
 /// Everything [`run`] needs to start one container.
 #[derive(Debug, Clone)]

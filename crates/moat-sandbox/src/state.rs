@@ -56,9 +56,7 @@ pub fn cleanup_stale(run_root: &Path) -> Result<Vec<String>, StateError> {
 /// (PR_SET_PDEATHSIG) or are killed through those cgroups; no pid or path
 /// from the file is used.
 pub(crate) fn destroy(run_root: &Path, id: &ContainerId) {
-    // Best effort: a group that cannot be removed now is retried by the
-    // next cleanup, which derives it from the same ID.
-    let _ = moat_cgroup::cleanup(id.as_str());
+    crate::cgroup::destroy(id);
     moat_runtime::record::remove(run_root, id);
 }
 

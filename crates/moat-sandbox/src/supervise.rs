@@ -9,11 +9,11 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::Instant;
 
+use crate::cgroup::Cgroup;
 use crate::child::{self, ChildFds, ChildSetup};
 use crate::state::{self, ContainerState, StateError};
 use crate::sys::{self, Exit, Forked, SigSet};
 use crate::{ChildError, SandboxConfig, SandboxError};
-use moat_cgroup::{Cgroup, Hierarchies, Name};
 use moat_runtime::Isolation;
 
 const FORWARDED: [i32; 5] = [
@@ -81,11 +81,7 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
                 what: "a user-namespace owner uid (all are in use by running containers)".into(),
                 source: std::io::Error::from_raw_os_error(libc::EAGAIN),
             })?;
-        let cgroups = Cgroup::create(
-            &Hierarchies::host()?,
-            &Name::sandbox(&cfg.id)?,
-            &cfg.plan.cgroup,
-        )?;
+        let cgroups = crate::cgroup::create(&cfg.id, &cfg.plan.cgroup)?;
         let me = std::process::id() as i32;
         let mut st = ContainerState::new(id, name, Isolation::Sandbox, &cfg.image_id);
         st.command = cfg.process.args.clone();
