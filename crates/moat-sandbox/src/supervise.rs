@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::Instant;
 
-use crate::cgroup::Cgroup;
+use crate::cgroup::Cgroups;
 use crate::child::{self, ChildFds, ChildSetup};
 use crate::state::{self, ContainerState, StateError};
 use crate::sys::{self, Exit, Forked, SigSet};
@@ -39,13 +39,12 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
 /// Everything that must be undone when the container ends.
 struct Cleanup<'a> {
     cfg: &'a SandboxConfig,
-    cgroups: Cgroup,
+    cgroups: Cgroups,
 }
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
-        // Best effort: what is left is removed by the next cleanup by ID.
-        let _ = self.cgroups.remove();
+        self.cgroups.remove();
         state::remove(&self.cfg.run_root, &self.cfg.id);
     }
 }
@@ -81,7 +80,7 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
                 what: "a user-namespace owner uid (all are in use by running containers)".into(),
                 source: std::io::Error::from_raw_os_error(libc::EAGAIN),
             })?;
-        let cgroups = crate::cgroup::create(&cfg.id, &cfg.plan.cgroup)?;
+        let cgroups = Cgroups::create(&cfg.id, &cfg.plan.cgroup)?;
         let me = std::process::id() as i32;
         let mut st = ContainerState::new(id, name, Isolation::Sandbox, &cfg.image_id);
         st.command = cfg.process.args.clone();
