@@ -874,13 +874,6 @@ pub fn write_fd(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
         .map(|n| n as usize)
 }
 
-/// Sends `sig` to a pid (used only for leftovers found in a cgroup's
-/// `cgroup.procs` of a dead container, after checking the pid belongs to it).
-pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
-    // SAFETY: integer arguments only.
-    check(unsafe { libc::kill(pid, sig) } as libc::c_long).map(drop)
-}
-
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<()> {
     let n = cstr(name)?;
     // SAFETY: `n` is a valid C string; `dir` a valid directory descriptor.

@@ -158,14 +158,14 @@ impl Backend for VmBackend {
                 name: record.name.to_string(),
             }));
         }
-        crate::cgroup::destroy(&format!("vm-{}", record.id));
+        let _ = moat_cgroup::cleanup(record.id.as_str());
         record::remove(run_root, &record.id);
         Ok(())
     }
 
     fn cleanup(&self, record: &Record) {
         if record.isolation == Isolation::Vm {
-            crate::cgroup::destroy(&format!("vm-{}", record.id));
+            let _ = moat_cgroup::cleanup(record.id.as_str());
         }
     }
 
@@ -184,11 +184,11 @@ impl Backend for VmBackend {
         if record.isolation != Isolation::Vm {
             return None;
         }
-        let (memory, cpu_usec, pids) = crate::cgroup::figures(&format!("vm-{}", record.id))?;
+        let s = moat_cgroup::stats_for(record.id.as_str())?;
         Some(Stats {
-            memory_bytes: Some(memory),
-            cpu_usec,
-            pids,
+            memory_bytes: s.memory_bytes,
+            cpu_usec: s.cpu_usec,
+            pids: s.pids,
         })
     }
 }

@@ -2,7 +2,7 @@
 //! `no_new_privs`, its own mount (host state hidden, a private `/dev/shm`
 //! and `/dev/mqueue`), pid (with a private procfs), ipc, uts and net
 //! namespaces, cgroups (memory sized to guest memory plus overhead, pids,
-//! CPU bandwidth; see [`crate::cgroup`]), no descriptor but its own, and
+//! CPU bandwidth; see [`moat_cgroup`]), no descriptor but its own, and
 //! death with its supervisor.
 //!
 //! Process tree: moat -> `unshare --pid --fork --kill-child` (parent-death
@@ -18,7 +18,7 @@
 //! ([`crate::sys::drop_privileges`]). So a cleanup watcher, started as root
 //! before the VMM, does it: when the supervisor closes its end of a pipe
 //! (teardown, or the supervisor's death, even by `kill -9`), the watcher
-//! kills everything in the VM's cgroups at once ([`crate::cgroup::Kill`]),
+//! kills everything in the VM's cgroups at once ([`moat_cgroup::KillMethod`]),
 //! removes the cgroups and the state, and closes a second pipe that the
 //! supervisor waits on, so that `moat run` returns only once nothing is
 //! left.
@@ -30,7 +30,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cgroup::{self, Limits, VmCgroups};
+use moat_cgroup::{Cgroup, CgroupError, Hierarchies, KillMethod, Name, Version};
+use moat_policy::plan::CgroupLimits;
+
 use crate::hypervisor::VmmCommand;
 use crate::sys;
 
@@ -45,6 +47,17 @@ pub const SUPERVISOR_UID_BASE: u32 = UID_BASE + 0x1_0000;
 pub fn supervisor_uid(vmm_uid: u32) -> u32 {
     SUPERVISOR_UID_BASE + (vmm_uid.wrapping_sub(UID_BASE) & 0xffff)
 }
+
+/// Tasks (threads count) the VMM may have: QEMU's main loop, RCU and
+/// vCPU threads plus its I/O worker pool (up to 64 for `aio=threads`), and
+/// the jail's two processes (unshare, sh). Nothing in it may fork (`-sandbox
+/// spawn=deny`), so a higher count is a runaway.
+pub const PIDS_BASE: u64 = 96;
+
+/// Empty per-VM cgroups older than this are left by supervisors killed
+/// before their cleanup watcher ran (a younger one may belong to a VM
+/// whose VMM has not joined it yet).
+const STALE_CGROUP_AGE: Duration = Duration::from_secs(60);
 
 /// How long the teardown waits for the cleanup watcher.
 const TEARDOWN_DEADLINE: Duration = Duration::from_secs(15);
@@ -63,22 +76,11 @@ const HIDDEN: [&str; 8] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
-    #[error("no memory cgroup controller is reachable (looked for cgroup v2 and v1 hierarchies in /proc/self/mountinfo): mount one, or run moat where cgroups are available")]
-    NoMemoryCgroup,
-    #[error("no cgroup hierarchy (v1 or v2) offers the {controller} controller, which the VMM's jail needs: enable it (mount it on v1, or add it to cgroup.subtree_control on v2)")]
-    ControllerMissing { controller: &'static str },
-    #[error("reading the cgroup mounts from /proc/self/mountinfo")]
-    ReadMounts(#[source] std::io::Error),
-    #[error("setting up cgroup {path}")]
-    Cgroup {
+    #[error("setting up the VMM's cgroups")]
+    Cgroups(#[source] CgroupError),
+    #[error("opening {path} to join the VMM's cgroup")]
+    JoinCgroup {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("writing {value:?} to {path}")]
-    CgroupWrite {
-        path: PathBuf,
-        value: String,
         #[source]
         source: std::io::Error,
     },
@@ -123,7 +125,7 @@ impl RunningVmm {
 
     /// OOM kills in the VMM's memory cgroup so far.
     pub fn oom_kills(&mut self) -> u64 {
-        read_again(self.oom_events.as_mut()).map_or(0, |t| cgroup::oom_kills(&t))
+        read_again(self.oom_events.as_mut()).map_or(0, |t| moat_cgroup::oom_kill_count(&t))
     }
 
     /// The memory limit of the VMM's cgroup now, bytes.
@@ -221,12 +223,17 @@ fn spawn_err(program: &str) -> impl FnOnce(std::io::Error) -> JailError + '_ {
 
 /// Starts `cmd` in the jail.
 pub fn spawn(cmd: VmmCommand, spec: &JailSpec) -> Result<RunningVmm, JailError> {
-    let limits = Limits {
-        memory_bytes: (spec.guest_memory_mib + cmd.overhead_mib) * 1024 * 1024,
-        pids: cgroup::PIDS_BASE + 2 * u64::from(spec.vcpus),
+    let memory_bytes = (spec.guest_memory_mib + cmd.overhead_mib) * 1024 * 1024;
+    let limits = CgroupLimits {
+        memory_bytes: Some(memory_bytes),
+        pids: Some(PIDS_BASE + 2 * u64::from(spec.vcpus)),
         cpu_millis: spec.cpu_millis,
     };
-    let cgroups = VmCgroups::create(&spec.name, &limits)?;
+    let hierarchies = Hierarchies::host().map_err(JailError::Cgroups)?;
+    hierarchies.sweep_stale_vm_groups(STALE_CGROUP_AGE);
+    let cgroups = Name::parse(&spec.name)
+        .and_then(|name| Cgroup::create(&hierarchies, &name, &limits))
+        .map_err(JailError::Cgroups)?;
     let opened: Result<Vec<File>, JailError> = cgroups
         .procs_files()
         .into_iter()
@@ -234,23 +241,23 @@ pub fn spawn(cmd: VmmCommand, spec: &JailSpec) -> Result<RunningVmm, JailError> 
             File::options()
                 .write(true)
                 .open(&p)
-                .map_err(|source| JailError::Cgroup { path: p, source })
+                .map_err(|source| JailError::JoinCgroup { path: p, source })
         })
         .collect();
     let procs = match opened {
         Ok(p) => p,
         Err(e) => {
-            cgroups.remove();
+            let _ = cgroups.remove();
             return Err(e);
         }
     };
-    let oom_events = File::open(&cgroups.oom_events).ok();
-    let memory_limit = File::open(&cgroups.memory_limit).ok();
+    let oom_events = cgroups.oom_events_path().and_then(|p| File::open(p).ok());
+    let memory_limit = cgroups.memory_limit_path().and_then(|p| File::open(p).ok());
     // From here on the watcher owns the cgroups and the cleanup paths.
     let (reaper_trigger, reaper_done) = match spawn_reaper(&cgroups, &spec.cleanup) {
         Ok(r) => r,
         Err(e) => {
-            cgroups.remove();
+            let _ = cgroups.remove();
             return Err(spawn_err("cleanup watcher (/bin/sh)")(e));
         }
     };
@@ -324,7 +331,7 @@ setpriv --reuid="$u" --regid="$u" "$g" --bounding-set=-all --inh-caps=-all --no-
         console: File::from(console_r),
         uid: spec.uid,
         oom_events,
-        memory_limit_bytes: limits.memory_bytes,
+        memory_limit_bytes: memory_bytes,
         memory_limit,
         reaper_trigger: Some(reaper_trigger),
         reaper_done: Some(File::from(reaper_done)),
@@ -336,7 +343,7 @@ setpriv --reuid="$u" --regid="$u" "$g" --bounding-set=-all --inh-caps=-all --no-
 /// in the VM's cgroups, removes them and `paths`, and then closes its
 /// stdout. Returns `(trigger, done)`: the write end of its stdin and the
 /// read end of its stdout.
-fn spawn_reaper(cgroups: &VmCgroups, paths: &[PathBuf]) -> std::io::Result<(OwnedFd, OwnedFd)> {
+fn spawn_reaper(cgroups: &Cgroup, paths: &[PathBuf]) -> std::io::Result<(OwnedFd, OwnedFd)> {
     let (trigger_r, trigger_w) = sys::pipe()?;
     let (done_r, done_w) = sys::pipe()?;
     // The outer shell backgrounds the watcher and exits at once, so the
@@ -354,17 +361,28 @@ freeze) echo FROZEN > "$dir/freezer.state"; i=0
   while [ "$(cat "$dir/freezer.state")" != FROZEN ] && [ $i -lt 200 ]; do sleep 0.01; i=$((i+1)); done
   for p in $(cat "$dir/cgroup.procs"); do kill -9 "$p"; done
   echo THAWED > "$dir/freezer.state" ;;
+freeze2) echo 1 > "$dir/cgroup.freeze"; i=0
+  while ! grep -qx 'frozen 1' "$dir/cgroup.events" && [ $i -lt 200 ]; do sleep 0.01; i=$((i+1)); done
+  for p in $(cat "$dir/cgroup.procs"); do kill -9 "$p"; done
+  echo 0 > "$dir/cgroup.freeze" ;;
 *) for p in $(cat "$dir/cgroup.procs"); do kill -9 "$p"; done ;;
 esac
 while [ "$1" != -- ]; do cg=$1; shift; i=0
   while [ -d "$cg" ] && ! rmdir "$cg" && [ $i -lt 200 ]; do sleep 0.02; i=$((i+1)); done
 done
 shift; rm -rf -- "$@") </dev/null >/dev/null 2>&1 &"#;
-    let (mode, dir) = cgroups.kill.script_args();
+    // How to kill is the cgroup layer's choice; the watcher only carries
+    // it out (it must outlive this process and run as root).
+    let (mode, dir) = match cgroups.kill_method() {
+        KillMethod::CgroupKill(d) => ("kill", d),
+        KillMethod::Freeze(Version::V1, d) => ("freeze", d),
+        KillMethod::Freeze(Version::V2, d) => ("freeze2", d),
+        KillMethod::Procs(d) => ("procs", d),
+    };
     let mut cmd = Command::new("/bin/sh");
     cmd.args(["-c", script, "moat-reaper", mode])
         .arg(dir)
-        .args(cgroups.dirs.iter().rev())
+        .args(cgroups.paths().iter().rev())
         .arg("--")
         .args(paths)
         .stdin(Stdio::from(trigger_r))

@@ -10,7 +10,6 @@
 pub mod accel;
 pub mod backend;
 pub mod boot;
-pub mod cgroup;
 pub mod exec;
 pub mod hypervisor;
 pub mod initramfs;
