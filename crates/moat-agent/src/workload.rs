@@ -10,12 +10,12 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
 use moat_agent::proto::Start;
-use moat_policy::plan::{MountPlan, RlimitResource};
+use moat_plan::{MountPlan, RlimitResource};
 use moat_privdrop::{DropSpec, Exec, Step};
 
 use std::os::unix::fs::OpenOptionsExt;
 
-use moat_policy::plan::NetworkPlan;
+use moat_plan::NetworkPlan;
 
 use crate::{explain_io, sys, Failure, NEW_ROOT};
 
@@ -25,7 +25,7 @@ const CGROUP: &str = "/cgroup/workload";
 
 /// A cgroup with `pids.max` for the workload: unlike `RLIMIT_NPROC`, it
 /// binds guest uid 0 too.
-fn pids_cgroup(plan: &moat_policy::Plan) -> Result<(), Failure> {
+fn pids_cgroup(plan: &moat_plan::Plan) -> Result<(), Failure> {
     let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
     let limit = plan.cgroup.pids.or_else(|| {
         plan.rlimits
@@ -206,7 +206,7 @@ const PROC_READONLY: &[&str] = &["sys", "irq", "bus", "fs", "acpi", "scsi"];
 
 /// /proc, a minimal /dev, read-only /sys and the plan's tmpfs mounts, all
 /// made after `pivot_root`, so every path resolves inside the root.
-fn mount_container_fs(plan: &moat_policy::Plan, console: Option<OwnedFd>) -> Result<(), Failure> {
+fn mount_container_fs(plan: &moat_plan::Plan, console: Option<OwnedFd>) -> Result<(), Failure> {
     let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
     let hard = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     sys::mount("proc", "/proc", "proc", hard, "").map_err(|e| err("mounting /proc", e))?;

@@ -35,7 +35,7 @@
 //! so the sequence is usable in the child of a multi-threaded process too.
 //!
 //! ```no_run
-//! # fn demo(plan: &moat_policy::Plan, process: &moat_policy::ProcessSpec) -> Result<(), moat_privdrop::SpecError> {
+//! # fn demo(plan: &moat_plan::Plan, process: &moat_plan::ProcessSpec) -> Result<(), moat_privdrop::SpecError> {
 //! use moat_privdrop::{drop_and_exec, DropSpec, Exec};
 //! let spec = DropSpec::new(plan, process)?;
 //! let exec = Exec::from_process(process)?;

@@ -4,8 +4,7 @@
 use std::ffi::{c_char, CString};
 use std::os::fd::RawFd;
 
-use moat_policy::plan::{RlimitResource, SeccompProgram};
-use moat_policy::{caps, Plan, ProcessSpec};
+use moat_plan::{caps, Plan, ProcessSpec, RlimitResource, SeccompProgram};
 use rustix::process::Resource;
 
 /// `PATH` when the process's environment has none (Docker's default).
@@ -305,7 +304,7 @@ impl std::fmt::Debug for Exec {
 
 #[cfg(test)]
 mod tests {
-    use moat_policy::plan::Rlimit;
+    use moat_plan::Rlimit;
 
     use super::*;
 
