@@ -30,6 +30,17 @@
 //!     by it;
 //! 12. `execve`.
 //!
+//! A new caller (`moat exec` joining a running sandbox container, a second
+//! process started by the guest agent) does the same: load the
+//! container's stored `Plan` and build the exec'd process's `ProcessSpec`;
+//! `DropSpec::new` and `Exec::from_process` in the parent; fork; in the
+//! child `setns` into the container's namespaces (user first: it gives the
+//! capabilities the sequence needs), join its cgroup, set up stdio, then
+//! `drop_and_exec` with the parent's watch pipe. The exec'd process then
+//! holds exactly what the first one holds: same ids, capabilities,
+//! rlimits, seccomp filter, `no_new_privs`, no caller descriptor, a
+//! working directory inside the root.
+//!
 //! Nothing after the fork allocates: everything the sequence needs
 //! (C strings, pointer arrays, the filter) is prepared by the constructors,
 //! so the sequence is usable in the child of a multi-threaded process too.

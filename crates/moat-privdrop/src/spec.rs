@@ -1,7 +1,7 @@
 //! What the sequence applies ([`DropSpec`]) and what it runs ([`Exec`]),
 //! both built before the fork so that the child only makes system calls.
 
-use std::ffi::{c_char, CString};
+use std::ffi::CString;
 use std::os::fd::RawFd;
 
 use moat_plan::{caps, Plan, ProcessSpec, RlimitResource, SeccompProgram};
@@ -220,10 +220,11 @@ fn cstring(what: &'static str, s: &str) -> Result<CString, SpecError> {
 pub struct Exec {
     argv: Vec<CString>,
     envp: Vec<CString>,
-    /// NULL-terminated arrays pointing into `argv` and `envp` (whose heap
-    /// buffers do not move when `Exec` does).
-    argv_ptrs: Vec<*const c_char>,
-    envp_ptrs: Vec<*const c_char>,
+    /// NULL-terminated arrays of the addresses of `argv`'s and `envp`'s
+    /// strings (whose heap buffers do not move when `Exec` does), kept as
+    /// integers so that `Exec` is `Send` and `Sync`.
+    argv_ptrs: Vec<usize>,
+    envp_ptrs: Vec<usize>,
     path_var: CString,
 }
 
@@ -249,8 +250,8 @@ impl Exec {
         let path_var = cstring("PATH", path_var)?;
         let ptrs = |v: &[CString]| {
             v.iter()
-                .map(|c| c.as_ptr())
-                .chain([std::ptr::null()])
+                .map(|c| c.as_ptr() as usize)
+                .chain([0])
                 .collect::<Vec<_>>()
         };
         Ok(Exec {
@@ -281,10 +282,10 @@ impl Exec {
     pub(crate) fn path_c(&self) -> &std::ffi::CStr {
         &self.path_var
     }
-    pub(crate) fn argv_ptrs(&self) -> &[*const c_char] {
+    pub(crate) fn argv_ptrs(&self) -> &[usize] {
         &self.argv_ptrs
     }
-    pub(crate) fn envp_ptrs(&self) -> &[*const c_char] {
+    pub(crate) fn envp_ptrs(&self) -> &[usize] {
         &self.envp_ptrs
     }
     pub fn env_len(&self) -> usize {
@@ -413,11 +414,13 @@ mod tests {
         assert_eq!(e.command(), "sh");
         assert_eq!(e.path_var(), "/bin:/usr/bin");
         assert_eq!(e.argv_ptrs().len(), 4);
-        assert!(e.argv_ptrs()[3].is_null());
+        assert_eq!(e.argv_ptrs()[3], 0);
         assert_eq!(e.envp_ptrs().len(), 3);
-        assert!(e.envp_ptrs()[2].is_null());
+        assert_eq!(e.envp_ptrs()[2], 0);
+        fn send_sync<T: Send + Sync>(_: &T) {}
+        send_sync(&e);
         let e = Exec::new(&["x".into()], &[]).unwrap();
         assert_eq!(e.path_var(), DEFAULT_PATH);
-        assert_eq!(e.envp_ptrs(), &[std::ptr::null()]);
+        assert_eq!(e.envp_ptrs(), &[0]);
     }
 }

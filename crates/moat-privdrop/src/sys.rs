@@ -43,14 +43,22 @@ pub fn seccomp_install(prog: &[Insn], log: bool) -> io::Result<()> {
     .map(drop)
 }
 
-/// `execve(2)`; returns only on failure, with the errno.
-pub fn execve(path: &CStr, argv: &[*const c_char], envp: &[*const c_char]) -> i32 {
-    debug_assert!(argv.last().is_some_and(|p| p.is_null()));
-    debug_assert!(envp.last().is_some_and(|p| p.is_null()));
+/// `execve(2)` with argv and envp as NULL-terminated arrays of addresses
+/// of C strings; returns only on failure, with the errno.
+pub fn execve(path: &CStr, argv: &[usize], envp: &[usize]) -> i32 {
+    debug_assert_eq!(argv.last(), Some(&0));
+    debug_assert_eq!(envp.last(), Some(&0));
+    const _: () = assert!(std::mem::size_of::<usize>() == std::mem::size_of::<*const c_char>());
     // SAFETY: `path` is a C string; `argv` and `envp` are NULL-terminated
-    // arrays of pointers into C strings owned by the caller's `Exec`,
-    // which outlives the call.
-    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    // arrays of addresses (pointer-sized, asserted above) of C strings
+    // owned by the caller's `Exec`, which outlives the call.
+    unsafe {
+        libc::execve(
+            path.as_ptr(),
+            argv.as_ptr().cast::<*const c_char>(),
+            envp.as_ptr().cast::<*const c_char>(),
+        )
+    };
     io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)
