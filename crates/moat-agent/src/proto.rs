@@ -22,7 +22,7 @@
 //! rejected with a [`ProtoError`] as soon as its header is seen: a reader
 //! never waits for (or allocates) a payload it will not accept.
 
-use moat_policy::{Plan, ProcessSpec};
+use moat_plan::{Plan, ProcessSpec};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: u8 = 0x4d;

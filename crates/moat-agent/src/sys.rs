@@ -1,7 +1,7 @@
 //! The agent's system calls. All `unsafe` of the agent lives here; every
 //! wrapper returns `io::Result` and takes owned or borrowed values only.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
@@ -59,18 +59,6 @@ pub fn fork() -> io::Result<Fork> {
     } else {
         Fork::Parent(pid)
     })
-}
-
-/// Replaces the process image; returns only on failure.
-pub fn execve(path: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
-    let mut a: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
-    a.push(std::ptr::null());
-    let mut e: Vec<*const libc::c_char> = envp.iter().map(|s| s.as_ptr()).collect();
-    e.push(std::ptr::null());
-    // SAFETY: argv and envp are NULL-terminated arrays of valid C strings
-    // that live until execve returns (it only returns on failure).
-    unsafe { libc::execve(path.as_ptr(), a.as_ptr(), e.as_ptr()) };
-    io::Error::last_os_error()
 }
 
 /// Reaps one exited child without blocking: `(pid, wait status)`.
@@ -191,133 +179,9 @@ pub fn sigchld_fd() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Unblocks every signal and restores default dispositions (in the child).
-pub fn reset_signals() -> io::Result<()> {
-    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: set is valid.
-    unsafe { libc::sigemptyset(&mut set) };
-    // SAFETY: set is initialised.
-    check(unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) })?;
-    for sig in 1..32 {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            // SAFETY: SIG_DFL is always a valid disposition.
-            unsafe { libc::signal(sig, libc::SIG_DFL) };
-        }
-    }
-    Ok(())
-}
-
 pub fn sethostname(name: &str) -> io::Result<()> {
     // SAFETY: the pointer and length describe the bytes of `name`.
     check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }).map(drop)
-}
-
-pub fn setrlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: hard,
-    };
-    // SAFETY: lim is a valid rlimit.
-    check(unsafe { libc::setrlimit(resource, &lim) }).map(drop)
-}
-
-pub fn set_ids(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
-    // SAFETY: PR_SET_KEEPCAPS takes an int flag.
-    check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) })?;
-    // SAFETY: groups is a valid slice of gid_t of the given length.
-    check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
-    // SAFETY: plain ids.
-    check(unsafe { libc::setresgid(gid, gid, gid) })?;
-    // SAFETY: plain ids.
-    check(unsafe { libc::setresuid(uid, uid, uid) })?;
-    Ok(())
-}
-
-pub fn capbset_drop(cap: u32) -> io::Result<()> {
-    // SAFETY: PR_CAPBSET_DROP takes a capability number.
-    check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) }).map(drop)
-}
-
-/// Sets effective, permitted and inheritable sets to `mask` (64-bit capability mask).
-pub fn capset(mask: u64) -> io::Result<()> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let header = Header {
-        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-        pid: 0,
-    };
-    let lo = mask as u32;
-    let hi = (mask >> 32) as u32;
-    let data = [
-        Data {
-            effective: lo,
-            permitted: lo,
-            inheritable: lo,
-        },
-        Data {
-            effective: hi,
-            permitted: hi,
-            inheritable: hi,
-        },
-    ];
-    // SAFETY: header and a two-element data array as capset(2) v3 requires.
-    check(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as libc::c_int })
-        .map(drop)
-}
-
-pub fn ambient_raise(cap: u32) -> io::Result<()> {
-    // SAFETY: PR_CAP_AMBIENT with integer arguments.
-    check(unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
-            cap as libc::c_ulong,
-            0,
-            0,
-        )
-    })
-    .map(drop)
-}
-
-pub fn no_new_privs() -> io::Result<()> {
-    // SAFETY: PR_SET_NO_NEW_PRIVS takes an int flag.
-    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map(drop)
-}
-
-/// Marks every fd from 3 up close-on-exec.
-pub fn cloexec_from_3() -> io::Result<()> {
-    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes fd flags.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        ) as libc::c_int
-    })
-    .map(drop)
-}
-
-/// Installs a classic-BPF seccomp filter on the calling thread.
-pub fn seccomp_filter(prog: &[libc::sock_filter]) -> io::Result<()> {
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: fprog points to `len` valid instructions that outlive the call;
-    // the kernel copies the program.
-    check(unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &fprog) }).map(drop)
 }
 
 pub fn power_off() -> ! {

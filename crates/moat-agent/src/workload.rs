@@ -4,18 +4,18 @@
 //! as data, so the host sees the real reason.
 
 use std::convert::Infallible;
-use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
 use moat_agent::proto::Start;
-use moat_policy::plan::{MountPlan, RlimitResource};
+use moat_plan::{MountPlan, RlimitResource};
+use moat_privdrop::{DropSpec, Exec, Step};
 
 use std::os::unix::fs::OpenOptionsExt;
 
-use moat_policy::plan::NetworkPlan;
+use moat_plan::NetworkPlan;
 
 use crate::{explain_io, sys, Failure, NEW_ROOT};
 
@@ -25,7 +25,7 @@ const CGROUP: &str = "/cgroup/workload";
 
 /// A cgroup with `pids.max` for the workload: unlike `RLIMIT_NPROC`, it
 /// binds guest uid 0 too.
-fn pids_cgroup(plan: &moat_policy::Plan) -> Result<(), Failure> {
+fn pids_cgroup(plan: &moat_plan::Plan) -> Result<(), Failure> {
     let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
     let limit = plan.cgroup.pids.or_else(|| {
         plan.rlimits
@@ -80,10 +80,11 @@ pub fn spawn_exec(start: &Start, workload: libc::pid_t) -> Result<Child, Failure
 
 fn spawn_in(start: &Start, join: Option<std::os::fd::BorrowedFd<'_>>) -> Result<Child, Failure> {
     let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
-    let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40);
+    // The privilege drop and the exec, prepared before the fork (shared
+    // with the sandbox backend).
+    let drop_spec =
+        DropSpec::new(&start.plan, &start.process).map_err(|e| Failure::setup(e.to_string()))?;
+    let exec = Exec::from_process(&start.process).map_err(|e| Failure::setup(e.to_string()))?;
     // (parent end, child end) pairs.
     let (stdin, stdout, stderr, child_fds): (OwnedFd, OwnedFd, Option<OwnedFd>, [OwnedFd; 3]) =
         if start.process.tty {
@@ -109,7 +110,7 @@ fn spawn_in(start: &Start, join: Option<std::os::fd::BorrowedFd<'_>>) -> Result<
     match sys::fork().map_err(|e| err("fork", e))? {
         sys::Fork::Child => {
             drop(report_r);
-            let Err(f) = child(start, &child_fds, last_cap, join);
+            let Err(f) = child(start, &child_fds, &drop_spec, &exec, join);
             let mut w = File::from(report_w);
             let _ = write!(w, "{}\n{}", f.code, f.message);
             sys::exit_now(f.code);
@@ -140,13 +141,13 @@ fn spawn_in(start: &Start, join: Option<std::os::fd::BorrowedFd<'_>>) -> Result<
 fn child(
     start: &Start,
     fds: &[OwnedFd; 3],
-    last_cap: u32,
+    drop_spec: &DropSpec,
+    exec: &Exec,
     join: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> Result<Infallible, Failure> {
     let p = &start.process;
     let plan = &start.plan;
     let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
-    sys::reset_signals().map_err(|e| err("resetting signals", e))?;
     sys::setsid_ctty(if p.tty { Some(fds[0].as_fd()) } else { None })
         .map_err(|e| err("setsid", e))?;
     for (i, fd) in fds.iter().enumerate() {
@@ -198,127 +199,19 @@ fn child(
     if !p.hostname.is_empty() {
         sys::sethostname(&p.hostname).map_err(|e| err("sethostname", e))?;
     }
-    for r in &plan.rlimits {
-        let res = match r.resource {
-            RlimitResource::Nofile => libc::RLIMIT_NOFILE,
-            RlimitResource::Nproc => libc::RLIMIT_NPROC,
-            RlimitResource::Core => libc::RLIMIT_CORE,
-            RlimitResource::Memlock => libc::RLIMIT_MEMLOCK,
-            RlimitResource::Fsize => libc::RLIMIT_FSIZE,
-            RlimitResource::Stack => libc::RLIMIT_STACK,
-        };
-        sys::setrlimit(res, r.soft, r.hard)
-            .map_err(|e| err(&format!("setrlimit {:?}", r.resource), e))?;
+    // The shared sequence: rlimits, bounding set, ids, capabilities,
+    // no_new_privs, signals, fds, working directory (as the workload's own
+    // identity, inside the root), PATH lookup, seccomp last, execve.
+    let f = moat_privdrop::drop_and_exec(drop_spec, exec, None);
+    if f.step == Step::Execve && f.errno == libc::EIO {
+        // A block of the binary failed dm-verity: say so.
+        let e = std::io::Error::from_raw_os_error(f.errno);
+        return Err(explain_io(format!("exec {}", exec.command()), &e));
     }
-    // Capabilities: bounding set first (needs CAP_SETPCAP), then identity, then the sets.
-    let mut mask: u64 = 0;
-    for name in &plan.capabilities {
-        let n =
-            cap_number(name).ok_or_else(|| Failure::setup(format!("unknown capability {name}")))?;
-        mask |= 1 << n;
-    }
-    for cap in 0..=last_cap {
-        if mask & (1 << cap) == 0 {
-            sys::capbset_drop(cap).map_err(|e| err(&format!("dropping capability {cap}"), e))?;
-        }
-    }
-    sys::set_ids(p.uid, p.gid, &p.additional_gids)
-        .map_err(|e| err(&format!("switching to uid {} gid {}", p.uid, p.gid), e))?;
-    sys::capset(mask).map_err(|e| err("capset", e))?;
-    for cap in 0..=last_cap {
-        if mask & (1 << cap) != 0 {
-            sys::ambient_raise(cap).map_err(|e| err("raising ambient capability", e))?;
-        }
-    }
-    sys::no_new_privs().map_err(|e| err("no_new_privs", e))?;
-    // The working directory, entered with the workload's own identity; it
-    // must resolve inside the root (rule 3).
-    let cwd = if p.cwd.is_empty() {
-        "/"
-    } else {
-        p.cwd.as_str()
-    };
-    if let Err(e) = std::env::set_current_dir(cwd) {
-        return Err(Failure::setup(format!(
-            "working directory: {cwd} does not exist in the container or is not a directory ({e})"
-        )));
-    }
-    match std::env::current_dir() {
-        Ok(d) if d.is_absolute() && !d.to_string_lossy().starts_with("(unreachable)") => {}
-        other => {
-            return Err(Failure::setup(format!(
-                "working directory: {cwd} resolves outside the container root ({other:?})"
-            )))
-        }
-    }
-    let env: Vec<CString> = p
-        .env
-        .iter()
-        .filter_map(|e| CString::new(e.as_str()).ok())
-        .collect();
-    let argv: Vec<CString> = p
-        .args
-        .iter()
-        .map(|a| {
-            CString::new(a.as_str())
-                .map_err(|_| Failure::setup(format!("argument {a:?} contains a NUL byte")))
-        })
-        .collect::<Result<_, _>>()?;
-    let Some(arg0) = p.args.first() else {
-        return Err(Failure::setup(
-            "no command to run: the image has no entrypoint or cmd and none was given",
-        ));
-    };
-    let path_var = p
-        .env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-    let exe = resolve(arg0, path_var).ok_or_else(|| Failure {
-        code: 127,
-        message: format!("executable {arg0:?} not found in the container (PATH={path_var})"),
-    })?;
-    let exe_c = CString::new(exe.as_str()).map_err(|_| Failure::setup("NUL in path"))?;
-    sys::cloexec_from_3().map_err(|e| err("close_range", e))?;
-    let prog: Vec<libc::sock_filter> = plan
-        .seccomp
-        .instructions
-        .iter()
-        .map(|i| libc::sock_filter {
-            code: i.code,
-            jt: i.jt,
-            jf: i.jf,
-            k: i.k,
-        })
-        .collect();
-    if !prog.is_empty() {
-        sys::seccomp_filter(&prog).map_err(|e| err("installing the seccomp filter", e))?;
-    }
-    let e = sys::execve(&exe_c, &argv, &env);
-    // Worded as the sandbox words them.
-    match e.raw_os_error() {
-        Some(libc::ENOENT) => Err(Failure {
-            code: 127,
-            message: format!("executable {arg0:?} not found in the container (PATH={path_var})"),
-        }),
-        Some(libc::EIO) => Err(explain_io(format!("exec {exe}"), &e)),
-        _ => Err(Failure {
-            code: 126,
-            message: format!("cannot execute {arg0:?} in the container: {arg0}: {e}"),
-        }),
-    }
-}
-
-/// `execvp`-style lookup inside the (already entered) root.
-fn resolve(arg0: &str, path_var: &str) -> Option<String> {
-    if arg0.contains('/') {
-        return Path::new(arg0).exists().then(|| arg0.to_string());
-    }
-    path_var
-        .split(':')
-        .filter(|d| !d.is_empty())
-        .map(|d| format!("{d}/{arg0}"))
-        .find(|c| std::fs::metadata(c).is_ok_and(|m| m.is_file()))
+    Err(Failure {
+        code: i32::from(f.exit_code()),
+        message: f.message(drop_spec, exec),
+    })
 }
 
 /// Files under /proc hidden behind /dev/null (as in the sandbox).
@@ -336,7 +229,7 @@ const PROC_READONLY: &[&str] = &["sys", "irq", "bus", "fs", "acpi", "scsi"];
 
 /// /proc, a minimal /dev, read-only /sys and the plan's tmpfs mounts, all
 /// made after `pivot_root`, so every path resolves inside the root.
-fn mount_container_fs(plan: &moat_policy::Plan, console: Option<OwnedFd>) -> Result<(), Failure> {
+fn mount_container_fs(plan: &moat_plan::Plan, console: Option<OwnedFd>) -> Result<(), Failure> {
     let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
     let hard = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     sys::mount("proc", "/proc", "proc", hard, "").map_err(|e| err("mounting /proc", e))?;
@@ -472,13 +365,4 @@ fn mount_container_fs(plan: &moat_policy::Plan, console: Option<OwnedFd>) -> Res
         }
     }
     Ok(())
-}
-
-/// Capability numbers by kernel name (without `CAP_`), up to Linux 6.1.
-pub fn cap_number(name: &str) -> Option<u32> {
-    let n = name.trim_start_matches("CAP_").to_ascii_uppercase();
-    moat_policy::caps::CAPABILITIES
-        .iter()
-        .position(|c| *c == n)
-        .map(|i| i as u32)
 }

@@ -14,7 +14,6 @@ pub mod args;
 pub mod auto;
 pub mod bpf;
 pub mod builtin;
-pub mod caps;
 mod compile;
 pub mod docker;
 mod error;
@@ -22,7 +21,6 @@ pub mod explain;
 mod image_rules;
 pub mod model;
 mod parse;
-pub mod plan;
 pub mod rbac;
 pub mod render;
 mod suggest;
@@ -33,9 +31,11 @@ use std::path::Path;
 
 pub use compile::{compile, DEFAULT_OPEN_FILES, DEFAULT_PIDS};
 pub use error::PolicyError;
+/// The compiled form of a policy ([`moat_plan`], data only).
+pub use moat_plan as plan;
+pub use moat_plan::{caps, Plan, ProcessSpec};
 pub use model::Policy;
 pub use parse::{parse_cpus, parse_size, API_VERSION};
-pub use plan::{Plan, ProcessSpec};
 pub use suggest::closest as suggest_closest;
 
 impl Policy {

@@ -8,16 +8,14 @@
 //! only `execve` it makes is the workload's, which replaces this image.
 //! Errors go back to the supervisor over a pipe as JSON ([`ChildError`]).
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 
 use moat_policy::plan::{MountPlan, NetworkPlan};
+use moat_privdrop::{DropSpec, Exec, SpecError, Step};
 
-use crate::{
-    capability_mask, check_rlimits, cstring, mounts, sys, ChildError, SandboxConfig, SandboxError,
-};
+use crate::{check_rlimits, mounts, sys, ChildError, SandboxConfig, SandboxError};
 
 /// Everything the child needs, computed before `clone` so that the child
 /// does as little as possible.
@@ -25,19 +23,9 @@ pub(crate) struct ChildSetup {
     pub mounts: Vec<MountPlan>,
     pub hostname: String,
     pub loopback: bool,
-    pub rlimits: Vec<(u32, u64, u64)>,
-    pub uid: u32,
-    pub gid: u32,
-    pub groups: Vec<u32>,
-    pub caps: u64,
-    pub cwd_str: String,
-    pub argv: Vec<CString>,
-    pub envp: Vec<CString>,
-    pub command: String,
-    pub path_var: String,
-    pub seccomp: Vec<libc::sock_filter>,
-    /// Log denied calls (`audit.denied_syscalls`).
-    pub seccomp_log: bool,
+    /// The privilege drop and the exec, shared with the guest agent.
+    pub drop: DropSpec,
+    pub exec: Exec,
     pub tty: bool,
     pub interactive: bool,
 }
@@ -45,51 +33,18 @@ pub(crate) struct ChildSetup {
 impl ChildSetup {
     pub fn new(cfg: &SandboxConfig) -> Result<Self, SandboxError> {
         let p = &cfg.process;
-        let argv = p
-            .args
-            .iter()
-            .map(|a| cstring("argument", a))
-            .collect::<Result<Vec<_>, _>>()?;
-        let envp = p
-            .env
-            .iter()
-            .map(|e| cstring("environment entry", e))
-            .collect::<Result<Vec<_>, _>>()?;
-        let path_var = p
-            .env
-            .iter()
-            .find_map(|e| e.strip_prefix("PATH="))
-            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-            .to_string();
-        let mut groups = p.additional_gids.clone();
-        groups.extend(&cfg.plan.process.additional_gids);
+        // The host's hard limits bound what the plan may ask for.
+        check_rlimits(&cfg.plan.rlimits)?;
+        let spec_err = |e: SpecError| match e {
+            SpecError::UnknownCapability(c) => SandboxError::UnknownCapability(c),
+            other => SandboxError::InvalidProcess(other.to_string()),
+        };
         Ok(Self {
             mounts: mounts::without_absent_defaults(&cfg.rootfs, &cfg.plan.mounts),
             hostname: p.hostname.clone(),
             loopback: !matches!(cfg.plan.network, NetworkPlan::None),
-            rlimits: check_rlimits(&cfg.plan.rlimits)?,
-            uid: p.uid,
-            gid: p.gid,
-            groups,
-            caps: capability_mask(&cfg.plan.capabilities)?,
-            cwd_str: p.cwd.clone(),
-            argv,
-            envp,
-            command: p.args[0].clone(),
-            path_var,
-            seccomp_log: cfg.plan.audit_denied,
-            seccomp: cfg
-                .plan
-                .seccomp
-                .instructions
-                .iter()
-                .map(|i| libc::sock_filter {
-                    code: i.code,
-                    jt: i.jt,
-                    jf: i.jf,
-                    k: i.k,
-                })
-                .collect(),
+            drop: DropSpec::new(&cfg.plan, p).map_err(spec_err)?,
+            exec: Exec::from_process(p).map_err(spec_err)?,
             tty: p.tty,
             interactive: p.interactive,
         })
@@ -115,19 +70,11 @@ pub(crate) struct ChildFds {
     pub rootfs_mnt: Option<OwnedFd>,
 }
 
-/// The highest capability number this kernel knows.
-pub(crate) fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
-}
-
 /// Entry point of `moat exec`'s process, already in the container's
 /// namespaces (joined with `setns` by its parent, which then exited);
 /// never returns.
-pub(crate) fn exec_main(setup: &ChildSetup, mut fds: ChildFds, last_cap: u32) -> ! {
-    let err = match exec_run(setup, &mut fds, last_cap) {
+pub(crate) fn exec_main(setup: &ChildSetup, mut fds: ChildFds) -> ! {
+    let err = match exec_run(setup, &mut fds) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -138,7 +85,7 @@ pub(crate) fn exec_main(setup: &ChildSetup, mut fds: ChildFds, last_cap: u32) ->
     sys::exit_now(kind as i32)
 }
 
-fn exec_run(s: &ChildSetup, fds: &mut ChildFds, last_cap: u32) -> Result<Never, ChildError> {
+fn exec_run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
     sys::set_pdeathsig(libc::SIGKILL).map_err(|e| ChildError::io("PR_SET_PDEATHSIG", e))?;
     sys::set_dumpable(false).map_err(|e| ChildError::io("PR_SET_DUMPABLE", e))?;
     sys::setsid().map_err(|e| ChildError::io("setsid", e))?;
@@ -155,7 +102,7 @@ fn exec_run(s: &ChildSetup, fds: &mut ChildFds, last_cap: u32) -> Result<Never, 
     drop(go);
     // Joining the mount namespace put us at its root, the container's.
     std::env::set_current_dir("/").map_err(|e| ChildError::io("entering the root", e))?;
-    enter_workload(s, fds, last_cap)
+    enter_workload(s, fds)
 }
 
 /// Entry point of the child; never returns.
@@ -203,8 +150,6 @@ fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
     sys::unshare(libc::CLONE_NEWCGROUP)
         .map_err(|e| ChildError::io("unshare(CLONE_NEWCGROUP)", e))?;
 
-    let last_cap = last_cap();
-
     let root = mounts::build(prepared, &s.mounts, fds.pty_path.as_deref())?;
     sys::pivot_into(root.as_fd()).map_err(|e| ChildError::io("pivot_root", e))?;
     drop(root);
@@ -213,23 +158,13 @@ fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
     if s.loopback {
         sys::loopback_up().map_err(|e| ChildError::io("bringing up loopback", e))?;
     }
-    enter_workload(s, fds, last_cap)
+    enter_workload(s, fds)
 }
 
 /// The last steps, once the process is in the container's namespaces and
 /// root (the first process after `pivot_root`, `moat exec`'s after
-/// `setns`): rlimits, stdio, working directory, privileges, seccomp,
-/// `execve`.
-pub(crate) fn enter_workload(
-    s: &ChildSetup,
-    fds: &mut ChildFds,
-    last_cap: u32,
-) -> Result<Never, ChildError> {
-    for &(res, soft, hard) in &s.rlimits {
-        sys::setrlimit(res, soft, hard)
-            .map_err(|e| ChildError::io(format!("setrlimit({res})"), e))?;
-    }
-
+/// `setns`): stdio, then the shared privilege-drop sequence up to `execve`.
+pub(crate) fn enter_workload(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
     // stdio
     if let Some(pty) = &fds.pty {
         sys::set_controlling_tty(pty.as_fd()).map_err(|e| ChildError::io("TIOCSCTTY", e))?;
@@ -251,108 +186,17 @@ pub(crate) fn enter_workload(
         }
     }
 
-    // Working directory, then rule 3: it must resolve inside the root.
-    if let Err(e) = std::env::set_current_dir(&s.cwd_str) {
-        return Err(ChildError::msg(
-            "working directory",
-            format!(
-                "{} does not exist in the container or is not a directory ({e})",
-                s.cwd_str
-            ),
-        ));
+    // The shared sequence: rlimits, bounding set, ids, capabilities,
+    // no_new_privs, parent-death signal (checked against the go pipe, which
+    // the supervisor holds until the container exits), signals, fds,
+    // working directory, PATH lookup, seccomp, execve.
+    let f = moat_privdrop::drop_and_exec(&s.drop, &s.exec, Some(fds.go.as_fd()));
+    if f.step == Step::ParentGone {
+        sys::exit_now(125);
     }
-    match std::env::current_dir() {
-        Ok(p) if p.is_absolute() && !p.to_string_lossy().starts_with("(unreachable)") => {}
-        other => {
-            return Err(ChildError::msg(
-                "working directory",
-                format!(
-                    "{} resolves outside the container root ({other:?})",
-                    s.cwd_str
-                ),
-            ))
-        }
-    }
-
-    let exe = resolve_command(&s.command, &s.path_var)?;
-
-    // Privileges: bounding set, ids, then exactly the plan's capabilities.
-    for cap in 0..=last_cap {
-        if s.caps & (1 << cap) == 0 {
-            sys::capbset_drop(cap).map_err(|e| {
-                ChildError::io(
-                    format!("dropping capability {cap} from the bounding set"),
-                    e,
-                )
-            })?;
-        }
-    }
-    if s.caps != 0 {
-        sys::set_keepcaps(true).map_err(|e| ChildError::io("PR_SET_KEEPCAPS", e))?;
-    }
-    sys::set_ids(s.uid, s.gid, &s.groups)
-        .map_err(|e| ChildError::io(format!("switching to uid {} gid {}", s.uid, s.gid), e))?;
-    sys::capset(s.caps).map_err(|e| ChildError::io("capset", e))?;
-    sys::ambient_clear_all().map_err(|e| ChildError::io("clearing ambient capabilities", e))?;
-    for cap in 0..=last_cap {
-        if s.caps & (1 << cap) != 0 {
-            sys::ambient_raise(cap)
-                .map_err(|e| ChildError::io(format!("raising ambient capability {cap}"), e))?;
-        }
-    }
-    sys::set_keepcaps(false).map_err(|e| ChildError::io("PR_SET_KEEPCAPS", e))?;
-    sys::set_no_new_privs().map_err(|e| ChildError::io("PR_SET_NO_NEW_PRIVS", e))?;
-    // Changing credentials cleared the parent-death signal: set it again and
-    // then make sure the supervisor did not die in between (it holds the
-    // write end of the go pipe until the container exits).
-    sys::set_pdeathsig(libc::SIGKILL).map_err(|e| ChildError::io("PR_SET_PDEATHSIG", e))?;
-    if let Ok(ready) = sys::poll_readable(&[fds.go.as_fd()], 0) {
-        if ready[0] {
-            sys::exit_now(125);
-        }
-    }
-
-    sys::reset_signal_dispositions();
-    sys::set_signal_mask(&sys::SigSet::of(&[]))
-        .map_err(|e| ChildError::io("unblocking signals", e))?;
-    // Rule 3: nothing but 0, 1, 2 survives the execve (the error pipe is
-    // close-on-exec too, which is how the supervisor learns exec worked).
-    sys::close_range_cloexec(3).map_err(|e| ChildError::io("close_range", e))?;
-
-    // Last: the seccomp filter, immediately before execve.
-    if !s.seccomp.is_empty() {
-        sys::seccomp_install(&s.seccomp, s.seccomp_log)
-            .map_err(|e| ChildError::io("installing the seccomp filter", e))?;
-    }
-    let err = sys::execve(&exe, &s.argv, &s.envp);
     Err(ChildError {
-        step: "execve".into(),
-        detail: format!("{}: {err}", s.command),
-        kind: if err.raw_os_error() == Some(libc::ENOENT) {
-            127
-        } else {
-            126
-        },
+        step: f.step_name(&s.drop),
+        detail: f.detail(&s.drop, &s.exec),
+        kind: f.exit_code(),
     })
-}
-
-/// `execvp` semantics, inside the container root (we are after pivot_root).
-fn resolve_command(command: &str, path_var: &str) -> Result<CString, ChildError> {
-    let not_found = || ChildError {
-        step: "command".into(),
-        detail: command.to_string(),
-        kind: 127,
-    };
-    if command.contains('/') {
-        let c = CString::new(command).map_err(|_| not_found())?;
-        return Ok(c);
-    }
-    for dir in path_var.split(':').filter(|d| !d.is_empty()) {
-        let cand = format!("{dir}/{command}");
-        let c = CString::new(cand).map_err(|_| not_found())?;
-        if sys::is_executable(&c) {
-            return Ok(c);
-        }
-    }
-    Err(not_found())
 }

@@ -18,7 +18,6 @@ mod supervise;
 mod sys;
 pub mod user;
 
-use std::ffi::CString;
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -148,22 +147,6 @@ impl ChildError {
     }
 }
 
-use moat_policy::caps::CAPABILITIES;
-
-/// The capability mask a plan asks for.
-pub fn capability_mask(names: &[String]) -> Result<u64, SandboxError> {
-    let mut mask = 0u64;
-    for name in names {
-        let bare = name.strip_prefix("CAP_").unwrap_or(name);
-        let bit = CAPABILITIES
-            .iter()
-            .position(|c| c.eq_ignore_ascii_case(bare))
-            .ok_or_else(|| SandboxError::UnknownCapability(name.clone()))?;
-        mask |= 1 << bit;
-    }
-    Ok(mask)
-}
-
 fn rlimit_resource(r: RlimitResource) -> (u32, &'static str) {
     match r {
         RlimitResource::Nofile => (libc::RLIMIT_NOFILE, "RLIMIT_NOFILE"),
@@ -276,11 +259,6 @@ fn validate(cfg: &SandboxConfig) -> Result<(), SandboxError> {
     Ok(())
 }
 
-fn cstring(what: &str, s: &str) -> Result<CString, SandboxError> {
-    CString::new(s)
-        .map_err(|_| SandboxError::InvalidProcess(format!("{what} {s:?} contains a NUL byte")))
-}
-
 /// Signals that the supervisor forwards to the workload (and for which it
 /// starts the stop timeout): `moat kill` sends these to the supervisor, so
 /// that a workload that ignores SIGTERM is still killed after the timeout.
@@ -371,17 +349,6 @@ mod tests {
                 "the policy asks for RLIMIT_NOFILE {}, above this host's hard limit of {hard}; lower it in the policy (moat cannot raise limits without CAP_SYS_RESOURCE)",
                 hard + 1
             )
-        );
-    }
-
-    #[test]
-    fn capability_names_map_to_kernel_bits() {
-        assert_eq!(capability_mask(&[]).unwrap(), 0);
-        let m = capability_mask(&["NET_BIND_SERVICE".into(), "CAP_CHOWN".into()]).unwrap();
-        assert_eq!(m, (1 << 10) | 1);
-        assert_eq!(
-            capability_mask(&["FLY".into()]).unwrap_err().to_string(),
-            "unknown capability \"FLY\" in the plan"
         );
     }
 

@@ -296,7 +296,6 @@ pub(crate) fn exec_and_wait(
     let blocked = SigSet::of(&blocked);
     let old_mask = sys::block_signals(&blocked).map_err(prep("blocking signals"))?;
     let sigfd = sys::signalfd(&blocked).map_err(prep("a signalfd"))?;
-    let last_cap = child::last_cap();
     let ns = libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
@@ -336,7 +335,7 @@ pub(crate) fn exec_and_wait(
                         pty_path: None,
                         rootfs_mnt: None,
                     };
-                    child::exec_main(&setup, fds, last_cap)
+                    child::exec_main(&setup, fds)
                 }
                 Ok(pid) => {
                     let _ = sys::write_fd(pid_w.as_fd(), pid.to_string().as_bytes());

@@ -4,7 +4,7 @@
 //! pidfds, seccomp, capabilities, pty peers). Every wrapper returns
 //! `io::Result` and owns the file descriptors it creates.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -414,20 +414,6 @@ pub fn pivot_into(root: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// Marks every descriptor from `first` up close-on-exec.
-pub fn close_range_cloexec(first: u32) -> io::Result<()> {
-    // SAFETY: no pointers; affects only this process's descriptor table.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    })
-    .map(drop)
-}
-
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: no pointers.
     fd_from(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })
@@ -531,19 +517,6 @@ pub fn set_signal_mask(set: &SigSet) -> io::Result<()> {
     Ok(())
 }
 
-/// Resets every catchable signal to its default action (the Rust runtime
-/// ignores SIGPIPE; a workload must not inherit that).
-pub fn reset_signal_dispositions() {
-    for sig in 1..libc::SIGRTMAX() {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
-        }
-        // SAFETY: SIG_DFL is always a valid disposition; errors for
-        // reserved numbers are ignored on purpose.
-        unsafe { libc::signal(sig, libc::SIG_DFL) };
-    }
-}
-
 /// A `signalfd(2)` for a blocked set.
 pub fn signalfd(set: &SigSet) -> io::Result<OwnedFd> {
     // SAFETY: valid sigset_t; -1 creates a new descriptor.
@@ -596,112 +569,17 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<Vec<
     Ok(pfds.iter().map(|p| p.revents != 0).collect())
 }
 
-/// Installs a seccomp filter (`SECCOMP_SET_MODE_FILTER`) on this thread;
-/// with `log`, every action but allow is logged by the kernel's audit
-/// (`SECCOMP_FILTER_FLAG_LOG`), which is how moat names a denied call.
-pub fn seccomp_install(filter: &[libc::sock_filter], log: bool) -> io::Result<()> {
-    let prog = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: `prog` points at `filter`, which outlives the call; the kernel
-    // copies the program.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            if log {
-                libc::SECCOMP_FILTER_FLAG_LOG
-            } else {
-                0
-            },
-            &prog as *const libc::sock_fprog,
-        )
-    })
-    .map(drop)
-}
-
 fn prctl(op: i32, a: libc::c_ulong, b: libc::c_ulong) -> io::Result<()> {
     // SAFETY: the operations used here take integer arguments only.
     check(unsafe { libc::prctl(op, a, b, 0 as libc::c_ulong, 0 as libc::c_ulong) } as libc::c_long)
         .map(drop)
 }
 
-pub fn set_no_new_privs() -> io::Result<()> {
-    prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0)
-}
 pub fn set_pdeathsig(sig: i32) -> io::Result<()> {
     prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0)
 }
 pub fn set_dumpable(on: bool) -> io::Result<()> {
     prctl(libc::PR_SET_DUMPABLE, on as libc::c_ulong, 0)
-}
-pub fn set_keepcaps(on: bool) -> io::Result<()> {
-    prctl(libc::PR_SET_KEEPCAPS, on as libc::c_ulong, 0)
-}
-pub fn capbset_drop(cap: u32) -> io::Result<()> {
-    prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0)
-}
-pub fn ambient_clear_all() -> io::Result<()> {
-    prctl(
-        libc::PR_CAP_AMBIENT,
-        libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-        0,
-    )
-}
-pub fn ambient_raise(cap: u32) -> io::Result<()> {
-    prctl(
-        libc::PR_CAP_AMBIENT,
-        libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
-        cap as libc::c_ulong,
-    )
-}
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-/// Sets effective, permitted and inheritable to the same 64-bit mask.
-pub fn capset(mask: u64) -> io::Result<()> {
-    let header = CapHeader {
-        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-        pid: 0,
-    };
-    let lo = mask as u32;
-    let hi = (mask >> 32) as u32;
-    let data = [
-        CapData {
-            effective: lo,
-            permitted: lo,
-            inheritable: lo,
-        },
-        CapData {
-            effective: hi,
-            permitted: hi,
-            inheritable: hi,
-        },
-    ];
-    // SAFETY: header and the two data words (version 3 layout) live for the call.
-    check(unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) })
-        .map(drop)
-}
-
-pub fn setrlimit(resource: u32, soft: u64, hard: u64) -> io::Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: hard,
-    };
-    // SAFETY: `lim` is a valid rlimit for the call.
-    check(unsafe { libc::setrlimit(resource, &lim) } as libc::c_long).map(drop)
 }
 
 pub fn getrlimit(resource: u32) -> io::Result<(u64, u64)> {
@@ -842,29 +720,11 @@ pub fn restore_termios(fd: RawFd, saved: &Termios) {
     unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved.0) };
 }
 
-/// `execve(2)`; returns only on failure.
-pub fn execve(path: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
-    let mut av: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    av.push(null());
-    let mut ev: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
-    ev.push(null());
-    // SAFETY: both arrays are NULL-terminated and point at C strings that
-    // outlive the call.
-    unsafe { libc::execve(path.as_ptr(), av.as_ptr(), ev.as_ptr()) };
-    io::Error::last_os_error()
-}
-
 /// Leaves the process immediately, without running destructors or atexit
 /// handlers that belong to the parent's copy of the state.
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and is async-signal-safe.
     unsafe { libc::_exit(code) }
-}
-
-/// `faccessat(X_OK)` relative to the current root.
-pub fn is_executable(path: &CStr) -> bool {
-    // SAFETY: `path` is a valid C string.
-    unsafe { libc::access(path.as_ptr(), libc::X_OK) == 0 }
 }
 
 /// Writes `buf` to a raw descriptor the caller owns (used across the clone boundary).

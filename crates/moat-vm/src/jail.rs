@@ -5,16 +5,17 @@
 //! CPU bandwidth; see [`moat_cgroup`]), no descriptor but its own, and
 //! death with its supervisor.
 //!
-//! Process tree: moat -> `unshare --pid --fork --kill-child` (parent-death
-//! signal from moat) -> `sh` as PID 1 of the new pid namespace (parent-death
-//! signal from unshare, still root; it mounts the namespace's own procfs)
-//! -> `setpriv` -> the VMM. Whatever way moat ends, the chain of SIGKILLs
-//! reaches the namespace's PID 1, and the kernel kills everything else in
-//! the namespace with it. (The VMM itself cannot carry a parent-death
-//! signal: changing uid clears it.)
+//! Process tree, all forks of moat, no helper program: the outer process
+//! (parent-death signal from moat; joins the cgroups and the new
+//! namespaces) -> PID 1 of the new pid namespace (parent-death signal from
+//! the outer process, still root; it mounts the namespace's own procfs)
+//! -> the VMM's process, which drops every privilege with the shared
+//! sequence of `moat-privdrop` and executes the VMM. Whatever way moat
+//! ends, the chain of SIGKILLs reaches the namespace's PID 1, and the
+//! kernel kills everything else in the namespace with it.
 //!
-//! Teardown needs root (killing root's `unshare`, removing cgroups and the
-//! container state), and the supervisor gives root up once the VM runs
+//! Teardown needs root (killing the jail's root processes, removing cgroups
+//! and the container state), and the supervisor gives root up once the VM runs
 //! ([`crate::sys::drop_privileges`]). So a cleanup watcher, started as root
 //! before the VMM, does it: when the supervisor closes its end of a pipe
 //! (teardown, or the supervisor's death, even by `kill -9`), the watcher
@@ -25,9 +26,10 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use moat_cgroup::{Cgroup, CgroupError, Hierarchies, KillMethod, Name, Version};
@@ -92,9 +94,29 @@ pub enum JailError {
     },
 }
 
+/// The jail's outer process (the VMM's grandparent), as moat's child.
+struct Jailed {
+    pid: libc::pid_t,
+    status: Option<ExitStatus>,
+}
+
+impl Jailed {
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = match sys::wait_nohang(self.pid) {
+                Ok(Some(raw)) => Some(ExitStatus::from_raw(raw)),
+                Ok(None) => None,
+                // Not ours to wait for any more: it is gone.
+                Err(_) => Some(ExitStatus::from_raw(125 << 8)),
+            };
+        }
+        self.status
+    }
+}
+
 /// A running, jailed VMM.
 pub struct RunningVmm {
-    child: Option<Child>,
+    child: Option<Jailed>,
     pub console: File,
     /// The uid the VMM runs as.
     pub uid: u32,
@@ -113,14 +135,12 @@ pub struct RunningVmm {
 
 impl RunningVmm {
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.child.as_ref().map(|c| c.pid as u32)
     }
 
     /// Whether the VMM is gone; its exit status if so.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.child.as_mut().and_then(Jailed::try_wait)
     }
 
     /// OOM kills in the VMM's memory cgroup so far.
@@ -144,8 +164,8 @@ impl RunningVmm {
         if let Some(mut c) = self.child.take() {
             while Instant::now() < deadline {
                 match c.try_wait() {
-                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                    _ => break,
+                    None => std::thread::sleep(Duration::from_millis(5)),
+                    Some(_) => break,
                 }
             }
         }
@@ -290,42 +310,39 @@ pub fn spawn(cmd: VmmCommand, spec: &JailSpec) -> Result<RunningVmm, JailError> 
         private_shm: dir("/dev/shm"),
         private_mqueue: dir("/dev/mqueue"),
     };
-    let uid = spec.uid.to_string();
-    let groups = match spec.device_group {
-        Some(g) => format!("--groups={g}"),
-        None => "--clear-groups".to_string(),
-    };
-    // PID 1 of the new pid namespace mounts the namespace's own procfs
-    // (host processes invisible; hidepid: the VMM sees only itself).
-    let script = r#"u=$1; g=$2; shift 2
-mount -t proc -o nosuid,nodev,noexec,hidepid=2 proc /proc || exit 125
-setpriv --reuid="$u" --regid="$u" "$g" --bounding-set=-all --inh-caps=-all --no-new-privs -- "$@" & wait $!"#;
-    let mut command = Command::new("unshare");
-    command
-        .args([
-            "--pid",
-            "--fork",
-            "--kill-child=SIGKILL",
-            "--",
-            "/bin/sh",
-            "-c",
-            script,
-            "moat-jail",
-        ])
-        .arg(&uid)
-        .arg(&groups)
-        .arg(&cmd.program)
-        .args(&cmd.args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(console_w))
-        .stderr(Stdio::from(console_w2))
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    let child = sys::spawn_with(&mut command, pre)
-        .map_err(spawn_err(&cmd.program.display().to_string()))?;
+    // The VMM's process: the jail's uid as uid and gid, no capability in
+    // any set, no_new_privs, only its own descriptors, cwd `/`.
+    let groups: Vec<u32> = spec.device_group.into_iter().collect();
+    let targets: Vec<i32> = cmd.fds.iter().map(|(_, n)| *n).collect();
+    let drop_spec =
+        moat_privdrop::DropSpec::unprivileged(spec.uid, spec.uid, &groups).keep_fds(&targets);
+    let mut argv = vec![cmd.program.display().to_string()];
+    argv.extend(cmd.args.iter().cloned());
+    let exec = moat_privdrop::Exec::new(&argv, &["PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_string()])
+        .map_err(|e| spawn_err(&argv[0])(std::io::Error::other(e.to_string())))?;
+    let null = File::open("/dev/null").map_err(spawn_err("/dev/null"))?;
+    let program = cmd.program.display().to_string();
+    let (pid, report) = sys::spawn_jailed(
+        &pre,
+        [null.as_fd(), console_w.as_fd(), console_w2.as_fd()],
+        &drop_spec,
+        &exec,
+    )
+    .map_err(spawn_err(&program))?;
+    let mut child = Jailed { pid, status: None };
+    // End of file without a byte: the VMM executes.
+    let mut rep = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut File::from(report), &mut rep);
+    if let Some(why) = jail_failure(&rep, &drop_spec, &exec) {
+        while child.try_wait().is_none() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        return Err(spawn_err(&program)(std::io::Error::other(why)));
+    }
     // The child has its own copies now.
     drop(cmd.fds);
     drop(procs);
+    drop((console_w, console_w2, null));
     Ok(RunningVmm {
         child: Some(child),
         console: File::from(console_r),
@@ -335,6 +352,38 @@ setpriv --reuid="$u" --regid="$u" "$g" --bounding-set=-all --inh-caps=-all --no-
         memory_limit,
         reaper_trigger: Some(reaper_trigger),
         reaper_done: Some(File::from(reaper_done)),
+    })
+}
+
+/// What the jail's report pipe says went wrong, if anything.
+fn jail_failure(
+    rep: &[u8],
+    spec: &moat_privdrop::DropSpec,
+    exec: &moat_privdrop::Exec,
+) -> Option<String> {
+    let (&tag, rest) = rep.split_first()?;
+    let errno = || {
+        let n = rest.try_into().map(i32::from_le_bytes).unwrap_or(libc::EIO);
+        std::io::Error::from_raw_os_error(n)
+    };
+    Some(match tag {
+        sys::JAIL_NAMESPACES => format!(
+            "joining the cgroups and namespaces of the jail: {}",
+            errno()
+        ),
+        sys::JAIL_PROC => format!("mounting the jail's /proc: {}", errno()),
+        sys::JAIL_PID_NAMESPACE => format!("creating the jail's pid namespace: {}", errno()),
+        sys::JAIL_EXEC => match moat_privdrop::ExecFailure::from_bytes(rest) {
+            Some(f) if f.exit_code() == moat_privdrop::EXIT_NOT_FOUND => format!(
+                "{}: {} (PATH={})",
+                exec.command(),
+                std::io::Error::from_raw_os_error(f.errno),
+                exec.path_var()
+            ),
+            Some(f) => format!("{}: {}", f.step_name(spec), f.detail(spec, exec)),
+            None => "the VMM's process failed before exec".to_string(),
+        },
+        _ => "the jail failed before the VMM ran".to_string(),
     })
 }
 

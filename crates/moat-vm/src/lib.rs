@@ -167,6 +167,7 @@ pub fn run_container_with(
             image_id: &opts.image_id,
             command: &opts.process.args,
             policy_digest: &opts.plan.policy_digest,
+            monitored: opts.keep_record,
         },
     )?;
     trace.mark("container state written");

@@ -27,6 +27,9 @@ pub struct Fields<'a> {
     pub image_id: &'a str,
     pub command: &'a [String],
     pub policy_digest: &'a str,
+    /// A monitor owns the container and records its end: a start that
+    /// fails leaves the record to it.
+    pub monitored: bool,
 }
 
 pub struct ContainerState {
@@ -79,7 +82,7 @@ impl ContainerState {
         Ok(ContainerState {
             run_root: run_root.to_path_buf(),
             record: rec,
-            handed_over: kept,
+            handed_over: kept && fields.monitored,
         })
     }
 
@@ -125,6 +128,7 @@ mod tests {
                 image_id: "sha256:00",
                 command: &["sh".into()],
                 policy_digest: "ab",
+                monitored: false,
             },
         )
     }
@@ -157,7 +161,7 @@ mod tests {
         let e = create(&run, "cd34cd34cd34cd34", "web").err().unwrap();
         assert_eq!(
             e.to_string(),
-            "container name \"web\" is already in use by container ab12ab12ab12ab12; choose another --name or stop that container first (moat kill web)"
+            "container name \"web\" is already in use by container ab12ab12ab12ab12; choose another --name, or remove that container first (moat rm -f web)"
         );
         drop(st);
         assert!(read().is_empty());

@@ -368,20 +368,6 @@ pub fn getrandom_u64() -> u64 {
     u64::from_ne_bytes(b)
 }
 
-/// Spawns `cmd`, running `pre` in the child between fork and exec.
-pub fn spawn_with(
-    cmd: &mut std::process::Command,
-    pre: PreExec,
-) -> io::Result<std::process::Child> {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: PreExec::apply only makes async-signal-safe system calls on
-    // data prepared before the fork (see its # Safety section).
-    unsafe {
-        cmd.pre_exec(move || pre.apply());
-    }
-    cmd.spawn()
-}
-
 /// Spawns `cmd` in a new session (not killed by Ctrl-C on moat's terminal).
 pub fn spawn_detached(cmd: &mut std::process::Command) -> io::Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
@@ -766,4 +752,214 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Receive
         fds,
         truncated: msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0,
     })
+}
+
+/// What failed in the jail before the VMM ran, as the report pipe of
+/// [`spawn_jailed`] carries it: a tag byte, then an errno (4 bytes) or an
+/// [`moat_privdrop::ExecFailure`] (12 bytes).
+pub const JAIL_NAMESPACES: u8 = 1;
+pub const JAIL_PROC: u8 = 2;
+pub const JAIL_PID_NAMESPACE: u8 = 3;
+pub const JAIL_EXEC: u8 = 4;
+
+/// Starts the jailed VMM without any helper program: a fork (the outer
+/// process) puts itself into the VMM's cgroups and new mount, IPC, UTS and
+/// network namespaces (`pre`), unshares a PID namespace and forks its
+/// PID 1, a root process that mounts the namespace's own procfs
+/// (`hidepid=2`) and forks the VMM's process, which drops every privilege
+/// (`spec`, the shared sequence) and executes `exec`. The outer process
+/// and PID 1 only wait and pass the exit status up (128 + signal for a
+/// signal); each dies with its parent (parent-death signal), and PID 1's
+/// death ends the namespace. Returns the outer pid and the read end of the
+/// report pipe: end of file without a byte once the VMM executes.
+///
+/// Nothing in the children allocates: safe from a multi-threaded process.
+pub fn spawn_jailed(
+    pre: &PreExec,
+    stdio: [BorrowedFd<'_>; 3],
+    spec: &moat_privdrop::DropSpec,
+    exec: &moat_privdrop::Exec,
+) -> io::Result<(libc::pid_t, OwnedFd)> {
+    let (report_r, report_w) = pipe()?;
+    let stdio = stdio.map(|f| f.as_raw_fd());
+    // SAFETY: the child runs only `jail_outer`, which makes system calls on
+    // data prepared before the fork (no allocation, no lock) and never
+    // returns, so no destructor of the parent's state runs in it.
+    let pid = check(unsafe { libc::fork() })?;
+    if pid == 0 {
+        // SAFETY: this is the child of the fork above.
+        unsafe { jail_outer(pre, stdio, report_w.as_raw_fd(), spec, exec) }
+    }
+    drop(report_w);
+    Ok((pid, report_r))
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// Writes a report (tag and payload) and exits 125.
+///
+/// # Safety
+/// Only in a child of [`spawn_jailed`].
+unsafe fn jail_fail(report: RawFd, tag: u8, errno: i32) -> ! {
+    let mut b = [0u8; 5];
+    b[0] = tag;
+    b[1..].copy_from_slice(&errno.to_le_bytes());
+    // SAFETY: writes 5 bytes from a stack buffer; then leaves at once.
+    unsafe {
+        libc::write(report, b.as_ptr().cast(), b.len());
+        libc::_exit(125)
+    }
+}
+
+/// Closes every descriptor from 3 up (the outer process and PID 1 keep
+/// nothing of moat's once their child runs).
+fn close_from_3() {
+    // SAFETY: no pointers; closes this process's own descriptors, none of
+    // which is used afterwards.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+}
+
+/// Waits for `child` (reaping any other child meanwhile: PID 1 inherits
+/// orphans) and exits with its status, 128 + signal for a signal.
+///
+/// # Safety
+/// Only in a child of [`spawn_jailed`].
+unsafe fn exit_with(child: libc::pid_t) -> ! {
+    loop {
+        let mut status = 0;
+        // SAFETY: waits for our own children into a valid int.
+        let r = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if r == child {
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            };
+            // SAFETY: leaves without running any destructor.
+            unsafe { libc::_exit(code) }
+        }
+        if r < 0 && errno() != libc::EINTR {
+            // SAFETY: as above.
+            unsafe { libc::_exit(125) }
+        }
+    }
+}
+
+/// The outer process of the jail.
+///
+/// # Safety
+/// Only in the child of the fork in [`spawn_jailed`].
+unsafe fn jail_outer(
+    pre: &PreExec,
+    stdio: [RawFd; 3],
+    report: RawFd,
+    spec: &moat_privdrop::DropSpec,
+    exec: &moat_privdrop::Exec,
+) -> ! {
+    // The report pipe above the numbers `pre` moves descriptors to.
+    // SAFETY: duplicates a descriptor we own, close-on-exec.
+    let report = unsafe { libc::fcntl(report, libc::F_DUPFD_CLOEXEC, 200) };
+    if report < 0 {
+        // SAFETY: leaves at once.
+        unsafe { libc::_exit(125) }
+    }
+    // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"moat-jail".as_ptr(), 0, 0, 0) };
+    for (to, &from) in stdio.iter().enumerate() {
+        // SAFETY: dup2 of a descriptor we own onto a standard one.
+        if unsafe { libc::dup2(from, to as RawFd) } < 0 {
+            // SAFETY: in a child of spawn_jailed.
+            unsafe { jail_fail(report, JAIL_NAMESPACES, errno()) }
+        }
+    }
+    // SAFETY: between fork and exec, as `apply` requires.
+    if let Err(e) = unsafe { pre.apply() } {
+        let n = e.raw_os_error().unwrap_or(libc::EIO);
+        // SAFETY: in a child of spawn_jailed.
+        unsafe { jail_fail(report, JAIL_NAMESPACES, n) }
+    }
+    // SAFETY: flags only; this process is single-threaded (a fork).
+    if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+        // SAFETY: in a child of spawn_jailed.
+        unsafe { jail_fail(report, JAIL_PID_NAMESPACE, errno()) }
+    }
+    // SAFETY: the child runs only `jail_init`, which never returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        // SAFETY: in a child of spawn_jailed.
+        unsafe { jail_fail(report, JAIL_PID_NAMESPACE, errno()) }
+    }
+    if pid == 0 {
+        // SAFETY: the child of the fork above.
+        unsafe { jail_init(report, spec, exec) }
+    }
+    close_from_3();
+    // SAFETY: in a child of spawn_jailed.
+    unsafe { exit_with(pid) }
+}
+
+/// PID 1 of the VMM's PID namespace: root, hidden from the VMM's uid.
+///
+/// # Safety
+/// Only in the child of the second fork of [`spawn_jailed`].
+unsafe fn jail_init(
+    report: RawFd,
+    spec: &moat_privdrop::DropSpec,
+    exec: &moat_privdrop::Exec,
+) -> ! {
+    // Dies with the outer process (and so with moat).
+    // SAFETY: integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
+        // SAFETY: in a child of spawn_jailed.
+        unsafe { jail_fail(report, JAIL_PID_NAMESPACE, errno()) }
+    }
+    // The namespace's own procfs: host processes invisible; hidepid=2:
+    // the VMM sees only its own uid's.
+    // SAFETY: constant C strings.
+    let r = unsafe {
+        libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            c"hidepid=2".as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        // SAFETY: in a child of spawn_jailed.
+        unsafe { jail_fail(report, JAIL_PROC, errno()) }
+    }
+    // SAFETY: the child runs the privilege drop, which does not allocate,
+    // and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        // SAFETY: in a child of spawn_jailed.
+        unsafe { jail_fail(report, JAIL_PID_NAMESPACE, errno()) }
+    }
+    if pid == 0 {
+        let f = moat_privdrop::drop_and_exec(spec, exec, None);
+        let mut b = [0u8; 13];
+        b[0] = JAIL_EXEC;
+        b[1..].copy_from_slice(&f.to_bytes());
+        // SAFETY: writes 13 bytes from a stack buffer, then leaves.
+        unsafe {
+            libc::write(report, b.as_ptr().cast(), b.len());
+            libc::_exit(i32::from(f.exit_code()))
+        }
+    }
+    close_from_3();
+    // SAFETY: in a child of spawn_jailed.
+    unsafe { exit_with(pid) }
+}
+
+/// `waitpid(pid, WNOHANG)`: the wait status once `pid` ended.
+pub fn wait_nohang(pid: libc::pid_t) -> io::Result<Option<i32>> {
+    let mut status = 0;
+    // SAFETY: waits for our own child into a valid int.
+    let r = check(unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) })?;
+    Ok((r == pid).then_some(status))
 }

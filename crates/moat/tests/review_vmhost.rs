@@ -235,7 +235,7 @@ fn status_field(pid: i32, field: &str) -> String {
 fn leftovers(env: &Env) -> Vec<String> {
     let mut l = jailed_processes();
     l.extend(vm_cgroups());
-    if let Ok(rd) = std::fs::read_dir(env.state_root().join("run/containers")) {
+    if let Ok(rd) = std::fs::read_dir(env.state_root().join("containers")) {
         l.extend(
             rd.flatten()
                 .map(|e| e.path())
@@ -487,7 +487,7 @@ fn the_supervisor_gives_up_root_while_the_vm_runs() {
 
     let qemu = qemu_of(pid);
     assert_ne!(ids(&status_field(qemu, "Uid:"))[0], uid[0]);
-    let containers = vm.env.state_root().join("run/containers");
+    let containers = vm.env.state_root().join("containers");
     let state = std::fs::read_dir(&containers)
         .unwrap()
         .flatten()

@@ -145,8 +145,8 @@ fn an_imported_image_runs_in_a_micro_vm() {
     assert_eq!(stdout(&o), "abc\n", "{}", stderr(&o));
     assert_eq!(o.status.code(), Some(0));
 
-    // The running container was visible under the run root and is gone.
-    let containers = env.state_root().join("run/containers");
+    // The running container was visible under the state root and is gone.
+    let containers = env.state_root().join("containers");
     let left: Vec<_> = std::fs::read_dir(&containers)
         .map(|d| {
             d.flatten()
@@ -327,7 +327,7 @@ fn send(pid: i32, sig: &str) {
 fn leftovers(env: &Env) -> Vec<String> {
     let mut l = jailed_processes();
     l.extend(vm_cgroups());
-    if let Ok(rd) = std::fs::read_dir(env.state_root().join("run/containers")) {
+    if let Ok(rd) = std::fs::read_dir(env.state_root().join("containers")) {
         l.extend(
             rd.flatten()
                 .map(|e| e.path())

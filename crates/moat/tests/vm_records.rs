@@ -83,7 +83,7 @@ impl Drop for Running {
 fn leftovers(env: &Env) -> Vec<String> {
     let mut l = jailed_processes();
     l.extend(vm_cgroups());
-    if let Ok(rd) = std::fs::read_dir(env.state_root().join("run/containers")) {
+    if let Ok(rd) = std::fs::read_dir(env.state_root().join("containers")) {
         l.extend(
             rd.flatten()
                 .map(|e| e.path())

@@ -145,14 +145,12 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         .then(crate::cmd::denials::Watch::start);
     let container = spec.container(&root);
     if spec.isolation == moat_runtime::Isolation::Vm {
-        // A micro-VM's supervisor gives up root once QEMU runs, and its
-        // cleanup watcher removes the record when the VM ends: a VM run in
-        // the foreground is always removed (as with --rm).
-        let code = run_vm(global, &args, &container);
-        if let Ok(_lock) = moat_runtime::record::lock(&root) {
-            moat_runtime::record::remove(&root, &spec.id);
-        }
-        return code;
+        // A micro-VM's supervisor gives up root (and all but the calls of
+        // its relay) once QEMU runs, and its cleanup watcher removes the
+        // record when the VM ends: a VM run in the foreground is always
+        // removed, as with --rm. A start that failed before leaves a
+        // half-created record, which the next command removes.
+        return run_vm(global, &args, &container);
     }
     let result = moat_sandbox::SandboxBackend.run_attached(&container);
     if args.rm {

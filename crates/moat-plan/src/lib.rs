@@ -4,6 +4,12 @@
 //! Both backends consume the same `Plan`: the sandbox applies it on the host,
 //! the VM backend shapes the guest with it and the guest agent applies it
 //! again inside the guest (defence in depth).
+//!
+//! Data only (serde, no parser, no RBAC, no renderers), so that the static
+//! guest agent links it without the rest of `moat-policy`, which re-exports
+//! it as `moat_policy::plan` (and [`caps`] as `moat_policy::caps`).
+
+pub mod caps;
 
 use serde::{Deserialize, Serialize};
 
