@@ -13,7 +13,13 @@ use moat_vm::jail::{self, JailSpec, RunningVmm};
 
 fn spec(name: &str, uid: u32) -> JailSpec {
     JailSpec {
-        name: format!("vm-jailtest-{name}-{}", std::process::id()),
+        // A container-ID-shaped name, unique to this test and process.
+        name: format!(
+            "vm-{:08x}{:08x}",
+            name.bytes()
+                .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into())),
+            std::process::id()
+        ),
         uid,
         guest_memory_mib: 64,
         vcpus: 1,

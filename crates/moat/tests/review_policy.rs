@@ -930,7 +930,11 @@ fn podman_spellings_are_accepted() {
     assert!(q.status.success(), "{}", stderr(&q));
     let help = stdout(&env.moat(&["run", "--help"]).output().unwrap());
     assert!(help.contains("--rm"), "{help}");
-    assert!(help.contains("changes nothing"), "{help}");
+    assert!(
+        help.contains("Remove the container when it stops"),
+        "{help}"
+    );
+    assert!(help.contains("-d, --detach"), "{help}");
     assert!(help.contains("--entrypoint <CMD>"), "{help}");
     if !can_sandbox("podman_spellings_are_accepted (run)") {
         return;
