@@ -62,6 +62,19 @@ impl std::error::Error for BackendError {
     }
 }
 
+/// What [`Backend::exec`] needs.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecRequest<'a> {
+    pub record: &'a Record,
+    /// The plan the container's first process runs under.
+    pub plan: &'a Plan,
+    /// The container's root filesystem on the host.
+    pub rootfs: &'a std::path::Path,
+    pub process: &'a ProcessSpec,
+    /// The run root (where a monitor's control socket is).
+    pub run_root: &'a std::path::Path,
+}
+
 /// Resource figures of a running container; `None` where this host does
 /// not offer the figure (e.g. CPU time on a cgroup v1 `cpu` hierarchy).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -89,6 +102,12 @@ pub trait Backend {
     /// Removes what a stopped container left on the host (cgroups),
     /// deriving everything from its ID; keeps the record.
     fn cleanup(&self, _record: &Record) {}
+
+    /// Runs `req.process` in the running container of `req.record` with
+    /// this process's stdio, never weaker than its first process (the same
+    /// plan); returns its exit code. Front ends check the policy's `exec`
+    /// grant first.
+    fn exec(&self, req: &ExecRequest<'_>) -> Result<i32, BackendError>;
 
     /// Where exec requests reach the next container this backend runs,
     /// for backends whose exec goes through the supervisor (the vm

@@ -77,25 +77,29 @@ pub fn short_path(dir_fd: &std::fs::File, file: &str) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}/{file}", dir_fd.as_raw_fd()))
 }
 
-/// Sends `req` to the monitor of container `id` and waits for its reply.
-pub fn request(
-    run_root: &Path,
-    id: &ContainerId,
-    req: &Request,
-) -> Result<Option<i32>, ControlError> {
+/// Connects to the control socket of container `id`.
+fn connect(run_root: &Path, id: &ContainerId) -> Result<UnixStream, ControlError> {
     let path = socket_path(run_root, id);
-    let io = |source| ControlError::Io {
-        id: id.to_string(),
-        source,
-    };
     let connect_err = |source| ControlError::Connect {
         id: id.to_string(),
         path: path.clone(),
         source,
     };
     let dir = std::fs::File::open(run_dir(run_root, id)).map_err(connect_err)?;
-    let mut s = UnixStream::connect(short_path(&dir, SOCKET)).map_err(connect_err)?;
-    drop(dir);
+    UnixStream::connect(short_path(&dir, SOCKET)).map_err(connect_err)
+}
+
+/// Sends `req` to the monitor of container `id` and waits for its reply.
+pub fn request(
+    run_root: &Path,
+    id: &ContainerId,
+    req: &Request,
+) -> Result<Option<i32>, ControlError> {
+    let io = |source| ControlError::Io {
+        id: id.to_string(),
+        source,
+    };
+    let mut s = connect(run_root, id)?;
     s.set_write_timeout(Some(Duration::from_secs(10)))
         .map_err(io)?;
     let mut line = serde_json::to_vec(req).map_err(|e| io(std::io::Error::other(e)))?;
@@ -136,19 +140,11 @@ pub fn exec_channel(
     id: &ContainerId,
 ) -> Result<std::os::fd::OwnedFd, ControlError> {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-    let path = socket_path(run_root, id);
     let io = |source| ControlError::Io {
         id: id.to_string(),
         source,
     };
-    let connect_err = |source| ControlError::Connect {
-        id: id.to_string(),
-        path: path.clone(),
-        source,
-    };
-    let dir = std::fs::File::open(run_dir(run_root, id)).map_err(connect_err)?;
-    let mut s = UnixStream::connect(short_path(&dir, SOCKET)).map_err(connect_err)?;
-    drop(dir);
+    let mut s = connect(run_root, id)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(io)?;
     let mut line =

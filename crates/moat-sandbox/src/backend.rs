@@ -56,6 +56,10 @@ impl Backend for SandboxBackend {
         Ok(())
     }
 
+    fn exec(&self, req: &moat_runtime::backend::ExecRequest<'_>) -> Result<i32, BackendError> {
+        crate::exec(req.record, req.plan, req.rootfs, req.process.clone()).map_err(backend_error)
+    }
+
     fn cleanup(&self, record: &Record) {
         crate::cgroup::destroy(&record.id);
     }

@@ -163,6 +163,32 @@ impl Backend for VmBackend {
         Ok(())
     }
 
+    /// Through the container's monitor, which hands out the channel to the
+    /// VM's supervisor, which relays to the guest agent: the process runs
+    /// in the guest under the container's plan. This process's stdio is
+    /// relayed by the supervisor; the guest never holds it.
+    fn exec(&self, req: &moat_runtime::backend::ExecRequest<'_>) -> Result<i32, BackendError> {
+        use std::os::fd::AsFd;
+        check_vm(req.record)?;
+        let channel =
+            moat_runtime::control::exec_channel(req.run_root, &req.record.id).map_err(|e| {
+                BackendError {
+                    exit_code: 125,
+                    error: Box::new(e),
+                }
+            })?;
+        let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+        crate::exec::request(
+            channel.as_fd(),
+            req.process,
+            req.process.tty,
+            stdin.as_fd(),
+            stdout.as_fd(),
+            stderr.as_fd(),
+        )
+        .map_err(vm_error)
+    }
+
     fn cleanup(&self, record: &Record) {
         if record.isolation == Isolation::Vm {
             let _ = moat_cgroup::cleanup(record.id.as_str());

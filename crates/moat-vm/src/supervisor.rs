@@ -14,11 +14,8 @@
 //! QEMU dies with it (the jail's parent-death chain) and the cleanup
 //! watcher removes the cgroups and the state. See `docs/vm.md`.
 
-use std::collections::BTreeSet;
-
-use moat_policy::model::{Conditions, DefaultAction, IoctlRule, Syscalls};
+use moat_policy::model::Syscalls;
 use moat_policy::plan::SockFilter;
-use serde::Deserialize;
 
 use crate::sys;
 
@@ -38,16 +35,8 @@ pub enum Scope {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
-    #[error("seccomp/supervisor.json is not a valid allowlist")]
-    Parse(#[source] serde_json::Error),
-    #[error("seccomp/supervisor.json: unknown system call {name:?}")]
-    UnknownSyscall { name: String },
-    #[error("seccomp/supervisor.json: {name:?} is listed twice")]
-    Duplicate { name: String },
-    #[error("seccomp/supervisor.json: default_action {value:?} is not kill or errno")]
-    BadDefault { value: String },
-    #[error("compiling the supervisor's seccomp filter")]
-    Compile(#[source] moat_policy::bpf::BpfError),
+    #[error(transparent)]
+    Allowlist(#[from] moat_policy::allowlist::AllowlistError),
     #[error("installing the supervisor's seccomp filter")]
     Install(#[source] std::io::Error),
     #[error("dropping the supervisor's privileges to uid {uid}")]
@@ -58,71 +47,17 @@ pub enum SupervisorError {
     },
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Allowlist {
-    #[allow(dead_code)]
-    about: String,
-    default_action: String,
-    allow: Vec<Entry>,
-    ioctl: Vec<IoctlEntry>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Entry {
-    syscall: String,
-    #[allow(dead_code)]
-    why: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IoctlEntry {
-    request: u32,
-    #[allow(dead_code)]
-    name: String,
-    #[allow(dead_code)]
-    why: String,
-}
-
 /// The allowlist in `text` as the policy compiler's syscall section.
 pub fn parse(text: &str) -> Result<Syscalls, SupervisorError> {
-    let list: Allowlist = serde_json::from_str(text).map_err(SupervisorError::Parse)?;
-    let default_action = match list.default_action.as_str() {
-        "kill" => DefaultAction::Kill,
-        "errno" => DefaultAction::Errno,
-        other => {
-            return Err(SupervisorError::BadDefault {
-                value: other.to_string(),
-            })
-        }
-    };
-    let mut allow = BTreeSet::new();
-    for e in list.allow {
-        if moat_policy::syscalls::number(&e.syscall).is_none() {
-            return Err(SupervisorError::UnknownSyscall { name: e.syscall });
-        }
-        if !allow.insert(e.syscall.clone()) {
-            return Err(SupervisorError::Duplicate { name: e.syscall });
-        }
-    }
-    let ioctl = IoctlRule::Allow(list.ioctl.iter().map(|i| i.request).collect());
-    Ok(Syscalls {
-        allow,
-        denied: BTreeSet::new(),
-        default_action,
-        conditions: Conditions {
-            socket_families: None,
-            clone_deny_flags: 0,
-            ioctl,
-        },
-    })
+    Ok(moat_policy::allowlist::parse(FILE, text)?)
 }
+
+/// The allowlist's name in errors.
+const FILE: &str = "seccomp/supervisor.json";
 
 /// The compiled filter of [`ALLOWLIST`].
 pub fn filter() -> Result<Vec<SockFilter>, SupervisorError> {
-    moat_policy::bpf::compile(&parse(ALLOWLIST)?).map_err(SupervisorError::Compile)
+    Ok(moat_policy::allowlist::compile(FILE, ALLOWLIST)?)
 }
 
 /// Drops `scope` to `uid` without groups or capabilities, then sets
@@ -137,6 +72,7 @@ pub fn confine(scope: Scope, uid: u32) -> Result<(), SupervisorError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use moat_policy::model::DefaultAction;
 
     const GOLDEN: &str = "tests/golden/supervisor.bpf.txt";
 

@@ -9,24 +9,13 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{can_sandbox, stderr, stdout, Env};
+use common::{alive, can_sandbox, stderr, stdout, wait_for, Env};
 
 /// `moat ARGS` in `env`, waited for.
 fn moat(env: &Env, args: &[&str]) -> Output {
     env.moat(args).output().unwrap()
-}
-
-fn ok(env: &Env, args: &[&str]) -> String {
-    let o = moat(env, args);
-    assert!(
-        o.status.success(),
-        "moat {args:?}: {}{}",
-        stdout(&o),
-        stderr(&o)
-    );
-    stdout(&o)
 }
 
 /// `moat run -d` of `cmd` under `policy` in the busybox rootfs; returns the ID.
@@ -46,34 +35,15 @@ fn run_d(env: &Env, name: &str, policy: &str, cmd: &[&str]) -> String {
         &root,
     ];
     args.extend(cmd);
-    let id = ok(env, &args).trim().to_string();
+    let id = env.ok(&args).trim().to_string();
     assert_eq!(id.len(), 64, "{id}");
     id
 }
 
-/// The container's record as `moat inspect` shows it.
-fn inspect(env: &Env, name: &str) -> serde_json::Value {
-    let v: serde_json::Value = serde_json::from_str(&ok(env, &["inspect", name])).unwrap();
-    v[0].clone()
-}
-
 fn ps_all(env: &Env) -> Vec<serde_json::Value> {
     let v: serde_json::Value =
-        serde_json::from_str(&ok(env, &["ps", "-a", "--format", "json"])).unwrap();
+        serde_json::from_str(&env.ok(&["ps", "-a", "--format", "json"])).unwrap();
     v.as_array().unwrap().clone()
-}
-
-fn alive(pid: i64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// No cgroup directory of container `id` is left on the host.
@@ -119,12 +89,12 @@ fn a_detached_container_lives_logs_stops_starts_and_is_removed() {
         ],
     );
     // The CLI has returned; the container runs under its monitor.
-    let c = inspect(&env, "svc");
+    let c = env.inspect("svc");
     assert_eq!(c["State"]["Status"], "running", "{c}");
     let monitor = c["State"]["MonitorPid"].as_i64().unwrap();
     let pid = c["State"]["Pid"].as_i64().unwrap();
     assert!(alive(monitor) && alive(pid));
-    assert!(ok(&env, &["ps"]).contains("svc"));
+    assert!(env.ok(&["ps"]).contains("svc"));
     // DESIGN rule 9: the monitor runs with no capability but CAP_KILL, with
     // no_new_privs and its own seccomp filter.
     let st = std::fs::read_to_string(format!("/proc/{monitor}/status")).unwrap();
@@ -221,19 +191,19 @@ fn a_detached_container_lives_logs_stops_starts_and_is_removed() {
     }
 
     // stop: SIGTERM reaches the workload (its trap runs), the exit is kept.
-    assert_eq!(ok(&env, &["stop", "svc"]).trim(), "svc");
+    assert_eq!(env.ok(&["stop", "svc"]).trim(), "svc");
     assert!(!alive(pid));
     wait_for("the monitor to exit", 10, || !alive(monitor));
-    let c = inspect(&env, "svc");
+    let c = env.inspect("svc");
     assert_eq!(c["State"]["Status"], "stopped", "{c}");
     assert_eq!(c["State"]["ExitCode"], 3, "{c}");
-    assert_eq!(ok(&env, &["wait", "svc"]).trim(), "3");
-    assert!(ok(&env, &["logs", "svc"]).contains("bye"));
+    assert_eq!(env.ok(&["wait", "svc"]).trim(), "3");
+    assert!(env.ok(&["logs", "svc"]).contains("bye"));
     assert!(no_cgroups(&id));
     let all = ps_all(&env);
     assert_eq!(all.len(), 1);
     assert_eq!(all[0]["exit_code"], 3);
-    assert!(!ok(&env, &["ps"]).contains("svc"));
+    assert!(!env.ok(&["ps"]).contains("svc"));
     let o = moat(&env, &["exec", "svc", "true"]);
     assert!(
         stderr(&o).contains("container svc is not running (Exited (3))"),
@@ -242,13 +212,13 @@ fn a_detached_container_lives_logs_stops_starts_and_is_removed() {
     );
 
     // start again (its log goes on), restart, then rm -f.
-    assert_eq!(ok(&env, &["start", "svc"]).trim(), "svc");
-    assert_eq!(inspect(&env, "svc")["State"]["Status"], "running");
-    assert_eq!(ok(&env, &["restart", "-t", "5", "svc"]).trim(), "svc");
-    let c = inspect(&env, "svc");
+    assert_eq!(env.ok(&["start", "svc"]).trim(), "svc");
+    assert_eq!(env.inspect("svc")["State"]["Status"], "running");
+    assert_eq!(env.ok(&["restart", "-t", "5", "svc"]).trim(), "svc");
+    let c = env.inspect("svc");
     assert_eq!(c["State"]["Status"], "running");
     let pid2 = c["State"]["Pid"].as_i64().unwrap();
-    assert_eq!(ok(&env, &["rm", "-f", "svc"]).trim(), "svc");
+    assert_eq!(env.ok(&["rm", "-f", "svc"]).trim(), "svc");
     assert!(!alive(pid2));
     assert!(ps_all(&env).is_empty());
     assert!(!env.state_root().join("containers").join(&id).exists());
@@ -273,46 +243,40 @@ fn foreground_containers_are_kept_stopped_unless_rm() {
     let o = env.run(&["--name", "fg", "--", "true"]);
     assert_eq!(o.status.code(), Some(125));
     assert!(stderr(&o).contains("moat rm -f fg"), "{}", stderr(&o));
-    ok(&env, &["rm", "fg"]);
+    env.ok(&["rm", "fg"]);
     let o = env.run(&["--rm", "--name", "fg", "--", "true"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(ps_all(&env).is_empty());
     // create + start -a: the output, then the workload's status.
     let root = env.rootfs.to_str().unwrap().to_string();
-    let id = ok(
-        &env,
-        &[
-            "create",
-            "--isolation",
-            "sandbox",
-            "--name",
-            "job",
-            "--rootfs",
-            &root,
-            "sh",
-            "-c",
-            "echo from-job; exit 5",
-        ],
-    );
+    let id = env.ok(&[
+        "create",
+        "--isolation",
+        "sandbox",
+        "--name",
+        "job",
+        "--rootfs",
+        &root,
+        "sh",
+        "-c",
+        "echo from-job; exit 5",
+    ]);
     assert_eq!(id.trim().len(), 64);
-    assert_eq!(inspect(&env, "job")["State"]["Status"], "created");
+    assert_eq!(env.inspect("job")["State"]["Status"], "created");
     let o = moat(&env, &["start", "-a", "job"]);
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert_eq!(stdout(&o), "from-job\n");
     // start of a missing command: the exit code says so, the record too.
-    ok(
-        &env,
-        &[
-            "create",
-            "--isolation",
-            "sandbox",
-            "--name",
-            "bad",
-            "--rootfs",
-            &root,
-            "nosuch",
-        ],
-    );
+    env.ok(&[
+        "create",
+        "--isolation",
+        "sandbox",
+        "--name",
+        "bad",
+        "--rootfs",
+        &root,
+        "nosuch",
+    ]);
     let o = moat(&env, &["start", "bad"]);
     assert_eq!(o.status.code(), Some(127), "{}", stderr(&o));
     assert!(
@@ -320,7 +284,7 @@ fn foreground_containers_are_kept_stopped_unless_rm() {
         "{}",
         stderr(&o)
     );
-    assert_eq!(inspect(&env, "bad")["State"]["Status"], "stopped");
+    assert_eq!(env.inspect("bad")["State"]["Status"], "stopped");
 }
 
 #[test]
@@ -341,7 +305,7 @@ fn exec_is_never_weaker_than_the_first_process() {
     let policy = exec_policy(&env);
     run_d(&env, "x", &policy, &["sleep", "1000"]);
     let status = |pid: &str| {
-        ok(&env, &["exec", "x", "sh", "-c", &format!("grep -E '^(Uid|Gid|CapEff|CapBnd|CapPrm|NoNewPrivs|Seccomp):' /proc/{pid}/status; cat /proc/{pid}/uid_map /proc/{pid}/cgroup; for n in user mnt pid net ipc uts cgroup; do readlink /proc/{pid}/ns/$n; done")])
+        env.ok(&["exec", "x", "sh", "-c", &format!("grep -E '^(Uid|Gid|CapEff|CapBnd|CapPrm|NoNewPrivs|Seccomp):' /proc/{pid}/status; cat /proc/{pid}/uid_map /proc/{pid}/cgroup; for n in user mnt pid net ipc uts cgroup; do readlink /proc/{pid}/ns/$n; done")])
     };
     // The exec'd shell reads its own status and PID 1's: the same.
     let mine = status("self");
@@ -399,7 +363,7 @@ fn exec_is_never_weaker_than_the_first_process() {
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"piped\n").unwrap();
     drop(child.stdin.take());
     assert_eq!(stdout(&child.wait_with_output().unwrap()), "piped\n");
-    ok(&env, &["rm", "-f", "x", "denied"]);
+    env.ok(&["rm", "-f", "x", "denied"]);
 }
 
 #[test]
@@ -409,14 +373,14 @@ fn kill_9_of_the_monitor_ends_the_container_and_the_record_says_so() {
     }
     let env = Env::new();
     let id = run_d(&env, "m", "baseline", &["sleep", "1000"]);
-    let c = inspect(&env, "m");
+    let c = env.inspect("m");
     let (monitor, pid) = (
         c["State"]["MonitorPid"].as_i64().unwrap(),
         c["State"]["Pid"].as_i64().unwrap(),
     );
     unsafe_kill(monitor, 9);
     wait_for("the workload to die with its monitor", 20, || !alive(pid));
-    let c = inspect(&env, "m");
+    let c = env.inspect("m");
     assert_eq!(c["State"]["Status"], "stopped", "{c}");
     assert!(
         c["State"]["Error"]
@@ -428,20 +392,20 @@ fn kill_9_of_the_monitor_ends_the_container_and_the_record_says_so() {
     assert!(no_cgroups(&id));
     // kill -9 of a CLI attached to a container never harms it.
     run_d(&env, "a", "baseline", &["sleep", "1000"]);
-    ok(&env, &["stop", "-t", "0", "a"]);
+    env.ok(&["stop", "-t", "0", "a"]);
     let mut attached = env
         .moat(&["start", "-a", "a"])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     wait_for("a to run", 20, || {
-        inspect(&env, "a")["State"]["Status"] == "running"
+        env.inspect("a")["State"]["Status"] == "running"
     });
     attached.kill().unwrap();
     attached.wait().unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(inspect(&env, "a")["State"]["Status"], "running");
-    ok(&env, &["rm", "-f", "a", "m"]);
+    assert_eq!(env.inspect("a")["State"]["Status"], "running");
+    env.ok(&["rm", "-f", "a", "m"]);
 }
 
 fn unsafe_kill(pid: i64, sig: i32) {
@@ -495,7 +459,7 @@ fn kill_9_of_the_cli_during_run_d_leaves_no_half_created_container() {
         let name = c["name"].as_str().unwrap();
         assert_eq!(c["status"], "running", "half-created: {c}");
         assert!(alive(c["monitor_pid"].as_i64().unwrap()), "{c}");
-        ok(&env, &["rm", "-f", name]);
+        env.ok(&["rm", "-f", name]);
     }
     assert!(ps_all(&env).is_empty());
 }
@@ -544,7 +508,7 @@ fn a_reboot_leaves_records_of_stopped_containers_and_nothing_half_started() {
     }
     let env = Env::new();
     let id = run_d(&env, "r", "baseline", &["sleep", "1000"]);
-    ok(&env, &["stop", "-t", "0", "r"]);
+    env.ok(&["stop", "-t", "0", "r"]);
     // Make the stopped record look like one of a container that was
     // running when the host went down: another boot ID, and a monitor pid
     // that exists now (pid 1, with its real start time) — only the boot ID
@@ -579,10 +543,10 @@ fn a_reboot_leaves_records_of_stopped_containers_and_nothing_half_started() {
         "{}",
         all[0]
     );
-    assert!(!ok(&env, &["ps"]).contains(" r "));
+    assert!(!env.ok(&["ps"]).contains(" r "));
     // It can be started again and removed.
-    ok(&env, &["start", "r"]);
-    ok(&env, &["rm", "-f", "r"]);
+    env.ok(&["start", "r"]);
+    env.ok(&["rm", "-f", "r"]);
 }
 
 #[test]
@@ -685,7 +649,7 @@ fn fifty_detached_containers_start_at_once_and_are_removed_cleanly() {
     let mut rm = vec!["rm", "-f"];
     let names: Vec<String> = names.into_iter().collect();
     rm.extend(names.iter().map(String::as_str));
-    ok(&env, &rm);
+    env.ok(&rm);
     assert!(ps_all(&env).is_empty());
     for id in &ids {
         assert!(no_cgroups(id), "{id}");

@@ -12,27 +12,8 @@ mod vm_host;
 use std::io::{BufRead, BufReader};
 use std::process::{Output, Stdio};
 
-use common::{can_sandbox, stderr, stdout, Env};
+use common::{stderr, stdout, vm_ready, Env};
 use vm_host::vm_lock;
-
-fn vm_ready(env: &Env, test: &str) -> bool {
-    if !can_sandbox(test) {
-        return false;
-    }
-    if !std::path::Path::new("/usr/bin/qemu-system-x86_64").is_file() {
-        println!("SKIP: {test}: qemu-system-x86_64 is not installed");
-        return false;
-    }
-    let k = env.moat(&["kernel", "path"]).output().unwrap();
-    if !k.status.success() {
-        println!(
-            "SKIP: {test}: guest kernel not built: {}",
-            stderr(&k).trim()
-        );
-        return false;
-    }
-    true
-}
 
 /// `moat run --isolation BACKEND [OPTS] --rootfs ROOT CMD...`
 fn run_in(env: &Env, backend: &str, opts: &[&str], cmd: &[&str]) -> Output {

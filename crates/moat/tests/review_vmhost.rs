@@ -17,27 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use common::{can_sandbox, stderr, Env};
+use common::{can_sandbox, stderr, vm_ready, Env};
 use vm_host::{jailed_processes, vm_cgroups, vm_lock, VmLock};
-
-fn vm_ready(env: &Env, test: &str) -> bool {
-    if !can_sandbox(test) {
-        return false;
-    }
-    if !Path::new("/usr/bin/qemu-system-x86_64").is_file() {
-        println!("SKIP: {test}: qemu-system-x86_64 is not installed");
-        return false;
-    }
-    let k = env.moat(&["kernel", "path"]).output().unwrap();
-    if !k.status.success() {
-        println!(
-            "SKIP: {test}: guest kernel not built: {}",
-            stderr(&k).trim()
-        );
-        return false;
-    }
-    true
-}
 
 fn import_test_image(env: &Env) {
     let archive = env.dir.path().join("busybox.oci.tar");

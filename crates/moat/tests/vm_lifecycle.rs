@@ -9,50 +9,19 @@ mod common;
 mod vm_host;
 
 use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{can_sandbox, stderr, stdout, Env};
+use common::{alive, stderr, stdout, vm_ready, wait_for, Env};
 use vm_host::{jailed_processes, vm_cgroups, vm_lock};
-
-fn vm_ready(env: &Env, test: &str) -> bool {
-    if !can_sandbox(test) {
-        return false;
-    }
-    if !std::path::Path::new("/usr/bin/qemu-system-x86_64").is_file() {
-        println!("SKIP: {test}: qemu-system-x86_64 is not installed");
-        return false;
-    }
-    let k = env.moat(&["kernel", "path"]).output().unwrap();
-    if !k.status.success() {
-        println!(
-            "SKIP: {test}: guest kernel not built: {}",
-            stderr(&k).trim()
-        );
-        return false;
-    }
-    true
-}
 
 fn moat(env: &Env, args: &[&str]) -> Output {
     env.moat(args).output().unwrap()
 }
 
-fn ok(env: &Env, args: &[&str]) -> String {
-    let o = moat(env, args);
-    assert!(
-        o.status.success(),
-        "moat {args:?}: {}{}",
-        stdout(&o),
-        stderr(&o)
-    );
-    stdout(&o)
-}
-
 /// Imports the test image; returns a policy that allows exec.
 fn setup(env: &Env) -> String {
     let archive = env.dir.path().join("busybox.oci.tar");
-    ok(env, &["dev", "test-image", "-o", archive.to_str().unwrap()]);
-    ok(env, &["image", "import", archive.to_str().unwrap()]);
+    env.ok(&["dev", "test-image", "-o", archive.to_str().unwrap()]);
+    env.ok(&["image", "import", archive.to_str().unwrap()]);
     let p = env.dir.path().join("exec.yaml");
     std::fs::write(
         &p,
@@ -70,24 +39,6 @@ impl Drop for Cleanup<'_> {
         let mut args = vec!["rm", "-f"];
         args.extend(self.1.iter().map(String::as_str));
         let _ = self.0.moat(&args).output();
-    }
-}
-
-fn inspect(env: &Env, name: &str) -> serde_json::Value {
-    let v: serde_json::Value = serde_json::from_str(&ok(env, &["inspect", name])).unwrap();
-    v[0].clone()
-}
-
-fn alive(pid: i64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -126,7 +77,7 @@ fn a_detached_micro_vm_logs_execs_stops_and_dies_with_its_monitor() {
             "busybox",
         ];
         args.extend(cmd);
-        ok(&env, &args)
+        env.ok(&args)
     };
     let id = vm_run(
         "v",
@@ -137,7 +88,7 @@ fn a_detached_micro_vm_logs_execs_stops_and_dies_with_its_monitor() {
         ],
     );
     assert_eq!(id.trim().len(), 64);
-    let c = inspect(&env, "v");
+    let c = env.inspect("v");
     assert_eq!(c["Isolation"], "vm");
     assert_eq!(c["State"]["Status"], "running", "{c}");
     wait_for("the guest's output in the log", 120, || {
@@ -167,18 +118,18 @@ fn a_detached_micro_vm_logs_execs_stops_and_dies_with_its_monitor() {
     );
 
     // stop: SIGTERM reaches the guest's workload; the record keeps its exit.
-    assert_eq!(ok(&env, &["stop", "-t", "30", "v"]).trim(), "v");
-    let c = inspect(&env, "v");
+    assert_eq!(env.ok(&["stop", "-t", "30", "v"]).trim(), "v");
+    let c = env.inspect("v");
     assert_eq!(c["State"]["Status"], "stopped", "{c}");
     assert_eq!(c["State"]["ExitCode"], 4, "{c}");
-    assert!(ok(&env, &["logs", "v"]).contains("bye"));
+    assert!(env.ok(&["logs", "v"]).contains("bye"));
     nothing_left();
     let o = moat(&env, &["exec", "v", "true"]);
     assert!(stderr(&o).contains("is not running"), "{}", stderr(&o));
 
     // kill -9 of the monitor ends the VM; the record says so.
-    ok(&env, &["start", "v"]);
-    let c = inspect(&env, "v");
+    env.ok(&["start", "v"]);
+    let c = env.inspect("v");
     let monitor = c["State"]["MonitorPid"].as_i64().unwrap();
     assert!(alive(monitor));
     assert!(!jailed_processes().is_empty());
@@ -188,7 +139,7 @@ fn a_detached_micro_vm_logs_execs_stops_and_dies_with_its_monitor() {
         .unwrap()
         .success());
     nothing_left();
-    let c = inspect(&env, "v");
+    let c = env.inspect("v");
     assert_eq!(c["State"]["Status"], "stopped", "{c}");
     assert!(
         c["State"]["Error"]
@@ -197,8 +148,8 @@ fn a_detached_micro_vm_logs_execs_stops_and_dies_with_its_monitor() {
             .contains("monitor died"),
         "{c}"
     );
-    ok(&env, &["rm", "v"]);
-    assert_eq!(ok(&env, &["ps", "-a", "--format", "json"]).trim(), "[]");
+    env.ok(&["rm", "v"]);
+    assert_eq!(env.ok(&["ps", "-a", "--format", "json"]).trim(), "[]");
 }
 
 #[test]
@@ -241,8 +192,7 @@ fn ten_micro_vms_start_at_once_and_are_removed_cleanly() {
         ids.insert(stdout(&o).trim().to_string());
     }
     assert_eq!(ids.len(), 10);
-    let v: serde_json::Value =
-        serde_json::from_str(&ok(&env, &["ps", "--format", "json"])).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["ps", "--format", "json"])).unwrap();
     let all = v.as_array().unwrap();
     assert_eq!(all.len(), 10);
     assert!(
@@ -257,7 +207,7 @@ fn ten_micro_vms_start_at_once_and_are_removed_cleanly() {
     assert_eq!(names.len(), 10);
     let mut rm = vec!["rm", "-f"];
     rm.extend(names.iter().map(String::as_str));
-    ok(&env, &rm);
-    assert_eq!(ok(&env, &["ps", "-a", "--format", "json"]).trim(), "[]");
+    env.ok(&rm);
+    assert_eq!(env.ok(&["ps", "-a", "--format", "json"]).trim(), "[]");
     nothing_left();
 }

@@ -10,32 +10,12 @@ mod common;
 mod vm_host;
 
 use std::io::BufRead;
-use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use common::{can_sandbox, stderr, stdout, Env};
+use common::{stderr, stdout, vm_ready, Env};
 use vm_host::{jailed_processes, vm_cgroups, vm_lock};
-
-fn vm_ready(env: &Env, test: &str) -> bool {
-    if !can_sandbox(test) {
-        return false;
-    }
-    if !Path::new("/usr/bin/qemu-system-x86_64").is_file() {
-        println!("SKIP: {test}: qemu-system-x86_64 is not installed");
-        return false;
-    }
-    let k = env.moat(&["kernel", "path"]).output().unwrap();
-    if !k.status.success() {
-        println!(
-            "SKIP: {test}: guest kernel not built: {}",
-            stderr(&k).trim()
-        );
-        return false;
-    }
-    true
-}
 
 /// `moat run` with its stdout read line by line; killed on drop.
 struct Running {

@@ -78,11 +78,26 @@ pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
         let id = moat_sandbox::user::resolve(&spec.rootfs, user)?;
         Ok((id.uid, id.gid, id.additional_gids))
     })?;
-    let result = match r.isolation {
-        Isolation::Sandbox => moat_sandbox::exec(&r, &spec.plan, &spec.rootfs, process)
-            .map_err(|e| (e.exit_code(), anyhow::Error::from(e))),
-        Isolation::Vm => exec_vm(global, &r, &process),
+    let backend = crate::cmd::container::backend_for(global, r.isolation);
+    let run_root = global.run_root();
+    let request = moat_runtime::backend::ExecRequest {
+        record: &r,
+        plan: &spec.plan,
+        rootfs: &spec.rootfs,
+        process: &process,
+        run_root: &run_root,
     };
+    let result = backend.exec(&request).map_err(|e| {
+        let code = e.exit_code;
+        let mut err = anyhow::Error::from(e);
+        if r.isolation == Isolation::Vm && !r.monitor_alive() {
+            err = err.context(format!(
+                "container {} runs in a micro-VM: exec goes through its monitor (run it with -d)",
+                r.name
+            ));
+        }
+        (code, err)
+    });
     match result {
         Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
         Err((code, e)) => {
@@ -90,36 +105,4 @@ pub fn run(global: &GlobalArgs, args: ExecArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(code))
         }
     }
-}
-
-/// Through the container's monitor, which hands out the channel to its VM
-/// supervisor, which relays to the guest agent (the process runs in the
-/// guest under the container's plan). This process's stdio is passed
-/// along; the guest never holds it (the supervisor relays).
-fn exec_vm(
-    global: &GlobalArgs,
-    r: &moat_runtime::Record,
-    process: &moat_policy::ProcessSpec,
-) -> Result<i32, (u8, anyhow::Error)> {
-    use std::os::fd::AsFd;
-    let channel = moat_runtime::control::exec_channel(&global.run_root(), &r.id).map_err(|e| {
-        (
-            125,
-            anyhow::Error::from(e).context(format!(
-                "container {} runs in a micro-VM: exec goes through its monitor, which must be running (micro-VMs run in the foreground have none: run it with -d)",
-                r.name
-            )),
-        )
-    })?;
-    let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
-    let code = moat_vm::exec::request(
-        channel.as_fd(),
-        process,
-        process.tty,
-        stdin.as_fd(),
-        stdout.as_fd(),
-        stderr.as_fd(),
-    )
-    .map_err(|e| (125, anyhow::Error::from(e)))?;
-    Ok(code)
 }

@@ -28,6 +28,27 @@ pub fn can_sandbox(test: &str) -> bool {
     true
 }
 
+/// Whether the micro-VM tests can run here (root, QEMU, a built guest
+/// kernel); prints `SKIP:` if not.
+pub fn vm_ready(env: &Env, test: &str) -> bool {
+    if !can_sandbox(test) {
+        return false;
+    }
+    if !Path::new("/usr/bin/qemu-system-x86_64").is_file() {
+        println!("SKIP: {test}: qemu-system-x86_64 is not installed");
+        return false;
+    }
+    let k = env.moat(&["kernel", "path"]).output().unwrap();
+    if !k.status.success() {
+        println!(
+            "SKIP: {test}: guest kernel not built: {}",
+            stderr(&k).trim()
+        );
+        return false;
+    }
+    true
+}
+
 /// A test environment: a temp dir with a state root and a busybox rootfs.
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -72,6 +93,24 @@ impl Env {
         full.push(&root);
         full.extend(rest);
         self.moat(&full).output().unwrap()
+    }
+
+    /// `moat ARGS`, which must succeed; its standard output.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.moat(args).output().unwrap();
+        assert!(
+            o.status.success(),
+            "moat {args:?}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        stdout(&o)
+    }
+
+    /// The container `name` as `moat inspect` shows it.
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["inspect", name])).unwrap();
+        v[0].clone()
     }
 
     /// Installs the static escape helper as `/bin/escape-helper`.
@@ -185,4 +224,22 @@ pub fn line<'a>(text: &'a str, prefix: &str) -> &'a str {
 /// The mount table of this (host) process, for "host unchanged" checks.
 pub fn host_mounts() -> String {
     std::fs::read_to_string("/proc/self/mountinfo").unwrap()
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+}
+
+/// Polls `f` until it holds; fails the test after `secs` seconds.
+pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
