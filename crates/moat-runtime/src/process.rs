@@ -169,7 +169,89 @@ pub fn exec_process(
         let (uid, gid, groups) = resolve_user(u)?;
         (p.uid, p.gid, p.additional_gids) = (uid, gid, groups);
     }
+    if args.tty && !p.env.iter().any(|e| e.starts_with("TERM=")) {
+        p.env.push("TERM=xterm".to_string());
+    }
     p.tty = args.tty;
     p.interactive = args.interactive;
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first() -> ProcessSpec {
+        ProcessSpec {
+            args: vec!["/bin/server".into()],
+            env: vec!["PATH=/bin".into(), "A=1".into()],
+            cwd: "/srv".into(),
+            uid: 7,
+            gid: 8,
+            additional_gids: vec![9],
+            tty: false,
+            interactive: false,
+            hostname: "web".into(),
+        }
+    }
+
+    #[test]
+    fn exec_keeps_the_first_process_but_what_the_request_changes() {
+        let req = ProcessArgs {
+            command: vec!["sh".into()],
+            env: vec!["A=2".into(), "B=3".into()],
+            tty: true,
+            interactive: true,
+            ..ProcessArgs::default()
+        };
+        let p = exec_process(&first(), &req, |_| unreachable!()).unwrap();
+        assert_eq!(p.args, ["sh"]);
+        assert_eq!(p.env, ["PATH=/bin", "A=2", "B=3", "TERM=xterm"]);
+        assert_eq!((p.cwd.as_str(), p.uid, p.gid), ("/srv", 7, 8));
+        assert_eq!(p.additional_gids, [9]);
+        assert_eq!(p.hostname, "web");
+        assert!(p.tty && p.interactive);
+
+        let req = ProcessArgs {
+            command: vec!["id".into()],
+            user: Some("1000".into()),
+            workdir: Some("/tmp".into()),
+            ..ProcessArgs::default()
+        };
+        let p = exec_process(&first(), &req, |u| {
+            assert_eq!(u, "1000");
+            Ok((1000, 1000, vec![]))
+        })
+        .unwrap();
+        assert_eq!((p.cwd.as_str(), p.uid, p.gid), ("/tmp", 1000, 1000));
+        assert!(p.additional_gids.is_empty() && !p.env.contains(&"TERM=xterm".to_string()));
+    }
+
+    #[test]
+    fn exec_requests_are_checked() {
+        let none = ProcessArgs::default();
+        assert_eq!(
+            exec_process(&first(), &none, |_| unreachable!())
+                .unwrap_err()
+                .to_string(),
+            "no command given: moat exec NAME CMD [ARG...]"
+        );
+        let rel = ProcessArgs {
+            command: vec!["x".into()],
+            workdir: Some("tmp".into()),
+            ..ProcessArgs::default()
+        };
+        assert_eq!(
+            exec_process(&first(), &rel, |_| unreachable!())
+                .unwrap_err()
+                .to_string(),
+            "working directory \"tmp\" (-w) must be an absolute path"
+        );
+        let bad = ProcessArgs {
+            command: vec!["x".into()],
+            env: vec!["=v".into()],
+            ..ProcessArgs::default()
+        };
+        assert!(exec_process(&first(), &bad, |_| unreachable!()).is_err());
+    }
 }

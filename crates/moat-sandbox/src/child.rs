@@ -28,6 +28,8 @@ pub(crate) struct ChildSetup {
     pub exec: Exec,
     pub tty: bool,
     pub interactive: bool,
+    /// The workload's uid inside the container (owner of its terminal).
+    pub uid: u32,
 }
 
 impl ChildSetup {
@@ -47,6 +49,7 @@ impl ChildSetup {
             exec: Exec::from_process(p).map_err(spec_err)?,
             tty: p.tty,
             interactive: p.interactive,
+            uid: p.uid,
         })
     }
 }
@@ -68,6 +71,10 @@ pub(crate) struct ChildFds {
     /// The read-only rootfs clone made by the supervisor (idmapped if the
     /// filesystem supports it).
     pub rootfs_mnt: Option<OwnedFd>,
+    /// `moat exec -t`: where the process sends the master of the terminal
+    /// it opens in the container's own devpts (so that its name resolves
+    /// there, as a first process's `/dev/console` does).
+    pub console_socket: Option<OwnedFd>,
 }
 
 /// Entry point of `moat exec`'s process, already in the container's
@@ -89,6 +96,23 @@ fn exec_run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
     sys::set_pdeathsig(libc::SIGKILL).map_err(|e| ChildError::io("PR_SET_PDEATHSIG", e))?;
     sys::set_dumpable(false).map_err(|e| ChildError::io("PR_SET_DUMPABLE", e))?;
     sys::setsid().map_err(|e| ChildError::io("setsid", e))?;
+    if let Some(sock) = fds.console_socket.take() {
+        // As container root: a terminal of the container's devpts, owned
+        // by the workload's user and the tty group (5), mode 0620.
+        sys::set_ids(0, 0, &[]).map_err(|e| ChildError::io("becoming container root", e))?;
+        let (master, peer) =
+            sys::open_pty().map_err(|e| ChildError::io("opening the container's /dev/ptmx", e))?;
+        std::os::unix::fs::fchown(&peer, Some(s.uid), Some(5))
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                File::from(peer.try_clone()?)
+                    .set_permissions(std::fs::Permissions::from_mode(0o620))
+            })
+            .map_err(|e| ChildError::io("the terminal's owner", e))?;
+        sys::send_fd(sock.as_fd(), master.as_fd())
+            .map_err(|e| ChildError::io("handing the terminal to moat exec", e))?;
+        fds.pty = Some(peer);
+    }
     let mut byte = [0u8; 1];
     let mut go = File::from(
         fds.go

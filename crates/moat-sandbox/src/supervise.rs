@@ -207,6 +207,7 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
                 relayed: relays.child,
                 pty_path,
                 rootfs_mnt,
+                console_socket: None,
             };
             child::main(&setup, fds);
         }
@@ -290,7 +291,19 @@ pub(crate) fn exec_and_wait(
     let (go_r, go_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (pid_r, pid_w) = pipe()?;
-    let (pty, relays) = stdio_for(cfg, &setup)?;
+    // -t: the process opens its terminal in the container's own devpts and
+    // sends the master back; else the relays of `moat run`.
+    let (pty, relays, console) = if setup.tty {
+        let (ours, theirs) = sys::seqpacket_pair().map_err(prep("a socket pair"))?;
+        (None, Relays::default(), Some((ours, theirs)))
+    } else {
+        let (pty, relays) = stdio_for(cfg, &setup)?;
+        (pty, relays, None)
+    };
+    let (console_ours, console_theirs) = match console {
+        Some((o, t)) => (Some(o), Some(t)),
+        None => (None, None),
+    };
     let mut blocked: Vec<i32> = FORWARDED.to_vec();
     blocked.push(libc::SIGCHLD);
     let blocked = SigSet::of(&blocked);
@@ -305,7 +318,7 @@ pub(crate) fn exec_and_wait(
         | libc::CLONE_NEWCGROUP;
     let joiner = match sys::clone_child(0) {
         Ok(Forked::Child) => {
-            drop((go_w, err_r, pid_r, sigfd));
+            drop((go_w, err_r, pid_r, sigfd, console_ours));
             // The joiner: into the container's namespaces, then a child of
             // our parent that is in its PID namespace too; then it exits.
             let fail = |step: &str, e: std::io::Error| -> ! {
@@ -334,6 +347,7 @@ pub(crate) fn exec_and_wait(
                         relayed: relays.child,
                         pty_path: None,
                         rootfs_mnt: None,
+                        console_socket: console_theirs,
                     };
                     child::exec_main(&setup, fds)
                 }
@@ -350,14 +364,19 @@ pub(crate) fn exec_and_wait(
             return Err(SandboxError::Clone(e));
         }
     };
-    drop((go_r, err_w, pid_w, target_fd));
+    drop((go_r, err_w, pid_w, target_fd, console_theirs));
     let _ = sys::wait_pidfd(joiner.as_fd(), false);
     let mut pid_text = String::new();
     let _ = File::from(pid_r).read_to_string(&mut pid_text);
-    let (master, peer) = match pty {
+    let (mut master, peer) = match pty {
         Some((m, p)) => (Some(m), Some(p)),
         None => (None, None),
     };
+    if let (Some(sock), Ok(_)) = (&console_ours, pid_text.trim().parse::<i32>()) {
+        // EOF: the process failed before it had a terminal (its error
+        // pipe says why).
+        master = sys::recv_fd(sock.as_fd()).ok().flatten();
+    }
     drop(peer);
     let Relays { child, stdin, out } = relays;
     drop(child);

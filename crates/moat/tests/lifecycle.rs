@@ -354,6 +354,23 @@ fn exec_is_never_weaker_than_the_first_process() {
     assert_eq!(o.status.code(), Some(127));
     let o = moat(&env, &["exec", "-w", "/nonexistent", "x", "true"]);
     assert_eq!(o.status.code(), Some(125));
+    // -t: a terminal of the container's own devpts (its name resolves
+    // inside), owned by the exec's user, with TERM set; run under `script`
+    // for a terminal of our own.
+    let out = Command::new("script")
+        .arg("-qec")
+        .arg(format!(
+            "{} --root {} exec -it -w /tmp -u 1000 x sh -c 'tty; stat -c %u:%g:%a $(tty); echo $TERM; exit 9'",
+            env!("CARGO_BIN_EXE_moat"),
+            env.state_root().display()
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = stdout(&out).replace('\r', "");
+    assert!(text.contains("/dev/pts/0\n1000:5:620\nxterm\n"), "{text:?}");
+    assert_eq!(out.status.code(), Some(9), "{text:?}");
     let mut child = env
         .moat(&["exec", "-i", "x", "cat"])
         .stdin(Stdio::piped())
