@@ -95,36 +95,47 @@ pub fn install_seccomp(prog: &[moat_policy::plan::SockFilter]) -> io::Result<()>
     }
 }
 
-/// Drops this process's resident copies of its program text
-/// (`MADV_DONTNEED` on the executable's read-only, executable mappings):
-/// a long-running process keeps only the code it runs from then on (the
-/// pages fault back in from the file as they are needed). Never touches
-/// a writable or anonymous mapping, whose contents would be lost.
+/// Drops this process's resident copies of its program's read-only
+/// pages (`MADV_DONTNEED` on the executable's `r-xp` and `r--p` mappings
+/// that hold no private copy of a page, per `/proc/self/smaps`): a
+/// long-running process keeps only the code and constants it uses from
+/// then on (they fault back in from the file as needed). A mapping with a
+/// private page (relocated data made read-only) is never touched: its
+/// contents would be lost.
 pub fn release_text() {
     let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
         return;
     };
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
         return;
     };
-    for line in maps.lines() {
+    let mut current: Option<(usize, usize)> = None;
+    let mut ranges = Vec::new();
+    for line in smaps.lines() {
         let mut f = line.split_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+        let Some(first) = f.next() else {
             continue;
         };
-        let path = f.nth(3);
-        if perms != "r-xp" || path != exe.to_str() {
-            continue;
+        if let Some((a, b)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            current = None;
+            let perms = f.next().unwrap_or_default();
+            let path = f.nth(3);
+            if (perms == "r-xp" || perms == "r--p") && path == exe.to_str() {
+                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
+                    current = Some((a, b));
+                }
+            }
+        } else if first == "Anonymous:" {
+            // No private (copied-on-write) page: only file pages to drop.
+            if let (Some(r), Some("0")) = (current.take(), f.next()) {
+                ranges.push(r);
+            }
         }
-        let Some((a, b)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
-            continue;
-        };
-        // SAFETY: the range is a private, read-only, executable file
-        // mapping of this program (never written): MADV_DONTNEED only drops
-        // resident pages, which refault unchanged from the file.
+    }
+    for (a, b) in ranges {
+        // SAFETY: the range is a private, read-only file mapping of this
+        // program holding no private page (checked above): MADV_DONTNEED
+        // only drops resident file pages, which refault unchanged.
         unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_DONTNEED) };
     }
 }
