@@ -31,6 +31,13 @@ pub struct Container {
     /// Where the backend writes one byte ([`crate::monitor::ready::STARTED`])
     /// once the workload runs, for a monitor waiting to report the start.
     pub started_notify: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// Create, then hold: with a gate, the backend creates the container
+    /// (the sandbox: its process in its namespaces and cgroups, recorded
+    /// `created` with its pid; the vm backend: the guest booted and its
+    /// agent answering), reports [`crate::monitor::ready::CREATED`] on
+    /// `started_notify`, and starts the workload only once a byte arrives
+    /// on the gate (EOF abandons it). runc's `create` then `start`.
+    pub start_gate: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 impl Container {
@@ -87,9 +94,9 @@ pub struct Stats {
 pub trait Backend {
     fn isolation(&self) -> Isolation;
 
-    /// Creates the container, starts it with this process's stdio and
-    /// waits for it: returns the workload's exit code (128+N for signal
-    /// N). The record exists while the container runs.
+    /// Creates the container (held until its start gate opens, if it has
+    /// one), starts it with this process's stdio and waits for it: returns
+    /// the workload's exit code (128+N for signal N).
     fn run_attached(&self, container: &Container) -> Result<i32, BackendError>;
 
     /// Sends `sig` to the container of `record`.

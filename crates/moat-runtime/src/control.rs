@@ -34,6 +34,9 @@ pub enum Request {
     /// Send SIGTERM (through the supervisor, which forwards it), SIGKILL
     /// after `timeout_secs`; answer once the container has stopped.
     Stop { timeout_secs: u64 },
+    /// Start a container created and held by its monitor; answer once its
+    /// workload runs.
+    Start,
     /// Send (SCM_RIGHTS) the exec channel of a container whose backend
     /// execs through its supervisor (a micro-VM's).
     ExecChannel,

@@ -65,6 +65,9 @@ pub struct MonitorConfig<'a> {
     /// Drop every capability and install [`ALLOWLIST`] once the
     /// supervisor is forked (off only for tests that embed the monitor).
     pub confine: bool,
+    /// Create and hold: report once the container is created, start it on
+    /// a [`Request::Start`] (runc's `create`, then `start`).
+    pub hold: bool,
 }
 
 /// Drops the resident program text a long-running process used only while
@@ -96,11 +99,14 @@ fn confine() -> io::Result<()> {
 pub mod ready {
     pub const STARTED: u8 = b's';
     pub const FAILED: u8 = b'e';
+    /// Created and held until started (a monitor with `hold`).
+    pub const CREATED: u8 = b'c';
 
-    /// Parses what the monitor wrote: `Ok(())`, or the exit code and message.
+    /// Parses what the monitor wrote: `Ok(())` (started, or created and
+    /// held), or the exit code and message.
     pub fn parse(bytes: &[u8]) -> Result<(), (u8, String)> {
         match bytes.first() {
-            Some(&STARTED) => Ok(()),
+            Some(&STARTED) | Some(&CREATED) => Ok(()),
             Some(&FAILED) if bytes.len() >= 4 => {
                 let code = std::str::from_utf8(&bytes[1..4])
                     .ok()
@@ -171,6 +177,13 @@ fn run_inner(
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (note_r, note_w) = pipe()?;
+    let (gate_r, gate_w) = match cfg.hold {
+        true => {
+            let (r, w) = pipe()?;
+            (Some(r), Some(w))
+        }
+        false => (None, None),
+    };
     let devnull: OwnedFd = File::open("/dev/null")
         .map_err(ioerr(id, "opening /dev/null"))?
         .into();
@@ -178,14 +191,15 @@ fn run_inner(
     let exec_channel = backend.exec_channel();
     let child = match sys::fork().map_err(ioerr(id, "forking the supervisor"))? {
         Forked::Child => {
-            drop((out_r, err_r, note_r, listener, exec_channel));
+            drop((out_r, err_r, note_r, listener, exec_channel, gate_w));
             let _ = ready.take();
             drop(log);
-            supervisor_main(cfg, backend, &spec, me, [devnull, out_w, err_w], note_w)
+            let stdio = [devnull, out_w, err_w];
+            supervisor_main(cfg, backend, &spec, me, stdio, note_w, gate_r)
         }
         Forked::Parent(pid) => pid,
     };
-    drop((out_w, err_w, note_w, devnull));
+    drop((out_w, err_w, note_w, devnull, gate_r));
     let pidfd = rustix::process::pidfd_open(
         Pid::from_raw(child).expect("fork returned a positive pid"),
         PidfdFlags::empty(),
@@ -205,6 +219,9 @@ fn run_inner(
         kill_at: None,
         killed_by_monitor: false,
         exec_channel,
+        gate: gate_w,
+        starters: Vec::new(),
+        running: false,
     };
     let exit = m.serve(cfg, &listener, &pidfd, &mut log, ready)?;
     log.flush();
@@ -215,6 +232,10 @@ fn run_inner(
     };
     for mut w in m.waiters {
         reply(&mut w, Some(code), None);
+    }
+    for mut w in m.starters {
+        let why = format!("the container ended (exit {code}) before it started");
+        reply(&mut w, Some(code), Some(why));
     }
     finished?;
     let _ = std::fs::remove_dir_all(control::run_dir(cfg.run_root, id));
@@ -299,6 +320,7 @@ fn supervisor_main(
     monitor: i32,
     stdio: [OwnedFd; 3],
     note: OwnedFd,
+    gate: Option<OwnedFd>,
 ) -> ! {
     let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
     if rustix::process::getppid().map(|p| p.as_raw_pid()) != Some(monitor) {
@@ -315,6 +337,7 @@ fn supervisor_main(
     let note = Arc::new(note);
     let mut container = spec.container(cfg.root);
     container.started_notify = Some(note.clone());
+    container.start_gate = gate.map(Arc::new);
     let code = match backend.run_attached(&container) {
         Ok(code) => code,
         Err(e) => {
@@ -354,6 +377,12 @@ struct Loop {
     /// The caller's end of the supervisor's exec channel, if the backend
     /// has one.
     exec_channel: Option<OwnedFd>,
+    /// The write end of a held container's start gate, until started.
+    gate: Option<OwnedFd>,
+    /// Connections waiting for a held container to have started.
+    starters: Vec<UnixStream>,
+    /// The backend reported that the workload runs.
+    running: bool,
 }
 
 impl Loop {
@@ -445,9 +474,19 @@ impl Loop {
                         self.note = None;
                     } else {
                         self.note_buf.extend_from_slice(&buf[..n]);
-                        if self.note_buf.first() == Some(&ready::STARTED) {
+                        if matches!(
+                            self.note_buf.first(),
+                            Some(&ready::STARTED) | Some(&ready::CREATED)
+                        ) {
                             if let Some(r) = ready.take() {
                                 report_start(r, &self.note_buf);
+                            }
+                        }
+                        if self.note_buf.contains(&ready::STARTED) && !self.running {
+                            self.running = true;
+                            mark_running(cfg);
+                            for mut c in self.starters.drain(..) {
+                                reply(&mut c, None, None);
                             }
                         }
                     }
@@ -476,6 +515,17 @@ impl Loop {
                     None => {}
                     Some(Err(e)) => reply(&mut c, None, Some(e)),
                     Some(Ok(Request::Wait)) => self.waiters.push(c),
+                    Some(Ok(Request::Start)) => match self.gate.take() {
+                        Some(gate) => {
+                            let _ = rustix::io::write(&gate, b"g");
+                            self.starters.push(c);
+                        }
+                        None => reply(
+                            &mut c,
+                            None,
+                            Some("the container is not held: it has started already".into()),
+                        ),
+                    },
                     Some(Ok(Request::ExecChannel)) => {
                         let _ = c.set_nonblocking(false);
                         let _ = c.set_write_timeout(Some(Duration::from_secs(2)));
@@ -548,6 +598,7 @@ fn wait_exit(pidfd: &OwnedFd) -> io::Result<Option<Option<i32>>> {
 fn report_start(mut r: File, note: &[u8]) {
     let msg: Vec<u8> = match note.first() {
         Some(&ready::STARTED) => vec![ready::STARTED],
+        Some(&ready::CREATED) => vec![ready::CREATED],
         Some(&ready::FAILED) => note.to_vec(),
         _ => ready::failed(
             125,
@@ -563,6 +614,24 @@ fn reply(c: &mut UnixStream, exit_code: Option<i32>, error: Option<String>) {
     let mut line = serde_json::to_vec(&Reply { exit_code, error }).unwrap_or_default();
     line.push(b'\n');
     let _ = c.write_all(&line);
+}
+
+/// Records `running` when the backend reported the start but could not
+/// write it itself (a micro-VM's supervisor has given up root by then).
+fn mark_running(cfg: &MonitorConfig<'_>) {
+    let Ok(_lock) = record::lock(cfg.root) else {
+        return;
+    };
+    if let Some(mut r) = record::read_all(cfg.root)
+        .ok()
+        .and_then(|rs| rs.into_iter().find(|r| r.id == cfg.id))
+        .filter(|r| r.status == Status::Created)
+    {
+        let pid = if r.pid > 0 { r.pid } else { r.supervisor_pid };
+        if r.started(pid).is_ok() {
+            let _ = record::write(cfg.root, &r);
+        }
+    }
 }
 
 /// Puts a logging notice into the record.

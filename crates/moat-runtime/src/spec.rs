@@ -59,6 +59,7 @@ impl Spec {
             plan: self.plan.clone(),
             stop_timeout: Duration::from_secs(self.stop_timeout_secs),
             started_notify: None,
+            start_gate: None,
         }
     }
 }

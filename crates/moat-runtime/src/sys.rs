@@ -121,7 +121,8 @@ pub fn release_text() {
             let perms = f.next().unwrap_or_default();
             let path = f.nth(3);
             if (perms == "r-xp" || perms == "r--p") && path == exe.to_str() {
-                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
+                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                {
                     current = Some((a, b));
                 }
             }

@@ -36,6 +36,7 @@ impl Backend for SandboxBackend {
             stop_timeout: c.stop_timeout,
             id_map: IdMap::for_root(),
             started_notify: c.started_notify.clone(),
+            start_gate: c.start_gate.clone(),
         };
         crate::run(&cfg).map_err(backend_error)
     }

@@ -54,6 +54,9 @@ pub struct SandboxConfig {
     /// Where to report that the workload runs (a detached container's
     /// monitor waits for it).
     pub started_notify: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// Hold the created container until a byte arrives here (see
+    /// [`moat_runtime::backend::Container::start_gate`]).
+    pub start_gate: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// Errors of the sandbox backend.
@@ -222,6 +225,7 @@ pub fn exec(
         stop_timeout: Duration::from_secs(10),
         id_map: IdMap::for_root(),
         started_notify: None,
+        start_gate: None,
     };
     validate(&cfg)?;
     let setup = child::ChildSetup::new(&cfg)?;

@@ -516,6 +516,26 @@ fn release(
     err_r: OwnedFd,
 ) -> Result<(), SandboxError> {
     cleanup.cgroups.add(pid)?;
+    if let Some(gate) = &cfg.start_gate {
+        // Created: the process exists, in its namespaces and cgroups, and
+        // waits; it starts when the gate opens (a byte), never at EOF.
+        st.pid = pid;
+        st.pid_start_time = state::process_start_time(pid).unwrap_or(0);
+        state::write(&cfg.run_root, st)?;
+        if let Some(fd) = &cfg.started_notify {
+            let _ = sys::write_fd(fd.as_fd(), &[moat_runtime::monitor::ready::CREATED]);
+        }
+        let mut byte = [0u8; 1];
+        match File::from(gate.try_clone().map_err(prep("the start gate"))?).read(&mut byte) {
+            Ok(1) => {}
+            _ => {
+                return Err(SandboxError::Prepare {
+                    what: "starting the created container: its start was abandoned".into(),
+                    source: std::io::Error::from_raw_os_error(libc::ECANCELED),
+                })
+            }
+        }
+    }
     st.started(pid)?;
     state::write(&cfg.run_root, st)?;
 

@@ -108,6 +108,7 @@ impl Backend for VmBackend {
             control: self.control.take(),
             keep_record: c.started_notify.is_some(),
             started_notify: c.started_notify.clone(),
+            start_gate: c.start_gate.clone(),
         };
         crate::run_container_with(opts, Stdio::inherit(), &mut |n| (self.notice)(n))
             .map_err(vm_error)

@@ -69,6 +69,9 @@ pub struct VmRunOptions {
     /// Where to report that the guest's agent is up and has the workload
     /// (a detached container's monitor waits for it).
     pub started_notify: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// Hold the booted guest until a byte arrives here (see
+    /// `moat_runtime::backend::Container::start_gate`).
+    pub start_gate: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,7 +207,11 @@ pub fn run_container_with(
     // The cleanup watcher removes the state from here on (the supervisor
     // gives up the root that removing it takes).
     state.hand_over();
-    state.running()?;
+    // A monitored container's monitor records `running` once the agent
+    // has the workload (after a held start, if any).
+    if !opts.keep_record {
+        state.running()?;
+    }
     trace.mark("jail set up, VMM spawned");
     let r = session::run(
         booted,
@@ -217,6 +224,7 @@ pub fn run_container_with(
             trace: &mut trace,
             control: opts.control,
             started_notify: opts.started_notify,
+            start_gate: opts.start_gate,
         },
     );
     trace.mark("VMM stopped, cgroup removed");

@@ -39,6 +39,9 @@ pub struct SessionOptions<'a> {
     pub control: Option<OwnedFd>,
     /// Told (one byte) once the agent has the workload.
     pub started_notify: Option<std::sync::Arc<OwnedFd>>,
+    /// With a gate, the booted guest waits for one byte here before its
+    /// workload starts (EOF: the start is abandoned).
+    pub start_gate: Option<std::sync::Arc<OwnedFd>>,
 }
 
 /// Where the workload's stdio goes on the host.
@@ -267,6 +270,20 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                         }
                         started = true;
                         opts.trace.mark("agent said hello");
+                        if let Some(gate) = &opts.start_gate {
+                            if let Some(fd) = &opts.started_notify {
+                                let _ = rustix::io::write(
+                                    &**fd,
+                                    &[moat_runtime::monitor::ready::CREATED],
+                                );
+                            }
+                            let mut byte = [0u8; 1];
+                            if !matches!(rustix::io::read(&**gate, &mut byte), Ok(1)) {
+                                return Err(VmError::Guest {
+                                    message: "the created container's start was abandoned".into(),
+                                });
+                            }
+                        }
                         if let Some(fd) = &opts.started_notify {
                             let _ =
                                 rustix::io::write(&**fd, &[moat_runtime::monitor::ready::STARTED]);

@@ -672,3 +672,44 @@ fn fifty_detached_containers_start_at_once_and_are_removed_cleanly() {
         assert!(no_cgroups(id), "{id}");
     }
 }
+
+#[test]
+fn a_held_create_has_its_process_before_start() {
+    if !can_sandbox("a_held_create_has_its_process_before_start") {
+        return;
+    }
+    let env = Env::new();
+    let root = env.rootfs.to_str().unwrap().to_string();
+    // runc's create: the process exists, in its namespaces and cgroups,
+    // and the workload has not run.
+    let id = env.ok(&[
+        "create",
+        "--held",
+        "--isolation",
+        "sandbox",
+        "--policy",
+        "baseline",
+        "--name",
+        "h",
+        "--rootfs",
+        &root,
+        "sh",
+        "-c",
+        "echo ran; exit 4",
+    ]);
+    let c = env.inspect("h");
+    assert_eq!(c["State"]["Status"], "created", "{c}");
+    let pid = c["State"]["Pid"].as_i64().unwrap();
+    assert!(pid > 0 && alive(pid), "{c}");
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).unwrap();
+    assert_ne!(ns(&pid.to_string()), ns("self"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(env.ok(&["logs", "h"]), "");
+    assert!(!no_cgroups(id.trim()));
+    // start releases it: the workload runs, its status is kept.
+    assert_eq!(env.ok(&["start", "h"]).trim(), "h");
+    assert_eq!(env.ok(&["wait", "h"]).trim(), "4");
+    assert_eq!(env.ok(&["logs", "h"]), "ran\n");
+    env.ok(&["rm", "h"]);
+    assert!(no_cgroups(id.trim()));
+}

@@ -60,7 +60,7 @@ fn a_detached_micro_vm_logs_execs_stops_and_dies_with_its_monitor() {
     }
     let _l = vm_lock();
     let policy = setup(&env);
-    let _cleanup = Cleanup(&env, vec!["v".into()]);
+    let _cleanup = Cleanup(&env, vec!["v".into(), "h".into()]);
     let vm_run = |name: &str, cmd: &[&str]| {
         let mut args = vec![
             "run",
@@ -149,6 +149,34 @@ fn a_detached_micro_vm_logs_execs_stops_and_dies_with_its_monitor() {
         "{c}"
     );
     env.ok(&["rm", "v"]);
+
+    // A held create boots the guest and waits; start runs the workload.
+    let held = [
+        "create",
+        "--held",
+        "-q",
+        "--isolation",
+        "vm",
+        "--accel",
+        "tcg",
+        "--policy",
+        &policy,
+        "--name",
+        "h",
+        "busybox",
+        "sh",
+        "-c",
+        "echo ran; exit 5",
+    ];
+    env.ok(&held);
+    assert_eq!(env.inspect("h")["State"]["Status"], "created");
+    assert!(!jailed_processes().is_empty());
+    assert_eq!(env.ok(&["logs", "h"]), "");
+    env.ok(&["start", "h"]);
+    assert_eq!(env.ok(&["wait", "h"]).trim(), "5");
+    assert_eq!(env.ok(&["logs", "h"]), "ran\n");
+    env.ok(&["rm", "h"]);
+    nothing_left();
     assert_eq!(env.ok(&["ps", "-a", "--format", "json"]).trim(), "[]");
 }
 

@@ -185,6 +185,7 @@ pub fn options(f: &Fixture, process: ProcessSpec) -> moat_vm::VmRunOptions {
         control: None,
         keep_record: false,
         started_notify: None,
+        start_gate: None,
     }
 }
 

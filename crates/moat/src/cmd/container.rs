@@ -23,6 +23,10 @@ use crate::global::GlobalArgs;
 Takes every option of `moat run` (but -d). The policy is authorised and
 compiled, and the image resolved, now; `moat start` runs what was created.")]
 pub struct CreateArgs {
+    /// Also create the container's process now, held until `moat start`
+    /// (runc's `create`; for front ends that need the pid before the start).
+    #[arg(long, hide = true)]
+    pub held: bool,
     #[command(flatten)]
     pub run: crate::cmd::run::RunArgs,
 }
@@ -82,6 +86,9 @@ pub struct MonitorArgs {
     /// The descriptor the start report goes to.
     #[arg(long)]
     pub ready_fd: i32,
+    /// Create and hold the container until a start request.
+    #[arg(long)]
+    pub hold: bool,
     pub id: String,
 }
 
@@ -125,7 +132,13 @@ pub fn create(global: &GlobalArgs, args: CreateArgs) -> anyhow::Result<ExitCode>
     };
     let stop = Duration::from_secs(args.run.stop_timeout);
     let spec = crate::cmd::run::container_spec(&args.run, &steps, ready, stop);
-    moat_runtime::spec::create(&global.records_root(), &spec, false)?;
+    moat_runtime::spec::create(&global.records_root(), &spec, args.held)?;
+    if args.held {
+        if let Err((code, message)) = launch_monitor(global, &spec.id, true)? {
+            errln!("moat: error: container {}: {message}", spec.name);
+            return Ok(ExitCode::from(code));
+        }
+    }
     outln!("{}", spec.id);
     Ok(ExitCode::SUCCESS)
 }
@@ -137,7 +150,7 @@ pub fn start_detached(
     id: &ContainerId,
     name: &ContainerName,
 ) -> anyhow::Result<ExitCode> {
-    match launch_monitor(global, id)? {
+    match launch_monitor(global, id, false)? {
         Ok(()) => {
             outln!("{id}");
             Ok(ExitCode::SUCCESS)
@@ -149,13 +162,15 @@ pub fn start_detached(
     }
 }
 
-/// Starts `moat container-monitor ID` and reads its start report.
+/// Starts `moat container-monitor ID` and reads its start report (with
+/// `hold`: its report that the container was created and is held).
 fn launch_monitor(
     global: &GlobalArgs,
     id: &ContainerId,
+    hold: bool,
 ) -> anyhow::Result<Result<(), (u8, String)>> {
     let (r, w) = std::io::pipe().context("creating a pipe for the monitor")?;
-    let args: Vec<OsString> = vec![
+    let mut args: Vec<OsString> = vec![
         "--root".into(),
         global.root.clone().into(),
         "--run-root".into(),
@@ -163,8 +178,11 @@ fn launch_monitor(
         "container-monitor".into(),
         "--ready-fd".into(),
         "3".into(),
-        id.to_string().into(),
     ];
+    if hold {
+        args.push("--hold".into());
+    }
+    args.push(id.to_string().into());
     let exe = std::fs::read_link("/proc/self/exe").context("finding the moat binary")?;
     crate::sys::spawn_monitor(&exe, &args, w.into())
         .with_context(|| format!("starting the monitor of container {id}"))?;
@@ -193,6 +211,7 @@ pub fn monitor(global: &GlobalArgs, args: MonitorArgs) -> anyhow::Result<ExitCod
         id,
         log_max_bytes: moat_runtime::logs::DEFAULT_MAX_BYTES,
         confine: true,
+        hold: args.hold,
     };
     let backend: Box<dyn Backend> = match rec.isolation {
         Isolation::Sandbox => Box::new(moat_sandbox::SandboxBackend),
@@ -218,6 +237,12 @@ pub fn start(global: &GlobalArgs, args: StartArgs) -> anyhow::Result<ExitCode> {
     let mut code = ExitCode::SUCCESS;
     for key in &args.names {
         let r = find(&all, key)?;
+        if r.monitor_alive() && r.status == Status::Created {
+            // Created and held by its monitor (`create --held`): release it.
+            control::request(&global.run_root(), &r.id, &Request::Start)?;
+            outln!("{key}");
+            continue;
+        }
         if r.owned() {
             bail!(
                 "container {} is already running (moat stop {0} first)",
@@ -227,7 +252,7 @@ pub fn start(global: &GlobalArgs, args: StartArgs) -> anyhow::Result<ExitCode> {
         // Attaching prints what this start writes: from the log's end now.
         let dir = record::container_dir(&global.records_root(), &r.id);
         let follower = moat_runtime::logs::read(&dir, Default::default())?.1;
-        match launch_monitor(global, &r.id)? {
+        match launch_monitor(global, &r.id, false)? {
             Ok(()) if args.attach => return attach(global, &r, follower),
             Ok(()) => outln!("{key}"),
             Err((c, message)) => {
@@ -348,7 +373,7 @@ pub fn restart(global: &GlobalArgs, args: StopArgs) -> anyhow::Result<ExitCode> 
         let r = find(&all, key)?;
         stop_one(global, &r, args.time)?;
         reap(global)?;
-        match launch_monitor(global, &r.id)? {
+        match launch_monitor(global, &r.id, false)? {
             Ok(()) => outln!("{key}"),
             Err((code, message)) => {
                 errln!("moat: error: container {}: {message}", r.name);
