@@ -308,12 +308,13 @@ pub fn stop(global: &GlobalArgs, args: StopArgs) -> anyhow::Result<ExitCode> {
 /// its supervisor. Returns once it has stopped.
 pub fn stop_one(global: &GlobalArgs, r: &Record, secs: u64) -> anyhow::Result<()> {
     if r.monitor_alive() {
-        control::request(
-            &global.run_root(),
-            &r.id,
-            &Request::Stop { timeout_secs: secs },
-        )?;
-        return Ok(());
+        let stop = Request::Stop { timeout_secs: secs };
+        return match control::request(&global.run_root(), &r.id, &stop) {
+            Ok(_) => Ok(()),
+            // It ended meanwhile (a concurrent stop or rm): stopped is stopped.
+            Err(_) if wait_unowned(global, &r.id, Duration::from_secs(10)) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
     }
     if !r.supervisor_alive() {
         return Ok(());
