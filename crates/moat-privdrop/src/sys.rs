@@ -65,7 +65,7 @@ pub fn execve(path: &CStr, argv: &[usize], envp: &[usize]) -> i32 {
 }
 
 /// Marks every descriptor from 3 up close-on-exec except those in `keep`
-/// (sorted, each >= 3).
+/// (sorted, each >= 3). No allocation: safe between fork and exec.
 pub fn cloexec_from_3_except(keep: &[RawFd]) -> io::Result<()> {
     let mut first: RawFd = 3;
     for &k in keep {

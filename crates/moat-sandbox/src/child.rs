@@ -81,15 +81,8 @@ pub(crate) struct ChildFds {
 /// namespaces (joined with `setns` by its parent, which then exited);
 /// never returns.
 pub(crate) fn exec_main(setup: &ChildSetup, mut fds: ChildFds) -> ! {
-    let err = match exec_run(setup, &mut fds) {
-        Ok(never) => match never {},
-        Err(e) => e,
-    };
-    let kind = err.kind;
-    if let Ok(json) = serde_json::to_vec(&err) {
-        let _ = sys::write_fd(fds.err.as_fd(), &json);
-    }
-    sys::exit_now(kind as i32)
+    let result = exec_run(setup, &mut fds);
+    report_and_exit(result, &fds)
 }
 
 fn exec_run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
@@ -113,17 +106,7 @@ fn exec_run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
             .map_err(|e| ChildError::io("handing the terminal to moat exec", e))?;
         fds.pty = Some(peer);
     }
-    let mut byte = [0u8; 1];
-    let mut go = File::from(
-        fds.go
-            .try_clone()
-            .map_err(|e| ChildError::io("go pipe", e))?,
-    );
-    match go.read(&mut byte) {
-        Ok(1) => {}
-        _ => sys::exit_now(125),
-    }
-    drop(go);
+    wait_for_go(fds)?;
     // Joining the mount namespace put us at its root, the container's.
     std::env::set_current_dir("/").map_err(|e| ChildError::io("entering the root", e))?;
     enter_workload(s, fds)
@@ -131,15 +114,36 @@ fn exec_run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
 
 /// Entry point of the child; never returns.
 pub(crate) fn main(setup: &ChildSetup, mut fds: ChildFds) -> ! {
-    let err = match run(setup, &mut fds) {
+    let result = run(setup, &mut fds);
+    report_and_exit(result, &fds)
+}
+
+/// Sends the error that stopped the process before `execve` to the
+/// supervisor as JSON and exits with its code.
+fn report_and_exit(result: Result<Never, ChildError>, fds: &ChildFds) -> ! {
+    let err = match result {
         Ok(never) => match never {},
         Err(e) => e,
     };
-    let kind = err.kind;
     if let Ok(json) = serde_json::to_vec(&err) {
         let _ = sys::write_fd(fds.err.as_fd(), &json);
     }
-    sys::exit_now(kind as i32)
+    sys::exit_now(err.kind as i32)
+}
+
+/// Waits for the supervisor's one byte on the go pipe; exits 125 at EOF
+/// (the supervisor is gone before it released this process).
+fn wait_for_go(fds: &ChildFds) -> Result<(), ChildError> {
+    let mut byte = [0u8; 1];
+    let mut go = File::from(
+        fds.go
+            .try_clone()
+            .map_err(|e| ChildError::io("go pipe", e))?,
+    );
+    match go.read(&mut byte) {
+        Ok(1) => Ok(()),
+        _ => sys::exit_now(125),
+    }
 }
 
 pub(crate) enum Never {}
@@ -154,17 +158,7 @@ fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
     // TIOCSTI through it, no SIGTTOU/SIGHUP from the host's job control).
     sys::setsid().map_err(|e| ChildError::io("setsid", e))?;
 
-    let mut byte = [0u8; 1];
-    let mut go = File::from(
-        fds.go
-            .try_clone()
-            .map_err(|e| ChildError::io("go pipe", e))?,
-    );
-    match go.read(&mut byte) {
-        Ok(1) => {}
-        _ => sys::exit_now(125), // supervisor gone before we were released
-    }
-    drop(go);
+    wait_for_go(fds)?;
 
     let prepared = mounts::prepare_root(fds.rootfs_mnt.take())?;
     // Become container root (host uid = first id of the map).

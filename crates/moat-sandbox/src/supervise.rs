@@ -24,6 +24,26 @@ const FORWARDED: [i32; 5] = [
     libc::SIGWINCH,
 ];
 
+/// The namespaces a container's first process is cloned into.
+const CONTAINER_NAMESPACES: libc::c_int = libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWNET;
+
+/// Blocks the forwarded signals and SIGCHLD before a clone (the child
+/// unblocks them right before `execve`); the supervisor reads them from
+/// the returned signalfd. Returns the previous mask too.
+fn block_forwarded() -> Result<(SigSet, OwnedFd), SandboxError> {
+    let mut blocked: Vec<i32> = FORWARDED.to_vec();
+    blocked.push(libc::SIGCHLD);
+    let blocked = SigSet::of(&blocked);
+    let old_mask = sys::block_signals(&blocked).map_err(prep("blocking signals"))?;
+    let sigfd = sys::signalfd(&blocked).map_err(prep("a signalfd"))?;
+    Ok((old_mask, sigfd))
+}
+
 fn prep(what: &str) -> impl FnOnce(std::io::Error) -> SandboxError + '_ {
     move |source| SandboxError::Prepare {
         what: what.to_string(),
@@ -153,21 +173,9 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
         .into();
     std::env::set_current_dir(&cfg.rootfs).map_err(prep("entering the rootfs"))?;
 
-    // Block the forwarded signals (and SIGCHLD) before the clone: the child
-    // unblocks them right before execve, the supervisor reads them from a
-    // signalfd.
-    let mut blocked: Vec<i32> = FORWARDED.to_vec();
-    blocked.push(libc::SIGCHLD);
-    let blocked = SigSet::of(&blocked);
-    let old_mask = sys::block_signals(&blocked).map_err(prep("blocking signals"))?;
-    let sigfd = sys::signalfd(&blocked).map_err(prep("a signalfd"))?;
+    let (old_mask, sigfd) = block_forwarded()?;
 
-    let ns = libc::CLONE_NEWUSER
-        | libc::CLONE_NEWNS
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWNET;
+    let ns = CONTAINER_NAMESPACES;
     // Rule 7: the user namespace is owned by a per-container unprivileged
     // uid, so that the kernel's per-user counters (inotify instances and
     // watches, message queue bytes, pending signals, user namespaces) of
@@ -304,18 +312,10 @@ pub(crate) fn exec_and_wait(
         Some((o, t)) => (Some(o), Some(t)),
         None => (None, None),
     };
-    let mut blocked: Vec<i32> = FORWARDED.to_vec();
-    blocked.push(libc::SIGCHLD);
-    let blocked = SigSet::of(&blocked);
-    let old_mask = sys::block_signals(&blocked).map_err(prep("blocking signals"))?;
-    let sigfd = sys::signalfd(&blocked).map_err(prep("a signalfd"))?;
-    let ns = libc::CLONE_NEWUSER
-        | libc::CLONE_NEWNS
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWNET
-        | libc::CLONE_NEWCGROUP;
+    let (old_mask, sigfd) = block_forwarded()?;
+    // The container's own cgroup namespace too (its first process made it
+    // after joining its cgroups).
+    let ns = CONTAINER_NAMESPACES | libc::CLONE_NEWCGROUP;
     let joiner = match sys::clone_child(0) {
         Ok(Forked::Child) => {
             drop((go_w, err_r, pid_r, sigfd, console_ours));

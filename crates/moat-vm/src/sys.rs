@@ -317,40 +317,7 @@ impl PreExec {
 /// (sorted in place). No allocation: safe between fork and exec.
 pub fn cloexec_all_but(keep: &mut [RawFd]) -> io::Result<()> {
     keep.sort_unstable();
-    let mut first: RawFd = 3;
-    for &k in keep.iter() {
-        if k > first {
-            cloexec_range(first as u32, (k - 1) as u32)?;
-        }
-        first = first.max(k + 1);
-    }
-    cloexec_range(first as u32, u32::MAX)
-}
-
-/// `close_range(first, last, CLOSE_RANGE_CLOEXEC)`; on kernels without it
-/// (before 5.11), `FD_CLOEXEC` descriptor by descriptor.
-fn cloexec_range(first: u32, last: u32) -> io::Result<()> {
-    // SAFETY: no pointers; changes only descriptor flags of this process.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first,
-            last,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    if !matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EINVAL)) {
-        return Err(e);
-    }
-    for fd in first..=last.min(65_535) {
-        // SAFETY: fcntl on a descriptor number; EBADF for unused ones is ignored.
-        unsafe { libc::fcntl(fd as RawFd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    }
-    Ok(())
+    moat_privdrop::cloexec_from_3_except(keep)
 }
 
 pub fn getrandom_u64() -> u64 {

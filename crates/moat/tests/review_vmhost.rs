@@ -18,7 +18,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use common::{can_sandbox, stderr, vm_ready, Env};
-use vm_host::{jailed_processes, vm_cgroups, vm_lock, VmLock};
+use vm_host::{jailed_processes, vm_lock, VmLock};
 
 fn import_test_image(env: &Env) {
     let archive = env.dir.path().join("busybox.oci.tar");
@@ -210,29 +210,6 @@ fn status_field(pid: i32, field: &str) -> String {
         .find_map(|l| l.strip_prefix(field))
         .map(|v| v.trim().to_string())
         .unwrap_or_default()
-}
-
-/// What a VM may leave behind: jailed processes, its cgroups, its state.
-fn leftovers(env: &Env) -> Vec<String> {
-    let mut l = jailed_processes();
-    l.extend(vm_cgroups());
-    if let Ok(rd) = std::fs::read_dir(env.state_root().join("containers")) {
-        l.extend(
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.file_name().is_some_and(|n| n != ".lock"))
-                .map(|p| p.display().to_string()),
-        );
-    }
-    l
-}
-
-fn assert_nothing_left(env: &Env) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline && !leftovers(env).is_empty() {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(leftovers(env), Vec::<String>::new());
 }
 
 /// `kill(2)` through the `kill` command (tests stay free of `unsafe`).
@@ -968,4 +945,13 @@ fn a_vmm_killed_by_its_host_memory_limit_says_so() {
         )
     );
     assert_eq!(leftovers(&vm.env), Vec::<String>::new());
+}
+
+/// What VMs left behind (see `vm_host::leftovers`), records under `env`.
+fn leftovers(env: &Env) -> Vec<String> {
+    vm_host::leftovers(&env.state_root().join("containers"))
+}
+
+fn assert_nothing_left(env: &Env) {
+    vm_host::assert_nothing_left(&env.state_root().join("containers"))
 }

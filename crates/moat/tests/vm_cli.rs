@@ -16,7 +16,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use common::{stderr, stdout, vm_ready, Env};
-use vm_host::{jailed_processes, vm_cgroups, vm_lock, VmLock};
+use vm_host::{jailed_processes, vm_lock, VmLock};
 
 #[test]
 fn an_imported_image_runs_in_a_micro_vm() {
@@ -303,32 +303,6 @@ fn send(pid: i32, sig: &str) {
     assert!(st.success(), "kill -{sig} {pid}");
 }
 
-/// What a VM may leave behind: jailed processes, its cgroup, its container
-/// state directory (with the control socket's owner gone) under the run root.
-fn leftovers(env: &Env) -> Vec<String> {
-    let mut l = jailed_processes();
-    l.extend(vm_cgroups());
-    if let Ok(rd) = std::fs::read_dir(env.state_root().join("containers")) {
-        l.extend(
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.file_name().is_some_and(|n| n != ".lock"))
-                .map(|p| p.display().to_string()),
-        );
-    }
-    l
-}
-
-/// Waits (up to 20 s: the cleanup watcher of a killed moat is asynchronous)
-/// until nothing of the VM is left.
-fn assert_nothing_left(env: &Env) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline && !leftovers(env).is_empty() {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(leftovers(env), Vec::<String>::new());
-}
-
 fn status_field(pid: u32, field: &str) -> String {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines()
@@ -401,4 +375,13 @@ fn normal_exit_leaves_nothing() {
     assert_eq!(vm.r.wait().code(), Some(3));
     // Nothing to wait for here: moat removed everything before it exited.
     assert_eq!(leftovers(&vm.env), Vec::<String>::new());
+}
+
+/// What VMs left behind (see `vm_host::leftovers`), records under `env`.
+fn leftovers(env: &Env) -> Vec<String> {
+    vm_host::leftovers(&env.state_root().join("containers"))
+}
+
+fn assert_nothing_left(env: &Env) {
+    vm_host::assert_nothing_left(&env.state_root().join("containers"))
 }

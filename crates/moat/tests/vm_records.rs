@@ -15,7 +15,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use common::{stderr, stdout, vm_ready, Env};
-use vm_host::{jailed_processes, vm_cgroups, vm_lock};
+use vm_host::vm_lock;
 
 /// `moat run` with its stdout read line by line; killed on drop.
 struct Running {
@@ -58,20 +58,6 @@ impl Drop for Running {
             let _ = self.child.wait();
         }
     }
-}
-
-fn leftovers(env: &Env) -> Vec<String> {
-    let mut l = jailed_processes();
-    l.extend(vm_cgroups());
-    if let Ok(rd) = std::fs::read_dir(env.state_root().join("containers")) {
-        l.extend(
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.file_name().is_some_and(|n| n != ".lock"))
-                .map(|p| p.display().to_string()),
-        );
-    }
-    l
 }
 
 #[test]
@@ -136,11 +122,7 @@ fn a_vm_container_is_recorded_listed_and_killed_by_name() {
     let o = env.moat(&["kill", "rec1", "TERM"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(r.wait().code(), Some(7));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline && !leftovers(&env).is_empty() {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(leftovers(&env), Vec::<String>::new());
+    vm_host::assert_nothing_left(&env.state_root().join("containers"));
     let o = env.moat(&["ps", "--format", "json"]).output().unwrap();
     assert_eq!(stdout(&o).trim(), "[]");
 }

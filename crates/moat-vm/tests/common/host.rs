@@ -65,3 +65,29 @@ pub fn vm_cgroups() -> Vec<String> {
     }
     out
 }
+
+/// Everything a VM may leave behind: jailed processes, `vm-*` cgroups, and
+/// container directories under `containers` (the records directory).
+pub fn leftovers(containers: &std::path::Path) -> Vec<String> {
+    let mut l = jailed_processes();
+    l.extend(vm_cgroups());
+    if let Ok(rd) = fs::read_dir(containers) {
+        l.extend(
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.file_name().is_some_and(|n| n != ".lock"))
+                .map(|p| p.display().to_string()),
+        );
+    }
+    l
+}
+
+/// Waits (up to 20 s: the cleanup watcher of a killed supervisor is
+/// asynchronous) until nothing of any VM is left, then asserts it.
+pub fn assert_nothing_left(containers: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline && !leftovers(containers).is_empty() {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(leftovers(containers), Vec::<String>::new());
+}
