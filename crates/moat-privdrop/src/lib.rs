@@ -65,7 +65,7 @@ mod sys;
 
 pub use failure::{classify_exec_errno, ExecFailure, Step};
 pub use sequence::drop_and_exec;
-pub use spec::{DropSpec, Exec, Limit, SpecError, DEFAULT_PATH};
+pub use spec::{CapSets, DropSpec, Exec, Limit, SpecError, DEFAULT_PATH};
 pub use sys::cloexec_from_3_except;
 
 /// Exit code: the command was not found.

@@ -77,7 +77,7 @@ fn run(
 
     // The bounding set first: it needs CAP_SETPCAP, gone after the id change.
     for n in 0..64 {
-        if spec.capabilities & (1 << n) != 0 {
+        if spec.sets.bounding & (1 << n) != 0 {
             continue;
         }
         match thread::remove_capability_from_bounding_set(cap(n)) {
@@ -89,7 +89,7 @@ fn run(
 
     // Keep the permitted set through a change away from uid 0 when
     // capabilities are to be kept (the effective set is restored below).
-    if spec.capabilities != 0 {
+    if spec.sets.permitted != 0 {
         thread::set_keep_capabilities(true).map_err(at(Step::KeepCaps, 0))?;
     }
     thread::set_thread_groups(&spec.groups).map_err(at(Step::Groups, 0))?;
@@ -98,13 +98,12 @@ fn run(
     let uid = Uid::from_raw(spec.uid);
     thread::set_thread_res_uid(uid, uid, uid).map_err(at(Step::Ids, 0))?;
 
-    let set = CapabilitySet::from_bits_retain(spec.capabilities);
     thread::set_capabilities(
         None,
         CapabilitySets {
-            effective: set,
-            permitted: set,
-            inheritable: set,
+            effective: CapabilitySet::from_bits_retain(spec.sets.effective),
+            permitted: CapabilitySet::from_bits_retain(spec.sets.permitted),
+            inheritable: CapabilitySet::from_bits_retain(spec.sets.inheritable),
         },
     )
     .map_err(at(Step::Capabilities, 0))?;
@@ -112,12 +111,12 @@ fn run(
     // binaries still have them after execve as a non-root uid.
     thread::clear_ambient_capability_set().map_err(at(Step::Ambient, u32::MAX))?;
     for n in 0..64 {
-        if spec.capabilities & (1 << n) != 0 {
+        if spec.sets.ambient & (1 << n) != 0 {
             thread::configure_capability_in_ambient_set(cap(n), true)
                 .map_err(at(Step::Ambient, n))?;
         }
     }
-    if spec.capabilities != 0 {
+    if spec.sets.permitted != 0 {
         thread::set_keep_capabilities(false).map_err(at(Step::KeepCaps, 0))?;
     }
     thread::set_no_new_privs(true).map_err(at(Step::NoNewPrivs, 0))?;
@@ -160,6 +159,9 @@ fn run(
         })?;
 
     // Last: the filter, so that nothing above has to be allowed by it.
+    for prog in &spec.extra_seccomp {
+        sys::seccomp_install(prog, false).map_err(io_at(Step::Seccomp))?;
+    }
     if !spec.seccomp.is_empty() {
         sys::seccomp_install(&spec.seccomp, spec.seccomp_log).map_err(io_at(Step::Seccomp))?;
     }

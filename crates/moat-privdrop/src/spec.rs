@@ -21,6 +21,10 @@ pub enum SpecError {
         soft: u64,
         hard: u64,
     },
+    #[error("unknown resource limit number {0}")]
+    UnknownRlimit(u32),
+    #[error("resource limit {resource}: soft limit {soft} is above its hard limit {hard}")]
+    RawRlimitOrder { resource: u32, soft: u64, hard: u64 },
     #[error("working directory {0:?} is not absolute")]
     RelativeCwd(String),
     #[error("{what} {value:?} contains a NUL byte")]
@@ -56,14 +60,19 @@ const _: () = assert!(std::mem::size_of::<Insn>() == std::mem::size_of::<libc::s
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DropSpec {
     pub(crate) rlimits: Vec<Limit>,
-    /// Capability bits (kernel numbers) kept in every set.
+    /// Capability bits (kernel numbers) kept in every set: the union of
+    /// `sets`, which say which set holds which.
     pub(crate) capabilities: u64,
+    pub(crate) sets: CapSets,
     pub(crate) uid: u32,
     pub(crate) gid: u32,
     pub(crate) groups: Vec<rustix::process::Gid>,
     pub(crate) cwd: CString,
     pub(crate) seccomp: Vec<Insn>,
     pub(crate) seccomp_log: bool,
+    /// Filters installed before `seccomp` (an OCI caller's own profile):
+    /// the kernel applies every filter, so each can only narrow.
+    pub(crate) extra_seccomp: Vec<Vec<Insn>>,
     /// Descriptors from 3 up that survive the exec, sorted.
     pub(crate) keep_fds: Vec<RawFd>,
 }
@@ -108,6 +117,7 @@ impl DropSpec {
         let mut spec = DropSpec::unprivileged(process.uid, process.gid, &groups);
         spec.rlimits = rlimits;
         spec.capabilities = capabilities;
+        spec.sets = CapSets::all(capabilities);
         spec.cwd = absolute_cwd(cwd)?;
         spec.seccomp = instructions(&plan.seccomp);
         spec.seccomp_log = plan.audit_denied;
@@ -124,6 +134,7 @@ impl DropSpec {
         DropSpec {
             rlimits: Vec::new(),
             capabilities: 0,
+            sets: CapSets::all(0),
             uid,
             gid,
             groups: groups
@@ -133,6 +144,7 @@ impl DropSpec {
             cwd: c"/".to_owned(),
             seccomp: Vec::new(),
             seccomp_log: false,
+            extra_seccomp: Vec::new(),
             keep_fds: Vec::new(),
         }
     }
@@ -143,6 +155,36 @@ impl DropSpec {
         self.keep_fds = fds.iter().copied().filter(|&f| f >= 3).collect();
         self.keep_fds.sort_unstable();
         self.keep_fds.dedup();
+        self
+    }
+
+    /// Distinct capability sets (an OCI `process.capabilities`), each
+    /// a mask of kernel numbers. The caller narrows them first.
+    pub fn with_capability_sets(mut self, sets: CapSets) -> DropSpec {
+        self.capabilities = sets.bounding | sets.effective | sets.permitted | sets.ambient;
+        self.sets = sets;
+        self
+    }
+
+    /// Resource limits by kernel number (`RLIMIT_*`), replacing the plan's.
+    pub fn with_raw_rlimits(mut self, limits: &[(u32, u64, u64)]) -> Result<DropSpec, SpecError> {
+        let mut out = Vec::with_capacity(limits.len());
+        for &(n, soft, hard) in limits {
+            let resource = raw_resource(n).ok_or(SpecError::UnknownRlimit(n))?;
+            if soft > hard {
+                return Err(SpecError::RawRlimitOrder { resource: n, soft, hard });
+            }
+            out.push(Limit { resource, soft, hard });
+        }
+        self.rlimits = out;
+        Ok(self)
+    }
+
+    /// Adds a filter installed before the plan's own.
+    pub fn with_extra_seccomp(mut self, prog: &SeccompProgram) -> DropSpec {
+        if !prog.instructions.is_empty() {
+            self.extra_seccomp.push(instructions(prog));
+        }
         self
     }
 
@@ -161,6 +203,17 @@ impl DropSpec {
     /// Supplementary groups, sorted and without duplicates.
     pub fn groups(&self) -> Vec<u32> {
         self.groups.iter().map(|g| g.as_raw()).collect()
+    }
+    /// The five capability sets.
+    pub fn capability_sets(&self) -> CapSets {
+        self.sets
+    }
+    /// Resource limits as (kernel number, soft, hard).
+    pub fn raw_rlimits(&self) -> Vec<(u32, u64, u64)> {
+        self.rlimits
+            .iter()
+            .map(|l| (l.resource as u32, l.soft, l.hard))
+            .collect()
     }
     /// Kept capabilities as a mask of kernel capability numbers.
     pub fn capabilities(&self) -> u64 {
@@ -183,6 +236,51 @@ fn absolute_cwd(cwd: &str) -> Result<CString, SpecError> {
         return Err(SpecError::RelativeCwd(cwd.to_string()));
     }
     cstring("working directory", cwd)
+}
+
+/// The five capability sets of a process, as masks of kernel numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CapSets {
+    pub bounding: u64,
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+    pub ambient: u64,
+}
+
+impl CapSets {
+    /// The same mask in every set (what a moat plan grants).
+    pub fn all(mask: u64) -> CapSets {
+        CapSets {
+            bounding: mask,
+            effective: mask,
+            permitted: mask,
+            inheritable: mask,
+            ambient: mask,
+        }
+    }
+}
+
+fn raw_resource(n: u32) -> Option<Resource> {
+    Some(match n {
+        libc::RLIMIT_CPU => Resource::Cpu,
+        libc::RLIMIT_FSIZE => Resource::Fsize,
+        libc::RLIMIT_DATA => Resource::Data,
+        libc::RLIMIT_STACK => Resource::Stack,
+        libc::RLIMIT_CORE => Resource::Core,
+        libc::RLIMIT_RSS => Resource::Rss,
+        libc::RLIMIT_NPROC => Resource::Nproc,
+        libc::RLIMIT_NOFILE => Resource::Nofile,
+        libc::RLIMIT_MEMLOCK => Resource::Memlock,
+        libc::RLIMIT_AS => Resource::As,
+        libc::RLIMIT_LOCKS => Resource::Locks,
+        libc::RLIMIT_SIGPENDING => Resource::Sigpending,
+        libc::RLIMIT_MSGQUEUE => Resource::Msgqueue,
+        libc::RLIMIT_NICE => Resource::Nice,
+        libc::RLIMIT_RTPRIO => Resource::Rtprio,
+        libc::RLIMIT_RTTIME => Resource::Rttime,
+        _ => return None,
+    })
 }
 
 fn resource(r: RlimitResource) -> Resource {

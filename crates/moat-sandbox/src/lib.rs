@@ -13,6 +13,7 @@ pub mod cgroup;
 mod child;
 pub mod idmap;
 mod mounts;
+pub mod oci;
 pub mod state;
 mod supervise;
 mod sys;

@@ -1,0 +1,216 @@
+//! `create` and `run`.
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use moat_sandbox::oci::{self, CreateSteps};
+use moat_sandbox::SandboxError;
+
+use crate::args::Create;
+use crate::bundle::{self, Bundle, CgroupRequest, Prepared};
+use crate::cgroup::Groups;
+use crate::log::Logger;
+use crate::site::{Isolation, Site};
+use crate::state::{self, ExecDefaults, Record};
+
+/// The state JSON of runtime-spec, as `state` prints it and hooks read it.
+pub(crate) fn state_json(rec: &Record, status: &str) -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "id": rec.id,
+        "status": status,
+        "pid": if status == "stopped" { 0 } else { rec.pid },
+        "bundle": rec.bundle,
+        "rootfs": rec.rootfs,
+        "created": rec.created,
+        "owner": rec.owner,
+        "annotations": rec.annotations,
+    })
+}
+
+struct Steps<'a> {
+    groups: &'a Groups,
+    hooks: &'a [oci::OciHook],
+    state: serde_json::Value,
+}
+
+impl CreateSteps for Steps<'_> {
+    fn join_cgroup(&mut self, pid: i32) -> Result<(), SandboxError> {
+        self.groups.add(pid).map_err(|e| SandboxError::Setup {
+            step: "joining the cgroup".into(),
+            detail: e.to_string(),
+        })
+    }
+    fn runtime_hooks(&mut self, pid: i32) -> Result<(), SandboxError> {
+        self.state["pid"] = serde_json::json!(pid);
+        let state = serde_json::to_vec(&self.state).unwrap_or_default();
+        for h in self.hooks {
+            oci::run_hook(h, &state).map_err(|detail| SandboxError::Setup {
+                step: "createRuntime hook".into(),
+                detail,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `pid` to `file`, staged then renamed.
+pub(crate) fn write_pid_file(file: &Path, pid: i32) -> anyhow::Result<()> {
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = file.file_name().context("--pid-file names no file")?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    std::fs::write(&tmp, pid.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, file).with_context(|| format!("writing {}", file.display()))
+}
+
+pub fn create(root: &Path, a: &Create, log: &Logger) -> anyhow::Result<i32> {
+    let b = Bundle::load(&a.bundle)?;
+    let site = Site::load()?;
+    let mut p = bundle::prepare(&b, &site, &a.id)?;
+    for w in &p.warnings {
+        log.warn(w);
+    }
+    if p.isolation == Isolation::Vm {
+        bail!("annotation moat.dev/isolation=vm: micro-VM containers are not yet available through moat-oci; use moat.dev/isolation=sandbox or `moat run --isolation vm`");
+    }
+    if p.init.terminal && a.console_socket.is_none() {
+        bail!("process.terminal is set but no --console-socket was given");
+    }
+    p.init.preserve_fds = a.preserve_fds;
+    let dir = state::make_dir(root, &a.id)?;
+    let r = build(root, &dir, a, &b, &mut p, log);
+    if r.is_err() {
+        let _ = state::remove(root, &a.id);
+    }
+    r
+}
+
+fn build(
+    root: &Path,
+    dir: &Path,
+    a: &Create,
+    b: &Bundle,
+    p: &mut Prepared,
+    log: &Logger,
+) -> anyhow::Result<i32> {
+    log.debug(&format!("creating {} under policy {}", a.id, p.policy));
+    let groups = Groups::create(&p.cgroup)?;
+    p.init.cgroup_dirs = groups.dirs.clone();
+    let mut rec = Record {
+        id: a.id.clone(),
+        bundle: b.dir.clone(),
+        rootfs: b.rootfs.clone(),
+        pid: 0,
+        pid_start: 0,
+        created: moat_policy::rbac::rfc3339_now(),
+        owner: String::new(),
+        annotations: b.annotations.clone(),
+        started: false,
+        isolation: p.isolation,
+        policy: p.policy.clone(),
+        cgroup: groups.clone(),
+        cgroup_ceiling: CgroupRequest {
+            memory: p.plan.cgroup.memory_bytes.map(|v| v as i64),
+            pids: p.plan.cgroup.pids.map(|v| v as i64),
+            ..CgroupRequest::default()
+        },
+        hooks: p.hooks.clone(),
+        exec: exec_defaults(b, p),
+    };
+    p.init.state_for_hooks = state_json(&rec, "creating");
+    let gate = UnixListener::bind(state::gate(root, &a.id))
+        .with_context(|| format!("creating the start gate in {}", dir.display()))?;
+    let console = match &a.console_socket {
+        Some(path) if p.init.terminal => Some(
+            UnixStream::connect(path)
+                .with_context(|| format!("connecting to --console-socket {}", path.display()))?,
+        ),
+        _ => None,
+    };
+    let mut steps = Steps {
+        groups: &groups,
+        hooks: &p.hooks.create_runtime,
+        state: p.init.state_for_hooks.clone(),
+    };
+    let pid = match oci::create(&p.init, gate, console, &mut steps) {
+        Ok(pid) => pid,
+        Err(e) => {
+            groups.remove();
+            return Err(e.into());
+        }
+    };
+    rec.pid = pid;
+    rec.pid_start = moat_runtime::record::process_start_time(pid).unwrap_or(0);
+    state::save(root, &rec)?;
+    if let Some(f) = &a.pid_file {
+        write_pid_file(f, pid)?;
+    }
+    Ok(pid)
+}
+
+fn exec_defaults(b: &Bundle, p: &Prepared) -> ExecDefaults {
+    let process = b.config.process().clone().unwrap_or_default();
+    let d = &p.init.drop;
+    let sets = d.capability_sets();
+    ExecDefaults {
+        uid: d.uid(),
+        gid: d.gid(),
+        groups: d.groups(),
+        env: process.env().clone().unwrap_or_default(),
+        cwd: d.cwd().to_string(),
+        caps: [
+            sets.bounding,
+            sets.effective,
+            sets.permitted,
+            sets.inheritable,
+            sets.ambient,
+        ],
+        rlimits: d.raw_rlimits(),
+        caller_seccomp: p.caller_seccomp.clone(),
+        policy_seccomp: p.plan.seccomp.clone(),
+        policy_caps: p.plan.capabilities.clone(),
+        exec_allowed: p.plan.exec_allowed,
+    }
+}
+
+/// `run`: create, start and wait; the exit status is the workload's.
+pub fn run(root: &Path, a: &Create, log: &Logger) -> anyhow::Result<i32> {
+    // The first process becomes our child when its parent exits.
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .context("PR_SET_CHILD_SUBREAPER")?;
+    let pid = create(root, a, log)?;
+    crate::ops::start(root, &a.id, log)?;
+    if a.detach {
+        return Ok(0);
+    }
+    let code = wait_exit(pid);
+    let _ = crate::ops::delete(
+        root,
+        &crate::args::Delete {
+            force: true,
+            id: a.id.clone(),
+        },
+        log,
+    );
+    Ok(code)
+}
+
+fn wait_exit(pid: i32) -> i32 {
+    use rustix::process::{waitpid, Pid, WaitOptions};
+    let Some(p) = Pid::from_raw(pid) else {
+        return 125;
+    };
+    loop {
+        match waitpid(Some(p), WaitOptions::empty()) {
+            Ok(Some((_, st))) => {
+                if let Some(sig) = st.terminating_signal() {
+                    return 128 + sig;
+                }
+                return st.exit_status().unwrap_or(0);
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            _ => return 125,
+        }
+    }
+}
