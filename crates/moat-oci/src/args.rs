@@ -162,7 +162,8 @@ pub struct Exec {
     /// Pass this many descriptors after stdio to the process.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub preserve_fds: u32,
-    /// Accepted for compatibility; moat always sets no_new_privs.
+    /// Set no_new_privs for this process (moat sets it anyway unless the
+    /// site honours a config's noNewPrivileges: false).
     #[arg(long)]
     pub no_new_privs: bool,
     /// Accepted for compatibility; refused unless empty.

@@ -56,7 +56,12 @@ impl Bundle {
             msg: format!("bundle directory: {e}"),
         })?;
         let file = dir.join("config.json");
-        let config = Spec::load(&file).map_err(|e| BundleError::Config {
+        let text = std::fs::read_to_string(&file).map_err(|e| BundleError::Config {
+            path: file.display().to_string(),
+            msg: e.to_string(),
+        })?;
+        // serde_json's own message names the field, line and column.
+        let config: Spec = serde_json::from_str(&text).map_err(|e| BundleError::Config {
             path: file.display().to_string(),
             msg: e.to_string(),
         })?;
@@ -111,6 +116,9 @@ pub struct CgroupRequest {
     pub cpuset_cpus: Option<String>,
     /// v1 device rules in order: (allow, "c 1:3 rwm").
     pub devices: Vec<(bool, String)>,
+    /// Further files to write: (v1 hierarchy, v1 file, v2 file, value,
+    /// required). A file the host lacks is skipped unless required.
+    pub files: Vec<(String, String, String, String, bool)>,
 }
 
 /// What a created container needs, all decided before anything starts.
@@ -397,7 +405,10 @@ pub fn prepare(b: &Bundle, site: &Site, id: &str) -> Result<Prepared, BundleErro
         .with_capability_sets(sets)
         .with_raw_rlimits(&rlimits)?
         .with_extra_seccomp(&caller_seccomp);
-    let drop = with_policy_filter(drop, &plan);
+    let mut drop = with_policy_filter(drop, &plan);
+    if site.honour_new_privileges && process.no_new_privileges() != Some(true) {
+        drop = drop.with_new_privileges_allowed();
+    }
     let exec = Exec::new(&args, &env)?;
 
     // Mounts.
@@ -598,13 +609,77 @@ fn cgroup_request(linux: &oci_spec::runtime::Linux, plan: &Plan, id: &str) -> Cg
         cpu_shares: cpu.and_then(|c| c.shares()),
         cpuset_cpus: cpu.and_then(|c| c.cpus().clone()),
         devices: Vec::new(),
+        files: Vec::new(),
     };
+    let mut file = |ctl: &str, v1: &str, v2: &str, value: String, required: bool| {
+        req.files
+            .push((ctl.into(), v1.into(), v2.into(), value, required));
+    };
+    if let Some(m) = mem {
+        if let Some(v) = m.reservation() {
+            file("memory", "memory.soft_limit_in_bytes", "memory.low", v.to_string(), true);
+        }
+        if let Some(v) = m.kernel() {
+            file("memory", "memory.kmem.limit_in_bytes", "", v.to_string(), false);
+        }
+        if let Some(v) = m.kernel_tcp() {
+            file("memory", "memory.kmem.tcp.limit_in_bytes", "", v.to_string(), false);
+        }
+        if let Some(v) = m.swappiness() {
+            file("memory", "memory.swappiness", "", v.to_string(), true);
+        }
+        if let Some(true) = m.disable_oom_killer() {
+            file("memory", "memory.oom_control", "", "1".into(), true);
+        }
+    }
+    if let Some(b) = r.block_io() {
+        if let Some(w) = b.weight() {
+            file("blkio", "blkio.weight", "io.weight", w.to_string(), false);
+        }
+        if let Some(w) = b.leaf_weight() {
+            file("blkio", "blkio.leaf_weight", "", w.to_string(), false);
+        }
+        for d in b.weight_device().iter().flatten() {
+            if let Some(w) = d.weight() {
+                let v = format!("{}:{} {w}", d.major(), d.minor());
+                file("blkio", "blkio.weight_device", "", v, false);
+            }
+        }
+        for (list, v1) in [
+            (b.throttle_read_bps_device(), "blkio.throttle.read_bps_device"),
+            (b.throttle_write_bps_device(), "blkio.throttle.write_bps_device"),
+            (b.throttle_read_iops_device(), "blkio.throttle.read_iops_device"),
+            (b.throttle_write_iops_device(), "blkio.throttle.write_iops_device"),
+        ] {
+            for d in list.iter().flatten() {
+                let v = format!("{}:{} {}", d.major(), d.minor(), d.rate());
+                file("blkio", v1, "", v, false);
+            }
+        }
+    }
+    if let Some(n) = r.network() {
+        if let Some(c) = n.class_id() {
+            file("net_cls", "net_cls.classid", "", c.to_string(), false);
+        }
+        for p in n.priorities().iter().flatten() {
+            let v = format!("{} {}", p.name(), p.priority());
+            file("net_prio", "net_prio.ifpriomap", "", v, false);
+        }
+    }
+    for h in r.hugepage_limits().iter().flatten() {
+        let v1 = format!("hugetlb.{}.limit_in_bytes", h.page_size());
+        let v2 = format!("hugetlb.{}.max", h.page_size());
+        file("hugetlb", &v1, &v2, h.limit().to_string(), false);
+    }
     if let Some(m) = plan.cgroup.cpu_millis {
         let period = req.cpu_period.unwrap_or(100_000);
         let cap = (m * period / 1000) as i64;
         req.cpu_quota = Some(req.cpu_quota.filter(|q| *q > 0).map_or(cap, |q| q.min(cap)));
         req.cpu_period = Some(period);
     }
+    // Deny everything, then the caller's rules, then the devices every
+    // container has (runc's order).
+    req.devices.push((false, "a".into()));
     for d in r.devices().iter().flatten() {
         let kind = d
             .typ()
@@ -623,6 +698,17 @@ fn cgroup_request(linux: &oci_spec::runtime::Linux, plan: &Plan, id: &str) -> Cg
             )
         };
         req.devices.push((d.allow(), rule));
+    }
+    for rule in ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm"] {
+        req.devices.push((true, rule.into()));
+    }
+    for d in linux.devices().iter().flatten() {
+        let kind = serde_json::to_value(d.typ())
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "c".into());
+        let kind = if kind == "u" { "c".to_string() } else { kind };
+        req.devices.push((true, format!("{kind} {}:{} rwm", d.major(), d.minor())));
     }
     req
 }

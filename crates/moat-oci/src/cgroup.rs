@@ -96,7 +96,7 @@ impl Groups {
     fn dir(&self, v1: &str) -> Option<&Path> {
         self.dirs
             .iter()
-            .find(|(n, _)| n == v1 || n.is_empty())
+            .find(|(n, _)| n.is_empty() || n.split(',').any(|c| c == v1))
             .map(|(_, d)| d.as_path())
     }
 
@@ -147,6 +147,26 @@ impl Groups {
         if let (Some(cpus), Some(d)) = (&req.cpuset_cpus, self.dir("cpuset")) {
             if !cpus.is_empty() {
                 write(&d.join("cpuset.cpus"), cpus)?;
+            }
+        }
+        for (ctl, f1, f2, value, required) in &req.files {
+            let path = if v2 {
+                (!f2.is_empty()).then(|| self.dir("").map(|d| d.join(f2))).flatten()
+            } else {
+                self.dirs
+                    .iter()
+                    .find(|(n, _)| n.split(',').any(|c| c == ctl))
+                    .map(|(_, d)| d.join(f1))
+            };
+            match path {
+                Some(p) if p.exists() || *required => {
+                    if let Err(e) = write(&p, value) {
+                        if *required {
+                            return Err(e);
+                        }
+                    }
+                }
+                _ => {}
             }
         }
         if !v2 && !req.devices.is_empty() {

@@ -118,7 +118,7 @@ fn build(
         hooks: p.hooks.clone(),
         exec: exec_defaults(b, p),
     };
-    p.init.state_for_hooks = state_json(&rec, "creating");
+    p.init.state_for_hooks = state_json(&rec, "created");
     let gate = UnixListener::bind(state::gate(root, &a.id))
         .with_context(|| format!("creating the start gate in {}", dir.display()))?;
     let console = match &a.console_socket {
@@ -171,6 +171,7 @@ fn exec_defaults(b: &Bundle, p: &Prepared) -> ExecDefaults {
         policy_seccomp: p.plan.seccomp.clone(),
         policy_caps: p.plan.capabilities.clone(),
         exec_allowed: p.plan.exec_allowed,
+        no_new_privs: d.no_new_privs(),
     }
 }
 

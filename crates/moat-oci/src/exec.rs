@@ -136,6 +136,11 @@ pub fn exec(root: &Path, a: &Exec) -> anyhow::Result<i32> {
         .with_raw_rlimits(&d.rlimits)?
         .with_extra_seccomp(&d.caller_seccomp)
         .with_extra_seccomp(&d.policy_seccomp);
+    let drop = if d.no_new_privs || a.no_new_privs {
+        drop
+    } else {
+        drop.with_new_privileges_allowed()
+    };
     let exec = ExecSpec::new(&args, &env)?;
     let console = match (&a.console_socket, tty) {
         (Some(p), true) => Some(

@@ -127,7 +127,7 @@ pub fn delete(root: &Path, a: &Delete, log: &Logger) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
     let status = state::status(&rec);
-    if matches!(status, "running" | "paused") && !a.force {
+    if status != "stopped" && !a.force {
         bail!(
             "container {:?} is {status}: stop it first or use delete --force",
             a.id

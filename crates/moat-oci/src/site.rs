@@ -7,6 +7,7 @@
 //! policy: baseline            # default policy of OCI containers
 //! isolation: sandbox          # sandbox | vm, unless moat.dev/isolation says
 //! allow_unconfined_seccomp: false   # a config.json without linux.seccomp
+//! no_new_privileges: always   # or as-requested: honour noNewPrivileges: false
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,9 @@ pub struct Site {
     pub policy: String,
     pub isolation: Isolation,
     pub allow_unconfined_seccomp: bool,
+    /// Honour a config's `noNewPrivileges: false` (setuid binaries such
+    /// as sudo work in the container); by default moat always sets it.
+    pub honour_new_privileges: bool,
     /// Where the settings came from (for messages).
     pub source: String,
 }
@@ -39,6 +43,7 @@ impl Default for Site {
             policy: "baseline".into(),
             isolation: Isolation::Sandbox,
             allow_unconfined_seccomp: false,
+            honour_new_privileges: false,
             source: "built-in defaults".into(),
         }
     }
@@ -132,9 +137,16 @@ impl Site {
                         _ => return Err(err(format!("{v:?}: use true or false"))),
                     }
                 }
+                "no_new_privileges" => {
+                    site.honour_new_privileges = match v {
+                        "always" => false,
+                        "as-requested" => true,
+                        _ => return Err(err(format!("{v:?}: use always or as-requested"))),
+                    }
+                }
                 other => {
                     return Err(err(format!(
-                        "unknown key {other:?} (known: policy, isolation, allow_unconfined_seccomp)"
+                        "unknown key {other:?} (known: policy, isolation, allow_unconfined_seccomp, no_new_privileges)"
                     )))
                 }
             }
@@ -219,13 +231,15 @@ mod tests {
     #[test]
     fn site_file_parses_and_names_bad_lines() {
         let s = Site::parse(
-            "# comment\npolicy: restricted\nisolation: vm\nallow_unconfined_seccomp: true\n",
+            "# comment\npolicy: restricted\nisolation: vm\nallow_unconfined_seccomp: true\nno_new_privileges: as-requested\n",
             "oci.yaml",
         )
         .unwrap();
         assert_eq!(s.policy, "restricted");
         assert_eq!(s.isolation, Isolation::Vm);
         assert!(s.allow_unconfined_seccomp);
+        assert!(s.honour_new_privileges);
+        assert!(!Site::default().honour_new_privileges);
         let e = Site::parse("policy: a\nbogus: 1\n", "oci.yaml").unwrap_err();
         assert!(e.to_string().starts_with("oci.yaml:2: unknown key \"bogus\""), "{e}");
         let e = Site::parse("isolation: kvm\n", "x").unwrap_err();

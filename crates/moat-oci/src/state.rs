@@ -50,6 +50,12 @@ pub struct ExecDefaults {
     /// Capabilities the policy grants (for `exec --cap`, `--process`).
     pub policy_caps: Vec<String>,
     pub exec_allowed: bool,
+    #[serde(default = "yes")]
+    pub no_new_privs: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ExecDefaults {

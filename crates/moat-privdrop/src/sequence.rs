@@ -87,6 +87,12 @@ fn run(
         }
     }
 
+    // Without no_new_privs a filter needs CAP_SYS_ADMIN: install it now,
+    // while the process still has it.
+    if !spec.no_new_privs {
+        install_filters(spec)?;
+    }
+
     // Keep the permitted set through a change away from uid 0 when
     // capabilities are to be kept (the effective set is restored below).
     if spec.sets.permitted != 0 {
@@ -119,7 +125,9 @@ fn run(
     if spec.sets.permitted != 0 {
         thread::set_keep_capabilities(false).map_err(at(Step::KeepCaps, 0))?;
     }
-    thread::set_no_new_privs(true).map_err(at(Step::NoNewPrivs, 0))?;
+    if spec.no_new_privs {
+        thread::set_no_new_privs(true).map_err(at(Step::NoNewPrivs, 0))?;
+    }
 
     // Changing credentials cleared the parent-death signal.
     if death_signal.is_some() {
@@ -159,11 +167,8 @@ fn run(
         })?;
 
     // Last: the filter, so that nothing above has to be allowed by it.
-    for prog in &spec.extra_seccomp {
-        sys::seccomp_install(prog, false).map_err(io_at(Step::Seccomp))?;
-    }
-    if !spec.seccomp.is_empty() {
-        sys::seccomp_install(&spec.seccomp, spec.seccomp_log).map_err(io_at(Step::Seccomp))?;
+    if spec.no_new_privs {
+        install_filters(spec)?;
     }
     let errno = sys::execve(exe, exec.argv_ptrs(), exec.envp_ptrs());
     Err(ExecFailure {
@@ -171,6 +176,16 @@ fn run(
         arg: 0,
         errno,
     })
+}
+
+fn install_filters(spec: &DropSpec) -> Result<(), ExecFailure> {
+    for prog in &spec.extra_seccomp {
+        sys::seccomp_install(prog, false).map_err(io_at(Step::Seccomp))?;
+    }
+    if !spec.seccomp.is_empty() {
+        sys::seccomp_install(&spec.seccomp, spec.seccomp_log).map_err(io_at(Step::Seccomp))?;
+    }
+    Ok(())
 }
 
 /// What a `PATH` candidate is, for the identity we now have.

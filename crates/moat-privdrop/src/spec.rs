@@ -75,6 +75,9 @@ pub struct DropSpec {
     pub(crate) extra_seccomp: Vec<Vec<Insn>>,
     /// Descriptors from 3 up that survive the exec, sorted.
     pub(crate) keep_fds: Vec<RawFd>,
+    /// `PR_SET_NO_NEW_PRIVS` before the exec (true unless a site lets an
+    /// OCI caller turn it off).
+    pub(crate) no_new_privs: bool,
 }
 
 impl DropSpec {
@@ -146,6 +149,7 @@ impl DropSpec {
             seccomp_log: false,
             extra_seccomp: Vec::new(),
             keep_fds: Vec::new(),
+            no_new_privs: true,
         }
     }
 
@@ -178,6 +182,22 @@ impl DropSpec {
         }
         self.rlimits = out;
         Ok(self)
+    }
+
+    /// Leaves `no_new_privs` unset, so that setuid and file-capability
+    /// binaries work in the workload (an OCI caller's `noNewPrivileges:
+    /// false`, where the site allows it). Filters are then installed
+    /// before the ids and capabilities change (the kernel requires
+    /// CAP_SYS_ADMIN for a filter without `no_new_privs`), so they must
+    /// allow the rest of the sequence.
+    pub fn with_new_privileges_allowed(mut self) -> DropSpec {
+        self.no_new_privs = false;
+        self
+    }
+
+    /// Whether the sequence sets `no_new_privs`.
+    pub fn no_new_privs(&self) -> bool {
+        self.no_new_privs
     }
 
     /// Adds a filter installed before the plan's own.

@@ -266,10 +266,12 @@ fn build(init: &OciInit, sock: BorrowedFd<'_>, console: Option<UnixStream>) -> R
     sys::set_dumpable(false).map_err(io("PR_SET_DUMPABLE"))?;
     osys::umask(0o022);
 
-    let prop = if init.rootfs_propagation != 0 {
-        init.rootfs_propagation
-    } else {
-        libc::MS_REC | libc::MS_PRIVATE
+    // Nothing shared before pivot_root (which refuses shared mounts); the
+    // propagation the bundle asks for is applied to the new root after.
+    let prop = match init.rootfs_propagation & !libc::MS_REC {
+        0 => libc::MS_REC | libc::MS_PRIVATE,
+        libc::MS_SHARED => libc::MS_REC | libc::MS_SLAVE,
+        _ => init.rootfs_propagation | libc::MS_REC,
     };
     osys::mount(None, "/", None, prop, None).map_err(io("making / private"))?;
     let rootfs = init.rootfs.to_str().ok_or_else(|| ChildError::msg("rootfs", "path is not UTF-8"))?;
@@ -296,12 +298,12 @@ fn build(init: &OciInit, sock: BorrowedFd<'_>, console: Option<UnixStream>) -> R
         run_hook(h, &state).map_err(|e| ChildError::msg("createContainer hook", e))?;
     }
 
-    if init.rootfs_propagation != 0 {
-        osys::mount(None, &osys::fd_path(root.as_fd()), None, init.rootfs_propagation, None)
-            .map_err(io("rootfs propagation"))?;
-    }
     sys::pivot_into(root.as_fd()).map_err(io("pivot_root"))?;
     drop(root);
+    if init.rootfs_propagation != 0 {
+        osys::mount(None, "/", None, init.rootfs_propagation, None)
+            .map_err(io("rootfs propagation"))?;
+    }
     for p in &init.masked {
         mounts::mask(p)?;
     }
