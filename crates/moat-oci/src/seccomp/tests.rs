@@ -589,22 +589,18 @@ fn podman_default_profile() {
     assert_eq!(notes.other_arches, [Arch::ScmpArchX86, Arch::ScmpArchX32]);
 }
 
-/// The only unsafe code of these tests: fork, install a filter, make one
-/// system call, report its errno as the exit status.
+/// The only unsafe code of these tests: fork, install a filter, make raw
+/// system calls, report through the exit status.
 mod sys {
     use std::ffi::CStr;
 
     use moat_plan::SockFilter;
 
-    pub enum Call {
-        Mkdir,
-        Mkdirat,
-    }
-
-    /// Forks; the child sets no_new_privs, installs `prog`, runs `call` on
-    /// `path` with `mode` (all 64 bits of it) and exits with the errno (0
-    /// on success, 200+ when the filter could not be installed).
-    pub fn errno_under(prog: &[SockFilter], call: Call, path: &CStr, mode: u64) -> i32 {
+    /// Forks; the child sets no_new_privs, installs `prog` and exits with
+    /// what `body` returns (200 and 201 when the filter could not be
+    /// installed). `body` runs after fork in a multi-threaded process: raw
+    /// system calls only, no allocation.
+    pub fn exit_code_under(prog: &[SockFilter], body: &dyn Fn() -> i32) -> i32 {
         let filter: Vec<libc::sock_filter> = prog
             .iter()
             .map(|i| libc::sock_filter {
@@ -624,8 +620,7 @@ mod sys {
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
             // SAFETY: prctl and seccomp with integer arguments and a pointer
-            // to `fprog`, which lives until _exit; mkdir/mkdirat read the
-            // NUL-terminated `path`; _exit never returns.
+            // to `fprog`, which lives until _exit; _exit never returns.
             unsafe {
                 if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                     libc::_exit(200);
@@ -634,13 +629,7 @@ mod sys {
                 if libc::syscall(libc::SYS_seccomp, 1, 0, fp) != 0 {
                     libc::_exit(201);
                 }
-                let r = match call {
-                    Call::Mkdir => libc::syscall(libc::SYS_mkdir, path.as_ptr(), mode),
-                    Call::Mkdirat => {
-                        libc::syscall(libc::SYS_mkdirat, libc::AT_FDCWD, path.as_ptr(), mode)
-                    }
-                };
-                libc::_exit(if r == 0 { 0 } else { *libc::__errno_location() });
+                libc::_exit(body());
             }
         }
         let mut status = 0;
@@ -650,6 +639,59 @@ mod sys {
         assert!(libc::WIFEXITED(status), "child killed: status {status:#x}");
         libc::WEXITSTATUS(status)
     }
+
+    /// 0 when the raw call returned 0 or more, else its errno.
+    fn errno_of(r: libc::c_long) -> i32 {
+        if r >= 0 {
+            return 0;
+        }
+        // SAFETY: __errno_location returns the calling thread's errno slot.
+        unsafe { *libc::__errno_location() }
+    }
+
+    /// `mkdir(path, mode)` with all 64 bits of `mode` in the register.
+    pub fn mkdir(path: &CStr, mode: u64) -> i32 {
+        // SAFETY: `path` is NUL-terminated and outlives the call.
+        errno_of(unsafe { libc::syscall(libc::SYS_mkdir, path.as_ptr(), mode) })
+    }
+
+    pub fn mkdirat(path: &CStr, mode: u64) -> i32 {
+        // SAFETY: as for mkdir.
+        errno_of(unsafe { libc::syscall(libc::SYS_mkdirat, libc::AT_FDCWD, path.as_ptr(), mode) })
+    }
+
+    /// The x86_64 `getpid`: the pid.
+    pub fn getpid() -> i64 {
+        // SAFETY: getpid takes no arguments.
+        unsafe { libc::syscall(libc::SYS_getpid) }
+    }
+
+    /// `getpid` through the i386 ABI (`int 0x80`, number 20): the pid or
+    /// `-errno`.
+    pub fn getpid_i386() -> i64 {
+        let ret: i32;
+        // SAFETY: i386 getpid reads no memory and writes only eax; r8-r11
+        // are marked clobbered for kernels that zeroed them.
+        unsafe {
+            std::arch::asm!(
+                "int 0x80",
+                inlateout("eax") 20i32 => ret,
+                out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+                options(nostack),
+            );
+        }
+        i64::from(ret)
+    }
+
+    /// `getpid` with the x32 bit: its errno (the host may not have x32).
+    pub fn getpid_x32() -> i32 {
+        // SAFETY: no arguments.
+        errno_of(unsafe { libc::syscall(0x4000_0000 | libc::SYS_getpid) })
+    }
+}
+
+fn cpath(dir: &std::path::Path, name: &str) -> std::ffi::CString {
+    std::ffi::CString::new(dir.join(name).into_os_string().into_encoded_bytes()).unwrap()
 }
 
 #[test]
@@ -662,21 +704,44 @@ fn installed_filter_denies_mkdir_by_mode() {
              "args": [{"index": 2, "value": 448, "op": "SCMP_CMP_EQ"}]}]}"#,
     );
     let dir = tempfile::tempdir().unwrap();
-    let path = |n: &str| {
-        std::ffi::CString::new(dir.path().join(n).into_os_string().into_encoded_bytes()).unwrap()
-    };
-    let cases = [
-        ("mkdir-700", sys::Call::Mkdir, 0o700, libc::EACCES),
-        ("mkdir-755", sys::Call::Mkdir, 0o755, 0),
-        ("mkdirat-700", sys::Call::Mkdirat, 0o700, libc::EACCES),
-        ("mkdirat-755", sys::Call::Mkdirat, 0o755, 0),
+    type Mkdir = fn(&std::ffi::CStr, u64) -> i32;
+    let cases: [(&str, Mkdir, u64, i32); 5] = [
+        ("mkdir-700", sys::mkdir, 0o700, libc::EACCES),
+        ("mkdir-755", sys::mkdir, 0o755, 0),
+        ("mkdirat-700", sys::mkdirat, 0o700, libc::EACCES),
+        ("mkdirat-755", sys::mkdirat, 0o755, 0),
         // The kernel reads a 16-bit mode; the filter all 64 bits, so a set
         // high word is not 0o700 and the call goes through.
-        ("mkdirat-hi", sys::Call::Mkdirat, 0x1_0000_01c0, 0),
+        ("mkdirat-hi", sys::mkdirat, 0x1_0000_01c0, 0),
     ];
     for (name, call, mode, want) in cases {
-        let got = sys::errno_under(&p, call, &path(name), mode);
+        let path = cpath(dir.path(), name);
+        let got = sys::exit_code_under(&p, &|| call(&path, mode));
         assert_eq!(got, want, "{name}");
         assert_eq!(dir.path().join(name).is_dir(), want == 0, "{name}");
     }
+}
+
+/// The attack: make a call through the i386 ABI whose number an x86_64
+/// rule allows (i386 `getpid` is 20, x86_64 `writev`), or through the x32
+/// numbers. Both get the default action.
+#[test]
+fn installed_filter_gives_other_abis_the_default() {
+    let body = || {
+        let native = sys::getpid() > 0;
+        let i386 = sys::getpid_i386();
+        let x32 = sys::getpid_x32();
+        i32::from(native) | if i386 == -1 { 2 } else { 0 } | if x32 == 1 { 4 } else { 0 }
+    };
+    // Control: without a rule in the way the i386 call does return the pid.
+    let allow_all = prog(r#"{"defaultAction": "SCMP_ACT_ALLOW"}"#);
+    let control = sys::exit_code_under(&allow_all, &|| {
+        i32::from(sys::getpid_i386() == sys::getpid())
+    });
+    assert_eq!(control, 1, "int 0x80 getpid does not work on this host");
+    let p = prog(
+        r#"{"defaultAction": "SCMP_ACT_ERRNO", "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "syscalls": [{"names": ["getpid", "writev", "exit_group", "exit"], "action": "SCMP_ACT_ALLOW"}]}"#,
+    );
+    assert_eq!(sys::exit_code_under(&p, &body), 7);
 }
