@@ -59,6 +59,35 @@ use oci_spec::runtime::{
     LinuxSeccompOperator as Op,
 };
 
+/// What `compile` takes, for `moat-oci features` (`linux.seccomp`):
+/// actions, operators and flags, sorted as runc prints them.
+pub const ACTIONS: &[&str] = &[
+    "SCMP_ACT_ALLOW",
+    "SCMP_ACT_ERRNO",
+    "SCMP_ACT_KILL",
+    "SCMP_ACT_KILL_PROCESS",
+    "SCMP_ACT_KILL_THREAD",
+    "SCMP_ACT_LOG",
+    "SCMP_ACT_TRACE",
+    "SCMP_ACT_TRAP",
+];
+pub const OPERATORS: &[&str] = &[
+    "SCMP_CMP_EQ",
+    "SCMP_CMP_GE",
+    "SCMP_CMP_GT",
+    "SCMP_CMP_LE",
+    "SCMP_CMP_LT",
+    "SCMP_CMP_MASKED_EQ",
+    "SCMP_CMP_NE",
+];
+/// Architectures whose calls the rules apply to (others get the default).
+pub const ARCHES: &[&str] = &["SCMP_ARCH_X86_64"];
+pub const FLAGS: &[&str] = &[
+    "SECCOMP_FILTER_FLAG_LOG",
+    "SECCOMP_FILTER_FLAG_SPEC_ALLOW",
+    "SECCOMP_FILTER_FLAG_TSYNC",
+];
+
 /// `seccomp(2)` filter flags (linux/seccomp.h).
 pub const SECCOMP_FILTER_FLAG_TSYNC: u32 = 1 << 0;
 pub const SECCOMP_FILTER_FLAG_LOG: u32 = 1 << 1;

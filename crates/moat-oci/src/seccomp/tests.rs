@@ -331,6 +331,33 @@ fn flags_are_returned() {
     assert_eq!(flags("").bits(), 0);
 }
 
+/// What `features` will print is what `compile` takes.
+#[test]
+fn the_feature_lists_compile() {
+    for a in ACTIONS {
+        let json = format!(
+            r#"{{"defaultAction": "{a}", "syscalls": [{{"names": ["getpid"], "action": "{a}"}}]}}"#
+        );
+        compile(&spec(&json)).unwrap_or_else(|e| panic!("{a}: {e}"));
+    }
+    for op in OPERATORS {
+        let json = format!(
+            r#"{{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{{"names": ["getpid"], "action": "SCMP_ACT_LOG",
+            "args": [{{"index": 0, "value": 1, "op": "{op}"}}]}}]}}"#
+        );
+        compile(&spec(&json)).unwrap_or_else(|e| panic!("{op}: {e}"));
+    }
+    let flags: Vec<String> = FLAGS.iter().map(|f| format!("\"{f}\"")).collect();
+    let json = format!(
+        r#"{{"defaultAction": "SCMP_ACT_ALLOW", "flags": [{}], "architectures": ["{}"]}}"#,
+        flags.join(", "),
+        ARCHES[0]
+    );
+    assert_eq!(compile(&spec(&json)).unwrap().1.flags.bits(), 7);
+    let notify = r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["getpid"], "action": "SCMP_ACT_NOTIFY"}]}"#;
+    assert!(compile(&spec(notify)).is_err());
+}
+
 #[test]
 fn bad_input_names_the_field() {
     let cases = [
@@ -430,9 +457,10 @@ fn long_programs_jump_far_and_too_long_ones_are_refused() {
                 k * 3
             )
         })
-        .chain(std::iter::once(
+        .chain([
             r#"{"names": ["read"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 2, "value": 1000, "op": "SCMP_CMP_LT"}]}"#.to_string(),
-        ))
+            r#"{"names": ["exit_group", "exit"], "action": "SCMP_ACT_ALLOW"}"#.to_string(),
+        ])
         .collect();
     let json = format!(
         r#"{{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [{}]}}"#,
@@ -453,6 +481,15 @@ fn long_programs_jump_far_and_too_long_ones_are_refused() {
     assert_eq!(call_arg(&p, "read", 2, 1000), Act::Errno(1));
     // getpid and kill share one block.
     assert!(p.len() < 120 * 4 + 40, "{} instructions", p.len());
+    // The kernel takes the program, far jumps included, and agrees.
+    let (getpid, kill) = (libc::SYS_getpid, libc::SYS_kill);
+    let body = || {
+        let ok = sys::errno_of_call(getpid, [357, 0, 0]) == 0;
+        let denied = sys::errno_of_call(getpid, [358, 0, 0]) == libc::EPERM;
+        let kill_denied = sys::errno_of_call(kill, [1, 0, 0]) == libc::EPERM;
+        i32::from(ok) | i32::from(denied) << 1 | i32::from(kill_denied) << 2
+    };
+    assert_eq!(sys::exit_code_under(&p, &body), 7);
 
     let rules: Vec<String> = (0..1100)
         .map(|k| format!(r#"{{"names": ["getpid"], "action": "SCMP_ACT_ALLOW", "args": [{{"index": 0, "value": {k}, "op": "SCMP_CMP_EQ"}}]}}"#))
@@ -587,6 +624,15 @@ fn podman_default_profile() {
     assert_eq!(exec(&p, AUDIT_ARCH_I386, 20, [0; 6]), Act::Errno(38));
     assert!(notes.unknown_syscalls.iter().any(|n| n == "_llseek"));
     assert_eq!(notes.other_arches, [Arch::ScmpArchX86, Arch::ScmpArchX32]);
+    // The kernel takes it and answers the same.
+    let body = || {
+        let getpid = sys::errno_of_call(libc::SYS_getpid, [0; 3]) == 0;
+        // NULL image: harmless (EFAULT) should the filter let it through.
+        let module = sys::errno_of_call(libc::SYS_init_module, [0; 3]) == libc::EPERM;
+        let audit = sys::errno_of_call(libc::SYS_socket, [16, 3, 9]) == libc::EINVAL;
+        i32::from(getpid) | i32::from(module) << 1 | i32::from(audit) << 2
+    };
+    assert_eq!(sys::exit_code_under(&p, &body), 7);
 }
 
 /// The only unsafe code of these tests: fork, install a filter, make raw
@@ -647,6 +693,14 @@ mod sys {
         }
         // SAFETY: __errno_location returns the calling thread's errno slot.
         unsafe { *libc::__errno_location() }
+    }
+
+    /// The errno of system call `nr` with three integer arguments (0 when
+    /// it succeeded).
+    pub fn errno_of_call(nr: libc::c_long, a: [u64; 3]) -> i32 {
+        // SAFETY: only calls whose arguments are integers or NULL pointers
+        // (getpid, kill, init_module of a NULL image, socket).
+        errno_of(unsafe { libc::syscall(nr, a[0], a[1], a[2]) })
     }
 
     /// `mkdir(path, mode)` with all 64 bits of `mode` in the register.
