@@ -13,10 +13,10 @@
 //!   An `errnoRet` on an action that takes none is refused, as crun does.
 //! - **Order**: a system call named by several entries of `syscalls` gets
 //!   the action of the first entry (in file order) whose argument
-//!   conditions all hold; none holding, the default action. This is the
-//!   order runtime-spec PR 1159 writes down for runc. Unlike runc and crun,
-//!   an entry whose action equals the default is kept, not dropped, so it
-//!   still shadows the entries after it.
+//!   conditions all hold; none holding, the default action: the order
+//!   runc follows (runtime-spec PR 1159 proposed to write it down). Unlike
+//!   runc and crun, an entry whose action equals the default is kept, not
+//!   dropped, so it still shadows the entries after it.
 //! - **Arguments**: `index` 0 to 5, `op` `SCMP_CMP_NE/LT/LE/EQ/GE/GT` compare
 //!   `value` with the whole 64-bit argument, unsigned; `SCMP_CMP_MASKED_EQ`
 //!   holds when `arg & value == valueTwo`. The conditions of one entry are
@@ -56,7 +56,7 @@ use moat_policy::bpf::rules::{self, ArgCmp, Cmp, Rule, Rules, RulesError};
 use moat_policy::syscalls;
 use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction as Action, LinuxSeccompFilterFlag as Flag,
-    LinuxSeccompOperator as Op,
+    LinuxSeccompOperator as Op, LinuxSyscall,
 };
 
 /// What `compile` takes, for `moat-oci features` (`linux.seccomp`):
@@ -236,6 +236,25 @@ fn cmp_of(op: Op, value: u64, value_two: Option<u64>) -> (Cmp, u64) {
     }
 }
 
+/// The argument conditions of `syscalls[rule]`.
+fn conditions(rule: usize, sc: &LinuxSyscall) -> Result<Vec<ArgCmp>, SeccompError> {
+    let mut out = Vec::new();
+    for (j, a) in sc.args().iter().flatten().enumerate() {
+        let bad = SeccompError::ArgIndex {
+            rule,
+            arg: j,
+            index: a.index(),
+        };
+        let arg = u8::try_from(a.index())
+            .ok()
+            .filter(|&x| x <= 5)
+            .ok_or(bad)?;
+        let (cmp, value) = cmp_of(a.op(), a.value(), a.value_two());
+        out.push(ArgCmp { arg, cmp, value });
+    }
+    Ok(out)
+}
+
 /// Compiles `linux.seccomp` for x86_64; see the module documentation for
 /// what is supported and how it differs from runc.
 pub fn compile(s: &LinuxSeccomp) -> Result<(SeccompProgram, Notes), SeccompError> {
@@ -289,20 +308,7 @@ pub fn compile(s: &LinuxSeccomp) -> Result<(SeccompProgram, Notes), SeccompError
                 &format!("syscalls[{i}].errnoRet"),
             ),
         )?;
-        let mut args = Vec::new();
-        for (j, a) in sc.args().iter().flatten().enumerate() {
-            let arg =
-                u8::try_from(a.index())
-                    .ok()
-                    .filter(|&x| x <= 5)
-                    .ok_or(SeccompError::ArgIndex {
-                        rule: i,
-                        arg: j,
-                        index: a.index(),
-                    })?;
-            let (cmp, value) = cmp_of(a.op(), a.value(), a.value_two());
-            args.push(ArgCmp { arg, cmp, value });
-        }
+        let args = conditions(i, sc)?;
         if sc.names().is_empty() {
             return Err(SeccompError::NoNames { rule: i });
         }
