@@ -132,6 +132,8 @@ pub struct Prepared {
     /// The caller's own filter, stacked under the policy's.
     pub caller_seccomp: SeccompProgram,
     pub warnings: Vec<String>,
+    /// Notices for --debug only.
+    pub debug: Vec<String>,
 }
 
 /// The capabilities any runc caller grants by default: narrowed to the
@@ -243,6 +245,7 @@ pub fn prepare(b: &Bundle, site: &Site, id: &str) -> Result<Prepared, BundleErro
         fix: FIX_POLICY,
     };
     let mut warnings = Vec::new();
+    let mut debug = Vec::new();
 
     let process = c.process().as_ref().ok_or_else(|| b.err("no process"))?;
     let linux = c.linux().clone().unwrap_or_default();
@@ -338,7 +341,14 @@ pub fn prepare(b: &Bundle, site: &Site, id: &str) -> Result<Prepared, BundleErro
 
     // Seccomp: the caller's filter is kept and the policy's stacked on it.
     let caller_seccomp = match linux.seccomp() {
-        Some(s) => crate::seccomp::compile(s).map_err(|e| BundleError::Seccomp(e.to_string()))?,
+        Some(s) => {
+            let (prog, notes) =
+                crate::seccomp::compile(s).map_err(|e| BundleError::Seccomp(format!("{e:#}")))?;
+            if let Some(n) = notes.unknown_notice() {
+                debug.push(n);
+            }
+            prog
+        }
         None if site.allow_unconfined_seccomp => SeccompProgram::default(),
         None => {
             return Err(BundleError::Refused {
@@ -504,6 +514,7 @@ pub fn prepare(b: &Bundle, site: &Site, id: &str) -> Result<Prepared, BundleErro
         hooks: runtime_hooks,
         caller_seccomp,
         warnings,
+        debug,
     })
 }
 

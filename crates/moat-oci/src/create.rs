@@ -71,6 +71,9 @@ pub fn create(root: &Path, a: &Create, log: &Logger) -> anyhow::Result<i32> {
     for w in &p.warnings {
         log.warn(w);
     }
+    for d in &p.debug {
+        log.debug(d);
+    }
     if p.isolation == Isolation::Vm {
         bail!("annotation moat.dev/isolation=vm: micro-VM containers are not yet available through moat-oci; use moat.dev/isolation=sandbox or `moat run --isolation vm`");
     }

@@ -17,6 +17,8 @@
 //!    not know inside the range (the kernel answers `ENOSYS` for them anyway)
 //!    are merged into whichever neighbouring range makes the program shorter.
 
+pub mod rules;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{DefaultAction, IoctlRule, Syscalls};
@@ -335,6 +337,8 @@ pub fn disassemble(prog: &[SockFilter]) -> String {
         match ins.code {
             BPF_LD_W_ABS => merge(&mut acc, i + 1, Some(ins.k)),
             BPF_RET_K => {}
+            rules::BPF_ALU_AND_K => merge(&mut acc, i + 1, None),
+            rules::BPF_JMP_JA => merge(&mut acc, i + 1 + ins.k as usize, cur),
             _ => {
                 merge(&mut acc, i + 1 + usize::from(ins.jt), cur);
                 merge(&mut acc, i + 1 + usize::from(ins.jf), cur);
@@ -350,6 +354,7 @@ pub fn disassemble(prog: &[SockFilter]) -> String {
                 let what = match ins.k {
                     0 => "nr".to_string(),
                     4 => "arch".to_string(),
+                    k if k >= 16 && (k - 16) % 8 == 4 => format!("args[{}].hi", (k - 16) / 8),
                     k if k >= 16 => format!("args[{}].lo", (k - 16) / 8),
                     k => format!("[{k}]"),
                 };
@@ -373,6 +378,8 @@ pub fn disassemble(prog: &[SockFilter]) -> String {
                 format!("{op} {:#x}, {}, {}{note}", ins.k, tgt(ins.jt), tgt(ins.jf))
             }
             BPF_RET_K => format!("ret {}", ret_name(ins.k)),
+            rules::BPF_JMP_JA => format!("ja   {}", i + 1 + ins.k as usize),
+            rules::BPF_ALU_AND_K => format!("and  {:#x}", ins.k),
             other => format!("??? code={other:#x} k={:#x}", ins.k),
         };
         out.push_str(&format!("{i:04} {line}\n"));
@@ -386,6 +393,9 @@ fn ret_name(k: u32) -> String {
         SECCOMP_RET_KILL_PROCESS => "KILL_PROCESS".to_string(),
         SECCOMP_RET_LOG => "LOG".to_string(),
         SECCOMP_RET_ERRNO => format!("ERRNO({})", k & 0xffff),
+        0 => "KILL_THREAD".to_string(),
+        0x0003_0000 => "TRAP".to_string(),
+        0x7ff0_0000 => format!("TRACE({})", k & 0xffff),
         _ => format!("{k:#x}"),
     }
 }
