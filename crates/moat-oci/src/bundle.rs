@@ -210,10 +210,12 @@ const REQUIRED: &[(libc::c_int, &str)] = &[
 ];
 
 fn same_as_host(path: &Path, file: &str) -> bool {
-    let ino = |p: &Path| std::fs::metadata(p).ok().map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        (m.dev(), m.ino())
-    });
+    let ino = |p: &Path| {
+        std::fs::metadata(p).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino())
+        })
+    };
     let host = ino(&PathBuf::from(format!("/proc/1/ns/{file}")));
     host.is_some() && ino(path) == host
 }
@@ -222,8 +224,14 @@ fn same_as_host(path: &Path, file: &str) -> bool {
 fn sysctl_allowed(key: &str, has_netns: bool, has_ipcns: bool, has_uts: bool) -> bool {
     let ipc = matches!(
         key,
-        "kernel.msgmax" | "kernel.msgmnb" | "kernel.msgmni" | "kernel.sem" | "kernel.shmall"
-            | "kernel.shmmax" | "kernel.shmmni" | "kernel.shm_rmid_forced"
+        "kernel.msgmax"
+            | "kernel.msgmnb"
+            | "kernel.msgmni"
+            | "kernel.sem"
+            | "kernel.shmall"
+            | "kernel.shmmax"
+            | "kernel.shmmni"
+            | "kernel.shm_rmid_forced"
     ) || key.starts_with("fs.mqueue.");
     (ipc && has_ipcns)
         || (key.starts_with("net.") && has_netns)
@@ -279,7 +287,9 @@ pub fn prepare(b: &Bundle, site: &Site, id: &str) -> Result<Prepared, BundleErro
                 };
                 let (u, g) = (map(linux.uid_mappings()), map(linux.gid_mappings()));
                 if u.is_empty() || g.is_empty() {
-                    return Err(b.err("a new user namespace needs linux.uidMappings and linux.gidMappings"));
+                    return Err(b.err(
+                        "a new user namespace needs linux.uidMappings and linux.gidMappings",
+                    ));
                 }
                 new_user = Some((u, g));
             }
@@ -316,17 +326,19 @@ pub fn prepare(b: &Bundle, site: &Site, id: &str) -> Result<Prepared, BundleErro
     let mut devices = default_devices(process.terminal().unwrap_or(false));
     for d in linux.devices().iter().flatten() {
         let path = d.path().display().to_string();
-        let granted = plan.devices.iter().any(|g| {
-            g.path == path && g.major as i64 == d.major() && g.minor as i64 == d.minor()
-        });
+        let granted = plan
+            .devices
+            .iter()
+            .any(|g| g.path == path && g.major as i64 == d.major() && g.minor as i64 == d.minor());
         let default = devices.iter().any(|x| x.path == path);
-        if !granted && !default {
-            return Err(refuse(format!("device {path}")));
-        }
         let kind = serde_json::to_value(d.typ())
             .ok()
             .and_then(|v| v.as_str().and_then(|s| s.chars().next()))
             .unwrap_or('c');
+        // A FIFO reaches no hardware: it needs no grant.
+        if !granted && !default && kind != 'p' {
+            return Err(refuse(format!("device {path}")));
+        }
         devices.retain(|x| x.path != path);
         devices.push(OciDevice {
             path,
@@ -362,16 +374,21 @@ pub fn prepare(b: &Bundle, site: &Site, id: &str) -> Result<Prepared, BundleErro
     // Sysctls: namespaced ones only.
     let mut sysctl = Vec::new();
     for (k, v) in linux.sysctl().iter().flatten() {
-        if !sysctl_allowed(k, has(libc::CLONE_NEWNET), has(libc::CLONE_NEWIPC), has(libc::CLONE_NEWUTS)) {
-            return Err(refuse(format!("sysctl {k} (not namespaced: it would change the host)")));
+        if !sysctl_allowed(
+            k,
+            has(libc::CLONE_NEWNET),
+            has(libc::CLONE_NEWIPC),
+            has(libc::CLONE_NEWUTS),
+        ) {
+            return Err(refuse(format!(
+                "sysctl {k} (not namespaced: it would change the host)"
+            )));
         }
         sysctl.push((k.clone(), v.clone()));
     }
 
     if let Some(profile) = process.apparmor_profile() {
-        if !profile.is_empty()
-            && !std::path::Path::new("/sys/kernel/security/apparmor").exists()
-        {
+        if !profile.is_empty() && !std::path::Path::new("/sys/kernel/security/apparmor").exists() {
             warnings.push(format!(
                 "process.apparmorProfile {profile:?} is not applied: no AppArmor on this host"
             ));
@@ -475,15 +492,20 @@ pub fn prepare(b: &Bundle, site: &Site, id: &str) -> Result<Prepared, BundleErro
     let cgroup = cgroup_request(&linux, &plan, id);
     let propagation = match linux.rootfs_propagation().as_deref() {
         None | Some("") => 0,
-        Some(p @ ("private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable" | "runbindable")) => {
-            moat_sandbox::oci::propagation(p)
-        }
+        Some(
+            p @ ("private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
+            | "runbindable"),
+        ) => moat_sandbox::oci::propagation(p),
         Some(other) => return Err(b.err(format!("linux.rootfsPropagation {other:?} is unknown"))),
     };
 
     let init = moat_sandbox::oci::OciInit {
         rootfs: b.rootfs.clone(),
-        readonly_root: c.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
+        readonly_root: c
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false),
         rootfs_propagation: propagation,
         new_namespaces: new_ns,
         new_user,
@@ -628,13 +650,31 @@ fn cgroup_request(linux: &oci_spec::runtime::Linux, plan: &Plan, id: &str) -> Cg
     };
     if let Some(m) = mem {
         if let Some(v) = m.reservation() {
-            file("memory", "memory.soft_limit_in_bytes", "memory.low", v.to_string(), true);
+            file(
+                "memory",
+                "memory.soft_limit_in_bytes",
+                "memory.low",
+                v.to_string(),
+                true,
+            );
         }
         if let Some(v) = m.kernel() {
-            file("memory", "memory.kmem.limit_in_bytes", "", v.to_string(), false);
+            file(
+                "memory",
+                "memory.kmem.limit_in_bytes",
+                "",
+                v.to_string(),
+                false,
+            );
         }
         if let Some(v) = m.kernel_tcp() {
-            file("memory", "memory.kmem.tcp.limit_in_bytes", "", v.to_string(), false);
+            file(
+                "memory",
+                "memory.kmem.tcp.limit_in_bytes",
+                "",
+                v.to_string(),
+                false,
+            );
         }
         if let Some(v) = m.swappiness() {
             file("memory", "memory.swappiness", "", v.to_string(), true);
@@ -657,10 +697,22 @@ fn cgroup_request(linux: &oci_spec::runtime::Linux, plan: &Plan, id: &str) -> Cg
             }
         }
         for (list, v1) in [
-            (b.throttle_read_bps_device(), "blkio.throttle.read_bps_device"),
-            (b.throttle_write_bps_device(), "blkio.throttle.write_bps_device"),
-            (b.throttle_read_iops_device(), "blkio.throttle.read_iops_device"),
-            (b.throttle_write_iops_device(), "blkio.throttle.write_iops_device"),
+            (
+                b.throttle_read_bps_device(),
+                "blkio.throttle.read_bps_device",
+            ),
+            (
+                b.throttle_write_bps_device(),
+                "blkio.throttle.write_bps_device",
+            ),
+            (
+                b.throttle_read_iops_device(),
+                "blkio.throttle.read_iops_device",
+            ),
+            (
+                b.throttle_write_iops_device(),
+                "blkio.throttle.write_iops_device",
+            ),
         ] {
             for d in list.iter().flatten() {
                 let v = format!("{}:{} {}", d.major(), d.minor(), d.rate());
@@ -710,7 +762,17 @@ fn cgroup_request(linux: &oci_spec::runtime::Linux, plan: &Plan, id: &str) -> Cg
         };
         req.devices.push((d.allow(), rule));
     }
-    for rule in ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm"] {
+    for rule in [
+        "c 1:3 rwm",
+        "c 1:5 rwm",
+        "c 1:7 rwm",
+        "c 1:8 rwm",
+        "c 1:9 rwm",
+        "c 5:0 rwm",
+        "c 5:1 rwm",
+        "c 5:2 rwm",
+        "c 136:* rwm",
+    ] {
         req.devices.push((true, rule.into()));
     }
     for d in linux.devices().iter().flatten() {
@@ -718,8 +780,12 @@ fn cgroup_request(linux: &oci_spec::runtime::Linux, plan: &Plan, id: &str) -> Cg
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_else(|| "c".into());
+        if kind == "p" {
+            continue; // not a device to the devices controller
+        }
         let kind = if kind == "u" { "c".to_string() } else { kind };
-        req.devices.push((true, format!("{kind} {}:{} rwm", d.major(), d.minor())));
+        req.devices
+            .push((true, format!("{kind} {}:{} rwm", d.major(), d.minor())));
     }
     req
 }

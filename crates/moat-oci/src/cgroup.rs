@@ -16,7 +16,7 @@ pub enum CgroupError {
     Escape(String),
     #[error("no cgroup hierarchy is mounted on this host")]
     NoHierarchy,
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: String,
         #[source]
@@ -151,7 +151,9 @@ impl Groups {
         }
         for (ctl, f1, f2, value, required) in &req.files {
             let path = if v2 {
-                (!f2.is_empty()).then(|| self.dir("").map(|d| d.join(f2))).flatten()
+                (!f2.is_empty())
+                    .then(|| self.dir("").map(|d| d.join(f2)))
+                    .flatten()
             } else {
                 self.dirs
                     .iter()
@@ -172,7 +174,11 @@ impl Groups {
         if !v2 && !req.devices.is_empty() {
             if let Some(d) = self.dir("devices") {
                 for (allow, rule) in &req.devices {
-                    let f = if *allow { "devices.allow" } else { "devices.deny" };
+                    let f = if *allow {
+                        "devices.allow"
+                    } else {
+                        "devices.deny"
+                    };
                     write(&d.join(f), rule)?;
                 }
             }
@@ -188,7 +194,10 @@ impl Groups {
     }
 
     pub fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs.iter().map(|(_, d)| d.join("cgroup.procs")).collect()
+        self.dirs
+            .iter()
+            .map(|(_, d)| d.join("cgroup.procs"))
+            .collect()
     }
 
     /// Every pid in the container's cgroup.
@@ -232,8 +241,7 @@ impl Groups {
     pub fn is_frozen(&self) -> bool {
         if self.is_v2() {
             return self.dir("").is_some_and(|d| {
-                std::fs::read_to_string(d.join("cgroup.freeze"))
-                    .is_ok_and(|s| s.trim() == "1")
+                std::fs::read_to_string(d.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1")
             });
         }
         self.dir("freezer").is_some_and(|d| {

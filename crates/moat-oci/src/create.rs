@@ -57,7 +57,10 @@ impl CreateSteps for Steps<'_> {
 
 /// Writes `pid` to `file`, staged then renamed.
 pub(crate) fn write_pid_file(file: &Path, pid: i32) -> anyhow::Result<()> {
-    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = file.file_name().context("--pid-file names no file")?;
     let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
     std::fs::write(&tmp, pid.to_string()).with_context(|| format!("writing {}", tmp.display()))?;

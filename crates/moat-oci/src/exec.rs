@@ -38,7 +38,10 @@ pub fn exec(root: &Path, a: &Exec) -> anyhow::Result<i32> {
     let rec = state::load(root, &a.id)?;
     let st = state::status(&rec);
     if st != "running" {
-        bail!("container {:?} is {st}: exec needs a running container", a.id);
+        bail!(
+            "container {:?} is {st}: exec needs a running container",
+            a.id
+        );
     }
     let d = &rec.exec;
     if !d.exec_allowed {
@@ -52,7 +55,10 @@ pub fn exec(root: &Path, a: &Exec) -> anyhow::Result<i32> {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("reading --process {}", file.display()))?;
             let p: oci_spec::runtime::Process = serde_json::from_str(&text).with_context(|| {
-                format!("--process {}: not a runtime-spec process object", file.display())
+                format!(
+                    "--process {}: not a runtime-spec process object",
+                    file.display()
+                )
             })?;
             let sets = match p.capabilities() {
                 Some(c) => {
@@ -91,15 +97,18 @@ pub fn exec(root: &Path, a: &Exec) -> anyhow::Result<i32> {
                 Some(u) => {
                     let (u, g) = u.split_once(':').unwrap_or((u.as_str(), "0"));
                     (
-                        u.parse().with_context(|| format!("--user {u:?}: give UID[:GID] as numbers"))?,
-                        g.parse().with_context(|| format!("--user group {g:?}: give a number"))?,
+                        u.parse()
+                            .with_context(|| format!("--user {u:?}: give UID[:GID] as numbers"))?,
+                        g.parse()
+                            .with_context(|| format!("--user group {g:?}: give a number"))?,
                     )
                 }
                 None => (d.uid, d.gid),
             };
             let mut sets = d.cap_sets();
             for c in &a.caps {
-                let name = moat_plan::caps::canonical(c).with_context(|| format!("--cap {c:?}: unknown capability"))?;
+                let name = moat_plan::caps::canonical(c)
+                    .with_context(|| format!("--cap {c:?}: unknown capability"))?;
                 if !d.policy_caps.iter().any(|g| g == name) {
                     bail!("--cap {c}: policy {:?} does not grant it", rec.policy);
                 }

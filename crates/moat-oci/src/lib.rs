@@ -43,7 +43,10 @@ fn state_root(cli: &Cli) -> PathBuf {
     }
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) => PathBuf::from(d).join("moat-oci"),
-        None => PathBuf::from(format!("/tmp/moat-oci-{}", rustix::process::geteuid().as_raw())),
+        None => PathBuf::from(format!(
+            "/tmp/moat-oci-{}",
+            rustix::process::geteuid().as_raw()
+        )),
     }
 }
 

@@ -40,7 +40,11 @@ impl Logger {
             s.push('\n');
             s
         } else {
-            format!("time=\"{}\" level={level} msg=\"{}\"\n", now(), msg.escape_default())
+            format!(
+                "time=\"{}\" level={level} msg=\"{}\"\n",
+                now(),
+                msg.escape_default()
+            )
         }
     }
 

@@ -92,7 +92,10 @@ fn signal_pid(pid: i32, sig: i32) {
 
 pub fn kill(root: &Path, a: &Kill) -> anyhow::Result<()> {
     let sig = parse_signal(&a.signal).with_context(|| {
-        format!("unknown signal {:?}: give a name (TERM, SIGKILL) or a number 1-64", a.signal)
+        format!(
+            "unknown signal {:?}: give a name (TERM, SIGKILL) or a number 1-64",
+            a.signal
+        )
     })?;
     let rec = state::load(root, &a.id)?;
     if !state::alive(&rec) {
@@ -191,7 +194,12 @@ pub fn list(root: &Path, a: &List) -> anyhow::Result<()> {
             for r in &recs {
                 let st = state::status(r);
                 let pid = if st == "stopped" { 0 } else { r.pid };
-                println!("{}\t{pid}\t{st}\t{}\t{}", r.id, r.bundle.display(), r.created);
+                println!(
+                    "{}\t{pid}\t{st}\t{}\t{}",
+                    r.id,
+                    r.bundle.display(),
+                    r.created
+                );
             }
         }
         other => bail!("--format {other:?}: use table or json"),
@@ -225,8 +233,13 @@ pub fn update(root: &Path, a: &Update) -> anyhow::Result<()> {
         } else {
             std::fs::read_to_string(src).with_context(|| format!("reading {}", src.display()))?
         };
-        let r: oci_spec::runtime::LinuxResources = serde_json::from_str(&text)
-            .with_context(|| format!("--resources {}: not a runtime-spec linux.resources object", src.display()))?;
+        let r: oci_spec::runtime::LinuxResources =
+            serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "--resources {}: not a runtime-spec linux.resources object",
+                    src.display()
+                )
+            })?;
         if let Some(m) = r.memory() {
             req.memory = m.limit();
             req.memory_swap = m.swap();
@@ -255,7 +268,11 @@ pub fn update(root: &Path, a: &Update) -> anyhow::Result<()> {
             match asked {
                 Some(v) if *v <= 0 || *v > m => bail!(
                     "update asks for {what} {}, above policy {:?}'s {m}",
-                    if *v <= 0 { "unlimited".to_string() } else { v.to_string() },
+                    if *v <= 0 {
+                        "unlimited".to_string()
+                    } else {
+                        v.to_string()
+                    },
                     rec.policy
                 ),
                 _ => {}

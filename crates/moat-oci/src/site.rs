@@ -241,7 +241,11 @@ mod tests {
         assert!(s.honour_new_privileges);
         assert!(!Site::default().honour_new_privileges);
         let e = Site::parse("policy: a\nbogus: 1\n", "oci.yaml").unwrap_err();
-        assert!(e.to_string().starts_with("oci.yaml:2: unknown key \"bogus\""), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("oci.yaml:2: unknown key \"bogus\""),
+            "{e}"
+        );
         let e = Site::parse("isolation: kvm\n", "x").unwrap_err();
         assert!(e.to_string().contains("use sandbox or vm"), "{e}");
     }

@@ -21,13 +21,15 @@ pub enum StateError {
     Exists(String),
     #[error("container ID {0:?} is invalid: use letters, digits, `_`, `-`, `.` and `+` (not starting with `.`)")]
     BadId(String),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: the record is damaged ({source}); delete the directory to forget the container")]
+    #[error(
+        "{path}: the record is damaged ({source}); delete the directory to forget the container"
+    )]
     Damaged {
         path: String,
         #[source]
@@ -133,7 +135,9 @@ pub fn make_dir(root: &Path, id: &str) -> Result<PathBuf, StateError> {
     let d = dir(root, id);
     match std::fs::DirBuilder::new().mode(0o700).create(&d) {
         Ok(()) => Ok(d),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(StateError::Exists(id.into())),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(StateError::Exists(id.into()))
+        }
         Err(e) => Err(io(&d)(e)),
     }
 }
@@ -192,7 +196,10 @@ pub fn alive(rec: &Record) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", rec.pid)) else {
         return false;
     };
-    let after = stat.rsplit_once(')').map(|(_, r)| r.trim_start()).unwrap_or("");
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.trim_start())
+        .unwrap_or("");
     if after.starts_with('Z') || after.starts_with('X') {
         return false;
     }

@@ -90,6 +90,10 @@ fn run(
     // Without no_new_privs a filter needs CAP_SYS_ADMIN: install it now,
     // while the process still has it.
     if !spec.no_new_privs {
+        // The working directory is checked now, while getcwd may still be
+        // called (the caller's filter may deny it); it is entered again
+        // below as the workload's identity.
+        enter_cwd(spec)?;
         install_filters(spec)?;
     }
 
@@ -149,13 +153,10 @@ fn run(
 
     // Entered with the workload's own identity; rule 3 again: it must
     // resolve inside the root.
-    process::chdir(spec.cwd.as_c_str()).map_err(at(Step::Chdir, 0))?;
-    if !sys::cwd_is_inside_root().map_err(io_at(Step::CwdOutsideRoot))? {
-        return Err(ExecFailure {
-            step: Step::CwdOutsideRoot,
-            arg: 0,
-            errno: 0,
-        });
+    if spec.no_new_privs {
+        enter_cwd(spec)?;
+    } else {
+        process::chdir(spec.cwd.as_c_str()).map_err(at(Step::Chdir, 0))?;
     }
 
     let mut buf = [0u8; MAX_PATH];
@@ -176,6 +177,18 @@ fn run(
         arg: 0,
         errno,
     })
+}
+
+fn enter_cwd(spec: &DropSpec) -> Result<(), ExecFailure> {
+    process::chdir(spec.cwd.as_c_str()).map_err(at(Step::Chdir, 0))?;
+    if !sys::cwd_is_inside_root().map_err(io_at(Step::CwdOutsideRoot))? {
+        return Err(ExecFailure {
+            step: Step::CwdOutsideRoot,
+            arg: 0,
+            errno: 0,
+        });
+    }
+    Ok(())
 }
 
 fn install_filters(spec: &DropSpec) -> Result<(), ExecFailure> {

@@ -176,9 +176,17 @@ impl DropSpec {
         for &(n, soft, hard) in limits {
             let resource = raw_resource(n).ok_or(SpecError::UnknownRlimit(n))?;
             if soft > hard {
-                return Err(SpecError::RawRlimitOrder { resource: n, soft, hard });
+                return Err(SpecError::RawRlimitOrder {
+                    resource: n,
+                    soft,
+                    hard,
+                });
             }
-            out.push(Limit { resource, soft, hard });
+            out.push(Limit {
+                resource,
+                soft,
+                hard,
+            });
         }
         self.rlimits = out;
         Ok(self)

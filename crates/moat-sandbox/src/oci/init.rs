@@ -94,7 +94,10 @@ fn drive(
         buf.truncate(n);
         match buf.as_slice() {
             b"maps" => {
-                let (uid_map, gid_map) = init.new_user.as_ref().expect("maps asked only with a userns");
+                let (uid_map, gid_map) = init
+                    .new_user
+                    .as_ref()
+                    .expect("maps asked only with a userns");
                 let write = |file: &str, text: &str| {
                     std::fs::write(format!("/proc/{stage}/{file}"), text).map_err(|source| {
                         (
@@ -120,12 +123,7 @@ fn drive(
             }
             b"ready" => return pid.ok_or_else(|| fail(setup_err("no pid from the container"))),
             [b'E', json @ ..] => return Err((super::child_error(json), pid)),
-            [] => {
-                return Err((
-                    setup_err("the container process exited during set-up"),
-                    pid,
-                ))
-            }
+            [] => return Err((setup_err("the container process exited during set-up"), pid)),
             other => {
                 return Err((
                     setup_err(&format!(
@@ -156,18 +154,17 @@ fn report(sock: BorrowedFd<'_>, e: &ChildError) -> ! {
 /// The process between the creator and the container: joins and makes the
 /// namespaces (user first, then the rest, then PID), forks the first
 /// process and exits.
-fn stage_one(
-    init: &OciInit,
-    sock: OwnedFd,
-    gate: UnixListener,
-    console: Option<UnixStream>,
-) -> ! {
+fn stage_one(init: &OciInit, sock: OwnedFd, gate: UnixListener, console: Option<UnixStream>) -> ! {
     let r = (|| -> Result<(), ChildError> {
         sys::set_pdeathsig(libc::SIGKILL).map_err(|e| ChildError::io("PR_SET_PDEATHSIG", e))?;
         if recv(sock.as_fd()) != b"go" {
             sys::exit_now(125);
         }
-        let mut joins: Vec<_> = init.join.iter().filter(|(f, _)| *f != libc::CLONE_NEWPID).collect();
+        let mut joins: Vec<_> = init
+            .join
+            .iter()
+            .filter(|(f, _)| *f != libc::CLONE_NEWPID)
+            .collect();
         joins.sort_by_key(|(f, _)| *f != libc::CLONE_NEWUSER);
         for (flag, path) in joins {
             let ns = osys::open_ns(path)
@@ -235,7 +232,10 @@ fn first_process(
 
 fn run_workload(init: &OciInit, _conn: &UnixStream) -> ChildError {
     for h in &init.start_container_hooks {
-        if let Err(e) = run_hook(h, &serde_json::to_vec(&init.state_for_hooks).unwrap_or_default()) {
+        if let Err(e) = run_hook(
+            h,
+            &serde_json::to_vec(&init.state_for_hooks).unwrap_or_default(),
+        ) {
             return ChildError::msg("startContainer hook", e);
         }
     }
@@ -260,7 +260,11 @@ fn io(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> ChildError {
     move |e| ChildError::io(step, e)
 }
 
-fn build(init: &OciInit, sock: BorrowedFd<'_>, console: Option<UnixStream>) -> Result<(), ChildError> {
+fn build(
+    init: &OciInit,
+    sock: BorrowedFd<'_>,
+    console: Option<UnixStream>,
+) -> Result<(), ChildError> {
     osys::send_with_creds(sock, b"pid").map_err(io("sending the pid"))?;
     sys::setsid().map_err(io("setsid"))?;
     sys::set_dumpable(false).map_err(io("PR_SET_DUMPABLE"))?;
@@ -270,14 +274,25 @@ fn build(init: &OciInit, sock: BorrowedFd<'_>, console: Option<UnixStream>) -> R
     // propagation the bundle asks for is applied to the new root after.
     let prop = match init.rootfs_propagation & !libc::MS_REC {
         0 => libc::MS_REC | libc::MS_PRIVATE,
-        libc::MS_SHARED => libc::MS_REC | libc::MS_SLAVE,
+        libc::MS_SHARED | libc::MS_UNBINDABLE => libc::MS_REC | libc::MS_SLAVE,
         _ => init.rootfs_propagation | libc::MS_REC,
     };
     osys::mount(None, "/", None, prop, None).map_err(io("making / private"))?;
-    let rootfs = init.rootfs.to_str().ok_or_else(|| ChildError::msg("rootfs", "path is not UTF-8"))?;
-    osys::mount(Some(rootfs), rootfs, None, libc::MS_BIND | libc::MS_REC, None)
-        .map_err(io(format!("binding the rootfs {rootfs}")))?;
-    let root: OwnedFd = File::open(rootfs).map_err(io(format!("opening {rootfs}")))?.into();
+    let rootfs = init
+        .rootfs
+        .to_str()
+        .ok_or_else(|| ChildError::msg("rootfs", "path is not UTF-8"))?;
+    osys::mount(
+        Some(rootfs),
+        rootfs,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )
+    .map_err(io(format!("binding the rootfs {rootfs}")))?;
+    let root: OwnedFd = File::open(rootfs)
+        .map_err(io(format!("opening {rootfs}")))?
+        .into();
 
     for m in &init.mounts {
         mounts::mount_one(root.as_fd(), m, &init.cgroup_dirs)?;
@@ -450,7 +465,8 @@ fn exec_process(x: &ExecIn, sock: BorrowedFd<'_>, console: Option<UnixStream>) -
     let r = (|| -> Result<(), ChildError> {
         sys::setsid().map_err(io("setsid"))?;
         if let Some(console) = console {
-            let (master, peer) = sys::open_pty().map_err(io("opening the container's /dev/ptmx"))?;
+            let (master, peer) =
+                sys::open_pty().map_err(io("opening the container's /dev/ptmx"))?;
             osys::fchown(peer.as_fd(), x.drop.uid(), x.drop.gid())
                 .map_err(io("the terminal's owner"))?;
             sys::send_fd(console.as_fd(), master.as_fd()).map_err(io("sending the terminal"))?;

@@ -298,11 +298,19 @@ fn mount_cgroup(
 
 /// The devices of `linux.devices` and runtime-spec's default devices.
 /// With a user namespace (no mknod) each is a bind of the host's node.
-pub(crate) fn create_devices(root: BorrowedFd<'_>, devices: &[OciDevice]) -> Result<(), ChildError> {
+pub(crate) fn create_devices(
+    root: BorrowedFd<'_>,
+    devices: &[OciDevice],
+) -> Result<(), ChildError> {
     for d in devices {
         let (parent, name) = match d.path.rsplit_once('/') {
             Some((p, n)) if !n.is_empty() => (if p.is_empty() { "/" } else { p }, n),
-            _ => return Err(ChildError::msg("device", format!("bad device path {:?}", d.path))),
+            _ => {
+                return Err(ChildError::msg(
+                    "device",
+                    format!("bad device path {:?}", d.path),
+                ))
+            }
         };
         let dir = open_or_create(root, parent, false)?;
         let dir = sys::openat2(dir.as_fd(), ".", libc::O_PATH | libc::O_DIRECTORY, 0)
@@ -322,6 +330,13 @@ pub(crate) fn create_devices(root: BorrowedFd<'_>, devices: &[OciDevice]) -> Res
                     .map_err(err(format!("opening device {}", d.path)))?;
                 osys::fchown(node.as_fd(), d.uid, d.gid)
                     .map_err(err(format!("owner of device {}", d.path)))?;
+                // mknod applied the umask; the config's mode is exact.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(
+                    fd_path(node.as_fd()),
+                    std::fs::Permissions::from_mode(d.mode & 0o7777),
+                )
+                .map_err(err(format!("mode of device {}", d.path)))?;
             }
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                 sys::create_file(dir.as_fd(), name, 0o644)
@@ -364,7 +379,13 @@ pub(crate) fn mask(path: &str) -> Result<(), ChildError> {
             Some("size=0"),
         )
     } else {
-        osys::mount(Some("/dev/null"), &fd_path(fd.as_fd()), None, libc::MS_BIND, None)
+        osys::mount(
+            Some("/dev/null"),
+            &fd_path(fd.as_fd()),
+            None,
+            libc::MS_BIND,
+            None,
+        )
     };
     r.map_err(err(format!("masking {path}")))
 }

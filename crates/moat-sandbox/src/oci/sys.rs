@@ -64,9 +64,7 @@ pub fn mknodat(dir: BorrowedFd<'_>, name: &str, mode: u32, dev: u64) -> io::Resu
 /// `fchownat(2)` on the descriptor itself (`AT_EMPTY_PATH`).
 pub fn fchown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
     // SAFETY: constant empty C string.
-    check(unsafe {
-        libc::fchownat(fd.as_raw_fd(), c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH)
-    })
+    check(unsafe { libc::fchownat(fd.as_raw_fd(), c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) })
 }
 
 pub fn umask(mask: u32) {
@@ -99,7 +97,12 @@ pub fn send_with_creds(sock: BorrowedFd<'_>, msg: &[u8]) -> io::Result<()> {
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
     let mut cmsg = SendAncillaryBuffer::new(&mut space);
     cmsg.push(SendAncillaryMessage::ScmCredentials(creds));
-    rustix::net::sendmsg(sock, &[io::IoSlice::new(msg)], &mut cmsg, SendFlags::empty())?;
+    rustix::net::sendmsg(
+        sock,
+        &[io::IoSlice::new(msg)],
+        &mut cmsg,
+        SendFlags::empty(),
+    )?;
     Ok(())
 }
 
