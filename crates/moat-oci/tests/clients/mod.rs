@@ -289,8 +289,22 @@ impl Drop for MountNs {
     }
 }
 
+/// The shell line that hides the v2 controllers (if `hide` and this host
+/// has them) by binding the empty file `empty` over them.
+pub fn hide_cgroup2_script(empty: &Path, hide: bool) -> String {
+    let controllers = "/sys/fs/cgroup/unified/cgroup.controllers";
+    if hide && Path::new(controllers).exists() {
+        format!(
+            "mount --bind '{}' {controllers} || exit 1;",
+            empty.display()
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// Whether the runtime needs the hybrid-cgroup trick (see the module doc).
-fn hides_cgroup2(runtime: &Path) -> bool {
+pub fn hides_cgroup2(runtime: &Path) -> bool {
     std::env::var("MOAT_OCI_TEST_HIDE_CGROUP2").as_deref() == Ok("1")
         || runtime.file_name().and_then(|n| n.to_str()) == Some("crun")
 }
@@ -535,7 +549,8 @@ impl Tmux {
         stdout(&self.tmux(&["capture-pane", "-p", "-t", "s"]))
     }
 
-    /// Waits up to `limit` for `needle` on the screen; the screen either way.
+    /// Waits up to `limit` for `needle` on the screen (less if the client
+    /// exits first); the screen either way.
     pub fn wait_for(&self, needle: &str, limit: Duration) -> Result<String, String> {
         let deadline = Instant::now() + limit;
         loop {
@@ -543,7 +558,8 @@ impl Tmux {
             if s.contains(needle) {
                 return Ok(s);
             }
-            if Instant::now() > deadline {
+            // The client ended: what it printed is all there will be.
+            if Instant::now() > deadline || s.contains("[exited ") {
                 return Err(s);
             }
             std::thread::sleep(Duration::from_millis(50));
