@@ -295,6 +295,44 @@ fn terminal(isolation: &str) {
     let screen = tmux.wait_for("answer-42", Duration::from_secs(10));
     let screen = screen.unwrap_or_else(|s| panic!("no echo round-trip:\n{s}"));
     assert!(screen.contains("/dev/pts/"), "not on a terminal:\n{screen}");
+    // task exec -t: a second terminal through the console socket.
+    let exec = Tmux::start(
+        c.dir.path().join("tmux-exec.sock"),
+        &[
+            "ctr".into(),
+            "-a".into(),
+            c.dir.path().join("c.sock").display().to_string(),
+            "-n".into(),
+            NAMESPACE.into(),
+            "task".into(),
+            "exec".into(),
+            "-t".into(),
+            "--exec-id".into(),
+            "t2".into(),
+            "tty".into(),
+            "sh".into(),
+        ],
+    );
+    let screen = exec.wait_for("/ #", Duration::from_secs(20));
+    assert!(
+        screen.is_ok(),
+        "no prompt from task exec -t:\n{}",
+        screen.unwrap_err()
+    );
+    exec.send_line("tty; echo exec-$((6*7))");
+    let screen = exec.wait_for("exec-42", Duration::from_secs(10));
+    let screen = screen.unwrap_or_else(|s| panic!("no echo round-trip in task exec -t:\n{s}"));
+    assert!(
+        screen.contains("/dev/pts/"),
+        "exec not on a terminal:\n{screen}"
+    );
+    exec.send_line("exit 3");
+    let screen = exec.wait_for("[exited 3]", Duration::from_secs(20));
+    assert!(
+        screen.is_ok(),
+        "exit status through task exec -t:\n{}",
+        screen.unwrap_err()
+    );
     tmux.send_line("exit 6");
     let screen = tmux.wait_for("[exited 6]", Duration::from_secs(20));
     assert!(
@@ -338,6 +376,30 @@ fn state_cleaned_after_delete(isolation: &str) {
     );
 }
 
+fn privileged_refused(isolation: &str) {
+    let c = Containerd::start();
+    let o = c.run(
+        isolation,
+        &["--rm", "--privileged"],
+        "priv",
+        &["echo", "ran-privileged"],
+    );
+    assert!(
+        !o.status.success() && !stdout(&o).contains("ran-privileged"),
+        "--privileged ran under moat's default policy: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    // The shim read the runtime's error from --log (one JSON object a line)
+    // and it names the policy.
+    assert!(
+        !stderr(&o).contains("unable to retrieve OCI runtime error"),
+        "the runtime left no error in its --log file: {}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("policy"), "ctr said: {}", stderr(&o));
+}
+
 macro_rules! sandbox_tests {
     ($($name:ident => $case:ident,)*) => {$(
         #[test]
@@ -354,4 +416,5 @@ sandbox_tests! {
     sandbox_ctr_detached_exec_kill_task_states_delete => detached_exec_kill_delete,
     sandbox_ctr_run_on_a_terminal_in_tmux => terminal,
     sandbox_ctr_run_rm_leaves_no_runtime_state => state_cleaned_after_delete,
+    sandbox_ctr_privileged_refused_by_default_policy => privileged_refused,
 }

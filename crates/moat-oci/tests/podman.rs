@@ -108,7 +108,7 @@ fn detached_lifecycle(isolation: &str) {
 
 fn interactive_terminal(isolation: &str) {
     let p = Podman::new();
-    let mut args: Vec<&str> = vec!["run", "--rm", "-it", "--network", "none"];
+    let mut args: Vec<&str> = vec!["run", "--rm", "-it", "--name", "it", "--network", "none"];
     let opts = Podman::container_opts(isolation);
     args.extend(opts.iter().map(String::as_str));
     args.extend([IMAGE, "sh"]);
@@ -126,6 +126,31 @@ fn interactive_terminal(isolation: &str) {
     assert!(
         screen.contains("30 100"),
         "terminal size not passed:\n{screen}"
+    );
+    // exec -it: a second terminal in the same container.
+    let exec = Tmux::start(
+        p.dir.path().join("tmux-exec.sock"),
+        &p.argv(&["exec", "-it", "it", "sh"]),
+    );
+    let screen = exec.wait_for("/ #", Duration::from_secs(20));
+    assert!(
+        screen.is_ok(),
+        "no prompt from exec -it:\n{}",
+        screen.unwrap_err()
+    );
+    exec.send_line("tty; echo exec-$((6*7)); ps");
+    let screen = exec.wait_for("exec-42", Duration::from_secs(10));
+    let screen = screen.unwrap_or_else(|s| panic!("no echo round-trip in exec -it:\n{s}"));
+    assert!(
+        screen.contains("/dev/pts/"),
+        "exec not on a terminal:\n{screen}"
+    );
+    exec.send_line("exit 3");
+    let screen = exec.wait_for("[exited 3]", Duration::from_secs(20));
+    assert!(
+        screen.is_ok(),
+        "exit status through exec -it:\n{}",
+        screen.unwrap_err()
     );
     tmux.send_line("exit 5");
     let screen = tmux.wait_for("[exited 5]", Duration::from_secs(20));

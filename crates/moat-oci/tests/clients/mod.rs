@@ -530,7 +530,7 @@ impl Tmux {
     pub fn tmux(&self, args: &[&str]) -> Output {
         run(
             Command::new("tmux")
-                .arg("-S")
+                .args(["-f", "/dev/null", "-S"])
                 .arg(&self.socket)
                 .args(args)
                 .stdin(Stdio::null()),
