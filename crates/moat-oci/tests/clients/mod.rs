@@ -97,13 +97,14 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Runs `cmd` (stdin null unless set, its own process group) and collects
-/// its output; on `limit` the whole group is killed and the error says so.
-/// A descendant left holding the output pipes after the command exits is an
-/// error too: go-runc and conmon would wait forever on it.
+/// Runs `cmd` (stdin null, its own process group) and collects its output;
+/// on `limit` the whole group is killed and the error says so. A descendant
+/// still holding the output pipes 10 s after the command exited is an error
+/// too: go-runc and conmon would wait forever on it.
 pub fn try_run(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
     let desc = format!("{cmd:?}");
-    cmd.stdout(Stdio::piped())
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
     let mut child = cmd
@@ -139,7 +140,7 @@ pub fn try_run(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
         if Instant::now() > deadline {
             kill_group(&child);
             let _ = child.wait();
-            let (out, err) = collect(&rx, Duration::from_secs(2));
+            let (out, err, _) = collect(&rx, Duration::from_secs(2));
             return Err(format!(
                 "{desc} did not finish within {limit:?}; its output so far:\n{}{}",
                 String::from_utf8_lossy(&out),
@@ -148,7 +149,15 @@ pub fn try_run(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let (out, err) = collect(&rx, Duration::from_secs(10));
+    let (out, err, held) = collect(&rx, Duration::from_secs(10));
+    if held {
+        return Err(format!(
+            "{desc} exited ({status}) but a process it left still holds its output pipes; \
+             output so far:\n{}{}",
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&err)
+        ));
+    }
     Ok(Output {
         status,
         stdout: out,
@@ -156,9 +165,9 @@ pub fn try_run(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
     })
 }
 
-/// Gathers both pipes; a pipe still open after `wait` (held by a leftover
-/// descendant) is reported in stderr rather than waited for forever.
-fn collect(rx: &mpsc::Receiver<(usize, Vec<u8>)>, wait: Duration) -> (Vec<u8>, Vec<u8>) {
+/// Gathers both pipes for up to `wait`; also whether one was still open
+/// then (held by a leftover descendant).
+fn collect(rx: &mpsc::Receiver<(usize, Vec<u8>)>, wait: Duration) -> (Vec<u8>, Vec<u8>, bool) {
     let mut bufs = [None, None];
     let deadline = Instant::now() + wait;
     while bufs.iter().any(Option::is_none) {
@@ -170,11 +179,7 @@ fn collect(rx: &mpsc::Receiver<(usize, Vec<u8>)>, wait: Duration) -> (Vec<u8>, V
     }
     let held = bufs.iter().any(Option::is_none);
     let [out, err] = bufs;
-    let mut err = err.unwrap_or_default();
-    if held {
-        err.extend_from_slice(b"\n[test: a descendant still holds the output pipes]\n");
-    }
-    (out.unwrap_or_default(), err)
+    (out.unwrap_or_default(), err.unwrap_or_default(), held)
 }
 
 fn kill_group(child: &Child) {
@@ -182,7 +187,8 @@ fn kill_group(child: &Child) {
     let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
 }
 
-/// [`try_run`] that panics with the command and its output on a deadline.
+/// [`try_run`] that panics with the command and its output on a deadline
+/// or held pipes.
 pub fn run(cmd: &mut Command, limit: Duration) -> Output {
     try_run(cmd, limit).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -237,15 +243,7 @@ impl MountNs {
     /// `empty` inside the namespace (crun on hybrid cgroups).
     pub fn new(empty: &Path, hide_cgroup2: bool) -> Self {
         std::fs::write(empty, b"").unwrap();
-        let controllers = "/sys/fs/cgroup/unified/cgroup.controllers";
-        let bind = if hide_cgroup2 && Path::new(controllers).exists() {
-            format!(
-                "mount --bind '{}' {controllers} || exit 1;",
-                empty.display()
-            )
-        } else {
-            String::new()
-        };
+        let bind = hide_cgroup2_script(empty, hide_cgroup2);
         let mut holder = Command::new("unshare")
             .args(["-m", "--propagation", "private", "sh", "-c"])
             .arg(format!("{bind} echo ready; exec cat >/dev/null"))
