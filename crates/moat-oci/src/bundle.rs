@@ -155,7 +155,7 @@ fn cap_mask(
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
         let name = full.trim_start_matches("CAP_").to_string();
-        let granted = plan.capabilities.iter().any(|g| *g == name);
+        let granted = plan.capabilities.contains(&name);
         if !granted {
             if is_default_cap(&name) {
                 continue;

@@ -14,8 +14,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use clients::{
-    code, hide_cgroup2_script, hides_cgroup2, isolation_annotation, ready, run, runtime, stderr,
-    stdout, try_run, unmount_under, wait_until, Podman, Tmux, IMAGE, STEP,
+    code, hide_cgroup2_script, hides_cgroup2, isolation_annotation, policy_annotation, ready, run,
+    runtime, stderr, stdout, try_run, unmount_under, wait_until, Podman, Tmux, IMAGE, STEP,
 };
 
 const SANDBOX: &str = "sandbox";
@@ -126,6 +126,11 @@ impl Containerd {
             self.runc_root().display().to_string(),
             "--annotation".into(),
             isolation_annotation(isolation),
+            "--annotation".into(),
+            policy_annotation(),
+            // containerd's default profile; without it moat refuses the
+            // container as unconfined (see unconfined_refused).
+            "--seccomp".into(),
         ]
     }
 
@@ -376,6 +381,37 @@ fn state_cleaned_after_delete(isolation: &str) {
     );
 }
 
+/// `ctr run` without `--seccomp` asks for no filter at all: refused by
+/// name (the site has not allowed unconfined containers).
+fn unconfined_refused(isolation: &str) {
+    let c = Containerd::start();
+    let mut args: Vec<String> = vec!["run".into(), "--rm".into()];
+    args.extend(
+        c.run_opts(isolation)
+            .into_iter()
+            .filter(|a| a != "--seccomp"),
+    );
+    args.extend([
+        IMAGE.to_string(),
+        "unconfined".into(),
+        "echo".into(),
+        "ran-unconfined".into(),
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = c.ctr_out(&refs);
+    assert!(
+        !o.status.success() && !stdout(&o).contains("ran-unconfined"),
+        "an unconfined container ran: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("unconfined"),
+        "ctr said: {}",
+        stderr(&o)
+    );
+}
+
 fn privileged_refused(isolation: &str) {
     let c = Containerd::start();
     let o = c.run(
@@ -417,4 +453,5 @@ sandbox_tests! {
     sandbox_ctr_run_on_a_terminal_in_tmux => terminal,
     sandbox_ctr_run_rm_leaves_no_runtime_state => state_cleaned_after_delete,
     sandbox_ctr_privileged_refused_by_default_policy => privileged_refused,
+    sandbox_ctr_unconfined_refused => unconfined_refused,
 }

@@ -344,9 +344,30 @@ fn seccomp_profile(isolation: &str) {
     assert_eq!(ok(&o, "default profile"), "mkdir=0\ntouch-ok\n");
 }
 
+/// `podman run --rm` under the site's default policy (no test policy).
+fn run_rm_default_policy(
+    p: &Podman,
+    isolation: &str,
+    opts: &[&str],
+    cmd: &[&str],
+) -> std::process::Output {
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "--rm".into(),
+        "--network".into(),
+        "none".into(),
+    ];
+    args.extend(Podman::default_policy_opts(isolation));
+    args.extend(opts.iter().map(|s| s.to_string()));
+    args.push(IMAGE.into());
+    args.extend(cmd.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    p.podman(&refs)
+}
+
 fn privileged_refused(isolation: &str) {
     let p = Podman::new();
-    let o = run_rm(
+    let o = run_rm_default_policy(
         &p,
         isolation,
         &["--privileged"],
@@ -361,6 +382,39 @@ fn privileged_refused(isolation: &str) {
     // The refusal names the policy, in podman's relay of the runtime's error.
     assert!(stderr(&o).contains("policy"), "podman said: {}", stderr(&o));
     assert_eq!(p.ok(&["ps", "-aq"]), "", "a refused container was left");
+}
+
+/// Under the default policy (baseline) a podman container keeps none of
+/// podman's default capabilities, and exec is refused by name.
+fn default_policy_narrows(isolation: &str) {
+    let p = Podman::new();
+    let o = run_rm_default_policy(&p, isolation, &[], &["grep", "CapEff", "/proc/self/status"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("0000000000000000"),
+        "baseline left capabilities: {}",
+        stdout(&o)
+    );
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        "-d".into(),
+        "--name".into(),
+        "b".into(),
+        "--network".into(),
+        "none".into(),
+    ];
+    args.extend(Podman::default_policy_opts(isolation));
+    args.extend([IMAGE.to_string(), "sleep".into(), "600".into()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    p.ok(&refs);
+    let e = p.podman(&["exec", "b", "true"]);
+    assert!(!e.status.success(), "exec ran under baseline");
+    assert!(
+        stderr(&e).contains("does not allow exec"),
+        "podman said: {}",
+        stderr(&e)
+    );
+    p.ok(&["rm", "-f", "-t", "0", "b"]);
 }
 
 macro_rules! sandbox_tests {
@@ -387,4 +441,5 @@ sandbox_tests! {
     sandbox_memory_limit => memory_limit,
     sandbox_seccomp_profile_denies_mkdir => seccomp_profile,
     sandbox_privileged_refused_by_default_policy => privileged_refused,
+    sandbox_default_policy_narrows_caps_and_refuses_exec => default_policy_narrows,
 }

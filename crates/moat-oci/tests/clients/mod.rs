@@ -51,6 +51,15 @@ pub fn runtime() -> PathBuf {
     }
 }
 
+/// The annotation naming the tests' policy: baseline plus podman's default
+/// capabilities and exec (tests/clients/podman-defaults.yaml).
+pub fn policy_annotation() -> String {
+    format!(
+        "moat.dev/policy={}/tests/clients/podman-defaults.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
 /// The annotation that picks moat's isolation (`sandbox` or `vm`).
 pub fn isolation_annotation(isolation: &str) -> String {
     format!("moat.dev/isolation={isolation}")
@@ -425,9 +434,18 @@ impl Podman {
         stdout(&o)
     }
 
-    /// The options every container gets: this host's rlimits and the
-    /// isolation annotation.
+    /// The options every container gets: this host's rlimits, the
+    /// isolation annotation and the test policy ([`policy_annotation`]).
     pub fn container_opts(isolation: &str) -> Vec<String> {
+        let mut v = Self::default_policy_opts(isolation);
+        v.push("--annotation".into());
+        v.push(policy_annotation());
+        v
+    }
+
+    /// [`Podman::container_opts`] without the test policy: the container
+    /// runs under the site's default policy.
+    pub fn default_policy_opts(isolation: &str) -> Vec<String> {
         let mut v: Vec<String> = ULIMITS.iter().map(|s| s.to_string()).collect();
         v.push("--annotation".into());
         v.push(isolation_annotation(isolation));
