@@ -70,7 +70,8 @@ fn main() {
         decoder: Decoder::new(),
         session: String::new(),
         // The accelerator probe boots without a root disk: no waiting for one.
-        has_root: cmdline.contains("dm-mod.create="),
+        has_root: cmdline.contains("dm-mod.create=") || root_disk(&cmdline).is_some(),
+        root: root_disk(&cmdline),
     };
     trace("control port open");
     if let Err(e) = agent.serve() {
@@ -302,6 +303,9 @@ struct Agent {
     session: String,
     /// Whether the kernel command line creates a verified root device.
     has_root: bool,
+    /// `moat.root=ext4` / `ext4-ro`: an OCI container's own disk, not the
+    /// verified image (read-only: whether to mount it so).
+    root: Option<bool>,
 }
 
 impl Agent {
@@ -342,7 +346,9 @@ impl Agent {
         // that Start, which the host sends in reply, is read at once and
         // its clock reading is fresh. A failure is reported once Start has
         // arrived (the host waits for a frame either way).
-        let mounted = if self.has_root {
+        let mounted = if let Some(read_only) = self.root {
+            mount_disk(read_only)
+        } else if self.has_root {
             mount_root()
         } else {
             Err(Failure::setup(
@@ -590,6 +596,35 @@ impl Agent {
         let _ = self.port.flush();
         std::thread::sleep(Duration::from_secs(2));
     }
+}
+
+/// The root disk the command line names (`moat.root=ext4[-ro]`): `Some(read_only)`.
+fn root_disk(cmdline: &str) -> Option<bool> {
+    cmdline.split_whitespace().find_map(|w| match w {
+        "moat.root=ext4" => Some(false),
+        "moat.root=ext4-ro" => Some(true),
+        _ => None,
+    })
+}
+
+/// An OCI container's ext4 disk (built by the host at create from the
+/// bundle's rootfs), mounted read-write unless `read_only`.
+fn mount_disk(read_only: bool) -> Result<(), Failure> {
+    const DISK: &str = "/dev/vda";
+    if !wait_for(DISK, Duration::from_secs(10)) {
+        return Err(Failure::setup(format!(
+            "the root disk {DISK} did not appear"
+        )));
+    }
+    let ro = if read_only { libc::MS_RDONLY } else { 0 };
+    sys::mount(
+        DISK,
+        NEW_ROOT,
+        "ext4",
+        ro | libc::MS_NODEV | libc::MS_NOSUID,
+        "noinit_itable",
+    )
+    .map_err(|e| explain_io(format!("mounting the root disk {DISK}"), &e))
 }
 
 fn mount_root() -> Result<(), Failure> {

@@ -77,9 +77,6 @@ pub fn create(root: &Path, a: &Create, log: &Logger) -> anyhow::Result<i32> {
     for d in &p.debug {
         log.debug(d);
     }
-    if p.isolation == Isolation::Vm {
-        bail!("annotation moat.dev/isolation=vm: micro-VM containers are not yet available through moat-oci; use moat.dev/isolation=sandbox or `moat run --isolation vm`");
-    }
     if p.init.terminal && a.console_socket.is_none() {
         bail!("process.terminal is set but no --console-socket was given");
     }
@@ -123,8 +120,16 @@ fn build(
         },
         hooks: p.hooks.clone(),
         exec: exec_defaults(b, p),
+        vm: None,
     };
     p.init.state_for_hooks = state_json(&rec, "created");
+    if p.isolation == Isolation::Vm {
+        let r = crate::vm::create(root, dir, a, b, p, &mut rec, log);
+        if r.is_err() {
+            groups.remove();
+        }
+        return r;
+    }
     let gate = UnixListener::bind(state::gate(root, &a.id))
         .with_context(|| format!("creating the start gate in {}", dir.display()))?;
     let console = match &a.console_socket {

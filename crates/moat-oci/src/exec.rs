@@ -139,6 +139,22 @@ pub fn exec(root: &Path, a: &Exec) -> anyhow::Result<i32> {
     if tty && a.console_socket.is_none() {
         bail!("exec --tty needs --console-socket");
     }
+    if rec.vm.is_some() {
+        return crate::vmops::exec(
+            root,
+            a,
+            &rec,
+            crate::vmops::ExecProcess {
+                args,
+                env,
+                cwd,
+                uid,
+                gid,
+                groups,
+                tty,
+            },
+        );
+    }
     let drop = DropSpec::unprivileged(uid, gid, &groups)
         .with_cwd(&cwd)?
         .with_capability_sets(sets)

@@ -14,6 +14,9 @@ mod ops;
 pub mod seccomp;
 pub mod site;
 pub mod state;
+mod sys;
+mod vm;
+mod vmops;
 
 use std::path::PathBuf;
 

@@ -101,7 +101,10 @@ pub fn kill(root: &Path, a: &Kill) -> anyhow::Result<()> {
     if !state::alive(&rec) {
         bail!("container {:?} is not running", a.id);
     }
-    if a.all {
+    if rec.vm.is_some() {
+        // --all too: the helper is the one process to signal.
+        crate::vmops::check_signal(&rec, sig)?;
+    } else if a.all {
         for pid in rec.cgroup.pids() {
             signal_pid(pid, sig);
         }
@@ -136,7 +139,9 @@ pub fn delete(root: &Path, a: &Delete, log: &Logger) -> anyhow::Result<()> {
             a.id
         );
     }
-    if status != "stopped" {
+    if let Some(vm) = &rec.vm {
+        crate::vmops::delete(&rec, vm)?;
+    } else if status != "stopped" {
         rec.cgroup.kill_all();
         if let Some(p) = rustix::process::Pid::from_raw(rec.pid) {
             let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
@@ -209,6 +214,9 @@ pub fn list(root: &Path, a: &List) -> anyhow::Result<()> {
 
 pub fn pause(root: &Path, id: &str, freeze: bool) -> anyhow::Result<()> {
     let rec = state::load(root, id)?;
+    if rec.vm.is_some() {
+        bail!("container {id:?} runs in a micro-VM: pause and resume are not supported for micro-VM containers (moat.dev/isolation=vm); use moat.dev/isolation=sandbox");
+    }
     let st = state::status(&rec);
     match (freeze, st) {
         (true, "running") | (false, "paused") => {}
@@ -223,6 +231,9 @@ pub fn update(root: &Path, a: &Update) -> anyhow::Result<()> {
     let rec = state::load(root, &a.id)?;
     if !state::alive(&rec) {
         bail!("container {:?} is not running", a.id);
+    }
+    if rec.vm.is_some() {
+        bail!("container {:?} runs in a micro-VM: update is not supported for micro-VM containers (its size is fixed at create by the policy)", a.id);
     }
     let mut req = CgroupRequest::default();
     if let Some(src) = &a.resources {

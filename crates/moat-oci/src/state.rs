@@ -91,6 +91,18 @@ pub struct Record {
     pub cgroup_ceiling: CgroupRequest,
     pub hooks: RuntimeHooks,
     pub exec: ExecDefaults,
+    /// Set for a micro-VM container (`pid` is then its helper's).
+    #[serde(default)]
+    pub vm: Option<VmRecord>,
+}
+
+/// What `delete` needs to remove of a micro-VM container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmRecord {
+    /// The VM's own id (its jail uid, cgroups and moat-vm record).
+    pub vm_id: String,
+    /// moat's state root it ran under (its root disk's staging directory).
+    pub state_root: PathBuf,
 }
 
 pub fn check_id(id: &str) -> Result<(), StateError> {

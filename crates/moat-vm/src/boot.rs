@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::hypervisor::{Accel, Hypervisor, VmSpec};
 use crate::jail::{self, JailSpec, RunningVmm};
-use crate::rootfs::RootImage;
+use crate::rootfs::{RootFs, RootImage};
 use crate::{initramfs, kernel, sys, VmError};
 
 /// A booting VM and the host end of its control channel.
@@ -47,20 +47,41 @@ pub fn boot(hv: &dyn Hypervisor, req: BootRequest<'_>) -> Result<Booted, VmError
     if req.trace {
         cmdline.push_str(" moat.trace");
     }
-    if let Some(root) = req.root {
-        cmdline.push_str(&format!(
+    let mut writable = false;
+    match req.root.map(|r| (r, r.fs)) {
+        Some((root, RootFs::Verity)) => cmdline.push_str(&format!(
             " dm-mod.create=\"{}\"",
             root.verity.dm_create("/dev/vda")
-        ));
+        )),
+        Some((_, RootFs::Ext4 { read_only })) => {
+            writable = !read_only;
+            cmdline.push_str(if read_only {
+                " moat.root=ext4-ro"
+            } else {
+                " moat.root=ext4"
+            });
+        }
+        None => {}
     }
     let spec = VmSpec {
         kernel: open(&kernel_path)?,
         initramfs: open(&initrd_path)?,
         cmdline,
         root_disk: match req.root {
+            Some(r) if writable => Some(
+                File::options()
+                    .read(true)
+                    .write(true)
+                    .open(&r.path)
+                    .map_err(|source| VmError::Open {
+                        path: r.path.clone(),
+                        source,
+                    })?,
+            ),
             Some(r) => Some(open(&r.path)?),
             None => None,
         },
+        root_writable: writable,
         control: guest,
         vcpus: req.vcpus,
         memory_mib: req.memory_mib,

@@ -43,6 +43,8 @@ pub struct VmSpec {
     pub cmdline: String,
     /// The read-only root disk, if any (the accelerator probe boots without).
     pub root_disk: Option<File>,
+    /// The root disk is writable (an OCI container's ext4 disk).
+    pub root_writable: bool,
     /// Guest end of the control channel (a connected stream socket).
     pub control: OwnedFd,
     pub vcpus: u32,

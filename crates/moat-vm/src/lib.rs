@@ -17,6 +17,7 @@ pub mod jail;
 pub mod kernel;
 mod lock;
 pub mod qemu;
+pub mod rootdisk;
 pub mod rootfs;
 pub mod session;
 mod state;
@@ -138,6 +139,17 @@ pub fn run_container_with(
     stdio: session::Stdio,
     notice: &mut dyn FnMut(&str),
 ) -> Result<i32, VmError> {
+    run_container_on(opts, None, stdio, notice)
+}
+
+/// [`run_container_with`] on a root disk the caller built (`moat-oci`'s
+/// [`rootdisk`]); `None` builds or reuses the image's cached one.
+pub fn run_container_on(
+    opts: VmRunOptions,
+    root: Option<rootfs::RootImage>,
+    stdio: session::Stdio,
+    notice: &mut dyn FnMut(&str),
+) -> Result<i32, VmError> {
     let mut trace = trace::Trace::from_env();
     if let moat_policy::plan::NetworkPlan::Egress { .. } = opts.plan.network {
         return Err(VmError::NetworkUnsupported {
@@ -153,7 +165,10 @@ pub fn run_container_with(
     }
     let accel = accel::select(&opts.state_root, opts.accel.as_deref(), &hv, notice)?;
     trace.mark("accelerator selected");
-    let root = rootfs::ensure(&opts.state_root, &opts.image_id, &opts.rootfs)?;
+    let root = match root {
+        Some(r) => r,
+        None => rootfs::ensure(&opts.state_root, &opts.image_id, &opts.rootfs)?,
+    };
     trace.mark("root image (EROFS + verity) ready");
     let id = opts.id.clone().unwrap_or_else(ContainerId::generate);
     let name = if opts.name.is_empty() {

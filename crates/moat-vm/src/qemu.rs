@@ -12,6 +12,10 @@ const FD_KERNEL: i32 = 3;
 const FD_INITRD: i32 = 4;
 const FD_CONTROL: i32 = 5;
 const FD_DISK: i32 = 6;
+/// A read-only descriptor of a writable root disk: QEMU's block layer
+/// opens the image read-only first, and an fdset hands out only a
+/// descriptor of the access mode asked for.
+const FD_DISK_RO: i32 = 7;
 
 /// Translation cache size under TCG, MiB. QEMU's default (1 GiB) lets RSS
 /// grow to ~200 MB; 32 MiB keeps a container's VMM small and costs little
@@ -82,8 +86,16 @@ impl Qemu {
         if spec.root_disk.is_some() {
             push("-add-fd");
             push(&format!("fd={FD_DISK},set=1,opaque=moat-root"));
+            if spec.root_writable {
+                push("-add-fd");
+                push(&format!("fd={FD_DISK_RO},set=1,opaque=moat-root-ro"));
+            }
             push("-drive");
-            push("id=root,file=/dev/fdset/1,format=raw,if=none,readonly=on,aio=threads");
+            push(if spec.root_writable {
+                "id=root,file=/dev/fdset/1,format=raw,if=none,aio=threads"
+            } else {
+                "id=root,file=/dev/fdset/1,format=raw,if=none,readonly=on,aio=threads"
+            });
             push("-device");
             push("virtio-blk-device,drive=root");
         }
@@ -132,6 +144,12 @@ impl Hypervisor for Qemu {
             (spec.control, FD_CONTROL),
         ];
         if let Some(d) = spec.root_disk {
+            if spec.root_writable {
+                use std::os::fd::AsRawFd;
+                let ro = std::fs::File::open(format!("/proc/self/fd/{}", d.as_raw_fd()))
+                    .map_err(HypervisorError::Dup)?;
+                fds.push((OwnedFd::from(ro), FD_DISK_RO));
+            }
             fds.push((OwnedFd::from(d), FD_DISK));
         }
         let overhead_mib = match spec.accel {
@@ -159,6 +177,7 @@ mod tests {
             initramfs: f(),
             cmdline: "quiet".into(),
             root_disk: disk.then(f),
+            root_writable: false,
             control: a,
             vcpus: 1,
             memory_mib: 128,

@@ -15,7 +15,7 @@ use crate::lock::FileLock;
 pub const BLOCK: u64 = 4096;
 /// Directories the agent mounts on; added when an image lacks them. A
 /// change here must bump the cache directory name (`rootfs-v1`).
-const MOUNT_POINTS: [&str; 5] = ["proc", "sys", "dev", "tmp", "run"];
+pub(crate) const MOUNT_POINTS: [&str; 5] = ["proc", "sys", "dev", "tmp", "run"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
@@ -65,7 +65,10 @@ pub enum RootfsError {
     },
 }
 
-fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RootfsError + 'a {
+pub(crate) fn io<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> RootfsError + 'a {
     move |source| RootfsError::Io {
         op,
         path: path.to_path_buf(),
@@ -98,6 +101,16 @@ impl Verity {
     }
 }
 
+/// What the root disk holds, and so how the guest mounts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootFs {
+    /// Read-only EROFS under dm-verity ([`RootImage::verity`]).
+    Verity,
+    /// A per-container ext4 disk built from an OCI bundle's rootfs
+    /// ([`crate::rootdisk`]): writable unless `read_only`, no verity.
+    Ext4 { read_only: bool },
+}
+
 /// A cached, verified root image.
 #[derive(Debug)]
 pub struct RootImage {
@@ -105,6 +118,8 @@ pub struct RootImage {
     pub verity: Verity,
     /// True when this call built it (the cold path).
     pub built: bool,
+    /// How the guest mounts it.
+    pub fs: RootFs,
     /// Set for a root directory that is not an image (`--rootfs DIR`): it
     /// may change between runs, so its disk is built per run in a staging
     /// directory, removed on drop (or swept once this process is dead).
@@ -112,6 +127,22 @@ pub struct RootImage {
 }
 
 impl RootImage {
+    /// A per-run disk built in `stage` (removed with it).
+    pub(crate) fn per_run(path: PathBuf, fs: RootFs, stage: Staging) -> RootImage {
+        RootImage {
+            path,
+            verity: Verity {
+                data_size: 0,
+                root_hash: String::new(),
+                salt: String::new(),
+                image_size: 0,
+            },
+            built: true,
+            fs,
+            ephemeral: Some(stage),
+        }
+    }
+
     /// The per-run directory to remove if moat dies abruptly, if any.
     pub fn per_run_dir(&self) -> Option<PathBuf> {
         self.ephemeral.as_ref().map(|s| s.path().to_path_buf())
@@ -120,7 +151,7 @@ impl RootImage {
 
 /// `<root>/vm/rootfs-v1`, every level mode 0700 (it holds copies of image
 /// trees and their EROFS images: DESIGN rule 10).
-fn private_parent(root: &Path) -> Result<PathBuf, RootfsError> {
+pub(crate) fn private_parent(root: &Path) -> Result<PathBuf, RootfsError> {
     use moat_image::private::{ensure_private_subdir, ensure_state_root};
     ensure_state_root(root).map_err(RootfsError::Private)?;
     let vm = root.join("vm");
@@ -138,7 +169,7 @@ fn tmp_dir(root: &Path) -> PathBuf {
     root.join("vm").join("tmp")
 }
 
-fn staging(root: &Path, kind: &str) -> Result<Staging, RootfsError> {
+pub(crate) fn staging(root: &Path, kind: &str) -> Result<Staging, RootfsError> {
     let tmp = tmp_dir(root);
     Staging::new(&tmp, kind).map_err(io("create", &tmp))
 }
@@ -211,6 +242,7 @@ pub fn ensure(root: &Path, image_id: &str, rootfs: &Path) -> Result<RootImage, R
         path: dir.join("root.img"),
         verity,
         built: true,
+        fs: RootFs::Verity,
         ephemeral: None,
     })
 }
@@ -227,6 +259,7 @@ fn ephemeral(root: &Path, rootfs: &Path) -> Result<RootImage, RootfsError> {
         path: stage.path().join("root.img"),
         verity,
         built: true,
+        fs: RootFs::Verity,
         ephemeral: Some(stage),
     })
 }
@@ -263,11 +296,12 @@ fn load(dir: &Path) -> Result<Option<RootImage>, RootfsError> {
         path,
         verity,
         built: false,
+        fs: RootFs::Verity,
         ephemeral: None,
     }))
 }
 
-fn tool(
+pub(crate) fn tool(
     name: &'static str,
     package: &'static str,
     cmd: &mut Command,

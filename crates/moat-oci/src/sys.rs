@@ -1,0 +1,155 @@
+//! The few system calls of the VM helper processes that need `unsafe` or
+//! descriptor passing: fork, the signal mask, pty peers, SCM_RIGHTS.
+
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+/// Where a [`fork`] returned.
+pub enum Forked {
+    Child,
+    Parent(i32),
+}
+
+fn threads() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `fork()`, refused unless this process has one thread (moat-oci's
+/// commands are single-threaded until they fork a helper).
+pub fn fork() -> io::Result<Forked> {
+    if threads() != 1 {
+        return Err(io::Error::other(
+            "refusing to fork a multi-threaded process",
+        ));
+    }
+    // SAFETY: the process has a single thread (checked above), so the
+    // child's copy of every lock and allocator state is consistent.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(pid)),
+    }
+}
+
+/// Blocks the signals the VM session reads from its signalfd, in this
+/// thread and every thread it starts afterwards: a process-directed one
+/// must wait for the signalfd, never kill the helper through a thread
+/// that has it unblocked.
+pub fn block_session_signals() -> io::Result<()> {
+    // SAFETY: an all-zero sigset_t is valid storage; sigemptyset
+    // initialises it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is valid, writable storage.
+    unsafe { libc::sigemptyset(&mut set) };
+    for s in [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGWINCH,
+        libc::SIGCHLD,
+    ] {
+        // SAFETY: set is initialised; s is a valid signal number.
+        unsafe { libc::sigaddset(&mut set, s) };
+    }
+    // SAFETY: set is initialised; the old mask is not asked for.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(())
+}
+
+/// A new pseudo-terminal: (master, peer), both close-on-exec.
+pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: posix_openpt has no memory arguments.
+    let m = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    if m < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: m is a new descriptor that nothing else owns.
+    let master = unsafe { OwnedFd::from_raw_fd(m) };
+    // SAFETY: m is an open pty master.
+    if unsafe { libc::grantpt(m) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: m is an open pty master.
+    if unsafe { libc::unlockpt(m) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: name is writable for its whole length, which is passed.
+    let r = unsafe { libc::ptsname_r(m, name.as_mut_ptr(), name.len()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    // SAFETY: ptsname_r wrote a NUL-terminated string into name.
+    let path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+    let peer = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    Ok((master, peer))
+}
+
+/// Makes `tty` this process's stdin, stdout, stderr and, in a new session,
+/// its controlling terminal (window-size changes reach it as SIGWINCH).
+pub fn take_terminal(tty: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::process::setsid()?;
+    rustix::process::ioctl_tiocsctty(tty)?;
+    use std::os::fd::AsRawFd;
+    for n in 0..3 {
+        // SAFETY: tty is open; 0-2 are this process's stdio, which the
+        // terminal replaces (the descriptors they held are closed).
+        if unsafe { libc::dup2(tty.as_raw_fd(), n) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Sends `fd` over the connected socket `sock` (one message, one fd).
+pub fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let fds = [fd];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut cmsg = SendAncillaryBuffer::new(&mut space);
+    cmsg.push(SendAncillaryMessage::ScmRights(&fds));
+    rustix::net::sendmsg(
+        sock,
+        &[io::IoSlice::new(b"t")],
+        &mut cmsg,
+        SendFlags::empty(),
+    )?;
+    Ok(())
+}
+
+/// Receives one descriptor sent with [`send_fd`]; `None` at EOF.
+pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut buf = [0u8; 1];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [io::IoSliceMut::new(&mut buf)];
+    rustix::net::recvmsg(sock, &mut iov, &mut cmsg, RecvFlags::CMSG_CLOEXEC)?;
+    let mut got = None;
+    for m in cmsg.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = m {
+            for f in fds {
+                got.get_or_insert(f);
+            }
+        }
+    }
+    Ok(got)
+}

@@ -1,0 +1,466 @@
+//! Micro-VM containers under the OCI interface (`moat.dev/isolation: vm`).
+//!
+//! `create` forks one helper per container and exits once the guest is
+//! booted and held before its workload. The helper is the pid written to
+//! `--pid-file`: a child of the caller's subreaper (conmon, the containerd
+//! shim) once `create` has exited, it supervises the VM (moat-vm's session:
+//! stdio relay, signal forwarding), holds the caller's stdout and stderr
+//! alone, and exits with the workload's status (128+N on signal N). Its
+//! threads answer the start gate (`<root>/<id>/gate`, as in the sandbox)
+//! and hand out the exec channel to the guest agent (`<root>/<id>/exec`).
+//!
+//! The guest's root is a per-container ext4 disk built at create from the
+//! bundle's rootfs, with the files the caller bind-mounts copied into it
+//! ([`moat_vm::rootdisk`]; docs/vm.md says why).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use moat_plan::{MountPlan, NetworkPlan, Plan, ProcessSpec, RlimitResource};
+use moat_runtime::monitor::ready;
+use moat_runtime::ContainerId;
+use moat_vm::rootdisk::{self, FileCopy};
+
+use crate::args::Create;
+use crate::bundle::{Bundle, Prepared};
+use crate::log::Logger;
+use crate::state::{self, Record, VmRecord};
+use crate::sys::{self, Forked};
+
+/// How long the helper lets a workload ignore a stop signal before it
+/// ends the VM itself: the caller (podman stop -t, the shim) escalates to
+/// SIGKILL on its own schedule, so practically never.
+const STOP_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// moat's state root (guest kernels, the accelerator probe, VM scratch).
+pub fn moat_state_root() -> PathBuf {
+    crate::env_override("MOAT_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/moat"))
+}
+
+/// The exec socket of a VM container.
+pub fn exec_socket(root: &Path, id: &str) -> PathBuf {
+    state::dir(root, id).join("exec")
+}
+
+/// What reaches the guest of the bundle's mounts: files copied into the
+/// root disk, tmpfs mounts for the agent to make. The guest makes its own
+/// /proc, /sys, /dev, /dev/pts and /dev/shm; a directory bind mount (a
+/// volume) is refused.
+fn guest_mounts(p: &Prepared) -> anyhow::Result<(Vec<FileCopy>, Vec<MountPlan>)> {
+    let mut files = Vec::new();
+    let mut tmpfs = Vec::new();
+    for m in &p.init.mounts {
+        let dst = m.destination.trim_end_matches('/');
+        let own = matches!(dst, "/proc" | "/sys" | "/dev" | "/dev/pts" | "/dev/shm")
+            || dst.starts_with("/sys/")
+            || dst.starts_with("/proc/");
+        let is_bind = m.fstype == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
+        match m.fstype.as_str() {
+            _ if own => {}
+            "mqueue" | "cgroup" | "cgroup2" | "devpts" | "proc" | "sysfs" if !is_bind => {}
+            "tmpfs" if !is_bind => {
+                let size = m
+                    .options
+                    .iter()
+                    .find_map(|o| o.strip_prefix("size="))
+                    .and_then(parse_size)
+                    .unwrap_or(64 << 20);
+                tmpfs.push(MountPlan::Tmpfs {
+                    destination: dst.to_string(),
+                    size_bytes: size,
+                    optional: true,
+                });
+            }
+            _ if is_bind => {
+                let meta = std::fs::metadata(&m.source)
+                    .with_context(|| format!("config.json mount {} on {dst}", m.source))?;
+                if !meta.is_file() {
+                    bail!("config.json mount {} on {dst}: a directory bind mount (a volume, podman -v) cannot reach a micro-VM container (moat-oci copies only files into its disk); drop the volume, or run the container with --annotation moat.dev/isolation=sandbox", m.source);
+                }
+                files.push(FileCopy {
+                    source: PathBuf::from(&m.source),
+                    destination: dst.to_string(),
+                });
+            }
+            other => bail!("config.json mount of type {other:?} on {dst}: micro-VM containers take bind mounts of files and tmpfs only; drop it, or use moat.dev/isolation=sandbox"),
+        }
+    }
+    Ok((files, tmpfs))
+}
+
+/// `64m`, `65536k`, `1g` or bytes.
+fn parse_size(s: &str) -> Option<u64> {
+    let (num, mul) = match s.as_bytes().last()?.to_ascii_lowercase() {
+        b'k' => (&s[..s.len() - 1], 1 << 10),
+        b'm' => (&s[..s.len() - 1], 1 << 20),
+        b'g' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok().map(|n| n * mul)
+}
+
+/// The guest's process, from config.json.
+fn process_spec(b: &Bundle) -> anyhow::Result<ProcessSpec> {
+    let p = b
+        .config
+        .process()
+        .as_ref()
+        .context("config.json has no process")?;
+    let u = p.user();
+    Ok(ProcessSpec {
+        args: p.args().clone().unwrap_or_default(),
+        env: p.env().clone().unwrap_or_default(),
+        cwd: p.cwd().display().to_string(),
+        uid: u.uid(),
+        gid: u.gid(),
+        additional_gids: u.additional_gids().clone().unwrap_or_default(),
+        tty: p.terminal().unwrap_or(false),
+        interactive: p.terminal().unwrap_or(false),
+        hostname: b.config.hostname().clone().unwrap_or_default(),
+    })
+}
+
+fn plan_resource(n: u32) -> Option<RlimitResource> {
+    Some(match n {
+        libc::RLIMIT_NOFILE => RlimitResource::Nofile,
+        libc::RLIMIT_NPROC => RlimitResource::Nproc,
+        libc::RLIMIT_CORE => RlimitResource::Core,
+        libc::RLIMIT_MEMLOCK => RlimitResource::Memlock,
+        libc::RLIMIT_FSIZE => RlimitResource::Fsize,
+        libc::RLIMIT_STACK => RlimitResource::Stack,
+        _ => return None,
+    })
+}
+
+/// The plan the guest agent applies: the policy's, narrowed to what the
+/// caller asked within it (bundle.rs's intersection): capabilities (the
+/// permitted set), rlimits, the pids limit; plus the caller's tmpfs mounts.
+fn guest_plan(p: &Prepared, tmpfs: Vec<MountPlan>) -> Plan {
+    let mut plan = p.plan.clone();
+    let permitted = p.init.drop.capability_sets().permitted;
+    plan.capabilities
+        .retain(|c| moat_plan::caps::number(c).is_some_and(|n| permitted & (1 << n) != 0));
+    for (n, soft, hard) in p.init.drop.raw_rlimits() {
+        let Some(resource) = plan_resource(n) else {
+            continue;
+        };
+        plan.rlimits.retain(|r| r.resource != resource);
+        plan.rlimits.push(moat_plan::Rlimit {
+            resource,
+            soft,
+            hard,
+        });
+    }
+    if let Some(pids) = p.cgroup.pids.filter(|v| *v > 0) {
+        plan.cgroup.pids = Some(pids as u64);
+    }
+    for t in tmpfs {
+        let MountPlan::Tmpfs { destination, .. } = &t else {
+            continue;
+        };
+        let exists = plan
+            .mounts
+            .iter()
+            .any(|m| matches!(m, MountPlan::Tmpfs { destination: d, .. } if d == destination));
+        if !exists {
+            plan.mounts.push(t);
+        }
+    }
+    // No virtio-net yet: the guest has loopback at most.
+    if matches!(plan.network, NetworkPlan::Egress { .. }) {
+        plan.network = NetworkPlan::Loopback;
+    }
+    plan
+}
+
+/// The interfaces other than `lo` in the network namespace config.json
+/// names, if it names one.
+fn netns_interfaces(b: &Bundle) -> Option<(PathBuf, Vec<String>)> {
+    let linux = b.config.linux().as_ref()?;
+    let path = linux.namespaces().iter().flatten().find_map(|n| {
+        (n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+            .then(|| n.path().clone())
+            .flatten()
+    })?;
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", path.display()))
+        .args(["ip", "-o", "link", "show"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n != "lo")
+        .collect();
+    Some((path, names))
+}
+
+/// What `create` passes to the helper.
+struct Helper {
+    rootfs: PathBuf,
+    read_only: bool,
+    files: Vec<FileCopy>,
+    process: ProcessSpec,
+    plan: Plan,
+    vm_id: ContainerId,
+    run_root: PathBuf,
+    state_root: PathBuf,
+    gate: UnixListener,
+    exec: UnixListener,
+    tty: Option<OwnedFd>,
+    report: OwnedFd,
+}
+
+pub fn create(
+    root: &Path,
+    dir: &Path,
+    a: &Create,
+    b: &Bundle,
+    p: &Prepared,
+    rec: &mut Record,
+    log: &Logger,
+) -> anyhow::Result<i32> {
+    let (files, tmpfs) = guest_mounts(p)?;
+    if let Some((path, ifaces)) = netns_interfaces(b) {
+        if !ifaces.is_empty() {
+            log.warn(&format!(
+                "network namespace {} has interfaces ({}), but a micro-VM container gets loopback only: its virtio-net is not connected to that namespace yet, so the container's networks and published ports do not reach it; use moat.dev/isolation=sandbox for a networked container",
+                path.display(),
+                ifaces.join(", ")
+            ));
+        }
+    }
+    let process = process_spec(b)?;
+    if process.args.is_empty() {
+        bail!("config.json: process.args is empty");
+    }
+    let plan = guest_plan(p, tmpfs);
+    let state_root = moat_state_root();
+    moat_vm::kernel::locate(&state_root).context("micro-VM containers need a guest kernel")?;
+    let groups = rec.cgroup.clone();
+    let vm_id = ContainerId::generate();
+    let run_root = dir.join("vm");
+    let gate = UnixListener::bind(state::gate(root, &a.id))
+        .with_context(|| format!("creating the start gate in {}", dir.display()))?;
+    let exec = UnixListener::bind(exec_socket(root, &a.id))
+        .with_context(|| format!("creating the exec socket in {}", dir.display()))?;
+    let tty = match &a.console_socket {
+        Some(path) if process.tty => {
+            let s = UnixStream::connect(path)
+                .with_context(|| format!("connecting to --console-socket {}", path.display()))?;
+            let (master, peer) = sys::openpty().context("allocating a pseudo-terminal")?;
+            sys::send_fd(s.as_fd(), master.as_fd()).with_context(|| {
+                format!(
+                    "sending the terminal to --console-socket {}",
+                    path.display()
+                )
+            })?;
+            Some(peer)
+        }
+        _ => None,
+    };
+    let (report_r, report_w) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).context("pipe")?;
+    let helper = Helper {
+        rootfs: b.rootfs.clone(),
+        read_only: p.init.readonly_root,
+        files,
+        process,
+        plan,
+        vm_id: vm_id.clone(),
+        run_root,
+        state_root: state_root.clone(),
+        gate,
+        exec,
+        tty,
+        report: report_w,
+    };
+    let pid = match sys::fork().context("forking the VM helper")? {
+        Forked::Child => {
+            drop(report_r);
+            std::process::exit(run_helper(helper, log));
+        }
+        Forked::Parent(pid) => pid,
+    };
+    drop(helper);
+    if let Err(e) = groups.add(pid) {
+        kill_helper(pid);
+        return Err(e.into());
+    }
+    let mut answer = String::new();
+    let _ = File::from(report_r).read_to_string(&mut answer);
+    if answer != "ok" {
+        kill_helper(pid);
+        if answer.is_empty() {
+            bail!("the micro-VM helper exited while creating the container");
+        }
+        bail!("{answer}");
+    }
+    rec.pid = pid;
+    rec.pid_start = moat_runtime::record::process_start_time(pid).unwrap_or(0);
+    rec.vm = Some(VmRecord {
+        vm_id: vm_id.to_string(),
+        state_root,
+    });
+    state::save(root, rec)?;
+    if let Some(f) = &a.pid_file {
+        crate::create::write_pid_file(f, pid)?;
+    }
+    Ok(pid)
+}
+
+/// Kills and reaps a helper that failed during create (our child).
+fn kill_helper(pid: i32) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
+    }
+}
+
+/// The helper: builds the root disk, boots the VM held at its gate and
+/// supervises it; returns the exit status.
+fn run_helper(h: Helper, log: &Logger) -> i32 {
+    let report = Arc::new(Mutex::new(Some(File::from(h.report))));
+    let fail = {
+        let report = report.clone();
+        move |msg: &str| {
+            if let Some(mut f) = report.lock().map(|mut r| r.take()).ok().flatten() {
+                let _ = f.write_all(msg.as_bytes());
+            } else {
+                // After create: the caller's stderr is the container's log.
+                eprintln!("moat-oci: error: {msg}");
+            }
+        }
+    };
+    let setup = match &h.tty {
+        Some(t) => sys::take_terminal(t.as_fd()),
+        None => rustix::process::setsid().map(drop).map_err(Into::into),
+    };
+    if let Err(e) = setup.and_then(|()| sys::block_session_signals()) {
+        fail(&format!("setting up the VM helper: {e}"));
+        return 125;
+    }
+    drop(h.tty);
+    let disk = match rootdisk::build(&h.state_root, &h.rootfs, &h.files, h.read_only) {
+        Ok(d) => d,
+        Err(e) => {
+            fail(&format!(
+                "building the micro-VM's root disk from {}: {:#}",
+                h.rootfs.display(),
+                anyhow::Error::from(e)
+            ));
+            return 125;
+        }
+    };
+    let pipes = (|| -> std::io::Result<_> {
+        let flags = rustix::pipe::PipeFlags::CLOEXEC;
+        let notify = rustix::pipe::pipe_with(flags)?;
+        let gate = rustix::pipe::pipe_with(flags)?;
+        let control = moat_vm::exec::control_pair()?;
+        Ok((notify, gate, control))
+    })();
+    let ((notify_r, notify_w), (gate_r, gate_w), (caller, supervisor)) = match pipes {
+        Ok(p) => p,
+        Err(e) => {
+            fail(&format!("setting up the VM helper: {e}"));
+            return 125;
+        }
+    };
+    let gate = h.gate;
+    let report_c = report.clone();
+    std::thread::spawn(move || coordinate(notify_r, gate_w, gate, report_c));
+    let exec = h.exec;
+    std::thread::spawn(move || serve_exec(exec, caller));
+    let opts = moat_vm::VmRunOptions {
+        state_root: h.state_root,
+        run_root: h.run_root,
+        rootfs: h.rootfs.clone(),
+        image_id: format!("rootfs:{}", h.rootfs.display()),
+        id: Some(h.vm_id),
+        process: h.process,
+        plan: h.plan,
+        accel: None,
+        name: String::new(),
+        stop_timeout: STOP_TIMEOUT,
+        supervisor_seccomp: moat_vm::supervisor::Scope::Thread,
+        control: Some(supervisor),
+        keep_record: false,
+        started_notify: Some(Arc::new(notify_w)),
+        start_gate: Some(Arc::new(gate_r)),
+    };
+    let stdio = moat_vm::session::Stdio::inherit();
+    match moat_vm::run_container_on(opts, Some(disk), stdio, &mut |n| log.debug(n)) {
+        Ok(code) => code,
+        Err(e) => {
+            fail(&format!("{:#}", anyhow::Error::from(e)));
+            125
+        }
+    }
+}
+
+/// The start gate's side of the helper: tells `create` the guest is held
+/// (the session wrote CREATED), then waits for `start`, releases the
+/// guest and answers `start` once the agent has the workload (EOF: ok; any
+/// text: the error, as the sandbox's gate answers).
+fn coordinate(
+    notify: OwnedFd,
+    gate: OwnedFd,
+    listener: UnixListener,
+    report: Arc<Mutex<Option<File>>>,
+) {
+    let mut byte = [0u8; 1];
+    if !matches!(rustix::io::read(&notify, &mut byte), Ok(1)) || byte[0] != ready::CREATED {
+        return;
+    }
+    if let Some(mut f) = report.lock().map(|mut r| r.take()).ok().flatten() {
+        let _ = f.write_all(b"ok");
+    }
+    let Ok((mut conn, _)) = listener.accept() else {
+        return;
+    };
+    drop(listener);
+    let mut s = [0u8; 1];
+    let _ = conn.read(&mut s);
+    if rustix::io::write(&gate, b"s").is_err() {
+        let _ = conn.write_all(b"the micro-VM ended before its workload started");
+        return;
+    }
+    match rustix::io::read(&notify, &mut byte) {
+        Ok(1) if byte[0] == ready::STARTED => {}
+        _ => {
+            let _ = conn.write_all(b"the micro-VM ended before its workload started");
+        }
+    }
+}
+
+/// Hands the exec channel to the guest's supervisor to each `exec`.
+fn serve_exec(listener: UnixListener, channel: OwnedFd) {
+    for conn in listener.incoming().flatten() {
+        let _ = sys::send_fd(conn.as_fd(), channel.as_fd());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_as_tmpfs_takes_them() {
+        assert_eq!(parse_size("65536k"), Some(64 << 20));
+        assert_eq!(parse_size("64m"), Some(64 << 20));
+        assert_eq!(parse_size("1g"), Some(1 << 30));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("x"), None);
+    }
+}
