@@ -443,3 +443,90 @@ sandbox_tests! {
     sandbox_privileged_refused_by_default_policy => privileged_refused,
     sandbox_default_policy_narrows_caps_and_refuses_exec => default_policy_narrows,
 }
+
+#[path = "../../moat-vm/tests/common/host.rs"]
+mod vmhost;
+
+/// Whether the VM tests can run (root, the clients, QEMU, a built guest
+/// kernel); prints why not. Builds the agent when no build of it exists.
+fn vm_ready(test: &str) -> bool {
+    if !ready(test, &["podman", "conmon", "tmux", "curl"]) {
+        return false;
+    }
+    if !std::path::Path::new("/usr/bin/qemu-system-x86_64").is_file() {
+        println!("SKIP: {test}: qemu-system-x86_64 is not installed");
+        return false;
+    }
+    if let Err(e) = moat_vm::kernel::locate(std::path::Path::new("/var/lib/moat")) {
+        println!("SKIP: {test}: guest kernel not built ({e}; `make kernel`)");
+        return false;
+    }
+    assert!(
+        moat_vm::initramfs::locate_agent().is_ok(),
+        "no guest agent build: run `make agent`"
+    );
+    true
+}
+
+const VM: &str = "vm";
+
+/// A VM container's root is its own disk: what it writes stays out of
+/// podman's overlay, and a volume is refused with the mount and the fix.
+fn vm_disk_and_volume(isolation: &str) {
+    let p = Podman::new();
+    let id = run_d(
+        &p,
+        isolation,
+        "w",
+        &NO_NET,
+        &[
+            "sh",
+            "-c",
+            "echo data > /written; cat /etc/hostname; sleep 600",
+        ],
+    );
+    let merged = wait_until(Duration::from_secs(30), || {
+        let m = inspect(&p, "w", "{{.GraphDriver.Data.MergedDir}}");
+        p.ok(&["logs", "w"]).lines().next().map(|_| m)
+    })
+    .expect("no output from the VM container");
+    // podman's /etc/hostname (a bind-mounted file) reached the guest.
+    assert_eq!(p.ok(&["logs", "w"]).trim(), &id[..12]);
+    assert!(
+        !std::path::Path::new(&merged).join("written").exists(),
+        "the guest's write reached podman's overlay {merged}"
+    );
+    let o = p.podman(&["exec", "w", "cat", "/written"]);
+    assert_eq!(ok(&o, "exec cat"), "data\n");
+    p.ok(&["rm", "-f", "w"]);
+    let host = p.dir.path().join("shared");
+    std::fs::create_dir(&host).unwrap();
+    let v = format!("{}:/data", host.display());
+    let o = run_rm(&p, isolation, &["-v", &v], &["true"]);
+    assert!(!o.status.success(), "a volume reached a VM container");
+    assert!(
+        stderr(&o).contains(&format!("config.json mount {} on /data: a directory bind mount (a volume, podman -v) cannot reach a micro-VM container (moat-oci copies only files into its disk); drop the volume, or run the container with --annotation moat.dev/isolation=sandbox", host.display())),
+        "{}",
+        stderr(&o)
+    );
+}
+
+macro_rules! vm_tests {
+    ($($name:ident => $case:ident,)*) => {$(
+        #[test]
+        fn $name() {
+            if vm_ready(stringify!($name)) {
+                let _lock = vmhost::vm_lock();
+                $case(VM);
+                vmhost::assert_nothing_left(std::path::Path::new("/nonexistent"));
+            }
+        }
+    )*};
+}
+
+vm_tests! {
+    vm_run_rm_echo_and_exit_status => echo_and_exit_status,
+    vm_detached_logs_exec_stop_rm => detached_lifecycle,
+    vm_read_only_root => read_only_root,
+    vm_disk_private_and_volume_refused => vm_disk_and_volume,
+}
