@@ -96,6 +96,45 @@ pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((m, s))
 }
 
+/// A pseudo-terminal of the devpts instance whose `ptmx` is at `ptmx` (a
+/// container's own, so that the process's `ttyname` resolves inside it):
+/// the peer is opened from the master (`TIOCGPTPEER`), never by path, and
+/// `ptmx` must be on a devpts.
+pub fn openpty_in(ptmx: &str) -> io::Result<(OwnedFd, OwnedFd)> {
+    let path =
+        std::ffi::CString::new(ptmx).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: path is a valid NUL-terminated string.
+    let m = check(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: open returned a fresh descriptor that we now own.
+    let m = unsafe { OwnedFd::from_raw_fd(m) };
+    // SAFETY: an all-zero statfs is valid storage for fstatfs to fill.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: m is open; st is valid, writable storage.
+    check(unsafe { libc::fstatfs(m.as_raw_fd(), &mut st) })?;
+    if st.f_type != libc::DEVPTS_SUPER_MAGIC {
+        return Err(io::Error::from_raw_os_error(libc::ENOTTY));
+    }
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one c_int from a valid pointer.
+    check(unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSPTLCK, &unlock) })?;
+    // SAFETY: TIOCGPTPEER takes open flags by value and returns a new fd.
+    let s = check(unsafe {
+        libc::ioctl(
+            m.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY,
+        )
+    })?;
+    // SAFETY: the ioctl returned a fresh descriptor that we now own.
+    let s = unsafe { OwnedFd::from_raw_fd(s) };
+    Ok((m, s))
+}
+
 trait RawOf {
     fn as_fd_raw(&self) -> RawFd;
 }

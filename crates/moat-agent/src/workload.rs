@@ -64,7 +64,7 @@ pub struct Child {
 }
 
 pub fn spawn(start: &Start) -> Result<Child, Failure> {
-    spawn_in(start, None)
+    spawn_in(start, None, None)
 }
 
 /// Starts `start.process` in the container of the running workload
@@ -75,10 +75,17 @@ pub fn spawn_exec(start: &Start, workload: libc::pid_t) -> Result<Child, Failure
     let path = format!("/proc/{workload}/ns/mnt");
     let ns = File::open(&path)
         .map_err(|e| Failure::setup(format!("the container is gone ({path}: {e})")))?;
-    spawn_in(start, Some(ns.as_fd()))
+    // The terminal from the container's own devpts (its /dev/pts, which
+    // the agent mounted): `tty` and ttyname resolve in the container.
+    let ptmx = format!("/proc/{workload}/root/dev/pts/ptmx");
+    spawn_in(start, Some(ns.as_fd()), Some(&ptmx))
 }
 
-fn spawn_in(start: &Start, join: Option<std::os::fd::BorrowedFd<'_>>) -> Result<Child, Failure> {
+fn spawn_in(
+    start: &Start,
+    join: Option<std::os::fd::BorrowedFd<'_>>,
+    ptmx: Option<&str>,
+) -> Result<Child, Failure> {
     let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
     // The privilege drop and the exec, prepared before the fork (shared
     // with the sandbox backend).
@@ -88,8 +95,11 @@ fn spawn_in(start: &Start, join: Option<std::os::fd::BorrowedFd<'_>>) -> Result<
     // (parent end, child end) pairs.
     let (stdin, stdout, stderr, child_fds): (OwnedFd, OwnedFd, Option<OwnedFd>, [OwnedFd; 3]) =
         if start.process.tty {
-            let (master, slave) =
-                sys::openpty().map_err(|e| err("allocating a pseudo-terminal", e))?;
+            let (master, slave) = match ptmx {
+                Some(p) => sys::openpty_in(p),
+                None => sys::openpty(),
+            }
+            .map_err(|e| err("allocating a pseudo-terminal", e))?;
             let m2 = master.try_clone().map_err(|e| err("dup", e))?;
             let s2 = slave.try_clone().map_err(|e| err("dup", e))?;
             let s3 = slave.try_clone().map_err(|e| err("dup", e))?;

@@ -119,6 +119,16 @@ pub fn take_terminal(tty: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Puts the terminal `tty` in raw mode: the guest's own terminal does the
+/// echo and line editing, so this one must pass bytes through untouched.
+pub fn raw_mode(tty: BorrowedFd<'_>) -> io::Result<()> {
+    use rustix::termios::{tcgetattr, tcsetattr, OptionalActions};
+    let mut t = tcgetattr(tty)?;
+    t.make_raw();
+    tcsetattr(tty, OptionalActions::Now, &t)?;
+    Ok(())
+}
+
 /// Sends `fd` over the connected socket `sock` (one message, one fd).
 pub fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
     use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};

@@ -119,7 +119,7 @@ pub fn exec(root: &Path, a: &Exec, rec: &Record, x: ExecProcess) -> anyhow::Resu
     };
     let run = move || -> i32 {
         if let Some(t) = &peer {
-            if let Err(e) = sys::take_terminal(t.as_fd()) {
+            if let Err(e) = sys::take_terminal(t.as_fd()).and_then(|()| sys::raw_mode(t.as_fd())) {
                 eprintln!("moat-oci: error: exec: taking the terminal: {e}");
                 return 125;
             }

@@ -299,7 +299,10 @@ fn terminal(isolation: &str) {
     tmux.send_line("tty; echo answer-$((6*7))");
     let screen = tmux.wait_for("answer-42", Duration::from_secs(10));
     let screen = screen.unwrap_or_else(|s| panic!("no echo round-trip:\n{s}"));
-    assert!(screen.contains("/dev/pts/"), "not on a terminal:\n{screen}");
+    assert!(
+        on_terminal(isolation, &screen),
+        "not on a terminal:\n{screen}"
+    );
     // task exec -t: a second terminal through the console socket.
     let exec = Tmux::start(
         c.dir.path().join("tmux-exec.sock"),
@@ -328,7 +331,7 @@ fn terminal(isolation: &str) {
     let screen = exec.wait_for("exec-42", Duration::from_secs(10));
     let screen = screen.unwrap_or_else(|s| panic!("no echo round-trip in task exec -t:\n{s}"));
     assert!(
-        screen.contains("/dev/pts/"),
+        on_terminal(isolation, &screen),
         "exec not on a terminal:\n{screen}"
     );
     exec.send_line("exit 3");
@@ -345,6 +348,12 @@ fn terminal(isolation: &str) {
         "exit status through -t:\n{}",
         screen.unwrap_err()
     );
+}
+
+/// Whether `tty` printed a terminal: a pty, or in a micro-VM the guest's
+/// pty as the container's /dev/console (docs/vm.md).
+fn on_terminal(isolation: &str, screen: &str) -> bool {
+    screen.contains("/dev/pts/") || (isolation == "vm" && screen.contains("/dev/console"))
 }
 
 /// Paths under the runtime's state root `root` whose name holds `id`.
@@ -454,4 +463,57 @@ sandbox_tests! {
     sandbox_ctr_run_rm_leaves_no_runtime_state => state_cleaned_after_delete,
     sandbox_ctr_privileged_refused_by_default_policy => privileged_refused,
     sandbox_ctr_unconfined_refused => unconfined_refused,
+}
+
+#[path = "../../moat-vm/tests/common/host.rs"]
+mod vmhost;
+
+/// Whether the VM tests can run (root, the clients, QEMU, a built guest
+/// kernel); prints why not.
+fn vm_ready(test: &str) -> bool {
+    if !ready(
+        test,
+        &[
+            "containerd",
+            "ctr",
+            "containerd-shim-runc-v2",
+            "podman",
+            "tmux",
+        ],
+    ) {
+        return false;
+    }
+    if !Path::new("/usr/bin/qemu-system-x86_64").is_file() {
+        println!("SKIP: {test}: qemu-system-x86_64 is not installed");
+        return false;
+    }
+    if let Err(e) = moat_vm::kernel::locate(Path::new("/var/lib/moat")) {
+        println!("SKIP: {test}: guest kernel not built ({e}; `make kernel`)");
+        return false;
+    }
+    assert!(
+        moat_vm::initramfs::locate_agent().is_ok(),
+        "no guest agent build: run `make agent`"
+    );
+    true
+}
+
+macro_rules! vm_tests {
+    ($($name:ident => $case:ident,)*) => {$(
+        #[test]
+        fn $name() {
+            if vm_ready(stringify!($name)) {
+                let _lock = vmhost::vm_lock();
+                $case("vm");
+                vmhost::assert_nothing_left(Path::new("/nonexistent"));
+            }
+        }
+    )*};
+}
+
+vm_tests! {
+    vm_ctr_run_to_completion => run_to_completion,
+    vm_ctr_detached_exec_kill_task_states_delete => detached_exec_kill_delete,
+    vm_ctr_run_on_a_terminal_in_tmux => terminal,
+    vm_ctr_run_rm_leaves_no_runtime_state => state_cleaned_after_delete,
 }

@@ -106,6 +106,12 @@ fn detached_lifecycle(isolation: &str) {
     p.ok(&["rm", "k"]);
 }
 
+/// Whether `tty` printed a terminal: a pty, or in a micro-VM the guest's
+/// pty as the container's /dev/console (docs/vm.md).
+fn on_terminal(isolation: &str, screen: &str) -> bool {
+    screen.contains("/dev/pts/") || (isolation == "vm" && screen.contains("/dev/console"))
+}
+
 fn interactive_terminal(isolation: &str) {
     let p = Podman::new();
     let mut args: Vec<&str> = vec!["run", "--rm", "-it", "--name", "it", "--network", "none"];
@@ -122,7 +128,10 @@ fn interactive_terminal(isolation: &str) {
     tmux.send_line("tty; echo answer-$((6*7)); stty size");
     let screen = tmux.wait_for("answer-42", Duration::from_secs(10));
     let screen = screen.unwrap_or_else(|s| panic!("no echo round-trip:\n{s}"));
-    assert!(screen.contains("/dev/pts/"), "not on a terminal:\n{screen}");
+    assert!(
+        on_terminal(isolation, &screen),
+        "not on a terminal:\n{screen}"
+    );
     assert!(
         screen.contains("30 100"),
         "terminal size not passed:\n{screen}"
@@ -142,7 +151,7 @@ fn interactive_terminal(isolation: &str) {
     let screen = exec.wait_for("exec-42", Duration::from_secs(10));
     let screen = screen.unwrap_or_else(|s| panic!("no echo round-trip in exec -it:\n{s}"));
     assert!(
-        screen.contains("/dev/pts/"),
+        on_terminal(isolation, &screen),
         "exec not on a terminal:\n{screen}"
     );
     exec.send_line("exit 3");
@@ -528,5 +537,6 @@ vm_tests! {
     vm_run_rm_echo_and_exit_status => echo_and_exit_status,
     vm_detached_logs_exec_stop_rm => detached_lifecycle,
     vm_read_only_root => read_only_root,
+    vm_interactive_terminal_in_tmux => interactive_terminal,
     vm_disk_private_and_volume_refused => vm_disk_and_volume,
 }
