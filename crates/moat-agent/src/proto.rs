@@ -22,7 +22,7 @@
 //! rejected with a [`ProtoError`] as soon as its header is seen: a reader
 //! never waits for (or allocates) a payload it will not accept.
 
-use moat_plan::{Plan, ProcessSpec};
+use moat_plan::{Plan, ProcessSpec, SeccompProgram};
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: u8 = 0x4d;
@@ -127,6 +127,10 @@ pub struct Start {
     /// `Hello`): the agent sets the guest clock from it.
     #[serde(default)]
     pub wall_clock: Option<WallClock>,
+    /// Filters installed beside the plan's (an OCI caller's compiled
+    /// `linux.seccomp`): every one of them applies, to exec'd processes too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_seccomp: Vec<SeccompProgram>,
 }
 
 /// A `CLOCK_REALTIME` reading.

@@ -89,8 +89,11 @@ fn spawn_in(
     let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
     // The privilege drop and the exec, prepared before the fork (shared
     // with the sandbox backend).
-    let drop_spec =
+    let mut drop_spec =
         DropSpec::new(&start.plan, &start.process).map_err(|e| Failure::setup(e.to_string()))?;
+    for prog in &start.extra_seccomp {
+        drop_spec = drop_spec.with_extra_seccomp(prog);
+    }
     let exec = Exec::from_process(&start.process).map_err(|e| Failure::setup(e.to_string()))?;
     // (parent end, child end) pairs.
     let (stdin, stdout, stderr, child_fds): (OwnedFd, OwnedFd, Option<OwnedFd>, [OwnedFd; 3]) =

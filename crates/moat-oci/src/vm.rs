@@ -220,6 +220,7 @@ struct Helper {
     exec: UnixListener,
     tty: Option<OwnedFd>,
     report: OwnedFd,
+    extra_seccomp: Vec<moat_plan::SeccompProgram>,
 }
 
 pub fn create(
@@ -285,6 +286,7 @@ pub fn create(
         exec,
         tty,
         report: report_w,
+        extra_seccomp: vec![p.caller_seccomp.clone()],
     };
     let pid = match sys::fork().context("forking the VM helper")? {
         Forked::Child => {
@@ -398,6 +400,7 @@ fn run_helper(h: Helper, log: &Logger) -> i32 {
         keep_record: false,
         started_notify: Some(Arc::new(notify_w)),
         start_gate: Some(Arc::new(gate_r)),
+        extra_seccomp: h.extra_seccomp,
     };
     let stdio = moat_vm::session::Stdio::inherit();
     match moat_vm::run_container_on(opts, Some(disk), stdio, &mut |n| log.debug(n)) {

@@ -538,5 +538,6 @@ vm_tests! {
     vm_detached_logs_exec_stop_rm => detached_lifecycle,
     vm_read_only_root => read_only_root,
     vm_interactive_terminal_in_tmux => interactive_terminal,
+    vm_seccomp_profile_denies_mkdir => seccomp_profile,
     vm_disk_private_and_volume_refused => vm_disk_and_volume,
 }

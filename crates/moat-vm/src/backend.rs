@@ -109,6 +109,7 @@ impl Backend for VmBackend {
             keep_record: c.started_notify.is_some(),
             started_notify: c.started_notify.clone(),
             start_gate: c.start_gate.clone(),
+            extra_seccomp: Vec::new(),
         };
         crate::run_container_with(opts, Stdio::inherit(), &mut |n| (self.notice)(n))
             .map_err(vm_error)

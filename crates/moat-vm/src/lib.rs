@@ -73,6 +73,9 @@ pub struct VmRunOptions {
     /// Hold the booted guest until a byte arrives here (see
     /// `moat_runtime::backend::Container::start_gate`).
     pub start_gate: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// Seccomp filters the agent installs beside the plan's (moat-oci: the
+    /// caller's `linux.seccomp`).
+    pub extra_seccomp: Vec<moat_policy::plan::SeccompProgram>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +243,7 @@ pub fn run_container_on(
             control: opts.control,
             started_notify: opts.started_notify,
             start_gate: opts.start_gate,
+            extra_seccomp: opts.extra_seccomp,
         },
     );
     trace.mark("VMM stopped, cgroup removed");

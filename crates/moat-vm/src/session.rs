@@ -42,6 +42,8 @@ pub struct SessionOptions<'a> {
     /// With a gate, the booted guest waits for one byte here before its
     /// workload starts (EOF: the start is abandoned).
     pub start_gate: Option<std::sync::Arc<OwnedFd>>,
+    /// Filters the agent installs beside the plan's.
+    pub extra_seccomp: Vec<moat_policy::plan::SeccompProgram>,
 }
 
 /// Where the workload's stdio goes on the host.
@@ -302,6 +304,7 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                                     secs: now.as_secs() as i64,
                                     nanos: now.subsec_nanos(),
                                 }),
+                                extra_seccomp: opts.extra_seccomp.clone(),
                             })),
                         )?;
                         if tty {

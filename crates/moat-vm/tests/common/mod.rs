@@ -186,6 +186,7 @@ pub fn options(f: &Fixture, process: ProcessSpec) -> moat_vm::VmRunOptions {
         keep_record: false,
         started_notify: None,
         start_gate: None,
+        extra_seccomp: Vec::new(),
     }
 }
 
