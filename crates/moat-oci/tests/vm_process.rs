@@ -1,0 +1,266 @@
+//! moat-oci's micro-VM containers seen as a runc caller sees them, without
+//! a client in between: the pid `create` writes is a descendant of the
+//! caller that alone holds its output pipe and exits with the workload's
+//! status; `exec --detach` hands out a pid that exits with the exec'd
+//! process's status; `delete` leaves nothing of the VM. Needs root, QEMU
+//! and a built guest kernel (`make kernel`); skips only without them.
+
+#[path = "clients/mod.rs"]
+mod clients;
+#[path = "../../moat-vm/tests/common/host.rs"]
+mod vmhost;
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_moat-oci");
+
+fn vm_ready(test: &str) -> bool {
+    if !clients::ready(test, &[]) {
+        return false;
+    }
+    if !Path::new("/usr/bin/qemu-system-x86_64").is_file() {
+        println!("SKIP: {test}: qemu-system-x86_64 is not installed");
+        return false;
+    }
+    if let Err(e) = moat_vm::kernel::locate(Path::new("/var/lib/moat")) {
+        println!("SKIP: {test}: guest kernel not built ({e}; `make kernel`)");
+        return false;
+    }
+    assert!(
+        moat_vm::initramfs::locate_agent().is_ok(),
+        "no guest agent build: run `make agent`"
+    );
+    true
+}
+
+/// A bundle: busybox, `args`, the tests' policy, isolation vm.
+fn bundle(dir: &Path, args: &[&str]) {
+    clients::busybox_rootfs(&dir.join("rootfs"));
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+            "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]},
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs"},
+        "hostname": "vmproc",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]}
+        ],
+        "annotations": {
+            "moat.dev/isolation": "vm",
+            "moat.dev/policy": clients::policy_annotation().split_once('=').unwrap().1
+        },
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "seccomp": {"defaultAction": "SCMP_ACT_ALLOW"}
+        }
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+}
+
+fn oci(root: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn ok(root: &Path, args: &[&str]) -> String {
+    let o = oci(root, args);
+    assert!(
+        o.status.success(),
+        "moat-oci {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn status(root: &Path, id: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(&ok(root, &["state", id])).unwrap();
+    v["status"].as_str().unwrap().to_string()
+}
+
+/// Processes (other than this one) with a descriptor open on the pipe
+/// whose inode is `ino`.
+fn holders(ino: u64) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|f| std::fs::metadata(f.path()).is_ok_and(|m| m.ino() == ino))
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Reaps `pid` (our descendant: this process is a subreaper), within 60 s:
+/// its exit code, or 128+N for signal N.
+fn reap(pid: i32) -> i32 {
+    use rustix::process::{waitpid, Pid, WaitOptions};
+    let p = Pid::from_raw(pid).unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end {
+        if let Some((_, st)) = waitpid(Some(p), WaitOptions::NOHANG).unwrap() {
+            return match st.terminating_signal() {
+                Some(s) => 128 + s,
+                None => st.exit_status().unwrap(),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("pid {pid} did not end");
+}
+
+fn read_until(pipe: &mut std::fs::File, want: &str) -> String {
+    let mut got = String::new();
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 4096];
+    while !got.contains(want) && Instant::now() < end {
+        match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("reading the container's output: {e}"),
+        }
+    }
+    got
+}
+
+fn pid_file(p: &Path) -> i32 {
+    std::fs::read_to_string(p).unwrap().trim().parse().unwrap()
+}
+
+fn oci_stages() -> Vec<PathBuf> {
+    std::fs::read_dir("/var/lib/moat/vm/tmp")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("oci-"))
+        })
+        .collect()
+}
+
+#[test]
+fn vm_create_start_exec_kill_delete_as_a_runc_caller() {
+    if !vm_ready("vm_create_start_exec_kill_delete_as_a_runc_caller") {
+        return;
+    }
+    let _lock = vmhost::vm_lock();
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("state");
+    let b = t.path().join("bundle");
+    std::fs::create_dir(&b).unwrap();
+    bundle(
+        &b,
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 3' TERM; echo hi-from-$(hostname); while :; do sleep 0.1; done",
+        ],
+    );
+    // The caller's output pipe: create's stdout and stderr.
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+    let ino = std::fs::metadata(format!("/proc/self/fd/{}", w.as_raw_fd()))
+        .unwrap()
+        .ino();
+    let pidf = t.path().join("pid");
+    let w2: OwnedFd = w.try_clone().unwrap();
+    let st = Command::new(BIN)
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "--bundle"])
+        .arg(&b)
+        .arg("--pid-file")
+        .arg(&pidf)
+        .arg("c1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(w))
+        .stderr(Stdio::from(w2))
+        .status()
+        .unwrap();
+    assert!(st.success(), "create failed");
+    let pid = pid_file(&pidf);
+    // Once create has returned, the helper alone holds the output pipe, and
+    // it is ours (reparented to this subreaper).
+    assert_eq!(holders(ino), vec![pid], "holders of the output pipe");
+    let ppid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:").map(|v| v.trim().to_string()))
+        .unwrap();
+    assert_eq!(ppid, std::process::id().to_string());
+    assert_eq!(status(&root, "c1"), "created");
+    ok(&root, &["start", "c1"]);
+    assert_eq!(status(&root, "c1"), "running");
+    let mut pipe = std::fs::File::from(r);
+    rustix::io::ioctl_fionbio(&pipe, true).unwrap();
+    let out = read_until(&mut pipe, "hi-from-vmproc");
+    assert!(out.contains("hi-from-vmproc"), "output: {out:?}");
+    let ps: Vec<i32> = serde_json::from_str(&ok(&root, &["ps", "--format", "json", "c1"])).unwrap();
+    assert!(ps.contains(&pid), "ps {ps:?} lacks the helper {pid}");
+    // exec --detach: the pid-file's process exits with the exec'd status.
+    let xpid = t.path().join("xpid");
+    ok(
+        &root,
+        &[
+            "exec",
+            "--detach",
+            "--pid-file",
+            xpid.to_str().unwrap(),
+            "c1",
+            "sh",
+            "-c",
+            "kill -TERM $$",
+        ],
+    );
+    assert_eq!(reap(pid_file(&xpid)), 128 + libc::SIGTERM);
+    // A signal nothing in the guest would forward is refused by name.
+    let o = oci(&root, &["kill", "c1", "ALRM"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("signal 14 cannot reach it"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    ok(&root, &["kill", "c1", "TERM"]);
+    assert_eq!(reap(pid), 3, "the helper's status is the workload's");
+    assert!(read_until(&mut pipe, "got-term").contains("got-term"));
+    assert_eq!(status(&root, "c1"), "stopped");
+    ok(&root, &["delete", "c1"]);
+    assert!(!root.join("c1").exists(), "delete left the state directory");
+    vmhost::assert_nothing_left(Path::new("/nonexistent"));
+    assert_eq!(oci_stages(), Vec::<PathBuf>::new(), "root disks left");
+}
