@@ -108,11 +108,16 @@ pub fn openpty() -> io::Result<(OwnedFd, OwnedFd)> {
 pub fn take_terminal(tty: BorrowedFd<'_>) -> io::Result<()> {
     rustix::process::setsid()?;
     rustix::process::ioctl_tiocsctty(tty)?;
+    onto_stdio(tty)
+}
+
+/// Makes `fd` this process's stdin, stdout and stderr.
+pub fn onto_stdio(fd: BorrowedFd<'_>) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     for n in 0..3 {
-        // SAFETY: tty is open; 0-2 are this process's stdio, which the
-        // terminal replaces (the descriptors they held are closed).
-        if unsafe { libc::dup2(tty.as_raw_fd(), n) } < 0 {
+        // SAFETY: fd is open; 0-2 are this process's stdio, which it
+        // replaces (the descriptors they held are closed).
+        if unsafe { libc::dup2(fd.as_raw_fd(), n) } < 0 {
             return Err(io::Error::last_os_error());
         }
     }

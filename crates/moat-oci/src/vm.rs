@@ -5,9 +5,11 @@
 //! `--pid-file`: a child of the caller's subreaper (conmon, the containerd
 //! shim) once `create` has exited, it supervises the VM (moat-vm's session:
 //! stdio relay, signal forwarding), holds the caller's stdout and stderr
-//! alone, and exits with the workload's status (128+N on signal N). Its
-//! threads answer the start gate (`<root>/<id>/gate`, as in the sandbox)
-//! and hand out the exec channel to the guest agent (`<root>/<id>/exec`).
+//! alone, and exits with the workload's status (128+N on signal N); once
+//! QEMU runs it is an unprivileged uid under the supervisor's filter. A
+//! gatekeeper process it forks answers the start gate (`<root>/<id>/gate`,
+//! as in the sandbox) and hands out the exec channel to the guest agent
+//! (`<root>/<id>/exec`).
 //!
 //! The guest's root is a per-container ext4 disk built at create from the
 //! bundle's rootfs, with the files the caller bind-mounts copied into it
@@ -37,6 +39,9 @@ use crate::sys::{self, Forked};
 /// ends the VM itself: the caller (podman stop -t, the shim) escalates to
 /// SIGKILL on its own schedule, so practically never.
 const STOP_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// What the gatekeeper writes to `create` once the guest is held.
+const READY: u8 = 0x06;
 
 /// moat's state root (guest kernels, the accelerator probe, VM scratch).
 pub fn moat_state_root() -> PathBuf {
@@ -242,6 +247,9 @@ pub fn create(
             ));
         }
     }
+    if !p.init.create_container_hooks.is_empty() || !p.init.start_container_hooks.is_empty() {
+        bail!("config.json has createContainer or startContainer hooks, which run in the container's namespaces: a micro-VM container has none on the host; drop the hooks, or use moat.dev/isolation=sandbox");
+    }
     let process = process_spec(b)?;
     if process.args.is_empty() {
         bail!("config.json: process.args is empty");
@@ -300,17 +308,34 @@ pub fn create(
         kill_helper(pid);
         return Err(e.into());
     }
-    let mut answer = String::new();
-    let _ = File::from(report_r).read_to_string(&mut answer);
-    if answer != "ok" {
+    // One byte READY from the gatekeeper, or the helper's error until EOF.
+    let mut report = File::from(report_r);
+    let mut first = [0u8; 1];
+    let created = matches!(report.read(&mut first), Ok(1)) && first[0] == READY;
+    if !created {
+        let mut rest = Vec::new();
+        let _ = report.read_to_end(&mut rest);
         kill_helper(pid);
-        if answer.is_empty() {
+        if !created && first[0] == 0 && rest.is_empty() {
             bail!("the micro-VM helper exited while creating the container");
         }
-        bail!("{answer}");
+        let mut text = vec![first[0]];
+        text.extend(rest);
+        bail!(
+            "{}",
+            String::from_utf8_lossy(&text).trim_start_matches('\0')
+        );
     }
     rec.pid = pid;
     rec.pid_start = moat_runtime::record::process_start_time(pid).unwrap_or(0);
+    // prestart and createRuntime hooks: the guest is booted and held.
+    let st = serde_json::to_vec(&crate::create::state_json(rec, "created")).unwrap_or_default();
+    for h in &rec.hooks.create_runtime {
+        if let Err(e) = moat_sandbox::oci::run_hook(h, &st) {
+            kill_helper(pid);
+            bail!("createRuntime {e}");
+        }
+    }
     rec.vm = Some(VmRecord {
         vm_id: vm_id.to_string(),
         state_root,
@@ -337,10 +362,15 @@ fn run_helper(h: Helper, log: &Logger) -> i32 {
     let fail = {
         let report = report.clone();
         move |msg: &str| {
-            if let Some(mut f) = report.lock().map(|mut r| r.take()).ok().flatten() {
-                let _ = f.write_all(msg.as_bytes());
-            } else {
-                // After create: the caller's stderr is the container's log.
+            let sent = report
+                .lock()
+                .map(|mut r| r.take())
+                .ok()
+                .flatten()
+                .is_some_and(|mut f| f.write_all(msg.as_bytes()).is_ok());
+            if !sent {
+                // create is gone (EPIPE): the caller's stderr is the
+                // container's log.
                 eprintln!("moat-oci: error: {msg}");
             }
         }
@@ -379,11 +409,23 @@ fn run_helper(h: Helper, log: &Logger) -> i32 {
             return 125;
         }
     };
-    let gate = h.gate;
-    let report_c = report.clone();
-    std::thread::spawn(move || coordinate(notify_r, gate_w, gate, report_c));
-    let exec = h.exec;
-    std::thread::spawn(move || serve_exec(exec, caller));
+    // The gate and the exec socket are served by a process of their own:
+    // the helper itself becomes moat-vm's supervisor, one thread, whose
+    // uid drop and seccomp filter bind the whole process.
+    match sys::fork() {
+        Ok(Forked::Child) => {
+            drop((notify_w, gate_r, supervisor));
+            // The helper's: dropping it here would remove the disk.
+            std::mem::forget(disk);
+            gatekeeper(notify_r, gate_w, h.gate, h.exec, caller, report);
+        }
+        Ok(Forked::Parent(_)) => {}
+        Err(e) => {
+            fail(&format!("forking the VM helper's gatekeeper: {e}"));
+            return 125;
+        }
+    }
+    drop((notify_r, gate_w, h.gate, h.exec, caller));
     let opts = moat_vm::VmRunOptions {
         state_root: h.state_root,
         run_root: h.run_root,
@@ -395,7 +437,7 @@ fn run_helper(h: Helper, log: &Logger) -> i32 {
         accel: None,
         name: String::new(),
         stop_timeout: STOP_TIMEOUT,
-        supervisor_seccomp: moat_vm::supervisor::Scope::Thread,
+        supervisor_seccomp: moat_vm::supervisor::Scope::Process,
         control: Some(supervisor),
         keep_record: false,
         started_notify: Some(Arc::new(notify_w)),
@@ -408,6 +450,45 @@ fn run_helper(h: Helper, log: &Logger) -> i32 {
         Err(e) => {
             fail(&format!("{:#}", anyhow::Error::from(e)));
             125
+        }
+    }
+}
+
+/// The helper's gatekeeper (its child, ending when it ends): the start gate
+/// ([`coordinate`]) and the exec socket ([`serve_exec`]), with /dev/null as
+/// stdio (the helper alone holds the caller's output).
+fn gatekeeper(
+    notify: OwnedFd,
+    gate: OwnedFd,
+    gate_listener: UnixListener,
+    exec: UnixListener,
+    channel: OwnedFd,
+    report: Arc<Mutex<Option<File>>>,
+) -> ! {
+    // A pidfd of the helper, not PR_SET_PDEATHSIG: the kernel does not
+    // send the parent-death signal once the helper has dropped its uid.
+    let parent = rustix::process::getppid()
+        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
+    let setup = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .and_then(|null| sys::onto_stdio(null.as_fd()));
+    let (Some(parent), Ok(())) = (parent, setup) else {
+        std::process::exit(125);
+    };
+    std::thread::spawn(move || serve_exec(exec, channel));
+    std::thread::spawn(move || coordinate(notify, gate, gate_listener, report));
+    // Serve until the helper has ended (its pidfd turns readable).
+    loop {
+        let mut fds = [rustix::event::PollFd::new(
+            &parent,
+            rustix::event::PollFlags::IN,
+        )];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) if !fds[0].revents().is_empty() => std::process::exit(0),
+            Err(rustix::io::Errno::INTR) | Ok(_) => continue,
+            Err(_) => std::process::exit(0),
         }
     }
 }
@@ -427,7 +508,7 @@ fn coordinate(
         return;
     }
     if let Some(mut f) = report.lock().map(|mut r| r.take()).ok().flatten() {
-        let _ = f.write_all(b"ok");
+        let _ = f.write_all(&[READY]);
     }
     let Ok((mut conn, _)) = listener.accept() else {
         return;

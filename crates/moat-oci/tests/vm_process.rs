@@ -257,6 +257,24 @@ fn vm_create_start_exec_kill_delete_as_a_runc_caller() {
     assert_eq!(status(&root, "c1"), "created");
     ok(&root, &["start", "c1"]);
     assert_eq!(status(&root, "c1"), "running");
+    // Once the VM runs, the helper (the relay a hostile guest talks to) is
+    // an unprivileged uid under moat-vm's supervisor filter, all threads.
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        st.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert!(
+        field("Uid:").split_whitespace().all(|u| u != "0"),
+        "helper uids: {}",
+        field("Uid:")
+    );
+    assert_eq!(field("Seccomp:"), "2");
+    assert_eq!(field("CapEff:"), "0000000000000000");
+    assert_eq!(field("Threads:"), "1");
     let mut pipe = std::fs::File::from(r);
     rustix::io::ioctl_fionbio(&pipe, true).unwrap();
     let out = read_until(&mut pipe, "hi-from-vmproc");
