@@ -219,6 +219,8 @@ struct Helper {
     process: ProcessSpec,
     plan: Plan,
     vm_id: ContainerId,
+    /// The container's state directory.
+    dir: PathBuf,
     run_root: PathBuf,
     state_root: PathBuf,
     gate: UnixListener,
@@ -259,7 +261,9 @@ pub fn create(
     moat_vm::kernel::locate(&state_root).context("micro-VM containers need a guest kernel")?;
     let groups = rec.cgroup.clone();
     let vm_id = ContainerId::generate();
-    let run_root = dir.join("vm");
+    // moat-vm's records, shared by the VM containers of this root (a
+    // directory `list` skips); the cleanup watcher removes each.
+    let run_root = root.join(".vm");
     let gate = UnixListener::bind(state::gate(root, &a.id))
         .with_context(|| format!("creating the start gate in {}", dir.display()))?;
     let exec = UnixListener::bind(exec_socket(root, &a.id))
@@ -288,6 +292,7 @@ pub fn create(
         process,
         plan,
         vm_id: vm_id.clone(),
+        dir: dir.to_path_buf(),
         run_root,
         state_root: state_root.clone(),
         gate,
@@ -417,7 +422,7 @@ fn run_helper(h: Helper, log: &Logger) -> i32 {
             drop((notify_w, gate_r, supervisor));
             // The helper's: dropping it here would remove the disk.
             std::mem::forget(disk);
-            gatekeeper(notify_r, gate_w, h.gate, h.exec, caller, report);
+            gatekeeper(notify_r, gate_w, h.gate, h.exec, caller, report, h.dir);
         }
         Ok(Forked::Parent(_)) => {}
         Err(e) => {
@@ -464,6 +469,7 @@ fn gatekeeper(
     exec: UnixListener,
     channel: OwnedFd,
     report: Arc<Mutex<Option<File>>>,
+    dir: PathBuf,
 ) -> ! {
     // A pidfd of the helper, not PR_SET_PDEATHSIG: the kernel does not
     // send the parent-death signal once the helper has dropped its uid.
@@ -478,7 +484,13 @@ fn gatekeeper(
         std::process::exit(125);
     };
     std::thread::spawn(move || serve_exec(exec, channel));
-    std::thread::spawn(move || coordinate(notify, gate, gate_listener, report));
+    let parent = Arc::new(parent);
+    let helper = parent.clone();
+    let abandon = move || {
+        let _ = rustix::process::pidfd_send_signal(&*helper, rustix::process::Signal::KILL);
+        let _ = std::fs::remove_dir_all(&dir);
+    };
+    std::thread::spawn(move || coordinate(notify, gate, gate_listener, report, abandon));
     // Serve until the helper has ended (its pidfd turns readable).
     loop {
         let mut fds = [rustix::event::PollFd::new(
@@ -502,13 +514,23 @@ fn coordinate(
     gate: OwnedFd,
     listener: UnixListener,
     report: Arc<Mutex<Option<File>>>,
+    abandon: impl FnOnce(),
 ) {
     let mut byte = [0u8; 1];
     if !matches!(rustix::io::read(&notify, &mut byte), Ok(1)) || byte[0] != ready::CREATED {
         return;
     }
-    if let Some(mut f) = report.lock().map(|mut r| r.take()).ok().flatten() {
-        let _ = f.write_all(&[READY]);
+    let told = report
+        .lock()
+        .map(|mut r| r.take())
+        .ok()
+        .flatten()
+        .is_some_and(|mut f| f.write_all(&[READY]).is_ok());
+    if !told {
+        // create died before the container was recorded: nobody can
+        // start or delete it, so it must not stay held.
+        abandon();
+        return;
     }
     let Ok((mut conn, _)) = listener.accept() else {
         return;

@@ -318,3 +318,50 @@ fn vm_create_start_exec_kill_delete_as_a_runc_caller() {
     vmhost::assert_nothing_left(Path::new("/nonexistent"));
     assert_eq!(oci_stages(), Vec::<PathBuf>::new(), "root disks left");
 }
+
+/// A create killed while the guest boots (a caller's timeout) leaves no VM
+/// held forever and no state: nobody could start or delete it.
+#[test]
+fn vm_create_killed_while_booting_leaves_nothing() {
+    if !vm_ready("vm_create_killed_while_booting_leaves_nothing") {
+        return;
+    }
+    let _lock = vmhost::vm_lock();
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("state");
+    let b = t.path().join("bundle");
+    std::fs::create_dir(&b).unwrap();
+    let netns = NetNs::new();
+    bundle(&b, &["true"], &netns.path());
+    let mut create = Command::new(BIN)
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "--bundle"])
+        .arg(&b)
+        .arg("k1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    create.kill().unwrap();
+    let st = create.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(libc::SIGKILL),
+        "create ended before it could be killed: {st}"
+    );
+    let gone =
+        || !root.join("k1").exists() && vmhost::leftovers(Path::new("/nonexistent")).is_empty();
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end && !gone() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    vmhost::assert_nothing_left(Path::new("/nonexistent"));
+    assert!(
+        !root.join("k1").exists(),
+        "the abandoned container's state is left"
+    );
+    assert_eq!(oci_stages(), Vec::<PathBuf>::new(), "root disks left");
+}
