@@ -97,7 +97,13 @@ fn detached_lifecycle(isolation: &str) {
     assert!(p.ok(&["logs", "d"]).contains("got-term"));
     p.ok(&["rm", "d"]);
     let o = p.podman(&["inspect", "d"]);
-    assert!(!o.status.success(), "d still exists after rm");
+    assert!(
+        !o.status.success(),
+        "d still exists after rm: {}{} ps -a: {}",
+        stdout(&o),
+        stderr(&o),
+        p.ok(&["ps", "-a"])
+    );
     // A workload killed by a signal: 128+N, as the reaped pid shows it.
     run_d(&p, isolation, "k", &NO_NET, &["sleep", "600"]);
     p.ok(&["kill", "k"]);
@@ -539,5 +545,8 @@ vm_tests! {
     vm_read_only_root => read_only_root,
     vm_interactive_terminal_in_tmux => interactive_terminal,
     vm_seccomp_profile_denies_mkdir => seccomp_profile,
+    vm_user_1000 => user,
+    vm_cap_drop_all => cap_drop_all,
+    vm_pids_limit => pids_limit,
     vm_disk_private_and_volume_refused => vm_disk_and_volume,
 }
