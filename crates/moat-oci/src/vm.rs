@@ -145,11 +145,27 @@ fn plan_resource(n: u32) -> Option<RlimitResource> {
     })
 }
 
+/// The smallest guest a caller's memory limit may make: the guest kernel
+/// and the agent need about 30 MiB before the workload.
+pub const MIN_GUEST_MIB: u64 = 64;
+
 /// The plan the guest agent applies: the policy's, narrowed to what the
 /// caller asked within it (bundle.rs's intersection): capabilities (the
-/// permitted set), rlimits, the pids limit; plus the caller's tmpfs mounts.
-fn guest_plan(p: &Prepared, tmpfs: Vec<MountPlan>) -> Plan {
+/// permitted set), rlimits, the pids limit, the memory limit (the guest's
+/// memory, never above the policy's); plus the caller's tmpfs mounts.
+fn guest_plan(p: &Prepared, tmpfs: Vec<MountPlan>) -> anyhow::Result<Plan> {
     let mut plan = p.plan.clone();
+    if let Some(bytes) = p.cgroup.memory.filter(|v| *v > 0) {
+        let mib = (bytes as u64) >> 20;
+        if mib < MIN_GUEST_MIB {
+            bail!("linux.resources.memory.limit {bytes} is below the {MIN_GUEST_MIB} MiB a micro-VM container needs (its guest kernel and agent included); give at least --memory {MIN_GUEST_MIB}m");
+        }
+        let policy = match plan.vm.memory_mib {
+            0 => moat_vm::DEFAULT_MEMORY_MIB,
+            m => m,
+        };
+        plan.vm.memory_mib = policy.min(mib);
+    }
     let permitted = p.init.drop.capability_sets().permitted;
     plan.capabilities
         .retain(|c| moat_plan::caps::number(c).is_some_and(|n| permitted & (1 << n) != 0));
@@ -183,7 +199,7 @@ fn guest_plan(p: &Prepared, tmpfs: Vec<MountPlan>) -> Plan {
     if matches!(plan.network, NetworkPlan::Egress { .. }) {
         plan.network = NetworkPlan::Loopback;
     }
-    plan
+    Ok(plan)
 }
 
 /// The interfaces other than `lo` in the network namespace config.json
@@ -256,7 +272,7 @@ pub fn create(
     if process.args.is_empty() {
         bail!("config.json: process.args is empty");
     }
-    let plan = guest_plan(p, tmpfs);
+    let plan = guest_plan(p, tmpfs)?;
     let state_root = moat_state_root();
     moat_vm::kernel::locate(&state_root).context("micro-VM containers need a guest kernel")?;
     let groups = rec.cgroup.clone();
