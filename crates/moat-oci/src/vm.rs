@@ -87,8 +87,11 @@ fn guest_mounts(p: &Prepared) -> anyhow::Result<(Vec<FileCopy>, Vec<MountPlan>)>
             _ if is_bind => {
                 let meta = std::fs::metadata(&m.source)
                     .with_context(|| format!("config.json mount {} on {dst}", m.source))?;
-                if !meta.is_file() {
+                if meta.is_dir() {
                     bail!("config.json mount {} on {dst}: a directory bind mount (a volume, podman -v) cannot reach a micro-VM container (moat-oci copies only files into its disk); drop the volume, or run the container with --annotation moat.dev/isolation=sandbox", m.source);
+                }
+                if !meta.is_file() {
+                    bail!("config.json mount {} on {dst}: not a regular file (a socket, fifo or device) and cannot reach a micro-VM container (moat-oci copies only files into its disk); drop the mount, or run the container with --annotation moat.dev/isolation=sandbox", m.source);
                 }
                 files.push(FileCopy {
                     source: PathBuf::from(&m.source),
