@@ -98,7 +98,17 @@ fn build(
     log: &Logger,
 ) -> anyhow::Result<i32> {
     log.debug(&format!("creating {} under policy {}", a.id, p.policy));
-    let groups = Groups::create(&p.cgroup)?;
+    // A VM container's cgroup holds its helper, not the workload: the
+    // caller's limits go to the guest (its memory, its pids cgroup), and
+    // device rules there would deny QEMU /dev/kvm on a v1 devices hierarchy.
+    let groups = if p.isolation == Isolation::Vm {
+        Groups::create(&CgroupRequest {
+            path: p.cgroup.path.clone(),
+            ..CgroupRequest::default()
+        })?
+    } else {
+        Groups::create(&p.cgroup)?
+    };
     p.init.cgroup_dirs = groups.dirs.clone();
     let mut rec = Record {
         id: a.id.clone(),

@@ -275,6 +275,21 @@ fn vm_create_start_exec_kill_delete_as_a_runc_caller() {
     assert_eq!(field("Seccomp:"), "2");
     assert_eq!(field("CapEff:"), "0000000000000000");
     assert_eq!(field("Threads:"), "1");
+    // The caller's device rules are not the helper's: on a v1 devices
+    // hierarchy they would deny QEMU /dev/kvm.
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    if let Some(dir) = cg
+        .lines()
+        .find_map(|l| l.split_once(":devices:").map(|(_, d)| d.to_string()))
+    {
+        let list =
+            std::fs::read_to_string(format!("/sys/fs/cgroup/devices{dir}/devices.list")).unwrap();
+        assert_eq!(
+            list.trim(),
+            "a *:* rwm",
+            "the helper's devices cgroup {dir}"
+        );
+    }
     let mut pipe = std::fs::File::from(r);
     rustix::io::ioctl_fionbio(&pipe, true).unwrap();
     let out = read_until(&mut pipe, "hi-from-vmproc");
