@@ -98,14 +98,9 @@ fn build(
     log: &Logger,
 ) -> anyhow::Result<i32> {
     log.debug(&format!("creating {} under policy {}", a.id, p.policy));
-    // A VM container's cgroup holds its helper, not the workload: the
-    // caller's limits go to the guest (its memory, its pids cgroup), and
-    // device rules there would deny QEMU /dev/kvm on a v1 devices hierarchy.
+    // A VM container's cgroup is made once its guest is held (vm.rs).
     let groups = if p.isolation == Isolation::Vm {
-        Groups::create(&CgroupRequest {
-            path: p.cgroup.path.clone(),
-            ..CgroupRequest::default()
-        })?
+        Groups::default()
     } else {
         Groups::create(&p.cgroup)?
     };

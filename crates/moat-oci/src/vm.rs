@@ -30,7 +30,8 @@ use moat_runtime::ContainerId;
 use moat_vm::rootdisk::{self, FileCopy};
 
 use crate::args::Create;
-use crate::bundle::{Bundle, Prepared};
+use crate::bundle::{Bundle, CgroupRequest, Prepared};
+use crate::cgroup::Groups;
 use crate::log::Logger;
 use crate::state::{self, Record, VmRecord};
 use crate::sys::{self, Forked};
@@ -278,7 +279,6 @@ pub fn create(
     let plan = guest_plan(p, tmpfs)?;
     let state_root = moat_state_root();
     moat_vm::kernel::locate(&state_root).context("micro-VM containers need a guest kernel")?;
-    let groups = rec.cgroup.clone();
     let vm_id = ContainerId::generate();
     // moat-vm's records, shared by the VM containers of this root (a
     // directory `list` skips); the cleanup watcher removes each.
@@ -328,10 +328,6 @@ pub fn create(
         Forked::Parent(pid) => pid,
     };
     drop(helper);
-    if let Err(e) = groups.add(pid) {
-        kill_helper(pid);
-        return Err(e.into());
-    }
     // One byte READY from the gatekeeper, or the helper's error until EOF.
     let mut report = File::from(report_r);
     let mut first = [0u8; 1];
@@ -350,6 +346,29 @@ pub fn create(
             String::from_utf8_lossy(&text).trim_start_matches('\0')
         );
     }
+    // The container's cgroup holds the helper alone (its gatekeeper and
+    // the cleanup watcher stay where create ran), made only now so that a
+    // create killed earlier leaves none. No limits or device rules: the
+    // caller's limits went to the guest, and on a v1 devices hierarchy its
+    // rules would deny QEMU /dev/kvm.
+    let groups = Groups::create(&CgroupRequest {
+        path: p.cgroup.path.clone(),
+        ..CgroupRequest::default()
+    });
+    let joined = groups.and_then(|g| match g.add(pid) {
+        Ok(()) => Ok(g),
+        Err(e) => {
+            g.remove();
+            Err(e)
+        }
+    });
+    rec.cgroup = match joined {
+        Ok(g) => g,
+        Err(e) => {
+            kill_helper(pid);
+            return Err(e.into());
+        }
+    };
     rec.pid = pid;
     rec.pid_start = moat_runtime::record::process_start_time(pid).unwrap_or(0);
     // prestart and createRuntime hooks: the guest is booted and held.
@@ -357,6 +376,7 @@ pub fn create(
     for h in &rec.hooks.create_runtime {
         if let Err(e) = moat_sandbox::oci::run_hook(h, &st) {
             kill_helper(pid);
+            rec.cgroup.remove();
             bail!("createRuntime {e}");
         }
     }

@@ -55,8 +55,11 @@ pub fn delete(rec: &Record, vm: &VmRecord) -> anyhow::Result<()> {
             );
         }
     }
-    // The watcher is in the container's cgroup until it has cleaned up.
-    wait_until(Duration::from_secs(10), || rec.cgroup.pids().is_empty());
+    // The cleanup watcher ends QEMU and removes its cgroups once the
+    // helper is gone; wait for it before removing what is left.
+    wait_until(Duration::from_secs(10), || {
+        moat_cgroup::stats_for(&vm.vm_id).is_none()
+    });
     rec.cgroup.kill_all();
     let _ = moat_cgroup::cleanup(&vm.vm_id);
     moat_vm::rootfs::sweep(&vm.state_root);

@@ -546,7 +546,6 @@ vm_tests! {
     vm_interactive_terminal_in_tmux => interactive_terminal,
     vm_seccomp_profile_denies_mkdir => seccomp_profile,
     vm_user_1000 => user,
-    vm_cap_drop_all => cap_drop_all,
     vm_pids_limit => pids_limit,
     vm_memory_limit => memory_limit,
     vm_disk_private_and_volume_refused => vm_disk_and_volume,

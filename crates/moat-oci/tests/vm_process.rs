@@ -185,6 +185,39 @@ fn read_until(pipe: &mut std::fs::File, want: &str) -> String {
     got
 }
 
+/// Kills the helper if the test fails before `delete` (no VM left held).
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = rustix::process::Pid::from_raw(self.0) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// A container ID of this run (cgroups are named after it).
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", std::process::id())
+}
+
+/// The container's cgroup directories that exist (no cgroupsPath: named
+/// `/moat-oci/ID`).
+fn cgroups_of(id: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        for d in [
+            e.path().join("moat-oci").join(id),
+            Path::new("/sys/fs/cgroup/moat-oci").join(id),
+        ] {
+            if d.is_dir() && !out.contains(&d) {
+                out.push(d);
+            }
+        }
+    }
+    out
+}
+
 fn pid_file(p: &Path) -> i32 {
     std::fs::read_to_string(p).unwrap().trim().parse().unwrap()
 }
@@ -229,6 +262,8 @@ fn vm_create_start_exec_kill_delete_as_a_runc_caller() {
         .unwrap()
         .ino();
     let pidf = t.path().join("pid");
+    let id = unique("c1");
+    let id = id.as_str();
     let w2: OwnedFd = w.try_clone().unwrap();
     let st = Command::new(BIN)
         .arg("--root")
@@ -237,7 +272,7 @@ fn vm_create_start_exec_kill_delete_as_a_runc_caller() {
         .arg(&b)
         .arg("--pid-file")
         .arg(&pidf)
-        .arg("c1")
+        .arg(id)
         .stdin(Stdio::null())
         .stdout(Stdio::from(w))
         .stderr(Stdio::from(w2))
@@ -245,6 +280,7 @@ fn vm_create_start_exec_kill_delete_as_a_runc_caller() {
         .unwrap();
     assert!(st.success(), "create failed");
     let pid = pid_file(&pidf);
+    let _guard = KillOnDrop(pid);
     // Once create has returned, the helper alone holds the output pipe, and
     // it is ours (reparented to this subreaper).
     assert_eq!(holders(ino), vec![pid], "holders of the output pipe");
@@ -254,9 +290,9 @@ fn vm_create_start_exec_kill_delete_as_a_runc_caller() {
         .find_map(|l| l.strip_prefix("PPid:").map(|v| v.trim().to_string()))
         .unwrap();
     assert_eq!(ppid, std::process::id().to_string());
-    assert_eq!(status(&root, "c1"), "created");
-    ok(&root, &["start", "c1"]);
-    assert_eq!(status(&root, "c1"), "running");
+    assert_eq!(status(&root, id), "created");
+    ok(&root, &["start", id]);
+    assert_eq!(status(&root, id), "running");
     // Once the VM runs, the helper (the relay a hostile guest talks to) is
     // an unprivileged uid under moat-vm's supervisor filter, all threads.
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -298,7 +334,7 @@ fn vm_create_start_exec_kill_delete_as_a_runc_caller() {
     // yet: create said so, naming it.
     let warning = format!("network namespace {} has interfaces (v1, v0), but a micro-VM container gets loopback only: its virtio-net is not connected to that namespace yet", netns.path());
     assert!(out.contains(&warning), "create's stderr: {out:?}");
-    let ps: Vec<i32> = serde_json::from_str(&ok(&root, &["ps", "--format", "json", "c1"])).unwrap();
+    let ps: Vec<i32> = serde_json::from_str(&ok(&root, &["ps", "--format", "json", id])).unwrap();
     assert!(ps.contains(&pid), "ps {ps:?} lacks the helper {pid}");
     // exec --detach: the pid-file's process exits with the exec'd status.
     let xpid = t.path().join("xpid");
@@ -309,7 +345,7 @@ fn vm_create_start_exec_kill_delete_as_a_runc_caller() {
             "--detach",
             "--pid-file",
             xpid.to_str().unwrap(),
-            "c1",
+            id,
             "sh",
             "-c",
             "kill -TERM $$",
@@ -317,19 +353,20 @@ fn vm_create_start_exec_kill_delete_as_a_runc_caller() {
     );
     assert_eq!(reap(pid_file(&xpid)), 128 + libc::SIGTERM);
     // A signal nothing in the guest would forward is refused by name.
-    let o = oci(&root, &["kill", "c1", "ALRM"]);
+    let o = oci(&root, &["kill", id, "ALRM"]);
     assert!(!o.status.success());
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("signal 14 cannot reach it"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    ok(&root, &["kill", "c1", "TERM"]);
+    ok(&root, &["kill", id, "TERM"]);
     assert_eq!(reap(pid), 3, "the helper's status is the workload's");
     assert!(read_until(&mut pipe, "got-term").contains("got-term"));
-    assert_eq!(status(&root, "c1"), "stopped");
-    ok(&root, &["delete", "c1"]);
-    assert!(!root.join("c1").exists(), "delete left the state directory");
+    assert_eq!(status(&root, id), "stopped");
+    ok(&root, &["delete", id]);
+    assert!(!root.join(id).exists(), "delete left the state directory");
+    assert_eq!(cgroups_of(id), Vec::<PathBuf>::new(), "delete left cgroups");
     vmhost::assert_nothing_left(Path::new("/nonexistent"));
     assert_eq!(oci_stages(), Vec::<PathBuf>::new(), "root disks left");
 }
@@ -348,12 +385,13 @@ fn vm_create_killed_while_booting_leaves_nothing() {
     std::fs::create_dir(&b).unwrap();
     let netns = NetNs::new();
     bundle(&b, &["true"], &netns.path());
+    let id = unique("k1");
     let mut create = Command::new(BIN)
         .arg("--root")
         .arg(&root)
         .args(["create", "--bundle"])
         .arg(&b)
-        .arg("k1")
+        .arg(&id)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -368,15 +406,20 @@ fn vm_create_killed_while_booting_leaves_nothing() {
         "create ended before it could be killed: {st}"
     );
     let gone =
-        || !root.join("k1").exists() && vmhost::leftovers(Path::new("/nonexistent")).is_empty();
+        || !root.join(&id).exists() && vmhost::leftovers(Path::new("/nonexistent")).is_empty();
     let end = Instant::now() + Duration::from_secs(60);
     while Instant::now() < end && !gone() {
         std::thread::sleep(Duration::from_millis(100));
     }
     vmhost::assert_nothing_left(Path::new("/nonexistent"));
     assert!(
-        !root.join("k1").exists(),
+        !root.join(&id).exists(),
         "the abandoned container's state is left"
+    );
+    assert_eq!(
+        cgroups_of(&id),
+        Vec::<PathBuf>::new(),
+        "the abandoned container's cgroups are left"
     );
     assert_eq!(oci_stages(), Vec::<PathBuf>::new(), "root disks left");
 }
