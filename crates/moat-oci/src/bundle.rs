@@ -209,15 +209,15 @@ const REQUIRED: &[(libc::c_int, &str)] = &[
     (libc::CLONE_NEWNET, "--network=host"),
 ];
 
-fn same_as_host(path: &Path, file: &str) -> bool {
-    let ino = |p: &Path| {
-        std::fs::metadata(p).ok().map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            (m.dev(), m.ino())
-        })
-    };
-    let host = ino(&PathBuf::from(format!("/proc/1/ns/{file}")));
-    host.is_some() && ino(path) == host
+/// Whether the namespace at `path` is the host's: moat-oci's own (its
+/// caller's) or PID 1's where that is readable.
+fn same_as_host(path: &Path, file: &str) -> Result<bool, std::io::Error> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    let theirs = ino(path)?;
+    Ok(["self", "1"]
+        .iter()
+        .any(|who| ino(&PathBuf::from(format!("/proc/{who}/ns/{file}"))).ok() == Some(theirs)))
 }
 
 /// Sysctls a container may set: the namespaced ones (runc's rule).
@@ -269,7 +269,14 @@ pub fn prepare(b: &Bundle, site: &Site, id: &str) -> Result<Prepared, BundleErro
         }
         match ns.path() {
             Some(p) => {
-                if same_as_host(p, ns_file(flag)) {
+                let host = same_as_host(p, ns_file(flag)).map_err(|e| {
+                    b.err(format!(
+                        "linux.namespaces: {} namespace path {}: {e}",
+                        ns_file(flag),
+                        p.display()
+                    ))
+                })?;
+                if host {
                     return Err(refuse(format!(
                         "the host's own {} namespace ({})",
                         ns_file(flag),

@@ -89,7 +89,10 @@ impl Groups {
             return Err(CgroupError::NoHierarchy);
         }
         let g = Groups { dirs };
-        g.apply(req)?;
+        if let Err(e) = g.apply(req) {
+            g.remove();
+            return Err(e);
+        }
         Ok(g)
     }
 

@@ -84,6 +84,17 @@ pub fn create(root: &Path, a: &Create, log: &Logger) -> anyhow::Result<i32> {
         bail!("process.terminal is set but no --console-socket was given");
     }
     p.init.preserve_fds = a.preserve_fds;
+    // The host's root, or a directory holding moat-oci's own state, is
+    // never a container's root (the state would be the container's).
+    let state_abs = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+    if b.rootfs == Path::new("/") || state_abs.starts_with(&b.rootfs) {
+        bail!(
+            "root.path {} of {}/config.json is the host's root or holds moat-oci's state {}: give the container its own root filesystem",
+            b.rootfs.display(),
+            b.dir.display(),
+            root.display()
+        );
+    }
     let dir = state::make_dir(root, &a.id)?;
     let r = build(root, &dir, a, &b, &mut p, log);
     if r.is_err() {
