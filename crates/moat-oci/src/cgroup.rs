@@ -14,6 +14,8 @@ pub enum CgroupError {
     Systemd(String),
     #[error("linux.cgroupsPath {0:?} must not contain `..`")]
     Escape(String),
+    #[error("linux.cgroupsPath {0:?} already holds processes of another container: give each container its own cgroup")]
+    InUse(String),
     #[error("no cgroup hierarchy is mounted on this host")]
     NoHierarchy,
     #[error("{path}")]
@@ -89,6 +91,10 @@ impl Groups {
             return Err(CgroupError::NoHierarchy);
         }
         let g = Groups { dirs };
+        if !g.pids().is_empty() {
+            // Someone else's processes: never share or later kill them.
+            return Err(CgroupError::InUse(req.path.clone()));
+        }
         if let Err(e) = g.apply(req) {
             g.remove();
             return Err(e);
