@@ -84,6 +84,8 @@ pub fn create(root: &Path, a: &Create, log: &Logger) -> anyhow::Result<i32> {
         bail!("process.terminal is set but no --console-socket was given");
     }
     p.init.preserve_fds = a.preserve_fds;
+    let kept: Vec<i32> = (3..3 + a.preserve_fds as i32).collect();
+    p.init.drop = p.init.drop.clone().keep_fds(&kept);
     // The host's root, or a directory holding moat-oci's own state, is
     // never a container's root (the state would be the container's).
     let state_abs = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());

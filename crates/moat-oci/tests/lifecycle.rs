@@ -175,6 +175,33 @@ fn create_start_pause_exec_update_kill_delete() {
     ok(&b, &["delete", "--force", "life"]);
 }
 
+/// `--preserve-fds N`: descriptors 3..3+N reach the workload, no other.
+#[test]
+fn preserved_descriptors_reach_the_workload_and_no_other() {
+    if !clients::ready(
+        "preserved_descriptors_reach_the_workload_and_no_other",
+        &["runc"],
+    ) {
+        return;
+    }
+    let b = bundle(&["sh", "-c", "ls /proc/self/fd | tr '\\n' ' '"]);
+    let _cleanup = Cleanup(&b, "fds".into());
+    let bundle_dir = b.path().to_str().unwrap().to_string();
+    let root = b.state_root().to_str().unwrap().to_string();
+    // fd 3 is passed on purpose, fd 4 is not.
+    let script = format!(
+        "exec 3</dev/null 4</dev/null; {} --root {root} run --preserve-fds 1 --bundle {bundle_dir} fds",
+        env!("CARGO_BIN_EXE_moat-oci")
+    );
+    let o = run(Command::new("bash").args(["-c", &script]), STEP);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // ls itself opens one descriptor, the lowest free: 4 unless fd 4
+    // leaked (then 5), 3 unless fd 3 was dropped.
+    let out = stdout(&o);
+    let fds: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(fds, ["0", "1", "2", "3", "4"], "{out}");
+}
+
 /// The command not found comes back from `start`; a bad signal is named.
 #[test]
 fn start_reports_a_missing_command_and_kill_names_bad_signals() {
