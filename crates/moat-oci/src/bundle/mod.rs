@@ -309,6 +309,15 @@ pub fn prepare(b: &Bundle, site: &Site, id: &str) -> Result<Prepared, BundleErro
             if let Some(n) = notes.unknown_notice() {
                 debug.push(n);
             }
+            // The flags change no verdict of the filter: SPEC_ALLOW would
+            // turn a speculative-execution mitigation off, so moat keeps
+            // it; LOG and TSYNC (one thread here) are not needed.
+            if notes.flags.spec_allow {
+                warnings.push("linux.seccomp.flags SECCOMP_FILTER_FLAG_SPEC_ALLOW is ignored: moat keeps the speculative store bypass mitigation".into());
+            }
+            if notes.flags.log {
+                debug.push("linux.seccomp.flags SECCOMP_FILTER_FLAG_LOG is not applied to the caller's filter".into());
+            }
             prog
         }
         None if site.allow_unconfined_seccomp => SeccompProgram::default(),
