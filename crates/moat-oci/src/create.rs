@@ -152,19 +152,29 @@ fn build(
         hooks: &p.hooks.create_runtime,
         state: p.init.state_for_hooks.clone(),
     };
-    let pid = match oci::create(&p.init, gate, console, &mut steps) {
-        Ok(pid) => pid,
+    let created = match oci::create(&p.init, gate, console, &mut steps) {
+        Ok(c) => c,
         Err(e) => {
             groups.remove();
             return Err(e.into());
         }
     };
+    let pid = created.pid;
     rec.pid = pid;
     rec.pid_start = moat_runtime::record::process_start_time(pid).unwrap_or(0);
-    state::save(root, &rec)?;
-    if let Some(f) = &a.pid_file {
-        write_pid_file(f, pid)?;
+    // Dropping `created` uncommitted (an error here) ends the container.
+    let written = state::save(root, &rec)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| match &a.pid_file {
+            Some(f) => write_pid_file(f, pid),
+            None => Ok(()),
+        });
+    if let Err(e) = written {
+        drop(created);
+        groups.remove();
+        return Err(e);
     }
+    created.commit()?;
     Ok(pid)
 }
 

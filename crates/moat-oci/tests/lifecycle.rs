@@ -269,3 +269,76 @@ fn log_file_gets_one_json_error_object() {
         .unwrap()
         .contains(&json!("SCMP_CMP_MASKED_EQ")));
 }
+
+/// `kill -9` of `create` half-way (here during a createRuntime hook) leaves
+/// no container process behind: the first process ends when its creator
+/// is gone, and `delete --force` then clears the directory.
+#[test]
+fn kill_9_of_create_leaves_no_container_process() {
+    if !clients::ready("kill_9_of_create_leaves_no_container_process", &["runc"]) {
+        return;
+    }
+    let b = bundle(&["sleep", "600"]);
+    b.edit(|c| {
+        c["hooks"] = json!({"createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "3"]}]})
+    });
+    let mut create = Command::new(env!("CARGO_BIN_EXE_moat-oci"))
+        .arg("--root")
+        .arg(b.state_root())
+        .args(["create", "--bundle"])
+        .arg(b.path())
+        .arg("k9")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let procs = ["pids", "memory", "cpu"]
+        .iter()
+        .map(|c| format!("/sys/fs/cgroup/{c}/moat-oci/k9/cgroup.procs"))
+        .chain(["/sys/fs/cgroup/moat-oci/k9/cgroup.procs".to_string()])
+        .find(|p| {
+            wait_until(Duration::from_secs(5), || {
+                std::fs::read_to_string(p)
+                    .ok()
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|_| ())
+            })
+            .is_some()
+        })
+        .expect("the container's first process appeared in its cgroup");
+    // The hook runs: create waits for it, the first process waits for
+    // create.
+    let cpid = create.id();
+    wait_until(Duration::from_secs(5), || {
+        let kids = std::fs::read_to_string(format!("/proc/{cpid}/task/{cpid}/children")).ok()?;
+        kids.split_whitespace()
+            .any(|k| {
+                std::fs::read_to_string(format!("/proc/{k}/comm"))
+                    .is_ok_and(|c| c.trim() == "sleep")
+            })
+            .then_some(())
+    })
+    .expect("the createRuntime hook started");
+    let before = std::fs::read_to_string(&procs).unwrap();
+    assert!(!before.trim().is_empty());
+    create.kill().unwrap();
+    let _ = create.wait();
+    let gone = wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&procs)
+            .map_or(true, |s| s.trim().is_empty())
+            .then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "a container process outlived its creator: {:?}",
+        std::fs::read_to_string(&procs)
+    );
+    ok(&b, &["delete", "--force", "k9"]);
+    assert!(!b.state_root().join("k9").exists());
+    for c in [
+        "pids", "memory", "cpu", "cpuacct", "cpuset", "devices", "freezer", "blkio", "systemd",
+    ] {
+        let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{c}/moat-oci/k9"));
+    }
+}
