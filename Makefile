@@ -66,3 +66,10 @@ fuzz-auto:
 		mkdir -p corpus/$$t && \
 		cargo +nightly fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 || exit 1; \
 	done
+
+# Fuzz a bundle's config.json through moat-oci's policy check and set-up
+# (the OCI seccomp translation included). FUZZ_SECONDS.
+.PHONY: fuzz-oci
+fuzz-oci:
+	mkdir -p fuzz/corpus/oci_config
+	cd fuzz && cargo +nightly fuzz run oci_config corpus/oci_config seeds/oci_config -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10

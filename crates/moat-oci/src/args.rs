@@ -11,13 +11,28 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// container runs in moat's hardened sandbox or in its own micro-VM, under
 /// a moat policy intersected with the bundle's config.json. See docs/oci.md.
 #[derive(Debug, Parser)]
-#[command(name = "moat-oci", version, disable_help_subcommand = true)]
+#[command(
+    name = "moat-oci",
+    version,
+    disable_help_subcommand = true,
+    after_help = "\
+Examples:
+  podman --runtime /usr/local/bin/moat-oci run --rm --annotation moat.dev/isolation=sandbox IMAGE echo hi
+  ctr run --rm --seccomp --runc-binary /usr/local/bin/moat-oci IMAGE c1 echo hi
+  moat-oci --root /run/moat-oci state c1
+
+Annotations: moat.dev/isolation=sandbox|vm, moat.dev/policy=NAME|FILE (RBAC decides).
+Site defaults: /etc/moat/oci.yaml (policy, isolation, allow_unconfined_seccomp, no_new_privileges).
+Exit codes: 0 success, 1 error (the message names the input and the fix); `run` and
+`exec` return the workload's status (128+N when killed by signal N)."
+)]
 pub struct Cli {
     /// Where container state lives (default /run/moat-oci for root,
     /// $XDG_RUNTIME_DIR/moat-oci otherwise).
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
-    /// Write errors (and with --debug, progress) to this file instead of stderr.
+    /// Also write errors here (always created; one JSON object per failure
+    /// with --log-format json, as podman and containerd read it).
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,
     /// Format of --log: `text` lines, or `json` objects one per line.

@@ -14,6 +14,8 @@ pub enum CgroupError {
     Systemd(String),
     #[error("linux.cgroupsPath {0:?} must not contain `..`")]
     Escape(String),
+    #[error("linux.cgroupsPath {0:?} already holds processes of another container: give each container its own cgroup")]
+    InUse(String),
     #[error("no cgroup hierarchy is mounted on this host")]
     NoHierarchy,
     #[error("{path}")]
@@ -53,13 +55,19 @@ fn relative(path: &str) -> Result<PathBuf, CgroupError> {
 }
 
 impl Groups {
-    /// Creates (or reuses) the cgroup and writes the limits.
+    /// Creates the cgroup on this host's hierarchies and writes the limits.
     pub fn create(req: &CgroupRequest) -> Result<Groups, CgroupError> {
-        let rel = relative(&req.path)?;
         let h = Hierarchies::host().map_err(|e| CgroupError::Io {
             path: "/proc/self/mountinfo".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
+        Groups::create_in(&h, req)
+    }
+
+    /// [`Groups::create`] on the hierarchies `h`: v1 when it has any v1
+    /// hierarchy (each one, hybrids' v2 mount left alone), else v2.
+    pub fn create_in(h: &Hierarchies, req: &CgroupRequest) -> Result<Groups, CgroupError> {
+        let rel = relative(&req.path)?;
         let mut dirs = Vec::new();
         if !h.v1().is_empty() {
             for (mnt, ctrls) in h.v1() {
@@ -89,7 +97,14 @@ impl Groups {
             return Err(CgroupError::NoHierarchy);
         }
         let g = Groups { dirs };
-        g.apply(req)?;
+        if !g.pids().is_empty() {
+            // Someone else's processes: never share or later kill them.
+            return Err(CgroupError::InUse(req.path.clone()));
+        }
+        if let Err(e) = g.apply(req) {
+            g.remove();
+            return Err(e);
+        }
         Ok(g)
     }
 
@@ -305,4 +320,112 @@ fn mkdir_cpuset(mnt: &Path, rel: &Path) -> Result<(), CgroupError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(path: &str) -> CgroupRequest {
+        CgroupRequest {
+            path: path.into(),
+            memory: Some(64 << 20),
+            pids: Some(20),
+            cpu_quota: Some(50_000),
+            cpu_period: Some(100_000),
+            files: vec![(
+                "memory".into(),
+                "memory.swappiness".into(),
+                "memory.low".into(),
+                "7".into(),
+                false,
+            )],
+            ..CgroupRequest::default()
+        }
+    }
+
+    fn read(p: &Path) -> String {
+        std::fs::read_to_string(p).unwrap_or_default()
+    }
+
+    /// Pure v2 (what most users run): one directory under the unified
+    /// root, controllers enabled on the way down, v2 file names.
+    #[test]
+    fn v2_paths_and_limits() {
+        let root = tempfile::tempdir().unwrap();
+        let v2 = root.path().to_path_buf();
+        std::fs::write(v2.join("cgroup.controllers"), "cpu memory pids").unwrap();
+        let h = Hierarchies::new(Some(v2.clone()), Vec::new());
+        let g = Groups::create_in(&h, &req("/libpod_parent/libpod-abc")).unwrap();
+        let d = v2.join("libpod_parent/libpod-abc");
+        assert_eq!(g.dirs, vec![(String::new(), d.clone())]);
+        assert_eq!(read(&d.join("memory.max")), (64u64 << 20).to_string());
+        assert_eq!(read(&d.join("pids.max")), "20");
+        assert_eq!(read(&d.join("cpu.max")), "50000 100000");
+        assert_eq!(
+            read(&v2.join("cgroup.subtree_control")),
+            "+memory +pids +cpu"
+        );
+        // memory.low does not exist here and is not required: skipped.
+        assert!(!d.join("memory.low").exists());
+    }
+
+    /// v1: each hierarchy, v1 file names, cpuset levels seeded from their
+    /// parent (or nothing could join them).
+    #[test]
+    fn v1_paths_limits_and_cpuset() {
+        let root = tempfile::tempdir().unwrap();
+        let mk = |name: &str| {
+            let p = root.path().join(name);
+            std::fs::create_dir_all(&p).unwrap();
+            p
+        };
+        let (mem, pids, cpu, cpuset) = (mk("memory"), mk("pids"), mk("cpu,cpuacct"), mk("cpuset"));
+        std::fs::write(cpuset.join("cpuset.cpus"), "0-1\n").unwrap();
+        std::fs::write(cpuset.join("cpuset.mems"), "0\n").unwrap();
+        std::fs::write(mem.join("memory.swappiness"), "").unwrap();
+        let h = Hierarchies::new(
+            None,
+            vec![
+                (mem.clone(), vec!["memory".into()]),
+                (pids.clone(), vec!["pids".into()]),
+                (cpu.clone(), vec!["cpu".into(), "cpuacct".into()]),
+                (cpuset.clone(), vec!["cpuset".into()]),
+            ],
+        );
+        // The memory directory must pre-exist for the test's swappiness
+        // file; the others are made.
+        std::fs::create_dir_all(mem.join("default/c1")).unwrap();
+        std::fs::write(mem.join("default/c1/memory.swappiness"), "").unwrap();
+        let g = Groups::create_in(&h, &req("/default/c1")).unwrap();
+        assert_eq!(g.dirs.len(), 4);
+        assert_eq!(
+            read(&mem.join("default/c1/memory.limit_in_bytes")),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(read(&mem.join("default/c1/memory.swappiness")), "7");
+        assert_eq!(read(&pids.join("default/c1/pids.max")), "20");
+        assert_eq!(read(&cpu.join("default/c1/cpu.cfs_quota_us")), "50000");
+        for level in ["default", "default/c1"] {
+            assert_eq!(read(&cpuset.join(level).join("cpuset.cpus")), "0-1");
+            assert_eq!(read(&cpuset.join(level).join("cpuset.mems")), "0");
+        }
+    }
+
+    #[test]
+    fn escaping_and_systemd_paths_are_refused() {
+        let h = Hierarchies::new(None, Vec::new());
+        assert!(matches!(
+            Groups::create_in(&h, &req("/a/../../etc")),
+            Err(CgroupError::Escape(_))
+        ));
+        assert!(matches!(
+            Groups::create_in(&h, &req("system.slice:libpod:abc")),
+            Err(CgroupError::Systemd(_))
+        ));
+        assert!(matches!(
+            Groups::create_in(&h, &req("/ok")),
+            Err(CgroupError::NoHierarchy)
+        ));
+    }
 }

@@ -81,6 +81,19 @@ pub fn create(root: &Path, a: &Create, log: &Logger) -> anyhow::Result<i32> {
         bail!("process.terminal is set but no --console-socket was given");
     }
     p.init.preserve_fds = a.preserve_fds;
+    let kept: Vec<i32> = (3..3 + a.preserve_fds as i32).collect();
+    p.init.drop = p.init.drop.clone().keep_fds(&kept);
+    // The host's root, or a directory holding moat-oci's own state, is
+    // never a container's root (the state would be the container's).
+    let state_abs = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+    if b.rootfs == Path::new("/") || state_abs.starts_with(&b.rootfs) {
+        bail!(
+            "root.path {} of {}/config.json is the host's root or holds moat-oci's state {}: give the container its own root filesystem",
+            b.rootfs.display(),
+            b.dir.display(),
+            root.display()
+        );
+    }
     let dir = state::make_dir(root, &a.id)?;
     let r = build(root, &dir, a, &b, &mut p, log);
     if r.is_err() {
@@ -149,19 +162,29 @@ fn build(
         hooks: &p.hooks.create_runtime,
         state: p.init.state_for_hooks.clone(),
     };
-    let pid = match oci::create(&p.init, gate, console, &mut steps) {
-        Ok(pid) => pid,
+    let created = match oci::create(&p.init, gate, console, &mut steps) {
+        Ok(c) => c,
         Err(e) => {
             groups.remove();
             return Err(e.into());
         }
     };
+    let pid = created.pid;
     rec.pid = pid;
     rec.pid_start = moat_runtime::record::process_start_time(pid).unwrap_or(0);
-    state::save(root, &rec)?;
-    if let Some(f) = &a.pid_file {
-        write_pid_file(f, pid)?;
+    // Dropping `created` uncommitted (an error here) ends the container.
+    let written = state::save(root, &rec)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| match &a.pid_file {
+            Some(f) => write_pid_file(f, pid),
+            None => Ok(()),
+        });
+    if let Err(e) = written {
+        drop(created);
+        groups.remove();
+        return Err(e);
     }
+    created.commit()?;
     Ok(pid)
 }
 

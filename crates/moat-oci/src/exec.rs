@@ -166,6 +166,8 @@ pub fn exec(root: &Path, a: &Exec) -> anyhow::Result<i32> {
     } else {
         drop.with_new_privileges_allowed()
     };
+    let kept: Vec<i32> = (3..3 + a.preserve_fds as i32).collect();
+    let drop = drop.keep_fds(&kept);
     let exec = ExecSpec::new(&args, &env)?;
     let console = match (&a.console_socket, tty) {
         (Some(p), true) => Some(

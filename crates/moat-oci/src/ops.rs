@@ -129,7 +129,12 @@ pub fn kill(root: &Path, a: &Kill) -> anyhow::Result<()> {
 pub fn delete(root: &Path, a: &Delete, log: &Logger) -> anyhow::Result<()> {
     let rec = match state::load(root, &a.id) {
         Ok(r) => r,
-        Err(state::StateError::NotFound(_)) if a.force => return Ok(()),
+        Err(state::StateError::NotFound(_)) if a.force => {
+            // A create killed before it wrote the record leaves only the
+            // directory (and its gate): remove it.
+            state::remove(root, &a.id)?;
+            return Ok(());
+        }
         Err(e) => return Err(e.into()),
     };
     let status = state::status(&rec);

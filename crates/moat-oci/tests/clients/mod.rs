@@ -20,6 +20,8 @@
 //! and network-namespace mounts off the host: they vanish with it.
 #![allow(dead_code)]
 
+pub mod bundle;
+
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::os::unix::process::CommandExt;

@@ -45,7 +45,7 @@ pub(super) fn create(
     gate: UnixListener,
     console: Option<UnixStream>,
     steps: &mut dyn CreateSteps,
-) -> Result<i32, SandboxError> {
+) -> Result<super::Created, SandboxError> {
     let (ours, theirs) = sys::seqpacket_pair().map_err(prep("a socket pair"))?;
     osys::pass_creds(ours.as_fd()).map_err(prep("SO_PASSCRED"))?;
     // A joined PID namespace applies to this process's children only.
@@ -66,15 +66,16 @@ pub(super) fn create(
     drop((theirs, gate, console));
     let result = drive(init, &ours, stage, steps);
     let _ = osys::wait_child(stage);
-    if let Err((e, Some(pid))) = &result {
-        // The half-built container must not outlive the failed create.
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_raw(*pid).expect("pid > 0"),
-            rustix::process::Signal::KILL,
-        );
-        let _ = e;
+    match result {
+        Ok(pid) => Ok(super::Created { pid, sock: ours }),
+        Err((e, pid)) => {
+            // The half-built container must not outlive the failed create.
+            if let Some(p) = pid.and_then(rustix::process::Pid::from_raw) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+            Err(e)
+        }
     }
-    result.map_err(|(e, _)| e)
 }
 
 fn drive(
@@ -94,10 +95,9 @@ fn drive(
         buf.truncate(n);
         match buf.as_slice() {
             b"maps" => {
-                let (uid_map, gid_map) = init
-                    .new_user
-                    .as_ref()
-                    .expect("maps asked only with a userns");
+                let Some((uid_map, gid_map)) = init.new_user.as_ref() else {
+                    return Err((setup_err("id maps asked without a user namespace"), pid));
+                };
                 let write = |file: &str, text: &str| {
                     std::fs::write(format!("/proc/{stage}/{file}"), text).map_err(|source| {
                         (
@@ -212,7 +212,8 @@ fn first_process(
     if let Err(e) = r {
         report(sock, &e);
     }
-    if send(sock, b"ready").is_err() {
+    // Held until the creator recorded the container; EOF (it died) ends it.
+    if send(sock, b"ready").is_err() || recv(sock) != b"commit" {
         sys::exit_now(125);
     }
     // From here the creator is gone; the caller reaps this process.

@@ -96,15 +96,37 @@ pub trait CreateSteps {
     fn runtime_hooks(&mut self, pid: i32) -> Result<(), SandboxError>;
 }
 
-/// Creates the container: returns the host pid of its first process,
-/// which waits at the gate `gate` (a listening socket) for [`start`].
-/// `console` is the connected console socket when `process.terminal`.
+/// A container whose first process is ready: it waits for
+/// [`Created::commit`] (the caller recorded it) before it waits at its
+/// gate, and exits if the caller dies first, so that a create killed
+/// half-way leaves no process nobody knows about.
+pub struct Created {
+    pub pid: i32,
+    sock: std::os::fd::OwnedFd,
+}
+
+impl Created {
+    /// The container is recorded: let it wait for `start`.
+    pub fn commit(self) -> Result<(), SandboxError> {
+        crate::sys::write_fd(std::os::fd::AsFd::as_fd(&self.sock), b"commit")
+            .map(drop)
+            .map_err(|source| SandboxError::Prepare {
+                what: "committing the container".into(),
+                source,
+            })
+    }
+}
+
+/// Creates the container: its first process, ready and held until
+/// [`Created::commit`], then waiting at the gate `gate` (a listening
+/// socket) for [`start`]. `console` is the connected console socket when
+/// `process.terminal`.
 pub fn create(
     init: &OciInit,
     gate: UnixListener,
     console: Option<UnixStream>,
     steps: &mut dyn CreateSteps,
-) -> Result<i32, SandboxError> {
+) -> Result<Created, SandboxError> {
     init::create(init, gate, console, steps)
 }
 
