@@ -222,7 +222,17 @@ fn pid_file(p: &Path) -> i32 {
     std::fs::read_to_string(p).unwrap().trim().parse().unwrap()
 }
 
+/// The root disks left (waiting up to 20 s: the cleanup watcher removes
+/// them after the VM's cgroups).
 fn oci_stages() -> Vec<PathBuf> {
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end && !stages_now().is_empty() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stages_now()
+}
+
+fn stages_now() -> Vec<PathBuf> {
     std::fs::read_dir("/var/lib/moat/vm/tmp")
         .into_iter()
         .flatten()
