@@ -598,7 +598,108 @@ fn serve_exec(listener: UnixListener, channel: OwnedFd) {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{json, Value};
+
     use super::*;
+    use crate::site::Site;
+
+    fn config(mounts: Value, memory: Option<i64>) -> Value {
+        let mut c = json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "user": {"uid": 1000, "gid": 1000},
+                "args": ["sh"], "env": ["PATH=/bin"], "cwd": "/",
+                "capabilities": {
+                    "bounding": ["CAP_KILL", "CAP_CHOWN"],
+                    "effective": ["CAP_KILL"],
+                    "permitted": ["CAP_KILL"]
+                },
+                "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 512}]
+            },
+            "root": {"path": "rootfs"},
+            "mounts": mounts,
+            "annotations": {
+                "moat.dev/isolation": "vm",
+                "moat.dev/policy": format!("{}/tests/clients/podman-defaults.yaml", env!("CARGO_MANIFEST_DIR"))
+            },
+            "linux": {
+                "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+                "resources": {"pids": {"limit": 30}},
+                "seccomp": {"defaultAction": "SCMP_ACT_ALLOW"}
+            }
+        });
+        if let Some(m) = memory {
+            c["linux"]["resources"]["memory"] = json!({"limit": m});
+        }
+        c
+    }
+
+    fn prepared(c: Value) -> Prepared {
+        let config: oci_spec::runtime::Spec = serde_json::from_value(c).unwrap();
+        let b = Bundle {
+            dir: "/nonexistent-bundle".into(),
+            rootfs: "/nonexistent-bundle/rootfs".into(),
+            annotations: config.annotations().clone().unwrap_or_default(),
+            config,
+        };
+        crate::bundle::prepare(&b, &Site::default(), "t").unwrap()
+    }
+
+    #[test]
+    fn the_guest_plan_is_the_policys_narrowed_to_the_callers_asks() {
+        let p = prepared(config(json!([]), Some(128 << 20)));
+        let plan = guest_plan(&p, Vec::new()).unwrap();
+        // The permitted set only: CHOWN is in the bounding set alone.
+        assert_eq!(plan.capabilities, vec!["KILL".to_string()]);
+        let nofile = plan
+            .rlimits
+            .iter()
+            .find(|r| r.resource == RlimitResource::Nofile)
+            .unwrap();
+        // Within the policy's 4096: the caller's own ask.
+        assert_eq!((nofile.soft, nofile.hard), (512, 1024));
+        assert_eq!(plan.cgroup.pids, Some(30));
+        assert_eq!(plan.vm.memory_mib, 128);
+        assert!(!matches!(plan.network, NetworkPlan::Egress { .. }));
+    }
+
+    #[test]
+    fn a_memory_limit_too_small_for_a_guest_is_refused() {
+        let p = prepared(config(json!([]), Some(32 << 20)));
+        assert_eq!(
+            guest_plan(&p, Vec::new()).unwrap_err().to_string(),
+            "linux.resources.memory.limit 33554432 is below the 64 MiB a micro-VM container needs (its guest kernel and agent included); give at least --memory 64m"
+        );
+    }
+
+    #[test]
+    fn files_are_copied_tmpfs_kept_and_a_volume_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts");
+        std::fs::write(&hosts, "x").unwrap();
+        let mounts = json!([
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"},
+            {"destination": "/dev/shm", "type": "bind", "source": dir.path(), "options": ["rbind"]},
+            {"destination": "/etc/hosts", "type": "bind", "source": hosts, "options": ["rbind", "ro"]},
+            {"destination": "/run", "type": "tmpfs", "source": "tmpfs", "options": ["size=65536k"]}
+        ]);
+        let p = prepared(config(mounts, None));
+        let (files, tmpfs) = guest_mounts(&p).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].destination, "/etc/hosts");
+        assert_eq!(files[0].source, hosts);
+        assert!(matches!(
+            &tmpfs[..],
+            [MountPlan::Tmpfs { destination, size_bytes: 67108864, optional: true }] if destination == "/run"
+        ));
+        let v = json!([{"destination": "/data", "type": "bind", "source": dir.path(), "options": ["rbind"]}]);
+        let err = guest_mounts(&prepared(config(v, None))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("config.json mount {} on /data: a directory bind mount (a volume, podman -v) cannot reach a micro-VM container (moat-oci copies only files into its disk); drop the volume, or run the container with --annotation moat.dev/isolation=sandbox", dir.path().display())
+        );
+    }
 
     #[test]
     fn sizes_parse_as_tmpfs_takes_them() {
