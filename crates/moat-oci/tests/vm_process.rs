@@ -407,7 +407,14 @@ fn vm_create_killed_while_booting_leaves_nothing() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Killed while the guest boots: once QEMU runs (the helper forked its
+    // gatekeeper before it), not before the helper exists at all (a
+    // create killed that early leaves only its directory, which `delete
+    // --force` removes).
+    let booting = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < booting && vmhost::leftovers(Path::new("/nonexistent")).is_empty() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     create.kill().unwrap();
     let st = create.wait().unwrap();
     assert_eq!(
