@@ -224,7 +224,7 @@ pub fn run(root: &Path, a: &Create, log: &Logger) -> anyhow::Result<i32> {
     if a.detach {
         return Ok(0);
     }
-    let code = wait_exit(pid);
+    let code = crate::reap(pid);
     let _ = crate::ops::delete(
         root,
         &crate::args::Delete {
@@ -234,23 +234,4 @@ pub fn run(root: &Path, a: &Create, log: &Logger) -> anyhow::Result<i32> {
         log,
     );
     Ok(code)
-}
-
-fn wait_exit(pid: i32) -> i32 {
-    use rustix::process::{waitpid, Pid, WaitOptions};
-    let Some(p) = Pid::from_raw(pid) else {
-        return 125;
-    };
-    loop {
-        match waitpid(Some(p), WaitOptions::empty()) {
-            Ok(Some((_, st))) => {
-                if let Some(sig) = st.terminating_signal() {
-                    return 128 + sig;
-                }
-                return st.exit_status().unwrap_or(0);
-            }
-            Err(rustix::io::Errno::INTR) => continue,
-            _ => return 125,
-        }
-    }
 }

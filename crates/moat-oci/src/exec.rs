@@ -190,24 +190,5 @@ pub fn exec(root: &Path, a: &Exec) -> anyhow::Result<i32> {
     if a.detach {
         return Ok(0);
     }
-    Ok(wait(pid))
-}
-
-fn wait(pid: i32) -> i32 {
-    use rustix::process::{waitpid, Pid, WaitOptions};
-    let Some(p) = Pid::from_raw(pid) else {
-        return 125;
-    };
-    loop {
-        match waitpid(Some(p), WaitOptions::empty()) {
-            Ok(Some((_, st))) => {
-                return match st.terminating_signal() {
-                    Some(sig) => 128 + sig,
-                    None => st.exit_status().unwrap_or(0),
-                }
-            }
-            Err(rustix::io::Errno::INTR) => continue,
-            _ => return 125,
-        }
-    }
+    Ok(crate::reap(pid))
 }

@@ -35,6 +35,28 @@ pub(crate) fn env_override(name: &str) -> Option<String> {
     }
 }
 
+/// Waits for our child `pid`: its exit code, or 128+N when signal N
+/// killed it (the shell's and runc's convention); 125 if it cannot be
+/// waited for.
+pub(crate) fn reap(pid: i32) -> i32 {
+    use rustix::process::{waitpid, Pid, WaitOptions};
+    let Some(p) = Pid::from_raw(pid) else {
+        return 125;
+    };
+    loop {
+        match waitpid(Some(p), WaitOptions::empty()) {
+            Ok(Some((_, st))) => {
+                return match st.terminating_signal() {
+                    Some(sig) => 128 + sig,
+                    None => st.exit_status().unwrap_or(0),
+                }
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            _ => return 125,
+        }
+    }
+}
+
 /// The state root: `--root`, else `/run/moat-oci` for root (podman runs
 /// `state` with no flags), else `$XDG_RUNTIME_DIR/moat-oci`.
 fn state_root(cli: &Cli) -> PathBuf {

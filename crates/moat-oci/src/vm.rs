@@ -557,6 +557,10 @@ fn coordinate(
 ) {
     let mut byte = [0u8; 1];
     if !matches!(rustix::io::read(&notify, &mut byte), Ok(1)) || byte[0] != ready::CREATED {
+        // The guest was never held (the helper ended first, with a create
+        // that was killed or that reports the error and cleans up itself):
+        // nothing can start it, so its state must not stay either.
+        abandon();
         return;
     }
     let told = report
