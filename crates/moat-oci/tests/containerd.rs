@@ -471,7 +471,7 @@ mod vmhost;
 /// Whether the VM tests can run (root, the clients, QEMU, a built guest
 /// kernel); prints why not.
 fn vm_ready(test: &str) -> bool {
-    if !ready(
+    clients::vm_ready(
         test,
         &[
             "containerd",
@@ -480,22 +480,7 @@ fn vm_ready(test: &str) -> bool {
             "podman",
             "tmux",
         ],
-    ) {
-        return false;
-    }
-    if !Path::new("/usr/bin/qemu-system-x86_64").is_file() {
-        println!("SKIP: {test}: qemu-system-x86_64 is not installed");
-        return false;
-    }
-    if let Err(e) = moat_vm::kernel::locate(Path::new("/var/lib/moat")) {
-        println!("SKIP: {test}: guest kernel not built ({e}; `make kernel`)");
-        return false;
-    }
-    assert!(
-        moat_vm::initramfs::locate_agent().is_ok(),
-        "no guest agent build: run `make agent`"
-    );
-    true
+    )
 }
 
 macro_rules! vm_tests {

@@ -465,22 +465,7 @@ mod vmhost;
 /// Whether the VM tests can run (root, the clients, QEMU, a built guest
 /// kernel); prints why not. Builds the agent when no build of it exists.
 fn vm_ready(test: &str) -> bool {
-    if !ready(test, &["podman", "conmon", "tmux", "curl"]) {
-        return false;
-    }
-    if !std::path::Path::new("/usr/bin/qemu-system-x86_64").is_file() {
-        println!("SKIP: {test}: qemu-system-x86_64 is not installed");
-        return false;
-    }
-    if let Err(e) = moat_vm::kernel::locate(std::path::Path::new("/var/lib/moat")) {
-        println!("SKIP: {test}: guest kernel not built ({e}; `make kernel`)");
-        return false;
-    }
-    assert!(
-        moat_vm::initramfs::locate_agent().is_ok(),
-        "no guest agent build: run `make agent`"
-    );
-    true
+    clients::vm_ready(test, &["podman", "conmon", "tmux", "curl"])
 }
 
 const VM: &str = "vm";

@@ -20,22 +20,7 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_moat-oci");
 
 fn vm_ready(test: &str) -> bool {
-    if !clients::ready(test, &[]) {
-        return false;
-    }
-    if !Path::new("/usr/bin/qemu-system-x86_64").is_file() {
-        println!("SKIP: {test}: qemu-system-x86_64 is not installed");
-        return false;
-    }
-    if let Err(e) = moat_vm::kernel::locate(Path::new("/var/lib/moat")) {
-        println!("SKIP: {test}: guest kernel not built ({e}; `make kernel`)");
-        return false;
-    }
-    assert!(
-        moat_vm::initramfs::locate_agent().is_ok(),
-        "no guest agent build: run `make agent`"
-    );
-    true
+    clients::vm_ready(test, &[])
 }
 
 /// A network namespace of the test's own with a veth pair `v0`/`v1` in

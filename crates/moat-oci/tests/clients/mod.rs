@@ -53,6 +53,28 @@ pub fn runtime() -> PathBuf {
     }
 }
 
+/// [`ready`] for micro-VM tests: also QEMU, the guest kernel (`make
+/// kernel`; skips without them) and the agent (`make agent`; fails
+/// without it: a build step was missed).
+pub fn vm_ready(test: &str, tools: &[&str]) -> bool {
+    if !ready(test, tools) {
+        return false;
+    }
+    if !Path::new("/usr/bin/qemu-system-x86_64").is_file() {
+        println!("SKIP: {test}: qemu-system-x86_64 is not installed");
+        return false;
+    }
+    if let Err(e) = moat_vm::kernel::locate(Path::new("/var/lib/moat")) {
+        println!("SKIP: {test}: guest kernel not built ({e}; `make kernel`)");
+        return false;
+    }
+    assert!(
+        moat_vm::initramfs::locate_agent().is_ok(),
+        "no guest agent build: run `make agent`"
+    );
+    true
+}
+
 /// The annotation naming the tests' policy: baseline plus podman's default
 /// capabilities and exec (tests/clients/podman-defaults.yaml).
 pub fn policy_annotation() -> String {

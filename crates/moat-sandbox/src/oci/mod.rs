@@ -22,6 +22,9 @@ use moat_privdrop::{DropSpec, Exec};
 
 use crate::{ChildError, SandboxError};
 
+/// Descriptor passing over a unix socket (`SCM_RIGHTS`, one per message),
+/// for front ends that hand terminals and channels around.
+pub use crate::sys::{recv_fd, send_fd};
 pub use init::{exec_in, ExecIn};
 
 /// One entry of `config.json`'s `mounts`, bind sources made absolute.
