@@ -167,6 +167,9 @@ impl Image {
     }
 }
 
+/// The derived kind that holds an image's signatures.
+const SIGNATURES: &str = "signatures";
+
 /// What `images/<hex>.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Record {
@@ -493,6 +496,35 @@ impl Store {
             });
         }
         write_atomic(&path, data)
+    }
+
+    /// The signatures kept with `image` (verified when it was pulled; to be
+    /// verified again by whoever relies on them).
+    pub fn signatures(
+        &self,
+        image: &Image,
+    ) -> Result<Vec<crate::registry::sign::StoredSignature>, StoreError> {
+        let path = self.derived_path(image, SIGNATURES)?;
+        match self.read_derived(image, SIGNATURES)? {
+            None => Ok(Vec::new()),
+            Some(d) => {
+                serde_json::from_slice(&d).map_err(|source| StoreError::Record { path, source })
+            }
+        }
+    }
+
+    /// Keeps `sig` with `image` (once).
+    pub fn add_signature(
+        &self,
+        image: &Image,
+        sig: crate::registry::sign::StoredSignature,
+    ) -> Result<(), StoreError> {
+        let mut all = self.signatures(image)?;
+        if !all.contains(&sig) {
+            all.push(sig);
+        }
+        let data = serde_json::to_vec_pretty(&all).expect("signatures serialise");
+        self.write_derived(image, SIGNATURES, &data)
     }
 
     pub(crate) fn rootfs_path(&self, manifest_digest: &str) -> Result<PathBuf, StoreError> {

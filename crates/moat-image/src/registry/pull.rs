@@ -289,12 +289,14 @@ impl Store {
         )
         .map_err(oci_err)?;
 
+        let mut evidence = None;
         if !opts.signers.is_empty() {
             let mut reasons = Vec::new();
             let mut ok = false;
             for (label, key) in &opts.signers {
                 match super::sign::verify_digest(&client, reference, &top.digest, key) {
-                    Ok(_) => {
+                    Ok(v) => {
+                        evidence = Some(v.evidence);
                         ok = true;
                         break;
                     }
@@ -417,6 +419,11 @@ impl Store {
             self.write_names(&names).map_err(store_err)?;
         }
         let image = self.resolve(&reference.store_name()).map_err(store_err)?;
+        // The accepted signature stays with the image: `moat run` checks
+        // the policy's signers again, offline, against it.
+        if let Some(sig) = evidence {
+            self.add_signature(&image, sig).map_err(store_err)?;
+        }
         Ok(Pulled {
             image,
             digest: top.digest,

@@ -135,6 +135,19 @@ pub struct Verified {
     pub digest: String,
     /// The `docker-reference` the accepted signature names.
     pub identity: String,
+    /// The accepted signature, kept with a pulled image so that `moat run`
+    /// can check it again offline.
+    pub evidence: StoredSignature,
+}
+
+/// A simple-signing payload and its signature, as the store keeps them
+/// (`images/<hex>.signatures.json`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredSignature {
+    /// The payload, base64.
+    pub payload: String,
+    /// The ECDSA signature, base64 (as in the cosign annotation).
+    pub signature: String,
 }
 
 /// Checks that the image `r` names carries a signature by `key` whose
@@ -178,11 +191,6 @@ pub(crate) fn verify_digest(
             reasons.push(format!("{}: no signature annotation", l.digest));
             continue;
         };
-        use base64::Engine;
-        let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(sig_b64) else {
-            reasons.push(format!("{}: the signature is not base64", l.digest));
-            continue;
-        };
         if l.size > MAX_PAYLOAD {
             reasons.push(format!(
                 "{}: payload larger than {MAX_PAYLOAD} bytes",
@@ -191,46 +199,85 @@ pub(crate) fn verify_digest(
             continue;
         }
         let body = fetch_small_blob(client, &l.digest, l.size)?;
-        if !super::keys::verify(key, &body, &sig) {
-            reasons.push(format!("{}: not signed by this key", l.digest));
-            continue;
-        }
-        let v: serde_json::Value = match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(_) => {
-                reasons.push(format!("{}: payload is not JSON", l.digest));
-                continue;
-            }
+        use base64::Engine;
+        let stored = StoredSignature {
+            payload: base64::engine::general_purpose::STANDARD.encode(&body),
+            signature: sig_b64.clone(),
         };
-        let named = v["critical"]["image"]["docker-manifest-digest"]
-            .as_str()
-            .unwrap_or("");
-        if named != digest {
-            reasons.push(format!("{}: signs {named:?}, another image", l.digest));
-            continue;
+        match check_signature(&r.name(), digest, key, &stored) {
+            Ok(v) => return Ok(v),
+            Err(why) => reasons.push(format!("{}: {why}", l.digest)),
         }
-        let ident = v["critical"]["identity"]["docker-reference"]
-            .as_str()
-            .unwrap_or("");
-        let repo_of =
-            |s: &str| -> String { Reference::parse(s).map(|p| p.name()).unwrap_or_default() };
-        if repo_of(ident) != r.name() {
-            reasons.push(format!(
-                "{}: signs it as {ident:?}, not as {}",
-                l.digest,
-                r.name()
-            ));
-            continue;
-        }
-        return Ok(Verified {
-            digest: digest.to_string(),
-            identity: ident.to_string(),
-        });
     }
     if reasons.is_empty() {
         reasons.push("the signature manifest has no simple-signing layers".into());
     }
     Err(fail(reasons.join("; ")))
+}
+
+/// Checks, offline, that one of `stored` is a signature by `key` of
+/// `digest` under the repository `repo` (`host/path`, no tag). The error
+/// gives each signature's reason.
+pub fn verify_stored(
+    repo: &str,
+    digest: &str,
+    key: &VerifyingKey,
+    stored: &[StoredSignature],
+) -> Result<Verified, String> {
+    if stored.is_empty() {
+        return Err("no signature is stored with the image".into());
+    }
+    let mut reasons = Vec::new();
+    for (i, s) in stored.iter().enumerate() {
+        match check_signature(repo, digest, key, s) {
+            Ok(v) => return Ok(v),
+            Err(why) => reasons.push(format!("stored signature {}: {why}", i + 1)),
+        }
+    }
+    Err(reasons.join("; "))
+}
+
+/// One signature: by `key`, over a payload that names `digest` and `repo`.
+fn check_signature(
+    repo: &str,
+    digest: &str,
+    key: &VerifyingKey,
+    s: &StoredSignature,
+) -> Result<Verified, String> {
+    use base64::Engine;
+    let b64 = &base64::engine::general_purpose::STANDARD;
+    let sig = b64
+        .decode(&s.signature)
+        .map_err(|_| "the signature is not base64".to_string())?;
+    let body = b64
+        .decode(&s.payload)
+        .map_err(|_| "the payload is not base64".to_string())?;
+    if body.len() as u64 > MAX_PAYLOAD {
+        return Err(format!("payload larger than {MAX_PAYLOAD} bytes"));
+    }
+    if !super::keys::verify(key, &body, &sig) {
+        return Err("not signed by this key".into());
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| "payload is not JSON".to_string())?;
+    let named = v["critical"]["image"]["docker-manifest-digest"]
+        .as_str()
+        .unwrap_or("");
+    if named != digest {
+        return Err(format!("signs {named:?}, another image"));
+    }
+    let ident = v["critical"]["identity"]["docker-reference"]
+        .as_str()
+        .unwrap_or("");
+    let repo_of = |s: &str| -> String { Reference::parse(s).map(|p| p.name()).unwrap_or_default() };
+    if repo_of(ident) != repo {
+        return Err(format!("signs it as {ident:?}, not as {repo}"));
+    }
+    Ok(Verified {
+        digest: digest.to_string(),
+        identity: ident.to_string(),
+        evidence: s.clone(),
+    })
 }
 
 fn fetch_small_blob(client: &Client, digest: &str, size: u64) -> Result<Vec<u8>, RegistryError> {

@@ -6,6 +6,7 @@ pub mod denials;
 pub mod dev;
 pub mod exec;
 pub mod image;
+pub mod image_trust;
 pub mod inspect;
 pub mod kernel;
 pub mod kill;

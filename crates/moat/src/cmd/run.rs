@@ -296,7 +296,7 @@ impl pipeline::Steps for CliSteps<'_> {
         image: &ImageRef,
         policy: &moat_policy::Policy,
     ) -> anyhow::Result<ResolvedImage> {
-        let (image, profile) = resolve_image(self.global, &image.as_written(), uses_auto(policy))?;
+        let (image, profile) = resolve_image(self.global, &image.as_written(), policy)?;
         self.profile = profile;
         Ok(image)
     }
@@ -441,11 +441,14 @@ pub fn auto_sandbox_notice(why: &str) -> String {
 fn resolve_image(
     global: &GlobalArgs,
     reference: &str,
-    with_profile: bool,
+    policy: &moat_policy::Policy,
 ) -> anyhow::Result<(ResolvedImage, Option<ImageProfile>)> {
+    let with_profile = uses_auto(policy);
     let store = moat_image::Store::open(&global.root)
         .with_context(|| format!("opening the image store {}", global.root.display()))?;
     let image = store.resolve(reference)?;
+    // Trusted sources and signers before the rootfs is even materialised.
+    crate::cmd::image_trust::check(&store, &image, reference, policy)?;
     let rootfs = store
         .rootfs(&image)
         .with_context(|| format!("materialising the rootfs of image {reference:?}"))?;
