@@ -917,6 +917,11 @@ impl Store {
             .map_err(store_err)?
         {
             record.imported = old.imported; // re-import: keep the original time
+                                            // The same content from a file does not replace where it was
+                                            // pulled from: trust rules are checked against that origin.
+            if old.source.starts_with("docker://") && !record.source.starts_with("docker://") {
+                record.source = old.source;
+            }
             if record.mount_points.is_empty() {
                 record.mount_points = old.mount_points; // the rootfs was kept
             }

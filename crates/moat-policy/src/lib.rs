@@ -25,6 +25,7 @@ pub mod rbac;
 pub mod render;
 mod suggest;
 pub mod syscalls;
+pub mod trust;
 pub mod yaml;
 
 use std::path::Path;

@@ -208,7 +208,7 @@ impl Loader {
                     }
                 }
                 "resources" => cx.resources(node, &mut spec.resources)?,
-                "image" => cx.image(node, &mut spec.image)?,
+                "image" => cx.image(node, "spec.image", &mut spec.image)?,
                 "vulnerabilities" => cx.vulnerabilities(node, &mut spec.vulnerabilities)?,
                 "exec" => spec.exec = cx.bool(node, &path)?,
                 "audit" => {
@@ -977,8 +977,14 @@ impl Cx<'_> {
         Ok(v)
     }
 
-    fn image(&self, node: &Node, i: &mut ImageRules) -> Result<(), PolicyError> {
-        let base = "spec.image";
+    /// An `image` section (`base` names it in errors: `spec.image` in a
+    /// policy, `image` in the host's trust file).
+    pub(crate) fn image(
+        &self,
+        node: &Node,
+        base: &str,
+        i: &mut ImageRules,
+    ) -> Result<(), PolicyError> {
         let m = self.map(
             node,
             base,

@@ -21,8 +21,10 @@ pub const DEFAULT_RBAC_PATH: &str = "/etc/moat/rbac.yaml";
 /// Why an RBAC file could not be loaded or the audit log written.
 #[derive(Debug, thiserror::Error)]
 pub enum RbacError {
-    #[error("cannot read RBAC file {}", path.display())]
+    #[error("cannot read {kind} {}", path.display())]
     Read {
+        /// `RBAC file`, `trust file`.
+        kind: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -46,8 +48,10 @@ pub enum RbacError {
     #[error("{var}={value:?} names no user of this host; moat cannot tell whom it acts for (unset {var} or fix it)")]
     Invoker { var: &'static str, value: String },
     /// The RBAC file (or its directory) could be changed by someone other than root.
-    #[error("RBAC file {}: {what} {} is owned by uid {uid} with mode {mode:04o}; it must be owned by root and not writable by group or others (chown root:root {}; chmod go-w {})", path.display(), checked.display(), checked.display(), checked.display())]
+    #[error("{kind} {}: {what} {} is owned by uid {uid} with mode {mode:04o}; it must be owned by root and not writable by group or others (chown root:root {}; chmod go-w {})", path.display(), checked.display(), checked.display(), checked.display())]
     RbacInsecure {
+        /// `RBAC file`, `trust file`.
+        kind: &'static str,
         path: PathBuf,
         what: &'static str,
         checked: PathBuf,
@@ -96,6 +100,8 @@ pub struct Grants {
     pub volumes: Vec<String>,
     pub exec: bool,
     pub devices: bool,
+    /// May change the host's trust roots (`moat image trust set`).
+    pub trust: bool,
     /// Directories under which `moat run --rootfs DIR` may take a root
     /// file system (a host directory becomes the container's root).
     pub rootfs: Vec<String>,
@@ -132,34 +138,7 @@ impl Rbac {
     /// so must every directory above it (a sticky directory such as `/tmp`
     /// is accepted: only root may replace root's file there).
     pub fn load(path: &Path) -> Result<Rbac, RbacError> {
-        use std::io::Read;
-        use std::os::unix::fs::MetadataExt;
-        let read_err = |source| RbacError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut file = std::fs::File::open(path).map_err(read_err)?;
-        let md = file.metadata().map_err(read_err)?;
-        let insecure = |what, checked: &Path, md: &std::fs::Metadata| RbacError::RbacInsecure {
-            path: path.to_path_buf(),
-            what,
-            checked: checked.to_path_buf(),
-            uid: md.uid(),
-            mode: md.mode() & 0o7777,
-        };
-        if md.uid() != 0 || md.mode() & 0o022 != 0 {
-            return Err(insecure("the file", path, &md));
-        }
-        let real = std::fs::canonicalize(path).map_err(read_err)?;
-        for dir in real.ancestors().skip(1) {
-            let dmd = std::fs::metadata(dir).map_err(read_err)?;
-            let sticky = dmd.mode() & 0o1000 != 0;
-            if dmd.uid() != 0 || (dmd.mode() & 0o022 != 0 && !sticky) {
-                return Err(insecure("its directory", dir, &dmd));
-            }
-        }
-        let mut text = String::new();
-        file.read_to_string(&mut text).map_err(read_err)?;
+        let text = read_site_file(path, "RBAC file")?;
         Rbac::parse(&text, &path.display().to_string())
     }
 
@@ -281,6 +260,7 @@ fn parse_grants(cx: &Cx<'_>, node: &Node) -> Result<Grants, PolicyError> {
             "exec",
             "devices",
             "rootfs",
+            "trust",
         ],
     )?;
     let mut g = Grants::default();
@@ -348,6 +328,7 @@ fn parse_grants(cx: &Cx<'_>, node: &Node) -> Result<Grants, PolicyError> {
             }
             "exec" => g.exec = cx.bool(n, &path)?,
             "devices" => g.devices = cx.bool(n, &path)?,
+            "trust" => g.trust = cx.bool(n, &path)?,
             _ => unreachable!(),
         }
     }
@@ -533,6 +514,9 @@ pub enum Request {
     Rootfs(String),
     Exec,
     Devices,
+    /// Changing the host's trust roots: a grant of its own, asked by no
+    /// policy.
+    Trust,
 }
 
 impl Request {
@@ -545,6 +529,7 @@ impl Request {
             Request::Rootfs(r) => format!("rootfs {r}"),
             Request::Exec => "exec".to_string(),
             Request::Devices => "devices".to_string(),
+            Request::Trust => "trust (changing the host's trust roots)".to_string(),
         }
     }
 
@@ -557,8 +542,47 @@ impl Request {
             Request::Rootfs(r) => g.rootfs.iter().any(|prefix| path_under(r, prefix)),
             Request::Exec => g.exec,
             Request::Devices => g.devices,
+            Request::Trust => g.trust,
         }
     }
+}
+
+/// Reads a file that decides what others may do (the RBAC file, the
+/// trust file): it must be owned by root and not writable by group or
+/// others, and so must every directory above it (a sticky directory such
+/// as `/tmp` is accepted: only root may replace root's file there).
+pub(crate) fn read_site_file(path: &Path, kind: &'static str) -> Result<String, RbacError> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let read_err = |source| RbacError::Read {
+        kind,
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(read_err)?;
+    let md = file.metadata().map_err(read_err)?;
+    let insecure = |what, checked: &Path, md: &std::fs::Metadata| RbacError::RbacInsecure {
+        kind,
+        path: path.to_path_buf(),
+        what,
+        checked: checked.to_path_buf(),
+        uid: md.uid(),
+        mode: md.mode() & 0o7777,
+    };
+    if md.uid() != 0 || md.mode() & 0o022 != 0 {
+        return Err(insecure("the file", path, &md));
+    }
+    let real = std::fs::canonicalize(path).map_err(read_err)?;
+    for dir in real.ancestors().skip(1) {
+        let dmd = std::fs::metadata(dir).map_err(read_err)?;
+        let sticky = dmd.mode() & 0o1000 != 0;
+        if dmd.uid() != 0 || (dmd.mode() & 0o022 != 0 && !sticky) {
+            return Err(insecure("its directory", dir, &dmd));
+        }
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(read_err)?;
+    Ok(text)
 }
 
 fn path_under(path: &str, prefix: &str) -> bool {
@@ -620,6 +644,20 @@ pub fn authorize_with(
     policy: &Policy,
     extra: &[Request],
 ) -> Decision {
+    let all: Vec<Request> = requests(policy)
+        .into_iter()
+        .chain(extra.iter().cloned())
+        .collect();
+    authorize_requests(rbac, rbac_path, who, &all)
+}
+
+/// Decide whether `who` may do what `reqs` ask (all of them).
+pub fn authorize_requests(
+    rbac: Option<&Rbac>,
+    rbac_path: &Path,
+    who: &Principal,
+    reqs: &[Request],
+) -> Decision {
     let Some(rbac) = rbac else {
         return if who.uid == 0 {
             Decision {
@@ -646,7 +684,7 @@ pub fn authorize_with(
     let mine = rbac.roles_of(who);
     let role_names: Vec<String> = mine.iter().map(|r| r.name.clone()).collect();
     let mut reasons = Vec::new();
-    for req in requests(policy).into_iter().chain(extra.iter().cloned()) {
+    for req in reqs {
         if mine.iter().any(|r| req.granted_by(&r.grants)) {
             continue;
         }
@@ -699,6 +737,27 @@ impl AuditRecord {
             uid: who.uid,
             policy: policy.name.clone(),
             policy_digest: format!("sha256:{}", policy.digest()),
+            decision: if d.allowed { "allow" } else { "deny" }.to_string(),
+            reasons: d.reasons.clone(),
+        }
+    }
+
+    /// A decision about something other than a policy (the trust file):
+    /// `object` and its content's `digest` take the policy's fields.
+    pub fn for_object(
+        action: &str,
+        who: &Principal,
+        object: &str,
+        digest: &str,
+        d: &Decision,
+    ) -> AuditRecord {
+        AuditRecord {
+            time: rfc3339_now(),
+            action: action.to_string(),
+            principal: who.name.clone(),
+            uid: who.uid,
+            policy: object.to_string(),
+            policy_digest: digest.to_string(),
             decision: if d.allowed { "allow" } else { "deny" }.to_string(),
             reasons: d.reasons.clone(),
         }

@@ -800,7 +800,8 @@ fn pull_policy_image_rules_refuse_before_download() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(
         e.contains(&format!(
-            "refused by the policy: spec.image.digests lists none of {}",
+            "refused by the policy {}: spec.image.digests lists none of {}",
+            p.display(),
             img.l.manifest_digest
         )),
         "{e}"

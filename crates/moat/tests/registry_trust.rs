@@ -389,16 +389,18 @@ fn signatures_interoperate_with_skopeo() {
     let o = pull(&r_unsigned, &ours);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(
-        e.starts_with(&format!("moat: error: pull failed: {r_unsigned}: refused by the policy: spec.image.signers requires a signature of sha256:"))
-            && e.contains(&format!("{} (policy {}): ", public.display(), ours.display()))
+        e.starts_with(&format!("moat: error: pull failed: {r_unsigned}: refused by the policy {}: signers: a signature of sha256:", ours.display()))
+            && e.contains(&format!("is required: {}: ", public.display()))
             && e.contains("no signatures"),
         "{e}"
     );
     let o = pull(&r_moat, &theirs);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(
-        e.contains("refused by the policy: spec.image.signers")
-            && e.contains("not signed by this key"),
+        e.contains(&format!(
+            "refused by the policy {}: signers",
+            theirs.display()
+        )) && e.contains("not signed by this key"),
         "{e}"
     );
     // Nothing was stored by the refused pulls (only the accepted image).

@@ -77,6 +77,21 @@ fn runs(dir: &Path, policy: &Path, image: &str) {
     assert_eq!(said, "RAN\n");
 }
 
+/// A plain rootfs tarball: an image no registry holds.
+fn other_image(dir: &Path) -> PathBuf {
+    let tar = dir.join("other-rootfs.tar");
+    let o = Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(dir)
+        .arg("pw")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    tar
+}
+
 fn policy(dir: &Path, name: &str, image: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(
@@ -87,13 +102,19 @@ fn policy(dir: &Path, name: &str, image: &str) -> PathBuf {
     p
 }
 
-#[test]
-fn run_enforces_the_image_rules_of_the_policy() {
-    if !have_tools("run_enforces_the_image_rules_of_the_policy") {
-        return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let dir = t.path();
+/// A registry with `trust/signed:1` (signed by `signer.key`),
+/// `trust/copy:1` (the same image, unsigned under that name) and
+/// `trust/unsigned:1` (another image).
+struct Env {
+    reg: Registry,
+    host: String,
+    certs: String,
+    creds: String,
+    public: PathBuf,
+    tar: PathBuf,
+}
+
+fn setup(dir: &Path) -> Env {
     let reg = Registry::start(&dir.join("registry"));
     let host = reg.host();
     let certs = reg.certs.to_str().unwrap().to_string();
@@ -112,7 +133,6 @@ fn run_enforces_the_image_rules_of_the_policy() {
             pw.to_str().unwrap(),
         ],
     );
-    let public = dir.join("signer.pub");
     let tar = dir.join("bb.oci.tar");
     ok(dir, &["dev", "test-image", "-o", tar.to_str().unwrap()]);
     let src = format!("oci-archive:{}", tar.display());
@@ -121,14 +141,11 @@ fn run_enforces_the_image_rules_of_the_policy() {
     // (Docker's manifest format: another digest).
     reg.skopeo_push(&src, "trust/copy:1", &[]);
     reg.skopeo_push(&src, "trust/unsigned:1", &["--format", "v2s2"]);
-    let signed = format!("{host}/trust/signed:1");
-    let copy = format!("{host}/trust/copy:1");
-    let unsigned = format!("{host}/trust/unsigned:1");
     ok(
         dir,
         &[
             "sign",
-            &signed,
+            &format!("{host}/trust/signed:1"),
             "--key",
             dir.join("signer.key").to_str().unwrap(),
             "--password-file",
@@ -139,6 +156,34 @@ fn run_enforces_the_image_rules_of_the_policy() {
             &creds,
         ],
     );
+    Env {
+        reg,
+        host,
+        certs,
+        creds,
+        public: dir.join("signer.pub"),
+        tar,
+    }
+}
+
+#[test]
+fn run_enforces_the_image_rules_of_the_policy() {
+    if !have_tools("run_enforces_the_image_rules_of_the_policy") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let Env {
+        reg,
+        host,
+        certs,
+        creds,
+        public,
+        tar: _,
+    } = setup(dir);
+    let signed = format!("{host}/trust/signed:1");
+    let copy = format!("{host}/trust/copy:1");
+    let unsigned = format!("{host}/trust/unsigned:1");
     let signers = policy(
         dir,
         "signers.yaml",
@@ -164,7 +209,7 @@ fn run_enforces_the_image_rules_of_the_policy() {
     let e = refused(dir, &signers, &unsigned);
     assert!(
         e.contains(&format!(
-            "image {unsigned}: refused by the policy {}: spec.image.signers requires a signature of sha256:",
+            "image {unsigned}: refused by the policy {}: signers: a signature of sha256:",
             signers.display()
         )) && e.contains("no signature is stored with the image")
             && e.contains("moat pull --policy"),
@@ -211,7 +256,13 @@ fn run_enforces_the_image_rules_of_the_policy() {
     let fake = format!("{host}/trust/imported:1");
     ok(
         dir,
-        &["image", "import", tar.to_str().unwrap(), "--name", &fake],
+        &[
+            "image",
+            "import",
+            other_image(dir).to_str().unwrap(),
+            "--name",
+            &fake,
+        ],
     );
     let e = refused(dir, &allowed, &fake);
     assert!(
@@ -225,4 +276,206 @@ fn run_enforces_the_image_rules_of_the_policy() {
     assert!(e.contains("spec.image.require_digest"), "{e}");
     let digest = reg.skopeo_digest("trust/unsigned:1");
     runs(dir, &pinned, &format!("{host}/trust/unsigned@{digest}"));
+}
+
+/// `moat` with the host trust file at `trust` (`MOAT_TRUST`: honoured for
+/// root acting as itself only).
+fn moat_t(dir: &Path, trust: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_moat"))
+        .arg("--root")
+        .arg(dir.join("state"))
+        .args(args)
+        .env("REGISTRY_AUTH_FILE", dir.join("auth.json"))
+        .env("HOME", dir)
+        .env("MOAT_TRUST", trust)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn host_trust_roots_bind_every_pull_and_run_and_need_their_own_grant() {
+    if !have_tools("host_trust_roots_bind_every_pull_and_run_and_need_their_own_grant") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let env = setup(dir);
+    let (host, certs, creds) = (&env.host, &env.certs, &env.creds);
+    let trust = dir.join("etc/trust.yaml");
+    let signed = format!("{host}/trust/signed:1");
+    let unsigned = format!("{host}/trust/unsigned:1");
+    let pull = |r: &str| {
+        moat_t(
+            dir,
+            &trust,
+            &["pull", "-q", r, "--cert-dir", certs, "--creds", creds],
+        )
+    };
+    let run = |image: &str| {
+        moat_t(
+            dir,
+            &trust,
+            &[
+                "run",
+                "--rm",
+                "--isolation",
+                "sandbox",
+                "--policy",
+                "baseline",
+                image,
+                "echo",
+                "RAN",
+            ],
+        )
+    };
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    // No trust file: any source, as before.
+    let o = pull(&unsigned);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = moat_t(dir, &trust, &["image", "trust", "show"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no trust file at"));
+
+    // Changing the trust roots is the RBAC grant `trust`: a role without
+    // it is refused (exit 125, audited), one with it may.
+    let rbac = |name: &str, trust_grant: bool| {
+        let p = dir.join(name);
+        std::fs::write(
+            &p,
+            format!("apiVersion: moat.dev/v1\nkind: RBAC\nroles:\n  - name: ops\n    grants:\n      network: [none, loopback]\n      isolation: [sandbox]\n      trust: {trust_grant}\nbindings:\n  - role: ops\n    users: [root]\n"),
+        )
+        .unwrap();
+        p
+    };
+    let no_grant = rbac("rbac-no.yaml", false);
+    let grant = rbac("rbac-yes.yaml", true);
+    let public = env.public.to_str().unwrap();
+    let scope = format!("{host}/trust/*");
+    let set = |rbac: &Path, args: &[&str]| {
+        let mut a = vec!["image", "trust", "set", "--rbac", rbac.to_str().unwrap()];
+        a.extend(args);
+        moat_t(dir, &trust, &a)
+    };
+    let o = set(
+        &no_grant,
+        &["--type", "signedBy", "--pubkeysfile", public, &scope],
+    );
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("trust (changing the host's trust roots): not granted to root"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!trust.exists(), "a refused change wrote the trust file");
+    let log = std::fs::read_to_string(dir.join("state/audit/policy.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"action\":\"trust\"") && l.contains("\"decision\":\"deny\"")),
+        "{log}"
+    );
+    let o = set(
+        &grant,
+        &["--type", "signedBy", "--pubkeysfile", public, &scope],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shown: serde_json::Value = serde_json::from_slice(
+        &moat_t(dir, &trust, &["image", "trust", "show", "--format", "json"]).stdout,
+    )
+    .unwrap();
+    assert_eq!(shown["image"]["allowed"][0], scope.as_str(), "{shown}");
+    assert_eq!(shown["image"]["signers"][0]["key"], public, "{shown}");
+
+    // Now every pull and run needs the signer, whatever the policy says.
+    let o = pull(&unsigned);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(&format!(
+            "refused by the trust file {}: signers: a signature of sha256:",
+            trust.display()
+        )),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&unsigned);
+    assert!(!o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("RAN"));
+    assert!(
+        stderr(&o).contains("refused by the trust file")
+            && stderr(&o).contains("no signature is stored with the image"),
+        "{}",
+        stderr(&o)
+    );
+    let o = pull(&signed);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&signed);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "RAN\n",
+        "{}",
+        stderr(&o)
+    );
+    // The signed content imported again from a file keeps its registry
+    // origin (same digest, same content): it still runs.
+    let again = format!("{host}/trust/again:1");
+    let o = moat_t(
+        dir,
+        &trust,
+        &[
+            "image",
+            "import",
+            env.tar.to_str().unwrap(),
+            "--name",
+            &again,
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&again);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "RAN\n",
+        "{}",
+        stderr(&o)
+    );
+    // Other content imported under a trusted name is not from a trusted
+    // source.
+    let fake = format!("{host}/trust/imported:1");
+    let o = moat_t(
+        dir,
+        &trust,
+        &[
+            "image",
+            "import",
+            other_image(dir).to_str().unwrap(),
+            "--name",
+            &fake,
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&fake);
+    assert!(
+        !o.status.success() && stderr(&o).contains("apply to images pulled from a registry"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A trust file others could change is refused, naming the fix.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&trust, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let o = run(&signed);
+    assert!(
+        !o.status.success()
+            && stderr(&o).contains("it must be owned by root and not writable by group or others"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::set_permissions(&trust, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    // Rejecting the last source leaves nothing accepted.
+    let o = set(&grant, &["--type", "reject", &scope]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&signed);
+    assert!(
+        !o.status.success() && stderr(&o).contains("it accepts no image source"),
+        "{}",
+        stderr(&o)
+    );
 }

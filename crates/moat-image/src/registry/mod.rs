@@ -19,7 +19,7 @@ use std::path::PathBuf;
 pub use auth::Credentials;
 pub use client::ClientOptions;
 pub use config::RegistriesConf;
-pub use pull::{PullOptions, Pulled};
+pub use pull::{PullOptions, Pulled, SignerGroup};
 pub use push::Pushed;
 pub use reference::{Reference, ReferenceError};
 
@@ -58,7 +58,8 @@ pub enum RegistryError {
         digest: String,
         why: String,
     },
-    #[error("{reference}: refused by the policy: {why}")]
+    /// Refused by a rule set; `why` starts with which (`the policy P: ...`).
+    #[error("{reference}: refused by {why}")]
     Refused { reference: String, why: String },
     #[error("--platform {platform}: moat runs linux/amd64 images only")]
     Platform { platform: String },

@@ -35,9 +35,19 @@ pub struct PullOptions<'a> {
     /// Called with the resolved digests (the reference's, then the
     /// manifest's) before any blob is downloaded; an error refuses the pull.
     pub check: Option<&'a DigestCheck<'a>>,
-    /// Public keys (with a label for messages) of which at least one must
-    /// have signed the image; empty: no signature required.
-    pub signers: Vec<(String, p256::ecdsa::VerifyingKey)>,
+    /// Signature requirements, each a set of public keys (with a label for
+    /// messages) of which at least one must have signed the image, and a
+    /// name for the rule set (`the policy P`); every requirement must be
+    /// met. Empty: no signature required.
+    pub signers: Vec<SignerGroup>,
+}
+
+/// One signature requirement of [`PullOptions::signers`].
+#[derive(Debug, Clone)]
+pub struct SignerGroup {
+    /// Whose requirement it is, for messages (`the policy P`).
+    pub by: String,
+    pub keys: Vec<(String, p256::ecdsa::VerifyingKey)>,
 }
 
 impl Default for PullOptions<'_> {
@@ -289,14 +299,16 @@ impl Store {
         )
         .map_err(oci_err)?;
 
-        let mut evidence = None;
-        if !opts.signers.is_empty() {
+        // Each requirement keeps the signature that met it: `moat run`
+        // checks the same rules again, offline, against them.
+        let mut evidence = Vec::new();
+        for group in &opts.signers {
             let mut reasons = Vec::new();
             let mut ok = false;
-            for (label, key) in &opts.signers {
+            for (label, key) in &group.keys {
                 match super::sign::verify_digest(&client, reference, &top.digest, key) {
                     Ok(v) => {
-                        evidence = Some(v.evidence);
+                        evidence.push(v.evidence);
                         ok = true;
                         break;
                     }
@@ -310,7 +322,8 @@ impl Store {
                 return Err(RegistryError::Refused {
                     reference: rstr.clone(),
                     why: format!(
-                        "spec.image.signers requires a signature of {}: {}",
+                        "{}: signers: a signature of {} is required: {}",
+                        group.by,
                         top.digest,
                         reasons.join("; ")
                     ),
@@ -421,7 +434,7 @@ impl Store {
         let image = self.resolve(&reference.store_name()).map_err(store_err)?;
         // The accepted signature stays with the image: `moat run` checks
         // the policy's signers again, offline, against it.
-        if let Some(sig) = evidence {
+        for sig in evidence {
             self.add_signature(&image, sig).map_err(store_err)?;
         }
         Ok(Pulled {

@@ -51,6 +51,9 @@ digest, or a unique prefix of at least 4 hex digits of either."
     Export(ExportArgs),
     /// Remove unnamed images, unreferenced blobs and abandoned staging data.
     Prune(PruneArgs),
+    /// The host's trust roots: which image sources and signers it accepts.
+    #[command(subcommand)]
+    Trust(crate::cmd::trust_roots::TrustCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -125,6 +128,9 @@ pub struct PruneArgs {
 }
 
 pub fn run(global: &GlobalArgs, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+    if let ImageCommand::Trust(c) = cmd {
+        return crate::cmd::trust_roots::run(global, c);
+    }
     let store = Store::open(&global.root)?;
     match cmd {
         ImageCommand::Import(a) => import(&store, a),
@@ -133,6 +139,7 @@ pub fn run(global: &GlobalArgs, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         ImageCommand::Rm(a) => rm(global, &store, a),
         ImageCommand::Export(a) => export(&store, a),
         ImageCommand::Prune(a) => prune(global, &store, a),
+        ImageCommand::Trust(_) => unreachable!("handled above"),
     }
 }
 

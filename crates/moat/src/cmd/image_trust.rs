@@ -1,40 +1,105 @@
-//! The policy's `image` rules for an image already in the store: what
-//! `moat run` checks before anything starts, as `moat pull` did before
-//! downloading. The rules are checked against where the image came from
-//! (the registry reference it was pulled by, pinned to its digest) and the
-//! signatures kept with it, never against a name alone: any name can be
-//! given to an imported file.
+//! Image trust for an image already in the store: what `moat run` checks
+//! before anything starts, as `moat pull` did before downloading. Two sets
+//! of rules apply, both must pass: the host's trust roots (the trust file,
+//! when there is one) and the policy's `image` section. They are checked
+//! against where the image came from (the registry reference it was pulled
+//! by, pinned to its digest) and the signatures kept with it, never against
+//! a name alone: any name can be given to an imported file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use moat_image::registry::{keys, sign, Reference};
 use moat_image::{Image, Store};
+use moat_policy::model::ImageRules;
+use moat_policy::trust::{TrustRoots, DEFAULT_TRUST_PATH};
 use moat_policy::Policy;
 
-/// Refuses `image` (named `written` by the user) unless the policy's image
-/// rules allow it. The error names the rule, the policy and the fix.
+/// The trust file: `MOAT_TRUST` (honoured for root acting as itself only:
+/// every `MOAT_*` variable is removed for anyone else), else the default.
+pub fn trust_path() -> PathBuf {
+    std::env::var_os("MOAT_TRUST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_TRUST_PATH))
+}
+
+/// The host's trust roots, when there is a trust file.
+pub fn host_roots() -> anyhow::Result<Option<TrustRoots>> {
+    Ok(TrustRoots::load(&trust_path())?)
+}
+
+/// One set of rules and how to name it.
+pub struct RuleSet<'a> {
+    pub rules: &'a ImageRules,
+    /// `the policy FILE`, `the trust file FILE`.
+    pub by: String,
+    /// The host's file allows only what it lists; a policy's empty
+    /// `allowed` allows any source.
+    pub allowlist_required: bool,
+    /// How to keep the signature the rules need: the pull command to run.
+    pub pull_hint: String,
+}
+
+impl<'a> RuleSet<'a> {
+    pub fn policy(p: &'a Policy) -> Self {
+        RuleSet {
+            rules: &p.spec.image,
+            by: format!("the policy {}", p.source),
+            allowlist_required: false,
+            pull_hint: format!("moat pull --policy {}", p.source),
+        }
+    }
+
+    pub fn host(t: &'a TrustRoots) -> Self {
+        RuleSet {
+            rules: &t.image,
+            by: format!("the trust file {}", t.source),
+            allowlist_required: true,
+            pull_hint: "moat pull".to_string(),
+        }
+    }
+
+    /// The name/pinning/digest rules.
+    pub fn check_name(&self, name: &str, pinned: bool, digests: &[&str]) -> Result<(), String> {
+        if self.allowlist_required && self.rules.allowed.is_empty() {
+            return Err(
+                "it accepts no image source; add one with `moat image trust set --type accept SCOPE`"
+                    .to_string(),
+            );
+        }
+        self.rules.check(name, pinned, digests)
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.allowlist_required
+            && self.rules.allowed.is_empty()
+            && self.rules.digests.is_empty()
+            && !self.rules.require_digest
+            && self.rules.signers.is_empty()
+    }
+}
+
+/// Refuses `image` (named `written` by the user) unless the host's trust
+/// roots and the policy's image rules allow it.
 pub fn check(store: &Store, image: &Image, written: &str, policy: &Policy) -> anyhow::Result<()> {
-    let rules = &policy.spec.image;
-    if rules.allowed.is_empty()
-        && rules.digests.is_empty()
-        && !rules.require_digest
-        && rules.signers.is_empty()
-    {
+    if let Some(t) = host_roots()? {
+        check_rules(store, image, written, &RuleSet::host(&t))?;
+    }
+    check_rules(store, image, written, &RuleSet::policy(policy))
+}
+
+fn check_rules(store: &Store, image: &Image, written: &str, set: &RuleSet) -> anyhow::Result<()> {
+    if set.is_empty() {
         return Ok(());
     }
-    let refused = |why: String| {
-        anyhow::anyhow!(
-            "image {written}: refused by the policy {}: {why}",
-            policy.source
-        )
-    };
+    let refused = |why: String| anyhow::anyhow!("image {written}: refused by {}: {why}", set.by);
     // Where it was pulled from: `docker://HOST/REPO@sha256:...`.
     let origin = image
         .source
         .strip_prefix("docker://")
         .and_then(|s| Reference::parse(s).ok())
         .filter(|r| r.digest.is_some());
+    let rules = set.rules;
     let name = match &origin {
         // The name as written when it is the origin's repository (so a
         // tag rule can match), else the origin's repository.
@@ -42,10 +107,13 @@ pub fn check(store: &Store, image: &Image, written: &str, policy: &Policy) -> an
             Ok(w) if w.name() == o.name() => w.to_string(),
             _ => o.name(),
         },
-        None if !rules.allowed.is_empty() || !rules.signers.is_empty() => {
+        None if set.allowlist_required
+            || !rules.allowed.is_empty()
+            || !rules.signers.is_empty() =>
+        {
             return Err(refused(format!(
-                "spec.image.allowed and spec.image.signers apply to images pulled from a \
-                 registry, and this one came from {}; pull it with `moat pull REF`",
+                "its allowed sources and signers apply to images pulled from a registry, \
+                 and this one came from {}; pull it with `moat pull REF`",
                 image.source
             )))
         }
@@ -56,8 +124,7 @@ pub fn check(store: &Store, image: &Image, written: &str, policy: &Policy) -> an
     if let Some(t) = &top {
         digests.push(t);
     }
-    rules
-        .check(&name, pinned(written, image), &digests)
+    set.check_name(&name, pinned(written, image), &digests)
         .map_err(refused)?;
 
     let signers = rules.signers_for(&name);
@@ -73,17 +140,17 @@ pub fn check(store: &Store, image: &Image, written: &str, policy: &Policy) -> an
     let mut reasons = Vec::new();
     for rule in signers {
         let key = keys::load_public(Path::new(&rule.key))
-            .with_context(|| format!("policy {}: spec.image.signers", policy.source))?;
+            .with_context(|| format!("{}: signers", set.by))?;
         match sign::verify_stored(&o.name(), top, &key, &stored) {
             Ok(_) => return Ok(()),
             Err(why) => reasons.push(format!("{}: {why}", rule.key)),
         }
     }
     Err(refused(format!(
-        "spec.image.signers requires a signature of {top}: {}; pull it with \
-         `moat pull --policy {} {}` to verify and keep its signature",
+        "signers: a signature of {top} is required: {}; pull it with `{} {}` to verify \
+         and keep its signature",
         reasons.join("; "),
-        policy.source,
+        set.pull_hint,
         o.name()
     )))
 }

@@ -19,5 +19,6 @@ pub mod run;
 pub mod scan;
 pub mod surface;
 pub mod trust;
+pub mod trust_roots;
 pub mod vulndb;
 pub mod vulndb_update;

@@ -320,6 +320,42 @@ pub fn authorize(
     rbac_file: Option<&Path>,
     extra: &[rbac::Request],
 ) -> anyhow::Result<Decision> {
+    authorize_by(
+        global,
+        action,
+        rbac_file,
+        |rbac, path| rbac::authorize_with(rbac, path, who, policy, extra),
+        |d| AuditRecord::new(action, who, policy, d),
+    )
+}
+
+/// [`authorize`] for what no policy asks: `reqs` about `object` (a file
+/// whose content has `digest`), audited under `action`.
+pub fn authorize_requests(
+    global: &GlobalArgs,
+    action: &str,
+    who: &Principal,
+    rbac_file: Option<&Path>,
+    reqs: &[rbac::Request],
+    object: &str,
+    digest: &str,
+) -> anyhow::Result<Decision> {
+    authorize_by(
+        global,
+        action,
+        rbac_file,
+        |rbac, path| rbac::authorize_requests(rbac, path, who, reqs),
+        |d| AuditRecord::for_object(action, who, object, digest, d),
+    )
+}
+
+fn authorize_by(
+    global: &GlobalArgs,
+    action: &str,
+    rbac_file: Option<&Path>,
+    decide: impl FnOnce(Option<&Rbac>, &Path) -> Decision,
+    record: impl FnOnce(&Decision) -> AuditRecord,
+) -> anyhow::Result<Decision> {
     let rbac_file = match rbac_file {
         Some(f) if !global.invoker.is_root() => {
             crate::global::ignored(
@@ -344,8 +380,8 @@ pub fn authorize(
     } else {
         None
     };
-    let decision = rbac::authorize_with(rbac.as_ref(), &path, who, policy, extra);
-    let rec = AuditRecord::new(action, who, policy, &decision);
+    let decision = decide(rbac.as_ref(), &path);
+    let rec = record(&decision);
     let audited = rbac::append_audit(&global.root, &rec);
     if let Some(w) = &decision.warning {
         // Once per state root: a marker next to the audit log, created

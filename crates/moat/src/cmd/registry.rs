@@ -8,10 +8,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use moat_image::import::{NoProgress, Progress};
 use moat_image::registry::{
-    self, auth, ClientOptions, Credentials, PullOptions, Reference, RegistriesConf,
+    self, auth, ClientOptions, Credentials, PullOptions, Reference, RegistriesConf, SignerGroup,
 };
 use moat_image::{Limits, Store, UnpackOptions};
 
+use crate::cmd::image_trust::RuleSet;
 use crate::global::GlobalArgs;
 
 /// How to reach a registry; shared by pull, push and login.
@@ -189,30 +190,41 @@ pub fn pull(global: &GlobalArgs, a: PullArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let name = reference.to_string();
+    let pinned = reference.digest.is_some();
+    // The host's trust roots and the policy's image rules: both must pass.
+    let host = crate::cmd::image_trust::host_roots()?;
+    let mut sets = Vec::new();
+    if let Some(t) = &host {
+        sets.push(RuleSet::host(t));
+    }
     if let Some(p) = &policy {
-        if let Err(why) = p.spec.image.check(&name, reference.digest.is_some(), &[]) {
-            bail!(
-                "pull failed: {name}: refused by the policy {}: {why}",
-                p.source
-            );
+        sets.push(RuleSet::policy(p));
+    }
+    for set in &sets {
+        if let Err(why) = set.check_name(&name, pinned, &[]) {
+            bail!("pull failed: {name}: refused by {}: {why}", set.by);
         }
     }
     let check = |digests: &[&str]| -> Result<(), String> {
-        match &policy {
-            Some(p) => p
-                .spec
-                .image
-                .check(&name, reference.digest.is_some(), digests)
-                .map_err(|why| format!("{} ({})", why, p.source)),
-            None => Ok(()),
+        for set in &sets {
+            set.check_name(&name, pinned, digests)
+                .map_err(|why| format!("{}: {why}", set.by))?;
         }
+        Ok(())
     };
     let mut signers = Vec::new();
-    if let Some(p) = &policy {
-        for rule in p.spec.image.signers_for(&name) {
+    for set in &sets {
+        let mut keys = Vec::new();
+        for rule in set.rules.signers_for(&name) {
             let key = registry::keys::load_public(std::path::Path::new(&rule.key))
-                .with_context(|| format!("policy {}: spec.image.signers", p.source))?;
-            signers.push((format!("{} (policy {})", rule.key, p.source), key));
+                .with_context(|| format!("{}: signers", set.by))?;
+            keys.push((rule.key.clone(), key));
+        }
+        if !keys.is_empty() {
+            signers.push(SignerGroup {
+                by: set.by.clone(),
+                keys,
+            });
         }
     }
     let store = Store::open(&global.root)?;
