@@ -24,8 +24,19 @@ fn zip_of(records: &[(String, String)]) -> Vec<u8> {
 
 /// Serves `files` (path -> (etag, body, bytes actually sent)); records
 /// each request's path and If-None-Match.
+/// Path -> (ETag, body, bytes actually sent).
+type Files = HashMap<String, (String, Vec<u8>, usize)>;
+
 fn serve(
-    files: HashMap<String, (String, Vec<u8>, usize)>,
+    files: Files,
+    log: Arc<Mutex<Vec<(String, String)>>>,
+) -> u16 {
+    serve_shared(Arc::new(Mutex::new(files)), log)
+}
+
+/// [`serve`] of a map the test may change while it serves.
+fn serve_shared(
+    files: Arc<Mutex<Files>>,
     log: Arc<Mutex<Vec<(String, String)>>>,
 ) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -48,7 +59,8 @@ fn serve(
                 }
             }
             log.lock().unwrap().push((path.clone(), inm.clone()));
-            match files.get(&path) {
+            let file = files.lock().unwrap().get(&path).cloned();
+            match file.as_ref() {
                 Some((etag, _, _)) if inm == etag.to_ascii_lowercase() => {
                     let _ = write!(s, "HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n");
                 }
@@ -80,8 +92,11 @@ fn moat(root: &Path, args: &[&str]) -> Output {
 
 fn advisories(root: &Path) -> u64 {
     let o = moat(root, &["vulndb", "status", "--format", "json"]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["advisories"].as_u64().unwrap_or(0)
+    // No database yet (or one being created): none.
+    serde_json::from_slice::<serde_json::Value>(&o.stdout)
+        .ok()
+        .and_then(|v| v["advisories"].as_u64())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -247,4 +262,80 @@ fn update_defaults_to_the_ecosystems_of_stored_images() {
     let paths: Vec<String> = log.lock().unwrap().iter().map(|(p, _)| p.clone()).collect();
     assert!(paths.contains(&"/Debian/all.zip".to_string()), "{paths:?}");
     assert!(paths.contains(&"/PyPI/all.zip".to_string()), "{paths:?}");
+}
+
+#[test]
+fn watch_keeps_updating_and_survives_a_bad_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let records = fixtures::osv_records();
+    let (first, rest) = records.split_at(1);
+    let small = zip_of(first);
+    let full = zip_of(&records);
+    let files = Arc::new(Mutex::new(HashMap::new()));
+    let set = |etag: &str, body: &[u8], sent: usize| {
+        files.lock().unwrap().insert(
+            "/Debian/all.zip".to_string(),
+            (format!("\"{etag}\""), body.to_vec(), sent),
+        );
+    };
+    set("v1", &small, small.len());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let port = serve_shared(files.clone(), log.clone());
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moat"))
+        .arg("--root")
+        .arg(&root)
+        .args([
+            "vulndb",
+            "update",
+            "--source",
+            &base,
+            "--ecosystem",
+            "Debian",
+        ])
+        .args(["--watch", "1s"])
+        .env_remove("MOAT_ROOT")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Waits (at most 20 s) until `done` holds.
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < until,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    let requests = || log.lock().unwrap().len();
+    wait("the first import", &|| advisories(&root) > 0);
+    let n1 = advisories(&root);
+    assert!(!rest.is_empty());
+    // A cut-off export: the round fails, the database keeps its records,
+    // the watcher goes on.
+    set("v2", &full, full.len() / 2);
+    let seen = requests();
+    wait("two more rounds", &|| requests() >= seen + 2);
+    assert_eq!(advisories(&root), n1);
+    // A new complete export is imported at the next round.
+    set("v3", &full, full.len());
+    wait("the second import", &|| advisories(&root) > n1);
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("download cut off after")
+            && e.contains("the database is unchanged")
+            && e.contains("retrying in 1s"),
+        "{e}"
+    );
+    // Revalidation: after v1, the watcher asked with its ETag.
+    assert!(
+        log.lock().unwrap().iter().any(|(_, inm)| inm == "\"v1\""),
+        "no conditional request"
+    );
 }

@@ -76,28 +76,41 @@ fn stored_ecosystems(global: &GlobalArgs) -> anyhow::Result<Vec<String>> {
 }
 
 pub fn update(global: &GlobalArgs, a: UpdateArgs) -> anyhow::Result<()> {
-    loop {
-        let ecosystems = if a.ecosystems.is_empty() {
-            let found = stored_ecosystems(global)?;
-            if found.is_empty() {
-                bail!("no stored image has packages of a known ecosystem; name the advisories to fetch with --ecosystem (Debian, Alpine, PyPI, npm, Go, ...)");
-            }
-            found
-        } else {
-            a.ecosystems.clone()
-        };
-        for e in &ecosystems {
-            if e.is_empty() || e.contains(['/', '?', '#']) || e.contains("..") {
-                bail!("--ecosystem {e:?}: not an OSV ecosystem name");
-            }
-            let url = format!("{}/{e}/all.zip", a.source.trim_end_matches('/'));
-            update_one(global, &url)?;
-        }
-        match a.watch {
-            Some(d) => std::thread::sleep(d),
-            None => return Ok(()),
+    for e in &a.ecosystems {
+        if e.is_empty() || e.contains(['/', '?', '#']) || e.contains("..") {
+            bail!("--ecosystem {e:?}: not an OSV ecosystem name");
         }
     }
+    let Some(interval) = a.watch else {
+        return update_all(global, &a);
+    };
+    // Watching: a failed round (the server down, a corrupt export) is
+    // reported and retried at the next interval; the database keeps what
+    // it had, and the watcher keeps running.
+    loop {
+        if let Err(e) = update_all(global, &a) {
+            eprintln!("moat: error: {e:#}; retrying in {}s", interval.as_secs());
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// One round: every ecosystem, the first failure ends it.
+fn update_all(global: &GlobalArgs, a: &UpdateArgs) -> anyhow::Result<()> {
+    let ecosystems = if a.ecosystems.is_empty() {
+        let found = stored_ecosystems(global)?;
+        if found.is_empty() {
+            bail!("no stored image has packages of a known ecosystem; name the advisories to fetch with --ecosystem (Debian, Alpine, PyPI, npm, Go, ...)");
+        }
+        found
+    } else {
+        a.ecosystems.clone()
+    };
+    for e in &ecosystems {
+        let url = format!("{}/{e}/all.zip", a.source.trim_end_matches('/'));
+        update_one(global, &url)?;
+    }
+    Ok(())
 }
 
 fn update_one(global: &GlobalArgs, url: &str) -> anyhow::Result<()> {
