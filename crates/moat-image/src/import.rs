@@ -126,6 +126,11 @@ pub struct ImportOptions<'a> {
     pub progress: &'a dyn Progress,
     /// What the image record says it came from (default: the path).
     pub source: Option<String>,
+    /// Unpack the root file system now. When false only the verified
+    /// blobs and the record are stored, and the rootfs is materialised at
+    /// first use ([`Store::rootfs`]), where every layer's digest and diff
+    /// ID are verified again as it is applied.
+    pub materialise: bool,
 }
 
 impl Default for ImportOptions<'_> {
@@ -135,6 +140,7 @@ impl Default for ImportOptions<'_> {
             unpack: UnpackOptions::default(),
             progress: &NoProgress,
             source: None,
+            materialise: true,
         }
     }
 }
@@ -270,6 +276,29 @@ impl Store {
             ref_name,
             opts,
         )
+    }
+
+    /// Imports what a pull downloaded: `blobs` holds the manifest, config
+    /// and layers the store lacks, each verified against its digest as it
+    /// arrived, so they are moved into the store, not copied and hashed
+    /// again. `staging` is the pull's staging directory.
+    pub(crate) fn import_downloaded(
+        &self,
+        staging: &Path,
+        blobs: &Path,
+        manifest_desc: Descriptor,
+        opts: &ImportOptions<'_>,
+    ) -> Result<Image, ImportError> {
+        let store_err = |source| ImportError::Store {
+            source_path: staging.to_path_buf(),
+            source: Box::new(source),
+        };
+        let _shared = self.lock_shared().map_err(store_err)?;
+        let src = Source {
+            path: staging,
+            extracted: true,
+        };
+        self.finish_import(&src, blobs, staging, manifest_desc, None, opts)
     }
 
     /// Reads the layout's `oci-layout` and `index.json` and picks the image.
@@ -849,7 +878,7 @@ impl Store {
             })?;
         let rootfs = staging.join("rootfs");
         let mut record = record;
-        if !existing_rootfs.is_dir() {
+        if opts.materialise && !existing_rootfs.is_dir() {
             let (diff_ids, added) =
                 self.unpack_staged(&record, staging_blobs, &rootfs, &sp, opts)?;
             for (l, d) in record.layers.iter_mut().zip(diff_ids) {

@@ -426,3 +426,141 @@ fn moat_pushed_image_is_pulled_by_skopeo_podman_and_moat() {
         out(&o)
     );
 }
+
+/// Rewrites the OCI layout at `dir` (one image) so that its config claims
+/// `diff_id` for the first layer: blobs still match their digests, the
+/// layer's content does not match the config.
+fn claim_wrong_diff_id(dir: &std::path::Path, diff_id: &str) {
+    use sha2::Digest;
+    let blob = |d: &str| {
+        dir.join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let put = |bytes: &[u8]| -> (String, usize) {
+        let d = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
+        std::fs::write(blob(&d), bytes).unwrap();
+        (d, bytes.len())
+    };
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let mdesc = &mut index["manifests"][0];
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(mdesc["digest"].as_str().unwrap())).unwrap())
+            .unwrap();
+    let mut config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blob(manifest["config"]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    config["rootfs"]["diff_ids"][0] = diff_id.into();
+    let (cd, cs) = put(&serde_json::to_vec(&config).unwrap());
+    manifest["config"]["digest"] = cd.into();
+    manifest["config"]["size"] = cs.into();
+    let (md, ms) = put(&serde_json::to_vec(&manifest).unwrap());
+    mdesc["digest"] = md.into();
+    mdesc["size"] = ms.into();
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+#[test]
+fn pull_stores_verified_blobs_and_unpacks_at_first_use() {
+    if !have_tools("pull_stores_verified_blobs_and_unpacks_at_first_use")
+        || !can_sandbox("pull_stores_verified_blobs_and_unpacks_at_first_use")
+    {
+        return;
+    }
+    let t = T::new();
+    let host = t.reg.host();
+    t.push_test_image("lazy/busybox:1");
+    let certs = t.reg.certs.to_str().unwrap();
+    let creds = format!("{USER}:{PASSWORD}");
+    let rootfs = t.env.state_root().join("rootfs");
+    let unpacked = || std::fs::read_dir(&rootfs).map(|d| d.count()).unwrap_or(0);
+
+    // Pulled: blobs and record, no root file system yet.
+    let reference = format!("{host}/lazy/busybox:1");
+    t.ok(&[
+        "pull",
+        "-q",
+        &reference,
+        "--cert-dir",
+        certs,
+        "--creds",
+        &creds,
+    ]);
+    assert_eq!(unpacked(), 0);
+    // The first run unpacks it (and it runs).
+    let o = t
+        .moat(&["run", "--isolation", "sandbox", &reference, "echo", "hi"])
+        .output()
+        .unwrap();
+    assert_eq!(out(&o), "hi\n", "{}", err(&o));
+    assert_eq!(unpacked(), 1);
+
+    // --unpack: unpacked by the pull (another image: Docker's format).
+    t.reg.skopeo_push(
+        &format!(
+            "oci-archive:{}",
+            t.env.dir.path().join("busybox.oci.tar").display()
+        ),
+        "lazy/v2s2:1",
+        &["--format", "v2s2"],
+    );
+    t.ok(&[
+        "pull",
+        "-q",
+        "--unpack",
+        &format!("{host}/lazy/v2s2:1"),
+        "--cert-dir",
+        certs,
+        "--creds",
+        &creds,
+    ]);
+    assert_eq!(unpacked(), 2);
+
+    // A config whose diff ID the layer does not match: every blob matches
+    // its digest, so the pull stores it; the first run verifies the layer
+    // as it unpacks it, refuses, and leaves no root file system.
+    let layout = t.env.dir.path().join("hostile-layout");
+    std::fs::create_dir_all(&layout).unwrap();
+    let o = Command::new("tar")
+        .arg("-xf")
+        .arg(t.env.dir.path().join("busybox.oci.tar"))
+        .arg("-C")
+        .arg(&layout)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    let claimed = format!("sha256:{}", "ab".repeat(32));
+    claim_wrong_diff_id(&layout, &claimed);
+    t.reg
+        .skopeo_push(&format!("oci:{}", layout.display()), "lazy/hostile:1", &[]);
+    let hostile = format!("{host}/lazy/hostile:1");
+    t.ok(&[
+        "pull",
+        "-q",
+        &hostile,
+        "--cert-dir",
+        certs,
+        "--creds",
+        &creds,
+    ]);
+    let o = t
+        .moat(&["run", "--isolation", "sandbox", &hostile, "echo", "RAN"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && !out(&o).contains("RAN"));
+    assert!(err(&o).contains(&claimed), "{}", err(&o));
+    assert_eq!(unpacked(), 2, "a refused layer left a root file system");
+    // With --unpack the same image is refused by the pull itself.
+    t.ok(&["image", "rm", &hostile]);
+    let e = t.fails(&[
+        "pull",
+        "--unpack",
+        &hostile,
+        "--cert-dir",
+        certs,
+        "--creds",
+        &creds,
+    ]);
+    assert!(e.contains(&claimed), "{e}");
+}

@@ -27,18 +27,12 @@ fn zip_of(records: &[(String, String)]) -> Vec<u8> {
 /// Path -> (ETag, body, bytes actually sent).
 type Files = HashMap<String, (String, Vec<u8>, usize)>;
 
-fn serve(
-    files: Files,
-    log: Arc<Mutex<Vec<(String, String)>>>,
-) -> u16 {
+fn serve(files: Files, log: Arc<Mutex<Vec<(String, String)>>>) -> u16 {
     serve_shared(Arc::new(Mutex::new(files)), log)
 }
 
 /// [`serve`] of a map the test may change while it serves.
-fn serve_shared(
-    files: Arc<Mutex<Files>>,
-    log: Arc<Mutex<Vec<(String, String)>>>,
-) -> u16 {
+fn serve_shared(files: Arc<Mutex<Files>>, log: Arc<Mutex<Vec<(String, String)>>>) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {

@@ -40,6 +40,9 @@ pub struct PullOptions<'a> {
     /// name for the rule set (`the policy P`); every requirement must be
     /// met. Empty: no signature required.
     pub signers: Vec<SignerGroup>,
+    /// Unpack the root file system now; else at first use (see
+    /// [`ImportOptions::materialise`]).
+    pub materialise: bool,
 }
 
 /// One signature requirement of [`PullOptions::signers`].
@@ -60,6 +63,7 @@ impl Default for PullOptions<'_> {
             registries: RegistriesConf::default(),
             check: None,
             signers: Vec::new(),
+            materialise: true,
         }
     }
 }
@@ -341,8 +345,9 @@ impl Store {
             source: Box::new(source),
         };
         let staging = self.staging("pull").map_err(store_err)?;
-        let layout = staging.path().join("layout");
-        let blobs = layout.join("blobs/sha256");
+        // Verified blobs land here, named by hex digest, and move into the
+        // store from here.
+        let blobs = staging.path().join("blobs");
         let werr = |path: &Path| {
             let path = path.to_path_buf();
             let reference = rstr.clone();
@@ -392,31 +397,16 @@ impl Store {
             )
         })?;
 
-        let index = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": oci::MEDIA_OCI_INDEX,
-            "manifests": [{
-                "mediaType": if manifest_desc.media_type.is_empty() { oci::MEDIA_OCI_MANIFEST } else { &manifest_desc.media_type },
-                "digest": manifest_desc.digest,
-                "size": manifest_desc.size,
-            }],
-        });
-        fs::write(
-            layout.join("oci-layout"),
-            br#"{"imageLayoutVersion":"1.0.0"}"#,
-        )
-        .map_err(werr(&layout))?;
-        fs::write(layout.join("index.json"), index.to_string()).map_err(werr(&layout))?;
-
         let pinned = reference.with_digest(&top.digest);
         let import = ImportOptions {
             name: Some(reference.store_name()),
             unpack: opts.unpack,
             progress: opts.progress,
             source: Some(format!("docker://{pinned}")),
+            materialise: opts.materialise,
         };
         let image = self
-            .import(&layout, &import)
+            .import_downloaded(staging.path(), &blobs, manifest_desc, &import)
             .map_err(|source| RegistryError::Import {
                 reference: rstr.clone(),
                 source: Box::new(source),

@@ -184,6 +184,7 @@ fn import(store: &Store, a: ImportArgs) -> anyhow::Result<ExitCode> {
             .map(|b| b as &dyn Progress)
             .unwrap_or(&NoProgress),
         source: None,
+        materialise: true,
     };
     let result = store.import(&a.path, &opts);
     if let Some(b) = &bar {

@@ -88,7 +88,11 @@ impl RegistryArgs {
 
 Multi-platform indexes resolve to linux/amd64. Every blob is checked
 against its digest before it is stored; the image is stored atomically
-under REGISTRY/REPO:TAG and REGISTRY/REPO@DIGEST.")]
+under REGISTRY/REPO:TAG and REGISTRY/REPO@DIGEST. As `skopeo copy`, the
+pull stores the verified blobs; the root file system is unpacked (every
+layer verified again) at first use, and the package inventory is taken by
+the next `moat scan`, advisory update or vulnerability gate. `--unpack`
+does both now.")]
 pub struct PullArgs {
     /// Image reference: [HOST[:PORT]/]NAME[:TAG][@sha256:DIGEST].
     pub reference: String,
@@ -103,6 +107,10 @@ pub struct PullArgs {
     /// Print only the image ID.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Unpack the root file system and take the package inventory now,
+    /// not at first use.
+    #[arg(long)]
+    pub unpack: bool,
     /// Refuse images the policy's `image` rules do not allow (allowed
     /// names, digests, require_digest), before anything is downloaded.
     #[arg(long, value_name = "FILE")]
@@ -246,13 +254,16 @@ pub fn pull(global: &GlobalArgs, a: PullArgs) -> anyhow::Result<ExitCode> {
         registries: a.registry.registries()?,
         check: Some(&check),
         signers,
+        materialise: a.unpack,
     };
     let result = store.pull(&reference, &opts);
     if let Some(b) = &bar {
         b.0.finish_and_clear();
     }
     let pulled = result.context("pull failed")?;
-    crate::cmd::scan::record_inventory(&store, &pulled.image);
+    if a.unpack {
+        crate::cmd::scan::record_inventory(&store, &pulled.image);
+    }
     if a.quiet {
         println!("{}", pulled.image.config_digest);
     } else {

@@ -146,6 +146,15 @@ pub fn import_and_rematch(global: &GlobalArgs, path: &Path) -> anyhow::Result<Im
             }
         }
     }
+    // Images stored without an inventory (pulled, not yet scanned or
+    // run): take it now, so that every stored image is matched.
+    if let Ok(images) = moat_image::Store::open(&global.root) {
+        for image in images.list()? {
+            if store::load(&global.root, &image.config_digest)?.is_none() {
+                crate::cmd::scan::record_inventory(&images, &image);
+            }
+        }
+    }
     let images = store::list(&global.root)?.len();
     // The containers, read through the runtime core's one reader; the
     // advisories are imported already, so an untrusted run root only
