@@ -384,6 +384,16 @@ fn host_trust_roots_bind_every_pull_and_run_and_need_their_own_grant() {
     .unwrap();
     assert_eq!(shown["image"]["allowed"][0], scope.as_str(), "{shown}");
     assert_eq!(shown["image"]["signers"][0]["key"], public, "{shown}");
+    // `moat policy explain` says what the host adds to any policy.
+    let o = moat_t(dir, &trust, &["policy", "explain", "baseline"]);
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains(&format!(
+            "  host trust    {}: accept {scope} signed by {public}\n",
+            trust.display()
+        )),
+        "{said}"
+    );
 
     // Now every pull and run needs the signer, whatever the policy says.
     let o = pull(&unsigned);

@@ -172,8 +172,17 @@ fn explain_cmd(global: &GlobalArgs, a: ExplainArgs) -> anyhow::Result<ExitCode> 
         let p = load(&name)?;
         let e = explain::explain(&p);
         match a.format {
-            TextOrJson::Text => print!("{}", e.to_text()),
-            TextOrJson::Json => println!("{}", serde_json::to_string_pretty(&e)?),
+            TextOrJson::Text => {
+                print!("{}", e.to_text());
+                println!("  host trust    {}", host_trust_summary()?);
+            }
+            TextOrJson::Json => {
+                let mut v = serde_json::to_value(&e)?;
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert("host_trust".into(), host_trust_json()?);
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -234,6 +243,43 @@ fn explain_cmd(global: &GlobalArgs, a: ExplainArgs) -> anyhow::Result<ExitCode> 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the host's trust file adds to every policy's image rules.
+fn host_trust_summary() -> anyhow::Result<String> {
+    let path = crate::cmd::image_trust::trust_path();
+    let Some(t) = crate::cmd::image_trust::host_roots()? else {
+        return Ok(format!("no trust file at {}: any source", path.display()));
+    };
+    let mut parts: Vec<String> = Vec::new();
+    for a in &t.image.allowed {
+        let keys: Vec<&str> = t
+            .image
+            .signers_for(a.trim_end_matches('*'))
+            .iter()
+            .filter(|r| &r.repository == a)
+            .map(|r| r.key.as_str())
+            .collect();
+        match keys.is_empty() {
+            true => parts.push(format!("accept {a}")),
+            false => parts.push(format!("accept {a} signed by {}", keys.join(" or "))),
+        }
+    }
+    if parts.is_empty() {
+        parts.push("accepts no source".into());
+    }
+    if t.image.require_digest {
+        parts.push("by digest only".into());
+    }
+    Ok(format!("{}: {}", t.source, parts.join("; ")))
+}
+
+fn host_trust_json() -> anyhow::Result<serde_json::Value> {
+    let path = crate::cmd::image_trust::trust_path();
+    Ok(match crate::cmd::image_trust::host_roots()? {
+        None => serde_json::json!({ "file": path, "exists": false }),
+        Some(t) => serde_json::json!({ "file": path, "exists": true, "image": t.image }),
+    })
 }
 
 /// A policy file or built-in name.
