@@ -13,6 +13,8 @@
 //! kill count, freezes and thaws (pause/resume), kills every process and
 //! removes the groups.
 
+#![forbid(unsafe_code)]
+
 mod group;
 mod hierarchy;
 mod kill;

@@ -1,6 +1,8 @@
 //! Content-addressed OCI image store: import, verify, materialise rootfs,
 //! export. See docs/image-store.md.
 
+#![forbid(unsafe_code)]
+
 pub mod digest;
 mod fsat;
 pub mod oci;

@@ -9,6 +9,8 @@
 //! guest agent links it without the rest of `moat-policy`, which re-exports
 //! it as `moat_policy::plan` (and [`caps`] as `moat_policy::caps`).
 
+#![forbid(unsafe_code)]
+
 pub mod caps;
 
 use serde::{Deserialize, Serialize};

@@ -9,6 +9,8 @@
 //! assert!(!plan.seccomp.instructions.is_empty());
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod allowlist;
 pub mod args;
 pub mod auto;

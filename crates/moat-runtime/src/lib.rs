@@ -26,6 +26,7 @@ pub mod pipeline;
 pub mod process;
 pub mod record;
 pub mod spec;
+pub mod startup;
 mod sys;
 
 pub use backend::Backend;

@@ -1,5 +1,7 @@
 //! Vulnerability scanning: package inventories, OSV advisories, matching, SBOMs. See docs/scanning.md.
 
+#![forbid(unsafe_code)]
+
 pub mod coverage;
 pub mod cvss;
 pub mod db;

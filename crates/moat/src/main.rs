@@ -1,11 +1,12 @@
 //! The `moat` command line. Each subcommand lives in its own module under
 //! `cmd/`; this file only parses arguments and dispatches.
 
+#![forbid(unsafe_code)]
+
 #[macro_use]
 mod display;
 mod cmd;
 mod global;
-mod sys;
 
 use std::process::ExitCode;
 
@@ -98,7 +99,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    if let Err(e) = sys::cloexec_inherited_fds() {
+    if let Err(e) = moat_runtime::startup::cloexec_inherited_fds() {
         eprintln!("moat: error: marking inherited descriptors close-on-exec: {e}");
         return ExitCode::from(global::EXIT_FAILURE);
     }
@@ -140,7 +141,7 @@ fn main() -> ExitCode {
     // stop and clean up the container; moat itself prints nothing there
     // while the workload runs, and the workload gets the default back.
     if !is_run {
-        sys::default_sigpipe();
+        moat_runtime::startup::default_sigpipe();
     }
     let result = match cli.command {
         Command::Image(c) => cmd::image::run(&cli.global, c),

@@ -184,7 +184,7 @@ fn launch_monitor(
     }
     args.push(id.to_string().into());
     let exe = std::fs::read_link("/proc/self/exe").context("finding the moat binary")?;
-    crate::sys::spawn_monitor(&exe, &args, w.into())
+    moat_runtime::startup::spawn_monitor(&exe, &args, w.into())
         .with_context(|| format!("starting the monitor of container {id}"))?;
     let mut report = Vec::new();
     std::io::Read::read_to_end(&mut std::io::Read::take(r, 64 * 1024), &mut report)
@@ -198,7 +198,7 @@ pub fn monitor(global: &GlobalArgs, args: MonitorArgs) -> anyhow::Result<ExitCod
     if args.ready_fd < 3 {
         bail!("--ready-fd must be 3 or above");
     }
-    let ready = crate::sys::adopt_fd(args.ready_fd)?;
+    let ready = moat_runtime::startup::adopt_fd(args.ready_fd)?;
     let rec = records(global)?
         .into_iter()
         .find(|r| r.id == id)
