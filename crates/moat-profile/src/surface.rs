@@ -326,7 +326,7 @@ mod tests {
         assert_eq!(s.capabilities.count, 1);
         assert_eq!(s.writable_paths, vec!["/tmp"]);
         assert_eq!(s.network, "none");
-        // 35*(2.5/381) + 20/41 + 0 + 10/5 + 0 + 15 = 17.7
+        // 35*(2.5/382) + 20/41 + 0 + 10/5 + 0 + 15 = 17.7
         assert_eq!(s.score, 17.7);
         assert_eq!(s.docker_default_score, 69.2);
         let json = serde_json::to_value(&s).unwrap();
@@ -338,7 +338,7 @@ mod tests {
     fn vm_counts_syscalls_less() {
         let sandbox = of_plan(&plan_with(vec![], IsolationRequirement::Sandbox)).unwrap();
         let vm = of_plan(&plan_with(vec![], IsolationRequirement::Vm)).unwrap();
-        assert_eq!(sandbox.syscalls.allowed_count, 381);
+        assert_eq!(sandbox.syscalls.allowed_count, 382);
         assert!(vm.score < sandbox.score);
         assert_eq!(vm.kernel, "the guest's own kernel (one per container)");
     }

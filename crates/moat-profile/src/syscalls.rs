@@ -1,10 +1,8 @@
-//! The x86_64 system call table (number <-> name), kept as data in
-//! `data/syscall_64.tsv` (see the header of that file for its origin).
+//! The x86_64 system call table (number <-> name): the policy's one table
+//! (`moat_policy::syscalls::X86_64`), indexed both ways for the profiler.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
-
-static TABLE_TSV: &str = include_str!("../data/syscall_64.tsv");
 
 /// Number and name of every x86_64 system call this build knows.
 #[derive(Debug)]
@@ -15,20 +13,11 @@ pub struct SyscallTable {
 
 impl SyscallTable {
     fn parse() -> SyscallTable {
-        let mut by_nr = BTreeMap::new();
-        let mut by_name = HashMap::new();
-        for line in TABLE_TSV.lines() {
-            if line.starts_with('#') || line.trim().is_empty() {
-                continue;
-            }
-            let mut it = line.split('\t');
-            let (Some(nr), Some(name)) = (it.next(), it.next()) else {
-                continue;
-            };
-            let Ok(nr) = nr.parse::<u32>() else { continue };
-            by_nr.insert(nr, name);
-            by_name.insert(name, nr);
-        }
+        let by_nr: BTreeMap<u32, &'static str> = moat_policy::syscalls::X86_64
+            .iter()
+            .map(|(name, nr)| (*nr, *name))
+            .collect();
+        let by_name = by_nr.iter().map(|(nr, name)| (*name, *nr)).collect();
         SyscallTable { by_nr, by_name }
     }
 
@@ -80,7 +69,8 @@ mod tests {
         assert_eq!(t.number("execve"), Some(59));
         assert_eq!(t.name(435), Some("clone3"));
         assert_eq!(t.name(462), Some("mseal"));
-        assert_eq!(t.name(335), None);
-        assert_eq!(t.len(), 381);
+        // The policy's table: 382 calls, uretprobe (335) included.
+        assert_eq!(t.len(), 382);
+        assert_eq!(t.name(335), Some("uretprobe"));
     }
 }
