@@ -52,7 +52,7 @@ impl TestNet {
              ip daddr {net}.3 counter comment \"denied-addr\"\n  \
              tcp dport 8001 counter comment \"denied-port\"\n  \
              ip protocol icmp counter comment \"icmp\"\n  \
-             udp dport 9999 counter comment \"udp\"\n  \
+             udp dport 53 counter comment \"udp\"\n  \
              ip daddr {net}.2 tcp dport 8000 counter comment \"allowed\"\n }}\n}}\n"
         );
         let probe_file = std::env::temp_dir().join(format!("{name}.nft"));
@@ -349,7 +349,7 @@ fn the_workload_cannot_change_its_filter_with_any_capability() {
          ip link set eth0 down 2>/dev/null; echo link_down=$?; \
          ping -c 1 -W 1 {denied} >/dev/null 2>&1; echo raw_ping=$?; \
          arping -c 1 -w 1 -I eth0 {denied} >/dev/null 2>&1; echo packet_socket=$?; \
-         echo x | nc -u -w 1 {denied} 9999; echo udp=$?; \
+         nslookup moat.test {denied} >/dev/null 2>&1; echo udp_dns=$?; \
          unshare -n sh -c 'ip link set lo up; printf x | nc -w 2 {allowed} 8000' >/dev/null 2>&1; echo unshare_net=$?; \
          {}{}{}",
         get("allowed", &allowed, 8000),
