@@ -1,0 +1,119 @@
+//! As root: a namespace, its table read back, pasta attached and gone
+//! afterwards. Traffic goes to loopback only.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use moat_net::{Egress, EgressConfig};
+use moat_plan::{EgressRule, PortPublish};
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Root, pasta, nft and busybox; prints `SKIP:` if any is missing.
+fn can_run(test: &str) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        == Some("0");
+    if !root {
+        println!("SKIP: {test}: needs root (network namespaces)");
+        return false;
+    }
+    for tool in ["pasta", "nft", "busybox", "nsenter"] {
+        if !Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            println!("SKIP: {test}: {tool} is not installed (scripts/bootstrap)");
+            return false;
+        }
+    }
+    true
+}
+
+#[test]
+fn table_installed_pasta_publishes_and_goes_away() {
+    if !can_run("table_installed_pasta_publishes_and_goes_away") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("netns/one");
+    let egress = [EgressRule {
+        cidr: "10.231.0.0/29".into(),
+        ports: Some((8000, 8000)),
+        protocol: "tcp".into(),
+    }];
+    let host_port = free_port();
+    let publish = [PortPublish {
+        host_port,
+        container_port: 8080,
+        protocol: "tcp".into(),
+        host_ip: Some("127.0.0.1".into()),
+    }];
+    let net = Egress::start(&EgressConfig {
+        path: path.clone(),
+        egress: &egress,
+        publish: &publish,
+        dns: None,
+        routed: false,
+        map_gateway: false,
+    })
+    .unwrap();
+    let pid = net.pasta().pid();
+    assert!(alive(pid));
+    let listing = Command::new("nsenter")
+        .arg(format!("--net={}", path.display()))
+        .args(["nft", "list", "table", "inet", "moat"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        text.contains("ip daddr 10.231.0.0/29 tcp dport 8000 accept"),
+        "{text}"
+    );
+    assert!(text.contains("policy drop"), "{text}");
+
+    // A server in the namespace answers on the published host port.
+    let mut server = Command::new("nsenter")
+        .arg(format!("--net={}", path.display()))
+        .args(["busybox", "nc", "-l", "-p", "8080", "-e", "echo", "from-ns"])
+        .spawn()
+        .unwrap();
+    let mut got = String::new();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", host_port)) {
+            // Read only: a write racing the server's close would turn
+            // into a reset that discards what it sent.
+            let _ = s.read_to_string(&mut got);
+            if !got.is_empty() {
+                break;
+            }
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(got.trim(), "from-ns");
+
+    drop(net);
+    assert!(!alive(pid), "pasta {pid} outlived its handle");
+    assert!(!path.exists());
+}
