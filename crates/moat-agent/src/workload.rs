@@ -372,7 +372,12 @@ fn mount_container_fs(plan: &moat_plan::Plan, console: Option<OwnedFd>) -> Resul
             }
             MountPlan::Volume { destination, .. } => {
                 return Err(Failure::setup(format!(
-                    "volume at {destination}: the vm backend does not share host directories; use --isolation sandbox for volumes"
+                    "volume at {destination}: the vm backend does not share host directories; use a named volume (`moat volume create`) or --isolation sandbox"
+                )));
+            }
+            MountPlan::Named { destination, .. } => {
+                return Err(Failure::setup(format!(
+                    "named volume at {destination}: this agent cannot mount named volumes"
                 )));
             }
         }

@@ -94,6 +94,8 @@ pub struct Grants {
     pub isolation: BTreeSet<String>,
     /// Host path prefixes that may be mounted as volumes.
     pub volumes: Vec<String>,
+    /// Named volumes (names, `prefix*` or `*`) that may be mounted.
+    pub named_volumes: Vec<String>,
     pub exec: bool,
     pub devices: bool,
     /// Directories under which `moat run --rootfs DIR` may take a root
@@ -278,6 +280,7 @@ fn parse_grants(cx: &Cx<'_>, node: &Node) -> Result<Grants, PolicyError> {
             "network",
             "isolation",
             "volumes",
+            "named_volumes",
             "exec",
             "devices",
             "rootfs",
@@ -344,6 +347,19 @@ fn parse_grants(cx: &Cx<'_>, node: &Node) -> Result<Grants, PolicyError> {
             "rootfs" => {
                 for item in cx.list(n, &path)? {
                     g.rootfs.push(cx.abs_path(item, &path)?);
+                }
+            }
+            "named_volumes" => {
+                for item in cx.list(n, &path)? {
+                    let v = cx.string(item, &path)?;
+                    let bare = v.strip_suffix('*').unwrap_or(&v);
+                    if !(bare.is_empty() || crate::model::valid_volume_name(bare)) {
+                        return Err(cx.err(
+                            item.pos,
+                            format!("`{path}` entries must be volume names, prefixes ending in `*`, or `*`; found `{v}`"),
+                        ));
+                    }
+                    g.named_volumes.push(v);
                 }
             }
             "exec" => g.exec = cx.bool(n, &path)?,
@@ -530,6 +546,8 @@ pub enum Request {
     Network(String),
     Isolation(String),
     Volume(String),
+    /// A named volume (or a policy's pattern of them).
+    NamedVolume(String),
     Rootfs(String),
     Exec,
     Devices,
@@ -542,6 +560,7 @@ impl Request {
             Request::Network(n) => format!("network {n}"),
             Request::Isolation(i) => format!("isolation {i}"),
             Request::Volume(v) => format!("volume {v}"),
+            Request::NamedVolume(v) => format!("named volume {v}"),
             Request::Rootfs(r) => format!("rootfs {r}"),
             Request::Exec => "exec".to_string(),
             Request::Devices => "devices".to_string(),
@@ -554,6 +573,10 @@ impl Request {
             Request::Network(n) => g.network.contains(n),
             Request::Isolation(i) => g.isolation.contains(i),
             Request::Volume(v) => g.volumes.iter().any(|prefix| path_under(v, prefix)),
+            Request::NamedVolume(v) => g
+                .named_volumes
+                .iter()
+                .any(|p| crate::model::name_pattern_covers(p, v)),
             Request::Rootfs(r) => g.rootfs.iter().any(|prefix| path_under(r, prefix)),
             Request::Exec => g.exec,
             Request::Devices => g.devices,
@@ -591,6 +614,9 @@ fn requests(policy: &Policy) -> Vec<Request> {
     }
     for v in &s.filesystem.volumes {
         r.push(Request::Volume(v.source.clone()));
+    }
+    for v in &s.filesystem.named_volumes {
+        r.push(Request::NamedVolume(v.name.clone()));
     }
     if s.exec {
         r.push(Request::Exec);

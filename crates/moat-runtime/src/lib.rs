@@ -27,6 +27,8 @@ pub mod process;
 pub mod record;
 pub mod spec;
 mod sys;
+pub mod volume_store;
+pub mod volumes;
 
 pub use backend::Backend;
 pub use id::{ContainerId, ContainerName, ImageRef, Isolation};

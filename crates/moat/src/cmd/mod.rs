@@ -18,5 +18,6 @@ pub mod run;
 pub mod scan;
 pub mod surface;
 pub mod trust;
+pub mod volume;
 pub mod vulndb;
 pub mod vulndb_update;

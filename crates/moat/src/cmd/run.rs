@@ -40,6 +40,7 @@ pub enum Accel {
   moat run --rootfs ./rootfs /bin/sh -c 'id; hostname'   # a root filesystem directory instead of an image
   moat run --rm --entrypoint /bin/sh busybox -c 'echo hi'   # podman's spellings
   moat run -d --name web busybox httpd -f -p 8080   # detached: see moat ps, logs, stop, rm
+  moat run --policy vols.yaml -v /srv/data:/data:ro -v cache:/cache busybox ls /data
 
 A container is kept, stopped, when its command exits (`moat ps -a`), until
 `moat rm`; `--rm` removes it at once.
@@ -111,6 +112,14 @@ pub struct RunArgs {
     /// or that micro-VMs run under software emulation.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Mount a host directory or a named volume (`moat volume`): only what
+    /// the policy grants (`filesystem.volumes`, `filesystem.named_volumes`);
+    /// read-only unless the grant is writable (docs/volumes.md).
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DIR[:ro|rw]")]
+    pub volumes: Vec<String>,
+    /// Mount a tmpfs at DIR (within the policy's `filesystem.writable`).
+    #[arg(long = "tmpfs", value_name = "DIR[:SIZE]")]
+    pub tmpfs: Vec<String>,
     /// Image reference (name[:tag], ID or unique ID prefix), or a directory with --rootfs.
     pub image: String,
     /// Command and arguments (default: the image's Entrypoint and Cmd).
@@ -218,6 +227,7 @@ pub fn prepare<'a>(
             Isolation::Vm => RequestedIsolation::Vm,
             Isolation::Auto => RequestedIsolation::Auto,
         },
+        mounts: crate::cmd::volume::mount_args(global, &args.volumes, &args.tmpfs)?,
     };
     match pipeline::prepare(request, &mut steps)? {
         Prepared::Refused { policy, decision } => {
@@ -232,6 +242,7 @@ pub fn prepare<'a>(
             Ok(Err(ExitCode::from(crate::global::EXIT_NOT_STARTED)))
         }
         Prepared::Ready(ready) => {
+            crate::cmd::volume::create_missing(global, &ready.plan.mounts)?;
             steps.resolved_policy = ready.policy.clone();
             Ok(Ok((*ready, steps)))
         }
