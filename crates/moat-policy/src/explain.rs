@@ -197,6 +197,7 @@ pub fn explain(policy: &Policy) -> Explanation {
                     if v.read_only { "ro" } else { "rw" }
                 )
             })
+            .chain(s.filesystem.named_volumes.iter().map(named_volume))
             .collect(),
         network,
         devices: s
@@ -595,6 +596,7 @@ pub fn diff(a: &Policy, b: &Policy) -> Vec<Change> {
                     if v.read_only { "ro" } else { "rw" }
                 )
             })
+            .chain(p.spec.filesystem.named_volumes.iter().map(named_volume))
             .collect()
     };
     sets(&mut out, "volume", &v(a), &v(b));
@@ -607,4 +609,13 @@ pub fn diff(a: &Policy, b: &Policy) -> Vec<Change> {
     };
     sets(&mut out, "device", &d(a), &d(b));
     out
+}
+
+/// A named-volume grant as `explain` and `diff` show it.
+fn named_volume(g: &crate::model::NamedVolumeGrant) -> String {
+    format!(
+        "named volume {} (moat run -v NAME:DIR, {})",
+        g.name,
+        if g.read_only { "ro" } else { "rw" }
+    )
 }

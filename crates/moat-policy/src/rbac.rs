@@ -917,4 +917,45 @@ mod tests {
         assert!(!path_under("/srv/database", "/srv/data"));
         assert!(path_under("/etc", "/"));
     }
+
+    #[test]
+    fn named_volume_patterns_cover_narrower_ones() {
+        let rbac = Rbac::parse(
+            "apiVersion: moat.dev/v1\nkind: RBAC\nroles:\n  - name: dev\n    grants:\n      isolation: [vm, sandbox]\n      network: [none]\n      named_volumes: [\"app-*\"]\nbindings:\n  - role: dev\n    users: [alice]\n",
+            "rbac.yaml",
+        )
+        .unwrap();
+        let alice = Principal {
+            uid: 1000,
+            name: "alice".into(),
+            groups: vec![],
+        };
+        let policy = |grant: &str| {
+            Policy::parse(
+                &format!("apiVersion: moat.dev/v1\nkind: Policy\nmetadata:\n  name: p\nspec:\n  extends: baseline\n  filesystem:\n    named_volumes:\n      - {{name: \"{grant}\"}}\n"),
+                "p.yaml",
+            )
+            .unwrap()
+        };
+        let ok = |grant: &str, extra: &[Request]| {
+            authorize_with(
+                Some(&rbac),
+                Path::new("rbac.yaml"),
+                &alice,
+                &policy(grant),
+                extra,
+            )
+            .allowed
+        };
+        assert!(ok("app-1", &[]));
+        assert!(ok("app-x*", &[Request::NamedVolume("app-x1".into())]));
+        assert!(!ok("*", &[]));
+        assert!(!ok("other", &[]));
+        assert!(!ok("app-1", &[Request::NamedVolume("db".into())]));
+        assert!(Rbac::parse(
+            "apiVersion: moat.dev/v1\nkind: RBAC\nroles:\n  - name: r\n    grants:\n      named_volumes: [\"../x\"]\n",
+            "bad.yaml"
+        )
+        .is_err());
+    }
 }
