@@ -1,6 +1,8 @@
 //! Named volumes across the two backends: the same ext4 image written in
 //! the sandbox is read in a micro-VM and back, with the same owners; a
-//! host directory is refused for a micro-VM. Slow under TCG: one boot.
+//! host directory is refused for a micro-VM; a VM holding a volume keeps
+//! it from removal and from other containers, and QEMU killed mid-write
+//! leaves it consistent. Slow under TCG: two boots.
 //! Skips with `SKIP:` when QEMU or the guest kernel is absent.
 
 #[path = "sandbox_common/mod.rs"]
@@ -8,7 +10,7 @@ mod common;
 #[path = "../../moat-vm/tests/common/host.rs"]
 mod vm_host;
 
-use common::{stderr, stdout, vm_ready, Env};
+use common::{stderr, stdout, vm_ready, wait_for, Env};
 use vm_host::vm_lock;
 
 fn policy(env: &Env, fs: &str) -> String {
@@ -112,4 +114,107 @@ fn named_volume_written_in_the_sandbox_is_read_in_a_vm_and_back() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stdout(&o));
+
+    // A detached VM holds the volume (QEMU has the locked image): neither
+    // rm nor the sandbox gets it.
+    let root = env.rootfs.display().to_string();
+    env.ok(&[
+        "run",
+        "-d",
+        "--isolation",
+        "vm",
+        "--accel",
+        "tcg",
+        "--name",
+        "vmholder",
+        "--policy",
+        &p,
+        "-v",
+        "shared:/cache",
+        "--rootfs",
+        &root,
+        "sh",
+        "-c",
+        "while :; do dd if=/dev/zero of=/cache/big bs=64k count=64 2>/dev/null; sync; done",
+    ]);
+    let o = env.moat(&["volume", "rm", "shared"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("volume \"shared\" is in use"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&env, "sandbox", &vol, "true");
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).contains("in use by a running container"),
+        "{}",
+        stderr(&o)
+    );
+    // QEMU killed with SIGKILL while the guest writes: the journal keeps
+    // the filesystem consistent (replayed, then checked read-only).
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let supervisor = env.inspect("vmholder")["State"]["Pid"].as_i64().unwrap();
+    let qemu = descendants(supervisor)
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.starts_with("qemu"))
+        })
+        .expect("the holder's QEMU");
+    std::process::Command::new("kill")
+        .args(["-9", &qemu.to_string()])
+        .status()
+        .unwrap();
+    let disk = env.state_root().join("volumes/shared/disk.ext4");
+    wait_for("QEMU's lock on the volume to go", 60, || {
+        std::fs::File::open(&disk).unwrap().try_lock().is_ok()
+    });
+    let replay = std::process::Command::new("e2fsck")
+        .args(["-E", "journal_only", "-p"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.code().unwrap_or(8) <= 1,
+        "{}",
+        stderr(&replay)
+    );
+    let o = std::process::Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stdout(&o));
+    env.ok(&["rm", "-f", "vmholder"]);
+    assert_eq!(env.ok(&["volume", "rm", "shared"]), "shared\n");
+}
+
+/// Every descendant of process `pid`.
+fn descendants(pid: i64) -> Vec<i64> {
+    let mut parents = vec![pid];
+    let mut out = Vec::new();
+    loop {
+        let mut found = false;
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<i64>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            let ppid: i64 = stat[stat.rfind(')').unwrap() + 2..]
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if parents.contains(&ppid) && !parents.contains(&p) {
+                parents.push(p);
+                out.push(p);
+                found = true;
+            }
+        }
+        if !found {
+            return out;
+        }
+    }
 }
