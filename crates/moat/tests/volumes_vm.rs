@@ -2,7 +2,7 @@
 //! the sandbox is read in a micro-VM and back, with the same owners; a
 //! host directory is refused for a micro-VM; a VM holding a volume keeps
 //! it from removal and from other containers, and QEMU killed mid-write
-//! leaves it consistent. Slow under TCG: two boots.
+//! leaves it consistent. Slow under TCG: three boots.
 //! Skips with `SKIP:` when QEMU or the guest kernel is absent.
 
 #[path = "sandbox_common/mod.rs"]
@@ -98,6 +98,23 @@ fn named_volume_written_in_the_sandbox_is_read_in_a_vm_and_back() {
     assert!(out.starts_with("from-sandbox\n1000\n"), "{out}");
     assert!(out.contains("Read-only file system"), "{out}");
     assert!(out.ends_with("1\n"), "{out}");
+
+    // In the guest too, a symlink in the image at the target does not
+    // redirect the mount: refused.
+    std::os::unix::fs::symlink("/etc", env.rootfs.join("evil")).unwrap();
+    let o = run(
+        &env,
+        "vm",
+        &[&vol[..], &["-v", "frozen:/evil"]].concat(),
+        "ls /etc",
+    );
+    assert_eq!(o.status.code(), Some(125), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("mount target /evil: a component is a symlink in the image"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_file(env.rootfs.join("evil")).unwrap();
 
     // Back in the sandbox: the guest's file, owned by 1000 here too.
     let o = run(
