@@ -436,3 +436,28 @@ fn named_volume_lifecycle_in_the_sandbox() {
     assert_eq!(pruned, serde_json::json!(["app-1", "ro"]));
     assert_eq!(env.ok(&["volume", "ls", "-q"]), "");
 }
+
+#[test]
+fn a_filesystem_that_cannot_be_idmapped_is_refused_not_mounted_unmapped() {
+    if !can_sandbox("a_filesystem_that_cannot_be_idmapped_is_refused_not_mounted_unmapped") {
+        return;
+    }
+    let env = Env::new();
+    mkdirs(&env, &["data"]);
+    // procfs does not support idmapped mounts.
+    let p = policy(
+        &env,
+        "procvol",
+        "    volumes:\n      - {source: /proc/sys/fs, path: /data, read_only: true}\n",
+    );
+    let o = sh(&env, &["--policy", &p], "ls /data");
+    assert_eq!(o.status.code(), Some(125), "{}", stdout(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("volume host directory /proc/sys/fs: its filesystem")
+            && e.contains("cannot be idmapped")
+            && e.contains("moat does not mount it unmapped"),
+        "{e}"
+    );
+    assert!(stdout(&o).is_empty());
+}
