@@ -207,9 +207,21 @@ pub struct Filesystem {
     /// Writable tmpfs mounts, by path.
     pub writable: Vec<Tmpfs>,
     pub volumes: Vec<Volume>,
+    /// Host directories `moat run -v HOSTDIR:DIR` may mount (at or under
+    /// `source`) that are not mounted by default: `filesystem.volumes`
+    /// entries without a `path`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volume_grants: Vec<VolumeGrant>,
     /// Which of moat's named volumes `moat run -v NAME:DIR` may mount.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub named_volumes: Vec<NamedVolumeGrant>,
+}
+
+/// A host directory granted to `moat run -v` only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VolumeGrant {
+    pub source: String,
+    pub read_only: bool,
 }
 
 /// A grant of named volumes: an exact name, a prefix ending in `*`, or `*`.

@@ -679,7 +679,17 @@ impl Cx<'_> {
                         let vm = self.map(item, path, &["source", "path", "read_only"])?;
                         let s = self.require(item, &vm, "source", path)?;
                         let source = self.abs_path(s, &format!("{path}.source"))?;
-                        let p = self.require(item, &vm, "path", path)?;
+                        let read_only = match get(&vm, "read_only") {
+                            Some(b) => self.bool(b, &format!("{path}.read_only"))?,
+                            None => true,
+                        };
+                        // Without `path`: a grant for `moat run -v` only.
+                        let Some(p) = get(&vm, "path") else {
+                            fs.volume_grants.retain(|g| g.source != source);
+                            fs.volume_grants
+                                .push(crate::model::VolumeGrant { source, read_only });
+                            continue;
+                        };
                         let dest = self.abs_path(p, &format!("{path}.path"))?;
                         if dest == "/" {
                             return Err(self.err(
@@ -687,10 +697,6 @@ impl Cx<'_> {
                                 "a volume cannot be mounted at `/`: the root file system is always the image's, read-only",
                             ));
                         }
-                        let read_only = match get(&vm, "read_only") {
-                            Some(b) => self.bool(b, &format!("{path}.read_only"))?,
-                            None => true,
-                        };
                         if fs.writable.iter().any(|t| t.path == dest) {
                             return Err(self.err(
                                 p.pos,

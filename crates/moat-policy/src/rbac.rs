@@ -615,6 +615,9 @@ fn requests(policy: &Policy) -> Vec<Request> {
     for v in &s.filesystem.volumes {
         r.push(Request::Volume(v.source.clone()));
     }
+    for v in &s.filesystem.volume_grants {
+        r.push(Request::Volume(v.source.clone()));
+    }
     for v in &s.filesystem.named_volumes {
         r.push(Request::NamedVolume(v.name.clone()));
     }

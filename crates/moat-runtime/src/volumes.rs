@@ -174,17 +174,28 @@ pub fn check(
         let dst = &v.destination;
         let (grant_ro, mount) = match &v.source {
             VolumeSource::Host(src) => {
-                let grants: Vec<_> = fs
+                let grants: Vec<(&str, bool)> = fs
                     .volumes
                     .iter()
-                    .filter(|g| path_under(src, &g.source))
+                    .map(|v| (v.source.as_str(), v.read_only))
+                    .chain(
+                        fs.volume_grants
+                            .iter()
+                            .map(|g| (g.source.as_str(), g.read_only)),
+                    )
+                    .filter(|(source, _)| path_under(src, source))
                     .collect();
                 if grants.is_empty() {
                     anyhow::bail!(
                         "-v {src}:{dst}: policy {name:?} grants no host directory containing {src}; \
                          add `{{source: {src}, path: {dst}}}` under `filesystem.volumes` in the policy \
                          (and the path to your role's `volumes` in the RBAC file){}",
-                        granted_list(fs.volumes.iter().map(|g| g.source.as_str()))
+                        granted_list(
+                            fs.volumes
+                                .iter()
+                                .map(|g| g.source.as_str())
+                                .chain(fs.volume_grants.iter().map(|g| g.source.as_str()))
+                        )
                     );
                 }
                 // Rule 1: the path is opened later without following any
@@ -198,7 +209,7 @@ pub fn check(
                     Err(e) => anyhow::bail!("-v {src}:{dst}: host directory {src}: {e}"),
                 }
                 requests.push(Request::Volume(src.clone()));
-                let ro = grants.iter().all(|g| g.read_only);
+                let ro = grants.iter().all(|(_, ro)| *ro);
                 (
                     ro,
                     MountPlan::Volume {
@@ -413,6 +424,26 @@ mod tests {
             }
         ));
         assert!(check(&p, &[], &[TmpfsArg::parse("/tmp:10g").unwrap()], &dir).is_err());
+    }
+
+    #[test]
+    fn a_volume_without_path_is_a_grant_only() {
+        let p = policy("    volumes:\n      - {source: /tmp, read_only: false}\n");
+        assert!(p.spec.filesystem.volumes.is_empty());
+        let plan = moat_policy::compile(&p).unwrap();
+        assert!(plan
+            .mounts
+            .iter()
+            .all(|m| !matches!(m, MountPlan::Volume { .. })));
+        let (m, r) = check(&p, &[VolumeArg::parse("/tmp:/x").unwrap()], &[], &dir).unwrap();
+        assert_eq!(r, vec![Request::Volume("/tmp".into())]);
+        assert!(matches!(
+            &m[0],
+            MountPlan::Volume {
+                read_only: false,
+                ..
+            }
+        ));
     }
 
     #[test]

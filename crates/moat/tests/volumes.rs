@@ -193,7 +193,7 @@ fn planted_symlinks_do_not_redirect_volume_mounts() {
         return;
     }
     let env = Env::new();
-    mkdirs(&env, &["data", "grant"]);
+    mkdirs(&env, &["data"]);
     // The image: /evil -> /etc (an absolute link out of the target).
     symlink("/etc", env.rootfs.join("evil")).unwrap();
     let grant = host_dir(&env, "grant");
@@ -203,7 +203,8 @@ fn planted_symlinks_do_not_redirect_volume_mounts() {
     let p = policy(
         &env,
         "links",
-        &format!("    volumes:\n      - {{source: {grant}, path: /grant, read_only: false}}\n"),
+        // A grant for `-v` only (no `path`): nothing mounted by default.
+        &format!("    volumes:\n      - {{source: {grant}, read_only: false}}\n"),
     );
     let mounts_before = common::host_mounts();
     // 1. A symlink in the image at the mount target.
