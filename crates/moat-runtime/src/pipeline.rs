@@ -60,6 +60,8 @@ pub struct MountArgs {
     pub tmpfs: Vec<crate::volumes::TmpfsArg>,
     /// The state root whose volume store holds named volumes.
     pub state_root: PathBuf,
+    /// The run root; with the state root, never mounted into a container.
+    pub run_root: PathBuf,
 }
 
 /// The steps that need the front end's context.
@@ -144,10 +146,18 @@ pub fn prepare(req: RunRequest, steps: &mut dyn Steps) -> anyhow::Result<Prepare
     // `-v` and `--tmpfs` only narrow the policy's grants; what they name
     // is authorised with the policy.
     let store = crate::volume_store::Store::new(&req.mounts.state_root);
-    let (flag_mounts, flag_requests) =
-        crate::volumes::check(policy, &req.mounts.volumes, &req.mounts.tmpfs, &|name| {
-            store.dir_of(name).display().to_string()
-        })?;
+    let state: Vec<&Path> = [&req.mounts.state_root, &req.mounts.run_root]
+        .into_iter()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::as_path)
+        .collect();
+    let (flag_mounts, flag_requests) = crate::volumes::check_in(
+        policy,
+        &req.mounts.volumes,
+        &req.mounts.tmpfs,
+        &|name| store.dir_of(name).display().to_string(),
+        &state,
+    )?;
     extra.extend(flag_requests);
     // Authorise before anything else (no image is even materialised for a
     // refused policy); every decision is audited.

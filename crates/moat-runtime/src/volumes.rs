@@ -166,8 +166,39 @@ pub fn check(
     tmpfs: &[TmpfsArg],
     volume_dir: &dyn Fn(&str) -> String,
 ) -> anyhow::Result<(Vec<MountPlan>, Vec<Request>)> {
+    check_in(policy, volumes, tmpfs, volume_dir, &[])
+}
+
+/// [`check`], also refusing any host directory (the flags' and the
+/// policy's own) that is, holds or lies inside one of `state` (moat's state
+/// and run roots): a container never gets moat's own state, whatever a
+/// grant says.
+pub fn check_in(
+    policy: &Policy,
+    volumes: &[VolumeArg],
+    tmpfs: &[TmpfsArg],
+    volume_dir: &dyn Fn(&str) -> String,
+    state: &[&Path],
+) -> anyhow::Result<(Vec<MountPlan>, Vec<Request>)> {
     let fs = &policy.spec.filesystem;
     let name = &policy.name;
+    let overlaps_state = |src: &str| {
+        let src = Path::new(src);
+        state.iter().find(|root| {
+            let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+            root.starts_with(src) || src.starts_with(&root)
+        })
+    };
+    for v in &fs.volumes {
+        if let Some(root) = overlaps_state(&v.source) {
+            anyhow::bail!(
+                "policy {name:?} mounts {} at {}, which holds or lies inside moat's state ({}); moat never gives a container its own state: change the volume's source",
+                v.source,
+                v.path,
+                root.display()
+            );
+        }
+    }
     let mut mounts = Vec::new();
     let mut requests = Vec::new();
     for v in volumes {
@@ -196,6 +227,12 @@ pub fn check(
                                 .map(|g| g.source.as_str())
                                 .chain(fs.volume_grants.iter().map(|g| g.source.as_str()))
                         )
+                    );
+                }
+                if let Some(root) = overlaps_state(src) {
+                    anyhow::bail!(
+                        "-v {src}:{dst}: {src} holds or lies inside moat's state ({}); moat never gives a container its own state: pick another directory",
+                        root.display()
                     );
                 }
                 // Rule 1: the path is opened later without following any

@@ -177,6 +177,33 @@ fn ungranted_host_path_is_refused_with_the_policy_name() {
         "{e}"
     );
     assert!(stdout(&o).is_empty());
+    // moat's own state is never a volume, whatever the policy grants.
+    let all = policy(
+        &env,
+        "wide",
+        &format!(
+            "    volumes:\n      - {{source: {}}}\n",
+            env.dir.path().display()
+        ),
+    );
+    let state = env.state_root().display().to_string();
+    for src in [
+        state.clone(),
+        format!("{state}/volumes"),
+        env.dir.path().display().to_string(),
+    ] {
+        let o = sh(
+            &env,
+            &["--policy", &all, "-v", &format!("{src}:/data")],
+            "true",
+        );
+        assert_eq!(o.status.code(), Some(125), "{src}");
+        assert!(
+            stderr(&o).contains("moat never gives a container its own state"),
+            "{}",
+            stderr(&o)
+        );
+    }
     // The default policy grants no host directory at all.
     let o = sh(&env, &["-v", "/etc:/data"], "true");
     assert_eq!(o.status.code(), Some(125));

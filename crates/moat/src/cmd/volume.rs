@@ -211,6 +211,7 @@ pub fn mount_args(
         volumes,
         tmpfs,
         state_root: global.root.clone(),
+        run_root: global.run_root(),
     })
 }
 
