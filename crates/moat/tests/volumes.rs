@@ -489,3 +489,58 @@ fn a_filesystem_that_cannot_be_idmapped_is_refused_not_mounted_unmapped() {
     );
     assert!(stdout(&o).is_empty());
 }
+
+#[test]
+fn what_flags_name_is_authorised_through_rbac() {
+    if !can_sandbox("what_flags_name_is_authorised_through_rbac") {
+        return;
+    }
+    let env = Env::new();
+    mkdirs(&env, &["cache", "data"]);
+    let granted = host_dir(&env, "granted");
+    let rbac = env.dir.path().join("rbac.yaml");
+    std::fs::write(
+        &rbac,
+        format!("apiVersion: moat.dev/v1\nkind: RBAC\nroles:\n  - name: r\n    grants:\n      network: [none, loopback]\n      isolation: [vm, sandbox]\n      volumes: [\"{granted}\"]\n      rootfs: [\"/\"]\n      named_volumes: [\"app-*\"]\nbindings:\n  - role: r\n    users: [root]\n"),
+    )
+    .unwrap();
+    let rbac = rbac.display().to_string();
+    let other = host_dir(&env, "other");
+    // The policy grants more than the role: what exceeds it is refused.
+    let p = policy(
+        &env,
+        "broad",
+        &format!("    volumes:\n      - {{source: {other}}}\n    named_volumes:\n      - {{name: \"*\", read_only: false}}\n"),
+    );
+    let o = sh(
+        &env,
+        &["--rbac", &rbac, "--policy", &p, "-v", "app-1:/cache"],
+        "true",
+    );
+    assert_eq!(o.status.code(), Some(125));
+    let e = stderr(&o);
+    assert!(e.contains("policy broad refused for root"), "{e}");
+    assert!(e.contains(&format!("volume {other}: not granted")), "{e}");
+    assert!(e.contains("named volume *: not granted"), "{e}");
+    // Within the role: allowed.
+    let p = policy(
+        &env,
+        "fits",
+        &format!("    volumes:\n      - {{source: {granted}, read_only: false}}\n    named_volumes:\n      - {{name: \"app-*\", read_only: false}}\n"),
+    );
+    let o = sh(
+        &env,
+        &[
+            "--rbac",
+            &rbac,
+            "--policy",
+            &p,
+            "-v",
+            "app-1:/cache",
+            "-v",
+            &format!("{granted}:/data"),
+        ],
+        "touch /cache/x /data/x",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+}
