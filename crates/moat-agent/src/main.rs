@@ -8,6 +8,7 @@
 
 mod exec;
 mod sys;
+mod volumes;
 mod workload;
 
 use std::fs::File;
@@ -356,6 +357,9 @@ impl Agent {
             ))
         };
         trace("verified root mounted");
+        // Named volumes' disks, while every device node still exists.
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let mounted = mounted.and_then(|()| volumes::open_disks(&cmdline));
         lock_down()
             .map_err(|e| Failure::setup(format!("locking down the agent's /sys and /dev: {e}")))?;
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();

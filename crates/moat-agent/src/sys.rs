@@ -378,3 +378,28 @@ pub fn move_mount_to(mnt: BorrowedFd<'_>, target: &str) -> io::Result<()> {
     })
     .map(drop)
 }
+
+/// `openat2(2)` of an absolute `path` as an `O_PATH` directory, refusing
+/// symbolic links (and magic links) at every component.
+pub fn open_dir_no_symlinks(path: &str) -> io::Result<OwnedFd> {
+    let p = cstr(path)?;
+    // SAFETY: open_how is plain data; all-zero is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `p` and `how` are valid for the call; the size matches.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this new descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}

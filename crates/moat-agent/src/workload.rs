@@ -342,6 +342,8 @@ fn mount_container_fs(plan: &moat_plan::Plan, console: Option<OwnedFd>) -> Resul
         sys::mount("/dev/null", &path, "", libc::MS_BIND, "")
             .map_err(|e| err(&format!("masking {path}"), e))?;
     }
+    // Named volumes are numbered in the plan's order (their disks' serials).
+    let mut named = 0;
     for m in &plan.mounts {
         match m {
             MountPlan::Tmpfs {
@@ -372,8 +374,17 @@ fn mount_container_fs(plan: &moat_plan::Plan, console: Option<OwnedFd>) -> Resul
             }
             MountPlan::Volume { destination, .. } => {
                 return Err(Failure::setup(format!(
-                    "volume at {destination}: the vm backend does not share host directories; use --isolation sandbox for volumes"
+                    "volume at {destination}: the vm backend does not share host directories; use a named volume (`moat volume create`) or --isolation sandbox"
                 )));
+            }
+            MountPlan::Named {
+                name,
+                destination,
+                read_only,
+                ..
+            } => {
+                crate::volumes::mount(named, name, destination, *read_only)?;
+                named += 1;
             }
         }
     }

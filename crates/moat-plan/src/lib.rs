@@ -88,12 +88,32 @@ pub enum MountPlan {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         optional: bool,
     },
-    /// A host path bind-mounted (sandbox) or attached as a block device (vm).
+    /// A host directory bind-mounted (sandbox only; the vm refuses it).
     Volume {
         source: String,
         destination: String,
         read_only: bool,
     },
+    /// A moat named volume: an ext4 image in the volume store (`dir`, its
+    /// directory), loop-mounted by the sandbox and a virtio-blk disk of the
+    /// vm.
+    Named {
+        name: String,
+        dir: String,
+        destination: String,
+        read_only: bool,
+    },
+}
+
+impl MountPlan {
+    /// Where the mount goes inside the container.
+    pub fn destination(&self) -> &str {
+        match self {
+            MountPlan::Tmpfs { destination, .. }
+            | MountPlan::Volume { destination, .. }
+            | MountPlan::Named { destination, .. } => destination,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

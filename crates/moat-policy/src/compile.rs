@@ -41,11 +41,7 @@ pub fn compile(policy: &Policy) -> Result<Plan, PolicyError> {
         read_only: v.read_only,
     }));
     // Parents before children, so that a nested mount is not hidden.
-    mounts.sort_by_key(|m| match m {
-        MountPlan::Tmpfs { destination, .. } | MountPlan::Volume { destination, .. } => {
-            destination.matches('/').count()
-        }
-    });
+    sort_mounts(&mut mounts);
 
     let pids = s.resources.pids.unwrap_or(DEFAULT_PIDS);
     let nofile = s.resources.open_files.unwrap_or(DEFAULT_OPEN_FILES);
@@ -129,4 +125,10 @@ pub fn compile(policy: &Policy) -> Result<Plan, PolicyError> {
         exec_allowed: s.exec,
         audit_denied: s.audit.denied_syscalls,
     })
+}
+
+/// Parents before children, so that a nested mount is not hidden (stable:
+/// equal depths keep their order).
+pub fn sort_mounts(mounts: &mut [MountPlan]) {
+    mounts.sort_by_key(|m| m.destination().matches('/').count());
 }

@@ -197,6 +197,8 @@ pub fn explain(policy: &Policy) -> Explanation {
                     if v.read_only { "ro" } else { "rw" }
                 )
             })
+            .chain(s.filesystem.volume_grants.iter().map(volume_grant))
+            .chain(s.filesystem.named_volumes.iter().map(named_volume))
             .collect(),
         network,
         devices: s
@@ -595,6 +597,8 @@ pub fn diff(a: &Policy, b: &Policy) -> Vec<Change> {
                     if v.read_only { "ro" } else { "rw" }
                 )
             })
+            .chain(p.spec.filesystem.volume_grants.iter().map(volume_grant))
+            .chain(p.spec.filesystem.named_volumes.iter().map(named_volume))
             .collect()
     };
     sets(&mut out, "volume", &v(a), &v(b));
@@ -607,4 +611,22 @@ pub fn diff(a: &Policy, b: &Policy) -> Vec<Change> {
     };
     sets(&mut out, "device", &d(a), &d(b));
     out
+}
+
+/// A named-volume grant as `explain` and `diff` show it.
+fn named_volume(g: &crate::model::NamedVolumeGrant) -> String {
+    format!(
+        "named volume {} (moat run -v NAME:DIR, {})",
+        g.name,
+        if g.read_only { "ro" } else { "rw" }
+    )
+}
+
+/// A host-directory grant for `-v` only, as `explain` and `diff` show it.
+fn volume_grant(g: &crate::model::VolumeGrant) -> String {
+    format!(
+        "{} and below (moat run -v HOSTDIR:DIR only, {})",
+        g.source,
+        if g.read_only { "ro" } else { "rw" }
+    )
 }

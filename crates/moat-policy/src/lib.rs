@@ -32,7 +32,7 @@ pub mod yaml;
 
 use std::path::Path;
 
-pub use compile::{compile, DEFAULT_OPEN_FILES, DEFAULT_PIDS};
+pub use compile::{compile, sort_mounts, DEFAULT_OPEN_FILES, DEFAULT_PIDS};
 pub use error::PolicyError;
 /// The compiled form of a policy ([`moat_plan`], data only).
 pub use moat_plan as plan;

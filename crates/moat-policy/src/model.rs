@@ -207,6 +207,54 @@ pub struct Filesystem {
     /// Writable tmpfs mounts, by path.
     pub writable: Vec<Tmpfs>,
     pub volumes: Vec<Volume>,
+    /// Host directories `moat run -v HOSTDIR:DIR` may mount (at or under
+    /// `source`) that are not mounted by default: `filesystem.volumes`
+    /// entries without a `path`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volume_grants: Vec<VolumeGrant>,
+    /// Which of moat's named volumes `moat run -v NAME:DIR` may mount.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub named_volumes: Vec<NamedVolumeGrant>,
+}
+
+/// A host directory granted to `moat run -v` only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VolumeGrant {
+    pub source: String,
+    pub read_only: bool,
+}
+
+/// A grant of named volumes: an exact name, a prefix ending in `*`, or `*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NamedVolumeGrant {
+    pub name: String,
+    pub read_only: bool,
+}
+
+impl NamedVolumeGrant {
+    /// Whether this grant's pattern covers `name` (itself a name or a
+    /// pattern: a grant covers a narrower pattern).
+    pub fn covers(&self, name: &str) -> bool {
+        name_pattern_covers(&self.name, name)
+    }
+}
+
+/// Whether the pattern `pattern` (a name, `prefix*` or `*`) covers `name`
+/// (a name or a pattern).
+pub fn name_pattern_covers(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+/// Whether `name` is a valid volume name: `[A-Za-z0-9][A-Za-z0-9_.-]*`, at
+/// most 64 characters (podman's rule, shorter).
+pub fn valid_volume_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

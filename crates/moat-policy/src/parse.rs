@@ -627,7 +627,11 @@ impl Cx<'_> {
     }
 
     fn filesystem(&self, node: &Node, fs: &mut Filesystem) -> Result<(), PolicyError> {
-        let m = self.map(node, "spec.filesystem", &["writable", "volumes", "root"])?;
+        let m = self.map(
+            node,
+            "spec.filesystem",
+            &["writable", "volumes", "named_volumes", "root"],
+        )?;
         for (k, n) in m {
             match k {
                 "root" => {
@@ -675,7 +679,17 @@ impl Cx<'_> {
                         let vm = self.map(item, path, &["source", "path", "read_only"])?;
                         let s = self.require(item, &vm, "source", path)?;
                         let source = self.abs_path(s, &format!("{path}.source"))?;
-                        let p = self.require(item, &vm, "path", path)?;
+                        let read_only = match get(&vm, "read_only") {
+                            Some(b) => self.bool(b, &format!("{path}.read_only"))?,
+                            None => true,
+                        };
+                        // Without `path`: a grant for `moat run -v` only.
+                        let Some(p) = get(&vm, "path") else {
+                            fs.volume_grants.retain(|g| g.source != source);
+                            fs.volume_grants
+                                .push(crate::model::VolumeGrant { source, read_only });
+                            continue;
+                        };
                         let dest = self.abs_path(p, &format!("{path}.path"))?;
                         if dest == "/" {
                             return Err(self.err(
@@ -683,10 +697,6 @@ impl Cx<'_> {
                                 "a volume cannot be mounted at `/`: the root file system is always the image's, read-only",
                             ));
                         }
-                        let read_only = match get(&vm, "read_only") {
-                            Some(b) => self.bool(b, &format!("{path}.read_only"))?,
-                            None => true,
-                        };
                         if fs.writable.iter().any(|t| t.path == dest) {
                             return Err(self.err(
                                 p.pos,
@@ -699,6 +709,28 @@ impl Cx<'_> {
                             path: dest,
                             read_only,
                         });
+                    }
+                }
+                "named_volumes" => {
+                    for item in self.list(n, "spec.filesystem.named_volumes")? {
+                        let path = "spec.filesystem.named_volumes";
+                        let vm = self.map(item, path, &["name", "read_only"])?;
+                        let nn = self.require(item, &vm, "name", path)?;
+                        let name = self.string(nn, &format!("{path}.name"))?;
+                        let bare = name.strip_suffix('*').unwrap_or(&name);
+                        if !(bare.is_empty() || crate::model::valid_volume_name(bare)) {
+                            return Err(self.err(
+                                nn.pos,
+                                format!("`{path}.name` must be a volume name (letters, digits, `_`, `.`, `-`), a prefix ending in `*`, or `*`; found `{name}`"),
+                            ));
+                        }
+                        let read_only = match get(&vm, "read_only") {
+                            Some(b) => self.bool(b, &format!("{path}.read_only"))?,
+                            None => true,
+                        };
+                        fs.named_volumes.retain(|g| g.name != name);
+                        fs.named_volumes
+                            .push(crate::model::NamedVolumeGrant { name, read_only });
                     }
                 }
                 _ => unreachable!(),

@@ -98,6 +98,8 @@ pub struct Grants {
     pub isolation: BTreeSet<String>,
     /// Host path prefixes that may be mounted as volumes.
     pub volumes: Vec<String>,
+    /// Named volumes (names, `prefix*` or `*`) that may be mounted.
+    pub named_volumes: Vec<String>,
     pub exec: bool,
     pub devices: bool,
     /// May change the host's trust roots (`moat image trust set`).
@@ -257,6 +259,7 @@ fn parse_grants(cx: &Cx<'_>, node: &Node) -> Result<Grants, PolicyError> {
             "network",
             "isolation",
             "volumes",
+            "named_volumes",
             "exec",
             "devices",
             "rootfs",
@@ -324,6 +327,19 @@ fn parse_grants(cx: &Cx<'_>, node: &Node) -> Result<Grants, PolicyError> {
             "rootfs" => {
                 for item in cx.list(n, &path)? {
                     g.rootfs.push(cx.abs_path(item, &path)?);
+                }
+            }
+            "named_volumes" => {
+                for item in cx.list(n, &path)? {
+                    let v = cx.string(item, &path)?;
+                    let bare = v.strip_suffix('*').unwrap_or(&v);
+                    if !(bare.is_empty() || crate::model::valid_volume_name(bare)) {
+                        return Err(cx.err(
+                            item.pos,
+                            format!("`{path}` entries must be volume names, prefixes ending in `*`, or `*`; found `{v}`"),
+                        ));
+                    }
+                    g.named_volumes.push(v);
                 }
             }
             "exec" => g.exec = cx.bool(n, &path)?,
@@ -511,6 +527,8 @@ pub enum Request {
     Network(String),
     Isolation(String),
     Volume(String),
+    /// A named volume (or a policy's pattern of them).
+    NamedVolume(String),
     Rootfs(String),
     Exec,
     Devices,
@@ -526,6 +544,7 @@ impl Request {
             Request::Network(n) => format!("network {n}"),
             Request::Isolation(i) => format!("isolation {i}"),
             Request::Volume(v) => format!("volume {v}"),
+            Request::NamedVolume(v) => format!("named volume {v}"),
             Request::Rootfs(r) => format!("rootfs {r}"),
             Request::Exec => "exec".to_string(),
             Request::Devices => "devices".to_string(),
@@ -539,6 +558,10 @@ impl Request {
             Request::Network(n) => g.network.contains(n),
             Request::Isolation(i) => g.isolation.contains(i),
             Request::Volume(v) => g.volumes.iter().any(|prefix| path_under(v, prefix)),
+            Request::NamedVolume(v) => g
+                .named_volumes
+                .iter()
+                .any(|p| crate::model::name_pattern_covers(p, v)),
             Request::Rootfs(r) => g.rootfs.iter().any(|prefix| path_under(r, prefix)),
             Request::Exec => g.exec,
             Request::Devices => g.devices,
@@ -615,6 +638,12 @@ fn requests(policy: &Policy) -> Vec<Request> {
     }
     for v in &s.filesystem.volumes {
         r.push(Request::Volume(v.source.clone()));
+    }
+    for v in &s.filesystem.volume_grants {
+        r.push(Request::Volume(v.source.clone()));
+    }
+    for v in &s.filesystem.named_volumes {
+        r.push(Request::NamedVolume(v.name.clone()));
     }
     if s.exec {
         r.push(Request::Exec);
@@ -949,5 +978,46 @@ mod tests {
         assert!(path_under("/srv/data/x", "/srv/data"));
         assert!(!path_under("/srv/database", "/srv/data"));
         assert!(path_under("/etc", "/"));
+    }
+
+    #[test]
+    fn named_volume_patterns_cover_narrower_ones() {
+        let rbac = Rbac::parse(
+            "apiVersion: moat.dev/v1\nkind: RBAC\nroles:\n  - name: dev\n    grants:\n      isolation: [vm, sandbox]\n      network: [none]\n      named_volumes: [\"app-*\"]\nbindings:\n  - role: dev\n    users: [alice]\n",
+            "rbac.yaml",
+        )
+        .unwrap();
+        let alice = Principal {
+            uid: 1000,
+            name: "alice".into(),
+            groups: vec![],
+        };
+        let policy = |grant: &str| {
+            Policy::parse(
+                &format!("apiVersion: moat.dev/v1\nkind: Policy\nmetadata:\n  name: p\nspec:\n  extends: baseline\n  filesystem:\n    named_volumes:\n      - {{name: \"{grant}\"}}\n"),
+                "p.yaml",
+            )
+            .unwrap()
+        };
+        let ok = |grant: &str, extra: &[Request]| {
+            authorize_with(
+                Some(&rbac),
+                Path::new("rbac.yaml"),
+                &alice,
+                &policy(grant),
+                extra,
+            )
+            .allowed
+        };
+        assert!(ok("app-1", &[]));
+        assert!(ok("app-x*", &[Request::NamedVolume("app-x1".into())]));
+        assert!(!ok("*", &[]));
+        assert!(!ok("other", &[]));
+        assert!(!ok("app-1", &[Request::NamedVolume("db".into())]));
+        assert!(Rbac::parse(
+            "apiVersion: moat.dev/v1\nkind: RBAC\nroles:\n  - name: r\n    grants:\n      named_volumes: [\"../x\"]\n",
+            "bad.yaml"
+        )
+        .is_err());
     }
 }

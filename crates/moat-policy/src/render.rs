@@ -152,6 +152,15 @@ pub fn oci(policy: &Policy, plan: &Plan) -> Value {
                 "destination": destination, "type": "bind", "source": source,
                 "options": ["rbind", if *read_only { "ro" } else { "rw" }, "nosuid", "nodev"],
             }),
+            MountPlan::Named {
+                name,
+                destination,
+                read_only,
+                ..
+            } => json!({
+                "destination": destination, "type": "volume", "source": name,
+                "options": [if *read_only { "ro" } else { "rw" }, "nosuid", "nodev"],
+            }),
         })
         .collect();
     let mut namespaces: Vec<Value> = plan

@@ -146,7 +146,7 @@ fn builtin_tmpfs_defaults_are_optional_and_file_paths_are_not() {
                     optional,
                     ..
                 } => Some((destination.clone(), *optional)),
-                MountPlan::Volume { .. } => None,
+                _ => None,
             })
             .collect()
     };

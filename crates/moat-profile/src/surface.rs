@@ -151,8 +151,13 @@ pub fn of_plan(plan: &Plan) -> Result<Surface, BpfError> {
                 destination,
                 read_only: false,
                 ..
+            }
+            | MountPlan::Named {
+                destination,
+                read_only: false,
+                ..
             } => writable.push(destination.clone()),
-            MountPlan::Volume { .. } => {}
+            MountPlan::Volume { .. } | MountPlan::Named { .. } => {}
         }
     }
     let (network, egress_rules, published_ports) = match &plan.network {

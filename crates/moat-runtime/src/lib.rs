@@ -29,6 +29,8 @@ pub mod record;
 pub mod spec;
 pub mod startup;
 mod sys;
+pub mod volume_store;
+pub mod volumes;
 
 pub use backend::Backend;
 pub use id::{ContainerId, ContainerName, ImageRef, Isolation};

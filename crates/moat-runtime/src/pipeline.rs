@@ -49,6 +49,19 @@ pub struct RunRequest {
     pub name: Option<String>,
     pub hostname: Option<String>,
     pub isolation: RequestedIsolation,
+    /// `-v` and `--tmpfs`, checked against the policy's grants.
+    pub mounts: MountArgs,
+}
+
+/// The mounts a front end asks for beyond the policy's own.
+#[derive(Debug, Clone, Default)]
+pub struct MountArgs {
+    pub volumes: Vec<crate::volumes::VolumeArg>,
+    pub tmpfs: Vec<crate::volumes::TmpfsArg>,
+    /// The state root whose volume store holds named volumes.
+    pub state_root: PathBuf,
+    /// The run root; with the state root, never mounted into a container.
+    pub run_root: PathBuf,
 }
 
 /// The steps that need the front end's context.
@@ -130,6 +143,22 @@ pub fn prepare(req: RunRequest, steps: &mut dyn Steps) -> anyhow::Result<Prepare
             }
         }
     }
+    // `-v` and `--tmpfs` only narrow the policy's grants; what they name
+    // is authorised with the policy.
+    let store = crate::volume_store::Store::new(&req.mounts.state_root);
+    let state: Vec<&Path> = [&req.mounts.state_root, &req.mounts.run_root]
+        .into_iter()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::as_path)
+        .collect();
+    let (flag_mounts, flag_requests) = crate::volumes::check_in(
+        policy,
+        &req.mounts.volumes,
+        &req.mounts.tmpfs,
+        &|name| store.dir_of(name).display().to_string(),
+        &state,
+    )?;
+    extra.extend(flag_requests);
     // Authorise before anything else (no image is even materialised for a
     // refused policy); every decision is audited.
     let decision = steps.authorize(policy, &extra)?;
@@ -153,7 +182,8 @@ pub fn prepare(req: RunRequest, steps: &mut dyn Steps) -> anyhow::Result<Prepare
     // policy depends on the image (`auto`) and was narrowed to it.
     let narrowed = steps.narrow(policy, &image)?;
     let policy = narrowed.as_ref().unwrap_or(&req.policy);
-    let plan = moat_policy::compile(policy)?;
+    let mut plan = moat_policy::compile(policy)?;
+    crate::volumes::merge(&mut plan.mounts, flag_mounts);
     steps.vulnerability_gate(policy, &image)?;
 
     let id = ContainerId::generate();

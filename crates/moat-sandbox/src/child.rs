@@ -73,6 +73,8 @@ pub(crate) struct ChildFds {
     /// The read-only rootfs clone made by the supervisor (idmapped if the
     /// filesystem supports it).
     pub rootfs_mnt: Option<OwnedFd>,
+    /// The volumes' detached mounts, in the plan's order (see `volumes`).
+    pub volumes: Vec<OwnedFd>,
     /// `moat exec -t`: where the process sends the master of the terminal
     /// it opens in the container's own devpts (so that its name resolves
     /// there, as a first process's `/dev/console` does).
@@ -174,7 +176,8 @@ fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
     sys::unshare(libc::CLONE_NEWCGROUP)
         .map_err(|e| ChildError::io("unshare(CLONE_NEWCGROUP)", e))?;
 
-    let root = mounts::build(prepared, &s.mounts, fds.pty_path.as_deref())?;
+    let volumes = std::mem::take(&mut fds.volumes);
+    let root = mounts::build(prepared, &s.mounts, volumes, fds.pty_path.as_deref())?;
     sys::pivot_into(root.as_fd()).map_err(|e| ChildError::io("pivot_root", e))?;
     drop(root);
 

@@ -101,12 +101,10 @@ pub fn parse_subordinate(text: &str, user: &str) -> Option<(u32, u32)> {
 /// A read-only, nosuid, nodev clone of `rootfs` whose file ownership is
 /// shown through `map` (an idmapped mount): files owned by host root in the
 /// image appear owned by container root, as the image author meant, while
-/// the kernel still sees the unprivileged host range. The mapping comes
-/// from a short-lived process in a new user namespace with the same maps.
-/// Fails (and the caller falls back to a plain read-only bind) where the
-/// filesystem does not support idmapped mounts.
+/// the kernel still sees the unprivileged host range. Fails (and the
+/// caller falls back to a plain read-only bind) where the filesystem does
+/// not support idmapped mounts.
 pub(crate) fn idmapped_rootfs(rootfs: &Path, map: &IdMap) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::io::Read;
     use std::os::fd::AsFd;
 
     use crate::sys;
@@ -115,6 +113,30 @@ pub(crate) fn idmapped_rootfs(rootfs: &Path, map: &IdMap) -> std::io::Result<std
         .to_str()
         .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     let mnt = sys::open_tree(sys::cwd(), path, sys::OPEN_TREE_CLONE)?;
+    idmap_mount(
+        mnt.as_fd(),
+        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+        false,
+        map,
+    )?;
+    Ok(mnt)
+}
+
+/// Makes the detached mount `mnt` (and its submounts if `recursive`) show
+/// ownership through `map`, with attributes `set`: host id N on disk is
+/// seen as container id N. The mapping comes from a short-lived process in
+/// a new user namespace with the same maps.
+pub(crate) fn idmap_mount(
+    mnt: std::os::fd::BorrowedFd<'_>,
+    set: u64,
+    recursive: bool,
+    map: &IdMap,
+) -> std::io::Result<()> {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+
+    use crate::sys;
+
     let (r, w) = std::io::pipe()?;
     let (pid, pidfd) = match sys::clone_child(libc::CLONE_NEWUSER)? {
         sys::Forked::Child => {
@@ -130,15 +152,11 @@ pub(crate) fn idmapped_rootfs(rootfs: &Path, map: &IdMap) -> std::io::Result<std
         std::fs::write(format!("/proc/{pid}/uid_map"), map.uid_map())?;
         std::fs::write(format!("/proc/{pid}/gid_map"), map.gid_map())?;
         let userns = std::fs::File::open(format!("/proc/{pid}/ns/user"))?;
-        sys::mount_setattr_idmap(
-            mnt.as_fd(),
-            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
-            userns.as_fd(),
-        )
+        sys::mount_setattr_idmap(mnt, set, userns.as_fd(), recursive)
     })();
     drop(w);
     let _ = sys::wait_pidfd(pidfd.as_fd(), false);
-    result.map(|()| mnt)
+    result
 }
 
 #[cfg(test)]

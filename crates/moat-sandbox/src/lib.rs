@@ -19,6 +19,7 @@ pub mod state;
 mod supervise;
 mod sys;
 pub mod user;
+mod volumes;
 
 use std::io;
 use std::path::PathBuf;
@@ -110,6 +111,16 @@ pub enum SandboxError {
         #[source]
         source: io::Error,
     },
+    #[error("volume {what}: {why}")]
+    Volume { what: String, why: String },
+    #[error("volume {what}")]
+    VolumeIo {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    VolumeStore(#[from] moat_runtime::volume_store::VolumeError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     #[error(transparent)]

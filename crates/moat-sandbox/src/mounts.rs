@@ -192,8 +192,10 @@ pub(crate) fn prepare_root(idmapped: Option<OwnedFd>) -> Result<PreparedRoot, Ch
 pub(crate) fn build(
     prepared: PreparedRoot,
     mounts: &[MountPlan],
+    volumes: Vec<OwnedFd>,
     console: Option<&str>,
 ) -> Result<OwnedFd, ChildError> {
+    let mut volumes = volumes.into_iter();
     // The image root (read-only, nosuid, nodev already), attached over the
     // rootfs directory, which is this process's working directory.
     let root = prepared.mnt;
@@ -217,23 +219,23 @@ pub(crate) fn build(
                 let t = dir_in_root(root.as_fd(), destination)?;
                 attach(&mnt, &t, destination)?;
             }
-            MountPlan::Volume {
-                source,
-                destination,
-                read_only,
-            } => {
-                let mnt =
-                    sys::open_tree(sys::cwd(), source, sys::OPEN_TREE_CLONE | sys::AT_RECURSIVE)
-                        .map_err(|e| {
-                            ChildError::io(format!("opening volume source {source}"), e)
-                        })?;
-                let mut set = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
-                if *read_only {
-                    set |= sys::MOUNT_ATTR_RDONLY;
-                }
-                sys::mount_setattr(mnt.as_fd(), set, 0, true)
-                    .map_err(|e| ChildError::io(format!("restricting volume {source}"), e))?;
-                let t = dir_in_root(root.as_fd(), destination)?;
+            MountPlan::Volume { destination, .. } | MountPlan::Named { destination, .. } => {
+                // Made, restricted and idmapped by the supervisor
+                // (`volumes::prepare`), in the plan's order. The target
+                // may not go through any symbolic link, even one inside
+                // the root: an image (or an earlier volume) cannot
+                // redirect where a volume lands.
+                let mnt = volumes.next().ok_or_else(|| {
+                    ChildError::msg(
+                        format!("volume at {destination}"),
+                        "the supervisor prepared no mount for it".to_string(),
+                    )
+                })?;
+                let t = open_in_root(
+                    root.as_fd(),
+                    destination,
+                    IN_ROOT | libc::RESOLVE_NO_SYMLINKS,
+                )?;
                 attach(&mnt, &t, destination)?;
             }
         }

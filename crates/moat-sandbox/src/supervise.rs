@@ -163,6 +163,9 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
     // (an idmapped clone); else the container process clones its working
     // directory (the rootfs) itself.
     let rootfs_mnt = crate::idmap::idmapped_rootfs(&cfg.rootfs, &cfg.id_map).ok();
+    // Volumes: opened and mounted here, as host root, never by path in
+    // the container (see `volumes`).
+    let volumes = crate::volumes::prepare(&setup.mounts, &cfg.id_map)?;
     // The container process starts in the rootfs directory (its mount
     // point) and as the owner uid (see `idmap::userns_owner`).
     let saved_cwd: OwnedFd = File::options()
@@ -234,6 +237,7 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
                 relayed: relays.child,
                 pty_path,
                 rootfs_mnt,
+                volumes,
                 console_socket: None,
                 sysfs_mnt,
             };
@@ -249,6 +253,7 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
     drop(err_w);
     drop(rootfs_mnt);
     drop(sysfs_mnt);
+    drop(volumes);
     let (master, peer) = match pty {
         Some((m, p)) => (Some(m), Some(p)),
         None => (None, None),
@@ -370,6 +375,7 @@ pub(crate) fn exec_and_wait(
                         relayed: relays.child,
                         pty_path: None,
                         rootfs_mnt: None,
+                        volumes: Vec::new(),
                         console_socket: console_theirs,
                         sysfs_mnt: None,
                     };

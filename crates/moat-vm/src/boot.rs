@@ -31,6 +31,8 @@ pub struct BootRequest<'a> {
     pub cleanup: Vec<std::path::PathBuf>,
     /// Ask the agent for its phase times (`moat.trace`).
     pub trace: bool,
+    /// Named volumes' disks, in the plan's order.
+    pub volumes: Vec<crate::volumes::VolumeDisk>,
 }
 
 pub fn boot(hv: &dyn Hypervisor, req: BootRequest<'_>) -> Result<Booted, VmError> {
@@ -46,6 +48,10 @@ pub fn boot(hv: &dyn Hypervisor, req: BootRequest<'_>) -> Result<Booted, VmError
     let mut cmdline = hv.guest_cmdline(req.accel);
     if req.trace {
         cmdline.push_str(" moat.trace");
+    }
+    if !req.volumes.is_empty() {
+        // The agent waits for this many volume disks before locking down.
+        cmdline.push_str(&format!(" moat.volumes={}", req.volumes.len()));
     }
     let mut writable = false;
     match req.root.map(|r| (r, r.fs)) {
@@ -82,6 +88,11 @@ pub fn boot(hv: &dyn Hypervisor, req: BootRequest<'_>) -> Result<Booted, VmError
             None => None,
         },
         root_writable: writable,
+        volumes: req
+            .volumes
+            .into_iter()
+            .map(|v| (v.file, v.read_only))
+            .collect(),
         control: guest,
         vcpus: req.vcpus,
         memory_mib: req.memory_mib,

@@ -45,6 +45,9 @@ pub struct VmSpec {
     pub root_disk: Option<File>,
     /// The root disk is writable (an OCI container's ext4 disk).
     pub root_writable: bool,
+    /// Named volumes' images (open read-write) and whether the guest gets
+    /// them read-only: virtio-blk disks with serial `moat-vol-N`.
+    pub volumes: Vec<(File, bool)>,
     /// Guest end of the control channel (a connected stream socket).
     pub control: OwnedFd,
     pub vcpus: u32,

@@ -24,6 +24,7 @@ mod state;
 pub mod supervisor;
 mod sys;
 pub mod trace;
+pub mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -94,6 +95,8 @@ pub enum VmError {
     Supervisor(#[from] supervisor::SupervisorError),
     #[error("policy {policy:?} grants network egress, but the vm backend gives a guest no network device yet (loopback only): run it with --isolation sandbox, or use a policy with `network: none` or `network: loopback`")]
     NetworkUnsupported { policy: String },
+    #[error(transparent)]
+    Volume(#[from] volumes::VolumeRefused),
     #[error("--accel {value:?} is not an accelerator: use kvm, tcg or auto")]
     BadAccel { value: String },
     #[error("opening {path}")]
@@ -159,6 +162,8 @@ pub fn run_container_on(
             policy: opts.plan.policy_name.clone(),
         });
     }
+    // Locked before anything boots: a volume in use refuses the start.
+    let volume_disks = volumes::open(&opts.plan)?;
     let hv = Qemu::default();
     if !hv.available() {
         return Err(hypervisor::HypervisorError::NotInstalled {
@@ -220,6 +225,7 @@ pub fn run_container_on(
                 .chain(root.per_run_dir())
                 .collect(),
             trace: trace.on(),
+            volumes: volume_disks,
         },
     )?;
     // The cleanup watcher removes the state from here on (the supervisor

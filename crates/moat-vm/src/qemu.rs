@@ -16,6 +16,9 @@ const FD_DISK: i32 = 6;
 /// opens the image read-only first, and an fdset hands out only a
 /// descriptor of the access mode asked for.
 const FD_DISK_RO: i32 = 7;
+/// Named volumes: two descriptors each (read-write, read-only, as for a
+/// writable root disk) from here on, fdset 2 + N.
+const FD_VOLUMES: i32 = 16;
 
 /// Translation cache size under TCG, MiB. QEMU's default (1 GiB) lets RSS
 /// grow to ~200 MB; 32 MiB keeps a container's VMM small and costs little
@@ -99,6 +102,23 @@ impl Qemu {
             push("-device");
             push("virtio-blk-device,drive=root");
         }
+        for (i, (_, read_only)) in spec.volumes.iter().enumerate() {
+            let (rw, ro) = volume_fds(i);
+            let set = 2 + i;
+            push("-add-fd");
+            push(&format!("fd={rw},set={set},opaque=moat-vol-{i}"));
+            push("-add-fd");
+            push(&format!("fd={ro},set={set},opaque=moat-vol-{i}-ro"));
+            push("-drive");
+            push(&format!(
+                "id=vol{i},file=/dev/fdset/{set},format=raw,if=none,aio=threads{}",
+                if *read_only { ",readonly=on" } else { "" }
+            ));
+            push("-device");
+            push(&format!(
+                "virtio-blk-device,drive=vol{i},serial=moat-vol-{i}"
+            ));
+        }
         push("-device");
         push("virtio-serial-device,max_ports=2");
         push("-chardev");
@@ -107,6 +127,12 @@ impl Qemu {
         push("virtserialport,chardev=moat,name=moat.0");
         a
     }
+}
+
+/// The descriptor numbers (read-write, read-only) of volume `i` in the VMM.
+fn volume_fds(i: usize) -> (i32, i32) {
+    let rw = FD_VOLUMES + 2 * i as i32;
+    (rw, rw + 1)
 }
 
 impl Hypervisor for Qemu {
@@ -152,6 +178,14 @@ impl Hypervisor for Qemu {
             }
             fds.push((OwnedFd::from(d), FD_DISK));
         }
+        for (i, (f, _)) in spec.volumes.into_iter().enumerate() {
+            use std::os::fd::AsRawFd;
+            let (rw, ro) = volume_fds(i);
+            let ro_file = std::fs::File::open(format!("/proc/self/fd/{}", f.as_raw_fd()))
+                .map_err(HypervisorError::Dup)?;
+            fds.push((OwnedFd::from(ro_file), ro));
+            fds.push((OwnedFd::from(f), rw));
+        }
         let overhead_mib = match spec.accel {
             Accel::Tcg => TCG_TB_SIZE_MIB * 2 + 128,
             Accel::Kvm => 128,
@@ -178,6 +212,7 @@ mod tests {
             cmdline: "quiet".into(),
             root_disk: disk.then(f),
             root_writable: false,
+            volumes: Vec::new(),
             control: a,
             vcpus: 1,
             memory_mib: 128,
@@ -204,6 +239,32 @@ mod tests {
         );
         let k = Qemu::args(&spec(false, Accel::Kvm)).join(" ");
         assert!(k.contains("-accel kvm") && !k.contains("-drive"), "{k}");
+    }
+
+    #[test]
+    fn volumes_are_disks_with_serials() {
+        let mut s = spec(true, Accel::Tcg);
+        let f = || std::fs::File::open("/dev/null").unwrap();
+        s.volumes = vec![(f(), false), (f(), true)];
+        let a = Qemu::args(&s).join(" ");
+        assert!(
+            a.contains("-add-fd fd=16,set=2,opaque=moat-vol-0 -add-fd fd=17,set=2"),
+            "{a}"
+        );
+        assert!(a.contains("id=vol0,file=/dev/fdset/2,format=raw,if=none,aio=threads -device virtio-blk-device,drive=vol0,serial=moat-vol-0"), "{a}");
+        assert!(
+            a.contains("id=vol1,file=/dev/fdset/3,format=raw,if=none,aio=threads,readonly=on"),
+            "{a}"
+        );
+        if !Qemu::default().available() {
+            return;
+        }
+        let c = Qemu::default().command(s).unwrap();
+        let nums: Vec<i32> = c.fds.iter().map(|(_, n)| *n).collect();
+        assert!(
+            nums.contains(&16) && nums.contains(&17) && nums.contains(&19),
+            "{nums:?}"
+        );
     }
 
     #[test]

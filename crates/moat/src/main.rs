@@ -84,6 +84,9 @@ enum Command {
     /// The monitor of a detached container (started by run -d and start).
     #[command(hide = true)]
     ContainerMonitor(cmd::container::MonitorArgs),
+    /// Create, list, inspect and remove named volumes (both backends).
+    #[command(subcommand)]
+    Volume(cmd::volume::VolumeCommand),
     /// Build and inspect the minimal guest kernel of the vm backend.
     #[command(subcommand)]
     Kernel(cmd::kernel::KernelCommand),
@@ -171,6 +174,7 @@ fn main() -> ExitCode {
         Command::Ps(c) => cmd::ps::run(&cli.global, c),
         Command::Kill(c) => cmd::kill::run(&cli.global, c),
         Command::Kernel(c) => cmd::kernel::run(&cli.global, c),
+        Command::Volume(c) => cmd::volume::run(&cli.global, c),
         Command::Profile(c) => cmd::profile::run(&cli.global, c),
         Command::Surface(c) => cmd::surface::run(&cli.global, c),
         Command::Dev(c) => cmd::dev::run(&cli.global, c),

@@ -64,6 +64,7 @@ fn request(policy: Policy, image: ImageRef) -> RunRequest {
         name: None,
         hostname: None,
         isolation: RequestedIsolation::Auto,
+        mounts: Default::default(),
     }
 }
 

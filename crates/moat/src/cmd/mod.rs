@@ -20,5 +20,6 @@ pub mod scan;
 pub mod surface;
 pub mod trust;
 pub mod trust_roots;
+pub mod volume;
 pub mod vulndb;
 pub mod vulndb_update;

@@ -47,6 +47,7 @@ pub enum NetworkArg {
   moat run --rootfs ./rootfs /bin/sh -c 'id; hostname'   # a root filesystem directory instead of an image
   moat run --rm --entrypoint /bin/sh busybox -c 'echo hi'   # podman's spellings
   moat run -d --name web busybox httpd -f -p 8080   # detached: see moat ps, logs, stop, rm
+  moat run --policy vols.yaml -v /srv/data:/data:ro -v cache:/cache busybox ls /data
 
 A container is kept, stopped, when its command exits (`moat ps -a`), until
 `moat rm`; `--rm` removes it at once.
@@ -127,6 +128,14 @@ pub struct RunArgs {
     /// must publish the same ports (`network.publish`).
     #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:CONTAINER")]
     pub publish: Vec<String>,
+    /// Mount a host directory or a named volume (`moat volume`): only what
+    /// the policy grants (`filesystem.volumes`, `filesystem.named_volumes`);
+    /// read-only unless the grant is writable (docs/volumes.md).
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DIR[:ro|rw]")]
+    pub volumes: Vec<String>,
+    /// Mount a tmpfs at DIR (within the policy's `filesystem.writable`).
+    #[arg(long = "tmpfs", value_name = "DIR[:SIZE]")]
+    pub tmpfs: Vec<String>,
     /// Image reference (name[:tag], ID or unique ID prefix), or a directory with --rootfs.
     pub image: String,
     /// Command and arguments (default: the image's Entrypoint and Cmd).
@@ -234,6 +243,7 @@ pub fn prepare<'a>(
             Isolation::Vm => RequestedIsolation::Vm,
             Isolation::Auto => RequestedIsolation::Auto,
         },
+        mounts: crate::cmd::volume::mount_args(global, &args.volumes, &args.tmpfs)?,
     };
     match pipeline::prepare(request, &mut steps)? {
         Prepared::Refused { policy, decision } => {
@@ -248,6 +258,7 @@ pub fn prepare<'a>(
             Ok(Err(ExitCode::from(crate::global::EXIT_NOT_STARTED)))
         }
         Prepared::Ready(mut ready) => {
+            crate::cmd::volume::create_missing(global, &ready.plan.mounts)?;
             steps.resolved_policy = ready.policy.clone();
             narrow_network(args, &steps.policy_arg, &mut ready.plan.network)?;
             Ok(Ok((*ready, steps)))
