@@ -55,6 +55,26 @@ pub struct Env {
     pub rootfs: PathBuf,
 }
 
+/// A test that fails half-way must not leave a detached container running
+/// (a writer loop kept a core busy for an hour once): every container of
+/// the state root is removed, by force, when the test ends.
+impl Drop for Env {
+    fn drop(&mut self) {
+        if !self.state_root().exists() {
+            return;
+        }
+        let Ok(o) = self.moat(&["ps", "-a", "--format", "json"]).output() else {
+            return;
+        };
+        let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        for c in list.as_array().into_iter().flatten() {
+            if let Some(id) = c["Id"].as_str().or(c["id"].as_str()) {
+                let _ = self.moat(&["rm", "-f", id]).output();
+            }
+        }
+    }
+}
+
 impl Env {
     pub fn new() -> Self {
         let dir = tempfile::Builder::new()
