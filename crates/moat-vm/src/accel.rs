@@ -129,6 +129,7 @@ fn probe_boot(state_root: &Path, hv: &dyn Hypervisor) -> Result<(), String> {
             id: &id,
             cleanup: Vec::new(),
             trace: false,
+            net: None,
         },
     )
     .map_err(|e| format!("it could not start: {e}"))?;

@@ -31,6 +31,8 @@ pub struct BootRequest<'a> {
     pub cleanup: Vec<std::path::PathBuf>,
     /// Ask the agent for its phase times (`moat.trace`).
     pub trace: bool,
+    /// The guest's network device.
+    pub net: Option<crate::net::NetDevice>,
 }
 
 pub fn boot(hv: &dyn Hypervisor, req: BootRequest<'_>) -> Result<Booted, VmError> {
@@ -86,6 +88,7 @@ pub fn boot(hv: &dyn Hypervisor, req: BootRequest<'_>) -> Result<Booted, VmError
         vcpus: req.vcpus,
         memory_mib: req.memory_mib,
         accel: req.accel,
+        net: req.net,
     };
     let cmd = hv.command(spec)?;
     // Each VM gets its own uid, derived from its random id.

@@ -16,6 +16,7 @@ pub mod initramfs;
 pub mod jail;
 pub mod kernel;
 mod lock;
+pub mod net;
 pub mod qemu;
 pub mod rootdisk;
 pub mod rootfs;
@@ -76,6 +77,10 @@ pub struct VmRunOptions {
     /// Seccomp filters the agent installs beside the plan's (moat-oci: the
     /// caller's `linux.seccomp`).
     pub extra_seccomp: Vec<moat_policy::plan::SeccompProgram>,
+    /// Connect the guest to this interface of an existing network
+    /// namespace (moat-oci: the one `config.json` names); `None`: the
+    /// plan's network alone decides.
+    pub attach: Option<net::Attach>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +97,8 @@ pub enum VmError {
     Jail(#[from] jail::JailError),
     #[error(transparent)]
     Supervisor(#[from] supervisor::SupervisorError),
+    #[error(transparent)]
+    Net(#[from] net::NetError),
     #[error("policy {policy:?} grants network egress, but the vm backend gives a guest no network device yet (loopback only): run it with --isolation sandbox, or use a policy with `network: none` or `network: loopback`")]
     NetworkUnsupported { policy: String },
     #[error("--accel {value:?} is not an accelerator: use kvm, tcg or auto")]
@@ -202,6 +209,15 @@ pub fn run_container_on(
     } else {
         opts.plan.vm.memory_mib
     };
+    // The host side of the guest's network, before the VMM exists.
+    let (net_device, guest_net) = match &opts.attach {
+        Some(a) => {
+            let (d, g) = net::attach(a)?;
+            (Some(d), Some(g))
+        }
+        None => (None, None),
+    };
+    trace.mark("network attached");
     let booted = boot::boot(
         &hv,
         boot::BootRequest {
@@ -220,6 +236,7 @@ pub fn run_container_on(
                 .chain(root.per_run_dir())
                 .collect(),
             trace: trace.on(),
+            net: net_device,
         },
     )?;
     // The cleanup watcher removes the state from here on (the supervisor
@@ -244,6 +261,7 @@ pub fn run_container_on(
             started_notify: opts.started_notify,
             start_gate: opts.start_gate,
             extra_seccomp: opts.extra_seccomp,
+            net: guest_net,
         },
     );
     trace.mark("VMM stopped, cgroup removed");
