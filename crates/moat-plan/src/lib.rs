@@ -166,6 +166,11 @@ pub struct PortPublish {
     pub host_port: u16,
     pub container_port: u16,
     pub protocol: String,
+    /// Host address the port is bound to (`-p 127.0.0.1:8080:80`); `None`
+    /// binds every host address, as podman does. Policies grant ports, not
+    /// addresses: only `moat run -p` sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -810,6 +810,7 @@ impl Cx<'_> {
                     host_port,
                     container_port,
                     protocol,
+                    host_ip: None,
                 });
             }
         }

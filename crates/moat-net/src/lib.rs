@@ -1,0 +1,122 @@
+//! Container networking shared by the sandbox and VM backends: a network
+//! namespace made by the host side, the policy's egress and publish rules
+//! as an nftables table installed in it, and `pasta` (package `passt`)
+//! attached to it for user-mode connectivity and published ports.
+//! See docs/network.md.
+//!
+//! The rule this crate serves (DESIGN rule 11): the workload never
+//! controls its own filter. The namespace is created by root on the host
+//! ([`NetNs::create`]), so it is owned by the initial user namespace; a
+//! workload in a user namespace of its own holds no capability over it,
+//! whatever its policy grants (`CAP_NET_ADMIN`, `CAP_NET_RAW` count only
+//! in namespaces its user namespace owns). The table is installed and
+//! read back ([`nft::apply`]) before pasta starts and before any workload
+//! code runs.
+//!
+//! # API (stable: the VM backend builds on it)
+//! - [`NetNs::create`]`(path)` -> [`NetNs`] (`fd()`, `path()`; dropped:
+//!   unmounted and removed). [`netns::remove_bound`] for leftovers.
+//! - [`nft::render`]`(&`[`nft::Filter`]`{ egress, publish, dns, routed })`
+//!   -> [`nft::Ruleset`]; [`nft::apply`]`(netns_fd, &ruleset)` installs and
+//!   verifies; [`nft::verify`] re-checks. Table `inet moat`.
+//! - [`pasta::spawn`]`(&`[`pasta::PastaConfig`]`{ netns, publish,
+//!   map_gateway, state })` -> [`pasta::Pasta`] (`pid()`, `stop()`, killed
+//!   on drop); [`pasta::args`] for inspection.
+//! - [`Egress::start`] does all three in order for one container.
+//!
+//! Published ports are [`moat_plan::PortPublish`]; its `host_ip` `None`
+//! binds every host address (podman's default for `-p 8080:80`).
+
+pub mod netns;
+pub mod nft;
+pub mod pasta;
+mod sys;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use moat_plan::{EgressRule, PortPublish};
+
+pub use crate::netns::{NetNs, NetnsError};
+pub use crate::nft::NftError;
+pub use crate::pasta::{Pasta, PastaError};
+
+/// Errors of [`Egress::start`].
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("the policy's network rules")]
+    Nft(#[from] NftError),
+    #[error("the user-mode network (pasta)")]
+    Pasta(#[from] PastaError),
+}
+
+/// One container's egress network: its namespace, filtered, with pasta
+/// attached. Dropping it stops pasta and unbinds the namespace (pasta also
+/// exits by itself once the bound file is gone).
+#[derive(Debug)]
+pub struct Egress {
+    // Field order is drop order: pasta first, then the namespace.
+    pasta: Pasta,
+    netns: NetNs,
+}
+
+/// What [`Egress::start`] needs.
+#[derive(Debug, Clone)]
+pub struct EgressConfig<'a> {
+    /// Where the namespace is bound, e.g. `/run/moat/netns/<id>`.
+    pub path: PathBuf,
+    pub egress: &'a [EgressRule],
+    pub publish: &'a [PortPublish],
+    pub dns: Option<IpAddr>,
+    /// See [`nft::Filter::routed`].
+    pub routed: bool,
+    /// See [`pasta::PastaConfig::map_gateway`].
+    pub map_gateway: bool,
+}
+
+impl Egress {
+    /// Renders the rules (refusing bad ones before anything is created),
+    /// creates the namespace, installs and verifies the table, then starts
+    /// pasta and waits until it has configured the namespace.
+    pub fn start(cfg: &EgressConfig<'_>) -> Result<Egress, NetError> {
+        let ruleset = nft::render(&nft::Filter {
+            egress: cfg.egress,
+            publish: cfg.publish,
+            dns: cfg.dns,
+            routed: cfg.routed,
+        })?;
+        let netns = NetNs::create(&cfg.path)?;
+        nft::apply(netns.fd(), &ruleset)?;
+        let pasta = pasta::spawn(&pasta::PastaConfig {
+            netns: cfg.path.clone(),
+            publish: cfg.publish.to_vec(),
+            map_gateway: cfg.map_gateway,
+            state: with_suffix(&cfg.path, ".pasta"),
+        })?;
+        Ok(Egress { pasta, netns })
+    }
+
+    pub fn netns(&self) -> &NetNs {
+        &self.netns
+    }
+
+    pub fn pasta(&self) -> &Pasta {
+        &self.pasta
+    }
+}
+
+impl Drop for Egress {
+    fn drop(&mut self) {
+        self.pasta.stop();
+        let log = with_suffix(self.netns.path(), ".pasta.log");
+        let _ = std::fs::remove_file(log);
+    }
+}
+
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}

@@ -1,0 +1,89 @@
+//! As root: a namespace, its table read back, pasta attached and gone
+//! afterwards. Traffic goes to loopback only.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use moat_net::{Egress, EgressConfig};
+use moat_plan::{EgressRule, PortPublish};
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn table_installed_pasta_publishes_and_goes_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("netns/one");
+    let egress = [EgressRule {
+        cidr: "10.231.0.0/29".into(),
+        ports: Some((8000, 8000)),
+        protocol: "tcp".into(),
+    }];
+    let host_port = free_port();
+    let publish = [PortPublish {
+        host_port,
+        container_port: 8080,
+        protocol: "tcp".into(),
+        host_ip: Some("127.0.0.1".into()),
+    }];
+    let net = Egress::start(&EgressConfig {
+        path: path.clone(),
+        egress: &egress,
+        publish: &publish,
+        dns: None,
+        routed: false,
+        map_gateway: false,
+    })
+    .unwrap();
+    let pid = net.pasta().pid();
+    assert!(alive(pid));
+    let listing = Command::new("nsenter")
+        .arg(format!("--net={}", path.display()))
+        .args(["nft", "list", "table", "inet", "moat"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        text.contains("ip daddr 10.231.0.0/29 tcp dport 8000 accept"),
+        "{text}"
+    );
+    assert!(text.contains("policy drop"), "{text}");
+
+    // A server in the namespace answers on the published host port.
+    let mut server = Command::new("nsenter")
+        .arg(format!("--net={}", path.display()))
+        .args(["busybox", "nc", "-l", "-p", "8080", "-e", "echo", "from-ns"])
+        .spawn()
+        .unwrap();
+    let mut got = String::new();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", host_port)) {
+            let _ = s.write_all(b"x");
+            let _ = s.read_to_string(&mut got);
+            if !got.is_empty() {
+                break;
+            }
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(got.trim(), "from-ns");
+
+    drop(net);
+    assert!(!alive(pid), "pasta {pid} outlived its handle");
+    assert!(!path.exists());
+}
