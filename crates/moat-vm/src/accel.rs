@@ -130,6 +130,7 @@ fn probe_boot(state_root: &Path, hv: &dyn Hypervisor) -> Result<(), String> {
             cleanup: Vec::new(),
             trace: false,
             net: None,
+            netns: None,
         },
     )
     .map_err(|e| format!("it could not start: {e}"))?;

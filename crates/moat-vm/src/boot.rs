@@ -33,6 +33,8 @@ pub struct BootRequest<'a> {
     pub trace: bool,
     /// The guest's network device.
     pub net: Option<crate::net::NetDevice>,
+    /// The network namespace the VMM joins (`None`: a new, empty one).
+    pub netns: Option<std::os::fd::OwnedFd>,
 }
 
 pub fn boot(hv: &dyn Hypervisor, req: BootRequest<'_>) -> Result<Booted, VmError> {
@@ -107,6 +109,7 @@ pub fn boot(hv: &dyn Hypervisor, req: BootRequest<'_>) -> Result<Booted, VmError
                 Accel::Kvm => jail::kvm_group(),
                 Accel::Tcg => None,
             },
+            netns: req.netns,
         },
     )?;
     Ok(Booted { vmm, control: host })

@@ -25,6 +25,10 @@ pub fn configure(n: &GuestNet) -> Result<(), Failure> {
     };
     let ctl = sys::Ctl::new().map_err(|e| err("socket for network ioctls", e))?;
     ctl.up("lo").map_err(|e| err("bringing up lo", e))?;
+    // Ports below 1024 for any uid, as in the sandbox's namespace (and
+    // Docker's default): the guest's network is the container's alone.
+    std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")
+        .map_err(|e| err("setting net.ipv4.ip_unprivileged_port_start", e))?;
     // The driver probes the device during boot; wait a little in case the
     // agent got here first.
     let mut waited = 0;

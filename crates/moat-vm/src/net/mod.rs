@@ -13,6 +13,7 @@
 //!   [`egress`].
 
 pub mod attach;
+pub mod egress;
 mod sys;
 
 use std::os::fd::OwnedFd;
@@ -84,4 +85,8 @@ pub enum NetError {
     },
     #[error("the network setup thread panicked")]
     Thread,
+    #[error("the VM's egress network")]
+    Egress(#[from] moat_net::NetError),
+    #[error("duplicating the network namespace's descriptor")]
+    Dup(#[source] std::io::Error),
 }
