@@ -22,6 +22,7 @@ pub mod control;
 pub mod id;
 pub mod logs;
 pub mod monitor;
+pub mod network;
 pub mod pipeline;
 pub mod process;
 pub mod record;

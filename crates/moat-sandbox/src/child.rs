@@ -44,7 +44,9 @@ impl ChildSetup {
         Ok(Self {
             mounts: mounts::without_absent_defaults(&cfg.rootfs, &cfg.plan.mounts),
             hostname: p.hostname.clone(),
-            loopback: !matches!(cfg.plan.network, NetworkPlan::None),
+            // `egress`: the supervisor made the namespace, loopback is up
+            // and the container holds no capability over it.
+            loopback: matches!(cfg.plan.network, NetworkPlan::Loopback),
             drop: DropSpec::new(&cfg.plan, p).map_err(spec_err)?,
             exec: Exec::from_process(p).map_err(spec_err)?,
             tty: p.tty,
@@ -75,6 +77,10 @@ pub(crate) struct ChildFds {
     /// it opens in the container's own devpts (so that its name resolves
     /// there, as a first process's `/dev/console` does).
     pub console_socket: Option<OwnedFd>,
+    /// `egress`: a sysfs of the container's network namespace mounted by
+    /// the supervisor (the container cannot: mounting sysfs needs
+    /// CAP_SYS_ADMIN over the owner of the network namespace).
+    pub sysfs_mnt: Option<OwnedFd>,
 }
 
 /// Entry point of `moat exec`'s process, already in the container's
@@ -160,7 +166,7 @@ fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
 
     wait_for_go(fds)?;
 
-    let prepared = mounts::prepare_root(fds.rootfs_mnt.take())?;
+    let prepared = mounts::prepare_root(fds.rootfs_mnt.take())?.with_sysfs(fds.sysfs_mnt.take());
     // Become container root (host uid = first id of the map).
     sys::set_ids(0, 0, &[]).map_err(|e| ChildError::io("becoming container root", e))?;
     // Now that the supervisor put us into our cgroups: a cgroup namespace

@@ -13,6 +13,7 @@ pub mod cgroup;
 mod child;
 pub mod idmap;
 mod mounts;
+mod network;
 pub mod oci;
 pub mod state;
 mod supervise;
@@ -23,7 +24,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use moat_policy::plan::{NetworkPlan, Rlimit, RlimitResource};
+use moat_policy::plan::{Rlimit, RlimitResource};
 use moat_policy::{Plan, ProcessSpec};
 use serde::{Deserialize, Serialize};
 
@@ -69,8 +70,11 @@ pub enum SandboxError {
         value: u64,
         hard: u64,
     },
-    #[error("the policy grants network egress, which the sandbox backend does not provide (loopback only); use --isolation vm or remove the egress grant")]
-    NetworkUnsupported,
+    #[error("cannot set up the container's network")]
+    Network {
+        #[source]
+        source: Box<moat_net::NetError>,
+    },
     #[error("unknown capability {0:?} in the plan")]
     UnknownCapability(String),
     #[error("the plan does not set no_new_privs; moat refuses to start a container without it")]
@@ -237,9 +241,6 @@ pub fn exec(
 fn validate(cfg: &SandboxConfig) -> Result<(), SandboxError> {
     if !cfg.plan.process.no_new_privs {
         return Err(SandboxError::NoNewPrivsRequired);
-    }
-    if matches!(cfg.plan.network, NetworkPlan::Egress { .. }) {
-        return Err(SandboxError::NetworkUnsupported);
     }
     for id in [cfg.process.uid, cfg.process.gid]
         .iter()

@@ -141,6 +141,27 @@ fn attach(mnt: &OwnedFd, target: &OwnedFd, what: &str) -> Result<(), ChildError>
 /// working directory made here, is attached onto that directory.
 pub(crate) struct PreparedRoot {
     mnt: OwnedFd,
+    /// A sysfs made by the supervisor (see [`sysfs`]), else made here.
+    sysfs: Option<OwnedFd>,
+}
+
+impl PreparedRoot {
+    pub(crate) fn with_sysfs(mut self, sysfs: Option<OwnedFd>) -> Self {
+        self.sysfs = sysfs;
+        self
+    }
+}
+
+/// A read-only sysfs of the calling thread's network namespace, detached.
+pub(crate) fn sysfs() -> std::io::Result<OwnedFd> {
+    FsContext::open("sysfs").and_then(|fs| {
+        fs.mount(
+            sys::MOUNT_ATTR_RDONLY
+                | sys::MOUNT_ATTR_NOSUID
+                | sys::MOUNT_ATTR_NODEV
+                | sys::MOUNT_ATTR_NOEXEC,
+        )
+    })
 }
 
 /// Makes every mount private and takes the supervisor's idmapped clone,
@@ -163,7 +184,7 @@ pub(crate) fn prepare_root(idmapped: Option<OwnedFd>) -> Result<PreparedRoot, Ch
             m
         }
     };
-    Ok(PreparedRoot { mnt })
+    Ok(PreparedRoot { mnt, sysfs: None })
 }
 
 /// Builds the whole tree and returns a descriptor of the new root, ready
@@ -222,16 +243,10 @@ pub(crate) fn build(
     build_proc(root.as_fd())?;
 
     // /sys: a fresh sysfs of this network namespace, read-only.
-    let sysfs = FsContext::open("sysfs")
-        .and_then(|fs| {
-            fs.mount(
-                sys::MOUNT_ATTR_RDONLY
-                    | sys::MOUNT_ATTR_NOSUID
-                    | sys::MOUNT_ATTR_NODEV
-                    | sys::MOUNT_ATTR_NOEXEC,
-            )
-        })
-        .map_err(|e| ChildError::io("mounting sysfs", e))?;
+    let sysfs = match prepared.sysfs {
+        Some(m) => m,
+        None => sysfs().map_err(|e| ChildError::io("mounting sysfs", e))?,
+    };
     let t = real_dir_in_root(root.as_fd(), "/sys")?;
     attach(&sysfs, &t, "/sys")?;
 

@@ -173,9 +173,24 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
         .into();
     std::env::set_current_dir(&cfg.rootfs).map_err(prep("entering the rootfs"))?;
 
+    // `egress`: the namespace, its table and pasta exist before the
+    // container does; the container is cloned into it (network.rs).
+    let net = crate::network::start(cfg)?;
+    let (entered, sysfs_mnt) = match &net {
+        Some(n) => {
+            let entered = n.enter()?;
+            let sysfs = crate::mounts::sysfs().map_err(prep("the container's sysfs"))?;
+            (Some(entered), Some(sysfs))
+        }
+        None => (None, None),
+    };
+
     let (old_mask, sigfd) = block_forwarded()?;
 
-    let ns = CONTAINER_NAMESPACES;
+    let ns = match net {
+        Some(_) => CONTAINER_NAMESPACES & !libc::CLONE_NEWNET,
+        None => CONTAINER_NAMESPACES,
+    };
     // Rule 7: the user namespace is owned by a per-container unprivileged
     // uid, so that the kernel's per-user counters (inotify instances and
     // watches, message queue bytes, pending signals, user namespaces) of
@@ -202,6 +217,10 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
             Err(SandboxError::Clone(e))
         }
     };
+    // The supervisor back in its own network namespace.
+    if !matches!(forked, Ok(Forked::Child)) {
+        drop(entered);
+    }
     let (pid, pidfd) = match forked {
         Ok(Forked::Child) => {
             drop(go_w);
@@ -216,6 +235,7 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
                 pty_path,
                 rootfs_mnt,
                 console_socket: None,
+                sysfs_mnt,
             };
             child::main(&setup, fds);
         }
@@ -228,6 +248,7 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
     drop(go_r);
     drop(err_w);
     drop(rootfs_mnt);
+    drop(sysfs_mnt);
     let (master, peer) = match pty {
         Some((m, p)) => (Some(m), Some(p)),
         None => (None, None),
@@ -273,6 +294,8 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
         }
     }
     drop(cleanup);
+    // pasta and the namespace's file go once the container is gone.
+    drop(net);
     result
 }
 
@@ -348,6 +371,7 @@ pub(crate) fn exec_and_wait(
                         pty_path: None,
                         rootfs_mnt: None,
                         console_socket: console_theirs,
+                        sysfs_mnt: None,
                     };
                     child::exec_main(&setup, fds)
                 }

@@ -30,6 +30,13 @@ pub enum Accel {
     Tcg,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkArg {
+    None,
+    Loopback,
+    Egress,
+}
+
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   moat run busybox echo hello                 # runs under the auto policy, removed on exit
@@ -111,6 +118,15 @@ pub struct RunArgs {
     /// or that micro-VMs run under software emulation.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Network: none, loopback or egress. Narrows the policy's `network`,
+    /// never widens it.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub network: Option<NetworkArg>,
+    /// Publish a container port on the host: [IP:]HOST:CONTAINER[/tcp|udp]
+    /// (every host address unless IP is given, as in podman). The policy
+    /// must publish the same ports (`network.publish`).
+    #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:CONTAINER")]
+    pub publish: Vec<String>,
     /// Image reference (name[:tag], ID or unique ID prefix), or a directory with --rootfs.
     pub image: String,
     /// Command and arguments (default: the image's Entrypoint and Cmd).
@@ -231,11 +247,33 @@ pub fn prepare<'a>(
             }
             Ok(Err(ExitCode::from(crate::global::EXIT_NOT_STARTED)))
         }
-        Prepared::Ready(ready) => {
+        Prepared::Ready(mut ready) => {
             steps.resolved_policy = ready.policy.clone();
+            narrow_network(args, &steps.policy_arg, &mut ready.plan.network)?;
             Ok(Ok((*ready, steps)))
         }
     }
+}
+
+/// `--network` and `-p` applied to the compiled plan (narrowing only).
+fn narrow_network(
+    args: &RunArgs,
+    policy: &str,
+    plan: &mut moat_policy::plan::NetworkPlan,
+) -> anyhow::Result<()> {
+    use moat_runtime::network::{self, NetworkMode};
+    let publish = args
+        .publish
+        .iter()
+        .map(|a| network::parse_publish(a).map(|p| (a.clone(), p)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mode = args.network.map(|m| match m {
+        NetworkArg::None => NetworkMode::None,
+        NetworkArg::Loopback => NetworkMode::Loopback,
+        NetworkArg::Egress => NetworkMode::Egress,
+    });
+    network::narrow(plan, policy, mode, &publish)?;
+    Ok(())
 }
 
 /// What the container of `ready` is to run, for the core to keep.

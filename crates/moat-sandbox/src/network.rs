@@ -1,0 +1,104 @@
+//! `egress`: the container's network namespace is made by the supervisor
+//! (root on the host) before the container process exists, so that it is
+//! owned by the initial user namespace and not by the container's: no
+//! capability the policy can grant (CAP_NET_ADMIN, CAP_NET_RAW) counts
+//! in it, and the nftables table moat installs there stays as installed
+//! (DESIGN rule 11). The container is cloned into it (`setns` before
+//! `clone`, no CLONE_NEWNET). See docs/network.md.
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+
+use moat_policy::plan::NetworkPlan;
+
+use crate::{sys, SandboxConfig, SandboxError};
+
+/// A running container's egress network; dropping it stops pasta and
+/// unbinds the namespace.
+pub(crate) struct Network {
+    egress: moat_net::Egress,
+}
+
+/// The supervisor back in its own network namespace when dropped.
+pub(crate) struct Entered {
+    ours: OwnedFd,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        // Cannot fail for a namespace we were in: we hold CAP_SYS_ADMIN.
+        let _ = sys::setns(self.ours.as_fd(), libc::CLONE_NEWNET);
+    }
+}
+
+fn prep(what: &str) -> impl FnOnce(std::io::Error) -> SandboxError + '_ {
+    move |source| SandboxError::Prepare {
+        what: what.to_string(),
+        source,
+    }
+}
+
+fn net_err(source: moat_net::NetError) -> SandboxError {
+    SandboxError::Network {
+        source: Box::new(source),
+    }
+}
+
+/// Starts the egress network of `cfg` (nothing for `none` and
+/// `loopback`, which the container makes itself): namespace, table,
+/// pasta. Bound at `<run root>/netns/<id>`.
+pub(crate) fn start(cfg: &SandboxConfig) -> Result<Option<Network>, SandboxError> {
+    let NetworkPlan::Egress { rules, publish } = &cfg.plan.network else {
+        return Ok(None);
+    };
+    // The namespace's bind mount lives in a mount namespace of the
+    // supervisor's own (host mounts still propagate in, none out): if the
+    // supervisor is killed, pasta dies with it (parent-death signal) and
+    // the mount goes with the last of them, never left on the host.
+    // (The container's mount namespace is cloned from this one; it pivots
+    // away from all of it.)
+    sys::unshare(libc::CLONE_NEWNS).map_err(prep("a mount namespace for the network"))?;
+    rustix::mount::mount_change(
+        "/",
+        rustix::mount::MountPropagationFlags::DOWNSTREAM
+            | rustix::mount::MountPropagationFlags::REC,
+    )
+    .map_err(|e| prep("making the supervisor's mounts private")(e.into()))?;
+    // The bound file and pasta's log on a tmpfs of that namespace too:
+    // nothing of them outlives the container on the host.
+    let dir = cfg.run_root.join("netns");
+    std::fs::create_dir_all(&dir).map_err(prep("the network namespace directory"))?;
+    use rustix::mount::MountFlags;
+    rustix::mount::mount(
+        "moat-netns",
+        &dir,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        Some(c"mode=700,size=1m"),
+    )
+    .map_err(|e| prep("a tmpfs for the network namespace")(e.into()))?;
+    let path = dir.join(&cfg.id);
+    let egress = moat_net::Egress::start(&moat_net::EgressConfig {
+        path,
+        egress: rules,
+        publish,
+        dns: None,
+        routed: false,
+        map_gateway: false,
+    })
+    .map_err(net_err)?;
+    Ok(Some(Network { egress }))
+}
+
+impl Network {
+    /// Moves the calling thread into the container's namespace until the
+    /// returned guard drops.
+    pub(crate) fn enter(&self) -> Result<Entered, SandboxError> {
+        let ours: OwnedFd = File::open("/proc/thread-self/ns/net")
+            .map_err(prep("the supervisor's network namespace"))?
+            .into();
+        sys::setns(self.egress.netns().fd(), libc::CLONE_NEWNET)
+            .map_err(prep("entering the container's network namespace"))?;
+        Ok(Entered { ours })
+    }
+}
