@@ -25,10 +25,6 @@ pub struct GuestNet {
     /// The MAC address the host gave the device (for messages and checks;
     /// the VMM sets it).
     pub mac: String,
-    /// Resolvers for the container's `/etc/resolv.conf`, when the host
-    /// provides one; empty: the container's own file stays.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dns: Vec<Ipv4Addr>,
 }
 
 impl GuestNet {
@@ -72,7 +68,6 @@ mod tests {
             gateway: None,
             mtu,
             mac: "52:54:00:12:34:56".into(),
-            dns: vec![],
         }
     }
 

@@ -109,7 +109,9 @@ fn in_netns(a: &Attach) -> Result<(NetDevice, GuestNet), NetError> {
     let mtu_s = mtu.to_string();
     run(netns, &["ip", "link", "set", TAP_NAME, "mtu", &mtu_s, "up"])?;
     for (from, to) in [(ifname, TAP_NAME), (TAP_NAME, ifname)] {
-        run(netns, &["tc", "qdisc", "add", "dev", from, "ingress"])?;
+        // `replace`: a qdisc left by an earlier, failed attach goes, with
+        // its filters.
+        run(netns, &["tc", "qdisc", "replace", "dev", from, "ingress"])?;
         run(
             netns,
             &[
@@ -125,7 +127,6 @@ fn in_netns(a: &Attach) -> Result<(NetDevice, GuestNet), NetError> {
         gateway,
         mtu,
         mac: link.address.to_ascii_lowercase(),
-        dns: Vec::new(),
     };
     Ok((
         NetDevice::Tap {

@@ -26,6 +26,8 @@ use super::{Forward, GuestNet, NetDevice, NetError};
 /// The guest's side of slirp (QEMU's defaults, fixed in `qemu::net_args`).
 pub const GUEST_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+/// slirp's DNS relay (to the resolver of the host's `/etc/resolv.conf`,
+/// through the namespace's table like any other flow).
 pub const RESOLVER: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
 /// A locally administered MAC (QEMU's default NIC address).
 pub const GUEST_MAC: &str = "52:54:00:12:34:56";
@@ -100,7 +102,6 @@ pub fn start(
         gateway: Some(GATEWAY),
         mtu: 1500,
         mac: GUEST_MAC.into(),
-        dns: vec![RESOLVER],
     };
     let device = NetDevice::User {
         mac: GUEST_MAC.into(),
