@@ -7,6 +7,7 @@
 //! powers the VM off. It never exits (PID 1 must not).
 
 mod exec;
+mod net;
 mod sys;
 mod volumes;
 mod workload;
@@ -391,6 +392,10 @@ impl Agent {
             )));
         }
         mounted?;
+        if let Some(n) = &start.net {
+            net::configure(n)?;
+            trace("network configured");
+        }
         let child = workload::spawn(&start)?;
         trace("workload started");
         let code = self.relay(child, &start)?;

@@ -131,6 +131,9 @@ pub struct Start {
     /// `linux.seccomp`): every one of them applies, to exec'd processes too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_seccomp: Vec<SeccompProgram>,
+    /// The guest's virtio-net configuration; `None`: no network device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<crate::netconf::GuestNet>,
 }
 
 /// A `CLOCK_REALTIME` reading.

@@ -199,7 +199,8 @@ fn guest_plan(p: &Prepared, tmpfs: Vec<MountPlan>) -> anyhow::Result<Plan> {
             plan.mounts.push(t);
         }
     }
-    // No virtio-net yet: the guest has loopback at most.
+    // The guest's network is the caller's namespace (attached by the
+    // helper), never the policy's egress: loopback in the plan.
     if matches!(plan.network, NetworkPlan::Egress { .. }) {
         plan.network = NetworkPlan::Loopback;
     }
@@ -231,6 +232,22 @@ fn netns_interfaces(b: &Bundle) -> Option<(PathBuf, Vec<String>)> {
     Some((path, names))
 }
 
+/// The interface of the caller's network namespace the guest takes over:
+/// the only one, or `eth0` among several; `None` without any (podman's
+/// `--network none`: loopback only).
+fn guest_interface(netns: &Path, ifaces: &[String]) -> anyhow::Result<Option<String>> {
+    match ifaces {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        many if many.iter().any(|i| i == "eth0") => Ok(Some("eth0".to_string())),
+        many => bail!(
+            "network namespace {} has several interfaces ({}) and none is eth0: a micro-VM container takes over one; give it one network, or use moat.dev/isolation=sandbox",
+            netns.display(),
+            many.join(", ")
+        ),
+    }
+}
+
 /// What `create` passes to the helper.
 struct Helper {
     rootfs: PathBuf,
@@ -248,6 +265,7 @@ struct Helper {
     tty: Option<OwnedFd>,
     report: OwnedFd,
     extra_seccomp: Vec<moat_plan::SeccompProgram>,
+    attach: Option<moat_vm::net::Attach>,
 }
 
 pub fn create(
@@ -260,15 +278,11 @@ pub fn create(
     log: &Logger,
 ) -> anyhow::Result<i32> {
     let (files, tmpfs) = guest_mounts(p)?;
-    if let Some((path, ifaces)) = netns_interfaces(b) {
-        if !ifaces.is_empty() {
-            log.warn(&format!(
-                "network namespace {} has interfaces ({}), but a micro-VM container gets loopback only: its virtio-net is not connected to that namespace yet, so the container's networks and published ports do not reach it; use moat.dev/isolation=sandbox for a networked container",
-                path.display(),
-                ifaces.join(", ")
-            ));
-        }
-    }
+    let attach = match netns_interfaces(b) {
+        Some((netns, ifaces)) => guest_interface(&netns, &ifaces)?
+            .map(|interface| moat_vm::net::Attach { netns, interface }),
+        None => None,
+    };
     if !p.init.create_container_hooks.is_empty() || !p.init.start_container_hooks.is_empty() {
         bail!("config.json has createContainer or startContainer hooks, which run in the container's namespaces: a micro-VM container has none on the host; drop the hooks, or use moat.dev/isolation=sandbox");
     }
@@ -319,6 +333,7 @@ pub fn create(
         tty,
         report: report_w,
         extra_seccomp: vec![p.caller_seccomp.clone()],
+        attach,
     };
     let pid = match sys::fork().context("forking the VM helper")? {
         Forked::Child => {
@@ -487,6 +502,7 @@ fn run_helper(h: Helper, log: &Logger) -> i32 {
         started_notify: Some(Arc::new(notify_w)),
         start_gate: Some(Arc::new(gate_r)),
         extra_seccomp: h.extra_seccomp,
+        attach: h.attach,
     };
     let stdio = moat_vm::session::Stdio::inherit();
     match moat_vm::run_container_on(opts, Some(disk), stdio, &mut |n| log.debug(n)) {

@@ -23,8 +23,8 @@ fn vm_ready(test: &str) -> bool {
     clients::vm_ready(test, &[])
 }
 
-/// A network namespace of the test's own with a veth pair `v0`/`v1` in
-/// it (nothing outside), deleted on drop.
+/// A network namespace of the test's own with a veth pair `eth0`/`v1`
+/// in it (nothing outside), `eth0` with an address, deleted on drop.
 struct NetNs(String);
 
 impl NetNs {
@@ -37,8 +37,9 @@ impl NetNs {
         ip(&["netns", "add", &name]);
         let ns = NetNs(name);
         ip(&[
-            "-n", &ns.0, "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+            "-n", &ns.0, "link", "add", "eth0", "type", "veth", "peer", "name", "v1",
         ]);
+        ip(&["-n", &ns.0, "addr", "add", "10.250.0.2/24", "dev", "eth0"]);
         ns
     }
     fn path(&self) -> String {
@@ -247,7 +248,7 @@ fn vm_create_start_exec_kill_delete_as_a_runc_caller() {
         &[
             "sh",
             "-c",
-            "trap 'echo got-term; exit 3' TERM; echo hi-from-$(hostname); while :; do sleep 0.1; done",
+            "trap 'echo got-term; exit 3' TERM; ip -4 -o addr show eth0; echo hi-from-$(hostname); while :; do sleep 0.1; done",
         ],
         &netns.path(),
     );
@@ -325,10 +326,21 @@ fn vm_create_start_exec_kill_delete_as_a_runc_caller() {
     rustix::io::ioctl_fionbio(&pipe, true).unwrap();
     let out = read_until(&mut pipe, "hi-from-vmproc");
     assert!(out.contains("hi-from-vmproc"), "output: {out:?}");
-    // The namespace it was to join has an interface the guest cannot have
-    // yet: create said so, naming it.
-    let warning = format!("network namespace {} has interfaces (v1, v0), but a micro-VM container gets loopback only: its virtio-net is not connected to that namespace yet", netns.path());
-    assert!(out.contains(&warning), "create's stderr: {out:?}");
+    // The guest took over the namespace's interface (eth0 of the two):
+    // its address, and the tc redirect to the tap in the namespace.
+    assert!(out.contains("inet 10.250.0.2/24"), "output: {out:?}");
+    assert!(!out.contains("warning"), "create's stderr: {out:?}");
+    let tc = Command::new("ip")
+        .args([
+            "netns", "exec", &netns.0, "tc", "filter", "show", "dev", "eth0", "ingress",
+        ])
+        .output()
+        .unwrap();
+    let tc = String::from_utf8_lossy(&tc.stdout);
+    assert!(
+        tc.contains("mirred") && tc.contains("tap0_moat"),
+        "tc filters on eth0: {tc}"
+    );
     let ps: Vec<i32> = serde_json::from_str(&ok(&root, &["ps", "--format", "json", id])).unwrap();
     assert!(ps.contains(&pid), "ps {ps:?} lacks the helper {pid}");
     // exec --detach: the pid-file's process exits with the exec'd status.

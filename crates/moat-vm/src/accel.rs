@@ -130,6 +130,8 @@ fn probe_boot(state_root: &Path, hv: &dyn Hypervisor) -> Result<(), String> {
             cleanup: Vec::new(),
             trace: false,
             volumes: Vec::new(),
+            net: None,
+            netns: None,
         },
     )
     .map_err(|e| format!("it could not start: {e}"))?;

@@ -110,6 +110,7 @@ impl Backend for VmBackend {
             started_notify: c.started_notify.clone(),
             start_gate: c.start_gate.clone(),
             extra_seccomp: Vec::new(),
+            attach: None,
         };
         crate::run_container_with(opts, Stdio::inherit(), &mut |n| (self.notice)(n))
             .map_err(vm_error)

@@ -33,6 +33,10 @@ pub struct BootRequest<'a> {
     pub trace: bool,
     /// Named volumes' disks, in the plan's order.
     pub volumes: Vec<crate::volumes::VolumeDisk>,
+    /// The guest's network device.
+    pub net: Option<crate::net::NetDevice>,
+    /// The network namespace the VMM joins (`None`: a new, empty one).
+    pub netns: Option<std::os::fd::OwnedFd>,
 }
 
 pub fn boot(hv: &dyn Hypervisor, req: BootRequest<'_>) -> Result<Booted, VmError> {
@@ -97,6 +101,7 @@ pub fn boot(hv: &dyn Hypervisor, req: BootRequest<'_>) -> Result<Booted, VmError
         vcpus: req.vcpus,
         memory_mib: req.memory_mib,
         accel: req.accel,
+        net: req.net,
     };
     let cmd = hv.command(spec)?;
     // Each VM gets its own uid, derived from its random id.
@@ -115,6 +120,7 @@ pub fn boot(hv: &dyn Hypervisor, req: BootRequest<'_>) -> Result<Booted, VmError
                 Accel::Kvm => jail::kvm_group(),
                 Accel::Tcg => None,
             },
+            netns: req.netns,
         },
     )?;
     Ok(Booted { vmm, control: host })

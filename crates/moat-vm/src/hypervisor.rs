@@ -53,6 +53,8 @@ pub struct VmSpec {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub accel: Accel,
+    /// The guest's network device, if any.
+    pub net: Option<crate::net::NetDevice>,
 }
 
 /// A process to start: program, arguments, and descriptors it must inherit

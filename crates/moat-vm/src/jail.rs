@@ -232,6 +232,9 @@ pub struct JailSpec {
     /// `/dev/kvm` when KVM is used (Debian: `kvm`, mode 0660). `None` clears
     /// all groups.
     pub device_group: Option<u32>,
+    /// A network namespace to join instead of a new, empty one (the
+    /// egress network, made and filtered by the host).
+    pub netns: Option<OwnedFd>,
 }
 
 fn spawn_err(program: &str) -> impl FnOnce(std::io::Error) -> JailError + '_ {
@@ -309,6 +312,7 @@ pub fn spawn(cmd: VmmCommand, spec: &JailSpec) -> Result<RunningVmm, JailError> 
         hide,
         private_shm: dir("/dev/shm"),
         private_mqueue: dir("/dev/mqueue"),
+        netns: spec.netns.as_ref().map(|f| f.as_raw_fd()),
     };
     // The VMM's process: the jail's uid as uid and gid, no capability in
     // any set, no_new_privs, only its own descriptors, cwd `/`.
@@ -419,7 +423,7 @@ esac
 while [ "$1" != -- ]; do cg=$1; shift; i=0
   while [ -d "$cg" ] && ! rmdir "$cg" && [ $i -lt 200 ]; do sleep 0.02; i=$((i+1)); done
 done
-shift; rm -rf -- "$@") </dev/null >/dev/null 2>&1 &"#;
+shift; for p; do umount -l -- "$p" 2>/dev/null; done; rm -rf -- "$@") </dev/null >/dev/null 2>&1 &"#;
     // How to kill is the cgroup layer's choice; the watcher only carries
     // it out (it must outlive this process and run as root).
     let (mode, dir) = match cgroups.kill_method() {

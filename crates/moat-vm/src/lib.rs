@@ -16,6 +16,7 @@ pub mod initramfs;
 pub mod jail;
 pub mod kernel;
 mod lock;
+pub mod net;
 pub mod qemu;
 pub mod rootdisk;
 pub mod rootfs;
@@ -29,6 +30,7 @@ pub mod volumes;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use moat_policy::plan::NetworkPlan;
 use moat_policy::{Plan, ProcessSpec};
 use moat_runtime::{ContainerId, ContainerName, StateError};
 
@@ -77,6 +79,10 @@ pub struct VmRunOptions {
     /// Seccomp filters the agent installs beside the plan's (moat-oci: the
     /// caller's `linux.seccomp`).
     pub extra_seccomp: Vec<moat_policy::plan::SeccompProgram>,
+    /// Connect the guest to this interface of an existing network
+    /// namespace (moat-oci: the one `config.json` names); `None`: the
+    /// plan's network alone decides.
+    pub attach: Option<net::Attach>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,10 +99,12 @@ pub enum VmError {
     Jail(#[from] jail::JailError),
     #[error(transparent)]
     Supervisor(#[from] supervisor::SupervisorError),
-    #[error("policy {policy:?} grants network egress, but the vm backend gives a guest no network device yet (loopback only): run it with --isolation sandbox, or use a policy with `network: none` or `network: loopback`")]
-    NetworkUnsupported { policy: String },
     #[error(transparent)]
     Volume(#[from] volumes::VolumeRefused),
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    #[error("policy {policy:?} grants network egress, and the VM was also asked to take over an existing network namespace's interface: a guest has one network; use a policy with `network: loopback` for an attached VM")]
+    TwoNetworks { policy: String },
     #[error("--accel {value:?} is not an accelerator: use kvm, tcg or auto")]
     BadAccel { value: String },
     #[error("opening {path}")]
@@ -157,8 +165,8 @@ pub fn run_container_on(
     notice: &mut dyn FnMut(&str),
 ) -> Result<i32, VmError> {
     let mut trace = trace::Trace::from_env();
-    if let moat_policy::plan::NetworkPlan::Egress { .. } = opts.plan.network {
-        return Err(VmError::NetworkUnsupported {
+    if opts.attach.is_some() && matches!(opts.plan.network, NetworkPlan::Egress { .. }) {
+        return Err(VmError::TwoNetworks {
             policy: opts.plan.policy_name.clone(),
         });
     }
@@ -207,6 +215,34 @@ pub fn run_container_on(
     } else {
         opts.plan.vm.memory_mib
     };
+    // The host side of the guest's network, before the VMM exists: an
+    // existing namespace's interface, or the egress namespace (filtered
+    // and connected before the guest boots).
+    let mut egress = None;
+    let mut cleanup: Vec<PathBuf> = Vec::new();
+    let (net_device, guest_net, netns) = match (&opts.attach, &opts.plan.network) {
+        (Some(a), _) => {
+            let (d, g) = net::attach(a)?;
+            (Some(d), Some(g), None)
+        }
+        (None, NetworkPlan::Egress { rules, publish }) => {
+            let e = net::egress::start(&opts.run_root, &id.to_string(), rules, publish)?;
+            let net::egress::EgressNet {
+                net,
+                netns,
+                device,
+                guest,
+            } = e;
+            egress = Some(net);
+            cleanup = egress
+                .as_ref()
+                .map(net::egress::cleanup_paths)
+                .unwrap_or_default();
+            (Some(device), Some(guest), Some(netns))
+        }
+        (None, _) => (None, None, None),
+    };
+    trace.mark("network ready");
     let booted = boot::boot(
         &hv,
         boot::BootRequest {
@@ -223,11 +259,19 @@ pub fn run_container_on(
                 .then(|| state.dir())
                 .into_iter()
                 .chain(root.per_run_dir())
+                .chain(cleanup)
                 .collect(),
             trace: trace.on(),
             volumes: volume_disks,
+            net: net_device,
+            netns,
         },
     )?;
+    // The cleanup watcher (root) unbinds the namespace, and pasta exits
+    // once the file is gone (or with this thread): the supervisor, soon
+    // unprivileged and under a filter that allows no kill or unlink, must
+    // not try.
+    std::mem::forget(egress);
     // The cleanup watcher removes the state from here on (the supervisor
     // gives up the root that removing it takes).
     state.hand_over();
@@ -250,6 +294,7 @@ pub fn run_container_on(
             started_notify: opts.started_notify,
             start_gate: opts.start_gate,
             extra_seccomp: opts.extra_seccomp,
+            net: guest_net,
         },
     );
     trace.mark("VMM stopped, cgroup removed");

@@ -6,6 +6,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use crate::hypervisor::{Accel, Hypervisor, HypervisorError, VmSpec, VmmCommand};
+use crate::net::NetDevice;
 
 /// Descriptor numbers inside the VMM process.
 const FD_KERNEL: i32 = 3;
@@ -19,6 +20,8 @@ const FD_DISK_RO: i32 = 7;
 /// Named volumes: two descriptors each (read-write, read-only, as for a
 /// writable root disk) from here on, fdset 2 + N.
 const FD_VOLUMES: i32 = 16;
+/// The tap queue of a [`NetDevice::Tap`].
+const FD_NET: i32 = 8;
 
 /// Translation cache size under TCG, MiB. QEMU's default (1 GiB) lets RSS
 /// grow to ~200 MB; 32 MiB keeps a container's VMM small and costs little
@@ -125,6 +128,9 @@ impl Qemu {
         push(&format!("socket,id=moat,fd={FD_CONTROL}"));
         push("-device");
         push("virtserialport,chardev=moat,name=moat.0");
+        if let Some(n) = &spec.net {
+            a.extend(net_args(n));
+        }
         a
     }
 }
@@ -133,6 +139,31 @@ impl Qemu {
 fn volume_fds(i: usize) -> (i32, i32) {
     let rw = FD_VOLUMES + 2 * i as i32;
     (rw, rw + 1)
+}
+
+/// The virtio-net device and its backend.
+fn net_args(n: &NetDevice) -> Vec<String> {
+    let netdev = match n {
+        NetDevice::Tap { .. } => format!("tap,id=net0,fd={FD_NET}"),
+        NetDevice::User { forwards, .. } => {
+            // Addresses fixed here and in net::egress (the guest's config).
+            let mut s =
+                String::from("user,id=net0,net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3,ipv6=off");
+            for f in forwards {
+                s.push_str(&format!(
+                    ",hostfwd={}::{}-:{}",
+                    f.protocol, f.host_port, f.guest_port
+                ));
+            }
+            s
+        }
+    };
+    vec![
+        "-netdev".into(),
+        netdev,
+        "-device".into(),
+        format!("virtio-net-device,netdev=net0,mac={}", n.mac()),
+    ]
 }
 
 impl Hypervisor for Qemu {
@@ -186,6 +217,9 @@ impl Hypervisor for Qemu {
             fds.push((OwnedFd::from(ro_file), ro));
             fds.push((OwnedFd::from(f), rw));
         }
+        if let Some(NetDevice::Tap { fd, .. }) = spec.net {
+            fds.push((fd, FD_NET));
+        }
         let overhead_mib = match spec.accel {
             Accel::Tcg => TCG_TB_SIZE_MIB * 2 + 128,
             Accel::Kvm => 128,
@@ -217,6 +251,7 @@ mod tests {
             vcpus: 1,
             memory_mib: 128,
             accel,
+            net: None,
         }
     }
 
@@ -264,6 +299,26 @@ mod tests {
         assert!(
             nums.contains(&16) && nums.contains(&17) && nums.contains(&19),
             "{nums:?}"
+        );
+    }
+
+    #[test]
+    fn user_netdev_forwards_and_mac() {
+        let mut s = spec(true, Accel::Tcg);
+        s.net = Some(NetDevice::User {
+            mac: "52:54:00:12:34:56".into(),
+            forwards: vec![crate::net::Forward {
+                protocol: "tcp".into(),
+                host_port: 80,
+                guest_port: 80,
+            }],
+        });
+        let a = Qemu::args(&s).join(" ");
+        assert!(
+            a.ends_with(
+                "-netdev user,id=net0,net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3,ipv6=off,hostfwd=tcp::80-:80 -device virtio-net-device,netdev=net0,mac=52:54:00:12:34:56"
+            ),
+            "{a}"
         );
     }
 

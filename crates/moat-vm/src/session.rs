@@ -44,6 +44,8 @@ pub struct SessionOptions<'a> {
     pub start_gate: Option<std::sync::Arc<OwnedFd>>,
     /// Filters the agent installs beside the plan's.
     pub extra_seccomp: Vec<moat_policy::plan::SeccompProgram>,
+    /// The guest's network configuration (with a network device).
+    pub net: Option<crate::net::GuestNet>,
 }
 
 /// Where the workload's stdio goes on the host.
@@ -305,6 +307,7 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                                     nanos: now.subsec_nanos(),
                                 }),
                                 extra_seccomp: opts.extra_seccomp.clone(),
+                                net: opts.net.clone(),
                             })),
                         )?;
                         if tty {

@@ -64,6 +64,7 @@ pub fn filter() -> Result<Vec<SockFilter>, SupervisorError> {
 /// `no_new_privs` and installs the supervisor's filter on it.
 pub fn confine(scope: Scope, uid: u32) -> Result<(), SupervisorError> {
     let prog = filter()?;
+    sys::keep_freed_heap();
     sys::drop_privileges(uid, scope == Scope::Process)
         .map_err(|source| SupervisorError::DropPrivileges { uid, source })?;
     sys::install_seccomp(&prog, scope == Scope::Process).map_err(SupervisorError::Install)

@@ -210,6 +210,9 @@ pub struct PreExec {
     /// `/dev/mqueue`, if the host has it: replaced by the mqueue
     /// filesystem of the VMM's own IPC namespace.
     pub private_mqueue: Option<CString>,
+    /// A network namespace the host prepared (egress: filtered, pasta
+    /// attached) to join instead of a new, empty one.
+    pub netns: Option<RawFd>,
 }
 
 impl PreExec {
@@ -235,12 +238,15 @@ impl PreExec {
                 return Err(io::Error::last_os_error());
             }
         }
+        let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+        match self.netns {
+            // SAFETY: setns takes a descriptor held open by the parent
+            // (inherited across the fork) and a flag.
+            Some(fd) => check(unsafe { libc::setns(fd, libc::CLONE_NEWNET) }).map(drop)?,
+            None => flags |= libc::CLONE_NEWNET,
+        }
         // SAFETY: unshare takes flags only.
-        check(unsafe {
-            libc::unshare(
-                libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET | libc::CLONE_NEWUTS,
-            )
-        })?;
+        check(unsafe { libc::unshare(flags) })?;
         // SAFETY: static C strings and NULL data; makes our mounts private.
         check(unsafe {
             libc::mount(
@@ -929,4 +935,13 @@ pub fn wait_nohang(pid: libc::pid_t) -> io::Result<Option<i32>> {
     // SAFETY: waits for our own child into a valid int.
     let r = check(unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) })?;
     Ok((r == pid).then_some(status))
+}
+
+/// Stops glibc from trimming the heaps of thread arenas. Trimming one
+/// (`heap_trim` -> `shrink_heap`) reads `/proc/sys/vm/overcommit_memory`
+/// the first time, an `openat` the supervisor's filter answers by killing
+/// the process; freed memory simply stays with the process instead.
+pub fn keep_freed_heap() {
+    // SAFETY: mallopt takes two integers and only changes a malloc setting.
+    unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) };
 }

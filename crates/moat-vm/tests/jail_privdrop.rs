@@ -27,6 +27,7 @@ fn spec(name: &str, uid: u32) -> JailSpec {
         cleanup: vec![],
         hide: vec![],
         device_group: None,
+        netns: None,
     }
 }
 

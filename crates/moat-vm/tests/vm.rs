@@ -218,24 +218,6 @@ fn bad_accelerator_names_are_refused() {
     );
 }
 
-#[test]
-fn a_policy_granting_network_is_refused_before_boot() {
-    let f = new_fixture();
-    let mut o = options(&f, process(&["true"]));
-    o.plan.policy_name = "web".into();
-    o.plan.network = moat_policy::plan::NetworkPlan::Egress {
-        rules: vec![],
-        publish: vec![],
-    };
-    let r = run(o, None);
-    assert_eq!(
-        r.code.unwrap_err(),
-        "policy \"web\" grants network egress, but the vm backend gives a guest no network device yet (loopback only): run it with --isolation sandbox, or use a policy with `network: none` or `network: loopback`"
-    );
-    // Nothing was started or written.
-    assert!(!f.state.join("run/containers").exists());
-}
-
 // Signals to moat itself (SIGTERM, Ctrl-C, `kill -9`) are tested through
 // the real `moat` binary in crates/moat/tests/vm_cli.rs.
 

@@ -187,6 +187,7 @@ pub fn options(f: &Fixture, process: ProcessSpec) -> moat_vm::VmRunOptions {
         started_notify: None,
         start_gate: None,
         extra_seccomp: Vec::new(),
+        attach: None,
     }
 }
 
