@@ -212,7 +212,7 @@ pub fn oci(policy: &Policy, plan: &Plan) -> Value {
             "dev.moat.policy.digest": format!("sha256:{}", plan.policy_digest),
         },
         "process": process,
-        "root": { "readonly": true },
+        "root": { "readonly": plan.root == crate::plan::RootPlan::ReadOnly },
         "mounts": mounts,
         "linux": {
             "namespaces": namespaces,

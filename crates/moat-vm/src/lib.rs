@@ -95,6 +95,8 @@ pub enum VmError {
     Supervisor(#[from] supervisor::SupervisorError),
     #[error("policy {policy:?} grants network egress, but the vm backend gives a guest no network device yet (loopback only): run it with --isolation sandbox, or use a policy with `network: none` or `network: loopback`")]
     NetworkUnsupported { policy: String },
+    #[error("policy {policy:?} asks for `filesystem.root: ephemeral`, but the vm backend mounts the guest's root read-only only (no writable layer over the verity-checked image yet): run it with --isolation sandbox, or use `filesystem.writable` for the directories that need writes")]
+    EphemeralRootUnsupported { policy: String },
     #[error(transparent)]
     Volume(#[from] volumes::VolumeRefused),
     #[error("--accel {value:?} is not an accelerator: use kvm, tcg or auto")]
@@ -159,6 +161,11 @@ pub fn run_container_on(
     let mut trace = trace::Trace::from_env();
     if let moat_policy::plan::NetworkPlan::Egress { .. } = opts.plan.network {
         return Err(VmError::NetworkUnsupported {
+            policy: opts.plan.policy_name.clone(),
+        });
+    }
+    if opts.plan.root != moat_policy::plan::RootPlan::ReadOnly {
+        return Err(VmError::EphemeralRootUnsupported {
             policy: opts.plan.policy_name.clone(),
         });
     }
