@@ -210,3 +210,110 @@ fn surface_shows_the_writable_root() {
     );
     assert!(base.contains("(root read-only)"), "{base}");
 }
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(data))
+}
+
+/// The busybox test image as an OCI layout whose config declares
+/// `VOLUME` at each of `volumes`, imported as `volimg`.
+fn import_image_with_volumes(env: &Env, volumes: &[&str]) {
+    let dir = env.dir.path().join("layout");
+    env.ok(&[
+        "dev",
+        "test-image",
+        "--format",
+        "oci-layout",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    let blob = |d: &str| {
+        dir.join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let mut index = read(&dir.join("index.json"));
+    let mut manifest = read(&blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    let mut config = read(&blob(manifest["config"]["digest"].as_str().unwrap()));
+    let decl: serde_json::Map<String, serde_json::Value> = volumes
+        .iter()
+        .map(|v| (v.to_string(), serde_json::json!({})))
+        .collect();
+    config["config"]["Volumes"] = serde_json::Value::Object(decl);
+    let write = |v: &serde_json::Value| -> (String, usize) {
+        let bytes = serde_json::to_vec(v).unwrap();
+        let d = format!("sha256:{}", sha256_hex(&bytes));
+        std::fs::write(blob(&d), &bytes).unwrap();
+        (d, bytes.len())
+    };
+    let (cd, cs) = write(&config);
+    manifest["config"]["digest"] = cd.into();
+    manifest["config"]["size"] = cs.into();
+    let (md, ms) = write(&manifest);
+    index["manifests"][0]["digest"] = md.into();
+    index["manifests"][0]["size"] = ms.into();
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    env.ok(&["image", "import", dir.to_str().unwrap(), "--name", "volimg"]);
+}
+
+#[test]
+fn declared_volumes_get_a_notice_unless_the_policy_makes_them_writable() {
+    if !can_sandbox("declared_volumes_get_a_notice_unless_the_policy_makes_them_writable") {
+        return;
+    }
+    let env = Env::new();
+    // Directories the image has (Docker's VOLUME creates them).
+    import_image_with_volumes(&env, &["/home", "/var"]);
+    let run = |policy: &str, script: &str| {
+        env.moat(&[
+            "run",
+            "--rm",
+            "--isolation",
+            "sandbox",
+            "--policy",
+            policy,
+            "volimg",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap()
+    };
+    // baseline: both named, the container still runs (read-only there).
+    let o = run("baseline", "true");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    for v in ["/home", "/var"] {
+        assert!(
+            err.contains(&format!("the image declares VOLUME {v}, but policy \"baseline\" makes nothing writable there"))
+                && err.contains(&format!("`filesystem.writable: [{{path: {v}}}]`")),
+            "{v}: {err}"
+        );
+    }
+    // A writable grant at one of them: only the other is named, and the
+    // granted one takes writes.
+    let p = policy(
+        &env,
+        "volhome",
+        "  filesystem:\n    writable:\n      - path: /home\n",
+    );
+    let o = run(&p, "echo x > /home/f && cat /home/f");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "x\n");
+    let err = stderr(&o);
+    assert!(!err.contains("VOLUME /home,"), "{err}");
+    assert!(err.contains("VOLUME /var,"), "{err}");
+    // An ephemeral root provides both, silently.
+    let p = policy(&env, "volroot", "  filesystem:\n    root: ephemeral\n");
+    let o = run(
+        &p,
+        "mkdir -p /var/cache/app && echo y > /var/cache/app/f && cat /var/cache/app/f",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "y\n");
+    assert!(!stderr(&o).contains("VOLUME"), "{}", stderr(&o));
+}

@@ -36,6 +36,7 @@ impl Steps for Fake {
                 cmd: vec!["sh".into()],
                 ..ImageDefaults::default()
             },
+            declared_volumes: Vec::new(),
         })
     }
     fn vulnerability_gate(&mut self, policy: &Policy, image: &ResolvedImage) -> anyhow::Result<()> {
