@@ -48,6 +48,12 @@ pub(crate) fn overlay(lower: &OwnedFd, size_bytes: u64) -> std::io::Result<Owned
     let upper_file = File::from(upper.try_clone()?);
     std::os::unix::fs::fchown(&upper_file, Some(meta.uid()), Some(meta.gid()))?;
     upper_file.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    // The merged root shows the upper directory's times: the image's.
+    upper_file.set_times(
+        std::fs::FileTimes::new()
+            .set_accessed(meta.accessed()?)
+            .set_modified(meta.modified()?),
+    )?;
 
     let ovl = FsContext::open("overlay")?;
     ovl.set_fd("lowerdir+", lower_dir.as_fd())?;

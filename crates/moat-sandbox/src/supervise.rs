@@ -172,7 +172,9 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
             let lower = match rootfs_mnt {
                 Some(m) => m,
                 None => {
-                    plain_rootfs(&cfg.rootfs).map_err(prep("a read-only clone of the rootfs"))?
+                    plain_rootfs(&cfg.rootfs).map_err(prep(
+                        "a read-only clone of the rootfs for `filesystem.root: ephemeral` (the supervisor needs CAP_SYS_ADMIN)",
+                    ))?
                 }
             };
             Some(crate::ephemeral::overlay(&lower, size_bytes).map_err(prep(
