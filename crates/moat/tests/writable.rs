@@ -317,3 +317,89 @@ fn declared_volumes_get_a_notice_unless_the_policy_makes_them_writable() {
     assert_eq!(stdout(&o), "y\n");
     assert!(!stderr(&o).contains("VOLUME"), "{}", stderr(&o));
 }
+
+/// `moat profile record` grants the directories a workload wrote in as
+/// writable tmpfs: the generated policy runs a workload that writes under
+/// /var/lib, which baseline refuses.
+#[test]
+fn recorded_writes_become_writable_grants() {
+    let test = "recorded_writes_become_writable_grants";
+    if !can_sandbox(test) {
+        return;
+    }
+    if moat_profile::trace::ensure_tracefs().is_err() {
+        println!("SKIP: {test}: tracefs cannot be mounted");
+        return;
+    }
+    let env = Env::new();
+    std::fs::create_dir_all(env.rootfs.join("var/lib/app")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let chmod = std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&env.rootfs)
+        .status()
+        .unwrap();
+    assert!(chmod.success());
+    let root = env.rootfs.display().to_string();
+    let out = env.dir.path().join("recorded.yaml");
+    let script =
+        "mkdir -p /var/lib/app/cache && echo x > /var/lib/app/cache/f && cat /var/lib/app/cache/f";
+    let o = env
+        .moat(&[
+            "profile",
+            "record",
+            "--recorder",
+            "ebpf",
+            "--rootfs",
+            &root,
+            "-o",
+            out.to_str().unwrap(),
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("moat: verified: the workload exits 0 with the same output"),
+        "{}",
+        stderr(&o)
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.contains("  filesystem:\n    writable:\n      - path: /var/lib/app\n"),
+        "{text}"
+    );
+    // Runs under it; baseline refuses the same write; the image is untouched.
+    let run = |policy: &str| {
+        env.moat(&[
+            "run",
+            "--rm",
+            "--isolation",
+            "sandbox",
+            "--policy",
+            policy,
+            "--rootfs",
+            &root,
+            "/bin/sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap()
+    };
+    let o = run(out.to_str().unwrap());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "x\n");
+    let o = run("baseline");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("Read-only file system"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!env.rootfs.join("var/lib/app/cache").exists());
+}
