@@ -403,3 +403,37 @@ fn recorded_writes_become_writable_grants() {
     );
     assert!(!env.rootfs.join("var/lib/app/cache").exists());
 }
+
+/// A named container's writes do not survive its own restart: each start
+/// gets a fresh layer over the pristine image.
+#[test]
+fn ephemeral_writes_do_not_survive_a_restart() {
+    if !can_sandbox("ephemeral_writes_do_not_survive_a_restart") {
+        return;
+    }
+    let env = Env::new();
+    let before = snapshot(&env.rootfs);
+    let p = policy(&env, "ephre", "  filesystem:\n    root: ephemeral\n");
+    let root = env.rootfs.display().to_string();
+    env.ok(&[
+        "create",
+        "--isolation",
+        "sandbox",
+        "--policy",
+        &p,
+        "--name",
+        "job",
+        "--rootfs",
+        &root,
+        "sh",
+        "-c",
+        "cat /etc/mark 2>/dev/null || echo none; echo seen > /etc/mark",
+    ]);
+    for _ in 0..2 {
+        let o = env.moat(&["start", "-a", "job"]).output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stdout(&o), "none\n");
+    }
+    env.ok(&["rm", "job"]);
+    assert_eq!(snapshot(&env.rootfs), before);
+}
