@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::bail;
-use moat_policy::plan::IsolationRequirement;
+use moat_policy::plan::{IsolationRequirement, RootPlan};
 use moat_policy::rbac::{Decision, Request};
 use moat_policy::{Plan, Policy, ProcessSpec};
 
@@ -232,6 +232,8 @@ pub fn pick_isolation(
         (R::Auto, IsolationRequirement::Vm) | (R::Vm, _) => Isolation::Vm,
         // A policy that asks for the sandbox gets it under `auto` too.
         (R::Auto, IsolationRequirement::Sandbox) => Isolation::Sandbox,
+        // Only the sandbox builds an ephemeral root so far.
+        (R::Auto, _) if plan.root != RootPlan::ReadOnly => Isolation::Sandbox,
         (R::Auto, _) if accelerator_works() => Isolation::Vm,
         _ => Isolation::Sandbox,
     })
