@@ -105,6 +105,10 @@ pub struct ImageConfig {
     pub labels: BTreeMap<String, String>,
     pub stop_signal: String,
     pub exposed_ports: Vec<String>,
+    /// `Volumes` (Docker's `VOLUME`), by path. Absent from records
+    /// written before it existed.
+    #[serde(default)]
+    pub volumes: Vec<String>,
     pub architecture: String,
     pub os: String,
     pub created: Option<String>,
@@ -123,6 +127,11 @@ impl ImageConfig {
             stop_signal: rc.stop_signal.clone(),
             exposed_ports: rc
                 .exposed_ports
+                .as_ref()
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default(),
+            volumes: rc
+                .volumes
                 .as_ref()
                 .map(|m| m.keys().cloned().collect())
                 .unwrap_or_default(),

@@ -38,7 +38,11 @@ pub struct Plan {
     /// and ambient. Empty by default.
     pub capabilities: Vec<String>,
     pub namespaces: Vec<Namespace>,
-    /// Extra mounts on top of the read-only root, in order.
+    /// The image root: read-only (the default) or with a writable layer
+    /// that dies with the container.
+    #[serde(default)]
+    pub root: RootPlan,
+    /// Extra mounts on top of the root, in order.
     pub mounts: Vec<MountPlan>,
     pub rlimits: Vec<Rlimit>,
     pub cgroup: CgroupLimits,
@@ -50,6 +54,19 @@ pub struct Plan {
     pub exec_allowed: bool,
     /// Log denied syscalls (SECCOMP_RET_LOG semantics for audit).
     pub audit_denied: bool,
+}
+
+/// How the image root is mounted. The stored image is never written
+/// either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "mode")]
+pub enum RootPlan {
+    /// The image, read-only.
+    #[default]
+    ReadOnly,
+    /// An overlay: the image (read-only) below, a fresh tmpfs of
+    /// `size_bytes` above, discarded with the container.
+    Ephemeral { size_bytes: u64 },
 }
 
 /// User identity and process flags.

@@ -2,10 +2,10 @@
 
 use crate::bpf;
 use crate::error::PolicyError;
-use crate::model::{NetworkMode, Policy};
+use crate::model::{NetworkMode, Policy, RootMode};
 use crate::plan::{
     CgroupLimits, DeviceRule, MountPlan, Namespace, NetworkPlan, Plan, ProcessPlan, Rlimit,
-    RlimitResource, SeccompProgram, VmShape,
+    RlimitResource, RootPlan, SeccompProgram, VmShape,
 };
 
 /// Open files when the policy does not say.
@@ -16,6 +16,10 @@ pub const DEFAULT_PIDS: u64 = 1024;
 pub const DEFAULT_VM_MEMORY_MIB: u64 = 256;
 /// VM scratch disk when the policy does not say.
 pub const DEFAULT_VM_DISK_MIB: u64 = 256;
+
+/// The writable layer of `filesystem.root: ephemeral` when the policy sets
+/// no `resources.disk`.
+pub const DEFAULT_EPHEMERAL_ROOT_BYTES: u64 = 256 << 20;
 
 /// Compile a validated policy into the plan both backends consume.
 pub fn compile(policy: &Policy) -> Result<Plan, PolicyError> {
@@ -101,6 +105,15 @@ pub fn compile(policy: &Policy) -> Result<Plan, PolicyError> {
             Namespace::Net,
             Namespace::Cgroup,
         ],
+        root: match s.filesystem.root {
+            RootMode::ReadOnly => RootPlan::ReadOnly,
+            RootMode::Ephemeral => RootPlan::Ephemeral {
+                size_bytes: s
+                    .resources
+                    .disk_bytes
+                    .unwrap_or(DEFAULT_EPHEMERAL_ROOT_BYTES),
+            },
+        },
         mounts,
         rlimits,
         cgroup: CgroupLimits {

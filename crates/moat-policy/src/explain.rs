@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::model::{Conditions, IoctlRule, NetworkMode, Policy, Spec};
+use crate::model::{Conditions, IoctlRule, NetworkMode, Policy, RootMode, Spec};
 use crate::plan::IsolationRequirement;
 use crate::{args, docker, syscalls};
 
@@ -30,6 +30,8 @@ pub struct Explanation {
     pub groups_denied: Vec<String>,
     pub default_action: String,
     pub conditions: Vec<String>,
+    /// `read-only`, or `ephemeral (...)` with the writable layer's size.
+    pub root: String,
     pub writable_paths: Vec<String>,
     pub volumes: Vec<String>,
     pub network: String,
@@ -179,6 +181,17 @@ pub fn explain(policy: &Policy) -> Explanation {
         groups_denied,
         default_action: s.syscalls.default_action.as_str().to_string(),
         conditions,
+        root: match s.filesystem.root {
+            RootMode::ReadOnly => "read-only".to_string(),
+            RootMode::Ephemeral => format!(
+                "ephemeral (a writable layer over the image, {} in memory, discarded with the container; the stored image is never written)",
+                human_bytes(
+                    s.resources
+                        .disk_bytes
+                        .unwrap_or(crate::compile::DEFAULT_EPHEMERAL_ROOT_BYTES)
+                )
+            ),
+        },
         writable_paths: s
             .filesystem
             .writable
@@ -251,7 +264,10 @@ impl Explanation {
         o.push_str(&format!("policy {}{ext}\n", self.name));
         o.push_str(&format!("  digest        sha256:{}\n", self.digest));
         o.push_str(&format!("  isolation     {}\n", self.isolation));
-        o.push_str("  process       root file system read-only, no_new_privs, all namespaces (user, mount, pid, ipc, uts, net, cgroup)\n");
+        o.push_str(&format!(
+            "  process       root file system {}, no_new_privs, all namespaces (user, mount, pid, ipc, uts, net, cgroup)\n",
+            self.root
+        ));
         let caps = if self.capabilities.is_empty() {
             "none".to_string()
         } else {
@@ -583,6 +599,12 @@ pub fn diff(a: &Policy, b: &Policy) -> Vec<Change> {
             .map(|t| format!("{} ({})", t.path, human_bytes(t.size_bytes)))
             .collect()
     };
+    changed(
+        &mut out,
+        "filesystem.root",
+        sa.filesystem.root.as_str().to_string(),
+        sb.filesystem.root.as_str().to_string(),
+    );
     sets(&mut out, "writable", &w(a), &w(b));
     let v = |p: &Policy| -> BTreeSet<String> {
         p.spec

@@ -204,6 +204,10 @@ impl IoctlRule {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Filesystem {
+    /// `filesystem.root`. Left out of the canonical form when read-only,
+    /// so that the digests of existing policies do not change.
+    #[serde(skip_serializing_if = "RootMode::is_read_only")]
+    pub root: RootMode,
     /// Writable tmpfs mounts, by path.
     pub writable: Vec<Tmpfs>,
     pub volumes: Vec<Volume>,
@@ -215,6 +219,30 @@ pub struct Filesystem {
     /// Which of moat's named volumes `moat run -v NAME:DIR` may mount.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub named_volumes: Vec<NamedVolumeGrant>,
+}
+
+/// `filesystem.root`: the image read-only, or with a writable layer over
+/// it that lives in memory and dies with the container (the stored image
+/// is never written either way).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RootMode {
+    #[default]
+    ReadOnly,
+    Ephemeral,
+}
+
+impl RootMode {
+    pub fn is_read_only(&self) -> bool {
+        *self == RootMode::ReadOnly
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RootMode::ReadOnly => "read-only",
+            RootMode::Ephemeral => "ephemeral",
+        }
+    }
 }
 
 /// A host directory granted to `moat run -v` only.

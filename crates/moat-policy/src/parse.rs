@@ -636,12 +636,16 @@ impl Cx<'_> {
             match k {
                 "root" => {
                     let v = self.string(n, "spec.filesystem.root")?;
-                    if v != "read-only" {
-                        return Err(self.err(
-                            n.pos,
-                            "the root file system is always read-only; list the directories that need writes under `filesystem.writable` instead (e.g. `/tmp`)",
-                        ));
-                    }
+                    fs.root = match v.as_str() {
+                        "read-only" => RootMode::ReadOnly,
+                        "ephemeral" => RootMode::Ephemeral,
+                        _ => {
+                            return Err(self.err(
+                                n.pos,
+                                format!("unknown root `{v}`: use `read-only` (the default) or `ephemeral` (a writable layer over the image, discarded with the container; its size is `resources.disk`)"),
+                            ))
+                        }
+                    };
                 }
                 "writable" => {
                     for item in self.list(n, "spec.filesystem.writable")? {
@@ -652,7 +656,7 @@ impl Cx<'_> {
                         if dest == "/" {
                             return Err(self.err(
                                 p.pos,
-                                "`/` cannot be writable: the root file system is always read-only; list the directories that need writes instead (e.g. `/tmp`)",
+                                "`/` cannot be a writable tmpfs: list the directories that need writes instead (e.g. `/tmp`), or set `filesystem.root: ephemeral` for a writable layer over the whole image",
                             ));
                         }
                         let size = match get(&wm, "size") {

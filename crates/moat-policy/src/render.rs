@@ -212,7 +212,7 @@ pub fn oci(policy: &Policy, plan: &Plan) -> Value {
             "dev.moat.policy.digest": format!("sha256:{}", plan.policy_digest),
         },
         "process": process,
-        "root": { "readonly": true },
+        "root": { "readonly": plan.root == crate::plan::RootPlan::ReadOnly },
         "mounts": mounts,
         "linux": {
             "namespaces": namespaces,
@@ -274,9 +274,18 @@ pub fn apparmor(policy: &Policy) -> String {
     if !s.capabilities.contains("NET_RAW") {
         o.push_str("  deny network raw,\n  deny network packet,\n");
     }
-    o.push_str("\n  # files: the root is read-only; writes only where the policy allows,\n");
-    o.push_str("  # and nothing written can be executed or mapped executable\n");
-    o.push_str("  / r,\n  /** rmkix,\n");
+    if s.filesystem.root == crate::model::RootMode::Ephemeral {
+        // The whole root is writable (a layer discarded with the
+        // container), so written files can be executed too.
+        o.push_str(
+            "\n  # files: the root is an ephemeral writable layer (`filesystem.root: ephemeral`)\n",
+        );
+        o.push_str("  / rw,\n  /** rwlkmix,\n");
+    } else {
+        o.push_str("\n  # files: the root is read-only; writes only where the policy allows,\n");
+        o.push_str("  # and nothing written can be executed or mapped executable\n");
+        o.push_str("  / r,\n  /** rmkix,\n");
+    }
     for t in &s.filesystem.writable {
         o.push_str(&format!("  {}/ rw,\n  {}/** rwlk,\n", t.path, t.path));
     }
@@ -362,7 +371,7 @@ pub fn k8s(policy: &Policy, plan: &Plan, runtime_class: &str) -> Vec<Value> {
         "securityContext": {
             "allowPrivilegeEscalation": false,
             "privileged": false,
-            "readOnlyRootFilesystem": true,
+            "readOnlyRootFilesystem": plan.root == crate::plan::RootPlan::ReadOnly,
             "capabilities": { "drop": ["ALL"], "add": plan.capabilities },
             "seccompProfile": { "type": "Localhost", "localhostProfile": profile_file },
             "procMount": "Default",
@@ -574,6 +583,21 @@ mod tests {
         assert!(text.contains("b: \"x y\"\n"), "{text}");
         assert!(text.contains("  - two\n"), "{text}");
         assert!(text.contains("f:\n      g: \"yes\"\n"), "{text}");
+    }
+
+    #[test]
+    fn an_ephemeral_root_is_writable_in_every_export() {
+        let text = "apiVersion: moat.dev/v1\nkind: Policy\nmetadata:\n  name: e\nspec:\n  extends: baseline\n  filesystem:\n    root: ephemeral\n";
+        let read_only = text.replace("  filesystem:\n    root: ephemeral\n", "");
+        for (text, writable) in [(text, true), (read_only.as_str(), false)] {
+            let p = Policy::parse(text, "e.yaml").unwrap();
+            let plan = crate::compile(&p).unwrap();
+            assert_eq!(oci(&p, &plan)["root"]["readonly"], !writable);
+            let pod = &k8s(&p, &plan, "moat")[0];
+            let sc = &pod["spec"]["containers"][0]["securityContext"];
+            assert_eq!(sc["readOnlyRootFilesystem"], !writable, "{pod}");
+            assert_eq!(apparmor(&p).contains("  /** rwlkmix,\n"), writable);
+        }
     }
 
     #[test]

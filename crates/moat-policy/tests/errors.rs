@@ -125,11 +125,11 @@ fn unknown_argument_condition_values() {
 fn contradiction_writable_root() {
     assert_eq!(
         err(&policy("  filesystem:\n    writable:\n      - path: /\n")),
-        "t.yaml:9:15: `/` cannot be writable: the root file system is always read-only; list the directories that need writes instead (e.g. `/tmp`)"
+        "t.yaml:9:15: `/` cannot be a writable tmpfs: list the directories that need writes instead (e.g. `/tmp`), or set `filesystem.root: ephemeral` for a writable layer over the whole image"
     );
     assert_eq!(
         err(&policy("  filesystem:\n    root: read-write\n")),
-        "t.yaml:8:11: the root file system is always read-only; list the directories that need writes under `filesystem.writable` instead (e.g. `/tmp`)"
+        "t.yaml:8:11: unknown root `read-write`: use `read-only` (the default) or `ephemeral` (a writable layer over the image, discarded with the container; its size is `resources.disk`)"
     );
 }
 

@@ -38,12 +38,17 @@ pub const RECORDING_FLOOR: &[&str] = &[
     "mount_setattr",
 ];
 
-/// The policy the recording run uses: `restricted`'s filesystem and
-/// network, every syscall allowed but [`RECORDING_FLOOR`], `clone` without
+/// The policy the recording run uses: `restricted`'s network and
+/// writable paths over an ephemeral root (so that a workload that writes
+/// in the image goes on past its first write, and each path it writes is
+/// recorded and later granted), every syscall allowed but [`RECORDING_FLOOR`], `clone` without
 /// new namespaces, any socket family and any ioctl but `TIOCSTI` and
 /// `TIOCLINUX`, so that the workload takes the paths it would take
 /// unconfined except into the kernel surface no recorded policy grants.
-pub fn recording_policy() -> String {
+/// `ephemeral_root` false keeps the read-only root (the supervisor cannot
+/// build the overlay without CAP_SYS_ADMIN): the workload then stops at
+/// its first write in the image.
+pub fn recording_policy(ephemeral_root: bool) -> String {
     let families: Vec<&str> = moat_policy::args::SOCKET_FAMILIES
         .iter()
         .map(|(n, _)| *n)
@@ -61,6 +66,8 @@ metadata:
 spec:
   extends: restricted
   isolation: sandbox
+  filesystem:
+    root: {}
   syscalls:
     default: errno
     allow: [{}]
@@ -72,6 +79,11 @@ spec:
       ioctl:
         deny: [{}]
 ",
+        if ephemeral_root {
+            "ephemeral"
+        } else {
+            "read-only"
+        },
         allow.join(", "),
         families.join(", "),
         crate::profile::NEVER_IOCTLS.join(", ")
@@ -132,10 +144,74 @@ fn where_writes_land(path: &str, base: &Policy) -> (String, bool) {
     ("read-only root file system".into(), false)
 }
 
+/// Directories a recorded write never turns into a tmpfs grant: a tmpfs
+/// there would hide the image's programs, libraries or configuration.
+/// Writes there are left to `filesystem.root: ephemeral`.
+const SYSTEM_TREES: &[&str] = &[
+    "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/dev",
+    "/proc", "/sys",
+];
+/// Top-level directories granted only below, never themselves.
+const SYSTEM_TOP: &[&str] = &[
+    "/", "/home", "/media", "/mnt", "/opt", "/root", "/run", "/srv", "/tmp", "/var",
+];
+
+/// `path`'s parent directory (`/` for a top-level name).
+fn parent(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &path[..i],
+    }
+}
+
+/// What a recording's writes ask of the filesystem: tmpfs grants (the
+/// directories of the files written, or their nearest ancestor the image
+/// has, de-duplicated so that no grant lies under another) and the
+/// written paths no grant can serve.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct WriteGrants {
+    pub writable: BTreeSet<String>,
+    /// Grants over a directory the image has files in, which the tmpfs
+    /// hides.
+    pub hiding: BTreeSet<String>,
+    pub ungrantable: BTreeSet<String>,
+}
+
+/// The grants for the absolute paths in `uncovered`. `entries` says how
+/// many names the image has in a directory (`None`: no such directory).
+pub fn write_grants(uncovered: &[&str], entries: &dyn Fn(&str) -> Option<usize>) -> WriteGrants {
+    let mut g = WriteGrants::default();
+    for path in uncovered {
+        let mut dir = parent(path);
+        while dir != "/" && entries(dir).is_none() {
+            dir = parent(dir);
+        }
+        if SYSTEM_TOP.contains(&dir) || SYSTEM_TREES.iter().any(|t| under(dir, t)) {
+            g.ungrantable.insert(path.to_string());
+        } else {
+            g.writable.insert(dir.to_string());
+        }
+    }
+    let all = g.writable.clone();
+    g.writable
+        .retain(|d| !all.iter().any(|a| a != d && under(d, a)));
+    for d in &g.writable {
+        if entries(d).unwrap_or(0) > 0 {
+            g.hiding.insert(d.clone());
+        }
+    }
+    g
+}
+
 /// Builds the profile of a recording. `base` is the policy the profile
-/// extends (`restricted`); returns the profile and the syscalls of `base`
-/// to deny because the workload did not use them.
-pub fn to_profile(rec: &Recorded, base: &Policy) -> (Profile, Vec<String>) {
+/// extends (`restricted`); `entries` says how many names the image has
+/// in a directory (`None`: no such directory). Returns the profile and
+/// the syscalls of `base` to deny because the workload did not use them.
+pub fn to_profile(
+    rec: &Recorded,
+    base: &Policy,
+    entries: &dyn Fn(&str) -> Option<usize>,
+) -> (Profile, Vec<String>) {
     let table = syscalls::table();
     let mut p = Profile {
         name: "recorded".into(),
@@ -223,13 +299,40 @@ pub fn to_profile(rec: &Recorded, base: &Policy) -> (Profile, Vec<String>) {
         }
         p.written.insert(format!("{shown} ({note})"));
     }
-    if !outside.is_empty() {
+    let uncovered: Vec<&str> = rec
+        .write_paths
+        .iter()
+        .filter(|p| p.starts_with('/') && !where_writes_land(p, base).1)
+        .map(String::as_str)
+        .collect();
+    let grants = write_grants(&uncovered, entries);
+    p.writable.extend(grants.writable.iter().cloned());
+    if !grants.writable.is_empty() {
         p.warnings.push(format!(
-            "opened for writing outside the writable paths of `{}`: {}; add `filesystem.writable` entries for their directories if the workload needs them",
+            "opened for writing outside the writable paths of `{}`: {}; granted as writable tmpfs directories (discarded with the container): {}",
             base.name,
-            outside.join(", ")
+            outside.join(", "),
+            grants.writable.iter().cloned().collect::<Vec<_>>().join(", ")
         ));
     }
+    if !grants.hiding.is_empty() {
+        p.warnings.push(format!(
+            "the tmpfs at {} hides the image's files there; if the workload needs them, replace the entry with `filesystem.root: ephemeral`",
+            grants.hiding.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if !grants.ungrantable.is_empty() {
+        let shown: Vec<String> = grants
+            .ungrantable
+            .iter()
+            .map(|p| crate::profile::quote(p))
+            .collect();
+        p.warnings.push(format!(
+            "opened for writing in the image's system directories, where a tmpfs would hide its files: {}; not granted: add `filesystem.root: ephemeral` if the workload needs them",
+            shown.join(", ")
+        ));
+    }
+
     if rec.path_faults > 0 {
         p.warnings.push(format!(
             "the names of {} path(s) opened for writing could not be read (not paged in at the call); the list below may be incomplete",
@@ -276,7 +379,7 @@ mod tests {
         rec.ioctls.insert(0x8912); // SIOCGIFCONF
         rec.denied.insert((165, 1));
         let base = Policy::builtin("restricted").unwrap();
-        let (p, deny) = to_profile(&rec, &base);
+        let (p, deny) = to_profile(&rec, &base, &|_| Some(0));
         assert_eq!(p.syscall_names(), vec!["ioctl", "read", "socket", "write"]);
         assert_eq!(
             p.syscalls["read"].iter().next().map(String::as_str),
@@ -312,34 +415,70 @@ mod tests {
     }
 
     #[test]
-    fn write_paths_become_comments_with_where_they_land() {
+    fn write_paths_become_writable_grants_and_comments() {
         let mut rec = Recorded::default();
         rec.syscalls.insert(257, 2);
-        for p in ["/tmp/f", "/dev/null", "/etc/app.conf", "out.log", "/tmpfoo"] {
+        for p in [
+            "/tmp/f",
+            "/dev/null",
+            "/etc/app.conf",
+            "out.log",
+            "/tmpfoo",
+            "/var/lib/app/db/x.db",
+            "/var/lib/app/lock",
+            "/srv/web/cache/a/b",
+            "/data/f",
+        ] {
             rec.write_paths.insert(p.to_string());
         }
+        // The image has /var/lib/app (empty), /srv/web (with files), /data.
+        let entries = |d: &str| match d {
+            "/var" | "/var/lib" | "/srv" => Some(3),
+            "/var/lib/app" => Some(0),
+            "/srv/web" => Some(2),
+            "/data" => Some(0),
+            _ => None,
+        };
         let base = Policy::builtin("restricted").unwrap();
-        let (p, deny) = to_profile(&rec, &base);
+        let (p, deny) = to_profile(&rec, &base, &entries);
+        // Directory level (the nearest the image has), de-duplicated.
+        assert_eq!(
+            p.writable.iter().map(String::as_str).collect::<Vec<_>>(),
+            vec!["/data", "/srv/web", "/var/lib/app"]
+        );
         let yaml = p.to_policy_yaml(&deny);
         for line in [
+            "  filesystem:\n    writable:\n      - path: /data\n      - path: /srv/web\n      - path: /var/lib/app\n",
             "  # opened for writing: /tmp/f (writable tmpfs /tmp)\n",
             "  # opened for writing: /dev/null (device or kernel file)\n",
             "  # opened for writing: /etc/app.conf (read-only root file system)\n",
-            "  # opened for writing: /tmpfoo (read-only root file system)\n",
             "  # opened for writing: out.log (relative to the working directory or a directory fd)\n",
-            "# warning: opened for writing outside the writable paths of `restricted`: /etc/app.conf, /tmpfoo; add `filesystem.writable` entries for their directories if the workload needs them\n",
+            "# warning: opened for writing outside the writable paths of `restricted`: /data/f, /etc/app.conf, /srv/web/cache/a/b, /tmpfoo, /var/lib/app/db/x.db, /var/lib/app/lock; granted as writable tmpfs directories (discarded with the container): /data, /srv/web, /var/lib/app\n",
+            "# warning: the tmpfs at /srv/web hides the image's files there; if the workload needs them, replace the entry with `filesystem.root: ephemeral`\n",
+            "# warning: opened for writing in the image's system directories, where a tmpfs would hide its files: /etc/app.conf, /tmpfoo; not granted: add `filesystem.root: ephemeral` if the workload needs them\n",
         ] {
             assert!(yaml.contains(line), "{line} missing in:\n{yaml}");
         }
-        // Still a policy moat accepts, and the comments survive a merge.
-        moat_policy::compile(&Policy::parse(&yaml, "recorded").unwrap()).unwrap();
+        // A policy moat accepts, with exactly those tmpfs mounts; the
+        // grants and comments survive a merge.
+        let policy = Policy::parse(&yaml, "recorded").unwrap();
+        let paths: Vec<&str> = policy
+            .spec
+            .filesystem
+            .writable
+            .iter()
+            .map(|t| t.path.as_str())
+            .collect();
+        assert_eq!(paths, vec!["/tmp", "/data", "/srv/web", "/var/lib/app"]);
+        moat_policy::compile(&policy).unwrap();
         let back = Profile::from_policy_yaml("p.yaml", &yaml).unwrap();
         assert_eq!(back.written, p.written);
+        assert_eq!(back.writable, p.writable);
     }
 
     #[test]
     fn recording_policy_compiles() {
-        let policy = Policy::parse(&recording_policy(), "record").unwrap();
+        let policy = Policy::parse(&recording_policy(true), "record").unwrap();
         let plan = moat_policy::compile(&policy).unwrap();
         let s = crate::surface::of_plan(&plan).unwrap();
         let floor = RECORDING_FLOOR

@@ -154,6 +154,12 @@ impl Root {
 }
 
 impl Root {
+    /// Whether `path` names a directory inside the root (symlinks
+    /// resolved inside the root).
+    pub fn is_dir(&self, path: &str) -> bool {
+        self.open_in(path, OFlags::PATH | OFlags::DIRECTORY).is_ok()
+    }
+
     /// Names in the directory `path` inside the root (symlinks resolved
     /// inside the root, never on the host). Empty when it is not there.
     pub fn list_dir(&self, path: &str) -> Vec<String> {

@@ -1,7 +1,7 @@
 //! The attack surface a compiled policy leaves open, as numbers, and one
 //! score that combines them (weights documented in `docs/surface.md`).
 
-use moat_policy::plan::{IsolationRequirement, MountPlan, NetworkPlan, Plan};
+use moat_policy::plan::{IsolationRequirement, MountPlan, NetworkPlan, Plan, RootPlan};
 use serde::Serialize;
 
 use crate::bpf::{self, BpfError, Verdict};
@@ -144,6 +144,11 @@ pub fn of_plan(plan: &Plan) -> Result<Surface, BpfError> {
         ),
     };
     let mut writable = Vec::new();
+    // An ephemeral root: every path is writable, as in Docker's default.
+    let ephemeral = matches!(plan.root, RootPlan::Ephemeral { .. });
+    if ephemeral {
+        writable.push("/ (ephemeral layer, discarded with the container)".to_string());
+    }
     for m in &plan.mounts {
         match m {
             MountPlan::Tmpfs { destination, .. } => writable.push(destination.clone()),
@@ -180,7 +185,11 @@ pub fn of_plan(plan: &Plan) -> Result<Surface, BpfError> {
         syscalls_total: table.len() as f64,
         capabilities: plan.capabilities.len(),
         devices: devices.len(),
-        writable: writable.len(),
+        writable: if ephemeral {
+            docker_default().writable.max(writable.len())
+        } else {
+            writable.len()
+        },
         network: match network {
             "none" => 0.0,
             "loopback" => 0.2,
@@ -301,6 +310,7 @@ mod tests {
             },
             capabilities: vec!["NET_BIND_SERVICE".into()],
             namespaces: vec![],
+            root: Default::default(),
             mounts: vec![MountPlan::Tmpfs {
                 destination: "/tmp".into(),
                 size_bytes: 1 << 20,
@@ -330,6 +340,17 @@ mod tests {
         assert_eq!(s.syscalls.conditional, vec!["socket"]);
         assert_eq!(s.capabilities.count, 1);
         assert_eq!(s.writable_paths, vec!["/tmp"]);
+        let mut eph = plan.clone();
+        eph.root = RootPlan::Ephemeral {
+            size_bytes: 1 << 20,
+        };
+        let e = of_plan(&eph).unwrap();
+        assert!(
+            e.writable_paths[0].starts_with("/ (ephemeral"),
+            "{:?}",
+            e.writable_paths
+        );
+        assert!(e.score > s.score, "{} > {}", e.score, s.score);
         assert_eq!(s.network, "none");
         // 35*(2.5/382) + 20/41 + 0 + 10/5 + 0 + 15 = 17.7
         assert_eq!(s.score, 17.7);

@@ -20,6 +20,7 @@
 pub mod backend;
 pub mod control;
 pub mod id;
+pub mod image_volumes;
 pub mod logs;
 pub mod monitor;
 pub mod network;

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::bail;
-use moat_policy::plan::IsolationRequirement;
+use moat_policy::plan::{IsolationRequirement, RootPlan};
 use moat_policy::rbac::{Decision, Request};
 use moat_policy::{Plan, Policy, ProcessSpec};
 
@@ -37,6 +37,8 @@ pub struct ResolvedImage {
     pub image_id: String,
     pub rootfs: PathBuf,
     pub defaults: ImageDefaults,
+    /// The image config's `Volumes` (Docker's `VOLUME`), by path.
+    pub declared_volumes: Vec<String>,
 }
 
 /// What a front end asks to run.
@@ -103,6 +105,9 @@ pub struct Ready {
     /// the image).
     pub policy: Policy,
     pub isolation: Isolation,
+    /// Lines for stderr before the container starts (declared volumes it
+    /// will not get, see [`crate::image_volumes`]).
+    pub notices: Vec<String>,
 }
 
 /// The outcome of [`prepare`].
@@ -175,6 +180,7 @@ pub fn prepare(req: RunRequest, steps: &mut dyn Steps) -> anyhow::Result<Prepare
             image_id: format!("rootfs:{}", rootfs.display()),
             rootfs: rootfs.clone(),
             defaults: ImageDefaults::default(),
+            declared_volumes: Vec::new(),
         },
         other => steps.resolve_image(other, policy)?,
     };
@@ -194,6 +200,7 @@ pub fn prepare(req: RunRequest, steps: &mut dyn Steps) -> anyhow::Result<Prepare
         steps.resolve_user(&rootfs, user)
     })?;
     let isolation = pick_isolation(req.isolation, &plan, || steps.vm_accelerator_works())?;
+    let notices = crate::image_volumes::notices(&plan, &image.declared_volumes);
     Ok(Prepared::Ready(Box::new(Ready {
         id,
         name,
@@ -202,6 +209,7 @@ pub fn prepare(req: RunRequest, steps: &mut dyn Steps) -> anyhow::Result<Prepare
         plan,
         policy: policy.clone(),
         isolation,
+        notices,
     })))
 }
 
@@ -224,6 +232,8 @@ pub fn pick_isolation(
         (R::Auto, IsolationRequirement::Vm) | (R::Vm, _) => Isolation::Vm,
         // A policy that asks for the sandbox gets it under `auto` too.
         (R::Auto, IsolationRequirement::Sandbox) => Isolation::Sandbox,
+        // Only the sandbox builds an ephemeral root so far.
+        (R::Auto, _) if plan.root != RootPlan::ReadOnly => Isolation::Sandbox,
         (R::Auto, _) if accelerator_works() => Isolation::Vm,
         _ => Isolation::Sandbox,
     })

@@ -11,6 +11,7 @@
 mod backend;
 pub mod cgroup;
 mod child;
+mod ephemeral;
 pub mod idmap;
 mod mounts;
 mod network;

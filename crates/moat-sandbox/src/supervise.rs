@@ -14,6 +14,7 @@ use crate::child::{self, ChildFds, ChildSetup};
 use crate::state::{self, ContainerState, StateError};
 use crate::sys::{self, Exit, Forked, SigSet};
 use crate::{ChildError, SandboxConfig, SandboxError};
+use moat_policy::plan::RootPlan;
 use moat_runtime::Isolation;
 
 const FORWARDED: [i32; 5] = [
@@ -163,6 +164,24 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
     // (an idmapped clone); else the container process clones its working
     // directory (the rootfs) itself.
     let rootfs_mnt = crate::idmap::idmapped_rootfs(&cfg.rootfs, &cfg.id_map).ok();
+    // `root: ephemeral`: that clone becomes the lower layer of an overlay
+    // on a tmpfs of the policy's size (see `ephemeral`).
+    let rootfs_mnt = match cfg.plan.root {
+        RootPlan::ReadOnly => rootfs_mnt,
+        RootPlan::Ephemeral { size_bytes } => {
+            let lower = match rootfs_mnt {
+                Some(m) => m,
+                None => {
+                    plain_rootfs(&cfg.rootfs).map_err(prep(
+                        "a read-only clone of the rootfs for `filesystem.root: ephemeral` (the supervisor needs CAP_SYS_ADMIN)",
+                    ))?
+                }
+            };
+            Some(crate::ephemeral::overlay(&lower, size_bytes).map_err(prep(
+                "the ephemeral root (an overlay with a tmpfs over the image)",
+            ))?)
+        }
+    };
     // Volumes: opened and mounted here, as host root, never by path in
     // the container (see `volumes`).
     let volumes = crate::volumes::prepare(&setup.mounts, &cfg.id_map)?;
@@ -302,6 +321,21 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
     // pasta and the namespace's file go once the container is gone.
     drop(net);
     result
+}
+
+/// A read-only, nosuid, nodev clone of `rootfs`, not idmapped.
+fn plain_rootfs(rootfs: &std::path::Path) -> std::io::Result<OwnedFd> {
+    let path = rootfs
+        .to_str()
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let m = sys::open_tree(sys::cwd(), path, sys::OPEN_TREE_CLONE)?;
+    sys::mount_setattr(
+        m.as_fd(),
+        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+        0,
+        false,
+    )?;
+    Ok(m)
 }
 
 /// `moat exec`: starts `cfg.process` in the running container of

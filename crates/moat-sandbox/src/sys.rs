@@ -18,6 +18,7 @@ pub const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
 const FSOPEN_CLOEXEC: u32 = 1;
 const FSMOUNT_CLOEXEC: u32 = 1;
 const FSCONFIG_SET_STRING: u32 = 1;
+const FSCONFIG_SET_FD: u32 = 5;
 const FSCONFIG_CMD_CREATE: u32 = 6;
 pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
@@ -435,6 +436,25 @@ impl FsContext {
                 k.as_ptr(),
                 v.as_ptr(),
                 0,
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Sets `key` to an open file (overlayfs layers, Linux 6.13+): no
+    /// path is resolved, so a detached mount can be a layer.
+    pub fn set_fd(&self, key: &str, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let k = cstr(key)?;
+        // SAFETY: the context fd is owned; the key is a valid C string and
+        // `fd` a valid descriptor for the duration of the call.
+        check(unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                self.0.as_raw_fd(),
+                FSCONFIG_SET_FD,
+                k.as_ptr(),
+                null::<libc::c_void>(),
+                fd.as_raw_fd(),
             )
         })?;
         Ok(())

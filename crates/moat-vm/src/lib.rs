@@ -99,6 +99,8 @@ pub enum VmError {
     Jail(#[from] jail::JailError),
     #[error(transparent)]
     Supervisor(#[from] supervisor::SupervisorError),
+    #[error("policy {policy:?} asks for `filesystem.root: ephemeral`, but the vm backend mounts the guest's root read-only only (no writable layer over the verity-checked image yet): run it with --isolation sandbox, or use `filesystem.writable` for the directories that need writes")]
+    EphemeralRootUnsupported { policy: String },
     #[error(transparent)]
     Volume(#[from] volumes::VolumeRefused),
     #[error(transparent)]
@@ -167,6 +169,11 @@ pub fn run_container_on(
     let mut trace = trace::Trace::from_env();
     if opts.attach.is_some() && matches!(opts.plan.network, NetworkPlan::Egress { .. }) {
         return Err(VmError::TwoNetworks {
+            policy: opts.plan.policy_name.clone(),
+        });
+    }
+    if opts.plan.root != moat_policy::plan::RootPlan::ReadOnly {
+        return Err(VmError::EphemeralRootUnsupported {
             policy: opts.plan.policy_name.clone(),
         });
     }

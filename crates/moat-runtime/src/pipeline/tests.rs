@@ -36,6 +36,7 @@ impl Steps for Fake {
                 cmd: vec!["sh".into()],
                 ..ImageDefaults::default()
             },
+            declared_volumes: Vec::new(),
         })
     }
     fn vulnerability_gate(&mut self, policy: &Policy, image: &ResolvedImage) -> anyhow::Result<()> {
@@ -188,5 +189,14 @@ fn isolation_follows_the_policy() {
     assert_eq!(
         pick_isolation(RequestedIsolation::Auto, &plan, || true).unwrap(),
         Isolation::Vm
+    );
+    // An ephemeral root: `auto` takes the sandbox, the only backend that
+    // builds one (the vm backend refuses it with its own error).
+    plan.root = moat_policy::plan::RootPlan::Ephemeral {
+        size_bytes: 1 << 20,
+    };
+    assert_eq!(
+        pick_isolation(RequestedIsolation::Auto, &plan, || panic!("probed")).unwrap(),
+        Isolation::Sandbox
     );
 }

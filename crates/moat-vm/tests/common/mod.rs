@@ -145,6 +145,7 @@ pub fn plan() -> Plan {
         },
         capabilities: vec![],
         namespaces: vec![],
+        root: Default::default(),
         mounts: vec![MountPlan::Tmpfs {
             destination: "/tmp".into(),
             size_bytes: 16 << 20,

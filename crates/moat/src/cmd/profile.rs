@@ -398,7 +398,7 @@ fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode>
             let (code, out, err) = run_under(
                 global,
                 &args.source,
-                &record::recording_policy(),
+                &record::recording_policy(false),
                 &command,
                 None,
             )?;
@@ -493,6 +493,23 @@ fn run_under(
     Ok(measure::run_plain(&argv, timeout)?)
 }
 
+/// Whether this process holds CAP_SYS_ADMIN (the supervisor builds an
+/// ephemeral root's overlay with it).
+fn can_build_overlays() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
 /// Runs the workload under `generated` and compares it with a reference
 /// run (exit code, and stdout unless `exit_only`).
 fn verify(
@@ -567,7 +584,7 @@ fn run_record(global: &GlobalArgs, args: RecordArgs) -> anyhow::Result<ExitCode>
         .context("cannot create a temporary directory")
         .before_start()?;
     let rec_policy = dir.path().join("record.yaml");
-    std::fs::write(&rec_policy, record::recording_policy())
+    std::fs::write(&rec_policy, record::recording_policy(can_build_overlays()))
         .context("cannot write the recording policy")
         .before_start()?;
     let argv = moat_run_argv(
@@ -606,7 +623,10 @@ fn run_record(global: &GlobalArgs, args: RecordArgs) -> anyhow::Result<ExitCode>
         eprintln!("moat: notice: {why}");
     }
     let base = moat_policy::Policy::builtin("restricted")?;
-    let (mut profile, deny) = record::to_profile(&outcome.recorded, &base);
+    // Grants go where the image has directories (see `write_grants`).
+    let root = Root::open(&target.rootfs)?;
+    let entries = |d: &str| root.is_dir(d).then(|| root.list_dir(d).len());
+    let (mut profile, deny) = record::to_profile(&outcome.recorded, &base, &entries);
     profile.name = args.name.clone().unwrap_or_else(|| {
         format!(
             "{}-recorded",

@@ -259,6 +259,9 @@ pub fn prepare<'a>(
         }
         Prepared::Ready(mut ready) => {
             crate::cmd::volume::create_missing(global, &ready.plan.mounts)?;
+            for n in &ready.notices {
+                errln!("{n}");
+            }
             steps.resolved_policy = ready.policy.clone();
             narrow_network(args, &steps.policy_arg, &mut ready.plan.network)?;
             Ok(Ok((*ready, steps)))
@@ -517,6 +520,7 @@ fn resolve_image(
                 working_dir: c.working_dir.clone(),
                 user: c.user.clone(),
             },
+            declared_volumes: c.volumes.clone(),
         },
         profile,
     ))

@@ -134,6 +134,8 @@ pub fn render(s: &Surface) -> String {
         "writable     {}\n",
         if s.writable_paths.is_empty() {
             "nothing (read-only root)".to_string()
+        } else if s.writable_paths[0].starts_with("/ ") {
+            s.writable_paths.join(", ")
         } else {
             format!("{} (root read-only)", s.writable_paths.join(", "))
         }
