@@ -56,7 +56,20 @@ pub(crate) fn overlay(lower: &OwnedFd, size_bytes: u64) -> std::io::Result<Owned
     )?;
 
     let ovl = FsContext::open("overlay")?;
-    ovl.set_fd("lowerdir+", lower_dir.as_fd())?;
+    // `lowerdir+` by descriptor is Linux 6.13's: older kernels do not
+    // know the key (EINVAL), and moat resolves no store path instead.
+    ovl.set_fd("lowerdir+", lower_dir.as_fd()).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EINVAL) {
+            std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "`filesystem.root: ephemeral` needs Linux 6.13 or later (overlayfs layers given \
+                 by descriptor); this kernel refused them: use the read-only root with \
+                 `filesystem.writable` grants, or a newer kernel",
+            )
+        } else {
+            e
+        }
+    })?;
     ovl.set_fd("upperdir", upper.as_fd())?;
     ovl.set_fd("workdir", work.as_fd())?;
     // No inode index or metadata-only copy-up: nothing that refers back
