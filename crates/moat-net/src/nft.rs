@@ -29,7 +29,7 @@ const NDP: &str = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-rou
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
-    #[error("egress rule {index}: `{cidr}` is not a CIDR; write an address and a prefix length such as `10.0.0.0/8` or `2001:db8::/32`")]
+    #[error("egress rule {index}: `{cidr}` is not a CIDR; write an address and a prefix length such as `10.231.0.0/16` or `2001:db8::/32`")]
     Cidr { index: usize, cidr: String },
     #[error("egress rule {index} ({cidr}): port range {first}-{last} is empty or starts at 0; write ports between 1 and 65535, the first not above the last")]
     Ports {
@@ -374,7 +374,7 @@ mod tests {
     #[test]
     fn renders_the_whole_table() {
         let egress = [
-            rule("10.1.2.3/8", Some((443, 443)), "tcp"),
+            rule("10.231.2.3/16", Some((443, 443)), "tcp"),
             rule("fd00:1::/64", Some((8000, 8100)), "udp"),
             rule("192.168.7.0/24", Some((53, 53)), "any"),
             rule("10.9.0.1", None, "any"),
@@ -384,7 +384,7 @@ mod tests {
         let r = render(&Filter {
             egress: &egress,
             publish: &publish,
-            dns: Some("10.0.0.53".parse().unwrap()),
+            dns: Some("10.231.0.53".parse().unwrap()),
             routed: false,
         })
         .unwrap();
@@ -396,12 +396,12 @@ mod tests {
 \t\toif \"lo\" accept
 \t\tct state established,related accept
 \t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert } accept
-\t\tip daddr 10.0.0.0/8 tcp dport 443 accept
+\t\tip daddr 10.231.0.0/16 tcp dport 443 accept
 \t\tip6 daddr fd00:1::/64 udp dport 8000-8100 accept
 \t\tip daddr 192.168.7.0/24 meta l4proto { tcp, udp } th dport 53 accept
 \t\tip daddr 10.9.0.1/32 accept
 \t\tip daddr 10.8.0.0/16 meta l4proto tcp accept
-\t\tip daddr 10.0.0.53 meta l4proto { tcp, udp } th dport 53 accept
+\t\tip daddr 10.231.0.53 meta l4proto { tcp, udp } th dport 53 accept
 \t}
 \tchain input {
 \t\ttype filter hook input priority filter; policy drop;
@@ -422,7 +422,7 @@ mod tests {
 
     #[test]
     fn routed_traffic_gets_the_rules_in_forward() {
-        let egress = [rule("10.0.0.0/8", Some((443, 443)), "tcp")];
+        let egress = [rule("10.231.0.0/16", Some((443, 443)), "tcp")];
         let publish = [publish(8080, 80, "tcp")];
         let r = render(&Filter {
             egress: &egress,
@@ -436,7 +436,7 @@ mod tests {
                 "\tchain forward {
 \t\ttype filter hook forward priority filter; policy drop;
 \t\tct state established,related accept
-\t\tip daddr 10.0.0.0/8 tcp dport 443 accept
+\t\tip daddr 10.231.0.0/16 tcp dport 443 accept
 \t\ttcp dport 80 accept
 \t}
 }
@@ -474,30 +474,30 @@ mod tests {
             .to_string()
         };
         for bad in [
-            "10.0.0.0/33",
+            "10.231.0.0/33",
             "10.0.0/8",
             "fd00::/129",
-            "10.0.0.0/",
-            "10.0.0.0/+8",
+            "10.231.0.0/",
+            "10.231.0.0/+8",
             "host/8",
             "",
         ] {
             assert_eq!(
-                err(&[rule("10.0.0.0/8", None, "any"), rule(bad, None, "any")], &[]),
-                format!("egress rule 1: `{bad}` is not a CIDR; write an address and a prefix length such as `10.0.0.0/8` or `2001:db8::/32`")
+                err(&[rule("10.231.0.0/16", None, "any"), rule(bad, None, "any")], &[]),
+                format!("egress rule 1: `{bad}` is not a CIDR; write an address and a prefix length such as `10.231.0.0/16` or `2001:db8::/32`")
             );
         }
         assert_eq!(
-            err(&[rule("10.0.0.0/8", Some((90, 80)), "tcp")], &[]),
-            "egress rule 0 (10.0.0.0/8): port range 90-80 is empty or starts at 0; write ports between 1 and 65535, the first not above the last"
+            err(&[rule("10.231.0.0/16", Some((90, 80)), "tcp")], &[]),
+            "egress rule 0 (10.231.0.0/16): port range 90-80 is empty or starts at 0; write ports between 1 and 65535, the first not above the last"
         );
         assert_eq!(
-            err(&[rule("10.0.0.0/8", Some((0, 80)), "tcp")], &[]),
-            "egress rule 0 (10.0.0.0/8): port range 0-80 is empty or starts at 0; write ports between 1 and 65535, the first not above the last"
+            err(&[rule("10.231.0.0/16", Some((0, 80)), "tcp")], &[]),
+            "egress rule 0 (10.231.0.0/16): port range 0-80 is empty or starts at 0; write ports between 1 and 65535, the first not above the last"
         );
         assert_eq!(
-            err(&[rule("10.0.0.0/8", None, "sctp")], &[]),
-            "egress rule 0 (10.0.0.0/8): protocol `sctp` is not `tcp`, `udp` or `any`"
+            err(&[rule("10.231.0.0/16", None, "sctp")], &[]),
+            "egress rule 0 (10.231.0.0/16): protocol `sctp` is not `tcp`, `udp` or `any`"
         );
         assert_eq!(
             err(&[], &[publish(8080, 80, "any")]),
@@ -515,7 +515,7 @@ mod tests {
         assert_eq!((c.addr.to_string(), c.len), ("10.200.0.0".to_string(), 16));
         let c = Cidr::parse("fd00::1/0").unwrap();
         assert_eq!((c.addr.to_string(), c.len), ("::".to_string(), 0));
-        let c = Cidr::parse("10.0.0.1/0").unwrap();
+        let c = Cidr::parse("10.231.0.1/0").unwrap();
         assert_eq!(c.addr.to_string(), "0.0.0.0");
     }
 

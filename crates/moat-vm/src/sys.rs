@@ -245,7 +245,7 @@ impl PreExec {
             Some(fd) => check(unsafe { libc::setns(fd, libc::CLONE_NEWNET) }).map(drop)?,
             None => flags |= libc::CLONE_NEWNET,
         }
-        // SAFETY: unshare takes flags only.
+        // SAFETY: unshare takes flags only (the namespaces to leave).
         check(unsafe { libc::unshare(flags) })?;
         // SAFETY: static C strings and NULL data; makes our mounts private.
         check(unsafe {
