@@ -111,22 +111,7 @@ impl Loader {
         let cx = Cx { file };
         let root = yaml::parse(text).map_err(|e| cx.err(e.pos, e.message))?;
         let top = cx.map(&root, "", &["apiVersion", "kind", "metadata", "spec"])?;
-        let api = cx.require(&root, &top, "apiVersion", "")?;
-        let api_s = cx.string(api, "apiVersion")?;
-        if api_s != API_VERSION {
-            return Err(cx.err(
-                api.pos,
-                format!("unsupported apiVersion `{api_s}`; expected `{API_VERSION}`"),
-            ));
-        }
-        let kind = cx.require(&root, &top, "kind", "")?;
-        let kind_s = cx.string(kind, "kind")?;
-        if kind_s != "Policy" {
-            return Err(cx.err(
-                kind.pos,
-                format!("`kind` must be `Policy` in a policy file, found `{kind_s}`"),
-            ));
-        }
+        cx.header(&root, &top, "Policy", "a policy file")?;
         let meta = cx.require(&root, &top, "metadata", "")?;
         let meta_m = cx.map(meta, "metadata", &["name", "description"])?;
         let name_n = cx.require(meta, &meta_m, "name", "metadata")?;
@@ -268,6 +253,34 @@ pub(crate) struct Cx<'a> {
 }
 
 impl Cx<'_> {
+    /// The `apiVersion` (moat's) and `kind` of a moat file (`what`: `a
+    /// policy file`, ...), both required.
+    pub(crate) fn header(
+        &self,
+        root: &Node,
+        top: &[(&str, &Node)],
+        kind: &str,
+        what: &str,
+    ) -> Result<(), PolicyError> {
+        let api = self.require(root, top, "apiVersion", "")?;
+        let api_s = self.string(api, "apiVersion")?;
+        if api_s != API_VERSION {
+            return Err(self.err(
+                api.pos,
+                format!("unsupported apiVersion `{api_s}`; expected `{API_VERSION}`"),
+            ));
+        }
+        let k = self.require(root, top, "kind", "")?;
+        let k_s = self.string(k, "kind")?;
+        if k_s != kind {
+            return Err(self.err(
+                k.pos,
+                format!("`kind` must be `{kind}` in {what}, found `{k_s}`"),
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn err(&self, pos: Pos, message: impl Into<String>) -> PolicyError {
         PolicyError::Parse {
             file: self.file.to_string(),

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::error::PolicyError;
 use crate::model::Policy;
-use crate::parse::{get, Cx, API_VERSION};
+use crate::parse::{get, Cx};
 use crate::plan::IsolationRequirement;
 use crate::yaml::{self, Node};
 use crate::{caps, suggest};
@@ -152,26 +152,7 @@ impl Rbac {
             "",
             &["apiVersion", "kind", "metadata", "roles", "bindings"],
         )?;
-        let api = cx.require(&root, &top, "apiVersion", "")?;
-        let api_s = cx.string(api, "apiVersion")?;
-        if api_s != API_VERSION {
-            return Err(cx
-                .err(
-                    api.pos,
-                    format!("unsupported apiVersion `{api_s}`; expected `{API_VERSION}`"),
-                )
-                .into());
-        }
-        let kind = cx.require(&root, &top, "kind", "")?;
-        let kind_s = cx.string(kind, "kind")?;
-        if kind_s != "RBAC" {
-            return Err(cx
-                .err(
-                    kind.pos,
-                    format!("`kind` must be `RBAC` in an RBAC file, found `{kind_s}`"),
-                )
-                .into());
-        }
+        cx.header(&root, &top, "RBAC", "an RBAC file")?;
         let mut roles: Vec<Role> = Vec::new();
         if let Some(list) = get(&top, "roles") {
             for item in cx.list(list, "roles")? {

@@ -45,26 +45,7 @@ impl TrustRoots {
         let cx = Cx { file };
         let root = yaml::parse(text).map_err(|e| cx.err(e.pos, e.message))?;
         let top = cx.map(&root, "", &["apiVersion", "kind", "image"])?;
-        let api = cx.require(&root, &top, "apiVersion", "")?;
-        let api_s = cx.string(api, "apiVersion")?;
-        if api_s != API_VERSION {
-            return Err(cx
-                .err(
-                    api.pos,
-                    format!("unsupported apiVersion `{api_s}`; expected `{API_VERSION}`"),
-                )
-                .into());
-        }
-        let kind = cx.require(&root, &top, "kind", "")?;
-        let kind_s = cx.string(kind, "kind")?;
-        if kind_s != "Trust" {
-            return Err(cx
-                .err(
-                    kind.pos,
-                    format!("`kind` must be `Trust` in a trust file, found `{kind_s}`"),
-                )
-                .into());
-        }
+        cx.header(&root, &top, "Trust", "a trust file")?;
         let mut image = ImageRules::default();
         if let Some(n) = get(&top, "image") {
             cx.image(n, "image", &mut image)?;

@@ -5,33 +5,19 @@
 
 use moat_policy::plan::{NetworkPlan, PortPublish};
 
-/// `--network`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NetworkMode {
-    None,
-    Loopback,
-    Egress,
+/// `--network` takes the policy's own modes.
+pub use moat_policy::model::NetworkMode;
+
+/// How wide a mode is: none < loopback < egress.
+fn rank(m: NetworkMode) -> u8 {
+    m as u8
 }
 
-impl NetworkMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NetworkMode::None => "none",
-            NetworkMode::Loopback => "loopback",
-            NetworkMode::Egress => "egress",
-        }
-    }
-
-    fn rank(self) -> u8 {
-        self as u8
-    }
-
-    fn of(plan: &NetworkPlan) -> NetworkMode {
-        match plan {
-            NetworkPlan::None => NetworkMode::None,
-            NetworkPlan::Loopback => NetworkMode::Loopback,
-            NetworkPlan::Egress { .. } => NetworkMode::Egress,
-        }
+fn mode_of(plan: &NetworkPlan) -> NetworkMode {
+    match plan {
+        NetworkPlan::None => NetworkMode::None,
+        NetworkPlan::Loopback => NetworkMode::Loopback,
+        NetworkPlan::Egress { .. } => NetworkMode::Egress,
     }
 }
 
@@ -122,9 +108,9 @@ pub fn narrow(
     mode: Option<NetworkMode>,
     publish: &[(String, PortPublish)],
 ) -> Result<(), NetworkFlagError> {
-    let granted = NetworkMode::of(plan);
+    let granted = mode_of(plan);
     if let Some(m) = mode {
-        if m.rank() > granted.rank() {
+        if rank(m) > rank(granted) {
             return Err(NetworkFlagError::Wider {
                 flag: m.as_str(),
                 policy: policy.to_string(),
@@ -190,7 +176,7 @@ mod tests {
     fn egress() -> NetworkPlan {
         NetworkPlan::Egress {
             rules: vec![EgressRule {
-                cidr: "10.0.0.0/8".into(),
+                cidr: "10.231.0.0/16".into(),
                 ports: None,
                 protocol: "any".into(),
             }],

@@ -13,16 +13,25 @@ use std::process::{Command, Output};
 
 use registry_common::{have_tools, Registry, PASSWORD, USER};
 
-fn moat(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moat"))
-        .arg("--root")
+/// `moat` on the test's state root and credentials; with `trust`, the
+/// host trust file at that path (`MOAT_TRUST`: honoured for root acting as
+/// itself only).
+fn moat_with(dir: &Path, trust: Option<&Path>, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_moat"));
+    c.arg("--root")
         .arg(dir.join("state"))
         .args(args)
         .env("REGISTRY_AUTH_FILE", dir.join("auth.json"))
         .env("HOME", dir)
-        .env_remove("COSIGN_PASSWORD")
-        .output()
-        .unwrap()
+        .env_remove("COSIGN_PASSWORD");
+    if let Some(t) = trust {
+        c.env("MOAT_TRUST", t);
+    }
+    c.output().unwrap()
+}
+
+fn moat(dir: &Path, args: &[&str]) -> Output {
+    moat_with(dir, None, args)
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
@@ -35,9 +44,10 @@ fn ok(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
-/// `moat run` refused: non-zero, nothing ran, the error returned.
-fn refused(dir: &Path, policy: &Path, image: &str) -> String {
-    let o = moat(
+/// `moat run --rm --isolation sandbox --policy POLICY IMAGE echo RAN`.
+fn run_echo(dir: &Path, policy: &Path, image: &str) -> Output {
+    let policy = policy.to_str().unwrap();
+    moat(
         dir,
         &[
             "run",
@@ -45,12 +55,17 @@ fn refused(dir: &Path, policy: &Path, image: &str) -> String {
             "--isolation",
             "sandbox",
             "--policy",
-            policy.to_str().unwrap(),
+            policy,
             image,
             "echo",
             "RAN",
         ],
-    );
+    )
+}
+
+/// `moat run` refused: non-zero, nothing ran, the error returned.
+fn refused(dir: &Path, policy: &Path, image: &str) -> String {
+    let o = run_echo(dir, policy, image);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
         !o.status.success() && !out.contains("RAN"),
@@ -60,21 +75,13 @@ fn refused(dir: &Path, policy: &Path, image: &str) -> String {
 }
 
 fn runs(dir: &Path, policy: &Path, image: &str) {
-    let said = ok(
-        dir,
-        &[
-            "run",
-            "--rm",
-            "--isolation",
-            "sandbox",
-            "--policy",
-            policy.to_str().unwrap(),
-            image,
-            "echo",
-            "RAN",
-        ],
+    let o = run_echo(dir, policy, image);
+    assert!(
+        o.status.success(),
+        "{image}: {}",
+        String::from_utf8_lossy(&o.stderr)
     );
-    assert_eq!(said, "RAN\n");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "RAN\n");
 }
 
 /// A plain rootfs tarball: an image no registry holds.
@@ -278,18 +285,8 @@ fn run_enforces_the_image_rules_of_the_policy() {
     runs(dir, &pinned, &format!("{host}/trust/unsigned@{digest}"));
 }
 
-/// `moat` with the host trust file at `trust` (`MOAT_TRUST`: honoured for
-/// root acting as itself only).
 fn moat_t(dir: &Path, trust: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moat"))
-        .arg("--root")
-        .arg(dir.join("state"))
-        .args(args)
-        .env("REGISTRY_AUTH_FILE", dir.join("auth.json"))
-        .env("HOME", dir)
-        .env("MOAT_TRUST", trust)
-        .output()
-        .unwrap()
+    moat_with(dir, Some(trust), args)
 }
 
 #[test]

@@ -33,9 +33,9 @@ pub struct RuleSet<'a> {
     pub rules: &'a ImageRules,
     /// `the policy FILE`, `the trust file FILE`.
     pub by: String,
-    /// The host's file allows only what it lists; a policy's empty
-    /// `allowed` allows any source.
-    pub allowlist_required: bool,
+    /// The host's trust roots, whose file allows only what it lists (a
+    /// policy's empty `allowed` allows any source).
+    pub host: Option<&'a TrustRoots>,
     /// How to keep the signature the rules need: the pull command to run.
     pub pull_hint: String,
 }
@@ -45,7 +45,7 @@ impl<'a> RuleSet<'a> {
         RuleSet {
             rules: &p.spec.image,
             by: format!("the policy {}", p.source),
-            allowlist_required: false,
+            host: None,
             pull_hint: format!("moat pull --policy {}", p.source),
         }
     }
@@ -54,24 +54,21 @@ impl<'a> RuleSet<'a> {
         RuleSet {
             rules: &t.image,
             by: format!("the trust file {}", t.source),
-            allowlist_required: true,
+            host: Some(t),
             pull_hint: "moat pull".to_string(),
         }
     }
 
     /// The name/pinning/digest rules.
     pub fn check_name(&self, name: &str, pinned: bool, digests: &[&str]) -> Result<(), String> {
-        if self.allowlist_required && self.rules.allowed.is_empty() {
-            return Err(
-                "it accepts no image source; add one with `moat image trust set --type accept SCOPE`"
-                    .to_string(),
-            );
+        match self.host {
+            Some(t) => t.check(name, pinned, digests),
+            None => self.rules.check(name, pinned, digests),
         }
-        self.rules.check(name, pinned, digests)
     }
 
     fn is_empty(&self) -> bool {
-        !self.allowlist_required
+        self.host.is_none()
             && self.rules.allowed.is_empty()
             && self.rules.digests.is_empty()
             && !self.rules.require_digest
@@ -107,10 +104,7 @@ fn check_rules(store: &Store, image: &Image, written: &str, set: &RuleSet) -> an
             Ok(w) if w.name() == o.name() => w.to_string(),
             _ => o.name(),
         },
-        None if set.allowlist_required
-            || !rules.allowed.is_empty()
-            || !rules.signers.is_empty() =>
-        {
+        None if set.host.is_some() || !rules.allowed.is_empty() || !rules.signers.is_empty() => {
             return Err(refused(format!(
                 "its allowed sources and signers apply to images pulled from a registry, \
                  and this one came from {}; pull it with `moat pull REF`",
