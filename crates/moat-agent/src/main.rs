@@ -6,6 +6,7 @@
 //! plan, relays stdio, window size and signals, reports the exit status and
 //! powers the VM off. It never exits (PID 1 must not).
 
+mod auditd;
 mod exec;
 mod net;
 mod sys;
@@ -74,6 +75,7 @@ fn main() {
         // The accelerator probe boots without a root disk: no waiting for one.
         has_root: cmdline.contains("dm-mod.create=") || root_disk(&cmdline).is_some(),
         root: root_disk(&cmdline),
+        template: cmdline.split_whitespace().any(|w| w == "moat.template"),
     };
     trace("control port open");
     if let Err(e) = agent.serve() {
@@ -308,6 +310,9 @@ struct Agent {
     /// `moat.root=ext4` / `ext4-ro`: an OCI container's own disk, not the
     /// verified image (read-only: whether to mount it so).
     root: Option<bool>,
+    /// `moat.template`: booted to become a template; the root arrives in
+    /// `Restore`, after the snapshot.
+    template: bool,
 }
 
 impl Agent {
@@ -348,7 +353,9 @@ impl Agent {
         // that Start, which the host sends in reply, is read at once and
         // its clock reading is fresh. A failure is reported once Start has
         // arrived (the host waits for a frame either way).
-        let mounted = if let Some(read_only) = self.root {
+        let mounted = if self.template {
+            self.await_restore()?
+        } else if let Some(read_only) = self.root {
             mount_disk(read_only)
         } else if self.has_root {
             mount_root()
@@ -392,20 +399,75 @@ impl Agent {
             )));
         }
         mounted?;
+        // `filesystem.root: ephemeral` over the verified image (an OCI
+        // bundle's ext4 root is writable or not by itself).
+        if let (None, moat_plan::RootPlan::Ephemeral { size_bytes }) = (self.root, &start.plan.root)
+        {
+            writable_root(*size_bytes)?;
+            trace("ephemeral root layered");
+        }
         if let Some(n) = &start.net {
             net::configure(n)?;
             trace("network configured");
         }
+        let mut audit = start_audit(&start.plan);
         let child = workload::spawn(&start)?;
         trace("workload started");
-        let code = self.relay(child, &start)?;
+        let code = self.relay(child, &start, audit.as_mut())?;
         trace("workload exited");
+        let report = match (code, audit) {
+            (0, _) | (_, None) => None,
+            (_, Some(a)) => {
+                let mut r = a.finish();
+                moat_agent::audit::locate_dirs(&mut r, &image_entries);
+                Some(r).filter(|r| !r.is_empty())
+            }
+        };
         let session = self.session.clone();
-        self.send(&Message::Exit(Exit { code, session }))
+        self.send(&Message::Exit(Exit {
+            code,
+            session,
+            report,
+        }))
+    }
+
+    /// A template's agent: says hello to the builder, which snapshots the VM
+    /// while the agent waits here. Every VM restored from it resumes here
+    /// and gets its own `Restore` first: the RNG is reseeded before
+    /// anything else runs, then the verified root the host names is
+    /// created and mounted (the host, never the guest, chooses its hash).
+    fn await_restore(&mut self) -> Result<Result<(), Failure>, Failure> {
+        self.send(&Message::Hello(Hello {
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel_release: String::new(),
+        }))?;
+        let restore = match self.recv()? {
+            Message::Restore(r) => r,
+            other => {
+                return Err(Failure::setup(format!(
+                    "expected a Restore frame in a VM restored from a template, got {:?}",
+                    other.kind()
+                )))
+            }
+        };
+        restore_identity(&restore)?;
+        TRACE.store(restore.trace, Ordering::Relaxed);
+        trace("restored from a template, RNG reseeded");
+        Ok(match &restore.root {
+            Some(root) => create_verity_root(root).and_then(|()| mount_root()),
+            None => Err(Failure::setup(
+                "the host restored this VM without a root (Restore.root)",
+            )),
+        })
     }
 
     /// Relays stdio between the port and the workload until it exits.
-    fn relay(&mut self, child: workload::Child, start: &Start) -> Result<i32, Failure> {
+    fn relay(
+        &mut self,
+        child: workload::Child,
+        start: &Start,
+        mut audit: Option<&mut auditd::Auditd>,
+    ) -> Result<i32, Failure> {
         let workload::Child {
             pid,
             stdin,
@@ -488,6 +550,12 @@ impl Agent {
                     revents: 0,
                 });
             }
+            let audit_slot = fds.len();
+            fds.push(libc::pollfd {
+                fd: audit.as_ref().map_or(-1, |a| a.fd().as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            });
             let exec_base = fds.len();
             let exec_slots = execs.poll_fds(&mut fds);
             let timeout = if exit_code.is_some() || execs.draining() {
@@ -498,6 +566,11 @@ impl Agent {
             sys::poll(&mut fds, timeout).map_err(|e| Failure::setup(format!("poll: {e}")))?;
             for m in execs.service(&fds[exec_base..], &exec_slots, &mut buf) {
                 self.send(&m)?;
+            }
+            if fds[audit_slot].revents != 0 {
+                if let Some(a) = audit.as_deref_mut() {
+                    a.drain();
+                }
             }
             if fds[1].revents != 0 {
                 let mut junk = [0u8; 128];
@@ -607,6 +680,82 @@ impl Agent {
     }
 }
 
+/// The guest's audit daemon, when the report needs one: the `EROFS` rule
+/// unless the root is writable (`filesystem.root: ephemeral`), seccomp
+/// denials with `audit.denied_syscalls`. Without it (a kernel without
+/// audit, a refusal) the workload runs the same, with no report.
+fn start_audit(plan: &moat_plan::Plan) -> Option<auditd::Auditd> {
+    let read_only_rule = !matches!(plan.root, moat_plan::RootPlan::Ephemeral { .. });
+    if !read_only_rule && !plan.audit_denied {
+        return None;
+    }
+    match auditd::Auditd::start(read_only_rule) {
+        Ok(a) => {
+            trace("audit daemon registered");
+            Some(a)
+        }
+        Err(e) => {
+            console(&format!("audit unavailable, no failure report: {e}"));
+            None
+        }
+    }
+}
+
+/// How many names the image has in directory `dir` (`None`: no such
+/// directory, or one reached through a symbolic link), read from the
+/// agent's own view of the root, without the workload's mounts.
+fn image_entries(dir: &str) -> Option<usize> {
+    let fd = sys::open_dir_no_symlinks(&format!("{NEW_ROOT}{dir}")).ok()?;
+    let n = std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .ok()?
+        .count();
+    Some(n)
+}
+
+/// What no two clones of a template may share: the kernel's RNG state
+/// (reseeded from the host's bytes) and the hostname.
+fn restore_identity(r: &moat_agent::proto::Restore) -> Result<(), Failure> {
+    let bytes = hex::decode(&r.entropy)
+        .ok()
+        .filter(|b| b.len() >= 32)
+        .ok_or_else(|| Failure::setup("Restore.entropy is not at least 32 bytes of hex"))?;
+    let random = File::options()
+        .write(true)
+        .open("/dev/random")
+        .map_err(|e| Failure::setup(format!("opening /dev/random: {e}")))?;
+    sys::reseed_rng(random.as_fd(), &bytes)
+        .map_err(|e| Failure::setup(format!("reseeding the guest RNG: {e}")))?;
+    if !r.hostname.is_empty() {
+        sys::sethostname(&r.hostname)
+            .map_err(|e| Failure::setup(format!("setting the hostname: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The verified root of a restored VM: `/dev/dm-0` from the host's table,
+/// as `dm-mod.create=` makes it at a cold boot.
+fn create_verity_root(root: &moat_agent::proto::VerityRoot) -> Result<(), Failure> {
+    const DISK: &str = "/dev/vda";
+    if !wait_for(DISK, Duration::from_secs(10)) {
+        return Err(Failure::setup(format!(
+            "the root disk {DISK} did not appear"
+        )));
+    }
+    let control = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/mapper/control")
+        .map_err(|e| Failure::setup(format!("opening /dev/mapper/control: {e}")))?;
+    sys::dm_create(
+        control.as_fd(),
+        "moatroot",
+        root.data_size / 512,
+        "verity",
+        &root.params(DISK),
+    )
+    .map_err(|e| explain_io("creating the dm-verity root device".into(), &e))
+}
+
 /// The root disk the command line names (`moat.root=ext4[-ro]`): `Some(read_only)`.
 fn root_disk(cmdline: &str) -> Option<bool> {
     cmdline.split_whitespace().find_map(|w| match w {
@@ -634,6 +783,41 @@ fn mount_disk(read_only: bool) -> Result<(), Failure> {
         "noinit_itable",
     )
     .map_err(|e| explain_io(format!("mounting the root disk {DISK}"), &e))
+}
+
+/// `filesystem.root: ephemeral`: an overlay over the verified read-only
+/// root, mounted on the same path (its lower layer is looked up before the
+/// overlay covers it). The upper layer is a tmpfs of `size` bytes in guest
+/// memory: a writer past it gets ENOSPC, and it is gone with the VM. The
+/// EROFS image below, and the host's copy of it, are never written.
+fn writable_root(size: u64) -> Result<(), Failure> {
+    const UPPER: &str = "/moat-upper";
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |e: std::io::Error| explain_io(format!("ephemeral root: {what}"), &e)
+    };
+    std::fs::create_dir_all(UPPER).map_err(io("creating /moat-upper"))?;
+    sys::mount(
+        "tmpfs",
+        UPPER,
+        "tmpfs",
+        libc::MS_NODEV | libc::MS_NOSUID,
+        &format!("size={size},mode=0755"),
+    )
+    .map_err(io("mounting its tmpfs"))?;
+    for d in ["upper", "work"] {
+        std::fs::create_dir(format!("{UPPER}/{d}")).map_err(io("making its layers"))?;
+    }
+    sys::mount(
+        "overlay",
+        NEW_ROOT,
+        "overlay",
+        libc::MS_NODEV | libc::MS_NOSUID,
+        &format!("lowerdir={NEW_ROOT},upperdir={UPPER}/upper,workdir={UPPER}/work"),
+    )
+    .map_err(io(
+        "mounting the overlay (is CONFIG_OVERLAY_FS in the guest kernel?)",
+    ))
 }
 
 fn mount_root() -> Result<(), Failure> {

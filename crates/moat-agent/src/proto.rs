@@ -58,6 +58,9 @@ pub enum Kind {
     ExecSignal = 16,
     /// Guest to host: an exec'd process ended (or could not start).
     ExecExit = 17,
+    /// Host to guest, first frame to a VM restored from a template: its
+    /// own entropy and identity, and the container's verified root.
+    Restore = 18,
 }
 
 impl Kind {
@@ -80,6 +83,7 @@ impl Kind {
             15 => Kind::ExecStderr,
             16 => Kind::ExecSignal,
             17 => Kind::ExecExit,
+            18 => Kind::Restore,
             _ => return None,
         })
     }
@@ -89,6 +93,7 @@ impl Kind {
         match self {
             Kind::Hello | Kind::Start | Kind::Exit | Kind::Error => MAX_CONTROL,
             Kind::Exec | Kind::ExecExit => MAX_CONTROL,
+            Kind::Restore => 64 * 1024,
             Kind::Stdin | Kind::Stdout | Kind::Stderr => MAX_DATA,
             Kind::ExecStdin | Kind::ExecStdout | Kind::ExecStderr => 4 + MAX_DATA,
             Kind::StdinEof => 0,
@@ -136,6 +141,47 @@ pub struct Start {
     pub net: Option<crate::netconf::GuestNet>,
 }
 
+/// Sent by the host as the first frame to a VM restored from a template
+/// (the agent of a template waits for it after its `Hello`): what every
+/// clone of one template must not share, and the container's root. The
+/// agent reseeds the kernel's RNG before anything else, then mounts the
+/// root and says `Hello` again; `Start` follows as after a cold boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restore {
+    /// Host randomness (hex, at least 32 bytes), credited to the guest's
+    /// input pool before a forced reseed of its CRNG.
+    pub entropy: String,
+    /// The guest kernel's hostname (the workload's, unless its plan sets one).
+    pub hostname: String,
+    /// The dm-verity root on the first virtio disk, chosen by the host.
+    pub root: Option<VerityRoot>,
+    /// Print phase times on the console (`moat.trace` of a cold boot).
+    #[serde(default)]
+    pub trace: bool,
+}
+
+/// A dm-verity table for `/dev/vda` (data and hash tree on one disk),
+/// as `dm-mod.create=` gives it after a cold boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerityRoot {
+    /// Bytes of filesystem data (a multiple of 4096); the hash tree follows.
+    pub data_size: u64,
+    /// Hex sha256 root hash and salt.
+    pub root_hash: String,
+    pub salt: String,
+}
+
+impl VerityRoot {
+    /// The verity target's parameters on `device`.
+    pub fn params(&self, device: &str) -> String {
+        let blocks = self.data_size / 4096;
+        format!(
+            "1 {device} {device} 4096 4096 {blocks} {blocks} sha256 {} {}",
+            self.root_hash, self.salt
+        )
+    }
+}
+
 /// A `CLOCK_REALTIME` reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WallClock {
@@ -151,6 +197,12 @@ pub struct Exit {
     /// [`Start::session`], echoed.
     #[serde(default)]
     pub session: String,
+    /// With a non-zero code: what the guest's audit records say the
+    /// workload failed at (writes the read-only root refused, calls the
+    /// seccomp filter denied). Advice only, forgeable by a guest root:
+    /// the host bounds it ([`crate::audit::GuestReport::bounded`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<crate::audit::GuestReport>,
 }
 
 /// Sent by the agent when it could not start or supervise the workload.
@@ -210,6 +262,7 @@ pub enum Message {
     ExecStderr { id: u32, data: Vec<u8> },
     ExecSignal { id: u32, sig: i32 },
     ExecExit(ExecExit),
+    Restore(Box<Restore>),
 }
 
 /// A frame that cannot be accepted.
@@ -253,6 +306,7 @@ impl Message {
             Message::ExecStderr { .. } => Kind::ExecStderr,
             Message::ExecSignal { .. } => Kind::ExecSignal,
             Message::ExecExit(_) => Kind::ExecExit,
+            Message::Restore(_) => Kind::Restore,
         }
     }
 
@@ -279,6 +333,7 @@ impl Message {
             Message::Signal(s) => s.to_le_bytes().to_vec(),
             Message::Exec(e) => json(serde_json::to_vec(e))?,
             Message::ExecExit(e) => json(serde_json::to_vec(e))?,
+            Message::Restore(r) => json(serde_json::to_vec(r))?,
             Message::ExecStdin { id, data }
             | Message::ExecStdout { id, data }
             | Message::ExecStderr { id, data } => {
@@ -351,6 +406,7 @@ impl Message {
         Ok(match kind {
             Kind::Exec => Message::Exec(Box::new(json(kind, payload)?)),
             Kind::ExecExit => Message::ExecExit(json(kind, payload)?),
+            Kind::Restore => Message::Restore(Box::new(json(kind, payload)?)),
             Kind::ExecStdin => Message::ExecStdin {
                 id: id()?,
                 data: payload[4..].to_vec(),
@@ -498,12 +554,35 @@ mod tests {
     }
 
     #[test]
+    fn a_verity_root_gives_the_cold_boot_table() {
+        let r = VerityRoot {
+            data_size: 3 * 4096,
+            root_hash: "ab".into(),
+            salt: "cd".into(),
+        };
+        assert_eq!(
+            r.params("/dev/vda"),
+            "1 /dev/vda /dev/vda 4096 4096 3 3 sha256 ab cd"
+        );
+    }
+
+    #[test]
     fn every_kind_roundtrips() {
         roundtrip(Message::Hello(Hello {
             agent_version: "0.1.0".into(),
             kernel_release: "6.1.0-moat".into(),
         }));
         roundtrip(Message::Stdin(b"abc\n".to_vec()));
+        roundtrip(Message::Restore(Box::new(Restore {
+            entropy: "00".repeat(64),
+            hostname: "c1".into(),
+            root: Some(VerityRoot {
+                data_size: 8192,
+                root_hash: "aa".into(),
+                salt: "bb".into(),
+            }),
+            trace: true,
+        })));
         roundtrip(Message::StdinEof);
         roundtrip(Message::Stdout(vec![0, 255, 10]));
         roundtrip(Message::Stderr(Vec::new()));
@@ -512,6 +591,25 @@ mod tests {
         roundtrip(Message::Exit(Exit {
             code: 137,
             session: "0f".into(),
+            report: None,
+        }));
+        roundtrip(Message::Exit(Exit {
+            code: 1,
+            session: "0f".into(),
+            report: Some(crate::audit::GuestReport {
+                denied: vec![crate::audit::GuestDenial {
+                    nr: 309,
+                    exe: "/bin/busybox".into(),
+                    count: 2,
+                }],
+                read_only: vec![crate::audit::GuestReadOnly {
+                    nr: 83,
+                    path: "/var/lib/nginx/".into(),
+                    image_dir: "/var/lib/nginx".into(),
+                    image_dir_entries: 0,
+                }],
+                omitted: 0,
+            }),
         }));
         roundtrip(Message::Error(AgentFailure {
             code: 127,
@@ -597,6 +695,7 @@ mod tests {
             Message::Exit(Exit {
                 code: 3,
                 session: String::new(),
+                report: None,
             })
             .encode()
             .unwrap(),
@@ -612,9 +711,48 @@ mod tests {
             Some(Message::Exit(Exit {
                 code: 3,
                 session: String::new(),
+                report: None,
             }))
         );
         assert_eq!(d.next_message().unwrap(), None);
+    }
+
+    /// A guest that lies in its report: an oversized one is refused with
+    /// its header, unknown fields are ignored, and what is left is cut to
+    /// the report's limits.
+    #[test]
+    fn a_hostile_guest_report_is_refused_or_bounded() {
+        let mut h = vec![MAGIC, 1, Kind::Exit as u8, 0];
+        h.extend_from_slice(&((MAX_CONTROL + 1) as u32).to_le_bytes());
+        assert_eq!(
+            decode_err(&h),
+            "Exit frame of 1048577 bytes exceeds the limit of 1048576 bytes"
+        );
+        let many: Vec<String> = (0..5000)
+            .map(|i| format!(r#"{{"nr":{i},"exe":"/x\u001b[2J","count":1,"evil":[1,2]}}"#))
+            .collect();
+        let json = format!(
+            r#"{{"code":1,"session":"s","report":{{"denied":[{}],"read_only":[{{"nr":2,"path":"{}"}}],"extra":{{"a":1}}}},"more":true}}"#,
+            many.join(","),
+            "/a".repeat(100_000)
+        );
+        let mut frame = vec![MAGIC, 1, Kind::Exit as u8, 0];
+        frame.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        frame.extend_from_slice(json.as_bytes());
+        let mut d = Decoder::new();
+        d.push(&frame);
+        let Some(Message::Exit(e)) = d.next_message().unwrap() else {
+            panic!("not an Exit");
+        };
+        let r = e.report.unwrap().bounded();
+        assert_eq!(r.denied.len(), crate::audit::MAX_ENTRIES);
+        assert_eq!(r.omitted, 5000 - crate::audit::MAX_ENTRIES as u64);
+        assert_eq!(r.denied[0].exe, "/x[2J");
+        assert!(r.read_only[0].path.len() <= crate::audit::MAX_STRING);
+        // Not JSON at all: a malformed frame, not a crash.
+        let mut bad = vec![MAGIC, 1, Kind::Exit as u8, 0, 3, 0, 0, 0];
+        bad.extend_from_slice(b"{\"r");
+        assert!(decode_err(&bad).starts_with("malformed Exit frame"));
     }
 
     fn decode_err(bytes: &[u8]) -> String {

@@ -403,3 +403,171 @@ pub fn open_dir_no_symlinks(path: &str) -> io::Result<OwnedFd> {
     // SAFETY: the kernel just returned this new descriptor.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
+
+/// `RNDADDENTROPY` (`_IOW('R', 0x03, int[2])`) and `RNDRESEEDCRNG` (`_IO('R', 0x07)`).
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Mixes `bytes` into the kernel's input pool, credited as full entropy,
+/// then forces the CRNG to reseed from it: a VM restored from a template
+/// stops producing the random numbers its template (and every other
+/// clone) would have produced next.
+pub fn reseed_rng(random: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info: Vec<u8> = Vec::with_capacity(8 + bytes.len());
+    info.extend_from_slice(&((bytes.len() * 8) as i32).to_ne_bytes());
+    info.extend_from_slice(&(bytes.len() as i32).to_ne_bytes());
+    info.extend_from_slice(bytes);
+    // SAFETY: `info` is a rand_pool_info header followed by `buf_size`
+    // bytes, alive for the call; the kernel only reads it.
+    check(unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) })?;
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    check(unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG as _, 0) }).map(drop)
+}
+
+/// `struct dm_ioctl` (312 bytes) and the commands used here.
+const DM_IOCTL_SIZE: usize = 312;
+const DM_TARGET_SPEC_SIZE: usize = 40;
+const DM_READONLY_FLAG: u32 = 1;
+
+const fn dm_iowr(nr: libc::c_ulong) -> libc::c_ulong {
+    (3 << 30) | ((DM_IOCTL_SIZE as libc::c_ulong) << 16) | (0xfd << 8) | nr
+}
+const DM_DEV_CREATE: libc::c_ulong = dm_iowr(3);
+const DM_DEV_SUSPEND: libc::c_ulong = dm_iowr(6);
+const DM_TABLE_LOAD: libc::c_ulong = dm_iowr(9);
+
+/// A `dm_ioctl` header for device `name`, with `extra` bytes of data after it.
+fn dm_header(name: &str, flags: u32, target_count: u32, extra: usize) -> io::Result<Vec<u8>> {
+    if name.len() >= 128 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "device-mapper name too long",
+        ));
+    }
+    let total = DM_IOCTL_SIZE + extra;
+    let mut b = vec![0u8; total];
+    // version 4.0.0: the kernel accepts any 4.x.
+    b[0..4].copy_from_slice(&4u32.to_ne_bytes());
+    b[12..16].copy_from_slice(&(total as u32).to_ne_bytes());
+    b[16..20].copy_from_slice(&(DM_IOCTL_SIZE as u32).to_ne_bytes());
+    b[20..24].copy_from_slice(&target_count.to_ne_bytes());
+    b[28..32].copy_from_slice(&flags.to_ne_bytes());
+    b[48..48 + name.len()].copy_from_slice(name.as_bytes());
+    Ok(b)
+}
+
+fn dm_ioctl(control: BorrowedFd<'_>, cmd: libc::c_ulong, buf: &mut [u8]) -> io::Result<()> {
+    // SAFETY: `buf` starts with a dm_ioctl whose data_size is buf.len(), so
+    // the kernel reads and writes only inside it.
+    check(unsafe { libc::ioctl(control.as_raw_fd(), cmd as _, buf.as_mut_ptr()) }).map(drop)
+}
+
+/// Creates read-only device-mapper device `name` with one target
+/// (`sectors` long, of `target_type` with `params`) and activates it, as
+/// `dmsetup create` does: the device appears as `/dev/dm-N`.
+pub fn dm_create(
+    control: BorrowedFd<'_>,
+    name: &str,
+    sectors: u64,
+    target_type: &str,
+    params: &str,
+) -> io::Result<()> {
+    let mut create = dm_header(name, 0, 0, 0)?;
+    dm_ioctl(control, DM_DEV_CREATE, &mut create)?;
+    // Target spec (sector_start, length, status, next, target_type[16]) and
+    // the NUL-terminated parameters, padded to 8 bytes.
+    let extra = (DM_TARGET_SPEC_SIZE + params.len() + 1).div_ceil(8) * 8;
+    let mut load = dm_header(name, DM_READONLY_FLAG, 1, extra)?;
+    let spec = &mut load[DM_IOCTL_SIZE..];
+    spec[8..16].copy_from_slice(&sectors.to_ne_bytes());
+    if target_type.len() >= 16 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "target type too long",
+        ));
+    }
+    spec[24..24 + target_type.len()].copy_from_slice(target_type.as_bytes());
+    spec[DM_TARGET_SPEC_SIZE..DM_TARGET_SPEC_SIZE + params.len()]
+        .copy_from_slice(params.as_bytes());
+    dm_ioctl(control, DM_TABLE_LOAD, &mut load)?;
+    // DM_DEV_SUSPEND without DM_SUSPEND_FLAG resumes: the table goes live.
+    let mut resume = dm_header(name, 0, 0, 0)?;
+    dm_ioctl(control, DM_DEV_SUSPEND, &mut resume)
+}
+
+/// A `NETLINK_AUDIT` socket, non-blocking, with a receive buffer of
+/// `rcvbuf` bytes (forced: the agent is root), so a burst of records waits
+/// in it rather than in the kernel's backlog.
+pub fn audit_socket(rcvbuf: usize) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked before it is owned.
+    let fd = check(unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            libc::NETLINK_AUDIT,
+        )
+    })?;
+    // SAFETY: `fd` was just returned by socket(2) and is owned by no one else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let size = rcvbuf.min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: the option value points at a c_int that outlives the call.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    Ok(fd)
+}
+
+/// Sends one netlink message (header built from the arguments, then
+/// `payload`) to the kernel.
+pub fn netlink_send(
+    fd: BorrowedFd<'_>,
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    payload: &[u8],
+) -> io::Result<()> {
+    let len = 16 + payload.len();
+    let mut msg = Vec::with_capacity(len);
+    msg.extend_from_slice(&(len as u32).to_ne_bytes());
+    msg.extend_from_slice(&kind.to_ne_bytes());
+    msg.extend_from_slice(&flags.to_ne_bytes());
+    msg.extend_from_slice(&seq.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(payload);
+    // SAFETY: sockaddr_nl is plain data; zeroed is a valid value.
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: `msg` and `kernel` are valid for the lengths passed and
+    // outlive the call.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&kernel as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives one datagram (non-blocking: `WouldBlock` when none waits).
+pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}

@@ -94,6 +94,11 @@ fn spawn_in(
     for prog in &start.extra_seccomp {
         drop_spec = drop_spec.with_extra_seccomp(prog);
     }
+    // Only an OCI caller's `noNewPrivileges: false` where the site allows
+    // it (moat-oci's `no_new_privileges: as-requested`): policies cannot.
+    if !start.plan.process.no_new_privs {
+        drop_spec = drop_spec.with_new_privileges_allowed();
+    }
     let exec = Exec::from_process(&start.process).map_err(|e| Failure::setup(e.to_string()))?;
     // (parent end, child end) pairs.
     let (stdin, stdout, stderr, child_fds): (OwnedFd, OwnedFd, Option<OwnedFd>, [OwnedFd; 3]) =
@@ -246,8 +251,6 @@ fn mount_container_fs(plan: &moat_plan::Plan, console: Option<OwnedFd>) -> Resul
     let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
     let hard = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     sys::mount("proc", "/proc", "proc", hard, "").map_err(|e| err("mounting /proc", e))?;
-    sys::mount("sysfs", "/sys", "sysfs", hard | libc::MS_RDONLY, "")
-        .map_err(|e| err("mounting /sys", e))?;
     // /dev as runc and the sandbox make it: a 0755 tmpfs, 0666 nodes.
     sys::mount(
         "tmpfs",
@@ -318,6 +321,9 @@ fn mount_container_fs(plan: &moat_plan::Plan, console: Option<OwnedFd>) -> Resul
         "",
     )
     .map_err(|e| err("making /dev read-only", e))?;
+    // After /dev, in the order runc and OCI configs list them.
+    sys::mount("sysfs", "/sys", "sysfs", hard | libc::MS_RDONLY, "")
+        .map_err(|e| err("mounting /sys", e))?;
     for name in PROC_READONLY {
         let path = format!("/proc/{name}");
         if !Path::new(&path).exists() {

@@ -5,6 +5,7 @@
 
 pub mod digest;
 mod fsat;
+pub mod layer;
 pub mod oci;
 pub mod private;
 pub mod quote;

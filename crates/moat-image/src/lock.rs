@@ -85,9 +85,18 @@ impl Drop for Staging {
     }
 }
 
+/// The pid in a `.init-{kind}-{pid}-{nanos}-{n}` name.
+fn init_owner(name: &str) -> Option<u32> {
+    let mut parts = name.rsplitn(4, '-');
+    parts.next()?;
+    parts.next()?;
+    parts.next()?.parse().ok()
+}
+
 /// Removes staging directories whose creator is gone (its lock can be
-/// taken). A directory still being set up (`.init-*`) or without a lock
-/// file is removed once it is a minute old.
+/// taken). A directory still being set up (`.init-*`) is removed once its
+/// creator (the pid in its name) is gone, or once it is a minute old; one
+/// without a lock file once it is a minute old.
 pub fn clean_stale(tmp: &Path) -> io::Result<usize> {
     let mut removed = 0;
     let entries = match fs::read_dir(tmp) {
@@ -108,9 +117,13 @@ pub fn clean_stale(tmp: &Path) -> io::Result<usize> {
                 .and_then(|m| m.elapsed().ok())
                 .is_none_or(|age| age < Duration::from_secs(60))
         };
-        if ent.file_name().to_string_lossy().starts_with(".init-") {
-            // Being set up (or its creator died during set-up).
-            if !young() && remove_racy(&path) {
+        let name = ent.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".init-") {
+            // Being set up, or its creator died during set-up (a reused
+            // pid only delays the removal to the minute).
+            let owner_gone =
+                init_owner(&name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+            if (owner_gone || !young()) && remove_racy(&path) {
                 removed += 1;
             }
             continue;
@@ -139,4 +152,32 @@ fn remove_racy(path: &Path) -> bool {
         }
     }
     !path.exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stage whose creator was killed while setting it up goes at the
+    /// next sweep, not a minute later; a live creator's stays.
+    #[test]
+    fn a_dead_creators_init_stage_is_swept_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let gone = tmp.path().join(format!(".init-run-{dead}-1-0"));
+        let alive = tmp
+            .path()
+            .join(format!(".init-run-{}-1-0", std::process::id()));
+        fs::create_dir(&gone).unwrap();
+        fs::create_dir(&alive).unwrap();
+        assert_eq!(
+            init_owner(".init-run-29171-1796626638142913449-0"),
+            Some(29171)
+        );
+        assert_eq!(init_owner(".init-x"), None);
+        assert_eq!(clean_stale(tmp.path()).unwrap(), 1);
+        assert!(!gone.exists() && alive.exists());
+    }
 }

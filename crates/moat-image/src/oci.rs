@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::sha256_hex;
+use crate::digest::{sha256_hex, Digest};
 
 pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -83,7 +83,8 @@ pub struct Platform {
 pub struct Descriptor {
     #[serde(default)]
     pub media_type: String,
-    pub digest: String,
+    /// Checked when the descriptor is parsed (see [`Digest`]).
+    pub digest: Digest,
     pub size: u64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
@@ -186,24 +187,49 @@ pub struct DockerArchiveEntry {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, OciError> {
-    serde_json::from_slice(bytes).map_err(|source| OciError::Parse {
-        what: what.to_string(),
-        source: crate::quote::Cleaned::of(&source),
+    serde_json::from_slice(bytes).map_err(|source| {
+        if let Some(digest) = bad_descriptor_digest(bytes) {
+            return OciError::BadDigest {
+                what: what.to_string(),
+                digest,
+            };
+        }
+        OciError::Parse {
+            what: what.to_string(),
+            source: crate::quote::Cleaned::of(&source),
+        }
     })
 }
 
-fn check_descriptor(what: &str, d: &Descriptor) -> Result<(), OciError> {
-    if sha256_hex(&d.digest).is_none() {
-        return Err(OciError::BadDigest {
-            what: what.to_string(),
-            digest: d.digest.clone(),
-        });
+/// After a failed parse: the first descriptor digest that is not a
+/// [`Digest`], so that the error names it rather than the JSON shape.
+fn bad_descriptor_digest(bytes: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Raw {
+        digest: Option<serde_json::Value>,
     }
-    Ok(())
+    #[derive(Deserialize)]
+    struct Descriptors {
+        #[serde(default)]
+        manifests: Vec<Raw>,
+        config: Option<Raw>,
+        #[serde(default)]
+        layers: Vec<Raw>,
+    }
+    let d: Descriptors = serde_json::from_slice(bytes).ok()?;
+    d.manifests
+        .into_iter()
+        .chain(d.config)
+        .chain(d.layers)
+        .filter_map(|r| match r.digest? {
+            serde_json::Value::String(s) => Some(s),
+            _ => None,
+        })
+        .find(|s| Digest::parse(s).is_err())
 }
 
-/// Parses an index (`index.json` or a manifest list blob) and checks every
-/// descriptor's digest.
+/// Parses an index (`index.json` or a manifest list blob); every
+/// descriptor's digest is checked as it is parsed.
 pub fn parse_index(what: &str, bytes: &[u8]) -> Result<Index, OciError> {
     let index: Index = parse(what, bytes)?;
     if index.schema_version != 2 {
@@ -212,13 +238,11 @@ pub fn parse_index(what: &str, bytes: &[u8]) -> Result<Index, OciError> {
             version: index.schema_version,
         });
     }
-    for d in &index.manifests {
-        check_descriptor(what, d)?;
-    }
     Ok(index)
 }
 
-/// Parses an image manifest and checks every descriptor's digest.
+/// Parses an image manifest; every descriptor's digest is checked as it
+/// is parsed.
 pub fn parse_manifest(what: &str, bytes: &[u8]) -> Result<Manifest, OciError> {
     let m: Manifest = parse(what, bytes)?;
     if m.schema_version != 2 {
@@ -226,10 +250,6 @@ pub fn parse_manifest(what: &str, bytes: &[u8]) -> Result<Manifest, OciError> {
             what: what.to_string(),
             version: m.schema_version,
         });
-    }
-    check_descriptor(what, &m.config)?;
-    for d in &m.layers {
-        check_descriptor(what, d)?;
     }
     Ok(m)
 }
@@ -386,7 +406,8 @@ mod tests {
     fn desc(digest_char: char, platform: Option<(&str, &str)>) -> Descriptor {
         Descriptor {
             media_type: MEDIA_OCI_MANIFEST.into(),
-            digest: format!("sha256:{}", digest_char.to_string().repeat(64)),
+            digest: Digest::parse(&format!("sha256:{}", digest_char.to_string().repeat(64)))
+                .unwrap(),
             size: 1,
             annotations: BTreeMap::new(),
             platform: platform.map(|(os, arch)| Platform {
@@ -431,6 +452,27 @@ mod tests {
             err.to_string(),
             "index.json has no linux/amd64 image (it has: linux/arm64, linux/s390x)"
         );
+    }
+
+    #[test]
+    fn refuses_bad_digest_in_index_and_layers() {
+        let json = br#"{"schemaVersion":2,"manifests":[{"digest":"sha256:x/../y","size":1}]}"#;
+        assert_eq!(
+            parse_index("index.json", json).unwrap_err().to_string(),
+            "index.json names \"sha256:x/../y\", which is not a sha256 digest (sha256:<64 hex digits>)"
+        );
+        let good = format!("sha256:{}", "a".repeat(64));
+        let json = format!(
+            r#"{{"schemaVersion":2,"config":{{"digest":"{good}","size":1}},"layers":[{{"digest":"{good}","size":1}},{{"digest":"md5:00","size":1}}]}}"#
+        );
+        assert_eq!(
+            parse_manifest("manifest m", json.as_bytes())
+                .unwrap_err()
+                .to_string(),
+            "manifest m names \"md5:00\", which is not a sha256 digest (sha256:<64 hex digits>)"
+        );
+        let m = parse_manifest("manifest m", json.replace("md5:00", &good).as_bytes()).unwrap();
+        assert_eq!(m.layers[1].digest.hex(), "a".repeat(64));
     }
 
     #[test]

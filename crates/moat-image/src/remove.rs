@@ -5,7 +5,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
-use crate::digest::{sha256_hex, HashingReader};
+use crate::digest::{sha256_hex, Digest, HashingReader};
 use crate::oci::{self, Descriptor};
 use crate::store::{
     io_read, io_write, normalize_name, ContainerUse, Image, RemoveOptions, Removed, Store,
@@ -237,7 +237,11 @@ impl Store {
             media_type: oci::MEDIA_OCI_INDEX.into(),
             manifests: vec![Descriptor {
                 media_type: oci::MEDIA_OCI_MANIFEST.into(),
-                digest: image.manifest_digest.clone(),
+                digest: Digest::parse(&image.manifest_digest).map_err(|_| {
+                    StoreError::BadDigest {
+                        digest: image.manifest_digest.clone(),
+                    }
+                })?,
                 size: manifest_size,
                 annotations,
                 platform: Some(oci::Platform {
@@ -262,7 +266,7 @@ impl Store {
         )
         .map_err(io_write(tmp))?;
         let mut digests = vec![image.manifest_digest.clone(), image.config_digest.clone()];
-        digests.extend(image.layers.iter().map(|l| l.digest.clone()));
+        digests.extend(image.layers.iter().map(|l| l.digest.to_string()));
         let mut seen = HashSet::new();
         for d in digests {
             if !seen.insert(d.clone()) {
@@ -283,7 +287,10 @@ impl Store {
                 .map_err(io_write(tmp))?;
             let (actual, _) = r.finish().map_err(io_read(&path))?;
             if actual != d {
-                return Err(StoreError::CorruptBlob { digest: d, actual });
+                return Err(StoreError::CorruptBlob {
+                    digest: d,
+                    actual: actual.into(),
+                });
             }
         }
         let mut w = tar.into_inner().map_err(io_write(tmp))?;

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::digest::{sha256_hex, short};
+use crate::digest::{sha256_hex, short, Digest};
 use crate::lock::{self, LockGuard, Staging};
 use crate::oci;
 use crate::unpack::{self, Budget, UnpackError, UnpackOptions};
@@ -145,7 +145,7 @@ impl ImageConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerInfo {
     /// Digest of the blob as stored (compressed or not).
-    pub digest: String,
+    pub digest: Digest,
     /// Digest of the uncompressed tar.
     pub diff_id: String,
     /// Size of the blob in bytes.
@@ -182,8 +182,8 @@ const SIGNATURES: &str = "signatures";
 /// What `images/<hex>.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Record {
-    pub manifest_digest: String,
-    pub config_digest: String,
+    pub manifest_digest: Digest,
+    pub config_digest: Digest,
     pub manifest_size: u64,
     pub config_size: u64,
     pub layers: Vec<LayerInfo>,
@@ -289,26 +289,16 @@ pub fn now_rfc3339() -> String {
     rfc3339(secs)
 }
 
+/// Seconds since the epoch as RFC 3339 UTC.
 pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
 }
 
 impl Store {
@@ -445,7 +435,7 @@ impl Store {
     pub fn open_layer(&self, digest: &str) -> Result<Box<dyn Read>, StoreError> {
         let f = self.open_verified_blob(digest)?;
         let path = self.blob_path(digest)?;
-        let (r, _) = unpack::decompress(io::BufReader::with_capacity(256 << 10, f))
+        let (r, _) = crate::layer::decompress(io::BufReader::with_capacity(256 << 10, f))
             .map_err(io_read(&path))?;
         Ok(r)
     }
@@ -590,7 +580,7 @@ impl Store {
         let cfg =
             oci::parse_config(&r.config_digest, &bytes, r.layers.len()).map_err(|source| {
                 StoreError::Oci {
-                    digest: r.manifest_digest.clone(),
+                    digest: r.manifest_digest.to_string(),
                     source,
                 }
             })?;
@@ -601,8 +591,8 @@ impl Store {
             .map(|(n, _)| n.clone())
             .collect();
         Ok(Image {
-            manifest_digest: r.manifest_digest.clone(),
-            config_digest: r.config_digest.clone(),
+            manifest_digest: r.manifest_digest.to_string(),
+            config_digest: r.config_digest.to_string(),
             names,
             config: ImageConfig::from_file(&cfg),
             layers: r.layers.clone(),
@@ -739,8 +729,7 @@ impl Store {
         dest: &Path,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Vec<String>, StoreError> {
-        fs::create_dir(dest).map_err(io_write(dest))?;
-        let root = File::open(dest).map_err(io_read(dest))?;
+        let root = unpack::create_root(dest).map_err(io_write(dest))?;
         let mut budget = Budget::default();
         for layer in &record.layers {
             let blob_path = self.blob_path(&layer.digest)?;
@@ -748,7 +737,7 @@ impl Store {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     return Err(StoreError::MissingBlob {
-                        digest: layer.digest.clone(),
+                        digest: layer.digest.to_string(),
                     })
                 }
                 Err(e) => return Err(io_read(&blob_path)(e)),
@@ -764,8 +753,8 @@ impl Store {
                 progress,
             )
             .map_err(|source| StoreError::Materialise {
-                image: record.manifest_digest.clone(),
-                layer: layer.digest.clone(),
+                image: record.manifest_digest.to_string(),
+                layer: layer.digest.to_string(),
                 source,
             })?;
         }

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use flate2::write::GzEncoder;
 
-use crate::digest::{sha256_hex, sha256_of};
+use crate::digest::{sha256_of, Digest};
 use crate::oci::{self, Descriptor};
 
 /// Where Debian's busybox-static puts the binary.
@@ -38,10 +38,10 @@ pub enum TestImageError {
 
 /// The blobs and index of the test image, in memory.
 pub struct TestImage {
-    pub blobs: Vec<(String, Vec<u8>)>,
+    pub blobs: Vec<(Digest, Vec<u8>)>,
     pub index: Vec<u8>,
-    pub manifest_digest: String,
-    pub config_digest: String,
+    pub manifest_digest: Digest,
+    pub config_digest: Digest,
 }
 
 struct LayerBuilder {
@@ -180,7 +180,7 @@ pub fn build() -> Result<TestImage, TestImageError> {
         (l3, "etc files"),
     ] {
         let (gz, diff_id) = layer.finish().map_err(io_err)?;
-        let digest = sha256_of(&gz);
+        let digest = Digest::of(&gz);
         layers.push(Descriptor {
             media_type: oci::MEDIA_OCI_LAYER_GZIP.into(),
             digest: digest.clone(),
@@ -221,7 +221,7 @@ pub fn build() -> Result<TestImage, TestImageError> {
         history,
     };
     let config_bytes = serde_json::to_vec(&config).expect("config serialises");
-    let config_digest = sha256_of(&config_bytes);
+    let config_digest = Digest::of(&config_bytes);
     let manifest = oci::Manifest {
         schema_version: 2,
         media_type: oci::MEDIA_OCI_MANIFEST.into(),
@@ -237,7 +237,7 @@ pub fn build() -> Result<TestImage, TestImageError> {
     };
     blobs.push((config_digest.clone(), config_bytes));
     let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serialises");
-    let manifest_digest = sha256_of(&manifest_bytes);
+    let manifest_digest = Digest::of(&manifest_bytes);
     let index = oci::Index {
         schema_version: 2,
         media_type: oci::MEDIA_OCI_INDEX.into(),
@@ -276,7 +276,7 @@ pub fn write_layout(image: &TestImage, dir: &Path) -> Result<(), TestImageError>
         source,
     })?;
     for (digest, data) in &image.blobs {
-        w(blob_dir.join(sha256_hex(digest).expect("computed")), data)?;
+        w(blob_dir.join(digest.hex()), data)?;
     }
     w(dir.join("oci-layout"), OCI_LAYOUT)?;
     w(dir.join("index.json"), &image.index)
@@ -299,11 +299,7 @@ pub fn write_archive(image: &TestImage, path: &Path) -> Result<(), TestImageErro
     add("oci-layout", OCI_LAYOUT).map_err(werr)?;
     add("index.json", &image.index).map_err(werr)?;
     for (digest, data) in &image.blobs {
-        add(
-            &format!("blobs/sha256/{}", sha256_hex(digest).expect("computed")),
-            data,
-        )
-        .map_err(werr)?;
+        add(&format!("blobs/sha256/{}", digest.hex()), data).map_err(werr)?;
     }
     let mut w = tar.into_inner().map_err(werr)?;
     w.flush().map_err(werr)?;

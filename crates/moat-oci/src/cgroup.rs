@@ -232,6 +232,31 @@ impl Groups {
             .collect()
     }
 
+    /// The memory limit in bytes, `None` when unlimited or unknown.
+    pub fn memory_limit(&self) -> Option<i64> {
+        let file = if self.is_v2() {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        let v: i64 = std::fs::read_to_string(self.dir("memory")?.join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        // v1 says "unlimited" with the page-rounded i64::MAX.
+        (v < i64::MAX & !0xfff).then_some(v)
+    }
+
+    /// `pids.max`, `None` when `max` or unknown.
+    pub fn pids_limit(&self) -> Option<i64> {
+        std::fs::read_to_string(self.dir("pids")?.join("pids.max"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     pub fn set_frozen(&self, frozen: bool) -> Result<(), CgroupError> {
         if self.is_v2() {
             let d = self.dir("").ok_or(CgroupError::NoHierarchy)?;

@@ -31,6 +31,10 @@ pub(crate) fn state_json(rec: &Record, status: &str) -> serde_json::Value {
 
 struct Steps<'a> {
     groups: &'a Groups,
+    /// Written from here, the host side: lowering it (CRI gives a pod's
+    /// pause container -998) needs CAP_SYS_RESOURCE in the host's user
+    /// namespace, which the container's init no longer has.
+    oom_score_adj: Option<i32>,
     hooks: &'a [oci::OciHook],
     state: serde_json::Value,
 }
@@ -40,7 +44,24 @@ impl CreateSteps for Steps<'_> {
         self.groups.add(pid).map_err(|e| SandboxError::Setup {
             step: "joining the cgroup".into(),
             detail: e.to_string(),
-        })
+        })?;
+        if let Some(v) = self.oom_score_adj {
+            let path = format!("/proc/{pid}/oom_score_adj");
+            match std::fs::write(&path, v.to_string()) {
+                // Lowering needs CAP_SYS_RESOURCE, which a runtime run
+                // without it (a container host's own container) lacks: the
+                // process stays as killable as its parent, the safe side.
+                Err(e) if v < 0 && e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                Err(e) => {
+                    return Err(SandboxError::Setup {
+                        step: format!("oom_score_adj {v}"),
+                        detail: format!("{path}: {e}"),
+                    })
+                }
+                Ok(()) => {}
+            }
+        }
+        Ok(())
     }
     fn runtime_hooks(&mut self, pid: i32) -> Result<(), SandboxError> {
         self.state["pid"] = serde_json::json!(pid);
@@ -70,6 +91,18 @@ pub(crate) fn write_pid_file(file: &Path, pid: i32) -> anyhow::Result<()> {
 pub fn create(root: &Path, a: &Create, log: &Logger) -> anyhow::Result<i32> {
     let b = Bundle::load(&a.bundle)?;
     let site = Site::load()?;
+    // The host's root, or a directory holding moat-oci's own state, is
+    // never a container's root (the state would be the container's);
+    // checked first, before `auto` analyses the root.
+    let state_abs = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+    if b.rootfs == Path::new("/") || state_abs.starts_with(&b.rootfs) {
+        bail!(
+            "root.path {} of {}/config.json is the host's root or holds moat-oci's state {}: give the container its own root filesystem",
+            b.rootfs.display(),
+            b.dir.display(),
+            root.display()
+        );
+    }
     let mut p = bundle::prepare(&b, &site, &a.id)?;
     for w in &p.warnings {
         log.warn(w);
@@ -83,17 +116,6 @@ pub fn create(root: &Path, a: &Create, log: &Logger) -> anyhow::Result<i32> {
     p.init.preserve_fds = a.preserve_fds;
     let kept: Vec<i32> = (3..3 + a.preserve_fds as i32).collect();
     p.init.drop = p.init.drop.clone().keep_fds(&kept);
-    // The host's root, or a directory holding moat-oci's own state, is
-    // never a container's root (the state would be the container's).
-    let state_abs = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
-    if b.rootfs == Path::new("/") || state_abs.starts_with(&b.rootfs) {
-        bail!(
-            "root.path {} of {}/config.json is the host's root or holds moat-oci's state {}: give the container its own root filesystem",
-            b.rootfs.display(),
-            b.dir.display(),
-            root.display()
-        );
-    }
     let dir = state::make_dir(root, &a.id)?;
     let r = build(root, &dir, a, &b, &mut p, log);
     if r.is_err() {
@@ -134,6 +156,8 @@ fn build(
         cgroup_ceiling: CgroupRequest {
             memory: p.plan.cgroup.memory_bytes.map(|v| v as i64),
             pids: p.plan.cgroup.pids.map(|v| v as i64),
+            cpu_quota: p.plan.cgroup.cpu_millis.map(|m| (m * 100) as i64),
+            cpu_period: p.plan.cgroup.cpu_millis.map(|_| 100_000),
             ..CgroupRequest::default()
         },
         hooks: p.hooks.clone(),
@@ -159,6 +183,7 @@ fn build(
     };
     let mut steps = Steps {
         groups: &groups,
+        oom_score_adj: p.init.oom_score_adj.take(),
         hooks: &p.hooks.create_runtime,
         state: p.init.state_for_hooks.clone(),
     };

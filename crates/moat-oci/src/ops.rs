@@ -108,7 +108,7 @@ pub fn kill(root: &Path, a: &Kill) -> anyhow::Result<()> {
         for pid in rec.cgroup.pids() {
             signal_pid(pid, sig);
         }
-        return Ok(());
+        return thaw_for_kill(&rec, sig);
     }
     // Pin the process, then check it is still the recorded one.
     let pidfd = rustix::process::pidfd_open(
@@ -123,6 +123,18 @@ pub fn kill(root: &Path, a: &Kill) -> anyhow::Result<()> {
         .with_context(|| format!("signal {sig} cannot be sent"))?;
     rustix::process::pidfd_send_signal(&pidfd, s)
         .with_context(|| format!("signalling container {:?}", a.id))?;
+    thaw_for_kill(&rec, sig)
+}
+
+/// As runc: a paused container gets its signal on resume, except KILL,
+/// which thaws it (a task frozen by the v1 freezer dies only thawed).
+fn thaw_for_kill(rec: &Record, sig: i32) -> anyhow::Result<()> {
+    if sig == libc::SIGKILL && rec.cgroup.is_frozen() {
+        match &rec.vm {
+            Some(vm) => crate::vmops::set_frozen(rec, vm, false)?,
+            None => rec.cgroup.set_frozen(false)?,
+        }
+    }
     Ok(())
 }
 
@@ -219,16 +231,16 @@ pub fn list(root: &Path, a: &List) -> anyhow::Result<()> {
 
 pub fn pause(root: &Path, id: &str, freeze: bool) -> anyhow::Result<()> {
     let rec = state::load(root, id)?;
-    if rec.vm.is_some() {
-        bail!("container {id:?} runs in a micro-VM: pause and resume are not supported for micro-VM containers (moat.dev/isolation=vm); use moat.dev/isolation=sandbox");
-    }
     let st = state::status(&rec);
     match (freeze, st) {
         (true, "running") | (false, "paused") => {}
         (true, _) => bail!("container {id:?} is {st}: only a running container can be paused"),
         (false, _) => bail!("container {id:?} is {st}: only a paused container can be resumed"),
     }
-    rec.cgroup.set_frozen(freeze)?;
+    match &rec.vm {
+        Some(vm) => crate::vmops::set_frozen(&rec, vm, freeze)?,
+        None => rec.cgroup.set_frozen(freeze)?,
+    }
     Ok(())
 }
 
@@ -237,10 +249,8 @@ pub fn update(root: &Path, a: &Update) -> anyhow::Result<()> {
     if !state::alive(&rec) {
         bail!("container {:?} is not running", a.id);
     }
-    if rec.vm.is_some() {
-        bail!("container {:?} runs in a micro-VM: update is not supported for micro-VM containers (its size is fixed at create by the policy)", a.id);
-    }
     let mut req = CgroupRequest::default();
+    let mut asked = serde_json::json!({});
     if let Some(src) = &a.resources {
         let text = if src.as_os_str() == "-" {
             let mut s = String::new();
@@ -256,6 +266,7 @@ pub fn update(root: &Path, a: &Update) -> anyhow::Result<()> {
                     src.display()
                 )
             })?;
+        asked = serde_json::from_str(&text).unwrap_or(asked);
         if let Some(m) = r.memory() {
             req.memory = m.limit();
             req.memory_swap = m.swap();
@@ -274,28 +285,66 @@ pub fn update(root: &Path, a: &Update) -> anyhow::Result<()> {
     req.pids = a.pids_limit.or(req.pids);
     req.cpu_quota = a.cpu_quota.or(req.cpu_quota);
     req.cpu_period = a.cpu_period.or(req.cpu_period);
-    // Never above the policy.
+    if let Some(vm) = &rec.vm {
+        if let Some(m) = a.memory {
+            asked["memory"]["limit"] = m.into();
+        }
+        if let Some(p) = a.pids_limit {
+            asked["pids"]["limit"] = p.into();
+        }
+        crate::vmops::drop_unchanged(&rec, &mut asked);
+        if let Some(field) = crate::vmops::refused_field(&asked) {
+            bail!("{}", crate::vmops::refusal(&a.id, &field));
+        }
+        check_ceiling(&rec, &req)?;
+        crate::vmops::apply_cpu(&rec, vm, &req)?;
+        // The container's own cgroup (the helper's) shows the same.
+        rec.cgroup.apply(&CgroupRequest {
+            cpu_quota: req.cpu_quota,
+            cpu_period: req.cpu_period,
+            cpu_shares: req.cpu_shares,
+            ..CgroupRequest::default()
+        })?;
+        return Ok(());
+    }
+    check_ceiling(&rec, &req)?;
+    rec.cgroup.apply(&req)?;
+    Ok(())
+}
+
+/// `update` never goes above the policy: memory, pids, CPU bandwidth.
+fn check_ceiling(rec: &Record, req: &CgroupRequest) -> anyhow::Result<()> {
     let ceil = &rec.cgroup_ceiling;
     for (asked, max, what) in [
-        (&mut req.memory, ceil.memory, "memory"),
-        (&mut req.pids, ceil.pids, "pids"),
+        (req.memory, ceil.memory, "memory"),
+        (req.pids, ceil.pids, "pids"),
     ] {
-        if let Some(m) = max {
-            match asked {
-                Some(v) if *v <= 0 || *v > m => bail!(
+        if let (Some(v), Some(m)) = (asked, max) {
+            if v <= 0 || v > m {
+                bail!(
                     "update asks for {what} {}, above policy {:?}'s {m}",
-                    if *v <= 0 {
+                    if v <= 0 {
                         "unlimited".to_string()
                     } else {
                         v.to_string()
                     },
                     rec.policy
-                ),
-                _ => {}
+                );
             }
         }
     }
-    rec.cgroup.apply(&req)?;
+    if let (Some(q), Some(cq)) = (req.cpu_quota, ceil.cpu_quota) {
+        let cp = ceil.cpu_period.unwrap_or(100_000) as i128;
+        let p = req.cpu_period.unwrap_or(100_000) as i128;
+        // q/p above cq/cp, without rounding.
+        if q <= 0 || (q as i128) * cp > (cq as i128) * p {
+            bail!(
+                "update asks for CPU quota {} per period {p} µs, above policy {:?}'s {cq} per {cp} µs",
+                if q <= 0 { "unlimited".to_string() } else { q.to_string() },
+                rec.policy
+            );
+        }
+    }
     Ok(())
 }
 

@@ -2,9 +2,14 @@
 //! runs under (the site's, or the one its `moat.dev/policy` annotation
 //! names, authorised by RBAC for the calling user).
 //!
+//! `auto` (the default) is baseline narrowed to the system calls the
+//! programs in the bundle's root can make (static analysis, cached by a
+//! fingerprint of the root's files under
+//! `/var/lib/moat/cache/rootfs-profiles`).
+//!
 //! ```yaml
 //! # /etc/moat/oci.yaml
-//! policy: baseline            # default policy of OCI containers
+//! policy: auto                # default policy of OCI containers
 //! isolation: sandbox          # sandbox | vm, unless moat.dev/isolation says
 //! allow_unconfined_seccomp: false   # a config.json without linux.seccomp
 //! no_new_privileges: always   # or as-requested: honour noNewPrivileges: false
@@ -35,16 +40,19 @@ pub struct Site {
     pub honour_new_privileges: bool,
     /// Where the settings came from (for messages).
     pub source: String,
+    /// Where the profiles of bundle roots (for `auto`) are cached.
+    pub profile_cache: PathBuf,
 }
 
 impl Default for Site {
     fn default() -> Self {
         Site {
-            policy: "baseline".into(),
+            policy: "auto".into(),
             isolation: Isolation::Sandbox,
             allow_unconfined_seccomp: false,
             honour_new_privileges: false,
             source: "built-in defaults".into(),
+            profile_cache: profile_cache(),
         }
     }
 }
@@ -68,6 +76,13 @@ pub enum SiteError {
         name: String,
         #[source]
         source: moat_policy::PolicyError,
+    },
+    #[error("policy {name:?} for the root {rootfs}: the analysis for `auto` failed (run under --policy baseline with annotation {POLICY_ANNOTATION}=baseline, or fix the root)")]
+    Analysis {
+        name: String,
+        rootfs: String,
+        #[source]
+        source: moat_profile::rootfs_profile::RootfsProfileError,
     },
     #[error("annotation {ISOLATION_ANNOTATION}={0:?}: use sandbox or vm")]
     Isolation(String),
@@ -166,14 +181,17 @@ impl Site {
     }
 
     /// The policy of a bundle: the annotation's (RBAC decides whether the
-    /// caller may use it) or the site's.
+    /// caller may use it) or the site's; `auto` (or a policy extending it)
+    /// narrowed to the programs in `rootfs` once authorised.
     pub fn policy_for(
         &self,
         annotations: &std::collections::HashMap<String, String>,
         bundle: &Path,
+        rootfs: &Path,
     ) -> Result<Policy, SiteError> {
         let Some(name) = annotations.get(POLICY_ANNOTATION) else {
-            return resolve(&self.policy, bundle);
+            let policy = resolve(&self.policy, bundle)?;
+            return self.narrow_to_root(&self.policy, policy, bundle, rootfs);
         };
         let policy = resolve(name, bundle)?;
         let who = moat_policy::rbac::invoker(
@@ -207,20 +225,70 @@ impl Site {
                 reasons: d.reasons.join("; "),
             });
         }
-        Ok(policy)
+        // Authorised at its widest (baseline's calls); narrowing only removes.
+        self.narrow_to_root(name, policy, bundle, rootfs)
+    }
+
+    /// `policy` narrowed to `rootfs`'s programs when it is `auto` or
+    /// extends it; any other policy as it is.
+    fn narrow_to_root(
+        &self,
+        name: &str,
+        policy: Policy,
+        bundle: &Path,
+        rootfs: &Path,
+    ) -> Result<Policy, SiteError> {
+        if !policy.uses_auto() {
+            return Ok(policy);
+        }
+        let profile = moat_profile::rootfs_profile::analyze_dir_cached(&self.profile_cache, rootfs)
+            .map_err(|source| SiteError::Analysis {
+                name: name.to_string(),
+                rootfs: rootfs.display().to_string(),
+                source,
+            })?;
+        let syscalls =
+            moat_profile::rootfs_profile::image_syscalls(&rootfs.display().to_string(), &profile);
+        let path = policy_path(name, bundle);
+        Policy::resolve_for_image(path.to_str().unwrap_or(name), &syscalls).map_err(|source| {
+            SiteError::Policy {
+                name: name.to_string(),
+                source,
+            }
+        })
+    }
+}
+
+/// Where the profiles of bundle roots are cached: under moat's state root
+/// (`MOAT_ROOT` when root runs as itself, else /var/lib/moat).
+fn profile_cache() -> PathBuf {
+    crate::env_override("MOAT_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/moat"))
+        .join("cache")
+        .join("rootfs-profiles")
+}
+
+/// A built-in name as it is, a policy file relative to the bundle.
+fn policy_path(name: &str, bundle: &Path) -> PathBuf {
+    if Path::new(name).is_relative() && !name.contains('/') {
+        PathBuf::from(name)
+    } else {
+        bundle.join(name)
     }
 }
 
 /// A built-in name, or a policy file (relative to the bundle).
+/// `auto` (or a policy extending it) at its widest, baseline's calls:
+/// what is authorised before it is narrowed to the root.
 fn resolve(name: &str, bundle: &Path) -> Result<Policy, SiteError> {
-    let path = if Path::new(name).is_relative() && !name.contains('/') {
-        PathBuf::from(name)
-    } else {
-        bundle.join(name)
-    };
-    Policy::resolve(path.to_str().unwrap_or(name)).map_err(|source| SiteError::Policy {
-        name: name.to_string(),
-        source,
+    let path = policy_path(name, bundle);
+    let widest = moat_policy::auto::ImageSyscalls::widest("the bundle's root");
+    Policy::resolve_for_image(path.to_str().unwrap_or(name), &widest).map_err(|source| {
+        SiteError::Policy {
+            name: name.to_string(),
+            source,
+        }
     })
 }
 

@@ -132,7 +132,9 @@ fn process_spec(b: &Bundle) -> anyhow::Result<ProcessSpec> {
         gid: u.gid(),
         additional_gids: u.additional_gids().clone().unwrap_or_default(),
         tty: p.terminal().unwrap_or(false),
-        interactive: p.terminal().unwrap_or(false),
+        // As runc: the process reads the stdin `create` was given (a
+        // containerd shim's pipe, or /dev/null), terminal or not.
+        interactive: true,
         hostname: b.config.hostname().clone().unwrap_or_default(),
     })
 }
@@ -170,6 +172,9 @@ fn guest_plan(p: &Prepared, tmpfs: Vec<MountPlan>) -> anyhow::Result<Plan> {
         };
         plan.vm.memory_mib = policy.min(mib);
     }
+    // The site's `no_new_privileges: as-requested` and the caller's
+    // `noNewPrivileges: false` (bundle.rs decided): the agent honours it.
+    plan.process.no_new_privs = p.init.drop.no_new_privs();
     let permitted = p.init.drop.capability_sets().permitted;
     plan.capabilities
         .retain(|c| moat_plan::caps::number(c).is_some_and(|n| permitted & (1 << n) != 0));
@@ -187,6 +192,21 @@ fn guest_plan(p: &Prepared, tmpfs: Vec<MountPlan>) -> anyhow::Result<Plan> {
     if let Some(pids) = p.cgroup.pids.filter(|v| *v > 0) {
         plan.cgroup.pids = Some(pids as u64);
     }
+    // The VMM's CPU bandwidth (its host cgroup: the vCPUs are its
+    // threads): the caller's quota, which bundle.rs holds to the policy's,
+    // else the policy's, else the vCPUs plus one, so that every VMM has a
+    // cpu cgroup `update` can change.
+    let vcpus = match plan.vm.vcpus {
+        0 => moat_vm::DEFAULT_VCPUS,
+        n => n,
+    };
+    let asked = p.cgroup.cpu_quota.filter(|q| *q > 0).map(|q| {
+        let period = p.cgroup.cpu_period.filter(|p| *p > 0).unwrap_or(100_000);
+        (q as u64 * 1000).div_ceil(period)
+    });
+    plan.cgroup.cpu_millis = asked
+        .or(plan.cgroup.cpu_millis)
+        .or(Some(u64::from(vcpus + 1) * 1000));
     for t in tmpfs {
         let MountPlan::Tmpfs { destination, .. } = &t else {
             continue;
@@ -363,12 +383,15 @@ pub fn create(
     }
     // The container's cgroup holds the helper alone (its gatekeeper and
     // the cleanup watcher stay where create ran), made only now so that a
-    // create killed earlier leaves none. No limits or device rules: the
-    // caller's limits went to the guest, and on a v1 devices hierarchy its
-    // rules would deny QEMU /dev/kvm.
+    // create killed earlier leaves none. It gets the caller's limits, as
+    // the caller reads them back (they bind the helper only: the guest's
+    // memory and pids limits are in the guest, its CPU limits on the
+    // VMM's cgroup), but no device rules: the guest has only the devices
+    // moat gives it, and on a v1 devices hierarchy the rules would deny
+    // QEMU /dev/kvm.
     let groups = Groups::create(&CgroupRequest {
-        path: p.cgroup.path.clone(),
-        ..CgroupRequest::default()
+        devices: Vec::new(),
+        ..p.cgroup.clone()
     });
     let joined = groups.and_then(|g| match g.add(pid) {
         Ok(()) => Ok(g),
@@ -386,6 +409,16 @@ pub fn create(
     };
     rec.pid = pid;
     rec.pid_start = moat_runtime::record::process_start_time(pid).unwrap_or(0);
+    let vm = VmRecord {
+        vm_id: vm_id.to_string(),
+        state_root,
+    };
+    // The caller's exact CPU quota, period and shares on the VMM's group.
+    if let Err(e) = crate::vmops::apply_cpu(rec, &vm, &p.cgroup) {
+        kill_helper(pid);
+        rec.cgroup.remove();
+        return Err(e);
+    }
     // prestart and createRuntime hooks: the guest is booted and held.
     let st = serde_json::to_vec(&crate::create::state_json(rec, "created")).unwrap_or_default();
     for h in &rec.hooks.create_runtime {
@@ -395,10 +428,7 @@ pub fn create(
             bail!("createRuntime {e}");
         }
     }
-    rec.vm = Some(VmRecord {
-        vm_id: vm_id.to_string(),
-        state_root,
-    });
+    rec.vm = Some(vm);
     state::save(root, rec)?;
     if let Some(f) = &a.pid_file {
         crate::create::write_pid_file(f, pid)?;
@@ -503,6 +533,8 @@ fn run_helper(h: Helper, log: &Logger) -> i32 {
         start_gate: Some(Arc::new(gate_r)),
         extra_seccomp: h.extra_seccomp,
         attach: h.attach,
+        // Its root is the bundle's ext4 disk, which templates do not cover.
+        vm_start: moat_vm::VmStart::Cold,
     };
     let stdio = moat_vm::session::Stdio::inherit();
     match moat_vm::run_container_on(opts, Some(disk), stdio, &mut |n| log.debug(n)) {
@@ -545,7 +577,14 @@ fn gatekeeper(
         let _ = rustix::process::pidfd_send_signal(&*helper, rustix::process::Signal::KILL);
         let _ = std::fs::remove_dir_all(&dir);
     };
-    std::thread::spawn(move || coordinate(notify, gate, gate_listener, report, abandon));
+    // Dropped by the coordinator once create has its answer or the
+    // abandoned container is gone: the helper's end (which `abandon`
+    // itself causes) must not end this process half-way through removing
+    // the state directory.
+    let (settled_tx, settled) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        coordinate(notify, gate, gate_listener, report, abandon, settled_tx)
+    });
     // Serve until the helper has ended (its pidfd turns readable).
     loop {
         let mut fds = [rustix::event::PollFd::new(
@@ -553,12 +592,20 @@ fn gatekeeper(
             rustix::event::PollFlags::IN,
         )];
         match rustix::event::poll(&mut fds, None) {
-            Ok(_) if !fds[0].revents().is_empty() => std::process::exit(0),
-            Err(rustix::io::Errno::INTR) | Ok(_) => continue,
-            Err(_) => std::process::exit(0),
+            Ok(_) if fds[0].revents().is_empty() => continue,
+            Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) | Err(_) => {
+                let _ = settled.recv_timeout(SETTLE_TIMEOUT);
+                std::process::exit(0)
+            }
         }
     }
 }
+
+/// How long the gatekeeper waits, once the helper has ended, for the
+/// coordinator to finish: the notify pipe's EOF comes with the helper's
+/// end, so this bounds only a wedged removal.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The start gate's side of the helper: tells `create` the guest is held
 /// (the session wrote CREATED), then waits for `start`, releases the
@@ -570,6 +617,7 @@ fn coordinate(
     listener: UnixListener,
     report: Arc<Mutex<Option<File>>>,
     abandon: impl FnOnce(),
+    settled: std::sync::mpsc::Sender<()>,
 ) {
     let mut byte = [0u8; 1];
     if !matches!(rustix::io::read(&notify, &mut byte), Ok(1)) || byte[0] != ready::CREATED {
@@ -591,6 +639,7 @@ fn coordinate(
         abandon();
         return;
     }
+    drop(settled);
     let Ok((mut conn, _)) = listener.accept() else {
         return;
     };
@@ -644,7 +693,7 @@ mod tests {
             },
             "linux": {
                 "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
-                "resources": {"pids": {"limit": 30}},
+                "resources": {"pids": {"limit": 30}, "cpu": {"quota": 25000, "period": 50000}},
                 "seccomp": {"defaultAction": "SCMP_ACT_ALLOW"}
             }
         });
@@ -680,6 +729,9 @@ mod tests {
         assert_eq!((nofile.soft, nofile.hard), (512, 1024));
         assert_eq!(plan.cgroup.pids, Some(30));
         assert_eq!(plan.vm.memory_mib, 128);
+        // The VMM's CPU bandwidth: the caller's 25 ms per 50 ms, within
+        // the policy's one CPU.
+        assert_eq!(plan.cgroup.cpu_millis, Some(500));
         assert!(!matches!(plan.network, NetworkPlan::Egress { .. }));
     }
 

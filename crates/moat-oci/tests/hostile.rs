@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use clients::bundle::{Bundle, STEP};
 use clients::{run, stderr, stdout};
 
-/// Each edit asks for something baseline (the built-in default policy)
+/// Each edit asks for something `auto` (the built-in default policy, baseline narrowed to the root)
 /// does not grant; the error names it and the policy, the exit is 1 and
 /// no record or cgroup is left.
 #[test]
@@ -76,7 +76,7 @@ fn requests_beyond_the_policy_are_refused_by_name() {
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(1), "{what}: {err}");
         assert!(err.contains(needle), "{what}: {err}");
-        assert!(err.contains("policy \"baseline\""), "{what}: {err}");
+        assert!(err.contains("policy \"auto\""), "{what}: {err}");
         assert!(
             !b.state_root().join(&id).exists(),
             "{what}: a record was left"

@@ -131,7 +131,9 @@ fn interactive_terminal(isolation: &str) {
         "no shell prompt on the terminal:\n{}",
         screen.unwrap_err()
     );
-    tmux.send_line("tty; echo answer-$((6*7)); stty size");
+    // The answer last: the screen is read once it shows, so `stty size`
+    // must have printed before it.
+    tmux.send_line("tty; stty size; echo answer-$((6*7))");
     let screen = tmux.wait_for("answer-42", Duration::from_secs(10));
     let screen = screen.unwrap_or_else(|s| panic!("no echo round-trip:\n{s}"));
     assert!(
@@ -399,7 +401,7 @@ fn privileged_refused(isolation: &str) {
     assert_eq!(p.ok(&["ps", "-aq"]), "", "a refused container was left");
 }
 
-/// Under the default policy (baseline) a podman container keeps none of
+/// Under the default policy (`auto`, baseline narrowed) a podman container keeps none of
 /// podman's default capabilities, and exec is refused by name.
 fn default_policy_narrows(isolation: &str) {
     let p = Podman::new();

@@ -39,7 +39,14 @@ struct Allowlist {
     about: String,
     default_action: String,
     allow: Vec<Entry>,
-    ioctl: Vec<IoctlEntry>,
+    /// Calls left out on purpose, with the reason (a list that allows
+    /// nearly everything says what it denies).
+    #[serde(default)]
+    denied: Vec<Entry>,
+    /// Allowed ioctl requests; absent: any request (but the never-allowed
+    /// ones).
+    #[serde(default)]
+    ioctl: Option<Vec<IoctlEntry>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,10 +97,28 @@ pub fn parse(file: &'static str, text: &str) -> Result<Syscalls, AllowlistError>
             });
         }
     }
-    let ioctl = IoctlRule::Allow(list.ioctl.iter().map(|i| i.request).collect());
+    let mut denied = BTreeSet::new();
+    for e in list.denied {
+        if crate::syscalls::number(&e.syscall).is_none() {
+            return Err(AllowlistError::UnknownSyscall {
+                file,
+                name: e.syscall,
+            });
+        }
+        if allow.contains(&e.syscall) || !denied.insert(e.syscall.clone()) {
+            return Err(AllowlistError::Duplicate {
+                file,
+                name: e.syscall,
+            });
+        }
+    }
+    let ioctl = match &list.ioctl {
+        Some(l) => IoctlRule::Allow(l.iter().map(|i| i.request).collect()),
+        None => IoctlRule::Any,
+    };
     Ok(Syscalls {
         allow,
-        denied: BTreeSet::new(),
+        denied,
         default_action,
         conditions: Conditions {
             socket_families: None,

@@ -22,6 +22,12 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Whether this is `auto` or extends it, and so depends on the image
+    /// it runs (narrowed to the image's profile before it is compiled).
+    pub fn uses_auto(&self) -> bool {
+        self.source == "builtin:auto" || self.extends.iter().any(|e| e == "builtin:auto")
+    }
+
     /// sha256 (hex) of the canonical JSON form of the effective policy
     /// (name and spec; where it was read from does not matter).
     pub fn digest(&self) -> String {
@@ -377,6 +383,33 @@ pub struct SignerRule {
 pub struct Vulnerabilities {
     pub fail_on: Option<Severity>,
     pub ignore: Vec<IgnoredVulnerability>,
+    /// What moatd does when an advisory update finds something new in a
+    /// deployed image (omitted from the canonical form when `alert`, so
+    /// that digests of existing policies do not change).
+    #[serde(skip_serializing_if = "OnNewAdvisory::is_alert")]
+    pub on_new_advisory: OnNewAdvisory,
+    /// Seconds between `stop` being decided and the replicas stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_after: Option<u64>,
+}
+
+/// `spec.vulnerabilities.on_new_advisory`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNewAdvisory {
+    /// An event and an audit entry.
+    #[default]
+    Alert,
+    /// No new replicas of the image.
+    Block,
+    /// No new replicas, and the running ones stopped after `stop_after`.
+    Stop,
+}
+
+impl OnNewAdvisory {
+    pub fn is_alert(&self) -> bool {
+        *self == OnNewAdvisory::Alert
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

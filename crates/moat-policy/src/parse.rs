@@ -127,7 +127,7 @@ impl Loader {
             ));
         }
         let spec_n = cx.require(&root, &top, "spec", "")?;
-        let spec_m = cx.map(spec_n, "spec", SPEC_KEYS)?;
+        let spec_m = cx.entries(spec_n, "spec", SPEC_FIELDS)?;
 
         // `extends` first: everything else applies on top of it.
         let mut extends = Vec::new();
@@ -158,53 +158,7 @@ impl Loader {
             spec = base.spec;
         }
 
-        for (key, node) in &spec_m {
-            let path = format!("spec.{key}");
-            match *key {
-                "extends" => {}
-                "isolation" => spec.isolation = cx.isolation(node, &path)?,
-                "process" => cx.process(node, &mut spec.process)?,
-                "capabilities" => {
-                    for item in cx.list(node, &path)? {
-                        let raw = cx.string(item, &path)?;
-                        let canon = caps::canonical(&raw).ok_or_else(|| {
-                            let bare = raw.to_ascii_uppercase();
-                            let bare = bare.strip_prefix("CAP_").unwrap_or(&bare).to_string();
-                            cx.err(
-                                item.pos,
-                                format!(
-                                    "unknown capability `{raw}`{}",
-                                    hint(suggest::closest(
-                                        &bare,
-                                        caps::CAPABILITIES.iter().copied()
-                                    ))
-                                ),
-                            )
-                        })?;
-                        spec.capabilities.insert(canon.to_string());
-                    }
-                }
-                "syscalls" => cx.syscalls(node, &mut spec.syscalls)?,
-                "filesystem" => cx.filesystem(node, &mut spec.filesystem)?,
-                "network" => spec.network = cx.network(node)?,
-                "devices" => {
-                    for item in cx.list(node, &path)? {
-                        spec.devices.push(cx.device(item)?);
-                    }
-                }
-                "resources" => cx.resources(node, &mut spec.resources)?,
-                "image" => cx.image(node, "spec.image", &mut spec.image)?,
-                "vulnerabilities" => cx.vulnerabilities(node, &mut spec.vulnerabilities)?,
-                "exec" => spec.exec = cx.bool(node, &path)?,
-                "audit" => {
-                    let m = cx.map(node, &path, &["denied_syscalls"])?;
-                    if let Some(n) = get(&m, "denied_syscalls") {
-                        spec.audit.denied_syscalls = cx.bool(n, "spec.audit.denied_syscalls")?;
-                    }
-                }
-                _ => unreachable!("checked by Cx::map"),
-            }
-        }
+        cx.read_entries(&spec_m, "spec", SPEC_FIELDS, &mut spec)?;
 
         if spec.syscalls.allow.is_empty() {
             return Err(cx.err(
@@ -227,25 +181,17 @@ impl Loader {
     }
 }
 
-const SPEC_KEYS: &[&str] = &[
-    "extends",
-    "isolation",
-    "process",
-    "capabilities",
-    "syscalls",
-    "filesystem",
-    "network",
-    "devices",
-    "resources",
-    "image",
-    "vulnerabilities",
-    "exec",
-    "audit",
-];
-
 pub(crate) fn get<'n>(m: &[(&'n str, &'n Node)], key: &str) -> Option<&'n Node> {
     m.iter().find(|(k, _)| *k == key).map(|(_, n)| *n)
 }
+
+/// One key of a section and how its value is read into the section (the
+/// key's full path is the third argument). A section's table is the one
+/// list of its keys: it drives both the unknown-key error and the reading.
+pub(crate) type Field<T> = (
+    &'static str,
+    fn(&Cx<'_>, &Node, &str, &mut T) -> Result<(), PolicyError>,
+);
 
 /// Parsing context: the file name for error locations.
 pub(crate) struct Cx<'a> {
@@ -343,6 +289,91 @@ impl Cx<'_> {
         Ok(out)
     }
 
+    /// The entries of the section mapping `node`, whose keys must be the
+    /// table's.
+    pub(crate) fn entries<'n, T>(
+        &self,
+        node: &'n Node,
+        path: &str,
+        fields: &[Field<T>],
+    ) -> Result<Vec<(&'n str, &'n Node)>, PolicyError> {
+        let keys: Vec<&str> = fields.iter().map(|(k, _)| *k).collect();
+        self.map(node, path, &keys)
+    }
+
+    /// Reads each of `entries` into `target` with its key's function, in
+    /// the file's order.
+    pub(crate) fn read_entries<T>(
+        &self,
+        entries: &[(&str, &Node)],
+        path: &str,
+        fields: &[Field<T>],
+        target: &mut T,
+    ) -> Result<(), PolicyError> {
+        for (key, node) in entries {
+            if let Some((_, read)) = fields.iter().find(|(k, _)| k == key) {
+                read(self, node, &format!("{path}.{key}"), target)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One of `options` by name: `` `path` must be `a`, `b` or `c`, found
+    /// `x`; did you mean `y`? `` otherwise.
+    pub(crate) fn choice<T: Copy>(
+        &self,
+        node: &Node,
+        path: &str,
+        options: &[(&str, T)],
+    ) -> Result<T, PolicyError> {
+        let s = self.string(node, path)?;
+        if let Some((_, v)) = options.iter().find(|(name, _)| *name == s) {
+            return Ok(*v);
+        }
+        let names: Vec<String> = options.iter().map(|(n, _)| format!("`{n}`")).collect();
+        let list = match names.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        Err(self.err(
+            node.pos,
+            format!(
+                "`{path}` must be {list}, found `{s}`{}",
+                hint(suggest::closest(&s, options.iter().map(|(n, _)| *n)))
+            ),
+        ))
+    }
+
+    /// A capability name, canonical (`CAP_` and upper case), with the
+    /// nearest name suggested when it is not one.
+    pub(crate) fn capability(&self, node: &Node, path: &str) -> Result<&'static str, PolicyError> {
+        let raw = self.string(node, path)?;
+        caps::canonical(&raw).ok_or_else(|| {
+            let bare = raw.to_ascii_uppercase();
+            let bare = bare.strip_prefix("CAP_").unwrap_or(&bare).to_string();
+            self.err(
+                node.pos,
+                format!(
+                    "unknown capability `{raw}`{}",
+                    hint(suggest::closest(&bare, caps::CAPABILITIES.iter().copied()))
+                ),
+            )
+        })
+    }
+
+    /// A section: [`Cx::entries`], then [`Cx::read_entries`].
+    pub(crate) fn section<T>(
+        &self,
+        node: &Node,
+        path: &str,
+        fields: &[Field<T>],
+        target: &mut T,
+    ) -> Result<(), PolicyError> {
+        let entries = self.entries(node, path, fields)?;
+        self.read_entries(&entries, path, fields, target)
+    }
+
     pub(crate) fn require<'n>(
         &self,
         parent: &Node,
@@ -420,50 +451,19 @@ impl Cx<'_> {
     }
 
     fn isolation(&self, node: &Node, path: &str) -> Result<IsolationRequirement, PolicyError> {
-        let s = self.string(node, path)?;
-        match s.as_str() {
-            "vm" => Ok(IsolationRequirement::Vm),
-            "sandbox" => Ok(IsolationRequirement::Sandbox),
-            "any" => Ok(IsolationRequirement::Any),
-            _ => Err(self.err(
-                node.pos,
-                format!(
-                    "`{path}` must be `vm`, `sandbox` or `any`, found `{s}`{}",
-                    hint(suggest::closest(&s, ["vm", "sandbox", "any"]))
-                ),
-            )),
-        }
+        self.choice(
+            node,
+            path,
+            &[
+                ("vm", IsolationRequirement::Vm),
+                ("sandbox", IsolationRequirement::Sandbox),
+                ("any", IsolationRequirement::Any),
+            ],
+        )
     }
 
     fn process(&self, node: &Node, p: &mut Process) -> Result<(), PolicyError> {
-        let m = self.map(
-            node,
-            "spec.process",
-            &["user", "group", "groups", "no_new_privs"],
-        )?;
-        for (k, n) in m {
-            match k {
-                "user" => p.user = Some(self.u32(n, "spec.process.user")?),
-                "group" => p.group = Some(self.u32(n, "spec.process.group")?),
-                "groups" => {
-                    p.groups = self
-                        .list(n, "spec.process.groups")?
-                        .iter()
-                        .map(|g| self.u32(g, "spec.process.groups"))
-                        .collect::<Result<_, _>>()?
-                }
-                "no_new_privs" => {
-                    if !self.bool(n, "spec.process.no_new_privs")? {
-                        return Err(self.err(
-                            n.pos,
-                            "`no_new_privs` is always on and cannot be turned off; remove this line",
-                        ));
-                    }
-                }
-                _ => unreachable!(),
-            }
-        }
-        Ok(())
+        self.section(node, "spec.process", PROCESS_FIELDS, p)
     }
 
     /// Syscall names and `@groups`, checked against the table.
@@ -518,21 +518,15 @@ impl Cx<'_> {
             }
         }
         if let Some(n) = get(&m, "default") {
-            let v = self.string(n, "spec.syscalls.default")?;
-            s.default_action = match v.as_str() {
-                "errno" => DefaultAction::Errno,
-                "kill" => DefaultAction::Kill,
-                "log" => DefaultAction::Log,
-                _ => {
-                    return Err(self.err(
-                        n.pos,
-                        format!(
-                        "`spec.syscalls.default` must be `errno`, `kill` or `log`, found `{v}`{}",
-                        hint(suggest::closest(&v, ["errno", "kill", "log"]))
-                    ),
-                    ))
-                }
-            };
+            s.default_action = self.choice(
+                n,
+                "spec.syscalls.default",
+                &[
+                    ("errno", DefaultAction::Errno),
+                    ("kill", DefaultAction::Kill),
+                    ("log", DefaultAction::Log),
+                ],
+            )?;
         }
         if let Some(n) = get(&m, "conditions") {
             self.conditions(n, &mut s.conditions)?;
@@ -541,78 +535,7 @@ impl Cx<'_> {
     }
 
     fn conditions(&self, node: &Node, c: &mut Conditions) -> Result<(), PolicyError> {
-        let base = "spec.syscalls.conditions";
-        let m = self.map(node, base, &["socket", "clone", "ioctl"])?;
-        for (k, n) in m {
-            match k {
-                "socket" => {
-                    let sm = self.map(n, &format!("{base}.socket"), &["families"])?;
-                    let f = self.require(n, &sm, "families", &format!("{base}.socket"))?;
-                    let path = format!("{base}.socket.families");
-                    let mut set = BTreeSet::new();
-                    for item in self.list(f, &path)? {
-                        set.insert(self.named(
-                            item,
-                            &path,
-                            args::SOCKET_FAMILIES,
-                            "socket family",
-                        )?);
-                    }
-                    c.socket_families = Some(set);
-                }
-                "clone" => {
-                    let path = format!("{base}.clone");
-                    let cm = self.map(n, &path, &["deny_flags"])?;
-                    let f = self.require(n, &cm, "deny_flags", &path)?;
-                    let path = format!("{path}.deny_flags");
-                    let mut mask = 0u32;
-                    for item in self.list(f, &path)? {
-                        if matches!(&item.value, Value::Scalar { text, .. } if text == "namespaces")
-                        {
-                            for name in args::CLONE_NAMESPACE_FLAGS {
-                                mask |= args::lookup(args::CLONE_FLAGS, name).map_or(0, |x| x.1);
-                            }
-                        } else {
-                            mask |= self.named(item, &path, args::CLONE_FLAGS, "clone flag")?;
-                        }
-                    }
-                    c.clone_deny_flags = mask;
-                }
-                "ioctl" => {
-                    let path = format!("{base}.ioctl");
-                    let im = self.map(n, &path, &["allow", "deny"])?;
-                    if im.len() != 1 {
-                        return Err(self.err(
-                            n.pos,
-                            format!("`{path}` takes exactly one of `allow` (only these requests) or `deny` (all but these)"),
-                        ));
-                    }
-                    let (which, list) = im[0];
-                    let lpath = format!("{path}.{which}");
-                    let mut set = BTreeSet::new();
-                    for item in self.list(list, &lpath)? {
-                        let v = self.named(item, &lpath, args::IOCTL_REQUESTS, "ioctl request")?;
-                        if let Some(n) = never_allowed(v).filter(|_| which == "allow") {
-                            return Err(self.err(
-                                item.pos,
-                                format!(
-                                    "`{lpath}` lists {} ({:#x}), which moat never allows: {}; remove it (it is denied whatever a policy says)",
-                                    n.name, n.request, n.why
-                                ),
-                            ));
-                        }
-                        set.insert(v);
-                    }
-                    c.ioctl = if which == "allow" {
-                        IoctlRule::Allow(set)
-                    } else {
-                        IoctlRule::Deny(set)
-                    };
-                }
-                _ => unreachable!(),
-            }
-        }
-        Ok(())
+        self.section(node, "spec.syscalls.conditions", CONDITION_FIELDS, c)
     }
 
     /// A name from `table` or a number (decimal or 0x hex).
@@ -640,120 +563,7 @@ impl Cx<'_> {
     }
 
     fn filesystem(&self, node: &Node, fs: &mut Filesystem) -> Result<(), PolicyError> {
-        let m = self.map(
-            node,
-            "spec.filesystem",
-            &["writable", "volumes", "named_volumes", "root"],
-        )?;
-        for (k, n) in m {
-            match k {
-                "root" => {
-                    let v = self.string(n, "spec.filesystem.root")?;
-                    fs.root = match v.as_str() {
-                        "read-only" => RootMode::ReadOnly,
-                        "ephemeral" => RootMode::Ephemeral,
-                        _ => {
-                            return Err(self.err(
-                                n.pos,
-                                format!("unknown root `{v}`: use `read-only` (the default) or `ephemeral` (a writable layer over the image, discarded with the container; its size is `resources.disk`)"),
-                            ))
-                        }
-                    };
-                }
-                "writable" => {
-                    for item in self.list(n, "spec.filesystem.writable")? {
-                        let path = "spec.filesystem.writable";
-                        let wm = self.map(item, path, &["path", "size"])?;
-                        let p = self.require(item, &wm, "path", path)?;
-                        let dest = self.abs_path(p, &format!("{path}.path"))?;
-                        if dest == "/" {
-                            return Err(self.err(
-                                p.pos,
-                                "`/` cannot be a writable tmpfs: list the directories that need writes instead (e.g. `/tmp`), or set `filesystem.root: ephemeral` for a writable layer over the whole image",
-                            ));
-                        }
-                        let size = match get(&wm, "size") {
-                            Some(s) => self.size(s, &format!("{path}.size"))?,
-                            None => 64 << 20,
-                        };
-                        if fs.volumes.iter().any(|v| v.path == dest) {
-                            return Err(self.err(
-                                p.pos,
-                                format!("`{dest}` is both a writable tmpfs and a volume; keep one of them"),
-                            ));
-                        }
-                        fs.writable.retain(|t| t.path != dest);
-                        fs.writable.push(Tmpfs {
-                            path: dest,
-                            size_bytes: size,
-                            optional: self.file.starts_with("builtin:"),
-                        });
-                    }
-                }
-                "volumes" => {
-                    for item in self.list(n, "spec.filesystem.volumes")? {
-                        let path = "spec.filesystem.volumes";
-                        let vm = self.map(item, path, &["source", "path", "read_only"])?;
-                        let s = self.require(item, &vm, "source", path)?;
-                        let source = self.abs_path(s, &format!("{path}.source"))?;
-                        let read_only = match get(&vm, "read_only") {
-                            Some(b) => self.bool(b, &format!("{path}.read_only"))?,
-                            None => true,
-                        };
-                        // Without `path`: a grant for `moat run -v` only.
-                        let Some(p) = get(&vm, "path") else {
-                            fs.volume_grants.retain(|g| g.source != source);
-                            fs.volume_grants
-                                .push(crate::model::VolumeGrant { source, read_only });
-                            continue;
-                        };
-                        let dest = self.abs_path(p, &format!("{path}.path"))?;
-                        if dest == "/" {
-                            return Err(self.err(
-                                p.pos,
-                                "a volume cannot be mounted at `/`: the root file system is always the image's, read-only",
-                            ));
-                        }
-                        if fs.writable.iter().any(|t| t.path == dest) {
-                            return Err(self.err(
-                                p.pos,
-                                format!("`{dest}` is both a writable tmpfs and a volume; keep one of them"),
-                            ));
-                        }
-                        fs.volumes.retain(|v| v.path != dest);
-                        fs.volumes.push(Volume {
-                            source,
-                            path: dest,
-                            read_only,
-                        });
-                    }
-                }
-                "named_volumes" => {
-                    for item in self.list(n, "spec.filesystem.named_volumes")? {
-                        let path = "spec.filesystem.named_volumes";
-                        let vm = self.map(item, path, &["name", "read_only"])?;
-                        let nn = self.require(item, &vm, "name", path)?;
-                        let name = self.string(nn, &format!("{path}.name"))?;
-                        let bare = name.strip_suffix('*').unwrap_or(&name);
-                        if !(bare.is_empty() || crate::model::valid_volume_name(bare)) {
-                            return Err(self.err(
-                                nn.pos,
-                                format!("`{path}.name` must be a volume name (letters, digits, `_`, `.`, `-`), a prefix ending in `*`, or `*`; found `{name}`"),
-                            ));
-                        }
-                        let read_only = match get(&vm, "read_only") {
-                            Some(b) => self.bool(b, &format!("{path}.read_only"))?,
-                            None => true,
-                        };
-                        fs.named_volumes.retain(|g| g.name != name);
-                        fs.named_volumes
-                            .push(crate::model::NamedVolumeGrant { name, read_only });
-                    }
-                }
-                _ => unreachable!(),
-            }
-        }
-        Ok(())
+        self.section(node, "spec.filesystem", FILESYSTEM_FIELDS, fs)
     }
 
     /// An absolute, normalised path without `..`.
@@ -779,21 +589,16 @@ impl Cx<'_> {
     }
 
     fn network(&self, node: &Node) -> Result<Network, PolicyError> {
-        let modes = ["none", "loopback", "egress"];
-        let mode_of = |n: &Node, path: &str| -> Result<NetworkMode, PolicyError> {
-            let s = self.string(n, path)?;
-            match s.as_str() {
-                "none" => Ok(NetworkMode::None),
-                "loopback" => Ok(NetworkMode::Loopback),
-                "egress" => Ok(NetworkMode::Egress),
-                _ => Err(self.err(
-                    n.pos,
-                    format!(
-                        "`{path}` must be `none`, `loopback` or `egress`, found `{s}`{}",
-                        hint(suggest::closest(&s, modes))
-                    ),
-                )),
-            }
+        let mode_of = |n: &Node, path: &str| {
+            self.choice(
+                n,
+                path,
+                &[
+                    ("none", NetworkMode::None),
+                    ("loopback", NetworkMode::Loopback),
+                    ("egress", NetworkMode::Egress),
+                ],
+            )
         };
         if let Value::Scalar { .. } = node.value {
             let mode = mode_of(node, "spec.network")?;
@@ -981,42 +786,7 @@ impl Cx<'_> {
     }
 
     fn resources(&self, node: &Node, r: &mut Resources) -> Result<(), PolicyError> {
-        let base = "spec.resources";
-        let m = self.map(
-            node,
-            base,
-            &["memory", "cpus", "pids", "open_files", "disk"],
-        )?;
-        for (k, n) in m {
-            let path = format!("{base}.{k}");
-            match k {
-                "memory" => r.memory_bytes = Some(self.size(n, &path)?),
-                "disk" => r.disk_bytes = Some(self.size(n, &path)?),
-                "pids" => r.pids = Some(self.positive(n, &path)?),
-                "open_files" => r.open_files = Some(self.positive(n, &path)?),
-                "cpus" => {
-                    let text = match &n.value {
-                        Value::Scalar { text, .. } => text.clone(),
-                        _ => {
-                            return Err(self.type_err(
-                                n,
-                                &path,
-                                "a number of CPUs such as `1`, `0.5` or `500m`",
-                            ))
-                        }
-                    };
-                    let millis = parse_cpus(&text).filter(|m| *m > 0).ok_or_else(|| {
-                        self.err(
-                            n.pos,
-                            format!("`{path}` must be a number of CPUs such as `1`, `0.5` or `500m`, found `{text}`"),
-                        )
-                    })?;
-                    r.cpu_millis = Some(millis);
-                }
-                _ => unreachable!(),
-            }
-        }
-        Ok(())
+        self.section(node, "spec.resources", RESOURCE_FIELDS, r)
     }
 
     fn positive(&self, node: &Node, path: &str) -> Result<u64, PolicyError> {
@@ -1035,129 +805,538 @@ impl Cx<'_> {
         base: &str,
         i: &mut ImageRules,
     ) -> Result<(), PolicyError> {
-        let m = self.map(
-            node,
-            base,
-            &["allowed", "digests", "require_digest", "signers"],
-        )?;
-        for (k, n) in m {
-            let path = format!("{base}.{k}");
-            match k {
-                "allowed" => {
-                    i.allowed = self
-                        .list(n, &path)?
-                        .iter()
-                        .map(|x| self.string(x, &path))
-                        .collect::<Result<_, _>>()?
-                }
-                "digests" => {
-                    let mut v = Vec::new();
-                    for x in self.list(n, &path)? {
-                        let d = self.string(x, &path)?;
-                        let ok = d.strip_prefix("sha256:").is_some_and(|h| {
-                            h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit())
-                        });
-                        if !ok {
-                            return Err(self.err(
-                                x.pos,
-                                format!("`{path}` entries must be `sha256:` and 64 hex digits, found `{d}`"),
-                            ));
-                        }
-                        v.push(d.to_ascii_lowercase());
-                    }
-                    i.digests = v;
-                }
-                "require_digest" => i.require_digest = self.bool(n, &path)?,
-                "signers" => {
-                    let mut v = Vec::new();
-                    for item in self.list(n, &path)? {
-                        let im = self.map(item, &path, &["repository", "key"])?;
-                        let repository = self.string(
-                            self.require(item, &im, "repository", &path)?,
-                            &format!("{path}.repository"),
-                        )?;
-                        let key = self.string(
-                            self.require(item, &im, "key", &path)?,
-                            &format!("{path}.key"),
-                        )?;
-                        v.push(crate::model::SignerRule { repository, key });
-                    }
-                    i.signers = v;
-                }
-                _ => unreachable!(),
-            }
-        }
-        Ok(())
+        self.section(node, base, IMAGE_FIELDS, i)
     }
 
     fn vulnerabilities(&self, node: &Node, v: &mut Vulnerabilities) -> Result<(), PolicyError> {
-        let base = "spec.vulnerabilities";
-        let m = self.map(node, base, &["fail_on", "ignore"])?;
-        for (k, n) in m {
-            match k {
-                "fail_on" => {
-                    let s = self.string(n, "spec.vulnerabilities.fail_on")?;
-                    v.fail_on = match s.as_str() {
-                        "none" => None,
-                        "low" => Some(Severity::Low),
-                        "medium" => Some(Severity::Medium),
-                        "high" => Some(Severity::High),
-                        "critical" => Some(Severity::Critical),
-                        _ => {
-                            let all = ["none", "low", "medium", "high", "critical"];
-                            return Err(self.err(
-                                n.pos,
-                                format!(
-                                    "`spec.vulnerabilities.fail_on` must be one of {}, found `{s}`{}",
-                                    all.join(", "),
-                                    hint(suggest::closest(&s, all))
-                                ),
-                            ));
-                        }
-                    };
-                }
-                "ignore" => {
-                    let path = "spec.vulnerabilities.ignore";
-                    let mut list = Vec::new();
-                    for item in self.list(n, path)? {
-                        let im = self.map(item, path, &["id", "reason", "expires"])?;
-                        let id = self
-                            .string(self.require(item, &im, "id", path)?, &format!("{path}.id"))?;
-                        let reason_n = get(&im, "reason").ok_or_else(|| {
-                            self.err(
-                                item.pos,
-                                format!(
-                                    "ignoring `{id}` needs a `reason`: say why it does not apply"
-                                ),
-                            )
-                        })?;
-                        let reason = self.string(reason_n, &format!("{path}.reason"))?;
-                        let exp_n = get(&im, "expires").ok_or_else(|| {
-                            self.err(item.pos, format!("ignoring `{id}` needs an `expires` date (YYYY-MM-DD) so that it is reviewed again"))
-                        })?;
-                        let expires = self.string(exp_n, &format!("{path}.expires"))?;
-                        if !valid_date(&expires) {
-                            return Err(self.err(
-                                exp_n.pos,
-                                format!(
-                                    "`{path}.expires` must be a date YYYY-MM-DD, found `{expires}`"
-                                ),
-                            ));
-                        }
-                        list.push(IgnoredVulnerability {
-                            id,
-                            reason,
-                            expires,
-                        });
-                    }
-                    v.ignore = list;
-                }
-                _ => unreachable!(),
-            }
-        }
-        Ok(())
+        self.section(node, "spec.vulnerabilities", VULNERABILITY_FIELDS, v)
     }
 }
+
+fn process_user(cx: &Cx<'_>, n: &Node, path: &str, p: &mut Process) -> Result<(), PolicyError> {
+    p.user = Some(cx.u32(n, path)?);
+    Ok(())
+}
+
+fn process_group(cx: &Cx<'_>, n: &Node, path: &str, p: &mut Process) -> Result<(), PolicyError> {
+    p.group = Some(cx.u32(n, path)?);
+    Ok(())
+}
+
+fn process_groups(cx: &Cx<'_>, n: &Node, path: &str, p: &mut Process) -> Result<(), PolicyError> {
+    p.groups = cx
+        .list(n, path)?
+        .iter()
+        .map(|g| cx.u32(g, path))
+        .collect::<Result<_, _>>()?;
+    Ok(())
+}
+
+fn process_no_new_privs(
+    cx: &Cx<'_>,
+    n: &Node,
+    path: &str,
+    _p: &mut Process,
+) -> Result<(), PolicyError> {
+    if !cx.bool(n, path)? {
+        return Err(cx.err(
+            n.pos,
+            "`no_new_privs` is always on and cannot be turned off; remove this line",
+        ));
+    }
+    Ok(())
+}
+
+const PROCESS_FIELDS: &[Field<Process>] = &[
+    ("user", process_user),
+    ("group", process_group),
+    ("groups", process_groups),
+    ("no_new_privs", process_no_new_privs),
+];
+
+fn condition_socket(
+    cx: &Cx<'_>,
+    n: &Node,
+    path: &str,
+    c: &mut Conditions,
+) -> Result<(), PolicyError> {
+    let sm = cx.map(n, path, &["families"])?;
+    let f = cx.require(n, &sm, "families", path)?;
+    let path = format!("{path}.families");
+    let mut set = BTreeSet::new();
+    for item in cx.list(f, &path)? {
+        set.insert(cx.named(item, &path, args::SOCKET_FAMILIES, "socket family")?);
+    }
+    c.socket_families = Some(set);
+    Ok(())
+}
+
+fn condition_clone(
+    cx: &Cx<'_>,
+    n: &Node,
+    path: &str,
+    c: &mut Conditions,
+) -> Result<(), PolicyError> {
+    let cm = cx.map(n, path, &["deny_flags"])?;
+    let f = cx.require(n, &cm, "deny_flags", path)?;
+    let path = format!("{path}.deny_flags");
+    let mut mask = 0u32;
+    for item in cx.list(f, &path)? {
+        if matches!(&item.value, Value::Scalar { text, .. } if text == "namespaces") {
+            for name in args::CLONE_NAMESPACE_FLAGS {
+                mask |= args::lookup(args::CLONE_FLAGS, name).map_or(0, |x| x.1);
+            }
+        } else {
+            mask |= cx.named(item, &path, args::CLONE_FLAGS, "clone flag")?;
+        }
+    }
+    c.clone_deny_flags = mask;
+    Ok(())
+}
+
+fn condition_ioctl(
+    cx: &Cx<'_>,
+    n: &Node,
+    path: &str,
+    c: &mut Conditions,
+) -> Result<(), PolicyError> {
+    let im = cx.map(n, path, &["allow", "deny"])?;
+    if im.len() != 1 {
+        return Err(cx.err(
+            n.pos,
+            format!("`{path}` takes exactly one of `allow` (only these requests) or `deny` (all but these)"),
+        ));
+    }
+    let (which, list) = im[0];
+    let lpath = format!("{path}.{which}");
+    let mut set = BTreeSet::new();
+    for item in cx.list(list, &lpath)? {
+        let v = cx.named(item, &lpath, args::IOCTL_REQUESTS, "ioctl request")?;
+        if let Some(n) = never_allowed(v).filter(|_| which == "allow") {
+            return Err(cx.err(
+                item.pos,
+                format!(
+                    "`{lpath}` lists {} ({:#x}), which moat never allows: {}; remove it (it is denied whatever a policy says)",
+                    n.name, n.request, n.why
+                ),
+            ));
+        }
+        set.insert(v);
+    }
+    c.ioctl = if which == "allow" {
+        IoctlRule::Allow(set)
+    } else {
+        IoctlRule::Deny(set)
+    };
+    Ok(())
+}
+
+const CONDITION_FIELDS: &[Field<Conditions>] = &[
+    ("socket", condition_socket),
+    ("clone", condition_clone),
+    ("ioctl", condition_ioctl),
+];
+
+fn filesystem_root(
+    cx: &Cx<'_>,
+    n: &Node,
+    path: &str,
+    fs: &mut Filesystem,
+) -> Result<(), PolicyError> {
+    let v = cx.string(n, path)?;
+    fs.root = match v.as_str() {
+        "read-only" => RootMode::ReadOnly,
+        "ephemeral" => RootMode::Ephemeral,
+        _ => {
+            return Err(cx.err(
+                n.pos,
+                format!("unknown root `{v}`: use `read-only` (the default) or `ephemeral` (a writable layer over the image, discarded with the container; its size is `resources.disk`)"),
+            ))
+        }
+    };
+    Ok(())
+}
+
+fn filesystem_writable(
+    cx: &Cx<'_>,
+    n: &Node,
+    path: &str,
+    fs: &mut Filesystem,
+) -> Result<(), PolicyError> {
+    for item in cx.list(n, path)? {
+        let wm = cx.map(item, path, &["path", "size"])?;
+        let p = cx.require(item, &wm, "path", path)?;
+        let dest = cx.abs_path(p, &format!("{path}.path"))?;
+        if dest == "/" {
+            return Err(cx.err(
+                p.pos,
+                "`/` cannot be a writable tmpfs: list the directories that need writes instead (e.g. `/tmp`), or set `filesystem.root: ephemeral` for a writable layer over the whole image",
+            ));
+        }
+        let size = match get(&wm, "size") {
+            Some(s) => cx.size(s, &format!("{path}.size"))?,
+            None => 64 << 20,
+        };
+        if fs.volumes.iter().any(|v| v.path == dest) {
+            return Err(cx.err(
+                p.pos,
+                format!("`{dest}` is both a writable tmpfs and a volume; keep one of them"),
+            ));
+        }
+        fs.writable.retain(|t| t.path != dest);
+        fs.writable.push(Tmpfs {
+            path: dest,
+            size_bytes: size,
+            optional: cx.file.starts_with("builtin:"),
+        });
+    }
+    Ok(())
+}
+
+fn filesystem_volumes(
+    cx: &Cx<'_>,
+    n: &Node,
+    path: &str,
+    fs: &mut Filesystem,
+) -> Result<(), PolicyError> {
+    for item in cx.list(n, path)? {
+        let vm = cx.map(item, path, &["source", "path", "read_only"])?;
+        let s = cx.require(item, &vm, "source", path)?;
+        let source = cx.abs_path(s, &format!("{path}.source"))?;
+        let read_only = match get(&vm, "read_only") {
+            Some(b) => cx.bool(b, &format!("{path}.read_only"))?,
+            None => true,
+        };
+        // Without `path`: a grant for `moat run -v` only.
+        let Some(p) = get(&vm, "path") else {
+            fs.volume_grants.retain(|g| g.source != source);
+            fs.volume_grants
+                .push(crate::model::VolumeGrant { source, read_only });
+            continue;
+        };
+        let dest = cx.abs_path(p, &format!("{path}.path"))?;
+        if dest == "/" {
+            return Err(cx.err(
+                p.pos,
+                "a volume cannot be mounted at `/`: the root file system is always the image's, read-only",
+            ));
+        }
+        if fs.writable.iter().any(|t| t.path == dest) {
+            return Err(cx.err(
+                p.pos,
+                format!("`{dest}` is both a writable tmpfs and a volume; keep one of them"),
+            ));
+        }
+        fs.volumes.retain(|v| v.path != dest);
+        fs.volumes.push(Volume {
+            source,
+            path: dest,
+            read_only,
+        });
+    }
+    Ok(())
+}
+
+fn filesystem_named_volumes(
+    cx: &Cx<'_>,
+    n: &Node,
+    path: &str,
+    fs: &mut Filesystem,
+) -> Result<(), PolicyError> {
+    for item in cx.list(n, path)? {
+        let vm = cx.map(item, path, &["name", "read_only"])?;
+        let nn = cx.require(item, &vm, "name", path)?;
+        let name = cx.string(nn, &format!("{path}.name"))?;
+        let bare = name.strip_suffix('*').unwrap_or(&name);
+        if !(bare.is_empty() || crate::model::valid_volume_name(bare)) {
+            return Err(cx.err(
+                nn.pos,
+                format!("`{path}.name` must be a volume name (letters, digits, `_`, `.`, `-`), a prefix ending in `*`, or `*`; found `{name}`"),
+            ));
+        }
+        let read_only = match get(&vm, "read_only") {
+            Some(b) => cx.bool(b, &format!("{path}.read_only"))?,
+            None => true,
+        };
+        fs.named_volumes.retain(|g| g.name != name);
+        fs.named_volumes
+            .push(crate::model::NamedVolumeGrant { name, read_only });
+    }
+    Ok(())
+}
+
+const FILESYSTEM_FIELDS: &[Field<Filesystem>] = &[
+    ("writable", filesystem_writable),
+    ("volumes", filesystem_volumes),
+    ("named_volumes", filesystem_named_volumes),
+    ("root", filesystem_root),
+];
+
+fn resources_memory(
+    cx: &Cx<'_>,
+    n: &Node,
+    path: &str,
+    r: &mut Resources,
+) -> Result<(), PolicyError> {
+    r.memory_bytes = Some(cx.size(n, path)?);
+    Ok(())
+}
+
+fn resources_disk(cx: &Cx<'_>, n: &Node, path: &str, r: &mut Resources) -> Result<(), PolicyError> {
+    r.disk_bytes = Some(cx.size(n, path)?);
+    Ok(())
+}
+
+fn resources_pids(cx: &Cx<'_>, n: &Node, path: &str, r: &mut Resources) -> Result<(), PolicyError> {
+    r.pids = Some(cx.positive(n, path)?);
+    Ok(())
+}
+
+fn resources_open_files(
+    cx: &Cx<'_>,
+    n: &Node,
+    path: &str,
+    r: &mut Resources,
+) -> Result<(), PolicyError> {
+    r.open_files = Some(cx.positive(n, path)?);
+    Ok(())
+}
+
+fn resources_cpus(cx: &Cx<'_>, n: &Node, path: &str, r: &mut Resources) -> Result<(), PolicyError> {
+    let text = match &n.value {
+        Value::Scalar { text, .. } => text.clone(),
+        _ => return Err(cx.type_err(n, path, "a number of CPUs such as `1`, `0.5` or `500m`")),
+    };
+    let millis = parse_cpus(&text).filter(|m| *m > 0).ok_or_else(|| {
+        cx.err(
+            n.pos,
+            format!(
+                "`{path}` must be a number of CPUs such as `1`, `0.5` or `500m`, found `{text}`"
+            ),
+        )
+    })?;
+    r.cpu_millis = Some(millis);
+    Ok(())
+}
+
+const RESOURCE_FIELDS: &[Field<Resources>] = &[
+    ("memory", resources_memory),
+    ("cpus", resources_cpus),
+    ("pids", resources_pids),
+    ("open_files", resources_open_files),
+    ("disk", resources_disk),
+];
+
+fn image_allowed(cx: &Cx<'_>, n: &Node, path: &str, i: &mut ImageRules) -> Result<(), PolicyError> {
+    i.allowed = cx
+        .list(n, path)?
+        .iter()
+        .map(|x| cx.string(x, path))
+        .collect::<Result<_, _>>()?;
+    Ok(())
+}
+
+fn image_digests(cx: &Cx<'_>, n: &Node, path: &str, i: &mut ImageRules) -> Result<(), PolicyError> {
+    let mut v = Vec::new();
+    for x in cx.list(n, path)? {
+        let d = cx.string(x, path)?;
+        let ok = d
+            .strip_prefix("sha256:")
+            .is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()));
+        if !ok {
+            return Err(cx.err(
+                x.pos,
+                format!("`{path}` entries must be `sha256:` and 64 hex digits, found `{d}`"),
+            ));
+        }
+        v.push(d.to_ascii_lowercase());
+    }
+    i.digests = v;
+    Ok(())
+}
+
+fn image_require_digest(
+    cx: &Cx<'_>,
+    n: &Node,
+    path: &str,
+    i: &mut ImageRules,
+) -> Result<(), PolicyError> {
+    i.require_digest = cx.bool(n, path)?;
+    Ok(())
+}
+
+fn image_signers(cx: &Cx<'_>, n: &Node, path: &str, i: &mut ImageRules) -> Result<(), PolicyError> {
+    let mut v = Vec::new();
+    for item in cx.list(n, path)? {
+        let im = cx.map(item, path, &["repository", "key"])?;
+        let repository = cx.string(
+            cx.require(item, &im, "repository", path)?,
+            &format!("{path}.repository"),
+        )?;
+        let key = cx.string(cx.require(item, &im, "key", path)?, &format!("{path}.key"))?;
+        v.push(crate::model::SignerRule { repository, key });
+    }
+    i.signers = v;
+    Ok(())
+}
+
+const IMAGE_FIELDS: &[Field<ImageRules>] = &[
+    ("allowed", image_allowed),
+    ("digests", image_digests),
+    ("require_digest", image_require_digest),
+    ("signers", image_signers),
+];
+
+fn vulnerabilities_on_new_advisory(
+    cx: &Cx<'_>,
+    n: &Node,
+    path: &str,
+    v: &mut Vulnerabilities,
+) -> Result<(), PolicyError> {
+    v.on_new_advisory = cx.choice(
+        n,
+        path,
+        &[
+            ("alert", OnNewAdvisory::Alert),
+            ("block", OnNewAdvisory::Block),
+            ("stop", OnNewAdvisory::Stop),
+        ],
+    )?;
+    Ok(())
+}
+
+fn vulnerabilities_stop_after(
+    cx: &Cx<'_>,
+    n: &Node,
+    path: &str,
+    v: &mut Vulnerabilities,
+) -> Result<(), PolicyError> {
+    let s = cx.string(n, path)?;
+    v.stop_after = Some(s.parse::<u64>().map_err(|_| {
+        cx.err(
+            n.pos,
+            format!("`{path}` is a number of seconds, found `{s}`"),
+        )
+    })?);
+    Ok(())
+}
+
+fn vulnerabilities_fail_on(
+    cx: &Cx<'_>,
+    n: &Node,
+    path: &str,
+    v: &mut Vulnerabilities,
+) -> Result<(), PolicyError> {
+    v.fail_on = cx.choice(
+        n,
+        path,
+        &[
+            ("none", None),
+            ("low", Some(Severity::Low)),
+            ("medium", Some(Severity::Medium)),
+            ("high", Some(Severity::High)),
+            ("critical", Some(Severity::Critical)),
+        ],
+    )?;
+    Ok(())
+}
+
+fn vulnerabilities_ignore(
+    cx: &Cx<'_>,
+    n: &Node,
+    path: &str,
+    v: &mut Vulnerabilities,
+) -> Result<(), PolicyError> {
+    let mut list = Vec::new();
+    for item in cx.list(n, path)? {
+        let im = cx.map(item, path, &["id", "reason", "expires"])?;
+        let id = cx.string(cx.require(item, &im, "id", path)?, &format!("{path}.id"))?;
+        let reason_n = get(&im, "reason").ok_or_else(|| {
+            cx.err(
+                item.pos,
+                format!("ignoring `{id}` needs a `reason`: say why it does not apply"),
+            )
+        })?;
+        let reason = cx.string(reason_n, &format!("{path}.reason"))?;
+        let exp_n = get(&im, "expires").ok_or_else(|| {
+            cx.err(item.pos, format!("ignoring `{id}` needs an `expires` date (YYYY-MM-DD) so that it is reviewed again"))
+        })?;
+        let expires = cx.string(exp_n, &format!("{path}.expires"))?;
+        if !valid_date(&expires) {
+            return Err(cx.err(
+                exp_n.pos,
+                format!("`{path}.expires` must be a date YYYY-MM-DD, found `{expires}`"),
+            ));
+        }
+        list.push(IgnoredVulnerability {
+            id,
+            reason,
+            expires,
+        });
+    }
+    v.ignore = list;
+    Ok(())
+}
+
+const VULNERABILITY_FIELDS: &[Field<Vulnerabilities>] = &[
+    ("fail_on", vulnerabilities_fail_on),
+    ("ignore", vulnerabilities_ignore),
+    ("on_new_advisory", vulnerabilities_on_new_advisory),
+    ("stop_after", vulnerabilities_stop_after),
+];
+
+/// The keys of `spec`. `extends` is read first, by the loader.
+const SPEC_FIELDS: &[Field<Spec>] = &[
+    ("extends", |_, _, _, _| Ok(())),
+    ("isolation", |cx, n, path, spec| {
+        spec.isolation = cx.isolation(n, path)?;
+        Ok(())
+    }),
+    ("process", |cx, n, _, spec| cx.process(n, &mut spec.process)),
+    ("capabilities", |cx, n, path, spec| {
+        for item in cx.list(n, path)? {
+            spec.capabilities
+                .insert(cx.capability(item, path)?.to_string());
+        }
+        Ok(())
+    }),
+    ("syscalls", |cx, n, _, spec| {
+        cx.syscalls(n, &mut spec.syscalls)
+    }),
+    ("filesystem", |cx, n, _, spec| {
+        cx.filesystem(n, &mut spec.filesystem)
+    }),
+    ("network", |cx, n, _, spec| {
+        spec.network = cx.network(n)?;
+        Ok(())
+    }),
+    ("devices", |cx, n, path, spec| {
+        for item in cx.list(n, path)? {
+            spec.devices.push(cx.device(item)?);
+        }
+        Ok(())
+    }),
+    ("resources", |cx, n, _, spec| {
+        cx.resources(n, &mut spec.resources)
+    }),
+    ("image", |cx, n, path, spec| {
+        cx.image(n, path, &mut spec.image)
+    }),
+    ("vulnerabilities", |cx, n, _, spec| {
+        cx.vulnerabilities(n, &mut spec.vulnerabilities)
+    }),
+    ("exec", |cx, n, path, spec| {
+        spec.exec = cx.bool(n, path)?;
+        Ok(())
+    }),
+    ("audit", |cx, n, path, spec| {
+        let m = cx.map(n, path, &["denied_syscalls"])?;
+        if let Some(d) = get(&m, "denied_syscalls") {
+            spec.audit.denied_syscalls = cx.bool(d, &format!("{path}.denied_syscalls"))?;
+        }
+        Ok(())
+    }),
+];
 
 /// Parse a size: plain bytes, or with a binary (`Ki`, `Mi`, `Gi`, `Ti`) or
 /// decimal (`K`/`k`, `M`, `G`, `T`) suffix.

@@ -10,10 +10,10 @@ use serde::Serialize;
 
 use crate::error::PolicyError;
 use crate::model::Policy;
-use crate::parse::{get, Cx};
+use crate::parse::{get, Cx, Field};
 use crate::plan::IsolationRequirement;
+use crate::suggest;
 use crate::yaml::{self, Node};
-use crate::{caps, suggest};
 
 /// The default RBAC file.
 pub const DEFAULT_RBAC_PATH: &str = "/etc/moat/rbac.yaml";
@@ -231,106 +231,93 @@ impl Rbac {
 }
 
 fn parse_grants(cx: &Cx<'_>, node: &Node) -> Result<Grants, PolicyError> {
-    let base = "roles.grants";
-    let m = cx.map(
-        node,
-        base,
-        &[
-            "capabilities",
-            "network",
-            "isolation",
-            "volumes",
-            "named_volumes",
-            "exec",
-            "devices",
-            "rootfs",
-            "trust",
-        ],
-    )?;
     let mut g = Grants::default();
-    for (k, n) in m {
-        let path = format!("{base}.{k}");
-        match k {
-            "capabilities" => {
-                for item in cx.list(n, &path)? {
-                    let raw = cx.string(item, &path)?;
-                    if raw.eq_ignore_ascii_case("ALL") {
-                        g.capabilities.insert("ALL".into());
-                        continue;
-                    }
-                    let c = caps::canonical(&raw).ok_or_else(|| {
-                        let bare = raw.to_ascii_uppercase();
-                        let bare = bare.strip_prefix("CAP_").unwrap_or(&bare).to_string();
-                        cx.err(
-                            item.pos,
-                            format!(
-                                "unknown capability `{raw}`{}",
-                                crate::error::hint(suggest::closest(
-                                    &bare,
-                                    caps::CAPABILITIES.iter().copied()
-                                ))
-                            ),
-                        )
-                    })?;
-                    g.capabilities.insert(c.to_string());
-                }
-            }
-            "network" | "isolation" => {
-                let allowed = if k == "network" {
-                    NETWORK_GRANTS
-                } else {
-                    ISOLATION_GRANTS
-                };
-                for item in cx.list(n, &path)? {
-                    let v = cx.string(item, &path)?;
-                    if !allowed.contains(&v.as_str()) {
-                        return Err(cx.err(
-                            item.pos,
-                            format!(
-                                "`{path}` entries must be one of {}, found `{v}`{}",
-                                allowed.join(", "),
-                                crate::error::hint(suggest::closest(&v, allowed.iter().copied()))
-                            ),
-                        ));
-                    }
-                    if k == "network" {
-                        g.network.insert(v);
-                    } else {
-                        g.isolation.insert(v);
-                    }
-                }
-            }
-            "volumes" => {
-                for item in cx.list(n, &path)? {
-                    g.volumes.push(cx.abs_path(item, &path)?);
-                }
-            }
-            "rootfs" => {
-                for item in cx.list(n, &path)? {
-                    g.rootfs.push(cx.abs_path(item, &path)?);
-                }
-            }
-            "named_volumes" => {
-                for item in cx.list(n, &path)? {
-                    let v = cx.string(item, &path)?;
-                    let bare = v.strip_suffix('*').unwrap_or(&v);
-                    if !(bare.is_empty() || crate::model::valid_volume_name(bare)) {
-                        return Err(cx.err(
-                            item.pos,
-                            format!("`{path}` entries must be volume names, prefixes ending in `*`, or `*`; found `{v}`"),
-                        ));
-                    }
-                    g.named_volumes.push(v);
-                }
-            }
-            "exec" => g.exec = cx.bool(n, &path)?,
-            "devices" => g.devices = cx.bool(n, &path)?,
-            "trust" => g.trust = cx.bool(n, &path)?,
-            _ => unreachable!(),
-        }
-    }
+    cx.section(node, "roles.grants", GRANT_FIELDS, &mut g)?;
     Ok(g)
 }
+
+/// Each entry of a list grant, read with `read`.
+fn each(
+    cx: &Cx<'_>,
+    n: &Node,
+    path: &str,
+    mut read: impl FnMut(&Node) -> Result<(), PolicyError>,
+) -> Result<(), PolicyError> {
+    cx.list(n, path)?.iter().try_for_each(&mut read)
+}
+
+/// A grant of one of `allowed` names.
+fn one_of(cx: &Cx<'_>, item: &Node, path: &str, allowed: &[&str]) -> Result<String, PolicyError> {
+    let options: Vec<(&str, &str)> = allowed.iter().map(|a| (*a, *a)).collect();
+    Ok(cx.choice(item, path, &options)?.to_string())
+}
+
+/// The keys of `roles.grants`.
+const GRANT_FIELDS: &[Field<Grants>] = &[
+    ("capabilities", |cx, n, path, g| {
+        each(cx, n, path, |item| {
+            let raw = cx.string(item, path)?;
+            let c = if raw.eq_ignore_ascii_case("ALL") {
+                "ALL"
+            } else {
+                cx.capability(item, path)?
+            };
+            g.capabilities.insert(c.to_string());
+            Ok(())
+        })
+    }),
+    ("network", |cx, n, path, g| {
+        each(cx, n, path, |item| {
+            g.network.insert(one_of(cx, item, path, NETWORK_GRANTS)?);
+            Ok(())
+        })
+    }),
+    ("isolation", |cx, n, path, g| {
+        each(cx, n, path, |item| {
+            g.isolation
+                .insert(one_of(cx, item, path, ISOLATION_GRANTS)?);
+            Ok(())
+        })
+    }),
+    ("volumes", |cx, n, path, g| {
+        each(cx, n, path, |item| {
+            g.volumes.push(cx.abs_path(item, path)?);
+            Ok(())
+        })
+    }),
+    ("named_volumes", |cx, n, path, g| {
+        each(cx, n, path, |item| {
+            let v = cx.string(item, path)?;
+            let bare = v.strip_suffix('*').unwrap_or(&v);
+            if !(bare.is_empty() || crate::model::valid_volume_name(bare)) {
+                return Err(cx.err(
+                    item.pos,
+                    format!("`{path}` entries must be volume names, prefixes ending in `*`, or `*`; found `{v}`"),
+                ));
+            }
+            g.named_volumes.push(v);
+            Ok(())
+        })
+    }),
+    ("exec", |cx, n, path, g| {
+        g.exec = cx.bool(n, path)?;
+        Ok(())
+    }),
+    ("devices", |cx, n, path, g| {
+        g.devices = cx.bool(n, path)?;
+        Ok(())
+    }),
+    ("rootfs", |cx, n, path, g| {
+        each(cx, n, path, |item| {
+            g.rootfs.push(cx.abs_path(item, path)?);
+            Ok(())
+        })
+    }),
+    ("trust", |cx, n, path, g| {
+        g.trust = cx.bool(n, path)?;
+        Ok(())
+    }),
+];
 
 /// The user a decision is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -874,24 +861,14 @@ pub fn rfc3339_now() -> String {
 
 /// Seconds since the epoch as RFC 3339 UTC.
 pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
 }
 
 #[cfg(test)]

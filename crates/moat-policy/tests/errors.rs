@@ -336,7 +336,7 @@ fn rbac_errors() {
     .unwrap_err();
     assert_eq!(
         e.to_string(),
-        "rbac.yaml:6:17: `roles.grants.network` entries must be one of none, loopback, egress, publish, found `internet`"
+        "rbac.yaml:6:17: `roles.grants.network` must be `none`, `loopback`, `egress` or `publish`, found `internet`"
     );
     let e = Rbac::parse("apiVersion: moat.dev/v1\nkind: Policy\n", "rbac.yaml").unwrap_err();
     assert_eq!(

@@ -46,6 +46,10 @@ pub struct CodeScan {
     pub jump_entered: Vec<(u64, u64)>,
     /// Addresses of rip-relative memory operands that may be written.
     pub global_writes: Vec<u64>,
+    /// 64-bit loads of a global into a register (`mov reg, [rip+x]`):
+    /// (address, global). A GOT slot loaded so is a function pointer whose
+    /// calls are followed only while the register keeps it.
+    pub global_loads: Vec<(u64, u64)>,
 }
 
 /// Where a call goes.
@@ -53,7 +57,8 @@ pub struct CodeScan {
 pub enum CallTarget {
     /// `call rel32`.
     Direct(u64),
-    /// `call [rip+slot]` (`-fno-plt`).
+    /// `call [rip+slot]` (`-fno-plt`), or `call reg` with the register
+    /// loaded from that slot.
     Got(u64),
 }
 
@@ -67,6 +72,8 @@ pub struct CallSite {
     /// The address `eax` was loaded from, when it was loaded from a global
     /// (`mov rax, [rip+x]`): Go keeps some numbers in package variables.
     pub eax_global: Option<u64>,
+    /// For `call reg`: where the register was loaded from its slot.
+    pub loaded_at: Option<u64>,
 }
 
 impl CodeScan {
@@ -80,6 +87,9 @@ impl CodeScan {
         self.sites.iter().filter(|s| s.nr.is_none()).count()
     }
 }
+
+/// rbx, rbp, r12-r15: what a callee must preserve (System V ABI).
+const CALLEE_SAVED: [usize; 6] = [3, 5, 12, 13, 14, 15];
 
 /// How far a branch taken with a known `eax` is followed.
 const FOLLOW_LIMIT: usize = 24;
@@ -157,8 +167,8 @@ pub fn scan(code: &[u8], base: u64) -> CodeScan {
     let mut branches: Vec<(u64, [Option<u64>; 16])> = Vec::new();
     let mut out = CodeScan::default();
     let mut regs: [Option<u64>; 16] = [None; 16];
-    // The global each register was loaded from, if it was.
-    let mut globals: [Option<u64>; 16] = [None; 16];
+    // The global each register was loaded from, if it was, and where.
+    let mut globals: [Option<(u64, u64)>; 16] = [None; 16];
     let end = base + code.len() as u64;
     // The start of the current run when it began after a stop.
     let mut after_stop = true;
@@ -213,15 +223,18 @@ pub fn scan(code: &[u8], base: u64) -> CodeScan {
                     entries.push(t);
                 }
                 run_start = None;
+                let via = (ins.op0_kind() == OpKind::Register)
+                    .then(|| gpr(ins.op0_register()).and_then(|r| globals[r]))
+                    .flatten();
                 let target = match direct_target {
                     Some(t) => Some(CallTarget::Direct(t)),
                     None if ins.is_ip_rel_memory_operand() => {
                         Some(CallTarget::Got(ins.ip_rel_memory_address()))
                     }
-                    None => None,
+                    None => via.map(|(slot, _)| CallTarget::Got(slot)),
                 };
                 if let Some(target) = target {
-                    let eax_global = globals[RAX];
+                    let eax_global = globals[RAX].map(|(g, _)| g);
                     if eax.is_some()
                         || edi.is_some()
                         || eax_global.is_some()
@@ -233,11 +246,12 @@ pub fn scan(code: &[u8], base: u64) -> CodeScan {
                             eax,
                             edi,
                             eax_global,
+                            loaded_at: via.map(|(_, at)| at),
                         });
                     }
                 }
                 regs = [None; 16];
-                globals = [None; 16];
+                keep_callee_saved(&mut globals);
             }
             FlowControl::UnconditionalBranch => {
                 if let Some(t) = direct_target {
@@ -249,7 +263,7 @@ pub fn scan(code: &[u8], base: u64) -> CodeScan {
                     }
                 }
                 regs = [None; 16];
-                globals = [None; 16];
+                keep_callee_saved(&mut globals);
                 after_stop = true;
                 run_start = None;
             }
@@ -267,7 +281,7 @@ pub fn scan(code: &[u8], base: u64) -> CodeScan {
                     out.got_jumps.push((ip, ins.ip_rel_memory_address()));
                 }
                 regs = [None; 16];
-                globals = [None; 16];
+                keep_callee_saved(&mut globals);
                 after_stop = true;
                 run_start = None;
             }
@@ -311,7 +325,10 @@ pub fn scan(code: &[u8], base: u64) -> CodeScan {
                     clobber_written(&mut factory, &ins, &mut globals);
                 }
                 if let Some((r, addr)) = loaded {
-                    globals[r] = Some(addr);
+                    globals[r] = Some((addr, ip));
+                    if ins.code() == Code::Mov_r64_rm64 {
+                        out.global_loads.push((ip, addr));
+                    }
                 }
                 if let Some((d, g)) = copied {
                     globals[d] = g;
@@ -381,11 +398,23 @@ pub fn scan(code: &[u8], base: u64) -> CodeScan {
     out
 }
 
+/// Forgets the globals held in registers a call may change. A function
+/// pointer in a callee-saved register survives calls (the ABI) and jumps
+/// within its function (a loop loads it once, before jumping to its
+/// test); only a return, or a write, ends it.
+fn keep_callee_saved(globals: &mut [Option<(u64, u64)>; 16]) {
+    for (r, g) in globals.iter_mut().enumerate() {
+        if !CALLEE_SAVED.contains(&r) {
+            *g = None;
+        }
+    }
+}
+
 /// Forgets the registers `ins` writes.
-fn clobber_written(
+fn clobber_written<T>(
     factory: &mut InstructionInfoFactory,
     ins: &Instruction,
-    regs: &mut [Option<u64>; 16],
+    regs: &mut [Option<T>; 16],
 ) {
     let info = factory.info(ins);
     for u in info.used_registers() {
@@ -700,6 +729,7 @@ mod tests {
                     eax: Some(0),
                     edi: Some(318),
                     eax_global: None,
+                    loaded_at: None,
                 },
                 CallSite {
                     addr: 17,
@@ -707,10 +737,50 @@ mod tests {
                     eax: Some(3),
                     edi: None,
                     eax_global: None,
+                    loaded_at: None,
                 },
             ]
         );
         assert_eq!(s.got_jumps, vec![(23, 29 + 0x20)]);
+    }
+
+    #[test]
+    fn calls_through_a_register_loaded_from_a_slot_are_followed() {
+        // A static-pie calling libc's syscall() in a loop, as rustc emits:
+        // mov r14, [rip+0x100]; mov edi, 0x126; call r14; call +0;
+        // mov edi, 0x127; call r14; mov rax, [rip+0x200]; call +0; call rax
+        let code = [
+            0x4c, 0x8b, 0x35, 0, 1, 0, 0, 0xbf, 0x26, 1, 0, 0, 0x41, 0xff, 0xd6, 0xe8, 0, 0, 0, 0,
+            0xbf, 0x27, 1, 0, 0, 0x41, 0xff, 0xd6, 0x48, 0x8b, 0x05, 0, 2, 0, 0, 0xe8, 0, 0, 0, 0,
+            0xff, 0xd0,
+        ];
+        let s = scan(&code, 0);
+        let via_r14 = |addr, nr| CallSite {
+            addr,
+            target: CallTarget::Got(0x107),
+            eax: None,
+            edi: Some(nr),
+            eax_global: None,
+            loaded_at: Some(0),
+        };
+        assert_eq!(
+            s.calls,
+            vec![
+                via_r14(12, 0x126),
+                // r14 is callee-saved: the pointer survives the call at 15.
+                via_r14(25, 0x127),
+                CallSite {
+                    addr: 35,
+                    target: CallTarget::Direct(40),
+                    eax: None,
+                    edi: None,
+                    eax_global: Some(0x223),
+                    loaded_at: None,
+                },
+                // rax is not: `call rax` after a call is not attributed.
+            ]
+        );
+        assert_eq!(s.global_loads, vec![(0, 0x107), (28, 0x223)]);
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub struct ElfInfo {
     pub functions: Vec<(u64, u64)>,
     /// GOT slots the dynamic loader fills with libc's `syscall(2)`.
     pub syscall_slots: Vec<u64>,
+    /// Slots a static-pie's start-up code fills with a load address plus
+    /// an addend (`R_X86_64_RELATIVE`): slot -> address. How such a
+    /// binary reaches its own functions through its GOT.
+    pub relative_slots: std::collections::BTreeMap<u64, u64>,
 }
 
 impl ElfInfo {
@@ -111,6 +115,16 @@ impl ElfInfo {
         if let Some(relocs) = file.dynamic_relocations() {
             let symbols = file.dynamic_symbol_table();
             for (offset, reloc) in relocs {
+                if reloc.flags()
+                    == (object::RelocationFlags::Elf {
+                        r_type: object::elf::R_X86_64_RELATIVE,
+                    })
+                {
+                    if let Ok(addend) = u64::try_from(reloc.addend()) {
+                        info.relative_slots.insert(offset, addend);
+                    }
+                    continue;
+                }
                 let object::RelocationTarget::Symbol(index) = reloc.target() else {
                     continue;
                 };
@@ -174,6 +188,7 @@ impl ElfInfo {
             all.got_jumps.extend(s.got_jumps);
             all.jump_entered.extend(s.jump_entered);
             all.global_writes.extend(s.global_writes);
+            all.global_loads.extend(s.global_loads);
         }
         all
     }

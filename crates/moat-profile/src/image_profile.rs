@@ -26,8 +26,10 @@ use crate::libcmap::{self, Flavour};
 use crate::rootfs::{Root, RootError};
 use crate::syscalls;
 
-/// Version of the stored form; a profile of another version is recomputed.
-pub const VERSION: u32 = 1;
+/// Version of the stored form; a profile of another version is recomputed
+/// (2: calls to a syscall wrapper through a register loaded from its GOT
+/// slot are pinned, and wrapper pointers not followed fall back).
+pub const VERSION: u32 = 2;
 
 /// Files and directories the walk visits at most (a hostile image guard).
 const MAX_ENTRIES: usize = 1_000_000;
@@ -462,10 +464,44 @@ impl Walk<'_> {
                 );
             }
         }
+        // What a GOT slot holds once the program runs: a static-pie's
+        // relative relocation, or a static executable's stored address.
+        let slot_target = |g: u64| {
+            info.relative_slots.get(&g).copied().or_else(|| {
+                (!info.dynamic)
+                    .then(|| crate::elf::read_u64_at(data, g))
+                    .flatten()
+            })
+        };
+        let slot_reg = |g: u64| {
+            if slots.contains(&g) {
+                return Some(Register::RDI);
+            }
+            slot_target(g).and_then(|t| wrappers.get(&t).copied())
+        };
+        let in_wrapper = |addr: u64| {
+            wrapper_extents
+                .iter()
+                .any(|(s, l)| addr >= *s && addr < s + l)
+        };
+        // A wrapper's address loaded into a register is followed to the
+        // calls made through that register; a load with no such call is a
+        // pointer kept or passed on, whose calls cannot be seen.
+        if !is_loader {
+            let followed: BTreeSet<u64> = scan.calls.iter().filter_map(|c| c.loaded_at).collect();
+            for (at, g) in &scan.global_loads {
+                if !followed.contains(at) && !in_wrapper(*at) && slot_reg(*g).is_some() {
+                    self.unpinned(
+                        path,
+                        format!("the address of a syscall wrapper is loaded at {at:#x} and used where the analysis cannot follow it"),
+                    );
+                }
+            }
+        }
         for call in &scan.calls {
             let reg = match call.target {
                 CallTarget::Direct(t) => wrappers.get(&t).copied(),
-                CallTarget::Got(g) => slots.contains(&g).then_some(Register::RDI),
+                CallTarget::Got(g) => slot_reg(g),
             };
             let Some(reg) = reg else { continue };
             if wrapper_extents

@@ -12,6 +12,7 @@ pub mod measure;
 pub mod profile;
 pub mod record;
 pub mod rootfs;
+pub mod rootfs_profile;
 pub mod static_analysis;
 pub mod surface;
 pub mod syscalls;

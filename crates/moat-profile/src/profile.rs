@@ -32,6 +32,9 @@ pub struct Profile {
     pub socket_condition: Option<BTreeSet<String>>,
     /// `conditions.ioctl` to emit.
     pub ioctl_condition: IoctlGrant,
+    /// Network and capabilities granted up front (`moat profile record
+    /// --network`, `--cap-add`), emitted as they are.
+    pub up_front: crate::record::UpFront,
 }
 
 /// The `ioctl` condition of a profile.
@@ -132,6 +135,10 @@ impl Profile {
         y.push_str("apiVersion: moat.dev/v1\nkind: Policy\nmetadata:\n");
         y.push_str(&format!("  name: {}\n", yaml_scalar(&self.name)));
         y.push_str("spec:\n  extends: restricted\n");
+        if comments && self.up_front != crate::record::UpFront::default() {
+            y.push_str("  # granted up front for the recording (--network, --cap-add)\n");
+        }
+        y.push_str(&self.up_front.spec_lines());
         if comments {
             y.push_str(&format!(
                 "  # {} syscalls needed by the workload\n",
@@ -205,10 +212,11 @@ impl Profile {
                 "  # socket families used: {}\n",
                 c(&fams.join(", "))
             ));
-            if self
-                .socket_families
-                .iter()
-                .any(|f| f == "AF_INET" || f == "AF_INET6")
+            if self.up_front.network.is_none()
+                && self
+                    .socket_families
+                    .iter()
+                    .any(|f| f == "AF_INET" || f == "AF_INET6")
             {
                 y.push_str(
                     "  # IP sockets were opened: choose `network: loopback` or `egress` with rules\n",
@@ -268,7 +276,16 @@ impl Profile {
             return mismatch(format!("the name {:?}", parsed.name));
         }
         let (got, want) = (&parsed.spec, &base.spec);
-        if got.capabilities != want.capabilities {
+        // `restricted` with what was granted up front, as the parser reads it.
+        let up = Policy::parse(
+            &format!(
+                "apiVersion: moat.dev/v1\nkind: Policy\nmetadata:\n  name: up-front\nspec:\n  extends: restricted\n{}",
+                self.up_front.spec_lines()
+            ),
+            "up-front grants",
+        )
+        .map_err(EmitError::Parse)?;
+        if got.capabilities != up.spec.capabilities {
             let caps: Vec<&str> = got.capabilities.iter().map(String::as_str).collect();
             return mismatch(format!("capabilities [{}]", caps.join(", ")));
         }
@@ -304,7 +321,7 @@ impl Profile {
         }
         if got.filesystem.volumes != want.filesystem.volumes
             || got.devices != want.devices
-            || got.network != want.network
+            || got.network != up.spec.network
             || got.process != want.process
             || got.exec != want.exec
             || got.isolation != want.isolation

@@ -38,6 +38,16 @@ pub const RECORDING_FLOOR: &[&str] = &[
     "mount_setattr",
 ];
 
+/// Calls the vDSO may serve without entering the kernel: every recorded
+/// profile grants them (within its base).
+pub const VDSO_CALLS: &[&str] = &[
+    "clock_gettime",
+    "clock_getres",
+    "gettimeofday",
+    "time",
+    "getcpu",
+];
+
 /// The policy the recording run uses: `restricted`'s network and
 /// writable paths over an ephemeral root (so that a workload that writes
 /// in the image goes on past its first write, and each path it writes is
@@ -48,7 +58,33 @@ pub const RECORDING_FLOOR: &[&str] = &[
 /// `ephemeral_root` false keeps the read-only root (the supervisor cannot
 /// build the overlay without CAP_SYS_ADMIN): the workload then stops at
 /// its first write in the image.
-pub fn recording_policy(ephemeral_root: bool) -> String {
+/// What the user grants a recording up front, beyond `restricted`
+/// (`moat profile record --network`, `--cap-add`): the recording runs with
+/// it and the generated policy grants it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpFront {
+    /// `loopback` or `none`; `None` keeps `restricted`'s (`none`).
+    pub network: Option<String>,
+    /// Capability names without `CAP_` (`CHOWN`, `SETUID`).
+    pub capabilities: BTreeSet<String>,
+}
+
+impl UpFront {
+    /// The `spec` lines granting it (empty for nothing).
+    pub fn spec_lines(&self) -> String {
+        let mut y = String::new();
+        if !self.capabilities.is_empty() {
+            let caps: Vec<&str> = self.capabilities.iter().map(String::as_str).collect();
+            y.push_str(&format!("  capabilities: [{}]\n", caps.join(", ")));
+        }
+        if let Some(n) = &self.network {
+            y.push_str(&format!("  network: {n}\n"));
+        }
+        y
+    }
+}
+
+pub fn recording_policy(ephemeral_root: bool, up_front: &UpFront) -> String {
     let families: Vec<&str> = moat_policy::args::SOCKET_FAMILIES
         .iter()
         .map(|(n, _)| *n)
@@ -66,7 +102,7 @@ metadata:
 spec:
   extends: restricted
   isolation: sandbox
-  filesystem:
+{}  filesystem:
     root: {}
   syscalls:
     default: errno
@@ -79,6 +115,7 @@ spec:
       ioctl:
         deny: [{}]
 ",
+        up_front.spec_lines(),
         if ephemeral_root {
             "ephemeral"
         } else {
@@ -152,9 +189,18 @@ const SYSTEM_TREES: &[&str] = &[
     "/proc", "/sys",
 ];
 /// Top-level directories granted only below, never themselves.
+/// (`/run` and `/tmp` are tmpfs in most containers, and granted whole.)
 const SYSTEM_TOP: &[&str] = &[
-    "/", "/home", "/media", "/mnt", "/opt", "/root", "/run", "/srv", "/tmp", "/var",
+    "/", "/home", "/media", "/mnt", "/opt", "/root", "/srv", "/var",
 ];
+
+/// `path` without trailing slashes (`/` stays `/`).
+fn trim_slash(path: &str) -> &str {
+    match path.trim_end_matches('/') {
+        "" if path.starts_with('/') => "/",
+        t => t,
+    }
+}
 
 /// `path`'s parent directory (`/` for a top-level name).
 fn parent(path: &str) -> &str {
@@ -232,6 +278,18 @@ pub fn to_profile(
         };
         p.allow(&name, reason);
     }
+    // The vDSO answers these in user space on this host, so the recording
+    // never sees them; where the clock source has no vDSO (a micro-VM's
+    // guest under TCG) they are system calls, and a policy without them
+    // breaks `sleep` and `date` there.
+    for name in VDSO_CALLS {
+        if base.spec.syscalls.allow.contains(*name) {
+            p.allow(
+                name,
+                "served by the vDSO here, a system call where the clock has no vDSO",
+            );
+        }
+    }
     p.socket_families = rec
         .socket_families
         .iter()
@@ -290,8 +348,16 @@ pub fn to_profile(
         p.failed_privileged
             .insert(format!("{name}: {}", errno_name(*errno)));
     }
+    // A directory the image already has was not written: `mkdir -p` asks
+    // for each ancestor, which fails with EEXIST (seen at entry only).
+    let write_paths: BTreeSet<String> = rec
+        .write_paths
+        .iter()
+        .filter(|p| !(p.starts_with('/') && entries(trim_slash(p)).is_some()))
+        .map(|p| trim_slash(p).to_string())
+        .collect();
     let mut outside = Vec::new();
-    for path in &rec.write_paths {
+    for path in &write_paths {
         let (note, covered) = where_writes_land(path, base);
         let shown = crate::profile::quote(path);
         if !covered {
@@ -299,8 +365,7 @@ pub fn to_profile(
         }
         p.written.insert(format!("{shown} ({note})"));
     }
-    let uncovered: Vec<&str> = rec
-        .write_paths
+    let uncovered: Vec<&str> = write_paths
         .iter()
         .filter(|p| p.starts_with('/') && !where_writes_land(p, base).1)
         .map(String::as_str)
@@ -380,7 +445,16 @@ mod tests {
         rec.denied.insert((165, 1));
         let base = Policy::builtin("restricted").unwrap();
         let (p, deny) = to_profile(&rec, &base, &|_| Some(0));
-        assert_eq!(p.syscall_names(), vec!["ioctl", "read", "socket", "write"]);
+        let vdso: Vec<&str> = VDSO_CALLS
+            .iter()
+            .copied()
+            .filter(|c| base.spec.syscalls.allow.contains(*c))
+            .collect();
+        assert!(vdso.contains(&"clock_gettime"), "{vdso:?}");
+        let mut want = vec!["ioctl", "read", "socket", "write"];
+        want.extend(&vdso);
+        want.sort_unstable();
+        assert_eq!(p.syscall_names(), want);
         assert_eq!(
             p.syscalls["read"].iter().next().map(String::as_str),
             Some("recorded 3 calls")
@@ -410,7 +484,7 @@ mod tests {
             .iter()
             .map(String::as_str)
             .collect();
-        assert_eq!(allowed, vec!["ioctl", "read", "socket", "write"]);
+        assert_eq!(allowed, want);
         moat_policy::compile(&policy).unwrap();
     }
 
@@ -478,7 +552,7 @@ mod tests {
 
     #[test]
     fn recording_policy_compiles() {
-        let policy = Policy::parse(&recording_policy(true), "record").unwrap();
+        let policy = Policy::parse(&recording_policy(true, &UpFront::default()), "record").unwrap();
         let plan = moat_policy::compile(&policy).unwrap();
         let s = crate::surface::of_plan(&plan).unwrap();
         let floor = RECORDING_FLOOR

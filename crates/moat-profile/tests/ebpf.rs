@@ -219,3 +219,51 @@ fn perf_tracepoint_variant_records_the_same() {
     }
     assert_eq!(results[0], results[1]);
 }
+
+/// The read-only watch names the paths a task of the watched uid range
+/// failed to create on a read-only file system, and nothing of another uid.
+#[test]
+fn read_only_watch_names_refused_writes_of_the_watched_uids_only() {
+    if !bpf_ready("read_only_watch_names_refused_writes_of_the_watched_uids_only") {
+        return;
+    }
+    use moat_profile::ebpf::rofs::ReadOnlyWatch;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let watch = ReadOnlyWatch::start(4242, 2).unwrap();
+    // A read-only tmpfs in a private mount namespace; an append, a
+    // symlink, mkdir and a create there as uid 4242 (watched), 4244 (not).
+    // (`:` is a special builtin: its failed redirection ends the shell, so
+    // it comes last.)
+    let script = format!(
+        "mount -t tmpfs -o ro tmpfs {d} && \
+         setpriv --reuid 4242 --regid 4242 --clear-groups sh -c 'echo x >> {d}/appended; ln -s x {d}/link; mkdir {d}/made; : > {d}/file'; \
+         setpriv --reuid 4244 --regid 4244 --clear-groups mkdir {d}/other; true"
+    );
+    let o = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let hits = watch.hits().unwrap();
+    let got: Vec<(String, String)> = hits
+        .iter()
+        .filter(|h| h.path.starts_with(&d))
+        .map(|h| {
+            (
+                h.path.strip_prefix(&d).unwrap().to_string(),
+                h.syscall.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("/appended".to_string(), "openat".to_string()),
+            ("/file".to_string(), "openat".to_string()),
+            ("/link".to_string(), "symlinkat".to_string()),
+            ("/made".to_string(), "mkdir".to_string()),
+        ],
+        "{hits:?}"
+    );
+}

@@ -1,11 +1,18 @@
 //! The image config's `Volumes` (Docker's `VOLUME`: the directories an
 //! image expects to write, databases and caches). moat never lets an image
-//! widen its policy, so a declared volume is honoured only where the plan
-//! already makes that path writable; every other one gets a notice naming
-//! it and the grants that would provide it, so that the workload's
-//! read-only failure does not come as a surprise.
+//! widen its policy, so a declared volume is honoured only where the
+//! policy already allows it: a path the plan makes writable keeps that
+//! mount; where the policy grants writable named volumes whose pattern
+//! covers `anon-*`, the path gets an anonymous volume, as in podman; every
+//! other one gets a notice naming it and the grants that would provide it,
+//! so that the workload's read-only failure does not come as a surprise.
 
 use moat_policy::plan::{MountPlan, Plan, RootPlan};
+use moat_policy::Policy;
+
+/// The prefix of anonymous volumes' names; a policy allows them with a
+/// writable `named_volumes` grant covering it (`anon-*` or `*`).
+pub const ANONYMOUS_PREFIX: &str = "anon-";
 
 /// Whether `path` is `dir` or below it (both absolute, normalised).
 fn within(path: &str, dir: &str) -> bool {
@@ -39,18 +46,59 @@ pub fn provided(plan: &Plan, path: &str) -> bool {
     })
 }
 
-/// One notice line for each declared volume the container will not get.
-pub fn notices(plan: &Plan, declared: &[String]) -> Vec<String> {
+/// The declared paths, normalised, absolute, each once.
+fn declared_paths(declared: &[String]) -> Vec<String> {
     let mut seen = std::collections::BTreeSet::new();
     declared
         .iter()
         .map(|d| normalise(d))
-        .filter(|d| d.starts_with('/') && seen.insert(d.clone()))
+        .filter(|d| d.starts_with('/') && d != "/" && seen.insert(d.clone()))
+        .collect()
+}
+
+/// The anonymous volumes container `id` gets for the declared volumes the
+/// plan does not already make writable, when `policy` grants writable
+/// named volumes covering their names (`dir_of` names a volume's store
+/// directory). Named `anon-<first 12 of id>-<n>`.
+pub fn anonymous(
+    policy: &Policy,
+    plan: &Plan,
+    declared: &[String],
+    id: &str,
+    dir_of: &dyn Fn(&str) -> String,
+) -> Vec<MountPlan> {
+    let short = &id[..id.len().min(12)];
+    declared_paths(declared)
+        .into_iter()
+        .filter(|d| !provided(plan, d))
+        .enumerate()
+        .filter_map(|(n, d)| {
+            let name = format!("{ANONYMOUS_PREFIX}{short}-{n}");
+            let granted = policy
+                .spec
+                .filesystem
+                .named_volumes
+                .iter()
+                .any(|g| !g.read_only && g.covers(&name));
+            granted.then(|| MountPlan::Named {
+                dir: dir_of(&name),
+                name,
+                destination: d,
+                read_only: false,
+            })
+        })
+        .collect()
+}
+
+/// One notice line for each declared volume the container will not get.
+pub fn notices(plan: &Plan, declared: &[String]) -> Vec<String> {
+    declared_paths(declared)
+        .into_iter()
         .filter(|d| !provided(plan, d))
         .map(|d| {
             format!(
                 "moat: notice: the image declares VOLUME {d}, but policy {:?} makes nothing writable there, so writes to it fail (read-only file system); \
-                 grant it with `filesystem.writable: [{{path: {d}}}]` (a tmpfs), a named volume (`filesystem.named_volumes` and `-v NAME:{d}`), or `filesystem.root: ephemeral`",
+                 grant it with `filesystem.writable: [{{path: {d}}}]` (a tmpfs), anonymous volumes (`filesystem.named_volumes: [{{name: \"anon-*\", read_only: false}}]`), a named volume (`-v NAME:{d}`), or `filesystem.root: ephemeral`",
                 plan.policy_name
             )
         })

@@ -293,33 +293,15 @@ pub fn now_rfc3339_nanos() -> String {
 /// Nanoseconds since the epoch of an RFC 3339 time in UTC
 /// (`2026-12-06T19:45:46Z`, with or without a fraction), else `None`.
 pub fn parse_rfc3339_nanos(s: &str) -> Option<i128> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let (hms, frac) = match time.split_once('.') {
-        Some((h, f)) => (h, f),
-        None => (time, ""),
-    };
-    let mut t = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
-    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+    // moat's own form only: `T`, `Z`, at most nanoseconds.
+    let frac = s
+        .split_once('.')
+        .map_or(0, |(_, f)| f.len().saturating_sub(1));
+    if !s.ends_with('Z') || s.as_bytes().get(10) != Some(&b'T') || frac > 9 {
         return None;
     }
-    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let nanos: i128 = format!("{frac:0<9}").parse().ok()?;
-    // Howard Hinnant's days_from_civil.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
-    Some(secs as i128 * 1_000_000_000 + nanos)
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(t.unix_timestamp_nanos())
 }
 
 #[cfg(test)]

@@ -89,7 +89,7 @@ fn confine() -> io::Result<()> {
         .map_err(io::Error::other)?;
     const CAP_KILL: u32 = 5;
     sys::drop_capabilities(&[CAP_KILL])?;
-    sys::install_seccomp(&prog)
+    sys::install_seccomp(&prog, false)
 }
 
 /// How the monitor tells the front end that started it how the start

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::bail;
-use moat_policy::plan::{IsolationRequirement, RootPlan};
+use moat_policy::plan::{IsolationRequirement, MountPlan};
 use moat_policy::rbac::{Decision, Request};
 use moat_policy::{Plan, Policy, ProcessSpec};
 
@@ -108,6 +108,9 @@ pub struct Ready {
     /// Lines for stderr before the container starts (declared volumes it
     /// will not get, see [`crate::image_volumes`]).
     pub notices: Vec<String>,
+    /// The anonymous volumes of the plan's mounts (the image's declared
+    /// volumes), for the front end to create.
+    pub anonymous_volumes: Vec<String>,
 }
 
 /// The outcome of [`prepare`].
@@ -200,6 +203,21 @@ pub fn prepare(req: RunRequest, steps: &mut dyn Steps) -> anyhow::Result<Prepare
         steps.resolve_user(&rootfs, user)
     })?;
     let isolation = pick_isolation(req.isolation, &plan, || steps.vm_accelerator_works())?;
+    let anonymous = crate::image_volumes::anonymous(
+        policy,
+        &plan,
+        &image.declared_volumes,
+        id.as_str(),
+        &|name| store.dir_of(name).display().to_string(),
+    );
+    let anonymous_volumes = anonymous
+        .iter()
+        .filter_map(|m| match m {
+            MountPlan::Named { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    plan.mounts.extend(anonymous);
     let notices = crate::image_volumes::notices(&plan, &image.declared_volumes);
     Ok(Prepared::Ready(Box::new(Ready {
         id,
@@ -210,6 +228,7 @@ pub fn prepare(req: RunRequest, steps: &mut dyn Steps) -> anyhow::Result<Prepare
         policy: policy.clone(),
         isolation,
         notices,
+        anonymous_volumes,
     })))
 }
 
@@ -232,8 +251,6 @@ pub fn pick_isolation(
         (R::Auto, IsolationRequirement::Vm) | (R::Vm, _) => Isolation::Vm,
         // A policy that asks for the sandbox gets it under `auto` too.
         (R::Auto, IsolationRequirement::Sandbox) => Isolation::Sandbox,
-        // Only the sandbox builds an ephemeral root so far.
-        (R::Auto, _) if plan.root != RootPlan::ReadOnly => Isolation::Sandbox,
         (R::Auto, _) if accelerator_works() => Isolation::Vm,
         _ => Isolation::Sandbox,
     })

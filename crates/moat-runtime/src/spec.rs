@@ -41,6 +41,10 @@ pub struct Spec {
     /// The vm backend's accelerator choice (`kvm`, `tcg`), `None` = probe.
     #[serde(default)]
     pub accel: Option<String>,
+    /// How the vm backend starts the micro-VM (`template`, `cold`),
+    /// `None` = the default (`--vm-start`).
+    #[serde(default)]
+    pub vm_start: Option<String>,
     /// Remove the container when it stops (`--rm`).
     #[serde(default)]
     pub auto_remove: bool,

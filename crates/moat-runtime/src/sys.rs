@@ -61,9 +61,11 @@ pub fn drop_capabilities(keep: &[u32]) -> io::Result<()> {
     Ok(())
 }
 
-/// Sets `no_new_privs` and installs `prog` on this (single-threaded)
-/// process.
-pub fn install_seccomp(prog: &[moat_policy::plan::SockFilter]) -> io::Result<()> {
+/// Sets `no_new_privs` and installs `prog` as a seccomp filter: on every
+/// thread of the process when `tsync` (`SECCOMP_FILTER_FLAG_TSYNC`), else
+/// on the calling thread only (and the threads it creates afterwards). The
+/// one installer of the runtime, the VM supervisor and moatd.
+pub fn install_seccomp(prog: &[moat_policy::plan::SockFilter], tsync: bool) -> io::Result<()> {
     let mut insns: Vec<libc::sock_filter> = prog
         .iter()
         .map(|i| libc::sock_filter {
@@ -78,20 +80,26 @@ pub fn install_seccomp(prog: &[moat_policy::plan::SockFilter]) -> io::Result<()>
         filter: insns.as_mut_ptr(),
     };
     rustix::thread::set_no_new_privs(true)?;
+    let flags: libc::c_ulong = if tsync {
+        libc::SECCOMP_FILTER_FLAG_TSYNC
+    } else {
+        0
+    };
     // SAFETY: fprog points at `insns`, which outlives the call; the kernel
     // copies the program.
     let r = unsafe {
         libc::syscall(
             libc::SYS_seccomp,
             libc::SECCOMP_SET_MODE_FILTER,
-            0 as libc::c_ulong,
+            flags,
             &fprog as *const libc::sock_fprog,
         )
     };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+    match r {
+        0 => Ok(()),
+        r if r < 0 => Err(io::Error::last_os_error()),
+        // TSYNC: the id of a thread that could not be synchronised.
+        _ => Err(io::Error::from_raw_os_error(libc::ESRCH)),
     }
 }
 

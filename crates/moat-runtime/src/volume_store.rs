@@ -70,6 +70,19 @@ pub struct VolumeInfo {
     /// Blocks the image really uses on the host, in bytes (filled in when read).
     #[serde(default)]
     pub used_bytes: u64,
+    /// For an anonymous volume (an image's declared `VOLUME`): the
+    /// container it was made for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous: Option<Anonymous>,
+}
+
+/// Whose anonymous volume this is, and whether it goes with the container.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Anonymous {
+    pub container: String,
+    /// Made for a `--rm` container: removed with it (else kept, as in
+    /// podman, until `moat rm -v` or `moat volume prune`).
+    pub remove_with_container: bool,
 }
 
 fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> VolumeError {
@@ -106,6 +119,16 @@ impl Store {
     /// formatted in a staging directory, then renamed into place, so that
     /// no half-made volume is ever visible.
     pub fn create(&self, name: &str, size: u64) -> Result<VolumeInfo, VolumeError> {
+        self.create_as(name, size, None)
+    }
+
+    /// [`Store::create`], recording `anonymous` in the volume's metadata.
+    pub fn create_as(
+        &self,
+        name: &str,
+        size: u64,
+        anonymous: Option<Anonymous>,
+    ) -> Result<VolumeInfo, VolumeError> {
         if !valid_volume_name(name) {
             return Err(VolumeError::BadName(name.into()));
         }
@@ -157,6 +180,7 @@ impl Store {
                 created: now(),
                 dir: PathBuf::new(),
                 used_bytes: 0,
+                anonymous,
             };
             let meta = stage.join(META);
             let json = serde_json::to_vec_pretty(&info).map_err(|e| VolumeError::Io {
@@ -244,6 +268,37 @@ impl Store {
         fs::rename(&info.dir, &trash).map_err(io("removing", &info.dir))?;
         drop(lock);
         fs::remove_dir_all(&trash).map_err(io("removing", &trash))
+    }
+
+    /// Removes the anonymous volumes made for container `id` (all of them
+    /// with `all`, else only those that go with their container); returns
+    /// their names. A volume still locked by a running container stays.
+    pub fn remove_anonymous(&self, id: &str, all: bool) -> Result<Vec<String>, VolumeError> {
+        let mut removed = Vec::new();
+        for v in self.list()? {
+            let Some(a) = &v.anonymous else { continue };
+            if a.container == id && (all || a.remove_with_container) {
+                self.remove(&v.name)?;
+                removed.push(v.name);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes the anonymous volumes of `--rm` containers that no longer
+    /// exist (`live`: the IDs that do), whichever path removed them. A
+    /// volume is made just before its container's record is written, so
+    /// one younger than a minute is left for the next collection.
+    pub fn collect_anonymous(&self, live: &dyn Fn(&str) -> bool) -> Result<(), VolumeError> {
+        let settled = now().saturating_sub(60);
+        for v in self.list()? {
+            if let Some(a) = &v.anonymous {
+                if a.remove_with_container && v.created < settled && !live(&a.container) {
+                    self.remove(&v.name)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

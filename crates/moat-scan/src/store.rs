@@ -7,6 +7,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use moat_image::digest::Digest;
 use serde::{Deserialize, Serialize};
 
 use crate::coverage::EcosystemCoverage;
@@ -39,6 +40,8 @@ pub enum StoreError {
     },
     #[error("no stored inventory for image {image_id}: it was imported before scanning existed; re-import it with `moat image import`")]
     NoInventory { image_id: String },
+    #[error("image ID {image_id:?} is not a sha256 digest (sha256:<64 hex digits>): no inventory is stored under it")]
+    ImageId { image_id: String },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -83,12 +86,17 @@ pub struct AlertFinding {
     pub severity: Severity,
 }
 
-fn hex_of(image_id: &str) -> &str {
-    image_id.strip_prefix("sha256:").unwrap_or(image_id)
-}
-
 fn inventories_dir(root: &Path) -> PathBuf {
     root.join("scan").join("inventories")
+}
+
+/// `<root>/scan/inventories/<hex>.json`: the image ID is checked to be a
+/// digest first, so it cannot name a path elsewhere.
+fn inventory_path(root: &Path, image_id: &str) -> Result<PathBuf, StoreError> {
+    let d = Digest::parse(image_id).map_err(|_| StoreError::ImageId {
+        image_id: image_id.to_string(),
+    })?;
+    Ok(inventories_dir(root).join(format!("{}.json", d.hex())))
 }
 
 /// Where the alerts log lives.
@@ -137,14 +145,17 @@ pub fn save(
 }
 
 fn write(root: &Path, s: &StoredInventory) -> Result<(), StoreError> {
-    let path = inventories_dir(root).join(format!("{}.json", hex_of(&s.image_id)));
+    let path = inventory_path(root, &s.image_id)?;
     let bytes = serde_json::to_vec(s).unwrap_or_default();
     write_atomic(&path, &bytes)
 }
 
-/// The stored inventory of `image_id`, if any.
+/// The stored inventory of `image_id`, if any (none for an ID that is not
+/// a digest: nothing is stored under one).
 pub fn load(root: &Path, image_id: &str) -> Result<Option<StoredInventory>, StoreError> {
-    let path = inventories_dir(root).join(format!("{}.json", hex_of(image_id)));
+    let Ok(path) = inventory_path(root, image_id) else {
+        return Ok(None);
+    };
     match fs::read(&path) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
@@ -156,7 +167,9 @@ pub fn load(root: &Path, image_id: &str) -> Result<Option<StoredInventory>, Stor
 
 /// Remove the stored inventory of an image (at `moat image rm`).
 pub fn remove(root: &Path, image_id: &str) -> Result<(), StoreError> {
-    let path = inventories_dir(root).join(format!("{}.json", hex_of(image_id)));
+    let Ok(path) = inventory_path(root, image_id) else {
+        return Ok(()); // nothing is stored under it
+    };
     match fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(StoreError::Write { path, source: e })

@@ -132,6 +132,7 @@ fn probe_boot(state_root: &Path, hv: &dyn Hypervisor) -> Result<(), String> {
             volumes: Vec::new(),
             net: None,
             netns: None,
+            template: None,
         },
     )
     .map_err(|e| format!("it could not start: {e}"))?;

@@ -26,6 +26,11 @@ pub struct VmBackend {
     /// The exec control socket for the next [`Backend::run_attached`]
     /// (taken by it; see [`crate::exec`]).
     pub control: std::cell::Cell<Option<std::os::fd::OwnedFd>>,
+    /// From a template or by a cold boot (`--vm-start`).
+    pub vm_start: crate::VmStart,
+    /// After [`Backend::run_attached`]: the guest's report of what the
+    /// workload failed at (see [`crate::run_container_reporting`]).
+    pub guest_report: std::cell::RefCell<Option<crate::GuestReport>>,
 }
 
 impl VmBackend {
@@ -38,6 +43,8 @@ impl VmBackend {
             supervisor_seccomp: supervisor::Scope::Process,
             notice: Box::new(|n| eprintln!("{n}")),
             control: std::cell::Cell::new(None),
+            vm_start: crate::VmStart::Auto,
+            guest_report: std::cell::RefCell::new(None),
         }
     }
 }
@@ -111,9 +118,18 @@ impl Backend for VmBackend {
             start_gate: c.start_gate.clone(),
             extra_seccomp: Vec::new(),
             attach: None,
+            vm_start: self.vm_start,
         };
-        crate::run_container_with(opts, Stdio::inherit(), &mut |n| (self.notice)(n))
-            .map_err(vm_error)
+        let mut report = None;
+        let r = crate::run_container_reporting(
+            opts,
+            None,
+            Stdio::inherit(),
+            &mut |n| (self.notice)(n),
+            &mut report,
+        );
+        *self.guest_report.borrow_mut() = report;
+        r.map_err(vm_error)
     }
 
     /// Signals the container's supervisor through a pidfd, after checking

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use crate::hypervisor::{Accel, Hypervisor, VmSpec};
+use crate::hypervisor::{Accel, Hypervisor, TemplateVm, VmSpec};
 use crate::jail::{self, JailSpec, RunningVmm};
 use crate::rootfs::{RootFs, RootImage};
 use crate::{initramfs, kernel, sys, VmError};
@@ -37,9 +37,26 @@ pub struct BootRequest<'a> {
     pub net: Option<crate::net::NetDevice>,
     /// The network namespace the VMM joins (`None`: a new, empty one).
     pub netns: Option<std::os::fd::OwnedFd>,
+    /// Booting a template or restoring from one ([`crate::template`]):
+    /// the root disk is `placeholder` (build) or `root` (restore), the
+    /// command line the template's, without the root's table.
+    pub template: Option<TemplateBoot<'a>>,
 }
 
-pub fn boot(hv: &dyn Hypervisor, req: BootRequest<'_>) -> Result<Booted, VmError> {
+pub enum TemplateBoot<'a> {
+    Build {
+        qmp: OwnedFd,
+        memory: OwnedFd,
+        placeholder: &'a Path,
+    },
+    Restore {
+        qmp: OwnedFd,
+        state: File,
+        memory: OwnedFd,
+    },
+}
+
+pub fn boot(hv: &dyn Hypervisor, mut req: BootRequest<'_>) -> Result<Booted, VmError> {
     let kernel_path = kernel::locate(req.state_root)?;
     let initrd_path = initramfs::ensure(req.state_root)?;
     let open = |p: &Path| {
@@ -49,6 +66,9 @@ pub fn boot(hv: &dyn Hypervisor, req: BootRequest<'_>) -> Result<Booted, VmError
         })
     };
     let (host, guest) = sys::socketpair().map_err(VmError::Channel)?;
+    if let Some(t) = req.template.take() {
+        return boot_template(hv, req.state_root, t, req.root, &req, host, guest);
+    }
     let mut cmdline = hv.guest_cmdline(req.accel);
     if req.trace {
         cmdline.push_str(" moat.trace");
@@ -102,25 +122,108 @@ pub fn boot(hv: &dyn Hypervisor, req: BootRequest<'_>) -> Result<Booted, VmError
         memory_mib: req.memory_mib,
         accel: req.accel,
         net: req.net,
+        template: None,
     };
+    spawn(
+        hv,
+        spec,
+        req.id,
+        req.cpu_millis,
+        req.cleanup,
+        req.state_root,
+        req.netns,
+        host,
+    )
+}
+
+/// A template's boot, or a restore from it: no volumes, no network
+/// device, a read-only root disk (the placeholder or the image).
+fn boot_template(
+    hv: &dyn Hypervisor,
+    state_root: &Path,
+    t: TemplateBoot<'_>,
+    root: Option<&RootImage>,
+    req: &BootRequest<'_>,
+    host: OwnedFd,
+    guest: OwnedFd,
+) -> Result<Booted, VmError> {
+    let open = |p: &Path| {
+        File::open(p).map_err(|source| VmError::Open {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let (disk, template) = match t {
+        TemplateBoot::Build {
+            qmp,
+            memory,
+            placeholder,
+        } => (open(placeholder)?, TemplateVm::Build { qmp, memory }),
+        TemplateBoot::Restore { qmp, state, memory } => match root {
+            Some(r) => (open(&r.path)?, TemplateVm::Restore { qmp, state, memory }),
+            None => {
+                return Err(VmError::Guest {
+                    message: "a VM restored from a template needs a root image".into(),
+                })
+            }
+        },
+    };
+    let spec = VmSpec {
+        kernel: open(&kernel::locate(state_root)?)?,
+        initramfs: open(&initramfs::ensure(state_root)?)?,
+        cmdline: crate::template::cmdline(hv, req.accel),
+        root_disk: Some(disk),
+        root_writable: false,
+        volumes: Vec::new(),
+        control: guest,
+        vcpus: req.vcpus,
+        memory_mib: req.memory_mib,
+        accel: req.accel,
+        net: None,
+        template: Some(template),
+    };
+    spawn(
+        hv,
+        spec,
+        req.id,
+        req.cpu_millis,
+        req.cleanup.clone(),
+        state_root,
+        None,
+        host,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn(
+    hv: &dyn Hypervisor,
+    spec: VmSpec,
+    id: &str,
+    cpu_millis: Option<u64>,
+    cleanup: Vec<std::path::PathBuf>,
+    state_root: &Path,
+    netns: Option<OwnedFd>,
+    host: OwnedFd,
+) -> Result<Booted, VmError> {
+    let (memory_mib, vcpus, accel) = (spec.memory_mib, spec.vcpus, spec.accel);
     let cmd = hv.command(spec)?;
     // Each VM gets its own uid, derived from its random id.
-    let n = u32::from_str_radix(&req.id[..4.min(req.id.len())], 16).unwrap_or(0);
+    let n = u32::from_str_radix(&id[..4.min(id.len())], 16).unwrap_or(0);
     let vmm = jail::spawn(
         cmd,
         &JailSpec {
-            name: format!("vm-{}", req.id),
+            name: format!("vm-{id}"),
             uid: jail::UID_BASE + n,
-            guest_memory_mib: req.memory_mib,
-            vcpus: req.vcpus,
-            cpu_millis: req.cpu_millis,
-            cleanup: req.cleanup,
-            hide: vec![req.state_root.to_path_buf()],
-            device_group: match req.accel {
+            guest_memory_mib: memory_mib,
+            vcpus,
+            cpu_millis,
+            cleanup,
+            hide: vec![state_root.to_path_buf()],
+            device_group: match accel {
                 Accel::Kvm => jail::kvm_group(),
                 Accel::Tcg => None,
             },
-            netns: req.netns,
+            netns,
         },
     )?;
     Ok(Booted { vmm, control: host })

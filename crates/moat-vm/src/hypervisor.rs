@@ -55,6 +55,28 @@ pub struct VmSpec {
     pub accel: Accel,
     /// The guest's network device, if any.
     pub net: Option<crate::net::NetDevice>,
+    /// Booting a template, or restoring a VM from one ([`crate::template`]).
+    pub template: Option<TemplateVm>,
+}
+
+/// The template side of a [`VmSpec`]. Both keep the device layout of the
+/// template (a read-only root disk, the serial port) and its command line;
+/// guest RAM is `memory`, a sealed memfd ([`crate::template`]), and the
+/// VMM gets a monitor (QMP) on `qmp`.
+#[derive(Debug)]
+pub enum TemplateVm {
+    /// Booting a template: RAM is `memory`, mapped shared, so the guest's
+    /// pages land in it; the builder saves the device state through the
+    /// monitor (migration with `x-ignore-shared`: RAM stays out of it).
+    Build { qmp: OwnedFd, memory: OwnedFd },
+    /// Restoring: RAM is a private (copy-on-write) mapping of the
+    /// template's sealed `memory`; the VMM waits (`-incoming defer`) until
+    /// the monitor tells it to load `state`.
+    Restore {
+        qmp: OwnedFd,
+        state: File,
+        memory: OwnedFd,
+    },
 }
 
 /// A process to start: program, arguments, and descriptors it must inherit

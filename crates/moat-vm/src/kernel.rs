@@ -410,6 +410,9 @@ mod tests {
             "CONFIG_ACPI=y",
             "CONFIG_PCI=y",
             "CONFIG_CGROUP_PIDS=y",
+            // The agent's failure report (docs/vm.md).
+            "CONFIG_AUDIT=y",
+            "CONFIG_AUDITSYSCALL=y",
             // Surface a guest root could use, off (second review, item 8).
             "CONFIG_USER_NS=n",
             "CONFIG_VT=n",

@@ -24,6 +24,7 @@ pub mod session;
 mod state;
 pub mod supervisor;
 mod sys;
+pub mod template;
 pub mod trace;
 pub mod volumes;
 
@@ -34,6 +35,8 @@ use moat_policy::plan::NetworkPlan;
 use moat_policy::{Plan, ProcessSpec};
 use moat_runtime::{ContainerId, ContainerName, StateError};
 
+pub use moat_agent::audit::{self, GuestDenial, GuestReadOnly, GuestReport};
+
 pub use crate::backend::VmBackend;
 pub use crate::hypervisor::{Accel, Hypervisor};
 use crate::qemu::Qemu;
@@ -41,6 +44,30 @@ use crate::qemu::Qemu;
 /// Default VM shape when the plan leaves it at zero.
 pub const DEFAULT_VCPUS: u32 = 1;
 pub const DEFAULT_MEMORY_MIB: u64 = 256;
+
+/// How a container's micro-VM starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VmStart {
+    /// From the template where the VM's shape allows (a verified EROFS
+    /// root, no volumes, no network device), else a cold boot, silently.
+    #[default]
+    Auto,
+    /// From the template; a notice, then a cold boot, where it cannot be.
+    Template,
+    /// Boot the guest kernel.
+    Cold,
+}
+
+impl VmStart {
+    pub fn parse(s: &str) -> Option<VmStart> {
+        match s {
+            "template" => Some(VmStart::Template),
+            "cold" => Some(VmStart::Cold),
+            "auto" => Some(VmStart::Auto),
+            _ => None,
+        }
+    }
+}
 
 /// Everything `moat run --isolation vm` hands to the backend.
 #[derive(Debug)]
@@ -83,6 +110,8 @@ pub struct VmRunOptions {
     /// namespace (moat-oci: the one `config.json` names); `None`: the
     /// plan's network alone decides.
     pub attach: Option<net::Attach>,
+    /// Restore the VM from a template, or boot it.
+    pub vm_start: VmStart,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,14 +128,14 @@ pub enum VmError {
     Jail(#[from] jail::JailError),
     #[error(transparent)]
     Supervisor(#[from] supervisor::SupervisorError),
-    #[error("policy {policy:?} asks for `filesystem.root: ephemeral`, but the vm backend mounts the guest's root read-only only (no writable layer over the verity-checked image yet): run it with --isolation sandbox, or use `filesystem.writable` for the directories that need writes")]
-    EphemeralRootUnsupported { policy: String },
     #[error(transparent)]
     Volume(#[from] volumes::VolumeRefused),
     #[error(transparent)]
     Net(#[from] net::NetError),
     #[error("policy {policy:?} grants network egress, and the VM was also asked to take over an existing network namespace's interface: a guest has one network; use a policy with `network: loopback` for an attached VM")]
     TwoNetworks { policy: String },
+    #[error(transparent)]
+    Template(Box<template::TemplateError>),
     #[error("--accel {value:?} is not an accelerator: use kvm, tcg or auto")]
     BadAccel { value: String },
     #[error("opening {path}")]
@@ -166,14 +195,22 @@ pub fn run_container_on(
     stdio: session::Stdio,
     notice: &mut dyn FnMut(&str),
 ) -> Result<i32, VmError> {
+    run_container_reporting(opts, root, stdio, notice, &mut None)
+}
+
+/// [`run_container_on`], keeping the guest's report of a failed workload
+/// (writes its read-only root refused, calls its filter denied) in
+/// `report`: hostile input, already bounded, advice only.
+pub fn run_container_reporting(
+    opts: VmRunOptions,
+    root: Option<rootfs::RootImage>,
+    stdio: session::Stdio,
+    notice: &mut dyn FnMut(&str),
+    report: &mut Option<GuestReport>,
+) -> Result<i32, VmError> {
     let mut trace = trace::Trace::from_env();
     if opts.attach.is_some() && matches!(opts.plan.network, NetworkPlan::Egress { .. }) {
         return Err(VmError::TwoNetworks {
-            policy: opts.plan.policy_name.clone(),
-        });
-    }
-    if opts.plan.root != moat_policy::plan::RootPlan::ReadOnly {
-        return Err(VmError::EphemeralRootUnsupported {
             policy: opts.plan.policy_name.clone(),
         });
     }
@@ -250,6 +287,40 @@ pub fn run_container_on(
         (None, _) => (None, None, None),
     };
     trace.mark("network ready");
+    let shape = template::Shape {
+        vcpus,
+        memory_mib,
+        accel,
+    };
+    let restore = start_from_template(
+        &hv,
+        &opts,
+        shape,
+        &root,
+        volume_disks.is_empty() && net_device.is_none(),
+        notice,
+    )?
+    .map(|(state, mut msg)| {
+        msg.trace = trace.on();
+        (state, msg)
+    });
+    trace.mark(if restore.is_some() {
+        "template verified"
+    } else {
+        "cold boot chosen"
+    });
+    let (template_boot, restore, qmp) = match restore {
+        Some((t, msg)) => {
+            let (qmp, qmp_vmm) = sys::socketpair().map_err(VmError::Channel)?;
+            let boot = boot::TemplateBoot::Restore {
+                qmp: qmp_vmm,
+                state: t.state,
+                memory: t.memory,
+            };
+            (Some(boot), Some(msg), Some(qmp))
+        }
+        None => (None, None, None),
+    };
     let booted = boot::boot(
         &hv,
         boot::BootRequest {
@@ -272,8 +343,14 @@ pub fn run_container_on(
             volumes: volume_disks,
             net: net_device,
             netns,
+            template: template_boot,
         },
     )?;
+    if let Some(qmp) = qmp {
+        // The VMM waits for this before it loads the template's state.
+        template::start_incoming(qmp).map_err(|e| VmError::Template(Box::new(e)))?;
+        trace.mark("template state loading");
+    }
     // The cleanup watcher (root) unbinds the namespace, and pasta exits
     // once the file is gone (or with this thread): the supervisor, soon
     // unprivileged and under a filter that allows no kill or unlink, must
@@ -302,12 +379,83 @@ pub fn run_container_on(
             start_gate: opts.start_gate,
             extra_seccomp: opts.extra_seccomp,
             net: guest_net,
+            restore,
+            report,
         },
     );
     trace.mark("VMM stopped, cgroup removed");
     drop(state);
     trace.mark("container state removed");
     r
+}
+
+/// The template's verified state and the `Restore` frame for this VM, or
+/// `None` for a cold boot (asked for, a shape templates do not cover, or
+/// a template that cannot be built: the last two with a notice when the
+/// template was asked for explicitly, the last always).
+fn start_from_template(
+    hv: &Qemu,
+    opts: &VmRunOptions,
+    shape: template::Shape,
+    root: &rootfs::RootImage,
+    plain_devices: bool,
+    notice: &mut dyn FnMut(&str),
+) -> Result<Option<(template::Template, moat_agent::proto::Restore)>, VmError> {
+    let explicit = opts.vm_start == VmStart::Template;
+    if opts.vm_start == VmStart::Cold {
+        return Ok(None);
+    }
+    if root.fs != rootfs::RootFs::Verity || !plain_devices {
+        if explicit {
+            notice("moat: notice: booting the micro-VM cold: templates cover a verified image root without volumes or a network device");
+        }
+        return Ok(None);
+    }
+    // A kernel or agent that cannot be used fails a cold boot the same
+    // way: that error is the run's, not a notice.
+    let inputs = template::Inputs::current(hv, &hv.program, &opts.state_root, shape)?;
+    let t = match template::ensure(hv, &opts.state_root, &inputs, notice) {
+        Ok(t) => t,
+        Err(e) => {
+            let mut s = e.to_string();
+            let mut cur = std::error::Error::source(&e);
+            while let Some(c) = cur {
+                s.push_str(&format!(": {c}"));
+                cur = c.source();
+            }
+            notice(&format!(
+                "moat: notice: booting the micro-VM cold: its template could not be used: {s}"
+            ));
+            return Ok(None);
+        }
+    };
+    let mut entropy = [0u8; 64];
+    let read = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut entropy));
+    if read.is_err() {
+        notice(
+            "moat: notice: booting the micro-VM cold: no host randomness for its template clone",
+        );
+        return Ok(None);
+    }
+    let msg = moat_agent::proto::Restore {
+        entropy: hex::encode(entropy),
+        hostname: if opts.name.is_empty() {
+            opts.id
+                .as_ref()
+                .map(|i| i.short().to_string())
+                .unwrap_or_default()
+        } else {
+            opts.name.clone()
+        },
+        root: Some(moat_agent::proto::VerityRoot {
+            data_size: root.verity.data_size,
+            root_hash: root.verity.root_hash.clone(),
+            salt: root.verity.salt.clone(),
+        }),
+        trace: false,
+    };
+    Ok(Some((t, msg)))
 }
 
 /// Whether a hardware accelerator really works here (cached probe). `auto`

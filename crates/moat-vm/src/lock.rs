@@ -17,6 +17,16 @@ impl FileLock {
         Self::exclusive_or_wait(path, || {})
     }
 
+    /// The lock if nobody holds it now, without waiting.
+    pub fn try_exclusive(path: &Path) -> io::Result<Option<FileLock>> {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        Ok(sys::flock_try_exclusive(&file)?.then_some(FileLock { _file: file }))
+    }
+
     /// Like [`FileLock::exclusive`], calling `waiting` once first when
     /// another process holds the lock.
     pub fn exclusive_or_wait(path: &Path, waiting: impl FnOnce()) -> io::Result<FileLock> {

@@ -5,7 +5,7 @@
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
-use crate::hypervisor::{Accel, Hypervisor, HypervisorError, VmSpec, VmmCommand};
+use crate::hypervisor::{Accel, Hypervisor, HypervisorError, TemplateVm, VmSpec, VmmCommand};
 use crate::net::NetDevice;
 
 /// Descriptor numbers inside the VMM process.
@@ -22,6 +22,11 @@ const FD_DISK_RO: i32 = 7;
 const FD_VOLUMES: i32 = 16;
 /// The tap queue of a [`NetDevice::Tap`].
 const FD_NET: i32 = 8;
+/// A template VM's monitor socket, a restore's migration stream, and the
+/// template's guest memory (a sealed memfd).
+pub const FD_QMP: i32 = 9;
+pub const FD_MIGRATION: i32 = 10;
+pub const FD_MEMORY: i32 = 11;
 
 /// Translation cache size under TCG, MiB. QEMU's default (1 GiB) lets RSS
 /// grow to ~200 MB; 32 MiB keeps a container's VMM small and costs little
@@ -60,7 +65,14 @@ impl Qemu {
         let mut a: Vec<String> = Vec::new();
         let mut push = |s: &str| a.push(s.to_string());
         push("-M");
-        push("microvm,x-option-roms=off,rtc=off,pit=off,pic=off,isa-serial=on,acpi=on");
+        push(&format!(
+            "microvm,x-option-roms=off,rtc=off,pit=off,pic=off,isa-serial=on,acpi=on{}",
+            if spec.template.is_some() {
+                ",memory-backend=moatmem"
+            } else {
+                ""
+            }
+        ));
         push("-accel");
         match spec.accel {
             Accel::Kvm => push("kvm"),
@@ -130,6 +142,30 @@ impl Qemu {
         push("virtserialport,chardev=moat,name=moat.0");
         if let Some(n) = &spec.net {
             a.extend(net_args(n));
+        }
+        if let Some(t) = &spec.template {
+            // Guest RAM in the template's memfd, reopened through the
+            // VMM's own /proc: shared while the template boots, private
+            // (copy-on-write) in a clone. QEMU 7.2 opens it read-write in
+            // both cases; the memfd's seals refuse every write to it.
+            let share = match t {
+                TemplateVm::Build { .. } => "on",
+                TemplateVm::Restore { .. } => "off",
+            };
+            a.extend([
+                "-object".into(),
+                format!(
+                    "memory-backend-file,id=moatmem,size={}M,mem-path=/proc/self/fd/{FD_MEMORY},share={share}",
+                    spec.memory_mib
+                ),
+                "-chardev".into(),
+                format!("socket,id=qmp,fd={FD_QMP}"),
+                "-mon".into(),
+                "chardev=qmp,mode=control".into(),
+            ]);
+            if matches!(t, TemplateVm::Restore { .. }) {
+                a.extend(["-incoming".into(), "defer".into()]);
+            }
         }
         a
     }
@@ -220,6 +256,18 @@ impl Hypervisor for Qemu {
         if let Some(NetDevice::Tap { fd, .. }) = spec.net {
             fds.push((fd, FD_NET));
         }
+        match spec.template {
+            Some(TemplateVm::Build { qmp, memory }) => {
+                fds.push((qmp, FD_QMP));
+                fds.push((memory, FD_MEMORY));
+            }
+            Some(TemplateVm::Restore { qmp, state, memory }) => {
+                fds.push((qmp, FD_QMP));
+                fds.push((OwnedFd::from(state), FD_MIGRATION));
+                fds.push((memory, FD_MEMORY));
+            }
+            None => {}
+        }
         let overhead_mib = match spec.accel {
             Accel::Tcg => TCG_TB_SIZE_MIB * 2 + 128,
             Accel::Kvm => 128,
@@ -252,6 +300,7 @@ mod tests {
             memory_mib: 128,
             accel,
             net: None,
+            template: None,
         }
     }
 
@@ -319,6 +368,35 @@ mod tests {
                 "-netdev user,id=net0,net=10.0.2.0/24,host=10.0.2.2,dns=10.0.2.3,ipv6=off,hostfwd=tcp::80-:80 -device virtio-net-device,netdev=net0,mac=52:54:00:12:34:56"
             ),
             "{a}"
+        );
+    }
+
+    #[test]
+    fn a_template_vm_gets_its_memory_and_a_monitor() {
+        let mut s = spec(true, Accel::Tcg);
+        let fd = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        s.template = Some(TemplateVm::Build {
+            qmp: fd(),
+            memory: fd(),
+        });
+        let a = Qemu::args(&s).join(" ");
+        assert!(a.contains("acpi=on,memory-backend=moatmem "), "{a}");
+        assert!(
+            a.ends_with("-object memory-backend-file,id=moatmem,size=128M,mem-path=/proc/self/fd/11,share=on -chardev socket,id=qmp,fd=9 -mon chardev=qmp,mode=control"),
+            "{a}"
+        );
+        s.template = Some(TemplateVm::Restore {
+            qmp: fd(),
+            state: std::fs::File::open("/dev/null").unwrap(),
+            memory: fd(),
+        });
+        let a = Qemu::args(&s).join(" ");
+        assert!(a.contains(",share=off -chardev"), "{a}");
+        assert!(a.ends_with("-incoming defer"), "{a}");
+        let plain = Qemu::args(&spec(true, Accel::Tcg)).join(" ");
+        assert!(
+            !plain.contains("moatmem") && !plain.contains("-mon"),
+            "{plain}"
         );
     }
 

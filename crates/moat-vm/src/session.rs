@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use moat_agent::audit::GuestReport;
 use moat_agent::proto::{Decoder, Message, Start, WallClock, MAX_DATA};
 use moat_policy::{Plan, ProcessSpec};
 
@@ -46,6 +47,11 @@ pub struct SessionOptions<'a> {
     pub extra_seccomp: Vec<moat_policy::plan::SeccompProgram>,
     /// The guest's network configuration (with a network device).
     pub net: Option<crate::net::GuestNet>,
+    /// A VM restored from a template: its first frame (entropy, identity,
+    /// root); the agent's `Hello` follows it.
+    pub restore: Option<moat_agent::proto::Restore>,
+    /// Set to the guest's report of the workload's failure, bounded.
+    pub report: &'a mut Option<GuestReport>,
 }
 
 /// Where the workload's stdio goes on the host.
@@ -97,6 +103,9 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
         out.extend(m.encode().map_err(VmError::Protocol)?);
         Ok(())
     };
+    if let Some(r) = opts.restore {
+        queue(&mut out, Message::Restore(Box::new(r)))?;
+    }
     let started_at = Instant::now();
     let mut started = false;
     let mut stop_deadline: Option<(Instant, i32)> = None;
@@ -145,6 +154,7 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                 &mut buf,
                 &mut host_out,
                 &mut host_err,
+                opts.report,
             )? {
                 return Ok(code);
             }
@@ -355,6 +365,7 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                                 memory_limit_message(e.code, kills, guest_memory_mib(opts.plan))
                             );
                         }
+                        *opts.report = e.report.map(GuestReport::bounded);
                         return Ok(e.code);
                     }
                     Message::Error(f) => return guest_failure(f, &mut host_err),
@@ -450,6 +461,7 @@ fn guest_failure(f: moat_agent::proto::AgentFailure, err: &mut dyn Write) -> Res
 
 /// After the VMM ended: decode whatever is left for an Exit or Error of
 /// this session (or, before the agent said hello, an Error without one).
+#[allow(clippy::too_many_arguments)]
 fn drain(
     session: &str,
     started: bool,
@@ -458,6 +470,7 @@ fn drain(
     buf: &mut [u8],
     out: &mut dyn Write,
     err: &mut dyn Write,
+    report: &mut Option<GuestReport>,
 ) -> Result<Option<i32>, VmError> {
     loop {
         let n = sock.read(buf).unwrap_or(0);
@@ -466,7 +479,10 @@ fn drain(
         }
         while let Ok(Some(m)) = decoder.next_message() {
             match m {
-                Message::Exit(e) if e.session == session => return Ok(Some(e.code)),
+                Message::Exit(e) if e.session == session => {
+                    *report = e.report.map(GuestReport::bounded);
+                    return Ok(Some(e.code));
+                }
                 Message::Error(f) if f.session == session || (f.session.is_empty() && !started) => {
                     return guest_failure(f, err).map(Some)
                 }
@@ -530,13 +546,32 @@ moat-agent: trace 2.6 hello sent\n";
         Message::Exit(Exit {
             code,
             session: session.into(),
+            report: None,
         })
+    }
+
+    fn report(n: u32) -> GuestReport {
+        GuestReport {
+            denied: (0..n)
+                .map(|nr| moat_agent::audit::GuestDenial {
+                    nr,
+                    exe: "/bin/x\u{1b}]0;pwned\u{7}".into(),
+                    count: 1,
+                })
+                .collect(),
+            read_only: Vec::new(),
+            omitted: 0,
+        }
     }
 
     #[test]
     fn only_the_agents_session_ends_the_run() {
         let mut sock = channel(&[
-            exit(42, ""),
+            Message::Exit(Exit {
+                code: 42,
+                session: String::new(),
+                report: Some(report(1)),
+            }),
             exit(42, "0123"),
             Message::Error(AgentFailure {
                 code: 127,
@@ -544,10 +579,15 @@ moat-agent: trace 2.6 hello sent\n";
                 session: String::new(),
             }),
             Message::Stdout(b"out".to_vec()),
-            exit(0, "s3cr3t"),
+            Message::Exit(Exit {
+                code: 1,
+                session: "s3cr3t".into(),
+                report: Some(report(100)),
+            }),
         ]);
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let mut buf = vec![0u8; 4096];
+        let mut got = None;
         let code = drain(
             "s3cr3t",
             true,
@@ -556,9 +596,15 @@ moat-agent: trace 2.6 hello sent\n";
             &mut buf,
             &mut out,
             &mut err,
+            &mut got,
         )
         .unwrap();
-        assert_eq!(code, Some(0));
+        assert_eq!(code, Some(1));
+        // The agent's report, cut to its limits.
+        let got = got.unwrap();
+        assert_eq!(got.denied.len(), moat_agent::audit::MAX_ENTRIES);
+        assert_eq!(got.omitted, 100 - moat_agent::audit::MAX_ENTRIES as u64);
+        assert_eq!(got.denied[0].exe, "/bin/x]0;pwned");
         assert_eq!(out, b"out");
         let err = String::from_utf8(err).unwrap();
         assert_eq!(err.lines().count(), 3, "{err}");
@@ -581,6 +627,7 @@ moat-agent: trace 2.6 hello sent\n";
             &mut buf,
             &mut Vec::new(),
             &mut Vec::new(),
+            &mut None,
         );
         assert_eq!(
             r.unwrap_err().to_string(),

@@ -67,7 +67,7 @@ pub fn confine(scope: Scope, uid: u32) -> Result<(), SupervisorError> {
     sys::keep_freed_heap();
     sys::drop_privileges(uid, scope == Scope::Process)
         .map_err(|source| SupervisorError::DropPrivileges { uid, source })?;
-    sys::install_seccomp(&prog, scope == Scope::Process).map_err(SupervisorError::Install)
+    moat_runtime::install_seccomp(&prog, scope == Scope::Process).map_err(SupervisorError::Install)
 }
 
 #[cfg(test)]

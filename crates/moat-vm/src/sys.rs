@@ -356,6 +356,7 @@ pub fn spawn_detached(cmd: &mut std::process::Command) -> io::Result<std::proces
 }
 
 /// `prog` as the kernel's `struct sock_filter` array.
+#[cfg(test)]
 fn to_kernel(prog: &[moat_policy::plan::SockFilter]) -> Vec<libc::sock_filter> {
     prog.iter()
         .map(|i| libc::sock_filter {
@@ -365,40 +366,6 @@ fn to_kernel(prog: &[moat_policy::plan::SockFilter]) -> Vec<libc::sock_filter> {
             k: i.k,
         })
         .collect()
-}
-
-/// Sets `no_new_privs` and installs `prog` as a seccomp filter, on every
-/// thread of the process when `tsync` (`SECCOMP_FILTER_FLAG_TSYNC`), else on
-/// the calling thread only.
-pub fn install_seccomp(prog: &[moat_policy::plan::SockFilter], tsync: bool) -> io::Result<()> {
-    let mut insns = to_kernel(prog);
-    let fprog = libc::sock_fprog {
-        len: u16::try_from(insns.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
-        filter: insns.as_mut_ptr(),
-    };
-    // SAFETY: prctl with integer arguments only.
-    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
-    let flags: libc::c_ulong = if tsync {
-        libc::SECCOMP_FILTER_FLAG_TSYNC
-    } else {
-        0
-    };
-    // SAFETY: fprog points at `insns`, which outlives the call; the kernel
-    // copies the program.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            flags,
-            &fprog as *const libc::sock_fprog,
-        )
-    };
-    match r {
-        0 => Ok(()),
-        r if r < 0 => Err(io::Error::last_os_error()),
-        // TSYNC: the id of a thread that could not be synchronised.
-        _ => Err(io::Error::from_raw_os_error(libc::ESRCH)),
-    }
 }
 
 /// How a [`probe_filter`] child ended.
@@ -944,4 +911,33 @@ pub fn wait_nohang(pid: libc::pid_t) -> io::Result<Option<i32>> {
 pub fn keep_freed_heap() {
     // SAFETY: mallopt takes two integers and only changes a malloc setting.
     unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) };
+}
+
+/// Maps `len` bytes of `fd` read-write, shared or private, and unmaps them
+/// again: whether the kernel allows such a mapping (the template memory's
+/// seals refuse a shared writable one).
+#[cfg(test)]
+pub fn try_map(fd: BorrowedFd<'_>, len: usize, shared: bool) -> io::Result<()> {
+    let flags = if shared {
+        libc::MAP_SHARED
+    } else {
+        libc::MAP_PRIVATE
+    };
+    // SAFETY: a new mapping at an address the kernel chooses; nothing
+    // reads or writes it, and it is unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `p` is the live mapping of `len` bytes made above.
+    check(unsafe { libc::munmap(p, len) }).map(drop)
 }

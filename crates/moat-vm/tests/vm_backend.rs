@@ -54,7 +54,10 @@ fn a_running_vm_container_through_the_backend_trait() {
     assert_eq!(rec.pid, std::process::id() as i32);
 
     let s = b.stats(&rec).expect("cgroup figures of a running VM");
-    assert!(s.memory_bytes.unwrap() > 1 << 20, "{s:?}");
+    // Some: a VM restored from a template is charged only for the pages
+    // it writes (the template's are the builder's), about 1 MiB idle.
+    assert!(s.memory_bytes.unwrap() > 0, "{s:?}");
+    assert!(s.cpu_usec.unwrap() > 0, "{s:?}");
     assert!(s.pids.unwrap() >= 1, "{s:?}");
 
     let e = b.signal(&rec, libc::SIGSTOP).unwrap_err();

@@ -95,6 +95,22 @@ enum Command {
     Profile(cmd::profile::ProfileCommand),
     /// Measure the attack surface a policy or image leaves open.
     Surface(cmd::surface::SurfaceArgs),
+    /// Create or update objects in moatd from manifests (Kubernetes subset).
+    Apply(cmd::moatd::ApplyArgs),
+    /// Delete moatd objects named in manifests or as TYPE/NAME.
+    Delete(cmd::moatd::DeleteArgs),
+    /// List moatd's deployments, pods, volumes or secrets.
+    Get(cmd::moatd::GetArgs),
+    /// Show one moatd object in detail, with its pods and events.
+    Describe(cmd::moatd::DescribeArgs),
+    /// Watch, list and undo the rollouts of a deployment.
+    #[command(subcommand)]
+    Rollout(cmd::moatd::RolloutCommand),
+    /// moatd's events (-f: keep following).
+    Events(cmd::moatd::EventsArgs),
+    /// Verify moatd's hash-chained audit log.
+    #[command(subcommand)]
+    Audit(cmd::moatd::AuditCommand),
     /// Developer helpers (test images).
     #[command(hide = true)]
     #[command(subcommand)]
@@ -178,6 +194,13 @@ fn main() -> ExitCode {
         Command::Profile(c) => cmd::profile::run(&cli.global, c),
         Command::Surface(c) => cmd::surface::run(&cli.global, c),
         Command::Dev(c) => cmd::dev::run(&cli.global, c),
+        Command::Apply(c) => cmd::moatd::apply(c),
+        Command::Delete(c) => cmd::moatd::delete(c),
+        Command::Get(c) => cmd::moatd::get(c),
+        Command::Describe(c) => cmd::moatd::describe(c),
+        Command::Rollout(c) => cmd::moatd::rollout(c),
+        Command::Events(c) => cmd::moatd::events(c),
+        Command::Audit(c) => cmd::moatd::audit(c),
     };
     match result {
         Ok(code) => code,

@@ -8,8 +8,8 @@
 mod sandbox_common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use sandbox_common::images::corpus;
 use sandbox_common::{can_sandbox, stderr, stdout, Env};
 
 #[path = "../../moat-vm/tests/common/host.rs"]
@@ -17,22 +17,6 @@ mod vm_host;
 
 /// Builds corpus image `name` under the test's directory; `None` (after a
 /// `SKIP:` line) when its packages are not installed.
-fn corpus(env: &Env, name: &str) -> Option<PathBuf> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/corpus");
-    let dir = env.dir.path().join(format!("corpus-{name}"));
-    let out = Command::new(script).arg(name).arg(&dir).output().unwrap();
-    if out.status.code() == Some(1) && stderr(&out).contains("missing") {
-        println!("SKIP: corpus image {name}: {}", stderr(&out).trim());
-        return None;
-    }
-    assert!(
-        out.status.success(),
-        "scripts/corpus {name}: {}",
-        stderr(&out)
-    );
-    Some(dir)
-}
-
 /// The calls `auto` allows for the image in `dir`, with no fallback to baseline.
 fn auto_allowed(env: &Env, name: &str, dir: &Path) -> u64 {
     let out = env
@@ -66,6 +50,27 @@ fn auto_allowed(env: &Env, name: &str, dir: &Path) -> u64 {
     assert!(n < 301, "{name}: {n}");
     n
 }
+
+/// The corpus workloads, the same in both backends.
+const COREUTILS_WORK: &str = "echo b > /tmp/x; echo a >> /tmp/x; cp /tmp/x /tmp/y; sort /tmp/y; mkdir /tmp/d; mv /tmp/y /tmp/d/; ls /tmp/d; wc -l < /tmp/d/y";
+const SQL_WORK: &str = "create table t(a); insert into t values (1),(2); select sum(a) from t;";
+const NGINX_WORK: &str = "/usr/sbin/nginx -e stderr -c /etc/nginx/mini.conf & for i in 1 2 3 4 5 6 7 8 9 10; do curl -sS http://127.0.0.1:8080/index.html 2>/dev/null && exit 0; sleep 0.5; done; exit 1";
+const PY_WORK: &str = r#"import json, sqlite3, ssl, subprocess, sys, threading
+db = sqlite3.connect("/tmp/w.db")
+db.execute("create table t (k text, v integer)")
+db.executemany("insert into t values (?, ?)", [("a", 1), ("b", 2)])
+rows = db.execute("select k, v from t order by k").fetchall()
+ctx = ssl.create_default_context()
+sub = subprocess.run([sys.executable, "-c", "print(6*7)"], capture_output=True, text=True, check=True).stdout.strip()
+results = []
+def work(n):
+    results.append(sum(range(n)))
+ts = [threading.Thread(target=work, args=(i * 1000,)) for i in range(4)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(json.dumps({"rows": rows, "tls": ctx.protocol.name, "sub": sub, "threads": sorted(results)}))
+"#;
+const PY_EXPECT: &str = "{\"rows\": [[\"a\", 1], [\"b\", 2]], \"tls\": \"PROTOCOL_TLS_CLIENT\", \"sub\": \"42\", \"threads\": [0, 499500, 1999000, 4498500]}\n";
 
 fn loopback_policy(env: &Env) -> PathBuf {
     let p = env.dir.path().join("auto-loopback.yaml");
@@ -126,7 +131,7 @@ fn busybox_and_coreutils_pass_under_auto() {
         "sandbox",
         &cu,
         None,
-        &["/bin/sh", "-c", "echo b > /tmp/x; echo a >> /tmp/x; cp /tmp/x /tmp/y; sort /tmp/y; mkdir /tmp/d; mv /tmp/y /tmp/d/; ls /tmp/d; wc -l < /tmp/d/y"],
+        &["/bin/sh", "-c", COREUTILS_WORK],
     );
     assert_eq!((code, out.as_str()), (0, "a\nb\ny\n2\n"), "{err}");
 }
@@ -146,11 +151,7 @@ fn sqlite3_passes_under_auto() {
         "sandbox",
         &dir,
         None,
-        &[
-            "/usr/bin/sqlite3",
-            "/tmp/t.db",
-            "create table t(a); insert into t values (1),(2); select sum(a) from t;",
-        ],
+        &["/usr/bin/sqlite3", "/tmp/t.db", SQL_WORK],
     );
     assert_eq!((code, out.as_str()), (0, "3\n"), "{err}");
 }
@@ -165,25 +166,7 @@ fn python3_with_sqlite3_json_ssl_subprocess_threads_passes_under_auto() {
         return;
     };
     std::fs::create_dir_all(dir.join("srv")).unwrap();
-    std::fs::write(
-        dir.join("srv/work.py"),
-        r#"import json, sqlite3, ssl, subprocess, sys, threading
-db = sqlite3.connect("/tmp/w.db")
-db.execute("create table t (k text, v integer)")
-db.executemany("insert into t values (?, ?)", [("a", 1), ("b", 2)])
-rows = db.execute("select k, v from t order by k").fetchall()
-ctx = ssl.create_default_context()
-sub = subprocess.run([sys.executable, "-c", "print(6*7)"], capture_output=True, text=True, check=True).stdout.strip()
-results = []
-def work(n):
-    results.append(sum(range(n)))
-ts = [threading.Thread(target=work, args=(i * 1000,)) for i in range(4)]
-for t in ts: t.start()
-for t in ts: t.join()
-print(json.dumps({"rows": rows, "tls": ctx.protocol.name, "sub": sub, "threads": sorted(results)}))
-"#,
-    )
-    .unwrap();
+    std::fs::write(dir.join("srv/work.py"), PY_WORK).unwrap();
     auto_allowed(&env, "python3", &dir);
     let (code, out, err) = run(
         &env,
@@ -192,11 +175,7 @@ print(json.dumps({"rows": rows, "tls": ctx.protocol.name, "sub": sub, "threads":
         None,
         &["/usr/bin/python3", "/srv/work.py"],
     );
-    assert_eq!(
-        (code, out.as_str()),
-        (0, "{\"rows\": [[\"a\", 1], [\"b\", 2]], \"tls\": \"PROTOCOL_TLS_CLIENT\", \"sub\": \"42\", \"threads\": [0, 499500, 1999000, 4498500]}\n"),
-        "{err}"
-    );
+    assert_eq!((code, out.as_str()), (0, PY_EXPECT), "{err}");
 }
 
 #[test]
@@ -215,7 +194,7 @@ fn nginx_serves_a_file_to_curl_on_loopback_under_auto() {
         "sandbox",
         &dir,
         Some(&policy),
-        &["/bin/sh", "-c", "/usr/sbin/nginx -e stderr -c /etc/nginx/mini.conf & for i in 1 2 3 4 5 6 7 8 9 10; do curl -sS http://127.0.0.1:8080/index.html 2>/dev/null && exit 0; sleep 0.5; done; exit 1"],
+        &["/bin/sh", "-c", NGINX_WORK],
     );
     assert_eq!((code, out.as_str()), (0, "hello from nginx\n"), "{err}");
 }
@@ -279,4 +258,56 @@ fn busybox_and_go_pass_under_auto_in_the_vm() {
     };
     let (code, out, err) = run(&env, "vm", &go, None, &["/usr/local/bin/gotool", "file"]);
     assert_eq!((code, out.as_str()), (0, "file ok\n"), "{err}");
+}
+
+/// The larger images in a micro-VM (TCG): the same workloads under `auto`,
+/// with the guest's loopback for nginx and the Go binary.
+#[test]
+fn coreutils_sqlite3_nginx_python3_and_go_pass_under_auto_in_the_vm() {
+    let test = "coreutils_sqlite3_nginx_python3_and_go_pass_under_auto_in_the_vm";
+    let env = Env::new();
+    if !sandbox_common::vm_ready(&env, test) {
+        return;
+    }
+    let _l = vm_host::vm_lock();
+    let loopback = loopback_policy(&env);
+    let Some(cu) = corpus(&env, "coreutils") else {
+        return;
+    };
+    let (code, out, err) = run(&env, "vm", &cu, None, &["/bin/sh", "-c", COREUTILS_WORK]);
+    assert_eq!((code, out.as_str()), (0, "a\nb\ny\n2\n"), "{err}");
+    let Some(sq) = corpus(&env, "sqlite3") else {
+        return;
+    };
+    let (code, out, err) = run(
+        &env,
+        "vm",
+        &sq,
+        None,
+        &["/usr/bin/sqlite3", "/tmp/t.db", SQL_WORK],
+    );
+    assert_eq!((code, out.as_str()), (0, "3\n"), "{err}");
+    let Some(ng) = corpus(&env, "nginx") else {
+        return;
+    };
+    let (code, out, err) = run(
+        &env,
+        "vm",
+        &ng,
+        Some(&loopback),
+        &["/bin/sh", "-c", NGINX_WORK],
+    );
+    assert_eq!((code, out.as_str()), (0, "hello from nginx\n"), "{err}");
+    let Some(go) = corpus(&env, "go-static") else {
+        return;
+    };
+    let (code, out, err) = run(&env, "vm", &go, Some(&loopback), &["/usr/local/bin/gotool"]);
+    assert_eq!((code, out.as_str()), (0, "file ok\nnet ok\n"), "{err}");
+    let Some(py) = corpus(&env, "python3") else {
+        return;
+    };
+    std::fs::create_dir_all(py.join("srv")).unwrap();
+    std::fs::write(py.join("srv/work.py"), PY_WORK).unwrap();
+    let (code, out, err) = run(&env, "vm", &py, None, &["/usr/bin/python3", "/srv/work.py"]);
+    assert_eq!((code, out.as_str()), (0, PY_EXPECT), "{err}");
 }

@@ -7,18 +7,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use common::images::import_image_with_volumes;
 use common::{can_sandbox, stderr, stdout, Env};
-
-/// A policy extending baseline with the `spec` lines `extra`.
-fn policy(env: &Env, name: &str, extra: &str) -> String {
-    let path = env.dir.path().join(format!("{name}.yaml"));
-    std::fs::write(
-        &path,
-        format!("apiVersion: moat.dev/v1\nkind: Policy\nmetadata:\n  name: {name}\nspec:\n  extends: baseline\n{extra}"),
-    )
-    .unwrap();
-    path.display().to_string()
-}
 
 fn sh(env: &Env, opts: &[&str], script: &str) -> std::process::Output {
     let mut a: Vec<&str> = vec!["--rm"];
@@ -70,7 +60,7 @@ fn ephemeral_root_takes_writes_that_die_with_the_container() {
     std::fs::create_dir_all(env.rootfs.join("var/lib")).unwrap();
     std::fs::write(env.rootfs.join("etc/motd"), b"image\n").unwrap();
     let before = snapshot(&env.rootfs);
-    let p = policy(&env, "eph", "  filesystem:\n    root: ephemeral\n");
+    let p = env.policy("eph", "  filesystem:\n    root: ephemeral\n");
 
     let o = sh(
         &env,
@@ -122,8 +112,7 @@ fn ephemeral_layer_size_limit_stops_a_writer() {
     }
     let env = Env::new();
     let before = snapshot(&env.rootfs);
-    let p = policy(
-        &env,
+    let p = env.policy(
         "ephsmall",
         "  filesystem:\n    root: ephemeral\n  resources:\n    disk: 4Mi\n",
     );
@@ -150,10 +139,9 @@ fn ephemeral_layer_size_limit_stops_a_writer() {
 }
 
 #[test]
-fn ephemeral_root_is_shown_by_explain_and_refused_by_the_vm() {
+fn ephemeral_root_is_shown_by_explain() {
     let env = Env::new();
-    let p = policy(
-        &env,
+    let p = env.policy(
         "ephx",
         "  filesystem:\n    root: ephemeral\n  resources:\n    disk: 64Mi\n",
     );
@@ -164,31 +152,8 @@ fn ephemeral_root_is_shown_by_explain_and_refused_by_the_vm() {
     );
     let text = env.ok(&["policy", "explain", "baseline"]);
     assert!(text.contains("root file system read-only,"), "{text}");
-    // The vm backend refuses it before booting, naming the way out.
-    let root = env.rootfs.display().to_string();
-    let o = env
-        .moat(&[
-            "run",
-            "--rm",
-            "--isolation",
-            "vm",
-            "--policy",
-            &p,
-            "--rootfs",
-            &root,
-            "true",
-        ])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = stderr(&o);
-    assert!(
-        err.contains("policy \"ephx\" asks for `filesystem.root: ephemeral`")
-            && err.contains("--isolation sandbox"),
-        "{err}"
-    );
     // Unknown values are refused with the two that exist.
-    let bad = policy(&env, "ephbad", "  filesystem:\n    root: writable\n");
+    let bad = env.policy("ephbad", "  filesystem:\n    root: writable\n");
     let o = env.moat(&["policy", "explain", &bad]).output().unwrap();
     assert!(!o.status.success());
     assert!(
@@ -201,7 +166,7 @@ fn ephemeral_root_is_shown_by_explain_and_refused_by_the_vm() {
 #[test]
 fn surface_shows_the_writable_root() {
     let env = Env::new();
-    let p = policy(&env, "ephs", "  filesystem:\n    root: ephemeral\n");
+    let p = env.policy("ephs", "  filesystem:\n    root: ephemeral\n");
     let eph = env.ok(&["surface", &p]);
     let base = env.ok(&["surface", "baseline"]);
     assert!(
@@ -209,54 +174,6 @@ fn surface_shows_the_writable_root() {
         "{eph}"
     );
     assert!(base.contains("(root read-only)"), "{base}");
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    format!("{:x}", sha2::Sha256::digest(data))
-}
-
-/// The busybox test image as an OCI layout whose config declares
-/// `VOLUME` at each of `volumes`, imported as `volimg`.
-fn import_image_with_volumes(env: &Env, volumes: &[&str]) {
-    let dir = env.dir.path().join("layout");
-    env.ok(&[
-        "dev",
-        "test-image",
-        "--format",
-        "oci-layout",
-        "-o",
-        dir.to_str().unwrap(),
-    ]);
-    let blob = |d: &str| {
-        dir.join("blobs/sha256")
-            .join(d.trim_start_matches("sha256:"))
-    };
-    let read = |p: &Path| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-    };
-    let mut index = read(&dir.join("index.json"));
-    let mut manifest = read(&blob(index["manifests"][0]["digest"].as_str().unwrap()));
-    let mut config = read(&blob(manifest["config"]["digest"].as_str().unwrap()));
-    let decl: serde_json::Map<String, serde_json::Value> = volumes
-        .iter()
-        .map(|v| (v.to_string(), serde_json::json!({})))
-        .collect();
-    config["config"]["Volumes"] = serde_json::Value::Object(decl);
-    let write = |v: &serde_json::Value| -> (String, usize) {
-        let bytes = serde_json::to_vec(v).unwrap();
-        let d = format!("sha256:{}", sha256_hex(&bytes));
-        std::fs::write(blob(&d), &bytes).unwrap();
-        (d, bytes.len())
-    };
-    let (cd, cs) = write(&config);
-    manifest["config"]["digest"] = cd.into();
-    manifest["config"]["size"] = cs.into();
-    let (md, ms) = write(&manifest);
-    index["manifests"][0]["digest"] = md.into();
-    index["manifests"][0]["size"] = ms.into();
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    env.ok(&["image", "import", dir.to_str().unwrap(), "--name", "volimg"]);
 }
 
 #[test]
@@ -296,8 +213,7 @@ fn declared_volumes_get_a_notice_unless_the_policy_makes_them_writable() {
     }
     // A writable grant at one of them: only the other is named, and the
     // granted one takes writes.
-    let p = policy(
-        &env,
+    let p = env.policy(
         "volhome",
         "  filesystem:\n    writable:\n      - path: /home\n",
     );
@@ -308,7 +224,7 @@ fn declared_volumes_get_a_notice_unless_the_policy_makes_them_writable() {
     assert!(!err.contains("VOLUME /home,"), "{err}");
     assert!(err.contains("VOLUME /var,"), "{err}");
     // An ephemeral root provides both, silently.
-    let p = policy(&env, "volroot", "  filesystem:\n    root: ephemeral\n");
+    let p = env.policy("volroot", "  filesystem:\n    root: ephemeral\n");
     let o = run(
         &p,
         "mkdir -p /var/cache/app && echo y > /var/cache/app/f && cat /var/cache/app/f",
@@ -413,7 +329,7 @@ fn ephemeral_writes_do_not_survive_a_restart() {
     }
     let env = Env::new();
     let before = snapshot(&env.rootfs);
-    let p = policy(&env, "ephre", "  filesystem:\n    root: ephemeral\n");
+    let p = env.policy("ephre", "  filesystem:\n    root: ephemeral\n");
     let root = env.rootfs.display().to_string();
     env.ok(&[
         "create",

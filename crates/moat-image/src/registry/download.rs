@@ -17,7 +17,6 @@ use sha2::{Digest, Sha256};
 
 use super::client::Client;
 use super::RegistryError;
-use crate::digest::sha256_hex;
 use crate::import::Progress;
 use crate::oci::Descriptor;
 use crate::store::Store;
@@ -108,7 +107,7 @@ pub(crate) fn fetch_blob(
 ) -> Result<(), RegistryError> {
     let reference = client.reference().to_string();
     let what = format!("blob {}", d.digest);
-    let hex = sha256_hex(&d.digest).expect("descriptors are checked when parsed");
+    let hex = d.digest.hex();
     let partial = downloads.join(format!("{hex}.partial"));
     let werr = |source| RegistryError::Write {
         reference: reference.clone(),
@@ -232,7 +231,7 @@ pub(crate) fn fetch_blob(
         return Err(RegistryError::Digest {
             reference,
             what,
-            expected: d.digest.clone(),
+            expected: d.digest.to_string(),
             actual,
         });
     }

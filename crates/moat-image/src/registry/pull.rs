@@ -12,7 +12,7 @@ use super::client::{Client, ClientOptions};
 use super::config::{Endpoint, RegistriesConf};
 use super::reference::Reference;
 use super::RegistryError;
-use crate::digest::{sha256_hex, sha256_of};
+use crate::digest::{sha256_of, Digest};
 use crate::import::{ImportOptions, NoProgress, Progress};
 use crate::oci::{self, Descriptor};
 use crate::store::Store;
@@ -82,7 +82,7 @@ pub struct Pulled {
 pub(crate) struct Fetched {
     pub bytes: Vec<u8>,
     pub media_type: String,
-    pub digest: String,
+    pub digest: Digest,
 }
 
 /// `GET /v2/<repo>/manifests/<ref>`; with `expect` (a digest) the bytes
@@ -113,14 +113,14 @@ pub(crate) fn fetch_manifest(
         .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
         .unwrap_or_default();
     let bytes = client.read_limited(reply.response, what, oci::MAX_JSON_BYTES)?;
-    let digest = sha256_of(&bytes);
+    let digest = Digest::of(&bytes);
     if let Some(e) = expect {
         if e != digest {
             return Err(RegistryError::Digest {
                 reference: client.reference().to_string(),
                 what: what.to_string(),
                 expected: e.to_string(),
-                actual: digest,
+                actual: digest.into(),
             });
         }
     }
@@ -263,7 +263,7 @@ impl Store {
                             inner_err = Some(e);
                             Err(oci::OciError::ReadBlob {
                                 what: "the index".into(),
-                                digest: d.digest.clone(),
+                                digest: d.digest.to_string(),
                                 source: msg.into(),
                             })
                         }
@@ -358,7 +358,7 @@ impl Store {
             }
         };
         fs::create_dir_all(&blobs).map_err(werr(&blobs))?;
-        let mhex = sha256_hex(&manifest_desc.digest).expect("descriptors are checked when parsed");
+        let mhex = manifest_desc.digest.hex();
         fs::write(blobs.join(mhex), &manifest_bytes).map_err(werr(&blobs))?;
 
         // Config and layers, skipping blobs the store already holds.
@@ -386,7 +386,7 @@ impl Store {
         opts.progress
             .phase("downloading", wanted.iter().map(|d| d.size).sum());
         parallel(&wanted, opts.client.parallel, &|d, cancel| {
-            let hex = sha256_hex(&d.digest).expect("descriptors are checked when parsed");
+            let hex = d.digest.hex();
             super::download::fetch_blob(
                 &client,
                 d,
@@ -429,7 +429,7 @@ impl Store {
         }
         Ok(Pulled {
             image,
-            digest: top.digest,
+            digest: top.digest.into(),
             pinned,
         })
     }

@@ -84,7 +84,7 @@ impl Store {
         let mut blobs: Vec<(String, u64)> = Vec::new();
         for d in std::iter::once(&parsed.config).chain(&parsed.layers) {
             if !blobs.iter().any(|(b, _)| *b == d.digest) {
-                blobs.push((d.digest.clone(), d.size));
+                blobs.push((d.digest.to_string(), d.size));
             }
         }
         let uploaded = std::sync::atomic::AtomicUsize::new(0);

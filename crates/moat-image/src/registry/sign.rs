@@ -56,7 +56,11 @@ fn resolve(client: &Client, r: &Reference) -> Result<String, RegistryError> {
     if let Some(d) = &r.digest {
         return Ok(d.clone());
     }
-    Ok(fetch_manifest(client, "the manifest", r.manifest_ref(), None)?.digest)
+    Ok(
+        fetch_manifest(client, "the manifest", r.manifest_ref(), None)?
+            .digest
+            .into(),
+    )
 }
 
 /// Signs the image `r` names with `key` and stores the signature in the

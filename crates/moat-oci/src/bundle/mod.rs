@@ -184,7 +184,7 @@ fn cap_mask(
 pub fn prepare(b: &Bundle, site: &Site, id: &str) -> Result<Prepared, BundleError> {
     let c = &b.config;
     let isolation = site.isolation_for(&b.annotations)?;
-    let policy = site.policy_for(&b.annotations, &b.dir)?;
+    let policy = site.policy_for(&b.annotations, &b.dir, &b.rootfs)?;
     let pname = policy.name.clone();
     let plan = moat_policy::compile(&policy).map_err(|source| BundleError::Compile {
         policy: pname.clone(),

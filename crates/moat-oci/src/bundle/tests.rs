@@ -1,6 +1,6 @@
 //! The policy intersection, without running anything: a config.json is
-//! turned into a `Prepared` (or refused) under the built-in `baseline`
-//! and under the client tests' policy.
+//! turned into a `Prepared` (or refused) under the built-in `baseline`,
+//! the client tests' policy, and the default `auto`.
 
 use serde_json::{json, Value};
 
@@ -46,7 +46,11 @@ fn prepare_json(c: Value) -> Result<Prepared, BundleError> {
         annotations: config.annotations().clone().unwrap_or_default(),
         config,
     };
-    prepare(&b, &Site::default(), "t")
+    let site = Site {
+        policy: "baseline".into(),
+        ..Site::default()
+    };
+    prepare(&b, &site, "t")
 }
 
 fn with_test_policy(mut c: Value) -> Value {
@@ -158,4 +162,51 @@ fn unknown_rootfs_propagation_and_time_namespaces_are_config_errors() {
         .push(json!({"type": "time"}));
     let e = prepare_json(c).err().expect("refused").to_string();
     assert!(e.contains("time namespaces are not supported"), "{e}");
+}
+
+/// The default `auto` is baseline narrowed to the programs in the bundle's
+/// root; a root that cannot be analysed is refused, naming the way out.
+#[test]
+fn auto_is_the_default_and_narrows_baseline_to_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    let Ok(bb) = std::fs::read("/bin/busybox") else {
+        println!("SKIP: auto_is_the_default_and_narrows_baseline_to_the_root: no /bin/busybox");
+        return;
+    };
+    std::fs::write(rootfs.join("bin/busybox"), bb).unwrap();
+    assert_eq!(Site::default().policy, "auto");
+    let site = Site {
+        profile_cache: dir.path().join("cache"),
+        ..Site::default()
+    };
+    let none = Default::default();
+    let policy = site.policy_for(&none, dir.path(), &rootfs).unwrap();
+    assert_eq!(policy.name, "auto");
+    let baseline = moat_policy::Policy::builtin("baseline").unwrap();
+    let (auto, base) = (&policy.spec.syscalls.allow, &baseline.spec.syscalls.allow);
+    assert!(
+        auto.len() < base.len() && auto.is_subset(base),
+        "{} of {}",
+        auto.len(),
+        base.len()
+    );
+    assert_eq!(dir.path().join("cache").read_dir().unwrap().count(), 1);
+    // The whole intersection runs under it.
+    let config: Spec = serde_json::from_value(config()).unwrap();
+    let b = Bundle {
+        dir: dir.path().to_path_buf(),
+        rootfs: rootfs.clone(),
+        annotations: Default::default(),
+        config,
+    };
+    assert_eq!(prepare(&b, &site, "t").unwrap().policy, "auto");
+    let e = site
+        .policy_for(&none, dir.path(), &dir.path().join("missing"))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("the analysis for `auto` failed"),
+        "{e}"
+    );
 }

@@ -85,6 +85,7 @@ pub enum Helper {
     MapUpdateElem = 2,
     MapDeleteElem = 3,
     GetCurrentPidTgid = 14,
+    GetCurrentUidGid = 15,
     GetCurrentComm = 16,
     ProbeReadUser = 112,
     ProbeReadKernel = 113,

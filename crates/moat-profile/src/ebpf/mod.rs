@@ -20,6 +20,7 @@ pub mod asm;
 pub mod format;
 mod maps;
 mod progs;
+pub mod rofs;
 mod sys;
 
 use std::collections::BTreeSet;
@@ -117,6 +118,8 @@ const NR_IOCTL: i32 = 16;
 const NR_SOCKET: i32 = 41;
 const NR_EXECVE: u32 = 59;
 const NR_CREAT: i32 = 85;
+const NR_MKDIR: i32 = 83;
+const NR_MKDIRAT: i32 = 258;
 const NR_OPENAT: i32 = 257;
 const NR_OPENAT2: i32 = 437;
 /// O_WRONLY | O_RDWR | O_CREAT | O_TRUNC.

@@ -7,9 +7,10 @@ use super::asm::{
 use super::format::Tracepoint;
 use super::maps::{u64_of, Map, Maps};
 use super::{
-    EbpfError, Filter, EACCES, EPERM, EROFS, EXECS_MAX, NR_CREAT, NR_IOCTL, NR_MAX, NR_OPEN,
-    NR_OPENAT, NR_OPENAT2, NR_SOCKET, PATH_MAX, STATE_WORKLOAD, ST_DROPPED, ST_EXEC_INDEX,
-    ST_LAUNCHER_SEEN, ST_OUT_OF_RANGE, ST_PATH_FAULTS, ST_STARTED, ST_TASKS, WRITE_INTENT,
+    EbpfError, Filter, EACCES, EPERM, EROFS, EXECS_MAX, NR_CREAT, NR_IOCTL, NR_MAX, NR_MKDIR,
+    NR_MKDIRAT, NR_OPEN, NR_OPENAT, NR_OPENAT2, NR_SOCKET, PATH_MAX, STATE_WORKLOAD, ST_DROPPED,
+    ST_EXEC_INDEX, ST_LAUNCHER_SEEN, ST_OUT_OF_RANGE, ST_PATH_FAULTS, ST_STARTED, ST_TASKS,
+    WRITE_INTENT,
 };
 
 /// A program builder with unique labels for the repeated snippets.
@@ -136,7 +137,7 @@ pub(super) enum Syscall {
 
 /// Offsets in `pt_regs` of the syscall arguments (rdi, rsi, rdx, r10, r8,
 /// r9) and of the syscall number (`orig_rax`).
-const REG_ARGS: [usize; 6] = [
+pub(super) const REG_ARGS: [usize; 6] = [
     std::mem::offset_of!(libc::user_regs_struct, rdi),
     std::mem::offset_of!(libc::user_regs_struct, rsi),
     std::mem::offset_of!(libc::user_regs_struct, rdx),
@@ -144,22 +145,26 @@ const REG_ARGS: [usize; 6] = [
     std::mem::offset_of!(libc::user_regs_struct, r8),
     std::mem::offset_of!(libc::user_regs_struct, r9),
 ];
-const REG_NR: usize = std::mem::offset_of!(libc::user_regs_struct, orig_rax);
+pub(super) const REG_NR: usize = std::mem::offset_of!(libc::user_regs_struct, orig_rax);
+
+/// `dst = *(u64 *)(regs + off)`, regs being a raw tracepoint's first
+/// argument (ctx in r6), through `bpf_probe_read_kernel` (scratch slot
+/// fp-24); jumps to `out` when the read fails. Clobbers r0-r5.
+pub(super) fn read_reg(a: &mut asm::Asm, off: usize, dst: asm::Reg) {
+    a.mov(R1, FP)
+        .alu_imm(Alu::Add, R1, -24)
+        .mov_imm(R2, 8)
+        .ldx(Size::DW, R3, R6, 0)
+        .alu_imm(Alu::Add, R3, off as i32)
+        .call(Helper::ProbeReadKernel)
+        .jmp_imm(Cond::Ne, R0, 0, "out")
+        .ldx(Size::DW, dst, FP, -24);
+}
 
 impl Prog {
-    /// `dst = *(u64 *)(regs + off)` through `bpf_probe_read_kernel`
-    /// (scratch slot fp-24); jumps to `out` when the read fails. Clobbers
-    /// r0-r5.
+    /// [`read_reg`] on this program.
     fn read_regs(&mut self, off: usize, dst: asm::Reg) {
-        self.a
-            .mov(R1, FP)
-            .alu_imm(Alu::Add, R1, -24)
-            .mov_imm(R2, 8)
-            .ldx(Size::DW, R3, R6, 0)
-            .alu_imm(Alu::Add, R3, off as i32)
-            .call(Helper::ProbeReadKernel)
-            .jmp_imm(Cond::Ne, R0, 0, "out")
-            .ldx(Size::DW, dst, FP, -24);
+        read_reg(&mut self.a, off, dst);
     }
 
     /// `dst = syscall argument i` (ctx in r6). Clobbers r0-r5.
@@ -202,7 +207,7 @@ pub(super) fn off(tp: &Tracepoint, field: &str) -> Result<i16, EbpfError> {
 }
 
 /// `raw_syscalls/sys_enter`: counts, socket families, ioctl requests and
-/// write-opened paths of the workload.
+/// write-opened paths (and directories made) of the workload.
 pub(super) fn prog_sys_enter(maps: &Maps, sc: Syscall) -> Result<Vec<Insn>, EbpfError> {
     let mut p = Prog::new();
     p.a.mov(R6, R1);
@@ -227,6 +232,8 @@ pub(super) fn prog_sys_enter(maps: &Maps, sc: Syscall) -> Result<Vec<Insn>, Ebpf
         .jmp_imm(Cond::Eq, R7, NR_CREAT, "creat")
         .jmp_imm(Cond::Eq, R7, NR_OPENAT, "openat")
         .jmp_imm(Cond::Eq, R7, NR_OPENAT2, "openat2")
+        .jmp_imm(Cond::Eq, R7, NR_MKDIR, "mkdir")
+        .jmp_imm(Cond::Eq, R7, NR_MKDIRAT, "mkdirat")
         .ja("out");
     // socket(family, ...)
     p.a.label("socket");
@@ -247,6 +254,12 @@ pub(super) fn prog_sys_enter(maps: &Maps, sc: Syscall) -> Result<Vec<Insn>, Ebpf
     p.arg(sc, 0, R9);
     p.a.ja("check_flags").label("creat");
     p.arg(sc, 0, R9);
+    // mkdir(path, mode), mkdirat(dfd, path, mode): a directory made is a
+    // write at that path too.
+    p.a.ja("write_open").label("mkdir");
+    p.arg(sc, 0, R9);
+    p.a.ja("write_open").label("mkdirat");
+    p.arg(sc, 1, R9);
     p.a.ja("write_open").label("openat");
     p.arg(sc, 2, R8);
     p.arg(sc, 1, R9);

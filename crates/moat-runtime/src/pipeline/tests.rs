@@ -190,13 +190,13 @@ fn isolation_follows_the_policy() {
         pick_isolation(RequestedIsolation::Auto, &plan, || true).unwrap(),
         Isolation::Vm
     );
-    // An ephemeral root: `auto` takes the sandbox, the only backend that
-    // builds one (the vm backend refuses it with its own error).
+    // An ephemeral root: both backends build one, so `auto` chooses as
+    // for any other policy.
     plan.root = moat_policy::plan::RootPlan::Ephemeral {
         size_bytes: 1 << 20,
     };
     assert_eq!(
-        pick_isolation(RequestedIsolation::Auto, &plan, || panic!("probed")).unwrap(),
-        Isolation::Sandbox
+        pick_isolation(RequestedIsolation::Auto, &plan, || true).unwrap(),
+        Isolation::Vm
     );
 }

@@ -65,6 +65,13 @@ pub(super) fn create(
     };
     drop((theirs, gate, console));
     let result = drive(init, &ours, stage, steps);
+    if result.is_err() {
+        // A step that failed before "go" leaves the first stage waiting
+        // for it: end it (still our unreaped child, so the pid is its).
+        if let Some(p) = rustix::process::Pid::from_raw(stage) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+    }
     let _ = osys::wait_child(stage);
     match result {
         Ok(pid) => Ok(super::Created { pid, sock: ours }),
@@ -152,8 +159,8 @@ fn report(sock: BorrowedFd<'_>, e: &ChildError) -> ! {
 }
 
 /// The process between the creator and the container: joins and makes the
-/// namespaces (user first, then the rest, then PID), forks the first
-/// process and exits.
+/// namespaces (user first, then the rest, then PID), starts the first
+/// process as the creator's child and exits.
 fn stage_one(init: &OciInit, sock: OwnedFd, gate: UnixListener, console: Option<UnixStream>) -> ! {
     let r = (|| -> Result<(), ChildError> {
         sys::set_pdeathsig(libc::SIGKILL).map_err(|e| ChildError::io("PR_SET_PDEATHSIG", e))?;
@@ -189,7 +196,11 @@ fn stage_one(init: &OciInit, sock: OwnedFd, gate: UnixListener, console: Option<
             sys::unshare(libc::CLONE_NEWPID)
                 .map_err(|e| ChildError::io("unshare(CLONE_NEWPID)", e))?;
         }
-        match osys::fork().map_err(|e| ChildError::io("fork", e))? {
+        // A sibling, not a child: in a joined PID namespace (a pod's) an
+        // orphan of this stage would go to that namespace's init (the
+        // pause process), while the creator's subreaper (containerd's
+        // shim) must reap it. runc's nsexec does the same.
+        match sys::clone_parent().map_err(|e| ChildError::io("fork", e))? {
             0 => first_process(init, sock.as_fd(), gate, console),
             _ => sys::exit_now(0),
         }

@@ -72,18 +72,6 @@ pub fn umask(mask: u32) {
     unsafe { libc::umask(mask) };
 }
 
-/// `fork(2)`. The caller is single-threaded (the sandbox's own check ran
-/// at the first clone), so the child may allocate.
-pub fn fork() -> io::Result<i32> {
-    // SAFETY: a single-threaded process; the child continues on a copy.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(pid)
-    }
-}
-
 /// Sends `msg` with this process's credentials (`SCM_CREDENTIALS`): the
 /// kernel translates the pid into the receiver's PID namespace, which is
 /// how the creator learns a PID 1's host pid.

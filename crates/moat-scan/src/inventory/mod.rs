@@ -7,6 +7,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use moat_image::layer::{self, LayerTar, Node, Whiteout};
 use serde::{Deserialize, Serialize};
 
 pub mod binary;
@@ -136,12 +137,6 @@ fn classify(path: &str) -> Option<Interest> {
     })
 }
 
-/// Whether the tar stream ended inside an entry's padding (the tar crate
-/// reports that as an `Other` error with this text).
-fn ends_early(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::UnexpectedEof || e.to_string() == "unexpected EOF during skip"
-}
-
 /// `.../node_modules/name` or `.../node_modules/@scope/name`.
 fn is_node_module_dir(dir: &str) -> bool {
     let mut parts = dir.rsplit('/');
@@ -187,6 +182,10 @@ pub struct Collector {
     over_budget: Option<String>,
 }
 
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
 fn normalize(path: &str) -> Option<String> {
     let mut out = Vec::new();
     for c in path.split('/') {
@@ -221,40 +220,37 @@ impl Collector {
         };
         self.layer_index += 1;
         let idx = self.layer_index;
-        let mut ar = tar::Archive::new(reader);
-        let mut seen_entry = false;
-        for entry in ar.entries().map_err(err)? {
-            let mut entry = match entry {
-                Ok(e) => e,
-                // Some writers (umoci 0.4) end the archive right after the
-                // last file's data: no padding, no end-of-archive blocks.
-                // The unpacker accepts such layers, so the scanner must too.
-                Err(e) if seen_entry && ends_early(&e) => break,
-                Err(e) => return Err(err(e)),
+        let mut tar = LayerTar::new(reader);
+        for entry in tar.entries().map_err(err)? {
+            let mut entry = entry.map_err(err)?;
+            let raw = entry.path_bytes().into_owned();
+            // What the unpacker refuses (`..`, absolute paths, bad
+            // whiteouts) is passed over: no image in the store has it.
+            let path = match layer::classify(&raw) {
+                Ok(Node::Path(p)) => lossy(&p.joined()),
+                Ok(Node::Whiteout { dir, target }) => {
+                    let dir = lossy(&dir.join(&b'/'));
+                    match target {
+                        // Opaque directory: hide what lower layers put under it.
+                        Whiteout::Opaque => self.files.retain(|k, e| {
+                            !(e.layer_index < idx
+                                && (dir.is_empty() || k.starts_with(&format!("{dir}/"))))
+                        }),
+                        Whiteout::Name(name) => {
+                            let name = lossy(name);
+                            let target = if dir.is_empty() {
+                                name
+                            } else {
+                                format!("{dir}/{name}")
+                            };
+                            self.remove_tree(&target, None);
+                        }
+                        Whiteout::Invalid => {}
+                    }
+                    continue;
+                }
+                Ok(Node::Root) | Err(_) => continue,
             };
-            seen_entry = true;
-            let raw = entry.path_bytes();
-            let Some(path) = normalize(&String::from_utf8_lossy(&raw)) else {
-                continue;
-            };
-            let (dir, base) = path.rsplit_once('/').unwrap_or(("", &path));
-            if base == ".wh..wh..opq" {
-                // Opaque directory: hide what lower layers put under it.
-                let dir = dir.to_string();
-                self.files.retain(|k, e| {
-                    !(e.layer_index < idx && (dir.is_empty() || k.starts_with(&format!("{dir}/"))))
-                });
-                continue;
-            }
-            if let Some(name) = base.strip_prefix(".wh.") {
-                let target = if dir.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{dir}/{name}")
-                };
-                self.remove_tree(&target, None);
-                continue;
-            }
             let ty = entry.header().entry_type();
             if ty.is_dir() {
                 // A directory replacing a file of a lower layer.

@@ -189,6 +189,7 @@ pub fn options(f: &Fixture, process: ProcessSpec) -> moat_vm::VmRunOptions {
         start_gate: None,
         extra_seccomp: Vec::new(),
         attach: None,
+        vm_start: moat_vm::VmStart::Cold,
     }
 }
 

@@ -6,76 +6,22 @@ use std::path::Path;
 
 use anyhow::Context;
 use moat_image::{Image, Store};
-use moat_policy::auto::ImageSyscalls;
 use moat_profile::image_profile::{self, ImageProfile};
-use moat_profile::rootfs::Root;
+use moat_profile::rootfs_profile;
 
 /// The kind of derived metadata the profile is stored as.
 const KIND: &str = "profile";
 
 /// Analyses a root filesystem directory.
 pub fn analyze_dir(rootfs: &Path) -> anyhow::Result<ImageProfile> {
-    let root = Root::open(rootfs)?;
-    image_profile::analyze_image(&root)
-        .with_context(|| format!("static analysis of {}", rootfs.display()))
+    Ok(rootfs_profile::analyze_dir(rootfs)?)
 }
 
-/// The profile of a `--rootfs` directory, cached under the state root by
-/// a fingerprint of its files (path, inode, size, modification and change
-/// times): a directory is analysed again whenever any file changes. The
-/// cache can only make `auto` narrower or different within baseline,
-/// never wider than baseline.
+/// The profile of a `--rootfs` directory, cached under the state root
+/// (see [`rootfs_profile::analyze_dir_cached`]).
 pub fn analyze_dir_cached(state_root: &Path, rootfs: &Path) -> anyhow::Result<ImageProfile> {
-    let Some(fp) = fingerprint(rootfs) else {
-        return analyze_dir(rootfs);
-    };
-    let dir = state_root.join("cache").join("rootfs-profiles");
-    let path = dir.join(format!("{fp}.json"));
-    if let Ok(bytes) = std::fs::read(&path) {
-        if let Ok(p) = serde_json::from_slice::<ImageProfile>(&bytes) {
-            if p.version == image_profile::VERSION {
-                return Ok(p);
-            }
-        }
-    }
-    let profile = analyze_dir(rootfs)?;
-    if std::fs::create_dir_all(&dir).is_ok() {
-        let _ = crate::cmd::profile::write_atomically(&path, &serde_json::to_vec(&profile)?);
-    }
-    Ok(profile)
-}
-
-/// sha256 over every entry's path, inode, size and times; `None` when the
-/// tree is too large to walk cheaply.
-fn fingerprint(rootfs: &Path) -> Option<String> {
-    use sha2::{Digest, Sha256};
-    use std::os::unix::fs::MetadataExt;
-    let mut h = Sha256::new();
-    let mut stack = vec![rootfs.to_path_buf()];
-    let mut n = 0usize;
-    h.update(image_profile::VERSION.to_le_bytes());
-    while let Some(d) = stack.pop() {
-        let mut ents: Vec<_> = std::fs::read_dir(&d).ok()?.flatten().collect();
-        ents.sort_by_key(|e| e.file_name());
-        for e in ents {
-            n += 1;
-            if n > 200_000 {
-                return None;
-            }
-            let md = e.metadata().ok()?;
-            h.update(e.path().as_os_str().as_encoded_bytes());
-            for v in [md.ino(), md.size(), md.mode() as u64] {
-                h.update(v.to_le_bytes());
-            }
-            for v in [md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec()] {
-                h.update(v.to_le_bytes());
-            }
-            if md.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    Some(hex::encode(h.finalize()))
+    let cache = state_root.join("cache").join("rootfs-profiles");
+    Ok(rootfs_profile::analyze_dir_cached(&cache, rootfs)?)
 }
 
 /// Analyses `image` and stores the result with it.
@@ -122,14 +68,7 @@ pub fn record_at_import(store: &Store, image: &Image) {
     }
 }
 
-/// What the `auto` policy is narrowed to for `profile`.
-pub fn image_syscalls(label: &str, profile: &ImageProfile) -> ImageSyscalls {
-    ImageSyscalls {
-        image: label.to_string(),
-        allow: profile.allowed(),
-        fallbacks: profile.fallback_lines(),
-    }
-}
+pub use rootfs_profile::image_syscalls;
 
 /// Lines for `moat image inspect` and `moat surface`.
 pub fn describe(profile: &ImageProfile) -> Vec<String> {

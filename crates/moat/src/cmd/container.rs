@@ -68,6 +68,10 @@ pub struct RmArgs {
     /// Stop (SIGKILL) a running container first.
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// Remove the anonymous volumes made for the container (the image's
+    /// declared VOLUMEs) too; named volumes always stay.
+    #[arg(short = 'v', long)]
+    pub volumes: bool,
     /// Container names or IDs.
     #[arg(required = true)]
     pub names: Vec<String>,
@@ -105,6 +109,16 @@ pub fn backend_for(global: &GlobalArgs, isolation: Isolation) -> Box<dyn Backend
 pub fn reap(global: &GlobalArgs) -> anyhow::Result<()> {
     let root = global.records_root();
     moat_runtime::record::reap_stale(&root, &mut |r| backend_for(global, r.isolation).cleanup(r))?;
+    // Anonymous volumes of `--rm` containers go with them, whichever path
+    // (monitor, VM watcher, foreground) removed the record.
+    let live: std::collections::HashSet<String> = record::read_all(&root)?
+        .into_iter()
+        .map(|r| r.id.as_str().to_string())
+        .collect();
+    let store = moat_runtime::volume_store::Store::new(&global.root);
+    if let Err(e) = store.collect_anonymous(&|id| live.contains(id)) {
+        errln!("moat: warning: removing the anonymous volumes of removed containers: {e}");
+    }
     Ok(())
 }
 
@@ -219,6 +233,11 @@ pub fn monitor(global: &GlobalArgs, args: MonitorArgs) -> anyhow::Result<ExitCod
             let spec = moat_runtime::spec::read(&root, &rec.id)?;
             let mut vm = moat_vm::VmBackend::new(global.root.clone());
             vm.accel = spec.accel;
+            vm.vm_start = spec
+                .vm_start
+                .as_deref()
+                .and_then(moat_vm::VmStart::parse)
+                .unwrap_or(moat_vm::VmStart::Auto);
             // The monitor has no terminal; moat's notices are not the
             // workload's output.
             vm.notice = Box::new(|_| {});
@@ -402,6 +421,11 @@ pub fn rm(global: &GlobalArgs, args: RmArgs) -> anyhow::Result<ExitCode> {
     for (key, r) in found {
         stop_one(global, &r, 0)?;
         remove(global, &r)?;
+        if args.volumes {
+            moat_runtime::volume_store::Store::new(&global.root)
+                .remove_anonymous(r.id.as_str(), true)
+                .with_context(|| format!("removing the anonymous volumes of {key}"))?;
+        }
         outln!("{key}");
     }
     Ok(ExitCode::SUCCESS)

@@ -8,12 +8,16 @@
 //! and, when the workload exits non-zero, reads the records written since
 //! by uids of the container's id range. Nothing reruns the workload.
 //!
+//! In a micro-VM the guest agent is the guest kernel's audit daemon: it
+//! reads the same records there and sends them with the exit status
+//! ([`from_guest`]), without the printk rate limit. Both backends' denials
+//! go through the one [`report`].
+//!
 //! Limits: the kernel rate-limits these records when no audit daemon
 //! consumes them (about ten per five seconds), so a burst may be cut short;
 //! containers running at the same time share the id range, so one may see
 //! another's records (each line names the program).
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -90,7 +94,7 @@ pub fn parse_record(rec: &str, uid_base: u32, count: u32) -> Option<Denial> {
     if !msg.contains("type=1326") {
         return None;
     }
-    let fields = fields(msg);
+    let fields = moat_vm::audit::fields(msg);
     let uid: u32 = fields.get("uid")?.parse().ok()?;
     if uid < uid_base || uid - uid_base >= count {
         return None;
@@ -114,44 +118,17 @@ pub fn parse_record(rec: &str, uid_base: u32, count: u32) -> Option<Denial> {
     })
 }
 
-/// `key=value` pairs of an audit message; quoted values unquoted, and the
-/// hex form audit uses for untrusted strings decoded.
-fn fields(msg: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut rest = msg;
-    while let Some(eq) = rest.find('=') {
-        let key = rest[..eq].rsplit(' ').next().unwrap_or("").to_string();
-        let after = &rest[eq + 1..];
-        let (value, next) = if let Some(q) = after.strip_prefix('"') {
-            match q.find('"') {
-                Some(end) => (q[..end].to_string(), &q[end + 1..]),
-                None => (q.to_string(), ""),
-            }
-        } else {
-            let end = after.find(char::is_whitespace).unwrap_or(after.len());
-            let raw = &after[..end];
-            let decoded = if matches!(key.as_str(), "exe" | "comm") {
-                hex_decode(raw).unwrap_or_else(|| raw.to_string())
-            } else {
-                raw.to_string()
-            };
-            (decoded, &after[end..])
-        };
-        out.entry(key).or_insert(value);
-        rest = next;
-    }
-    out
-}
-
-fn hex_decode(s: &str) -> Option<String> {
-    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect();
-    Some(String::from_utf8_lossy(&bytes?).into_owned())
+/// The guest's denials (bounded by the host).
+pub fn from_guest(r: &moat_vm::GuestReport) -> Vec<Denial> {
+    r.denied
+        .iter()
+        .map(|d| Denial {
+            syscall: moat_policy::syscalls::name(d.nr).unwrap_or_else(|| format!("#{}", d.nr)),
+            nr: d.nr,
+            exe: d.exe.clone(),
+            count: usize::try_from(d.count).unwrap_or(usize::MAX),
+        })
+        .collect()
 }
 
 /// What `moat run` prints when the workload exited non-zero and the

@@ -31,11 +31,20 @@ pub struct LogsArgs {
     /// Only the last N lines.
     #[arg(long, value_name = "N")]
     pub tail: Option<usize>,
-    /// Container name or ID.
+    /// Container name or ID, or deployment/NAME (one of its pods, from moatd).
     pub name: String,
 }
 
 pub fn run(global: &GlobalArgs, args: LogsArgs) -> anyhow::Result<ExitCode> {
+    if args.name.starts_with("deployment/") {
+        if args.follow || args.since.is_some() {
+            bail!(
+                "moat logs {}: -f and --since take a pod (moat get pods), not a deployment",
+                args.name
+            );
+        }
+        return crate::cmd::moatd::logs(&args.name, args.tail);
+    }
     let since_nanos = match &args.since {
         Some(s) => Some(parse_since(s)?),
         None => None,

@@ -118,9 +118,37 @@ pub struct RecordArgs {
     /// (eBPF where the kernel allows it, else tracefs with a notice).
     #[arg(long, default_value = "auto", value_parser = ["auto", "ebpf", "tracefs"])]
     pub recorder: String,
+    /// Network of the recording and of the generated policy: `none` (the
+    /// default, as `restricted`) or `loopback` (for servers that listen on
+    /// loopback; `egress` needs rules written by hand).
+    #[arg(long, value_name = "MODE", value_parser = ["none", "loopback"])]
+    pub network: Option<String>,
+    /// Grant a capability to the recording and the generated policy
+    /// (podman's flag; e.g. `--cap-add SETUID` for a server that switches
+    /// users). Repeatable. A failed privileged operation in the recording
+    /// is listed in the policy's comments: it names what to add.
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
     /// Command to record (default: the image's entrypoint and command).
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+impl RecordArgs {
+    /// `--network` and `--cap-add`, checked.
+    fn up_front(&self) -> anyhow::Result<record::UpFront> {
+        let mut caps = std::collections::BTreeSet::new();
+        for c in &self.cap_add {
+            let Some(name) = moat_policy::caps::canonical(c.trim()) else {
+                anyhow::bail!("--cap-add {c:?}: not a Linux capability (e.g. CHOWN, SETUID, NET_BIND_SERVICE)");
+            };
+            caps.insert(name.to_string());
+        }
+        Ok(record::UpFront {
+            network: self.network.clone(),
+            capabilities: caps,
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -398,7 +426,7 @@ fn run_static(global: &GlobalArgs, args: StaticArgs) -> anyhow::Result<ExitCode>
             let (code, out, err) = run_under(
                 global,
                 &args.source,
-                &record::recording_policy(false),
+                &record::recording_policy(false, &record::UpFront::default()),
                 &command,
                 None,
             )?;
@@ -583,10 +611,14 @@ fn run_record(global: &GlobalArgs, args: RecordArgs) -> anyhow::Result<ExitCode>
     let dir = tempfile::tempdir()
         .context("cannot create a temporary directory")
         .before_start()?;
+    let up_front = args.up_front().before_start()?;
     let rec_policy = dir.path().join("record.yaml");
-    std::fs::write(&rec_policy, record::recording_policy(can_build_overlays()))
-        .context("cannot write the recording policy")
-        .before_start()?;
+    std::fs::write(
+        &rec_policy,
+        record::recording_policy(can_build_overlays(), &up_front),
+    )
+    .context("cannot write the recording policy")
+    .before_start()?;
     let argv = moat_run_argv(
         global,
         &args.source,
@@ -627,6 +659,7 @@ fn run_record(global: &GlobalArgs, args: RecordArgs) -> anyhow::Result<ExitCode>
     let root = Root::open(&target.rootfs)?;
     let entries = |d: &str| root.is_dir(d).then(|| root.list_dir(d).len());
     let (mut profile, deny) = record::to_profile(&outcome.recorded, &base, &entries);
+    profile.up_front = up_front;
     profile.name = args.name.clone().unwrap_or_else(|| {
         format!(
             "{}-recorded",

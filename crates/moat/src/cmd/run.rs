@@ -31,6 +31,12 @@ pub enum Accel {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VmStartArg {
+    Cold,
+    Template,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum NetworkArg {
     None,
     Loopback,
@@ -112,6 +118,12 @@ pub struct RunArgs {
     /// Accelerator for the vm backend (default: KVM when a probe shows it works, else TCG).
     #[arg(long, value_enum)]
     pub accel: Option<Accel>,
+    /// How the vm backend starts a container's micro-VM: restored from a
+    /// booted template (default where the VM's devices allow it) or by
+    /// booting its kernel (`cold`). With `template` moat says so when it
+    /// has to boot cold.
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub vm_start: Option<VmStartArg>,
     /// Treat IMAGE as a root filesystem directory instead of an image reference.
     #[arg(long)]
     pub rootfs: bool,
@@ -128,6 +140,12 @@ pub struct RunArgs {
     /// must publish the same ports (`network.publish`).
     #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:CONTAINER")]
     pub publish: Vec<String>,
+    /// `--read-only` (or `=true`) keeps the image's root read-only even
+    /// where the policy makes it ephemeral; `--read-only=false` asks for
+    /// the writable root that a policy with `filesystem.root: ephemeral`
+    /// gives (refused under any other policy). Default: the policy's.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub read_only: Option<bool>,
     /// Mount a host directory or a named volume (`moat volume`): only what
     /// the policy grants (`filesystem.volumes`, `filesystem.named_volumes`);
     /// read-only unless the grant is writable (docs/volumes.md).
@@ -175,18 +193,30 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         // record when the VM ends: a VM run in the foreground is always
         // removed, as with --rm. A start that failed before leaves a
         // half-created record, which the next command removes.
-        return run_vm(global, &args, &container);
+        return run_vm(global, &args, &container, &steps.resolved_policy, &spec);
     }
+    // And the writes a read-only file system refused, to name them and
+    // their grants likewise.
+    let read_only = crate::cmd::read_only::Watch::start(&spec.plan, id_map.host_uid, id_map.count);
     let result = moat_sandbox::SandboxBackend.run_attached(&container);
     if args.rm {
         let _lock = moat_runtime::record::lock(&root)?;
         moat_runtime::record::remove(&root, &spec.id);
+        let volumes = moat_runtime::volume_store::Store::new(&global.root);
+        if let Err(e) = volumes.remove_anonymous(spec.id.as_str(), false) {
+            errln!("moat: warning: removing the container's anonymous volumes: {e}");
+        }
     }
     match result {
         Ok(code) => {
-            if let (true, Some(w)) = (code != 0, watch) {
-                let denials = w.denials(id_map.host_uid, id_map.count);
-                for line in crate::cmd::denials::report(&steps.resolved_policy, code, &denials) {
+            if code != 0 {
+                let denials = watch
+                    .map(|w| w.denials(id_map.host_uid, id_map.count))
+                    .unwrap_or_default();
+                let refused = read_only.hits();
+                let entries = crate::cmd::read_only::image_entries(&spec.rootfs);
+                let p = &steps.resolved_policy;
+                for line in failure_report(p, &spec, code, &denials, &refused, &entries) {
                     errln!("{line}");
                 }
             }
@@ -258,12 +288,13 @@ pub fn prepare<'a>(
             Ok(Err(ExitCode::from(crate::global::EXIT_NOT_STARTED)))
         }
         Prepared::Ready(mut ready) => {
-            crate::cmd::volume::create_missing(global, &ready.plan.mounts)?;
+            crate::cmd::volume::create_missing(global, &ready, args.rm)?;
             for n in &ready.notices {
                 errln!("{n}");
             }
             steps.resolved_policy = ready.policy.clone();
             narrow_network(args, &steps.policy_arg, &mut ready.plan.network)?;
+            narrow_root(args.read_only, &ready.policy.name, &mut ready.plan.root)?;
             Ok(Ok((*ready, steps)))
         }
     }
@@ -290,6 +321,24 @@ fn narrow_network(
     Ok(())
 }
 
+/// `--read-only[=BOOL]` applied to the compiled plan: it may keep the root
+/// read-only, never make it writable beyond what the policy grants.
+fn narrow_root(
+    read_only: Option<bool>,
+    policy: &str,
+    root: &mut moat_policy::plan::RootPlan,
+) -> anyhow::Result<()> {
+    use moat_policy::plan::RootPlan;
+    match (read_only, &root) {
+        (Some(true), _) => *root = RootPlan::ReadOnly,
+        (Some(false), RootPlan::ReadOnly) => anyhow::bail!(
+            "--read-only=false: policy {policy:?} keeps the root read-only; run under a policy with `filesystem.root: ephemeral` (a writable layer that goes with the container), or grant the paths the workload writes (`filesystem.writable`)"
+        ),
+        _ => {}
+    }
+    Ok(())
+}
+
 /// What the container of `ready` is to run, for the core to keep.
 pub fn container_spec(
     args: &RunArgs,
@@ -312,6 +361,10 @@ pub fn container_spec(
         accel: args.accel.map(|a| match a {
             Accel::Kvm => "kvm".to_string(),
             Accel::Tcg => "tcg".to_string(),
+        }),
+        vm_start: args.vm_start.map(|v| match v {
+            VmStartArg::Cold => "cold".to_string(),
+            VmStartArg::Template => "template".to_string(),
         }),
         auto_remove: args.rm,
     }
@@ -426,11 +479,45 @@ fn process_args(args: &RunArgs) -> moat_runtime::process::ProcessArgs {
     }
 }
 
+/// What moat prints when a workload exited `code` (non-zero): the calls
+/// its policy denied and the writes a read-only file system refused, each
+/// with the policy line that allows it, whichever backend saw them.
+fn failure_report(
+    policy: &moat_policy::Policy,
+    spec: &moat_runtime::spec::Spec,
+    code: i32,
+    denials: &[crate::cmd::denials::Denial],
+    refused: &[crate::cmd::read_only::Refused],
+    entries: &dyn Fn(&str) -> Option<usize>,
+) -> Vec<String> {
+    let mut lines = crate::cmd::denials::report(policy, code, denials);
+    // What a policy granting more would extend: a built-in by name, a
+    // file by its path.
+    let base = match uses_auto(policy) {
+        true => "auto",
+        false => policy
+            .source
+            .strip_prefix("builtin:")
+            .unwrap_or(&policy.source),
+    };
+    lines.extend(crate::cmd::read_only::report(
+        base,
+        &spec.plan,
+        code,
+        refused,
+        &spec.process.cwd,
+        entries,
+    ));
+    lines
+}
+
 /// The vm backend (moat-vm) through the backend trait.
 fn run_vm(
     global: &GlobalArgs,
     args: &RunArgs,
     container: &moat_runtime::backend::Container,
+    policy: &moat_policy::Policy,
+    spec: &moat_runtime::spec::Spec,
 ) -> anyhow::Result<ExitCode> {
     // The VM's notices may quote the guest (its console, the agent's
     // messages): escaped like every other untrusted text.
@@ -440,13 +527,38 @@ fn run_vm(
         Accel::Kvm => "kvm".to_string(),
         Accel::Tcg => "tcg".to_string(),
     });
+    vm.vm_start = match args.vm_start {
+        None => moat_vm::VmStart::Auto,
+        Some(VmStartArg::Template) => moat_vm::VmStart::Template,
+        Some(VmStartArg::Cold) => moat_vm::VmStart::Cold,
+    };
     vm.notice = Box::new(move |n: &str| {
         if !quiet {
             errln!("{n}");
         }
     });
     match vm.run_attached(container) {
-        Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+        Ok(code) => {
+            // The guest agent's account of the failure: hostile input,
+            // bounded by moat-vm, printed escaped, advice only.
+            if let (true, Some(r)) = (code != 0, vm.guest_report.take()) {
+                let denials = crate::cmd::denials::from_guest(&r);
+                let refused = crate::cmd::read_only::from_guest(&r);
+                // The supervisor may open nothing now: the image's
+                // directories as the guest saw them.
+                let entries = crate::cmd::read_only::guest_entries(&r);
+                for line in failure_report(policy, spec, code, &denials, &refused, &entries) {
+                    errln!("{line}");
+                }
+                if r.omitted > 0 {
+                    errln!(
+                        "moat: (the guest reported {} more failure(s) than shown)",
+                        r.omitted
+                    );
+                }
+            }
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
         Err(e) => {
             let code = e.exit_code;
             errln!("moat: error: {:#}", anyhow::Error::from(e));
@@ -537,7 +649,7 @@ pub fn policy_name(policy: Option<&Path>) -> String {
 
 /// Whether `policy` is `auto` or extends it (and so depends on the image).
 pub fn uses_auto(policy: &moat_policy::Policy) -> bool {
-    policy.source == "builtin:auto" || policy.extends.iter().any(|e| e == "builtin:auto")
+    policy.uses_auto()
 }
 
 /// Merges the image config with the command line (see

@@ -215,16 +215,29 @@ pub fn mount_args(
     })
 }
 
-/// Creates the named volumes of `mounts` that do not exist yet (after the
-/// pipeline has checked them against the policy and RBAC).
-pub fn create_missing(global: &GlobalArgs, mounts: &[MountPlan]) -> anyhow::Result<()> {
+/// Creates the named volumes of `ready`'s mounts that do not exist yet
+/// (after the pipeline has checked them against the policy and RBAC); its
+/// anonymous ones are recorded as made for it (and to go with it on `--rm`).
+pub fn create_missing(
+    global: &GlobalArgs,
+    ready: &moat_runtime::pipeline::Ready,
+    auto_remove: bool,
+) -> anyhow::Result<()> {
     let store = Store::new(&global.root);
-    for m in mounts {
+    for m in &ready.plan.mounts {
         if let MountPlan::Named { name, .. } = m {
+            let anonymous =
+                ready
+                    .anonymous_volumes
+                    .contains(name)
+                    .then(|| volume_store::Anonymous {
+                        container: ready.id.as_str().to_string(),
+                        remove_with_container: auto_remove,
+                    });
             match store.get(name) {
                 Ok(_) => {}
                 Err(VolumeError::NotFound(_)) => {
-                    match store.create(name, volume_store::DEFAULT_SIZE) {
+                    match store.create_as(name, volume_store::DEFAULT_SIZE, anonymous) {
                         Ok(_) | Err(VolumeError::Exists(_)) => {}
                         Err(e) => bail!("creating volume {name:?}: {e}"),
                     }

@@ -3,6 +3,8 @@
 //! helper, and a `moat` command bound to a temporary state root.
 #![allow(dead_code)]
 
+pub mod images;
+
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -125,6 +127,18 @@ impl Env {
             stderr(&o)
         );
         stdout(&o)
+    }
+
+    /// A policy `name` extending baseline with the `spec` lines `extra`,
+    /// written in the test directory; its path.
+    pub fn policy(&self, name: &str, extra: &str) -> String {
+        let path = self.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!("apiVersion: moat.dev/v1\nkind: Policy\nmetadata:\n  name: {name}\nspec:\n  extends: baseline\n{extra}"),
+        )
+        .unwrap();
+        path.display().to_string()
     }
 
     /// The container `name` as `moat inspect` shows it.

@@ -1,0 +1,6 @@
+//! `containerd-shim-moat-v2`: containerd's task API v2 over ttrpc, for
+//! moat. Parsing only; the work is in the library.
+
+fn main() {
+    moat_shim::main();
+}

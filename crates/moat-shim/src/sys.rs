@@ -1,0 +1,102 @@
+//! The shim's own seccomp filter (DESIGN rule 9), from data:
+//! `seccomp/shim.json`, compiled by moat-policy's allowlist compiler.
+
+use std::io;
+
+/// The shim's system calls, as data.
+pub const ALLOWLIST: &str = include_str!("../seccomp/shim.json");
+
+/// Whether this process already runs under a seccomp filter (the shim
+/// daemon started by `start`, which installed it, inherits it).
+fn filtered() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Seccomp:") && l.trim_end().ends_with('2'))
+}
+
+/// Installs the filter on this process, which must be single-threaded
+/// (the filter then holds for every thread and child it makes). No
+/// `no_new_privs`: the shim is root with CAP_SYS_ADMIN, and the bit would
+/// reach every container, where moat-oci's site setting decides it.
+pub fn confine() -> io::Result<()> {
+    if filtered() {
+        return Ok(());
+    }
+    let prog = moat_policy::allowlist::compile("seccomp/shim.json", ALLOWLIST)
+        .map_err(io::Error::other)?;
+    let mut insns: Vec<libc::sock_filter> = prog
+        .iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect();
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(insns.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
+        filter: insns.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `insns`, which outlives the call; the
+    // kernel copies the program. No other pointer is passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0 as libc::c_ulong,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_covers_the_whole_table_and_denies_host_administration() {
+        let s = moat_policy::allowlist::parse("shim.json", ALLOWLIST).unwrap();
+        // Every call of the table is decided: a new one needs a decision.
+        for (name, _) in moat_policy::syscalls::X86_64 {
+            assert!(
+                s.allow.contains(*name) || s.denied.contains(*name),
+                "{name} is neither allowed nor denied in seccomp/shim.json"
+            );
+        }
+        for never in [
+            "kexec_load",
+            "init_module",
+            "finit_module",
+            "reboot",
+            "open_by_handle_at",
+            "ptrace",
+            "process_vm_writev",
+            "bpf",
+            "keyctl",
+            "userfaultfd",
+        ] {
+            assert!(!s.allow.contains(never), "{never}");
+        }
+        // What the shim and moat-oci themselves need.
+        for need in [
+            "mount",
+            "setns",
+            "unshare",
+            "clone",
+            "execve",
+            "pivot_root",
+            "seccomp",
+        ] {
+            assert!(s.allow.contains(need), "{need}");
+        }
+        assert!(!moat_policy::allowlist::compile("shim.json", ALLOWLIST)
+            .unwrap()
+            .is_empty());
+    }
+}

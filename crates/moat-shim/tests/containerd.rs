@@ -1,0 +1,335 @@
+//! containerd 1.6 drives `containerd-shim-moat-v2` itself: `ctr run
+//! --runtime io.containerd.moat.v2` with the shim config as the runtime
+//! option ConfigPath (`--runtime-config-path`) and the isolation as the
+//! annotation `moat.dev/isolation`. Each test starts a private containerd
+//! (tests/common). Needs root and containerd; the VM variants also QEMU,
+//! the guest kernel and the agent.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{code, stderr, stdout, wait_until, Containerd, Tmux, NAMESPACE};
+
+fn start(test: &str, isolation: &str) -> Option<Containerd> {
+    let ok = if isolation == "vm" {
+        common::vm_ready(test, &[])
+    } else {
+        common::ready(test, &[])
+    };
+    if !ok {
+        return None;
+    }
+    let c = Containerd::start(false);
+    c.import_busybox(NAMESPACE);
+    Some(c)
+}
+
+fn run_to_completion(isolation: &str) {
+    let Some(c) = start("run_to_completion", isolation) else {
+        return;
+    };
+    let o = c.run(
+        isolation,
+        &["--rm"],
+        "once",
+        &["sh", "-c", "echo out-$((6*7)); echo err >&2; exit 3"],
+    );
+    assert_eq!(code(o.status), 3, "ctr run: {}\n{}", stderr(&o), c.log());
+    assert_eq!(stdout(&o), "out-42\n");
+    assert!(stderr(&o).contains("err"), "{}", stderr(&o));
+    assert_eq!(
+        c.ok(&["container", "ls", "-q"]),
+        "",
+        "--rm left the container"
+    );
+    // The shim exits once its last container is deleted.
+    let gone = wait_until(Duration::from_secs(10), || {
+        c.shims().is_empty().then_some(())
+    });
+    assert!(gone.is_some(), "shims left running: {:?}", c.shims());
+    let left: Vec<_> = std::fs::read_dir(c.shim_root.path().join(NAMESPACE).join("oci"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name())
+        // `.vm`: moat-vm's records directory, shared by VM containers.
+        .filter(|n| !n.to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "moat-oci state left after delete: {left:?}"
+    );
+}
+
+/// stdin through the FIFO and a pipe: `cat` sees EOF once ctr's stdin
+/// ends (CloseIO).
+fn stdin_and_close_io(isolation: &str) {
+    let Some(c) = start("stdin_and_close_io", isolation) else {
+        return;
+    };
+    let argv = c.run_argv(
+        isolation,
+        &["--rm"],
+        "cat",
+        &["sh", "-c", "cat; echo done-$?"],
+    );
+    let mut child = Command::new("ctr")
+        .arg("-a")
+        .arg(c.socket())
+        .args(["-n", NAMESPACE])
+        .args(&argv)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(b"line-one\nline-two\n").unwrap();
+    drop(input);
+    let waited = wait_until(Duration::from_secs(60), || child.try_wait().unwrap());
+    if waited.is_none() {
+        let _ = child.kill();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(waited.is_some(), "cat never saw EOF: {}", stdout(&o));
+    assert_eq!(stdout(&o), "line-one\nline-two\ndone-0\n", "{}", stderr(&o));
+}
+
+fn detached_exec_kill_delete(isolation: &str) {
+    let Some(c) = start("detached_exec_kill_delete", isolation) else {
+        return;
+    };
+    let log = c.dir.path().join("d.log");
+    let uri = format!("file://{}", log.display());
+    let script = "echo started; trap 'echo got-term; exit 0' TERM; while :; do sleep 0.1; done";
+    let o = c.run(
+        isolation,
+        &["-d", "--log-uri", &uri],
+        "d",
+        &["sh", "-c", script],
+    );
+    assert!(
+        o.status.success(),
+        "ctr run -d: {}\n{}",
+        stderr(&o),
+        c.log()
+    );
+    c.wait_status("d", "RUNNING").unwrap();
+    // The shim runs under its seccomp filter (seccomp/shim.json).
+    let shims = c.shims();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", shims[0])).unwrap();
+    assert!(status.lines().any(|l| l == "Seccomp:\t2"), "{status}");
+    let logged = wait_until(Duration::from_secs(20), || {
+        let l = std::fs::read_to_string(&log).ok()?;
+        l.contains("started").then_some(l)
+    });
+    assert!(logged.is_some(), "no output in {}", log.display());
+    let o = c.ctr_out(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "x",
+        "d",
+        "sh",
+        "-c",
+        "echo in-$((6*7)); ps; exit 4",
+    ]);
+    assert_eq!(code(o.status), 4, "ctr task exec: {}", stderr(&o));
+    assert!(stdout(&o).starts_with("in-42\n"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("while"),
+        "exec does not see the workload: {}",
+        stdout(&o)
+    );
+    // Pids: the workload's processes.
+    let ps = c.ok(&["task", "ps", "d"]);
+    assert!(ps.lines().count() >= 2, "task ps: {ps}");
+    // Stats: the container's cgroup figures.
+    let metrics = c.ok(&["task", "metrics", "d"]);
+    assert!(
+        metrics.contains("memory.usage_in_bytes"),
+        "task metrics: {metrics}"
+    );
+    if isolation == "sandbox" {
+        // Pause and Resume: the cgroup freezer.
+        c.ok(&["task", "pause", "d"]);
+        c.wait_status("d", "PAUSED").unwrap();
+        c.ok(&["task", "resume", "d"]);
+        c.wait_status("d", "RUNNING").unwrap();
+    }
+    c.ok(&["task", "kill", "d"]);
+    c.wait_status("d", "STOPPED").unwrap();
+    assert!(std::fs::read_to_string(&log).unwrap().contains("got-term"));
+    let o = c.ctr_out(&["task", "delete", "d"]);
+    assert!(o.status.success(), "ctr task delete: {}", stderr(&o));
+    assert!(!stderr(&o).contains("non-zero exit code"), "{}", stderr(&o));
+    assert_eq!(c.task_status("d"), None);
+    c.ok(&["container", "delete", "d"]);
+    // SIGKILL to every process (kill --all): 128+9.
+    let o = c.run(isolation, &["-d", "--null-io"], "k", &["sleep", "600"]);
+    assert!(o.status.success(), "ctr run -d: {}", stderr(&o));
+    c.wait_status("k", "RUNNING").unwrap();
+    c.ok(&["task", "kill", "--all", "-s", "SIGKILL", "k"]);
+    c.wait_status("k", "STOPPED").unwrap();
+    let o = c.ctr_out(&["task", "delete", "k"]);
+    assert!(
+        stderr(&o).contains("exit code 137"),
+        "ctr task delete k: {}",
+        stderr(&o)
+    );
+    c.ok(&["container", "delete", "k"]);
+}
+
+fn terminal(isolation: &str) {
+    let Some(c) = start("terminal", isolation) else {
+        return;
+    };
+    let mut argv: Vec<String> = vec![
+        "ctr".into(),
+        "-a".into(),
+        c.socket().display().to_string(),
+        "-n".into(),
+        NAMESPACE.into(),
+    ];
+    argv.extend(c.run_argv(isolation, &["--rm", "-t"], "tty", &["sh"]));
+    let tmux = Tmux::start(c.dir.path().join("tmux.sock"), &argv);
+    let screen = tmux.wait_for("/ #", Duration::from_secs(40));
+    assert!(
+        screen.is_ok(),
+        "no shell prompt:\n{}\n{}",
+        screen.unwrap_err(),
+        c.log()
+    );
+    // ResizePty: the terminal is tmux's 100x30.
+    tmux.send_line("tty; stty size; echo answer-$((6*7))");
+    let screen = tmux.wait_for("answer-42", Duration::from_secs(20));
+    let screen = screen.unwrap_or_else(|s| panic!("no echo round-trip:\n{s}"));
+    assert!(
+        on_terminal(isolation, &screen),
+        "not on a terminal:\n{screen}"
+    );
+    assert!(
+        screen.contains("30 100"),
+        "the size did not reach the pty:\n{screen}"
+    );
+    let exec = Tmux::start(
+        c.dir.path().join("tmux-exec.sock"),
+        &[
+            "ctr".into(),
+            "-a".into(),
+            c.socket().display().to_string(),
+            "-n".into(),
+            NAMESPACE.into(),
+            "task".into(),
+            "exec".into(),
+            "-t".into(),
+            "--exec-id".into(),
+            "t2".into(),
+            "tty".into(),
+            "sh".into(),
+        ],
+    );
+    let screen = exec.wait_for("/ #", Duration::from_secs(30));
+    assert!(
+        screen.is_ok(),
+        "no prompt from task exec -t:\n{}",
+        screen.unwrap_err()
+    );
+    exec.send_line("tty; echo exec-$((6*7))");
+    let screen = exec.wait_for("exec-42", Duration::from_secs(20));
+    let screen = screen.unwrap_or_else(|s| panic!("no echo round-trip in task exec -t:\n{s}"));
+    assert!(
+        on_terminal(isolation, &screen),
+        "exec not on a terminal:\n{screen}"
+    );
+    exec.send_line("exit 3");
+    let screen = exec.wait_for("[exited 3]", Duration::from_secs(20));
+    assert!(
+        screen.is_ok(),
+        "exit status through task exec -t:\n{}",
+        screen.unwrap_err()
+    );
+    tmux.send_line("exit 6");
+    let screen = tmux.wait_for("[exited 6]", Duration::from_secs(30));
+    assert!(
+        screen.is_ok(),
+        "exit status through -t:\n{}",
+        screen.unwrap_err()
+    );
+}
+
+/// Whether `tty` printed a terminal: a pty, or in a micro-VM the guest's
+/// pty as the container's /dev/console (docs/vm.md).
+fn on_terminal(isolation: &str, screen: &str) -> bool {
+    screen.contains("/dev/pts/") || (isolation == "vm" && screen.contains("/dev/console"))
+}
+
+/// A config.json asking for more than the policy: refused at Create with
+/// moat-oci's message, and nothing is left behind.
+fn refused_by_policy(isolation: &str) {
+    let Some(c) = start("refused_by_policy", isolation) else {
+        return;
+    };
+    let o = c.run(isolation, &["--rm", "--privileged"], "priv", &["true"]);
+    assert!(!o.status.success(), "--privileged ran");
+    assert!(
+        stderr(&o).contains("moat-oci create priv:") && stderr(&o).contains("policy"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// The shim killed under a running container: containerd runs the
+/// shim's `delete` action, which ends the container and removes its
+/// moat-oci record; the task is gone and the container can be deleted.
+fn shim_killed_cleanup_action(isolation: &str) {
+    let Some(c) = start("shim_killed_cleanup_action", isolation) else {
+        return;
+    };
+    let o = c.run(isolation, &["-d", "--null-io"], "orphan", &["sleep", "600"]);
+    assert!(o.status.success(), "ctr run -d: {}", stderr(&o));
+    c.wait_status("orphan", "RUNNING").unwrap();
+    let records = c.shim_root.path().join(NAMESPACE).join("oci");
+    assert!(records.join("orphan").is_dir());
+    let shims = c.shims();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    let pid = rustix::process::Pid::from_raw(shims[0]).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    let cleaned = wait_until(Duration::from_secs(30), || {
+        let gone = c.task_status("orphan").is_none_or(|s| s == "STOPPED");
+        (gone && !records.join("orphan").exists()).then_some(())
+    });
+    assert!(
+        cleaned.is_some(),
+        "task {:?}, record left: {}\n{}",
+        c.task_status("orphan"),
+        records.join("orphan").exists(),
+        c.log()
+    );
+    let _ = c.ctr_out(&["task", "delete", "orphan"]);
+    c.ok(&["container", "delete", "orphan"]);
+}
+
+macro_rules! both {
+    ($($name:ident),*) => {
+        mod sandbox {
+            $( #[test] fn $name() { super::$name("sandbox") } )*
+        }
+        mod vm {
+            $( #[test] fn $name() { super::$name("vm") } )*
+        }
+    };
+}
+
+both!(
+    run_to_completion,
+    stdin_and_close_io,
+    detached_exec_kill_delete,
+    terminal,
+    refused_by_policy,
+    shim_killed_cleanup_action
+);

@@ -1,0 +1,228 @@
+//! Kubernetes as the kubelet drives it, at the CRI level (no kubelet can
+//! be installed here): a CRI client calls containerd 1.6's CRI plugin,
+//! which runs pods with runtime handler `moat` through the shim. The pod
+//! network is CNI's bridge inside containerd's own network namespace
+//! (addresses in 10.231.0.0/24), the pause image is busybox waiting for a
+//! signal. Needs root, containerd and containernetworking-plugins.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::cri::{container_config, pod_config, Cri, CONTAINER_EXITED, CONTAINER_RUNNING};
+use common::{wait_until, Containerd, IMAGE};
+
+fn start(test: &str) -> Option<(Containerd, Cri)> {
+    if !common::ready(test, &["ip"]) {
+        return None;
+    }
+    if !Path::new("/usr/lib/cni/bridge").exists() {
+        println!(
+            "SKIP: {test}: containernetworking-plugins is not installed (run scripts/bootstrap)"
+        );
+        return None;
+    }
+    let c = Containerd::start(true);
+    c.import_cri_images();
+    let cri = Cri::connect(&c.socket());
+    Some((c, cri))
+}
+
+fn exec_out(cri: &Cri, id: &str, cmd: &[&str]) -> String {
+    let r = cri
+        .exec_sync(id, cmd)
+        .unwrap_or_else(|e| panic!("ExecSync {cmd:?} in {id}: {e}"));
+    assert_eq!(
+        r.exit_code,
+        0,
+        "ExecSync {cmd:?}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    String::from_utf8_lossy(&r.stdout).into_owned()
+}
+
+/// A pod of two containers with isolation `sandbox`: one shim for the pod,
+/// the containers share the pod's network (its CNI address) and IPC
+/// namespaces and have their own mount and PID namespaces; ExecSync,
+/// ContainerStatus, exit codes; stop and remove end the shim.
+#[test]
+fn sandbox_pod_two_containers_share_network_and_ipc() {
+    let Some((c, cri)) = start("sandbox_pod_two_containers_share_network_and_ipc") else {
+        return;
+    };
+    let logs = c.dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let pod = pod_config("web", &logs, &[("moat.dev/isolation", "sandbox")]);
+    let pod_id = cri
+        .run_pod(&pod, "moat")
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\ncontainerd: {}", c.log()));
+    let mut ids = Vec::new();
+    for name in ["one", "two"] {
+        let cfg = container_config(
+            name,
+            IMAGE,
+            &[
+                "sh",
+                "-c",
+                &format!("echo {name} > /tmp/me; exec sleep 600"),
+            ],
+        );
+        let id = cri
+            .create_container(&pod_id, cfg, &pod)
+            .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\ncontainerd: {}", c.log()));
+        cri.start_container(&id)
+            .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\ncontainerd: {}", c.log()));
+        ids.push(id);
+    }
+    for id in &ids {
+        let st = cri.status(id).unwrap();
+        assert_eq!(st.state, CONTAINER_RUNNING, "{st:?}");
+    }
+    assert_eq!(c.shims().len(), 1, "one shim per pod: {:?}", c.shims());
+    let ns =
+        |id: &str, kind: &str| exec_out(&cri, id, &["readlink", &format!("/proc/self/ns/{kind}")]);
+    assert_eq!(
+        ns(&ids[0], "net"),
+        ns(&ids[1], "net"),
+        "network namespace not shared"
+    );
+    assert_eq!(
+        ns(&ids[0], "ipc"),
+        ns(&ids[1], "ipc"),
+        "IPC namespace not shared"
+    );
+    assert_ne!(
+        ns(&ids[0], "mnt"),
+        ns(&ids[1], "mnt"),
+        "mount namespace shared"
+    );
+    let addr = exec_out(&cri, &ids[0], &["ip", "-4", "addr", "show", "eth0"]);
+    assert!(addr.contains("inet 10.231.0."), "no CNI address: {addr}");
+    assert_eq!(exec_out(&cri, &ids[1], &["cat", "/tmp/me"]), "two\n");
+    let r = cri
+        .exec_sync(&ids[1], &["sh", "-c", "echo err >&2; exit 7"])
+        .unwrap();
+    assert_eq!(r.exit_code, 7);
+    assert_eq!(String::from_utf8_lossy(&r.stderr), "err\n");
+    cri.stop_pod(&pod_id)
+        .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\ncontainerd: {}", c.log()));
+    for id in &ids {
+        let st = cri.status(id).unwrap();
+        assert_eq!(st.state, CONTAINER_EXITED, "{st:?}");
+    }
+    cri.remove_pod(&pod_id)
+        .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\ncontainerd: {}", c.log()));
+    let gone = wait_until(Duration::from_secs(15), || {
+        c.shims().is_empty().then_some(())
+    });
+    assert!(gone.is_some(), "the pod's shim still runs: {:?}", c.shims());
+}
+
+/// A pod annotation asking for a policy the node does not have: the pod
+/// is refused with the shim's message naming it.
+#[test]
+fn pod_policy_annotation_is_checked() {
+    let Some((c, cri)) = start("pod_policy_annotation_is_checked") else {
+        return;
+    };
+    let logs = c.dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let pod = pod_config("bad", &logs, &[("moat.dev/policy", "no-such-policy")]);
+    let e = cri.run_pod(&pod, "moat").unwrap_err();
+    assert!(
+        e.message().contains("no-such-policy"),
+        "RunPodSandbox: {}",
+        e.message()
+    );
+}
+
+/// A pod with isolation `vm`: its container runs in a micro-VM (its own
+/// guest kernel) attached to the pod's CNI network; a second application
+/// container is refused by name (one per VM pod for now).
+#[test]
+fn vm_pod_container_runs_in_a_guest_kernel() {
+    if !common::vm_ready("vm_pod_container_runs_in_a_guest_kernel", &[]) {
+        return;
+    }
+    let Some((c, cri)) = start("vm_pod_container_runs_in_a_guest_kernel") else {
+        return;
+    };
+    let logs = c.dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let pod = pod_config("vmpod", &logs, &[("moat.dev/isolation", "vm")]);
+    let pod_id = cri
+        .run_pod(&pod, "moat")
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\ncontainerd: {}", c.log()));
+    let cfg = container_config("app", IMAGE, &["sleep", "600"]);
+    let id = cri
+        .create_container(&pod_id, cfg, &pod)
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\ncontainerd: {}", c.log()));
+    cri.start_container(&id)
+        .unwrap_or_else(|e| panic!("StartContainer: {e}\ncontainerd: {}", c.log()));
+    let host = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let guest = exec_out(&cri, &id, &["cat", "/proc/sys/kernel/random/boot_id"]);
+    assert_ne!(guest, host, "the container shares the host's kernel");
+    let addr = exec_out(&cri, &id, &["ip", "-4", "addr"]);
+    assert!(
+        addr.contains("inet 10.231.0."),
+        "no CNI address in the guest: {addr}"
+    );
+    let cfg = container_config("second", IMAGE, &["sleep", "600"]);
+    let e = cri
+        .create_container(&pod_id, cfg, &pod)
+        .and_then(|id2| cri.start_container(&id2))
+        .unwrap_err();
+    assert!(
+        e.message()
+            .contains("a VM pod holds one application container for now"),
+        "{}",
+        e.message()
+    );
+    cri.stop_pod(&pod_id)
+        .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\ncontainerd: {}", c.log()));
+    cri.remove_pod(&pod_id)
+        .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\ncontainerd: {}", c.log()));
+    let gone = wait_until(Duration::from_secs(20), || {
+        c.shims().is_empty().then_some(())
+    });
+    assert!(gone.is_some(), "the pod's shim still runs: {:?}", c.shims());
+}
+
+/// A pod without `moat.dev/*` annotations gets the shim config's
+/// isolation (ConfigPath): `isolation: vm` boots its container in a guest.
+#[test]
+fn isolation_default_comes_from_the_shim_config() {
+    if !common::vm_ready("isolation_default_comes_from_the_shim_config", &[]) {
+        return;
+    }
+    let Some((c, cri)) = start("isolation_default_comes_from_the_shim_config") else {
+        return;
+    };
+    let config = std::fs::read_to_string(c.shim_config()).unwrap();
+    std::fs::write(
+        c.shim_config(),
+        config.replace("isolation: sandbox", "isolation: vm"),
+    )
+    .unwrap();
+    let logs = c.dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let pod = pod_config("plain", &logs, &[]);
+    let pod_id = cri
+        .run_pod(&pod, "moat")
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\ncontainerd: {}", c.log()));
+    let cfg = container_config("app", IMAGE, &["sleep", "600"]);
+    let id = cri
+        .create_container(&pod_id, cfg, &pod)
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\ncontainerd: {}", c.log()));
+    cri.start_container(&id)
+        .unwrap_or_else(|e| panic!("StartContainer: {e}\ncontainerd: {}", c.log()));
+    let host = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let guest = exec_out(&cri, &id, &["cat", "/proc/sys/kernel/random/boot_id"]);
+    assert_ne!(
+        guest, host,
+        "the shim config's isolation: vm was not applied"
+    );
+    cri.stop_pod(&pod_id).unwrap();
+    cri.remove_pod(&pod_id).unwrap();
+}

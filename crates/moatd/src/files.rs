@@ -1,0 +1,389 @@
+//! ConfigMaps and Secrets as files in replicas, the way the kubelet does
+//! it: one directory per replica and volume under moatd's files root (a
+//! tmpfs moatd mounts when it is not one already, so Secrets stay off
+//! disk), one file per key, written by the atomic writer scheme
+//! (`..<hash>/KEY`, `..data -> ..<hash>`, `KEY -> ..data/KEY`) so that
+//! an update swaps every key at once under a running replica. The
+//! replica gets the directory as a read-only volume of a policy derived
+//! from its own ([`derived_policy`]), which also carries its `resources`
+//! limits. Nothing here prints or logs a value.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::template::{FileVolume, Template};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("preparing the files root {}", path.display())]
+    Root {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {kind} {name} into {}", path.display())]
+    Write {
+        kind: String,
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{kind} {name} no longer exists (moat apply it again)")]
+    Missing { kind: String, name: String },
+    #[error("{kind} {name}: key {key:?} cannot be a file name")]
+    Key {
+        kind: String,
+        name: String,
+        key: String,
+    },
+    #[error("writing the replica policy {}", path.display())]
+    Policy {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// Makes `root` (mode 0700) and mounts a tmpfs on it unless it is one.
+pub fn ensure_tmpfs(root: &Path) -> Result<(), FilesError> {
+    let err = |source| FilesError::Root {
+        path: root.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .map_err(err)?;
+    let st = rustix::fs::statfs(root).map_err(|e| err(e.into()))?;
+    #[allow(clippy::unnecessary_cast)]
+    if st.f_type as i64 != TMPFS_MAGIC {
+        use rustix::mount::MountFlags;
+        rustix::mount::mount(
+            "moatd-files",
+            root,
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            Some(c"mode=0700,size=256m"),
+        )
+        .map_err(|e| err(e.into()))?;
+    }
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    Ok(())
+}
+
+/// Kubernetes' rule for keys of ConfigMaps and Secrets (`[-._a-zA-Z0-9]+`),
+/// without the names the atomic writer uses (`..`-prefixed).
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key != "."
+        && !key.starts_with("..")
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+}
+
+/// The directory of one volume of one replica.
+pub fn volume_dir(root: &Path, replica: &str, volume: &str) -> PathBuf {
+    root.join(replica).join(volume)
+}
+
+/// The data a file volume shows: (is a Secret, data).
+pub type Source = (bool, BTreeMap<String, String>);
+
+/// Brings one volume's files up to `data`; whether anything changed.
+/// Secret files are mode 0400 and owned by the replica's uid:gid (so its
+/// non-root user can read them); ConfigMap files 0644, owned by root.
+pub fn write(
+    dir: &Path,
+    v: &FileVolume,
+    src: &Source,
+    owner: (u32, u32),
+) -> Result<bool, FilesError> {
+    let (secret, data) = src;
+    let werr = |path: &Path, source| FilesError::Write {
+        kind: v.kind.clone(),
+        name: v.source.clone(),
+        path: path.to_path_buf(),
+        source,
+    };
+    for k in data.keys() {
+        if !valid_key(k) {
+            return Err(FilesError::Key {
+                kind: v.kind.clone(),
+                name: v.source.clone(),
+                key: k.clone(),
+            });
+        }
+    }
+    let mut h = Sha256::new();
+    h.update(format!("{secret} {owner:?}\n"));
+    for (k, val) in data {
+        h.update(format!("{}:{k}\n{}:", k.len(), val.len()));
+        h.update(val.as_bytes());
+    }
+    let gen = format!("..{}", &hex::encode(h.finalize())[..16]);
+    let link = dir.join("..data");
+    if std::fs::read_link(&link).is_ok_and(|t| t == Path::new(&gen)) {
+        return Ok(false);
+    }
+    // Modes are set, not left to the umask (the unit file's is 0077):
+    // the replica's user must traverse the directories.
+    let open_dir = |p: &Path| -> std::io::Result<()> {
+        std::fs::DirBuilder::new().recursive(true).create(p)?;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
+    };
+    if let Some(replica_dir) = dir.parent() {
+        open_dir(replica_dir).map_err(|e| werr(replica_dir, e))?;
+    }
+    open_dir(dir).map_err(|e| werr(dir, e))?;
+    let old = std::fs::read_link(&link).ok();
+    // The new generation, complete before anything points at it.
+    let staging = dir.join(format!("{gen}.tmp"));
+    let _ = std::fs::remove_dir_all(&staging);
+    open_dir(&staging).map_err(|e| werr(&staging, e))?;
+    for (k, val) in data {
+        let p = staging.join(k);
+        let mode = if *secret { 0o400 } else { 0o644 };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&p)
+            .map_err(|e| werr(&p, e))?;
+        std::io::Write::write_all(&mut f, val.as_bytes()).map_err(|e| werr(&p, e))?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(|e| werr(&p, e))?;
+        if *secret {
+            std::os::unix::fs::fchown(&f, Some(owner.0), Some(owner.1)).map_err(|e| werr(&p, e))?;
+        }
+    }
+    let target = dir.join(&gen);
+    let _ = std::fs::remove_dir_all(&target);
+    std::fs::rename(&staging, &target).map_err(|e| werr(&target, e))?;
+    // One rename switches every key at once.
+    let tmp_link = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp_link);
+    symlink(&gen, &tmp_link).map_err(|e| werr(&tmp_link, e))?;
+    std::fs::rename(&tmp_link, &link).map_err(|e| werr(&link, e))?;
+    for k in data.keys() {
+        let p = dir.join(k);
+        if std::fs::symlink_metadata(&p).is_err() {
+            symlink(Path::new("..data").join(k), &p).map_err(|e| werr(&p, e))?;
+        }
+    }
+    // Keys gone from the object go from the directory.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("..") && !data.contains_key(&name) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    if let Some(old) = old.filter(|o| *o != Path::new(&gen)) {
+        let _ = std::fs::remove_dir_all(dir.join(old));
+    }
+    Ok(true)
+}
+
+/// The uid:gid a template runs as (restricted pods always set it).
+pub fn owner(t: &Template) -> (u32, u32) {
+    let mut it = t.user.as_deref().unwrap_or("0:0").split(':');
+    let uid = it.next().and_then(|u| u.parse().ok()).unwrap_or(0);
+    let gid = it.next().and_then(|g| g.parse().ok()).unwrap_or(uid);
+    (uid, gid)
+}
+
+/// Where the policy of one replica is kept.
+pub fn policy_path(state: &Path, replica: &str) -> PathBuf {
+    state
+        .join("moatd")
+        .join("replicas")
+        .join(format!("{replica}.yaml"))
+}
+
+/// A policy that extends the template's own and only narrows or adds
+/// moatd's own files: the `resources` limits, and each file volume as a
+/// read-only host directory. `None` when the template needs neither.
+pub fn derived_policy(t: &Template, root: &Path, replica: &str) -> Option<String> {
+    if t.files.is_empty() && t.limits.is_empty() {
+        return None;
+    }
+    let mut text = format!(
+        "apiVersion: moat.dev/v1\nkind: Policy\nmetadata:\n  name: {}\nspec:\n  extends: {}\n",
+        t.policy_name, t.policy
+    );
+    let l = &t.limits;
+    if !l.is_empty() {
+        text.push_str("  resources:\n");
+        if let Some(m) = l.memory_bytes {
+            text.push_str(&format!("    memory: {m}\n"));
+        }
+        if let Some(c) = l.cpu_millis {
+            text.push_str(&format!("    cpus: {c}m\n"));
+        }
+        if let Some(d) = l.disk_bytes {
+            text.push_str(&format!("    disk: {d}\n"));
+        }
+    }
+    if !t.files.is_empty() {
+        text.push_str("  filesystem:\n    volumes:\n");
+        for v in &t.files {
+            text.push_str(&format!(
+                "      - {{source: {}, path: {}, read_only: true}}\n",
+                volume_dir(root, replica, &v.volume).display(),
+                v.mount_path
+            ));
+        }
+    }
+    Some(text)
+}
+
+/// Writes what `replica` needs before it is created: its file volumes
+/// (from `lookup`) and its derived policy; the policy file to run it
+/// under, if not the template's own.
+pub fn prepare(
+    state: &Path,
+    root: &Path,
+    replica: &str,
+    t: &Template,
+    lookup: &dyn Fn(&str, &str) -> Option<Source>,
+) -> Result<Option<PathBuf>, FilesError> {
+    // Only a moatd that mounts files touches the files root.
+    if !t.files.is_empty() {
+        ensure_tmpfs(root)?;
+    }
+    sync(root, replica, t, lookup)?;
+    let Some(text) = derived_policy(t, root, replica) else {
+        return Ok(None);
+    };
+    let path = policy_path(state, replica);
+    let perr = |source| FilesError::Policy {
+        path: path.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(perr)?;
+    }
+    std::fs::write(&path, text).map_err(perr)?;
+    Ok(Some(path))
+}
+
+/// Brings every file volume of `replica` up to its object's current
+/// data; a deleted object leaves the files as they were (the kubelet
+/// does the same) but refuses a first write.
+pub fn sync(
+    root: &Path,
+    replica: &str,
+    t: &Template,
+    lookup: &dyn Fn(&str, &str) -> Option<Source>,
+) -> Result<bool, FilesError> {
+    let mut changed = false;
+    for v in &t.files {
+        // Admission took a DNS label; a name is never a path.
+        if !valid_key(&v.volume) || v.volume.starts_with('.') || replica.contains('/') {
+            return Err(FilesError::Key {
+                kind: v.kind.clone(),
+                name: v.source.clone(),
+                key: v.volume.clone(),
+            });
+        }
+        let dir = volume_dir(root, replica, &v.volume);
+        let Some(src) = lookup(&v.kind, &v.source) else {
+            if dir.join("..data").exists() {
+                continue;
+            }
+            return Err(FilesError::Missing {
+                kind: v.kind.clone(),
+                name: v.source.clone(),
+            });
+        };
+        changed |= write(&dir, v, &src, owner(t))?;
+    }
+    Ok(changed)
+}
+
+/// Forgets a removed replica's files and policy.
+pub fn remove(state: &Path, root: &Path, replica: &str) {
+    if !replica.is_empty() && !replica.contains('/') {
+        let _ = std::fs::remove_dir_all(root.join(replica));
+    }
+    let _ = std::fs::remove_file(policy_path(state, replica));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vol() -> FileVolume {
+        FileVolume {
+            volume: "cfg".into(),
+            kind: "ConfigMap".into(),
+            source: "app".into(),
+            mount_path: "/etc/app".into(),
+        }
+    }
+
+    #[test]
+    fn an_update_swaps_every_key_and_drops_removed_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("r").join("cfg");
+        let mut data = BTreeMap::new();
+        data.insert("a".to_string(), "1".to_string());
+        data.insert("b".to_string(), "2".to_string());
+        assert!(write(&dir, &vol(), &(false, data.clone()), (0, 0)).unwrap());
+        assert!(!write(&dir, &vol(), &(false, data.clone()), (0, 0)).unwrap());
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "1");
+        // Whatever the umask: directories 0755, ConfigMap files 0644.
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&dir), 0o755);
+        assert_eq!(mode(dir.parent().unwrap()), 0o755);
+        assert_eq!(mode(&dir.join("a")), 0o644);
+        let secret = d.path().join("r").join("s");
+        let mut v = vol();
+        v.kind = "Secret".into();
+        write(&secret, &v, &(true, data.clone()), (0, 0)).unwrap();
+        assert_eq!(mode(&secret.join("a")), 0o400);
+        data.remove("b");
+        data.insert("a".to_string(), "3".to_string());
+        assert!(write(&dir, &vol(), &(false, data), (0, 0)).unwrap());
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "3");
+        assert!(std::fs::symlink_metadata(dir.join("b")).is_err());
+        let gens = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                let n = e.as_ref().unwrap().file_name();
+                let n = n.to_string_lossy();
+                n.starts_with("..") && n != "..data"
+            })
+            .count();
+        assert_eq!(gens, 1, "the old generation is gone");
+    }
+
+    #[test]
+    fn keys_that_leave_the_directory_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        for k in ["../x", "..data", "a/b", ".", ""] {
+            let mut data = BTreeMap::new();
+            data.insert(k.to_string(), "v".to_string());
+            let e = write(d.path(), &vol(), &(false, data), (0, 0)).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("ConfigMap app: key {k:?} cannot be a file name")
+            );
+        }
+        assert!(valid_key("app.properties") && valid_key(".hidden"));
+    }
+}

@@ -1,0 +1,320 @@
+//! ConfigMaps and Secrets mounted as files (issue 17): one file per key,
+//! read-only, Secrets mode 0400 for the pod's user on a tmpfs and never
+//! in logs, events or the audit log; a changed ConfigMap reaches the
+//! running replica in place without a new revision (as in Kubernetes);
+//! a Secret is for whoever applied it and root.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{can_run, deployment, stderr, stdout, wait_for, Env, Spec, EXEC_POLICY};
+
+const SECRET_VALUE: &str = "s3cr3t-value-7f1c";
+
+/// Lazily unmounts moatd's files tmpfs when the test ends (declared after
+/// the Env, so it goes first).
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Starts moatd as common's `Env::start` does, but under the umask of
+/// its systemd unit (0077): the replica's user must still read the files.
+fn start(env: &mut Env) -> Unmount {
+    let files = env.dir.path().join("files");
+    let log = std::fs::File::create(env.dir.path().join("moatd.log")).unwrap();
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 0077; exec \"$@\"")
+        .arg("sh")
+        .arg(common::moatd_bin())
+        .args([
+            "--foreground",
+            "--group",
+            "nogroup",
+            "--restart-delay-ms",
+            "200",
+        ])
+        .arg("--root")
+        .arg(env.state())
+        .arg("--socket")
+        .arg(env.socket())
+        .arg("--rbac")
+        .arg(env.rbac())
+        .arg("--files-dir")
+        .arg(&files)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    env.daemon = Some(child);
+    wait_for(10, "moatd's socket", || {
+        std::os::unix::net::UnixStream::connect(env.socket()).is_ok()
+    });
+    Unmount(files)
+}
+
+fn config(greeting: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: app}}\ndata:\n  greeting: {greeting}\n  mode: fast\n")
+}
+
+fn secret() -> String {
+    format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: db}}\nstringData: {{password: {SECRET_VALUE}}}\n")
+}
+
+/// A Deployment mounting ConfigMap `app` at /home and Secret `db` at /var.
+fn with_files(image: &str, s: &Spec, isolation: &str) -> String {
+    deployment(image, s)
+        .replace("moat.dev/isolation: sandbox", &format!("moat.dev/isolation: {isolation}"))
+        .replace(
+            "      containers:",
+            "      volumes:\n      - {name: cfg, configMap: {name: app}}\n      - {name: creds, secret: {secretName: db}}\n      containers:",
+        )
+        + "        volumeMounts:\n        - {name: cfg, mountPath: /home}\n        - {name: creds, mountPath: /var, readOnly: true}\n"
+}
+
+fn exec(env: &Env, pod: &str, script: &str) -> std::process::Output {
+    env.run(&["exec", pod, "/bin/sh", "-c", script])
+}
+
+#[test]
+fn config_maps_and_secrets_are_read_only_files_and_follow_updates_in_place() {
+    if !can_run("config_maps_and_secrets_are_read_only_files_and_follow_updates_in_place") {
+        return;
+    }
+    let mut env = Env::new(None);
+    let _unmount = start(&mut env);
+    let spec = Spec {
+        replicas: 1,
+        ..Spec::default()
+    };
+    let text = format!(
+        "{EXEC_POLICY}---\n{}---\n{}---\n{}",
+        config("hello"),
+        secret(),
+        with_files(&env.image, &spec, "sandbox")
+    );
+    env.apply("files.yaml", &text);
+    env.ok(&["rollout", "status", "deployment/web", "--timeout", "60"]);
+    let pod = env.pods()[0]["NAME"].as_str().unwrap().to_string();
+
+    let o = exec(&env, &pod, "cat /home/greeting; echo; cat /home/mode; echo; id -u; cat /var/password; echo; stat -L -c '%a %u:%g' /home/greeting /var/password");
+    assert_eq!(
+        stdout(&o),
+        format!("hello\nfast\n1000\n{SECRET_VALUE}\n644 0:0\n400 1000:1000\n"),
+        "{}",
+        stderr(&o)
+    );
+    // Read-only, whatever the user tries.
+    let o = exec(&env, &pod, "echo x > /home/greeting || echo refused; rm /var/password 2>/dev/null || echo refused; touch /var/new 2>/dev/null || echo refused");
+    assert_eq!(stdout(&o), "refused\nrefused\nrefused\n", "{}", stderr(&o));
+    // On a tmpfs: the files directory is one.
+    let files = env.dir.path().join("files").display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.split(' ').nth(1) == Some(files.as_str())
+                && l.split(' ').nth(2) == Some("tmpfs")),
+        "{files} is not a tmpfs"
+    );
+
+    // A changed ConfigMap: the file changes under the running replica; no
+    // new revision, no restart (Kubernetes makes neither).
+    env.apply("cm.yaml", &config("bonjour"));
+    wait_for(30, "the file to follow the ConfigMap", || {
+        stdout(&exec(&env, &pod, "cat /home/greeting")) == "bonjour"
+    });
+    let p = env.pods();
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0]["NAME"], pod.as_str());
+    assert_eq!(p[0]["RESTARTS"], 0);
+    let history = env.ok(&["rollout", "history", "deployment/web"]);
+    let revisions = history
+        .lines()
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+        .count();
+    assert_eq!(revisions, 1, "one revision: {history}");
+    assert!(env.ok(&["events"]).contains("FilesUpdated"));
+
+    // The secret's value is nowhere moatd writes for people to read.
+    let mut seen = vec![
+        ("events", env.ok(&["events"])),
+        ("describe secret", env.ok(&["describe", "secret/db"])),
+        (
+            "describe deployment",
+            env.ok(&["describe", "deployment/web"]),
+        ),
+        ("get secrets", env.ok(&["get", "secrets", "-o", "json"])),
+        ("inspect", env.ok(&["inspect", &pod])),
+        ("moatd's log", env.daemon_log()),
+    ];
+    for f in ["audit/moatd.log", "audit/policy.log"] {
+        seen.push((
+            f,
+            std::fs::read_to_string(env.state().join(f)).unwrap_or_default(),
+        ));
+    }
+    for (what, text) in seen {
+        assert!(!text.contains(SECRET_VALUE), "the secret is in {what}");
+    }
+
+    // Removing the Deployment removes its replica's files.
+    env.ok(&["delete", "deployment/web"]);
+    let dir = env.dir.path().join("files").join(&pod);
+    wait_for(30, "the replica's files to go", || !dir.exists());
+}
+
+fn rbac() -> String {
+    "apiVersion: moat.dev/v1
+kind: RBAC
+roles:
+  - name: admin
+    grants:
+      capabilities: [ALL]
+      network: [none, loopback, egress, publish]
+      isolation: [vm, sandbox]
+      volumes: [\"/\"]
+      named_volumes: [\"*\"]
+      exec: true
+  - name: deployer
+    grants:
+      network: [none]
+      isolation: [sandbox]
+bindings:
+  - role: admin
+    users: [root]
+  - role: deployer
+    users: [nobody]
+"
+    .to_string()
+}
+
+const PLAIN_POLICY: &str = "apiVersion: moat.dev/v1
+kind: Policy
+metadata:
+  name: plain
+spec:
+  extends: baseline
+  isolation: sandbox
+";
+
+#[test]
+fn a_secret_is_for_whoever_applied_it_and_root() {
+    if !can_run("a_secret_is_for_whoever_applied_it_and_root") {
+        return;
+    }
+    let mut env = Env::new(Some(&rbac()));
+    let _unmount = start(&mut env);
+    env.apply("root.yaml", &format!("{}---\n{}", secret(), config("hi")));
+    let spec = Spec {
+        replicas: 1,
+        ready: None,
+        policy: Some("plain"),
+        ..Spec::default()
+    };
+    // nobody mounts root's Secret: refused, and nothing is stored.
+    let f = env.file(
+        "steal.yaml",
+        &format!(
+            "{PLAIN_POLICY}---\n{}",
+            with_files(&env.image, &spec, "sandbox")
+        ),
+    );
+    let o = env.as_nobody(&["apply", "-f", &f]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "moat: error: Deployment web: spec.template.spec.volumes[1].secret.secretName: Secret \"db\" was applied by root: only root may use it\n"
+    );
+    // ... nor through the environment.
+    let env_ref = deployment(&env.image, &spec).replace(
+        "        workingDir: /tmp\n",
+        "        workingDir: /tmp\n        env:\n        - name: PW\n          valueFrom: {secretKeyRef: {name: db, key: password}}\n",
+    );
+    let f = env.file("steal-env.yaml", &format!("{PLAIN_POLICY}---\n{env_ref}"));
+    let o = env.as_nobody(&["apply", "-f", &f]);
+    assert_eq!(
+        stderr(&o),
+        "moat: error: Deployment web: spec.template.spec.containers[0].env[0].valueFrom.secretKeyRef: Secret \"db\" was applied by root: only root may use it\n"
+    );
+    // ... and may neither replace nor delete it (its data would reach
+    // root's replicas), nor replace root's ConfigMap.
+    let f = env.file("swap.yaml", &format!("{}---\n{}", secret(), config("evil")));
+    let o = env.as_nobody(&["apply", "-f", &f]);
+    assert_eq!(
+        stderr(&o),
+        "moat: error: Secret db: applied by root; only root may change or delete it\nConfigMap app: applied by root; only root may change or delete it\n"
+    );
+    let o = env.as_nobody(&["delete", "secret/db"]);
+    assert_eq!(
+        stderr(&o),
+        "moat: error: Secret db: applied by root; only root may change or delete it\n"
+    );
+    assert!(env.ok(&["get", "deployments"]).lines().count() <= 1);
+    // A Secret of one's own is fine (the ConfigMap is anyone's to read).
+    let own = format!(
+        "{}---\n{PLAIN_POLICY}---\n{}",
+        secret().replace("name: db", "name: mine"),
+        with_files(&env.image, &spec, "sandbox").replace("secretName: db", "secretName: mine")
+    );
+    let f = env.file("own.yaml", &own);
+    let o = env.as_nobody(&["apply", "-f", &f]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    env.ok(&["rollout", "status", "deployment/web", "--timeout", "60"]);
+    let pod = env.pods()[0]["NAME"].as_str().unwrap().to_string();
+    let data = env
+        .dir
+        .path()
+        .join("files")
+        .join(&pod)
+        .join("creds/password");
+    assert_eq!(std::fs::read_to_string(data).unwrap(), SECRET_VALUE);
+}
+
+#[test]
+fn file_volumes_admission_names_the_field_and_the_rule() {
+    if !can_run("file_volumes_admission_names_the_field_and_the_rule") {
+        return;
+    }
+    let mut env = Env::new(None);
+    let _unmount = start(&mut env);
+    let spec = Spec {
+        replicas: 1,
+        ..Spec::default()
+    };
+    // Missing objects.
+    let f = env.file(
+        "missing.yaml",
+        &format!(
+            "{EXEC_POLICY}---\n{}",
+            with_files(&env.image, &spec, "sandbox")
+        ),
+    );
+    let o = env.run(&["apply", "-f", &f]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "moat: error: Deployment web: spec.template.spec.volumes[0].configMap.name: no ConfigMap named \"app\" in this apply or applied before\n\
+         Deployment web: spec.template.spec.volumes[1].secret.secretName: no Secret named \"db\" in this apply or applied before\n"
+    );
+    // A micro-VM gets no host files.
+    env.apply("objs.yaml", &format!("{}---\n{}", secret(), config("hi")));
+    let f = env.file(
+        "vm.yaml",
+        &format!("{EXEC_POLICY}---\n{}", with_files(&env.image, &spec, "vm")),
+    );
+    let o = env.run(&["apply", "-f", &f]);
+    assert_eq!(
+        stderr(&o),
+        "moat: error: Deployment web: spec.template.spec.volumes: ConfigMap and Secret volumes are mounted in sandbox replicas only, and metadata.annotations.moat.dev/isolation is vm: no host file reaches a micro-VM (docs/moatd.md); use moat.dev/isolation: sandbox, or environment variables (env.valueFrom)\n"
+    );
+}
