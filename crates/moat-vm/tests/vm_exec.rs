@@ -17,8 +17,7 @@ use moat_policy::ProcessSpec;
 /// The workload: runs until an exec creates /tmp/stop. It then gives that
 /// exec time to exit: the end of a PID namespace's init kills the rest,
 /// and a loaded TCG guest can see the file before `touch` has exited.
-const WORKLOAD: &str =
-    "while [ ! -e /tmp/stop ]; do sleep 0.1; done; sleep 2; echo workload-done";
+const WORKLOAD: &str = "while [ ! -e /tmp/stop ]; do sleep 0.1; done; sleep 2; echo workload-done";
 
 fn as_app(mut p: ProcessSpec) -> ProcessSpec {
     p.uid = 1000;
