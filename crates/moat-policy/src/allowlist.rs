@@ -133,3 +133,71 @@ pub fn compile(file: &'static str, text: &str) -> Result<Vec<SockFilter>, Allowl
     crate::bpf::compile(&parse(file, text)?)
         .map_err(|source| AllowlistError::Compile { file, source })
 }
+
+/// For a crate's build script (Firecracker's way): compiles the allowlist
+/// at `path`, relative to the crate, into `$OUT_DIR/NAME.bpf` (NAME: the
+/// file's stem), so that a malformed list fails the build, never a start.
+/// The crate includes it with
+/// `decode(include_bytes!(concat!(env!("OUT_DIR"), "/NAME.bpf")))`.
+pub fn build(path: &'static str) {
+    println!("cargo:rerun-if-changed={path}");
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{path}: cannot read the allowlist: {e}"));
+    let prog = compile(path, &text).unwrap_or_else(|e| {
+        let mut why = e.to_string();
+        let mut cur = std::error::Error::source(&e);
+        while let Some(c) = cur {
+            why.push_str(&format!(": {c}"));
+            cur = c.source();
+        }
+        panic!("{why}")
+    });
+    let stem = std::path::Path::new(path)
+        .file_stem()
+        .expect("an allowlist path names a file");
+    let out = std::path::Path::new(&std::env::var_os("OUT_DIR").expect("OUT_DIR (a build script)"))
+        .join(stem)
+        .with_extension("bpf");
+    std::fs::write(&out, encode(&prog))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", out.display()));
+}
+
+/// The program as [`build`] stores it: per instruction `code` (2 bytes,
+/// little endian), `jt`, `jf`, `k` (4 bytes, little endian).
+pub fn encode(prog: &[SockFilter]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prog.len() * 8);
+    for i in prog {
+        out.extend(i.code.to_le_bytes());
+        out.extend([i.jt, i.jf]);
+        out.extend(i.k.to_le_bytes());
+    }
+    out
+}
+
+/// A program stored by [`build`] (the build made it: its length is a
+/// multiple of 8).
+pub fn decode(bytes: &[u8]) -> Vec<SockFilter> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| SockFilter {
+            code: u16::from_le_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_program_decodes_to_itself() {
+        let text = r#"{"about": "t", "default_action": "kill",
+            "allow": [{"syscall": "read", "why": "t"}, {"syscall": "exit_group", "why": "t"}]}"#;
+        let prog = compile("t.json", text).unwrap();
+        assert!(prog.len() > 4);
+        assert_eq!(decode(&encode(&prog)), prog);
+    }
+}

@@ -80,13 +80,17 @@ pub fn release_setup_pages() {
 /// The monitor's system calls, as data (DESIGN rule 9).
 pub const ALLOWLIST: &str = include_str!("../seccomp/monitor.json");
 
+/// The filter of [`ALLOWLIST`], compiled by the build (build.rs).
+pub fn filter() -> Vec<moat_policy::plan::SockFilter> {
+    moat_policy::allowlist::decode(include_bytes!(concat!(env!("OUT_DIR"), "/monitor.bpf")))
+}
+
 /// The monitor's confinement: no capability but CAP_KILL (a micro-VM's
 /// supervisor runs as a uid of its own, which the monitor must be able to
 /// stop; uid 0 still owns the state files it writes), `no_new_privs`, and
 /// its seccomp filter.
 fn confine() -> io::Result<()> {
-    let prog = moat_policy::allowlist::compile("seccomp/monitor.json", ALLOWLIST)
-        .map_err(io::Error::other)?;
+    let prog = filter();
     const CAP_KILL: u32 = 5;
     sys::drop_capabilities(&[CAP_KILL])?;
     sys::install_seccomp(&prog, false)
@@ -721,9 +725,11 @@ mod tests {
         ] {
             assert!(!calls.allow.contains(never), "{never}");
         }
-        assert!(!moat_policy::allowlist::compile("monitor.json", ALLOWLIST)
-            .unwrap()
-            .is_empty());
+        // The build's program is the list's.
+        assert_eq!(
+            filter(),
+            moat_policy::allowlist::compile("monitor.json", ALLOWLIST).unwrap()
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The shim's own seccomp filter (DESIGN rule 9), from data:
-//! `seccomp/shim.json`, compiled by moat-policy's allowlist compiler.
+//! `seccomp/shim.json`, compiled by moat-policy's allowlist compiler when
+//! the crate is built (build.rs).
 
 use std::io;
 
-/// The shim's system calls, as data.
-pub const ALLOWLIST: &str = include_str!("../seccomp/shim.json");
+/// The shim's system calls, as data (the tests read the list itself).
+#[cfg(test)]
+const ALLOWLIST: &str = include_str!("../seccomp/shim.json");
 
 /// Whether this process already runs under a seccomp filter (the shim
 /// daemon started by `start`, which installed it, inherits it).
@@ -15,6 +17,11 @@ fn filtered() -> bool {
         .any(|l| l.starts_with("Seccomp:") && l.trim_end().ends_with('2'))
 }
 
+/// The filter of `seccomp/shim.json`, compiled by the build.
+pub fn filter() -> Vec<moat_policy::plan::SockFilter> {
+    moat_policy::allowlist::decode(include_bytes!(concat!(env!("OUT_DIR"), "/shim.bpf")))
+}
+
 /// Installs the filter on this process, which must be single-threaded
 /// (the filter then holds for every thread and child it makes). No
 /// `no_new_privs`: the shim is root with CAP_SYS_ADMIN, and the bit would
@@ -23,8 +30,7 @@ pub fn confine() -> io::Result<()> {
     if filtered() {
         return Ok(());
     }
-    let prog = moat_policy::allowlist::compile("seccomp/shim.json", ALLOWLIST)
-        .map_err(io::Error::other)?;
+    let prog = filter();
     let mut insns: Vec<libc::sock_filter> = prog
         .iter()
         .map(|i| libc::sock_filter {
@@ -95,8 +101,10 @@ mod tests {
         ] {
             assert!(s.allow.contains(need), "{need}");
         }
-        assert!(!moat_policy::allowlist::compile("shim.json", ALLOWLIST)
-            .unwrap()
-            .is_empty());
+        // The build's program is the list's.
+        assert_eq!(
+            filter(),
+            moat_policy::allowlist::compile("shim.json", ALLOWLIST).unwrap()
+        );
     }
 }

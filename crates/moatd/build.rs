@@ -1,0 +1,5 @@
+//! Compiles the seccomp allowlist `seccomp/api.json` into BPF at build
+//! time: a malformed list fails the build, not a start (DESIGN rule 9).
+fn main() {
+    moat_policy::allowlist::build("seccomp/api.json");
+}
