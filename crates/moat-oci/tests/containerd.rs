@@ -465,8 +465,7 @@ sandbox_tests! {
     sandbox_ctr_unconfined_refused => unconfined_refused,
 }
 
-#[path = "../../moat-vm/tests/common/host.rs"]
-mod vmhost;
+use moat_testkit::host as vmhost;
 
 /// Whether the VM tests can run (root, the clients, QEMU, a built guest
 /// kernel); prints why not.

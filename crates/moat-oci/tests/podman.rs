@@ -461,8 +461,7 @@ sandbox_tests! {
     sandbox_default_policy_narrows_caps_and_refuses_exec => default_policy_narrows,
 }
 
-#[path = "../../moat-vm/tests/common/host.rs"]
-mod vmhost;
+use moat_testkit::host as vmhost;
 
 /// Whether the VM tests can run (root, the clients, QEMU, a built guest
 /// kernel); prints why not. Builds the agent when no build of it exists.

@@ -6,8 +6,7 @@
 
 #[path = "clients/mod.rs"]
 mod clients;
-#[path = "../../moat-vm/tests/common/host.rs"]
-mod vmhost;
+use moat_testkit::host as vmhost;
 
 use std::time::Duration;
 

@@ -7,8 +7,7 @@
 
 #[path = "clients/mod.rs"]
 mod clients;
-#[path = "../../moat-vm/tests/common/host.rs"]
-mod vmhost;
+use moat_testkit::host as vmhost;
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -3,27 +3,7 @@
 use moat_policy::model::{DefaultAction, NetworkMode};
 use moat_policy::plan::{IsolationRequirement, MountPlan, NetworkPlan, RlimitResource};
 use moat_policy::{compile, Policy};
-
-pub const WEB: &str = r#"apiVersion: moat.dev/v1
-kind: Policy
-metadata:
-  name: web
-spec:
-  extends: baseline
-  isolation: any            # vm | sandbox | any
-  capabilities: [NET_BIND_SERVICE]
-  syscalls:
-    deny: [mkdir, mkdirat]
-  filesystem:
-    writable:
-      - path: /tmp
-        size: 16Mi
-  network: none             # none | loopback | egress (with rules) ; publish for ports
-  resources:
-    memory: 256Mi
-    pids: 64
-    cpus: 1
-"#;
+use moat_testkit::fixtures::WEB;
 
 #[test]
 fn issue_example_is_accepted_and_means_what_it_says() {

@@ -4,34 +4,7 @@ use std::path::Path;
 
 use moat_policy::rbac::{self, AuditRecord, Principal, Rbac};
 use moat_policy::Policy;
-
-pub const RBAC: &str = r#"apiVersion: moat.dev/v1
-kind: RBAC
-roles:
-  - name: developer
-    grants:
-      capabilities: []
-      network: [none, loopback]
-      isolation: [vm, sandbox]
-      volumes: ["/srv/data"]
-      exec: false
-  - name: platform-admin
-    grants:
-      capabilities: [ALL]
-      network: [none, loopback, egress, publish]
-      isolation: [vm, sandbox]
-      devices: true
-      volumes: ["/"]
-      exec: true
-bindings:
-  - role: developer
-    users: [alice]
-    groups: [dev]
-  - role: platform-admin
-    users: [root]
-"#;
-
-const WEB: &str = "apiVersion: moat.dev/v1\nkind: Policy\nmetadata:\n  name: web\nspec:\n  extends: baseline\n  isolation: any\n  capabilities: [NET_BIND_SERVICE]\n  syscalls:\n    deny: [mkdir, mkdirat]\n  filesystem:\n    writable:\n      - path: /tmp\n        size: 16Mi\n  network: none\n  resources:\n    memory: 256Mi\n    pids: 64\n    cpus: 1\n";
+use moat_testkit::fixtures::{RBAC, WEB};
 
 struct Users {
     _dir: tempfile::TempDir,

@@ -1,55 +1,9 @@
 //! `moat policy ...` end to end: exit codes, output, files, and the compiled
 //! artefacts checked by the tools that consume them.
 
+use moat_testkit::fixtures::{RBAC, WEB};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-const WEB: &str = r#"apiVersion: moat.dev/v1
-kind: Policy
-metadata:
-  name: web
-spec:
-  extends: baseline
-  isolation: any            # vm | sandbox | any
-  capabilities: [NET_BIND_SERVICE]
-  syscalls:
-    deny: [mkdir, mkdirat]
-  filesystem:
-    writable:
-      - path: /tmp
-        size: 16Mi
-  network: none             # none | loopback | egress (with rules) ; publish for ports
-  resources:
-    memory: 256Mi
-    pids: 64
-    cpus: 1
-"#;
-
-const RBAC: &str = r#"apiVersion: moat.dev/v1
-kind: RBAC
-roles:
-  - name: developer
-    grants:
-      capabilities: []
-      network: [none, loopback]
-      isolation: [vm, sandbox]
-      volumes: ["/srv/data"]
-      exec: false
-  - name: platform-admin
-    grants:
-      capabilities: [ALL]
-      network: [none, loopback, egress, publish]
-      isolation: [vm, sandbox]
-      devices: true
-      volumes: ["/"]
-      exec: true
-bindings:
-  - role: developer
-    users: [alice]
-    groups: [dev]
-  - role: platform-admin
-    users: [root]
-"#;
 
 struct Env {
     dir: tempfile::TempDir,

@@ -2,12 +2,11 @@
 //! through the CLI. The recording, verification and measurement tests need
 //! root (CI runs as root) and skip with `SKIP:` otherwise.
 
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-#[path = "../../moat-vm/tests/common/host.rs"]
-mod vm_host;
+use moat_testkit::host as vm_host;
 use vm_host::vm_lock;
 
 struct Env {
@@ -41,14 +40,7 @@ impl Env {
     /// A rootfs with Debian's static busybox and its applet links.
     fn busybox_rootfs(&self) -> PathBuf {
         let root = self.path("busybox");
-        for d in ["bin", "etc", "proc", "dev", "sys", "tmp", "run"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        for applet in ["sh", "ls", "cat", "echo", "true"] {
-            symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        moat_testkit::rootfs::busybox_rootfs(&root);
         open_up(&root);
         root
     }
@@ -358,7 +350,7 @@ fn record_busybox_shell_within_60_syscalls_and_runs_under_it() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).starts_with("hi\nbin\n"), "{}", stdout(&out));
     assert!(
-        stdout(&out).ends_with("root:x:0:0:root:/root:/bin/sh\n"),
+        stdout(&out).ends_with("nobody:x:65534:65534::/:/bin/false\n"),
         "{}",
         stdout(&out)
     );

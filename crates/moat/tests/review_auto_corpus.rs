@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 use sandbox_common::images::corpus;
 use sandbox_common::{can_sandbox, stderr, stdout, Env};
 
-#[path = "../../moat-vm/tests/common/host.rs"]
-mod vm_host;
+use moat_testkit::host as vm_host;
 
 /// Builds corpus image `name` under the test's directory; `None` (after a
 /// `SKIP:` line) when its packages are not installed.

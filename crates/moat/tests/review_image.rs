@@ -6,8 +6,7 @@
 mod common;
 #[path = "common/mod.rs"]
 mod tars;
-#[path = "../../moat-vm/tests/common/host.rs"]
-mod vm_host;
+use moat_testkit::host as vm_host;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

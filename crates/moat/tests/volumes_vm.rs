@@ -7,8 +7,7 @@
 
 #[path = "sandbox_common/mod.rs"]
 mod common;
-#[path = "../../moat-vm/tests/common/host.rs"]
-mod vm_host;
+use moat_testkit::host as vm_host;
 
 use common::{stderr, stdout, vm_ready, wait_for, Env};
 use vm_host::vm_lock;

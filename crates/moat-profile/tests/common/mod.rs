@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
+// Not every test binary builds a root.
+#![allow(unused_imports)]
 
 use std::path::Path;
 
@@ -20,14 +22,4 @@ pub fn skip_reason(need_crun: bool) -> Option<String> {
     None
 }
 
-/// A minimal busybox root filesystem.
-pub fn busybox_rootfs(dir: &Path) {
-    for d in ["bin", "etc", "proc", "dev", "sys", "tmp"] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
-    for applet in ["sh", "ls", "cat", "echo", "true"] {
-        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-}
+pub use moat_testkit::rootfs::busybox_rootfs;

@@ -1,34 +1,11 @@
 //! Images built here: an OCI archive (oci-layout, index, manifest, config,
 //! one layer) of a root filesystem, for `ctr images import`.
 
-use std::os::unix::fs::{symlink, PermissionsExt};
+pub use moat_testkit::rootfs::busybox_rootfs;
+
 use std::path::Path;
-use std::process::Command;
 
 use sha2::{Digest, Sha256};
-
-/// A minimal root filesystem: busybox and its applets, /etc/passwd.
-pub fn busybox_rootfs(root: &Path) {
-    for d in [
-        "bin", "dev", "proc", "sys", "tmp", "run", "etc", "root", "var",
-    ] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" && !applet.is_empty() {
-            symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-}
 
 fn blob(dir: &Path, data: &[u8]) -> String {
     let hex = hex::encode(Sha256::digest(data));

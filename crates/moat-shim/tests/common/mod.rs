@@ -1,20 +1,21 @@
 //! Helpers of the shim's tests: a private containerd 1.6 (own config,
 //! root, state, sockets and mount namespace under a temp dir, never the
 //! host's instance) with `containerd-shim-moat-v2` on its PATH, a busybox
-//! image built here as an OCI archive, and a command runner with a
-//! deadline. The runner and the terminal helper follow moat-oci's
-//! tests/clients/mod.rs.
+//! image built here as an OCI archive; the command runner and the
+//! terminal come from moat-testkit.
 #![allow(dead_code)]
+// Each test binary uses a different part of what is re-exported here.
+#![allow(unused_imports)]
 
 pub mod cri;
 pub mod image;
 
-use std::io::Read;
-use std::os::unix::process::CommandExt;
+pub use moat_testkit::cmd::{code, run, stderr, stdout, try_run, unmount_under, wait_until, which};
+pub use moat_testkit::tmux::Tmux;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 pub const NAMESPACE: &str = "moat-shim-test";
 pub const IMAGE: &str = "localhost/moat-shim-busybox:latest";
@@ -66,21 +67,6 @@ pub fn vm_ready(test: &str, tools: &[&str]) -> bool {
         "no guest agent build: run `make agent`"
     );
     true
-}
-
-pub fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
-}
-
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// A containerd of its own; drop kills its tasks, stops it, ends its
@@ -429,223 +415,4 @@ fn cri_plugin(d: &Path, restrict_oom: bool) -> String {
         cni = cni.display(),
         cfg = d.join("moat.yaml").display(),
     )
-}
-
-/// Lazily unmounts whatever the host mount table still has under `dir`.
-pub fn unmount_under(dir: &Path) {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let prefix = dir.to_str().unwrap_or("/nonexistent");
-    let mut points: Vec<&str> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(prefix))
-        .collect();
-    points.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for m in points {
-        let _ = Command::new("umount")
-            .args(["-l", m])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// Runs `cmd` (stdin null, its own process group) and collects its output;
-/// on `limit` the whole group is killed and the error says so. A descendant
-/// still holding the output pipes 10 s after the command exited is an error
-/// too: go-runc and conmon would wait forever on it.
-pub fn try_run(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
-    let desc = format!("{cmd:?}");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("{desc}: cannot start: {e}"))?;
-    let (tx, rx) = mpsc::channel();
-    for (i, pipe) in [
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let tx = tx.clone();
-        let mut pipe = pipe.unwrap();
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
-            let _ = tx.send((i, buf));
-        });
-    }
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(st) = child.try_wait().map_err(|e| format!("{desc}: wait: {e}"))? {
-            break st;
-        }
-        if Instant::now() > deadline {
-            kill_group(&child);
-            let _ = child.wait();
-            let (out, err, _) = collect(&rx, Duration::from_secs(2));
-            return Err(format!(
-                "{desc} did not finish within {limit:?}; its output so far:\n{}{}",
-                String::from_utf8_lossy(&out),
-                String::from_utf8_lossy(&err)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let (out, err, held) = collect(&rx, Duration::from_secs(10));
-    if held {
-        return Err(format!(
-            "{desc} exited ({status}) but a process it left still holds its output pipes; \
-             output so far:\n{}{}",
-            String::from_utf8_lossy(&out),
-            String::from_utf8_lossy(&err)
-        ));
-    }
-    Ok(Output {
-        status,
-        stdout: out,
-        stderr: err,
-    })
-}
-
-/// Gathers both pipes for up to `wait`; also whether one was still open
-/// then (held by a leftover descendant).
-fn collect(rx: &mpsc::Receiver<(usize, Vec<u8>)>, wait: Duration) -> (Vec<u8>, Vec<u8>, bool) {
-    let mut bufs = [None, None];
-    let deadline = Instant::now() + wait;
-    while bufs.iter().any(Option::is_none) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok((i, b)) => bufs[i] = Some(b),
-            Err(_) => break,
-        }
-    }
-    let held = bufs.iter().any(Option::is_none);
-    let [out, err] = bufs;
-    (out.unwrap_or_default(), err.unwrap_or_default(), held)
-}
-
-fn kill_group(child: &Child) {
-    let pid = rustix::process::Pid::from_child(child);
-    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-}
-
-/// [`try_run`] that panics with the command and its output on a deadline
-/// or held pipes.
-pub fn run(cmd: &mut Command, limit: Duration) -> Output {
-    try_run(cmd, limit).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// A tmux server on a private socket, for a real terminal.
-pub struct Tmux {
-    pub socket: PathBuf,
-}
-
-impl Tmux {
-    /// Starts a detached session `s` running `argv` in a 100x30 terminal;
-    /// when it exits the pane shows `[exited N]` and stays.
-    pub fn start(socket: PathBuf, argv: &[String]) -> Self {
-        let t = Tmux { socket };
-        let quoted: Vec<String> = argv
-            .iter()
-            .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
-            .collect();
-        let shell = format!("{}; echo \"[exited $?]\"; sleep 120", quoted.join(" "));
-        let o = t.tmux(&[
-            "new-session",
-            "-d",
-            "-s",
-            "s",
-            "-x",
-            "100",
-            "-y",
-            "30",
-            &shell,
-        ]);
-        assert!(o.status.success(), "tmux new-session: {}", stderr(&o));
-        t
-    }
-
-    pub fn tmux(&self, args: &[&str]) -> Output {
-        run(
-            Command::new("tmux")
-                .args(["-f", "/dev/null", "-S"])
-                .arg(&self.socket)
-                .args(args)
-                .stdin(Stdio::null()),
-            Duration::from_secs(10),
-        )
-    }
-
-    /// Types `text` and Enter.
-    pub fn send_line(&self, text: &str) {
-        self.tmux(&["send-keys", "-t", "s", "-l", text]);
-        self.tmux(&["send-keys", "-t", "s", "Enter"]);
-    }
-
-    /// The visible pane.
-    pub fn screen(&self) -> String {
-        stdout(&self.tmux(&["capture-pane", "-p", "-t", "s"]))
-    }
-
-    /// Waits up to `limit` for `needle` on the screen (less if the client
-    /// exits first); the screen either way.
-    pub fn wait_for(&self, needle: &str, limit: Duration) -> Result<String, String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let s = self.screen();
-            if s.contains(needle) {
-                return Ok(s);
-            }
-            // The client ended: what it printed is all there will be.
-            if Instant::now() > deadline || s.contains("[exited ") {
-                return Err(s);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .arg("-S")
-            .arg(&self.socket)
-            .arg("kill-server")
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// Waits up to `limit` for `f` to return `Some`.
-pub fn wait_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The exit code of `status`, or 128+N for signal N as a shell shows it.
-pub fn code(status: ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }

@@ -12,8 +12,7 @@ use std::sync::OnceLock;
 use moat_policy::plan::*;
 use moat_policy::{Plan, ProcessSpec};
 
-mod host;
-pub use host::{jailed_processes, vm_cgroups, vm_lock};
+pub use moat_testkit::host::{jailed_processes, vm_cgroups, vm_lock};
 
 /// Why the VM tests cannot run here, if they cannot.
 pub fn missing_prerequisite() -> Option<String> {
@@ -69,26 +68,10 @@ pub fn ensure_agent() {
     });
 }
 
-/// A busybox rootfs with a passwd file, as an image store would materialise it.
+/// A busybox rootfs whose uid 1000 is `app`, as an image store would
+/// materialise it.
 pub fn make_rootfs(dir: &Path) {
-    fs::create_dir_all(dir.join("bin")).unwrap();
-    fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
-    for app in [
-        "sh", "echo", "cat", "true", "false", "sleep", "id", "uname", "pwd", "env", "ls", "tty",
-        "stty", "kill", "hostname", "grep", "wc", "head", "touch", "mount", "rm", "mkdir", "dd",
-        "ps",
-    ] {
-        std::os::unix::fs::symlink("busybox", dir.join("bin").join(app)).unwrap();
-    }
-    for d in ["etc", "tmp", "proc", "sys", "dev", "root", "home/app"] {
-        fs::create_dir_all(dir.join(d)).unwrap();
-    }
-    fs::write(
-        dir.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
-    )
-    .unwrap();
-    fs::write(dir.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+    moat_testkit::rootfs::busybox_rootfs_as(dir, "app")
 }
 
 /// A state root with a busybox rootfs, shared by the tests of one binary.

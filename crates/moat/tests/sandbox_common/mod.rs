@@ -5,7 +5,7 @@
 
 pub mod images;
 
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -172,42 +172,7 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A minimal root filesystem: busybox and its applets, /etc/passwd and
-/// group, and the empty mount points moat needs.
-pub fn busybox_rootfs(root: &Path) {
-    for d in [
-        "bin",
-        "dev",
-        "proc",
-        "sys",
-        "tmp",
-        "run",
-        "etc",
-        "root",
-        "home/user",
-        "var",
-    ] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" && !applet.is_empty() {
-            symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("etc/group"),
-        "root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-}
+pub use moat_testkit::rootfs::busybox_rootfs;
 
 /// Path of the static escape helper, compiled once per test binary (and
 /// cached across binaries by source content) with

@@ -1,8 +1,6 @@
-//! What VM tests check on the host, shared by moat-vm's tests and the
-//! `moat` CLI tests (which include this file by path): the cross-process
-//! lock that serialises VM boots, and what a VM may leave behind.
-
-#![allow(dead_code)]
+//! What VM tests check on the host: the cross-process lock that serialises
+//! VM boots, and what a VM may leave behind (jailed VMM processes, `vm-*`
+//! cgroups, container directories).
 
 use std::fs::{self, File};
 
