@@ -241,11 +241,23 @@ pub fn prog_load(
         // the call.
         unsafe { bpf(BPF_PROG_LOAD, &mut attr) }
     };
-    match load(0, &mut log) {
+    // The kernel may answer EAGAIN when the load races with a signal or
+    // memory pressure: libbpf tries five times, and so does this.
+    let mut first = load(0, &mut log);
+    for _ in 1..5 {
+        match &first {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => first = load(0, &mut log),
+            _ => break,
+        }
+    }
+    match first {
         Ok(fd) => Ok(owned(fd)),
         Err(first) => {
-            // Load again with the verifier log to say why.
-            let _ = load(1, &mut log);
+            // Load again with the verifier log to say why (a load that now
+            // passes is used: the failure was transient).
+            if let Ok(fd) = load(1, &mut log) {
+                return Ok(owned(fd));
+            }
             let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
             let text = String::from_utf8_lossy(&log[..end]);
             let tail: Vec<&str> = text.lines().rev().take(12).collect();
