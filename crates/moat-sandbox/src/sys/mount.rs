@@ -27,24 +27,19 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-/// `openat2(2)` with the given `resolve` flags; always `O_CLOEXEC`.
+/// `openat2(2)` with the given `resolve` flags; always `O_CLOEXEC`
+/// (rustix's call, with libc's flag numbers the callers use).
 pub fn openat2(dir: BorrowedFd<'_>, path: &str, flags: i32, resolve: u64) -> io::Result<OwnedFd> {
-    let path = cstr(path)?;
-    // SAFETY: open_how is plain data; all-zero is a valid value.
-    let mut how: libc::open_how = unsafe { zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.resolve = resolve;
-    // SAFETY: `path` and `how` are valid for the duration of the call and
-    // the size passed matches the struct.
-    fd_from(unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            path.as_ptr(),
-            &how as *const libc::open_how,
-            size_of::<libc::open_how>(),
-        )
-    })
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let flags = OFlags::from_bits_retain(flags as u32) | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::from_bits_retain(resolve);
+    Ok(rustix::fs::openat2(
+        dir,
+        path,
+        flags,
+        Mode::empty(),
+        resolve,
+    )?)
 }
 
 /// `open_tree(2)`: `OPEN_TREE_CLONE` gives a detached copy of a mount.
