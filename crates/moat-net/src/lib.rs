@@ -23,10 +23,13 @@
 //!   map_gateway, state })` -> [`pasta::Pasta`] (`pid()`, `stop()`, killed
 //!   on drop); [`pasta::args`] for inspection.
 //! - [`Egress::start`] does all three in order for one container.
+//! - [`dns::host_resolver`] -> [`dns::Resolver`] (`address`, `conf`): the
+//!   host's resolver for a `network.dns: true` grant.
 //!
 //! Published ports are [`moat_plan::PortPublish`]; its `host_ip` `None`
 //! binds every host address (podman's default for `-p 8080:80`).
 
+pub mod dns;
 pub mod netns;
 pub mod nft;
 pub mod pasta;
@@ -37,6 +40,7 @@ use std::path::{Path, PathBuf};
 
 use moat_plan::{EgressRule, PortPublish};
 
+pub use crate::dns::DnsError;
 pub use crate::netns::{NetNs, NetnsError};
 pub use crate::nft::NftError;
 pub use crate::pasta::{Pasta, PastaError};
@@ -50,6 +54,8 @@ pub enum NetError {
     Nft(#[from] NftError),
     #[error("the user-mode network (pasta)")]
     Pasta(#[from] PastaError),
+    #[error(transparent)]
+    Dns(#[from] DnsError),
 }
 
 /// One container's egress network: its namespace, filtered, with pasta
@@ -69,6 +75,8 @@ pub struct EgressConfig<'a> {
     pub path: PathBuf,
     pub egress: &'a [EgressRule],
     pub publish: &'a [PortPublish],
+    /// The one resolver the workload may query on port 53
+    /// ([`dns::host_resolver`] for a `network.dns` grant).
     pub dns: Option<IpAddr>,
     /// See [`nft::Filter::routed`].
     pub routed: bool,

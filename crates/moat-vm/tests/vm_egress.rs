@@ -43,7 +43,11 @@ fn free_port() -> u16 {
 }
 
 fn egress(rules: Vec<EgressRule>, publish: Vec<PortPublish>) -> NetworkPlan {
-    NetworkPlan::Egress { rules, publish }
+    NetworkPlan::Egress {
+        rules,
+        publish,
+        dns: false,
+    }
 }
 
 fn tcp_rule(cidr: &str, port: u16) -> EgressRule {
