@@ -75,10 +75,32 @@ fn table_installed_pasta_publishes_and_goes_away() {
         dns: None,
         routed: false,
         map_gateway: false,
+        helper_uid: moat_net::helper_uid(2, 7),
     })
     .unwrap();
     let pid = net.pasta().pid();
     assert!(alive(pid));
+    // Jailed: its own uid and gid, no capability on the host but
+    // CAP_NET_BIND_SERVICE, in a user namespace that is not the host's.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .unwrap()
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let uid = moat_net::helper_uid(2, 7).to_string();
+    assert_eq!(field("Uid:"), [uid.as_str(); 4].join(" "));
+    assert_eq!(field("Gid:"), [uid.as_str(); 4].join(" "));
+    assert_eq!(field("Groups:"), "");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2");
+    let ns = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/user")).unwrap();
+    assert_ne!(ns(pid), ns(std::process::id()));
     let listing = Command::new("nsenter")
         .arg(format!("--net={}", path.display()))
         .args(["nft", "list", "table", "inet", "moat"])

@@ -50,8 +50,10 @@ fn net_err(source: moat_net::NetError) -> SandboxError {
 
 /// Starts the egress network of `cfg` (nothing for `none` and
 /// `loopback`, which the container makes itself): namespace, table,
-/// pasta. Bound at `<run root>/netns/<id>`.
-pub(crate) fn start(cfg: &SandboxConfig) -> Result<Option<Network>, SandboxError> {
+/// pasta, jailed as the helper uid paired with the container's
+/// user-namespace owner `owner` (unique among running containers). Bound
+/// at `<run root>/netns/<id>`.
+pub(crate) fn start(cfg: &SandboxConfig, owner: u32) -> Result<Option<Network>, SandboxError> {
     let NetworkPlan::Egress {
         rules,
         publish,
@@ -96,7 +98,9 @@ pub(crate) fn start(cfg: &SandboxConfig) -> Result<Option<Network>, SandboxError
         &dir,
         "tmpfs",
         MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        Some(c"mode=700,size=1m"),
+        // 0755: pasta's jail reads the directory (to notice the file's
+        // removal); the mount is in this supervisor's namespace alone.
+        Some(c"mode=755,size=1m"),
     )
     .map_err(|e| prep("a tmpfs for the network namespace")(e.into()))?;
     let path = dir.join(&cfg.id);
@@ -114,6 +118,7 @@ pub(crate) fn start(cfg: &SandboxConfig) -> Result<Option<Network>, SandboxError
         dns: resolver.map(|r| r.address),
         routed: false,
         map_gateway: false,
+        helper_uid: moat_net::helper_uid(0, owner.wrapping_sub(crate::idmap::OWNER_BASE)),
     })
     .map_err(net_err)?;
     Ok(Some(Network { egress, resolv }))

@@ -197,7 +197,7 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
 
     // `egress`: the namespace, its table and pasta exist before the
     // container does; the container is cloned into it (network.rs).
-    let mut net = crate::network::start(cfg)?;
+    let mut net = crate::network::start(cfg, st.userns_owner)?;
     let resolv_mnt = net.as_mut().and_then(|n| n.take_resolv());
     let (entered, sysfs_mnt) = match &net {
         Some(n) => {

@@ -104,6 +104,12 @@ pub fn start(
         dns,
         routed: false,
         map_gateway: false,
+        // The VMM's uid is `jail::UID_BASE + n`, `n` from the id's first
+        // four hex digits (boot.rs); the helper's pairs with it.
+        helper_uid: moat_net::helper_uid(
+            1,
+            u32::from_str_radix(&id[..4.min(id.len())], 16).unwrap_or(0),
+        ),
     })?;
     let netns = net
         .netns()
