@@ -11,11 +11,13 @@
 
 #[path = "sandbox_common/mod.rs"]
 mod common;
+#[path = "../../moat-vm/tests/common/host.rs"]
+mod vm_host;
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
-use common::{can_sandbox, stderr, stdout, wait_for, Env};
+use common::{can_sandbox, stderr, stdout, vm_ready, wait_for, Env};
 
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -171,6 +173,10 @@ fn policy(env: &Env, name: &str, dns: bool) -> String {
 /// file) over the host's `/etc/resolv.conf`, in a mount namespace of its
 /// own (nothing of it reaches the host's).
 fn run_with_resolv(env: &Env, resolv: &Path, policy: &str, script: &str) -> Output {
+    run_isolated(env, resolv, policy, "sandbox", script)
+}
+
+fn run_isolated(env: &Env, resolv: &Path, policy: &str, isolation: &str, script: &str) -> Output {
     let mut c = Command::new("unshare");
     c.args(["-m", "--propagation", "private", "sh", "-c"])
         .arg("mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"")
@@ -178,8 +184,11 @@ fn run_with_resolv(env: &Env, resolv: &Path, policy: &str, script: &str) -> Outp
         .arg(env!("CARGO_BIN_EXE_moat"))
         .arg("--root")
         .arg(env.state_root())
-        .args(["run", "-q", "--isolation", "sandbox", "--policy", policy])
-        .arg("--rootfs")
+        .args(["run", "-q", "--isolation", isolation, "--policy", policy]);
+    if isolation == "vm" {
+        c.args(["--accel", "tcg"]);
+    }
+    c.arg("--rootfs")
         .arg(&env.rootfs)
         .args(["/bin/sh", "-c", script])
         .stdin(Stdio::null());
@@ -287,4 +296,52 @@ fn dns_grant_refusals_name_the_file_and_the_fix() {
         stderr(&o)
     );
     assert!(!env.rootfs.join("etc/resolv.conf").exists());
+}
+
+/// The VM: the guest's `/etc/resolv.conf` names slirp's relay
+/// (10.0.2.3; the agent mounts it over the image's, from what the host
+/// sent), which forwards to the host's resolver from QEMU's socket in the
+/// filtered namespace; the table lets that one flow through only with the
+/// grant. libslirp takes the first `nameserver` of the host's file, so the
+/// test's file names only the test resolver.
+#[test]
+fn vm_dns_grant_lets_slirps_relay_reach_the_hosts_resolver() {
+    let test = "vm_dns_grant_lets_slirps_relay_reach_the_hosts_resolver";
+    let env = Env::new();
+    if !ready(test) || !vm_ready(&env, test) {
+        return;
+    }
+    let _l = vm_host::vm_lock();
+    std::fs::write(env.rootfs.join("etc/resolv.conf"), "").unwrap();
+    let t = TestNet::new(44);
+    let resolv = env.dir.path().join("vm-resolv.conf");
+    std::fs::write(&resolv, format!("nameserver {}.2\n", t.net)).unwrap();
+    let script = "cat /etc/resolv.conf; nslookup www.moat.test >/tmp/a 2>&1; echo lookup=$?; \
+                  grep -o 'Address: 10[.0-9]*' /tmp/a | tail -1; \
+                  nslookup www.moat.test 10.0.2.3 >/dev/null 2>&1; echo relay=$?";
+    let granted = policy(&env, "dns", true);
+    let o = run_isolated(&env, &resolv, &granted, "vm", script);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "# moat: slirp's DNS relay (network.dns: true)\nnameserver 10.0.2.3\nlookup=0\nAddress: {}.7\nrelay=0\n",
+            t.net
+        ),
+        "{}",
+        stderr(&o)
+    );
+    let arrived = t.arrived("resolver");
+    assert!(arrived > 0);
+    // Without the grant: the image's (empty) file, and the relay's query
+    // is dropped by the table before it leaves.
+    let not_granted = policy(&env, "nodns", false);
+    let o = run_isolated(&env, &resolv, &not_granted, "vm", script);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(stdout(&o), "lookup=1\nrelay=1\n", "{}", stderr(&o));
+    assert_eq!(
+        t.arrived("resolver"),
+        arrived,
+        "a query passed without the grant"
+    );
 }

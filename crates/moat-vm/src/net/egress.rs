@@ -124,6 +124,7 @@ pub fn start(
         gateway: Some(GATEWAY),
         mtu: 1500,
         mac: GUEST_MAC.into(),
+        dns: dns.map(|_| RESOLVER),
     };
     let device = NetDevice::User {
         mac: GUEST_MAC.into(),
