@@ -148,8 +148,9 @@ impl UsernsHolder {
         if pid == 0 {
             // SAFETY: as above; the child's own copies of the descriptors.
             unsafe {
-                let ok = libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == 0
-                    && libc::setgroups(0, std::ptr::null()) == 0
+                // (No parent-death signal: the change of uid would clear
+                // it; the release pipe's end-of-file ends the holder.)
+                let ok = libc::setgroups(0, std::ptr::null()) == 0
                     && libc::setresgid(uid, uid, uid) == 0
                     && libc::setresuid(uid, uid, uid) == 0
                     && libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) == 0;

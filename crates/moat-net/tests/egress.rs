@@ -139,3 +139,39 @@ fn table_installed_pasta_publishes_and_goes_away() {
     assert!(!alive(pid), "pasta {pid} outlived its handle");
     assert!(!path.exists());
 }
+
+/// The VM's supervisor never kills pasta (it gives up root first): the
+/// cleanup watcher removes the namespace's file, and pasta, jailed, sees
+/// that through the directory its jail binds and exits by itself.
+#[test]
+fn jailed_pasta_exits_once_the_namespace_file_is_removed() {
+    if !can_run("jailed_pasta_exits_once_the_namespace_file_is_removed") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("netns/two");
+    let net = Egress::start(&EgressConfig {
+        path: path.clone(),
+        egress: &[],
+        publish: &[],
+        dns: None,
+        routed: false,
+        map_gateway: false,
+        helper_uid: moat_net::helper_uid(2, 8),
+    })
+    .unwrap();
+    let pid = net.pasta().pid();
+    assert!(alive(pid));
+    moat_net::netns::remove_bound(&path);
+    let mut gone = false;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        // Exited (a zombie until the handle reaps it).
+        if !alive(pid) {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "pasta {pid} still runs after its namespace file went");
+    drop(net);
+}
