@@ -6,8 +6,10 @@
 
 #[path = "sandbox_common/mod.rs"]
 mod common;
+#[path = "../../moat-vm/tests/common/host.rs"]
+mod vm_host;
 
-use common::{can_sandbox, stderr, stdout, Env};
+use common::{can_sandbox, stderr, stdout, vm_ready, Env};
 
 fn ready(test: &str) -> bool {
     if !can_sandbox(test) {
@@ -103,4 +105,57 @@ fn measure_counts_the_jailed_network_helper_under_egress() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v[0].get("network_helper").is_none(), "{}", v[0]);
+}
+
+#[test]
+fn measure_counts_pasta_beside_qemu_for_a_vm_under_egress() {
+    let test = "measure_counts_pasta_beside_qemu_for_a_vm_under_egress";
+    let env = Env::new();
+    if !ready(test) || !vm_ready(&env, test) {
+        return;
+    }
+    let _l = vm_host::vm_lock();
+    let policy = env.policy("egress", "  network:\n    mode: egress\n");
+    let rootfs = env.rootfs.to_str().unwrap().to_string();
+    let o = env
+        .moat(&[
+            "surface",
+            "measure",
+            "--rootfs",
+            &rootfs,
+            "--isolation",
+            "vm",
+            "--accel",
+            "tcg",
+            "--policy",
+            &policy,
+            "--format",
+            "json",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo hi",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let m = &v[0];
+    assert_eq!(m["backend"], "vm", "{m}");
+    assert!(
+        m["footprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("the QEMU process"),
+        "{m}"
+    );
+    let h = &m["network_helper"];
+    assert_eq!(h["program"], "pasta", "{m}");
+    let helper = names(&h["syscalls"]);
+    for needed in ["setns", "pivot_root", "epoll_wait"] {
+        assert!(
+            helper.contains(&needed.to_string()),
+            "{needed} missing: {helper:?}"
+        );
+    }
 }
