@@ -25,6 +25,11 @@ pub struct GuestNet {
     /// The MAC address the host gave the device (for messages and checks;
     /// the VMM sets it).
     pub mac: String,
+    /// The resolver the guest is told (`network.dns: true`: slirp's relay):
+    /// the agent mounts a file naming it over the image's
+    /// `/etc/resolv.conf`. `None`: the image's file stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Ipv4Addr>,
 }
 
 impl GuestNet {
@@ -68,6 +73,7 @@ mod tests {
             gateway: None,
             mtu,
             mac: "52:54:00:12:34:56".into(),
+            dns: None,
         }
     }
 

@@ -197,7 +197,8 @@ fn child(
         };
         // pivot_root, not chroot: the agent's root is gone from this namespace.
         sys::pivot_into(NEW_ROOT).map_err(|e| err("pivot_root into the root filesystem", e))?;
-        mount_container_fs(plan, console)?;
+        let dns = start.net.as_ref().and_then(|n| n.dns);
+        mount_container_fs(plan, console, dns)?;
     }
     if p.tty && join.is_none() {
         // stdio by the container's own path of the terminal.
@@ -232,6 +233,55 @@ fn child(
     })
 }
 
+/// `network.dns: true`: a read-only file naming `resolver` over the
+/// image's `/etc/resolv.conf`, which must be a regular file (not a link:
+/// the image decides nothing about where the mount lands). The file is
+/// written on the container's /dev tmpfs (still writable here), bound,
+/// and unlinked there.
+fn resolv_conf(resolver: std::net::Ipv4Addr) -> Result<(), Failure> {
+    const TARGET: &str = "/etc/resolv.conf";
+    const STAGE: &str = "/dev/.moat-resolv.conf";
+    let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
+    match std::fs::symlink_metadata(TARGET) {
+        Ok(m) if m.file_type().is_file() => {}
+        _ => {
+            return Err(Failure::setup(format!(
+                "network.dns: {TARGET} in the image is not a regular file; moat mounts the resolver's file over it but never writes to the image: add an empty {TARGET} to the image, or drop `network.dns`"
+            )))
+        }
+    }
+    File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(STAGE)
+        .and_then(|mut f| {
+            std::io::Write::write_all(
+                &mut f,
+                format!("# moat: slirp's DNS relay (network.dns: true)\nnameserver {resolver}\n")
+                    .as_bytes(),
+            )
+        })
+        .map_err(|e| err("writing the resolver's file", e))?;
+    sys::chmod(STAGE, 0o644).map_err(|e| err("chmod the resolver's file", e))?;
+    sys::mount(STAGE, TARGET, "", libc::MS_BIND, "")
+        .map_err(|e| err(&format!("mounting the resolver's file on {TARGET}"), e))?;
+    sys::mount(
+        "",
+        TARGET,
+        "",
+        libc::MS_REMOUNT
+            | libc::MS_BIND
+            | libc::MS_RDONLY
+            | libc::MS_NOSUID
+            | libc::MS_NODEV
+            | libc::MS_NOEXEC,
+        "",
+    )
+    .map_err(|e| err(&format!("making {TARGET} read-only"), e))?;
+    std::fs::remove_file(STAGE).map_err(|e| err("removing the resolver's staging file", e))
+}
+
 /// Files under /proc hidden behind /dev/null (as in the sandbox).
 const PROC_MASKED_FILES: &[&str] = &[
     "kcore",
@@ -247,7 +297,11 @@ const PROC_READONLY: &[&str] = &["sys", "irq", "bus", "fs", "acpi", "scsi"];
 
 /// /proc, a minimal /dev, read-only /sys and the plan's tmpfs mounts, all
 /// made after `pivot_root`, so every path resolves inside the root.
-fn mount_container_fs(plan: &moat_plan::Plan, console: Option<OwnedFd>) -> Result<(), Failure> {
+fn mount_container_fs(
+    plan: &moat_plan::Plan,
+    console: Option<OwnedFd>,
+    dns: Option<std::net::Ipv4Addr>,
+) -> Result<(), Failure> {
     let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
     let hard = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     sys::mount("proc", "/proc", "proc", hard, "").map_err(|e| err("mounting /proc", e))?;
@@ -312,6 +366,9 @@ fn mount_container_fs(plan: &moat_plan::Plan, console: Option<OwnedFd>) -> Resul
         ("/dev/stderr", "/proc/self/fd/2"),
     ] {
         std::os::unix::fs::symlink(target, link).map_err(|e| err(&format!("symlink {link}"), e))?;
+    }
+    if let Some(resolver) = dns {
+        resolv_conf(resolver)?;
     }
     sys::mount(
         "",

@@ -44,7 +44,63 @@ pub fn add_missing(root: BorrowedFd<'_>) -> std::io::Result<Vec<String>> {
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o755))?;
         added.push(format!("/{name}"));
     }
+    if add_resolv_conf(root)? {
+        added.push(format!("/{RESOLV_CONF}"));
+    }
     Ok(added)
+}
+
+/// The file a `network.dns` grant mounts the resolver over (the sandbox
+/// cannot create it in the read-only image at run time).
+pub const RESOLV_CONF: &str = "etc/resolv.conf";
+
+/// Whether [`add_missing`] would add `/etc/resolv.conf` under `root`.
+pub fn resolv_conf_missing(root: BorrowedFd<'_>) -> bool {
+    let Ok(etc) = open_etc(root) else {
+        return false;
+    };
+    matches!(
+        rustix::fs::statat(&etc, "resolv.conf", AtFlags::SYMLINK_NOFOLLOW),
+        Err(rustix::io::Errno::NOENT)
+    )
+}
+
+/// `/etc` as a real directory (never through a symlink).
+fn open_etc(root: BorrowedFd<'_>) -> rustix::io::Result<std::os::fd::OwnedFd> {
+    rustix::fs::openat(
+        root,
+        "etc",
+        rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// An empty `/etc/resolv.conf` (mode 0644) where the image has a real
+/// `/etc` directory and no entry of that name in any form.
+fn add_resolv_conf(root: BorrowedFd<'_>) -> std::io::Result<bool> {
+    if !resolv_conf_missing(root) {
+        return Ok(false);
+    }
+    let etc = open_etc(root)?;
+    let fd = match rustix::fs::openat(
+        &etc,
+        "resolv.conf",
+        rustix::fs::OFlags::WRONLY
+            | rustix::fs::OFlags::CREATE
+            | rustix::fs::OFlags::EXCL
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::EXIST) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o644))?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -81,5 +137,37 @@ mod tests {
             .file_type()
             .is_symlink());
         assert_eq!(add_missing(root.as_fd()).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_empty_resolv_conf_only_in_a_real_etc_without_one() {
+        let d = tempfile::tempdir().unwrap();
+        let root = std::fs::File::open(d.path()).unwrap();
+        // No /etc: nothing made.
+        assert!(!add_missing(root.as_fd())
+            .unwrap()
+            .contains(&"/etc/resolv.conf".to_string()));
+        std::fs::create_dir(d.path().join("etc")).unwrap();
+        assert_eq!(add_missing(root.as_fd()).unwrap(), ["/etc/resolv.conf"]);
+        let md = std::fs::symlink_metadata(d.path().join("etc/resolv.conf")).unwrap();
+        assert!(md.is_file() && md.len() == 0);
+        assert_eq!(md.permissions().mode() & 0o7777, 0o644);
+        // A link (even a dangling one) is the image's: left alone.
+        let e = tempfile::tempdir().unwrap();
+        std::fs::create_dir(e.path().join("etc")).unwrap();
+        std::os::unix::fs::symlink("/nowhere", e.path().join("etc/resolv.conf")).unwrap();
+        let root = std::fs::File::open(e.path()).unwrap();
+        assert!(!add_missing(root.as_fd())
+            .unwrap()
+            .contains(&"/etc/resolv.conf".to_string()));
+        // /etc a symlink: never followed.
+        let f = tempfile::tempdir().unwrap();
+        let target = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(target.path(), f.path().join("etc")).unwrap();
+        let root = std::fs::File::open(f.path()).unwrap();
+        assert!(!add_missing(root.as_fd())
+            .unwrap()
+            .contains(&"/etc/resolv.conf".to_string()));
+        assert!(!target.path().join("resolv.conf").exists());
     }
 }

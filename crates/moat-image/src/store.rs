@@ -689,7 +689,9 @@ impl Store {
     fn upgrade_mount_points(&self, image: &Image, path: &Path) -> Result<(), StoreError> {
         let missing = crate::mountpoints::MOUNT_POINTS
             .iter()
-            .any(|n| path.join(n).symlink_metadata().is_err());
+            .any(|n| path.join(n).symlink_metadata().is_err())
+            || std::fs::File::open(path)
+                .is_ok_and(|d| crate::mountpoints::resolv_conf_missing(d.as_fd()));
         if !missing {
             return Ok(());
         }

@@ -19,14 +19,20 @@
 //! - [`nft::render`]`(&`[`nft::Filter`]`{ egress, publish, dns, routed })`
 //!   -> [`nft::Ruleset`]; [`nft::apply`]`(netns_fd, &ruleset)` installs and
 //!   verifies; [`nft::verify`] re-checks. Table `inet moat`.
+//! - [`NetNs::create_owned`]`(path, uid)`: the same, owned by a user
+//!   namespace of the helper's `uid` (`userns()`).
 //! - [`pasta::spawn`]`(&`[`pasta::PastaConfig`]`{ netns, publish,
-//!   map_gateway, state })` -> [`pasta::Pasta`] (`pid()`, `stop()`, killed
-//!   on drop); [`pasta::args`] for inspection.
+//!   map_gateway, state, uid }, userns)` -> [`pasta::Pasta`] (`pid()`,
+//!   `stop()`, killed on drop), jailed as `uid`; [`pasta::args`] for
+//!   inspection.
 //! - [`Egress::start`] does all three in order for one container.
+//! - [`dns::host_resolver`] -> [`dns::Resolver`] (`address`, `conf`): the
+//!   host's resolver for a `network.dns: true` grant.
 //!
 //! Published ports are [`moat_plan::PortPublish`]; its `host_ip` `None`
 //! binds every host address (podman's default for `-p 8080:80`).
 
+pub mod dns;
 pub mod netns;
 pub mod nft;
 pub mod pasta;
@@ -37,6 +43,7 @@ use std::path::{Path, PathBuf};
 
 use moat_plan::{EgressRule, PortPublish};
 
+pub use crate::dns::DnsError;
 pub use crate::netns::{NetNs, NetnsError};
 pub use crate::nft::NftError;
 pub use crate::pasta::{Pasta, PastaError};
@@ -50,6 +57,8 @@ pub enum NetError {
     Nft(#[from] NftError),
     #[error("the user-mode network (pasta)")]
     Pasta(#[from] PastaError),
+    #[error(transparent)]
+    Dns(#[from] DnsError),
 }
 
 /// One container's egress network: its namespace, filtered, with pasta
@@ -69,11 +78,29 @@ pub struct EgressConfig<'a> {
     pub path: PathBuf,
     pub egress: &'a [EgressRule],
     pub publish: &'a [PortPublish],
+    /// The one resolver the workload may query on port 53
+    /// ([`dns::host_resolver`] for a `network.dns` grant).
     pub dns: Option<IpAddr>,
     /// See [`nft::Filter::routed`].
     pub routed: bool,
     /// See [`pasta::PastaConfig::map_gateway`].
     pub map_gateway: bool,
+    /// The unprivileged host uid pasta runs as, unique to this container
+    /// (see [`helper_uid`]); it owns the namespace's user namespace.
+    pub helper_uid: u32,
+}
+
+/// First uid of the range jailed network helpers (pasta) run as: above
+/// the sandbox's user-namespace owners (0x71000000 + n) and below
+/// systemd's "foreign" range (0x7FFE0000), used by no account.
+pub const HELPER_UID_BASE: u32 = 0x7200_0000;
+
+/// The helper uid for container slot `n` of `backend` (`0` sandbox, `1`
+/// vm): slots are the backends' own per-container uid offsets (the
+/// sandbox's user-namespace owner, the VM's VMM uid), so that no two
+/// running containers share one.
+pub fn helper_uid(backend: u32, n: u32) -> u32 {
+    HELPER_UID_BASE + (backend & 0xff) * 0x1_0000 + (n & 0xffff)
 }
 
 impl Egress {
@@ -87,14 +114,22 @@ impl Egress {
             dns: cfg.dns,
             routed: cfg.routed,
         })?;
-        let netns = NetNs::create(&cfg.path)?;
+        let netns = NetNs::create_owned(&cfg.path, cfg.helper_uid)?;
         nft::apply(netns.fd(), &ruleset)?;
-        let pasta = pasta::spawn(&pasta::PastaConfig {
-            netns: cfg.path.clone(),
-            publish: cfg.publish.to_vec(),
-            map_gateway: cfg.map_gateway,
-            state: with_suffix(&cfg.path, ".pasta"),
+        let userns = netns.userns().ok_or(NetnsError::Create {
+            step: "the helper's user namespace",
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
         })?;
+        let pasta = pasta::spawn(
+            &pasta::PastaConfig {
+                netns: cfg.path.clone(),
+                publish: cfg.publish.to_vec(),
+                map_gateway: cfg.map_gateway,
+                state: with_suffix(&cfg.path, ".pasta"),
+                uid: cfg.helper_uid,
+            },
+            userns,
+        )?;
         Ok(Egress { pasta, netns })
     }
 

@@ -3,8 +3,11 @@
 //! turns into ordinary host sockets) and the published ports.
 //!
 //! How it is started:
-//! - `--netns PATH --netns-only`: join the bound namespace, no user
-//!   namespace; pasta exits by itself when the file is removed.
+//! - `--userns /dev/net/userns --netns /dev/net/ns/ID`: join the user
+//!   namespace that owns the container's network namespace (made for
+//!   pasta's uid, [`crate::NetNs::create_owned`]), then the network
+//!   namespace; pasta exits by itself when the bound file is removed (it
+//!   watches the directory, which its jail binds at `/dev/net/ns`).
 //! - `--config-net`: pasta copies the host's address and default route
 //!   onto its tap device in the namespace.
 //! - `--no-map-gw` unless [`PastaConfig::map_gateway`]: the gateway address
@@ -14,24 +17,30 @@
 //!   -u none` when nothing is published (pasta's default is `auto`).
 //! - `-T none -U none`: no forwarding from the namespace to the host's
 //!   loopback.
-//! - `-f -q`, `-P FILE` (written once set up: the readiness signal).
-//! - `--runas 0:0`: pasta's default for root is to become `nobody`, which
-//!   cannot enter a namespace owned by the initial user namespace (nor
-//!   open the host's `/dev/net/tun`, mode 0600). As root pasta confines
-//!   itself: it keeps only CAP_SYS_ADMIN (entering the namespace for
-//!   spliced loopback connections) and CAP_NET_BIND_SERVICE, sets
-//!   `no_new_privs`, installs its own seccomp allowlist and moves into
-//!   new mount (an empty tmpfs root), IPC and UTS namespaces. What it can
-//!   reach: host sockets (any address the host can: the filter sits in
-//!   the container's namespace, before pasta) and the container's
-//!   namespace; no file of the host.
+//! - `-f -q`, `-P /dev/net/pid` (written once set up: the readiness
+//!   signal; a bind of `<state>.pid`, which moat creates for pasta's uid).
+//! - `--runas UID:UID`: the uid moat already gave it.
 //!
-//! moat adds: its own session, SIGKILL when the spawning thread ends
-//! (`PR_SET_PDEATHSIG`), no inherited descriptor, and [`Pasta`]'s drop
-//! kills and reaps it.
+//! moat's jail around it ([`crate::sys::jail_before_exec`]): an
+//! unprivileged uid and gid of its own ([`PastaConfig::uid`]), no groups,
+//! no capability on the host but CAP_NET_BIND_SERVICE (published host
+//! ports below 1024); a mount namespace of its own where `/dev/net` is a
+//! tmpfs with a `tun` node owned by that uid (the host's is often 0600
+//! root's) and the three paths above; its own session, SIGKILL when the
+//! spawning thread ends (`PR_SET_PDEATHSIG`), no inherited descriptor;
+//! [`Pasta`]'s drop kills and reaps it. Inside, pasta confines itself as
+//! well: in the helper's user namespace it keeps only CAP_SYS_ADMIN
+//! (entering the namespace for spliced loopback connections) and
+//! CAP_NET_BIND_SERVICE, sets `no_new_privs`, installs its own seccomp
+//! allowlist and moves into new mount (an empty tmpfs root), IPC and UTS
+//! namespaces. What it can reach: host sockets as an ordinary user can
+//! (any address: the filter sits in the container's namespace, before
+//! pasta), the container's network namespace, no file of the host.
 
 use std::fs::File;
 use std::io::Read as _;
+use std::os::fd::{AsRawFd as _, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -74,6 +83,10 @@ pub struct PastaConfig {
     /// pasta's pid file and log are written next to this path
     /// (`<state>.pid`, `<state>.log`).
     pub state: PathBuf,
+    /// The unprivileged host uid (and gid) pasta runs as; it owns the user
+    /// namespace that owns the container's network namespace
+    /// ([`crate::NetNs::create_owned`]). Unique to this container.
+    pub uid: u32,
 }
 
 /// A running pasta. Dropping it kills and reaps the process.
@@ -89,19 +102,28 @@ fn with_ext(p: &Path, ext: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// pasta's arguments for `cfg` (without the program name).
+/// pasta's arguments for `cfg` (without the program name). The paths are
+/// those of pasta's jail (see [`crate::sys::jail_before_exec`]): the
+/// namespace's directory at `/dev/net/ns`, the user namespace at
+/// `/dev/net/userns`, the pid file at `/dev/net/pid`.
 pub fn args(cfg: &PastaConfig) -> Result<Vec<String>, PastaError> {
+    let file = cfg
+        .netns
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut a: Vec<String> = vec![
         "--config-net".into(),
+        "--userns".into(),
+        "/dev/net/userns".into(),
         "--netns".into(),
-        cfg.netns.display().to_string(),
-        "--netns-only".into(),
+        format!("/dev/net/ns/{file}"),
         "-f".into(),
         "-q".into(),
         "--runas".into(),
-        "0:0".into(),
+        format!("{0}:{0}", cfg.uid),
         "-P".into(),
-        with_ext(&cfg.state, ".pid").display().to_string(),
+        "/dev/net/pid".into(),
         "-T".into(),
         "none".into(),
         "-U".into(),
@@ -136,23 +158,52 @@ pub fn args(cfg: &PastaConfig) -> Result<Vec<String>, PastaError> {
     Ok(a)
 }
 
-/// Starts pasta for `cfg` and waits until it has configured the
-/// namespace (its pid file exists). The namespace's filter should be
-/// installed first: pasta carries traffic as soon as it runs.
-pub fn spawn(cfg: &PastaConfig) -> Result<Pasta, PastaError> {
+/// Starts pasta for `cfg`, jailed as `cfg.uid` in the user namespace
+/// `userns`, and waits until it has configured the namespace (its pid
+/// file is written). The namespace's filter should be installed first:
+/// pasta carries traffic as soon as it runs.
+pub fn spawn(cfg: &PastaConfig, userns: BorrowedFd<'_>) -> Result<Pasta, PastaError> {
     let args = args(cfg)?;
     let pid_file = with_ext(&cfg.state, ".pid");
     let log_file = with_ext(&cfg.state, ".log");
+    let file_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PastaError::File { path, source }
+    };
     let _ = std::fs::remove_file(&pid_file);
-    let log = File::create(&log_file).map_err(|source| PastaError::File {
-        path: log_file.clone(),
-        source,
-    })?;
+    // Created here and given to pasta's uid: pasta writes it through its
+    // jail's bind mount, without any right on the directory.
+    let pid = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&pid_file)
+        .map_err(file_err(&pid_file))?;
+    std::os::unix::fs::fchown(&pid, Some(cfg.uid), Some(cfg.uid)).map_err(file_err(&pid_file))?;
+    drop(pid);
+    let log = File::create(&log_file).map_err(file_err(&log_file))?;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| PastaError::File {
+            path: p.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "a NUL byte in the path"),
+        })
+    };
+    let dir = cfg.netns.parent().unwrap_or(Path::new("/"));
+    let jail = sys::JailPaths {
+        uid: cfg.uid,
+        userns: userns.as_raw_fd(),
+        netns_dir: c(dir)?,
+        pid_file: c(&pid_file)?,
+    };
     let mut cmd = Command::new("pasta");
     cmd.args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
+    // The jail first: its change of uid clears the parent-death signal
+    // that the helper hook sets.
+    sys::jail_before_exec(&mut cmd, jail);
     sys::helper_before_exec(&mut cmd);
     let child = cmd.spawn().map_err(PastaError::Spawn)?;
     let mut pasta = Pasta {
@@ -234,10 +285,11 @@ mod tests {
             ],
             map_gateway: false,
             state: "/run/moat/netns/abc.pasta".into(),
+            uid: crate::helper_uid(0, 5),
         };
         assert_eq!(
             args(&cfg).unwrap().join(" "),
-            "--config-net --netns /run/moat/netns/abc --netns-only -f -q --runas 0:0 -P /run/moat/netns/abc.pasta.pid -T none -U none --no-map-gw -t 127.0.0.1/8080:80 -t 8443:443 -u ::1/5353:53"
+            "--config-net --userns /dev/net/userns --netns /dev/net/ns/abc -f -q --runas 1912602629:1912602629 -P /dev/net/pid -T none -U none --no-map-gw -t 127.0.0.1/8080:80 -t 8443:443 -u ::1/5353:53"
         );
         let cfg = PastaConfig {
             publish: vec![],

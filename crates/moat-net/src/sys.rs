@@ -86,3 +86,244 @@ pub(crate) fn loopback_up() -> io::Result<()> {
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } as libc::c_long)?;
     Ok(())
 }
+
+/// `_LINUX_CAPABILITY_VERSION_3`.
+const CAP_V3: u32 = 0x2008_0522;
+const CAP_NET_BIND_SERVICE: u32 = 10;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// A process holding a new user namespace owned by `uid` (mapped as its
+/// root: `0 uid 1`) and a network namespace owned by it. The caller reads
+/// the namespaces from `/proc/<pid>/ns` once [`UsernsHolder::ready`]
+/// returns, then drops the holder (which ends the process).
+pub(crate) struct UsernsHolder {
+    pid: libc::pid_t,
+    /// Read end: one byte once the child has unshared.
+    ready: OwnedFd,
+    /// Write end: closed to let the child exit.
+    release: Option<OwnedFd>,
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
+    // SAFETY: pipe2 succeeded, so both are descriptors we now own alone.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+impl UsernsHolder {
+    /// Forks the holder: it becomes `uid`/`uid` with no groups, unshares a
+    /// user and a network namespace (the network one owned by the new user
+    /// one), says so and waits. The caller must be root.
+    pub(crate) fn spawn(uid: u32) -> io::Result<UsernsHolder> {
+        let (ready_r, ready_w) = pipe()?;
+        let (release_r, release_w) = pipe()?;
+        let (rw, rr, ww) = (
+            ready_w.as_raw_fd(),
+            release_r.as_raw_fd(),
+            release_w.as_raw_fd(),
+        );
+        // SAFETY: the child only makes async-signal-safe system calls with
+        // integer arguments and pointers to its own stack, then `_exit`s;
+        // it never returns into Rust code of the (possibly multi-threaded)
+        // parent.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // SAFETY: as above; the child's own copies of the descriptors.
+            unsafe {
+                // (No parent-death signal: the change of uid would clear
+                // it; the release pipe's end-of-file ends the holder.)
+                let ok = libc::setgroups(0, std::ptr::null()) == 0
+                    && libc::setresgid(uid, uid, uid) == 0
+                    && libc::setresuid(uid, uid, uid) == 0
+                    && libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) == 0;
+                // Its copy of the release pipe's write end would keep the
+                // read below from ever seeing end-of-file.
+                libc::close(ww);
+                let b = [u8::from(ok)];
+                libc::write(rw, b.as_ptr().cast(), 1);
+                let mut r = [0u8; 1];
+                libc::read(rr, r.as_mut_ptr().cast(), 1);
+                libc::_exit(0);
+            }
+        }
+        drop(ready_w);
+        drop(release_r);
+        Ok(UsernsHolder {
+            pid,
+            ready: ready_r,
+            release: Some(release_w),
+        })
+    }
+
+    /// Waits until the child has unshared; `Err` if it could not.
+    pub(crate) fn ready(&self) -> io::Result<()> {
+        let mut b = [0u8; 1];
+        // SAFETY: reads one byte into a valid buffer from our descriptor.
+        let n = unsafe { libc::read(self.ready.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+        match (n, b[0]) {
+            (1, 1) => Ok(()),
+            (n, _) if n < 0 => Err(io::Error::last_os_error()),
+            _ => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the namespace holder could not become its uid or unshare a user and a network namespace",
+            )),
+        }
+    }
+
+    pub(crate) fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+}
+
+impl Drop for UsernsHolder {
+    fn drop(&mut self) {
+        self.release.take();
+        let mut status = 0;
+        // SAFETY: waits for our own child; `status` is a valid int.
+        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+    }
+}
+
+/// What [`jail_before_exec`] sets up for pasta (all paths prepared before
+/// the fork: the hook allocates nothing).
+pub(crate) struct JailPaths {
+    pub uid: u32,
+    /// The user namespace owning the container's network namespace.
+    pub userns: RawFd,
+    /// The directory holding the namespace's bound file, on the host.
+    pub netns_dir: CString,
+    /// The pid file, created by the caller and owned by `uid`.
+    pub pid_file: CString,
+}
+
+use std::ffi::CString;
+
+/// pasta's jail, set up in the forked child before `execve`, as root:
+/// a mount namespace of its own (no propagation to the host) with a tmpfs
+/// over `/dev/net` holding only a `tun` node owned by `uid`, the user
+/// namespace at `/dev/net/userns`, the namespace directory at
+/// `/dev/net/ns` and the pid file at `/dev/net/pid`; then uid and gid
+/// `uid`, no groups, and of all capabilities only CAP_NET_BIND_SERVICE
+/// (ambient, for published host ports below 1024). Register it before
+/// [`helper_before_exec`]: a change of credentials clears the
+/// parent-death signal, which that hook sets.
+pub(crate) fn jail_before_exec(cmd: &mut Command, j: JailPaths) {
+    let c = |s: &str| CString::new(s).unwrap_or_default();
+    let (root, devnet, tmpfs, opts) = (
+        c("/"),
+        c("/dev/net"),
+        c("tmpfs"),
+        c("mode=0755,size=16k,nr_inodes=16"),
+    );
+    let (tun, userns_dst, ns_dst, pid_dst) = (
+        c("/dev/net/tun"),
+        c("/dev/net/userns"),
+        c("/dev/net/ns"),
+        c("/dev/net/pid"),
+    );
+    let userns_src = c(&format!("/proc/self/fd/{}", j.userns));
+    // SAFETY: the hook runs in the forked child between fork and execve;
+    // it makes only async-signal-safe system calls on the C strings built
+    // above (owned by the closure) and on integers.
+    unsafe {
+        cmd.pre_exec(move || {
+            let uid = j.uid;
+            check(libc::unshare(libc::CLONE_NEWNS) as libc::c_long)?;
+            check(libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_SLAVE,
+                std::ptr::null(),
+            ) as libc::c_long)?;
+            check(libc::mount(
+                tmpfs.as_ptr(),
+                devnet.as_ptr(),
+                tmpfs.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NOEXEC,
+                opts.as_ptr().cast(),
+            ) as libc::c_long)?;
+            check(
+                libc::mknod(tun.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(10, 200))
+                    as libc::c_long,
+            )?;
+            check(libc::chown(tun.as_ptr(), uid, uid) as libc::c_long)?;
+            for (src, dst) in [
+                (userns_src.as_ptr(), userns_dst.as_ptr()),
+                (j.pid_file.as_ptr(), pid_dst.as_ptr()),
+            ] {
+                let fd = check(libc::open(
+                    dst,
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                    0o600,
+                ) as libc::c_long)?;
+                libc::close(fd as libc::c_int);
+                check(
+                    libc::mount(src, dst, std::ptr::null(), libc::MS_BIND, std::ptr::null())
+                        as libc::c_long,
+                )?;
+            }
+            check(libc::mkdir(ns_dst.as_ptr(), 0o755) as libc::c_long)?;
+            // Recursive: the namespace's file is a mount of its own.
+            check(libc::mount(
+                j.netns_dir.as_ptr(),
+                ns_dst.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ) as libc::c_long)?;
+            check(libc::setgroups(0, std::ptr::null()) as libc::c_long)?;
+            check(libc::setresgid(uid, uid, uid) as libc::c_long)?;
+            check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) as libc::c_long)?;
+            check(libc::setresuid(uid, uid, uid) as libc::c_long)?;
+            let mut hdr = CapHeader {
+                version: CAP_V3,
+                pid: 0,
+            };
+            let bit = 1u32 << CAP_NET_BIND_SERVICE;
+            let data = [
+                CapData {
+                    effective: bit,
+                    permitted: bit,
+                    inheritable: bit,
+                },
+                CapData {
+                    effective: 0,
+                    permitted: 0,
+                    inheritable: 0,
+                },
+            ];
+            check(libc::syscall(
+                libc::SYS_capset,
+                &mut hdr as *mut CapHeader,
+                data.as_ptr(),
+            ))?;
+            check(libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                CAP_NET_BIND_SERVICE as libc::c_ulong,
+                0,
+                0,
+            ) as libc::c_long)
+            .map(drop)
+        });
+    }
+}

@@ -75,10 +75,32 @@ fn table_installed_pasta_publishes_and_goes_away() {
         dns: None,
         routed: false,
         map_gateway: false,
+        helper_uid: moat_net::helper_uid(2, 7),
     })
     .unwrap();
     let pid = net.pasta().pid();
     assert!(alive(pid));
+    // Jailed: its own uid and gid, no capability on the host but
+    // CAP_NET_BIND_SERVICE, in a user namespace that is not the host's.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .unwrap()
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let uid = moat_net::helper_uid(2, 7).to_string();
+    assert_eq!(field("Uid:"), [uid.as_str(); 4].join(" "));
+    assert_eq!(field("Gid:"), [uid.as_str(); 4].join(" "));
+    assert_eq!(field("Groups:"), "");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2");
+    let ns = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/user")).unwrap();
+    assert_ne!(ns(pid), ns(std::process::id()));
     let listing = Command::new("nsenter")
         .arg(format!("--net={}", path.display()))
         .args(["nft", "list", "table", "inet", "moat"])
@@ -116,4 +138,40 @@ fn table_installed_pasta_publishes_and_goes_away() {
     drop(net);
     assert!(!alive(pid), "pasta {pid} outlived its handle");
     assert!(!path.exists());
+}
+
+/// The VM's supervisor never kills pasta (it gives up root first): the
+/// cleanup watcher removes the namespace's file, and pasta, jailed, sees
+/// that through the directory its jail binds and exits by itself.
+#[test]
+fn jailed_pasta_exits_once_the_namespace_file_is_removed() {
+    if !can_run("jailed_pasta_exits_once_the_namespace_file_is_removed") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("netns/two");
+    let net = Egress::start(&EgressConfig {
+        path: path.clone(),
+        egress: &[],
+        publish: &[],
+        dns: None,
+        routed: false,
+        map_gateway: false,
+        helper_uid: moat_net::helper_uid(2, 8),
+    })
+    .unwrap();
+    let pid = net.pasta().pid();
+    assert!(alive(pid));
+    moat_net::netns::remove_bound(&path);
+    let mut gone = false;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        // Exited (a zombie until the handle reaps it).
+        if !alive(pid) {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "pasta {pid} still runs after its namespace file went");
+    drop(net);
 }

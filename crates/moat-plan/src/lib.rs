@@ -187,6 +187,11 @@ pub enum NetworkPlan {
     Egress {
         rules: Vec<EgressRule>,
         publish: Vec<PortPublish>,
+        /// The host's resolver granted (`network.dns: true`): the backend
+        /// points the container's `/etc/resolv.conf` at it and lets port
+        /// 53 of that one address through.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        dns: bool,
     },
 }
 

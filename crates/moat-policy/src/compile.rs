@@ -73,6 +73,7 @@ pub fn compile(policy: &Policy) -> Result<Plan, PolicyError> {
         NetworkMode::Egress => NetworkPlan::Egress {
             rules: s.network.egress.clone(),
             publish: s.network.publish.clone(),
+            dns: s.network.dns,
         },
     };
 

@@ -129,6 +129,9 @@ pub fn explain(policy: &Policy) -> Explanation {
                     format!("to {} {} {}", r.cidr, r.protocol, ports)
                 })
                 .collect();
+            if s.network.dns {
+                parts.push("DNS to the host's resolver (port 53)".to_string());
+            }
             if parts.is_empty() {
                 parts.push("no outbound destinations".to_string());
             }
@@ -470,6 +473,12 @@ pub fn diff(a: &Policy, b: &Policy) -> Vec<Change> {
             })
             .collect()
     };
+    changed(
+        &mut out,
+        "network.dns",
+        sa.network.dns.to_string(),
+        sb.network.dns.to_string(),
+    );
     sets(&mut out, "network.egress", &egress(sa), &egress(sb));
     let publish = |p: &Spec| -> BTreeSet<String> {
         p.network

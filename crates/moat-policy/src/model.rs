@@ -74,6 +74,7 @@ impl Spec {
                 mode: NetworkMode::None,
                 egress: Vec::new(),
                 publish: Vec::new(),
+                dns: false,
             },
             devices: Vec::new(),
             resources: Resources::default(),
@@ -316,6 +317,11 @@ pub struct Network {
     pub mode: NetworkMode,
     pub egress: Vec<crate::plan::EgressRule>,
     pub publish: Vec<crate::plan::PortPublish>,
+    /// `network.dns: true` (egress only): the container's
+    /// `/etc/resolv.conf` names the host's resolver, and port 53 of that
+    /// one address is reachable.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dns: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

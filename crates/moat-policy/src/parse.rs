@@ -606,16 +606,30 @@ impl Cx<'_> {
                 mode,
                 egress: Vec::new(),
                 publish: Vec::new(),
+                dns: false,
             });
         }
-        let m = self.map(node, "spec.network", &["mode", "egress", "publish"])?;
+        let m = self.map(node, "spec.network", &["mode", "egress", "publish", "dns"])?;
         let mode_n = self.require(node, &m, "mode", "spec.network")?;
         let mode = mode_of(mode_n, "spec.network.mode")?;
         let mut net = Network {
             mode,
             egress: Vec::new(),
             publish: Vec::new(),
+            dns: false,
         };
+        if let Some(d) = get(&m, "dns") {
+            net.dns = self.bool(d, "spec.network.dns")?;
+            if net.dns && mode != NetworkMode::Egress {
+                return Err(self.err(
+                    d.pos,
+                    format!(
+                        "`spec.network.dns: true` needs `mode: egress` (the resolver is reached through the egress network), found `mode: {}`",
+                        mode.as_str()
+                    ),
+                ));
+            }
+        }
         if let Some(e) = get(&m, "egress") {
             if mode != NetworkMode::Egress {
                 return Err(self.err(

@@ -316,6 +316,31 @@ fn network_errors() {
         )),
         "t.yaml:10:13: `spec.network.egress.to` must be a CIDR such as `10.0.0.0/8` or `2001:db8::/32`, found `10.0.0.0/33`"
     );
+    assert_eq!(
+        err(&policy("  network:\n    mode: loopback\n    dns: true\n")),
+        "t.yaml:9:10: `spec.network.dns: true` needs `mode: egress` (the resolver is reached through the egress network), found `mode: loopback`"
+    );
+    assert_eq!(
+        err(&policy("  network:\n    mode: egress\n    dns: yes\n")),
+        "t.yaml:9:10: `spec.network.dns` must be `true` or `false`, found `yes`"
+    );
+}
+
+#[test]
+fn network_dns_grant_compiles_into_the_plan() {
+    let p = Policy::parse(
+        &policy("  network:\n    mode: egress\n    dns: true\n"),
+        "t.yaml",
+    )
+    .unwrap();
+    assert!(p.spec.network.dns);
+    let plan = moat_policy::compile(&p).unwrap();
+    assert!(matches!(
+        plan.network,
+        moat_policy::plan::NetworkPlan::Egress { dns: true, .. }
+    ));
+    let p = Policy::parse(&policy("  network:\n    mode: egress\n"), "t.yaml").unwrap();
+    assert!(!p.spec.network.dns);
 }
 
 #[test]

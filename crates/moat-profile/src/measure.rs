@@ -66,6 +66,49 @@ pub struct Measurement {
     /// Level (b): distinct kernel functions, or why it could not be measured.
     pub hap_functions: Option<usize>,
     pub hap_unavailable: Option<String>,
+    /// The network helper the policy's network needs (pasta for
+    /// `egress`), measured in a run of its own: more host surface the
+    /// container adds, beside the workload's or QEMU's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_helper: Option<HelperMeasurement>,
+}
+
+/// Level (a) for one helper process of a container (and its threads and
+/// children), from its `execve` on: its own start-up and sandboxing, and
+/// whatever the measured command made it carry.
+#[derive(Debug, Clone, Serialize)]
+pub struct HelperMeasurement {
+    /// The program, e.g. `pasta`.
+    pub program: String,
+    pub syscalls_count: usize,
+    pub syscalls: Vec<String>,
+    pub ioctl_requests: Vec<String>,
+    pub tasks: usize,
+}
+
+/// Traces `argv` once more and counts the host syscalls of `program`'s
+/// process tree (the first exec of a file of that name after the exec of
+/// `after`).
+pub fn measure_helper(
+    argv: &[String],
+    after: Option<&str>,
+    program: &str,
+) -> Result<HelperMeasurement, MeasureError> {
+    let o = trace(&TraceRun {
+        argv,
+        after,
+        program: Some(program),
+        capture: true,
+        ..TraceRun::default()
+    })?;
+    let m = measurement("", "", o.code, &o.recorded);
+    Ok(HelperMeasurement {
+        program: program.to_string(),
+        syscalls_count: m.syscalls_count,
+        syscalls: m.syscalls,
+        ioctl_requests: m.ioctl_requests,
+        tasks: m.tasks,
+    })
 }
 
 fn stopped(pid: u32) -> bool {
@@ -450,6 +493,7 @@ pub fn measurement(backend: &str, footprint: &str, code: i32, rec: &Recorded) ->
         tasks: rec.tasks,
         hap_functions: None,
         hap_unavailable: None,
+        network_helper: None,
     }
 }
 

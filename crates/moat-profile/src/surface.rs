@@ -168,7 +168,7 @@ pub fn of_plan(plan: &Plan) -> Result<Surface, BpfError> {
     let (network, egress_rules, published_ports) = match &plan.network {
         NetworkPlan::None => ("none", 0, 0),
         NetworkPlan::Loopback => ("loopback", 0, 0),
-        NetworkPlan::Egress { rules, publish } => ("egress", rules.len(), publish.len()),
+        NetworkPlan::Egress { rules, publish, .. } => ("egress", rules.len(), publish.len()),
     };
     let devices: Vec<String> = plan
         .devices

@@ -181,6 +181,7 @@ mod tests {
                 protocol: "any".into(),
             }],
             publish: vec![pp(8080, 80, "tcp", None), pp(5353, 53, "udp", None)],
+            dns: false,
         }
     }
 

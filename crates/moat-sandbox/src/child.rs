@@ -83,6 +83,9 @@ pub(crate) struct ChildFds {
     /// the supervisor (the container cannot: mounting sysfs needs
     /// CAP_SYS_ADMIN over the owner of the network namespace).
     pub sysfs_mnt: Option<OwnedFd>,
+    /// `network.dns: true`: the supervisor's read-only mount of the
+    /// container's `/etc/resolv.conf` (see `network`).
+    pub resolv_mnt: Option<OwnedFd>,
 }
 
 /// Entry point of `moat exec`'s process, already in the container's
@@ -168,7 +171,9 @@ fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
 
     wait_for_go(fds)?;
 
-    let prepared = mounts::prepare_root(fds.rootfs_mnt.take())?.with_sysfs(fds.sysfs_mnt.take());
+    let prepared = mounts::prepare_root(fds.rootfs_mnt.take())?
+        .with_sysfs(fds.sysfs_mnt.take())
+        .with_resolv(fds.resolv_mnt.take());
     // Become container root (host uid = first id of the map).
     sys::set_ids(0, 0, &[]).map_err(|e| ChildError::io("becoming container root", e))?;
     // Now that the supervisor put us into our cgroups: a cgroup namespace

@@ -143,11 +143,18 @@ pub(crate) struct PreparedRoot {
     mnt: OwnedFd,
     /// A sysfs made by the supervisor (see [`sysfs`]), else made here.
     sysfs: Option<OwnedFd>,
+    /// The supervisor's mount of the resolver file, for /etc/resolv.conf.
+    resolv: Option<OwnedFd>,
 }
 
 impl PreparedRoot {
     pub(crate) fn with_sysfs(mut self, sysfs: Option<OwnedFd>) -> Self {
         self.sysfs = sysfs;
+        self
+    }
+
+    pub(crate) fn with_resolv(mut self, resolv: Option<OwnedFd>) -> Self {
+        self.resolv = resolv;
         self
     }
 }
@@ -184,7 +191,11 @@ pub(crate) fn prepare_root(idmapped: Option<OwnedFd>) -> Result<PreparedRoot, Ch
             m
         }
     };
-    Ok(PreparedRoot { mnt, sysfs: None })
+    Ok(PreparedRoot {
+        mnt,
+        sysfs: None,
+        resolv: None,
+    })
 }
 
 /// Builds the whole tree and returns a descriptor of the new root, ready
@@ -241,6 +252,9 @@ pub(crate) fn build(
         }
     }
 
+    if let Some(resolv) = &prepared.resolv {
+        attach_resolv(root.as_fd(), resolv)?;
+    }
     build_dev(root.as_fd(), console)?;
     build_proc(root.as_fd())?;
 
@@ -253,6 +267,34 @@ pub(crate) fn build(
     attach(&sysfs, &t, "/sys")?;
 
     Ok(root)
+}
+
+/// The resolver file over the image's `/etc/resolv.conf`, which must be a
+/// regular file (moat adds an empty one to every rootfs it materialises;
+/// it never writes to the image at run time). Resolved inside the root: a
+/// symlink there stays inside the root.
+fn attach_resolv(root: BorrowedFd<'_>, mnt: &OwnedFd) -> Result<(), ChildError> {
+    const PATH: &str = "/etc/resolv.conf";
+    let what = "mount target /etc/resolv.conf (network.dns)";
+    let t = sys::openat2(root, PATH, libc::O_PATH, IN_ROOT).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOENT) {
+            ChildError::msg(
+                what,
+                "the image has no /etc/resolv.conf; moat mounts the resolver's file over it but never writes to the image: add an empty /etc/resolv.conf to the rootfs, or drop `network.dns`".to_string(),
+            )
+        } else {
+            ChildError::io(format!("opening {PATH} inside the root"), e)
+        }
+    })?;
+    let st =
+        rustix::fs::fstat(&t).map_err(|e| ChildError::io(format!("fstat {PATH}"), e.into()))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(ChildError::msg(
+            what,
+            "/etc/resolv.conf in the image is not a regular file; moat mounts the resolver's file only over one".to_string(),
+        ));
+    }
+    attach(mnt, &t, PATH)
 }
 
 /// A minimal /dev: a small tmpfs with the standard devices bound from the

@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
 
 use moat_policy::plan::NetworkPlan;
 
@@ -17,6 +18,9 @@ use crate::{sys, SandboxConfig, SandboxError};
 /// unbinds the namespace.
 pub(crate) struct Network {
     egress: moat_net::Egress,
+    /// `network.dns: true`: a detached, read-only mount of the file the
+    /// container gets as `/etc/resolv.conf` (the host's resolver).
+    resolv: Option<OwnedFd>,
 }
 
 /// The supervisor back in its own network namespace when dropped.
@@ -46,10 +50,30 @@ fn net_err(source: moat_net::NetError) -> SandboxError {
 
 /// Starts the egress network of `cfg` (nothing for `none` and
 /// `loopback`, which the container makes itself): namespace, table,
-/// pasta. Bound at `<run root>/netns/<id>`.
-pub(crate) fn start(cfg: &SandboxConfig) -> Result<Option<Network>, SandboxError> {
-    let NetworkPlan::Egress { rules, publish } = &cfg.plan.network else {
+/// pasta, jailed as the helper uid paired with the container's
+/// user-namespace owner `owner` (unique among running containers). Bound
+/// at `<run root>/netns/<id>`.
+pub(crate) fn start(cfg: &SandboxConfig, owner: u32) -> Result<Option<Network>, SandboxError> {
+    let NetworkPlan::Egress {
+        rules,
+        publish,
+        dns,
+    } = &cfg.plan.network
+    else {
         return Ok(None);
+    };
+    // The resolver first: a grant the host cannot serve is refused before
+    // anything is made.
+    let resolver = if *dns {
+        Some(
+            moat_net::dns::host_resolver(
+                Path::new(moat_net::dns::HOST_RESOLV_CONF),
+                Path::new(moat_net::dns::RESOLVED_UPSTREAM),
+            )
+            .map_err(|e| net_err(e.into()))?,
+        )
+    } else {
+        None
     };
     // The namespace's bind mount lives in a mount namespace of the
     // supervisor's own (host mounts still propagate in, none out): if the
@@ -74,23 +98,76 @@ pub(crate) fn start(cfg: &SandboxConfig) -> Result<Option<Network>, SandboxError
         &dir,
         "tmpfs",
         MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        Some(c"mode=700,size=1m"),
+        // 0755: pasta's jail reads the directory (to notice the file's
+        // removal); the mount is in this supervisor's namespace alone.
+        Some(c"mode=755,size=1m"),
     )
     .map_err(|e| prep("a tmpfs for the network namespace")(e.into()))?;
     let path = dir.join(&cfg.id);
+    let resolv = match &resolver {
+        Some(r) => Some(resolv_conf(
+            &dir.join(format!("{}.resolv.conf", cfg.id)),
+            &r.conf,
+        )?),
+        None => None,
+    };
     let egress = moat_net::Egress::start(&moat_net::EgressConfig {
         path,
         egress: rules,
         publish,
-        dns: None,
+        dns: resolver.map(|r| r.address),
         routed: false,
         map_gateway: false,
+        helper_uid: moat_net::helper_uid(0, owner.wrapping_sub(crate::idmap::OWNER_BASE)),
     })
     .map_err(net_err)?;
-    Ok(Some(Network { egress }))
+    Ok(Some(Network { egress, resolv }))
+}
+
+/// Writes the container's resolv.conf at `path` (on the supervisor's
+/// private tmpfs) and returns a detached, read-only, nosuid, nodev,
+/// noexec mount of it, for the container to attach over its
+/// `/etc/resolv.conf`. Mode 0644: the container (its host root unmapped)
+/// sees it owned by `nobody` and can read it, not change it.
+fn resolv_conf(path: &Path, text: &str) -> Result<OwnedFd, SandboxError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let what = "the container's /etc/resolv.conf";
+    let mut f = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(prep(what))?;
+    f.write_all(text.as_bytes()).map_err(prep(what))?;
+    drop(f);
+    let p = path.to_str().ok_or_else(|| {
+        prep(what)(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "path is not UTF-8",
+        ))
+    })?;
+    let mnt = sys::open_tree(sys::cwd(), p, sys::OPEN_TREE_CLONE).map_err(prep(what))?;
+    sys::mount_setattr(
+        mnt.as_fd(),
+        sys::MOUNT_ATTR_RDONLY
+            | sys::MOUNT_ATTR_NOSUID
+            | sys::MOUNT_ATTR_NODEV
+            | sys::MOUNT_ATTR_NOEXEC,
+        0,
+        false,
+    )
+    .map_err(prep(what))?;
+    Ok(mnt)
 }
 
 impl Network {
+    /// The detached mount of the container's `/etc/resolv.conf`, once.
+    pub(crate) fn take_resolv(&mut self) -> Option<OwnedFd> {
+        self.resolv.take()
+    }
+
     /// Moves the calling thread into the container's namespace until the
     /// returned guard drops.
     pub(crate) fn enter(&self) -> Result<Entered, SandboxError> {

@@ -197,7 +197,8 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
 
     // `egress`: the namespace, its table and pasta exist before the
     // container does; the container is cloned into it (network.rs).
-    let net = crate::network::start(cfg)?;
+    let mut net = crate::network::start(cfg, st.userns_owner)?;
+    let resolv_mnt = net.as_mut().and_then(|n| n.take_resolv());
     let (entered, sysfs_mnt) = match &net {
         Some(n) => {
             let entered = n.enter()?;
@@ -259,6 +260,7 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
                 volumes,
                 console_socket: None,
                 sysfs_mnt,
+                resolv_mnt,
             };
             child::main(&setup, fds);
         }
@@ -272,6 +274,7 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
     drop(err_w);
     drop(rootfs_mnt);
     drop(sysfs_mnt);
+    drop(resolv_mnt);
     drop(volumes);
     let (master, peer) = match pty {
         Some((m, p)) => (Some(m), Some(p)),
@@ -412,6 +415,7 @@ pub(crate) fn exec_and_wait(
                         volumes: Vec::new(),
                         console_socket: console_theirs,
                         sysfs_mnt: None,
+                        resolv_mnt: None,
                     };
                     child::exec_main(&setup, fds)
                 }

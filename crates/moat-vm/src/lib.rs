@@ -269,8 +269,15 @@ pub fn run_container_reporting(
             let (d, g) = net::attach(a)?;
             (Some(d), Some(g), None)
         }
-        (None, NetworkPlan::Egress { rules, publish }) => {
-            let e = net::egress::start(&opts.run_root, &id.to_string(), rules, publish)?;
+        (
+            None,
+            NetworkPlan::Egress {
+                rules,
+                publish,
+                dns,
+            },
+        ) => {
+            let e = net::egress::start(&opts.run_root, &id.to_string(), rules, publish, *dns)?;
             let net::egress::EgressNet {
                 net,
                 netns,

@@ -43,7 +43,11 @@ fn free_port() -> u16 {
 }
 
 fn egress(rules: Vec<EgressRule>, publish: Vec<PortPublish>) -> NetworkPlan {
-    NetworkPlan::Egress { rules, publish }
+    NetworkPlan::Egress {
+        rules,
+        publish,
+        dns: false,
+    }
 }
 
 fn tcp_rule(cidr: &str, port: u16) -> EgressRule {
@@ -159,18 +163,24 @@ fn assert_network_gone(run_root: &Path) {
                     .collect()
             })
             .unwrap_or_default();
-        let pasta = Command::new("pgrep")
-            .args(["-f", &format!("pasta.*{}", dir.display())])
-            .output()
-            .unwrap();
-        if left.is_empty() && pasta.stdout.is_empty() {
+        // pasta by its log (stderr) in that directory: jailed, its
+        // command line names only paths of its own mount namespace.
+        let pasta: Vec<i32> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let log = std::fs::read_link(format!("/proc/{pid}/fd/2")).unwrap_or_default();
+                cmd.starts_with(b"pasta\0") && log.starts_with(&dir)
+            })
+            .collect();
+        if left.is_empty() && pasta.is_empty() {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "left behind in {}: {left:?}; pasta: {}",
+            "left behind in {}: {left:?}; pasta: {pasta:?}",
             dir.display(),
-            String::from_utf8_lossy(&pasta.stdout)
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -195,7 +195,9 @@ fn get(label: &str, addr: &str, port: u16) -> String {
     )
 }
 
-/// pasta processes whose command line names a path under `root`.
+/// pasta processes whose log (their stderr, which moat opens at
+/// `<run root>/netns/<id>.pasta.log`) is under `root`: jailed, pasta's
+/// command line names only the paths of its own mount namespace.
 fn pastas_under(root: &Path) -> Vec<i32> {
     let needle = root.to_str().unwrap();
     std::fs::read_dir("/proc")
@@ -203,8 +205,10 @@ fn pastas_under(root: &Path) -> Vec<i32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd);
-            cmd.starts_with("pasta\0") && cmd.contains(needle) && common::alive(*pid as i64)
+            let log = std::fs::read_link(format!("/proc/{pid}/fd/2")).unwrap_or_default();
+            cmd.starts_with(b"pasta\0")
+                && log.to_string_lossy().starts_with(needle)
+                && common::alive(*pid as i64)
         })
         .collect()
 }
@@ -291,6 +295,18 @@ fn a_published_httpd_answers_curl_and_pasta_ends_with_the_container() {
     assert_eq!(body, "hello from moat\n");
     let pastas = pastas_under(&env.state_root());
     assert_eq!(pastas.len(), 1, "{pastas:?}");
+    // Jailed: an unprivileged uid of the helpers' range, not root.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pastas[0])).unwrap();
+    let uid: u32 = common::line(&status, "Uid:")
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (0x7200_0000..0x7201_0000).contains(&uid),
+        "pasta runs as {uid}"
+    );
     env.ok(&["stop", "-t", "1", "web"]);
     wait_for("pasta to end with the container", 10, || {
         !common::alive(pastas[0] as i64)

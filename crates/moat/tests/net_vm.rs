@@ -111,12 +111,20 @@ fn a_detached_vm_publishes_httpd_and_rm_leaves_no_network_behind() {
     );
     // pasta runs for the VM, on a namespace bound under the state root.
     let state = env.state_root();
+    // (Its log, stderr, is under the state root: jailed, its command
+    // line names only paths of its own mount namespace.)
     let pastas = || {
-        let o = Command::new("pgrep")
-            .args(["-f", &format!("pasta.*--netns {}", state.display())])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let log = std::fs::read_link(format!("/proc/{pid}/fd/2")).unwrap_or_default();
+                cmd.starts_with(b"pasta\0") && log.starts_with(&state)
+            })
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     let bound = || {
         std::fs::read_to_string("/proc/self/mountinfo")

@@ -127,6 +127,7 @@ fn in_netns(a: &Attach) -> Result<(NetDevice, GuestNet), NetError> {
         gateway,
         mtu,
         mac: link.address.to_ascii_lowercase(),
+        dns: None,
     };
     Ok((
         NetDevice::Tap {

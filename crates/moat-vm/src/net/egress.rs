@@ -72,22 +72,44 @@ pub fn forwards(publish: &[PortPublish]) -> Vec<Forward> {
 }
 
 /// Makes the namespace, installs and verifies the policy's table, starts
-/// pasta; returns what the VMM and the guest get.
+/// pasta; returns what the VMM and the guest get. With `dns` (the
+/// policy's `network.dns: true`) the table lets slirp's relay reach the
+/// host's resolver (the one QEMU's libslirp reads from the host's
+/// `/etc/resolv.conf`) on port 53; the guest asks [`RESOLVER`].
 pub fn start(
     run_root: &Path,
     id: &str,
     rules: &[EgressRule],
     publish: &[PortPublish],
+    dns: bool,
 ) -> Result<EgressNet, NetError> {
+    let dns = if dns {
+        Some(
+            moat_net::dns::host_resolver(
+                Path::new(moat_net::dns::HOST_RESOLV_CONF),
+                Path::new(moat_net::dns::RESOLVED_UPSTREAM),
+            )
+            .map_err(moat_net::NetError::from)?
+            .address,
+        )
+    } else {
+        None
+    };
     let path = netns_path(run_root, id);
     moat_net::netns::remove_bound(&path);
     let net = moat_net::Egress::start(&moat_net::EgressConfig {
         path,
         egress: rules,
         publish,
-        dns: None,
+        dns,
         routed: false,
         map_gateway: false,
+        // The VMM's uid is `jail::UID_BASE + n`, `n` from the id's first
+        // four hex digits (boot.rs); the helper's pairs with it.
+        helper_uid: moat_net::helper_uid(
+            1,
+            u32::from_str_radix(&id[..4.min(id.len())], 16).unwrap_or(0),
+        ),
     })?;
     let netns = net
         .netns()
@@ -102,6 +124,7 @@ pub fn start(
         gateway: Some(GATEWAY),
         mtu: 1500,
         mac: GUEST_MAC.into(),
+        dns: dns.map(|_| RESOLVER),
     };
     let device = NetDevice::User {
         mac: GUEST_MAC.into(),

@@ -58,6 +58,11 @@ pub struct MeasureArgs {
     /// before measuring, so its test guest is never counted.
     #[arg(long, value_parser = ["kvm", "tcg"])]
     pub accel: Option<String>,
+    /// Policy the sandbox and vm runs get (a file or a built-in name;
+    /// default: `moat run`'s). Under `network: egress` the network helper
+    /// (pasta) is measured too, in a run of its own.
+    #[arg(long, value_name = "POLICY")]
+    pub policy: Option<String>,
     /// Command to run (default: the image's entrypoint and command).
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -191,7 +196,14 @@ fn run_measure(global: &GlobalArgs, args: MeasureArgs) -> anyhow::Result<ExitCod
                 global.invoker.describe()
             )),
             "crun" => measure::measure_crun(&target.rootfs, &command).map_err(|e| format!("{e:#}")),
-            other => measure_moat(global, &args.source, other, args.accel.as_deref(), &command),
+            other => measure_moat(
+                global,
+                &args.source,
+                other,
+                args.accel.as_deref(),
+                args.policy.as_deref(),
+                &command,
+            ),
         };
         results.push(r.map_err(|e| format!("{backend}: {e}")));
     }
@@ -228,6 +240,16 @@ fn run_measure(global: &GlobalArgs, args: MeasureArgs) -> anyhow::Result<ExitCod
                         _ => {}
                     }
                     println!("         {}", m.syscalls.join(" "));
+                    if let Some(h) = &m.network_helper {
+                        println!(
+                            "         network helper ({}, jailed): {} distinct host syscalls, {} ioctl requests, {} tasks",
+                            h.program,
+                            h.syscalls_count,
+                            h.ioctl_requests.len(),
+                            h.tasks
+                        );
+                        println!("         {}", h.syscalls.join(" "));
+                    }
                 }
                 // May quote the workload's or the guest's error text.
                 Err(e) => outln!("{e}"),
@@ -241,15 +263,32 @@ fn run_measure(global: &GlobalArgs, args: MeasureArgs) -> anyhow::Result<ExitCod
     })
 }
 
+/// Whether `policy` (a file or built-in name) gives the container an
+/// `egress` network, which a helper process (pasta) serves.
+fn needs_network_helper(policy: Option<&str>) -> Result<bool, String> {
+    let Some(p) = policy else {
+        // `moat run`'s default (`auto`, baseline's network): none.
+        return Ok(false);
+    };
+    if p == "auto" {
+        return Ok(false);
+    }
+    let policy = moat_policy::Policy::resolve(p).map_err(|e| format!("--policy {p}: {e}"))?;
+    Ok(policy.spec.network.mode == moat_policy::model::NetworkMode::Egress)
+}
+
 /// Measures `moat run --isolation BACKEND` itself: for the sandbox the
-/// workload's processes, for the vm the QEMU process.
+/// workload's processes, for the vm the QEMU process; and, when the
+/// policy's network needs one, the network helper (pasta) in a second run.
 fn measure_moat(
     global: &GlobalArgs,
     source: &super::profile::Source,
     backend: &str,
     accel: Option<&str>,
+    policy: Option<&str>,
     command: &[String],
 ) -> Result<Measurement, String> {
+    let helper = needs_network_helper(policy)?;
     // Settle the accelerator first: `auto` would otherwise boot the KVM
     // probe guest inside the traced run and measure that QEMU instead.
     let accel = match (backend, accel) {
@@ -261,13 +300,26 @@ fn measure_moat(
         }),
         _ => None,
     };
-    let argv =
-        super::profile::moat_run_argv(global, source, backend, None, accel.as_deref(), command)
-            .map_err(|e| format!("{e:#}"))?;
+    let argv = super::profile::moat_run_argv(
+        global,
+        source,
+        backend,
+        policy.map(std::path::Path::new),
+        accel.as_deref(),
+        command,
+    )
+    .map_err(|e| format!("{e:#}"))?;
     let (program, footprint) = if backend == "vm" {
         (
             Some("qemu-system-x86_64"),
             "the QEMU process (the tenant's host-side footprint)",
+        )
+    } else if helper {
+        // moat executes `nft` and pasta before the workload: the workload
+        // is the first exec of its own program.
+        (
+            command.first().map(String::as_str),
+            "the workload's processes on the host kernel",
         )
     } else {
         (None, "the workload's processes on the host kernel")
@@ -295,6 +347,11 @@ fn measure_moat(
         Ok(Ok(n)) => m.hap_functions = Some(n),
         Ok(Err(why)) => m.hap_unavailable = Some(why),
         Err(e) => m.hap_unavailable = Some(format!("{e:#}")),
+    }
+    if helper {
+        let h = measure::measure_helper(&argv, after, "pasta")
+            .map_err(|e| format!("the network helper (pasta): {e:#}"))?;
+        m.network_helper = Some(h);
     }
     Ok(m)
 }

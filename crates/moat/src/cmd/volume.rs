@@ -2,10 +2,12 @@
 //! backends (an ext4 image each; see docs/volumes.md). Wiring only: the
 //! store is `moat_runtime::volume_store`.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use moat_policy::plan::MountPlan;
+use moat_policy::rbac::Request;
 use moat_runtime::volume_store::{self, Store, VolumeError};
 use moat_runtime::volumes::{TmpfsArg, VolumeArg};
 
@@ -37,6 +39,10 @@ pub struct CreateArgs {
     /// Size of the filesystem (e.g. 512m, 10g; sparse on the host) [default: 1g].
     #[arg(long, value_name = "SIZE")]
     pub size: Option<String>,
+    /// RBAC file the volume name is authorised against (root acting as
+    /// itself only) [default: /etc/moat/rbac.yaml].
+    #[arg(long, value_name = "FILE")]
+    pub rbac: Option<PathBuf>,
     /// Volume name: letters, digits, `_`, `.`, `-`.
     pub name: String,
 }
@@ -59,6 +65,10 @@ pub struct InspectArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RmArgs {
+    /// RBAC file the volume names are authorised against (root acting as
+    /// itself only) [default: /etc/moat/rbac.yaml].
+    #[arg(long, value_name = "FILE")]
+    pub rbac: Option<PathBuf>,
     #[arg(required = true)]
     pub names: Vec<String>,
 }
@@ -68,6 +78,11 @@ pub struct PruneArgs {
     /// Output format of the list of removed volumes.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+    /// RBAC file the volume names are authorised against (root acting as
+    /// itself only) [default: /etc/moat/rbac.yaml]; volumes the invoking
+    /// user's roles do not grant are kept, with a notice.
+    #[arg(long, value_name = "FILE")]
+    pub rbac: Option<PathBuf>,
 }
 
 pub fn run(global: &GlobalArgs, cmd: VolumeCommand) -> anyhow::Result<ExitCode> {
@@ -79,6 +94,13 @@ pub fn run(global: &GlobalArgs, cmd: VolumeCommand) -> anyhow::Result<ExitCode> 
                     .with_context(|| format!("--size {s:?} is not a size; use e.g. 512m or 10g"))?,
                 None => volume_store::DEFAULT_SIZE,
             };
+            if !moat_policy::model::valid_volume_name(&a.name) {
+                return Err(VolumeError::BadName(a.name.clone()).into());
+            }
+            if let Err(refusal) = authorise(global, a.rbac.as_deref(), "create", &a.name)? {
+                errln!("moat: error: {refusal}");
+                return Ok(ExitCode::from(125));
+            }
             let v = store.create(&a.name, size)?;
             println!("{}", v.name);
         }
@@ -122,6 +144,11 @@ pub fn run(global: &GlobalArgs, cmd: VolumeCommand) -> anyhow::Result<ExitCode> 
             let users = users(global)?;
             let mut failed = false;
             for n in &a.names {
+                if let Err(refusal) = authorise(global, a.rbac.as_deref(), "rm", n)? {
+                    errln!("moat: error: {refusal}");
+                    failed = true;
+                    continue;
+                }
                 match remove(&store, &users, n) {
                     Ok(()) => println!("{n}"),
                     Err(e) => {
@@ -138,6 +165,13 @@ pub fn run(global: &GlobalArgs, cmd: VolumeCommand) -> anyhow::Result<ExitCode> 
             let users = users(global)?;
             let mut removed = Vec::new();
             for v in store.list()? {
+                if users.iter().any(|(n, _)| *n == v.name) {
+                    continue;
+                }
+                if let Err(refusal) = authorise(global, a.rbac.as_deref(), "prune", &v.name)? {
+                    errln!("moat: notice: kept: {refusal}");
+                    continue;
+                }
                 match remove(&store, &users, &v.name) {
                     Ok(()) => removed.push(v.name),
                     Err(VolumeError::InUse { .. }) => {}
@@ -151,6 +185,43 @@ pub fn run(global: &GlobalArgs, cmd: VolumeCommand) -> anyhow::Result<ExitCode> 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Authorises `verb` (`create`, `rm`, `prune`) of the named volume `name`
+/// for the invoking user, as `moat run` authorises a policy's
+/// `named_volumes`: one of the user's roles must grant the name
+/// (`named_volumes` patterns, docs/policy.md); without an RBAC file only
+/// root may. Audited as `volume-VERB`. `Ok(Err(text))`: refused, `text`
+/// names the volume, the user, their roles and the role that would allow it.
+fn authorise(
+    global: &GlobalArgs,
+    rbac: Option<&Path>,
+    verb: &str,
+    name: &str,
+) -> anyhow::Result<Result<(), String>> {
+    let who = crate::cmd::policy::invoking_principal(global);
+    let decision = crate::cmd::policy::authorize_requests(
+        global,
+        &format!("volume-{verb}"),
+        &who,
+        rbac,
+        &[Request::NamedVolume(name.to_string())],
+        &format!("volume {name}"),
+        "",
+    )?;
+    if decision.allowed {
+        return Ok(Ok(()));
+    }
+    let what = match verb {
+        "create" => "creating",
+        "rm" => "removing",
+        _ => "pruning",
+    };
+    let mut text = format!("{what} volume {name:?}: refused for {}:", who.name);
+    for r in &decision.reasons {
+        text.push_str(&format!("\n  - {r}"));
+    }
+    Ok(Err(text))
 }
 
 /// Removes `name` unless a container record (running or stopped) names it
