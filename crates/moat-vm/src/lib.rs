@@ -26,6 +26,7 @@ pub mod supervisor;
 mod sys;
 pub mod template;
 pub mod trace;
+pub mod virtiofs;
 pub mod volumes;
 
 use std::path::{Path, PathBuf};
@@ -49,7 +50,8 @@ pub const DEFAULT_MEMORY_MIB: u64 = 256;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum VmStart {
     /// From the template where the VM's shape allows (a verified EROFS
-    /// root, no volumes, no network device), else a cold boot, silently.
+    /// root, no volumes or host directories, no network device), else a
+    /// cold boot, silently.
     #[default]
     Auto,
     /// From the template; a notice, then a cold boot, where it cannot be.
@@ -214,8 +216,12 @@ pub fn run_container_reporting(
             policy: opts.plan.policy_name.clone(),
         });
     }
-    // Locked before anything boots: a volume in use refuses the start.
-    let volume_disks = volumes::open(&opts.plan)?;
+    // Locked before anything boots: a volume in use refuses the start; a
+    // host directory is opened (never through a link) before it too.
+    let volumes::Volumes {
+        disks: volume_disks,
+        dirs: host_dirs,
+    } = volumes::open(&opts.plan)?;
     let hv = Qemu::default();
     if !hv.available() {
         return Err(hypervisor::HypervisorError::NotInstalled {
@@ -287,6 +293,18 @@ pub fn run_container_reporting(
         (None, _) => (None, None, None),
     };
     trace.mark("network ready");
+    // Each host directory's daemon, its mount point and socket in a
+    // directory of the run root that the cleanup watcher removes.
+    let host_dirs = if host_dirs.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        let jail_dir = opts.run_root.join(format!("vfs-{}", id.short()));
+        cleanup.push(jail_dir.clone());
+        virtiofs::prepare(host_dirs, &jail_dir).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&jail_dir);
+            VmError::Volume(e.into())
+        })?
+    };
     let shape = template::Shape {
         vcpus,
         memory_mib,
@@ -297,7 +315,7 @@ pub fn run_container_reporting(
         &opts,
         shape,
         &root,
-        volume_disks.is_empty() && net_device.is_none(),
+        volume_disks.is_empty() && host_dirs.0.is_empty() && net_device.is_none(),
         notice,
     )?
     .map(|(state, mut msg)| {
@@ -341,6 +359,7 @@ pub fn run_container_reporting(
                 .collect(),
             trace: trace.on(),
             volumes: volume_disks,
+            host_dirs,
             net: net_device,
             netns,
             template: template_boot,
@@ -407,7 +426,7 @@ fn start_from_template(
     }
     if root.fs != rootfs::RootFs::Verity || !plain_devices {
         if explicit {
-            notice("moat: notice: booting the micro-VM cold: templates cover a verified image root without volumes or a network device");
+            notice("moat: notice: booting the micro-VM cold: templates cover a verified image root without volumes, host directories or a network device");
         }
         return Ok(None);
     }

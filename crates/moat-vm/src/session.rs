@@ -309,7 +309,7 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                             &mut out,
                             Message::Start(Box::new(Start {
                                 process: opts.process.clone(),
-                                plan: opts.plan.clone(),
+                                plan: crate::volumes::for_guest(opts.plan),
                                 host_version: env!("CARGO_PKG_VERSION").to_string(),
                                 session: session.clone(),
                                 wall_clock: Some(WallClock {
