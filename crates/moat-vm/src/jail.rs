@@ -119,8 +119,9 @@ impl Jailed {
 /// A running, jailed VMM.
 pub struct RunningVmm {
     child: Option<Jailed>,
-    /// The virtio-fs daemons (children of this thread), reaped at teardown.
-    daemons: Vec<libc::pid_t>,
+    /// The virtio-fs daemons (children of this thread) and the host
+    /// directories they serve; reaped at teardown.
+    daemons: Vec<(libc::pid_t, String)>,
     pub console: File,
     /// The uid the VMM runs as.
     pub uid: u32,
@@ -145,6 +146,21 @@ impl RunningVmm {
     /// Whether the VMM is gone; its exit status if so.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
         self.child.as_mut().and_then(Jailed::try_wait)
+    }
+
+    /// The host directory and exit status of a virtio-fs daemon that has
+    /// ended (reaped here), if one has.
+    pub fn daemon_exited(&mut self) -> Option<(String, ExitStatus)> {
+        for i in 0..self.daemons.len() {
+            let status = match sys::wait_nohang(self.daemons[i].0) {
+                Ok(None) => continue,
+                Ok(Some(raw)) => ExitStatus::from_raw(raw),
+                // Not ours to wait for any more: it is gone.
+                Err(_) => ExitStatus::from_raw(125 << 8),
+            };
+            return Some((self.daemons.remove(i).1, status));
+        }
+        None
     }
 
     /// OOM kills in the VMM's memory cgroup so far.
@@ -188,10 +204,10 @@ impl Drop for RunningVmm {
 
 /// Reaps `pids` (children that the cleanup watcher kills, or that exit
 /// once QEMU is gone), until `deadline`.
-fn reap(pids: &mut Vec<libc::pid_t>, deadline: Instant) {
+fn reap(pids: &mut Vec<(libc::pid_t, String)>, deadline: Instant) {
     while !pids.is_empty() {
         // Gone, or not ours to wait for: either way, done.
-        pids.retain(|&p| matches!(sys::wait_nohang(p), Ok(None)));
+        pids.retain(|&(p, _)| matches!(sys::wait_nohang(p), Ok(None)));
         if pids.is_empty() || Instant::now() >= deadline {
             return;
         }
@@ -327,8 +343,9 @@ pub fn spawn_with_daemons(
     let proc_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
     let mut daemon_pids = Vec::new();
     for d in daemons {
+        let source = d.source.clone();
         match crate::virtiofs::spawn(d, &proc_fds, console_w2.as_fd()) {
-            Ok(pid) => daemon_pids.push(pid),
+            Ok(pid) => daemon_pids.push((pid, source)),
             Err(e) => {
                 // The watcher kills what started; reap it here.
                 drop(reaper_trigger);

@@ -162,6 +162,12 @@ pub enum VmError {
         "the VM ended ({status}) before the workload reported an exit status; console:\n{console}"
     )]
     VmExited { status: String, console: String },
+    #[error("the virtiofsd serving host directory {directory} ended ({status}) while the VM ran; the VM is stopped (its file requests would wait for ever); console:\n{console}")]
+    DaemonExited {
+        directory: String,
+        status: String,
+        console: String,
+    },
     #[error("in the guest: {message}")]
     Guest { message: String },
     #[error(transparent)]

@@ -400,6 +400,88 @@ fn planted_symlinks_do_not_redirect_a_vm_host_directory_mount() {
 }
 
 #[test]
+fn a_vm_whose_virtiofsd_dies_is_stopped_and_leaves_nothing() {
+    let env = Env::new();
+    let test = "a_vm_whose_virtiofsd_dies_is_stopped_and_leaves_nothing";
+    if !ready(&env, test) {
+        return;
+    }
+    let _l = vm_lock();
+    std::fs::create_dir_all(env.rootfs.join("data")).unwrap();
+    let host = env.dir.path().join("shared");
+    std::fs::create_dir(&host).unwrap();
+    let p = env.policy(
+        "dies",
+        &format!(
+            "  filesystem:\n    volumes:\n      - {{source: {}, path: /data, read_only: false}}\n",
+            host.display()
+        ),
+    );
+    let root = env.rootfs.display().to_string();
+    let mut child = env
+        .moat(&[
+            "run",
+            "--rm",
+            "--isolation",
+            "vm",
+            "--accel",
+            "tcg",
+            "--policy",
+            &p,
+            "--rootfs",
+            &root,
+            "sh",
+            "-c",
+            "touch /data/up; while :; do ls /data >/dev/null; sleep 0.2; done",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the workload to write through the daemon", 120, || {
+        host.join("up").exists()
+    });
+    let daemons: Vec<u32> = processes_naming(env.dir.path())
+        .into_iter()
+        .filter(|(_, c)| c.starts_with(VIRTIOFSD))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(
+        daemons.len(),
+        2,
+        "outer and sandboxed virtiofsd: {daemons:?}"
+    );
+    for pid in daemons {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+    let mut waited = 0;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if waited > 600 {
+            let _ = child.kill();
+            panic!("moat run did not end after its virtiofsd died");
+        }
+        waited += 1;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(125), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the virtiofsd serving host directory {} ended",
+            host.display()
+        )),
+        "{err}"
+    );
+    assert_nothing_left(&env);
+}
+
+#[test]
 fn explain_and_surface_name_the_virtiofsd_a_host_directory_adds() {
     let env = Env::new();
     let p = env.policy(
