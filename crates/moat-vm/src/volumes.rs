@@ -87,3 +87,44 @@ pub fn for_guest(plan: &Plan) -> Plan {
     }
     p
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guest_never_learns_a_host_path() {
+        let mut plan: Plan = serde_json::from_value(serde_json::json!({
+            "policy_name": "t", "policy_digest": "", "isolation": "vm",
+            "process": {"uid": null, "gid": null, "additional_gids": [], "no_new_privs": true},
+            "capabilities": [], "namespaces": [], "mounts": [], "rlimits": [],
+            "cgroup": {}, "seccomp": {"instructions": []}, "network": {"mode": "none"},
+            "devices": [], "vm": {"vcpus": 1, "memory_mib": 128, "disk_mib": 64},
+            "exec_allowed": false, "audit_denied": false
+        }))
+        .unwrap();
+        plan.mounts = vec![
+            MountPlan::Volume {
+                source: "/srv/secret-name".into(),
+                destination: "/data".into(),
+                read_only: true,
+            },
+            MountPlan::Tmpfs {
+                destination: "/tmp".into(),
+                size_bytes: 1,
+                optional: false,
+            },
+        ];
+        let g = for_guest(&plan);
+        assert_eq!(
+            g.mounts[0],
+            MountPlan::Volume {
+                source: String::new(),
+                destination: "/data".into(),
+                read_only: true,
+            }
+        );
+        assert_eq!(g.mounts[1], plan.mounts[1]);
+        assert!(!serde_json::to_string(&g).unwrap().contains("secret-name"));
+    }
+}
