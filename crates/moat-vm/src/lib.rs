@@ -168,6 +168,12 @@ pub enum VmError {
         status: String,
         console: String,
     },
+    #[error("the container mounts {named} named volume(s) and {host} host director(ies); a micro-VM takes at most {max} in all: mount fewer (one parent directory instead of several)")]
+    TooManyVolumes {
+        named: usize,
+        host: usize,
+        max: usize,
+    },
     #[error("in the guest: {message}")]
     Guest { message: String },
     #[error(transparent)]
@@ -228,6 +234,13 @@ pub fn run_container_reporting(
         disks: volume_disks,
         dirs: host_dirs,
     } = volumes::open(&opts.plan)?;
+    if volume_disks.len() + host_dirs.len() > qemu::MAX_VOLUMES {
+        return Err(VmError::TooManyVolumes {
+            named: volume_disks.len(),
+            host: host_dirs.len(),
+            max: qemu::MAX_VOLUMES,
+        });
+    }
     let hv = Qemu::default();
     if !hv.available() {
         return Err(hypervisor::HypervisorError::NotInstalled {
@@ -301,13 +314,15 @@ pub fn run_container_reporting(
     trace.mark("network ready");
     // Each host directory's daemon, its mount point and socket in a
     // directory of the run root that the cleanup watcher removes.
+    let mut jail_dir = None;
     let host_dirs = if host_dirs.is_empty() {
         (Vec::new(), Vec::new())
     } else {
-        let jail_dir = opts.run_root.join(format!("vfs-{}", id.short()));
-        cleanup.push(jail_dir.clone());
-        virtiofs::prepare(host_dirs, &jail_dir).map_err(|e| {
-            let _ = std::fs::remove_dir_all(&jail_dir);
+        let dir = opts.run_root.join(format!("vfs-{}", id.short()));
+        cleanup.push(dir.clone());
+        jail_dir = Some(dir.clone());
+        virtiofs::prepare(host_dirs, &dir).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&dir);
             VmError::Volume(e.into())
         })?
     };
@@ -370,7 +385,14 @@ pub fn run_container_reporting(
             netns,
             template: template_boot,
         },
-    )?;
+    )
+    .inspect_err(|_| {
+        // Failed before the cleanup watcher took it over, or after (then
+        // the watcher's removal finds nothing): never left behind.
+        if let Some(d) = &jail_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    })?;
     if let Some(qmp) = qmp {
         // The VMM waits for this before it loads the template's state.
         template::start_incoming(qmp).map_err(|e| VmError::Template(Box::new(e)))?;

@@ -23,9 +23,11 @@ const FD_VOLUMES: i32 = 16;
 /// Host directories: the connected vhost-user socket of each one's
 /// virtiofsd, from here on (one each).
 const FD_HOST_DIRS: i32 = 128;
-/// At most this many named volumes (two descriptors each from
-/// [`FD_VOLUMES`]) fit below [`FD_HOST_DIRS`].
-pub const MAX_VOLUMES: usize = ((FD_HOST_DIRS - FD_VOLUMES) / 2) as usize;
+/// At most this many named volumes and host directories in all: the
+/// jail hands the VMM at most 64 descriptors (a dozen its own, two per
+/// named volume, one per host directory), and named volumes' numbers
+/// (two each from [`FD_VOLUMES`]) stay below [`FD_HOST_DIRS`].
+pub const MAX_VOLUMES: usize = 24;
 /// The tap queue of a [`NetDevice::Tap`].
 const FD_NET: i32 = 8;
 /// A template VM's monitor socket, a restore's migration stream, and the

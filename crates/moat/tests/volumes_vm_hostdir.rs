@@ -482,6 +482,34 @@ fn a_vm_whose_virtiofsd_dies_is_stopped_and_leaves_nothing() {
 }
 
 #[test]
+fn more_volumes_than_a_vm_takes_are_refused_before_anything_starts() {
+    let env = Env::new();
+    let test = "more_volumes_than_a_vm_takes_are_refused_before_anything_starts";
+    if !ready(&env, test) {
+        return;
+    }
+    let mut grants = String::from("  filesystem:\n    volumes:\n");
+    for i in 0..25 {
+        let d = env.dir.path().join(format!("d{i}"));
+        std::fs::create_dir(&d).unwrap();
+        std::fs::create_dir_all(env.rootfs.join(format!("m{i}"))).unwrap();
+        grants.push_str(&format!(
+            "      - {{source: {}, path: /m{i}}}\n",
+            d.display()
+        ));
+    }
+    let p = env.policy("many", &grants);
+    let o = run(&env, "vm", &["--policy", &p], "true");
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the container mounts 0 named volume(s) and 25 host director(ies); a micro-VM takes at most 24 in all: mount fewer (one parent directory instead of several)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_nothing_left(&env);
+}
+
+#[test]
 fn explain_and_surface_name_the_virtiofsd_a_host_directory_adds() {
     let env = Env::new();
     let p = env.policy(
