@@ -135,15 +135,21 @@ fn host_directory_written_in_a_vm_is_read_on_the_host_and_by_the_next_container(
     assert_eq!(std::fs::metadata(host.join("vm-root")).unwrap().uid(), 0);
 
     // The next container, as uid 1000: reads the first one's file, writes
-    // its own, stored as host uid 1000.
+    // its own, stored as host uid 1000. Asked to start from a template, it
+    // boots cold (its RAM must be shared with the daemon), with a notice.
     let o = run(
         &env,
         "vm",
-        &[&vol[..], &["--user", "1000"]].concat(),
+        &[&vol[..], &["--user", "1000", "--vm-start", "template"]].concat(),
         "cat /data/vm-root; echo by-1000 > /data/u/f; id -u",
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "from-vm\n1000\n");
+    assert!(
+        stderr(&o).contains("moat: notice: booting the micro-VM cold: templates cover a verified image root without volumes, host directories or a network device"),
+        "{}",
+        stderr(&o)
+    );
     let m = std::fs::metadata(host.join("u/f")).unwrap();
     assert_eq!((m.uid(), m.gid()), (1000, 1000));
 
