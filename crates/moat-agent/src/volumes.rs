@@ -6,6 +6,12 @@
 //! onto a target opened without following any symbolic link. The same ext4
 //! image is mounted by the sandbox with an idmapped mount, so a file's
 //! owner is the same id in both backends.
+//!
+//! Host directories are virtio-fs devices whose tags (`moat-dir-N`, N: the
+//! directory's place among the plan's host directories) the host fixes;
+//! each is mounted the same way onto a target opened without following
+//! links. The guest names no host path: the host's daemon shares exactly
+//! the granted directory.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -69,14 +75,10 @@ pub fn open_disks(cmdline: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Mounts named volume `index` at `destination` (in the container's root).
-pub fn mount(index: usize, name: &str, destination: &str, read_only: bool) -> Result<(), Failure> {
-    let disk = DISKS.get().and_then(|d| d.get(index)).ok_or_else(|| {
-        Failure::setup(format!(
-            "named volume {name:?}: the host attached no disk for it"
-        ))
-    })?;
-    let target = sys::open_dir_no_symlinks(destination).map_err(|e| match e.raw_os_error() {
+/// The mount target `destination` (in the container's root), opened
+/// without following any symbolic link.
+fn target(destination: &str) -> Result<std::os::fd::OwnedFd, Failure> {
+    sys::open_dir_no_symlinks(destination).map_err(|e| match e.raw_os_error() {
         Some(libc::ELOOP) => Failure::setup(format!(
             "mount target {destination}: a component is a symlink in the image; moat refuses to mount a volume through it"
         )),
@@ -84,7 +86,42 @@ pub fn mount(index: usize, name: &str, destination: &str, read_only: bool) -> Re
             "mount target {destination}: the image has no directory {destination}; moat mounts there but never writes to the image"
         )),
         _ => Failure::setup(format!("mount target {destination}: {e}")),
+    })
+}
+
+/// Mounts host directory `index` (virtio-fs tag `moat-dir-N`, fixed by the
+/// host) at `destination`; read-only here when the grant is (the host's
+/// daemon shares a read-only mount then, whatever the guest does).
+pub fn mount_host_dir(index: usize, destination: &str, read_only: bool) -> Result<(), Failure> {
+    let target = target(destination)?;
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    if read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    let tag = format!("moat-dir-{index}");
+    sys::mount(
+        &tag,
+        &format!("/proc/self/fd/{}", target.as_raw_fd()),
+        "virtiofs",
+        flags,
+        "",
+    )
+    .map_err(|e| {
+        crate::explain_io(
+            format!("mounting host directory {index} (virtio-fs tag {tag}) on {destination}"),
+            &e,
+        )
+    })
+}
+
+/// Mounts named volume `index` at `destination` (in the container's root).
+pub fn mount(index: usize, name: &str, destination: &str, read_only: bool) -> Result<(), Failure> {
+    let disk = DISKS.get().and_then(|d| d.get(index)).ok_or_else(|| {
+        Failure::setup(format!(
+            "named volume {name:?}: the host attached no disk for it"
+        ))
     })?;
+    let target = target(destination)?;
     let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
     if read_only {
         flags |= libc::MS_RDONLY;

@@ -405,8 +405,10 @@ fn mount_container_fs(
         sys::mount("/dev/null", &path, "", libc::MS_BIND, "")
             .map_err(|e| err(&format!("masking {path}"), e))?;
     }
-    // Named volumes are numbered in the plan's order (their disks' serials).
+    // Named volumes are numbered in the plan's order (their disks'
+    // serials), host directories too (their virtio-fs tags).
     let mut named = 0;
+    let mut host_dirs = 0;
     for m in &plan.mounts {
         match m {
             MountPlan::Tmpfs {
@@ -435,10 +437,15 @@ fn mount_container_fs(
                 )
                 .map_err(|e| err(&format!("mounting tmpfs on {destination}"), e))?;
             }
-            MountPlan::Volume { destination, .. } => {
-                return Err(Failure::setup(format!(
-                    "volume at {destination}: the vm backend does not share host directories; use a named volume (`moat volume create`) or --isolation sandbox"
-                )));
+            MountPlan::Volume {
+                destination,
+                read_only,
+                ..
+            } => {
+                // By tag, in the plan's order; the plan's source (blanked
+                // by the host anyway) is never read in the guest.
+                crate::volumes::mount_host_dir(host_dirs, destination, *read_only)?;
+                host_dirs += 1;
             }
             MountPlan::Named {
                 name,

@@ -57,9 +57,11 @@ pub fn exec_socket(root: &Path, id: &str) -> PathBuf {
 }
 
 /// What reaches the guest of the bundle's mounts: files copied into the
-/// root disk, tmpfs mounts for the agent to make. The guest makes its own
-/// /proc, /sys, /dev, /dev/pts and /dev/shm; a directory bind mount (a
-/// volume) is refused.
+/// root disk, tmpfs mounts for the agent to make, and directory bind
+/// mounts (volumes) as host directories, each served by its own jailed
+/// virtiofsd (`moat_vm::virtiofs`; read-only on the host side too with
+/// `ro`). The guest makes its own /proc, /sys, /dev, /dev/pts and
+/// /dev/shm.
 fn guest_mounts(p: &Prepared) -> anyhow::Result<(Vec<FileCopy>, Vec<MountPlan>)> {
     let mut files = Vec::new();
     let mut tmpfs = Vec::new();
@@ -89,7 +91,12 @@ fn guest_mounts(p: &Prepared) -> anyhow::Result<(Vec<FileCopy>, Vec<MountPlan>)>
                 let meta = std::fs::metadata(&m.source)
                     .with_context(|| format!("config.json mount {} on {dst}", m.source))?;
                 if meta.is_dir() {
-                    bail!("config.json mount {} on {dst}: a directory bind mount (a volume, podman -v) cannot reach a micro-VM container (moat-oci copies only files into its disk); drop the volume, or run the container with --annotation moat.dev/isolation=sandbox", m.source);
+                    tmpfs.push(MountPlan::Volume {
+                        source: m.source.clone(),
+                        destination: dst.to_string(),
+                        read_only: m.options.iter().any(|o| o == "ro"),
+                    });
+                    continue;
                 }
                 if !meta.is_file() {
                     bail!("config.json mount {} on {dst}: not a regular file (a socket, fifo or device) and cannot reach a micro-VM container (moat-oci copies only files into its disk); drop the mount, or run the container with --annotation moat.dev/isolation=sandbox", m.source);
@@ -208,8 +215,13 @@ fn guest_plan(p: &Prepared, tmpfs: Vec<MountPlan>) -> anyhow::Result<Plan> {
         .or(plan.cgroup.cpu_millis)
         .or(Some(u64::from(vcpus + 1) * 1000));
     for t in tmpfs {
-        let MountPlan::Tmpfs { destination, .. } = &t else {
-            continue;
+        let destination = match &t {
+            MountPlan::Tmpfs { destination, .. } => destination,
+            MountPlan::Volume { .. } => {
+                plan.mounts.push(t);
+                continue;
+            }
+            MountPlan::Named { .. } => continue,
         };
         let exists = plan
             .mounts
@@ -473,7 +485,24 @@ fn run_helper(h: Helper, log: &Logger) -> i32 {
         return 125;
     }
     drop(h.tty);
-    let disk = match rootdisk::build(&h.state_root, &h.rootfs, &h.files, h.read_only) {
+    // The targets of directory volumes exist in the disk (the agent mounts
+    // onto them, never making one).
+    let mount_points: Vec<String> = h
+        .plan
+        .mounts
+        .iter()
+        .filter_map(|m| match m {
+            MountPlan::Volume { destination, .. } => Some(destination.clone()),
+            _ => None,
+        })
+        .collect();
+    let disk = match rootdisk::build(
+        &h.state_root,
+        &h.rootfs,
+        &h.files,
+        &mount_points,
+        h.read_only,
+    ) {
         Ok(d) => d,
         Err(e) => {
             fail(&format!(
@@ -745,7 +774,7 @@ mod tests {
     }
 
     #[test]
-    fn files_are_copied_tmpfs_kept_and_a_volume_refused_by_name() {
+    fn files_are_copied_tmpfs_kept_and_a_volume_served_by_virtiofs() {
         let dir = tempfile::tempdir().unwrap();
         let hosts = dir.path().join("hosts");
         std::fs::write(&hosts, "x").unwrap();
@@ -765,11 +794,26 @@ mod tests {
             &tmpfs[..],
             [MountPlan::Tmpfs { destination, size_bytes: 67108864, optional: true }] if destination == "/run"
         ));
-        let v = json!([{"destination": "/data", "type": "bind", "source": dir.path(), "options": ["rbind"]}]);
-        let err = guest_mounts(&prepared(config(v, None))).unwrap_err();
+        let v = json!([
+            {"destination": "/data", "type": "bind", "source": dir.path(), "options": ["rbind"]},
+            {"destination": "/ro/", "type": "bind", "source": dir.path(), "options": ["rbind", "ro"]}
+        ]);
+        let (_, mounts) = guest_mounts(&prepared(config(v, None))).unwrap();
+        let src = dir.path().display().to_string();
         assert_eq!(
-            err.to_string(),
-            format!("config.json mount {} on /data: a directory bind mount (a volume, podman -v) cannot reach a micro-VM container (moat-oci copies only files into its disk); drop the volume, or run the container with --annotation moat.dev/isolation=sandbox", dir.path().display())
+            mounts,
+            vec![
+                MountPlan::Volume {
+                    source: src.clone(),
+                    destination: "/data".into(),
+                    read_only: false,
+                },
+                MountPlan::Volume {
+                    source: src,
+                    destination: "/ro".into(),
+                    read_only: true,
+                },
+            ]
         );
     }
 

@@ -472,7 +472,8 @@ fn vm_ready(test: &str) -> bool {
 const VM: &str = "vm";
 
 /// A VM container's root is its own disk: what it writes stays out of
-/// podman's overlay, and a volume is refused with the mount and the fix.
+/// podman's overlay; a volume (`-v DIR:/data`) reaches the guest through
+/// its own virtiofsd, and what the guest writes there is on the host.
 fn vm_disk_and_volume(isolation: &str) {
     let p = Podman::new();
     let id = run_d(
@@ -503,12 +504,21 @@ fn vm_disk_and_volume(isolation: &str) {
     let host = p.dir.path().join("shared");
     std::fs::create_dir(&host).unwrap();
     let v = format!("{}:/data", host.display());
-    let o = run_rm(&p, isolation, &["-v", &v], &["true"]);
-    assert!(!o.status.success(), "a volume reached a VM container");
-    assert!(
-        stderr(&o).contains(&format!("config.json mount {} on /data: a directory bind mount (a volume, podman -v) cannot reach a micro-VM container (moat-oci copies only files into its disk); drop the volume, or run the container with --annotation moat.dev/isolation=sandbox", host.display())),
-        "{}",
-        stderr(&o)
+    let o = run_rm(
+        &p,
+        isolation,
+        &["-v", &v],
+        &[
+            "sh",
+            "-c",
+            "echo from-vm > /data/f; grep -c ' /data virtiofs' /proc/mounts",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "1\n");
+    assert_eq!(
+        std::fs::read_to_string(host.join("f")).unwrap(),
+        "from-vm\n"
     );
 }
 
@@ -534,5 +544,5 @@ vm_tests! {
     vm_user_1000 => user,
     vm_pids_limit => pids_limit,
     vm_memory_limit => memory_limit,
-    vm_disk_private_and_volume_refused => vm_disk_and_volume,
+    vm_disk_private_and_volume_through_virtiofsd => vm_disk_and_volume,
 }

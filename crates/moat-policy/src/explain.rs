@@ -34,6 +34,11 @@ pub struct Explanation {
     pub root: String,
     pub writable_paths: Vec<String>,
     pub volumes: Vec<String>,
+    /// What a granted host directory adds on the host when the container
+    /// runs in a micro-VM (`None`: no host directory granted, or sandbox
+    /// only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_host_directories: Option<String>,
     pub network: String,
     pub devices: Vec<String>,
     pub resources: Vec<String>,
@@ -216,6 +221,7 @@ pub fn explain(policy: &Policy) -> Explanation {
             .chain(s.filesystem.volume_grants.iter().map(volume_grant))
             .chain(s.filesystem.named_volumes.iter().map(named_volume))
             .collect(),
+        vm_host_directories: vm_host_directories(s),
         network,
         devices: s
             .devices
@@ -233,6 +239,19 @@ pub fn explain(policy: &Policy) -> Explanation {
         trust: trust_lines(&s.image),
     }
 }
+
+/// The line on host directories in a micro-VM, where the policy grants
+/// any and may run in one.
+fn vm_host_directories(s: &Spec) -> Option<String> {
+    let n = s.filesystem.volumes.len() + s.filesystem.volume_grants.len();
+    if n == 0 || s.isolation == IsolationRequirement::Sandbox {
+        return None;
+    }
+    Some(HOST_DIRECTORY_IN_VM.to_string())
+}
+
+/// What one host directory costs a micro-VM (docs/volumes.md).
+pub const HOST_DIRECTORY_IN_VM: &str = "in a micro-VM each mounted host directory adds a virtiofsd process on the host (root, its own mount, pid and net namespaces where only that directory is visible, read-only there when granted ro, no device nodes, its own seccomp filter) that serves the guest's file requests";
 
 /// `spec.image` as lines for `explain`.
 fn trust_lines(i: &crate::model::ImageRules) -> Vec<String> {
@@ -315,6 +334,9 @@ impl Explanation {
         };
         o.push_str(&format!("  writable      {}\n", list(&self.writable_paths)));
         o.push_str(&format!("  volumes       {}\n", list(&self.volumes)));
+        if let Some(v) = &self.vm_host_directories {
+            o.push_str(&format!("                {v}\n"));
+        }
         o.push_str(&format!("  network       {}\n", self.network));
         o.push_str(&format!(
             "  devices       {} (plus the standard /dev/null, zero, full, random, urandom, tty, pts)\n",

@@ -98,6 +98,31 @@ pub struct Surface {
     pub docker_default_score: f64,
 }
 
+/// The host process a host directory adds to a micro-VM. Its system calls
+/// are not counted in the score (no helper's are: QEMU's, pasta's); it
+/// runs under the allowlist virtiofsd installs itself.
+fn virtiofsd_reach(
+    source: &str,
+    destination: &str,
+    read_only: bool,
+    isolation: IsolationRequirement,
+) -> String {
+    format!(
+        "a virtiofsd process for host directory {source} at {destination} ({}){}: root on the host, its own mount, pid and net namespaces with only that directory visible{}, no device nodes, its own seccomp filter; it parses the guest's FUSE requests",
+        if read_only { "ro" } else { "rw" },
+        if isolation == IsolationRequirement::Any {
+            " when the container runs in a micro-VM"
+        } else {
+            ""
+        },
+        if read_only {
+            ", mounted read-only on the host side"
+        } else {
+            ""
+        }
+    )
+}
+
 /// Computes the surface of a compiled plan.
 pub fn of_plan(plan: &Plan) -> Result<Surface, BpfError> {
     let table = syscalls::table();
@@ -143,6 +168,25 @@ pub fn of_plan(plan: &Plan) -> Result<Surface, BpfError> {
             ],
         ),
     };
+    let mut host_reach = host_reach;
+    // A host directory reaches a micro-VM through a virtiofsd of its own.
+    if plan.isolation != IsolationRequirement::Sandbox {
+        for m in &plan.mounts {
+            if let MountPlan::Volume {
+                source,
+                destination,
+                read_only,
+            } = m
+            {
+                host_reach.push(virtiofsd_reach(
+                    source,
+                    destination,
+                    *read_only,
+                    plan.isolation,
+                ));
+            }
+        }
+    }
     let mut writable = Vec::new();
     // An ephemeral root: every path is writable, as in Docker's default.
     let ephemeral = matches!(plan.root, RootPlan::Ephemeral { .. });
@@ -367,5 +411,40 @@ mod tests {
         assert_eq!(sandbox.syscalls.allowed_count, 382);
         assert!(vm.score < sandbox.score);
         assert_eq!(vm.kernel, "the guest's own kernel (one per container)");
+    }
+
+    #[test]
+    fn a_host_directory_in_a_vm_adds_a_virtiofsd() {
+        let dir = MountPlan::Volume {
+            source: "/srv/data".into(),
+            destination: "/data".into(),
+            read_only: true,
+        };
+        let mut vm = plan_with(vec![], IsolationRequirement::Vm);
+        vm.mounts.push(dir.clone());
+        let s = of_plan(&vm).unwrap();
+        let line = s
+            .host_reach
+            .iter()
+            .find(|l| l.contains("virtiofsd"))
+            .expect("a virtiofsd line");
+        assert!(
+            line.starts_with("a virtiofsd process for host directory /srv/data at /data (ro): root on the host, its own mount, pid and net namespaces with only that directory visible, mounted read-only on the host side"),
+            "{line}"
+        );
+        let mut any = plan_with(vec![], IsolationRequirement::Any);
+        any.mounts.push(dir.clone());
+        let a = of_plan(&any).unwrap();
+        assert!(
+            a.host_reach
+                .iter()
+                .any(|l| l.contains("(ro) when the container runs in a micro-VM")),
+            "{:?}",
+            a.host_reach
+        );
+        let mut sandbox = plan_with(vec![], IsolationRequirement::Sandbox);
+        sandbox.mounts.push(dir);
+        let b = of_plan(&sandbox).unwrap();
+        assert!(!b.host_reach.iter().any(|l| l.contains("virtiofsd")));
     }
 }

@@ -130,6 +130,7 @@ fn probe_boot(state_root: &Path, hv: &dyn Hypervisor) -> Result<(), String> {
             cleanup: Vec::new(),
             trace: false,
             volumes: Vec::new(),
+            host_dirs: (Vec::new(), Vec::new()),
             net: None,
             netns: None,
             template: None,

@@ -33,6 +33,9 @@ pub struct BootRequest<'a> {
     pub trace: bool,
     /// Named volumes' disks, in the plan's order.
     pub volumes: Vec<crate::volumes::VolumeDisk>,
+    /// Host directories' daemons, ready to start in the VM's cgroups, and
+    /// the VMM's ends of their sockets, in the plan's order.
+    pub host_dirs: (Vec<crate::virtiofs::Daemon>, Vec<OwnedFd>),
     /// The guest's network device.
     pub net: Option<crate::net::NetDevice>,
     /// The network namespace the VMM joins (`None`: a new, empty one).
@@ -117,6 +120,7 @@ pub fn boot(hv: &dyn Hypervisor, mut req: BootRequest<'_>) -> Result<Booted, VmE
             .into_iter()
             .map(|v| (v.file, v.read_only))
             .collect(),
+        host_dirs: req.host_dirs.1,
         control: guest,
         vcpus: req.vcpus,
         memory_mib: req.memory_mib,
@@ -132,6 +136,7 @@ pub fn boot(hv: &dyn Hypervisor, mut req: BootRequest<'_>) -> Result<Booted, VmE
         req.cleanup,
         req.state_root,
         req.netns,
+        req.host_dirs.0,
         host,
     )
 }
@@ -175,6 +180,7 @@ fn boot_template(
         root_disk: Some(disk),
         root_writable: false,
         volumes: Vec::new(),
+        host_dirs: Vec::new(),
         control: guest,
         vcpus: req.vcpus,
         memory_mib: req.memory_mib,
@@ -190,6 +196,7 @@ fn boot_template(
         req.cleanup.clone(),
         state_root,
         None,
+        Vec::new(),
         host,
     )
 }
@@ -203,13 +210,14 @@ fn spawn(
     cleanup: Vec<std::path::PathBuf>,
     state_root: &Path,
     netns: Option<OwnedFd>,
+    daemons: Vec<crate::virtiofs::Daemon>,
     host: OwnedFd,
 ) -> Result<Booted, VmError> {
     let (memory_mib, vcpus, accel) = (spec.memory_mib, spec.vcpus, spec.accel);
     let cmd = hv.command(spec)?;
     // Each VM gets its own uid, derived from its random id.
     let n = u32::from_str_radix(&id[..4.min(id.len())], 16).unwrap_or(0);
-    let vmm = jail::spawn(
+    let vmm = jail::spawn_with_daemons(
         cmd,
         &JailSpec {
             name: format!("vm-{id}"),
@@ -225,6 +233,7 @@ fn spawn(
             },
             netns,
         },
+        daemons,
     )?;
     Ok(Booted { vmm, control: host })
 }

@@ -86,6 +86,8 @@ pub enum JailError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Daemon(crate::virtiofs::VirtiofsError),
     #[error("starting the jailed VMM ({program})")]
     Spawn {
         program: String,
@@ -117,6 +119,9 @@ impl Jailed {
 /// A running, jailed VMM.
 pub struct RunningVmm {
     child: Option<Jailed>,
+    /// The virtio-fs daemons (children of this thread) and the host
+    /// directories they serve; reaped at teardown.
+    daemons: Vec<(libc::pid_t, String)>,
     pub console: File,
     /// The uid the VMM runs as.
     pub uid: u32,
@@ -141,6 +146,21 @@ impl RunningVmm {
     /// Whether the VMM is gone; its exit status if so.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
         self.child.as_mut().and_then(Jailed::try_wait)
+    }
+
+    /// The host directory and exit status of a virtio-fs daemon that has
+    /// ended (reaped here), if one has.
+    pub fn daemon_exited(&mut self) -> Option<(String, ExitStatus)> {
+        for i in 0..self.daemons.len() {
+            let status = match sys::wait_nohang(self.daemons[i].0) {
+                Ok(None) => continue,
+                Ok(Some(raw)) => ExitStatus::from_raw(raw),
+                // Not ours to wait for any more: it is gone.
+                Err(_) => ExitStatus::from_raw(125 << 8),
+            };
+            return Some((self.daemons.remove(i).1, status));
+        }
+        None
     }
 
     /// OOM kills in the VMM's memory cgroup so far.
@@ -172,12 +192,26 @@ impl RunningVmm {
         if let Some(done) = self.reaper_done.take() {
             wait_eof(&done, deadline);
         }
+        reap(&mut self.daemons, deadline);
     }
 }
 
 impl Drop for RunningVmm {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Reaps `pids` (children that the cleanup watcher kills, or that exit
+/// once QEMU is gone), until `deadline`.
+fn reap(pids: &mut Vec<(libc::pid_t, String)>, deadline: Instant) {
+    while !pids.is_empty() {
+        // Gone, or not ours to wait for: either way, done.
+        pids.retain(|&(p, _)| matches!(sys::wait_nohang(p), Ok(None)));
+        if pids.is_empty() || Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -246,10 +280,28 @@ fn spawn_err(program: &str) -> impl FnOnce(std::io::Error) -> JailError + '_ {
 
 /// Starts `cmd` in the jail.
 pub fn spawn(cmd: VmmCommand, spec: &JailSpec) -> Result<RunningVmm, JailError> {
-    let memory_bytes = (spec.guest_memory_mib + cmd.overhead_mib) * 1024 * 1024;
+    spawn_with_daemons(cmd, spec, Vec::new())
+}
+
+/// [`spawn`], first starting `daemons` (the virtio-fs daemons of the VM's
+/// host directories: as root, each in its own jail, see
+/// [`crate::virtiofs`]) in the VM's cgroups, so that they die with it.
+pub fn spawn_with_daemons(
+    cmd: VmmCommand,
+    spec: &JailSpec,
+    daemons: Vec<crate::virtiofs::Daemon>,
+) -> Result<RunningVmm, JailError> {
+    let n_daemons = daemons.len() as u64;
+    let memory_bytes = (spec.guest_memory_mib
+        + cmd.overhead_mib
+        + n_daemons * crate::virtiofs::MEMORY_PER_DAEMON_MIB)
+        * 1024
+        * 1024;
     let limits = CgroupLimits {
         memory_bytes: Some(memory_bytes),
-        pids: Some(PIDS_BASE + 2 * u64::from(spec.vcpus)),
+        pids: Some(
+            PIDS_BASE + 2 * u64::from(spec.vcpus) + n_daemons * crate::virtiofs::PIDS_PER_DAEMON,
+        ),
         cpu_millis: spec.cpu_millis,
     };
     let hierarchies = Hierarchies::host().map_err(JailError::Cgroups)?;
@@ -286,6 +338,22 @@ pub fn spawn(cmd: VmmCommand, spec: &JailSpec) -> Result<RunningVmm, JailError> 
     };
     let (console_r, console_w) = sys::pipe().map_err(spawn_err("pipe"))?;
     let console_w2 = console_w.try_clone().map_err(spawn_err("pipe"))?;
+    // The host directories' daemons, before the VMM that connects to
+    // them; their errors go to the VMM's console (shown when a boot fails).
+    let proc_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
+    let mut daemon_pids = Vec::new();
+    for d in daemons {
+        let source = d.source.clone();
+        match crate::virtiofs::spawn(d, &proc_fds, console_w2.as_fd()) {
+            Ok(pid) => daemon_pids.push((pid, source)),
+            Err(e) => {
+                // The watcher kills what started; reap it here.
+                drop(reaper_trigger);
+                reap(&mut daemon_pids, Instant::now() + TEARDOWN_DEADLINE);
+                return Err(JailError::Daemon(e));
+            }
+        }
+    }
     let cstring = |p: &Path| CString::new(p.as_os_str().as_encoded_bytes()).ok();
     let hide: Vec<CString> = HIDDEN
         .iter()
@@ -349,6 +417,7 @@ pub fn spawn(cmd: VmmCommand, spec: &JailSpec) -> Result<RunningVmm, JailError> 
     drop((console_w, console_w2, null));
     Ok(RunningVmm {
         child: Some(child),
+        daemons: daemon_pids,
         console: File::from(console_r),
         uid: spec.uid,
         oom_events,

@@ -26,6 +26,7 @@ pub mod supervisor;
 mod sys;
 pub mod template;
 pub mod trace;
+pub mod virtiofs;
 pub mod volumes;
 
 use std::path::{Path, PathBuf};
@@ -49,7 +50,8 @@ pub const DEFAULT_MEMORY_MIB: u64 = 256;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum VmStart {
     /// From the template where the VM's shape allows (a verified EROFS
-    /// root, no volumes, no network device), else a cold boot, silently.
+    /// root, no volumes or host directories, no network device), else a
+    /// cold boot, silently.
     #[default]
     Auto,
     /// From the template; a notice, then a cold boot, where it cannot be.
@@ -160,6 +162,18 @@ pub enum VmError {
         "the VM ended ({status}) before the workload reported an exit status; console:\n{console}"
     )]
     VmExited { status: String, console: String },
+    #[error("the virtiofsd serving host directory {directory} ended ({status}) while the VM ran; the VM is stopped (its file requests would wait for ever); console:\n{console}")]
+    DaemonExited {
+        directory: String,
+        status: String,
+        console: String,
+    },
+    #[error("the container mounts {named} named volume(s) and {host} host director(ies); a micro-VM takes at most {max} in all: mount fewer (one parent directory instead of several)")]
+    TooManyVolumes {
+        named: usize,
+        host: usize,
+        max: usize,
+    },
     #[error("in the guest: {message}")]
     Guest { message: String },
     #[error(transparent)]
@@ -214,8 +228,19 @@ pub fn run_container_reporting(
             policy: opts.plan.policy_name.clone(),
         });
     }
-    // Locked before anything boots: a volume in use refuses the start.
-    let volume_disks = volumes::open(&opts.plan)?;
+    // Locked before anything boots: a volume in use refuses the start; a
+    // host directory is opened (never through a link) before it too.
+    let volumes::Volumes {
+        disks: volume_disks,
+        dirs: host_dirs,
+    } = volumes::open(&opts.plan)?;
+    if volume_disks.len() + host_dirs.len() > qemu::MAX_VOLUMES {
+        return Err(VmError::TooManyVolumes {
+            named: volume_disks.len(),
+            host: host_dirs.len(),
+            max: qemu::MAX_VOLUMES,
+        });
+    }
     let hv = Qemu::default();
     if !hv.available() {
         return Err(hypervisor::HypervisorError::NotInstalled {
@@ -294,6 +319,20 @@ pub fn run_container_reporting(
         (None, _) => (None, None, None),
     };
     trace.mark("network ready");
+    // Each host directory's daemon, its mount point and socket in a
+    // directory of the run root that the cleanup watcher removes.
+    let mut jail_dir = None;
+    let host_dirs = if host_dirs.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        let dir = opts.run_root.join(format!("vfs-{}", id.short()));
+        cleanup.push(dir.clone());
+        jail_dir = Some(dir.clone());
+        virtiofs::prepare(host_dirs, &dir).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&dir);
+            VmError::Volume(e.into())
+        })?
+    };
     let shape = template::Shape {
         vcpus,
         memory_mib,
@@ -304,7 +343,7 @@ pub fn run_container_reporting(
         &opts,
         shape,
         &root,
-        volume_disks.is_empty() && net_device.is_none(),
+        volume_disks.is_empty() && host_dirs.0.is_empty() && net_device.is_none(),
         notice,
     )?
     .map(|(state, mut msg)| {
@@ -348,11 +387,19 @@ pub fn run_container_reporting(
                 .collect(),
             trace: trace.on(),
             volumes: volume_disks,
+            host_dirs,
             net: net_device,
             netns,
             template: template_boot,
         },
-    )?;
+    )
+    .inspect_err(|_| {
+        // Failed before the cleanup watcher took it over, or after (then
+        // the watcher's removal finds nothing): never left behind.
+        if let Some(d) = &jail_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    })?;
     if let Some(qmp) = qmp {
         // The VMM waits for this before it loads the template's state.
         template::start_incoming(qmp).map_err(|e| VmError::Template(Box::new(e)))?;
@@ -414,7 +461,7 @@ fn start_from_template(
     }
     if root.fs != rootfs::RootFs::Verity || !plain_devices {
         if explicit {
-            notice("moat: notice: booting the micro-VM cold: templates cover a verified image root without volumes or a network device");
+            notice("moat: notice: booting the micro-VM cold: templates cover a verified image root without volumes, host directories or a network device");
         }
         return Ok(None);
     }

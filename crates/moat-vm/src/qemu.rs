@@ -20,6 +20,14 @@ const FD_DISK_RO: i32 = 7;
 /// Named volumes: two descriptors each (read-write, read-only, as for a
 /// writable root disk) from here on, fdset 2 + N.
 const FD_VOLUMES: i32 = 16;
+/// Host directories: the connected vhost-user socket of each one's
+/// virtiofsd, from here on (one each).
+const FD_HOST_DIRS: i32 = 128;
+/// At most this many named volumes and host directories in all: the
+/// jail hands the VMM at most 64 descriptors (a dozen its own, two per
+/// named volume, one per host directory), and named volumes' numbers
+/// (two each from [`FD_VOLUMES`]) stay below [`FD_HOST_DIRS`].
+pub const MAX_VOLUMES: usize = 24;
 /// The tap queue of a [`NetDevice::Tap`].
 const FD_NET: i32 = 8;
 /// A template VM's monitor socket, a restore's migration stream, and the
@@ -65,9 +73,12 @@ impl Qemu {
         let mut a: Vec<String> = Vec::new();
         let mut push = |s: &str| a.push(s.to_string());
         push("-M");
+        // Guest RAM the virtio-fs daemons map: a shared memfd (a
+        // template's VM has no host directories, see lib.rs).
+        let shared_ram = !spec.host_dirs.is_empty() && spec.template.is_none();
         push(&format!(
             "microvm,x-option-roms=off,rtc=off,pit=off,pic=off,isa-serial=on,acpi=on{}",
-            if spec.template.is_some() {
+            if spec.template.is_some() || shared_ram {
                 ",memory-backend=moatmem"
             } else {
                 ""
@@ -132,6 +143,26 @@ impl Qemu {
             push("-device");
             push(&format!(
                 "virtio-blk-device,drive=vol{i},serial=moat-vol-{i}"
+            ));
+        }
+        if shared_ram {
+            // virtiofsd's libvhost-user serves modern (virtio 1.0) devices
+            // only; microvm's virtio-mmio transports are legacy unless told.
+            push("-global");
+            push("virtio-mmio.force-legacy=false");
+            push("-object");
+            push(&format!(
+                "memory-backend-memfd,id=moatmem,size={}M,share=on",
+                spec.memory_mib
+            ));
+        }
+        for i in 0..spec.host_dirs.len() {
+            push("-chardev");
+            push(&format!("socket,id=vfs{i},fd={}", FD_HOST_DIRS + i as i32));
+            push("-device");
+            push(&format!(
+                "vhost-user-fs-device,chardev=vfs{i},tag={}",
+                crate::virtiofs::tag(i)
             ));
         }
         push("-device");
@@ -253,6 +284,9 @@ impl Hypervisor for Qemu {
             fds.push((OwnedFd::from(ro_file), ro));
             fds.push((OwnedFd::from(f), rw));
         }
+        for (i, fd) in spec.host_dirs.into_iter().enumerate() {
+            fds.push((fd, FD_HOST_DIRS + i as i32));
+        }
         if let Some(NetDevice::Tap { fd, .. }) = spec.net {
             fds.push((fd, FD_NET));
         }
@@ -295,6 +329,7 @@ mod tests {
             root_disk: disk.then(f),
             root_writable: false,
             volumes: Vec::new(),
+            host_dirs: Vec::new(),
             control: a,
             vcpus: 1,
             memory_mib: 128,
@@ -348,6 +383,24 @@ mod tests {
         assert!(
             nums.contains(&16) && nums.contains(&17) && nums.contains(&19),
             "{nums:?}"
+        );
+    }
+
+    #[test]
+    fn host_directories_are_vhost_user_fs_devices_on_shared_ram() {
+        let mut s = spec(true, Accel::Tcg);
+        let fd = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        s.host_dirs = vec![fd(), fd()];
+        let a = Qemu::args(&s).join(" ");
+        assert!(a.contains("acpi=on,memory-backend=moatmem "), "{a}");
+        assert!(
+            a.contains("-global virtio-mmio.force-legacy=false -object memory-backend-memfd,id=moatmem,size=128M,share=on -chardev socket,id=vfs0,fd=128 -device vhost-user-fs-device,chardev=vfs0,tag=moat-dir-0 -chardev socket,id=vfs1,fd=129 -device vhost-user-fs-device,chardev=vfs1,tag=moat-dir-1 "),
+            "{a}"
+        );
+        let plain = Qemu::args(&spec(true, Accel::Tcg)).join(" ");
+        assert!(
+            !plain.contains("memfd") && !plain.contains("vhost-user"),
+            "{plain}"
         );
     }
 

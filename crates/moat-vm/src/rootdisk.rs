@@ -53,6 +53,7 @@ pub fn build(
     state_root: &Path,
     rootfs: &Path,
     files: &[FileCopy],
+    mount_points: &[String],
     read_only: bool,
 ) -> Result<RootImage, RootfsError> {
     if !rootfs.is_dir() {
@@ -86,6 +87,22 @@ pub fn build(
     let mut script = String::new();
     for d in rootfs::MOUNT_POINTS {
         script.push_str(&format!("mkdir /{d}\n"));
+    }
+    for m in mount_points {
+        let comps: Vec<&str> = m.split('/').filter(|c| !c.is_empty()).collect();
+        if comps.is_empty() || comps.iter().any(|c| *c == ".." || *c == ".") {
+            return Err(RootfsError::Tool {
+                tool: "debugfs",
+                path: PathBuf::from(m),
+                detail: format!("mount point {m:?} is not a clean absolute path"),
+            });
+        }
+        let mut dir = String::new();
+        for c in comps {
+            dir.push('/');
+            dir.push_str(c);
+            script.push_str(&format!("mkdir {}\n", quote(&dir)));
+        }
     }
     for f in files {
         let dst = f.destination.trim_end_matches('/');
@@ -188,6 +205,7 @@ mod tests {
                     destination: "/run/sub/.containerenv".into(),
                 },
             ],
+            &["/srv/data/deep".to_string(), "/etc".to_string()],
             false,
         )
         .unwrap();
@@ -204,6 +222,16 @@ mod tests {
         assert_eq!(cat("/etc/hosts"), "127.0.0.1 new\n");
         assert_eq!(cat("/etc/resolv.conf"), "127.0.0.1 new\n");
         assert_eq!(cat("/run/sub/.containerenv"), "127.0.0.1 new\n");
+        let stat = Command::new("debugfs")
+            .args(["-R", "stat /srv/data/deep"])
+            .arg(&img.path)
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&stat.stdout).contains("Type: directory"),
+            "{}",
+            String::from_utf8_lossy(&stat.stdout)
+        );
         let dir = img.per_run_dir().unwrap();
         drop(img);
         assert!(!dir.exists(), "the per-run disk outlived its image");

@@ -171,6 +171,21 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                 console: console_text(&console, tail),
             });
         }
+        if let Some((directory, status)) = booted.vmm.daemon_exited() {
+            // QEMU ending first ends its daemons too: that is the VM's
+            // exit, reported above on the next round.
+            std::thread::sleep(Duration::from_millis(200));
+            if booted.vmm.try_wait().is_none() {
+                // The guest's requests to it would wait for ever.
+                let tail = console_tail(&mut booted.vmm.console, 20);
+                return Err(VmError::DaemonExited {
+                    directory,
+                    status: status.to_string(),
+                    console: console_text(&console, tail),
+                });
+            }
+            continue;
+        }
         let mut fds = vec![
             libc::pollfd {
                 fd: sock.as_raw_fd(),
@@ -309,7 +324,7 @@ pub fn run(mut booted: Booted, opts: SessionOptions<'_>) -> Result<i32, VmError>
                             &mut out,
                             Message::Start(Box::new(Start {
                                 process: opts.process.clone(),
-                                plan: opts.plan.clone(),
+                                plan: crate::volumes::for_guest(opts.plan),
                                 host_version: env!("CARGO_PKG_VERSION").to_string(),
                                 session: session.clone(),
                                 wall_clock: Some(WallClock {

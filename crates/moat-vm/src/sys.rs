@@ -296,13 +296,14 @@ impl PreExec {
         }
         // Two phases, so that a source that happens to sit on another
         // source's target number is not overwritten before it is used.
-        let mut high: [RawFd; 8] = [-1; 8];
+        let mut high: [RawFd; 64] = [-1; 64];
         if self.fds.len() > high.len() {
             return Err(io::Error::from_raw_os_error(libc::EMFILE));
         }
         for (i, &(from, _)) in self.fds.iter().enumerate() {
-            // SAFETY: duplicates an fd we own onto a number >= 64, close-on-exec.
-            high[i] = check(unsafe { libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 64) })?;
+            // SAFETY: duplicates an fd we own onto a number >= 256 (above
+            // every target number), close-on-exec.
+            high[i] = check(unsafe { libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 256) })?;
         }
         for (i, &(_, to)) in self.fds.iter().enumerate() {
             // SAFETY: dup2 onto the target number; the new fd is inheritable.
@@ -311,7 +312,7 @@ impl PreExec {
         // Nothing else crosses the exec: whatever moat inherited or opened
         // (a caller's `exec 7</etc/shadow`, the cgroup files above) becomes
         // close-on-exec (CVE-2024-21626 class).
-        let mut keep: [RawFd; 8] = [-1; 8];
+        let mut keep: [RawFd; 64] = [-1; 64];
         for (i, &(_, to)) in self.fds.iter().enumerate() {
             keep[i] = to;
         }
@@ -945,4 +946,157 @@ pub fn try_map(fd: BorrowedFd<'_>, len: usize, shared: bool) -> io::Result<()> {
     }
     // SAFETY: `p` is the live mapping of `len` bytes made above.
     check(unsafe { libc::munmap(p, len) }).map(drop)
+}
+
+/// `MOUNT_ATTR_*` of `mount_setattr(2)`.
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// Opens the directory `path` (absolute) as `O_PATH` without following any
+/// symbolic or magic link on the way (`openat2(RESOLVE_NO_SYMLINKS |
+/// RESOLVE_NO_MAGICLINKS)`): the directory opened is the one the path names.
+pub fn open_dir_no_symlinks(path: &str) -> io::Result<OwnedFd> {
+    let p = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: open_how is plain data; all-zero is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `p` and `how` are valid for the call; the size matches.
+    let fd = check_long(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    })?;
+    // SAFETY: the kernel just returned this new descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// A detached copy of the mount at `dir` (`open_tree(OPEN_TREE_CLONE)`,
+/// not recursive: mounts below `dir` are not part of it) with `attrs`
+/// (`MOUNT_ATTR_*`) set on it.
+pub fn clone_mount(dir: BorrowedFd<'_>, attrs: u64) -> io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let flags =
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
+    // SAFETY: `dir` is a valid descriptor; the path is an empty C string
+    // interpreted with AT_EMPTY_PATH.
+    let fd = check_long(unsafe {
+        libc::syscall(libc::SYS_open_tree, dir.as_raw_fd(), c"".as_ptr(), flags)
+    })?;
+    // SAFETY: the kernel just returned this new descriptor.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set: attrs,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `attr` is a `struct mount_attr` (VER0 size) that lives for
+    // the call; the path is an empty C string used with AT_EMPTY_PATH.
+    check_long(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    Ok(tree)
+}
+
+/// What a virtiofsd's process does between fork and exec: its own session,
+/// death with the supervisor, the VM's cgroups, its own mount namespace
+/// (private propagation) with the granted directory's detached mount
+/// `tree` attached at `mountpoint`, the vhost-user listening socket on
+/// descriptor 3 and nothing else inherited.
+pub struct DaemonPreExec {
+    pub cgroup_procs: Vec<RawFd>,
+    pub tree: RawFd,
+    pub mountpoint: CString,
+    pub listen: RawFd,
+}
+
+/// Spawns `cmd` with `pre` applied between fork and exec.
+pub fn spawn_daemon(
+    cmd: &mut std::process::Command,
+    pre: DaemonPreExec,
+) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child, between fork and exec,
+    // as `apply` requires; `apply` makes async-signal-safe system calls on
+    // data prepared before the fork and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || pre.apply());
+    }
+    cmd.spawn()
+}
+
+impl DaemonPreExec {
+    /// # Safety
+    /// Only between fork and exec: system calls on data prepared before
+    /// the fork, no allocation.
+    unsafe fn apply(&self) -> io::Result<()> {
+        const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+        // SAFETY: plain system calls without pointers.
+        check(unsafe { libc::setsid() })?;
+        // SAFETY: as above; dies with its supervisor thread.
+        check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
+        // SAFETY: getppid cannot fail.
+        if unsafe { libc::getppid() } == 1 {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        for &fd in &self.cgroup_procs {
+            // SAFETY: writes 1 byte from a static buffer to an open fd.
+            if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // SAFETY: flags only.
+        check(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
+        // SAFETY: static C strings and NULL data; makes our mounts private.
+        check(unsafe {
+            libc::mount(
+                c"none".as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+        })?;
+        // SAFETY: `tree` is a detached mount held by the parent (inherited
+        // across the fork); `mountpoint` is a C string prepared before it.
+        check_long(unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                self.tree,
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                self.mountpoint.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        })?;
+        if self.listen == 3 {
+            // SAFETY: clears close-on-exec on our own descriptor.
+            check(unsafe { libc::fcntl(3, libc::F_SETFD, 0) })?;
+        } else {
+            // SAFETY: dup2 of a descriptor we own onto 3; the copy is
+            // inheritable.
+            check(unsafe { libc::dup2(self.listen, 3) })?;
+        }
+        cloexec_all_but(&mut [3])
+    }
 }

@@ -414,6 +414,7 @@ fn build_in(
             cleanup: Vec::new(),
             trace: false,
             volumes: Vec::new(),
+            host_dirs: (Vec::new(), Vec::new()),
             net: None,
             netns: None,
             template: Some(TemplateBoot::Build {
