@@ -7,8 +7,7 @@
 
 #[path = "clients/mod.rs"]
 mod clients;
-#[path = "../../moat-vm/tests/common/host.rs"]
-mod vmhost;
+use moat_testkit::host as vmhost;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -11,8 +11,7 @@
 
 #[path = "sandbox_common/mod.rs"]
 mod common;
-#[path = "../../moat-vm/tests/common/host.rs"]
-mod vm_host;
+use moat_testkit::host as vm_host;
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};

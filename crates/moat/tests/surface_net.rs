@@ -6,8 +6,7 @@
 
 #[path = "sandbox_common/mod.rs"]
 mod common;
-#[path = "../../moat-vm/tests/common/host.rs"]
-mod vm_host;
+use moat_testkit::host as vm_host;
 
 use common::{can_sandbox, stderr, stdout, vm_ready, Env};
 

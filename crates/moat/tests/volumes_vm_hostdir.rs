@@ -8,8 +8,7 @@
 
 #[path = "sandbox_common/mod.rs"]
 mod common;
-#[path = "../../moat-vm/tests/common/host.rs"]
-mod vm_host;
+use moat_testkit::host as vm_host;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
