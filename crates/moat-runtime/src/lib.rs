@@ -36,4 +36,4 @@ pub mod volumes;
 pub use backend::Backend;
 pub use id::{ContainerId, ContainerName, ImageRef, Isolation};
 pub use record::{Record, StateError, Status};
-pub use sys::install_seccomp;
+pub use sys::{install_seccomp, install_seccomp_keeping_privileges};

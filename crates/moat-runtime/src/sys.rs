@@ -64,8 +64,23 @@ pub fn drop_capabilities(keep: &[u32]) -> io::Result<()> {
 /// Sets `no_new_privs` and installs `prog` as a seccomp filter: on every
 /// thread of the process when `tsync` (`SECCOMP_FILTER_FLAG_TSYNC`), else
 /// on the calling thread only (and the threads it creates afterwards). The
-/// one installer of the runtime, the VM supervisor and moatd.
+/// one installer of the runtime, the VM supervisor, moatd and the shim.
 pub fn install_seccomp(prog: &[moat_policy::plan::SockFilter], tsync: bool) -> io::Result<()> {
+    rustix::thread::set_no_new_privs(true)?;
+    load_seccomp(prog, tsync)
+}
+
+/// [`install_seccomp`] without setting `no_new_privs`, for a process with
+/// CAP_SYS_ADMIN whose children must not inherit the bit (the containerd
+/// shim: its containers' bit is the site's decision).
+pub fn install_seccomp_keeping_privileges(
+    prog: &[moat_policy::plan::SockFilter],
+    tsync: bool,
+) -> io::Result<()> {
+    load_seccomp(prog, tsync)
+}
+
+fn load_seccomp(prog: &[moat_policy::plan::SockFilter], tsync: bool) -> io::Result<()> {
     let mut insns: Vec<libc::sock_filter> = prog
         .iter()
         .map(|i| libc::sock_filter {
@@ -79,7 +94,6 @@ pub fn install_seccomp(prog: &[moat_policy::plan::SockFilter], tsync: bool) -> i
         len: u16::try_from(insns.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
         filter: insns.as_mut_ptr(),
     };
-    rustix::thread::set_no_new_privs(true)?;
     let flags: libc::c_ulong = if tsync {
         libc::SECCOMP_FILTER_FLAG_TSYNC
     } else {

@@ -7,6 +7,8 @@
 //! [`runtime`]), and keeps what containerd asks about between them
 //! (processes, stdio, exit statuses).
 
+#![forbid(unsafe_code)]
+
 pub mod exits;
 pub mod options;
 pub mod runtime;

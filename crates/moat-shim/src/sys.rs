@@ -30,35 +30,7 @@ pub fn confine() -> io::Result<()> {
     if filtered() {
         return Ok(());
     }
-    let prog = filter();
-    let mut insns: Vec<libc::sock_filter> = prog
-        .iter()
-        .map(|i| libc::sock_filter {
-            code: i.code,
-            jt: i.jt,
-            jf: i.jf,
-            k: i.k,
-        })
-        .collect();
-    let fprog = libc::sock_fprog {
-        len: u16::try_from(insns.len()).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
-        filter: insns.as_mut_ptr(),
-    };
-    // SAFETY: `fprog` points at `insns`, which outlives the call; the
-    // kernel copies the program. No other pointer is passed.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            0 as libc::c_ulong,
-            &fprog as *const libc::sock_fprog,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    moat_runtime::install_seccomp_keeping_privileges(&filter(), false)
 }
 
 #[cfg(test)]
