@@ -957,39 +957,28 @@ pub const MOUNT_ATTR_NODEV: u64 = 0x4;
 /// symbolic or magic link on the way (`openat2(RESOLVE_NO_SYMLINKS |
 /// RESOLVE_NO_MAGICLINKS)`): the directory opened is the one the path names.
 pub fn open_dir_no_symlinks(path: &str) -> io::Result<OwnedFd> {
-    let p = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: open_how is plain data; all-zero is a valid value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: `p` and `how` are valid for the call; the size matches.
-    let fd = check_long(unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            libc::AT_FDCWD,
-            p.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    })?;
-    // SAFETY: the kernel just returned this new descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    Ok(rustix::fs::openat2(
+        rustix::fs::CWD,
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )?)
 }
 
 /// A detached copy of the mount at `dir` (`open_tree(OPEN_TREE_CLONE)`,
 /// not recursive: mounts below `dir` are not part of it) with `attrs`
 /// (`MOUNT_ATTR_*`) set on it.
 pub fn clone_mount(dir: BorrowedFd<'_>, attrs: u64) -> io::Result<OwnedFd> {
-    const OPEN_TREE_CLONE: libc::c_uint = 1;
-    let flags =
-        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
-    // SAFETY: `dir` is a valid descriptor; the path is an empty C string
-    // interpreted with AT_EMPTY_PATH.
-    let fd = check_long(unsafe {
-        libc::syscall(libc::SYS_open_tree, dir.as_raw_fd(), c"".as_ptr(), flags)
-    })?;
-    // SAFETY: the kernel just returned this new descriptor.
-    let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    use rustix::mount::OpenTreeFlags;
+    let tree = rustix::mount::open_tree(
+        dir,
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_EMPTY_PATH,
+    )?;
     #[repr(C)]
     struct MountAttr {
         attr_set: u64,
