@@ -343,7 +343,11 @@ fn mount_container_fs(
         sys::move_mount_to(c.as_fd(), "/dev/console")
             .map_err(|e| err("mounting the terminal on /dev/console", e))?;
     }
-    for (d, mode) in [("/dev/pts", 0o755), ("/dev/shm", 0o1777)] {
+    for (d, mode) in [
+        ("/dev/pts", 0o755),
+        ("/dev/shm", 0o1777),
+        ("/dev/mqueue", 0o1777),
+    ] {
         std::fs::create_dir(d).map_err(|e| err(&format!("mkdir {d}"), e))?;
         sys::chmod(d, mode).map_err(|e| err(&format!("chmod {d}"), e))?;
     }
@@ -358,6 +362,10 @@ fn mount_container_fs(
     .map_err(|e| err("mounting /dev/pts", e))?;
     sys::mount("shm", "/dev/shm", "tmpfs", hard, "mode=1777,size=65536k")
         .map_err(|e| err("mounting /dev/shm", e))?;
+    // POSIX message queues as runc and the sandbox give them: the guest's
+    // own, so a workload filling them reaches no other container.
+    sys::mount("mqueue", "/dev/mqueue", "mqueue", hard, "")
+        .map_err(|e| err("mounting /dev/mqueue", e))?;
     for (link, target) in [
         ("/dev/ptmx", "pts/ptmx"),
         ("/dev/fd", "/proc/self/fd"),

@@ -178,7 +178,8 @@ fn a_non_root_workload_uses_the_standard_devices() {
          head -c 4 /dev/random | wc -c; \
          echo x > /dev/full 2>/dev/null || echo full-refuses; \
          [ -e /dev/tty ] || echo no-tty-without-t; \
-         stat -c '%n %a %u:%g' /dev /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/pts /dev/shm /tmp /run",
+         stat -c '%n %a %u:%g' /dev /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/pts /dev/shm /dev/mqueue /tmp /run; \
+         grep -c '^mqueue /dev/mqueue mqueue ' /proc/mounts",
     );
     p.uid = 1000;
     p.gid = 1000;
@@ -195,7 +196,8 @@ fn a_non_root_workload_uses_the_standard_devices() {
         "null-ok\n4\n4\n4\nfull-refuses\nno-tty-without-t\n\
          /dev 755 0:0\n/dev/null 666 0:0\n/dev/zero 666 0:0\n/dev/full 666 0:0\n\
          /dev/random 666 0:0\n/dev/urandom 666 0:0\n\
-         /dev/pts 755 0:0\n/dev/shm 1777 0:0\n/tmp 1777 0:0\n/run 755 0:0\n"
+         /dev/pts 755 0:0\n/dev/shm 1777 0:0\n/dev/mqueue 1777 0:0\n\
+         /tmp 1777 0:0\n/run 755 0:0\n1\n"
     );
 }
 
