@@ -25,7 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::{ContainerId, ContainerName, Isolation};
+use crate::id::{ContainerId, ContainerName, ImageId, Isolation};
 
 /// The record format written by this version. Records without a
 /// `version` (0) were written before it (the vm backend still writes
@@ -129,7 +129,7 @@ pub struct Record {
     #[serde(default = "running")]
     pub status: Status,
     /// Image config digest (`sha256:<hex>`), or `rootfs:<dir>`.
-    pub image_id: String,
+    pub image_id: ImageId,
     /// Host pid of the container's first process (PID 1 inside); 0 until
     /// it exists. For the vm backend, the supervising `moat` process.
     pub pid: i32,
@@ -199,14 +199,14 @@ impl Record {
         id: ContainerId,
         name: ContainerName,
         isolation: Isolation,
-        image_id: &str,
+        image_id: ImageId,
     ) -> Record {
         Record {
             version: RECORD_VERSION,
             id,
             name,
             status: Status::Created,
-            image_id: image_id.to_string(),
+            image_id,
             pid: 0,
             isolation,
             created: now_rfc3339(),

@@ -68,7 +68,9 @@ mod tests {
             ContainerId::parse(&"deadbeef".repeat(8)).unwrap(),
             ContainerName::parse("gone").unwrap(),
             Isolation::Sandbox,
-            "sha256:00",
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+                .parse()
+                .unwrap(),
         );
         s.supervisor_pid = i32::MAX - 1;
         s.supervisor_start_time = 1;

@@ -7,7 +7,7 @@ fn mk(id: &str) -> Record {
         ContainerId::parse(id).unwrap(),
         ContainerName::parse("n").unwrap(),
         Isolation::Sandbox,
-        "sha256:00",
+        ImageId::parse(&format!("sha256:{}", "0".repeat(64))).unwrap(),
     )
 }
 
@@ -85,7 +85,7 @@ fn records_round_trip_and_old_records_read() {
     fs::create_dir(&d).unwrap();
     fs::write(
         d.join("state.json"),
-        format!(r#"{{"id":"{vm}","name":"v","image_id":"sha256:00","pid":1,"isolation":"vm","created":"x"}}"#),
+        format!(r#"{{"id":"{vm}","name":"v","image_id":"sha256:0000000000000000000000000000000000000000000000000000000000000000","pid":1,"isolation":"vm","created":"x"}}"#),
     )
     .unwrap();
     let all = read_all(dir.path()).unwrap();
