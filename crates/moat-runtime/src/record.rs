@@ -21,8 +21,8 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use moat_plan::time::now_rfc3339;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{ContainerId, ContainerName, ImageId, Isolation};
@@ -633,26 +633,6 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
         return None;
     }
     after_comm.split(' ').nth(19)?.parse().ok()
-}
-
-/// The current time as RFC 3339 (UTC, seconds).
-pub fn now_rfc3339() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as i64;
-    rfc3339(secs)
-}
-
-/// Seconds since the epoch as RFC 3339 in UTC (`2026-11-25T14:06:08Z`).
-pub(crate) fn rfc3339(secs: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
 }
 
 #[cfg(test)]

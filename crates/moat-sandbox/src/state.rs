@@ -15,8 +15,8 @@ use std::path::Path;
 
 pub use moat_runtime::id::is_valid_id;
 pub use moat_runtime::record::{
-    containers_dir, ensure_dirs, find, lock, now_rfc3339, process_start_time, read_all, write,
-    Lock, Record as ContainerState, StateError,
+    containers_dir, ensure_dirs, find, lock, process_start_time, read_all, write, Lock,
+    Record as ContainerState, StateError,
 };
 use moat_runtime::{ContainerId, Isolation};
 
