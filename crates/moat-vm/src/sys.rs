@@ -953,20 +953,6 @@ pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
 pub const MOUNT_ATTR_NODEV: u64 = 0x4;
 
-/// Opens the directory `path` (absolute) as `O_PATH` without following any
-/// symbolic or magic link on the way (`openat2(RESOLVE_NO_SYMLINKS |
-/// RESOLVE_NO_MAGICLINKS)`): the directory opened is the one the path names.
-pub fn open_dir_no_symlinks(path: &str) -> io::Result<OwnedFd> {
-    use rustix::fs::{Mode, OFlags, ResolveFlags};
-    Ok(rustix::fs::openat2(
-        rustix::fs::CWD,
-        path,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    )?)
-}
-
 /// A detached copy of the mount at `dir` (`open_tree(OPEN_TREE_CLONE)`,
 /// not recursive: mounts below `dir` are not part of it) with `attrs`
 /// (`MOUNT_ATTR_*`) set on it.
