@@ -799,7 +799,7 @@ pub fn wait_nohang(pid: libc::pid_t) -> io::Result<Option<i32>> {
     let child = Pid::from_raw(pid).ok_or_else(|| io::Error::from_raw_os_error(libc::ECHILD))?;
     Ok(
         match rustix::process::waitpid(Some(child), WaitOptions::NOHANG)? {
-            Some((p, status)) if p == child => Some(status.as_raw() as i32),
+            Some((p, status)) if p == child => Some(status.as_raw()),
             _ => None,
         },
     )
