@@ -294,6 +294,20 @@ fn open_in_root(
     open(path, flags).map_err(err(None))
 }
 
+/// Opens the host directory `path` (absolute) as an `O_PATH` handle
+/// without following any symbolic or magic link on the way: the
+/// directory a policy grants to a container (the sandbox clones its
+/// mount, the micro-VM's virtiofsd shares it).
+pub fn open_host_dir(path: &str) -> Result<OwnedFd, WalkError> {
+    open_under(
+        Root::Host,
+        path.as_bytes(),
+        Links::Refuse,
+        Create::No,
+        Access::PathDir,
+    )
+}
+
 /// Opens the directory `comps` below `root` without following any symlink
 /// and without leaving `root`. With `create`, missing directories are made
 /// (mode 0755, as Docker does for parents a layer omits).

@@ -66,8 +66,9 @@ pub(crate) fn setns_net(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// Brings the loopback interface of the calling thread's network
-/// namespace up.
-pub(crate) fn loopback_up() -> io::Result<()> {
+/// namespace up (the sandbox's container process calls it too, in its new
+/// network namespace: no allocation).
+pub fn loopback_up() -> io::Result<()> {
     use rustix::net::{AddressFamily, SocketFlags, SocketType};
     let sock = rustix::net::socket_with(
         AddressFamily::INET,

@@ -20,7 +20,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
-use moat_image::fsat::{self, Access, Create, Links, Root, WalkError};
+use moat_image::fsat::{self, WalkError};
 use moat_policy::plan::MountPlan;
 use moat_runtime::volume_store;
 
@@ -59,13 +59,7 @@ fn attrs(read_only: bool) -> u64 {
 
 fn host_dir(source: &str, read_only: bool, map: &IdMap) -> Result<OwnedFd, SandboxError> {
     let what = || format!("host directory {source}");
-    let dir = fsat::open_under(
-        Root::Host,
-        source.as_bytes(),
-        Links::Refuse,
-        Create::No,
-        Access::PathDir,
-    )
+    let dir = fsat::open_host_dir(source)
     .map_err(|e| match e {
         WalkError::Symlink(_) => SandboxError::Volume {
             what: what(),

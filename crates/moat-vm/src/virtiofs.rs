@@ -36,7 +36,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use moat_image::fsat::{self, Access, Create, Links, Root, WalkError};
+use moat_image::fsat::{self, WalkError};
 
 use crate::sys;
 
@@ -123,14 +123,7 @@ pub fn open(source: &str, destination: &str, read_only: bool) -> Result<HostDir,
             program,
         });
     }
-    let dir = fsat::open_under(
-        Root::Host,
-        source.as_bytes(),
-        Links::Refuse,
-        Create::No,
-        Access::PathDir,
-    )
-    .map_err(|e| match e {
+    let dir = fsat::open_host_dir(source).map_err(|e| match e {
         WalkError::Symlink(_) => VirtiofsError::Symlink {
             source_dir: source.into(),
             destination: destination.into(),
