@@ -297,6 +297,58 @@ const PROC_READONLY: &[&str] = &["sys", "irq", "bus", "fs", "acpi", "scsi"];
 
 /// /proc, a minimal /dev, read-only /sys and the plan's tmpfs mounts, all
 /// made after `pivot_root`, so every path resolves inside the root.
+/// The plan's device nodes (the policy's `devices`, or an OCI caller's
+/// `linux.devices` and default devices) in the container's fresh `/dev`.
+/// They are nodes of the guest kernel: a grant names what the guest's
+/// drivers serve, never a host device. A node that exists (the standard
+/// ones, `/dev/tty` with a terminal) is kept; paths outside `/dev`, with
+/// `.` or `..`, or through anything but a directory are refused.
+fn make_devices(devices: &[moat_plan::DeviceRule]) -> Result<(), Failure> {
+    use std::path::{Component, Path};
+    for d in devices {
+        let refuse = |why: &str| Failure::setup(format!("device {}: {why}", d.path));
+        let path = Path::new(&d.path);
+        let rel = path
+            .strip_prefix("/dev")
+            .map_err(|_| refuse("not under /dev"))?;
+        if rel.as_os_str().is_empty()
+            || !rel.components().all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Err(refuse("not a plain path below /dev"));
+        }
+        let mut dir = Path::new("/dev").to_path_buf();
+        let mut parts = rel.components().peekable();
+        while let Some(c) = parts.next() {
+            if parts.peek().is_none() {
+                break;
+            }
+            dir.push(c);
+            match std::fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(refuse(&format!("{} is not a directory", dir.display()))),
+                Err(_) => std::fs::create_dir(&dir)
+                    .map_err(|e| refuse(&format!("mkdir {}: {e}", dir.display())))?,
+            }
+        }
+        if std::fs::symlink_metadata(path).is_ok() {
+            continue;
+        }
+        let kind = match d.kind {
+            'b' => libc::S_IFBLK,
+            'p' => libc::S_IFIFO,
+            _ => libc::S_IFCHR,
+        };
+        let mode = d.file_mode.unwrap_or(0o666) & 0o7777;
+        sys::mknod(&d.path, kind | mode, d.major, d.minor)
+            .map_err(|e| refuse(&format!("mknod: {e}")))?;
+        // mknod's mode is cut by the umask; the owner is root unless given.
+        sys::chmod(&d.path, mode).map_err(|e| refuse(&format!("chmod: {e}")))?;
+        std::os::unix::fs::lchown(path, d.uid, d.gid)
+            .map_err(|e| refuse(&format!("chown: {e}")))?;
+    }
+    Ok(())
+}
+
 fn mount_container_fs(
     plan: &moat_plan::Plan,
     console: Option<OwnedFd>,
@@ -343,7 +395,11 @@ fn mount_container_fs(
         sys::move_mount_to(c.as_fd(), "/dev/console")
             .map_err(|e| err("mounting the terminal on /dev/console", e))?;
     }
-    for (d, mode) in [("/dev/pts", 0o755), ("/dev/shm", 0o1777)] {
+    for (d, mode) in [
+        ("/dev/pts", 0o755),
+        ("/dev/shm", 0o1777),
+        ("/dev/mqueue", 0o1777),
+    ] {
         std::fs::create_dir(d).map_err(|e| err(&format!("mkdir {d}"), e))?;
         sys::chmod(d, mode).map_err(|e| err(&format!("chmod {d}"), e))?;
     }
@@ -358,6 +414,11 @@ fn mount_container_fs(
     .map_err(|e| err("mounting /dev/pts", e))?;
     sys::mount("shm", "/dev/shm", "tmpfs", hard, "mode=1777,size=65536k")
         .map_err(|e| err("mounting /dev/shm", e))?;
+    // POSIX message queues as runc and the sandbox give them: the guest's
+    // own, so a workload filling them reaches no other container.
+    sys::mount("mqueue", "/dev/mqueue", "mqueue", hard, "")
+        .map_err(|e| err("mounting /dev/mqueue", e))?;
+    make_devices(&plan.devices)?;
     for (link, target) in [
         ("/dev/ptmx", "pts/ptmx"),
         ("/dev/fd", "/proc/self/fd"),

@@ -231,6 +231,29 @@ fn guest_plan(p: &Prepared, tmpfs: Vec<MountPlan>) -> anyhow::Result<Plan> {
             plan.mounts.push(t);
         }
     }
+    // The device nodes of config.json (`linux.devices`, checked against
+    // the policy by bundle.rs) and runtime-spec's default devices: the
+    // agent makes them in the container's /dev as nodes of the guest
+    // kernel; the host's devices never reach the guest.
+    plan.devices = p
+        .init
+        .devices
+        .iter()
+        .map(|d| moat_plan::DeviceRule {
+            path: d.path.clone(),
+            kind: match d.kind {
+                'b' => 'b',
+                'p' => 'p',
+                _ => 'c',
+            },
+            major: d.major as u32,
+            minor: d.minor as u32,
+            access: "rwm".into(),
+            file_mode: Some(d.mode & 0o7777),
+            uid: Some(d.uid),
+            gid: Some(d.gid),
+        })
+        .collect();
     // The guest's network is the caller's namespace (attached by the
     // helper), never the policy's egress: loopback in the plan.
     if matches!(plan.network, NetworkPlan::Egress { .. }) {

@@ -10,13 +10,14 @@
 mod clients;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use clients::{
     code, hide_cgroup2_script, hides_cgroup2, isolation_annotation, policy_annotation, ready, run,
-    runtime, stderr, stdout, try_run, unmount_under, wait_until, Podman, Tmux, IMAGE, STEP,
+    runtime, stderr, stdout, try_run, wait_until, Podman, Tmux, IMAGE, STEP,
 };
+use moat_testkit::containerd::{exec_t_argv, Daemon, Prepared};
 
 const SANDBOX: &str = "sandbox";
 const NAMESPACE: &str = "moat-test";
@@ -24,79 +25,42 @@ const NAMESPACE: &str = "moat-test";
 /// A containerd of its own, with the busybox image; drop deletes its tasks
 /// and containers, stops it and removes its directory.
 struct Containerd {
-    dir: tempfile::TempDir,
-    daemon: Option<Child>,
+    d: Daemon,
 }
 
 impl Containerd {
     fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("moat-oci-containerd-")
-            .tempdir()
-            .unwrap();
-        let d = dir.path();
-        // The CRI plugin would want CNI and a sandbox image: not needed by ctr.
-        let config = format!(
-            "version = 2\n\
-             root = \"{root}\"\n\
-             state = \"{state}\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{sock}\"\n\
-             [ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-             [debug]\n  level = \"warn\"\n",
-            root = d.join("root").display(),
-            state = d.join("state").display(),
-            sock = d.join("c.sock").display(),
-        );
-        std::fs::write(d.join("config.toml"), config).unwrap();
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        // Its own mount namespace: the snapshots it mounts for tasks (and the
-        // shims it starts) stay off the host's mount table.
-        // For crun, the v2 controllers hidden there too (see clients/mod.rs).
-        let empty = d.join("empty");
-        std::fs::write(&empty, b"").unwrap();
-        let hide = hide_cgroup2_script(&empty, hides_cgroup2(&runtime()));
-        let daemon = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c"])
-            .arg(format!("{hide} exec containerd --config \"$0\""))
-            .arg(d.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start containerd");
-        let c = Containerd {
-            dir,
-            daemon: Some(daemon),
-        };
-        let up = wait_until(Duration::from_secs(15), || {
-            let o = try_run(&mut c.ctr(&["version"]), Duration::from_secs(5)).ok()?;
-            o.status.success().then_some(())
+        // The CRI plugin would want CNI and a sandbox image: not needed by
+        // ctr. For crun, the v2 controllers hidden in containerd's mount
+        // namespace too (see clients/mod.rs).
+        let d = Daemon::start("moat-oci-containerd-", "-m", |d| {
+            let empty = d.join("empty");
+            std::fs::write(&empty, b"").unwrap();
+            Prepared {
+                plugins: "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".into(),
+                prelude: hide_cgroup2_script(&empty, hides_cgroup2(&runtime())),
+                env: Vec::new(),
+            }
         });
-        assert!(up.is_some(), "containerd did not answer: {}", c.log());
-        let archive = c.dir.path().join("busybox.oci.tar");
+        let c = Containerd { d };
+        let archive = c.path().join("busybox.oci.tar");
         Podman::new().save_oci_archive(&archive);
         c.ok(&["images", "import", archive.to_str().unwrap()]);
         c
     }
 
+    fn path(&self) -> &Path {
+        self.d.dir.path()
+    }
+
     /// The last lines of containerd's log.
     fn log(&self) -> String {
-        let all =
-            std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
-        let lines: Vec<&str> = all.lines().collect();
-        lines[lines.len().saturating_sub(10)..].join("\n")
+        self.d.log(10)
     }
 
     /// `ctr -a SOCK -n moat-test ARGS`, not yet run.
     fn ctr(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ctr");
-        c.arg("-a")
-            .arg(self.dir.path().join("c.sock"))
-            .args(["-n", NAMESPACE])
-            .args(args)
-            .stdin(Stdio::null());
-        c
+        self.d.ctr(NAMESPACE, args)
     }
 
     fn ctr_out(&self, args: &[&str]) -> Output {
@@ -135,7 +99,7 @@ impl Containerd {
     }
 
     fn runc_root(&self) -> PathBuf {
-        self.dir.path().join("runc-root")
+        self.path().join("runc-root")
     }
 
     /// `ctr run [run_opts] OPTS IMAGE ID CMD...`, up to [`STEP`].
@@ -184,16 +148,7 @@ impl Drop for Containerd {
         for c in ls("container") {
             let _ = try_run(&mut self.ctr(&["container", "delete", &c]), limit);
         }
-        if let Some(mut d) = self.daemon.take() {
-            let pid = rustix::process::Pid::from_child(&d);
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            let gone = wait_until(Duration::from_secs(10), || d.try_wait().ok().flatten());
-            if gone.is_none() {
-                let _ = d.kill();
-                let _ = d.wait();
-            }
-        }
-        unmount_under(self.dir.path());
+        // The daemon stops with `self.d`.
     }
 }
 
@@ -217,7 +172,7 @@ fn run_to_completion(isolation: &str) {
 
 fn detached_exec_kill_delete(isolation: &str) {
     let c = Containerd::start();
-    let log = c.dir.path().join("d.log");
+    let log = c.path().join("d.log");
     let uri = format!("file://{}", log.display());
     let script = "echo started; trap 'echo got-term; exit 0' TERM; while :; do sleep 0.1; done";
     let o = c.run(
@@ -284,7 +239,7 @@ fn terminal(isolation: &str) {
     let mut argv: Vec<String> = vec![
         "ctr".into(),
         "-a".into(),
-        c.dir.path().join("c.sock").display().to_string(),
+        c.path().join("c.sock").display().to_string(),
         "-n".into(),
         NAMESPACE.into(),
         "run".into(),
@@ -293,67 +248,16 @@ fn terminal(isolation: &str) {
     ];
     argv.extend(c.run_opts(isolation));
     argv.extend([IMAGE.into(), "tty".into(), "sh".into()]);
-    let tmux = Tmux::start(c.dir.path().join("tmux.sock"), &argv);
-    let screen = tmux.wait_for("/ #", Duration::from_secs(20));
-    assert!(screen.is_ok(), "no shell prompt:\n{}", screen.unwrap_err());
-    tmux.send_line("tty; echo answer-$((6*7))");
-    let screen = tmux.wait_for("answer-42", Duration::from_secs(10));
-    let screen = screen.unwrap_or_else(|s| panic!("no echo round-trip:\n{s}"));
-    assert!(
-        on_terminal(isolation, &screen),
-        "not on a terminal:\n{screen}"
-    );
+    let tmux = Tmux::start(c.path().join("tmux.sock"), &argv);
+    tmux.shell_round_trip("ctr run -t", isolation, "", Duration::from_secs(20));
     // task exec -t: a second terminal through the console socket.
     let exec = Tmux::start(
-        c.dir.path().join("tmux-exec.sock"),
-        &[
-            "ctr".into(),
-            "-a".into(),
-            c.dir.path().join("c.sock").display().to_string(),
-            "-n".into(),
-            NAMESPACE.into(),
-            "task".into(),
-            "exec".into(),
-            "-t".into(),
-            "--exec-id".into(),
-            "t2".into(),
-            "tty".into(),
-            "sh".into(),
-        ],
+        c.path().join("tmux-exec.sock"),
+        &exec_t_argv(&c.d.socket(), NAMESPACE, "tty"),
     );
-    let screen = exec.wait_for("/ #", Duration::from_secs(20));
-    assert!(
-        screen.is_ok(),
-        "no prompt from task exec -t:\n{}",
-        screen.unwrap_err()
-    );
-    exec.send_line("tty; echo exec-$((6*7))");
-    let screen = exec.wait_for("exec-42", Duration::from_secs(10));
-    let screen = screen.unwrap_or_else(|s| panic!("no echo round-trip in task exec -t:\n{s}"));
-    assert!(
-        on_terminal(isolation, &screen),
-        "exec not on a terminal:\n{screen}"
-    );
-    exec.send_line("exit 3");
-    let screen = exec.wait_for("[exited 3]", Duration::from_secs(20));
-    assert!(
-        screen.is_ok(),
-        "exit status through task exec -t:\n{}",
-        screen.unwrap_err()
-    );
-    tmux.send_line("exit 6");
-    let screen = tmux.wait_for("[exited 6]", Duration::from_secs(20));
-    assert!(
-        screen.is_ok(),
-        "exit status through -t:\n{}",
-        screen.unwrap_err()
-    );
-}
-
-/// Whether `tty` printed a terminal: a pty, or in a micro-VM the guest's
-/// pty as the container's /dev/console (docs/vm.md).
-fn on_terminal(isolation: &str, screen: &str) -> bool {
-    screen.contains("/dev/pts/") || (isolation == "vm" && screen.contains("/dev/console"))
+    exec.shell_round_trip("ctr task exec -t", isolation, "", Duration::from_secs(20));
+    exec.exit_with("ctr task exec -t", 3, Duration::from_secs(20));
+    tmux.exit_with("ctr run -t", 6, Duration::from_secs(20));
 }
 
 /// Paths under the runtime's state root `root` whose name holds `id`.

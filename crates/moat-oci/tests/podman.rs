@@ -112,12 +112,6 @@ fn detached_lifecycle(isolation: &str) {
     p.ok(&["rm", "k"]);
 }
 
-/// Whether `tty` printed a terminal: a pty, or in a micro-VM the guest's
-/// pty as the container's /dev/console (docs/vm.md).
-fn on_terminal(isolation: &str, screen: &str) -> bool {
-    screen.contains("/dev/pts/") || (isolation == "vm" && screen.contains("/dev/console"))
-}
-
 fn interactive_terminal(isolation: &str) {
     let p = Podman::new();
     let mut args: Vec<&str> = vec!["run", "--rm", "-it", "--name", "it", "--network", "none"];
@@ -125,21 +119,8 @@ fn interactive_terminal(isolation: &str) {
     args.extend(opts.iter().map(String::as_str));
     args.extend([IMAGE, "sh"]);
     let tmux = Tmux::start(p.dir.path().join("tmux.sock"), &p.argv(&args));
-    let screen = tmux.wait_for("/ #", Duration::from_secs(20));
-    assert!(
-        screen.is_ok(),
-        "no shell prompt on the terminal:\n{}",
-        screen.unwrap_err()
-    );
-    // The answer last: the screen is read once it shows, so `stty size`
-    // must have printed before it.
-    tmux.send_line("tty; stty size; echo answer-$((6*7))");
-    let screen = tmux.wait_for("answer-42", Duration::from_secs(10));
-    let screen = screen.unwrap_or_else(|s| panic!("no echo round-trip:\n{s}"));
-    assert!(
-        on_terminal(isolation, &screen),
-        "not on a terminal:\n{screen}"
-    );
+    let screen =
+        tmux.shell_round_trip("run -it", isolation, "stty size; ", Duration::from_secs(20));
     assert!(
         screen.contains("30 100"),
         "terminal size not passed:\n{screen}"
@@ -149,33 +130,9 @@ fn interactive_terminal(isolation: &str) {
         p.dir.path().join("tmux-exec.sock"),
         &p.argv(&["exec", "-it", "it", "sh"]),
     );
-    let screen = exec.wait_for("/ #", Duration::from_secs(20));
-    assert!(
-        screen.is_ok(),
-        "no prompt from exec -it:\n{}",
-        screen.unwrap_err()
-    );
-    exec.send_line("tty; echo exec-$((6*7)); ps");
-    let screen = exec.wait_for("exec-42", Duration::from_secs(10));
-    let screen = screen.unwrap_or_else(|s| panic!("no echo round-trip in exec -it:\n{s}"));
-    assert!(
-        on_terminal(isolation, &screen),
-        "exec not on a terminal:\n{screen}"
-    );
-    exec.send_line("exit 3");
-    let screen = exec.wait_for("[exited 3]", Duration::from_secs(20));
-    assert!(
-        screen.is_ok(),
-        "exit status through exec -it:\n{}",
-        screen.unwrap_err()
-    );
-    tmux.send_line("exit 5");
-    let screen = tmux.wait_for("[exited 5]", Duration::from_secs(20));
-    assert!(
-        screen.is_ok(),
-        "exit status through -it:\n{}",
-        screen.unwrap_err()
-    );
+    exec.shell_round_trip("exec -it", isolation, "ps; ", Duration::from_secs(20));
+    exec.exit_with("exec -it", 3, Duration::from_secs(20));
+    tmux.exit_with("run -it", 5, Duration::from_secs(20));
 }
 
 fn volume(isolation: &str) {

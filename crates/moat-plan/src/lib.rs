@@ -227,6 +227,14 @@ pub struct DeviceRule {
     pub minor: u32,
     /// Any of `r`, `w`, `m`.
     pub access: String,
+    /// The node's mode, owner and group where the caller gave them
+    /// (OCI `linux.devices`); 0666 and root otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_mode: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
 }
 
 /// The shape of the micro-VM for the `vm` backend.

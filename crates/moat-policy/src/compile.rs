@@ -133,6 +133,9 @@ pub fn compile(policy: &Policy) -> Result<Plan, PolicyError> {
                 major: d.major,
                 minor: d.minor,
                 access: d.access.clone(),
+                file_mode: None,
+                uid: None,
+                gid: None,
             })
             .collect(),
         vm,

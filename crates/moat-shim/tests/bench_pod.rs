@@ -82,7 +82,7 @@ struct Sample {
 }
 
 fn one(c: &Containerd, cri: &Cri, handler: &str, isolation: &str, n: usize) -> Sample {
-    let logs = c.dir.path().join("logs");
+    let logs = c.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let name = format!("{handler}-{isolation}-{n}");
     let pod = pod_config(&name, &logs, &[("moat.dev/isolation", isolation)]);

@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{code, stderr, stdout, wait_until, Containerd, Tmux, NAMESPACE};
+use moat_testkit::containerd::exec_t_argv;
 
 fn start(test: &str, isolation: &str) -> Option<Containerd> {
     let ok = if isolation == "vm" {
@@ -102,7 +103,7 @@ fn detached_exec_kill_delete(isolation: &str) {
     let Some(c) = start("detached_exec_kill_delete", isolation) else {
         return;
     };
-    let log = c.dir.path().join("d.log");
+    let log = c.path().join("d.log");
     let uri = format!("file://{}", log.display());
     let script = "echo started; trap 'echo got-term; exit 0' TERM; while :; do sleep 0.1; done";
     let o = c.run(
@@ -196,76 +197,32 @@ fn terminal(isolation: &str) {
         NAMESPACE.into(),
     ];
     argv.extend(c.run_argv(isolation, &["--rm", "-t"], "tty", &["sh"]));
-    let tmux = Tmux::start(c.dir.path().join("tmux.sock"), &argv);
-    let screen = tmux.wait_for("/ #", Duration::from_secs(40));
+    let tmux = Tmux::start(c.path().join("tmux.sock"), &argv);
+    let prompt = tmux.wait_for("/ #", Duration::from_secs(40));
     assert!(
-        screen.is_ok(),
+        prompt.is_ok(),
         "no shell prompt:\n{}\n{}",
-        screen.unwrap_err(),
+        prompt.unwrap_err(),
         c.log()
     );
     // ResizePty: the terminal is tmux's 100x30.
-    tmux.send_line("tty; stty size; echo answer-$((6*7))");
-    let screen = tmux.wait_for("answer-42", Duration::from_secs(20));
-    let screen = screen.unwrap_or_else(|s| panic!("no echo round-trip:\n{s}"));
-    assert!(
-        on_terminal(isolation, &screen),
-        "not on a terminal:\n{screen}"
+    let screen = tmux.shell_round_trip(
+        "ctr run -t",
+        isolation,
+        "stty size; ",
+        Duration::from_secs(20),
     );
     assert!(
         screen.contains("30 100"),
         "the size did not reach the pty:\n{screen}"
     );
     let exec = Tmux::start(
-        c.dir.path().join("tmux-exec.sock"),
-        &[
-            "ctr".into(),
-            "-a".into(),
-            c.socket().display().to_string(),
-            "-n".into(),
-            NAMESPACE.into(),
-            "task".into(),
-            "exec".into(),
-            "-t".into(),
-            "--exec-id".into(),
-            "t2".into(),
-            "tty".into(),
-            "sh".into(),
-        ],
+        c.path().join("tmux-exec.sock"),
+        &exec_t_argv(&c.socket(), NAMESPACE, "tty"),
     );
-    let screen = exec.wait_for("/ #", Duration::from_secs(30));
-    assert!(
-        screen.is_ok(),
-        "no prompt from task exec -t:\n{}",
-        screen.unwrap_err()
-    );
-    exec.send_line("tty; echo exec-$((6*7))");
-    let screen = exec.wait_for("exec-42", Duration::from_secs(20));
-    let screen = screen.unwrap_or_else(|s| panic!("no echo round-trip in task exec -t:\n{s}"));
-    assert!(
-        on_terminal(isolation, &screen),
-        "exec not on a terminal:\n{screen}"
-    );
-    exec.send_line("exit 3");
-    let screen = exec.wait_for("[exited 3]", Duration::from_secs(20));
-    assert!(
-        screen.is_ok(),
-        "exit status through task exec -t:\n{}",
-        screen.unwrap_err()
-    );
-    tmux.send_line("exit 6");
-    let screen = tmux.wait_for("[exited 6]", Duration::from_secs(30));
-    assert!(
-        screen.is_ok(),
-        "exit status through -t:\n{}",
-        screen.unwrap_err()
-    );
-}
-
-/// Whether `tty` printed a terminal: a pty, or in a micro-VM the guest's
-/// pty as the container's /dev/console (docs/vm.md).
-fn on_terminal(isolation: &str, screen: &str) -> bool {
-    screen.contains("/dev/pts/") || (isolation == "vm" && screen.contains("/dev/console"))
+    exec.shell_round_trip("ctr task exec -t", isolation, "", Duration::from_secs(30));
+    exec.exit_with("ctr task exec -t", 3, Duration::from_secs(20));
+    tmux.exit_with("ctr run -t", 6, Duration::from_secs(30));
 }
 
 /// A config.json asking for more than the policy: refused at Create with

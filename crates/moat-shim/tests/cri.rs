@@ -51,7 +51,7 @@ fn sandbox_pod_two_containers_share_network_and_ipc() {
     let Some((c, cri)) = start("sandbox_pod_two_containers_share_network_and_ipc") else {
         return;
     };
-    let logs = c.dir.path().join("logs");
+    let logs = c.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let pod = pod_config("web", &logs, &[("moat.dev/isolation", "sandbox")]);
     let pod_id = cri
@@ -126,7 +126,7 @@ fn pod_policy_annotation_is_checked() {
     let Some((c, cri)) = start("pod_policy_annotation_is_checked") else {
         return;
     };
-    let logs = c.dir.path().join("logs");
+    let logs = c.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let pod = pod_config("bad", &logs, &[("moat.dev/policy", "no-such-policy")]);
     let e = cri.run_pod(&pod, "moat").unwrap_err();
@@ -148,7 +148,7 @@ fn vm_pod_container_runs_in_a_guest_kernel() {
     let Some((c, cri)) = start("vm_pod_container_runs_in_a_guest_kernel") else {
         return;
     };
-    let logs = c.dir.path().join("logs");
+    let logs = c.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let pod = pod_config("vmpod", &logs, &[("moat.dev/isolation", "vm")]);
     let pod_id = cri
@@ -205,7 +205,7 @@ fn isolation_default_comes_from_the_shim_config() {
         config.replace("isolation: sandbox", "isolation: vm"),
     )
     .unwrap();
-    let logs = c.dir.path().join("logs");
+    let logs = c.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let pod = pod_config("plain", &logs, &[]);
     let pod_id = cri

@@ -75,6 +75,53 @@ impl Tmux {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    /// Waits for busybox's `/ #` prompt, types `tty; EXTRA; echo
+    /// answer-42` and checks the shell runs on a terminal (see
+    /// [`on_terminal`]); the screen with the answer. `what` names the
+    /// client in failures (`exec -it`, `ctr run -t`).
+    pub fn shell_round_trip(
+        &self,
+        what: &str,
+        isolation: &str,
+        extra: &str,
+        limit: Duration,
+    ) -> String {
+        let screen = self.wait_for("/ #", limit);
+        assert!(
+            screen.is_ok(),
+            "{what}: no shell prompt:\n{}",
+            screen.unwrap_err()
+        );
+        // The answer last: the screen is read once it shows, so what EXTRA
+        // prints is on it.
+        self.send_line(&format!("tty; {extra}echo answer-$((6*7))"));
+        let screen = self
+            .wait_for("answer-42", limit)
+            .unwrap_or_else(|s| panic!("{what}: no echo round-trip:\n{s}"));
+        assert!(
+            on_terminal(isolation, &screen),
+            "{what}: not on a terminal:\n{screen}"
+        );
+        screen
+    }
+
+    /// Ends the shell with `exit CODE` and checks the client exits with it.
+    pub fn exit_with(&self, what: &str, code: u8, limit: Duration) {
+        self.send_line(&format!("exit {code}"));
+        let screen = self.wait_for(&format!("[exited {code}]"), limit);
+        assert!(
+            screen.is_ok(),
+            "{what}: exit status {code} not passed on:\n{}",
+            screen.unwrap_err()
+        );
+    }
+}
+
+/// Whether `tty` printed a terminal: a pty, or in a micro-VM the guest's
+/// pty as the container's /dev/console (docs/vm.md).
+pub fn on_terminal(isolation: &str, screen: &str) -> bool {
+    screen.contains("/dev/pts/") || (isolation == "vm" && screen.contains("/dev/console"))
 }
 
 impl Drop for Tmux {

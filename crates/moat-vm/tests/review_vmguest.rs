@@ -178,7 +178,8 @@ fn a_non_root_workload_uses_the_standard_devices() {
          head -c 4 /dev/random | wc -c; \
          echo x > /dev/full 2>/dev/null || echo full-refuses; \
          [ -e /dev/tty ] || echo no-tty-without-t; \
-         stat -c '%n %a %u:%g' /dev /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/pts /dev/shm /tmp /run",
+         stat -c '%n %a %u:%g' /dev /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/pts /dev/shm /dev/mqueue /tmp /run; \
+         grep -c '^mqueue /dev/mqueue mqueue ' /proc/mounts",
     );
     p.uid = 1000;
     p.gid = 1000;
@@ -195,7 +196,8 @@ fn a_non_root_workload_uses_the_standard_devices() {
         "null-ok\n4\n4\n4\nfull-refuses\nno-tty-without-t\n\
          /dev 755 0:0\n/dev/null 666 0:0\n/dev/zero 666 0:0\n/dev/full 666 0:0\n\
          /dev/random 666 0:0\n/dev/urandom 666 0:0\n\
-         /dev/pts 755 0:0\n/dev/shm 1777 0:0\n/tmp 1777 0:0\n/run 755 0:0\n"
+         /dev/pts 755 0:0\n/dev/shm 1777 0:0\n/dev/mqueue 1777 0:0\n\
+         /tmp 1777 0:0\n/run 755 0:0\n1\n"
     );
 }
 
@@ -212,6 +214,62 @@ impl std::io::Write for Stamped {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+fn device(path: &str, kind: char, major: u32, minor: u32) -> moat_policy::plan::DeviceRule {
+    moat_policy::plan::DeviceRule {
+        path: path.into(),
+        kind,
+        major,
+        minor,
+        access: "rwm".into(),
+        file_mode: None,
+        uid: None,
+        gid: None,
+    }
+}
+
+#[test]
+fn the_plans_devices_are_guest_nodes_and_stay_under_dev() {
+    require_vm!();
+    let _l = vm_lock();
+    // The guest kernel's FUSE device, a node in a subdirectory with the
+    // caller's mode and owner (an OCI `linux.devices` entry), and /dev/tty
+    // without a terminal (runtime-spec's default devices).
+    let mut p = sh(
+        "stat -c '%n %F %t:%T %a %u:%g' /dev/fuse /dev/sub/zero /dev/tty; \
+         head -c 3 /dev/sub/zero | wc -c",
+    );
+    p.uid = 1000;
+    p.gid = 1000;
+    let mut o = options(fx(), p);
+    let mut sub = device("/dev/sub/zero", 'c', 1, 5);
+    sub.file_mode = Some(0o600);
+    sub.uid = Some(1000);
+    sub.gid = Some(1000);
+    o.plan.devices = vec![
+        device("/dev/fuse", 'c', 10, 229),
+        sub,
+        device("/dev/tty", 'c', 5, 0),
+    ];
+    let r = run(o, None);
+    assert_eq!(r.code, Ok(0), "stderr: {}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        "/dev/fuse character special file a:e5 666 0:0\n\
+         /dev/sub/zero character special file 1:5 600 1000:1000\n\
+         /dev/tty character special file 5:0 666 0:0\n3\n"
+    );
+    // A path leaving /dev is refused before the workload runs.
+    for bad in ["/dev/../etc/passwd", "/etc/evil", "/dev"] {
+        let mut o = options(fx(), sh("echo ran"));
+        o.plan.devices = vec![device(bad, 'c', 1, 3)];
+        let r = run(o, None);
+        assert_ne!(r.code, Ok(0), "{bad}: stdout: {}", r.stdout);
+        assert!(!r.stdout.contains("ran"), "{bad}: stdout: {}", r.stdout);
+        let said = format!("{:?} {}", r.code, r.stderr);
+        assert!(said.contains(&format!("device {bad}")), "{bad}: {said}");
     }
 }
 

@@ -10,7 +10,8 @@
 pub mod cri;
 pub mod image;
 
-pub use moat_testkit::cmd::{code, run, stderr, stdout, try_run, unmount_under, wait_until, which};
+pub use moat_testkit::cmd::{code, run, stderr, stdout, try_run, wait_until, which};
+use moat_testkit::containerd::{Daemon, Prepared};
 pub use moat_testkit::tmux::Tmux;
 
 use std::path::{Path, PathBuf};
@@ -72,11 +73,11 @@ pub fn vm_ready(test: &str, tools: &[&str]) -> bool {
 /// A containerd of its own; drop kills its tasks, stops it, ends its
 /// shims and removes its directory.
 pub struct Containerd {
-    pub dir: tempfile::TempDir,
+    /// Stopped first when dropped (fields drop in this order).
+    d: Daemon,
     /// The shim's state root (`MOAT_SHIM_ROOT`): short, as the unix
     /// sockets under it take 64-character CRI ids.
     pub shim_root: tempfile::TempDir,
-    daemon: Option<Child>,
 }
 
 impl Containerd {
@@ -91,89 +92,63 @@ impl Containerd {
     /// (runc cannot lower the pause container's oom_score_adj to -998 on
     /// this host, which lacks CAP_SYS_RESOURCE: bench/pod sets it).
     pub fn start_with(cri: bool, restrict_oom: bool) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("moat-shim-containerd-")
-            .tempdir()
-            .unwrap();
-        let d = dir.path();
-        let bin = d.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        // MOAT_SHIM_BIN: another build of the shim (bench/pod: release).
-        let shim = std::env::var_os("MOAT_SHIM_BIN")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-moat-v2")));
-        std::os::unix::fs::symlink(shim, bin.join("containerd-shim-moat-v2")).unwrap();
-        std::fs::write(
-            d.join("moat.yaml"),
-            format!("policy: {}\nisolation: sandbox\n", policy_file().display()),
-        )
-        .unwrap();
-        let plugins = if cri {
-            cri_plugin(d, restrict_oom)
-        } else {
-            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_string()
-        };
-        let config = format!(
-            "version = 2\n\
-             root = \"{root}\"\n\
-             state = \"{state}\"\n\
-             {plugins}\
-             [grpc]\n  address = \"{sock}\"\n\
-             [ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-             [debug]\n  level = \"warn\"\n",
-            root = d.join("root").display(),
-            state = d.join("state").display(),
-            sock = d.join("c.sock").display(),
-        );
-        std::fs::write(d.join("config.toml"), config).unwrap();
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
         let shim_root = tempfile::Builder::new()
             .prefix("msh")
             .tempdir_in("/run")
             .unwrap();
-        let path = format!(
-            "{}:{}",
-            bin.display(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
-        );
-        // Its own mount namespace: the snapshots mounted for tasks stay
-        // off the host's mount table. With CRI also its own network
-        // namespace: CNI's bridge is made there, never on the host.
+        // With CRI its own network namespace too: CNI's bridge is made
+        // there, never on the host.
         let ns = if cri { "-mn" } else { "-m" };
-        let daemon = Command::new("unshare")
-            .args([ns, "--propagation", "private", "sh", "-c"])
-            .arg("ip link set lo up 2>/dev/null; exec containerd --config \"$0\"")
-            .arg(d.join("config.toml"))
-            .env("PATH", path)
-            .env("MOAT_SHIM_ROOT", shim_root.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start containerd");
-        let c = Containerd {
-            dir,
-            shim_root,
-            daemon: Some(daemon),
-        };
-        let up = wait_until(Duration::from_secs(15), || {
-            let o = try_run(&mut c.ctr(&["version"]), Duration::from_secs(5)).ok()?;
-            o.status.success().then_some(())
+        let d = Daemon::start("moat-shim-containerd-", ns, |d| {
+            let bin = d.join("bin");
+            std::fs::create_dir_all(&bin).unwrap();
+            // MOAT_SHIM_BIN: another build of the shim (bench/pod: release).
+            let shim = std::env::var_os("MOAT_SHIM_BIN")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-moat-v2")));
+            std::os::unix::fs::symlink(shim, bin.join("containerd-shim-moat-v2")).unwrap();
+            std::fs::write(
+                d.join("moat.yaml"),
+                format!("policy: {}\nisolation: sandbox\n", policy_file().display()),
+            )
+            .unwrap();
+            let plugins = if cri {
+                cri_plugin(d, restrict_oom)
+            } else {
+                "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_string()
+            };
+            let path = format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+            );
+            Prepared {
+                plugins,
+                prelude: "ip link set lo up 2>/dev/null;".into(),
+                env: vec![
+                    ("PATH".into(), path.into()),
+                    ("MOAT_SHIM_ROOT".into(), shim_root.path().into()),
+                ],
+            }
         });
-        assert!(up.is_some(), "containerd did not answer: {}", c.log());
-        c
+        Containerd { d, shim_root }
+    }
+
+    /// The private containerd's directory.
+    pub fn path(&self) -> &Path {
+        self.d.dir.path()
     }
 
     /// Imports the pause image (busybox waiting for TERM or INT as the
     /// pod's first process) and the busybox image for CRI.
     pub fn import_cri_images(&self) {
-        let archive = self.dir.path().join("pause.oci.tar");
-        let rootfs = self.dir.path().join("img");
+        let archive = self.path().join("pause.oci.tar");
+        let rootfs = self.path().join("img");
         image::busybox_rootfs(&rootfs.join("rootfs"));
         image::oci_archive(
             &rootfs.join("rootfs"),
-            &self.dir.path().join("pause"),
+            &self.path().join("pause"),
             &archive,
             PAUSE,
             &[
@@ -183,10 +158,10 @@ impl Containerd {
             ],
         );
         self.ok_ns("k8s.io", &["images", "import", archive.to_str().unwrap()]);
-        let bb = self.dir.path().join("busybox.oci.tar");
+        let bb = self.path().join("busybox.oci.tar");
         image::oci_archive(
             &rootfs.join("rootfs"),
-            &self.dir.path().join("bb"),
+            &self.path().join("bb"),
             &bb,
             IMAGE,
             &["sh"],
@@ -195,39 +170,30 @@ impl Containerd {
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.dir.path().join("c.sock")
+        self.d.socket()
     }
 
     /// The shim's config file (runtime option ConfigPath).
     pub fn shim_config(&self) -> PathBuf {
-        self.dir.path().join("moat.yaml")
+        self.path().join("moat.yaml")
     }
 
     /// Imports the busybox image into namespace `ns`.
     pub fn import_busybox(&self, ns: &str) {
-        let archive = self.dir.path().join("busybox.oci.tar");
+        let archive = self.path().join("busybox.oci.tar");
         if !archive.exists() {
-            image::busybox_archive(&self.dir.path().join("img"), &archive, IMAGE);
+            image::busybox_archive(&self.path().join("img"), &archive, IMAGE);
         }
         self.ok_ns(ns, &["images", "import", archive.to_str().unwrap()]);
     }
 
     /// The last lines of containerd's log.
     pub fn log(&self) -> String {
-        let all =
-            std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
-        let lines: Vec<&str> = all.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
+        self.d.log(15)
     }
 
     pub fn ctr_ns(&self, ns: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("ctr");
-        c.arg("-a")
-            .arg(self.socket())
-            .args(["-n", ns])
-            .args(args)
-            .stdin(Stdio::null());
-        c
+        self.d.ctr(ns, args)
     }
 
     /// `ctr -a SOCK -n NAMESPACE ARGS`, not yet run.
@@ -347,15 +313,8 @@ impl Drop for Containerd {
                 let _ = try_run(&mut self.ctr_ns(ns, &["container", "delete", &c]), limit);
             }
         }
-        if let Some(mut d) = self.daemon.take() {
-            let pid = rustix::process::Pid::from_child(&d);
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            let gone = wait_until(Duration::from_secs(10), || d.try_wait().ok().flatten());
-            if gone.is_none() {
-                let _ = d.kill();
-                let _ = d.wait();
-            }
-        }
+        // containerd stops with `self.d` (after the shims below are
+        // ended: fields drop after this body).
         // Shims this containerd left (a failed test), and moat-oci
         // commands they ran (their --root is under this test's shim
         // root): end them by pid.
@@ -380,7 +339,6 @@ impl Drop for Containerd {
                 let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
             }
         }
-        unmount_under(self.dir.path());
     }
 }
 
