@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod digest;
-mod fsat;
+pub mod fsat;
 pub mod layer;
 pub mod oci;
 pub mod private;

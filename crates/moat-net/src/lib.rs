@@ -47,6 +47,7 @@ pub use crate::dns::DnsError;
 pub use crate::netns::{NetNs, NetnsError};
 pub use crate::nft::NftError;
 pub use crate::pasta::{Pasta, PastaError};
+pub use crate::sys::loopback_up;
 
 /// Errors of [`Egress::start`].
 #[derive(Debug, thiserror::Error)]

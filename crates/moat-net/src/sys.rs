@@ -2,7 +2,7 @@
 //! forked child before `execve`, and the loopback ioctl.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -59,20 +59,23 @@ pub(crate) fn unshare_net() -> io::Result<()> {
 
 /// Moves the calling thread into the network namespace `fd`.
 pub(crate) fn setns_net(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: `fd` is a valid open descriptor for the borrow's lifetime.
-    check(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } as libc::c_long).map(drop)
+    Ok(rustix::thread::move_into_link_name_space(
+        fd,
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )?)
 }
 
 /// Brings the loopback interface of the calling thread's network
-/// namespace up.
-pub(crate) fn loopback_up() -> io::Result<()> {
-    // SAFETY: plain socket creation; the result is checked before use.
-    let raw = check(
-        unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }
-            as libc::c_long,
+/// namespace up (the sandbox's container process calls it too, in its new
+/// network namespace: no allocation).
+pub fn loopback_up() -> io::Result<()> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let sock = rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
     )?;
-    // SAFETY: `raw` is a descriptor we just created and own alone.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
     // SAFETY: ifreq is plain data, all zeroes is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
@@ -118,11 +121,7 @@ pub(crate) struct UsernsHolder {
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
-    // SAFETY: pipe2 succeeded, so both are descriptors we now own alone.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
 impl UsernsHolder {
@@ -176,11 +175,8 @@ impl UsernsHolder {
     /// Waits until the child has unshared; `Err` if it could not.
     pub(crate) fn ready(&self) -> io::Result<()> {
         let mut b = [0u8; 1];
-        // SAFETY: reads one byte into a valid buffer from our descriptor.
-        let n = unsafe { libc::read(self.ready.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
-        match (n, b[0]) {
+        match (rustix::io::read(&self.ready, &mut b)?, b[0]) {
             (1, 1) => Ok(()),
-            (n, _) if n < 0 => Err(io::Error::last_os_error()),
             _ => Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "the namespace holder could not become its uid or unshare a user and a network namespace",
@@ -196,9 +192,9 @@ impl UsernsHolder {
 impl Drop for UsernsHolder {
     fn drop(&mut self) {
         self.release.take();
-        let mut status = 0;
-        // SAFETY: waits for our own child; `status` is a valid int.
-        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+        if let Some(pid) = rustix::process::Pid::from_raw(self.pid) {
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+        }
     }
 }
 

@@ -146,7 +146,7 @@ fn build(
         rootfs: b.rootfs.clone(),
         pid: 0,
         pid_start: 0,
-        created: moat_policy::rbac::rfc3339_now(),
+        created: moat_policy::plan::time::now_rfc3339(),
         owner: String::new(),
         annotations: b.annotations.clone(),
         started: false,

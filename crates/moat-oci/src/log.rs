@@ -15,7 +15,7 @@ pub struct Logger {
 }
 
 fn now() -> String {
-    moat_policy::rbac::rfc3339_now()
+    moat_policy::plan::time::now_rfc3339()
 }
 
 impl Logger {

@@ -571,7 +571,7 @@ fn run_helper(h: Helper, log: &Logger) -> i32 {
         state_root: h.state_root,
         run_root: h.run_root,
         rootfs: h.rootfs.clone(),
-        image_id: format!("rootfs:{}", h.rootfs.display()),
+        image_id: moat_runtime::ImageId::Rootfs(h.rootfs.clone()),
         id: Some(h.vm_id),
         process: h.process,
         plan: h.plan,

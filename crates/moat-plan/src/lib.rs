@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod caps;
+pub mod time;
 
 use serde::{Deserialize, Serialize};
 

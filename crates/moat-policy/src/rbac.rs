@@ -728,7 +728,7 @@ pub struct AuditRecord {
 impl AuditRecord {
     pub fn new(action: &str, who: &Principal, policy: &Policy, d: &Decision) -> AuditRecord {
         AuditRecord {
-            time: rfc3339_now(),
+            time: moat_plan::time::now_rfc3339(),
             action: action.to_string(),
             principal: who.name.clone(),
             uid: who.uid,
@@ -749,7 +749,7 @@ impl AuditRecord {
         d: &Decision,
     ) -> AuditRecord {
         AuditRecord {
-            time: rfc3339_now(),
+            time: moat_plan::time::now_rfc3339(),
             action: action.to_string(),
             principal: who.name.clone(),
             uid: who.uid,
@@ -851,36 +851,9 @@ pub fn append_audit(state_root: &Path, rec: &AuditRecord) -> Result<PathBuf, Rba
     Ok(path)
 }
 
-/// The current time as RFC 3339 UTC (`2026-11-25T14:06:08Z`).
-pub fn rfc3339_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    rfc3339(secs)
-}
-
-/// Seconds since the epoch as RFC 3339 UTC.
-pub fn rfc3339(secs: u64) -> String {
-    i64::try_from(secs)
-        .ok()
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn time_format() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_795_615_568), "2026-11-25T14:06:08Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    }
 
     #[test]
     fn root_acts_as_itself_only_without_delegation() {

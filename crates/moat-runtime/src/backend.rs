@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use moat_policy::{Plan, ProcessSpec};
 
-use crate::id::{ContainerId, ContainerName, Isolation};
+use crate::id::{ContainerId, ContainerName, ImageId, Isolation};
 use crate::record::Record;
 
 /// Everything a backend needs to run one container.
@@ -20,7 +20,7 @@ pub struct Container {
     pub id: ContainerId,
     pub name: ContainerName,
     /// `sha256:<hex>`, or `rootfs:<dir>`.
-    pub image_id: String,
+    pub image_id: ImageId,
     pub rootfs: PathBuf,
     /// Where records live (`<run_root>/containers`).
     pub run_root: PathBuf,

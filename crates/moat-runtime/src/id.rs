@@ -1,4 +1,5 @@
-//! Typed identities: container ID and name, image reference, isolation.
+//! Typed identities: container ID and name, image reference and image
+//! ID, isolation.
 
 use std::fmt;
 use std::fs::File;
@@ -6,6 +7,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use moat_image::digest::Digest;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -186,6 +188,83 @@ impl ImageRef {
             ImageRef::Name(s) | ImageRef::Id(s) | ImageRef::Digest(s) => s.clone(),
             ImageRef::Rootfs(p) => p.display().to_string(),
         }
+    }
+}
+
+/// What a container runs, as its records keep it: a stored image by its
+/// config digest, or a root filesystem directory (`--rootfs`, an OCI
+/// bundle's root). Written and read as the string records have always
+/// held, `sha256:<64 hex digits>` or `rootfs:<absolute dir>`, so older
+/// `state.json` and `spec.json` files load unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ImageId {
+    /// The image config digest of a stored image.
+    Digest(Digest),
+    /// A root filesystem directory (absolute).
+    Rootfs(PathBuf),
+}
+
+/// A string that is not an image ID (see [`ImageId`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid image ID {0:?}: expected sha256:<64 lowercase hex digits> (an image config digest) or rootfs:<absolute directory>")]
+pub struct ImageIdError(pub String);
+
+impl ImageId {
+    /// Checks `s`: a digest, or `rootfs:` and an absolute path.
+    pub fn parse(s: &str) -> Result<ImageId, ImageIdError> {
+        if let Some(dir) = s.strip_prefix("rootfs:") {
+            return match dir.starts_with('/') {
+                true => Ok(ImageId::Rootfs(PathBuf::from(dir))),
+                false => Err(ImageIdError(s.to_string())),
+            };
+        }
+        Digest::parse(s)
+            .map(ImageId::Digest)
+            .map_err(|_| ImageIdError(s.to_string()))
+    }
+
+    /// The digest of a stored image; `None` for a root directory.
+    pub fn digest(&self) -> Option<&Digest> {
+        match self {
+            ImageId::Digest(d) => Some(d),
+            ImageId::Rootfs(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for ImageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageId::Digest(d) => f.write_str(d.as_str()),
+            ImageId::Rootfs(dir) => write!(f, "rootfs:{}", dir.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for ImageId {
+    type Err = ImageIdError;
+    fn from_str(s: &str) -> Result<ImageId, ImageIdError> {
+        ImageId::parse(s)
+    }
+}
+
+impl TryFrom<String> for ImageId {
+    type Error = ImageIdError;
+    fn try_from(s: String) -> Result<ImageId, ImageIdError> {
+        ImageId::parse(&s)
+    }
+}
+
+impl From<ImageId> for String {
+    fn from(id: ImageId) -> String {
+        id.to_string()
+    }
+}
+
+impl From<Digest> for ImageId {
+    fn from(d: Digest) -> ImageId {
+        ImageId::Digest(d)
     }
 }
 

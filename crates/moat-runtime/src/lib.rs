@@ -34,6 +34,6 @@ pub mod volume_store;
 pub mod volumes;
 
 pub use backend::Backend;
-pub use id::{ContainerId, ContainerName, ImageRef, Isolation};
+pub use id::{ContainerId, ContainerName, ImageId, ImageRef, Isolation};
 pub use record::{Record, StateError, Status};
 pub use sys::{install_seccomp, install_seccomp_keeping_privileges};

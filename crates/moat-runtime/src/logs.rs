@@ -15,8 +15,9 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use moat_plan::time::now_rfc3339_nanos;
+pub use moat_plan::time::parse_rfc3339_nanos;
 use serde::{Deserialize, Serialize};
 
 /// The log file's name in the container directory.
@@ -279,29 +280,6 @@ impl Follower {
         self.offset += read_lines(f, &mut out)?;
         Ok(out)
     }
-}
-
-/// Now as RFC 3339 in UTC with nanoseconds.
-pub fn now_rfc3339_nanos() -> String {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = crate::record::rfc3339(d.as_secs() as i64);
-    format!("{}.{:09}Z", secs.trim_end_matches('Z'), d.subsec_nanos())
-}
-
-/// Nanoseconds since the epoch of an RFC 3339 time in UTC
-/// (`2026-12-06T19:45:46Z`, with or without a fraction), else `None`.
-pub fn parse_rfc3339_nanos(s: &str) -> Option<i128> {
-    // moat's own form only: `T`, `Z`, at most nanoseconds.
-    let frac = s
-        .split_once('.')
-        .map_or(0, |(_, f)| f.len().saturating_sub(1));
-    if !s.ends_with('Z') || s.as_bytes().get(10) != Some(&b'T') || frac > 9 {
-        return None;
-    }
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
-    Some(t.unix_timestamp_nanos())
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use moat_policy::plan::{IsolationRequirement, MountPlan};
 use moat_policy::rbac::{Decision, Request};
 use moat_policy::{Plan, Policy, ProcessSpec};
 
-use crate::id::{ContainerId, ContainerName, ImageRef, Isolation};
+use crate::id::{ContainerId, ContainerName, ImageId, ImageRef, Isolation};
 use crate::process::{merge_process, Ids, ImageDefaults, ProcessArgs};
 
 /// The backend a user asks for.
@@ -34,7 +34,7 @@ pub enum RequestedIsolation {
 #[derive(Debug, Clone)]
 pub struct ResolvedImage {
     /// `sha256:<hex>`, or `rootfs:<dir>` for a root filesystem directory.
-    pub image_id: String,
+    pub image_id: ImageId,
     pub rootfs: PathBuf,
     pub defaults: ImageDefaults,
     /// The image config's `Volumes` (Docker's `VOLUME`), by path.
@@ -180,7 +180,7 @@ pub fn prepare(req: RunRequest, steps: &mut dyn Steps) -> anyhow::Result<Prepare
 
     let image = match &req.image {
         ImageRef::Rootfs(rootfs) => ResolvedImage {
-            image_id: format!("rootfs:{}", rootfs.display()),
+            image_id: ImageId::Rootfs(rootfs.clone()),
             rootfs: rootfs.clone(),
             defaults: ImageDefaults::default(),
             declared_volumes: Vec::new(),

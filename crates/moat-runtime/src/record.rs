@@ -21,11 +21,11 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use moat_plan::time::now_rfc3339;
 use serde::{Deserialize, Serialize};
 
-use crate::id::{ContainerId, ContainerName, Isolation};
+use crate::id::{ContainerId, ContainerName, ImageId, Isolation};
 
 /// The record format written by this version. Records without a
 /// `version` (0) were written before it (the vm backend still writes
@@ -129,7 +129,7 @@ pub struct Record {
     #[serde(default = "running")]
     pub status: Status,
     /// Image config digest (`sha256:<hex>`), or `rootfs:<dir>`.
-    pub image_id: String,
+    pub image_id: ImageId,
     /// Host pid of the container's first process (PID 1 inside); 0 until
     /// it exists. For the vm backend, the supervising `moat` process.
     pub pid: i32,
@@ -199,14 +199,14 @@ impl Record {
         id: ContainerId,
         name: ContainerName,
         isolation: Isolation,
-        image_id: &str,
+        image_id: ImageId,
     ) -> Record {
         Record {
             version: RECORD_VERSION,
             id,
             name,
             status: Status::Created,
-            image_id: image_id.to_string(),
+            image_id,
             pid: 0,
             isolation,
             created: now_rfc3339(),
@@ -633,26 +633,6 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
         return None;
     }
     after_comm.split(' ').nth(19)?.parse().ok()
-}
-
-/// The current time as RFC 3339 (UTC, seconds).
-pub fn now_rfc3339() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as i64;
-    rfc3339(secs)
-}
-
-/// Seconds since the epoch as RFC 3339 in UTC (`2026-11-25T14:06:08Z`).
-pub(crate) fn rfc3339(secs: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use moat_policy::{Plan, ProcessSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Container;
-use crate::id::{ContainerId, ContainerName, Isolation};
+use crate::id::{ContainerId, ContainerName, ImageId, Isolation};
 use crate::record::{self, Record, StateError};
 
 /// The format written by this version.
@@ -29,7 +29,7 @@ pub struct Spec {
     pub name: ContainerName,
     pub isolation: Isolation,
     /// `sha256:<hex>`, or `rootfs:<dir>`.
-    pub image_id: String,
+    pub image_id: ImageId,
     /// The image as the user named it.
     pub image: String,
     pub rootfs: PathBuf,
@@ -114,7 +114,7 @@ pub fn create(root: &Path, spec: &Spec, creating: bool) -> Result<Record, StateE
         spec.id.clone(),
         spec.name.clone(),
         spec.isolation,
-        &spec.image_id,
+        spec.image_id.clone(),
     );
     r.command = spec.process.args.clone();
     r.policy_digest = spec.plan.policy_digest.clone();

@@ -188,7 +188,7 @@ fn run(s: &ChildSetup, fds: &mut ChildFds) -> Result<Never, ChildError> {
 
     sys::sethostname(&s.hostname).map_err(|e| ChildError::io("sethostname", e))?;
     if s.loopback {
-        sys::loopback_up().map_err(|e| ChildError::io("bringing up loopback", e))?;
+        moat_net::loopback_up().map_err(|e| ChildError::io("bringing up loopback", e))?;
     }
     enter_workload(s, fds)
 }

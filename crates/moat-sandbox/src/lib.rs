@@ -42,8 +42,8 @@ pub struct SandboxConfig {
     pub id: String,
     /// Unique human name (`moat ps`, `moat kill`).
     pub name: String,
-    /// Image config digest `sha256:<hex>` (or a description for `--rootfs`).
-    pub image_id: String,
+    /// Image config digest `sha256:<hex>`, or `rootfs:<dir>` for `--rootfs`.
+    pub image_id: moat_runtime::ImageId,
     /// The materialised image root. Mounted read-only, never written.
     pub rootfs: PathBuf,
     /// Runtime root (`/run/moat`): state files live under `containers/`.

@@ -15,8 +15,8 @@ use std::path::Path;
 
 pub use moat_runtime::id::is_valid_id;
 pub use moat_runtime::record::{
-    containers_dir, ensure_dirs, find, lock, now_rfc3339, process_start_time, read_all, write,
-    Lock, Record as ContainerState, StateError,
+    containers_dir, ensure_dirs, find, lock, process_start_time, read_all, write, Lock,
+    Record as ContainerState, StateError,
 };
 use moat_runtime::{ContainerId, Isolation};
 
@@ -68,7 +68,9 @@ mod tests {
             ContainerId::parse(&"deadbeef".repeat(8)).unwrap(),
             ContainerName::parse("gone").unwrap(),
             Isolation::Sandbox,
-            "sha256:00",
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+                .parse()
+                .unwrap(),
         );
         s.supervisor_pid = i32::MAX - 1;
         s.supervisor_start_time = 1;

@@ -127,7 +127,7 @@ pub(crate) fn start_and_wait(cfg: &SandboxConfig, setup: ChildSetup) -> Result<i
                 st.rearm()?;
                 st
             }
-            None => ContainerState::new(id, name, Isolation::Sandbox, &cfg.image_id),
+            None => ContainerState::new(id, name, Isolation::Sandbox, cfg.image_id.clone()),
         };
         let cgroups = Cgroups::create(&cfg.id, &cfg.plan.cgroup)?;
         let me = std::process::id() as i32;

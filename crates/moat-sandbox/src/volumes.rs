@@ -20,6 +20,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
+use moat_image::fsat::{self, WalkError};
 use moat_policy::plan::MountPlan;
 use moat_runtime::volume_store;
 
@@ -58,25 +59,26 @@ fn attrs(read_only: bool) -> u64 {
 
 fn host_dir(source: &str, read_only: bool, map: &IdMap) -> Result<OwnedFd, SandboxError> {
     let what = || format!("host directory {source}");
-    let dir = sys::openat2(
-        sys::cwd(),
-        source,
-        libc::O_PATH | libc::O_DIRECTORY,
-        libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
-    )
-    .map_err(|e| match e.raw_os_error() {
-        Some(libc::ELOOP) => SandboxError::Volume {
+    let dir = fsat::open_host_dir(source)
+    .map_err(|e| match e {
+        WalkError::Symlink(_) => SandboxError::Volume {
             what: what(),
             why: "a component of the path is a symbolic link; moat never follows links in a volume's host path: name the real directory".into(),
         },
-        Some(libc::ENOTDIR) => SandboxError::Volume {
+        WalkError::NotDir(_) => SandboxError::Volume {
             what: what(),
             why: "not a directory (a volume's source is a directory)".into(),
         },
-        _ => SandboxError::VolumeIo {
+        WalkError::Missing(_) => SandboxError::VolumeIo {
             what: what(),
-            source: e,
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
         },
+        WalkError::Io { source, .. } | WalkError::Create { source, .. } => {
+            SandboxError::VolumeIo {
+                what: what(),
+                source,
+            }
+        }
     })?;
     let mnt =
         sys::open_tree(dir.as_fd(), "", sys::OPEN_TREE_CLONE | sys::AT_RECURSIVE).map_err(|e| {

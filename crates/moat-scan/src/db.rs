@@ -465,7 +465,7 @@ impl VulnDb {
             advisories: advisories as u64,
             affected_packages: affected as u64,
             ecosystems,
-            last_import: last_unix.map(util::rfc3339),
+            last_import: last_unix.map(moat_plan::time::rfc3339),
             last_import_unix: last_unix,
             last_source: self.meta("last_source")?,
             newest_modified: self.meta("newest_modified")?,
@@ -500,7 +500,7 @@ impl VulnDb {
         Ok(self
             .meta("last_import_unix")?
             .and_then(|s| s.parse().ok())
-            .map(util::rfc3339))
+            .map(moat_plan::time::rfc3339))
     }
 
     /// Every advisory entry for `name` under the ecosystem key `ecosystem`.

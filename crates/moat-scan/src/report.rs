@@ -316,7 +316,7 @@ impl Report {
             "specVersion": "1.5",
             "version": 1,
             "metadata": {
-                "timestamp": util::rfc3339(util::unix_now()),
+                "timestamp": moat_plan::time::now_rfc3339(),
                 "tools": {"components": [{"type": "application", "name": "moat", "version": env!("CARGO_PKG_VERSION")}]},
                 "component": {"type": "container", "name": self.target, "bom-ref": "target"},
                 "properties": self.notes.iter().map(|n| json!({"name": "moat:note", "value": n})).collect::<Vec<_>>(),

@@ -130,7 +130,7 @@ pub fn save(
     let mut stored = StoredInventory {
         image_id: image_id.to_string(),
         names: names.to_vec(),
-        created: util::rfc3339(util::unix_now()),
+        created: moat_plan::time::now_rfc3339(),
         inventory,
         last_findings: Vec::new(),
     };
@@ -242,7 +242,7 @@ pub fn rematch_all(
             .collect();
         if !new.is_empty() {
             alerts.push(Alert {
-                time: util::rfc3339(util::unix_now()),
+                time: moat_plan::time::now_rfc3339(),
                 image_id: s.image_id.clone(),
                 names: s.names.clone(),
                 new_findings: new

@@ -48,14 +48,6 @@ pub fn today() -> i64 {
     unix_now().div_euclid(86_400)
 }
 
-/// RFC 3339 UTC timestamp of a unix time.
-pub fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,7 +66,6 @@ mod tests {
     fn dates_round_trip() {
         assert_eq!(parse_date("1970-01-01"), Some(0));
         assert_eq!(parse_date("2024-02-29"), Some(19_782));
-        assert_eq!(rfc3339(19_782 * 86_400 + 3661), "2024-02-29T01:01:01Z");
         assert_eq!(parse_date("2024-13-01"), None);
         assert_eq!(parse_date("soon"), None);
     }

@@ -78,8 +78,9 @@ pub struct VmRunOptions {
     pub run_root: PathBuf,
     /// The image's materialised rootfs (never modified).
     pub rootfs: PathBuf,
-    /// Image ID (`sha256:<hex>` config digest): the cache key of the root disk.
-    pub image_id: String,
+    /// Image ID (`sha256:<hex>` config digest: the cache key of the root
+    /// disk; `rootfs:<dir>` for a directory, built afresh each time).
+    pub image_id: moat_runtime::ImageId,
     /// The container's ID; `None` draws a new one.
     pub id: Option<ContainerId>,
     pub process: ProcessSpec,

@@ -215,12 +215,17 @@ pub fn cache_dir(root: &Path, image_id: &str) -> Result<PathBuf, RootfsError> {
 }
 
 /// Returns the cached EROFS+verity image of `rootfs`, building it on first use.
-pub fn ensure(root: &Path, image_id: &str, rootfs: &Path) -> Result<RootImage, RootfsError> {
+pub fn ensure(
+    root: &Path,
+    image_id: &moat_runtime::ImageId,
+    rootfs: &Path,
+) -> Result<RootImage, RootfsError> {
     let parent = private_parent(root)?;
-    if image_id.starts_with("rootfs:") {
-        return ephemeral(root, rootfs);
-    }
-    let dir = cache_dir(root, image_id)?;
+    let digest = match image_id {
+        moat_runtime::ImageId::Rootfs(_) => return ephemeral(root, rootfs),
+        moat_runtime::ImageId::Digest(d) => d,
+    };
+    let dir = cache_dir(root, digest.as_str())?;
     if let Some(img) = load(&dir)? {
         return Ok(img);
     }
@@ -530,11 +535,20 @@ mod tests {
         fs::create_dir_all(rootfs.join("srv/data")).unwrap();
         fs::write(rootfs.join("srv/data").join("b".repeat(254)), b"ok").unwrap();
         let state = d.path().join("state");
-        ensure(&state, &format!("sha256:{}", "d".repeat(64)), &rootfs).unwrap();
+        ensure(
+            &state,
+            &format!("sha256:{}", "d".repeat(64)).parse().unwrap(),
+            &rootfs,
+        )
+        .unwrap();
         fs::write(rootfs.join("srv/data").join("a".repeat(255)), b"x").unwrap();
-        let err = ensure(&state, &format!("sha256:{}", "e".repeat(64)), &rootfs)
-            .unwrap_err()
-            .to_string();
+        let err = ensure(
+            &state,
+            &format!("sha256:{}", "e".repeat(64)).parse().unwrap(),
+            &rootfs,
+        )
+        .unwrap_err()
+        .to_string();
         assert_eq!(
             err,
             format!(
@@ -594,13 +608,13 @@ mod tests {
         fs::write(rootfs.join("bin/hello"), vec![7u8; 300_000]).unwrap();
         let id = format!("sha256:{}", "b".repeat(64));
         let state = d.path().join("state");
-        let first = ensure(&state, &id, &rootfs).unwrap();
+        let first = ensure(&state, &id.parse().unwrap(), &rootfs).unwrap();
         assert!(first.built);
         assert_eq!(first.verity.root_hash.len(), 64);
         assert_eq!(first.verity.data_size % BLOCK, 0);
         // The source tree is untouched (mount points were added to a copy).
         assert!(!rootfs.join("proc").exists());
-        let again = ensure(&state, &id, &rootfs).unwrap();
+        let again = ensure(&state, &id.parse().unwrap(), &rootfs).unwrap();
         assert!(!again.built);
         assert_eq!(again.verity, first.verity);
         // The hash verifies with the real tool.
@@ -618,7 +632,9 @@ mod tests {
         let f = fs::File::options().write(true).open(&first.path).unwrap();
         assert!(first.verity.image_size > first.verity.data_size);
         f.set_len(first.verity.image_size - 1).unwrap();
-        let err = ensure(&state, &id, &rootfs).unwrap_err().to_string();
+        let err = ensure(&state, &id.parse().unwrap(), &rootfs)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains(&format!(
                 "has {} bytes but {} were recorded",

@@ -18,13 +18,13 @@
 use std::path::{Path, PathBuf};
 
 use moat_runtime::record::{self, Record, StateError};
-use moat_runtime::{ContainerId, ContainerName, Isolation};
+use moat_runtime::{ContainerId, ContainerName, ImageId, Isolation};
 
 use crate::VmError;
 
 /// What the record says about the container, besides its identity.
 pub struct Fields<'a> {
-    pub image_id: &'a str,
+    pub image_id: &'a ImageId,
     pub command: &'a [String],
     pub policy_digest: &'a str,
     /// A monitor owns the container and records its end: a start that
@@ -71,7 +71,7 @@ impl ContainerState {
                 r.creator_pid = 0;
                 r
             }
-            None => Record::new(id, name, Isolation::Vm, fields.image_id),
+            None => Record::new(id, name, Isolation::Vm, fields.image_id.clone()),
         };
         let me = std::process::id() as i32;
         rec.command = fields.command.to_vec();
@@ -125,7 +125,10 @@ mod tests {
             ContainerId::parse(id).unwrap(),
             ContainerName::parse(name).unwrap(),
             Fields {
-                image_id: "sha256:00",
+                image_id:
+                    &"sha256:0000000000000000000000000000000000000000000000000000000000000000"
+                        .parse()
+                        .unwrap(),
                 command: &["sh".into()],
                 policy_digest: "ab",
                 monitored: false,

@@ -6,6 +6,11 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+use rustix::fs::{FlockOperation, OFlags};
+use rustix::mount::{MountFlags, MountPropagationFlags};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+use rustix::process::{DumpableBehavior, Gid, Pid, Signal, Uid, WaitOptions};
+
 fn check(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -16,58 +21,48 @@ fn check(r: libc::c_int) -> io::Result<libc::c_int> {
 
 /// `flock(LOCK_EX | LOCK_NB)`: `Ok(false)` when another holder has it.
 pub fn flock_try_exclusive(f: &File) -> io::Result<bool> {
-    // SAFETY: flock on an open fd.
-    match check(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-        Err(e) => Err(e),
+    match rustix::fs::flock(f, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
 pub fn flock_exclusive(f: &File) -> io::Result<()> {
     loop {
-        // SAFETY: flock on an open fd.
-        match check(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r.map(drop),
+        match rustix::fs::flock(f, FlockOperation::LockExclusive) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => return Ok(r?),
         }
     }
 }
 
 /// A connected pair of stream sockets, both close-on-exec.
 pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: fds has room for the two descriptors socketpair writes.
-    check(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    })?;
-    // SAFETY: two fresh descriptors now owned by us.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    unix_pair(SocketType::STREAM)
+}
+
+fn unix_pair(kind: SocketType) -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        kind,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: fds has room for two descriptors.
-    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    // SAFETY: two fresh descriptors now owned by us.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
 pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    // SAFETY: fcntl on a borrowed open fd.
-    let fl = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    let fl = rustix::fs::fcntl_getfl(fd)?;
     let fl = if on {
-        fl | libc::O_NONBLOCK
+        fl | OFlags::NONBLOCK
     } else {
-        fl & !libc::O_NONBLOCK
+        fl & !OFlags::NONBLOCK
     };
-    // SAFETY: as above.
-    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl) }).map(drop)
+    Ok(rustix::fs::fcntl_setfl(fd, fl)?)
 }
 
 pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
@@ -151,8 +146,7 @@ impl Drop for SignalFd {
 }
 
 pub fn geteuid() -> u32 {
-    // SAFETY: geteuid cannot fail and takes no pointers.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 pub fn isatty(fd: RawFd) -> bool {
@@ -223,13 +217,11 @@ impl PreExec {
     /// system calls only and touches no allocator.
     pub unsafe fn apply(&self) -> io::Result<()> {
         // New session: Ctrl-C on moat's terminal does not reach the VMM.
-        // SAFETY: plain system calls without pointers.
-        check(unsafe { libc::setsid() })?;
-        // SAFETY: as above; dies with its supervisor thread.
-        check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
+        rustix::process::setsid()?;
+        // Dies with its supervisor thread.
+        rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
         // The supervisor may already be gone (it was killed while we forked).
-        // SAFETY: getppid cannot fail.
-        if unsafe { libc::getppid() } == 1 {
+        if rustix::process::getppid() == Some(Pid::INIT) {
             return Err(io::Error::from_raw_os_error(libc::ESRCH));
         }
         for &fd in &self.cgroup_procs {
@@ -247,52 +239,33 @@ impl PreExec {
         }
         // SAFETY: unshare takes flags only (the namespaces to leave).
         check(unsafe { libc::unshare(flags) })?;
-        // SAFETY: static C strings and NULL data; makes our mounts private.
-        check(unsafe {
-            libc::mount(
-                c"none".as_ptr(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            )
-        })?;
+        // Makes our mounts private. The paths below are C strings made
+        // before the fork: rustix passes them as they are (no allocation).
+        make_mounts_private()?;
+        let noexec = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
         for dir in &self.hide {
-            // SAFETY: valid C strings prepared before fork. Missing dirs are skipped.
-            unsafe {
-                libc::mount(
-                    c"tmpfs".as_ptr(),
-                    dir.as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    c"size=4k,mode=755".as_ptr().cast(),
-                )
-            };
+            // Missing dirs are skipped.
+            let _ = rustix::mount::mount(
+                c"tmpfs",
+                dir.as_c_str(),
+                c"tmpfs",
+                MountFlags::RDONLY | noexec,
+                c"size=4k,mode=755",
+            );
         }
         if let Some(shm) = &self.private_shm {
-            // SAFETY: valid C strings prepared before fork.
-            check(unsafe {
-                libc::mount(
-                    c"tmpfs".as_ptr(),
-                    shm.as_ptr(),
-                    c"tmpfs".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    c"size=1m,nr_inodes=64,mode=1777".as_ptr().cast(),
-                )
-            })?;
+            rustix::mount::mount(
+                c"tmpfs",
+                shm.as_c_str(),
+                c"tmpfs",
+                noexec,
+                c"size=1m,nr_inodes=64,mode=1777",
+            )?;
         }
         if let Some(mq) = &self.private_mqueue {
-            // SAFETY: valid C strings prepared before fork. An mqueue
-            // filesystem mounted now belongs to the new IPC namespace.
-            check(unsafe {
-                libc::mount(
-                    c"mqueue".as_ptr(),
-                    mq.as_ptr(),
-                    c"mqueue".as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    std::ptr::null(),
-                )
-            })?;
+            // An mqueue filesystem mounted now belongs to the new IPC
+            // namespace.
+            rustix::mount::mount(c"mqueue", mq.as_c_str(), c"mqueue", noexec, None)?;
         }
         // Two phases, so that a source that happens to sit on another
         // source's target number is not overwritten before it is used.
@@ -485,19 +458,8 @@ fn capget() -> io::Result<(u64, u64, u64)> {
 pub fn drop_privileges(uid: u32, whole_process: bool) -> io::Result<()> {
     // A credential change clears the parent-death signal: a detached
     // container's supervisor must still die with its monitor.
-    let mut pdeathsig: libc::c_int = 0;
-    // SAFETY: PR_GET_PDEATHSIG writes one int through a pointer to a live local.
-    unsafe {
-        libc::prctl(
-            libc::PR_GET_PDEATHSIG,
-            &mut pdeathsig as *mut libc::c_int,
-            0,
-            0,
-            0,
-        )
-    };
-    // SAFETY: no arguments.
-    let parent = unsafe { libc::getppid() };
+    let pdeathsig = rustix::process::parent_process_death_signal().unwrap_or(None);
+    let parent = rustix::process::getppid();
     for cap in 0..64 {
         // SAFETY: integer arguments only.
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
@@ -517,16 +479,11 @@ pub fn drop_privileges(uid: u32, whole_process: bool) -> io::Result<()> {
             check(libc::setresuid(u, u, u))?;
         }
     } else {
-        // SAFETY: as above, as raw system calls (this thread only).
-        unsafe {
-            check_long(libc::syscall(
-                libc::SYS_setgroups,
-                0,
-                std::ptr::null::<libc::gid_t>(),
-            ))?;
-            check_long(libc::syscall(libc::SYS_setresgid, g, g, g))?;
-            check_long(libc::syscall(libc::SYS_setresuid, u, u, u))?;
-        }
+        // Raw system calls: this thread only.
+        let (u, g) = (Uid::from_raw(u), Gid::from_raw(g));
+        rustix::thread::set_thread_groups(&[])?;
+        rustix::thread::set_thread_res_gid(g, g, g)?;
+        rustix::thread::set_thread_res_uid(u, u, u)?;
     }
     let header = CapHeader {
         version: CAP_VERSION_3,
@@ -537,13 +494,10 @@ pub fn drop_privileges(uid: u32, whole_process: bool) -> io::Result<()> {
     check_long(unsafe {
         libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr())
     })?;
-    // SAFETY: integer arguments only.
-    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })?;
-    if pdeathsig != 0 {
-        // SAFETY: integer arguments only.
-        check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, pdeathsig as libc::c_ulong, 0, 0, 0) })?;
-        // SAFETY: no arguments.
-        if unsafe { libc::getppid() } != parent {
+    rustix::process::set_dumpable_behavior(DumpableBehavior::NotDumpable)?;
+    if pdeathsig.is_some() {
+        rustix::process::set_parent_process_death_signal(pdeathsig)?;
+        if rustix::process::getppid() != parent {
             // The parent died before the signal was armed again.
             return Err(io::Error::from_raw_os_error(libc::ESRCH));
         }
@@ -569,18 +523,7 @@ fn check_long(r: libc::c_long) -> io::Result<libc::c_long> {
 /// A connected pair of `SOCK_SEQPACKET` unix sockets, both close-on-exec
 /// (the exec control channel: one message per request, boundaries kept).
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: fds has room for the two descriptors socketpair writes.
-    check(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    })?;
-    // SAFETY: two fresh descriptors now owned by us.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    unix_pair(SocketType::SEQPACKET)
 }
 
 /// Most descriptors one message carries.
@@ -588,47 +531,23 @@ pub const MAX_FDS: usize = 4;
 
 /// Sends `data` as one message with `fds` attached (`SCM_RIGHTS`).
 pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
     assert!(fds.len() <= MAX_FDS);
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let fd_bytes = std::mem::size_of_val(raw.as_slice()) as u32;
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes) } as usize;
-    let mut control = vec![0u8; space.max(1)];
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    // SAFETY: msghdr is plain data; the fields set below make it valid.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !raw.is_empty() {
-        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = space as _;
-        // SAFETY: msg_control points at `space` bytes, room for one cmsg
-        // header and the descriptors (CMSG_SPACE of their size).
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(fd_bytes) as _;
-            std::ptr::copy_nonoverlapping(
-                raw.as_ptr() as *const u8,
-                libc::CMSG_DATA(c),
-                fd_bytes as usize,
-            );
-        }
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut cmsg = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
     }
     loop {
-        // SAFETY: msg and everything it points to live across the call; the
-        // kernel only reads them.
-        let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        if r >= 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match rustix::net::sendmsg(
+            sock,
+            &[io::IoSlice::new(data)],
+            &mut cmsg,
+            SendFlags::NOSIGNAL,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -644,54 +563,27 @@ pub struct Received {
 /// Receives one message into `buf` with up to [`MAX_FDS`] descriptors
 /// (`len` 0 with no descriptors: the peer closed).
 pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) };
-    // u64 elements keep the buffer aligned for cmsghdr.
-    let mut control = vec![0u64; (space as usize).div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    // SAFETY: msghdr is plain data; the fields set below make it valid.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space as _;
-    let n = loop {
-        // SAFETY: msg points at buf and control, both live and writable for
-        // the lengths given.
-        let r = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if r >= 0 {
-            break r as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+    let r = loop {
+        let mut iov = [io::IoSliceMut::new(buf)];
+        match rustix::net::recvmsg(sock, &mut iov, &mut cmsg, RecvFlags::CMSG_CLOEXEC) {
+            Ok(r) => break r,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     };
     let mut fds = Vec::new();
-    // SAFETY: the kernel filled msg_control with msg_controllen bytes of
-    // well-formed cmsgs; CMSG_FIRSTHDR/NXTHDR stay inside them.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c);
-                let bytes = (*c).cmsg_len as usize - (data as usize - c as usize);
-                for i in 0..bytes / std::mem::size_of::<RawFd>() {
-                    let fd = std::ptr::read_unaligned((data as *const RawFd).add(i));
-                    // Each descriptor passed is new in this process and ours.
-                    fds.push(OwnedFd::from_raw_fd(fd));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
+    for m in cmsg.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = m {
+            fds.extend(received);
         }
     }
     Ok(Received {
-        len: n,
+        len: r.bytes,
         fds,
-        truncated: msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0,
+        truncated: r.flags.intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC),
     })
 }
 
@@ -904,10 +796,13 @@ unsafe fn jail_init(
 
 /// `waitpid(pid, WNOHANG)`: the wait status once `pid` ended.
 pub fn wait_nohang(pid: libc::pid_t) -> io::Result<Option<i32>> {
-    let mut status = 0;
-    // SAFETY: waits for our own child into a valid int.
-    let r = check(unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) })?;
-    Ok((r == pid).then_some(status))
+    let child = Pid::from_raw(pid).ok_or_else(|| io::Error::from_raw_os_error(libc::ECHILD))?;
+    Ok(
+        match rustix::process::waitpid(Some(child), WaitOptions::NOHANG)? {
+            Some((p, status)) if p == child => Some(status.as_raw()),
+            _ => None,
+        },
+    )
 }
 
 /// Stops glibc from trimming the heaps of thread arenas. Trimming one
@@ -948,24 +843,19 @@ pub fn try_map(fd: BorrowedFd<'_>, len: usize, shared: bool) -> io::Result<()> {
     check(unsafe { libc::munmap(p, len) }).map(drop)
 }
 
+/// `mount --make-rprivate /`: no mount made from now on propagates to
+/// the host. No allocation (between fork and exec).
+fn make_mounts_private() -> io::Result<()> {
+    Ok(rustix::mount::mount_change(
+        c"/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    )?)
+}
+
 /// `MOUNT_ATTR_*` of `mount_setattr(2)`.
 pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
 pub const MOUNT_ATTR_NODEV: u64 = 0x4;
-
-/// Opens the directory `path` (absolute) as `O_PATH` without following any
-/// symbolic or magic link on the way (`openat2(RESOLVE_NO_SYMLINKS |
-/// RESOLVE_NO_MAGICLINKS)`): the directory opened is the one the path names.
-pub fn open_dir_no_symlinks(path: &str) -> io::Result<OwnedFd> {
-    use rustix::fs::{Mode, OFlags, ResolveFlags};
-    Ok(rustix::fs::openat2(
-        rustix::fs::CWD,
-        path,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    )?)
-}
 
 /// A detached copy of the mount at `dir` (`open_tree(OPEN_TREE_CLONE)`,
 /// not recursive: mounts below `dir` are not part of it) with `attrs`
@@ -1040,12 +930,10 @@ impl DaemonPreExec {
     /// the fork, no allocation.
     unsafe fn apply(&self) -> io::Result<()> {
         const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-        // SAFETY: plain system calls without pointers.
-        check(unsafe { libc::setsid() })?;
-        // SAFETY: as above; dies with its supervisor thread.
-        check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
-        // SAFETY: getppid cannot fail.
-        if unsafe { libc::getppid() } == 1 {
+        rustix::process::setsid()?;
+        // Dies with its supervisor thread.
+        rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+        if rustix::process::getppid() == Some(Pid::INIT) {
             return Err(io::Error::from_raw_os_error(libc::ESRCH));
         }
         for &fd in &self.cgroup_procs {
@@ -1056,16 +944,7 @@ impl DaemonPreExec {
         }
         // SAFETY: flags only.
         check(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
-        // SAFETY: static C strings and NULL data; makes our mounts private.
-        check(unsafe {
-            libc::mount(
-                c"none".as_ptr(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            )
-        })?;
+        make_mounts_private()?;
         // SAFETY: `tree` is a detached mount held by the parent (inherited
         // across the fork); `mountpoint` is a C string prepared before it.
         check_long(unsafe {

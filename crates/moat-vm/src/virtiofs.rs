@@ -36,6 +36,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use moat_image::fsat::{self, WalkError};
+
 use crate::sys;
 
 /// The virtio-fs tag of host directory `i` (the agent mounts it).
@@ -121,21 +123,29 @@ pub fn open(source: &str, destination: &str, read_only: bool) -> Result<HostDir,
             program,
         });
     }
-    let dir = sys::open_dir_no_symlinks(source).map_err(|e| match e.raw_os_error() {
-        Some(libc::ELOOP) => VirtiofsError::Symlink {
+    let dir = fsat::open_host_dir(source).map_err(|e| match e {
+        WalkError::Symlink(_) => VirtiofsError::Symlink {
             source_dir: source.into(),
             destination: destination.into(),
         },
-        Some(libc::ENOTDIR) => VirtiofsError::NotDirectory {
+        WalkError::NotDir(_) => VirtiofsError::NotDirectory {
             source_dir: source.into(),
             destination: destination.into(),
         },
-        _ => VirtiofsError::Io {
+        WalkError::Missing(_) => VirtiofsError::Io {
             source_dir: source.into(),
             destination: destination.into(),
             what: "opening it",
-            source: e,
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
         },
+        WalkError::Io { source: e, .. } | WalkError::Create { source: e, .. } => {
+            VirtiofsError::Io {
+                source_dir: source.into(),
+                destination: destination.into(),
+                what: "opening it",
+                source: e,
+            }
+        }
     })?;
     let mut attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
     if read_only {

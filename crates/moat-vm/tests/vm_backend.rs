@@ -107,7 +107,7 @@ fn delete_removes_what_a_dead_supervisor_left() {
         id.clone(),
         ContainerName::parse("dead1").unwrap(),
         Isolation::Vm,
-        "sha256:00",
+        format!("sha256:{}", "0".repeat(64)).parse().unwrap(),
     );
     rec.supervisor_pid = i32::MAX - 1;
     rec.supervisor_start_time = 1;
@@ -142,7 +142,7 @@ fn delete_removes_what_a_dead_supervisor_left() {
         ContainerId::generate(),
         ContainerName::parse("sb").unwrap(),
         Isolation::Sandbox,
-        "sha256:00",
+        format!("sha256:{}", "0".repeat(64)).parse().unwrap(),
     );
     assert_eq!(
         b.delete(&run_root, &sb).unwrap_err().to_string(),

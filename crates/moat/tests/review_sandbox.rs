@@ -215,7 +215,7 @@ fn planted_records_cannot_steer_cleanup() {
     let dead = i32::MAX - 7;
     let record = |id: &str, pid: u32, cgroup: &Path| {
         serde_json::json!({
-            "id": id, "name": format!("planted{}", pid), "image_id": "sha256:00", "pid": pid,
+            "id": id, "name": format!("planted{}", pid), "image_id": format!("sha256:{}", "0".repeat(64)), "pid": pid,
             "isolation": "sandbox", "created": "2026-01-01T00:00:00Z", "command": ["x"],
             "pid_start_time": start_time(pid), "supervisor_pid": dead,
             "supervisor_start_time": 1, "cgroups": [cgroup],

@@ -121,7 +121,7 @@ impl Audit {
         let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
         let entry = Entry {
             seq: head.0 + 1,
-            time: moat_policy::rbac::rfc3339_now(),
+            time: moat_policy::plan::time::now_rfc3339(),
             uid,
             principal: principal.to_string(),
             action: action.to_string(),

@@ -135,7 +135,7 @@ impl Daemon {
         if let Some((addr, path)) = self.webhook.clone() {
             let body = serde_json::json!({
                 "type": kind, "object": object, "reason": reason, "message": message,
-                "time": moat_policy::rbac::rfc3339_now(),
+                "time": moat_policy::plan::time::now_rfc3339(),
             })
             .to_string();
             std::thread::spawn(move || post(addr, &path, &body));

@@ -453,7 +453,7 @@ impl Store {
         c.execute(
             "INSERT INTO events (time, type, object, reason, message) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
-                moat_policy::rbac::rfc3339_now(),
+                moat_policy::plan::time::now_rfc3339(),
                 kind,
                 object,
                 reason,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::digest::Digest;
 use crate::oci::{self, Descriptor};
-use crate::store::{normalize_name, now_rfc3339, LayerInfo, Record, Store};
+use crate::store::{normalize_name, LayerInfo, Record, Store};
 use crate::Image;
 
 use super::{file_stem_name, ImportError, ImportOptions, Source};
@@ -113,7 +113,7 @@ impl Store {
                     media_type: l.media_type.clone(),
                 })
                 .collect(),
-            imported: now_rfc3339(),
+            imported: moat_plan::time::now_rfc3339(),
             source: opts
                 .source
                 .clone()

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::layer::Compression;
 use crate::oci::{self, Descriptor};
-use crate::store::{now_rfc3339, LayerInfo, Record, Store};
+use crate::store::{LayerInfo, Record, Store};
 use crate::Image;
 
 use super::{
@@ -83,7 +83,7 @@ impl Store {
             size,
             media_type: media_type.clone(),
         }];
-        let imported = now_rfc3339();
+        let imported = moat_plan::time::now_rfc3339();
         let (diff_ids, added) = self.unpack_staged(&layers, blobs, &rootfs, &sp, opts)?;
         layers[0].diff_id = diff_ids[0].clone();
         let config = oci::ConfigFile {

@@ -346,7 +346,7 @@ impl Layer<'_> {
                 entry: name.clone(),
                 parent: EntryName(p),
             },
-            WalkError::Io(source) => UnpackError::Write {
+            WalkError::Io { source, .. } | WalkError::Create { source, .. } => UnpackError::Write {
                 entry: name.clone(),
                 what: "the parent directory",
                 source,
@@ -388,7 +388,7 @@ impl Layer<'_> {
                     parent: EntryName(p),
                 })
             }
-            Err(WalkError::Io(source)) => {
+            Err(WalkError::Io { source, .. } | WalkError::Create { source, .. }) => {
                 return Err(UnpackError::Write {
                     entry: name.clone(),
                     what: "the whiteout",

@@ -105,35 +105,3 @@ fn a_failed_write_stops_logging_with_one_notice() {
     assert_eq!(w.notice(), None);
     w.write(Stream::Stdout, b"more\n");
 }
-
-#[test]
-fn parses_rfc3339() {
-    assert_eq!(
-        parse_rfc3339_nanos("1970-01-01T00:00:01Z"),
-        Some(1_000_000_000)
-    );
-    assert_eq!(
-        parse_rfc3339_nanos("1970-01-01T00:00:00.5Z"),
-        Some(500_000_000)
-    );
-    let now = now_rfc3339_nanos();
-    let t = parse_rfc3339_nanos(&now).unwrap();
-    let sys = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i128;
-    assert!((sys - t).abs() < 5_000_000_000);
-    assert_eq!(
-        crate::record::rfc3339((t / 1_000_000_000) as i64),
-        now[..19].to_string() + "Z"
-    );
-    for bad in [
-        "",
-        "2020-13-01T00:00:00Z",
-        "2020-01-01 00:00:00Z",
-        "2020-01-01T00:00:00",
-        "2020-01-01T00:00:00.1234567890Z",
-    ] {
-        assert_eq!(parse_rfc3339_nanos(bad), None, "{bad}");
-    }
-}

@@ -2,6 +2,8 @@ use std::path::Path;
 
 use super::*;
 
+const DIGEST: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
 /// Records what each step saw.
 #[derive(Default)]
 struct Fake {
@@ -30,7 +32,7 @@ impl Steps for Fake {
     ) -> anyhow::Result<ResolvedImage> {
         self.log.push(format!("resolve {}", image.as_written()));
         Ok(ResolvedImage {
-            image_id: "sha256:00".into(),
+            image_id: ImageId::parse(DIGEST).unwrap(),
             rootfs: "/nonexistent".into(),
             defaults: ImageDefaults {
                 cmd: vec!["sh".into()],
@@ -100,7 +102,7 @@ fn the_policy_authorised_is_the_policy_gated() {
         [
             "authorize 0",
             "resolve busybox",
-            "gate sha256:00",
+            &format!("gate {DIGEST}"),
             "user \"\"",
             "accel"
         ]
@@ -146,7 +148,10 @@ fn a_rootfs_is_not_resolved_in_the_store_and_names_are_checked() {
     let Prepared::Ready(r) = prepare(req.clone(), &mut steps).unwrap() else {
         panic!("refused");
     };
-    assert_eq!(r.image.image_id, format!("rootfs:{}", dir.path().display()));
+    assert_eq!(
+        r.image.image_id.to_string(),
+        format!("rootfs:{}", dir.path().display())
+    );
     assert_eq!(
         (r.name.as_str(), r.process.hostname.as_str()),
         ("web", "web")

@@ -354,7 +354,7 @@ fn build(
         osys::set_oom_score_adj(v).map_err(io("oom_score_adj"))?;
     }
     if init.new_namespaces & libc::CLONE_NEWNET != 0 {
-        sys::loopback_up().map_err(io("bringing up loopback"))?;
+        moat_net::loopback_up().map_err(io("bringing up loopback"))?;
     }
     if let Some(console) = console {
         let (master, peer) = sys::open_pty().map_err(io("opening the container's /dev/ptmx"))?;

@@ -6,6 +6,8 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use moat_image::fsat::{self, Access, Create, Links, Root, WalkError};
+
 use super::sys::{self as osys, fd_path};
 use super::{OciDevice, OciMount};
 use crate::sys;
@@ -101,31 +103,40 @@ pub(crate) fn open_or_create(
     path: &str,
     file: bool,
 ) -> Result<OwnedFd, ChildError> {
-    if let Ok(fd) = sys::openat2(root, path, libc::O_PATH, IN_ROOT) {
-        return Ok(fd);
-    }
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    let mut sofar = String::from("/");
-    for (i, part) in parts.iter().enumerate() {
-        let dir = sys::openat2(root, &sofar, libc::O_PATH | libc::O_DIRECTORY, IN_ROOT)
-            .map_err(err(format!("mount target {path}: opening {sofar}")))?;
-        let last = i + 1 == parts.len();
-        let made = if last && file {
-            sys::create_file(dir.as_fd(), part, 0o644)
-        } else {
-            sys::mkdirat(dir.as_fd(), part, 0o755)
-        };
-        match made {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(ChildError::io(format!("creating mount target {path}"), e)),
+    let create = match file {
+        true => Create::DirsAndFile,
+        false => Create::Dirs,
+    };
+    fsat::open_under(
+        Root::Dir(root),
+        path.as_bytes(),
+        Links::InRoot,
+        create,
+        Access::Path,
+    )
+    .map_err(|e| match e {
+        WalkError::Create { source, .. } => {
+            ChildError::io(format!("creating mount target {path}"), source)
         }
-        if !sofar.ends_with('/') {
-            sofar.push('/');
+        WalkError::Io {
+            at: Some(dir),
+            source,
+        } => ChildError::io(
+            format!(
+                "mount target {path}: opening {}",
+                String::from_utf8_lossy(&dir)
+            ),
+            source,
+        ),
+        WalkError::Io { at: None, source } => {
+            ChildError::io(format!("mount target {path}"), source)
         }
-        sofar.push_str(part);
-    }
-    sys::openat2(root, path, libc::O_PATH, IN_ROOT).map_err(err(format!("mount target {path}")))
+        // Not returned when links resolve in the root.
+        WalkError::Symlink(_) | WalkError::NotDir(_) | WalkError::Missing(_) => ChildError::io(
+            format!("mount target {path}"),
+            std::io::Error::from_raw_os_error(libc::EINVAL),
+        ),
+    })
 }
 
 /// Mounts one entry of `config.json`'s `mounts` under `root` (the rootfs,

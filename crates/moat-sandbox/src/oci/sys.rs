@@ -50,26 +50,39 @@ pub fn mount(
 
 /// `setns(2)` with a namespace file descriptor.
 pub fn setns(fd: BorrowedFd<'_>, nstype: libc::c_int) -> io::Result<()> {
-    // SAFETY: no pointers.
-    check(unsafe { libc::setns(fd.as_raw_fd(), nstype) })
+    // The same `setns(fd, nstype)`: rustix passes the CLONE_NEW* bits on.
+    Ok(rustix::thread::move_into_thread_name_spaces(
+        fd,
+        rustix::thread::ThreadNameSpaceType::from_bits_retain(nstype as u32),
+    )?)
 }
 
 /// `mknodat(2)` relative to `dir`.
 pub fn mknodat(dir: BorrowedFd<'_>, name: &str, mode: u32, dev: u64) -> io::Result<()> {
-    let name = cstr(name)?;
-    // SAFETY: `name` is NUL-terminated and outlives the call.
-    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, dev) })
+    use rustix::fs::{FileType, Mode};
+    Ok(rustix::fs::mknodat(
+        dir,
+        name,
+        FileType::from_raw_mode(mode),
+        Mode::from_raw_mode(mode & !libc::S_IFMT),
+        dev,
+    )?)
 }
 
 /// `fchownat(2)` on the descriptor itself (`AT_EMPTY_PATH`).
 pub fn fchown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
-    // SAFETY: constant empty C string.
-    check(unsafe { libc::fchownat(fd.as_raw_fd(), c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) })
+    use rustix::fs::{AtFlags, Gid, Uid};
+    Ok(rustix::fs::chownat(
+        fd,
+        c"",
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        AtFlags::EMPTY_PATH,
+    )?)
 }
 
 pub fn umask(mask: u32) {
-    // SAFETY: no pointers; cannot fail.
-    unsafe { libc::umask(mask) };
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(mask));
 }
 
 /// Sends `msg` with this process's credentials (`SCM_CREDENTIALS`): the

@@ -19,27 +19,18 @@ pub struct EuidSwitch {
     old_securebits: Option<libc::c_ulong>,
     /// The parent-death signal, which a credential change clears.
     pdeathsig: libc::c_int,
-    parent: libc::pid_t,
+    parent: Option<rustix::process::Pid>,
 }
 
 const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
 
 impl EuidSwitch {
     pub fn to(uid: u32) -> io::Result<Self> {
-        let mut pdeathsig: libc::c_int = 0;
-        // SAFETY: PR_GET_PDEATHSIG writes one int through the pointer,
-        // which points to a live local.
-        unsafe {
-            libc::prctl(
-                libc::PR_GET_PDEATHSIG,
-                &mut pdeathsig as *mut libc::c_int,
-                0,
-                0,
-                0,
-            )
-        };
-        // SAFETY: getppid has no arguments.
-        let parent = unsafe { libc::getppid() };
+        let pdeathsig = rustix::process::parent_process_death_signal()
+            .ok()
+            .flatten()
+            .map_or(0, |s| s.as_raw());
+        let parent = rustix::process::getppid();
         // SAFETY: PR_GET_SECUREBITS takes no pointer arguments.
         let old = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
         let old_securebits = (old >= 0)
@@ -69,8 +60,7 @@ impl EuidSwitch {
         }
         if self.pdeathsig != 0 {
             set_pdeathsig(self.pdeathsig)?;
-            // SAFETY: getppid has no arguments.
-            if unsafe { libc::getppid() } != self.parent {
+            if rustix::process::getppid() != self.parent {
                 // SAFETY: kill with this process's own pid and a signal number.
                 unsafe { libc::kill(libc::getpid(), self.pdeathsig) };
             }

@@ -4,7 +4,6 @@
 //! pidfds, seccomp, capabilities, pty peers). Every wrapper returns
 //! `io::Result` and owns the file descriptors it creates.
 
-use std::ffi::CString;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -25,10 +24,6 @@ pub use mount::*;
 pub use process::*;
 pub use signal::*;
 pub use tty::*;
-
-fn cstr(s: &str) -> io::Result<CString> {
-    CString::new(s).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-}
 
 fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
     if ret < 0 {

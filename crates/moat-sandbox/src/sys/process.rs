@@ -58,8 +58,11 @@ pub fn clone_child(ns_flags: libc::c_int) -> io::Result<Forked> {
 /// `setns(2)` into the namespaces `flags` of the process of `pidfd`, all
 /// at once (the kernel joins the user namespace first).
 pub fn setns(pidfd: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<()> {
-    // SAFETY: no pointers; the descriptor is borrowed for the call.
-    check(unsafe { libc::setns(pidfd.as_raw_fd(), flags) } as libc::c_long).map(|_| ())
+    use rustix::thread::ThreadNameSpaceType;
+    Ok(rustix::thread::move_into_thread_name_spaces(
+        pidfd,
+        ThreadNameSpaceType::from_bits_retain(flags as u32),
+    )?)
 }
 
 /// `clone(2)` with `CLONE_PARENT` (fork semantics): the new process is a
@@ -82,8 +85,12 @@ pub fn clone_parent() -> io::Result<i32> {
 }
 
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: no pointers.
-    fd_from(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })
+    let pid = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok(rustix::process::pidfd_open(
+        pid,
+        rustix::process::PidfdFlags::empty(),
+    )?)
 }
 
 pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
@@ -180,8 +187,7 @@ pub fn set_ids(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
 }
 
 pub fn sethostname(name: &str) -> io::Result<()> {
-    // SAFETY: the pointer and length describe `name`'s bytes.
-    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } as libc::c_long).map(drop)
+    Ok(rustix::system::sethostname(name.as_bytes())?)
 }
 
 pub fn unshare(flags: i32) -> io::Result<()> {
@@ -190,29 +196,7 @@ pub fn unshare(flags: i32) -> io::Result<()> {
 }
 
 pub fn setsid() -> io::Result<()> {
-    // SAFETY: no arguments.
-    check(unsafe { libc::setsid() } as libc::c_long).map(drop)
-}
-
-/// Brings the loopback interface of the current network namespace up.
-pub fn loopback_up() -> io::Result<()> {
-    // SAFETY: plain socket creation.
-    let sock =
-        fd_from(
-            unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }
-                as libc::c_long,
-        )?;
-    // SAFETY: ifreq is plain data.
-    let mut req: libc::ifreq = unsafe { zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: `req` is a valid ifreq for SIOCGIFFLAGS/SIOCSIFFLAGS.
-    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } as libc::c_long)?;
-    // SAFETY: reading/writing the flags member of the union we just filled.
-    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    // SAFETY: as above.
-    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } as libc::c_long)?;
+    rustix::process::setsid()?;
     Ok(())
 }
 

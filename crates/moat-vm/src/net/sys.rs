@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 fn check(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
@@ -17,8 +17,10 @@ fn check(r: libc::c_int) -> io::Result<libc::c_int> {
 /// Moves the calling thread (only it: network namespaces are per thread)
 /// into the network namespace `ns` refers to.
 pub fn enter_netns(ns: &File) -> io::Result<()> {
-    // SAFETY: setns takes a descriptor we hold open and a flag.
-    check(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }).map(drop)
+    Ok(rustix::thread::move_into_link_name_space(
+        ns.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )?)
 }
 
 /// Creates the tap device `name` (no packet information header) in the
@@ -30,11 +32,12 @@ pub fn create_tap(name: &str) -> io::Result<OwnedFd> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-    // SAFETY: a constant C string; the flags ask for a new descriptor.
-    let fd =
-        check(unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })?;
-    // SAFETY: open returned a fresh descriptor that we now own.
-    let tun = unsafe { OwnedFd::from_raw_fd(fd) };
+    use rustix::fs::{Mode, OFlags};
+    let tun = rustix::fs::open(
+        c"/dev/net/tun",
+        OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     // SAFETY: ifreq is plain data; all zeroes is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
@@ -44,4 +47,39 @@ pub fn create_tap(name: &str) -> io::Result<OwnedFd> {
     // SAFETY: TUNSETIFF reads the name and flags from req.
     check(unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, &req) })?;
     Ok(tun)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    /// In a network namespace of its own (root only): the thread enters
+    /// it and makes a tap device there, which goes with its descriptor.
+    #[test]
+    fn a_tap_is_made_in_the_namespace_entered() {
+        if !rustix::process::geteuid().is_root() || Command::new("ip").arg("-V").output().is_err() {
+            println!("SKIP: needs root and ip(8)");
+            return;
+        }
+        let ns = format!("moat-tap-test-{}", std::process::id());
+        let ip = |args: &[&str]| Command::new("ip").args(args).output().unwrap();
+        assert!(ip(&["netns", "add", &ns]).status.success());
+        let file = File::open(format!("/run/netns/{ns}")).unwrap();
+        let tap = std::thread::spawn(move || {
+            enter_netns(&file).unwrap();
+            create_tap("moattest0").unwrap()
+        })
+        .join()
+        .unwrap();
+        let shown = ip(&["-n", &ns, "link", "show", "moattest0"]);
+        let host = ip(&["link", "show", "moattest0"]);
+        drop(tap);
+        let after = ip(&["-n", &ns, "link", "show", "moattest0"]);
+        ip(&["netns", "delete", &ns]);
+        assert!(shown.status.success(), "{shown:?}");
+        assert!(!host.status.success(), "the tap is on the host");
+        assert!(!after.status.success(), "the tap outlived its descriptor");
+    }
 }

@@ -158,7 +158,7 @@ pub fn options(f: &Fixture, process: ProcessSpec) -> moat_vm::VmRunOptions {
         state_root: f.state.clone(),
         run_root: f.state.join("run"),
         rootfs: f.rootfs.clone(),
-        image_id: f.image_id.clone(),
+        image_id: f.image_id.parse().unwrap(),
         id: None,
         process,
         plan: plan(),

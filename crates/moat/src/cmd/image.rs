@@ -418,7 +418,7 @@ fn containers(global: &GlobalArgs) -> anyhow::Result<Vec<moat_image::ContainerUs
         .map(|r| moat_image::ContainerUse {
             state: dir.join(r.id.as_str()).join("state.json"),
             container: r.name.to_string(),
-            image_id: r.image_id,
+            image_id: r.image_id.to_string(),
         })
         .collect())
 }

@@ -70,7 +70,7 @@ pub fn inspect(global: &GlobalArgs, args: InspectArgs) -> anyhow::Result<ExitCod
             id: r.id.to_string(),
             name: r.name.to_string(),
             image: spec.as_ref().map(|s| s.image.clone()).unwrap_or_default(),
-            image_id: r.image_id.clone(),
+            image_id: r.image_id.to_string(),
             isolation: r.isolation.to_string(),
             created: r.created.clone(),
             state: State {

@@ -45,7 +45,8 @@ pub fn run(global: &GlobalArgs, cmd: PsArgs) -> anyhow::Result<ExitCode> {
                 "CONTAINER ID", "NAME", "IMAGE", "ISOLATION", "PID", "CREATED", "STATUS"
             );
             for s in &states {
-                let image = s.image_id.strip_prefix("sha256:").unwrap_or(&s.image_id);
+                let image_id = s.image_id.to_string();
+                let image = image_id.strip_prefix("sha256:").unwrap_or(&image_id);
                 // Name, image and command come from the image or the
                 // command line: one line each, escaped.
                 let command = s

@@ -435,7 +435,7 @@ impl pipeline::Steps for CliSteps<'_> {
         crate::cmd::scan::vulnerability_gate(
             self.global,
             policy,
-            &image.image_id,
+            &image.image_id.to_string(),
             &image.rootfs,
             self.allow_unchecked,
         )
@@ -623,7 +623,7 @@ fn resolve_image(
     let c = &image.config;
     Ok((
         ResolvedImage {
-            image_id: image.config_digest.clone(),
+            image_id: moat_runtime::ImageId::parse(&image.config_digest)?,
             rootfs,
             defaults: ImageDefaults {
                 entrypoint: c.entrypoint.clone(),

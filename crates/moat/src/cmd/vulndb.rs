@@ -170,7 +170,7 @@ pub fn import_and_rematch(global: &GlobalArgs, path: &Path) -> anyhow::Result<Im
                 id: r.id.to_string(),
                 name: r.name.to_string(),
             },
-            image_id: r.image_id,
+            image_id: r.image_id.to_string(),
         })
         .collect();
     let alerts = store::rematch_all(&global.root, &containers, &db)
