@@ -131,6 +131,7 @@ pub fn write(
     }
     let gen = format!("..{}", &hex::encode(h.finalize())[..16]);
     let link = dir.join("..data");
+    prune(dir, &gen, SUPERSEDED_GRACE);
     if std::fs::read_link(&link).is_ok_and(|t| t == Path::new(&gen)) {
         return Ok(false);
     }
@@ -188,10 +189,47 @@ pub fn write(
             }
         }
     }
+    // The old generation stays a little: a micro-VM's guest may still
+    // resolve `..data` to it from its cache for up to a second (virtiofsd
+    // `cache=auto`), and must then read the old files, not find none.
+    // Its mtime says since when it is superseded; a later pass prunes it.
     if let Some(old) = old.filter(|o| *o != Path::new(&gen)) {
-        let _ = std::fs::remove_dir_all(dir.join(old));
+        let old = dir.join(old);
+        if let Ok(f) = std::fs::File::open(&old) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
     }
     Ok(true)
+}
+
+/// How long a superseded generation is kept (well above virtiofsd's
+/// one-second name cache under `cache=auto`).
+pub const SUPERSEDED_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Removes generations other than `current` (and staging directories a
+/// crash left) that have not changed for `grace`.
+fn prune(dir: &Path, current: &str, grace: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("..") || name == "..data" || name == "..data_tmp" || name == current {
+            continue;
+        }
+        // Never follows a link: only real directories are generations.
+        let Ok(md) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let old = md
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age >= grace);
+        if md.is_dir() && old {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// The uid:gid a template runs as (restricted pods always set it).
@@ -369,7 +407,17 @@ mod tests {
                 n.starts_with("..") && n != "..data"
             })
             .count();
-        assert_eq!(gens, 1, "the old generation is gone");
+        assert_eq!(gens, 2, "the old generation stays for a grace period");
+        // Once superseded for the grace period, it is pruned.
+        let current = std::fs::read_link(dir.join("..data")).unwrap();
+        prune(&dir, current.to_str().unwrap(), std::time::Duration::ZERO);
+        let left = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("..") && n != "..data")
+            .count();
+        assert_eq!(left, 1, "only the current generation is left");
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "3");
     }
 
     #[test]
