@@ -286,7 +286,8 @@ pub fn derived_policy(t: &Template, root: &Path, replica: &str) -> Option<String
 }
 
 /// Writes what `replica` needs before it is created: its file volumes
-/// (from `lookup`) and its derived policy; the policy file to run it
+/// (from `lookup`, the files root made a tmpfs by `tmpfs`) and its
+/// derived policy; the policy file to run it
 /// under, if not the template's own.
 pub fn prepare(
     state: &Path,
@@ -294,10 +295,13 @@ pub fn prepare(
     replica: &str,
     t: &Template,
     lookup: &dyn Fn(&str, &str) -> Option<Source>,
+    tmpfs: &dyn Fn() -> Result<(), FilesError>,
 ) -> Result<Option<PathBuf>, FilesError> {
-    // Only a moatd that mounts files touches the files root.
+    // Only a moatd that mounts files touches the files root; `tmpfs` is
+    // [`ensure_tmpfs`] (through moatd's spawner: the reconcile thread
+    // may not mount).
     if !t.files.is_empty() {
-        ensure_tmpfs(root)?;
+        tmpfs()?;
     }
     sync(root, replica, t, lookup)?;
     let Some(text) = derived_policy(t, root, replica) else {

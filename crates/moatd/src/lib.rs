@@ -28,6 +28,8 @@ pub mod manifest;
 pub mod probe;
 pub mod reconcile;
 pub mod runtime;
+pub mod spawner;
 pub mod store;
 pub mod template;
 pub mod views;
+pub mod workers;
