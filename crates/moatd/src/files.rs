@@ -132,7 +132,13 @@ pub fn write(
     let gen = format!("..{}", &hex::encode(h.finalize())[..16]);
     let link = dir.join("..data");
     prune(dir, &gen, SUPERSEDED_GRACE);
-    if std::fs::read_link(&link).is_ok_and(|t| t == Path::new(&gen)) {
+    // Current, and every key's link made (a crash may have come between
+    // the switch and the links).
+    if std::fs::read_link(&link).is_ok_and(|t| t == Path::new(&gen))
+        && data
+            .keys()
+            .all(|k| std::fs::symlink_metadata(dir.join(k)).is_ok())
+    {
         return Ok(false);
     }
     // Modes are set, not left to the umask (the unit file's is 0077):
@@ -146,6 +152,12 @@ pub fn write(
     }
     open_dir(dir).map_err(|e| werr(dir, e))?;
     let old = std::fs::read_link(&link).ok();
+    let target = dir.join(&gen);
+    if old.as_deref() == Some(Path::new(&gen)) {
+        // Only links were missing: the generation is complete.
+        make_links(dir, data.keys(), &werr)?;
+        return Ok(true);
+    }
     // The new generation, complete before anything points at it.
     let staging = dir.join(format!("{gen}.tmp"));
     let _ = std::fs::remove_dir_all(&staging);
@@ -166,7 +178,6 @@ pub fn write(
             std::os::unix::fs::fchown(&f, Some(owner.0), Some(owner.1)).map_err(|e| werr(&p, e))?;
         }
     }
-    let target = dir.join(&gen);
     let _ = std::fs::remove_dir_all(&target);
     std::fs::rename(&staging, &target).map_err(|e| werr(&target, e))?;
     // One rename switches every key at once.
@@ -174,12 +185,7 @@ pub fn write(
     let _ = std::fs::remove_file(&tmp_link);
     symlink(&gen, &tmp_link).map_err(|e| werr(&tmp_link, e))?;
     std::fs::rename(&tmp_link, &link).map_err(|e| werr(&link, e))?;
-    for k in data.keys() {
-        let p = dir.join(k);
-        if std::fs::symlink_metadata(&p).is_err() {
-            symlink(Path::new("..data").join(k), &p).map_err(|e| werr(&p, e))?;
-        }
-    }
+    make_links(dir, data.keys(), &werr)?;
     // Keys gone from the object go from the directory.
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
@@ -202,19 +208,41 @@ pub fn write(
     Ok(true)
 }
 
+/// `KEY -> ..data/KEY` for every key that has no link yet.
+fn make_links<'a>(
+    dir: &Path,
+    keys: impl Iterator<Item = &'a String>,
+    werr: &dyn Fn(&Path, std::io::Error) -> FilesError,
+) -> Result<(), FilesError> {
+    for k in keys {
+        let p = dir.join(k);
+        if std::fs::symlink_metadata(&p).is_err() {
+            symlink(Path::new("..data").join(k), &p).map_err(|e| werr(&p, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// How long a superseded generation is kept (well above virtiofsd's
 /// one-second name cache under `cache=auto`).
 pub const SUPERSEDED_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Removes generations other than `current` (and staging directories a
-/// crash left) that have not changed for `grace`.
+/// Removes generations other than `current` and the one `..data` names
+/// (and staging directories a crash left) that have not changed for
+/// `grace`.
 fn prune(dir: &Path, current: &str, grace: std::time::Duration) {
+    let linked = std::fs::read_link(dir.join("..data")).ok();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("..") || name == "..data" || name == "..data_tmp" || name == current {
+        if !name.starts_with("..")
+            || name == "..data"
+            || name == "..data_tmp"
+            || name == current
+            || linked.as_deref() == Some(Path::new(&name))
+        {
             continue;
         }
         // Never follows a link: only real directories are generations.
@@ -400,7 +428,7 @@ mod tests {
         assert_eq!(mode(&secret.join("a")), 0o400);
         data.remove("b");
         data.insert("a".to_string(), "3".to_string());
-        assert!(write(&dir, &vol(), &(false, data), (0, 0)).unwrap());
+        assert!(write(&dir, &vol(), &(false, data.clone()), (0, 0)).unwrap());
         assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "3");
         assert!(std::fs::symlink_metadata(dir.join("b")).is_err());
         let gens = std::fs::read_dir(&dir)
@@ -422,6 +450,16 @@ mod tests {
             .count();
         assert_eq!(left, 1, "only the current generation is left");
         assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "3");
+        // The generation `..data` names is never pruned, whatever is
+        // being written (the live files stay until the switch).
+        prune(&dir, "..other", std::time::Duration::ZERO);
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "3");
+        // A crash between the switch and the links: the next pass makes
+        // them.
+        std::fs::remove_file(dir.join("a")).unwrap();
+        assert!(write(&dir, &vol(), &(false, data.clone()), (0, 0)).unwrap());
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "3");
+        assert!(!write(&dir, &vol(), &(false, data), (0, 0)).unwrap());
     }
 
     #[test]

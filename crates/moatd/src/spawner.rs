@@ -151,13 +151,20 @@ impl Client {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         control.push(SendAncillaryMessage::ScmRights(&fds));
-        rustix::net::sendmsg(
+        let sent = rustix::net::sendmsg(
             &*self.control,
             &[IoSlice::new(b"r")],
             &mut control,
             SendFlags::NOSIGNAL,
-        )
-        .map_err(|e| SpawnerError::Ask(e.into()))?;
+        );
+        if sent == Err(rustix::io::Errno::PIPE) {
+            // Without its spawner moatd can start nothing: it ends, and
+            // its supervisor starts it again (replicas run on and are
+            // adopted).
+            eprintln!("moatd: error: its process spawner ended; moatd exits to be restarted");
+            std::process::exit(1);
+        }
+        sent.map_err(|e| SpawnerError::Ask(e.into()))?;
         drop(theirs);
         let req = serde_json::to_vec(op).map_err(SpawnerError::Reply)?;
         mine.write_all(&req).map_err(SpawnerError::Ask)?;

@@ -491,6 +491,40 @@ fn the_api_and_worker_threads_run_under_their_seccomp_filters_and_the_spawner_do
             || std::fs::read(format!("/proc/{spawner}/cmdline")).is_ok_and(|c| c.is_empty())
     });
     assert!(env.containers().iter().any(|c| c["status"] == "running"));
+    // The other way round: a moatd whose spawner ended exits (its unit
+    // restarts it) at its next request to it (here, the exec probe).
+    env.start();
+    let pid = env.daemon.as_ref().unwrap().id();
+    let mut spawner = String::new();
+    wait_for(10, "the new spawner", || {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        spawner = children
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        !spawner.is_empty()
+    });
+    let spawner: i32 = spawner.parse().unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(spawner).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let mut status = None;
+    wait_for(30, "moatd to exit without its spawner", || {
+        status = env.daemon.as_mut().unwrap().try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(1));
+    assert!(
+        env.daemon_log()
+            .contains("moatd: error: its process spawner ended; moatd exits to be restarted"),
+        "{}",
+        env.daemon_log()
+    );
+    assert!(env.containers().iter().any(|c| c["status"] == "running"));
 }
 
 /// A thread under the workers' filter: the calls it must never make fail
