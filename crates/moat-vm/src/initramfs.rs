@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -310,6 +310,10 @@ pub fn ensure(root: &Path) -> Result<PathBuf, InitramfsError> {
     fs::create_dir_all(&dir).map_err(io("create", &dir))?;
     let stage = dir.join(format!(".{key}.{}.tmp", std::process::id()));
     fs::write(&stage, image(&bytes)).map_err(io("write", &stage))?;
+    // Mode 0644 whatever the umask (moatd's unit sets 0077): the jailed,
+    // unprivileged QEMU reopens it through /proc/self/fd, which checks
+    // the mode. It holds the agent alone, no secret.
+    fs::set_permissions(&stage, fs::Permissions::from_mode(0o644)).map_err(io("chmod", &stage))?;
     fs::rename(&stage, &out).map_err(io("rename", &out))?;
     Ok(out)
 }

@@ -138,12 +138,62 @@ impl Daemon {
                 "time": moat_policy::plan::time::now_rfc3339(),
             })
             .to_string();
-            std::thread::spawn(move || post(addr, &path, &body));
+            match self.runtime.spawner.clone() {
+                // From a filtered thread: the spawner posts it.
+                Some(sp) => {
+                    std::thread::spawn(move || sp.ask(&crate::spawner::Op::Webhook { body }));
+                }
+                None => {
+                    std::thread::spawn(move || post(addr, &path, &body));
+                }
+            }
+        }
+    }
+
+    /// Makes the files root a tmpfs ([`crate::files::ensure_tmpfs`]),
+    /// through the spawner when there is one (mounting is not among the
+    /// reconcile thread's calls).
+    pub fn files_tmpfs(&self) -> Result<(), crate::files::FilesError> {
+        let Some(sp) = &self.runtime.spawner else {
+            return crate::files::ensure_tmpfs(&self.files);
+        };
+        let r = sp
+            .ask(&crate::spawner::Op::FilesTmpfs)
+            .map_err(std::io::Error::other)
+            .and_then(|r| match r.error {
+                Some(e) => Err(std::io::Error::other(e)),
+                None => Ok(()),
+            });
+        r.map_err(|source| crate::files::FilesError::Root {
+            path: self.files.clone(),
+            source,
+        })
+    }
+
+    /// Creates a claim's named volume (mkfs runs), through the spawner
+    /// when there is one.
+    pub fn create_volume(
+        &self,
+        vs: &moat_runtime::volume_store::Store,
+        name: &str,
+        bytes: u64,
+    ) -> Result<(), String> {
+        let Some(sp) = &self.runtime.spawner else {
+            return vs.create(name, bytes).map(drop).map_err(|e| e.to_string());
+        };
+        let op = crate::spawner::Op::CreateVolume {
+            name: name.to_string(),
+            bytes,
+        };
+        match sp.ask(&op) {
+            Ok(r) => r.error.map_or(Ok(()), Err),
+            Err(e) => Err(format!("{:#}", anyhow::Error::from(e))),
         }
     }
 }
 
-fn post(addr: std::net::SocketAddr, path: &str, body: &str) {
+/// One POST of an event to the loopback webhook.
+pub fn post(addr: std::net::SocketAddr, path: &str, body: &str) {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
         return;

@@ -131,7 +131,14 @@ pub fn write(
     }
     let gen = format!("..{}", &hex::encode(h.finalize())[..16]);
     let link = dir.join("..data");
-    if std::fs::read_link(&link).is_ok_and(|t| t == Path::new(&gen)) {
+    prune(dir, &gen, SUPERSEDED_GRACE);
+    // Current, and every key's link made (a crash may have come between
+    // the switch and the links).
+    if std::fs::read_link(&link).is_ok_and(|t| t == Path::new(&gen))
+        && data
+            .keys()
+            .all(|k| std::fs::symlink_metadata(dir.join(k)).is_ok())
+    {
         return Ok(false);
     }
     // Modes are set, not left to the umask (the unit file's is 0077):
@@ -145,6 +152,12 @@ pub fn write(
     }
     open_dir(dir).map_err(|e| werr(dir, e))?;
     let old = std::fs::read_link(&link).ok();
+    let target = dir.join(&gen);
+    if old.as_deref() == Some(Path::new(&gen)) {
+        // Only links were missing: the generation is complete.
+        make_links(dir, data.keys(), &werr)?;
+        return Ok(true);
+    }
     // The new generation, complete before anything points at it.
     let staging = dir.join(format!("{gen}.tmp"));
     let _ = std::fs::remove_dir_all(&staging);
@@ -165,7 +178,6 @@ pub fn write(
             std::os::unix::fs::fchown(&f, Some(owner.0), Some(owner.1)).map_err(|e| werr(&p, e))?;
         }
     }
-    let target = dir.join(&gen);
     let _ = std::fs::remove_dir_all(&target);
     std::fs::rename(&staging, &target).map_err(|e| werr(&target, e))?;
     // One rename switches every key at once.
@@ -173,12 +185,7 @@ pub fn write(
     let _ = std::fs::remove_file(&tmp_link);
     symlink(&gen, &tmp_link).map_err(|e| werr(&tmp_link, e))?;
     std::fs::rename(&tmp_link, &link).map_err(|e| werr(&link, e))?;
-    for k in data.keys() {
-        let p = dir.join(k);
-        if std::fs::symlink_metadata(&p).is_err() {
-            symlink(Path::new("..data").join(k), &p).map_err(|e| werr(&p, e))?;
-        }
-    }
+    make_links(dir, data.keys(), &werr)?;
     // Keys gone from the object go from the directory.
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
@@ -188,10 +195,69 @@ pub fn write(
             }
         }
     }
+    // The old generation stays a little: a micro-VM's guest may still
+    // resolve `..data` to it from its cache for up to a second (virtiofsd
+    // `cache=auto`), and must then read the old files, not find none.
+    // Its mtime says since when it is superseded; a later pass prunes it.
     if let Some(old) = old.filter(|o| *o != Path::new(&gen)) {
-        let _ = std::fs::remove_dir_all(dir.join(old));
+        let old = dir.join(old);
+        if let Ok(f) = std::fs::File::open(&old) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
     }
     Ok(true)
+}
+
+/// `KEY -> ..data/KEY` for every key that has no link yet.
+fn make_links<'a>(
+    dir: &Path,
+    keys: impl Iterator<Item = &'a String>,
+    werr: &dyn Fn(&Path, std::io::Error) -> FilesError,
+) -> Result<(), FilesError> {
+    for k in keys {
+        let p = dir.join(k);
+        if std::fs::symlink_metadata(&p).is_err() {
+            symlink(Path::new("..data").join(k), &p).map_err(|e| werr(&p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// How long a superseded generation is kept (well above virtiofsd's
+/// one-second name cache under `cache=auto`).
+pub const SUPERSEDED_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Removes generations other than `current` and the one `..data` names
+/// (and staging directories a crash left) that have not changed for
+/// `grace`.
+fn prune(dir: &Path, current: &str, grace: std::time::Duration) {
+    let linked = std::fs::read_link(dir.join("..data")).ok();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("..")
+            || name == "..data"
+            || name == "..data_tmp"
+            || name == current
+            || linked.as_deref() == Some(Path::new(&name))
+        {
+            continue;
+        }
+        // Never follows a link: only real directories are generations.
+        let Ok(md) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let old = md
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age >= grace);
+        if md.is_dir() && old {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// The uid:gid a template runs as (restricted pods always set it).
@@ -248,7 +314,8 @@ pub fn derived_policy(t: &Template, root: &Path, replica: &str) -> Option<String
 }
 
 /// Writes what `replica` needs before it is created: its file volumes
-/// (from `lookup`) and its derived policy; the policy file to run it
+/// (from `lookup`, the files root made a tmpfs by `tmpfs`) and its
+/// derived policy; the policy file to run it
 /// under, if not the template's own.
 pub fn prepare(
     state: &Path,
@@ -256,10 +323,13 @@ pub fn prepare(
     replica: &str,
     t: &Template,
     lookup: &dyn Fn(&str, &str) -> Option<Source>,
+    tmpfs: &dyn Fn() -> Result<(), FilesError>,
 ) -> Result<Option<PathBuf>, FilesError> {
-    // Only a moatd that mounts files touches the files root.
+    // Only a moatd that mounts files touches the files root; `tmpfs` is
+    // [`ensure_tmpfs`] (through moatd's spawner: the reconcile thread
+    // may not mount).
     if !t.files.is_empty() {
-        ensure_tmpfs(root)?;
+        tmpfs()?;
     }
     sync(root, replica, t, lookup)?;
     let Some(text) = derived_policy(t, root, replica) else {
@@ -358,7 +428,7 @@ mod tests {
         assert_eq!(mode(&secret.join("a")), 0o400);
         data.remove("b");
         data.insert("a".to_string(), "3".to_string());
-        assert!(write(&dir, &vol(), &(false, data), (0, 0)).unwrap());
+        assert!(write(&dir, &vol(), &(false, data.clone()), (0, 0)).unwrap());
         assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "3");
         assert!(std::fs::symlink_metadata(dir.join("b")).is_err());
         let gens = std::fs::read_dir(&dir)
@@ -369,7 +439,27 @@ mod tests {
                 n.starts_with("..") && n != "..data"
             })
             .count();
-        assert_eq!(gens, 1, "the old generation is gone");
+        assert_eq!(gens, 2, "the old generation stays for a grace period");
+        // Once superseded for the grace period, it is pruned.
+        let current = std::fs::read_link(dir.join("..data")).unwrap();
+        prune(&dir, current.to_str().unwrap(), std::time::Duration::ZERO);
+        let left = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("..") && n != "..data")
+            .count();
+        assert_eq!(left, 1, "only the current generation is left");
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "3");
+        // The generation `..data` names is never pruned, whatever is
+        // being written (the live files stay until the switch).
+        prune(&dir, "..other", std::time::Duration::ZERO);
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "3");
+        // A crash between the switch and the links: the next pass makes
+        // them.
+        std::fs::remove_file(dir.join("a")).unwrap();
+        assert!(write(&dir, &vol(), &(false, data.clone()), (0, 0)).unwrap());
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "3");
+        assert!(!write(&dir, &vol(), &(false, data), (0, 0)).unwrap());
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //! - [`runtime`]: containers through the runtime core.
 //! - [`files`]: ConfigMaps and Secrets as files, and each replica's
 //!   derived policy (file volumes, `resources` limits).
-//! - [`api`] threads run under the seccomp allowlist `seccomp/api.json`.
+//! - [`api`] threads run under the seccomp allowlist `seccomp/api.json`;
+//!   the reconcile and advisory threads under [`workers`]'
+//!   `seccomp/workers.json`, and start no process: [`spawner`], a
+//!   separate unfiltered process, does that for them.
 
 #![forbid(unsafe_code)]
 
@@ -28,6 +31,8 @@ pub mod manifest;
 pub mod probe;
 pub mod reconcile;
 pub mod runtime;
+pub mod spawner;
 pub mod store;
 pub mod template;
 pub mod views;
+pub mod workers;

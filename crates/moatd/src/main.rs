@@ -70,6 +70,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
+    if argv.get(1).map(String::as_str) == Some("spawner") {
+        return match moatd::spawner::serve(argv.get(2).map_or("", String::as_str)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("moatd: spawner: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -104,11 +113,25 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let store = moatd::store::Store::open(&args.root)?;
     let audit = moatd::audit::Audit::open(&args.root)?;
+    // Before any thread is filtered (or started): the process that starts
+    // `moat` for the filtered threads, unfiltered itself.
+    let exe = std::env::current_exe().context("finding moatd's own binary")?;
+    let spawner = moatd::spawner::Client::start(
+        &exe,
+        &moatd::spawner::Config {
+            moat: moat.clone(),
+            moatd: exe.clone(),
+            state: args.root.clone(),
+            files: args.files_dir.clone(),
+            webhook: webhook.clone(),
+        },
+    )?;
     let runtime = moatd::runtime::Runtime {
         moat,
         root: args.root.clone(),
         run_root: args.run_root.clone(),
         rbac: args.rbac.clone(),
+        spawner: Some(spawner),
     };
     let limits = RestartLimits {
         attempts: args.restart_attempts,
@@ -142,14 +165,34 @@ fn run(args: Args) -> anyhow::Result<()> {
         "event",
         &[format!("{adopted} replicas adopted")],
     );
+    // Each filtered at its start, before it reads anything (DESIGN rule 9);
+    // a thread that cannot be filtered ends moatd rather than run open.
     let d2 = d.clone();
-    std::thread::spawn(move || moatd::reconcile::run(&d2));
+    std::thread::Builder::new()
+        .name("reconcile".into())
+        .spawn(move || {
+            confine_or_exit("reconcile");
+            moatd::reconcile::run(&d2)
+        })?;
     let d3 = d.clone();
-    std::thread::spawn(move || moatd::advisories::run(&d3));
+    std::thread::Builder::new()
+        .name("advisories".into())
+        .spawn(move || {
+            confine_or_exit("advisories");
+            moatd::advisories::run(&d3)
+        })?;
     moatd::api::confine().context("installing the API threads' seccomp filter")?;
     moatd::api::serve(d, listener);
     drop(lock);
     Ok(())
+}
+
+/// Installs the workers' filter on the calling thread, or ends moatd.
+fn confine_or_exit(thread: &str) {
+    if let Err(e) = moatd::workers::confine() {
+        eprintln!("moatd: error: installing the {thread} thread's seccomp filter: {e:#}");
+        std::process::exit(1);
+    }
 }
 
 /// One moatd per state root.

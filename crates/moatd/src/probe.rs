@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::manifest::{Handler, Probe};
 use crate::runtime::Runtime;
+use crate::spawner::Program;
 use crate::template::Template;
 
 #[derive(Debug, Default)]
@@ -45,7 +46,6 @@ impl Probes {
     pub fn observe(
         &self,
         rt: &Runtime,
-        exe: &Path,
         name: &str,
         t: &Template,
         running: bool,
@@ -55,14 +55,8 @@ impl Probes {
         let st = map.entry(name.to_string()).or_insert_with(|| {
             let st = Arc::new(Mutex::new(State::default()));
             if t.readiness.is_some() || t.liveness.is_some() {
-                let (st2, rt, exe, name, t) = (
-                    st.clone(),
-                    rt.clone(),
-                    exe.to_path_buf(),
-                    name.to_string(),
-                    t.clone(),
-                );
-                std::thread::spawn(move || prober(st2, rt, exe, name, t));
+                let (st2, rt, name, t) = (st.clone(), rt.clone(), name.to_string(), t.clone());
+                std::thread::spawn(move || prober(st2, rt, name, t));
             }
             st
         });
@@ -112,7 +106,7 @@ impl State {
     }
 }
 
-fn prober(st: Arc<Mutex<State>>, rt: Runtime, exe: PathBuf, name: String, t: Template) {
+fn prober(st: Arc<Mutex<State>>, rt: Runtime, name: String, t: Template) {
     let started = Instant::now();
     let (mut r_ok, mut r_fail, mut l_fail) = (0u32, 0u32, 0u32);
     let mut next_r = Instant::now();
@@ -139,7 +133,7 @@ fn prober(st: Arc<Mutex<State>>, rt: Runtime, exe: PathBuf, name: String, t: Tem
         let now = Instant::now();
         if let Some(p) = t.readiness.as_ref().filter(|_| now >= next_r) {
             next_r = now + Duration::from_secs(p.period_seconds);
-            if run(&rt, &exe, &name, &target, p) {
+            if run(&rt, &name, &target, p) {
                 r_ok += 1;
                 r_fail = 0;
             } else {
@@ -155,7 +149,7 @@ fn prober(st: Arc<Mutex<State>>, rt: Runtime, exe: PathBuf, name: String, t: Tem
         }
         if let Some(p) = t.liveness.as_ref().filter(|_| now >= next_l) {
             next_l = now + Duration::from_secs(p.period_seconds);
-            if run(&rt, &exe, &name, &target, p) {
+            if run(&rt, &name, &target, p) {
                 l_fail = 0;
             } else {
                 l_fail += 1;
@@ -175,44 +169,30 @@ fn prober(st: Arc<Mutex<State>>, rt: Runtime, exe: PathBuf, name: String, t: Tem
 
 type Target = (Option<PathBuf>, bool);
 
-fn run(rt: &Runtime, exe: &Path, name: &str, target: &Target, p: &Probe) -> bool {
+fn run(rt: &Runtime, name: &str, target: &Target, p: &Probe) -> bool {
     let timeout = Duration::from_secs(p.timeout_seconds);
     match &p.handler {
         Handler::Exec(cmd) => rt.exec_ok(name, cmd, timeout),
-        Handler::TcpSocket { port } => net(exe, target, *port, None, timeout),
-        Handler::HttpGet { path, port } => net(exe, target, *port, Some(path), timeout),
+        Handler::TcpSocket { port } => net(rt, target, *port, None, timeout),
+        Handler::HttpGet { path, port } => net(rt, target, *port, Some(path), timeout),
     }
 }
 
-fn net(exe: &Path, target: &Target, port: u16, path: Option<&String>, timeout: Duration) -> bool {
+fn net(rt: &Runtime, target: &Target, port: u16, path: Option<&String>, timeout: Duration) -> bool {
     let (Some(netns), vm) = target else {
         return false;
     };
-    let mut c = std::process::Command::new(exe);
-    c.arg("probe-net")
-        .arg(netns)
-        .arg(port.to_string())
-        .arg(if *vm { "vm" } else { "sandbox" });
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "probe-net".into(),
+        netns.into(),
+        port.to_string().into(),
+        if *vm { "vm" } else { "sandbox" }.into(),
+    ];
     if let Some(p) = path {
-        c.arg(p);
+        args.push(p.into());
     }
-    c.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let Ok(mut child) = c.spawn() else {
-        return false;
-    };
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(s)) => return s.success(),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-        }
-    }
+    rt.start(Program::ProbeNet, &args, Some(timeout), false)
+        .is_ok_and(|r| r.code == Some(0))
 }
 
 /// `moatd probe-net NETNS PORT sandbox|vm [PATH]`: enters the network

@@ -217,8 +217,8 @@ fn claims(d: &Daemon) -> anyhow::Result<()> {
         // A failure is tried again after 5 s, not on every pass.
         after.insert(key, (now_ms() + 5000, 5000));
         drop(after);
-        match vs.create(&c.meta.name, c.storage) {
-            Ok(_) => d.event(
+        match d.create_volume(&vs, &c.meta.name, c.storage) {
+            Ok(()) => d.event(
                 "Normal",
                 &format!("persistentvolumeclaim/{}", c.meta.name),
                 "Provisioned",
@@ -290,11 +290,10 @@ fn refresh(
         Some(o) if o.running => {
             r.phase = "Running".to_string();
             d.probes
-                .observe(&d.runtime, &d.exe, &r.name, t, true, d.runtime.netns(o));
+                .observe(&d.runtime, &r.name, t, true, d.runtime.netns(o));
         }
         Some(o) => {
-            d.probes
-                .observe(&d.runtime, &d.exe, &r.name, t, false, None);
+            d.probes.observe(&d.runtime, &r.name, t, false, None);
             let code = o.exit_code.unwrap_or(-1);
             let restart = match t.restart_policy.as_str() {
                 "Always" => true,
@@ -329,7 +328,7 @@ fn refresh(
                     r.restart_times.push(now);
                     r.restarts += 1;
                     r.next_restart = now + delay.as_millis() as u64;
-                    match d.runtime.start(&r.name) {
+                    match d.runtime.restart(&r.name) {
                         Ok(()) => {
                             r.phase = "Running".to_string();
                             d.event(
@@ -391,9 +390,16 @@ fn create(d: &Daemon, owner: &str, rev: &Revision, n: u32) -> anyhow::Result<()>
     std::thread::scope(|s| {
         for r in &mut made {
             s.spawn(|| {
-                match crate::files::prepare(&d.state, &d.files, &r.name, &rev.template, &|k, n| {
-                    d.file_source(k, n)
-                })
+                let lookup = |k: &str, n: &str| d.file_source(k, n);
+                let tmpfs = || d.files_tmpfs();
+                match crate::files::prepare(
+                    &d.state,
+                    &d.files,
+                    &r.name,
+                    &rev.template,
+                    &lookup,
+                    &tmpfs,
+                )
                 .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
                 .and_then(|policy| {
                     d.runtime

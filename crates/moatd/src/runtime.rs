@@ -6,12 +6,14 @@
 //! own monitor.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use moat_runtime::{Record, Status};
 
+use crate::spawner::{Client as Spawner, Program, Reply};
 use crate::template::Template;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,29 +50,71 @@ pub struct Runtime {
     pub root: PathBuf,
     pub run_root: Option<PathBuf>,
     pub rbac: PathBuf,
+    /// Where processes are started: moatd's spawner (its filtered threads
+    /// start none themselves); `None`: here.
+    pub spawner: Option<Spawner>,
+}
+
+/// A `moat` command line being built.
+pub struct Cmd(Vec<OsString>);
+
+impl Cmd {
+    pub fn arg(&mut self, a: impl AsRef<OsStr>) -> &mut Cmd {
+        self.0.push(a.as_ref().to_owned());
+        self
+    }
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(&mut self, it: I) -> &mut Cmd {
+        for a in it {
+            self.arg(a);
+        }
+        self
+    }
 }
 
 impl Runtime {
-    fn cmd(&self) -> Command {
-        let mut c = Command::new(&self.moat);
+    fn cmd(&self) -> Cmd {
+        let mut c = Cmd(Vec::new());
         c.arg("--root").arg(&self.root);
         if let Some(r) = &self.run_root {
             c.arg("--run-root").arg(r);
         }
-        c.stdin(Stdio::null())
-            .env_remove("SUDO_UID")
-            .env_remove("SUDO_USER")
-            .env_remove("PKEXEC_UID")
-            .env_remove("DOAS_USER");
         c
     }
 
-    fn run(&self, what: &'static str, name: &str, c: &mut Command) -> Result<String, RuntimeError> {
-        let out = c.output().map_err(|source| RuntimeError::Spawn {
-            bin: self.moat.clone(),
-            source,
-        })?;
-        if !out.status.success() {
+    /// Runs `program` (the spawner's, or here), stdin from /dev/null;
+    /// killed after `timeout`.
+    pub fn start(
+        &self,
+        program: Program,
+        args: &[OsString],
+        timeout: Option<Duration>,
+        output: bool,
+    ) -> Result<Reply, RuntimeError> {
+        let bin = match program {
+            Program::Moat => self.moat.clone(),
+            Program::ProbeNet => std::env::current_exe().unwrap_or_else(|_| "moatd".into()),
+        };
+        if let Some(s) = &self.spawner {
+            let r = s
+                .run(program, args, timeout, output)
+                .map_err(|e| RuntimeError::Spawn {
+                    bin: bin.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+            return match r.error {
+                Some(e) if r.code.is_none() => Err(RuntimeError::Spawn {
+                    bin,
+                    source: std::io::Error::other(e),
+                }),
+                _ => Ok(r),
+            };
+        }
+        local(&bin, args, timeout, output).map_err(|source| RuntimeError::Spawn { bin, source })
+    }
+
+    fn run(&self, what: &'static str, name: &str, c: &mut Cmd) -> Result<String, RuntimeError> {
+        let out = self.start(Program::Moat, &c.0, None, true)?;
+        if out.code != Some(0) {
             let err = String::from_utf8_lossy(&out.stderr);
             let message = err
                 .lines()
@@ -93,7 +137,7 @@ impl Runtime {
         &self,
         name: &str,
         t: &Template,
-        policy: Option<&std::path::Path>,
+        policy: Option<&Path>,
     ) -> Result<String, RuntimeError> {
         let mut c = self.cmd();
         c.args(["run", "-d", "-q", "--name", name])
@@ -126,17 +170,16 @@ impl Runtime {
     }
 
     /// Starts a stopped replica again (`moat start`).
-    pub fn start(&self, name: &str) -> Result<(), RuntimeError> {
+    pub fn restart(&self, name: &str) -> Result<(), RuntimeError> {
         self.run("restarting replica", name, self.cmd().args(["start", name]))
             .map(drop)
     }
 
     /// Stops (SIGTERM, then SIGKILL after `grace`) and removes a replica.
     pub fn remove(&self, name: &str, grace: u64) -> Result<(), RuntimeError> {
-        let _ = self
-            .cmd()
-            .args(["stop", "-t", &grace.to_string(), name])
-            .output();
+        let mut stop = self.cmd();
+        stop.args(["stop", "-t", &grace.to_string(), name]);
+        let _ = self.start(Program::Moat, &stop.0, None, false);
         self.run(
             "removing replica",
             name,
@@ -156,24 +199,8 @@ impl Runtime {
     pub fn exec_ok(&self, name: &str, cmd: &[String], timeout: Duration) -> bool {
         let mut c = self.cmd();
         c.arg("exec").arg(name).args(cmd);
-        c.stdout(Stdio::null()).stderr(Stdio::null());
-        let Ok(mut child) = c.spawn() else {
-            return false;
-        };
-        let deadline = Instant::now() + timeout;
-        loop {
-            match child.try_wait() {
-                Ok(Some(s)) => return s.success(),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return false;
-                }
-            }
-        }
+        self.start(Program::Moat, &c.0, Some(timeout), false)
+            .is_ok_and(|r| r.code == Some(0))
     }
 
     /// The output of a replica, at most `limit` bytes, read in-process
@@ -248,4 +275,50 @@ fn observed(r: &Record) -> Observed {
         exit_code: r.exit_code,
         isolation: r.isolation,
     }
+}
+
+/// Runs `bin` in this process's thread (no spawner: tests, tools).
+fn local(
+    bin: &Path,
+    args: &[OsString],
+    timeout: Option<Duration>,
+    output: bool,
+) -> std::io::Result<Reply> {
+    let mut c = Command::new(bin);
+    c.args(args)
+        .stdin(Stdio::null())
+        .env_remove("SUDO_UID")
+        .env_remove("SUDO_USER")
+        .env_remove("PKEXEC_UID")
+        .env_remove("DOAS_USER");
+    if !output {
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        let mut child = c.spawn()?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            match child.try_wait()? {
+                Some(s) => {
+                    return Ok(Reply {
+                        code: s.code(),
+                        ..Reply::default()
+                    })
+                }
+                None if deadline.is_none_or(|d| Instant::now() < d) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Ok(Reply::default());
+                }
+            }
+        }
+    }
+    let out = c.output()?;
+    Ok(Reply {
+        code: out.status.code(),
+        stdout: out.stdout,
+        stderr: out.stderr,
+        error: None,
+    })
 }

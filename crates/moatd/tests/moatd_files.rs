@@ -306,15 +306,4 @@ fn file_volumes_admission_names_the_field_and_the_rule() {
         "moat: error: Deployment web: spec.template.spec.volumes[0].configMap.name: no ConfigMap named \"app\" in this apply or applied before\n\
          Deployment web: spec.template.spec.volumes[1].secret.secretName: no Secret named \"db\" in this apply or applied before\n"
     );
-    // A micro-VM gets no host files.
-    env.apply("objs.yaml", &format!("{}---\n{}", secret(), config("hi")));
-    let f = env.file(
-        "vm.yaml",
-        &format!("{EXEC_POLICY}---\n{}", with_files(&env.image, &spec, "vm")),
-    );
-    let o = env.run(&["apply", "-f", &f]);
-    assert_eq!(
-        stderr(&o),
-        "moat: error: Deployment web: spec.template.spec.volumes: ConfigMap and Secret volumes are mounted in sandbox replicas only, and metadata.annotations.moat.dev/isolation is vm: no host file reaches a micro-VM (docs/moatd.md); use moat.dev/isolation: sandbox, or environment variables (env.valueFrom)\n"
-    );
 }

@@ -405,44 +405,76 @@ fn events_go_to_a_loopback_webhook() {
 }
 
 #[test]
-fn the_api_threads_run_under_their_seccomp_filter_and_the_reconcile_thread_does_not() {
-    if !can_run("the_api_threads_run_under_their_seccomp_filter_and_the_reconcile_thread_does_not")
-    {
+fn the_api_and_worker_threads_run_under_their_seccomp_filters_and_the_spawner_does_not() {
+    if !can_run(
+        "the_api_and_worker_threads_run_under_their_seccomp_filters_and_the_spawner_does_not",
+    ) {
         return;
     }
     let mut env = Env::new(None);
     env.start();
     let pid = env.daemon.as_ref().unwrap().id();
-    let mode = |task: &str| {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/task/{task}/status")).unwrap();
-        s.lines()
+    let task = |task: &str, file: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{task}/{file}")).unwrap_or_default()
+    };
+    let mode = |status: &str| {
+        status
+            .lines()
             .find_map(|l| l.strip_prefix("Seccomp:"))
-            .unwrap()
+            .unwrap_or_default()
             .trim()
             .to_string()
     };
     // The main thread serves the socket: filter mode (2), installed right
     // after the socket is bound and before the first accept.
     wait_for(5, "the filter on the main thread", || {
-        mode(&pid.to_string()) == "2"
+        mode(&task(&pid.to_string(), "status")) == "2"
     });
+    // The reconcile and advisory threads: filtered too (their own list).
+    wait_for(5, "the filters on the worker threads", || {
+        let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        ["reconcile", "advisories"].iter().all(|name| {
+            tasks
+                .iter()
+                .any(|t| task(t, "comm").trim() == *name && mode(&task(t, "status")) == "2")
+        })
+    });
+    // Every thread of moatd is filtered now; the spawner, its child, is
+    // not (what it starts, `moat`, must not inherit a filter).
     let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(
-        tasks.iter().any(|t| mode(t) == "0"),
-        "every thread filtered: {tasks:?}"
-    );
-    // And it still serves everything the client asks.
+    for t in &tasks {
+        assert_eq!(
+            mode(&task(t, "status")),
+            "2",
+            "thread {t} ({}) is not filtered",
+            task(t, "comm").trim()
+        );
+    }
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let spawner = children
+        .split_whitespace()
+        .find(|c| {
+            std::fs::read(format!("/proc/{c}/cmdline"))
+                .is_ok_and(|l| l.split(|b| *b == 0).nth(1) == Some(b"spawner"))
+        })
+        .expect("moatd's spawner is its child")
+        .to_string();
+    let st = std::fs::read_to_string(format!("/proc/{spawner}/status")).unwrap();
+    assert_eq!(mode(&st), "0", "the spawner is filtered");
+    // And it still serves everything the client asks, and replicas start
+    // (with an exec probe: `moat exec` through the spawner too).
     let text = format!(
-        "{PLAIN_POLICY}---\n{}",
+        "{EXEC_POLICY}---\n{}",
         deployment(
             &env.image,
             &Spec {
                 replicas: 1,
-                ready: None,
-                policy: Some("plain"),
                 ..Spec::default()
             }
         )
@@ -452,4 +484,114 @@ fn the_api_threads_run_under_their_seccomp_filter_and_the_reconcile_thread_does_
     env.ok(&["describe", "deployment/web"]);
     env.ok(&["get", "pods", "-o", "yaml"]);
     env.ok(&["audit", "verify"]);
+    // moatd ends (kill -9): so does the spawner; the replica runs on.
+    env.kill_daemon();
+    wait_for(10, "the spawner to end", || {
+        !std::path::Path::new(&format!("/proc/{spawner}/cmdline")).exists()
+            || std::fs::read(format!("/proc/{spawner}/cmdline")).is_ok_and(|c| c.is_empty())
+    });
+    assert!(env.containers().iter().any(|c| c["status"] == "running"));
+    // The other way round: a moatd whose spawner ended exits (its unit
+    // restarts it) at its next request to it (here, the exec probe).
+    env.start();
+    let pid = env.daemon.as_ref().unwrap().id();
+    let mut spawner = String::new();
+    wait_for(10, "the new spawner", || {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        spawner = children
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        !spawner.is_empty()
+    });
+    let spawner: i32 = spawner.parse().unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(spawner).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let mut status = None;
+    wait_for(30, "moatd to exit without its spawner", || {
+        status = env.daemon.as_mut().unwrap().try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(1));
+    assert!(
+        env.daemon_log()
+            .contains("moatd: error: its process spawner ended; moatd exits to be restarted"),
+        "{}",
+        env.daemon_log()
+    );
+    assert!(env.containers().iter().any(|c| c["status"] == "running"));
+}
+
+/// A thread under the workers' filter: the calls it must never make fail
+/// with EPERM (start a program, mount, enter a namespace, open a network
+/// socket), a thread it starts is filtered too, and a program the
+/// spawner starts for it runs unfiltered.
+#[test]
+fn a_filtered_worker_thread_gets_eperm_and_the_spawner_runs_programs_unfiltered() {
+    let spawner = moatd::spawner::Client::start(
+        &common::moatd_bin(),
+        &moatd::spawner::Config {
+            moat: "/bin/sh".into(),
+            moatd: common::moatd_bin(),
+            state: std::env::temp_dir(),
+            files: std::env::temp_dir().join("moatd-no-files"),
+            webhook: None,
+        },
+    )
+    .unwrap();
+    let t = std::thread::spawn(move || {
+        moatd::workers::confine().unwrap();
+        let errno = |r: std::io::Result<()>| r.err().and_then(|e| e.raw_os_error());
+        let execve = errno(std::process::Command::new("/bin/true").status().map(drop));
+        let mount = errno(
+            rustix::mount::mount(
+                "none",
+                "/nonexistent",
+                "tmpfs",
+                rustix::mount::MountFlags::empty(),
+                None::<&std::ffi::CStr>,
+            )
+            .map_err(Into::into),
+        );
+        let ns = std::fs::File::open("/proc/self/ns/net").unwrap();
+        let setns = errno(
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&ns),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .map_err(Into::into),
+        );
+        let socket = errno(std::net::TcpStream::connect("127.0.0.1:9").map(drop));
+        let inner = std::thread::spawn(|| {
+            std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default()
+        })
+        .join()
+        .unwrap();
+        let via = spawner
+            .run(
+                moatd::spawner::Program::Moat,
+                &["-c".into(), "grep ^Seccomp: /proc/self/status".into()],
+                None,
+                true,
+            )
+            .unwrap();
+        (execve, mount, setns, socket, inner, via)
+    });
+    let (execve, mount, setns, socket, inner, via) = t.join().unwrap();
+    let eperm = Some(libc::EPERM);
+    assert_eq!(execve, eperm, "execve");
+    assert_eq!(mount, eperm, "mount");
+    assert_eq!(setns, eperm, "setns");
+    assert_eq!(socket, eperm, "socket");
+    assert!(
+        inner.lines().any(|l| l == "Seccomp:\t2"),
+        "a thread it starts is not filtered: {inner}"
+    );
+    assert_eq!(via.code, Some(0), "{via:?}");
+    assert_eq!(String::from_utf8_lossy(&via.stdout), "Seccomp:\t0\n");
 }

@@ -279,7 +279,7 @@ fn workload(
             "auto".to_string()
         }
     };
-    let mut isolation = annotations
+    let isolation = annotations
         .get(ISOLATION_ANNOTATION)
         .cloned()
         .unwrap_or_else(|| "auto".to_string());
@@ -327,25 +327,6 @@ fn workload(
             Vec::new()
         }
     };
-    if !files.is_empty() {
-        // Host files reach the sandbox only (no host filesystem is shared
-        // with a micro-VM): `auto` means the sandbox here.
-        let vm_policy = policy.spec.isolation == moat_policy::plan::IsolationRequirement::Vm;
-        if isolation == "vm" || vm_policy {
-            let why = if vm_policy {
-                format!("policy {} requires vm isolation", policy.name)
-            } else {
-                format!("metadata.annotations.{ISOLATION_ANNOTATION} is vm")
-            };
-            errs.push(format!(
-                "{path}.volumes: ConfigMap and Secret volumes are mounted in sandbox replicas only, and {why}: no host file reaches a micro-VM (docs/moatd.md); use moat.dev/isolation: sandbox, or environment variables (env.valueFrom)"
-            ));
-        }
-        if isolation == "auto" {
-            isolation = "sandbox".to_string();
-            extra.push(Request::Isolation(isolation.clone()));
-        }
-    }
     let limits = match limits(&c.resources, &policy, &cpath) {
         Ok(l) => l,
         Err(mut e) => {
