@@ -18,6 +18,25 @@ pub fn vm_lock() -> VmLock {
     VmLock(f)
 }
 
+/// Whether micro-VMs can run here: QEMU and the guest kernel (`make
+/// kernel`; prints `SKIP: TEST: ...` and returns false without them) and
+/// the agent (`make agent`; panics without it: a build step was missed).
+pub fn vm_available(test: &str) -> bool {
+    if !std::path::Path::new("/usr/bin/qemu-system-x86_64").is_file() {
+        println!("SKIP: {test}: qemu-system-x86_64 is not installed");
+        return false;
+    }
+    if let Err(e) = moat_vm::kernel::locate(std::path::Path::new("/var/lib/moat")) {
+        println!("SKIP: {test}: guest kernel not built ({e}; `make kernel`)");
+        return false;
+    }
+    assert!(
+        moat_vm::initramfs::locate_agent().is_ok(),
+        "no guest agent build: run `make agent`"
+    );
+    true
+}
+
 /// PIDs of processes running under a jailed VMM uid.
 pub fn jailed_processes() -> Vec<String> {
     let mut out = Vec::new();

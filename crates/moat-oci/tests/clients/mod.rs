@@ -56,26 +56,10 @@ pub fn runtime() -> PathBuf {
     }
 }
 
-/// [`ready`] for micro-VM tests: also QEMU, the guest kernel (`make
-/// kernel`; skips without them) and the agent (`make agent`; fails
-/// without it: a build step was missed).
+/// [`ready`] for micro-VM tests: also QEMU, the guest kernel and the
+/// agent ([`moat_testkit::host::vm_available`]).
 pub fn vm_ready(test: &str, tools: &[&str]) -> bool {
-    if !ready(test, tools) {
-        return false;
-    }
-    if !Path::new("/usr/bin/qemu-system-x86_64").is_file() {
-        println!("SKIP: {test}: qemu-system-x86_64 is not installed");
-        return false;
-    }
-    if let Err(e) = moat_vm::kernel::locate(Path::new("/var/lib/moat")) {
-        println!("SKIP: {test}: guest kernel not built ({e}; `make kernel`)");
-        return false;
-    }
-    assert!(
-        moat_vm::initramfs::locate_agent().is_ok(),
-        "no guest agent build: run `make agent`"
-    );
-    true
+    ready(test, tools) && moat_testkit::host::vm_available(test)
 }
 
 /// The annotation naming the tests' policy: baseline plus podman's default
