@@ -6,69 +6,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{can_run, deployment, stderr, stdout, wait_for, Env, Spec, EXEC_POLICY};
+use common::{
+    can_run, config_map, deployment, secret, stderr, stdout, wait_for, Env, Spec, EXEC_POLICY,
+};
 
 const SECRET_VALUE: &str = "s3cr3t-value-7f1c";
-
-/// Lazily unmounts moatd's files tmpfs when the test ends (declared after
-/// the Env, so it goes first).
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
-/// Starts moatd as common's `Env::start` does, but under the umask of
-/// its systemd unit (0077): the replica's user must still read the files.
-fn start(env: &mut Env) -> Unmount {
-    let files = env.dir.path().join("files");
-    let log = std::fs::File::create(env.dir.path().join("moatd.log")).unwrap();
-    let child = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("umask 0077; exec \"$@\"")
-        .arg("sh")
-        .arg(common::moatd_bin())
-        .args([
-            "--foreground",
-            "--group",
-            "nogroup",
-            "--restart-delay-ms",
-            "200",
-        ])
-        .arg("--root")
-        .arg(env.state())
-        .arg("--socket")
-        .arg(env.socket())
-        .arg("--rbac")
-        .arg(env.rbac())
-        .arg("--files-dir")
-        .arg(&files)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    env.daemon = Some(child);
-    wait_for(10, "moatd's socket", || {
-        std::os::unix::net::UnixStream::connect(env.socket()).is_ok()
-    });
-    Unmount(files)
-}
-
-fn config(greeting: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: app}}\ndata:\n  greeting: {greeting}\n  mode: fast\n")
-}
-
-fn secret() -> String {
-    format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: db}}\nstringData: {{password: {SECRET_VALUE}}}\n")
-}
 
 /// A Deployment mounting ConfigMap `app` at /home and Secret `db` at /var.
 fn with_files(image: &str, s: &Spec, isolation: &str) -> String {
@@ -91,15 +33,15 @@ fn config_maps_and_secrets_are_read_only_files_and_follow_updates_in_place() {
         return;
     }
     let mut env = Env::new(None);
-    let _unmount = start(&mut env);
+    let _unmount = env.start_with_files();
     let spec = Spec {
         replicas: 1,
         ..Spec::default()
     };
     let text = format!(
         "{EXEC_POLICY}---\n{}---\n{}---\n{}",
-        config("hello"),
-        secret(),
+        config_map("hello"),
+        secret(SECRET_VALUE),
         with_files(&env.image, &spec, "sandbox")
     );
     env.apply("files.yaml", &text);
@@ -129,7 +71,7 @@ fn config_maps_and_secrets_are_read_only_files_and_follow_updates_in_place() {
 
     // A changed ConfigMap: the file changes under the running replica; no
     // new revision, no restart (Kubernetes makes neither).
-    env.apply("cm.yaml", &config("bonjour"));
+    env.apply("cm.yaml", &config_map("bonjour"));
     wait_for(30, "the file to follow the ConfigMap", || {
         stdout(&exec(&env, &pod, "cat /home/greeting")) == "bonjour"
     });
@@ -213,8 +155,11 @@ fn a_secret_is_for_whoever_applied_it_and_root() {
         return;
     }
     let mut env = Env::new(Some(&rbac()));
-    let _unmount = start(&mut env);
-    env.apply("root.yaml", &format!("{}---\n{}", secret(), config("hi")));
+    let _unmount = env.start_with_files();
+    env.apply(
+        "root.yaml",
+        &format!("{}---\n{}", secret(SECRET_VALUE), config_map("hi")),
+    );
     let spec = Spec {
         replicas: 1,
         ready: None,
@@ -248,7 +193,10 @@ fn a_secret_is_for_whoever_applied_it_and_root() {
     );
     // ... and may neither replace nor delete it (its data would reach
     // root's replicas), nor replace root's ConfigMap.
-    let f = env.file("swap.yaml", &format!("{}---\n{}", secret(), config("evil")));
+    let f = env.file(
+        "swap.yaml",
+        &format!("{}---\n{}", secret(SECRET_VALUE), config_map("evil")),
+    );
     let o = env.as_nobody(&["apply", "-f", &f]);
     assert_eq!(
         stderr(&o),
@@ -263,7 +211,7 @@ fn a_secret_is_for_whoever_applied_it_and_root() {
     // A Secret of one's own is fine (the ConfigMap is anyone's to read).
     let own = format!(
         "{}---\n{PLAIN_POLICY}---\n{}",
-        secret().replace("name: db", "name: mine"),
+        secret(SECRET_VALUE).replace("name: db", "name: mine"),
         with_files(&env.image, &spec, "sandbox").replace("secretName: db", "secretName: mine")
     );
     let f = env.file("own.yaml", &own);
@@ -286,7 +234,7 @@ fn file_volumes_admission_names_the_field_and_the_rule() {
         return;
     }
     let mut env = Env::new(None);
-    let _unmount = start(&mut env);
+    let _unmount = env.start_with_files();
     let spec = Spec {
         replicas: 1,
         ..Spec::default()

@@ -13,7 +13,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{can_run, deployment, stderr, stdout, wait_for, Env, Spec};
+use common::{can_run, config_map, deployment, secret, stderr, stdout, wait_for, Env, Spec};
 
 const SECRET_VALUE: &str = "vm-s3cr3t-value-9d2e";
 
@@ -26,64 +26,6 @@ spec:
   isolation: vm
   exec: true
 ";
-
-/// Lazily unmounts moatd's files tmpfs when the test ends (declared after
-/// the Env, so it goes first).
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
-/// Starts moatd with its files under the test directory, under the umask
-/// of its systemd unit (0077).
-fn start(env: &mut Env) -> Unmount {
-    let files = env.dir.path().join("files");
-    let log = std::fs::File::create(env.dir.path().join("moatd.log")).unwrap();
-    let child = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("umask 0077; exec \"$@\"")
-        .arg("sh")
-        .arg(common::moatd_bin())
-        .args([
-            "--foreground",
-            "--group",
-            "nogroup",
-            "--restart-delay-ms",
-            "200",
-        ])
-        .arg("--root")
-        .arg(env.state())
-        .arg("--socket")
-        .arg(env.socket())
-        .arg("--rbac")
-        .arg(env.rbac())
-        .arg("--files-dir")
-        .arg(&files)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    env.daemon = Some(child);
-    wait_for(10, "moatd's socket", || {
-        std::os::unix::net::UnixStream::connect(env.socket()).is_ok()
-    });
-    Unmount(files)
-}
-
-fn config(greeting: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: app}}\ndata:\n  greeting: {greeting}\n  mode: fast\n")
-}
-
-fn secret() -> String {
-    format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: db}}\nstringData: {{password: {SECRET_VALUE}}}\n")
-}
 
 /// A one-replica VM Deployment mounting ConfigMap `app` at /home and
 /// Secret `db` at /var, ready once the probe has read both (as the pod's
@@ -144,11 +86,11 @@ fn config_maps_and_secrets_reach_a_vm_replica_and_follow_updates() {
         println!("SKIP: {name}: guest kernel not built (make kernel)");
         return;
     }
-    let _unmount = start(&mut env);
+    let _unmount = env.start_with_files();
     let text = format!(
         "{VM_POLICY}---\n{}---\n{}---\n{}",
-        config("hello"),
-        secret(),
+        config_map("hello"),
+        secret(SECRET_VALUE),
         with_files(&env.image)
     );
     let t = Instant::now();
@@ -206,7 +148,7 @@ fn config_maps_and_secrets_reach_a_vm_replica_and_follow_updates() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    env.apply("cm.yaml", &config("bonjour"));
+    env.apply("cm.yaml", &config_map("bonjour"));
     let t = Instant::now();
     let bound = Duration::from_secs(20);
     loop {

@@ -92,12 +92,37 @@ impl Env {
 
     /// Starts `moatd --foreground` and waits for its socket.
     pub fn start(&mut self) {
+        self.spawn(false, &[]);
+    }
+
+    /// Starts moatd with its ConfigMap and Secret files under the test
+    /// directory (`--files-dir`) and the umask of its systemd unit (0077):
+    /// the replica's user must still read the files. Keep the guard after
+    /// the Env, so that it unmounts the files' tmpfs first.
+    pub fn start_with_files(&mut self) -> Unmount {
+        let files = self.dir.path().join("files");
+        self.spawn(
+            true,
+            &["--files-dir".to_string(), files.display().to_string()],
+        );
+        Unmount(files)
+    }
+
+    fn spawn(&mut self, unit_umask: bool, args: &[String]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("moatd.log"))
             .unwrap();
-        let child = Command::new(moatd_bin())
+        let mut cmd = if unit_umask {
+            let mut c = Command::new("sh");
+            c.args(["-c", "umask 0077; exec \"$@\"", "sh"])
+                .arg(moatd_bin());
+            c
+        } else {
+            Command::new(moatd_bin())
+        };
+        let child = cmd
             .args([
                 "--foreground",
                 "--group",
@@ -111,6 +136,7 @@ impl Env {
             .arg(self.socket())
             .arg("--rbac")
             .arg(self.rbac())
+            .args(args)
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -338,5 +364,26 @@ spec:
         surge = s.surge,
         unavailable = s.unavailable,
         script = s.script,
+    )
+}
+
+/// Lazily unmounts moatd's files tmpfs when dropped.
+pub struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// ConfigMap `app`: `greeting` and `mode: fast`.
+pub fn config_map(greeting: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: app}}\ndata:\n  greeting: {greeting}\n  mode: fast\n")
+}
+
+/// Secret `db` holding `password: VALUE`.
+pub fn secret(value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: db}}\nstringData: {{password: {value}}}\n"
     )
 }
