@@ -174,6 +174,19 @@ pub fn hold(dir: &Path, fd: &OwnedFd) -> std::io::Result<()> {
         std::io::Error::other(format!("the memory holder printed {line:?}, not its pid"))
     })?;
     let st = rustix::fs::fstat(fd)?;
+    // The pid is the subshell's, printed before it has moved the memfd to
+    // its stdin: wait (bounded) until it holds it, so that [`held`] finds
+    // it at once. Past the bound a caller finds nothing held and loads
+    // the saved memory instead.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        let holds = std::fs::metadata(format!("/proc/{pid}/fd/0"))
+            .is_ok_and(|m| m.dev() == st.st_dev && m.ino() == st.st_ino);
+        if holds {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let h = Holder {
         pid,
         start: start_time(pid).unwrap_or(0),

@@ -90,6 +90,20 @@ impl Env {
         self.dir.path().join("rbac.yaml")
     }
 
+    /// Asserts `secret` is in none of `seen` (what, text) nor in moatd's
+    /// audit logs.
+    pub fn assert_absent(&self, secret: &str, mut seen: Vec<(&str, String)>) {
+        for f in ["audit/moatd.log", "audit/policy.log"] {
+            seen.push((
+                f,
+                std::fs::read_to_string(self.state().join(f)).unwrap_or_default(),
+            ));
+        }
+        for (what, text) in seen {
+            assert!(!text.contains(secret), "the secret is in {what}");
+        }
+    }
+
     /// Starts `moatd --foreground` and waits for its socket.
     pub fn start(&mut self) {
         self.spawn(false, &[]);
