@@ -35,9 +35,18 @@ pub enum Slot {
     Out(u32, usize),
 }
 
+/// A further container of the pod (see [`moat_agent::proto::Member`]):
+/// its first process and the plan its execs run under.
+struct Running {
+    pid: libc::pid_t,
+    start: Start,
+}
+
 #[derive(Default)]
 pub struct Execs {
     procs: BTreeMap<u32, Proc>,
+    /// The pod's further containers, by name.
+    members: BTreeMap<String, Running>,
 }
 
 impl Execs {
@@ -49,20 +58,52 @@ impl Execs {
         }
         let id = e.id;
         let tty = e.process.tty;
-        let mut s = start.clone();
-        s.process = e.process;
-        // The container's hostname is the workload's: an exec cannot change it.
-        s.process.hostname = start.process.hostname.clone();
-        let child = match workload::spawn_exec(&s, workload) {
-            Ok(c) => c,
-            Err(Failure { code, message }) => {
-                return Some(Message::ExecExit(ExecExit {
-                    id,
-                    code,
-                    message,
-                    session: start.session.clone(),
-                }))
+        let fail = |code: i32, message: String| {
+            Some(Message::ExecExit(ExecExit {
+                id,
+                code,
+                message,
+                session: start.session.clone(),
+            }))
+        };
+        let spawned = if let Some(m) = e.member {
+            // A further container of the pod: its own plan; the pod's
+            // hostname and network.
+            if self.members.contains_key(&m.name) {
+                return fail(125, format!("pod container {} already runs", m.name));
             }
+            let mut s = start.clone();
+            s.process = e.process;
+            s.process.hostname = start.process.hostname.clone();
+            s.plan = m.plan.clone();
+            s.extra_seccomp = m.extra_seccomp.clone();
+            s.net = None;
+            workload::spawn_member(&s, &m).inspect(|c| {
+                self.members.insert(
+                    m.name.clone(),
+                    Running {
+                        pid: c.pid,
+                        start: s,
+                    },
+                );
+            })
+        } else {
+            let (base, pid) = match &e.target {
+                Some(name) => match self.members.get(name) {
+                    Some(r) => (&r.start, r.pid),
+                    None => return fail(125, format!("pod container {name} is not running")),
+                },
+                None => (start, workload),
+            };
+            let mut s = base.clone();
+            s.process = e.process;
+            // The container's hostname is the workload's: an exec cannot change it.
+            s.process.hostname = base.process.hostname.clone();
+            workload::spawn_exec(&s, pid, e.target.as_deref())
+        };
+        let child = match spawned {
+            Ok(c) => c,
+            Err(Failure { code, message }) => return fail(code, message),
         };
         let stdin = File::from(child.stdin);
         let _ = sys::set_nonblocking(stdin.as_fd());
@@ -118,6 +159,17 @@ impl Execs {
 
     /// Records the exit of `pid` if it is an exec'd process.
     pub fn reaped(&mut self, pid: libc::pid_t, status: libc::c_int) -> bool {
+        // A member's first process: its PID namespace ends with it.
+        let ended: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, r)| r.pid == pid)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in ended {
+            self.members.remove(&name);
+            workload::forget_member(&name);
+        }
         let Some(p) = self.procs.values_mut().find(|p| p.pid == pid) else {
             return false;
         };

@@ -226,6 +226,59 @@ pub struct ExecStart {
     pub process: ProcessSpec,
     #[serde(default)]
     pub winsize: Option<(u16, u16)>,
+    /// Start `process` as the first process of a new container of the
+    /// pod instead (a Kubernetes pod's further container, see [`Member`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<Box<Member>>,
+    /// Run `process` in the pod container of this name rather than in the
+    /// workload's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// The virtio-fs tag of a pod's share (see [`Member`]).
+pub const POD_TAG: &str = "moat-pod";
+
+/// A further container of a pod whose VM runs the pod's first container:
+/// its root is `<pod share>/<name>/rootfs` (the host binds the container's
+/// rootfs there, under the pod's virtio-fs share), and it gets mount, PID
+/// and pids cgroup of its own, with its own plan. The guest's
+/// network and hostname are the pod's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The container's name in the guest (the host's container id).
+    pub name: String,
+    pub plan: Plan,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_seccomp: Vec<SeccompProgram>,
+    /// Mount the root read-only (`root.readonly`).
+    #[serde(default)]
+    pub read_only: bool,
+    /// Small files bound over paths of the root (`/etc/hosts`,
+    /// `/etc/resolv.conf`, ...), read-only, as the caller bind-mounts them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<MemberFile>,
+}
+
+/// A file of a [`Member`]: its contents and where they go in its root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberFile {
+    pub destination: String,
+    pub contents: String,
+}
+
+impl Member {
+    /// Whether `name` may name a member: it becomes a path component and a
+    /// cgroup name in the guest.
+    pub fn valid_name(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= 128
+            && name != "."
+            && name != ".."
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    }
 }
 
 /// Sent by the agent when an exec'd process ended, or could not start
@@ -630,6 +683,8 @@ mod tests {
                 hostname: "h".into(),
             },
             winsize: Some((24, 80)),
+            member: None,
+            target: Some("second".into()),
         })));
         roundtrip(Message::ExecStdin {
             id: 7,

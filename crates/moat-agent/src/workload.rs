@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
-use moat_agent::proto::Start;
+use moat_agent::proto::{Member, Start};
 use moat_plan::{MountPlan, RlimitResource};
 use moat_privdrop::{DropSpec, Exec, Step};
 
@@ -27,12 +27,7 @@ const CGROUP: &str = "/cgroup/workload";
 /// binds guest uid 0 too.
 fn pids_cgroup(plan: &moat_plan::Plan) -> Result<(), Failure> {
     let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
-    let limit = plan.cgroup.pids.or_else(|| {
-        plan.rlimits
-            .iter()
-            .find(|r| r.resource == RlimitResource::Nproc)
-            .map(|r| r.hard)
-    });
+    let limit = pids_limit(plan);
     std::fs::create_dir_all(CGROUP_MOUNT).map_err(|e| err("mkdir /cgroup", e))?;
     sys::mount(
         "cgroup2",
@@ -64,28 +59,177 @@ pub struct Child {
 }
 
 pub fn spawn(start: &Start) -> Result<Child, Failure> {
-    spawn_in(start, None, None)
+    spawn_in(start, How::Workload)
+}
+
+/// Where a process starts: the workload (new mount namespace, the
+/// verified root), an exec (the mount namespace of a running container),
+/// or a further container of a pod (a new mount and PID namespace, its
+/// root on the pod's share).
+enum How<'a> {
+    Workload,
+    Exec {
+        mnt: std::os::fd::BorrowedFd<'a>,
+        pid: std::os::fd::BorrowedFd<'a>,
+        ptmx: String,
+        cgroup: String,
+    },
+    Member(&'a Member),
+}
+
+impl How<'_> {
+    fn cgroup(&self) -> String {
+        match self {
+            How::Workload => CGROUP.to_string(),
+            How::Exec { cgroup, .. } => cgroup.clone(),
+            How::Member(m) => member_cgroup(&m.name),
+        }
+    }
+}
+
+/// The pids cgroup of pod member `name`.
+fn member_cgroup(name: &str) -> String {
+    format!("{CGROUP_MOUNT}/member-{name}")
+}
+
+/// Where the agent mounts the pod's share (virtio-fs tag
+/// [`moat_agent::proto::POD_TAG`]); never visible to a container.
+const POD_MOUNT: &str = "/pod";
+
+/// Mounts the pod's share once.
+fn mount_pod_share() -> Result<(), Failure> {
+    let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
+    if is_mounted(POD_MOUNT) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(POD_MOUNT).map_err(|e| err("mkdir /pod", e))?;
+    sys::mount(
+        moat_agent::proto::POD_TAG,
+        POD_MOUNT,
+        "virtiofs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "",
+    )
+    .map_err(|e| {
+        err(
+            "mounting the pod's share (was the VM booted as a pod's sandbox?)",
+            e,
+        )
+    })
+}
+
+fn is_mounted(path: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(path)))
+        .unwrap_or(false)
+}
+
+/// Starts a further container of the pod: `start.process` as PID 1 of a
+/// new PID namespace (a sibling of the workload's, not inside it), in a
+/// pids cgroup and mount namespace of its own, its root the member's
+/// directory of the pod's share.
+pub fn spawn_member(start: &Start, member: &Member) -> Result<Child, Failure> {
+    if !Member::valid_name(&member.name) {
+        return Err(Failure::setup(format!(
+            "pod container name {:?} is not a plain name",
+            member.name
+        )));
+    }
+    mount_pod_share()?;
+    let root = format!("{POD_MOUNT}/{}/rootfs", member.name);
+    if !Path::new(&root).is_dir() {
+        return Err(Failure::setup(format!(
+            "the root of pod container {} ({root}) is not on the pod's share",
+            member.name
+        )));
+    }
+    let cgroup = member_cgroup(&member.name);
+    let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
+    // A name reused after its container ended: the old group is empty.
+    let _ = std::fs::remove_dir(&cgroup);
+    std::fs::create_dir(&cgroup).map_err(|e| err("creating the container's pids cgroup", e))?;
+    if let Some(n) = pids_limit(&start.plan) {
+        std::fs::write(format!("{cgroup}/pids.max"), n.to_string())
+            .map_err(|e| err(&format!("setting pids.max to {n}"), e))?;
+    }
+    spawn_in(start, How::Member(member))
+}
+
+/// Removes the pids cgroup of a member that ended.
+pub fn forget_member(name: &str) {
+    let _ = std::fs::remove_dir(member_cgroup(name));
 }
 
 /// Starts `start.process` in the container of the running workload
 /// `workload` (exec): the same steps as the workload's, but it joins the
 /// workload's cgroup, PID namespace (the agent's children's, since
 /// [`spawn`]) and mount namespace instead of making new ones.
-pub fn spawn_exec(start: &Start, workload: libc::pid_t) -> Result<Child, Failure> {
-    let path = format!("/proc/{workload}/ns/mnt");
-    let ns = File::open(&path)
-        .map_err(|e| Failure::setup(format!("the container is gone ({path}: {e})")))?;
+pub fn spawn_exec(
+    start: &Start,
+    workload: libc::pid_t,
+    member: Option<&str>,
+) -> Result<Child, Failure> {
+    let open = |kind: &str| {
+        let path = format!("/proc/{workload}/ns/{kind}");
+        File::open(&path)
+            .map_err(|e| Failure::setup(format!("the container is gone ({path}: {e})")))
+    };
+    let (mnt, pid) = (open("mnt")?, open("pid")?);
     // The terminal from the container's own devpts (its /dev/pts, which
     // the agent mounted): `tty` and ttyname resolve in the container.
     let ptmx = format!("/proc/{workload}/root/dev/pts/ptmx");
-    spawn_in(start, Some(ns.as_fd()), Some(&ptmx))
+    let cgroup = match member {
+        Some(name) => member_cgroup(name),
+        None => CGROUP.to_string(),
+    };
+    spawn_in(
+        start,
+        How::Exec {
+            mnt: mnt.as_fd(),
+            pid: pid.as_fd(),
+            ptmx,
+            cgroup,
+        },
+    )
 }
 
-fn spawn_in(
-    start: &Start,
-    join: Option<std::os::fd::BorrowedFd<'_>>,
-    ptmx: Option<&str>,
-) -> Result<Child, Failure> {
+/// The pids limit of `plan`: its cgroup's, else its `RLIMIT_NPROC`.
+fn pids_limit(plan: &moat_plan::Plan) -> Option<u64> {
+    plan.cgroup.pids.or_else(|| {
+        plan.rlimits
+            .iter()
+            .find(|r| r.resource == RlimitResource::Nproc)
+            .map(|r| r.hard)
+    })
+}
+
+/// Forks with the children's PID namespace `target` (`None`: a new one,
+/// made beside the workload's), then puts the agent's children's
+/// namespace back as it was: the workload's, which its execs join.
+fn fork_in_pid_ns(target: Option<std::os::fd::BorrowedFd<'_>>) -> std::io::Result<sys::Fork> {
+    let before = File::open("/proc/self/ns/pid_for_children")?;
+    match target {
+        Some(ns) => sys::setns(ns, libc::CLONE_NEWPID)?,
+        None => {
+            // The agent's own namespace first: a new one made from there is
+            // a sibling of the workload's, which cannot see into it.
+            let own = File::open("/proc/self/ns/pid")?;
+            sys::setns(own.as_fd(), libc::CLONE_NEWPID)?;
+            sys::unshare(libc::CLONE_NEWPID)?;
+        }
+    }
+    let forked = sys::fork();
+    if let Ok(sys::Fork::Parent(_)) | Err(_) = &forked {
+        sys::setns(before.as_fd(), libc::CLONE_NEWPID)?;
+    }
+    forked
+}
+
+fn spawn_in(start: &Start, how: How<'_>) -> Result<Child, Failure> {
+    let ptmx = match &how {
+        How::Exec { ptmx, .. } => Some(ptmx.as_str()),
+        _ => None,
+    };
     let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
     // The privilege drop and the exec, prepared before the fork (shared
     // with the sandbox backend).
@@ -119,16 +263,21 @@ fn spawn_in(
             (in_w, out_r, Some(err_r), [in_r, out_w, err_w])
         };
     let (report_r, report_w) = sys::pipe().map_err(|e| err("pipe", e))?;
-    if join.is_none() {
-        pids_cgroup(&start.plan)?;
-        // The workload is PID 1 of a PID namespace of its own: the agent is
-        // neither visible nor reachable (no signals, no prlimit, no /proc/1/root).
-        sys::unshare(libc::CLONE_NEWPID).map_err(|e| err("unshare(CLONE_NEWPID)", e))?;
-    }
-    match sys::fork().map_err(|e| err("fork", e))? {
+    let forked = match &how {
+        How::Workload => {
+            pids_cgroup(&start.plan)?;
+            // The workload is PID 1 of a PID namespace of its own: the agent is
+            // neither visible nor reachable (no signals, no prlimit, no /proc/1/root).
+            sys::unshare(libc::CLONE_NEWPID).map_err(|e| err("unshare(CLONE_NEWPID)", e))?;
+            sys::fork()
+        }
+        How::Exec { pid, .. } => fork_in_pid_ns(Some(*pid)),
+        How::Member(_) => fork_in_pid_ns(None),
+    };
+    match forked.map_err(|e| err("fork", e))? {
         sys::Fork::Child => {
             drop(report_r);
-            let Err(f) = child(start, &child_fds, &drop_spec, &exec, join);
+            let Err(f) = child(start, &child_fds, &drop_spec, &exec, &how);
             let mut w = File::from(report_w);
             let _ = write!(w, "{}\n{}", f.code, f.message);
             sys::exit_now(f.code);
@@ -161,8 +310,12 @@ fn child(
     fds: &[OwnedFd; 3],
     drop_spec: &DropSpec,
     exec: &Exec,
-    join: Option<std::os::fd::BorrowedFd<'_>>,
+    how: &How<'_>,
 ) -> Result<Infallible, Failure> {
+    let join = match how {
+        How::Exec { mnt, .. } => Some(*mnt),
+        _ => None,
+    };
     let p = &start.process;
     let plan = &start.plan;
     let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
@@ -171,8 +324,8 @@ fn child(
     for (i, fd) in fds.iter().enumerate() {
         sys::dup2(fd.as_raw_fd(), i as i32).map_err(|e| err("dup2", e))?;
     }
-    std::fs::write(format!("{CGROUP}/cgroup.procs"), "0")
-        .map_err(|e| err("joining the workload's pids cgroup", e))?;
+    std::fs::write(format!("{}/cgroup.procs", how.cgroup()), "0")
+        .map_err(|e| err("joining the container's pids cgroup", e))?;
     // The terminal (in the agent's devpts) becomes the container's
     // /dev/console, as in the sandbox.
     let console_path = if p.tty && join.is_none() {
@@ -195,10 +348,14 @@ fn child(
             ),
             None => None,
         };
+        let (root, files) = match how {
+            How::Member(m) => (member_root(m)?, member_files(m)?),
+            _ => (NEW_ROOT.to_string(), Vec::new()),
+        };
         // pivot_root, not chroot: the agent's root is gone from this namespace.
-        sys::pivot_into(NEW_ROOT).map_err(|e| err("pivot_root into the root filesystem", e))?;
+        sys::pivot_into(&root).map_err(|e| err("pivot_root into the root filesystem", e))?;
         let dns = start.net.as_ref().and_then(|n| n.dns);
-        mount_container_fs(plan, console, dns)?;
+        mount_container_fs(plan, console, dns, files)?;
     }
     if p.tty && join.is_none() {
         // stdio by the container's own path of the terminal.
@@ -349,10 +506,106 @@ fn make_devices(devices: &[moat_plan::DeviceRule]) -> Result<(), Failure> {
     Ok(())
 }
 
+/// A member's root: its directory of the pod's share, bound onto itself
+/// (pivot_root needs a mount point), read-only with `read_only`.
+fn member_root(m: &Member) -> Result<String, Failure> {
+    let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
+    let root = format!("{POD_MOUNT}/{}/rootfs", m.name);
+    sys::mount(&root, &root, "", libc::MS_BIND | libc::MS_REC, "")
+        .map_err(|e| err(&format!("binding the root {root}"), e))?;
+    let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NODEV;
+    if m.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    // nosuid, nodev as on the host side: the share is the host's files.
+    sys::mount("", &root, "", flags, "").map_err(|e| err("setting the root's flags", e))?;
+    Ok(root)
+}
+
+/// A member's files, written to a tmpfs of this namespace (before the
+/// pivot: the container never sees it) and cloned as mounts to bind after
+/// it, inside the container's own root.
+fn member_files(m: &Member) -> Result<Vec<(String, OwnedFd)>, Failure> {
+    const STAGE: &str = "/pod-files";
+    let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
+    if m.files.is_empty() {
+        return Ok(Vec::new());
+    }
+    std::fs::create_dir_all(STAGE).map_err(|e| err("mkdir the files' stage", e))?;
+    sys::mount(
+        "tmpfs",
+        STAGE,
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=0755,size=4m",
+    )
+    .map_err(|e| err("mounting the files' stage", e))?;
+    let mut out = Vec::new();
+    for (i, f) in m.files.iter().enumerate() {
+        let path = format!("{STAGE}/{i}");
+        std::fs::write(&path, &f.contents)
+            .and_then(|()| sys::chmod(&path, 0o644))
+            .map_err(|e| err(&format!("staging {}", f.destination), e))?;
+        let tree = sys::open_tree_clone(&path)
+            .map_err(|e| err(&format!("cloning {}", f.destination), e))?;
+        out.push((f.destination.clone(), tree));
+    }
+    Ok(out)
+}
+
+/// Binds the staged `files` over their destinations, resolved inside the
+/// container's root; a missing destination is made (an empty file), as
+/// runc makes a bind mount's target.
+fn bind_files(files: Vec<(String, OwnedFd)>) -> Result<(), Failure> {
+    use std::path::Component;
+    for (dest, tree) in files {
+        let refuse = |why: String| Failure::setup(format!("file mount {dest}: {why}"));
+        let p = Path::new(&dest);
+        if !p.is_absolute()
+            || !p
+                .components()
+                .skip(1)
+                .all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Err(refuse("not a clean absolute path".into()));
+        }
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| refuse(format!("mkdir: {e}")))?;
+        }
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(refuse(
+                    "the image has something other than a file there".into(),
+                ))
+            }
+            Err(_) => {
+                File::options()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o644)
+                    .open(p)
+                    .map_err(|e| refuse(format!("creating the mount point: {e}")))?;
+            }
+        }
+        sys::move_mount_to(tree.as_fd(), &dest).map_err(|e| refuse(format!("mounting: {e}")))?;
+        sys::mount(
+            "",
+            &dest,
+            "",
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            "",
+        )
+        .map_err(|e| refuse(format!("making it read-only: {e}")))?;
+    }
+    Ok(())
+}
+
 fn mount_container_fs(
     plan: &moat_plan::Plan,
     console: Option<OwnedFd>,
     dns: Option<std::net::Ipv4Addr>,
+    files: Vec<(String, OwnedFd)>,
 ) -> Result<(), Failure> {
     let err = |what: &str, e: std::io::Error| Failure::setup(format!("{what}: {e}"));
     let hard = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
@@ -419,6 +672,9 @@ fn mount_container_fs(
     sys::mount("mqueue", "/dev/mqueue", "mqueue", hard, "")
         .map_err(|e| err("mounting /dev/mqueue", e))?;
     make_devices(&plan.devices)?;
+    // Files the caller binds (`/dev/termination-log` among them) while
+    // /dev is still writable.
+    bind_files(files)?;
     for (link, target) in [
         ("/dev/ptmx", "pts/ptmx"),
         ("/dev/fd", "/proc/self/fd"),

@@ -89,7 +89,11 @@ pub(crate) fn write_pid_file(file: &Path, pid: i32) -> anyhow::Result<()> {
 }
 
 pub fn create(root: &Path, a: &Create, log: &Logger) -> anyhow::Result<i32> {
-    let b = Bundle::load(&a.bundle)?;
+    let mut b = Bundle::load(&a.bundle)?;
+    let pod_vm = crate::pod::joined_sandbox(root, &b)?;
+    if pod_vm.is_some() {
+        crate::pod::drop_namespace_paths(&mut b);
+    }
     let site = Site::load()?;
     // The host's root, or a directory holding moat-oci's own state, is
     // never a container's root (the state would be the container's);
@@ -104,6 +108,13 @@ pub fn create(root: &Path, a: &Create, log: &Logger) -> anyhow::Result<i32> {
         );
     }
     let mut p = bundle::prepare(&b, &site, &a.id)?;
+    if let (Some(sandbox), false) = (&pod_vm, p.isolation == Isolation::Vm) {
+        bail!(
+            "container {:?}: its pod's sandbox {:?} runs in a micro-VM, so its containers do too; drop the container's moat.dev/isolation or make it vm",
+            a.id,
+            sandbox.id
+        );
+    }
     for w in &p.warnings {
         log.warn(w);
     }
@@ -166,9 +177,16 @@ fn build(
     };
     p.init.state_for_hooks = state_json(&rec, "created");
     if p.isolation == Isolation::Vm {
-        let r = crate::vm::create(root, dir, a, b, p, &mut rec, log);
+        let r = match crate::pod::joined_sandbox(root, b) {
+            Ok(Some(sandbox)) => crate::pod::create(root, a, b, p, &mut rec, &sandbox),
+            Ok(None) => crate::vm::create(root, dir, a, b, p, &mut rec, log),
+            Err(e) => Err(e),
+        };
         if r.is_err() {
             groups.remove();
+            if crate::pod::is_sandbox(&b.annotations) {
+                crate::pod::share(root, &a.id).remove();
+            }
         }
         return r;
     }

@@ -11,6 +11,7 @@ mod create;
 mod exec;
 mod log;
 mod ops;
+mod pod;
 pub mod seccomp;
 pub mod site;
 pub mod state;

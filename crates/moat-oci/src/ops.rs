@@ -156,8 +156,13 @@ pub fn delete(root: &Path, a: &Delete, log: &Logger) -> anyhow::Result<()> {
             a.id
         );
     }
-    if let Some(vm) = &rec.vm {
+    if let Some(sandbox) = rec.vm.as_ref().and_then(|v| v.member_of.as_deref()) {
+        crate::pod::delete(root, &rec, sandbox);
+    } else if let Some(vm) = &rec.vm {
         crate::vmops::delete(&rec, vm)?;
+        if vm.pod_share {
+            crate::pod::share(root, &rec.id).remove();
+        }
     } else if status != "stopped" {
         rec.cgroup.kill_all();
         if let Some(p) = rustix::process::Pid::from_raw(rec.pid) {
@@ -286,6 +291,7 @@ pub fn update(root: &Path, a: &Update) -> anyhow::Result<()> {
     req.cpu_quota = a.cpu_quota.or(req.cpu_quota);
     req.cpu_period = a.cpu_period.or(req.cpu_period);
     if let Some(vm) = &rec.vm {
+        crate::vmops::refuse_member(&rec, vm, "update")?;
         if let Some(m) = a.memory {
             asked["memory"]["limit"] = m.into();
         }

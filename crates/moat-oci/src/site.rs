@@ -22,6 +22,10 @@ use moat_policy::Policy;
 pub const SITE_FILE: &str = "/etc/moat/oci.yaml";
 pub const POLICY_ANNOTATION: &str = "moat.dev/policy";
 pub const ISOLATION_ANNOTATION: &str = "moat.dev/isolation";
+/// CRI's annotation naming a container's pod sandbox.
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// CRI's annotation: `sandbox` (the pause container) or `container`.
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -103,6 +103,13 @@ pub struct VmRecord {
     pub vm_id: String,
     /// moat's state root it ran under (its root disk's staging directory).
     pub state_root: PathBuf,
+    /// A pod's sandbox container: its VM serves the pod's share.
+    #[serde(default)]
+    pub pod_share: bool,
+    /// A pod's further container, running in the VM of this sandbox
+    /// container (`vm_id` is that VM's; `pid` the container's helper).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_of: Option<String>,
 }
 
 pub fn check_id(id: &str) -> Result<(), StateError> {

@@ -38,6 +38,17 @@ pub fn fork() -> io::Result<Forked> {
     }
 }
 
+const SESSION_SIGNALS: [i32; 8] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+    libc::SIGCHLD,
+];
+
 /// Blocks the signals the VM session reads from its signalfd, in this
 /// thread and every thread it starts afterwards: a process-directed one
 /// must wait for the signalfd, never kill the helper through a thread
@@ -48,16 +59,7 @@ pub fn block_session_signals() -> io::Result<()> {
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: set is valid, writable storage.
     unsafe { libc::sigemptyset(&mut set) };
-    for s in [
-        libc::SIGINT,
-        libc::SIGTERM,
-        libc::SIGHUP,
-        libc::SIGQUIT,
-        libc::SIGUSR1,
-        libc::SIGUSR2,
-        libc::SIGWINCH,
-        libc::SIGCHLD,
-    ] {
+    for s in SESSION_SIGNALS {
         // SAFETY: set is initialised; s is a valid signal number.
         unsafe { libc::sigaddset(&mut set, s) };
     }
@@ -67,6 +69,26 @@ pub fn block_session_signals() -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(r));
     }
     Ok(())
+}
+
+/// Waits for one of the signals [`block_session_signals`] blocked.
+pub fn wait_session_signal() -> io::Result<i32> {
+    // SAFETY: an all-zero sigset_t is valid storage; sigemptyset
+    // initialises it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is valid, writable storage.
+    unsafe { libc::sigemptyset(&mut set) };
+    for s in SESSION_SIGNALS {
+        // SAFETY: set is initialised; s is a valid signal number.
+        unsafe { libc::sigaddset(&mut set, s) };
+    }
+    let mut sig = 0;
+    // SAFETY: set is initialised; sig is writable storage.
+    let r = unsafe { libc::sigwait(&set, &mut sig) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    Ok(sig)
 }
 
 /// A new pseudo-terminal: (master, peer), both close-on-exec.

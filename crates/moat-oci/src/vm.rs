@@ -62,7 +62,7 @@ pub fn exec_socket(root: &Path, id: &str) -> PathBuf {
 /// virtiofsd (`moat_vm::virtiofs`; read-only on the host side too with
 /// `ro`). The guest makes its own /proc, /sys, /dev, /dev/pts and
 /// /dev/shm.
-fn guest_mounts(p: &Prepared) -> anyhow::Result<(Vec<FileCopy>, Vec<MountPlan>)> {
+pub(crate) fn guest_mounts(p: &Prepared) -> anyhow::Result<(Vec<FileCopy>, Vec<MountPlan>)> {
     let mut files = Vec::new();
     let mut tmpfs = Vec::new();
     for m in &p.init.mounts {
@@ -124,7 +124,7 @@ fn parse_size(s: &str) -> Option<u64> {
 }
 
 /// The guest's process, from config.json.
-fn process_spec(b: &Bundle) -> anyhow::Result<ProcessSpec> {
+pub(crate) fn process_spec(b: &Bundle) -> anyhow::Result<ProcessSpec> {
     let p = b
         .config
         .process()
@@ -166,7 +166,7 @@ pub const MIN_GUEST_MIB: u64 = 64;
 /// caller asked within it (bundle.rs's intersection): capabilities (the
 /// permitted set), rlimits, the pids limit, the memory limit (the guest's
 /// memory, never above the policy's); plus the caller's tmpfs mounts.
-fn guest_plan(p: &Prepared, tmpfs: Vec<MountPlan>) -> anyhow::Result<Plan> {
+pub(crate) fn guest_plan(p: &Prepared, tmpfs: Vec<MountPlan>) -> anyhow::Result<Plan> {
     let mut plan = p.plan.clone();
     if let Some(bytes) = p.cgroup.memory.filter(|v| *v > 0) {
         let mib = (bytes as u64) >> 20;
@@ -321,6 +321,7 @@ struct Helper {
     report: OwnedFd,
     extra_seccomp: Vec<moat_plan::SeccompProgram>,
     attach: Option<moat_vm::net::Attach>,
+    pod_share: Option<PathBuf>,
 }
 
 pub fn create(
@@ -371,9 +372,21 @@ pub fn create(
         }
         _ => None,
     };
+    // A pod's sandbox container: its VM serves the pod's share, which the
+    // pod's further containers join (crate::pod).
+    let pod_share = if crate::pod::is_sandbox(&b.annotations) {
+        let share = crate::pod::share(root, &a.id);
+        share
+            .make()
+            .with_context(|| format!("making the share of pod {:?}", a.id))?;
+        Some(share)
+    } else {
+        None
+    };
     let (report_r, report_w) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).context("pipe")?;
     let helper = Helper {
+        pod_share: pod_share.as_ref().map(|s| s.served()),
         rootfs: b.rootfs.clone(),
         read_only: p.init.readonly_root,
         files,
@@ -447,6 +460,8 @@ pub fn create(
     let vm = VmRecord {
         vm_id: vm_id.to_string(),
         state_root,
+        pod_share: pod_share.is_some(),
+        member_of: None,
     };
     // The caller's exact CPU quota, period and shares on the VMM's group.
     if let Err(e) = crate::vmops::apply_cpu(rec, &vm, &p.cgroup) {
@@ -472,7 +487,7 @@ pub fn create(
 }
 
 /// Kills and reaps a helper that failed during create (our child).
-fn kill_helper(pid: i32) {
+pub(crate) fn kill_helper(pid: i32) {
     if let Some(p) = rustix::process::Pid::from_raw(pid) {
         let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
         let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
@@ -585,6 +600,7 @@ fn run_helper(h: Helper, log: &Logger) -> i32 {
         start_gate: Some(Arc::new(gate_r)),
         extra_seccomp: h.extra_seccomp,
         attach: h.attach,
+        pod_share: h.pod_share,
         // Its root is the bundle's ext4 disk, which templates do not cover.
         vm_start: moat_vm::VmStart::Cold,
     };

@@ -41,6 +41,7 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// timers fire on resume. Paused last, resumed first: `state` says
 /// `paused` while any part is frozen.
 pub fn set_frozen(rec: &Record, vm: &VmRecord, frozen: bool) -> anyhow::Result<()> {
+    refuse_member(rec, vm, if frozen { "pause" } else { "resume" })?;
     let vmm = moat_cgroup::find(&vm.vm_id)
         .ok()
         .flatten()
@@ -65,6 +66,18 @@ pub fn set_frozen(rec: &Record, vm: &VmRecord, frozen: bool) -> anyhow::Result<(
         rec.cgroup
             .set_frozen(false)
             .with_context(|| format!("container {:?}: {what} its helper", rec.id))?;
+    }
+    Ok(())
+}
+
+/// A pod's further container shares its pod's VM: what acts on the
+/// whole VM is the pod sandbox's to do.
+pub fn refuse_member(rec: &Record, vm: &VmRecord, what: &str) -> anyhow::Result<()> {
+    if let Some(sandbox) = &vm.member_of {
+        bail!(
+            "container {:?} runs in the micro-VM of its pod (sandbox {sandbox:?}), which it shares: {what} acts on the whole VM; {what} the pod's sandbox container instead",
+            rec.id
+        );
     }
     Ok(())
 }
@@ -107,7 +120,7 @@ pub fn delete(rec: &Record, vm: &VmRecord) -> anyhow::Result<()> {
 }
 
 /// The exec channel of a running VM container, from its helper.
-fn channel(root: &Path, id: &str) -> anyhow::Result<std::os::fd::OwnedFd> {
+pub(crate) fn channel(root: &Path, id: &str) -> anyhow::Result<std::os::fd::OwnedFd> {
     let path = crate::vm::exec_socket(root, id);
     let s = UnixStream::connect(&path).with_context(|| {
         format!(
@@ -147,7 +160,14 @@ pub fn exec(root: &Path, a: &Exec, rec: &Record, x: ExecProcess) -> anyhow::Resu
         interactive: tty,
         hostname: String::new(),
     };
-    let control = channel(root, &rec.id)?;
+    // A pod's further container: through its pod's VM, by its name there.
+    let (control, place) = match rec.vm.as_ref().and_then(|v| v.member_of.clone()) {
+        Some(sandbox) => (
+            channel(root, &sandbox)?,
+            moat_vm::exec::Place::Member(rec.id.clone()),
+        ),
+        None => (channel(root, &rec.id)?, moat_vm::exec::Place::Workload),
+    };
     let peer = match (&a.console_socket, tty) {
         (Some(p), true) => {
             let s = UnixStream::connect(p)
@@ -169,14 +189,15 @@ pub fn exec(root: &Path, a: &Exec, rec: &Record, x: ExecProcess) -> anyhow::Resu
         }
         drop(peer);
         let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
-        match moat_vm::exec::request(
+        match moat_vm::exec::send(
             control.as_fd(),
             &process,
             tty,
-            i.as_fd(),
-            o.as_fd(),
-            e.as_fd(),
-        ) {
+            place,
+            [i.as_fd(), o.as_fd(), e.as_fd()],
+        )
+        .and_then(|call| call.wait())
+        {
             Ok(code) => code,
             Err(err) => {
                 eprintln!("moat-oci: error: exec: {:#}", anyhow::Error::from(err));

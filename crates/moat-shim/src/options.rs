@@ -10,10 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// CRI's annotation naming a container's pod sandbox.
-pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-/// CRI's annotation: `sandbox` (the pause container) or `container`.
-pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub use moat_oci::site::{CONTAINER_TYPE, SANDBOX_ID};
 
 const RUNTIME_OPTIONS: &str = "runtimeoptions.v1.Options";
 
@@ -132,42 +129,6 @@ pub fn annotations(bundle: &Path) -> Result<HashMap<String, String>, OptionsErro
     Ok(p.annotations.unwrap_or_default())
 }
 
-/// A pod's sandbox (pause) container only holds the pod's namespaces: it
-/// runs in the sandbox even in a VM pod, so that the pod's network
-/// namespace stays on the host for the micro-VM of each application
-/// container to attach to (docs/kubernetes.md). Rewrites `bundle`'s
-/// config.json when the sandbox container would otherwise become a VM;
-/// whether it did.
-pub fn pause_in_sandbox(bundle: &Path, site_isolation_vm: bool) -> Result<bool, OptionsError> {
-    let a = annotations(bundle)?;
-    if a.get(CONTAINER_TYPE).map(String::as_str) != Some("sandbox") {
-        return Ok(false);
-    }
-    let vm = match a.get(moat_oci::site::ISOLATION_ANNOTATION) {
-        Some(v) => v == "vm",
-        None => site_isolation_vm,
-    };
-    if !vm {
-        return Ok(false);
-    }
-    let path = bundle.join("config.json");
-    let io = |source| OptionsError::Read {
-        path: path.display().to_string(),
-        source,
-    };
-    let text = std::fs::read(&path).map_err(io)?;
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|source| OptionsError::Spec {
-            path: path.display().to_string(),
-            source,
-        })?;
-    spec["annotations"][moat_oci::site::ISOLATION_ANNOTATION] = "sandbox".into();
-    let tmp = bundle.join(".config.json.moat");
-    std::fs::write(&tmp, serde_json::to_vec(&spec).unwrap_or_default()).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    Ok(true)
-}
-
 /// The shim a container belongs to: its pod's sandbox id, else its own.
 pub fn grouping(id: &str, annotations: &HashMap<String, String>) -> String {
     match annotations.get(SANDBOX_ID) {
@@ -222,26 +183,6 @@ mod tests {
             chain.contains(":1: isolation \"kvm\": use sandbox or vm"),
             "{chain}"
         );
-    }
-
-    #[test]
-    fn a_vm_pods_pause_container_runs_in_the_sandbox() {
-        let dir = tempfile::tempdir().unwrap();
-        let write = |a: serde_json::Value| {
-            let spec = serde_json::json!({"ociVersion": "1.0.2", "annotations": a});
-            std::fs::write(dir.path().join("config.json"), spec.to_string()).unwrap();
-        };
-        write(serde_json::json!({CONTAINER_TYPE: "sandbox", "moat.dev/isolation": "vm"}));
-        assert!(pause_in_sandbox(dir.path(), false).unwrap());
-        assert_eq!(
-            annotations(dir.path()).unwrap()["moat.dev/isolation"],
-            "sandbox"
-        );
-        write(serde_json::json!({CONTAINER_TYPE: "sandbox"}));
-        assert!(pause_in_sandbox(dir.path(), true).unwrap());
-        write(serde_json::json!({CONTAINER_TYPE: "container", "moat.dev/isolation": "vm"}));
-        assert!(!pause_in_sandbox(dir.path(), false).unwrap());
-        assert_eq!(annotations(dir.path()).unwrap()["moat.dev/isolation"], "vm");
     }
 
     #[test]

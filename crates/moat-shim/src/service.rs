@@ -82,8 +82,6 @@ struct Container {
     execs: HashMap<String, Proc>,
     /// The rootfs the shim mounted from containerd's snapshot.
     mounted: Option<PathBuf>,
-    /// An application container of a pod running in a micro-VM.
-    vm_app: bool,
 }
 
 struct Shared {
@@ -264,36 +262,6 @@ impl Service {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let site_vm = match &rt.config {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).unwrap_or_default();
-                moat_oci::site::Site::parse(&text, &p.display().to_string())
-                    .map(|s| s.isolation == moat_oci::site::Isolation::Vm)
-                    .unwrap_or(false)
-            }
-            None => moat_oci::site::Site::load()
-                .map(|s| s.isolation == moat_oci::site::Isolation::Vm)
-                .unwrap_or(false),
-        };
-        crate::options::pause_in_sandbox(&bundle, site_vm)?;
-        let annotations = crate::options::annotations(&bundle)?;
-        let vm_app = annotations
-            .get(crate::options::CONTAINER_TYPE)
-            .map(String::as_str)
-            == Some("container")
-            && match annotations.get(moat_oci::site::ISOLATION_ANNOTATION) {
-                Some(v) => v == "vm",
-                None => site_vm,
-            };
-        if vm_app {
-            let map = self.s.lock();
-            if let Some((other, _)) = map.iter().find(|(_, c)| c.vm_app) {
-                anyhow::bail!(
-                    "container {:?}: its pod already runs container {other:?} in a micro-VM, and a VM pod holds one application container for now (docs/kubernetes.md); run the others in their own pods, or the pod with moat.dev/isolation=sandbox",
-                    req.id
-                );
-            }
-        }
         let mounted = mount_rootfs(&bundle, req)?;
         let made = (|| {
             let work = rt.work_dir(&req.id)?;
@@ -327,7 +295,6 @@ impl Service {
                 init,
                 execs: HashMap::new(),
                 mounted,
-                vm_app,
             },
         );
         watch(&self.s, &req.id, "", pid, io);

@@ -137,15 +137,19 @@ fn pod_policy_annotation_is_checked() {
     );
 }
 
-/// A pod with isolation `vm`: its container runs in a micro-VM (its own
-/// guest kernel) attached to the pod's CNI network; a second application
-/// container is refused by name (one per VM pod for now).
+/// Two pods with isolation `vm`: the pause container boots the pod's
+/// micro-VM, attached to the pod's CNI network; both application
+/// containers of the first pod run in that one guest kernel, each with its
+/// own root, mount and PID namespaces; the second pod has a kernel of its
+/// own. ExecSync into either container, exit codes, a container that ends
+/// while the pod runs on, stop and remove.
 #[test]
-fn vm_pod_container_runs_in_a_guest_kernel() {
-    if !common::vm_ready("vm_pod_container_runs_in_a_guest_kernel", &[]) {
+fn vm_pod_containers_share_one_guest_kernel_and_pods_do_not() {
+    let test = "vm_pod_containers_share_one_guest_kernel_and_pods_do_not";
+    if !common::vm_ready(test, &[]) {
         return;
     }
-    let Some((c, cri)) = start("vm_pod_container_runs_in_a_guest_kernel") else {
+    let Some((c, cri)) = start(test) else {
         return;
     };
     let logs = c.path().join("logs");
@@ -154,39 +158,101 @@ fn vm_pod_container_runs_in_a_guest_kernel() {
     let pod_id = cri
         .run_pod(&pod, "moat")
         .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\ncontainerd: {}", c.log()));
-    let cfg = container_config("app", IMAGE, &["sleep", "600"]);
-    let id = cri
-        .create_container(&pod_id, cfg, &pod)
-        .unwrap_or_else(|e| panic!("CreateContainer: {e}\ncontainerd: {}", c.log()));
-    cri.start_container(&id)
-        .unwrap_or_else(|e| panic!("StartContainer: {e}\ncontainerd: {}", c.log()));
+    let mut ids = Vec::new();
+    for name in ["app", "second"] {
+        let cfg = container_config(
+            name,
+            IMAGE,
+            &[
+                "sh",
+                "-c",
+                &format!("echo {name} > /tmp/me; exec sleep 600"),
+            ],
+        );
+        let id = cri
+            .create_container(&pod_id, cfg, &pod)
+            .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\ncontainerd: {}", c.log()));
+        cri.start_container(&id)
+            .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\ncontainerd: {}", c.log()));
+        ids.push(id);
+    }
+    for id in &ids {
+        let st = cri.status(id).unwrap();
+        assert_eq!(st.state, CONTAINER_RUNNING, "{st:?}");
+    }
     let host = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
-    let guest = exec_out(&cri, &id, &["cat", "/proc/sys/kernel/random/boot_id"]);
-    assert_ne!(guest, host, "the container shares the host's kernel");
-    let addr = exec_out(&cri, &id, &["ip", "-4", "addr"]);
-    assert!(
-        addr.contains("inet 10.231.0."),
-        "no CNI address in the guest: {addr}"
+    let boot = |id: &str| exec_out(&cri, id, &["cat", "/proc/sys/kernel/random/boot_id"]);
+    let kernel = boot(&ids[0]);
+    assert_ne!(kernel, host, "the container shares the host's kernel");
+    assert_eq!(
+        boot(&ids[1]),
+        kernel,
+        "the pod's containers run in two kernels"
     );
-    let cfg = container_config("second", IMAGE, &["sleep", "600"]);
-    let e = cri
-        .create_container(&pod_id, cfg, &pod)
-        .and_then(|id2| cri.start_container(&id2))
-        .unwrap_err();
-    assert!(
-        e.message()
-            .contains("a VM pod holds one application container for now"),
-        "{}",
-        e.message()
+    // Own roots and PID namespaces; the pod's network.
+    assert_eq!(exec_out(&cri, &ids[0], &["cat", "/tmp/me"]), "app\n");
+    assert_eq!(exec_out(&cri, &ids[1], &["cat", "/tmp/me"]), "second\n");
+    let ns =
+        |id: &str, kind: &str| exec_out(&cri, id, &["readlink", &format!("/proc/self/ns/{kind}")]);
+    assert_ne!(
+        ns(&ids[0], "pid"),
+        ns(&ids[1], "pid"),
+        "PID namespace shared"
     );
-    cri.stop_pod(&pod_id)
-        .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\ncontainerd: {}", c.log()));
-    cri.remove_pod(&pod_id)
-        .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\ncontainerd: {}", c.log()));
+    assert_ne!(
+        ns(&ids[0], "mnt"),
+        ns(&ids[1], "mnt"),
+        "mount namespace shared"
+    );
+    assert_eq!(ns(&ids[0], "net"), ns(&ids[1], "net"), "network not shared");
+    let ps = exec_out(&cri, &ids[1], &["ps", "-o", "pid,args"]);
+    assert!(!ps.contains("echo app") && !ps.contains("pause"), "{ps}");
+    for id in &ids {
+        let addr = exec_out(&cri, id, &["ip", "-4", "addr"]);
+        assert!(
+            addr.contains("inet 10.231.0."),
+            "no CNI address in the guest: {addr}"
+        );
+    }
+    let r = cri
+        .exec_sync(&ids[1], &["sh", "-c", "echo err >&2; exit 7"])
+        .unwrap();
+    assert_eq!(r.exit_code, 7);
+    assert_eq!(String::from_utf8_lossy(&r.stderr), "err\n");
+    // A container that ends leaves the pod and its other container running.
+    let cfg = container_config("brief", IMAGE, &["sh", "-c", "exit 3"]);
+    let brief = cri.create_container(&pod_id, cfg, &pod).unwrap();
+    cri.start_container(&brief).unwrap();
+    let ended = wait_until(Duration::from_secs(60), || {
+        let st = cri.status(&brief).ok()?;
+        (st.state == CONTAINER_EXITED).then_some(st)
+    })
+    .expect("the brief container did not end");
+    assert_eq!(ended.exit_code, 3, "{ended:?}");
+    assert_eq!(boot(&ids[1]), kernel);
+    // A second pod: a kernel of its own.
+    let other = pod_config("vmpod2", &logs, &[("moat.dev/isolation", "vm")]);
+    let other_id = cri.run_pod(&other, "moat").unwrap();
+    let cfg = container_config("lone", IMAGE, &["sleep", "600"]);
+    let lone = cri.create_container(&other_id, cfg, &other).unwrap();
+    cri.start_container(&lone).unwrap();
+    assert_ne!(boot(&lone), kernel, "two pods share one guest kernel");
+    for p in [&pod_id, &other_id] {
+        cri.stop_pod(p)
+            .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\ncontainerd: {}", c.log()));
+    }
+    for id in &ids {
+        let st = cri.status(id).unwrap();
+        assert_eq!(st.state, CONTAINER_EXITED, "{st:?}");
+    }
+    for p in [&pod_id, &other_id] {
+        cri.remove_pod(p)
+            .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\ncontainerd: {}", c.log()));
+    }
     let gone = wait_until(Duration::from_secs(20), || {
         c.shims().is_empty().then_some(())
     });
-    assert!(gone.is_some(), "the pod's shim still runs: {:?}", c.shims());
+    assert!(gone.is_some(), "a pod's shim still runs: {:?}", c.shims());
 }
 
 /// A pod without `moat.dev/*` annotations gets the shim config's

@@ -118,6 +118,7 @@ impl Backend for VmBackend {
             start_gate: c.start_gate.clone(),
             extra_seccomp: Vec::new(),
             attach: None,
+            pod_share: None,
             vm_start: self.vm_start,
         };
         let mut report = None;

@@ -35,7 +35,7 @@ pub struct BootRequest<'a> {
     pub volumes: Vec<crate::volumes::VolumeDisk>,
     /// Host directories' daemons, ready to start in the VM's cgroups, and
     /// the VMM's ends of their sockets, in the plan's order.
-    pub host_dirs: (Vec<crate::virtiofs::Daemon>, Vec<OwnedFd>),
+    pub host_dirs: crate::virtiofs::Prepared,
     /// The guest's network device.
     pub net: Option<crate::net::NetDevice>,
     /// The network namespace the VMM joins (`None`: a new, empty one).

@@ -23,6 +23,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use moat_agent::proto::{ExecStart, Message, MAX_DATA};
+pub use moat_agent::proto::{Member, MemberFile};
 use moat_policy::ProcessSpec;
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +42,72 @@ const WRITE_CHUNK: usize = 4096;
 struct Request {
     process: ProcessSpec,
     tty: bool,
+    /// Start a further container of the pod instead of an exec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    member: Option<Box<Member>>,
+    /// Exec into this pod container rather than the workload's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
+}
+
+/// What a caller sends on its reply socket while its process runs.
+#[derive(Serialize, Deserialize)]
+struct Control {
+    signal: i32,
+}
+
+/// Where a request's process runs.
+#[derive(Debug, Clone, Default)]
+pub enum Place {
+    /// In the workload's container (an exec).
+    #[default]
+    Workload,
+    /// In the pod container of this name (an exec).
+    Member(String),
+    /// As the first process of a new pod container.
+    NewMember(Box<Member>),
+}
+
+/// A request in flight: [`Call::signal`] its process, [`Call::wait`] for
+/// its end.
+pub struct Call {
+    reply: OwnedFd,
+}
+
+impl Call {
+    /// Sends `sig` to the process (delivered in the guest by the agent).
+    pub fn signal(&self, sig: i32) -> Result<(), VmError> {
+        let msg = serde_json::to_vec(&Control { signal: sig })
+            .map_err(|e| VmError::Exec(std::io::Error::other(e)))?;
+        sys::send_with_fds(self.reply.as_fd(), &msg, &[]).map_err(|e| match e.raw_os_error() {
+            Some(libc::EPIPE | libc::ECONNRESET) => VmError::ExecEnded,
+            _ => VmError::Exec(e),
+        })
+    }
+
+    /// A second handle on the same process (for a signal relay thread).
+    pub fn try_clone(&self) -> std::io::Result<Call> {
+        Ok(Call {
+            reply: self.reply.try_clone()?,
+        })
+    }
+
+    /// Blocks until the process has ended and its output is written;
+    /// its exit code.
+    pub fn wait(self) -> Result<i32, VmError> {
+        let mut buf = vec![0u8; 4096];
+        let r = sys::recv_with_fds(self.reply.as_fd(), &mut buf).map_err(VmError::Exec)?;
+        if r.len == 0 {
+            return Err(VmError::ExecEnded);
+        }
+        let reply: Reply = serde_json::from_slice(&buf[..r.len])
+            .map_err(|e| VmError::Exec(std::io::Error::other(e)))?;
+        match (reply.code, reply.error) {
+            (Some(code), _) => Ok(code),
+            (None, Some(message)) => Err(VmError::ExecRefused { message }),
+            (None, None) => Err(VmError::ExecEnded),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -70,10 +137,39 @@ pub fn request(
     stdout: BorrowedFd<'_>,
     stderr: BorrowedFd<'_>,
 ) -> Result<i32, VmError> {
+    send(
+        control,
+        process,
+        tty,
+        Place::Workload,
+        [stdin, stdout, stderr],
+    )?
+    .wait()
+}
+
+/// Sends a request for `process` at `place` (see [`request`]) and returns
+/// at once; the call ends when [`Call::wait`] returns.
+pub fn send(
+    control: BorrowedFd<'_>,
+    process: &ProcessSpec,
+    tty: bool,
+    place: Place,
+    [stdin, stdout, stderr]: [BorrowedFd<'_>; 3],
+) -> Result<Call, VmError> {
     let mut process = process.clone();
     process.tty = tty;
-    let msg = serde_json::to_vec(&Request { process, tty })
-        .map_err(|e| VmError::Exec(std::io::Error::other(e)))?;
+    let (member, target) = match place {
+        Place::Workload => (None, None),
+        Place::Member(name) => (None, Some(name)),
+        Place::NewMember(m) => (Some(m), None),
+    };
+    let msg = serde_json::to_vec(&Request {
+        process,
+        tty,
+        member,
+        target,
+    })
+    .map_err(|e| VmError::Exec(std::io::Error::other(e)))?;
     if msg.len() > MAX_REQUEST {
         return Err(VmError::ExecRefused {
             message: format!(
@@ -91,18 +187,7 @@ pub fn request(
         }
     })?;
     drop(theirs);
-    let mut buf = vec![0u8; 4096];
-    let r = sys::recv_with_fds(mine.as_fd(), &mut buf).map_err(VmError::Exec)?;
-    if r.len == 0 {
-        return Err(VmError::ExecEnded);
-    }
-    let reply: Reply = serde_json::from_slice(&buf[..r.len])
-        .map_err(|e| VmError::Exec(std::io::Error::other(e)))?;
-    match (reply.code, reply.error) {
-        (Some(code), _) => Ok(code),
-        (None, Some(message)) => Err(VmError::ExecRefused { message }),
-        (None, None) => Err(VmError::ExecEnded),
-    }
+    Ok(Call { reply: mine })
 }
 
 /// A new exec control channel: `(caller's end, supervisor's end)`, a
@@ -185,8 +270,8 @@ impl Execs {
                 }
             }
             if !p.abandoned {
-                // Polled for POLLHUP only: the caller went away.
-                add(p.reply.as_raw_fd(), 0, Slot::Reply(id));
+                // A signal to deliver, or POLLHUP: the caller went away.
+                add(p.reply.as_raw_fd(), libc::POLLIN, Slot::Reply(id));
             }
         }
         slots
@@ -255,6 +340,20 @@ impl Execs {
                     }
                 }
                 Slot::Reply(id) => {
+                    if fd.revents & libc::POLLIN != 0 {
+                        if let Some(p) = self.procs.get(&id) {
+                            let mut b = [0u8; 128];
+                            // A caller's signal; anything else is dropped.
+                            if let Ok(r) = sys::recv_with_fds(p.reply.as_fd(), &mut b) {
+                                let c = serde_json::from_slice::<Control>(&b[..r.len]);
+                                if let (Ok(c), None) = (c, p.exit) {
+                                    if (1..=64).contains(&c.signal) {
+                                        queue(Message::ExecSignal { id, sig: c.signal })?;
+                                    }
+                                }
+                            }
+                        }
+                    }
                     if fd.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
                         if let Some(p) = self.procs.get_mut(&id) {
                             // Nobody waits for it: end it.
@@ -345,6 +444,8 @@ impl Execs {
             id,
             process,
             winsize,
+            member: req.member,
+            target: req.target,
         })))?;
         self.procs.insert(
             id,

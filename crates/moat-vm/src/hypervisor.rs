@@ -49,9 +49,10 @@ pub struct VmSpec {
     /// them read-only: virtio-blk disks with serial `moat-vol-N`.
     pub volumes: Vec<(File, bool)>,
     /// Host directories: the VMM's connected end of each virtiofsd's
-    /// vhost-user socket, in the plan's order (tag `moat-dir-N`). Guest
-    /// RAM is then shared memory the daemons map.
-    pub host_dirs: Vec<OwnedFd>,
+    /// vhost-user socket with its tag, in the plan's order (`moat-dir-N`),
+    /// then a pod's share (`moat-pod`). Guest RAM is then shared memory
+    /// the daemons map.
+    pub host_dirs: Vec<(String, OwnedFd)>,
     /// Guest end of the control channel (a connected stream socket).
     pub control: OwnedFd,
     pub vcpus: u32,

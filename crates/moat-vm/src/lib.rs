@@ -17,6 +17,7 @@ pub mod jail;
 pub mod kernel;
 mod lock;
 pub mod net;
+pub mod pod;
 pub mod qemu;
 pub mod rootdisk;
 pub mod rootfs;
@@ -113,6 +114,9 @@ pub struct VmRunOptions {
     /// namespace (moat-oci: the one `config.json` names); `None`: the
     /// plan's network alone decides.
     pub attach: Option<net::Attach>,
+    /// Serve this pod share ([`pod::Share::served`]) to the guest: the VM
+    /// of a pod's first container, which the pod's further containers join.
+    pub pod_share: Option<PathBuf>,
     /// Restore the VM from a template, or boot it.
     pub vm_start: VmStart,
 }
@@ -233,8 +237,11 @@ pub fn run_container_reporting(
     // host directory is opened (never through a link) before it too.
     let volumes::Volumes {
         disks: volume_disks,
-        dirs: host_dirs,
+        dirs: mut host_dirs,
     } = volumes::open(&opts.plan)?;
+    if let Some(share) = &opts.pod_share {
+        host_dirs.push(virtiofs::pod_share(share).map_err(|e| VmError::Volume(e.into()))?);
+    }
     if volume_disks.len() + host_dirs.len() > qemu::MAX_VOLUMES {
         return Err(VmError::TooManyVolumes {
             named: volume_disks.len(),

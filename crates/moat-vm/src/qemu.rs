@@ -156,14 +156,11 @@ impl Qemu {
                 spec.memory_mib
             ));
         }
-        for i in 0..spec.host_dirs.len() {
+        for (i, (tag, _)) in spec.host_dirs.iter().enumerate() {
             push("-chardev");
             push(&format!("socket,id=vfs{i},fd={}", FD_HOST_DIRS + i as i32));
             push("-device");
-            push(&format!(
-                "vhost-user-fs-device,chardev=vfs{i},tag={}",
-                crate::virtiofs::tag(i)
-            ));
+            push(&format!("vhost-user-fs-device,chardev=vfs{i},tag={tag}"));
         }
         push("-device");
         push("virtio-serial-device,max_ports=2");
@@ -284,7 +281,7 @@ impl Hypervisor for Qemu {
             fds.push((OwnedFd::from(ro_file), ro));
             fds.push((OwnedFd::from(f), rw));
         }
-        for (i, fd) in spec.host_dirs.into_iter().enumerate() {
+        for (i, (_, fd)) in spec.host_dirs.into_iter().enumerate() {
             fds.push((fd, FD_HOST_DIRS + i as i32));
         }
         if let Some(NetDevice::Tap { fd, .. }) = spec.net {
@@ -390,7 +387,10 @@ mod tests {
     fn host_directories_are_vhost_user_fs_devices_on_shared_ram() {
         let mut s = spec(true, Accel::Tcg);
         let fd = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
-        s.host_dirs = vec![fd(), fd()];
+        s.host_dirs = vec![
+            (crate::virtiofs::tag(0), fd()),
+            (crate::virtiofs::tag(1), fd()),
+        ];
         let a = Qemu::args(&s).join(" ");
         assert!(a.contains("acpi=on,memory-backend=moatmem "), "{a}");
         assert!(

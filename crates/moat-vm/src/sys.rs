@@ -904,7 +904,9 @@ pub fn clone_mount(dir: BorrowedFd<'_>, attrs: u64) -> io::Result<OwnedFd> {
 /// descriptor 3 and nothing else inherited.
 pub struct DaemonPreExec {
     pub cgroup_procs: Vec<RawFd>,
-    pub tree: RawFd,
+    /// The detached mount to attach at `mountpoint`; `None`: share
+    /// `mountpoint` as it is, receiving the host's later mounts below it.
+    pub tree: Option<RawFd>,
     pub mountpoint: CString,
     pub listen: RawFd,
 }
@@ -944,19 +946,34 @@ impl DaemonPreExec {
         }
         // SAFETY: flags only.
         check(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
+        let Some(tree) = self.tree else {
+            // A pod's share: mounts made on the host below it later (the
+            // pod's further containers' roots) must reach the daemon, and
+            // nothing it mounts may reach the host.
+            rustix::mount::mount_change(
+                c"/",
+                MountPropagationFlags::REC | MountPropagationFlags::DOWNSTREAM,
+            )?;
+            return self.listen_on_3();
+        };
         make_mounts_private()?;
         // SAFETY: `tree` is a detached mount held by the parent (inherited
         // across the fork); `mountpoint` is a C string prepared before it.
         check_long(unsafe {
             libc::syscall(
                 libc::SYS_move_mount,
-                self.tree,
+                tree,
                 c"".as_ptr(),
                 libc::AT_FDCWD,
                 self.mountpoint.as_ptr(),
                 MOVE_MOUNT_F_EMPTY_PATH,
             )
         })?;
+        self.listen_on_3()
+    }
+
+    /// The listening socket on descriptor 3, every other one closed.
+    fn listen_on_3(&self) -> io::Result<()> {
         if self.listen == 3 {
             // SAFETY: clears close-on-exec on our own descriptor.
             check(unsafe { libc::fcntl(3, libc::F_SETFD, 0) })?;

@@ -103,11 +103,22 @@ pub enum VirtiofsError {
     },
 }
 
+/// What a daemon shares.
+#[derive(Debug)]
+enum Source {
+    /// A granted directory's detached mount, with its attributes set,
+    /// attached in the daemon's private mount namespace.
+    Tree(OwnedFd),
+    /// A pod's share ([`crate::pod`]): a shared mount moat made, served
+    /// where it is, from a mount namespace that receives its later mounts
+    /// (the pod's further containers' roots).
+    PodShare(PathBuf),
+}
+
 /// A granted host directory, opened and cloned (see the module docs).
 #[derive(Debug)]
 pub struct HostDir {
-    /// The detached mount, with its attributes set.
-    tree: OwnedFd,
+    tree: Source,
     pub source: String,
     pub destination: String,
     pub read_only: bool,
@@ -158,18 +169,46 @@ pub fn open(source: &str, destination: &str, read_only: bool) -> Result<HostDir,
         source: e,
     })?;
     Ok(HostDir {
-        tree,
+        tree: Source::Tree(tree),
         source: source.into(),
         destination: destination.into(),
         read_only,
     })
 }
 
+/// The pod share at `dir` (made by [`crate::pod::Share::make`]), for the
+/// VM of a pod's first container; the guest sees it under [`POD_TAG`].
+pub fn pod_share(dir: &Path) -> Result<HostDir, VirtiofsError> {
+    let program = program();
+    let source = dir.display().to_string();
+    if !program.is_file() {
+        return Err(VirtiofsError::NoDaemon {
+            source_dir: source,
+            destination: "(the pod's share)".into(),
+            program,
+        });
+    }
+    Ok(HostDir {
+        tree: Source::PodShare(dir.to_path_buf()),
+        source,
+        destination: String::new(),
+        read_only: true,
+    })
+}
+
+/// The virtio-fs tag of a pod's share.
+pub use moat_agent::proto::POD_TAG;
+
+/// The daemons and the VMM's ends of their sockets (tag, descriptor).
+pub type Prepared = (Vec<Daemon>, Vec<(String, OwnedFd)>);
+
 /// One daemon, ready to start: its directory's mount, where it goes in
 /// the daemon's namespace, and the listening vhost-user socket.
 #[derive(Debug)]
 pub struct Daemon {
-    tree: OwnedFd,
+    tree: Source,
+    /// The guest's name for it.
+    pub tag: String,
     mountpoint: PathBuf,
     listen: OwnedFd,
     pub source: String,
@@ -179,13 +218,10 @@ pub struct Daemon {
 /// Prepares the daemons of `dirs` under `jail_dir` (made here, mode 0700,
 /// in moat's run root; the caller's cleanup removes it): the daemons and,
 /// in the same order, the VMM's ends of their sockets (already connected).
-pub fn prepare(
-    dirs: Vec<HostDir>,
-    jail_dir: &Path,
-) -> Result<(Vec<Daemon>, Vec<OwnedFd>), VirtiofsError> {
+pub fn prepare(dirs: Vec<HostDir>, jail_dir: &Path) -> Result<Prepared, VirtiofsError> {
     use std::os::unix::fs::DirBuilderExt;
     let mut daemons = Vec::new();
-    let mut vmm_ends = Vec::new();
+    let mut vmm_ends: Vec<(String, OwnedFd)> = Vec::new();
     if dirs.is_empty() {
         return Ok((daemons, vmm_ends));
     }
@@ -205,11 +241,17 @@ pub fn prepare(
                 .create(jail_dir)
                 .map_err(err(format!("making {}", jail_dir.display())))?;
         }
-        let mountpoint = jail_dir.join(format!("dir-{i}"));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&mountpoint)
-            .map_err(err(format!("making {}", mountpoint.display())))?;
+        let (mountpoint, tag) = match &d.tree {
+            Source::Tree(_) => {
+                let m = jail_dir.join(format!("dir-{i}"));
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&m)
+                    .map_err(err(format!("making {}", m.display())))?;
+                (m, tag(i))
+            }
+            Source::PodShare(p) => (p.clone(), POD_TAG.to_string()),
+        };
         // Bound through a descriptor of the jail directory: no limit on
         // the run root's path length (a socket path has 108 bytes).
         let dirfd = std::fs::File::open(jail_dir)
@@ -222,9 +264,10 @@ pub fn prepare(
         let stream = UnixStream::connect(&sock).map_err(err("connecting to its socket".into()))?;
         let _ = std::fs::remove_file(&sock);
         drop(dirfd);
-        vmm_ends.push(OwnedFd::from(stream));
+        vmm_ends.push((tag.clone(), OwnedFd::from(stream)));
         daemons.push(Daemon {
             tree: d.tree,
+            tag,
             mountpoint,
             listen: OwnedFd::from(listener),
             source: d.source,
@@ -280,7 +323,10 @@ pub fn spawn(
         .map_err(|_| spawn_err(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
     let pre = sys::DaemonPreExec {
         cgroup_procs: cgroup_procs.to_vec(),
-        tree: d.tree.as_raw_fd(),
+        tree: match &d.tree {
+            Source::Tree(t) => Some(t.as_raw_fd()),
+            Source::PodShare(_) => None,
+        },
         mountpoint,
         listen: d.listen.as_raw_fd(),
     };

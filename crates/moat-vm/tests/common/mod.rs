@@ -172,6 +172,7 @@ pub fn options(f: &Fixture, process: ProcessSpec) -> moat_vm::VmRunOptions {
         start_gate: None,
         extra_seccomp: Vec::new(),
         attach: None,
+        pod_share: None,
         vm_start: moat_vm::VmStart::Cold,
     }
 }
