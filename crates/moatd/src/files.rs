@@ -1,9 +1,11 @@
 //! ConfigMaps and Secrets as files in replicas, the way the kubelet does
 //! it: one directory per replica and volume under moatd's files root (a
 //! tmpfs moatd mounts when it is not one already, so Secrets stay off
-//! disk), one file per key, written by the atomic writer scheme
-//! (`..<hash>/KEY`, `..data -> ..<hash>`, `KEY -> ..data/KEY`) so that
-//! an update swaps every key at once under a running replica. The
+//! disk), one file per key (or per `items` entry, at its path, with
+//! Kubernetes' modes: [`payload`]), written by the atomic writer scheme
+//! (`..<hash>/KEY`, `..data -> ..<hash>`, `KEY -> ..data/KEY`, one link
+//! per top-level name) so that an update swaps every key at once under a
+//! running replica. The
 //! replica gets the directory as a read-only volume of a policy derived
 //! from its own ([`derived_policy`]), which also carries its `resources`
 //! limits. Nothing here prints or logs a value.
