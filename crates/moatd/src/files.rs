@@ -230,7 +230,12 @@ pub fn write(
     let mut h = Sha256::new();
     h.update(format!("{secret} {owner:?}\n"));
     for (k, (val, mode)) in &payload {
-        h.update(format!("{}:{k}\n{mode:o}\n{}:", k.len(), val.len()));
+        // A default mode is left out: generations written before modes
+        // could be chosen keep their name (no needless swap on upgrade).
+        if *mode != default_mode(secret) {
+            h.update(format!("mode {mode:o}\n"));
+        }
+        h.update(format!("{}:{k}\n{}:", k.len(), val.len()));
         h.update(val.as_bytes());
     }
     let gen = format!("..{}", &hex::encode(h.finalize())[..16]);
@@ -665,5 +670,31 @@ mod tests {
         data.insert("k".to_string(), "v".to_string());
         write(&s, &v, Some(&(true, data)), (0, 0)).unwrap();
         assert_eq!(mode(&s.join("k")), 0o444);
+    }
+
+    #[test]
+    fn default_modes_keep_the_generation_name_and_a_mode_change_swaps() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("r").join("cfg");
+        let mut data = BTreeMap::new();
+        data.insert("a".to_string(), "1".to_string());
+        write(&dir, &vol(), Some(&(false, data.clone())), (0, 0)).unwrap();
+        // The name the writer gave before modes could be chosen.
+        let mut h = Sha256::new();
+        h.update("false (0, 0)\n1:a\n1:1");
+        let old = format!("..{}", &hex::encode(h.finalize())[..16]);
+        assert_eq!(
+            std::fs::read_link(dir.join("..data")).unwrap(),
+            Path::new(&old)
+        );
+        let mut v = vol();
+        v.projection.default_mode = Some(0o640);
+        assert!(write(&dir, &v, Some(&(false, data)), (0, 0)).unwrap());
+        let mode = std::fs::metadata(dir.join("a"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o640);
     }
 }
