@@ -80,9 +80,15 @@ impl Daemon {
         }
     }
 
-    /// The current data of a ConfigMap or Secret, for its file volumes.
-    pub fn file_source(&self, kind: &str, name: &str) -> Option<crate::files::Source> {
-        match self.store.object(kind, name).ok().flatten()?.object {
+    /// The current data of a file volume's ConfigMap or Secret; a Secret
+    /// applied by someone other than the volume's reader counts as
+    /// missing.
+    pub fn file_source(&self, v: &crate::template::FileVolume) -> Option<crate::files::Source> {
+        let s = self.store.object(&v.kind, &v.source).ok().flatten()?;
+        if v.reader.as_ref().is_some_and(|r| *r != s.applied_by) {
+            return None;
+        }
+        match s.object {
             crate::manifest::Object::Secret(d) => Some((true, d.data)),
             crate::manifest::Object::ConfigMap(d) => Some((false, d.data)),
             _ => None,

@@ -1,9 +1,11 @@
 //! ConfigMaps and Secrets as files in replicas, the way the kubelet does
 //! it: one directory per replica and volume under moatd's files root (a
 //! tmpfs moatd mounts when it is not one already, so Secrets stay off
-//! disk), one file per key, written by the atomic writer scheme
-//! (`..<hash>/KEY`, `..data -> ..<hash>`, `KEY -> ..data/KEY`) so that
-//! an update swaps every key at once under a running replica. The
+//! disk), one file per key (or per `items` entry, at its path, with
+//! Kubernetes' modes: [`payload`]), written by the atomic writer scheme
+//! (`..<hash>/KEY`, `..data -> ..<hash>`, `KEY -> ..data/KEY`, one link
+//! per top-level name) so that an update swaps every key at once under a
+//! running replica. The
 //! replica gets the directory as a read-only volume of a policy derived
 //! from its own ([`derived_policy`]), which also carries its `resources`
 //! limits. Nothing here prints or logs a value.
@@ -34,6 +36,12 @@ pub enum FilesError {
     },
     #[error("{kind} {name} no longer exists (moat apply it again)")]
     Missing { kind: String, name: String },
+    #[error("{kind} {name} has no key {key:?}, which the volume's items list (add the key, or mark the volume optional: true)")]
+    MissingKey {
+        kind: String,
+        name: String,
+        key: String,
+    },
     #[error("{kind} {name}: key {key:?} cannot be a file name")]
     Key {
         kind: String,
@@ -98,45 +106,147 @@ pub fn volume_dir(root: &Path, replica: &str, volume: &str) -> PathBuf {
 /// The data a file volume shows: (is a Secret, data).
 pub type Source = (bool, BTreeMap<String, String>);
 
-/// Brings one volume's files up to `data`; whether anything changed.
-/// Secret files are mode 0400 and owned by the replica's uid:gid (so its
-/// non-root user can read them); ConfigMap files 0644, owned by root.
+/// What a volume shows: relative file path -> (content, mode).
+pub type Payload = BTreeMap<String, (String, u32)>;
+
+/// Mode of a file when neither `defaultMode` nor the item's `mode` says:
+/// Kubernetes' 0644 for a ConfigMap; 0400 for a Secret (moat's stricter
+/// choice: the file is owned by the replica's user, who alone needs it).
+pub fn default_mode(secret: bool) -> u32 {
+    if secret {
+        0o400
+    } else {
+        0o644
+    }
+}
+
+/// Kubernetes' rule for an `items[].path`: relative, not empty, no `..`
+/// component, not starting with `..`; moat also refuses empty and `.`
+/// components (`a//b`, `./a`), which Kubernetes would normalise.
+pub fn valid_item_path(path: &str) -> Result<(), &'static str> {
+    if path.is_empty() {
+        return Err("must not be empty: a relative path such as app.conf or conf/app.conf");
+    }
+    if path.starts_with('/') {
+        return Err("must be a relative path (inside the volume), not an absolute one");
+    }
+    if path.len() > 4096 {
+        return Err("is longer than 4096 bytes");
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    if parts.contains(&"..") {
+        return Err("must not contain a `..` component");
+    }
+    if path.starts_with("..") {
+        return Err("must not start with `..`");
+    }
+    if parts
+        .iter()
+        .any(|c| c.is_empty() || *c == "." || c.len() > 255 || c.contains('\0'))
+    {
+        return Err(
+            "every component is a file name (no empty or `.` components, at most 255 bytes)",
+        );
+    }
+    Ok(())
+}
+
+/// Kubernetes' projection of `src` for volume `v`: every key at its name
+/// with the default mode, or only the `items`, at their paths, with
+/// their modes. `None` (an `optional` object that is missing) projects
+/// nothing; a listed key the object lacks is an error unless `optional`.
+pub fn payload(v: &FileVolume, src: Option<&Source>) -> Result<Payload, FilesError> {
+    let secret = v.kind == "Secret";
+    let Some((_, data)) = src else {
+        return Ok(Payload::new());
+    };
+    let p = &v.projection;
+    let mode = p.default_mode.unwrap_or(default_mode(secret));
+    let key_err = |k: &str| FilesError::Key {
+        kind: v.kind.clone(),
+        name: v.source.clone(),
+        key: k.to_string(),
+    };
+    if let Some(k) = data.keys().find(|k| !valid_key(k)) {
+        return Err(key_err(k));
+    }
+    if p.items.is_empty() {
+        return Ok(data
+            .iter()
+            .map(|(k, val)| (k.clone(), (val.clone(), mode)))
+            .collect());
+    }
+    let mut out = Payload::new();
+    for it in &p.items {
+        // The parser checked both; a stored template is checked again.
+        if valid_item_path(&it.path).is_err() {
+            return Err(key_err(&it.path));
+        }
+        match data.get(&it.key) {
+            Some(val) => {
+                out.insert(it.path.clone(), (val.clone(), it.mode.unwrap_or(mode)));
+            }
+            None if p.optional => {}
+            None => {
+                return Err(FilesError::MissingKey {
+                    kind: v.kind.clone(),
+                    name: v.source.clone(),
+                    key: it.key.clone(),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The top-level names of a payload (`a` for `a/b.conf`): each is a link
+/// into `..data`.
+fn top_names(payload: &Payload) -> std::collections::BTreeSet<String> {
+    payload
+        .keys()
+        .map(|p| p.split('/').next().unwrap_or(p).to_string())
+        .collect()
+}
+
+/// Brings one volume's files up to `src` (`None`: an optional object that
+/// is missing, an empty volume); whether anything changed. Files get the
+/// projection's modes (by default: Secret 0400, ConfigMap 0644); Secret
+/// files are owned by the replica's uid:gid (so its non-root user can
+/// read them), ConfigMap files by root; directories are 0755.
 pub fn write(
     dir: &Path,
     v: &FileVolume,
-    src: &Source,
+    src: Option<&Source>,
     owner: (u32, u32),
 ) -> Result<bool, FilesError> {
-    let (secret, data) = src;
+    let secret = v.kind == "Secret";
+    let payload = payload(v, src)?;
     let werr = |path: &Path, source| FilesError::Write {
         kind: v.kind.clone(),
         name: v.source.clone(),
         path: path.to_path_buf(),
         source,
     };
-    for k in data.keys() {
-        if !valid_key(k) {
-            return Err(FilesError::Key {
-                kind: v.kind.clone(),
-                name: v.source.clone(),
-                key: k.clone(),
-            });
-        }
-    }
     let mut h = Sha256::new();
     h.update(format!("{secret} {owner:?}\n"));
-    for (k, val) in data {
+    for (k, (val, mode)) in &payload {
+        // A default mode is left out: generations written before modes
+        // could be chosen keep their name (no needless swap on upgrade).
+        if *mode != default_mode(secret) {
+            h.update(format!("mode {mode:o}\n"));
+        }
         h.update(format!("{}:{k}\n{}:", k.len(), val.len()));
         h.update(val.as_bytes());
     }
     let gen = format!("..{}", &hex::encode(h.finalize())[..16]);
     let link = dir.join("..data");
+    let tops = top_names(&payload);
     prune(dir, &gen, SUPERSEDED_GRACE);
-    // Current, and every key's link made (a crash may have come between
-    // the switch and the links).
+    // Current, and every top-level link made (a crash may have come
+    // between the switch and the links).
     if std::fs::read_link(&link).is_ok_and(|t| t == Path::new(&gen))
-        && data
-            .keys()
+        && tops
+            .iter()
             .all(|k| std::fs::symlink_metadata(dir.join(k)).is_ok())
     {
         return Ok(false);
@@ -155,28 +265,38 @@ pub fn write(
     let target = dir.join(&gen);
     if old.as_deref() == Some(Path::new(&gen)) {
         // Only links were missing: the generation is complete.
-        make_links(dir, data.keys(), &werr)?;
+        make_links(dir, tops.iter(), &werr)?;
         return Ok(true);
     }
     // The new generation, complete before anything points at it.
     let staging = dir.join(format!("{gen}.tmp"));
     let _ = std::fs::remove_dir_all(&staging);
     open_dir(&staging).map_err(|e| werr(&staging, e))?;
-    for (k, val) in data {
-        let p = staging.join(k);
-        let mode = if *secret { 0o400 } else { 0o644 };
+    for (rel, (val, mode)) in &payload {
+        // Paths are checked (no `..`, no empty or `.` components) and
+        // the staging directory is moatd's own: nothing here is a link.
+        let p = staging.join(rel);
+        if let Some(parent) = p.parent().filter(|d| *d != staging) {
+            let mut d = staging.clone();
+            for c in parent.strip_prefix(&staging).unwrap_or(parent).components() {
+                d.push(c);
+                if !d.is_dir() {
+                    open_dir(&d).map_err(|e| werr(&d, e))?;
+                }
+            }
+        }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(mode)
+            .mode(0o600)
             .open(&p)
             .map_err(|e| werr(&p, e))?;
         std::io::Write::write_all(&mut f, val.as_bytes()).map_err(|e| werr(&p, e))?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(|e| werr(&p, e))?;
-        if *secret {
+        if secret {
             std::os::unix::fs::fchown(&f, Some(owner.0), Some(owner.1)).map_err(|e| werr(&p, e))?;
         }
+        f.set_permissions(std::fs::Permissions::from_mode(*mode))
+            .map_err(|e| werr(&p, e))?;
     }
     let _ = std::fs::remove_dir_all(&target);
     std::fs::rename(&staging, &target).map_err(|e| werr(&target, e))?;
@@ -185,12 +305,12 @@ pub fn write(
     let _ = std::fs::remove_file(&tmp_link);
     symlink(&gen, &tmp_link).map_err(|e| werr(&tmp_link, e))?;
     std::fs::rename(&tmp_link, &link).map_err(|e| werr(&link, e))?;
-    make_links(dir, data.keys(), &werr)?;
+    make_links(dir, tops.iter(), &werr)?;
     // Keys gone from the object go from the directory.
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if !name.starts_with("..") && !data.contains_key(&name) {
+            if !name.starts_with("..") && !tops.contains(&name) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -208,7 +328,7 @@ pub fn write(
     Ok(true)
 }
 
-/// `KEY -> ..data/KEY` for every key that has no link yet.
+/// `NAME -> ..data/NAME` for every top-level name that has no link yet.
 fn make_links<'a>(
     dir: &Path,
     keys: impl Iterator<Item = &'a String>,
@@ -322,7 +442,7 @@ pub fn prepare(
     root: &Path,
     replica: &str,
     t: &Template,
-    lookup: &dyn Fn(&str, &str) -> Option<Source>,
+    lookup: &dyn Fn(&FileVolume) -> Option<Source>,
     tmpfs: &dyn Fn() -> Result<(), FilesError>,
 ) -> Result<Option<PathBuf>, FilesError> {
     // Only a moatd that mounts files touches the files root; `tmpfs` is
@@ -353,12 +473,13 @@ pub fn prepare(
 
 /// Brings every file volume of `replica` up to its object's current
 /// data; a deleted object leaves the files as they were (the kubelet
-/// does the same) but refuses a first write.
+/// does the same) but refuses a first write, unless the volume is
+/// `optional`: then a missing object is an empty volume.
 pub fn sync(
     root: &Path,
     replica: &str,
     t: &Template,
-    lookup: &dyn Fn(&str, &str) -> Option<Source>,
+    lookup: &dyn Fn(&FileVolume) -> Option<Source>,
 ) -> Result<bool, FilesError> {
     let mut changed = false;
     for v in &t.files {
@@ -371,7 +492,8 @@ pub fn sync(
             });
         }
         let dir = volume_dir(root, replica, &v.volume);
-        let Some(src) = lookup(&v.kind, &v.source) else {
+        let src = lookup(v);
+        if src.is_none() && !v.projection.optional {
             if dir.join("..data").exists() {
                 continue;
             }
@@ -379,8 +501,8 @@ pub fn sync(
                 kind: v.kind.clone(),
                 name: v.source.clone(),
             });
-        };
-        changed |= write(&dir, v, &src, owner(t))?;
+        }
+        changed |= write(&dir, v, src.as_ref(), owner(t))?;
     }
     Ok(changed)
 }
@@ -403,6 +525,8 @@ mod tests {
             kind: "ConfigMap".into(),
             source: "app".into(),
             mount_path: "/etc/app".into(),
+            projection: Default::default(),
+            reader: None,
         }
     }
 
@@ -413,8 +537,8 @@ mod tests {
         let mut data = BTreeMap::new();
         data.insert("a".to_string(), "1".to_string());
         data.insert("b".to_string(), "2".to_string());
-        assert!(write(&dir, &vol(), &(false, data.clone()), (0, 0)).unwrap());
-        assert!(!write(&dir, &vol(), &(false, data.clone()), (0, 0)).unwrap());
+        assert!(write(&dir, &vol(), Some(&(false, data.clone())), (0, 0)).unwrap());
+        assert!(!write(&dir, &vol(), Some(&(false, data.clone())), (0, 0)).unwrap());
         assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "1");
         // Whatever the umask: directories 0755, ConfigMap files 0644.
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
@@ -424,11 +548,11 @@ mod tests {
         let secret = d.path().join("r").join("s");
         let mut v = vol();
         v.kind = "Secret".into();
-        write(&secret, &v, &(true, data.clone()), (0, 0)).unwrap();
+        write(&secret, &v, Some(&(true, data.clone())), (0, 0)).unwrap();
         assert_eq!(mode(&secret.join("a")), 0o400);
         data.remove("b");
         data.insert("a".to_string(), "3".to_string());
-        assert!(write(&dir, &vol(), &(false, data.clone()), (0, 0)).unwrap());
+        assert!(write(&dir, &vol(), Some(&(false, data.clone())), (0, 0)).unwrap());
         assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "3");
         assert!(std::fs::symlink_metadata(dir.join("b")).is_err());
         let gens = std::fs::read_dir(&dir)
@@ -457,9 +581,9 @@ mod tests {
         // A crash between the switch and the links: the next pass makes
         // them.
         std::fs::remove_file(dir.join("a")).unwrap();
-        assert!(write(&dir, &vol(), &(false, data.clone()), (0, 0)).unwrap());
+        assert!(write(&dir, &vol(), Some(&(false, data.clone())), (0, 0)).unwrap());
         assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "3");
-        assert!(!write(&dir, &vol(), &(false, data), (0, 0)).unwrap());
+        assert!(!write(&dir, &vol(), Some(&(false, data)), (0, 0)).unwrap());
     }
 
     #[test]
@@ -468,12 +592,109 @@ mod tests {
         for k in ["../x", "..data", "a/b", ".", ""] {
             let mut data = BTreeMap::new();
             data.insert(k.to_string(), "v".to_string());
-            let e = write(d.path(), &vol(), &(false, data), (0, 0)).unwrap_err();
+            let e = write(d.path(), &vol(), Some(&(false, data)), (0, 0)).unwrap_err();
             assert_eq!(
                 e.to_string(),
                 format!("ConfigMap app: key {k:?} cannot be a file name")
             );
         }
         assert!(valid_key("app.properties") && valid_key(".hidden"));
+    }
+
+    #[test]
+    fn items_project_listed_keys_at_their_paths_with_their_modes() {
+        use crate::manifest::{KeyToPath, Projection};
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("r").join("cfg");
+        let mut data = BTreeMap::new();
+        data.insert("a".to_string(), "1".to_string());
+        data.insert("b".to_string(), "2".to_string());
+        data.insert("c".to_string(), "3".to_string());
+        let item = |key: &str, path: &str, mode| KeyToPath {
+            key: key.into(),
+            path: path.into(),
+            mode,
+        };
+        let mut v = vol();
+        v.projection = Projection {
+            items: vec![
+                item("a", "conf/d/a.conf", None),
+                item("b", "b.txt", Some(0o600)),
+            ],
+            default_mode: Some(0o440),
+            optional: false,
+        };
+        assert!(write(&dir, &v, Some(&(false, data.clone())), (0, 0)).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(
+            std::fs::read_to_string(dir.join("conf/d/a.conf")).unwrap(),
+            "1"
+        );
+        assert_eq!(mode(&dir.join("conf/d/a.conf")), 0o440);
+        assert_eq!(mode(&dir.join("conf/d")), 0o755);
+        assert_eq!(mode(&dir.join("b.txt")), 0o600);
+        assert_eq!(
+            std::fs::read_link(dir.join("conf")).unwrap(),
+            Path::new("..data/conf")
+        );
+        let mut top: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with(".."))
+            .collect();
+        top.sort();
+        assert_eq!(top, ["b.txt", "conf"], "only the listed keys");
+        // A listed key the object lacks: an error, files as they were.
+        data.remove("b");
+        let e = write(&dir, &v, Some(&(false, data.clone())), (0, 0)).unwrap_err();
+        assert_eq!(e.to_string(), "ConfigMap app has no key \"b\", which the volume's items list (add the key, or mark the volume optional: true)");
+        assert_eq!(std::fs::read_to_string(dir.join("b.txt")).unwrap(), "2");
+        // ... left out when optional.
+        v.projection.optional = true;
+        assert!(write(&dir, &v, Some(&(false, data)), (0, 0)).unwrap());
+        assert!(std::fs::symlink_metadata(dir.join("b.txt")).is_err());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("conf/d/a.conf")).unwrap(),
+            "1"
+        );
+        // A missing optional object: an empty volume.
+        assert!(write(&dir, &v, None, (0, 0)).unwrap());
+        assert!(std::fs::symlink_metadata(dir.join("conf")).is_err());
+        assert!(dir.join("..data").exists());
+        // Without items, defaultMode applies to every key.
+        let s = d.path().join("r").join("s");
+        let mut v = vol();
+        v.kind = "Secret".into();
+        v.projection.default_mode = Some(0o444);
+        let mut data = BTreeMap::new();
+        data.insert("k".to_string(), "v".to_string());
+        write(&s, &v, Some(&(true, data)), (0, 0)).unwrap();
+        assert_eq!(mode(&s.join("k")), 0o444);
+    }
+
+    #[test]
+    fn default_modes_keep_the_generation_name_and_a_mode_change_swaps() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("r").join("cfg");
+        let mut data = BTreeMap::new();
+        data.insert("a".to_string(), "1".to_string());
+        write(&dir, &vol(), Some(&(false, data.clone())), (0, 0)).unwrap();
+        // The name the writer gave before modes could be chosen.
+        let mut h = Sha256::new();
+        h.update("false (0, 0)\n1:a\n1:1");
+        let old = format!("..{}", &hex::encode(h.finalize())[..16]);
+        assert_eq!(
+            std::fs::read_link(dir.join("..data")).unwrap(),
+            Path::new(&old)
+        );
+        let mut v = vol();
+        v.projection.default_mode = Some(0o640);
+        assert!(write(&dir, &v, Some(&(false, data)), (0, 0)).unwrap());
+        let mode = std::fs::metadata(dir.join("a"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o640);
     }
 }

@@ -253,7 +253,7 @@ fn refresh(
     let now = now_ms();
     if !t.files.is_empty() && r.phase != "Terminating" && r.phase != "Creating" {
         // Files follow their ConfigMap or Secret, as with the kubelet.
-        let lookup = |k: &str, n: &str| d.file_source(k, n);
+        let lookup = |v: &crate::template::FileVolume| d.file_source(v);
         match crate::files::sync(&d.files, &r.name, t, &lookup) {
             Ok(true) => d.event(
                 "Normal",
@@ -390,7 +390,7 @@ fn create(d: &Daemon, owner: &str, rev: &Revision, n: u32) -> anyhow::Result<()>
     std::thread::scope(|s| {
         for r in &mut made {
             s.spawn(|| {
-                let lookup = |k: &str, n: &str| d.file_source(k, n);
+                let lookup = |v: &crate::template::FileVolume| d.file_source(v);
                 let tmpfs = || d.files_tmpfs();
                 match crate::files::prepare(
                     &d.state,

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::manifest::Probe;
+use crate::manifest::{Probe, Projection};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Template {
@@ -52,6 +52,14 @@ pub struct FileVolume {
     pub kind: String,
     pub source: String,
     pub mount_path: String,
+    /// `items`, `defaultMode`, `optional`.
+    #[serde(default, skip_serializing_if = "Projection::is_default")]
+    pub projection: Projection,
+    /// For a Secret of a requester other than root: the user who applied
+    /// it, and whose Secret alone the files may show (one applied later by
+    /// someone else under the same name is treated as missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reader: Option<String>,
 }
 
 /// What a replica's policy is narrowed to.

@@ -1,7 +1,9 @@
 //! The new fields on moatd and on `podman kube play` alike (issue 17): a
-//! ConfigMap mounted as files, container `resources` and
-//! `minReadySeconds` in one file that both run (podman 4.3 ignores the
-//! Policy document and the moat annotations).
+//! ConfigMap mounted as files (`items`, `defaultMode`), container
+//! `resources` and `minReadySeconds` in one file that both run (podman
+//! 4.3 ignores the Policy document and the moat annotations, and
+//! `defaultMode`: its files are 0644; it makes no directories for a
+//! nested `items` path, so the path here is flat).
 
 mod common;
 
@@ -41,7 +43,7 @@ fn manifest(image: &str) -> String {
         )
         .replace(
             "      containers:\n",
-            "      volumes:\n      - name: cfg\n        configMap: {name: cfg}\n      containers:\n",
+            "      volumes:\n      - name: cfg\n        configMap:\n          name: cfg\n          defaultMode: 0444\n          items: [{key: greeting, path: greeting.txt}]\n      containers:\n",
         );
     format!("{EXTRA}{d}")
 }
@@ -75,7 +77,14 @@ fn config_map_files_and_resources_run_on_moatd_and_on_podman_kube_play() {
     env.ok(&["apply", "-f", &f]);
     env.ok(&["rollout", "status", "deployment/web", "--timeout", "90"]);
     let pod = env.pods()[0]["NAME"].as_str().unwrap().to_string();
-    assert_eq!(env.ok(&["exec", &pod, "cat", "/home/greeting"]), "hello");
+    assert_eq!(
+        env.ok(&["exec", &pod, "cat", "/home/greeting.txt"]),
+        "hello"
+    );
+    assert_eq!(
+        env.ok(&["exec", &pod, "stat", "-L", "-c", "%a", "/home/greeting.txt"]),
+        "444\n"
+    );
 
     for tool in ["podman", "crun", "catatonit", "unshare"] {
         if !have(tool) {
@@ -100,7 +109,7 @@ export CONTAINERS_CONF={d}/containers.conf
 P=\"podman --root {d}/podman-root --runroot {d}/podman-run --runtime crun --cgroup-manager cgroupfs --events-backend none\"
 $P load -i {tar} >/dev/null 2>&1
 $P kube play --network none {f}
-$P exec web-pod-0-web cat /home/greeting
+$P exec web-pod-0-web cat /home/greeting.txt
 echo
 $P inspect web-pod-0-web --format '{{{{.HostConfig.Memory}}}}'
 $P kube down {f} >/dev/null

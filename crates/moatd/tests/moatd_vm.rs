@@ -5,18 +5,7 @@
 
 mod common;
 
-use common::{can_run, deployment, Env, Spec};
-
-const VM_POLICY: &str = "apiVersion: moat.dev/v1
-kind: Policy
-metadata:
-  name: probe-exec-vm
-spec:
-  extends: baseline
-  isolation: vm
-  exec: true
----
-";
+use common::{can_run, deployment, Env, Spec, VM_POLICY};
 
 #[test]
 fn ten_vm_replicas_become_ready() {
@@ -49,7 +38,7 @@ fn ten_vm_replicas_become_ready() {
     )
     .replace("moat.dev/isolation: sandbox", "moat.dev/isolation: vm");
     let t = std::time::Instant::now();
-    env.apply("vm.yaml", &format!("{VM_POLICY}{text}"));
+    env.apply("vm.yaml", &format!("{VM_POLICY}---\n{text}"));
     env.ok(&["rollout", "status", "deployment/web", "--timeout", "900"]);
     println!("{n} VM replicas ready in {:?}", t.elapsed());
     let vms = env

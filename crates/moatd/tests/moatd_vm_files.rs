@@ -13,19 +13,11 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{can_run, config_map, deployment, secret, stderr, stdout, wait_for, Env, Spec};
+use common::{
+    can_run, config_map, deployment, secret, stderr, stdout, wait_for, Env, Spec, VM_POLICY,
+};
 
 const SECRET_VALUE: &str = "vm-s3cr3t-value-9d2e";
-
-const VM_POLICY: &str = "apiVersion: moat.dev/v1
-kind: Policy
-metadata:
-  name: probe-exec-vm
-spec:
-  extends: baseline
-  isolation: vm
-  exec: true
-";
 
 /// A one-replica VM Deployment mounting ConfigMap `app` at /home and
 /// Secret `db` at /var, ready once the probe has read both (as the pod's

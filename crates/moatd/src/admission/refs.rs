@@ -4,7 +4,7 @@
 use moat_policy::rbac::Principal;
 
 use super::Input;
-use crate::manifest::{Data, EnvFrom, EnvSource, Object, VolumeSource};
+use crate::manifest::{Data, EnvSource, Object, VolumeSource};
 use crate::template::FileVolume;
 
 /// A Secret's data is for whoever applied it and root: refuses anyone
@@ -38,27 +38,56 @@ pub(super) fn files(input: &Input, who: &Principal) -> Result<Vec<FileVolume>, V
         else {
             continue;
         };
-        let (kind, source, field) = match &v.source {
+        let (kind, source, field, projection) = match &v.source {
             VolumeSource::Claim { .. } => continue,
-            VolumeSource::ConfigMap { name } => ("ConfigMap", name, "configMap.name"),
-            VolumeSource::Secret { secret_name } => ("Secret", secret_name, "secret.secretName"),
+            VolumeSource::ConfigMap { name, projection } => {
+                ("ConfigMap", name, "configMap", projection)
+            }
+            VolumeSource::Secret {
+                secret_name,
+                projection,
+            } => ("Secret", secret_name, "secret", projection),
         };
         let vp = format!("{path}.volumes[{j}].{field}");
-        let exists = input.all.iter().any(|o| match o {
-            Object::ConfigMap(d) => kind == "ConfigMap" && d.meta.name == *source,
-            Object::Secret(d) => kind == "Secret" && d.meta.name == *source,
-            _ => false,
+        let np = format!(
+            "{vp}.{}",
+            if kind == "Secret" {
+                "secretName"
+            } else {
+                "name"
+            }
+        );
+        let found = input.all.iter().find_map(|o| match o {
+            Object::ConfigMap(d) if kind == "ConfigMap" && d.meta.name == *source => Some(d),
+            Object::Secret(d) if kind == "Secret" && d.meta.name == *source => Some(d),
+            _ => None,
         });
-        if !exists {
-            errs.push(format!(
-                "{vp}: no {kind} named {source:?} in this apply or applied before"
-            ));
-            continue;
-        }
-        if kind == "Secret" {
-            if let Err(e) = may_read_secret(input, who, source) {
-                errs.push(format!("{vp}: {e}"));
+        match found {
+            // An optional object may come later: an empty volume until then.
+            None if projection.optional => {}
+            None => {
+                errs.push(format!(
+                    "{np}: no {kind} named {source:?} in this apply or applied before"
+                ));
                 continue;
+            }
+            Some(d) => {
+                if kind == "Secret" {
+                    if let Err(e) = may_read_secret(input, who, source) {
+                        errs.push(format!("{np}: {e}"));
+                        continue;
+                    }
+                }
+                if !projection.optional {
+                    for (i, it) in projection.items.iter().enumerate() {
+                        if !d.data.contains_key(&it.key) {
+                            errs.push(format!(
+                                "{vp}.items[{i}].key: {kind} {source:?} has no key {:?} (add it, or mark the volume optional: true to leave it out)",
+                                it.key
+                            ));
+                        }
+                    }
+                }
             }
         }
         out.push(FileVolume {
@@ -66,6 +95,8 @@ pub(super) fn files(input: &Input, who: &Principal) -> Result<Vec<FileVolume>, V
             kind: kind.to_string(),
             source: source.clone(),
             mount_path: m.mount_path.clone(),
+            projection: projection.clone(),
+            reader: (kind == "Secret" && who.uid != 0).then(|| who.name.clone()),
         });
     }
     if errs.is_empty() {
@@ -93,12 +124,13 @@ pub(super) fn env(input: &Input, who: &Principal) -> Result<Vec<(String, String)
         out.push((k, v));
     };
     for (i, e) in pod.container.env_from.iter().enumerate() {
-        let (secret, name) = match e {
-            EnvFrom::ConfigMap(n) => (false, n),
-            EnvFrom::Secret(n) => (true, n),
+        let (secret, name, optional) = e.parts();
+        let Some(d) = data(secret, name) else {
+            if optional {
+                continue;
+            }
+            return Err(format!("envFrom[{i}]: no {} named {name:?}", kind(secret)));
         };
-        let d = data(secret, name)
-            .ok_or_else(|| format!("envFrom[{i}]: no {} named {name:?}", kind(secret)))?;
         if secret {
             may_read_secret(input, who, name)
                 .map_err(|e| format!("envFrom[{i}].secretRef: {e}"))?;
@@ -110,21 +142,42 @@ pub(super) fn env(input: &Input, who: &Principal) -> Result<Vec<(String, String)
     for (i, e) in pod.container.env.iter().enumerate() {
         let v = match &e.source {
             EnvSource::Value(v) => v.clone(),
-            EnvSource::SecretKey { name, key } | EnvSource::ConfigMapKey { name, key } => {
+            EnvSource::SecretKey {
+                name,
+                key,
+                optional,
+            }
+            | EnvSource::ConfigMapKey {
+                name,
+                key,
+                optional,
+            } => {
+                // `optional`: a missing object or key leaves the variable
+                // unset, as in Kubernetes.
                 let secret = matches!(e.source, EnvSource::SecretKey { .. });
-                let d = data(secret, name).ok_or_else(|| {
-                    format!("env[{i}].valueFrom: no {} named {name:?}", kind(secret))
-                })?;
+                let Some(d) = data(secret, name) else {
+                    if *optional {
+                        continue;
+                    }
+                    return Err(format!(
+                        "env[{i}].valueFrom: no {} named {name:?}",
+                        kind(secret)
+                    ));
+                };
                 if secret {
                     may_read_secret(input, who, name)
                         .map_err(|e| format!("env[{i}].valueFrom.secretKeyRef: {e}"))?;
                 }
-                d.data.get(key).cloned().ok_or_else(|| {
-                    format!(
-                        "env[{i}].valueFrom: {} {name} has no key {key:?}",
-                        kind(secret)
-                    )
-                })?
+                match d.data.get(key) {
+                    Some(v) => v.clone(),
+                    None if *optional => continue,
+                    None => {
+                        return Err(format!(
+                            "env[{i}].valueFrom: {} {name} has no key {key:?}",
+                            kind(secret)
+                        ))
+                    }
+                }
             }
         };
         set(e.name.clone(), v);

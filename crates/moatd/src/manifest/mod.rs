@@ -15,8 +15,8 @@ use moat_policy::yaml;
 use serde::{Deserialize, Serialize};
 
 pub use pod::{
-    Container, ContainerSecurity, EnvFrom, EnvSource, EnvVar, Handler, Mount, PodSecurity, PodSpec,
-    Port, Probe, Volume, VolumeSource,
+    Container, ContainerSecurity, EnvFrom, EnvSource, EnvVar, Handler, KeyToPath, Mount,
+    PodSecurity, PodSpec, Port, Probe, Projection, Volume, VolumeSource,
 };
 pub use resources::{Quantities, Resources};
 

@@ -66,14 +66,43 @@ pub struct EnvVar {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum EnvSource {
     Value(String),
-    SecretKey { name: String, key: String },
-    ConfigMapKey { name: String, key: String },
+    SecretKey {
+        name: String,
+        key: String,
+        /// `optional: true`: a missing object or key leaves the
+        /// variable unset.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        optional: bool,
+    },
+    ConfigMapKey {
+        name: String,
+        key: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        optional: bool,
+    },
 }
 
+/// `envFrom[]`; the `Optional` ones (`optional: true`) add nothing when
+/// the object is missing (separate variants: stored objects written
+/// before keep their shape).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum EnvFrom {
     ConfigMap(String),
     Secret(String),
+    OptionalConfigMap(String),
+    OptionalSecret(String),
+}
+
+impl EnvFrom {
+    /// (is a Secret, name, optional).
+    pub fn parts(&self) -> (bool, &str, bool) {
+        match self {
+            EnvFrom::ConfigMap(n) => (false, n, false),
+            EnvFrom::Secret(n) => (true, n, false),
+            EnvFrom::OptionalConfigMap(n) => (false, n, true),
+            EnvFrom::OptionalSecret(n) => (true, n, true),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,14 +133,49 @@ pub enum VolumeSource {
         claim_name: String,
         read_only: bool,
     },
-    /// `configMap.name`: one file per key.
+    /// `configMap.name`: one file per key (or per `items` entry).
     ConfigMap {
         name: String,
+        #[serde(default, skip_serializing_if = "Projection::is_default")]
+        projection: Projection,
     },
-    /// `secret.secretName`: one file per key, mode 0400, on a tmpfs.
+    /// `secret.secretName`: one file per key (or per `items` entry),
+    /// mode 0400 unless `defaultMode` says otherwise, on a tmpfs.
     Secret {
         secret_name: String,
+        #[serde(default, skip_serializing_if = "Projection::is_default")]
+        projection: Projection,
     },
+}
+
+/// `items`, `defaultMode` and `optional` of a ConfigMap or Secret volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Projection {
+    /// Only these keys, at these paths (empty: every key, at its name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<KeyToPath>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_mode: Option<u32>,
+    /// A missing object is an empty volume; a missing listed key is
+    /// left out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+}
+
+impl Projection {
+    pub fn is_default(&self) -> bool {
+        *self == Projection::default()
+    }
+}
+
+/// `items[]`: a key projected at a relative path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyToPath {
+    pub key: String,
+    /// Relative, `/`-separated, no `..` (checked by the parser).
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -317,18 +381,111 @@ fn volume_source(
             }
         }
         "configMap" => {
-            let cf = cx.map(n, &sp, &["name"])?;
+            let cf = cx.map(n, &sp, &["name", "items", "defaultMode", "optional"])?;
             VolumeSource::ConfigMap {
                 name: required_string(cx, &cf, n, &sp, "name")?,
+                projection: projection(cx, &cf, &sp)?,
             }
         }
         _ => {
-            let cf = cx.map(n, &sp, &["secretName"])?;
+            let cf = cx.map(n, &sp, &["secretName", "items", "defaultMode", "optional"])?;
             VolumeSource::Secret {
                 secret_name: required_string(cx, &cf, n, &sp, "secretName")?,
+                projection: projection(cx, &cf, &sp)?,
             }
         }
     })
+}
+
+/// `items`, `defaultMode`, `optional` of a ConfigMap or Secret volume at
+/// `sp`, checked as Kubernetes checks them.
+fn projection(cx: &Cx, cf: &super::walk::Fields, sp: &str) -> Result<Projection, ManifestError> {
+    let mut p = Projection::default();
+    if let Some(m) = cf.get("defaultMode") {
+        p.default_mode = Some(file_mode(cx, m, &join(sp, "defaultMode"))?);
+    }
+    if let Some(o) = cf.get("optional") {
+        p.optional = cx.bool(o, &join(sp, "optional"))?;
+    }
+    let Some(items) = cf.get("items") else {
+        return Ok(p);
+    };
+    let ip = join(sp, "items");
+    for (i, it) in cx.seq(items, &ip)?.iter().enumerate() {
+        let ep = format!("{ip}[{i}]");
+        let f = cx.map(it, &ep, &["key", "path", "mode"])?;
+        let key = required_string(cx, &f, it, &ep, "key")?;
+        if !crate::files::valid_key(&key) {
+            return Err(cx.err(
+                it,
+                &join(&ep, "key"),
+                format!("{key:?}: a key is letters, digits, '-', '_' and '.' (not `.` nor starting with `..`), as in Kubernetes"),
+            ));
+        }
+        let pp = join(&ep, "path");
+        let path = required_string(cx, &f, it, &ep, "path")?;
+        let pnode = f.get("path").unwrap_or(it);
+        if let Err(why) = crate::files::valid_item_path(&path) {
+            return Err(cx.err(pnode, &pp, format!("{path:?}: {why}")));
+        }
+        // Two files at one path, or a file where another needs a
+        // directory, cannot both be written.
+        if let Some(j) = p.items.iter().position(|o| {
+            o.path == path
+                || path.starts_with(&format!("{}/", o.path))
+                || o.path.starts_with(&format!("{path}/"))
+        }) {
+            return Err(cx.err(
+                pnode,
+                &pp,
+                format!("{path:?} collides with {ip}[{j}].path {:?}: each item needs a path of its own, not inside another's", p.items[j].path),
+            ));
+        }
+        let mode = f
+            .get("mode")
+            .map(|m| file_mode(cx, m, &join(&ep, "mode")))
+            .transpose()?;
+        p.items.push(KeyToPath { key, path, mode });
+    }
+    Ok(p)
+}
+
+/// A file mode as Kubernetes takes it: YAML octal (`0440`, `0o440`) or
+/// decimal (`288`, JSON's only form), 0 to 0777.
+fn file_mode(cx: &Cx, node: &Node, path: &str) -> Result<u32, ManifestError> {
+    let text = match &node.value {
+        moat_policy::yaml::Value::Scalar {
+            text,
+            quoted: false,
+        } => text.as_str(),
+        _ => {
+            return Err(cx.err(
+                node,
+                path,
+                format!(
+                    "expected a file mode such as 0440 (octal) or 288 (decimal), found {}",
+                    node.describe()
+                ),
+            ))
+        }
+    };
+    let parsed = if let Some(o) = text.strip_prefix("0o") {
+        u32::from_str_radix(o, 8).ok()
+    } else if text.len() > 1 && text.starts_with('0') {
+        u32::from_str_radix(&text[1..], 8).ok()
+    } else if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse::<u32>().ok()
+    } else {
+        None
+    };
+    match parsed {
+        Some(m) if m <= 0o777 => Ok(m),
+        _ => Err(cx.err(
+            node,
+            path,
+            format!("expected a file mode between 0 and 0777 (octal, as 0440 in YAML) or 0 and 511 (decimal, as in JSON), found `{text}`"),
+        )),
+    }
 }
 
 fn required_string(
@@ -420,17 +577,27 @@ fn container(cx: &Cx, node: &Node, path: &str) -> Result<Container, ManifestErro
         for (i, e) in cx.seq(n, &p("envFrom"))?.iter().enumerate() {
             let ep = format!("{}[{i}]", p("envFrom"));
             let ef = cx.map(e, &ep, &["configMapRef", "secretRef"])?;
+            let from_ref = |r: &Node, rp: &str| -> Result<(String, bool), ManifestError> {
+                let rf = cx.map(r, rp, &["name", "optional"])?;
+                let optional = rf
+                    .get("optional")
+                    .map(|o| cx.bool(o, &join(rp, "optional")))
+                    .transpose()?
+                    .unwrap_or(false);
+                Ok((required_string(cx, &rf, r, rp, "name")?, optional))
+            };
             if let Some(r) = ef.get("configMapRef") {
-                let rp = join(&ep, "configMapRef");
-                let rf = cx.map(r, &rp, &["name"])?;
-                c.env_from.push(EnvFrom::ConfigMap(required_string(
-                    cx, &rf, r, &rp, "name",
-                )?));
-            } else if let Some(r) = ef.get("secretRef") {
-                let rp = join(&ep, "secretRef");
-                let rf = cx.map(r, &rp, &["name"])?;
                 c.env_from
-                    .push(EnvFrom::Secret(required_string(cx, &rf, r, &rp, "name")?));
+                    .push(match from_ref(r, &join(&ep, "configMapRef"))? {
+                        (n, false) => EnvFrom::ConfigMap(n),
+                        (n, true) => EnvFrom::OptionalConfigMap(n),
+                    });
+            } else if let Some(r) = ef.get("secretRef") {
+                c.env_from
+                    .push(match from_ref(r, &join(&ep, "secretRef"))? {
+                        (n, false) => EnvFrom::Secret(n),
+                        (n, true) => EnvFrom::OptionalSecret(n),
+                    });
             } else {
                 return Err(cx.err(e, &ep, "needs configMapRef or secretRef"));
             }
@@ -505,19 +672,31 @@ fn env_var(cx: &Cx, node: &Node, path: &str) -> Result<EnvVar, ManifestError> {
     };
     let vp = join(path, "valueFrom");
     let vff = cx.map(vf, &vp, &["secretKeyRef", "configMapKeyRef"])?;
-    let key_ref = |n: &Node, p: &str| -> Result<(String, String), ManifestError> {
-        let rf = cx.map(n, p, &["name", "key"])?;
+    let key_ref = |n: &Node, p: &str| -> Result<(String, String, bool), ManifestError> {
+        let rf = cx.map(n, p, &["name", "key", "optional"])?;
         Ok((
             required_string(cx, &rf, n, p, "name")?,
             required_string(cx, &rf, n, p, "key")?,
+            rf.get("optional")
+                .map(|o| cx.bool(o, &join(p, "optional")))
+                .transpose()?
+                .unwrap_or(false),
         ))
     };
     let source = if let Some(r) = vff.get("secretKeyRef") {
-        let (name, key) = key_ref(r, &join(&vp, "secretKeyRef"))?;
-        EnvSource::SecretKey { name, key }
+        let (name, key, optional) = key_ref(r, &join(&vp, "secretKeyRef"))?;
+        EnvSource::SecretKey {
+            name,
+            key,
+            optional,
+        }
     } else if let Some(r) = vff.get("configMapKeyRef") {
-        let (name, key) = key_ref(r, &join(&vp, "configMapKeyRef"))?;
-        EnvSource::ConfigMapKey { name, key }
+        let (name, key, optional) = key_ref(r, &join(&vp, "configMapKeyRef"))?;
+        EnvSource::ConfigMapKey {
+            name,
+            key,
+            optional,
+        }
     } else {
         return Err(cx.err(vf, &vp, "needs secretKeyRef or configMapKeyRef"));
     };

@@ -36,12 +36,16 @@ fn config_map_and_secret_volumes_and_resources_parse() {
     };
     assert_eq!(
         p.pod.volumes[0].source,
-        VolumeSource::ConfigMap { name: "app".into() }
+        VolumeSource::ConfigMap {
+            name: "app".into(),
+            projection: Projection::default()
+        }
     );
     assert_eq!(
         p.pod.volumes[1].source,
         VolumeSource::Secret {
-            secret_name: "db".into()
+            secret_name: "db".into(),
+            projection: Projection::default()
         }
     );
     let r = &p.pod.container.resources;
@@ -58,12 +62,15 @@ fn file_volumes_are_refused_exactly() {
         "p.yaml:7: Pod p: spec.volumes[0]: a volume needs exactly one of persistentVolumeClaim, configMap, secret (the sources moatd supports)"
     );
     assert_eq!(
-        err(&POD.replace("{name: app}", "{name: app, defaultMode: 420}")),
-        "p.yaml:8: Pod p: spec.volumes[0].configMap.defaultMode: not supported by moatd"
+        err(&POD.replace("{name: app}", "{name: app, defaultMode: 01000}")),
+        "p.yaml:8: Pod p: spec.volumes[0].configMap.defaultMode: expected a file mode between 0 and 0777 (octal, as 0440 in YAML) or 0 and 511 (decimal, as in JSON), found `01000`"
     );
     assert_eq!(
-        err(&POD.replace("{secretName: db}", "{secretName: db, items: []}")),
-        "p.yaml:10: Pod p: spec.volumes[1].secret.items: not supported by moatd"
+        err(&POD.replace(
+            "{secretName: db}",
+            "{secretName: db, items: [{key: a, path: b, owner: x}]}"
+        )),
+        "p.yaml:10: Pod p: spec.volumes[1].secret.items[0].owner: not supported by moatd"
     );
     assert_eq!(
         err(&POD.replace("/var/run/db, readOnly: true", "/var/run/db, readOnly: false")),
@@ -141,3 +148,6 @@ spec:
         "d.yaml:5: Deployment w: spec.minReadySeconds: must be less than spec.progressDeadlineSeconds (60)"
     );
 }
+
+#[path = "tests_items.rs"]
+mod items;

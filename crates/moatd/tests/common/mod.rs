@@ -295,6 +295,17 @@ spec:
   exec: true
 ";
 
+/// [`EXEC_POLICY`] for micro-VMs (`probe-exec-vm`).
+pub const VM_POLICY: &str = "apiVersion: moat.dev/v1
+kind: Policy
+metadata:
+  name: probe-exec-vm
+spec:
+  extends: baseline
+  isolation: vm
+  exec: true
+";
+
 /// What varies between the test Deployments.
 pub struct Spec<'a> {
     pub name: &'a str,
