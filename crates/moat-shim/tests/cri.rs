@@ -207,6 +207,25 @@ fn vm_pod_containers_share_one_guest_kernel_and_pods_do_not() {
     assert_eq!(ns(&ids[0], "net"), ns(&ids[1], "net"), "network not shared");
     let ps = exec_out(&cri, &ids[1], &["ps", "-o", "pid,args"]);
     assert!(!ps.contains("echo app") && !ps.contains("pause"), "{ps}");
+    // A hostile container of the pod tries to reach the pod's share (the
+    // other containers' roots) and the agent: nothing of them is in its
+    // namespaces, and it may not mount the share itself.
+    let r = cri
+        .exec_sync(
+            &ids[1],
+            &[
+                "sh",
+                "-c",
+                "ls /pod || mkdir -p /tmp/m && mount -t virtiofs moat-pod /tmp/m && ls /tmp/m",
+            ],
+        )
+        .unwrap();
+    assert_ne!(r.exit_code, 0, "{}", String::from_utf8_lossy(&r.stdout));
+    let mounts = exec_out(&cri, &ids[1], &["cat", "/proc/self/mountinfo"]);
+    assert!(
+        !mounts.contains(&ids[0]) && !mounts.contains(" /pod"),
+        "another container's root is visible: {mounts}"
+    );
     for id in &ids {
         let addr = exec_out(&cri, id, &["ip", "-4", "addr"]);
         assert!(
