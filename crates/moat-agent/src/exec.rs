@@ -148,6 +148,13 @@ impl Execs {
                     }
                 }
             }
+            Message::ExecResize { id, rows, cols } => {
+                if let Some(p) = self.procs.get(&id).filter(|p| p.tty) {
+                    if let Some(s) = &p.stdin {
+                        let _ = sys::set_winsize(s.as_fd(), rows, cols);
+                    }
+                }
+            }
             Message::ExecSignal { id, sig } => {
                 if let Some(p) = self.procs.get(&id).filter(|p| p.exited.is_none()) {
                     let _ = sys::kill(p.pid, sig);

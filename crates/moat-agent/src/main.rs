@@ -657,7 +657,8 @@ impl Agent {
                     }
                     m @ (Message::ExecStdin { .. }
                     | Message::ExecStdinEof(_)
-                    | Message::ExecSignal { .. }) => execs.on_message(m),
+                    | Message::ExecSignal { .. }
+                    | Message::ExecResize { .. }) => execs.on_message(m),
                     other => {
                         return Err(Failure::setup(format!(
                             "unexpected {:?} frame from the host while the workload runs",

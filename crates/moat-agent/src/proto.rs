@@ -61,6 +61,8 @@ pub enum Kind {
     /// Host to guest, first frame to a VM restored from a template: its
     /// own entropy and identity, and the container's verified root.
     Restore = 18,
+    /// Host to guest: an exec'd process's terminal changed size.
+    ExecResize = 19,
 }
 
 impl Kind {
@@ -84,6 +86,7 @@ impl Kind {
             16 => Kind::ExecSignal,
             17 => Kind::ExecExit,
             18 => Kind::Restore,
+            19 => Kind::ExecResize,
             _ => return None,
         })
     }
@@ -98,7 +101,7 @@ impl Kind {
             Kind::ExecStdin | Kind::ExecStdout | Kind::ExecStderr => 4 + MAX_DATA,
             Kind::StdinEof => 0,
             Kind::Resize | Kind::Signal | Kind::ExecStdinEof => 4,
-            Kind::ExecSignal => 8,
+            Kind::ExecSignal | Kind::ExecResize => 8,
         }
     }
 }
@@ -258,6 +261,18 @@ pub struct Member {
     /// `/etc/resolv.conf`, ...), read-only, as the caller bind-mounts them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<MemberFile>,
+    /// Host directories the host put on the share as `<name>/vol-<n>`
+    /// (`n` the place in this list), bound at their destinations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dirs: Vec<MemberDir>,
+}
+
+/// A host directory of a [`Member`] (read-only on the host side too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberDir {
+    pub destination: String,
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// A file of a [`Member`]: its contents and where they go in its root.
@@ -314,6 +329,7 @@ pub enum Message {
     ExecStdout { id: u32, data: Vec<u8> },
     ExecStderr { id: u32, data: Vec<u8> },
     ExecSignal { id: u32, sig: i32 },
+    ExecResize { id: u32, rows: u16, cols: u16 },
     ExecExit(ExecExit),
     Restore(Box<Restore>),
 }
@@ -358,6 +374,7 @@ impl Message {
             Message::ExecStdout { .. } => Kind::ExecStdout,
             Message::ExecStderr { .. } => Kind::ExecStderr,
             Message::ExecSignal { .. } => Kind::ExecSignal,
+            Message::ExecResize { .. } => Kind::ExecResize,
             Message::ExecExit(_) => Kind::ExecExit,
             Message::Restore(_) => Kind::Restore,
         }
@@ -398,6 +415,12 @@ impl Message {
             Message::ExecSignal { id, sig } => {
                 let mut v = id.to_le_bytes().to_vec();
                 v.extend_from_slice(&sig.to_le_bytes());
+                v
+            }
+            Message::ExecResize { id, rows, cols } => {
+                let mut v = id.to_le_bytes().to_vec();
+                v.extend_from_slice(&rows.to_le_bytes());
+                v.extend_from_slice(&cols.to_le_bytes());
                 v
             }
         };
@@ -482,6 +505,14 @@ impl Message {
                 Message::ExecSignal {
                     id: id()?,
                     sig: signal(sig)?,
+                }
+            }
+            Kind::ExecResize => {
+                fixed(8)?;
+                Message::ExecResize {
+                    id: id()?,
+                    rows: u16::from_le_bytes([payload[4], payload[5]]),
+                    cols: u16::from_le_bytes([payload[6], payload[7]]),
                 }
             }
             Kind::Hello => Message::Hello(json(kind, payload)?),
@@ -700,6 +731,11 @@ mod tests {
             data: Vec::new(),
         });
         roundtrip(Message::ExecSignal { id: 7, sig: 9 });
+        roundtrip(Message::ExecResize {
+            id: 7,
+            rows: 50,
+            cols: 132,
+        });
         roundtrip(Message::ExecExit(ExecExit {
             id: 7,
             code: 127,

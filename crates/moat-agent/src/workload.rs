@@ -348,14 +348,15 @@ fn child(
             ),
             None => None,
         };
-        let (root, files) = match how {
-            How::Member(m) => (member_root(m)?, member_files(m)?),
-            _ => (NEW_ROOT.to_string(), Vec::new()),
+        let (root, files, dirs) = match how {
+            How::Member(m) => (member_root(m)?, member_files(m)?, member_dirs(m)?),
+            _ => (NEW_ROOT.to_string(), Vec::new(), Vec::new()),
         };
         // pivot_root, not chroot: the agent's root is gone from this namespace.
         sys::pivot_into(&root).map_err(|e| err("pivot_root into the root filesystem", e))?;
         let dns = start.net.as_ref().and_then(|n| n.dns);
         mount_container_fs(plan, console, dns, files)?;
+        bind_dirs(dirs)?;
     }
     if p.tty && join.is_none() {
         // stdio by the container's own path of the terminal.
@@ -551,6 +552,50 @@ fn member_files(m: &Member) -> Result<Vec<(String, OwnedFd)>, Failure> {
         out.push((f.destination.clone(), tree));
     }
     Ok(out)
+}
+
+/// A member's host directories on the share, cloned as mounts (before
+/// the pivot) to bind at their destinations after it.
+fn member_dirs(m: &Member) -> Result<Vec<(String, bool, OwnedFd)>, Failure> {
+    m.dirs
+        .iter()
+        .enumerate()
+        .map(|(n, d)| {
+            let path = format!("{POD_MOUNT}/{}/vol-{n}", m.name);
+            let tree = sys::open_tree_clone(&path).map_err(|e| {
+                Failure::setup(format!("the volume for {} ({path}): {e}", d.destination))
+            })?;
+            Ok((d.destination.clone(), d.read_only, tree))
+        })
+        .collect()
+}
+
+/// Binds a member's host directories at their destinations, resolved
+/// inside its root; a missing destination is made, as runc makes a bind
+/// mount's target.
+fn bind_dirs(dirs: Vec<(String, bool, OwnedFd)>) -> Result<(), Failure> {
+    use std::path::Component;
+    for (dest, read_only, tree) in dirs {
+        let refuse = |why: String| Failure::setup(format!("volume {dest}: {why}"));
+        let p = Path::new(&dest);
+        if !p.is_absolute()
+            || !p
+                .components()
+                .skip(1)
+                .all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Err(refuse("not a clean absolute path".into()));
+        }
+        std::fs::create_dir_all(p).map_err(|e| refuse(format!("mkdir: {e}")))?;
+        sys::move_mount_to(tree.as_fd(), &dest).map_err(|e| refuse(format!("mounting: {e}")))?;
+        let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NODEV;
+        if read_only {
+            flags |= libc::MS_RDONLY;
+        }
+        sys::mount("", &dest, "", flags, "")
+            .map_err(|e| refuse(format!("setting its flags: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Binds the staged `files` over their destinations, resolved inside the

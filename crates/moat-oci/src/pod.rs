@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use moat_plan::MountPlan;
 use moat_vm::exec::Place;
-use moat_vm::exec::{Member, MemberFile};
+use moat_vm::exec::{Member, MemberDir, MemberFile};
 
 use crate::args::Create;
 use crate::bundle::{Bundle, CgroupRequest, Prepared};
@@ -89,22 +89,33 @@ pub fn drop_namespace_paths(b: &mut Bundle) {
     b.config.set_linux(Some(linux));
 }
 
-/// The caller's file mounts, read for the guest (see [`Member::files`]);
-/// its directory mounts are refused: they need a share of their own.
-fn member_files(
-    mounts: &[MountPlan],
-    files: &[moat_vm::rootdisk::FileCopy],
-) -> anyhow::Result<Vec<MemberFile>> {
-    if let Some(MountPlan::Volume {
-        source,
-        destination,
-        ..
-    }) = mounts
-        .iter()
-        .find(|m| matches!(m, MountPlan::Volume { .. }))
-    {
-        bail!("config.json mount {source} on {destination}: directory mounts (volumes) do not reach a pod's further containers in a micro-VM yet: drop the volume, or use moat.dev/isolation=sandbox");
-    }
+/// The caller's directory mounts, taken out of `plan` (the agent mounts
+/// them from the pod's share, not as the workload's virtio-fs devices):
+/// (source, destination, read-only) in order.
+fn take_dirs(plan: &mut moat_plan::Plan) -> Vec<(String, MemberDir)> {
+    let mut dirs = Vec::new();
+    plan.mounts.retain(|m| match m {
+        MountPlan::Volume {
+            source,
+            destination,
+            read_only,
+        } => {
+            dirs.push((
+                source.clone(),
+                MemberDir {
+                    destination: destination.clone(),
+                    read_only: *read_only,
+                },
+            ));
+            false
+        }
+        _ => true,
+    });
+    dirs
+}
+
+/// The caller's file mounts, read for the guest (see [`Member::files`]).
+fn member_files(files: &[moat_vm::rootdisk::FileCopy]) -> anyhow::Result<Vec<MemberFile>> {
     files
         .iter()
         .map(|f| {
@@ -151,14 +162,16 @@ pub fn create(
     if process.args.is_empty() {
         bail!("config.json: process.args is empty");
     }
-    let plan = crate::vm::guest_plan(p, tmpfs)?;
-    let files = member_files(&plan.mounts, &files)?;
+    let mut plan = crate::vm::guest_plan(p, tmpfs)?;
+    let files = member_files(&files)?;
+    let (sources, dirs): (Vec<String>, Vec<MemberDir>) = take_dirs(&mut plan).into_iter().unzip();
     let member = Member {
         name: a.id.clone(),
         plan,
         extra_seccomp: vec![p.caller_seccomp.clone()],
         read_only: p.init.readonly_root,
         files,
+        dirs,
     };
     let Some(vm) = sandbox.vm.clone() else {
         bail!("the pod's sandbox {:?} is not a micro-VM", sandbox.id);
@@ -167,6 +180,13 @@ pub fn create(
     share
         .join(&a.id, &b.rootfs)
         .with_context(|| format!("putting the root of {:?} on its pod's share", a.id))?;
+    for (n, (source, d)) in sources.iter().zip(&member.dirs).enumerate() {
+        if let Err(e) = share.join_dir(&a.id, n, source, d.read_only) {
+            share.leave(&a.id);
+            return Err(anyhow::Error::from(e)
+                .context(format!("config.json mount {source} on {}", d.destination)));
+        }
+    }
     let made = (|| {
         let gate = UnixListener::bind(state::gate(root, &a.id))
             .with_context(|| format!("creating the start gate of {:?}", a.id))?;
@@ -258,12 +278,12 @@ fn run_helper(h: Helper) -> i32 {
     let (tx, rx) = std::sync::mpsc::channel::<i32>();
     std::thread::spawn(move || loop {
         match sys::wait_session_signal() {
-            Ok(sig) if sig != libc::SIGCHLD && sig != libc::SIGWINCH => {
+            Ok(libc::SIGCHLD) => {}
+            Ok(sig) => {
                 if tx.send(sig).is_err() {
                     return;
                 }
             }
-            Ok(_) => {}
             Err(_) => return,
         }
     });
@@ -273,7 +293,8 @@ fn run_helper(h: Helper) -> i32 {
     drop(h.gate);
     let mut byte = [0u8; 1];
     let _ = conn.read(&mut byte);
-    if let Ok(sig) = rx.try_recv() {
+    // A window change before start is taken at start.
+    if let Some(sig) = rx.try_iter().find(|s| *s != libc::SIGWINCH) {
         let _ = conn.write_all(b"the container was signalled before it started");
         return 128 + sig;
     }
@@ -296,10 +317,22 @@ fn run_helper(h: Helper) -> i32 {
         }
     };
     drop(conn);
+    let tty = h.process.tty;
     if let Ok(relay) = call.try_clone() {
         std::thread::spawn(move || {
             for sig in rx {
-                if relay.signal(sig).is_err() {
+                let sent = match sig {
+                    // The caller resized the terminal (ResizePty).
+                    libc::SIGWINCH if tty => {
+                        match moat_vm::exec::terminal_size(std::io::stdin().as_fd()) {
+                            Some((rows, cols)) => relay.resize(rows, cols),
+                            None => Ok(()),
+                        }
+                    }
+                    libc::SIGWINCH => Ok(()),
+                    sig => relay.signal(sig),
+                };
+                if sent.is_err() {
                     return;
                 }
             }

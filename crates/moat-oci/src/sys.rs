@@ -54,15 +54,30 @@ const SESSION_SIGNALS: [i32; 8] = [
 /// must wait for the signalfd, never kill the helper through a thread
 /// that has it unblocked.
 pub fn block_session_signals() -> io::Result<()> {
+    block_signals(&SESSION_SIGNALS)
+}
+
+/// Waits for one of the signals [`block_session_signals`] blocked.
+pub fn wait_session_signal() -> io::Result<i32> {
+    wait_signals(&SESSION_SIGNALS)
+}
+
+fn sigset(signals: &[i32]) -> libc::sigset_t {
     // SAFETY: an all-zero sigset_t is valid storage; sigemptyset
     // initialises it.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: set is valid, writable storage.
     unsafe { libc::sigemptyset(&mut set) };
-    for s in SESSION_SIGNALS {
-        // SAFETY: set is initialised; s is a valid signal number.
+    for &s in signals {
+        // SAFETY: set is initialised; s is a signal number.
         unsafe { libc::sigaddset(&mut set, s) };
     }
+    set
+}
+
+/// Blocks `signals` in this thread and the threads it starts afterwards.
+pub fn block_signals(signals: &[i32]) -> io::Result<()> {
+    let set = sigset(signals);
     // SAFETY: set is initialised; the old mask is not asked for.
     let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if r != 0 {
@@ -71,17 +86,9 @@ pub fn block_session_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits for one of the signals [`block_session_signals`] blocked.
-pub fn wait_session_signal() -> io::Result<i32> {
-    // SAFETY: an all-zero sigset_t is valid storage; sigemptyset
-    // initialises it.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: set is valid, writable storage.
-    unsafe { libc::sigemptyset(&mut set) };
-    for s in SESSION_SIGNALS {
-        // SAFETY: set is initialised; s is a valid signal number.
-        unsafe { libc::sigaddset(&mut set, s) };
-    }
+/// Waits for one of `signals` (blocked by [`block_signals`]).
+pub fn wait_signals(signals: &[i32]) -> io::Result<i32> {
+    let set = sigset(signals);
     let mut sig = 0;
     // SAFETY: set is initialised; sig is writable storage.
     let r = unsafe { libc::sigwait(&set, &mut sig) };

@@ -188,6 +188,8 @@ pub fn exec(root: &Path, a: &Exec, rec: &Record, x: ExecProcess) -> anyhow::Resu
             }
         }
         drop(peer);
+        // With a terminal, its size follows the caller's (ResizePty).
+        let winch = tty && sys::block_signals(&[libc::SIGWINCH]).is_ok();
         let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
         match moat_vm::exec::send(
             control.as_fd(),
@@ -196,8 +198,21 @@ pub fn exec(root: &Path, a: &Exec, rec: &Record, x: ExecProcess) -> anyhow::Resu
             place,
             [i.as_fd(), o.as_fd(), e.as_fd()],
         )
-        .and_then(|call| call.wait())
-        {
+        .and_then(|call| {
+            if let (true, Ok(relay)) = (winch, call.try_clone()) {
+                std::thread::spawn(move || {
+                    while sys::wait_signals(&[libc::SIGWINCH]).is_ok() {
+                        let size = moat_vm::exec::terminal_size(std::io::stdin().as_fd());
+                        if let Some((rows, cols)) = size {
+                            if relay.resize(rows, cols).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+            call.wait()
+        }) {
             Ok(code) => code,
             Err(err) => {
                 eprintln!("moat-oci: error: exec: {:#}", anyhow::Error::from(err));

@@ -50,8 +50,18 @@ impl Shim for MoatShim {
         let annotations = crate::options::annotations(&bundle)
             .map_err(|e| Error::InvalidArgument(format!("{e:#}")))?;
         let grouping = crate::options::grouping(&opts.id, &annotations);
-        // A pod's second container finds its shim listening: spawn sees
-        // the address in use and answers with it.
+        // A pod's further container finds its shim listening: answer with
+        // its address, as containerd's own shims do, without spawning a
+        // server only to see it exit. (containerd-shim 0.11's spawn does
+        // that, and the exit's SIGCHLD, arriving while the start action
+        // tore its signal handling down, made it spin for ever in a
+        // SIGPIPE loop, so StartContainer never returned.)
+        let address = containerd_shim::socket_address(&opts.address, &opts.namespace, &grouping);
+        let path = address.strip_prefix("unix://").unwrap_or(&address);
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            containerd_shim::util::write_address(&address)?;
+            return Ok(address);
+        }
         let (_, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
         containerd_shim::util::write_address(&address)?;
         Ok(address)

@@ -220,7 +220,18 @@ fn terminal(isolation: &str) {
         c.path().join("tmux-exec.sock"),
         &exec_t_argv(&c.socket(), NAMESPACE, "tty"),
     );
-    exec.shell_round_trip("ctr task exec -t", isolation, "", Duration::from_secs(30));
+    // ResizePty of an exec: its own terminal follows tmux's size too (in a
+    // micro-VM through the exec's `ExecResize` frame).
+    let screen = exec.shell_round_trip(
+        "ctr task exec -t",
+        isolation,
+        "stty size; ",
+        Duration::from_secs(30),
+    );
+    assert!(
+        screen.contains("30 100"),
+        "the size did not reach the exec's pty:\n{screen}"
+    );
     exec.exit_with("ctr task exec -t", 3, Duration::from_secs(20));
     tmux.exit_with("ctr run -t", 6, Duration::from_secs(30));
 }

@@ -158,9 +158,13 @@ fn vm_pod_containers_share_one_guest_kernel_and_pods_do_not() {
     let pod_id = cri
         .run_pod(&pod, "moat")
         .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\ncontainerd: {}", c.log()));
+    // A host directory (as the kubelet's emptyDir): read-write in one
+    // container, read-only in the other.
+    let volume = c.path().join("volume");
+    std::fs::create_dir_all(&volume).unwrap();
     let mut ids = Vec::new();
     for name in ["app", "second"] {
-        let cfg = container_config(
+        let mut cfg = container_config(
             name,
             IMAGE,
             &[
@@ -169,6 +173,11 @@ fn vm_pod_containers_share_one_guest_kernel_and_pods_do_not() {
                 &format!("echo {name} > /tmp/me; exec sleep 600"),
             ],
         );
+        cfg.mounts.push(common::cri::Mount {
+            container_path: "/data".into(),
+            host_path: volume.display().to_string(),
+            readonly: name == "app",
+        });
         let id = cri
             .create_container(&pod_id, cfg, &pod)
             .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\ncontainerd: {}", c.log()));
@@ -238,6 +247,19 @@ fn vm_pod_containers_share_one_guest_kernel_and_pods_do_not() {
         .unwrap();
     assert_eq!(r.exit_code, 7);
     assert_eq!(String::from_utf8_lossy(&r.stderr), "err\n");
+    // The volume: written by one, read by the other and on the host;
+    // read-only where mounted so (in the guest and on the host side).
+    exec_out(&cri, &ids[1], &["sh", "-c", "echo shared > /data/note"]);
+    assert_eq!(exec_out(&cri, &ids[0], &["cat", "/data/note"]), "shared\n");
+    assert_eq!(
+        std::fs::read_to_string(volume.join("note")).unwrap(),
+        "shared\n"
+    );
+    let r = cri
+        .exec_sync(&ids[0], &["sh", "-c", "echo no > /data/other"])
+        .unwrap();
+    assert_ne!(r.exit_code, 0, "a read-only volume took a write");
+    assert!(!volume.join("other").exists());
     // A container that ends leaves the pod and its other container running.
     let cfg = container_config("brief", IMAGE, &["sh", "-c", "exit 3"]);
     let brief = cri.create_container(&pod_id, cfg, &pod).unwrap();

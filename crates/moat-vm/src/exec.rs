@@ -23,7 +23,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use moat_agent::proto::{ExecStart, Message, MAX_DATA};
-pub use moat_agent::proto::{Member, MemberFile};
+pub use moat_agent::proto::{Member, MemberDir, MemberFile};
 use moat_policy::ProcessSpec;
 use serde::{Deserialize, Serialize};
 
@@ -51,9 +51,13 @@ struct Request {
 }
 
 /// What a caller sends on its reply socket while its process runs.
-#[derive(Serialize, Deserialize)]
+#[derive(Default, Serialize, Deserialize)]
 struct Control {
-    signal: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signal: Option<i32>,
+    /// The caller's terminal's new size (rows, columns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resize: Option<(u16, u16)>,
 }
 
 /// Where a request's process runs.
@@ -77,8 +81,22 @@ pub struct Call {
 impl Call {
     /// Sends `sig` to the process (delivered in the guest by the agent).
     pub fn signal(&self, sig: i32) -> Result<(), VmError> {
-        let msg = serde_json::to_vec(&Control { signal: sig })
-            .map_err(|e| VmError::Exec(std::io::Error::other(e)))?;
+        self.control(Control {
+            signal: Some(sig),
+            ..Control::default()
+        })
+    }
+
+    /// Gives the process's terminal (with `tty`) a new size.
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<(), VmError> {
+        self.control(Control {
+            resize: Some((rows, cols)),
+            ..Control::default()
+        })
+    }
+
+    fn control(&self, c: Control) -> Result<(), VmError> {
+        let msg = serde_json::to_vec(&c).map_err(|e| VmError::Exec(std::io::Error::other(e)))?;
         sys::send_with_fds(self.reply.as_fd(), &msg, &[]).map_err(|e| match e.raw_os_error() {
             Some(libc::EPIPE | libc::ECONNRESET) => VmError::ExecEnded,
             _ => VmError::Exec(e),
@@ -188,6 +206,11 @@ pub fn send(
     })?;
     drop(theirs);
     Ok(Call { reply: mine })
+}
+
+/// The size (rows, columns) of the terminal `fd`, if it is one.
+pub fn terminal_size(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
+    sys::winsize(fd.as_raw_fd())
 }
 
 /// A new exec control channel: `(caller's end, supervisor's end)`, a
@@ -347,8 +370,11 @@ impl Execs {
                             if let Ok(r) = sys::recv_with_fds(p.reply.as_fd(), &mut b) {
                                 let c = serde_json::from_slice::<Control>(&b[..r.len]);
                                 if let (Ok(c), None) = (c, p.exit) {
-                                    if (1..=64).contains(&c.signal) {
-                                        queue(Message::ExecSignal { id, sig: c.signal })?;
+                                    if let Some(sig) = c.signal.filter(|s| (1..=64).contains(s)) {
+                                        queue(Message::ExecSignal { id, sig })?;
+                                    }
+                                    if let Some((rows, cols)) = c.resize {
+                                        queue(Message::ExecResize { id, rows, cols })?;
                                     }
                                 }
                             }

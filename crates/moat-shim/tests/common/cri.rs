@@ -117,12 +117,25 @@ pub struct ContainerConfig {
     pub command: Vec<String>,
     #[prost(string, repeated, tag = "4")]
     pub args: Vec<String>,
+    #[prost(message, repeated, tag = "7")]
+    pub mounts: Vec<Mount>,
     #[prost(map = "string, string", tag = "10")]
     pub annotations: HashMap<String, String>,
     #[prost(string, tag = "11")]
     pub log_path: String,
     #[prost(message, optional, tag = "15")]
     pub linux: Option<LinuxContainerConfig>,
+}
+
+/// A host path the container mounts (the kubelet's volumes).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Mount {
+    #[prost(string, tag = "1")]
+    pub container_path: String,
+    #[prost(string, tag = "2")]
+    pub host_path: String,
+    #[prost(bool, tag = "3")]
+    pub readonly: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -374,6 +387,7 @@ pub fn container_config(name: &str, image: &str, cmd: &[&str]) -> ContainerConfi
         }),
         command: cmd.iter().map(|s| s.to_string()).collect(),
         args: Vec::new(),
+        mounts: Vec::new(),
         annotations: HashMap::new(),
         log_path: format!("{name}.log"),
         linux: Some(LinuxContainerConfig {
