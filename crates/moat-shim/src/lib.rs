@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod exits;
+mod oom;
 pub mod options;
 pub mod runtime;
 mod service;

@@ -16,7 +16,7 @@ use containerd_shim::api::{
     WaitResponse,
 };
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -298,6 +298,17 @@ impl Service {
             },
         );
         watch(&self.s, &req.id, "", pid, io);
+        // TaskOOM: kills by the kernel's OOM killer in the container's
+        // memory group (the group of its first process).
+        let shared = Arc::clone(&self.s);
+        let id = req.id.clone();
+        crate::oom::watch(pid, move || {
+            let ev = TaskOOM {
+                container_id: id.clone(),
+                ..Default::default()
+            };
+            shared.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(ev));
+        });
         Ok(pid)
     }
 

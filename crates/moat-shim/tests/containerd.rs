@@ -282,6 +282,74 @@ fn shim_killed_cleanup_action(isolation: &str) {
     c.ok(&["container", "delete", "orphan"]);
 }
 
+/// TaskOOM: a container that outgrows its memory limit is killed by the
+/// kernel's OOM killer in its memory group, and the shim publishes
+/// `/tasks/oom` for it (what CRI reports as `OOMKilled`). Sandbox only: a
+/// guest's OOM happens inside the guest.
+#[test]
+fn an_oom_kill_is_published_as_task_oom() {
+    let Some(c) = start("an_oom_kill_is_published_as_task_oom", "sandbox") else {
+        return;
+    };
+    let mut events = c
+        .ctr(&["events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = events.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Under the same limit, a container that ends by itself is no OOM.
+    let o = c.run(
+        "sandbox",
+        &["--rm", "--memory-limit", "67108864"],
+        "calm",
+        &["sh", "-c", "exit 3"],
+    );
+    assert_eq!(code(o.status), 3, "ctr run: {}\n{}", stderr(&o), c.log());
+    // A shell string doubling itself until the 64 MiB limit stops it.
+    let o = c.run(
+        "sandbox",
+        &["--rm", "--memory-limit", "67108864"],
+        "hog",
+        &["sh", "-c", "x=0123456789abcdef; while :; do x=$x$x; done"],
+    );
+    assert_eq!(code(o.status), 137, "ctr run: {}\n{}", stderr(&o), c.log());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let found = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains("/tasks/oom") && l.contains("\"hog\"") => break true,
+            Ok(l) => seen.push(l),
+            Err(_) => break false,
+        }
+    };
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.contains("/tasks/oom") && l.contains("\"calm\"")),
+        "an OOM for a container that had none:\n{}",
+        seen.join("\n")
+    );
+    assert!(
+        found,
+        "no /tasks/oom for hog among:\n{}\n{}",
+        seen.join("\n"),
+        c.log()
+    );
+}
+
 macro_rules! both {
     ($($name:ident),*) => {
         mod sandbox {
