@@ -28,6 +28,7 @@ pub mod daemon;
 pub mod files;
 pub mod http;
 pub mod manifest;
+pub mod privileges;
 pub mod probe;
 pub mod reconcile;
 pub mod runtime;

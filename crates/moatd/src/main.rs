@@ -151,6 +151,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     d.files = args.files_dir.clone();
     let d = Arc::new(d);
     let listener = bind(&args.socket, &args.group)?;
+    // From here on the spawner alone holds root's capabilities; moatd
+    // keeps those its file work needs (every thread below inherits that).
+    moatd::privileges::drop_to_file_ownership()
+        .context("dropping moatd's capabilities once its spawner runs")?;
     let adopted = d.store.replicas(None)?.len();
     eprintln!(
         "moatd: serving {} (state {}); {adopted} replica(s) from before adopted",

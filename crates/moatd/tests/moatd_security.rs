@@ -460,6 +460,21 @@ fn the_api_and_worker_threads_run_under_their_seccomp_filters_and_the_spawner_do
             "thread {t} ({}) is not filtered",
             task(t, "comm").trim()
         );
+        // And holds CAP_CHOWN and CAP_FOWNER only (bits 0 and 3), with
+        // nothing more to gain (bounding set) or pass on.
+        for (set, want) in [
+            ("CapEff:", "0000000000000009"),
+            ("CapPrm:", "0000000000000009"),
+            ("CapBnd:", "0000000000000009"),
+            ("CapInh:", "0000000000000000"),
+            ("CapAmb:", "0000000000000000"),
+        ] {
+            let got = status
+                .lines()
+                .find_map(|l| l.strip_prefix(set))
+                .map(str::trim);
+            assert_eq!(got, Some(want), "thread {t}: {set}\n{status}");
+        }
     }
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
     let spawner = children
@@ -472,6 +487,12 @@ fn the_api_and_worker_threads_run_under_their_seccomp_filters_and_the_spawner_do
         .to_string();
     let st = std::fs::read_to_string(format!("/proc/{spawner}/status")).unwrap();
     assert_eq!(mode(&st), "0", "the spawner is filtered");
+    // The spawner keeps root's capabilities (it mounts and starts `moat`).
+    let spawner_caps = st
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(str::trim);
+    assert_ne!(spawner_caps, Some("0000000000000009"), "{st}");
     // And it still serves everything the client asks, and replicas start
     // (with an exec probe: `moat exec` through the spawner too).
     let text = format!(
