@@ -777,6 +777,7 @@ fn mount_container_fs(
                 destination,
                 size_bytes,
                 optional,
+                mode,
             } => {
                 if *optional && !Path::new(destination).exists() {
                     // A built-in default (baseline's /run) the image lacks.
@@ -788,8 +789,13 @@ fn mount_container_fs(
                         "tmpfs destination {destination} is not a directory in the image: create it in the image or change the policy's tmpfs path"
                     )));
                 }
-                // As in the sandbox: /tmp is 1777, every other tmpfs 0755.
-                let mode = if destination == "/tmp" { "1777" } else { "755" };
+                // As in the sandbox: the plan's mode, else /tmp is 1777
+                // and every other tmpfs 0755.
+                let mode = match mode {
+                    Some(m) => format!("{m:o}"),
+                    None if destination == "/tmp" => "1777".to_string(),
+                    None => "755".to_string(),
+                };
                 sys::mount(
                     "tmpfs",
                     destination,

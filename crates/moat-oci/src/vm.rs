@@ -85,6 +85,7 @@ pub(crate) fn guest_mounts(p: &Prepared) -> anyhow::Result<(Vec<FileCopy>, Vec<M
                     destination: dst.to_string(),
                     size_bytes: size,
                     optional: true,
+                    mode: None,
                 });
             }
             _ if is_bind => {
@@ -831,7 +832,7 @@ mod tests {
         assert_eq!(files[0].source, hosts);
         assert!(matches!(
             &tmpfs[..],
-            [MountPlan::Tmpfs { destination, size_bytes: 67108864, optional: true }] if destination == "/run"
+            [MountPlan::Tmpfs { destination, size_bytes: 67108864, optional: true, mode: None }] if destination == "/run"
         ));
         let v = json!([
             {"destination": "/data", "type": "bind", "source": dir.path(), "options": ["rbind"]},

@@ -105,6 +105,9 @@ pub enum MountPlan {
         /// directory, instead of refusing to start.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         optional: bool,
+        /// The tmpfs root's mode; `None`: 1777 at `/tmp`, else 0755.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
     },
     /// A host directory bind-mounted (sandbox only; the vm refuses it).
     Volume {

@@ -37,6 +37,7 @@ pub fn compile(policy: &Policy) -> Result<Plan, PolicyError> {
             destination: t.path.clone(),
             size_bytes: t.size_bytes,
             optional: t.optional,
+            mode: t.mode,
         })
         .collect();
     mounts.extend(s.filesystem.volumes.iter().map(|v| MountPlan::Volume {

@@ -301,6 +301,10 @@ pub struct Tmpfs {
     /// itself are never optional.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub optional: bool,
+    /// The tmpfs root's mode (`mode: 1777`, octal); unset: 1777 at `/tmp`,
+    /// else 0755 (root's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

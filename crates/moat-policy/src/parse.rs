@@ -978,7 +978,7 @@ fn filesystem_writable(
     fs: &mut Filesystem,
 ) -> Result<(), PolicyError> {
     for item in cx.list(n, path)? {
-        let wm = cx.map(item, path, &["path", "size"])?;
+        let wm = cx.map(item, path, &["path", "size", "mode"])?;
         let p = cx.require(item, &wm, "path", path)?;
         let dest = cx.abs_path(p, &format!("{path}.path"))?;
         if dest == "/" {
@@ -997,14 +997,37 @@ fn filesystem_writable(
                 format!("`{dest}` is both a writable tmpfs and a volume; keep one of them"),
             ));
         }
+        let mode = match get(&wm, "mode") {
+            Some(m) => Some(tmpfs_mode(cx, m, &format!("{path}.mode"))?),
+            None => None,
+        };
         fs.writable.retain(|t| t.path != dest);
         fs.writable.push(Tmpfs {
             path: dest,
             size_bytes: size,
             optional: cx.file.starts_with("builtin:"),
+            mode,
         });
     }
     Ok(())
+}
+
+/// A tmpfs root's mode: octal digits as `chmod` takes them (`1777`,
+/// `0755`), permission and sticky bits only.
+fn tmpfs_mode(cx: &Cx<'_>, node: &Node, path: &str) -> Result<u32, PolicyError> {
+    let text = match &node.value {
+        Value::Scalar { text, .. } => text.trim().to_string(),
+        _ => String::new(),
+    };
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o1777)
+        .ok_or_else(|| {
+            cx.err(
+                node.pos,
+                format!("`{path}` must be a directory mode in octal such as `1777` or `0750` (permission and sticky bits only), found `{text}`"),
+            )
+        })
 }
 
 fn filesystem_volumes(

@@ -134,6 +134,37 @@ fn contradiction_writable_root() {
 }
 
 #[test]
+fn a_tmpfs_mode_is_octal_permission_and_sticky_bits() {
+    let text = policy("  filesystem:\n    writable:\n      - {path: /cache, mode: 1777}\n      - {path: /data, mode: '0750'}\n");
+    let p = moat_policy::Policy::parse(&text, "t.yaml").unwrap();
+    let plan = moat_policy::compile(&p).unwrap();
+    let modes: Vec<(String, Option<u32>)> = plan
+        .mounts
+        .into_iter()
+        .filter_map(|m| match m {
+            moat_policy::plan::MountPlan::Tmpfs {
+                destination, mode, ..
+            } => Some((destination, mode)),
+            _ => None,
+        })
+        .filter(|(d, _)| d == "/cache" || d == "/data")
+        .collect();
+    assert_eq!(
+        modes,
+        [
+            ("/cache".to_string(), Some(0o1777)),
+            ("/data".to_string(), Some(0o750))
+        ]
+    );
+    for bad in ["4755", "888", "rwx"] {
+        assert_eq!(
+            err(&policy(&format!("  filesystem:\n    writable:\n      - {{path: /cache, mode: {bad}}}\n"))),
+            format!("t.yaml:9:30: `spec.filesystem.writable.mode` must be a directory mode in octal such as `1777` or `0750` (permission and sticky bits only), found `{bad}`")
+        );
+    }
+}
+
+#[test]
 fn contradiction_tmpfs_and_volume_at_the_same_path() {
     assert_eq!(
         err(&policy(

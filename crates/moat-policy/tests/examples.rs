@@ -49,6 +49,7 @@ fn issue_example_is_accepted_and_means_what_it_says() {
         destination: "/tmp".into(),
         size_bytes: 16 << 20,
         optional: false,
+        mode: None,
     }));
     let core = plan
         .rlimits

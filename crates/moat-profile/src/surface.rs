@@ -359,6 +359,7 @@ mod tests {
                 destination: "/tmp".into(),
                 size_bytes: 1 << 20,
                 optional: false,
+                mode: None,
             }],
             rlimits: vec![],
             cgroup: CgroupLimits::default(),

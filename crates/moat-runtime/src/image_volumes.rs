@@ -122,6 +122,7 @@ mod tests {
             destination: d.into(),
             size_bytes: 1,
             optional: false,
+            mode: None,
         }
     }
 

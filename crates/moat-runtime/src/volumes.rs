@@ -314,6 +314,7 @@ pub fn check_in(
             destination: dst.clone(),
             size_bytes: size,
             optional: false,
+            mode: None,
         });
     }
     let mut seen = std::collections::HashSet::new();

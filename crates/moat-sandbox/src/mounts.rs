@@ -218,12 +218,17 @@ pub(crate) fn build(
             MountPlan::Tmpfs {
                 destination,
                 size_bytes,
+                mode,
                 ..
             } => {
-                let mode = if destination == "/tmp" { "1777" } else { "755" };
+                let mode = match mode {
+                    Some(m) => format!("{m:o}"),
+                    None if destination == "/tmp" => "1777".to_string(),
+                    None => "755".to_string(),
+                };
                 let mnt = tmpfs(
                     *size_bytes,
-                    mode,
+                    &mode,
                     sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
                 )
                 .map_err(|e| ChildError::io(format!("creating tmpfs for {destination}"), e))?;

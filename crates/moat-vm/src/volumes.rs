@@ -113,6 +113,7 @@ mod tests {
                 destination: "/tmp".into(),
                 size_bytes: 1,
                 optional: false,
+                mode: None,
             },
         ];
         let g = for_guest(&plan);

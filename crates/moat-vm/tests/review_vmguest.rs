@@ -188,6 +188,7 @@ fn a_non_root_workload_uses_the_standard_devices() {
         destination: "/run".into(),
         size_bytes: 1 << 20,
         optional: true,
+        mode: None,
     });
     let r = run(o, None);
     assert_eq!(r.code, Ok(0), "stderr: {}", r.stderr);

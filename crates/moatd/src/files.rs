@@ -397,10 +397,12 @@ pub fn policy_path(state: &Path, replica: &str) -> PathBuf {
 }
 
 /// A policy that extends the template's own and only narrows or adds
-/// moatd's own files: the `resources` limits, and each file volume as a
-/// read-only host directory. `None` when the template needs neither.
+/// moatd's own files and scratch space: the `resources` limits, each file
+/// volume as a read-only host directory, each `emptyDir` as a tmpfs (it
+/// reaches nothing on the host, and its pages count against the
+/// replica's memory). `None` when the template needs none of them.
 pub fn derived_policy(t: &Template, root: &Path, replica: &str) -> Option<String> {
-    if t.files.is_empty() && t.limits.is_empty() {
+    if t.files.is_empty() && t.limits.is_empty() && t.scratch.is_empty() {
         return None;
     }
     let mut text = format!(
@@ -420,13 +422,27 @@ pub fn derived_policy(t: &Template, root: &Path, replica: &str) -> Option<String
             text.push_str(&format!("    disk: {d}\n"));
         }
     }
+    if !t.files.is_empty() || !t.scratch.is_empty() {
+        text.push_str("  filesystem:\n");
+    }
     if !t.files.is_empty() {
-        text.push_str("  filesystem:\n    volumes:\n");
+        text.push_str("    volumes:\n");
         for v in &t.files {
             text.push_str(&format!(
                 "      - {{source: {}, path: {}, read_only: true}}\n",
                 volume_dir(root, replica, &v.volume).display(),
                 v.mount_path
+            ));
+        }
+    }
+    if !t.scratch.is_empty() {
+        text.push_str("    writable:\n");
+        for s in &t.scratch {
+            text.push_str(&format!(
+                // Sticky and world-writable, as /tmp: the pod's user
+                // writes there whoever it is.
+                "      - {{path: {}, size: {}, mode: 1777}}\n",
+                s.path, s.size_bytes
             ));
         }
     }

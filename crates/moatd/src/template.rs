@@ -41,6 +41,16 @@ pub struct Template {
     /// `resources.limits`, checked against the policy's (narrowing only).
     #[serde(default, skip_serializing_if = "Limits::is_empty")]
     pub limits: Limits,
+    /// `emptyDir` volumes: a tmpfs of each size at each mount path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scratch: Vec<Scratch>,
+}
+
+/// An `emptyDir` mount of a replica: a tmpfs, gone with the replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scratch {
+    pub path: String,
+    pub size_bytes: u64,
 }
 
 /// A ConfigMap or Secret volume of a replica.

@@ -133,6 +133,7 @@ pub fn plan() -> Plan {
             destination: "/tmp".into(),
             size_bytes: 16 << 20,
             optional: false,
+            mode: None,
         }],
         rlimits: vec![Rlimit {
             resource: RlimitResource::Nofile,

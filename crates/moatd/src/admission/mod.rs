@@ -334,10 +334,18 @@ fn workload(
             Default::default()
         }
     };
+    let mut scratch = Vec::new();
     for m in &c.volume_mounts {
         let Some(v) = pod.volumes.iter().find(|v| v.name == m.name) else {
             continue;
         };
+        if let VolumeSource::EmptyDir { size_limit } = &v.source {
+            scratch.push(crate::template::Scratch {
+                path: m.mount_path.clone(),
+                size_bytes: *size_limit,
+            });
+            continue;
+        }
         let VolumeSource::Claim {
             claim_name,
             read_only,
@@ -437,6 +445,7 @@ fn workload(
             grace_seconds: pod.termination_grace_period_seconds,
             files,
             limits,
+            scratch,
         },
         notice,
     ))

@@ -39,7 +39,7 @@ pub(super) fn files(input: &Input, who: &Principal) -> Result<Vec<FileVolume>, V
             continue;
         };
         let (kind, source, field, projection) = match &v.source {
-            VolumeSource::Claim { .. } => continue,
+            VolumeSource::Claim { .. } | VolumeSource::EmptyDir { .. } => continue,
             VolumeSource::ConfigMap { name, projection } => {
                 ("ConfigMap", name, "configMap", projection)
             }

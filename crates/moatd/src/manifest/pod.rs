@@ -146,7 +146,17 @@ pub enum VolumeSource {
         #[serde(default, skip_serializing_if = "Projection::is_default")]
         projection: Projection,
     },
+    /// `emptyDir`: scratch space for the pod's life, a tmpfs of
+    /// `size_limit` bytes (`sizeLimit`, else [`EMPTY_DIR_DEFAULT_BYTES`]);
+    /// `medium` `""` or `Memory` (both are memory here).
+    EmptyDir {
+        size_limit: u64,
+    },
 }
+
+/// An `emptyDir` without `sizeLimit`: as big as a policy's writable tmpfs
+/// is by default.
+pub const EMPTY_DIR_DEFAULT_BYTES: u64 = 64 << 20;
 
 /// `items`, `defaultMode` and `optional` of a ConfigMap or Secret volume.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,7 +277,13 @@ pub(super) fn pod_spec(
             let vf = cx.map(
                 v,
                 &ip,
-                &["name", "persistentVolumeClaim", "configMap", "secret"],
+                &[
+                    "name",
+                    "persistentVolumeClaim",
+                    "configMap",
+                    "secret",
+                    "emptyDir",
+                ],
             )?;
             let name = required_string(cx, &vf, v, &ip, "name")?;
             // A DNS label, as in Kubernetes: it also names a directory.
@@ -323,8 +339,16 @@ pub(super) fn pod_spec(
         if matches!(v.source, VolumeSource::Claim { .. }) {
             continue;
         }
+        let scratch = matches!(v.source, VolumeSource::EmptyDir { .. });
+        if scratch && m.read_only {
+            return Err(cx.err(
+                &items[0],
+                &join(&mp, "readOnly"),
+                format!("volume {:?} is an emptyDir, which starts empty: mounted read-only it stays so; drop readOnly", m.name),
+            ));
+        }
         // As in Kubernetes, ConfigMap and Secret volumes are read-only.
-        if m.read_only_written == Some(false) {
+        if !scratch && m.read_only_written == Some(false) {
             return Err(cx.err(
                 &items[0],
                 &join(&mp, "readOnly"),
@@ -342,7 +366,7 @@ pub(super) fn pod_spec(
             return Err(cx.err(
                 &items[0],
                 &join(&mp, "mountPath"),
-                format!("{:?}: a ConfigMap or Secret is mounted at a plain absolute directory (letters, digits, '.', '_', '-'; no `..`)", m.mount_path),
+                format!("{:?}: a ConfigMap, Secret or emptyDir is mounted at a plain absolute directory, not `/` (letters, digits, '.', '_', '-'; no `..`)", m.mount_path),
             ));
         }
     }
@@ -356,7 +380,7 @@ fn volume_source(
     v: &Node,
     ip: &str,
 ) -> Result<VolumeSource, ManifestError> {
-    let given: Vec<&str> = ["persistentVolumeClaim", "configMap", "secret"]
+    let given: Vec<&str> = ["persistentVolumeClaim", "configMap", "secret", "emptyDir"]
         .into_iter()
         .filter(|k| vf.get(k).is_some())
         .collect();
@@ -364,7 +388,7 @@ fn volume_source(
         return Err(cx.err(
             v,
             ip,
-            "a volume needs exactly one of persistentVolumeClaim, configMap, secret (the sources moatd supports)",
+            "a volume needs exactly one of persistentVolumeClaim, configMap, secret, emptyDir (the sources moatd supports)",
         ));
     }
     let key = given[0];
@@ -379,6 +403,39 @@ fn volume_source(
                     None => false,
                 },
             }
+        }
+        "emptyDir" => {
+            let cf = cx.map(n, &sp, &["medium", "sizeLimit"])?;
+            if let Some(m) = cf.get("medium") {
+                let mp = join(&sp, "medium");
+                let medium = cx.string(m, &mp)?;
+                if !medium.is_empty() && medium != "Memory" {
+                    return Err(cx.err(
+                        m,
+                        &mp,
+                        format!(
+                            "{medium:?}: moatd's emptyDir is memory (a tmpfs): use \"\" or Memory"
+                        ),
+                    ));
+                }
+            }
+            let size_limit = match cf.get("sizeLimit") {
+                Some(q) => {
+                    let qp = join(&sp, "sizeLimit");
+                    let text = cx.string(q, &qp)?;
+                    super::objects::quantity_bytes(&text)
+                        .filter(|b| *b > 0)
+                        .ok_or_else(|| {
+                            cx.err(
+                                q,
+                                &qp,
+                                format!("expected a size such as 64Mi or 1Gi, found `{text}`"),
+                            )
+                        })?
+                }
+                None => EMPTY_DIR_DEFAULT_BYTES,
+            };
+            VolumeSource::EmptyDir { size_limit }
         }
         "configMap" => {
             let cf = cx.map(n, &sp, &["name", "items", "defaultMode", "optional"])?;
