@@ -82,7 +82,17 @@ fn table_installed_pasta_publishes_and_goes_away() {
     assert!(alive(pid));
     // Jailed: its own uid and gid, no capability on the host but
     // CAP_NET_BIND_SERVICE, in a user namespace that is not the host's.
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    // pasta confines itself (no_new_privs, its filter) just after it
+    // says it is ready: wait for that, bounded.
+    let read = || std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut status = read();
+    while !(status.contains("NoNewPrivs:\t1") && status.contains("Seccomp:\t2"))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        status = read();
+    }
     let field = |k: &str| {
         status
             .lines()

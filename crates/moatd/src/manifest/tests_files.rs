@@ -59,7 +59,7 @@ fn config_map_and_secret_volumes_and_resources_parse() {
 fn file_volumes_are_refused_exactly() {
     assert_eq!(
         err(&POD.replace("    configMap: {name: app}", "    configMap: {name: app}\n    secret: {secretName: x}")),
-        "p.yaml:7: Pod p: spec.volumes[0]: a volume needs exactly one of persistentVolumeClaim, configMap, secret (the sources moatd supports)"
+        "p.yaml:7: Pod p: spec.volumes[0]: a volume needs exactly one of persistentVolumeClaim, configMap, secret, emptyDir (the sources moatd supports)"
     );
     assert_eq!(
         err(&POD.replace("{name: app}", "{name: app, defaultMode: 01000}")),
@@ -78,7 +78,7 @@ fn file_volumes_are_refused_exactly() {
     );
     assert_eq!(
         err(&POD.replace("/etc/app}", "/etc/../app}")),
-        "p.yaml:12: Pod p: spec.containers[0].volumeMounts[0].mountPath: \"/etc/../app\": a ConfigMap or Secret is mounted at a plain absolute directory (letters, digits, '.', '_', '-'; no `..`)"
+        "p.yaml:12: Pod p: spec.containers[0].volumeMounts[0].mountPath: \"/etc/../app\": a ConfigMap, Secret or emptyDir is mounted at a plain absolute directory, not `/` (letters, digits, '.', '_', '-'; no `..`)"
     );
     assert_eq!(
         err(&POD.replace("  - name: creds\n", "  - name: ../../etc\n")),
