@@ -570,20 +570,23 @@ fn member_dirs(m: &Member) -> Result<Vec<(String, bool, OwnedFd)>, Failure> {
         .collect()
 }
 
+/// An absolute path of plain components only (no `.` or `..`).
+fn clean_absolute(p: &Path) -> bool {
+    use std::path::Component;
+    p.is_absolute()
+        && p.components()
+            .skip(1)
+            .all(|c| matches!(c, Component::Normal(_)))
+}
+
 /// Binds a member's host directories at their destinations, resolved
 /// inside its root; a missing destination is made, as runc makes a bind
 /// mount's target.
 fn bind_dirs(dirs: Vec<(String, bool, OwnedFd)>) -> Result<(), Failure> {
-    use std::path::Component;
     for (dest, read_only, tree) in dirs {
         let refuse = |why: String| Failure::setup(format!("volume {dest}: {why}"));
         let p = Path::new(&dest);
-        if !p.is_absolute()
-            || !p
-                .components()
-                .skip(1)
-                .all(|c| matches!(c, Component::Normal(_)))
-        {
+        if !clean_absolute(p) {
             return Err(refuse("not a clean absolute path".into()));
         }
         std::fs::create_dir_all(p).map_err(|e| refuse(format!("mkdir: {e}")))?;
@@ -602,16 +605,10 @@ fn bind_dirs(dirs: Vec<(String, bool, OwnedFd)>) -> Result<(), Failure> {
 /// container's root; a missing destination is made (an empty file), as
 /// runc makes a bind mount's target.
 fn bind_files(files: Vec<(String, OwnedFd)>) -> Result<(), Failure> {
-    use std::path::Component;
     for (dest, tree) in files {
         let refuse = |why: String| Failure::setup(format!("file mount {dest}: {why}"));
         let p = Path::new(&dest);
-        if !p.is_absolute()
-            || !p
-                .components()
-                .skip(1)
-                .all(|c| matches!(c, Component::Normal(_)))
-        {
+        if !clean_absolute(p) {
             return Err(refuse("not a clean absolute path".into()));
         }
         if let Some(parent) = p.parent() {

@@ -16,7 +16,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -190,22 +190,7 @@ pub fn create(
     let made = (|| {
         let gate = UnixListener::bind(state::gate(root, &a.id))
             .with_context(|| format!("creating the start gate of {:?}", a.id))?;
-        let tty = match &a.console_socket {
-            Some(path) if process.tty => {
-                let s = UnixStream::connect(path).with_context(|| {
-                    format!("connecting to --console-socket {}", path.display())
-                })?;
-                let (master, peer) = sys::openpty().context("allocating a pseudo-terminal")?;
-                sys::send_fd(s.as_fd(), master.as_fd()).with_context(|| {
-                    format!(
-                        "sending the terminal to --console-socket {}",
-                        path.display()
-                    )
-                })?;
-                Some(peer)
-            }
-            _ => None,
-        };
+        let tty = crate::vm::console_peer(a.console_socket.as_deref(), process.tty)?;
         let helper = Helper {
             root: root.to_path_buf(),
             sandbox: sandbox.id.clone(),

@@ -358,21 +358,7 @@ pub fn create(
         .with_context(|| format!("creating the start gate in {}", dir.display()))?;
     let exec = UnixListener::bind(exec_socket(root, &a.id))
         .with_context(|| format!("creating the exec socket in {}", dir.display()))?;
-    let tty = match &a.console_socket {
-        Some(path) if process.tty => {
-            let s = UnixStream::connect(path)
-                .with_context(|| format!("connecting to --console-socket {}", path.display()))?;
-            let (master, peer) = sys::openpty().context("allocating a pseudo-terminal")?;
-            sys::send_fd(s.as_fd(), master.as_fd()).with_context(|| {
-                format!(
-                    "sending the terminal to --console-socket {}",
-                    path.display()
-                )
-            })?;
-            Some(peer)
-        }
-        _ => None,
-    };
+    let tty = console_peer(a.console_socket.as_deref(), process.tty)?;
     // A pod's sandbox container: its VM serves the pod's share, which the
     // pod's further containers join (crate::pod).
     let pod_share = if crate::pod::is_sandbox(&b.annotations) {
@@ -485,6 +471,25 @@ pub fn create(
         crate::create::write_pid_file(f, pid)?;
     }
     Ok(pid)
+}
+
+/// With a terminal and a `--console-socket`: a new pseudo-terminal whose
+/// master goes to the caller through the socket; the peer, for the
+/// process's side.
+pub(crate) fn console_peer(socket: Option<&Path>, tty: bool) -> anyhow::Result<Option<OwnedFd>> {
+    let Some(path) = socket.filter(|_| tty) else {
+        return Ok(None);
+    };
+    let s = UnixStream::connect(path)
+        .with_context(|| format!("connecting to --console-socket {}", path.display()))?;
+    let (master, peer) = sys::openpty().context("allocating a pseudo-terminal")?;
+    sys::send_fd(s.as_fd(), master.as_fd()).with_context(|| {
+        format!(
+            "sending the terminal to --console-socket {}",
+            path.display()
+        )
+    })?;
+    Ok(Some(peer))
 }
 
 /// Kills and reaps a helper that failed during create (our child).

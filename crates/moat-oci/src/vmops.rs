@@ -168,18 +168,7 @@ pub fn exec(root: &Path, a: &Exec, rec: &Record, x: ExecProcess) -> anyhow::Resu
         ),
         None => (channel(root, &rec.id)?, moat_vm::exec::Place::Workload),
     };
-    let peer = match (&a.console_socket, tty) {
-        (Some(p), true) => {
-            let s = UnixStream::connect(p)
-                .with_context(|| format!("connecting to --console-socket {}", p.display()))?;
-            let (master, peer) = sys::openpty().context("allocating a pseudo-terminal")?;
-            sys::send_fd(s.as_fd(), master.as_fd()).with_context(|| {
-                format!("sending the terminal to --console-socket {}", p.display())
-            })?;
-            Some(peer)
-        }
-        _ => None,
-    };
+    let peer = crate::vm::console_peer(a.console_socket.as_deref(), tty)?;
     let run = move || -> i32 {
         if let Some(t) = &peer {
             if let Err(e) = sys::take_terminal(t.as_fd()).and_then(|()| sys::raw_mode(t.as_fd())) {
